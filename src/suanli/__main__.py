@@ -1,0 +1,5 @@
+"""``python -m suanli`` is the ``suanli`` command."""
+
+from suanli.cli import main
+
+main()

@@ -1,0 +1,165 @@
+"""Frozen catalog records.
+
+Records are plain frozen dataclasses with slots: the perf model reads their
+fields millions of times, so attribute access must be cheap. Every number comes
+with a source in ``sources`` (field name → citation); numbers that published
+sources disagree on are listed in ``disputed`` (field name → what is disputed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+AcceleratorKind = Literal["cpu", "gpu", "npu", "fpga", "asic"]
+DTYPES: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Accelerator:
+    """One accelerator model (a SKU), as its data sheet describes it.
+
+    Compared and hashed by identity (``eq=False``): records are loaded once, and
+    the perf model caches derived figures per record.
+
+    ``peak_tflops`` are dense (no structured sparsity) peaks per dtype; integer
+    formats are TOP/s. ``intra_node_link_gbs`` is the vendor's aggregate
+    bidirectional figure per device (NVLink 4: 900); the perf model uses half of
+    it per direction. ``nic_gbps`` is the scale-out network per device.
+    """
+
+    name: str
+    display_name: str
+    vendor: str
+    kind: AcceleratorKind
+    peak_tflops: dict[str, float]
+    memory_gb: float
+    memory_bandwidth_gbs: float
+    memory_type: str
+    intra_node_link: str
+    intra_node_link_gbs: float
+    devices_per_node: int
+    nic_gbps: float
+    tdp_w: float
+    visible_devices_env: str
+    k8s_resource: str
+    sources: dict[str, str]
+    price_usd_per_hour: float | None = None
+    idle_w: float | None = None
+    disputed: dict[str, str] = field(default_factory=dict)
+    notes: str = ""
+
+    def peak(self, dtype: str) -> float:
+        """Dense peak TFLOP/s for ``dtype``, falling back to the nearest wider format.
+
+        A chip without an fp8 unit runs fp8 work at its bf16/fp16 rate; one
+        without bf16 runs it at fp16 (then fp32). Integer formats fall back the
+        same way. This mirrors what frameworks do (upcast), not a marketing figure.
+        """
+        chain = _FALLBACK[dtype]
+        for d in chain:
+            v = self.peak_tflops.get(d)
+            if v:
+                return v
+        raise KeyError(dtype)
+
+    def native(self, dtype: str) -> bool:
+        """Whether the chip has a hardware rate for ``dtype`` (no upcast)."""
+        return bool(self.peak_tflops.get(dtype))
+
+
+_FALLBACK: dict[str, tuple[str, ...]] = {
+    "fp32": ("fp32",),
+    "tf32": ("tf32", "fp32"),
+    "bf16": ("bf16", "fp16", "fp32"),
+    "fp16": ("fp16", "bf16", "fp32"),
+    "fp8": ("fp8", "bf16", "fp16", "fp32"),
+    "int8": ("int8", "fp8", "fp16", "bf16", "fp32"),
+    "int4": ("int4", "int8", "fp8", "fp16", "bf16", "fp32"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Interconnect:
+    """A link technology: a device-to-device fabric or a network.
+
+    ``bandwidth_gbs`` is per direction per device (or per port for a NIC), and
+    ``latency_us`` the one-hop latency a small message pays (the alpha of the
+    alpha-beta model).
+    """
+
+    name: str
+    display_name: str
+    scope: Literal["intra-node", "inter-node"]
+    bandwidth_gbs: float
+    latency_us: float
+    sources: dict[str, str]
+    in_network_reduction: bool = False
+    notes: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """How nodes are wired: the penalty a collective pays when it leaves a node.
+
+    ``oversubscription`` divides the per-device NIC bandwidth for traffic that
+    crosses the top tier (1.0 = non-blocking); ``hops`` multiplies the per-hop
+    latency for traffic between nodes of different leaves.
+    """
+
+    name: str
+    display_name: str
+    kind: Literal["single-node", "fat-tree", "dragonfly"]
+    tiers: int
+    oversubscription: float
+    hops: int
+    nodes_per_leaf: int
+    sources: dict[str, str]
+    notes: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MLA:
+    """Multi-head latent attention shapes (DeepSeek-V2/V3)."""
+
+    q_lora_rank: int  # 0 when queries are not compressed
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+
+
+@dataclass(frozen=True, slots=True)
+class MoE:
+    """Mixture-of-experts shapes. ``first_dense_layers`` use the dense MLP."""
+
+    num_experts: int
+    experts_per_token: int
+    expert_ffn: int
+    num_shared_experts: int = 0
+    first_dense_layers: int = 0
+    moe_layer_freq: int = 1
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ModelArch:
+    """A decoder-only transformer, dense or MoE, in Hugging Face terms."""
+
+    name: str
+    display_name: str
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    ffn: int
+    vocab: int
+    gated_mlp: bool
+    tied_embeddings: bool
+    max_seq_len: int
+    sources: dict[str, str]
+    moe: MoE | None = None
+    mla: MLA | None = None
+    attention_bias: bool = False
+    family: str = ""
+    notes: str = ""
