@@ -1,0 +1,292 @@
+"""Inference: prefill and decode on the roofline of the chip.
+
+Each layer's kernels take the longer of their compute time (FLOPs at the
+compute dtype's peak times GEMM efficiency) and their memory time (weights,
+KV cache and activations streamed at the achieved bandwidth), plus two TP
+all-reduces and a fixed per-layer cost (kernel launches). Prefill is usually
+compute-bound, decode memory-bound; the model does not assume which.
+
+Weight-only quantization (int8/int4 "w8a16/w4a16") stores weights narrow but
+computes in bf16, and its kernels reach a lower fraction of bandwidth
+(``wq_bw_eff``); fp8 weights compute in fp8
+where the chip has it (TensorRT-LLM's FP8 mode), else upcast.
+
+A static batch of ``batch`` sequences: TTFT is the batch's prefill; TPOT is a
+decode step at the mean context ``input + output/2`` (decode time is linear in
+context, so this gives the exact total); output tokens/s = all generated
+tokens over prefill + decode time, times the number of replicas.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from suanli.catalog.types import ModelArch
+from suanli.errors import InvalidLayoutError
+from suanli.perf import collectives as coll
+from suanli.perf.efficiency import Efficiency, default_efficiency
+from suanli.perf.shape import ModelShape, shape_of
+from suanli.perf.system import System
+from suanli.perf.train import gemm_time
+from suanli.units import BYTES_PER_ELEMENT, GB
+
+SERVE_WEIGHT_DTYPES = ("bf16", "fp16", "fp8", "int8", "int4")
+SERVE_KV_DTYPES = ("bf16", "fp16", "fp8", "int8", "int4")
+ACT_BYTES = 2.0
+#: Serving engines prefill in chunks (vLLM's default max_num_batched_tokens with
+#: chunked prefill is 8192), which bounds activation memory.
+PREFILL_CHUNK_TOKENS = 8192
+#: Decode is memory-bound and draws well under TDP; Splitwise (Patel et al.,
+#: ISCA'24, Sec. III) measures the token phase at roughly 60% of the dynamic range.
+DECODE_POWER_FRACTION = 0.6
+#: Group-wise scales: one fp16 scale per 128 weights for int4/int8 (GPTQ/AWQ-style).
+QUANT_SCALE_BYTES_PER_WEIGHT = {"int8": 2 / 128, "int4": 2 / 128}
+
+
+@dataclass(frozen=True, slots=True)
+class ServeEstimate:
+    """A static batch on one replica of ``tp`` devices, and ``replicas`` of them."""
+
+    ttft_s: float
+    tpot_s: float
+    output_tokens_per_s: float
+    kv_cache_gb: float
+    memory_gb: dict[str, float]
+    fits_in_memory: bool
+    max_batch: int
+    prefill_breakdown_s: dict[str, float]
+    decode_breakdown_s: dict[str, float]
+    replicas: int
+    energy_j_per_output_token: float
+    cost_usd_per_million_output_tokens: float | None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "ttft_s": self.ttft_s,
+            "tpot_s": self.tpot_s,
+            "output_tokens_per_s": self.output_tokens_per_s,
+            "kv_cache_gb": self.kv_cache_gb,
+            "memory_gb": dict(self.memory_gb),
+            "fits_in_memory": self.fits_in_memory,
+            "max_batch": self.max_batch,
+            "prefill_breakdown_s": dict(self.prefill_breakdown_s),
+            "decode_breakdown_s": dict(self.decode_breakdown_s),
+            "replicas": self.replicas,
+            "energy_j_per_output_token": self.energy_j_per_output_token,
+            "cost_usd_per_million_output_tokens": self.cost_usd_per_million_output_tokens,
+        }
+
+
+def check_serve(
+    model: ModelArch,
+    num_devices: int,
+    tp: int,
+    weight_dtype: str,
+    kv_dtype: str,
+    batch: int,
+    input_len: int,
+    output_len: int,
+) -> None:
+    """Raise `InvalidLayoutError` naming the first broken constraint."""
+    if tp < 1 or num_devices < 1:
+        raise InvalidLayoutError("--tp and --num-devices must be >= 1")
+    if num_devices % tp:
+        raise InvalidLayoutError(
+            f"num-devices {num_devices} is not a multiple of tp {tp} (replicas = num-devices/tp)"
+        )
+    if model.heads % tp:
+        raise InvalidLayoutError(
+            f"tp {tp} does not divide the {model.heads} attention heads of {model.name}"
+        )
+    if weight_dtype not in SERVE_WEIGHT_DTYPES:
+        raise InvalidLayoutError(f"weight dtype must be one of {', '.join(SERVE_WEIGHT_DTYPES)}")
+    if kv_dtype not in SERVE_KV_DTYPES:
+        raise InvalidLayoutError(f"KV dtype must be one of {', '.join(SERVE_KV_DTYPES)}")
+    if batch < 1 or input_len < 1 or output_len < 1:
+        raise InvalidLayoutError("--batch, --input-len and --output-len must be >= 1")
+
+
+def weight_bytes_per_device(s: ModelShape, tp: int, weight_dtype: str) -> float:
+    """Weights one device holds: linear layers at ``weight_dtype``, embeddings at bf16."""
+    wb = BYTES_PER_ELEMENT[weight_dtype] + QUANT_SCALE_BYTES_PER_WEIGHT.get(weight_dtype, 0.0)
+    embed = s.embedding_params + s.head_params
+    linear = s.total_params - embed - s.arch.layers * s.norm_bias_params_per_layer
+    return (linear * wb + embed * ACT_BYTES) / tp
+
+
+def kv_bytes_per_token_device(s: ModelShape, tp: int, kv_dtype: str) -> float:
+    """KV bytes per token on one device: heads split over TP, replicated when tp > kv heads.
+
+    MLA's latent is shared by all heads, so every TP rank keeps all of it.
+    """
+    full = s.kv_bytes_per_token(BYTES_PER_ELEMENT[kv_dtype])
+    if s.arch.mla is not None:
+        return full
+    return full / min(tp, s.arch.kv_heads)
+
+
+def _bw_eff(e: Efficiency, weight_dtype: str) -> float:
+    if weight_dtype in ("int8", "int4"):
+        return e.mem_bw_eff * e.wq_bw_eff
+    return e.mem_bw_eff
+
+
+def _experts_touched(s: ModelShape, tokens: float) -> float:
+    """Expected distinct routed experts a batch of ``tokens`` touches in one MoE layer."""
+    moe = s.arch.moe
+    if moe is None:
+        return 0.0
+    return float(moe.num_experts * (1 - (1 - moe.experts_per_token / moe.num_experts) ** tokens))
+
+
+def _pass_time(
+    s: ModelShape,
+    system: System,
+    e: Efficiency,
+    tp: int,
+    weight_dtype: str,
+    tokens: float,
+    kv_read_bytes: float,
+    attn_flops: float,
+    lm_head_tokens: float,
+) -> dict[str, float]:
+    """Seconds of one forward pass over ``tokens`` tokens (all layers), by part."""
+    a = s.arch
+    acc = system.accelerator
+    compute_dtype = "fp8" if weight_dtype == "fp8" and acc.native("fp8") else "bf16"
+    peak = acc.peak(compute_dtype) * 1e12
+    peak16 = acc.peak("bf16") * 1e12
+    bw = acc.memory_bandwidth_gbs * GB
+    wb = BYTES_PER_ELEMENT[weight_dtype] + QUANT_SCALE_BYTES_PER_WEIGHT.get(weight_dtype, 0.0)
+    bw_w = bw * _bw_eff(e, weight_dtype)
+    bw_a = bw * e.mem_bw_eff
+    h = a.hidden
+    layer_params = s.attn_params + s.dense_mlp_params  # dense layer
+    weights_dense = layer_params / tp * wb
+    flops_dense = 2 * tokens * layer_params / tp
+    width = layer_params / h / tp  # output width of the layer's GEMMs, taken together
+    t_dense = max(gemm_time(flops_dense, tokens, width, h, peak, bw_a, e), weights_dense / bw_w)
+    t_moe = 0.0
+    moe = a.moe
+    if moe is not None:
+        touched = _experts_touched(s, tokens)
+        moe_w = (s.attn_params + touched * s.expert_params + s.shared_expert_params) / tp * wb
+        moe_params = (
+            s.attn_params + moe.experts_per_token * s.expert_params + s.shared_expert_params
+        )
+        flops_moe = 2 * tokens * moe_params / tp
+        per_expert = tokens * moe.experts_per_token / max(touched, 1.0)
+        width_moe = moe_params / h / tp
+        t_moe = max(gemm_time(flops_moe, per_expert, width_moe, h, peak, bw_a, e), moe_w / bw_w)
+    t_weights = s.num_dense_layers * t_dense + s.num_moe_layers * t_moe
+    # attention over the KV cache: read it once; FLOPs at bf16
+    t_attn = (
+        max(attn_flops / tp / (peak16 * e.attn_eff), kv_read_bytes / bw_a)
+        if (attn_flops or kv_read_bytes)
+        else 0.0
+    )
+    # elementwise: norms, residuals, activation, rope — a handful of passes over h
+    t_elem = a.layers * tokens * (10 * h / tp + 3 * a.ffn / tp) * ACT_BYTES / bw_a
+    ar = coll.all_reduce_s(tokens * h * ACT_BYTES, tp, min(tp, system.devices_per_node), system, e)
+    t_tp = a.layers * 2 * ar
+    head_w = a.vocab * h / tp * ACT_BYTES
+    head_flops = 2 * lm_head_tokens * a.vocab * h / tp
+    t_head = max(
+        gemm_time(head_flops, lm_head_tokens, a.vocab / tp, h, peak16, bw_a, e), head_w / bw_a
+    )
+    t_over = a.layers * e.layer_overhead_us * 1e-6
+    return {
+        "weights_gemm": t_weights,
+        "attention": t_attn,
+        "elementwise": t_elem,
+        "tp_comm": t_tp,
+        "lm_head": t_head,
+        "layer_overhead": t_over,
+    }
+
+
+def estimate_serve(
+    model: ModelArch,
+    system: System,
+    *,
+    num_devices: int,
+    tp: int,
+    batch: int,
+    input_len: int,
+    output_len: int,
+    weight_dtype: str = "bf16",
+    kv_dtype: str | None = None,
+    gqa_kv_reuse: bool = True,
+    eff: Efficiency | None = None,
+) -> ServeEstimate:
+    """Estimate a static batch on ``num_devices / tp`` replicas.
+
+    ``gqa_kv_reuse=False`` models decode-attention kernels that read a KV head
+    once per *query* head of its group instead of once per group: TensorRT-LLM
+    before its XQA kernel (v0.7, Dec 2023), and code that ``repeat_interleave``s
+    K/V before attention (gpt-fast). Current engines (vLLM, SGLang, TRT-LLM
+    with XQA, FlashInfer) reuse, which is the default.
+    """
+    kv_dtype = kv_dtype or ("bf16" if weight_dtype in ("int8", "int4") else weight_dtype)
+    check_serve(model, num_devices, tp, weight_dtype, kv_dtype, batch, input_len, output_len)
+    e = eff if eff is not None else default_efficiency()
+    s = shape_of(model)
+    acc = system.accelerator
+    replicas = num_devices // tp
+    kv_tok = kv_bytes_per_token_device(s, tp, kv_dtype)
+    qv = s.q_dim + s.v_dim
+
+    # Prefill: all input tokens at once; causal attention is half the square.
+    pre_tokens = batch * input_len
+    pre_attn = model.layers * batch * input_len * input_len * qv  # 2*I^2/2*(dq+dv) per seq
+    pre = _pass_time(s, system, e, tp, weight_dtype, pre_tokens, 0.0, pre_attn, batch)
+    ttft = sum(pre.values())
+
+    # Decode at the mean context (input + output / 2).
+    ctx = input_len + output_len / 2
+    dec_attn = model.layers * 2 * batch * ctx * qv
+    kv_reads = 1.0 if gqa_kv_reuse or model.mla else model.heads / model.kv_heads
+    dec = _pass_time(
+        s, system, e, tp, weight_dtype, batch, batch * ctx * kv_tok * kv_reads, dec_attn, batch
+    )
+    tpot = sum(dec.values())
+
+    total_s = ttft + output_len * tpot
+    out_tps = replicas * batch * output_len / total_s
+
+    weights = weight_bytes_per_device(s, tp, weight_dtype)
+    kv = batch * (input_len + output_len) * kv_tok
+    # One layer's intermediates for a prefill chunk, plus the last tokens' fp32 logits.
+    chunk = min(pre_tokens, PREFILL_CHUNK_TOKENS)
+    act = chunk * (4 * model.hidden + 2 * model.ffn / tp) * ACT_BYTES + batch * model.vocab / tp * 4
+    workspace = e.workspace_gb * GB
+    total = weights + kv + act + workspace
+    cap = acc.memory_gb * GB
+    per_seq = (input_len + output_len) * kv_tok
+    max_batch = int(max(0.0, cap - weights - workspace - act) // per_seq) if per_seq else 0
+    idle_w = acc.idle_w if acc.idle_w is not None else 0.3 * acc.tdp_w
+    decode_w = idle_w + DECODE_POWER_FRACTION * (acc.tdp_w - idle_w)
+    energy = (acc.tdp_w * ttft + decode_w * output_len * tpot) * num_devices * system.pue
+    tokens_out = replicas * batch * output_len
+    price = system.price_usd_per_hour
+    cost = price * num_devices * total_s / 3600 / tokens_out * 1e6 if price is not None else None
+    return ServeEstimate(
+        ttft_s=ttft,
+        tpot_s=tpot,
+        output_tokens_per_s=out_tps,
+        kv_cache_gb=kv / GB,
+        memory_gb={
+            "weights": weights / GB,
+            "kv_cache": kv / GB,
+            "activations": act / GB,
+            "workspace": workspace / GB,
+            "total": total / GB,
+        },
+        fits_in_memory=total <= cap,
+        max_batch=max_batch,
+        prefill_breakdown_s=pre,
+        decode_breakdown_s=dec,
+        replicas=replicas,
+        energy_j_per_output_token=energy / tokens_out,
+        cost_usd_per_million_output_tokens=cost,
+    )
