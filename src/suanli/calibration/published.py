@@ -1,0 +1,247 @@
+"""Read ``../shared/calibration/*.csv`` into cases the perf model can predict.
+
+Each CSV row becomes a (model, system, layout, measured) case. What a row does
+not publish is filled by one rule per source, written here once and never per
+row:
+
+* Megatron-LM, SC'21 (rows with ``fp16`` on A100): Megatron's own kernels of
+  2021 — no FlashAttention (published 2022), the DP all-reduce after the
+  backward pass (``--overlap-grad-reduce`` came in 2023), no TP overlap, no
+  sequence parallelism (2022); micro-batch 1; embeddings tied (the parameter
+  counts in the table match tied GPT models); Megatron's default attention and
+  hidden dropout of 0.1. ZeRO-3 rows are DeepSpeed ZeRO-3 (2021) with data
+  parallelism only, micro-batch = global batch / devices, its parameter
+  gathers issued as flat rings (no per-node NIC aggregation).
+* Megatron-Core, 2024 (``bf16`` on H100): fused attention, distributed
+  optimizer (ZeRO-1), grad-reduce/param-gather/TP overlap on (as the CSV
+  says), sequence parallelism with TP, micro-batch 1, untied embeddings (the
+  table's parameter counts, e.g. 7.1B for h=4096, l=30, V=131072, need them).
+* TensorRT-LLM v0.5.0 (static batch, FP8): FP8 KV cache; its decode attention
+  predates the XQA kernel (v0.7), so GQA models read each KV head once per
+  query head. gpt-fast: bf16 KV, and it ``repeat_interleave``s K/V to all
+  query heads before attention — the same lack of reuse.
+* The step time a row implies is its FLOPs under its own convention (the
+  CSV's ``flops_convention``) divided by its measured FLOP/s.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from suanli.catalog.loader import get_accelerator, get_model, models
+from suanli.catalog.types import ModelArch, MoE
+from suanli.perf.layout import TrainLayout
+from suanli.perf.system import System, make_system
+
+
+def shared_calibration_dir() -> Path | None:
+    """``../shared/calibration`` beside the project root, if present."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        cand = parent.parent / "shared" / "calibration"
+        if (parent / "pyproject.toml").exists() and cand.is_dir():
+            return cand
+    cand = Path.cwd().parent / "shared" / "calibration"
+    return cand if cand.is_dir() else None
+
+
+@dataclass(frozen=True)
+class TrainingCase:
+    id: str
+    model: ModelArch
+    system: System
+    layout: TrainLayout
+    measured_step_s: float
+    measured_tflops_per_device: float
+    convention: str
+    source: str
+
+
+@dataclass(frozen=True)
+class InferenceCase:
+    id: str
+    kind: str
+    model: ModelArch
+    system: System
+    num_devices: int
+    tp: int
+    weight_dtype: str
+    batch: int
+    input_len: int
+    output_len: int
+    measured_output_tokens_per_s: float
+    source: str
+    kv_dtype: str
+    gqa_kv_reuse: bool
+
+
+def _rows(path: Path) -> tuple[str, list[dict[str, str]]]:
+    text = path.read_text(encoding="utf-8")
+    header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
+    body = "\n".join(line for line in text.splitlines() if line and not line.startswith("#"))
+    return header, list(csv.DictReader(io.StringIO(body)))
+
+
+def convention_flops(row: dict[str, str]) -> float:
+    """FLOPs per step under the row's published convention (Narayanan et al. Eq. 3)."""
+    b, s = float(row["global_batch"]), float(row["seq_len"])
+    n_layers, h, v = float(row["layers"]), float(row["hidden"]), float(row["vocab"])
+    core = b * s * n_layers * h * h * (1 + s / (6 * h) + v / (16 * n_layers * h))
+    if row["flops_convention"] == "hfu_full_recompute":
+        return 96 * core
+    if row["flops_convention"] == "mfu":
+        return 72 * core
+    raise ValueError(f"unknown flops_convention {row['flops_convention']!r} in row {row['id']}")
+
+
+def _gpt(row: dict[str, str], tied: bool) -> ModelArch:
+    h, layers, heads, vocab = (int(row[k]) for k in ("hidden", "layers", "heads", "vocab"))
+    return ModelArch(
+        name=row["model"],
+        display_name=row["model"],
+        hidden=h,
+        layers=layers,
+        heads=heads,
+        kv_heads=heads,
+        head_dim=h // heads,
+        ffn=4 * h,
+        vocab=vocab,
+        gated_mlp=False,
+        tied_embeddings=tied,
+        max_seq_len=int(row["seq_len"]),
+        sources={"hidden": "training_megatron.csv"},
+        attention_bias=True,
+        family="gpt",
+    )
+
+
+def load_training_cases(directory: Path) -> list[TrainingCase]:
+    """Every row of ``training_megatron.csv`` as a case."""
+    _, rows = _rows(directory / "training_megatron.csv")
+    cases = []
+    for row in rows:
+        acc = get_accelerator(row["accelerator"])
+        n = int(row["num_devices"])
+        tp, pp, dp = int(row["tp"]), int(row["pp"]), int(row["dp"])
+        gb = int(row["global_batch"])
+        legacy = row["dtype"] == "fp16"  # the SC'21 rows
+        zero3 = row["optimizer"] == "zero3"
+        layout = TrainLayout(
+            tp=tp,
+            pp=pp,
+            dp=dp,
+            micro_batch=gb // dp if zero3 else 1,
+            global_batch=gb,
+            seq_len=int(row["seq_len"]),
+            dtype=row["dtype"],
+            recompute=row["recompute"],  # type: ignore[arg-type]
+            zero=3 if zero3 else (0 if legacy else 1),
+            sequence_parallel=(not legacy) and tp > 1,
+            fused_attention=not legacy,
+            overlap_grad_reduce=not legacy,
+            overlap_tp_comm=not legacy,
+            dropout=legacy,
+            hierarchical_collectives=not zero3,
+        )
+        assert layout.num_devices == n, row["id"]
+        flops = convention_flops(row)
+        measured = float(row["measured_tflops_per_device"])
+        cases.append(
+            TrainingCase(
+                id=row["id"],
+                model=_gpt(row, tied=legacy),
+                system=make_system(acc),
+                layout=layout,
+                measured_step_s=flops / (measured * 1e12 * n),
+                measured_tflops_per_device=measured,
+                convention=row["flops_convention"],
+                source="Narayanan et al. SC'21" if legacy else "Megatron-Core README 2024",
+            )
+        )
+    return cases
+
+
+_SHAPE = re.compile(r"([\w.\-]+(?:/[\w.\-]+)?) \(([^)]*)\)")
+
+
+def _header_shapes(header: str) -> dict[str, dict[str, str]]:
+    """Parse "name (h4096,l32,a32,kv8,ffn11008,V32000)" model shapes from the CSV header."""
+    out: dict[str, dict[str, str]] = {}
+    start = header.find("Model shapes:")
+    for m in _SHAPE.finditer(header[start:]):
+        fields: dict[str, str] = {}
+        for part in m.group(2).split(","):
+            part = part.strip()
+            km = re.fullmatch(r"(h|l|a|kv|ffn|V)(\d+)", part)
+            if km:
+                fields[km.group(1)] = km.group(2)
+            em = re.fullmatch(r"(\d+) experts top-(\d+)", part)
+            if em:
+                fields["experts"], fields["top"] = em.group(1), em.group(2)
+            fm = re.fullmatch(r"expert ffn(\d+)", part)
+            if fm:
+                fields["ffn"] = fm.group(1)
+        for name in m.group(1).split("/"):
+            out[name] = fields
+    return out
+
+
+def _arch_from_shape(name: str, f: dict[str, str]) -> ModelArch:
+    h, heads = int(f["h"]), int(f["a"])
+    gated = name.startswith(("llama", "mixtral"))
+    moe = MoE(int(f["experts"]), int(f["top"]), int(f["ffn"])) if "experts" in f else None
+    return ModelArch(
+        name=name,
+        display_name=name,
+        hidden=h,
+        layers=int(f["l"]),
+        heads=heads,
+        kv_heads=int(f.get("kv", heads)),
+        head_dim=h // heads,
+        ffn=int(f["ffn"]),
+        vocab=int(f["V"]),
+        gated_mlp=gated,
+        tied_embeddings=False,
+        max_seq_len=4096,
+        sources={"hidden": "inference_published.csv header"},
+        moe=moe,
+        family=name.split("-")[0],
+    )
+
+
+def load_inference_cases(directory: Path) -> list[InferenceCase]:
+    """Every row of ``inference_published.csv`` as a case."""
+    header, rows = _rows(directory / "inference_published.csv")
+    shapes = _header_shapes(header)
+    cases = []
+    for row in rows:
+        name = row["model"]
+        model = get_model(name) if name in models() else _arch_from_shape(name, shapes[name])
+        acc = get_accelerator(row["accelerator"])
+        trt = row["kind"] == "static_batch"
+        # TRT-LLM's FP8 runs keep an FP8 KV cache (a 7B model at batch 64 x 2,176 tokens
+        # only fits in 80 GB that way); gpt-fast keeps KV in bf16 whatever the weights.
+        kv_dtype = "fp8" if trt and row["weight_dtype"] == "fp8" else "bf16"
+        cases.append(
+            InferenceCase(
+                id=row["id"],
+                kind=row["kind"],
+                model=model,
+                system=make_system(acc),
+                num_devices=int(row["num_devices"]),
+                tp=int(row["tp"]),
+                weight_dtype=row["weight_dtype"],
+                batch=int(row["batch"]),
+                input_len=int(row["input_len"]),
+                output_len=int(row["output_len"]),
+                measured_output_tokens_per_s=float(row["measured_output_tokens_per_s"]),
+                source="TensorRT-LLM v0.5.0" if trt else "gpt-fast",
+                kv_dtype=kv_dtype,
+                gqa_kv_reuse=False,
+            )
+        )
+    return cases
