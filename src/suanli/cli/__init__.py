@@ -1,0 +1,33 @@
+"""The ``suanli`` command line (Typer + Rich)."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from suanli.cli.catalog_cmd import catalog_app
+from suanli.cli.estimate_cmd import estimate_app
+from suanli.errors import SuanliError
+
+app = typer.Typer(
+    name="suanli",
+    help="Plan, schedule and run large-model work on heterogeneous accelerators.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(catalog_app, name="catalog")
+app.add_typer(estimate_app, name="estimate")
+
+
+def main() -> None:
+    """Entry point: user errors become one readable line and exit code 2.
+
+    Typer itself reports usage errors (a missing option, a bad choice) with exit 2.
+    """
+    try:
+        app()
+    except SuanliError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)

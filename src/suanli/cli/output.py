@@ -1,0 +1,59 @@
+"""Shared output helpers: JSON for scripts, Rich tables for people."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+if not console.is_terminal:  # piped or captured: do not squeeze tables to 80 columns
+    console = Console(width=140)
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else value
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def print_json(obj: Any) -> None:
+    """One JSON object on stdout (no Rich markup, so scripts can parse it)."""
+    print(json.dumps(_clean(obj), indent=2, sort_keys=False))
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A number for a table: significant digits, thousands separators, no noise."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if value == 0:
+            return "0"
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
+    """A two-column table; a long title goes on its own line above it."""
+    if len(title) > 40:
+        console.print(f"[bold]{title}[/bold]")
+        title = ""
+    table = Table(title=title or None, show_header=False, title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value", justify="right")
+    for k, v in rows:
+        table.add_row(k, fmt(v))
+    return table

@@ -1,0 +1,174 @@
+"""The CLI contract, run as a real subprocess the way scripts will run it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+TRAIN = [
+    "estimate",
+    "train",
+    "--model",
+    "gpt3-175b",
+    "--accelerator",
+    "a100-80gb",
+    "--num-devices",
+    "1536",
+    "--tp",
+    "8",
+    "--pp",
+    "12",
+    "--global-batch",
+    "1536",
+    "--seq-len",
+    "2048",
+    "--recompute",
+    "full",
+]
+SERVE = [
+    "estimate",
+    "serve",
+    "--model",
+    "llama-3-70b",
+    "--accelerator",
+    "h100-sxm",
+    "--num-devices",
+    "4",
+    "--tp",
+    "4",
+    "--weight-dtype",
+    "fp8",
+    "--batch",
+    "64",
+    "--input-len",
+    "128",
+    "--output-len",
+    "128",
+]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "suanli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_train_json_has_the_contract_fields() -> None:
+    out = run(*TRAIN, "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    for key in (
+        "step_time_s",
+        "tokens_per_s",
+        "tokens_per_s_per_device",
+        "model_tflops_per_device",
+        "hardware_tflops_per_device",
+        "mfu",
+        "hfu",
+        "memory_gb",
+        "fits_in_memory",
+        "breakdown_s",
+        "energy_j",
+        "cost_usd",
+    ):
+        assert key in data, key
+    for key in ("weights", "gradients", "optimizer", "activations", "total"):
+        assert key in data["memory_gb"]
+    assert data["layout"]["dp"] == 16  # derived: 1536 / (8 * 12)
+    assert data["tokens_per_s"] == pytest.approx(1536 * 2048 / data["step_time_s"])
+
+
+def test_serve_json_has_the_contract_fields() -> None:
+    out = run(*SERVE, "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    for key in (
+        "ttft_s",
+        "tpot_s",
+        "output_tokens_per_s",
+        "kv_cache_gb",
+        "memory_gb",
+        "fits_in_memory",
+        "max_batch",
+    ):
+        assert key in data, key
+
+
+def test_tables_for_people() -> None:
+    out = run(*TRAIN)
+    assert out.returncode == 0, out.stderr
+    assert "Step time breakdown" in out.stdout and "MFU" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tp", "7", "--num-devices", "84"], "tp 7 does not divide the 96 attention heads"),
+        (["--tp", "7"], "num-devices 1536 is not a multiple of tp*pp*cp = 7*12*1"),
+        (["--dp", "3"], "num-devices 1536 != tp*pp*dp*cp"),
+        (["--model", "gpt3-17b"], "unknown model 'gpt3-17b'; did you mean"),
+        (["--accelerator", "a100"], "unknown accelerator 'a100'; did you mean"),
+        (["--model", "/nonexistent/config.json"], "cannot read model config"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
+    cmd = list(TRAIN)
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        if flag in cmd:
+            cmd[cmd.index(flag) + 1] = value
+        else:
+            cmd += [flag, value]
+    out = run(*cmd)
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in out.stderr
+
+
+def test_catalog_list_and_show() -> None:
+    for kind in ("accelerators", "models", "networks"):
+        out = run("catalog", "list", kind, "--json")
+        assert out.returncode == 0, out.stderr
+        assert len(json.loads(out.stdout)) >= 5
+    shown = run("catalog", "show", "ascend-910b", "--json")
+    assert shown.returncode == 0
+    rec = json.loads(shown.stdout)
+    assert rec["visible_devices_env"] == "ASCEND_RT_VISIBLE_DEVICES"
+    assert rec["disputed"], "910B figures are disputed in hardware_sources.md"
+    table = run("catalog", "show", "h100-sxm")
+    assert "source" in table.stdout
+    assert run("catalog", "show", "h10").returncode == 2
+
+
+def test_hf_config_by_path(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cfg = {
+        "hidden_size": 2048,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 4,
+        "intermediate_size": 5632,
+        "vocab_size": 32000,
+        "hidden_act": "silu",
+        "max_position_embeddings": 4096,
+    }
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    out = run(
+        "estimate",
+        "train",
+        "--model",
+        str(tmp_path),
+        "--accelerator",
+        "a10",
+        "--num-devices",
+        "2",
+        "--global-batch",
+        "8",
+        "--seq-len",
+        "1024",
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["step_time_s"] > 0

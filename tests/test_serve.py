@@ -1,0 +1,93 @@
+"""Inference estimates: roofline behaviour, quantization, KV cache, limits."""
+
+from __future__ import annotations
+
+import pytest
+
+from suanli.errors import InvalidLayoutError
+from suanli.perf import estimate_serve
+from tests.conftest import model, system
+
+
+def serve(name: str, acc: str, **kw: object):  # type: ignore[no-untyped-def]
+    args: dict[str, object] = dict(num_devices=1, tp=1, batch=1, input_len=512, output_len=128)
+    args.update(kw)
+    return estimate_serve(model(name), system(acc), **args)  # type: ignore[arg-type]
+
+
+def test_decode_is_memory_bound_and_h20_beats_h100_on_it() -> None:
+    # hardware_sources.md caveat 2: H20 has ~15% of H100's compute but more bandwidth,
+    # so decode on H20 >= H100 while prefill is several times slower.
+    h100 = serve("llama-3-70b", "h100-sxm", num_devices=8, tp=8, batch=8, input_len=2048)
+    h20 = serve("llama-3-70b", "h20", num_devices=8, tp=8, batch=8, input_len=2048)
+    assert h20.tpot_s <= h100.tpot_s
+    assert h20.ttft_s > 4 * h100.ttft_s
+
+
+def test_weight_quantization_cuts_memory_and_decode_time() -> None:
+    bf16 = serve("llama-2-7b", "a100-80gb")
+    int8 = serve("llama-2-7b", "a100-80gb", weight_dtype="int8")
+    int4 = serve("llama-2-7b", "a100-80gb", weight_dtype="int4")
+    assert bf16.memory_gb["weights"] > int8.memory_gb["weights"] > int4.memory_gb["weights"]
+    assert bf16.tpot_s > int8.tpot_s > int4.tpot_s
+    # bf16 weights: 6.74B * 2 bytes = 13.5 GB
+    assert bf16.memory_gb["weights"] == pytest.approx(13.48, abs=0.05)
+
+
+def test_kv_cache_and_largest_batch() -> None:
+    # Llama-2-7B bf16 KV: 524,288 bytes/token; batch 8 x (1024 + 1024) tokens = 8.6 GB
+    est = serve("llama-2-7b", "a100-80gb", batch=8, input_len=1024, output_len=1024)
+    assert est.kv_cache_gb == pytest.approx(8 * 2048 * 524_288 / 1e9)
+    assert est.max_batch >= 8
+    bigger = serve(
+        "llama-2-7b", "a100-80gb", batch=est.max_batch + 1, input_len=1024, output_len=1024
+    )
+    assert not bigger.fits_in_memory
+    fp8_kv = serve("llama-2-7b", "h100-sxm", kv_dtype="fp8", input_len=1024, output_len=1024)
+    assert (
+        fp8_kv.max_batch
+        > serve("llama-2-7b", "h100-sxm", input_len=1024, output_len=1024).max_batch
+    )
+
+
+def test_tensor_parallel_cuts_decode_latency_and_replicas_add_throughput() -> None:
+    tp1 = serve("llama-2-13b", "a100-80gb")
+    tp4 = serve("llama-2-13b", "a100-80gb", num_devices=4, tp=4)
+    assert tp4.tpot_s < tp1.tpot_s
+    two = serve("llama-2-13b", "a100-80gb", num_devices=8, tp=4)
+    assert two.replicas == 2
+    assert two.output_tokens_per_s == pytest.approx(2 * tp4.output_tokens_per_s)
+
+
+def test_mla_keeps_a_small_kv_cache() -> None:
+    ds = serve(
+        "deepseek-v3",
+        "h200",
+        num_devices=8,
+        tp=8,
+        weight_dtype="fp8",
+        batch=16,
+        input_len=4096,
+        output_len=512,
+    )
+    # MLA latent replicated per TP rank: 70,272 bytes/token in bf16 -> fp8 halves it
+    assert ds.kv_cache_gb == pytest.approx(16 * 4608 * 70_272 / 2 / 1e9)
+
+
+def test_cpu_is_an_accelerator_like_any_other() -> None:
+    est = serve("tiny-llama-40m", "xeon-8480")
+    assert est.fits_in_memory and est.output_tokens_per_s > 0
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"num_devices": 3, "tp": 2}, "not a multiple of tp"),
+        ({"tp": 3, "num_devices": 3}, "does not divide"),
+        ({"weight_dtype": "int2"}, "weight dtype"),
+        ({"batch": 0}, "must be >= 1"),
+    ],
+)
+def test_invalid_serving_layouts(kw: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidLayoutError, match=message):
+        serve("llama-2-7b", "a100-80gb", **kw)

@@ -1,0 +1,176 @@
+"""Training estimates: layouts, bubbles, memory verdicts and invariants."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from suanli.errors import InvalidLayoutError
+from suanli.perf import Efficiency, TrainLayout, estimate_train
+from tests.conftest import model, system
+
+GPT3 = TrainLayout(tp=8, pp=12, dp=16, global_batch=1536, seq_len=2048, recompute="full")
+
+
+def test_estimate_has_consistent_figures() -> None:
+    est = estimate_train(model("gpt3-175b"), system("a100-80gb"), GPT3)
+    assert est.num_devices == 1536
+    assert est.tokens_per_s == pytest.approx(1536 * 2048 / est.step_time_s)
+    assert est.tokens_per_s_per_device == pytest.approx(est.tokens_per_s / 1536)
+    assert 0 < est.mfu < est.hfu < 1
+    # full recompute: hardware FLOPs = model FLOPs * 4/3
+    assert est.hfu / est.mfu == pytest.approx(4 / 3)
+    assert est.fits_in_memory
+    mem = est.memory_gb
+    assert mem["total"] == pytest.approx(
+        mem["weights"] + mem["gradients"] + mem["optimizer"] + mem["activations"] + mem["workspace"]
+    )
+    parts = {k: v for k, v in est.breakdown_s.items() if k != "dp_comm_total"}
+    assert sum(parts.values()) == pytest.approx(est.step_time_s, rel=1e-9)
+    assert est.energy_j > 0 and est.cost_usd > 0
+
+
+@pytest.mark.parametrize(
+    ("pp", "vpp", "gb", "expected"),
+    [
+        # 1F1B: bubble = (p - 1) / m of the compute; m = gb / dp = 64 -> 11/64
+        (12, 1, 1024, 11 / 64),
+        # interleaved with v = 2 halves it: (8 - 1) / (2 * 64)
+        (8, 2, 1024, 7 / 128),
+        (4, 1, 256, 3 / 16),  # m = 16
+    ],
+)
+def test_pipeline_bubble_fraction(pp: int, vpp: int, gb: int, expected: float) -> None:
+    lay = TrainLayout(tp=8, pp=pp, dp=16, vpp=vpp, global_batch=gb, seq_len=2048)
+    m = model("gpt3-175b")
+    est = estimate_train(m, system("a100-80gb"), lay)
+    compute = est.step_time_s - sum(
+        v
+        for k, v in est.breakdown_s.items()
+        if k in ("pp_bubble", "pp_p2p", "dp_comm_exposed", "optimizer")
+    )
+    assert est.breakdown_s["pp_bubble"] / compute == pytest.approx(expected)
+
+
+def test_recompute_trades_time_for_memory() -> None:
+    m, sys_ = model("llama-2-13b"), system("a100-80gb")
+    base = TrainLayout(tp=4, pp=1, dp=2, global_batch=64, seq_len=4096, fused_attention=False)
+    none = estimate_train(m, sys_, base)
+    sel = estimate_train(m, sys_, dataclasses.replace(base, recompute="selective"))
+    full = estimate_train(m, sys_, dataclasses.replace(base, recompute="full"))
+    assert none.step_time_s < sel.step_time_s < full.step_time_s
+    assert (
+        none.memory_gb["activations"]
+        > sel.memory_gb["activations"]
+        > (full.memory_gb["activations"])
+    )
+
+
+def test_zero_stages_shrink_model_states() -> None:
+    m, sys_ = model("llama-2-7b"), system("a100-80gb")
+    totals = [
+        estimate_train(m, sys_, TrainLayout(dp=8, zero=z, global_batch=64, seq_len=2048)).memory_gb
+        for z in range(4)
+    ]
+    states = [t["weights"] + t["gradients"] + t["optimizer"] for t in totals]
+    assert states == sorted(states, reverse=True)
+    # stage 3 over 8 ranks: 16 bytes/param / 8 = 2 bytes/param of 6.74B = 13.5 GB
+    assert states[3] == pytest.approx(16 * 6.738e9 / 8 / 1e9, rel=1e-3)
+
+
+def test_70b_does_not_fit_one_80gb_device() -> None:
+    est = estimate_train(
+        model("llama-3-70b"), system("h100-sxm"), TrainLayout(global_batch=8, seq_len=4096)
+    )
+    assert not est.fits_in_memory
+    assert est.memory_gb["weights"] == pytest.approx(2 * 70.55, rel=1e-3)
+
+
+def test_more_data_parallel_devices_give_more_tokens_per_second() -> None:
+    m, sys_ = model("llama-2-7b"), system("h100-sxm")
+    rates = [
+        estimate_train(
+            m, sys_, TrainLayout(dp=d, zero=1, global_batch=512, seq_len=4096)
+        ).tokens_per_s
+        for d in (8, 16, 32, 64)
+    ]
+    assert rates == sorted(rates)
+
+
+def test_slower_link_slows_tensor_parallelism_only() -> None:
+    m = model("gpt3-175b")
+    fast = system("a100-80gb")
+    slow = dataclasses.replace(fast, intra_bw=fast.intra_bw / 4)
+    tp = TrainLayout(tp=8, pp=12, dp=16, global_batch=1536, seq_len=2048)
+    assert estimate_train(m, slow, tp).breakdown_s["tp_cp_comm"] > (
+        estimate_train(m, fast, tp).breakdown_s["tp_cp_comm"] * 3
+    )
+
+
+def test_h800_pays_more_for_tensor_parallel_than_h100() -> None:
+    # Same chip, NVLink cut from 900 to 400 GB/s (hardware_sources.md caveat 1).
+    lay = TrainLayout(tp=8, pp=7, dp=4, global_batch=256, seq_len=4096)
+    m = model("llama-3.1-405b")
+    h100 = estimate_train(m, system("h100-sxm"), lay)
+    h800 = estimate_train(m, system("h800-sxm"), lay)
+    assert h800.breakdown_s["tp_cp_comm"] > 1.8 * h100.breakdown_s["tp_cp_comm"]
+    assert h800.step_time_s > h100.step_time_s
+
+
+def test_uneven_stages_are_paced_by_the_heaviest() -> None:
+    # DeepSeek-V3's 61 layers on 16 stages: the heaviest holds ceil(61/16) = 4 layers,
+    # so it costs like 64 layers on 16 even stages would.
+    lay = TrainLayout(pp=16, dp=64, ep=64, zero=1, global_batch=1024, seq_len=4096)
+    assert lay.stage_layers(61) == 4
+    est = estimate_train(model("deepseek-v3"), system("h800-sxm"), lay)
+    assert est.step_time_s > 0 and est.breakdown_s["ep_comm"] > 0
+
+
+def test_moe_expert_parallel_adds_all_to_all() -> None:
+    m = model("mixtral-8x7b")
+    lay = TrainLayout(tp=1, pp=1, dp=8, ep=8, zero=1, global_batch=64, seq_len=4096)
+    est = estimate_train(m, system("h100-sxm"), lay)
+    assert est.breakdown_s["ep_comm"] > 0
+    # MoE: model FLOPs follow active (12.9B), not total (46.7B) parameters
+    assert est.model_tflops_per_device * 1e12 * est.step_time_s * 8 / (64 * 4096) < (6 * 20e9)
+
+
+def test_fp8_is_faster_than_bf16_where_the_chip_has_it() -> None:
+    m, lay = model("llama-3-70b"), TrainLayout(tp=8, pp=2, dp=4, global_batch=64, seq_len=4096)
+    bf16 = estimate_train(m, system("h100-sxm"), lay)
+    fp8 = estimate_train(m, system("h100-sxm"), dataclasses.replace(lay, dtype="fp8"))
+    assert fp8.step_time_s < bf16.step_time_s
+    # A100 has no FP8 unit: fp8 runs at the bf16 rate
+    a_bf16 = estimate_train(m, system("a100-80gb"), lay)
+    a_fp8 = estimate_train(m, system("a100-80gb"), dataclasses.replace(lay, dtype="fp8"))
+    assert a_fp8.step_time_s == pytest.approx(a_bf16.step_time_s, rel=0.01)
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        (TrainLayout(tp=7, dp=1, global_batch=8, seq_len=2048), "does not divide the 96 attention"),
+        (TrainLayout(pp=97, global_batch=97, seq_len=2048), "exceeds the 96 layers"),
+        (TrainLayout(dp=3, global_batch=8, seq_len=2048), "not a multiple of dp*micro-batch"),
+        (TrainLayout(ep=2, global_batch=8, seq_len=2048), "needs an MoE model"),
+        (TrainLayout(zero=4, global_batch=8, seq_len=2048), "zero stage"),
+        (
+            TrainLayout(tp=2, sequence_parallel=False, vpp=2, global_batch=8, seq_len=2048),
+            "vpp > 1",
+        ),
+        (TrainLayout(pp=2, zero=3, global_batch=8, seq_len=2048), "ZeRO stage 2/3"),
+        (TrainLayout(cp=3, global_batch=8, seq_len=2048), "cp 3"),
+    ],
+)
+def test_invalid_layouts_name_the_constraint(layout: TrainLayout, message: str) -> None:
+    with pytest.raises(InvalidLayoutError, match=message.replace("*", r"\*")):
+        estimate_train(model("gpt3-175b"), system("a100-80gb"), layout)
+
+
+def test_efficiency_parameters_move_the_estimate() -> None:
+    m, sys_ = model("llama-2-7b"), system("a100-80gb")
+    lay = TrainLayout(dp=8, global_batch=64, seq_len=2048)
+    slow = estimate_train(m, sys_, lay, Efficiency(gemm_eff_max=0.4))
+    fast = estimate_train(m, sys_, lay, Efficiency(gemm_eff_max=0.9))
+    assert slow.step_time_s > 1.5 * fast.step_time_s
