@@ -30,13 +30,16 @@ from rich.table import Table
 from scipy.optimize import least_squares
 
 from suanli.calibration import (
+    Case,
     InferenceCase,
     TrainingCase,
     load_inference_cases,
     load_training_cases,
+    measured,
+    predict,
     shared_calibration_dir,
 )
-from suanli.perf import Efficiency, default_efficiency, estimate_serve, estimate_train
+from suanli.perf import Efficiency, default_efficiency
 from suanli.perf.efficiency import FITTED
 
 console = Console(width=150)
@@ -59,35 +62,6 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "layer_overhead_us": (0.0, 200.0),
     "wq_bw_eff": (0.3, 1.0),
 }
-
-Case = TrainingCase | InferenceCase
-
-
-def predict(case: Case, eff: Efficiency) -> float:
-    """Predicted throughput in the row's own unit (TFLOP/s per device, or tokens/s)."""
-    if isinstance(case, TrainingCase):
-        est = estimate_train(case.model, case.system, case.layout, eff, check=False)
-        return case.measured_tflops_per_device * case.measured_step_s / est.step_time_s
-    est2 = estimate_serve(
-        case.model,
-        case.system,
-        num_devices=case.num_devices,
-        tp=case.tp,
-        batch=case.batch,
-        input_len=case.input_len,
-        output_len=case.output_len,
-        weight_dtype=case.weight_dtype,
-        kv_dtype=case.kv_dtype,
-        gqa_kv_reuse=case.gqa_kv_reuse,
-        eff=eff,
-    )
-    return est2.output_tokens_per_s
-
-
-def measured(case: Case) -> float:
-    if isinstance(case, TrainingCase):
-        return case.measured_tflops_per_device
-    return case.measured_output_tokens_per_s
 
 
 def log_errors(cases: Sequence[Case], eff: Efficiency) -> np.ndarray:

@@ -1,5 +1,6 @@
 """Published measurements the perf model is fitted and checked on."""
 
+from suanli.calibration.evaluate import Case, measured, predict, relative_error
 from suanli.calibration.published import (
     InferenceCase,
     TrainingCase,
@@ -9,9 +10,13 @@ from suanli.calibration.published import (
 )
 
 __all__ = [
+    "Case",
     "InferenceCase",
     "TrainingCase",
     "load_inference_cases",
     "load_training_cases",
+    "measured",
+    "predict",
+    "relative_error",
     "shared_calibration_dir",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar, cast, get_type_hints
@@ -86,53 +87,66 @@ def _check_sources(rec: Any, fields: tuple[str, ...], where: str) -> None:
             raise CatalogFileError(f"{where}: {name} has no source (add sources.{name})")
 
 
+R = TypeVar("R")
+
+
+def _load_table(
+    filename: str, build: Callable[[dict[str, Any], str], R], name: Callable[[R], str]
+) -> dict[str, R]:
+    """Build every entry of a data file, refusing duplicate names."""
+    fname, data = _read_yaml(filename)
+    out: dict[str, R] = {}
+    for i, entry in enumerate(data):
+        where = f"{fname} entry {i} ({entry.get('name', '?')})"
+        rec = build(entry, where)
+        if name(rec) in out:
+            raise CatalogFileError(f"{where}: duplicate name {name(rec)!r}")
+        out[name(rec)] = rec
+    return out
+
+
+def _accelerator(entry: dict[str, Any], where: str) -> Accelerator:
+    acc = build_record(Accelerator, entry, where)
+    bad = sorted(set(acc.peak_tflops) - set(DTYPES))
+    if bad:
+        raise CatalogFileError(f"{where}: unknown dtype(s) in peak_tflops: {bad}")
+    if acc.kind not in ("cpu", "gpu", "npu", "fpga", "asic"):
+        raise CatalogFileError(f"{where}: kind must be cpu/gpu/npu/fpga/asic")
+    for k in acc.disputed:
+        if k.split(".")[0] not in _SOURCED_ACCEL_FIELDS and not hasattr(acc, k):
+            raise CatalogFileError(f"{where}: disputed names unknown field {k!r}")
+    _check_sources(acc, _SOURCED_ACCEL_FIELDS, where)
+    return acc
+
+
+def _interconnect(entry: dict[str, Any], where: str) -> Interconnect:
+    rec = build_record(Interconnect, entry, where)
+    _check_sources(rec, ("bandwidth_gbs", "latency_us"), where)
+    return rec
+
+
+def _topology(entry: dict[str, Any], where: str) -> Topology:
+    rec = build_record(Topology, entry, where)
+    _check_sources(rec, ("oversubscription",), where)
+    return rec
+
+
 @functools.cache
 def accelerators() -> dict[str, Accelerator]:
     """All accelerators by name."""
-    fname, data = _read_yaml("accelerators.yaml")
-    out: dict[str, Accelerator] = {}
-    for i, entry in enumerate(data):
-        where = f"{fname} entry {i} ({entry.get('name', '?')})"
-        acc = build_record(Accelerator, entry, where)
-        bad = sorted(set(acc.peak_tflops) - set(DTYPES))
-        if bad:
-            raise CatalogFileError(f"{where}: unknown dtype(s) in peak_tflops: {bad}")
-        if acc.kind not in ("cpu", "gpu", "npu", "fpga", "asic"):
-            raise CatalogFileError(f"{where}: kind must be cpu/gpu/npu/fpga/asic")
-        for k in acc.disputed:
-            if not hasattr(acc, k) and k.split(".")[0] not in _SOURCED_ACCEL_FIELDS:
-                raise CatalogFileError(f"{where}: disputed names unknown field {k!r}")
-        _check_sources(acc, _SOURCED_ACCEL_FIELDS, where)
-        if acc.name in out:
-            raise CatalogFileError(f"{where}: duplicate name {acc.name!r}")
-        out[acc.name] = acc
-    return out
+    return _load_table("accelerators.yaml", _accelerator, lambda r: r.name)
 
 
 @functools.cache
 def interconnects() -> dict[str, Interconnect]:
     """All link technologies by name."""
-    fname, data = _read_yaml("interconnects.yaml")
-    out: dict[str, Interconnect] = {}
-    for i, entry in enumerate(data):
-        where = f"{fname} entry {i} ({entry.get('name', '?')})"
-        rec = build_record(Interconnect, entry, where)
-        _check_sources(rec, ("bandwidth_gbs", "latency_us"), where)
-        out[rec.name] = rec
-    return out
+    return _load_table("interconnects.yaml", _interconnect, lambda r: r.name)
 
 
 @functools.cache
 def topologies() -> dict[str, Topology]:
     """All network topologies by name."""
-    fname, data = _read_yaml("topologies.yaml")
-    out: dict[str, Topology] = {}
-    for i, entry in enumerate(data):
-        where = f"{fname} entry {i} ({entry.get('name', '?')})"
-        rec = build_record(Topology, entry, where)
-        _check_sources(rec, ("oversubscription",), where)
-        out[rec.name] = rec
-    return out
+    return _load_table("topologies.yaml", _topology, lambda r: r.name)
 
 
 def model_from_mapping(entry: dict[str, Any], where: str) -> ModelArch:
@@ -156,12 +170,7 @@ def model_from_mapping(entry: dict[str, Any], where: str) -> ModelArch:
 @functools.cache
 def models() -> dict[str, ModelArch]:
     """All catalog models by name."""
-    fname, data = _read_yaml("models.yaml")
-    out: dict[str, ModelArch] = {}
-    for i, entry in enumerate(data):
-        rec = model_from_mapping(entry, f"{fname} entry {i} ({entry.get('name', '?')})")
-        out[rec.name] = rec
-    return out
+    return _load_table("models.yaml", model_from_mapping, lambda r: r.name)
 
 
 def get_accelerator(name: str) -> Accelerator:
