@@ -125,6 +125,54 @@ def kv_bytes_per_token_device(s: ModelShape, tp: int, kv_dtype: str) -> float:
     return full / min(tp, s.arch.kv_heads)
 
 
+def serve_memory(
+    s: ModelShape,
+    system: System,
+    tp: int,
+    weight_dtype: str,
+    kv_dtype: str,
+    batch: int,
+    input_len: int,
+    output_len: int,
+    e: Efficiency,
+) -> dict[str, float]:
+    """Bytes per device: weights, KV cache of the batch at full length, activations, workspace.
+
+    Activations: one layer's intermediates for a prefill chunk (serving engines
+    prefill in chunks of at most `PREFILL_CHUNK_TOKENS`) plus fp32 logits.
+    """
+    a = s.arch
+    chunk = min(batch * input_len, PREFILL_CHUNK_TOKENS)
+    act = chunk * (4 * a.hidden + 2 * a.ffn / tp) * ACT_BYTES + batch * a.vocab / tp * 4
+    return {
+        "weights": weight_bytes_per_device(s, tp, weight_dtype),
+        "kv_cache": batch * (input_len + output_len) * kv_bytes_per_token_device(s, tp, kv_dtype),
+        "activations": act,
+        "workspace": e.workspace_gb * GB,
+    }
+
+
+def max_batch_that_fits(
+    s: ModelShape,
+    system: System,
+    tp: int,
+    weight_dtype: str,
+    kv_dtype: str,
+    seq_tokens: int,
+    e: Efficiency,
+) -> int:
+    """The most sequences of ``seq_tokens`` whose KV cache fits beside the weights."""
+    fixed = serve_memory(s, system, tp, weight_dtype, kv_dtype, 1, PREFILL_CHUNK_TOKENS, 0, e)
+    free = (
+        system.accelerator.memory_gb * GB
+        - fixed["weights"]
+        - fixed["activations"]
+        - (fixed["workspace"])
+    )
+    per_seq = seq_tokens * kv_bytes_per_token_device(s, tp, kv_dtype)
+    return int(max(0.0, free) // per_seq) if per_seq > 0 else 0
+
+
 def _bw_eff(e: Efficiency, weight_dtype: str) -> float:
     if weight_dtype in ("int8", "int4"):
         return e.mem_bw_eff * e.wq_bw_eff
@@ -149,8 +197,14 @@ def _pass_time(
     kv_read_bytes: float,
     attn_flops: float,
     lm_head_tokens: float,
+    layer_frac: float = 1.0,
 ) -> dict[str, float]:
-    """Seconds of one forward pass over ``tokens`` tokens (all layers), by part."""
+    """Seconds of one forward pass over ``tokens`` tokens, by part.
+
+    ``layer_frac`` of the layers run here (an edge/cloud split runs a share of
+    them on each side); ``kv_read_bytes`` and ``attn_flops`` are for all layers.
+    ``lm_head_tokens`` = 0 leaves the LM head out.
+    """
     a = s.arch
     acc = system.accelerator
     compute_dtype = "fp8" if weight_dtype == "fp8" and acc.native("fp8") else "bf16"
@@ -178,23 +232,26 @@ def _pass_time(
         per_expert = tokens * moe.experts_per_token / max(touched, 1.0)
         width_moe = moe_params / h / tp
         t_moe = max(gemm_time(flops_moe, per_expert, width_moe, h, peak, bw_a, e), moe_w / bw_w)
-    t_weights = s.num_dense_layers * t_dense + s.num_moe_layers * t_moe
+    t_weights = (s.num_dense_layers * t_dense + s.num_moe_layers * t_moe) * layer_frac
     # attention over the KV cache: read it once; FLOPs at bf16
     t_attn = (
-        max(attn_flops / tp / (peak16 * e.attn_eff), kv_read_bytes / bw_a)
+        max(attn_flops / tp / (peak16 * e.attn_eff), kv_read_bytes / bw_a) * layer_frac
         if (attn_flops or kv_read_bytes)
         else 0.0
     )
     # elementwise: norms, residuals, activation, rope — a handful of passes over h
-    t_elem = a.layers * tokens * (10 * h / tp + 3 * a.ffn / tp) * ACT_BYTES / bw_a
+    layers = a.layers * layer_frac
+    t_elem = layers * tokens * (10 * h / tp + 3 * a.ffn / tp) * ACT_BYTES / bw_a
     ar = coll.all_reduce_s(tokens * h * ACT_BYTES, tp, min(tp, system.devices_per_node), system, e)
-    t_tp = a.layers * 2 * ar
+    t_tp = layers * 2 * ar
     head_w = a.vocab * h / tp * ACT_BYTES
     head_flops = 2 * lm_head_tokens * a.vocab * h / tp
-    t_head = max(
-        gemm_time(head_flops, lm_head_tokens, a.vocab / tp, h, peak16, bw_a, e), head_w / bw_a
+    t_head = (
+        max(gemm_time(head_flops, lm_head_tokens, a.vocab / tp, h, peak16, bw_a, e), head_w / bw_a)
+        if lm_head_tokens
+        else 0.0
     )
-    t_over = a.layers * e.layer_overhead_us * 1e-6
+    t_over = layers * e.layer_overhead_us * 1e-6
     return {
         "weights_gemm": t_weights,
         "attention": t_attn,
@@ -203,6 +260,61 @@ def _pass_time(
         "lm_head": t_head,
         "layer_overhead": t_over,
     }
+
+
+def prefill_parts(
+    model: ModelArch,
+    system: System,
+    *,
+    tp: int,
+    batch: int,
+    input_len: int,
+    weight_dtype: str = "bf16",
+    eff: Efficiency | None = None,
+    layer_frac: float = 1.0,
+    with_head: bool = True,
+) -> dict[str, float]:
+    """Seconds, by part, to prefill ``batch`` prompts of ``input_len`` tokens at once."""
+    e = eff if eff is not None else default_efficiency()
+    s = shape_of(model)
+    qv = s.q_dim + s.v_dim
+    attn = model.layers * batch * input_len * input_len * qv  # causal: half of 2*I^2*(dq+dv)
+    head = batch if with_head else 0
+    return _pass_time(
+        s, system, e, tp, weight_dtype, batch * input_len, 0.0, attn, head, layer_frac
+    )
+
+
+def decode_parts(
+    model: ModelArch,
+    system: System,
+    *,
+    tp: int,
+    batch: float,
+    context: float,
+    weight_dtype: str = "bf16",
+    kv_dtype: str = "bf16",
+    gqa_kv_reuse: bool = True,
+    eff: Efficiency | None = None,
+    layer_frac: float = 1.0,
+    with_head: bool = True,
+) -> dict[str, float]:
+    """Seconds, by part, of one decode step for ``batch`` sequences at ``context`` tokens.
+
+    ``gqa_kv_reuse=False`` models decode-attention kernels that read a KV head
+    once per *query* head of its group instead of once per group: TensorRT-LLM
+    before its XQA kernel (v0.7, Dec 2023), and code that ``repeat_interleave``s
+    K/V before attention (gpt-fast). Current engines (vLLM, SGLang, TRT-LLM
+    with XQA, FlashInfer) reuse, which is the default.
+    """
+    e = eff if eff is not None else default_efficiency()
+    s = shape_of(model)
+    kv_tok = kv_bytes_per_token_device(s, tp, kv_dtype)
+    kv_reads = 1.0 if gqa_kv_reuse or model.mla else model.heads / model.kv_heads
+    attn = model.layers * 2 * batch * context * (s.q_dim + s.v_dim)
+    head = batch if with_head else 0
+    kv_read = batch * context * kv_tok * kv_reads
+    return _pass_time(s, system, e, tp, weight_dtype, batch, kv_read, attn, head, layer_frac)
 
 
 def estimate_serve(
@@ -219,51 +331,41 @@ def estimate_serve(
     gqa_kv_reuse: bool = True,
     eff: Efficiency | None = None,
 ) -> ServeEstimate:
-    """Estimate a static batch on ``num_devices / tp`` replicas.
-
-    ``gqa_kv_reuse=False`` models decode-attention kernels that read a KV head
-    once per *query* head of its group instead of once per group: TensorRT-LLM
-    before its XQA kernel (v0.7, Dec 2023), and code that ``repeat_interleave``s
-    K/V before attention (gpt-fast). Current engines (vLLM, SGLang, TRT-LLM
-    with XQA, FlashInfer) reuse, which is the default.
-    """
+    """Estimate a static batch on ``num_devices / tp`` replicas (see `decode_parts`)."""
     kv_dtype = kv_dtype or ("bf16" if weight_dtype in ("int8", "int4") else weight_dtype)
     check_serve(model, num_devices, tp, weight_dtype, kv_dtype, batch, input_len, output_len)
     e = eff if eff is not None else default_efficiency()
     s = shape_of(model)
     acc = system.accelerator
     replicas = num_devices // tp
-    kv_tok = kv_bytes_per_token_device(s, tp, kv_dtype)
-    qv = s.q_dim + s.v_dim
-
-    # Prefill: all input tokens at once; causal attention is half the square.
-    pre_tokens = batch * input_len
-    pre_attn = model.layers * batch * input_len * input_len * qv  # 2*I^2/2*(dq+dv) per seq
-    pre = _pass_time(s, system, e, tp, weight_dtype, pre_tokens, 0.0, pre_attn, batch)
+    pre = prefill_parts(
+        model, system, tp=tp, batch=batch, input_len=input_len, weight_dtype=weight_dtype, eff=e
+    )
     ttft = sum(pre.values())
 
-    # Decode at the mean context (input + output / 2).
-    ctx = input_len + output_len / 2
-    dec_attn = model.layers * 2 * batch * ctx * qv
-    kv_reads = 1.0 if gqa_kv_reuse or model.mla else model.heads / model.kv_heads
-    dec = _pass_time(
-        s, system, e, tp, weight_dtype, batch, batch * ctx * kv_tok * kv_reads, dec_attn, batch
+    # Decode at the mean context (input + output / 2): decode time is linear in it.
+    dec = decode_parts(
+        model,
+        system,
+        tp=tp,
+        batch=batch,
+        context=input_len + output_len / 2,
+        weight_dtype=weight_dtype,
+        kv_dtype=kv_dtype,
+        gqa_kv_reuse=gqa_kv_reuse,
+        eff=e,
     )
     tpot = sum(dec.values())
 
     total_s = ttft + output_len * tpot
     out_tps = replicas * batch * output_len / total_s
 
-    weights = weight_bytes_per_device(s, tp, weight_dtype)
-    kv = batch * (input_len + output_len) * kv_tok
-    # One layer's intermediates for a prefill chunk, plus the last tokens' fp32 logits.
-    chunk = min(pre_tokens, PREFILL_CHUNK_TOKENS)
-    act = chunk * (4 * model.hidden + 2 * model.ffn / tp) * ACT_BYTES + batch * model.vocab / tp * 4
-    workspace = e.workspace_gb * GB
-    total = weights + kv + act + workspace
+    mem = serve_memory(s, system, tp, weight_dtype, kv_dtype, batch, input_len, output_len, e)
+    total = sum(mem.values())
     cap = acc.memory_gb * GB
-    per_seq = (input_len + output_len) * kv_tok
-    max_batch = int(max(0.0, cap - weights - workspace - act) // per_seq) if per_seq else 0
+    max_batch = max_batch_that_fits(
+        s, system, tp, weight_dtype, kv_dtype, input_len + output_len, e
+    )
     idle_w = acc.idle_w if acc.idle_w is not None else 0.3 * acc.tdp_w
     decode_w = idle_w + DECODE_POWER_FRACTION * (acc.tdp_w - idle_w)
     energy = (acc.tdp_w * ttft + decode_w * output_len * tpot) * num_devices * system.pue
@@ -274,14 +376,8 @@ def estimate_serve(
         ttft_s=ttft,
         tpot_s=tpot,
         output_tokens_per_s=out_tps,
-        kv_cache_gb=kv / GB,
-        memory_gb={
-            "weights": weights / GB,
-            "kv_cache": kv / GB,
-            "activations": act / GB,
-            "workspace": workspace / GB,
-            "total": total / GB,
-        },
+        kv_cache_gb=mem["kv_cache"] / GB,
+        memory_gb={**{k: v / GB for k, v in mem.items()}, "total": total / GB},
         fits_in_memory=total <= cap,
         max_batch=max_batch,
         prefill_breakdown_s=pre,
