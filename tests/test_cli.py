@@ -172,3 +172,135 @@ def test_hf_config_by_path(tmp_path) -> None:  # type: ignore[no-untyped-def]
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["step_time_s"] > 0
+
+
+def test_plan_train_json_contract() -> None:
+    out = run(
+        "plan",
+        "train",
+        "--model",
+        "llama-2-7b",
+        "--tokens",
+        "1e10",
+        "--accelerator",
+        "a100-80gb",
+        "--max-devices",
+        "16",
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert set(data) >= {"options", "rejected", "candidates_evaluated", "wall_s"}
+    opt = data["options"][0]
+    for key in (
+        "accelerator",
+        "num_devices",
+        "layout",
+        "estimate",
+        "time_to_train_s",
+        "cost_usd",
+        "energy_j",
+    ):
+        assert key in opt
+    assert set(opt["layout"]) >= {
+        "tp",
+        "pp",
+        "dp",
+        "cp",
+        "ep",
+        "vpp",
+        "zero",
+        "micro_batch",
+        "recompute",
+        "sequence_parallel",
+    }
+    assert "mfu" in opt["estimate"]
+
+
+def test_plan_infeasible_exits_3_with_reason() -> None:
+    out = run(
+        "plan",
+        "train",
+        "--model",
+        "llama-3.1-405b",
+        "--tokens",
+        "1e12",
+        "--accelerator",
+        "h100-sxm",
+        "--num-devices",
+        "8",
+        "--json",
+    )
+    assert out.returncode == 3
+    data = json.loads(out.stdout)
+    assert data["options"] == [] and "weights alone" in data["infeasible"]
+    human = run(
+        "plan",
+        "train",
+        "--model",
+        "llama-3.1-405b",
+        "--tokens",
+        "1e12",
+        "--accelerator",
+        "h100-sxm",
+        "--num-devices",
+        "8",
+    )
+    assert human.returncode == 3 and "needs at least 11" in human.stderr
+
+
+def test_plan_serve_and_split_json(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out = run(
+        "plan",
+        "serve",
+        "--model",
+        "llama-3-8b",
+        "--rate",
+        "5",
+        "--input-len",
+        "512",
+        "--output-len",
+        "128",
+        "--accelerator",
+        "h100-sxm",
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr
+    opt = json.loads(out.stdout)["options"][0]
+    for key in (
+        "usd_per_million_output_tokens",
+        "ttft_p99_s",
+        "tpot_p99_s",
+        "slo_attainment",
+        "replicas",
+        "max_batch",
+        "disaggregated",
+    ):
+        assert key in opt
+    split = run(
+        "plan",
+        "split",
+        "--model",
+        "llama-3-8b",
+        "--edge",
+        "jetson-agx-orin-64gb",
+        "--cloud",
+        "h100-sxm",
+        "--uplink-mbps",
+        "10",
+        "--json",
+    )
+    assert split.returncode == 0, split.stderr
+    data = json.loads(split.stdout)
+    assert {"split_after_layer", "latency_s", "edge_energy_j", "transfer_bytes"} <= set(
+        data["options"][0]
+    )
+    assert data["bandwidth_table"]
+
+
+def test_plan_pool_file_errors_name_lines(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "pool.yaml"
+    bad.write_text("pools:\n  - accelerator: h100-sxm\n    count: zero\n")
+    out = run("plan", "train", "--model", "llama-2-7b", "--tokens", "1e10", "--pool", str(bad))
+    assert out.returncode == 2
+    assert "line 3: pools[0].count" in out.stderr

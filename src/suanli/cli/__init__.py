@@ -8,7 +8,9 @@ import typer
 
 from suanli.cli.catalog_cmd import catalog_app
 from suanli.cli.estimate_cmd import estimate_app
+from suanli.cli.plan_cmd import plan_app
 from suanli.errors import SuanliError
+from suanli.plan.common import InfeasibleError
 
 app = typer.Typer(
     name="suanli",
@@ -19,6 +21,7 @@ app = typer.Typer(
 )
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(estimate_app, name="estimate")
+app.add_typer(plan_app, name="plan")
 
 
 def main() -> None:
@@ -28,6 +31,9 @@ def main() -> None:
     """
     try:
         app()
+    except InfeasibleError as exc:
+        typer.echo(f"infeasible: {exc}", err=True)
+        sys.exit(3)
     except SuanliError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)

@@ -154,25 +154,7 @@ def train_cmd(
     est = estimate_train(arch, system, layout)
     if json_out:
         out = est.to_dict()
-        out.update(
-            model=arch.name,
-            accelerator=acc.name,
-            layout={
-                "tp": tp,
-                "pp": pp,
-                "dp": dp,
-                "cp": cp,
-                "ep": ep,
-                "vpp": vpp,
-                "zero": zero,
-                "micro_batch": micro_batch,
-                "global_batch": global_batch,
-                "seq_len": seq_len,
-                "dtype": dtype.value,
-                "recompute": recompute.value,
-                "sequence_parallel": sequence_parallel,
-            },
-        )
+        out.update(model=arch.name, accelerator=acc.name, layout=layout.to_dict())
         print_json(out)
         return
     title = (

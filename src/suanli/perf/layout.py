@@ -59,6 +59,24 @@ class TrainLayout:
     def num_devices(self) -> int:
         return self.tp * self.pp * self.dp * self.cp
 
+    def to_dict(self) -> dict[str, object]:
+        """The layout fields scripts read (the CLI and planner JSON ``layout`` object)."""
+        return {
+            "tp": self.tp,
+            "pp": self.pp,
+            "dp": self.dp,
+            "cp": self.cp,
+            "ep": self.ep,
+            "vpp": self.vpp,
+            "zero": self.zero,
+            "micro_batch": self.micro_batch,
+            "global_batch": self.global_batch,
+            "seq_len": self.seq_len,
+            "dtype": self.dtype,
+            "recompute": self.recompute,
+            "sequence_parallel": self.sequence_parallel,
+        }
+
     def stage_layers(self, layers: int) -> int:
         """Layers on the heaviest pipeline stage (all its virtual stages together)."""
         return -(-layers // (self.pp * self.vpp)) * self.vpp

@@ -340,4 +340,10 @@ def estimate_train(
         cost_usd=cost,
         power_w=power,
         num_devices=n_dev,
+        extra={
+            "stage_s": t_stage,  # one micro-batch through the heaviest stage (fwd + bwd)
+            "layer_s": (t_stage - t_head) / layers_stage,
+            "head_s": t_head,
+            "microbatches": float(m),
+        },
     )
