@@ -135,6 +135,7 @@ def train_cmd(
         budget_usd=budget_usd,
         objective=objective,
         top=top,
+        hetero=pool is not None,  # two-type pipelines need a real pool with stock limits
     )
     with _progress(not json_out, "searching layouts") as progress:
         result = plan_train(req, progress=progress)
@@ -175,7 +176,7 @@ def train_cmd(
                 f"{100 * est['mfu']:.0f}%",
                 fmt(mem.get("total", max(mem.values()))),
                 _hours(o["time_to_train_s"]),
-                fmt(o["cost_usd"]),
+                fmt(o["cost_usd"]) + ("" if o.get("cost_basis") == "rental" else " (kWh)"),
                 fmt(o["energy_j"] / 3.6e9),
             )
         console.print(t)

@@ -157,6 +157,7 @@ def _evaluate(
         power += nx * (idle + busy * (acc.tdp_w - idle))
     energy_step = power * step * a.system.pue
     price_a, price_b = a.price_usd_per_hour, b.price_usd_per_hour
+    rental = price_a is not None and price_b is not None
     if price_a is not None and price_b is not None:
         cost = (price_a * n_a + price_b * n_b) * t_total / 3600
     else:  # no rental price for one side: electricity only
@@ -207,6 +208,7 @@ def _evaluate(
         "estimate": estimate,
         "time_to_train_s": t_total,
         "cost_usd": cost,
+        "cost_basis": "rental" if rental else "electricity only (no public price)",
         "energy_j": energy_step * steps,
         "why": (
             f"{l_a} layers on {p_a} {a.accelerator} stages and {l_b} on {p_b} "

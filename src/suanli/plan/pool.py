@@ -175,10 +175,15 @@ def load_pool(path: str | Path) -> list[PoolEntry]:
 
 
 def pool_from_accelerators(names: list[str], count: int) -> list[PoolEntry]:
-    """A pool of ``count`` devices of each named chip (no pool file given)."""
+    """A pool of ``count`` devices of each named chip (no pool file given).
+
+    Without names: every data-center GPU/NPU (kinds gpu/npu sold in servers of
+    four or more), not edge modules, FPGAs or CPUs.
+    """
     known = accelerators()
     out = []
-    for n in names or [n for n, a in known.items() if a.kind in ("gpu", "npu")]:
+    default = [n for n, a in known.items() if a.kind in ("gpu", "npu") and a.devices_per_node >= 4]
+    for n in names or default:
         acc = get_accelerator(n)
         out.append(PoolEntry(acc.name, make_system(acc), count))
     return out

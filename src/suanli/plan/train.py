@@ -56,6 +56,8 @@ class TrainRequest:
     budget_usd: float | None = None
     objective: str = "time"
     top: int = 5
+    #: Try pipelines across two chip types (meaningful for a real pool with stock limits).
+    hetero: bool = True
 
 
 def device_counts(
@@ -204,7 +206,7 @@ def plan_train(
     if progress:
         progress(len(work), len(work))
     result = PlanResult(options=[], rejected=rejected)
-    if len(req.pool) > 1 and req.num_devices is None:
+    if req.hetero and len(req.pool) > 1 and req.num_devices is None:
         from suanli.plan.hetero import plan_hetero
 
         hetero, n_eval, rej = plan_hetero(req, e)
@@ -225,9 +227,11 @@ def plan_train(
     return result
 
 
-def _key(opt: dict[str, Any], objective: str) -> tuple[float, float]:
+def _key(opt: dict[str, Any], objective: str) -> tuple[bool, float, float]:
+    """Sort key; by cost, options priced at a rental rate come before electricity-only ones."""
     main = {"time": opt["time_to_train_s"], "cost": opt["cost_usd"], "energy": opt["energy_j"]}
-    return (main[objective], opt["time_to_train_s"])
+    unpriced = objective == "cost" and opt.get("cost_basis") != "rental"
+    return (unpriced, main[objective], opt["time_to_train_s"])
 
 
 def _best(options: list[dict[str, Any]], objective: str) -> dict[str, Any] | None:
@@ -284,6 +288,7 @@ def _option(
         "estimate": est.to_dict(),
         "time_to_train_s": t,
         "cost_usd": cost,
+        "cost_basis": "rental" if price is not None else "electricity only (no public price)",
         "energy_j": est.energy_j * steps,
         "why": explain_option(est, lay),
     }
