@@ -1,0 +1,297 @@
+"""Named policies and policy files: a list of actions and tiers of plugins, as configuration.
+
+A policy file (YAML), in the manner of Volcano's scheduler configuration::
+
+    actions: [enqueue, allocate, preempt, backfill]
+    tie_break: random            # or first
+    device_picker: best-fit-gpu  # or random-gpu, frag-gpu
+    tiers:
+      - plugins:
+          - {name: priority}
+          - {name: gang}
+      - plugins:
+          - {name: resource-fit}
+          - {name: frag-aware, weight: 1}
+
+Filters and scorers are recognised by name; a plugin with a ``weight`` scores.
+Every problem in a file is reported with its path, and nothing runs from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from suanli.cluster.task import Task
+from suanli.errors import SuanliError
+from suanli.sched.framework import Framework
+from suanli.sched.plugins_fit import BestFitGpu, RandomGpu, RegionConstraint, ResourceFit
+from suanli.sched.plugins_openb import (
+    BestFitScore,
+    DotProductScore,
+    FragAwareScore,
+    FragmentationGpu,
+    FragmentationScore,
+    GpuClusteringScore,
+    GpuPackingScore,
+    typical_pods,
+)
+from suanli.sched.plugins_score import (
+    BinPack,
+    EnergyAware,
+    LoadAware,
+    PerfAffinity,
+    Spread,
+    Topology,
+)
+
+
+class PolicyFileError(SuanliError, ValueError):
+    """A policy name or file that cannot be used; names every problem."""
+
+
+ACTIONS = ("enqueue", "allocate", "backfill", "preempt", "reclaim")
+FILTERS = ("resource-fit", "region")
+SCORERS = (
+    "random",
+    "best-fit",
+    "dot-product",
+    "gpu-packing",
+    "gpu-clustering",
+    "fgd",
+    "frag-aware",
+    "binpack",
+    "spread",
+    "topology",
+    "perf-affinity",
+    "load-aware",
+    "energy-aware",
+)
+ORDERING = ("priority", "gang", "drf", "proportion", "fifo")
+PICKERS = ("best-fit-gpu", "random-gpu", "frag-gpu")
+
+
+@dataclass
+class PolicyConfig:
+    name: str
+    actions: list[str]
+    filters: list[str]
+    scorers: list[tuple[str, float]]
+    ordering: list[str] = field(default_factory=list)
+    device_picker: str = "best-fit-gpu"
+    tie_break: str = "random"
+
+
+#: Named policies (what ``--policy NAME`` means).
+NAMED: dict[str, PolicyConfig] = {
+    "random": PolicyConfig(
+        "random", ["allocate"], ["resource-fit"], [("random", 1)], device_picker="random-gpu"
+    ),
+    # The FGD paper's baselines break ties by node order (its simulator randomises the
+    # order per seed), which is what "first" does over a shuffled node list.
+    "best-fit": PolicyConfig(
+        "best-fit", ["allocate"], ["resource-fit"], [("best-fit", 1)], tie_break="first"
+    ),
+    "dot-product": PolicyConfig(
+        "dot-product", ["allocate"], ["resource-fit"], [("dot-product", 1)], tie_break="first"
+    ),
+    "gpu-packing": PolicyConfig(
+        "gpu-packing", ["allocate"], ["resource-fit"], [("gpu-packing", 1)], tie_break="first"
+    ),
+    "gpu-clustering": PolicyConfig(
+        "gpu-clustering", ["allocate"], ["resource-fit"], [("gpu-clustering", 1)], tie_break="first"
+    ),
+    "fgd": PolicyConfig(
+        "fgd",
+        ["allocate"],
+        ["resource-fit"],
+        [("fgd", 1)],
+        device_picker="frag-gpu",
+        tie_break="first",
+    ),
+    "frag-aware": PolicyConfig(
+        "frag-aware",
+        ["allocate"],
+        ["resource-fit"],
+        [("frag-aware", 1)],
+        device_picker="frag-gpu",
+        tie_break="first",
+    ),
+    "fifo": PolicyConfig(
+        "fifo", ["enqueue", "allocate"], ["resource-fit"], [("best-fit", 1)], ordering=["fifo"]
+    ),
+    "priority": PolicyConfig(
+        "priority",
+        ["enqueue", "allocate", "preempt"],
+        ["resource-fit"],
+        [("best-fit", 1)],
+        ordering=["priority", "gang"],
+    ),
+    "drf": PolicyConfig(
+        "drf",
+        ["enqueue", "allocate", "reclaim"],
+        ["resource-fit"],
+        [("best-fit", 1)],
+        ordering=["drf", "gang"],
+    ),
+    "perf-affinity": PolicyConfig(
+        "perf-affinity",
+        ["enqueue", "allocate"],
+        ["resource-fit"],
+        [("perf-affinity", 10), ("best-fit", 1)],
+        ordering=["priority", "gang"],
+    ),
+}
+
+
+@dataclass
+class PluginContext:
+    """What plugin factories may need: the workload (FGD), throughput tables, chip power."""
+
+    workload: list[Task] = field(default_factory=list)
+    throughput: dict[tuple[str, str], float] = field(default_factory=dict)
+    power_w: dict[str, float] = field(default_factory=dict)
+    type_vendor: dict[str, str] = field(default_factory=dict)
+    type_memory_gb: dict[str, float] = field(default_factory=dict)
+
+
+class _Random:
+    name = "random"
+
+    def score(self, state: Any, task: Any, nodes: Any, cycle: Any) -> Any:
+        import numpy as np
+
+        return np.zeros(nodes.size)  # all tie: the framework picks uniformly
+
+
+def build(config: PolicyConfig, ctx: PluginContext | None = None) -> Framework:
+    """A `Framework` for a policy configuration."""
+    ctx = ctx or PluginContext()
+    filters: list[Any] = []
+    for name in config.filters:
+        filters.append(
+            ResourceFit(
+                type_vendor=ctx.type_vendor or None, type_memory_gb=ctx.type_memory_gb or None
+            )
+            if name == "resource-fit"
+            else RegionConstraint()
+        )
+    scorers: list[tuple[Any, float]] = []
+    listeners: list[Any] = []
+    frag: FragmentationScore | None = None
+    for name, weight in config.scorers:
+        plugin: Any
+        if name == "random":
+            plugin = _Random()
+        elif name == "best-fit":
+            plugin = BestFitScore()
+        elif name == "dot-product":
+            plugin = DotProductScore()
+        elif name == "gpu-packing":
+            plugin = GpuPackingScore()
+        elif name == "gpu-clustering":
+            plugin = GpuClusteringScore()
+            listeners.append(plugin)
+        elif name in ("fgd", "frag-aware"):
+            frag = FragmentationScore(typical_pods(ctx.workload))
+            plugin = frag if name == "fgd" else FragAwareScore(frag)
+        elif name == "binpack":
+            plugin = BinPack()
+        elif name == "spread":
+            plugin = Spread()
+        elif name == "topology":
+            plugin = Topology()
+        elif name == "perf-affinity":
+            plugin = PerfAffinity(throughput=dict(ctx.throughput))
+        elif name == "load-aware":
+            plugin = LoadAware()
+        elif name == "energy-aware":
+            plugin = EnergyAware(power_w=dict(ctx.power_w), throughput=dict(ctx.throughput))
+        else:
+            raise PolicyFileError(f"unknown scorer {name!r}; one of {', '.join(SCORERS)}")
+        scorers.append((plugin, weight))
+    picker: Any
+    if config.device_picker == "frag-gpu":
+        if frag is None:
+            raise PolicyFileError("device_picker frag-gpu needs the fgd or frag-aware scorer")
+        picker = FragmentationGpu(scorer=frag)
+    elif config.device_picker == "random-gpu":
+        picker = RandomGpu()
+    else:
+        picker = BestFitGpu()
+    return Framework(filters, scorers, picker, tie_break=config.tie_break, listeners=listeners)
+
+
+def load_policy(name_or_path: str) -> PolicyConfig:
+    """A named policy, or a policy YAML file (module docstring)."""
+    if name_or_path in NAMED:
+        return NAMED[name_or_path]
+    path = Path(name_or_path)
+    if not path.exists():
+        raise PolicyFileError(
+            f"unknown policy {name_or_path!r}: give one of {', '.join(NAMED)} or a YAML file"
+        )
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise PolicyFileError(f"{path}: cannot read policy ({exc})") from exc
+    return parse_policy(doc, str(path))
+
+
+def parse_policy(doc: Any, source: str = "<policy>") -> PolicyConfig:
+    problems: list[str] = []
+    if not isinstance(doc, dict):
+        raise PolicyFileError(f"{source}: expected a mapping with actions and tiers")
+    unknown_keys = set(doc) - {"name", "actions", "tiers", "tie_break", "device_picker"}
+    problems += [f"{k}: unknown key" for k in sorted(unknown_keys)]
+    actions = doc.get("actions") or ["allocate"]
+    for i, a in enumerate(actions):
+        if a not in ACTIONS:
+            problems.append(f"actions[{i}]: unknown action {a!r}; one of {', '.join(ACTIONS)}")
+    filters: list[str] = []
+    scorers: list[tuple[str, float]] = []
+    ordering: list[str] = []
+    for t, tier in enumerate(doc.get("tiers") or []):
+        for p, plugin in enumerate((tier or {}).get("plugins") or []):
+            where = f"tiers[{t}].plugins[{p}]"
+            if not isinstance(plugin, dict) or "name" not in plugin:
+                problems.append(f"{where}: expected a mapping with a name")
+                continue
+            name = plugin["name"]
+            weight = plugin.get("weight")
+            if name in FILTERS and weight is None:
+                filters.append(name)
+            elif name in ORDERING:
+                ordering.append(name)
+            elif name in SCORERS:
+                try:
+                    w = float(1 if weight is None else weight)
+                except (TypeError, ValueError):
+                    problems.append(f"{where}.weight: must be a number")
+                    continue
+                if w < 0:
+                    problems.append(f"{where}.weight: must be >= 0")
+                scorers.append((name, w))
+            else:
+                problems.append(
+                    f"{where}.name: unknown plugin {name!r}; one of "
+                    f"{', '.join(FILTERS + ORDERING + SCORERS)}"
+                )
+    picker = doc.get("device_picker", "best-fit-gpu")
+    if picker not in PICKERS:
+        problems.append(f"device_picker: one of {', '.join(PICKERS)}")
+    tie = doc.get("tie_break", "random")
+    if tie not in ("random", "first"):
+        problems.append("tie_break: random or first")
+    if not scorers:
+        problems.append("tiers: at least one scoring plugin is needed")
+    if "resource-fit" not in filters:
+        filters.insert(0, "resource-fit")  # fitting is not optional
+    if problems:
+        raise PolicyFileError(f"{source}: " + "; ".join(problems))
+    return PolicyConfig(
+        doc.get("name", Path(source).stem), list(actions), filters, scorers, ordering, picker, tie
+    )

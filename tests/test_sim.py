@@ -1,0 +1,111 @@
+"""Simulators: the openb protocol and the time-driven replay, on small and real inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from suanli.cluster import NodeSpec, Task
+from suanli.sched.policies import NAMED, PluginContext, PolicyFileError, build, parse_policy
+from suanli.sim.openb import checkpoint_ratio, run_openb, tune
+from suanli.sim.replay import run_replay
+from suanli.sim.traces import TraceError, read_openb_nodes, read_openb_pods
+
+NODES = [
+    NodeSpec(f"n{i}", cpu_milli=32_000, memory_mib=65_536, gpu_count=2, gpu_type="T4")
+    for i in range(4)
+]
+
+
+def test_tune_grows_to_the_target_and_stops_on_the_share() -> None:
+    pods = [Task(f"p{i}", num_gpu=1, gpu_milli=500) for i in range(4)]  # 2,000 milli
+    out = tune(pods, 4_000, 1.3, np.random.default_rng(0))
+    total = sum(p.num_gpu * p.gpu_milli for p in out)
+    # target 5,200: appends 500s while total + 500 <= 5200 -> stops at 5,000
+    assert total == 5_000 and len(out) == 10
+    shrunk = tune(
+        [Task(f"q{i}", num_gpu=1, gpu_milli=1000) for i in range(10)],
+        4_000,
+        1.3,
+        np.random.default_rng(0),
+    )
+    assert sum(p.gpu_milli for p in shrunk) == 5_000  # removed until <= 5,200
+
+
+def test_checkpoint_ratio_uses_rounded_arrivals() -> None:
+    events = [(99.4, 90.0), (99.6, 91.0), (100.4, 93.0), (101.0, 95.0)]
+    # rounds to 100: 99.6 and 100.4 -> mean(91, 93) = 92
+    assert checkpoint_ratio(events, 100) == 92.0
+    assert checkpoint_ratio(events, 130) == 95.0  # none near 130: the last value
+
+
+def test_openb_run_is_deterministic_for_a_seed() -> None:
+    pods = [
+        Task(f"p{i:03d}", cpu_milli=4_000, num_gpu=1, gpu_milli=(300 + 70 * i) % 1000 or 1000)
+        for i in range(40)
+    ]
+    fw = build(NAMED["frag-aware"], PluginContext(workload=pods))
+    a = run_openb(NODES, pods, fw, "frag-aware", 7)
+    b = run_openb(
+        NODES, pods, build(NAMED["frag-aware"], PluginContext(workload=pods)), "frag-aware", 7
+    )
+    assert a.allocation_ratio == b.allocation_ratio
+    assert 0 < a.allocation_ratio["130"] <= 1
+
+
+def test_replay_waits_then_runs() -> None:
+    # one 2-GPU node; three 2-GPU tasks of 100 s arriving at 0, 10, 20: they queue
+    nodes = [NodeSpec("n", cpu_milli=8000, memory_mib=8192, gpu_count=2, gpu_type="T4")]
+    tasks = [
+        Task(f"t{i}", num_gpu=2, gpu_milli=1000, arrival_s=10.0 * i, duration_s=100.0)
+        for i in range(3)
+    ]
+    r = run_replay(nodes, tasks, build(NAMED["best-fit"]), "best-fit")
+    # starts at 0, 100, 200 -> JCT 100, 190, 280; waits 0, 90, 180
+    assert sorted(r.jct_s) == [100.0, 190.0, 280.0]
+    assert sorted(r.wait_s) == [0.0, 90.0, 180.0]
+    assert r.makespan_s == pytest.approx(300.0)
+    assert r.utilization["T4"] == pytest.approx(1.0)
+
+
+def test_replay_durations_follow_the_chip() -> None:
+    nodes = [NodeSpec("fast", 8000, 8192, 1, "H100"), NodeSpec("slow", 8000, 8192, 1, "T4")]
+    thr = {("job", "H100"): 10.0, ("job", "T4"): 1.0}
+    t = Task("a", num_gpu=1, gpu_milli=1000, work=100.0, labels={"workload": "job"})
+    ctx = PluginContext(throughput=thr)
+    fast = run_replay(nodes, [t], build(NAMED["perf-affinity"], ctx), "pa", throughput=thr)
+    assert fast.jct_s == [10.0]
+
+
+def test_real_openb_files(shared_dir: Path) -> None:
+    nodes = read_openb_nodes(shared_dir / "data" / "openb_node_list_gpu_node.csv")
+    assert len(nodes) == 1213 and sum(n.gpu_count for n in nodes) == 6212
+    pods = read_openb_pods(shared_dir / "data" / "openb_pod_list_default.csv")
+    assert len(pods) == 8152
+    multi = read_openb_pods(shared_dir / "data" / "openb_pod_list_multigpu50.csv")
+    assert multi[0].duration_s == 0.0  # no time columns in this variant
+
+
+def test_bad_trace_and_policy_files(tmp_path: Path) -> None:
+    bad = tmp_path / "nodes.csv"
+    bad.write_text("sn,cpu_milli\nx,1\n")
+    with pytest.raises(TraceError, match="missing column"):
+        read_openb_nodes(bad)
+    with pytest.raises(PolicyFileError) as info:
+        parse_policy(
+            {
+                "actions": ["allocate", "dance"],
+                "tiers": [{"plugins": [{"name": "best-fit", "weight": -1}, {"name": "nope"}]}],
+            }
+        )
+    msg = str(info.value)
+    assert "actions[1]" in msg and "weight: must be >= 0" in msg and "unknown plugin 'nope'" in msg
+    ok = parse_policy(
+        {
+            "tiers": [{"plugins": [{"name": "priority"}, {"name": "fgd", "weight": 1}]}],
+            "device_picker": "frag-gpu",
+        }
+    )
+    assert ok.scorers == [("fgd", 1.0)] and "resource-fit" in ok.filters
