@@ -14,6 +14,7 @@ from suanli.sched.plugins_openb import (
     GpuClusteringScore,
     GpuPackingScore,
     PodClass,
+    ShapeTable,
     fragmentation,
 )
 
@@ -100,8 +101,8 @@ def test_fragmentation_worked_by_hand() -> None:
         PodClass(20_000, 1000, 1, frozenset(), 0.25),
         PodClass(2_000, 0, 0, frozenset(), 0.25),
     ]
-    masks = np.ones((3, 1), dtype=bool)
-    f = fragmentation(classes, masks, np.array([10_000]), np.array([[1000, 300]]), np.array([0]))
+    shapes = ShapeTable.build(classes, ["G2"])
+    f = fragmentation(shapes, np.array([10_000]), np.array([[1000, 300]]), np.array([0]))
     # half-GPU fits (CPU ok): the 300 device is fragment -> 0.5*300 = 150
     # whole GPU: CPU short (10 < 20 cores) -> all 1300 -> 0.25*1300 = 325
     # CPU pod: all free GPU is fragment to it -> 0.25*1300 = 325

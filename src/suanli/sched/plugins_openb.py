@@ -165,34 +165,49 @@ def typical_pods(pods: list[Task], coverage: float = 0.95) -> list[PodClass]:
     return [PodClass(c, g, n, spec, k / total) for (c, g, n, spec), k in kept]
 
 
+@dataclass(frozen=True)
+class ShapeTable:
+    """The workload's pod shapes as arrays, and which device types each may use."""
+
+    num: np.ndarray  # devices per pod
+    need: np.ndarray  # milli needed on each device (0 for CPU-only)
+    cpu: np.ndarray
+    weight: np.ndarray
+    type_masks: np.ndarray  # shapes x device types
+
+    @classmethod
+    def build(cls, classes: list[PodClass], types: list[str]) -> ShapeTable:
+        return cls(
+            num=np.array([c.num_gpu for c in classes]),
+            need=np.array(
+                [(c.gpu_milli if c.num_gpu == 1 else MILLI) if c.num_gpu else 0 for c in classes]
+            ),
+            cpu=np.array([c.cpu_milli for c in classes]),
+            weight=np.array([c.weight for c in classes]),
+            type_masks=np.array(
+                [[not c.gpu_spec or t in c.gpu_spec for t in types] or [True] for c in classes],
+                dtype=bool,
+            ),
+        )
+
+
 def fragmentation(
-    classes: list[PodClass],
-    type_masks: np.ndarray,
-    cpu_left: np.ndarray,
-    gpu_left: np.ndarray,
-    gpu_type: np.ndarray,
+    shapes: ShapeTable, cpu_left: np.ndarray, gpu_left: np.ndarray, gpu_type: np.ndarray
 ) -> np.ndarray:
     """Expected GPU-milli of each node that the workload's pods cannot use (FGD, Sec. 4).
 
     For a pod shape: a CPU-only shape, a type it may not use, or too little CPU or
     too few fitting devices make all the node's free GPU-milli fragment; otherwise
-    the free milli on devices too small for the shape's share is fragment.
-    ``type_masks[c, t]``: shape c may use device type t.
+    the free milli on devices too small for the shape's share is fragment. All
+    shapes are evaluated at once (nodes x shapes x devices) in one numpy pass.
     """
     total = gpu_left.sum(axis=1).astype(float)
-    out = np.zeros(gpu_left.shape[0])
-    has_type = gpu_type >= 0
-    for c, cls in enumerate(classes):
-        if cls.num_gpu == 0:
-            out += cls.weight * total
-            continue
-        need = cls.gpu_milli if cls.num_gpu == 1 else MILLI
-        fits = gpu_left >= need
-        ok = (fits.sum(axis=1) >= cls.num_gpu) & (cpu_left >= cls.cpu_milli) & has_type
-        ok &= type_masks[c][np.maximum(gpu_type, 0)]
-        small = np.where(fits, 0, gpu_left).sum(axis=1)
-        out += cls.weight * np.where(ok, small, total)
-    return out
+    fits = gpu_left[:, None, :] >= shapes.need[None, :, None]
+    enough = fits.sum(axis=2) >= shapes.num[None, :]
+    ok = enough & (cpu_left[:, None] >= shapes.cpu[None, :]) & (shapes.num[None, :] > 0)
+    ok &= (gpu_type >= 0)[:, None] & shapes.type_masks[:, np.maximum(gpu_type, 0)].T
+    small = np.where(fits, 0, gpu_left[:, None, :]).sum(axis=2)
+    return np.where(ok, small, total[:, None]) @ shapes.weight
 
 
 @dataclass
@@ -208,7 +223,7 @@ class FragmentationScore:
 
     classes: list[PodClass]
     name: str = "fgd"
-    _masks: np.ndarray | None = None
+    _shapes: ShapeTable | None = None
     _types: list[str] = field(default_factory=list)
     _before: np.ndarray | None = None
     _before_ver: np.ndarray | None = None
@@ -218,19 +233,14 @@ class FragmentationScore:
 
     def _setup(self, state: ClusterState) -> None:
         if (
-            self._masks is not None
+            self._shapes is not None
             and self._types == state.types
-            and (self._before is not None and self._before.size == state.num_nodes)
+            and self._before is not None
+            and self._before.size == state.num_nodes
         ):
             return
         self._types = list(state.types)
-        self._masks = np.array(
-            [
-                [not c.gpu_spec or t in c.gpu_spec for t in state.types] or [True]
-                for c in self.classes
-            ],
-            dtype=bool,
-        )
+        self._shapes = ShapeTable.build(self.classes, state.types)
         self._before = np.zeros(state.num_nodes)
         self._before_ver = np.full(state.num_nodes, -1)
         self._cache.clear()
@@ -238,8 +248,8 @@ class FragmentationScore:
     def _frag(
         self, state: ClusterState, cpu: np.ndarray, gpu: np.ndarray, types: np.ndarray
     ) -> np.ndarray:
-        assert self._masks is not None
-        return fragmentation(self.classes, self._masks, cpu, gpu, types)
+        assert self._shapes is not None
+        return fragmentation(self._shapes, cpu, gpu, types)
 
     def before(self, state: ClusterState) -> np.ndarray:
         self._setup(state)
@@ -276,32 +286,45 @@ class FragmentationScore:
     def _after_scores(
         self, state: ClusterState, task: Task, nodes: np.ndarray, before: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        cpu = state.cpu_free[nodes] - task.cpu_milli
+        """Scores (and, for a share, the device) for ``nodes``, computed once per distinct
+        node state: fragmentation ignores device order, and many nodes look alike."""
+        cpu = state.cpu_free[nodes]
         gpu = state.gpu_free[nodes]
         types = state.gpu_type[nodes]
+        perm = np.argsort(gpu, axis=1, kind="stable")
+        sgpu = np.take_along_axis(gpu, perm, axis=1)
+        uniq, inv = np.unique(np.column_stack([types, cpu, sgpu]), axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        u_types, u_cpu, u_gpu = uniq[:, 0], uniq[:, 1], uniq[:, 2:]
+        u_before = self._frag(state, u_cpu, u_gpu, u_types)
+        u_cpu_after = u_cpu - task.cpu_milli
         if task.shares_gpu:
-            n, g = gpu.shape
-            # every (node, device) pair: the node's state with the share taken from that device
-            trial = np.repeat(gpu[:, None, :], g, axis=1)
+            n, g = u_gpu.shape
+            # every (state, device) pair: the state with the share taken from that device
+            trial = np.repeat(u_gpu[:, None, :], g, axis=1)
             idx = np.arange(g)
             trial[:, idx, idx] -= task.gpu_milli
-            fits = gpu >= task.gpu_milli
             after = self._frag(
-                state, np.repeat(cpu, g), trial.reshape(n * g, g), np.repeat(types, g)
+                state, np.repeat(u_cpu_after, g), trial.reshape(n * g, g), np.repeat(u_types, g)
             ).reshape(n, g)
-            sc = np.trunc(100 / (1 + np.exp(-(before[:, None] - after) / 1000.0)))
-            sc = np.where(fits, sc, -1)
-            best = sc.argmax(axis=1)  # first index among equals
-            return sc[np.arange(n), best], best
-        trial = gpu.copy()
+            u_sc = np.trunc(100 / (1 + np.exp(-(u_before[:, None] - after) / 1000.0)))
+            u_sc = np.where(u_gpu >= task.gpu_milli, u_sc, -1)
+            # back to each node's own device order; the first device among equals wins
+            rank = np.argsort(perm, axis=1)
+            sc = np.take_along_axis(u_sc[inv], rank, axis=1)
+            best = sc.argmax(axis=1)
+            return sc[np.arange(nodes.size), best], best
+        trial = u_gpu.copy()
         if task.num_gpu:
-            # whole devices: the lowest-index fully free ones
-            order = np.argsort(np.where(trial == MILLI, 0, 1), axis=1, kind="stable")
-            take = order[:, : task.num_gpu]
-            np.put_along_axis(trial, take, 0, axis=1)
-        after = self._frag(state, cpu, trial, types)
-        sc = np.trunc(100 / (1 + np.exp(-(before - after) / 1000.0)))
-        return sc, np.zeros(nodes.size, dtype=np.int64)
+            # whole devices: fully free ones (sorted ascending, so the last columns)
+            trial[:, trial.shape[1] - task.num_gpu :] = np.where(
+                trial[:, trial.shape[1] - task.num_gpu :] == MILLI,
+                0,
+                trial[:, trial.shape[1] - task.num_gpu :],
+            )
+        after = self._frag(state, u_cpu_after, trial, u_types)
+        u_sc = np.trunc(100 / (1 + np.exp(-(u_before - after) / 1000.0)))
+        return u_sc[inv], np.zeros(nodes.size, dtype=np.int64)
 
 
 @dataclass
