@@ -1,0 +1,296 @@
+"""A scheduling session: Volcano's actions over jobs, queues and gangs.
+
+One session works on a snapshot: pending jobs, running jobs, queues. Its
+behaviour is the list of actions the policy configures, run in order:
+
+* **enqueue** — admit pending jobs whose queue still has quota for them.
+* **allocate** — queues in order of dominant share over deserved share (DRF /
+  proportion), jobs by priority plus aging (a waiting job gains
+  ``aging_per_hour`` points an hour, so none starves), each job's tasks placed
+  through a `Statement`: a gang that cannot get ``min_available`` members is
+  rolled back as a whole.
+* **backfill** — jobs that may borrow (preemptible) get leftover capacity even
+  beyond their queue's deserved share.
+* **preempt** — a job that still cannot be placed evicts lower-priority
+  preemptible jobs, cheapest first (lowest priority, then least run time lost),
+  with a grace period so they can checkpoint; services preempt training.
+* **reclaim** — a queue below its deserved share takes back capacity lent to
+  queues above theirs (reclaimable queues only).
+
+Evictions are returned as decisions (job, grace); the executor delivers them.
+The same session runs live and in simulation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from suanli.cluster.state import ClusterState
+from suanli.cluster.task import Task
+from suanli.sched.framework import Framework, Placement, Statement
+
+DEFAULT_GRACE_S = 30.0
+
+
+@dataclass
+class Queue:
+    """A share of the cluster: weight, optional GPU-milli quota per device type ("*" = all)."""
+
+    name: str
+    weight: float = 1.0
+    quota_milli: dict[str, int] = field(default_factory=dict)
+    reclaimable: bool = True
+
+
+@dataclass
+class Job:
+    name: str
+    tasks: list[Task]
+    queue: str = "default"
+    priority: int = 0
+    min_available: int = 0  # 0 = all tasks (a gang)
+    preemptible: bool = False
+    kind: str = "batch"
+    arrival_s: float = 0.0
+    started_s: float | None = None
+    grace_s: float = DEFAULT_GRACE_S
+
+    @property
+    def gang_size(self) -> int:
+        return self.min_available or len(self.tasks)
+
+    @property
+    def gpu_milli(self) -> int:
+        return sum(t.gpu_request_milli for t in self.tasks)
+
+
+@dataclass
+class Eviction:
+    job: str
+    grace_s: float
+    reason: str
+
+
+@dataclass
+class SessionResult:
+    bound: list[tuple[str, Task, Placement]] = field(default_factory=list)
+    evicted: list[Eviction] = field(default_factory=list)
+    unschedulable: dict[str, str] = field(default_factory=dict)
+    admitted: list[str] = field(default_factory=list)
+
+
+class Session:
+    """One cycle over a snapshot (module docstring). Mutates ``state`` as it binds/evicts."""
+
+    def __init__(
+        self,
+        state: ClusterState,
+        framework: Framework,
+        queues: list[Queue],
+        pending: list[Job],
+        running: dict[str, tuple[Job, list[tuple[Task, Placement]]]],
+        now_s: float,
+        *,
+        aging_per_hour: float = 1.0,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        self.state = state
+        self.fw = framework
+        self.queues = {q.name: q for q in queues} or {"default": Queue("default")}
+        self.pending = list(pending)
+        self.running = dict(running)
+        self.now = now_s
+        self.aging = aging_per_hour
+        self.rng = rng or np.random.default_rng(0)
+        self.result = SessionResult()
+        self.admitted: list[Job] = []
+        self._enqueued = False  # without an enqueue action every pending job is admitted
+
+    # --- accounting ------------------------------------------------------------
+    def _type_of(self, p: Placement) -> str:
+        t = self.state.gpu_type[p.node]
+        return self.state.types[t] if t >= 0 else ""
+
+    def used_milli(self, queue: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for job, binds in self.running.values():
+            if job.queue != queue:
+                continue
+            for task, p in binds:
+                typ = self._type_of(p)
+                out[typ] = out.get(typ, 0) + task.gpu_request_milli
+        return out
+
+    def deserved_milli(self, queue: str) -> float:
+        """Capacity x weight / sum of weights of queues with work (proportion plugin)."""
+        active = {j.queue for j in self.pending} | {j.queue for j, _ in self.running.values()}
+        active.add(queue)
+        total_w = sum(self.queues[q].weight for q in active if q in self.queues)
+        share = self.queues[queue].weight / total_w if total_w else 1.0
+        return share * self.state.total_gpu_milli
+
+    def share(self, queue: str) -> float:
+        used = sum(self.used_milli(queue).values())
+        return used / max(self.deserved_milli(queue), 1.0)
+
+    def _quota_allows(self, job: Job) -> bool:
+        q = self.queues.get(job.queue)
+        if q is None or not q.quota_milli:
+            return True
+        cap = q.quota_milli.get("*")
+        return cap is None or sum(self.used_milli(job.queue).values()) + job.gpu_milli <= cap
+
+    def _within_type_quota(self, job: Job, task: Task, extra: dict[str, int]) -> Task | None:
+        """The task limited to device types where its queue still has quota (None: none left)."""
+        q = self.queues.get(job.queue)
+        per_type = {t: v for t, v in (q.quota_milli if q else {}).items() if t != "*"}
+        if not per_type or task.gpu_request_milli == 0:
+            return task
+        used = self.used_milli(job.queue)
+        allowed = {
+            t
+            for t in self.state.types
+            if t not in per_type
+            or used.get(t, 0) + extra.get(t, 0) + task.gpu_request_milli <= per_type[t]
+        }
+        if task.gpu_spec:
+            allowed &= set(task.gpu_spec)
+        if not allowed:
+            return None
+        return replace(task, gpu_spec=frozenset(allowed))
+
+    def _effective_priority(self, job: Job) -> float:
+        return job.priority + self.aging * max(0.0, self.now - job.arrival_s) / 3600
+
+    # --- actions ---------------------------------------------------------------
+    def run(self, actions: list[str]) -> SessionResult:
+        for action in actions:
+            getattr(self, f"_{action}")()
+        return self.result
+
+    def _enqueue(self) -> None:
+        self._enqueued = True
+        for job in self.pending:
+            if job.queue not in self.queues:
+                self.result.unschedulable[job.name] = f"unknown queue {job.queue!r}"
+            elif self._quota_allows(job):
+                self.admitted.append(job)
+                self.result.admitted.append(job.name)
+            else:
+                self.result.unschedulable[job.name] = f"queue {job.queue} quota exhausted"
+
+    def _ordered(self, jobs: list[Job]) -> list[Job]:
+        return sorted(
+            jobs,
+            key=lambda j: (self.share(j.queue), -self._effective_priority(j), j.arrival_s, j.name),
+        )
+
+    def _try_job(self, job: Job) -> bool:
+        st = Statement(self.state)
+        binds: list[tuple[Task, Placement]] = []
+        extra: dict[str, int] = {}  # this job's tentative use per type
+        for task in job.tasks:
+            limited = self._within_type_quota(job, task, extra)
+            if limited is None:
+                continue
+            res = self.fw.place(self.state, limited, self.rng)
+            if isinstance(res, Placement):
+                st.allocate(task, res)
+                binds.append((task, res))
+                typ = self._type_of(res)
+                extra[typ] = extra.get(typ, 0) + task.gpu_request_milli
+        if len(binds) < job.gang_size:
+            st.discard()
+            self.result.unschedulable[job.name] = (
+                f"gang: {len(binds)} of {job.gang_size} members fit"
+            )
+            return False
+        st.commit()
+        for task, p in binds:
+            for listener in self.fw.listeners:
+                listener.bound(self.state, task, p)
+            self.result.bound.append((job.name, task, p))
+        job.started_s = self.now
+        self.running[job.name] = (job, binds)
+        self.result.unschedulable.pop(job.name, None)
+        return True
+
+    def _allocate(self, borrow: bool = False) -> None:
+        if not self._enqueued:
+            self.admitted = list(self.pending)
+        for job in self._ordered(self.admitted):
+            if job.name in self.running:
+                continue
+            over = self.share(job.queue) >= 1.0 and len(self.queues) > 1
+            if over and not (borrow and job.preemptible):
+                self.result.unschedulable[job.name] = f"queue {job.queue} at its deserved share"
+                continue
+            self._try_job(job)
+
+    def _backfill(self) -> None:
+        self._allocate(borrow=True)
+
+    def _evict(self, name: str, reason: str) -> None:
+        job, binds = self.running.pop(name)
+        for task, p in binds:
+            self.fw.unbind(self.state, task, p)
+        self.result.evicted.append(Eviction(name, job.grace_s, reason))
+
+    def _victims_for(self, job: Job, candidates: list[Job]) -> list[Job] | None:
+        """Cheapest set of ``candidates`` whose eviction lets ``job`` fit (tried on a copy)."""
+        order = sorted(candidates, key=lambda v: (v.priority, -(v.started_s or 0.0), v.name))
+        trial = self.state.copy()
+        chosen: list[Job] = []
+        for v in order:
+            _, binds = self.running[v.name]
+            for task, p in binds:
+                trial.release(p.node, task.cpu_milli, task.memory_mib, p.gpus)
+            chosen.append(v)
+            st = Statement(trial)
+            placed = 0
+            for task in job.tasks:
+                res = self.fw.place(trial, task, self.rng)
+                if isinstance(res, Placement):
+                    st.allocate(task, res)
+                    placed += 1
+            st.discard()
+            if placed >= job.gang_size:
+                return chosen
+        return None
+
+    def _preempt(self) -> None:
+        pool = self.admitted if self._enqueued else self.pending
+        waiting = [j for j in self._ordered(pool) if j.name not in self.running]
+        for job in sorted(waiting, key=lambda j: -self._effective_priority(j)):
+            cands = [
+                v for v, _ in self.running.values() if v.preemptible and v.priority < job.priority
+            ]
+            victims = self._victims_for(job, cands) if cands else None
+            if not victims:
+                continue
+            for v in victims:
+                self._evict(v.name, f"preempted by {job.name} (priority {job.priority})")
+            self._try_job(job)
+
+    def _reclaim(self) -> None:
+        pool = self.admitted if self._enqueued else self.pending
+        waiting = [j for j in pool if j.name not in self.running]
+        for job in self._ordered(waiting):
+            if self.share(job.queue) >= 1.0:
+                continue
+            cands = [
+                v
+                for v, _ in self.running.values()
+                if v.queue != job.queue
+                and v.preemptible
+                and self.queues.get(v.queue, Queue(v.queue)).reclaimable
+                and self.share(v.queue) > 1.0
+            ]
+            victims = self._victims_for(job, cands) if cands else None
+            if not victims:
+                continue
+            for v in victims:
+                self._evict(v.name, f"reclaimed by queue {job.queue}")
+            self._try_job(job)
