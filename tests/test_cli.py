@@ -304,3 +304,78 @@ def test_plan_pool_file_errors_name_lines(tmp_path) -> None:  # type: ignore[no-
     out = run("plan", "train", "--model", "llama-2-7b", "--tokens", "1e10", "--pool", str(bad))
     assert out.returncode == 2
     assert "line 3: pools[0].count" in out.stderr
+
+
+def test_simulate_openb_json(shared_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    data = shared_dir / "data"
+    out = run(
+        "simulate",
+        "--cluster",
+        str(data / "openb_node_list_gpu_node.csv"),
+        "--workload",
+        str(data / "openb_pod_list_default.csv"),
+        "--policy",
+        "best-fit",
+        "--mode",
+        "openb",
+        "--json",
+        "--plot",
+        str(tmp_path),
+    )
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert set(res) >= {"policy", "seeds", "wall_s", "decisions_per_s", "allocation_ratio"}
+    # the FGD paper's BestFit at 130%: 93.08% (10 seeds); one seed lands within ~0.5
+    assert abs(res["allocation_ratio"]["130"] - 0.9308) < 0.006
+    assert (tmp_path / "openb_best-fit.png").exists()
+
+
+def test_simulate_replay_and_gavel(shared_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text(
+        "nodes:\n  - {count: 2, gpu_type: a100-80gb, gpus: 8, cpu: 128}\n"
+        "  - {count: 2, gpu_type: ascend-910b, gpus: 8, cpu: 192}\n"
+    )
+    work = tmp_path / "w.yaml"
+    work.write_text(
+        "jobs:\n  - {name: ft, count: 5, model: gpt2-small, tokens: 1e8, gpus: 4,"
+        " arrival_rate_per_hour: 10}\n"
+    )
+    out = run(
+        "simulate",
+        "--cluster",
+        str(cluster),
+        "--workload",
+        str(work),
+        "--policy",
+        "perf-affinity",
+        "--mode",
+        "replay",
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert set(res["jct_s"]) == {"mean", "p50", "p99"} and res["makespan_s"] > 0
+    assert set(res["utilization"]) == {"a100-80gb", "ascend-910b"}
+    gcl = tmp_path / "g.yaml"
+    gcl.write_text("gavel: {v100: 4, p100: 4, k80: 4}\n")
+    gwl = tmp_path / "gw.yaml"
+    gwl.write_text("synthetic: {jobs: 10, jobs_per_hour: 4}\n")
+    out = run(
+        "simulate",
+        "--cluster",
+        str(gcl),
+        "--workload",
+        str(gwl),
+        "--policy",
+        "gavel-max-min",
+        "--mode",
+        "replay",
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["jct_s"]["mean"] > 0
+    bad = run(
+        "simulate", "--cluster", str(cluster), "--workload", str(work), "--policy", "no-such-policy"
+    )
+    assert bad.returncode == 2 and "unknown policy" in bad.stderr

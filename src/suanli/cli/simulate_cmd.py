@@ -120,13 +120,7 @@ def _replay(
         fw = build(config, PluginContext(workload=tasks, throughput=thr))
         res = run_replay(nodes, tasks, fw, config.name, s, throughput=thr)
         summary = res.summary()
-        acc = accelerators()
-        cost = energy = 0.0
-        for typ, sec in res.gpu_seconds_by_type.items():
-            a = acc.get(typ.lower())
-            if a is not None:
-                cost += sec / 3600 * (a.price_usd_per_hour or 0.0)
-                energy += sec * a.tdp_w
+        cost, energy = cost_and_energy(nodes, res.gpu_seconds_by_type)
         summary.update(cost_usd=cost, energy_j=energy, preemptions=0)
         per_seed.append(summary)
     first = per_seed[0]
@@ -145,6 +139,22 @@ def _replay(
         "decisions_per_s": first["decisions_per_s"],
         "per_seed": per_seed,
     }
+
+
+def cost_and_energy(nodes: list[Any], gpu_seconds: dict[str, float]) -> tuple[float, float]:
+    """USD (node price label, else the catalog reference price) and J (TDP) of device-seconds."""
+    acc = accelerators()
+    price: dict[str, float] = {}
+    for n in nodes:
+        if n.gpu_count and "usd_per_gpu_hour" in n.labels:
+            price[n.gpu_type] = float(n.labels["usd_per_gpu_hour"])
+    cost = energy = 0.0
+    for typ, sec in gpu_seconds.items():
+        a = acc.get(typ.lower())
+        p = price.get(typ, a.price_usd_per_hour if a is not None else None)
+        cost += sec / 3600 * (p or 0.0)
+        energy += sec * (a.tdp_w if a is not None else 0.0)
+    return cost, energy
 
 
 def _gavel(cluster: Path, workload: Path, policy: str, seed: int, seeds: int) -> dict[str, Any]:

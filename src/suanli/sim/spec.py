@@ -5,7 +5,8 @@ Cluster::
     sites:
       - {name: bj, region: cn-north, pue: 1.2, carbon_g_per_kwh: 550, usd_per_kwh: 0.08}
     nodes:
-      - {count: 16, gpu_type: h800-sxm, gpus: 8, cpu: 128, memory_gib: 1024, site: bj}
+      - {count: 16, gpu_type: h800-sxm, gpus: 8, cpu: 128, memory_gib: 1024, site: bj,
+         usd_per_gpu_hour: 2.0}   # price optional (else the catalog's reference price)
 
 Workload (durations from the perf model: ``tokens`` of training for ``model`` on
 each chip type)::
