@@ -111,3 +111,13 @@ def test_impossible_slo_is_infeasible() -> None:
     )
     assert not res.options
     assert "llama" in (res.infeasible or "").lower()
+
+
+def test_poisson_helpers() -> None:
+    from suanli.plan.queueing import poisson_cdf, poisson_ppf
+
+    # P(N <= 2 | mean 2) = e^-2 (1 + 2 + 2) = 5 e^-2
+    assert poisson_cdf(2, 2.0) == pytest.approx(5 * math.exp(-2))
+    # the median of Poisson(2) is 2: P(N <= 1) = 3e^-2 = 0.406 < 0.5 <= 0.677
+    assert poisson_ppf(0.5, 2.0) == 2.0
+    assert poisson_cdf(-1, 3.0) == 0.0 and poisson_ppf(0.99, 0.0) == 0.0

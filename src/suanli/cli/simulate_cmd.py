@@ -14,9 +14,7 @@ from rich.table import Table
 
 from suanli.catalog.loader import accelerators
 from suanli.cli.output import console, print_json
-from suanli.sched.gavel import POLICIES as GAVEL_POLICIES
 from suanli.sched.policies import PluginContext, build, load_policy
-from suanli.sim.gavel_sim import read_gavel_throughputs, simulate_gavel, synthetic_jobs
 from suanli.sim.openb import run_openb
 from suanli.sim.replay import run_replay
 from suanli.sim.spec import SpecError, perf_workload, read_cluster_yaml
@@ -48,7 +46,7 @@ def simulate_cmd(
     if seeds < 1:
         raise typer.BadParameter("--seeds must be >= 1")
     t0 = time.perf_counter()
-    if policy in GAVEL_POLICIES:
+    if policy.startswith("gavel-"):
         out = _gavel(cluster, workload, policy, seed, seeds)
     else:
         config = load_policy(policy)
@@ -160,6 +158,11 @@ def cost_and_energy(nodes: list[Any], gpu_seconds: dict[str, float]) -> tuple[fl
 def _gavel(cluster: Path, workload: Path, policy: str, seed: int, seeds: int) -> dict[str, Any]:
     import yaml
 
+    from suanli.sched.gavel import POLICIES  # SciPy's LP solver loads only when needed
+    from suanli.sim.gavel_sim import read_gavel_throughputs, simulate_gavel, synthetic_jobs
+
+    if policy not in POLICIES:
+        raise SpecError(f"unknown Gavel policy {policy!r}; one of {', '.join(POLICIES)}")
     d = shared_data_dir()
     if d is None:
         raise SpecError("Gavel simulations need ../shared/data/gavel_simulation_throughputs.json")

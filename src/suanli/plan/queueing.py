@@ -22,7 +22,33 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from scipy.stats import poisson
+
+def poisson_cdf(k: float, mean: float) -> float:
+    """P(N <= k) for N ~ Poisson(mean), summed in log space (no SciPy import at start-up)."""
+    if k < 0:
+        return 0.0
+    if mean <= 0:
+        return 1.0
+    term = -mean  # log P(N = 0)
+    total = math.exp(term)
+    for i in range(1, int(k) + 1):
+        term += math.log(mean) - math.log(i)
+        total += math.exp(term)
+    return min(1.0, total)
+
+
+def poisson_ppf(q: float, mean: float) -> float:
+    """Smallest k with P(N <= k) >= q."""
+    if mean <= 0:
+        return 0.0
+    k = 0
+    term = -mean
+    total = math.exp(term)
+    while total < q and k < mean + 50 * math.sqrt(mean) + 50:
+        k += 1
+        term += math.log(mean) - math.log(k)
+        total += math.exp(term)
+    return float(k)
 
 
 @dataclass(frozen=True)
@@ -91,8 +117,8 @@ def replica_load(
             break
     if b > batch_limit * 0.95:  # no headroom for fluctuation: requests would queue for slots
         return ReplicaLoad(False, rho, b, math.inf, math.inf, math.inf, math.inf, 0.0)
-    b50 = min(batch_limit, max(1.0, float(poisson.ppf(0.5, b))))
-    b99 = min(batch_limit, max(1.0, float(poisson.ppf(0.99, b))))
+    b50 = min(batch_limit, max(1.0, poisson_ppf(0.5, b)))
+    b99 = min(batch_limit, max(1.0, poisson_ppf(0.99, b)))
     step_now = tpot(max(1.0, b))
     base_ttft = extra_ttft_s + (prefill_s if prefill_here else 0.0) + step_now
     ttft50 = base_ttft + (wait_quantile(rho, prefill_s, 0.5) if prefill_here else 0.0)
@@ -114,5 +140,5 @@ def replica_load(
             while lo < hi:
                 mid = (lo + hi + 1) // 2
                 lo, hi = (mid, hi) if tpot(mid) * stretch <= tpot_slo_s else (lo, mid - 1)
-            attain *= float(poisson.cdf(lo, b))
+            attain *= poisson_cdf(lo, b)
     return ReplicaLoad(True, rho, b, ttft50, ttft99, tpot50, tpot99, attain)
