@@ -109,3 +109,23 @@ def test_bad_trace_and_policy_files(tmp_path: Path) -> None:
         }
     )
     assert ok.scorers == [("fgd", 1.0)] and "resource-fit" in ok.filters
+
+
+def test_cluster_yaml_prices_and_errors(tmp_path: Path) -> None:
+    from suanli.cli.simulate_cmd import cost_and_energy
+    from suanli.sim.spec import SpecError, read_cluster_yaml
+
+    good = tmp_path / "c.yaml"
+    good.write_text(
+        "nodes:\n  - {count: 2, gpu_type: h800-sxm, gpus: 8, usd_per_gpu_hour: 2.0}\n"
+        "  - {count: 1, gpu_type: mlu370-x8, gpus: 8}\n"
+    )
+    nodes, _ = read_cluster_yaml(good)
+    assert len(nodes) == 3 and nodes[0].labels["usd_per_gpu_hour"] == "2.0"
+    # 1 h on an H800 at the node's 2.0 USD + 2 h on an MLU370 (no public price: 0)
+    cost, energy = cost_and_energy(nodes, {"h800-sxm": 3600.0, "mlu370-x8": 7200.0})
+    assert cost == 2.0 and energy == 3600.0 * 700 + 7200.0 * 250
+    bad = tmp_path / "b.yaml"
+    bad.write_text("nodes:\n  - {count: 1, gpu_type: h900, gpus: 8}\n")
+    with pytest.raises(SpecError, match=r"nodes\[0\]: unknown accelerator 'h900'"):
+        read_cluster_yaml(bad)

@@ -56,6 +56,11 @@ def read_cluster_yaml(path: Path) -> tuple[list[NodeSpec], list[Site]]:
             gpu_type = str(group.get("gpu_type", ""))
             if gpu_type:
                 get_accelerator(gpu_type)
+            labels = (
+                {"usd_per_gpu_hour": str(float(group["usd_per_gpu_hour"]))}
+                if "usd_per_gpu_hour" in group
+                else {}
+            )
             for k in range(count):
                 nodes.append(
                     NodeSpec(
@@ -66,6 +71,7 @@ def read_cluster_yaml(path: Path) -> tuple[list[NodeSpec], list[Site]]:
                         gpu_type=gpu_type,
                         site=str(group.get("site", "default")),
                         switch=f"{group.get('site', 'default')}-leaf-{k // 32}",
+                        labels=labels,
                     )
                 )
         except (SuanliError, ValueError, TypeError, AttributeError) as exc:
