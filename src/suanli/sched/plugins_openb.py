@@ -17,6 +17,7 @@ import numpy as np
 from suanli.cluster.state import ClusterState
 from suanli.cluster.task import MILLI, Task
 from suanli.sched.framework import CycleState, Placement
+from suanli.sched.plugins_fit import BestFitGpu
 
 CPU_NORM = 128_000.0  # milli-CPU: the simulator normalises by a 128-core node
 GPU_NORM = 8_000.0  # GPU-milli: ... and by an 8-GPU node
@@ -375,7 +376,4 @@ class FragmentationGpu:
         if task.shares_gpu:
             choice = cycle["fgd"]
             return ((int(choice[node]), task.gpu_milli),)
-        if task.num_gpu == 0:
-            return ()
-        whole = np.flatnonzero(state.gpu_free[node] == MILLI)[: task.num_gpu]
-        return tuple((int(g), MILLI) for g in whole)
+        return BestFitGpu().pick(state, task, node, cycle, rng)  # whole devices: same rule
