@@ -129,3 +129,29 @@ def test_cluster_yaml_prices_and_errors(tmp_path: Path) -> None:
     bad.write_text("nodes:\n  - {count: 1, gpu_type: h900, gpus: 8}\n")
     with pytest.raises(SpecError, match=r"nodes\[0\]: unknown accelerator 'h900'"):
         read_cluster_yaml(bad)
+
+
+def test_v2026_inventory_and_gavel_traces(shared_dir: Path) -> None:
+    from suanli.sim.traces import read_gavel_trace, read_nodes
+
+    nodes = read_nodes(shared_dir / "data" / "alibaba_v2026_spot_gpu_node_info.csv")
+    # README: 4,278 nodes, 10,412 GPUs; catalog names where the model is disclosed
+    assert len(nodes) == 4278 and sum(n.gpu_count for n in nodes) == 10412
+    assert {"a100-80gb", "h800-sxm", "a10", "a800-80gb"} <= {n.gpu_type for n in nodes}
+    philly = read_gavel_trace(shared_dir / "data" / "gavel_philly_vc_2869ce_seed0.trace")
+    assert len(philly) == 533 and philly[0] == ("Transformer (batch size 128)", 4, 5352613.0, 0.0)
+    physical = read_gavel_trace(shared_dir / "data" / "gavel_physical_artifact_evaluation.trace")
+    assert len(physical) == 15 and physical[0][:3] == ("ResNet-50 (batch size 64)", 1, 2931.0)
+
+
+def test_carbon_follows_site_intensity_and_pue() -> None:
+    from suanli.cli.simulate_cmd import carbon_kg
+    from suanli.cluster import Site
+
+    sites = [
+        Site("clean", pue=1.1, carbon_g_per_kwh=50),
+        Site("coal", pue=1.5, carbon_g_per_kwh=900),
+    ]
+    # one H800 (700 W) for an hour: 0.7 kWh x PUE x intensity
+    assert carbon_kg(sites, {("clean", "h800-sxm"): 3600.0}) == pytest.approx(0.7 * 1.1 * 0.05)
+    assert carbon_kg(sites, {("coal", "h800-sxm"): 3600.0}) == pytest.approx(0.7 * 1.5 * 0.9)

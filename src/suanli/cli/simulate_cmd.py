@@ -18,7 +18,7 @@ from suanli.sched.policies import PluginContext, build, load_policy
 from suanli.sim.openb import run_openb
 from suanli.sim.replay import run_replay
 from suanli.sim.spec import SpecError, perf_workload, read_cluster_yaml
-from suanli.sim.traces import read_openb_nodes, read_openb_pods, shared_data_dir
+from suanli.sim.traces import read_nodes, read_openb_pods, shared_data_dir
 
 
 class Mode(StrEnum):
@@ -29,7 +29,7 @@ class Mode(StrEnum):
 def _cluster(path: Path) -> tuple[list[Any], list[Any]]:
     if path.suffix in (".yaml", ".yml"):
         return read_cluster_yaml(path)
-    return read_openb_nodes(path), []
+    return read_nodes(path), []
 
 
 def simulate_cmd(
@@ -50,11 +50,11 @@ def simulate_cmd(
         out = _gavel(cluster, workload, policy, seed, seeds)
     else:
         config = load_policy(policy)
-        nodes, _sites = _cluster(cluster)
+        nodes, sites = _cluster(cluster)
         if mode is Mode.openb:
             out = _openb(nodes, workload, config, seed, seeds, plot, json_out)
         else:
-            out = _replay(nodes, workload, config, seed, seeds, plot)
+            out = _replay(nodes, sites, workload, config, seed, seeds, plot)
     out["wall_s"] = time.perf_counter() - t0
     if json_out:
         print_json(out)
@@ -106,7 +106,13 @@ def _openb(
 
 
 def _replay(
-    nodes: list[Any], workload: Path, config: Any, seed: int, seeds: int, plot: Path | None
+    nodes: list[Any],
+    sites: list[Any],
+    workload: Path,
+    config: Any,
+    seed: int,
+    seeds: int,
+    plot: Path | None,
 ) -> dict[str, Any]:
     types = sorted({n.gpu_type for n in nodes if n.gpu_count})
     per_seed: list[dict[str, Any]] = []
@@ -119,8 +125,20 @@ def _replay(
         res = run_replay(nodes, tasks, fw, config.name, s, throughput=thr)
         summary = res.summary()
         cost, energy = cost_and_energy(nodes, res.gpu_seconds_by_type)
-        summary.update(cost_usd=cost, energy_j=energy, preemptions=0)
+        summary.update(
+            cost_usd=cost,
+            energy_j=energy,
+            preemptions=0,
+            carbon_kg=carbon_kg(sites, res.gpu_seconds_by_site_type),
+        )
+        summary["_jct"] = res.jct_s
         per_seed.append(summary)
+    if plot is not None:
+        _plot_cdf(
+            [p.pop("_jct") for p in per_seed], config.name, plot / f"jct_cdf_{config.name}.png"
+        )
+    for p in per_seed:
+        p.pop("_jct", None)
     first = per_seed[0]
     return {
         "mode": "replay",
@@ -134,6 +152,7 @@ def _replay(
         "preemptions": 0,  # the replay does not preempt yet (see the issue note)
         "cost_usd": statistics.mean(p["cost_usd"] for p in per_seed),
         "energy_j": statistics.mean(p["energy_j"] for p in per_seed),
+        "carbon_kg": statistics.mean(p["carbon_kg"] for p in per_seed),
         "decisions_per_s": first["decisions_per_s"],
         "per_seed": per_seed,
     }
@@ -159,7 +178,11 @@ def _gavel(cluster: Path, workload: Path, policy: str, seed: int, seeds: int) ->
     import yaml
 
     from suanli.sched.gavel import POLICIES  # SciPy's LP solver loads only when needed
-    from suanli.sim.gavel_sim import read_gavel_throughputs, simulate_gavel, synthetic_jobs
+    from suanli.sim.gavel_sim import (
+        read_gavel_throughputs,
+        simulate_gavel,
+        synthetic_jobs,
+    )
 
     if policy not in POLICIES:
         raise SpecError(f"unknown Gavel policy {policy!r}; one of {', '.join(POLICIES)}")
@@ -169,7 +192,11 @@ def _gavel(cluster: Path, workload: Path, policy: str, seed: int, seeds: int) ->
     table = read_gavel_throughputs(d / "gavel_simulation_throughputs.json")
     try:
         cap = (yaml.safe_load(cluster.read_text()) or {}).get("gavel") or {}
-        wl = (yaml.safe_load(workload.read_text()) or {}).get("synthetic") or {}
+        wl = (
+            {}
+            if workload.suffix == ".trace"
+            else ((yaml.safe_load(workload.read_text()) or {}).get("synthetic") or {})
+        )
     except (OSError, yaml.YAMLError, AttributeError) as exc:
         raise SpecError(f"cannot read the Gavel cluster/workload spec: {exc}") from exc
     capacity = {k: int(cap.get(k, 36)) for k in ("v100", "p100", "k80")}
@@ -191,6 +218,41 @@ def _gavel(cluster: Path, workload: Path, policy: str, seed: int, seeds: int) ->
         "preemptions": 0,
         "lp_solves": sum(r.lp_solves for r in means),
     }
+
+
+def carbon_kg(sites: list[Any], seconds: dict[tuple[str, str], float]) -> float:
+    """kg CO2 of device-seconds: chip TDP x site PUE x the site grid's carbon intensity."""
+    acc = accelerators()
+    by_name = {s.name: s for s in sites}
+    total = 0.0
+    for (site, typ), sec in seconds.items():
+        a = acc.get(typ.lower())
+        s = by_name.get(site)
+        pue = s.pue if s is not None else 1.3
+        intensity = s.carbon_g_per_kwh if s is not None else 450.0
+        watts = a.tdp_w if a is not None else 0.0
+        total += sec * watts * pue / 3.6e6 * intensity / 1000
+    return total
+
+
+def _plot_cdf(jcts: list[list[float]], name: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, jct in enumerate(jcts):
+        xs = sorted(j / 3600 for j in jct)
+        ax.plot(xs, [(k + 1) / len(xs) for k in range(len(xs))], lw=1, label=f"seed {i}")
+    ax.set_xscale("log")
+    ax.set_xlabel("job completion time (h)")
+    ax.set_ylabel("fraction of jobs")
+    ax.set_title(f"JCT CDF: {name}")
+    ax.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def _plot_openb(runs: list[Any], path: Path) -> None:

@@ -39,6 +39,7 @@ class ReplayResult:
     decisions: int
     wall_s: float
     gpu_seconds_by_type: dict[str, float] = field(default_factory=dict)
+    gpu_seconds_by_site_type: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         jct = np.array(self.jct_s) if self.jct_s else np.array([math.nan])
@@ -88,6 +89,7 @@ def run_replay(
     decisions = unplaceable = 0
     busy = np.zeros(len(state.types))  # device-seconds allocated, per type
     gpu_sec: dict[str, float] = {}
+    site_sec: dict[tuple[str, str], float] = {}
     last_t = 0.0
     per_type_cap = np.array(
         [float(state.gpu_cap[state.gpu_type == k].sum()) for k in range(len(state.types))]
@@ -136,7 +138,10 @@ def run_replay(
             wait.append(t - tasks[j].arrival_s)
             dur = _duration(tasks[j], state, res, throughput)
             gtype = state.types[state.gpu_type[res.node]] if state.gpu_type[res.node] >= 0 else ""
-            gpu_sec[gtype] = gpu_sec.get(gtype, 0.0) + dur * tasks[j].gpu_request_milli / 1000
+            dev_s = dur * tasks[j].gpu_request_milli / 1000
+            gpu_sec[gtype] = gpu_sec.get(gtype, 0.0) + dev_s
+            key = (state.sites[state.site[res.node]].name, gtype)
+            site_sec[key] = site_sec.get(key, 0.0) + dev_s
             heapq.heappush(events, (t + dur, 0, j))
         pending = still
         used_now = used_by_type()
@@ -156,6 +161,7 @@ def run_replay(
         decisions,
         time.perf_counter() - t0,
         gpu_sec,
+        site_sec,
     )
 
 

@@ -93,3 +93,79 @@ def read_openb_pods(path: Path) -> list[Task]:
         except ValueError as exc:
             raise TraceError(f"{path} line {line}: {exc}") from exc
     return out
+
+
+#: Alibaba v2026 GPU model names -> catalog names (undisclosed series keep theirs).
+V2026_TYPES = {
+    "A100-SXM4-80GB": "a100-80gb",
+    "A800-SXM4-80GB": "a800-80gb",
+    "H800": "h800-sxm",
+    "A10": "a10",
+}
+#: The v2026 inventory gives no memory; nodes get this much (stated, not measured).
+V2026_MEMORY_MIB = 1024 * 1024
+
+
+def read_v2026_nodes(path: Path, *, switch_size: int = 32) -> list[NodeSpec]:
+    """Alibaba cluster-trace-v2026-spot-gpu node inventory (gpu_model, gpu_capacity_num,
+    cpu_num, node_name). Memory is not in the trace; see `V2026_MEMORY_MIB`."""
+    out: list[NodeSpec] = []
+    for line, row in _rows(path, {"gpu_model", "gpu_capacity_num", "cpu_num", "node_name"}):
+        try:
+            gpus = int(row["gpu_capacity_num"])
+            model = row["gpu_model"]
+            out.append(
+                NodeSpec(
+                    name=f"v2026-{row['node_name']}",
+                    cpu_milli=int(float(row["cpu_num"]) * 1000),
+                    memory_mib=V2026_MEMORY_MIB,
+                    gpu_count=gpus,
+                    gpu_type=V2026_TYPES.get(model, model) if gpus else "",
+                    switch=f"leaf-{len(out) // switch_size}",
+                )
+            )
+        except ValueError as exc:
+            raise TraceError(f"{path} line {line}: {exc}") from exc
+    return out
+
+
+def read_nodes(path: Path) -> list[NodeSpec]:
+    """A node list in any known CSV format, recognised from its header."""
+    try:
+        header = path.open(encoding="utf-8").readline()
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot read ({exc.strerror})") from exc
+    if "gpu_capacity_num" in header:
+        return read_v2026_nodes(path)
+    if "cpu_milli" in header:
+        return read_openb_nodes(path)
+    raise TraceError(f"{path}: not a known node list (openb or Alibaba v2026 columns expected)")
+
+
+def read_gavel_trace(path: Path) -> list[tuple[str, int, float, float]]:
+    """A Gavel ``.trace`` file: (job type, scale factor, total steps, arrival s) per job.
+
+    Both layouts Gavel used: 7 tab-separated fields (job_type, command, num_steps_arg,
+    needs_data_dir, total_steps, arrival_time, scale_factor) and 10 (job_type, command,
+    working_directory, num_steps_arg, needs_data_dir, total_steps, scale_factor,
+    priority_weight, SLO, arrival_time).
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot read ({exc.strerror})") from exc
+    out = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        f = line.split("\t")
+        try:
+            if len(f) == 7:
+                out.append((f[0], int(f[6]), float(f[4]), float(f[5])))
+            elif len(f) == 10:
+                out.append((f[0], int(f[6]), float(f[5]), float(f[9])))
+            else:
+                raise ValueError(f"{len(f)} fields, expected 7 or 10")
+        except ValueError as exc:
+            raise TraceError(f"{path} line {n}: {exc}") from exc
+    return out
