@@ -132,7 +132,8 @@ def read_v2026_nodes(path: Path, *, switch_size: int = 32) -> list[NodeSpec]:
 def read_nodes(path: Path) -> list[NodeSpec]:
     """A node list in any known CSV format, recognised from its header."""
     try:
-        header = path.open(encoding="utf-8").readline()
+        with path.open(encoding="utf-8") as fh:
+            header = fh.readline()
     except OSError as exc:
         raise TraceError(f"{path}: cannot read ({exc.strerror})") from exc
     if "gpu_capacity_num" in header:
