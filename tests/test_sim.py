@@ -155,3 +155,47 @@ def test_carbon_follows_site_intensity_and_pue() -> None:
     # one H800 (700 W) for an hour: 0.7 kWh x PUE x intensity
     assert carbon_kg(sites, {("clean", "h800-sxm"): 3600.0}) == pytest.approx(0.7 * 1.1 * 0.05)
     assert carbon_kg(sites, {("coal", "h800-sxm"): 3600.0}) == pytest.approx(0.7 * 1.5 * 0.9)
+
+
+def test_replay_preempts_training_for_a_service_and_resumes_it() -> None:
+    nodes = [NodeSpec("n", cpu_milli=8000, memory_mib=8192, gpu_count=2, gpu_type="T4")]
+    train = Task(
+        "train", num_gpu=2, gpu_milli=1000, duration_s=100.0, preemptible=True, kind="train"
+    )
+    serve = Task(
+        "svc", num_gpu=2, gpu_milli=1000, duration_s=50.0, arrival_s=20.0, priority=10, kind="serve"
+    )
+    cfg = NAMED["priority"]
+    r = run_replay(
+        nodes, [train, serve], build(cfg), "priority", actions=cfg.actions, ordering=cfg.ordering
+    )
+    # the service takes the node at 20 and leaves at 70; training checkpointed at 20
+    # (80 s of work left), is requeued after its 30 s grace and restarts at 70 -> 150
+    assert r.preemptions == 1
+    assert sorted(r.jct_s) == [50.0, 150.0]
+    # FIFO never preempts: the service waits for the training to finish at 100
+    fifo = NAMED["fifo"]
+    f = run_replay(
+        nodes, [train, serve], build(fifo), "fifo", actions=fifo.actions, ordering=fifo.ordering
+    )
+    assert f.preemptions == 0 and sorted(f.jct_s) == [100.0, 130.0]
+
+
+def test_replay_places_a_gang_whole_or_not_at_all() -> None:
+    nodes = [NodeSpec(f"n{i}", 8000, 8192, 2, "T4") for i in range(2)]
+    gang = [
+        Task(
+            f"g{i}",
+            num_gpu=2,
+            gpu_milli=1000,
+            job="gang",
+            min_available=2,
+            duration_s=10.0,
+            arrival_s=1.0,
+        )
+        for i in range(2)
+    ]
+    blocker = Task("b", num_gpu=2, gpu_milli=1000, duration_s=5.0)
+    r = run_replay(nodes, [blocker, *gang], build(NAMED["best-fit"]), "best-fit")
+    # the gang needs both nodes: it waits for the blocker (leaves at 5), then runs 5 -> 15
+    assert sorted(r.jct_s) == [5.0, 14.0]

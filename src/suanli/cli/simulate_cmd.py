@@ -122,7 +122,16 @@ def _replay(
         else:
             tasks, thr = read_openb_pods(workload), {}
         fw = build(config, PluginContext(workload=tasks, throughput=thr))
-        res = run_replay(nodes, tasks, fw, config.name, s, throughput=thr)
+        res = run_replay(
+            nodes,
+            tasks,
+            fw,
+            config.name,
+            s,
+            actions=config.actions,
+            ordering=config.ordering,
+            throughput=thr,
+        )
         summary = res.summary()
         cost, energy = cost_and_energy(nodes, res.gpu_seconds_by_type)
         summary.update(
@@ -149,7 +158,7 @@ def _replay(
         },
         "makespan_s": statistics.mean(p["makespan_s"] for p in per_seed),
         "utilization": first["utilization"],
-        "preemptions": 0,  # the replay does not preempt yet (see the issue note)
+        "preemptions": statistics.mean(p["preemptions"] for p in per_seed),
         "cost_usd": statistics.mean(p["cost_usd"] for p in per_seed),
         "energy_j": statistics.mean(p["energy_j"] for p in per_seed),
         "carbon_kg": statistics.mean(p["carbon_kg"] for p in per_seed),

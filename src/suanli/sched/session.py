@@ -107,6 +107,7 @@ class Session:
         self.result = SessionResult()
         self.admitted: list[Job] = []
         self._enqueued = False  # without an enqueue action every pending job is admitted
+        self._used: dict[str, dict[str, int]] | None = None  # memo of used_milli
 
     # --- accounting ------------------------------------------------------------
     def _type_of(self, p: Placement) -> str:
@@ -114,14 +115,16 @@ class Session:
         return self.state.types[t] if t >= 0 else ""
 
     def used_milli(self, queue: str) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for job, binds in self.running.values():
-            if job.queue != queue:
-                continue
-            for task, p in binds:
-                typ = self._type_of(p)
-                out[typ] = out.get(typ, 0) + task.gpu_request_milli
-        return out
+        """GPU-milli the queue's running jobs hold, per device type (memoised per change)."""
+        if self._used is None:
+            used: dict[str, dict[str, int]] = {}
+            for job, binds in self.running.values():
+                per = used.setdefault(job.queue, {})
+                for task, p in binds:
+                    typ = self._type_of(p)
+                    per[typ] = per.get(typ, 0) + task.gpu_request_milli
+            self._used = used
+        return dict(self._used.get(queue, {}))
 
     def deserved_milli(self, queue: str) -> float:
         """Capacity x weight / sum of weights of queues with work (proportion plugin)."""
@@ -214,6 +217,7 @@ class Session:
             self.result.bound.append((job.name, task, p))
         job.started_s = self.now
         self.running[job.name] = (job, binds)
+        self._used = None
         self.result.unschedulable.pop(job.name, None)
         return True
 
@@ -234,6 +238,7 @@ class Session:
 
     def _evict(self, name: str, reason: str) -> None:
         job, binds = self.running.pop(name)
+        self._used = None
         for task, p in binds:
             self.fw.unbind(self.state, task, p)
         self.result.evicted.append(Eviction(name, job.grace_s, reason))

@@ -1,13 +1,16 @@
-"""Time-driven replay: arrivals, placements, departures, a pending queue.
+"""Time-driven replay: arrivals, scheduling sessions, departures, preemption, restarts.
 
-The same `Framework` as the live scheduler places each task; only the clock
-and the executor are simulated. Events are processed in time order; after
-each event the pending queue is tried in order (priority, then arrival; a
-task's priority grows with its wait — aging — so nothing starves), each task
-once per cycle, so a large task at the head does not block smaller ones
-behind it (backfill). A task's run time is its trace duration, or — when it
-carries ``work`` and the run has a throughput table — its work divided by its
-throughput on the chip it landed on, which is how a chip-aware policy pays off.
+The same `Session` (actions over jobs and queues) and `Framework` as the live
+scheduler decide; only the clock and the executor are simulated. Tasks that
+share a ``job`` form a gang. After each event a session runs the policy's
+actions over the pending jobs. A job evicted by preemption or reclaim gets its
+grace period to checkpoint, so it keeps its progress, and is requeued when the
+grace ends; its pending departure is cancelled. (The devices pass to the
+preemptor at the notice: the victim's grace is modelled as its own delay, not
+as the preemptor's — optimistic for the preemptor by at most the grace.)
+A task's run time is its trace duration, or — when it carries ``work`` and the
+run has a throughput table — its work divided by its throughput on the chip it
+landed on.
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ import numpy as np
 
 from suanli.cluster.state import ClusterState, NodeSpec
 from suanli.cluster.task import Task
-from suanli.sched.framework import Framework, Placement
+from suanli.sched.framework import CycleState, Framework, Placement
+from suanli.sched.plugins_fit import ResourceFit
+from suanli.sched.session import Job, Queue, Session
 
-AGING_PER_HOUR = 1.0  # priority points a waiting task gains per hour
+ARRIVE, DEPART, REQUEUE = 1, 0, 2
 
 
 @dataclass
@@ -35,11 +40,12 @@ class ReplayResult:
     wait_s: list[float]
     makespan_s: float
     utilization: dict[str, float]  # time-averaged allocated share of each device type
-    unplaceable: int  # tasks that do not fit even an empty cluster
+    unplaceable: int  # jobs that do not fit even an empty cluster
     decisions: int
     wall_s: float
     gpu_seconds_by_type: dict[str, float] = field(default_factory=dict)
     gpu_seconds_by_site_type: dict[tuple[str, str], float] = field(default_factory=dict)
+    preemptions: int = 0
 
     def summary(self) -> dict[str, Any]:
         jct = np.array(self.jct_s) if self.jct_s else np.array([math.nan])
@@ -56,10 +62,35 @@ class ReplayResult:
             "makespan_s": self.makespan_s,
             "utilization": self.utilization,
             "unplaceable": self.unplaceable,
+            "preemptions": self.preemptions,
             "decisions": self.decisions,
             "wall_s": self.wall_s,
             "decisions_per_s": self.decisions / self.wall_s if self.wall_s else math.nan,
         }
+
+
+def jobs_of(tasks: list[Task], ordering: list[str]) -> list[Job]:
+    """Group tasks into jobs (gangs by ``task.job``); FIFO ordering ignores priorities."""
+    groups: dict[str, list[Task]] = {}
+    for t in tasks:
+        groups.setdefault(t.job or t.name, []).append(t)
+    fifo = "fifo" in ordering
+    out = []
+    for name, members in groups.items():
+        first = min(members, key=lambda t: t.arrival_s)
+        out.append(
+            Job(
+                name=name,
+                tasks=members,
+                queue=first.queue,
+                priority=0 if fifo else max(t.priority for t in members),
+                min_available=max(t.min_available for t in members) if len(members) > 1 else 0,
+                preemptible=all(t.preemptible for t in members),
+                kind=first.kind,
+                arrival_s=first.arrival_s,
+            )
+        )
+    return out
 
 
 def run_replay(
@@ -69,81 +100,113 @@ def run_replay(
     policy: str,
     seed: int = 0,
     *,
+    actions: list[str] | None = None,
+    ordering: list[str] | None = None,
+    queues: list[Queue] | None = None,
     throughput: dict[tuple[str, str], float] | None = None,
-    max_tries_per_cycle: int = 256,
 ) -> ReplayResult:
-    """Replay ``tasks`` (by ``arrival_s``) on ``nodes``; see the module docstring."""
+    """Replay ``tasks`` on ``nodes`` through sessions running ``actions``."""
+    actions = actions or ["enqueue", "allocate", "backfill"]
+    ordering = ordering or []
+    aging = 0.0 if "fifo" in ordering else 1.0
     state = ClusterState(nodes)
     empty = ClusterState(nodes)
+    fits_empty = ResourceFit()  # can the job run at all, on an empty cluster?
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
-    order = sorted(range(len(tasks)), key=lambda i: (tasks[i].arrival_s, i))
-    events: list[tuple[float, int, int]] = []  # (time, kind 0=departure 1=arrival, task)
-    for i in order:
-        heapq.heappush(events, (tasks[i].arrival_s, 1, i))
-    pending: list[int] = []
-    running: dict[int, Placement] = {}
-    start: dict[int, float] = {}
+    jobs = {j.name: j for j in jobs_of(tasks, ordering)}
+    names = sorted({j.queue for j in jobs.values()})
+    queue_list = queues or [Queue(q) for q in names]
+    events: list[tuple[float, int, str, int]] = []  # (time, kind, job, generation)
+    for j in jobs.values():
+        heapq.heappush(events, (j.arrival_s, ARRIVE, j.name, 0))
+    pending: dict[str, Job] = {}
+    running: dict[str, tuple[Job, list[tuple[Task, Placement]]]] = {}
+    generation: dict[str, int] = {}
+    remaining: dict[str, float] = {}  # seconds of work left (set at first start)
+    started: dict[str, float] = {}
+    first_start: dict[str, float] = {}
     jct: list[float] = []
     wait: list[float] = []
-    decisions = unplaceable = 0
-    busy = np.zeros(len(state.types))  # device-seconds allocated, per type
+    decisions = unplaceable = preemptions = 0
+    busy = np.zeros(len(state.types))
     gpu_sec: dict[str, float] = {}
     site_sec: dict[tuple[str, str], float] = {}
-    last_t = 0.0
     per_type_cap = np.array(
         [float(state.gpu_cap[state.gpu_type == k].sum()) for k in range(len(state.types))]
     )
-    first_t = tasks[order[0]].arrival_s if tasks else 0.0
+    first_t = min((j.arrival_s for j in jobs.values()), default=0.0)
+    last_t = first_t
+
+    gpu_nodes = state.gpu_type >= 0
+    node_cap = state.gpu_cap.sum(axis=1)
 
     def used_by_type() -> np.ndarray:
-        used = state.gpu_cap - state.gpu_free
-        return np.array([float(used[state.gpu_type == k].sum()) for k in range(len(state.types))])
+        used = (node_cap - state.milli_free)[gpu_nodes]
+        return np.bincount(
+            state.gpu_type[gpu_nodes], weights=used, minlength=len(state.types)
+        ).astype(float)
+
+    def account(job: Job, binds: list[tuple[Task, Placement]], seconds: float) -> None:
+        for task, p in binds:
+            typ = state.types[state.gpu_type[p.node]] if state.gpu_type[p.node] >= 0 else ""
+            dev_s = seconds * task.gpu_request_milli / 1000
+            gpu_sec[typ] = gpu_sec.get(typ, 0.0) + dev_s
+            key = (state.sites[state.site[p.node]].name, typ)
+            site_sec[key] = site_sec.get(key, 0.0) + dev_s
 
     used_now = used_by_type()
     while events:
-        t, kind, i = heapq.heappop(events)
+        t, kind, name, gen = heapq.heappop(events)
+        if gen != generation.get(name, 0):
+            continue  # a departure cancelled by an eviction
         busy += used_now * (t - last_t)
         last_t = t
-        if kind == 0:
-            p = running.pop(i)
-            framework.unbind(state, tasks[i], p)
-            jct.append(t - tasks[i].arrival_s)
-        else:
-            if isinstance(framework.place(empty, tasks[i], rng), Placement):
-                pending.append(i)
+        job = jobs[name]
+        if kind == DEPART:
+            _, binds = running.pop(name)
+            for task, p in binds:
+                framework.unbind(state, task, p)
+            account(job, binds, t - started[name])
+            jct.append(t - job.arrival_s)
+        elif kind == ARRIVE:
+            if all(fits_empty.filter(empty, task, CycleState()).any() for task in job.tasks):
+                pending[name] = job
             else:
                 unplaceable += 1
-        # one scheduling cycle over the pending queue (aging priority, then arrival)
-        pending.sort(
-            key=lambda j: (
-                -(tasks[j].priority + AGING_PER_HOUR * (t - tasks[j].arrival_s) / 3600),
-                tasks[j].arrival_s,
-                j,
-            )
+        else:  # REQUEUE after an eviction's grace period
+            pending[name] = job
+        session = Session(
+            state,
+            framework,
+            queue_list,
+            list(pending.values()),
+            running,
+            t,
+            aging_per_hour=aging,
+            rng=rng,
         )
-        still: list[int] = []
-        for n, j in enumerate(pending):
-            if n >= max_tries_per_cycle:
-                still.extend(pending[n:])
-                break
-            decisions += 1
-            res = framework.place(state, tasks[j], rng)
-            if not isinstance(res, Placement):
-                still.append(j)
-                continue
-            framework.bind(state, tasks[j], res)
-            running[j] = res
-            start[j] = t
-            wait.append(t - tasks[j].arrival_s)
-            dur = _duration(tasks[j], state, res, throughput)
-            gtype = state.types[state.gpu_type[res.node]] if state.gpu_type[res.node] >= 0 else ""
-            dev_s = dur * tasks[j].gpu_request_milli / 1000
-            gpu_sec[gtype] = gpu_sec.get(gtype, 0.0) + dev_s
-            key = (state.sites[state.site[res.node]].name, gtype)
-            site_sec[key] = site_sec.get(key, 0.0) + dev_s
-            heapq.heappush(events, (t + dur, 0, j))
-        pending = still
+        result = session.run(actions)
+        decisions += sum(len(j.tasks) for j in pending.values())
+        for ev in result.evicted:
+            victim = jobs[ev.job]
+            binds = running.pop(ev.job)[1]
+            ran = t - started[ev.job]
+            account(victim, binds, ran)
+            remaining[ev.job] = max(0.0, remaining[ev.job] - ran)  # it checkpoints in grace
+            generation[ev.job] = generation.get(ev.job, 0) + 1
+            heapq.heappush(events, (t + ev.grace_s, REQUEUE, ev.job, generation[ev.job]))
+            preemptions += 1
+        for jname in {jn for jn, _, _ in result.bound}:
+            job = pending.pop(jname)
+            binds = session.running[jname][1]
+            running[jname] = (job, binds)
+            started[jname] = t
+            if jname not in first_start:
+                first_start[jname] = t
+                wait.append(t - job.arrival_s)
+                remaining[jname] = max(_duration(task, state, p, throughput) for task, p in binds)
+            heapq.heappush(events, (t + remaining[jname], DEPART, jname, generation.get(jname, 0)))
         used_now = used_by_type()
     span = max(last_t - first_t, 1e-9)
     util = {
@@ -162,6 +225,7 @@ def run_replay(
         time.perf_counter() - t0,
         gpu_sec,
         site_sec,
+        preemptions,
     )
 
 
