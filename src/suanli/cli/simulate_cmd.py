@@ -97,6 +97,7 @@ def _openb(
             k: statistics.mean(r.allocation_ratio[k] for r in runs) for k in ("100", "130")
         },
         "failed_pods": statistics.mean(r.failed_pods for r in runs),
+        "fragmentation": statistics.mean(r.fragmentation for r in runs),
         "decisions_per_s": dec / wall if wall else None,
         "per_seed": [
             {"seed": r.seed, "allocation_ratio": r.allocation_ratio, "failed_pods": r.failed_pods}

@@ -26,6 +26,7 @@ import numpy as np
 from suanli.cluster.state import ClusterState, NodeSpec
 from suanli.cluster.task import Task
 from suanli.sched.framework import Framework, Placement
+from suanli.sched.plugins_openb import ShapeTable, fragmentation, typical_pods
 
 CHECKPOINTS = (100, 130)
 DEFAULT_SEEDS = tuple(range(42, 52))
@@ -63,6 +64,8 @@ class OpenbRun:
     failed_gpu_milli: int = 0
     decisions: int = 0
     wall_s: float = 0.0
+    #: at the end: share of the idle GPU-milli the workload's pod mix cannot use (FGD's measure)
+    fragmentation: float = 0.0
 
 
 def run_openb(
@@ -94,8 +97,20 @@ def run_openb(
             failed_milli += task.num_gpu * task.gpu_milli
         events.append((100.0 * arrived / cap, 100.0 * state.allocated_gpu_milli() / cap))
     ratios = {str(c): checkpoint_ratio(events, c) / 100.0 for c in CHECKPOINTS}
+    wall = time.perf_counter() - t0
+    shapes = ShapeTable.build(typical_pods(pods), state.types)
+    frag = fragmentation(shapes, state.cpu_free, state.gpu_free, state.gpu_type).sum()
+    idle = float(state.milli_free.sum())
     return OpenbRun(
-        policy, seed, ratios, events, failed, failed_milli, len(workload), time.perf_counter() - t0
+        policy,
+        seed,
+        ratios,
+        events,
+        failed,
+        failed_milli,
+        len(workload),
+        wall,
+        float(frag / idle) if idle else 0.0,
     )
 
 
