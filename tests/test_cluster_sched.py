@@ -131,3 +131,26 @@ def test_statement_rolls_a_gang_back() -> None:
     assert s.allocated_gpu_milli() == 4000
     st.discard()
     assert s.allocated_gpu_milli() == 0 and s.cpu_free[0] == 96_000
+
+
+def test_memory_sliced_sharing_like_hami_and_vnpu() -> None:
+    # a 910B with 20 AI cores and 64 GB modelled as 1000 milli + 65,536 MiB per device;
+    # vNPU template "2 cores, 6 GB" = 100 milli + 6,144 MiB
+    s = ClusterState([NodeSpec("npu", 192_000, 1_572_864, 1, "910B", gpu_memory_mib=65_536)])
+    fw = Framework([ResourceFit()], [(BestFitScore(), 1)], BestFitGpu(), tie_break="first")
+    rng = np.random.default_rng(0)
+    small = Task("v", num_gpu=1, gpu_milli=100, gpu_mem_mib=6_144)
+    placed = 0
+    while isinstance(p := fw.place(s, small, rng), Placement):
+        fw.bind(s, small, p)
+        placed += 1
+    # memory binds first: floor(65,536 / 6,144) = 10 slices, though cores allow 10 as well
+    assert placed == 10 and s.gpu_mem_free[0, 0] == 65_536 - 10 * 6_144
+    fat = Task("f", num_gpu=1, gpu_milli=50, gpu_mem_mib=8_192)  # cores left, memory not
+    assert isinstance(fw.place(s, fat, rng), Status)
+    fw.unbind(s, small, Placement(0, ((0, 100),)))
+    assert s.gpu_mem_free[0, 0] == 65_536 - 9 * 6_144
+    # a whole device takes all of its memory
+    s2 = ClusterState([NodeSpec("g", 64_000, 262_144, 2, "A100", gpu_memory_mib=81_920)])
+    s2.allocate(0, 0, 0, [(1, 1000)])
+    assert s2.gpu_mem_free[0].tolist() == [81_920, 0]

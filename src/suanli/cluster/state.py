@@ -41,6 +41,8 @@ class NodeSpec:
     site: str = "default"
     switch: str = "s0"
     labels: dict[str, str] = field(default_factory=dict)
+    #: memory of each device, for memory-sliced sharing (HAMi vGPU, Ascend vNPU); 0 = untracked
+    gpu_memory_mib: int = 0
 
 
 class ClusterState:
@@ -79,6 +81,10 @@ class ClusterState:
         self.cpu_free = self.cpu_cap.copy()
         self.mem_free = self.mem_cap.copy()
         self.gpu_free = self.gpu_cap.copy()
+        self.gpu_mem_cap = np.where(
+            self.gpu_exists, np.array([s.gpu_memory_mib for s in nodes])[:, None], 0
+        ).astype(np.int64)
+        self.gpu_mem_free = self.gpu_mem_cap.copy()
         self.full_free = self.gpu_count.copy()
         self.milli_free = self.gpu_cap.sum(axis=1)
         self.version = np.zeros(n, dtype=np.int64)  # bumps on every change to a node
@@ -95,11 +101,22 @@ class ClusterState:
         ids = [i for i, t in enumerate(self.types) if t in allowed]
         return np.isin(self.gpu_type, ids)
 
-    def allocate(self, node: int, cpu: int, mem: int, gpus: Sequence[tuple[int, int]]) -> None:
-        """Take ``cpu``, ``mem`` and (device index, milli) shares on ``node``."""
+    def _device_mem(self, node: int, g: int, milli: int, gpu_mem: int) -> int:
+        """Device memory a grant takes: all of it for a whole device, else what was asked."""
+        return int(self.gpu_mem_cap[node, g]) if milli == MILLI else gpu_mem
+
+    def allocate(
+        self, node: int, cpu: int, mem: int, gpus: Sequence[tuple[int, int]], gpu_mem: int = 0
+    ) -> None:
+        """Take ``cpu``, ``mem`` and (device index, milli) shares on ``node``; a share also
+        takes ``gpu_mem`` MiB of its device's memory where device memory is tracked."""
         self.cpu_free[node] -= cpu
         self.mem_free[node] -= mem
         for g, milli in gpus:
+            if self.gpu_mem_cap[node, g]:
+                self.gpu_mem_free[node, g] -= self._device_mem(node, g, milli, gpu_mem)
+                if self.gpu_mem_free[node, g] < 0:
+                    raise ValueError(f"device memory over-allocated on {self.names[node]} {g}")
             before = self.gpu_free[node, g]
             after = before - milli
             if after < 0 or self.cpu_free[node] < 0 or self.mem_free[node] < 0:
@@ -110,11 +127,15 @@ class ClusterState:
                 self.full_free[node] -= 1
         self.version[node] += 1
 
-    def release(self, node: int, cpu: int, mem: int, gpus: Sequence[tuple[int, int]]) -> None:
+    def release(
+        self, node: int, cpu: int, mem: int, gpus: Sequence[tuple[int, int]], gpu_mem: int = 0
+    ) -> None:
         """Give back what `allocate` took."""
         self.cpu_free[node] += cpu
         self.mem_free[node] += mem
         for g, milli in gpus:
+            if self.gpu_mem_cap[node, g]:
+                self.gpu_mem_free[node, g] += self._device_mem(node, g, milli, gpu_mem)
             after = self.gpu_free[node, g] + milli
             if after > MILLI:
                 raise ValueError(f"over-release on {self.names[node]} device {g}")
@@ -131,6 +152,14 @@ class ClusterState:
         """An independent copy of the free state (capacity arrays are shared, read-only)."""
         new = object.__new__(ClusterState)
         new.__dict__.update(self.__dict__)
-        for name in ("cpu_free", "mem_free", "gpu_free", "full_free", "milli_free", "version"):
+        for name in (
+            "cpu_free",
+            "mem_free",
+            "gpu_free",
+            "gpu_mem_free",
+            "full_free",
+            "milli_free",
+            "version",
+        ):
             setattr(new, name, getattr(self, name).copy())
         return new

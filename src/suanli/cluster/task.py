@@ -13,7 +13,9 @@ class Task:
 
     GPU request, in the convention of Alibaba's openb traces: ``num_gpu`` whole
     devices (``gpu_milli`` = 1000), or a share ``gpu_milli`` < 1000 of one device
-    (``num_gpu`` = 1). ``gpu_spec`` lists the accelerator types allowed (empty =
+    (``num_gpu`` = 1), optionally with ``gpu_mem_mib`` of that device's memory —
+    an Ascend vNPU template such as 2 of a 910B's 20 AI cores with 6 GB is
+    ``gpu_milli=100, gpu_mem_mib=6144``. ``gpu_spec`` lists the accelerator types allowed (empty =
     any). ``job`` groups the members of a gang; ``min_available`` of them must be
     placed together or none is.
     """
@@ -23,6 +25,7 @@ class Task:
     memory_mib: int = 0
     num_gpu: int = 0
     gpu_milli: int = 0
+    gpu_mem_mib: int = 0  # device memory a share needs (HAMi gpumem, an Ascend vNPU template)
     gpu_spec: frozenset[str] = frozenset()
     vendor: str = ""
     min_gpu_memory_gb: float = 0.0

@@ -155,12 +155,16 @@ class Framework:
 
     def bind(self, state: ClusterState, task: Task, placement: Placement) -> None:
         """Commit a placement to the state and tell the plugins that keep their own view."""
-        state.allocate(placement.node, task.cpu_milli, task.memory_mib, placement.gpus)
+        state.allocate(
+            placement.node, task.cpu_milli, task.memory_mib, placement.gpus, task.gpu_mem_mib
+        )
         for listener in self.listeners:
             listener.bound(state, task, placement)
 
     def unbind(self, state: ClusterState, task: Task, placement: Placement) -> None:
-        state.release(placement.node, task.cpu_milli, task.memory_mib, placement.gpus)
+        state.release(
+            placement.node, task.cpu_milli, task.memory_mib, placement.gpus, task.gpu_mem_mib
+        )
         for listener in self.listeners:
             listener.unbound(state, task, placement)
 
@@ -173,13 +177,15 @@ class Statement:
         self.ops: list[tuple[Task, Placement]] = []
 
     def allocate(self, task: Task, placement: Placement) -> None:
-        self.state.allocate(placement.node, task.cpu_milli, task.memory_mib, placement.gpus)
+        self.state.allocate(
+            placement.node, task.cpu_milli, task.memory_mib, placement.gpus, task.gpu_mem_mib
+        )
         self.ops.append((task, placement))
 
     def discard(self) -> None:
         """Undo every tentative allocation, newest first."""
         for task, p in reversed(self.ops):
-            self.state.release(p.node, task.cpu_milli, task.memory_mib, p.gpus)
+            self.state.release(p.node, task.cpu_milli, task.memory_mib, p.gpus, task.gpu_mem_mib)
         self.ops.clear()
 
     def commit(self) -> list[tuple[Task, Placement]]:

@@ -28,7 +28,10 @@ class ResourceFit:
         if task.num_gpu == 0:
             return ok
         if task.shares_gpu:
-            ok &= (state.gpu_free >= task.gpu_milli).any(axis=1)
+            fits = state.gpu_free >= task.gpu_milli
+            if task.gpu_mem_mib:
+                fits &= (state.gpu_mem_cap == 0) | (state.gpu_mem_free >= task.gpu_mem_mib)
+            ok &= fits.any(axis=1)
         else:
             ok &= state.full_free >= task.num_gpu
         if task.gpu_spec:
@@ -57,6 +60,14 @@ class RegionConstraint:
         return np.isin(state.site, ok_sites)
 
 
+def _share_fits(state: ClusterState, task: Task, node: int) -> np.ndarray:
+    """Devices of ``node`` with room for the share: milli, and memory where it is tracked."""
+    fits = state.gpu_free[node] >= task.gpu_milli
+    if task.gpu_mem_mib:
+        fits &= (state.gpu_mem_cap[node] == 0) | (state.gpu_mem_free[node] >= task.gpu_mem_mib)
+    return fits
+
+
 @dataclass
 class BestFitGpu:
     """Device picker: a share goes to the fullest device it fits on (keeps whole devices free);
@@ -76,7 +87,7 @@ class BestFitGpu:
             return ()
         free = state.gpu_free[node]
         if task.shares_gpu:
-            fits = np.flatnonzero(free >= task.gpu_milli)
+            fits = np.flatnonzero(_share_fits(state, task, node))
             g = int(fits[np.argmin(free[fits])])  # argmin: lowest index among equals
             return ((g, task.gpu_milli),)
         whole = np.flatnonzero(free == MILLI)[: task.num_gpu]
@@ -98,6 +109,6 @@ class RandomGpu:
         rng: np.random.Generator,
     ) -> tuple[tuple[int, int], ...]:
         if task.shares_gpu:
-            fits = np.flatnonzero(state.gpu_free[node] >= task.gpu_milli)
+            fits = np.flatnonzero(_share_fits(state, task, node))
             return ((int(rng.choice(fits)), task.gpu_milli),)
         return BestFitGpu().pick(state, task, node, cycle, rng)

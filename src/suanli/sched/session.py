@@ -251,7 +251,7 @@ class Session:
         for v in order:
             _, binds = self.running[v.name]
             for task, p in binds:
-                trial.release(p.node, task.cpu_milli, task.memory_mib, p.gpus)
+                trial.release(p.node, task.cpu_milli, task.memory_mib, p.gpus, task.gpu_mem_mib)
             chosen.append(v)
             st = Statement(trial)
             placed = 0
