@@ -199,3 +199,23 @@ def test_replay_places_a_gang_whole_or_not_at_all() -> None:
     r = run_replay(nodes, [blocker, *gang], build(NAMED["best-fit"]), "best-fit")
     # the gang needs both nodes: it waits for the blocker (leaves at 5), then runs 5 -> 15
     assert sorted(r.jct_s) == [5.0, 14.0]
+
+
+def test_sia_readers(shared_dir: Path) -> None:
+    from suanli.sim.traces import (
+        read_sia_peak_throughput,
+        read_sia_step_times,
+        read_sia_workload,
+    )
+
+    d = shared_dir / "data"
+    peak = read_sia_peak_throughput(d / "sia_single_gpu_peak_throughput.csv")
+    assert peak[("cifar10", "a100-40gb")] == 10062.55 and peak[("bert", "t4")] == 13.02
+    steps = read_sia_step_times(d / "sia_placements_all.csv")
+    assert len(steps) == 14001 and {s["gpu"] for s in steps} >= {"t4", "v100-32gb", "a100-40gb"}
+    apps = {"cifar10": 5e6, "bert": 1e6, "deepspeech2": 1e6, "imagenet": 1e7, "yolov3": 1e6}
+    tasks = read_sia_workload(d / "sia_philly_workload-1.csv", apps)
+    first = [t for t in tasks if t.job == "cifar10-0"]
+    assert len(first) == 6 and all(t.min_available == 6 and t.arrival_s == 107 for t in first)
+    with pytest.raises(TraceError, match="no training length"):
+        read_sia_workload(d / "sia_philly_workload-1.csv", {"cifar10": 1.0})

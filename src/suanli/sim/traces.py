@@ -170,3 +170,85 @@ def read_gavel_trace(path: Path) -> list[tuple[str, int, float, float]]:
         except ValueError as exc:
             raise TraceError(f"{path} line {n}: {exc}") from exc
     return out
+
+
+#: Sia's cluster names -> the GPU each has (siasosp23 artifacts, traces README).
+SIA_GPUS = {
+    "aws": "t4",
+    "azure": "v100-32gb",
+    "dgx-ext": "a100-40gb",
+    "quad": "quadro-rtx6000",
+    "rtx": "rtx-2080ti",
+}
+
+
+def read_sia_peak_throughput(path: Path) -> dict[tuple[str, str], float]:
+    """``sia_single_gpu_peak_throughput.csv``: samples/s per (application, GPU type)."""
+    out: dict[tuple[str, str], float] = {}
+    for line, row in _rows(path, {"model"}):
+        for col, val in row.items():
+            if col == "model" or not col.endswith("_samples_per_s"):
+                continue
+            cluster = col.removesuffix("_samples_per_s")
+            try:
+                out[(row["model"], SIA_GPUS.get(cluster, cluster))] = float(val)
+            except ValueError as exc:
+                raise TraceError(f"{path} line {line}: {col}: {exc}") from exc
+    return out
+
+
+def read_sia_step_times(path: Path) -> list[dict[str, float | str]]:
+    """``sia_placements_all.csv``: measured step and sync time by model, GPU, local batch
+    and placement (a digit string: GPUs on each node)."""
+    out: list[dict[str, float | str]] = []
+    cols = {"model", "cluster", "local_bsz", "step_time", "sync_time", "placement"}
+    for line, row in _rows(path, cols):
+        try:
+            out.append(
+                {
+                    "model": row["model"],
+                    "gpu": SIA_GPUS.get(row["cluster"], row["cluster"]),
+                    "local_bsz": float(row["local_bsz"]),
+                    "step_time_s": float(row["step_time"]),
+                    "sync_time_s": float(row["sync_time"]),
+                    "placement": row["placement"],
+                }
+            )
+        except ValueError as exc:
+            raise TraceError(f"{path} line {line}: {exc}") from exc
+    return out
+
+
+def read_sia_workload(path: Path, samples_by_app: dict[str, float]) -> list[Task]:
+    """A Sia workload (``sia_philly_workload-1.csv``, ``sia_saturn_workload-1.csv``: name,
+    arrival time, application, replicas, batch size) as gangs of one-GPU tasks.
+
+    The trace gives no training length; ``samples_by_app`` (samples to train, per
+    application) must come from the caller, and each task's ``work`` is its share.
+    """
+    out: list[Task] = []
+    for line, row in _rows(path, {"name", "time", "application", "num_replicas", "batch_size"}):
+        app = row["application"]
+        if app not in samples_by_app:
+            raise TraceError(f"{path} line {line}: no training length given for {app!r}")
+        try:
+            replicas = int(row["num_replicas"])
+            for r in range(replicas):
+                out.append(
+                    Task(
+                        name=f"{row['name']}-{r}",
+                        cpu_milli=4000,
+                        memory_mib=16_384,
+                        num_gpu=1,
+                        gpu_milli=1000,
+                        job=row["name"],
+                        min_available=replicas,
+                        arrival_s=float(row["time"]),
+                        work=samples_by_app[app] / replicas,
+                        kind="train",
+                        labels={"workload": app, "batch_size": row["batch_size"]},
+                    )
+                )
+        except ValueError as exc:
+            raise TraceError(f"{path} line {line}: {exc}") from exc
+    return out
