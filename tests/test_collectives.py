@@ -60,3 +60,10 @@ def test_sharp_halves_inter_node_all_reduce(sys8) -> None:  # type: ignore[no-un
 def test_single_rank_costs_nothing(sys8) -> None:  # type: ignore[no-untyped-def]
     assert coll.all_reduce_s(1e9, 1, 1, sys8, IDEAL) == 0.0
     assert coll.all_to_all_s(1e9, 1, 1, sys8, IDEAL) == 0.0
+
+
+def test_a_group_spilling_onto_a_second_node_pays_the_network(sys8) -> None:  # type: ignore[no-untyped-def]
+    # 12 ranks, 8 per node: two nodes (one partly filled), so NIC traffic and NIC latency
+    one_node = coll.all_reduce_s(1e9, 8, 8, sys8, IDEAL)
+    spilled = coll.all_reduce_s(1e9, 12, 8, sys8, IDEAL)
+    assert spilled > one_node + 0.01

@@ -102,3 +102,23 @@ def test_quota_per_accelerator_type_steers_work_elsewhere() -> None:
     res = session(st, jobs, queues=[q]).run(["enqueue", "allocate"])
     types = [st.types[st.gpu_type[p.node]] for _, _, p in res.bound]
     assert sorted(types) == ["910B", "910B", "H800"]
+
+
+def test_overall_quota_counts_jobs_admitted_in_the_same_session() -> None:
+    st = state(nodes=2, gpus=4)
+    q = Queue("a", quota_milli={"*": 4000})
+    jobs = [Job(f"j{i}", gpu_tasks(f"j{i}", 4), queue="a") for i in range(2)]
+    res = session(st, jobs, queues=[q]).run(["enqueue", "allocate"])
+    assert [n for n, _, _ in res.bound].count("j0") == 4 and "j1" in res.unschedulable
+    assert st.allocated_gpu_milli() == 4000
+
+
+def test_a_job_bound_in_this_session_is_never_a_victim() -> None:
+    st = state(nodes=1, gpus=4)
+    # cheap has waited 20 h (aging: effective priority 20), so allocate places it first
+    cheap = Job("cheap", gpu_tasks("cheap", 2), priority=0, preemptible=True, arrival_s=0.0)
+    big = Job("big", gpu_tasks("big", 4), priority=10, arrival_s=20 * 3600.0)
+    s = session(st, [cheap, big], now=20 * 3600.0)
+    res = s.run(["allocate", "preempt"])
+    # big (priority 10 > 0) could preempt cheap, but cheap was bound in this very session
+    assert res.evicted == [] and {n for n, _, _ in res.bound} == {"cheap"}

@@ -219,3 +219,54 @@ def test_sia_readers(shared_dir: Path) -> None:
     assert len(first) == 6 and all(t.min_available == 6 and t.arrival_s == 107 for t in first)
     with pytest.raises(TraceError, match="no training length"):
         read_sia_workload(d / "sia_philly_workload-1.csv", {"cifar10": 1.0})
+
+
+def test_replay_counts_gangs_that_can_never_fit() -> None:
+    nodes = [NodeSpec("n", 64_000, 262_144, 8, "A100")]
+    gang = [
+        Task(f"g{i}", num_gpu=8, gpu_milli=1000, job="g", min_available=2, duration_s=5.0)
+        for i in range(2)
+    ]
+    ok = Task("ok", num_gpu=1, gpu_milli=1000, duration_s=5.0)
+    r = run_replay(nodes, [*gang, ok], build(NAMED["best-fit"]), "best-fit")
+    assert r.unplaceable == 1 and r.jct_s == [5.0] and r.unfinished == 0
+
+
+def test_restart_on_another_chip_resumes_by_work_not_seconds() -> None:
+    # training starts on the slow chip (the fast one is busy), is preempted halfway by a
+    # service there, and resumes on the fast chip: half the work at 10x speed
+    nodes = [NodeSpec("slow", 8000, 8192, 1, "T4"), NodeSpec("fast", 8000, 8192, 1, "H100")]
+    thr = {("w", "T4"): 1.0, ("w", "H100"): 10.0}
+    blocker = Task("blk", num_gpu=1, gpu_milli=1000, duration_s=60.0, gpu_spec=frozenset({"H100"}))
+    train = Task(
+        "tr",
+        num_gpu=1,
+        gpu_milli=1000,
+        work=100.0,
+        preemptible=True,
+        arrival_s=1.0,
+        labels={"workload": "w"},
+    )
+    svc = Task(
+        "svc",
+        num_gpu=1,
+        gpu_milli=1000,
+        duration_s=500.0,
+        priority=10,
+        arrival_s=51.0,
+        gpu_spec=frozenset({"T4"}),
+    )
+    cfg = NAMED["priority"]
+    r = run_replay(
+        nodes,
+        [blocker, train, svc],
+        build(cfg, PluginContext(throughput=thr)),
+        "p",
+        actions=cfg.actions,
+        ordering=cfg.ordering,
+        throughput=thr,
+    )
+    # train runs 1..51 on T4 (50 of 100 units), requeues at 81 (30 s grace), runs on the
+    # H100 (free since 60): 50 units / 10 per s = 5 s -> done at 86, JCT 85
+    assert r.preemptions == 1
+    assert 85.0 in r.jct_s

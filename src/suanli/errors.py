@@ -37,3 +37,7 @@ class InvalidLayoutError(SuanliError, ValueError):
 
 class CatalogFileError(SuanliError, ValueError):
     """A catalog or model file that cannot be read (names the file and the field)."""
+
+
+class UsageError(SuanliError, ValueError):
+    """A command-line option with a value it cannot take (names the option)."""

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from suanli.catalog import get_accelerator, get_model
 from suanli.cli.output import console, fmt, print_json
+from suanli.errors import UsageError
 from suanli.perf import make_system
 from suanli.plan.common import PlanResult
 from suanli.plan.common import Progress as ProgressFn
@@ -60,6 +61,13 @@ def _progress(enabled: bool, what: str) -> Iterator[ProgressFn | None]:
             bar.update(task, completed=done, total=total)
 
         yield update
+
+
+def _positive(**values: float | None) -> None:
+    """Reject zero or negative values of the named options (None = not given)."""
+    for name, value in values.items():
+        if value is not None and value <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {value:g}")
 
 
 def _pool(pool: str | None, accelerators: list[str] | None, count: int) -> list[PoolEntry]:
@@ -116,11 +124,19 @@ def train_cmd(
 ) -> None:
     """Best chips, device count and parallel layout to train on T tokens."""
     if objective not in OBJECTIVES:
-        raise typer.BadParameter(
-            f"must be one of {', '.join(OBJECTIVES)}", param_hint="--objective"
-        )
+        raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}")
     if num_devices is not None and max_devices is not None:
-        raise typer.BadParameter("give --num-devices or --max-devices, not both")
+        raise UsageError("give --num-devices or --max-devices, not both")
+    _positive(
+        tokens=tokens,
+        seq_len=seq_len,
+        top=top,
+        num_devices=num_devices,
+        max_devices=max_devices,
+        global_batch=global_batch,
+        deadline_hours=deadline_hours,
+        budget_usd=budget_usd,
+    )
     arch = get_model(model)
     count = num_devices or max_devices or 4096
     req = TrainRequest(
@@ -207,8 +223,14 @@ def serve_cmd(
     json_out: Json = False,
 ) -> None:
     """Cheapest serving layouts that sustain a request rate within the SLOs."""
-    if rate <= 0 or input_len < 1 or output_len < 1:
-        raise typer.BadParameter("--rate must be > 0 and lengths >= 1")
+    _positive(
+        rate=rate,
+        input_len=input_len,
+        output_len=output_len,
+        top=top,
+        ttft_slo_s=ttft_slo_s,
+        tpot_slo_s=tpot_slo_s,
+    )
     arch = get_model(model)
     req = ServeRequest(
         model=arch,
@@ -280,12 +302,11 @@ def split_cmd(
     json_out: Json = False,
 ) -> None:
     """Best layer to split a model between an edge device and the cloud."""
-    if uplink_mbps <= 0 or rtt_ms < 0:
-        raise typer.BadParameter("--uplink-mbps must be > 0 and --rtt-ms >= 0")
+    _positive(uplink_mbps=uplink_mbps, input_len=input_len, output_len=output_len, top=top)
+    if rtt_ms < 0:
+        raise UsageError("--rtt-ms must be >= 0")
     if edge_weight_dtype not in ("bf16", "fp16", "fp8", "int8", "int4"):
-        raise typer.BadParameter(
-            "one of bf16, fp16, fp8, int8, int4", param_hint="--edge-weight-dtype"
-        )
+        raise UsageError("--edge-weight-dtype one of bf16, fp16, fp8, int8, int4")
     arch = get_model(model)
     req = SplitRequest(
         model=arch,

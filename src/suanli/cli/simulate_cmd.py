@@ -14,6 +14,7 @@ from rich.table import Table
 
 from suanli.catalog.loader import accelerators
 from suanli.cli.output import console, print_json
+from suanli.errors import UsageError
 from suanli.sched.policies import PluginContext, build, load_policy
 from suanli.sim.openb import run_openb
 from suanli.sim.replay import run_replay
@@ -44,7 +45,7 @@ def simulate_cmd(
 ) -> None:
     """Replay a trace through a scheduling policy and report what it achieved."""
     if seeds < 1:
-        raise typer.BadParameter("--seeds must be >= 1")
+        raise UsageError("--seeds must be >= 1")
     t0 = time.perf_counter()
     if policy.startswith("gavel-"):
         out = _gavel(cluster, workload, policy, seed, seeds)
@@ -138,7 +139,6 @@ def _replay(
         summary.update(
             cost_usd=cost,
             energy_j=energy,
-            preemptions=0,
             carbon_kg=carbon_kg(sites, res.gpu_seconds_by_site_type),
         )
         summary["_jct"] = res.jct_s

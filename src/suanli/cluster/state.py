@@ -18,6 +18,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from suanli.cluster.task import MILLI
+from suanli.errors import SuanliError
+
+
+class ClusterError(SuanliError, ValueError):
+    """A cluster description that cannot be a cluster (empty, negative capacities)."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,10 @@ class ClusterState:
 
     def __init__(self, nodes: Sequence[NodeSpec], sites: Sequence[Site] = ()) -> None:
         if not nodes:
-            raise ValueError("a cluster needs at least one node")
+            raise ClusterError("a cluster needs at least one node; the node list is empty")
+        bad = [n.name for n in nodes if n.gpu_count < 0 or n.cpu_milli < 0 or n.memory_mib < 0]
+        if bad:
+            raise ClusterError(f"negative capacity on node(s) {', '.join(bad[:5])}")
         self.specs = list(nodes)
         self.names = [n.name for n in nodes]
         self.index = {n: i for i, n in enumerate(self.names)}

@@ -38,7 +38,7 @@ def all_reduce_s(size: float, n: int, r: int, sys: System, eff: Efficiency) -> f
     if n <= 1 or size <= 0:
         return 0.0
     r = min(r, n)
-    nodes = max(1, n // r)
+    nodes = max(1, -(-n // r))  # a partly filled node is still a node
     lat = _lat(sys, eff, nodes) * 2 * min(n - 1, math.log2(n))
     intra = 2 * (r - 1) / r * size / (sys.intra_bw * eff.link_eff) if r > 1 else 0.0
     if nodes == 1:
@@ -53,7 +53,7 @@ def all_gather_s(size: float, n: int, r: int, sys: System, eff: Efficiency) -> f
     if n <= 1 or size <= 0:
         return 0.0
     r = min(r, n)
-    nodes = max(1, n // r)
+    nodes = max(1, -(-n // r))  # a partly filled node is still a node
     lat = _lat(sys, eff, nodes) * (n - 1)
     intra = (r - 1) / r * size / (sys.intra_bw * eff.link_eff) if r > 1 else 0.0
     if nodes == 1:
@@ -70,7 +70,7 @@ def all_to_all_s(size: float, n: int, r: int, sys: System, eff: Efficiency) -> f
     if n <= 1 or size <= 0:
         return 0.0
     r = min(r, n)
-    nodes = max(1, n // r)
+    nodes = max(1, -(-n // r))  # a partly filled node is still a node
     lat = _lat(sys, eff, nodes) * (n - 1)
     intra = (r - 1) / n * size / (sys.intra_bw * eff.link_eff)
     if nodes == 1:

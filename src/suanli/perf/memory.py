@@ -99,7 +99,9 @@ def activation_bytes_per_layer(s: ModelShape, lay: TrainLayout, moe_layer: bool)
     return tokens * per_token
 
 
-def train_memory(s: ModelShape, lay: TrainLayout, workspace_gb: float) -> TrainMemory:
+def train_memory(
+    s: ModelShape, lay: TrainLayout, workspace_gb: float, pipeline_depth: int | None = None
+) -> TrainMemory:
     """Memory per device of the heaviest stage (first stage for activations)."""
     dense, expert = stage_params(s, lay)
     shards = lay.dp * lay.cp
@@ -111,7 +113,10 @@ def train_memory(s: ModelShape, lay: TrainLayout, workspace_gb: float) -> TrainM
     if moe_frac:
         per_layer += moe_frac * activation_bytes_per_layer(s, lay, True)
     m = lay.num_microbatches
-    in_flight: float = min(lay.pp, m) if lay.pp > 1 else 1
+    # 1F1B keeps as many micro-batches in flight on the first stage as the pipeline is deep;
+    # ``pipeline_depth`` says so when these layers are the head of a longer pipeline
+    depth = pipeline_depth or lay.pp
+    in_flight: float = min(depth, m) if depth > 1 else 1
     if lay.vpp > 1:
         in_flight = in_flight * (1 + (lay.pp - 1) / (lay.pp * lay.vpp))
     act = per_layer * layers_per_stage * in_flight

@@ -57,6 +57,10 @@ def make_system(
     dpn = devices_per_node if devices_per_node is not None else acc.devices_per_node
     if dpn < 1:
         raise InvalidLayoutError(f"--devices-per-node must be >= 1, got {dpn}")
+    if pue < 1.0:
+        raise InvalidLayoutError(f"--pue must be >= 1 (total facility power / IT power), got {pue}")
+    if price_usd_per_hour is not None and price_usd_per_hour < 0:
+        raise InvalidLayoutError(f"--price-usd-per-hour must be >= 0, got {price_usd_per_hour}")
     gbps = inter_node_gbps if inter_node_gbps is not None else acc.nic_gbps
     if gbps <= 0:
         raise InvalidLayoutError(f"--inter-node-gbps must be > 0, got {gbps}")

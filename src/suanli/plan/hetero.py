@@ -111,7 +111,10 @@ def _evaluate(
         w_a, w_b = p_a / t_a, p_b / t_b
         l_a = min(max(p_a, round(layers * w_a / (w_a + w_b))), layers - p_b)
         l_b = layers - l_a
-        mem_a = train_memory(shape_of(sub(l_a)), dataclasses.replace(lay, pp=p_a), e.workspace_gb)
+        # type A's stages lead the whole pipeline: its first stage holds pp micro-batches
+        mem_a = train_memory(
+            shape_of(sub(l_a)), dataclasses.replace(lay, pp=p_a), e.workspace_gb, pipeline_depth=pp
+        )
         mem_b = train_memory(shape_of(sub(l_b)), dataclasses.replace(lay, pp=p_b), e.workspace_gb)
         fits = (
             mem_a.total <= a.system.accelerator.memory_gb * GB

@@ -237,7 +237,8 @@ def load_policy(name_or_path: str) -> PolicyConfig:
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
-        raise PolicyFileError(f"{path}: cannot read policy ({exc})") from exc
+        reason = " ".join(str(exc).split())  # one line, even for YAML's multi-line errors
+        raise PolicyFileError(f"{path}: cannot read policy ({reason})") from exc
     return parse_policy(doc, str(path))
 
 
@@ -248,14 +249,25 @@ def parse_policy(doc: Any, source: str = "<policy>") -> PolicyConfig:
     unknown_keys = set(doc) - {"name", "actions", "tiers", "tie_break", "device_picker"}
     problems += [f"{k}: unknown key" for k in sorted(unknown_keys)]
     actions = doc.get("actions") or ["allocate"]
+    if not isinstance(actions, list):
+        problems.append("actions: must be a list, e.g. [enqueue, allocate]")
+        actions = []
     for i, a in enumerate(actions):
         if a not in ACTIONS:
             problems.append(f"actions[{i}]: unknown action {a!r}; one of {', '.join(ACTIONS)}")
     filters: list[str] = []
     scorers: list[tuple[str, float]] = []
     ordering: list[str] = []
-    for t, tier in enumerate(doc.get("tiers") or []):
-        for p, plugin in enumerate((tier or {}).get("plugins") or []):
+    tiers = doc.get("tiers") or []
+    if not isinstance(tiers, list):
+        problems.append("tiers: must be a list of {plugins: [...]}")
+        tiers = []
+    for t, tier in enumerate(tiers):
+        plugins = tier.get("plugins") if isinstance(tier, dict) else None
+        if not isinstance(plugins, list):
+            problems.append(f"tiers[{t}]: expected a mapping with a list of plugins")
+            continue
+        for p, plugin in enumerate(plugins):
             where = f"tiers[{t}].plugins[{p}]"
             if not isinstance(plugin, dict) or "name" not in plugin:
                 problems.append(f"{where}: expected a mapping with a name")

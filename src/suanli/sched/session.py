@@ -108,6 +108,8 @@ class Session:
         self.admitted: list[Job] = []
         self._enqueued = False  # without an enqueue action every pending job is admitted
         self._used: dict[str, dict[str, int]] | None = None  # memo of used_milli
+        self._bound_now: set[str] = set()  # jobs started in this session: never victims
+        self._admitted_milli: dict[str, int] = {}  # per queue, admitted but not yet running
 
     # --- accounting ------------------------------------------------------------
     def _type_of(self, p: Placement) -> str:
@@ -143,7 +145,8 @@ class Session:
         if q is None or not q.quota_milli:
             return True
         cap = q.quota_milli.get("*")
-        return cap is None or sum(self.used_milli(job.queue).values()) + job.gpu_milli <= cap
+        held = sum(self.used_milli(job.queue).values()) + self._admitted_milli.get(job.queue, 0)
+        return cap is None or held + job.gpu_milli <= cap
 
     def _within_type_quota(self, job: Job, task: Task, extra: dict[str, int]) -> Task | None:
         """The task limited to device types where its queue still has quota (None: none left)."""
@@ -181,6 +184,9 @@ class Session:
             elif self._quota_allows(job):
                 self.admitted.append(job)
                 self.result.admitted.append(job.name)
+                self._admitted_milli[job.queue] = (
+                    self._admitted_milli.get(job.queue, 0) + job.gpu_milli
+                )
             else:
                 self.result.unschedulable[job.name] = f"queue {job.queue} quota exhausted"
 
@@ -191,6 +197,11 @@ class Session:
         )
 
     def _try_job(self, job: Job) -> bool:
+        q = self.queues.get(job.queue)
+        cap = q.quota_milli.get("*") if q else None
+        if cap is not None and sum(self.used_milli(job.queue).values()) + job.gpu_milli > cap:
+            self.result.unschedulable[job.name] = f"queue {job.queue} quota exhausted"
+            return False
         st = Statement(self.state)
         binds: list[tuple[Task, Placement]] = []
         extra: dict[str, int] = {}  # this job's tentative use per type
@@ -217,6 +228,7 @@ class Session:
             self.result.bound.append((job.name, task, p))
         job.started_s = self.now
         self.running[job.name] = (job, binds)
+        self._bound_now.add(job.name)
         self._used = None
         self.result.unschedulable.pop(job.name, None)
         return True
@@ -242,6 +254,14 @@ class Session:
         for task, p in binds:
             self.fw.unbind(self.state, task, p)
         self.result.evicted.append(Eviction(name, job.grace_s, reason))
+
+    def _could_run(self, job: Job) -> bool:
+        """Whether the job's queue quotas leave room for it at all (else no victim helps)."""
+        q = self.queues.get(job.queue)
+        cap = q.quota_milli.get("*") if q else None
+        if cap is not None and sum(self.used_milli(job.queue).values()) + job.gpu_milli > cap:
+            return False
+        return all(self._within_type_quota(job, t, {}) is not None for t in job.tasks)
 
     def _victims_for(self, job: Job, candidates: list[Job]) -> list[Job] | None:
         """Cheapest set of ``candidates`` whose eviction lets ``job`` fit (tried on a copy)."""
@@ -269,8 +289,12 @@ class Session:
         pool = self.admitted if self._enqueued else self.pending
         waiting = [j for j in self._ordered(pool) if j.name not in self.running]
         for job in sorted(waiting, key=lambda j: -self._effective_priority(j)):
+            if not self._could_run(job):
+                continue  # evicting others would not help: its queue has no quota left
             cands = [
-                v for v, _ in self.running.values() if v.preemptible and v.priority < job.priority
+                v
+                for v, _ in self.running.values()
+                if v.preemptible and v.priority < job.priority and v.name not in self._bound_now
             ]
             victims = self._victims_for(job, cands) if cands else None
             if not victims:
@@ -283,13 +307,14 @@ class Session:
         pool = self.admitted if self._enqueued else self.pending
         waiting = [j for j in pool if j.name not in self.running]
         for job in self._ordered(waiting):
-            if self.share(job.queue) >= 1.0:
+            if self.share(job.queue) >= 1.0 or not self._could_run(job):
                 continue
             cands = [
                 v
                 for v, _ in self.running.values()
                 if v.queue != job.queue
                 and v.preemptible
+                and v.name not in self._bound_now
                 and self.queues.get(v.queue, Queue(v.queue)).reclaimable
                 and self.share(v.queue) > 1.0
             ]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from suanli.cluster.state import ClusterState, NodeSpec
+from suanli.cluster.state import ClusterError, ClusterState, NodeSpec
 from suanli.cluster.task import Task
 from suanli.sched.framework import Framework, Placement
 from suanli.sched.plugins_openb import ShapeTable, fragmentation, typical_pods
@@ -40,6 +40,8 @@ def tune(
     work = [ordered[i] for i in rng.permutation(len(ordered))]
     target = ratio * capacity_milli
     total = sum(p.num_gpu * p.gpu_milli for p in work)
+    if not any(p.num_gpu * p.gpu_milli for p in ordered):
+        return work  # no GPU demand to tune toward
     if total < target:
         while True:
             p = ordered[int(rng.integers(len(ordered)))]
@@ -78,6 +80,8 @@ def run_openb(
     ratio: float = 1.3,
 ) -> OpenbRun:
     """One seed of the openb protocol (module docstring)."""
+    if not pods:
+        raise ClusterError("the pod list is empty: nothing to schedule")
     order = np.random.default_rng(seed + 1000).permutation(len(nodes))
     state = ClusterState([nodes[i] for i in order])
     cap = state.total_gpu_milli

@@ -25,7 +25,7 @@ import numpy as np
 
 from suanli.cluster.state import ClusterState, NodeSpec
 from suanli.cluster.task import Task
-from suanli.sched.framework import CycleState, Framework, Placement
+from suanli.sched.framework import CycleState, Framework, Placement, Statement
 from suanli.sched.plugins_fit import ResourceFit
 from suanli.sched.session import Job, Queue, Session
 
@@ -46,6 +46,7 @@ class ReplayResult:
     gpu_seconds_by_type: dict[str, float] = field(default_factory=dict)
     gpu_seconds_by_site_type: dict[tuple[str, str], float] = field(default_factory=dict)
     preemptions: int = 0
+    unfinished: int = 0  # jobs still waiting or running when the events ran out
 
     def summary(self) -> dict[str, Any]:
         jct = np.array(self.jct_s) if self.jct_s else np.array([math.nan])
@@ -63,6 +64,7 @@ class ReplayResult:
             "utilization": self.utilization,
             "unplaceable": self.unplaceable,
             "preemptions": self.preemptions,
+            "unfinished": self.unfinished,
             "decisions": self.decisions,
             "wall_s": self.wall_s,
             "decisions_per_s": self.decisions / self.wall_s if self.wall_s else math.nan,
@@ -123,7 +125,8 @@ def run_replay(
     pending: dict[str, Job] = {}
     running: dict[str, tuple[Job, list[tuple[Task, Placement]]]] = {}
     generation: dict[str, int] = {}
-    remaining: dict[str, float] = {}  # seconds of work left (set at first start)
+    left: dict[str, float] = {}  # share of each job's work still to do (1.0 at arrival)
+    full: dict[str, float] = {}  # the job's full run time on the chips of its current start
     started: dict[str, float] = {}
     first_start: dict[str, float] = {}
     jct: list[float] = []
@@ -170,7 +173,7 @@ def run_replay(
             account(job, binds, t - started[name])
             jct.append(t - job.arrival_s)
         elif kind == ARRIVE:
-            if all(fits_empty.filter(empty, task, CycleState()).any() for task in job.tasks):
+            if _fits_empty(empty, framework, job, rng, fits_empty):
                 pending[name] = job
             else:
                 unplaceable += 1
@@ -189,11 +192,14 @@ def run_replay(
         result = session.run(actions)
         decisions += sum(len(j.tasks) for j in pending.values())
         for ev in result.evicted:
+            if ev.job not in running:
+                continue  # the session never evicts what it bound itself; defensive
             victim = jobs[ev.job]
             binds = running.pop(ev.job)[1]
             ran = t - started[ev.job]
             account(victim, binds, ran)
-            remaining[ev.job] = max(0.0, remaining[ev.job] - ran)  # it checkpoints in grace
+            # it checkpoints in its grace period, so the work done so far is kept
+            left[ev.job] = max(0.0, left.get(ev.job, 1.0) - ran / max(full[ev.job], 1e-9))
             generation[ev.job] = generation.get(ev.job, 0) + 1
             heapq.heappush(events, (t + ev.grace_s, REQUEUE, ev.job, generation[ev.job]))
             preemptions += 1
@@ -205,9 +211,12 @@ def run_replay(
             if jname not in first_start:
                 first_start[jname] = t
                 wait.append(t - job.arrival_s)
-                remaining[jname] = max(_duration(task, state, p, throughput) for task, p in binds)
-            heapq.heappush(events, (t + remaining[jname], DEPART, jname, generation.get(jname, 0)))
+            # run time on the chips it got this time (a restart may land on other chips)
+            full[jname] = max(_duration(task, state, p, throughput) for task, p in binds)
+            done_at = t + left.get(jname, 1.0) * full[jname]
+            heapq.heappush(events, (done_at, DEPART, jname, generation.get(jname, 0)))
         used_now = used_by_type()
+    unfinished = len(pending) + len(running)
     span = max(last_t - first_t, 1e-9)
     util = {
         typ: float(busy[k] / (per_type_cap[k] * span)) if per_type_cap[k] else 0.0
@@ -226,7 +235,25 @@ def run_replay(
         gpu_sec,
         site_sec,
         preemptions,
+        unfinished,
     )
+
+
+def _fits_empty(
+    empty: ClusterState, framework: Framework, job: Job, rng: np.random.Generator, fit: ResourceFit
+) -> bool:
+    """Whether the whole job (a gang: all of its members at once) fits an empty cluster."""
+    if len(job.tasks) == 1:
+        return bool(fit.filter(empty, job.tasks[0], CycleState()).any())
+    st = Statement(empty)
+    placed = 0
+    for task in job.tasks:
+        res = framework.place(empty, task, rng)
+        if isinstance(res, Placement):
+            st.allocate(task, res)
+            placed += 1
+    st.discard()
+    return placed >= job.gang_size
 
 
 def _duration(

@@ -9,7 +9,8 @@ Cluster::
          usd_per_gpu_hour: 2.0}   # price optional (else the catalog's reference price)
 
 Workload (durations from the perf model: ``tokens`` of training for ``model`` on
-each chip type)::
+each chip type; a job runs only on chips its model fits; ``cpu`` cores and
+``memory_gib`` default to 4 cores and 16 GiB per device)::
 
     jobs:
       - {name: llama-ft, count: 20, model: llama-2-7b, tokens: 2e9, gpus: 8,
@@ -46,13 +47,20 @@ def read_cluster_yaml(path: Path) -> tuple[list[NodeSpec], list[Site]]:
     doc = _load(path)
     if not isinstance(doc, dict) or not isinstance(doc.get("nodes"), list):
         raise SpecError(f"{path}: expected 'nodes:' with a list of node groups")
-    sites = [Site(**s) for s in doc.get("sites") or []]
+    try:
+        sites = [Site(**s) for s in doc.get("sites") or []]
+    except TypeError as exc:
+        raise SpecError(
+            f"{path}: sites: {exc} (fields: name, region, pue, carbon_g_per_kwh, usd_per_kwh)"
+        ) from exc
     nodes: list[NodeSpec] = []
     problems = []
     for g, group in enumerate(doc["nodes"]):
         where = f"nodes[{g}]"
         try:
             count = int(group.get("count", 1))
+            if count < 0 or int(group.get("gpus", 0)) < 0:
+                raise ValueError("count and gpus must be >= 0")
             gpu_type = str(group.get("gpu_type", ""))
             if gpu_type:
                 get_accelerator(gpu_type)
@@ -76,6 +84,8 @@ def read_cluster_yaml(path: Path) -> tuple[list[NodeSpec], list[Site]]:
                 )
         except (SuanliError, ValueError, TypeError, AttributeError) as exc:
             problems.append(f"{where}: {exc}")
+    if not problems and not nodes:
+        problems.append("nodes: no nodes (every group has count 0?)")
     if problems:
         raise SpecError(f"{path}: " + "; ".join(problems))
     return nodes, sites
@@ -112,22 +122,30 @@ def perf_workload(
                 )
                 est = estimate_train(model, make_system(acc), lay)
                 thr[(name, typ)] = est.tokens_per_s if est.fits_in_memory else 0.0
+            # only chips the model fits on; none at all makes the job unplaceable
+            allowed = frozenset(typ for typ in node_types if thr[(name, typ)] > 0) or frozenset(
+                {"(fits no chip)"}
+            )
             t = 0.0
             for k in range(int(job.get("count", 1))):
-                t += float(rng.exponential(3600.0 / float(job.get("arrival_rate_per_hour", 1))))
+                rate = float(job.get("arrival_rate_per_hour", 1))
+                if rate <= 0:
+                    raise ValueError("arrival_rate_per_hour must be > 0")
+                t += float(rng.exponential(3600.0 / rate))
                 tasks.append(
                     Task(
                         name=f"{name}-{k}",
-                        cpu_milli=int(job.get("cpu", 8 * gpus)) * 1000 // 8,
-                        memory_mib=int(job.get("memory_gib", 32 * gpus)) * 1024 // 8,
+                        cpu_milli=int(float(job.get("cpu", 4 * gpus)) * 1000),
+                        memory_mib=int(float(job.get("memory_gib", 16 * gpus)) * 1024),
                         num_gpu=gpus,
                         gpu_milli=MILLI,
+                        gpu_spec=allowed,
                         arrival_s=t,
                         work=float(job["tokens"]),
                         kind="train",
                         labels={"workload": name},
                     )
                 )
-        except (KeyError, ValueError, TypeError, SuanliError) as exc:
-            raise SpecError(f"{path}: jobs[{g}]: {exc}") from exc
+        except (KeyError, ValueError, TypeError, ZeroDivisionError, SuanliError) as exc:
+            raise SpecError(f"{path}: jobs[{g}]: {exc!s} (see suanli/sim/spec.py)") from exc
     return tasks, thr
