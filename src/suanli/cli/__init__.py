@@ -8,6 +8,7 @@ import typer
 
 from suanli.cli.catalog_cmd import catalog_app
 from suanli.cli.estimate_cmd import estimate_app
+from suanli.cli.export_cmd import export_app
 from suanli.cli.plan_cmd import plan_app
 from suanli.cli.simulate_cmd import simulate_cmd
 from suanli.errors import SuanliError
@@ -23,6 +24,7 @@ app = typer.Typer(
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(estimate_app, name="estimate")
 app.add_typer(plan_app, name="plan")
+app.add_typer(export_app, name="export")
 app.command("simulate")(simulate_cmd)
 
 

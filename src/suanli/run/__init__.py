@@ -1,0 +1,1 @@
+"""Executors: local processes, a Ray cluster, Kubernetes manifests."""
