@@ -1,0 +1,131 @@
+"""The local executor: jobs as real processes on this machine, pinned to their devices.
+
+Each job runs as a subprocess in its own process group (so a cancel reaches
+every child), with its stdout/stderr in log files, ``SUANLI_JOB_ID`` in its
+environment, its devices made visible through the vendor's variable, and for
+gangs the torchrun-style ``MASTER_ADDR``, ``MASTER_PORT``, ``WORLD_SIZE``,
+``RANK`` and ``LOCAL_RANK``. Stopping is SIGTERM, then SIGKILL after a grace
+period — the same path serves cancel and preemption (the job may checkpoint in
+its grace). A process is identified by pid *and* start time, so a restarted
+service can re-attach to it without mistaking a recycled pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+
+@dataclass(frozen=True)
+class Launch:
+    job_id: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    visible_env: str | None = None  # e.g. CUDA_VISIBLE_DEVICES
+    devices: tuple[int, ...] = ()
+    rank: int = 0
+    world_size: int = 1
+    master_port: int | None = None
+
+
+@dataclass(frozen=True)
+class Handle:
+    """What identifies a running process across service restarts."""
+
+    job_id: str
+    pid: int
+    start_time: float  # psutil's create_time, to tell a recycled pid apart
+    stdout: str
+    stderr: str
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalExecutor:
+    """Start, watch and stop job processes; logs under ``log_dir``."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = Path(log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, launch: Launch) -> Handle:
+        env = {**os.environ, **launch.env, "SUANLI_JOB_ID": launch.job_id}
+        if launch.visible_env:
+            env[launch.visible_env] = ",".join(str(d) for d in launch.devices)
+        if launch.world_size > 1 or launch.master_port:
+            env.update(
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(launch.master_port or free_port()),
+                WORLD_SIZE=str(launch.world_size),
+                RANK=str(launch.rank),
+                LOCAL_RANK=str(launch.rank),
+            )
+        stem = f"{launch.job_id}.{launch.rank}" if launch.world_size > 1 else launch.job_id
+        out = self.log_dir / f"{stem}.out"
+        err = self.log_dir / f"{stem}.err"
+        with out.open("ab") as fo, err.open("ab") as fe:
+            proc = subprocess.Popen(
+                launch.argv, stdout=fo, stderr=fe, env=env, cwd=launch.cwd, start_new_session=True
+            )
+        self._procs[f"{launch.job_id}/{launch.rank}"] = proc
+        start = psutil.Process(proc.pid).create_time()
+        return Handle(launch.job_id, proc.pid, start, str(out), str(err))
+
+    def poll(self, h: Handle) -> int | None:
+        """The exit code, or None while the process runs. Works after a restart too."""
+        for key, proc in list(self._procs.items()):
+            if proc.pid == h.pid:
+                code = proc.poll()
+                if code is not None:
+                    del self._procs[key]
+                return code
+        if alive(h):
+            return None
+        return -1  # gone, and not our child: its exit code is lost (re-attached process)
+
+    def stop(self, h: Handle, grace_s: float = 10.0) -> int | None:
+        """SIGTERM the process group; SIGKILL it if still alive after ``grace_s``."""
+        if not alive(h):
+            return self.poll(h)
+        try:
+            os.killpg(h.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return self.poll(h)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            code = self.poll(h)
+            if code is not None:
+                return code
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(h.pid, signal.SIGKILL)
+        for _ in range(100):
+            code = self.poll(h)
+            if code is not None:
+                return code
+            time.sleep(0.02)
+        return self.poll(h)
+
+
+def alive(h: Handle) -> bool:
+    """Whether the process behind the handle still runs (same pid *and* start time)."""
+    try:
+        p = psutil.Process(h.pid)
+        same = abs(float(p.create_time()) - h.start_time) < 1e-3
+        return bool(same and p.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
