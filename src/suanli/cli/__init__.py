@@ -10,6 +10,16 @@ from suanli.cli.catalog_cmd import catalog_app
 from suanli.cli.estimate_cmd import estimate_app
 from suanli.cli.export_cmd import export_app
 from suanli.cli.plan_cmd import plan_app
+from suanli.cli.service_cmd import (
+    cancel_cmd,
+    job_cmd,
+    jobs_cmd,
+    logs_cmd,
+    nodes_cmd,
+    submit_cmd,
+    token_app,
+    up_cmd,
+)
 from suanli.cli.simulate_cmd import simulate_cmd
 from suanli.errors import SuanliError
 from suanli.plan.common import InfeasibleError
@@ -26,6 +36,14 @@ app.add_typer(estimate_app, name="estimate")
 app.add_typer(plan_app, name="plan")
 app.add_typer(export_app, name="export")
 app.command("simulate")(simulate_cmd)
+app.command("up")(up_cmd)
+app.command("submit")(submit_cmd)
+app.command("jobs")(jobs_cmd)
+app.command("job")(job_cmd)
+app.command("logs")(logs_cmd)
+app.command("cancel")(cancel_cmd)
+app.command("nodes")(nodes_cmd)
+app.add_typer(token_app, name="token")
 
 
 def main() -> None:

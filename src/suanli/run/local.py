@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,9 +78,13 @@ class LocalExecutor:
         stem = f"{launch.job_id}.{launch.rank}" if launch.world_size > 1 else launch.job_id
         out = self.log_dir / f"{stem}.out"
         err = self.log_dir / f"{stem}.err"
+        code_file = self.log_dir / f"{stem}.exit"
+        code_file.unlink(missing_ok=True)
+        # a wrapper records the exit code, for a restarted service that cannot wait() for it
+        argv = [sys.executable, "-m", "suanli.run.wrap", str(code_file), "--", *launch.argv]
         with out.open("ab") as fo, err.open("ab") as fe:
             proc = subprocess.Popen(
-                launch.argv, stdout=fo, stderr=fe, env=env, cwd=launch.cwd, start_new_session=True
+                argv, stdout=fo, stderr=fe, env=env, cwd=launch.cwd, start_new_session=True
             )
         self._procs[f"{launch.job_id}/{launch.rank}"] = proc
         start = psutil.Process(proc.pid).create_time()
@@ -92,10 +97,12 @@ class LocalExecutor:
                 code = proc.poll()
                 if code is not None:
                     del self._procs[key]
-                return code
+                    return _recorded(h, code)  # the command's own code, not the wrapper's
+                return None
         if alive(h):
             return None
-        return -1  # gone, and not our child: its exit code is lost (re-attached process)
+        # not our child (re-attached after a restart): the wrapper left its exit code
+        return _recorded(h, -9)  # no record: killed before it could say (SIGKILL)
 
     def stop(self, h: Handle, grace_s: float = 10.0) -> int | None:
         """SIGTERM the process group; SIGKILL it if still alive after ``grace_s``."""
@@ -119,6 +126,14 @@ class LocalExecutor:
                 return code
             time.sleep(0.02)
         return self.poll(h)
+
+
+def _recorded(h: Handle, default: int) -> int:
+    """The exit code the wrapper recorded for the command, else ``default``."""
+    try:
+        return int(Path(h.stdout).with_suffix(".exit").read_text())
+    except (OSError, ValueError):
+        return default
 
 
 def alive(h: Handle) -> bool:

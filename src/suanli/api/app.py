@@ -1,0 +1,192 @@
+"""FastAPI application: jobs, nodes, tokens. Bad input is a 4xx with a JSON body, never a 500."""
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from suanli.errors import SuanliError
+from suanli.jobs.spec import JobSpecError, parse_job_spec
+from suanli.run.devices import Inventory
+from suanli.store.db import Store
+from suanli.store.models import JobRow, TokenRow
+
+
+class SubmitBody(BaseModel):
+    spec: dict[str, Any]
+    idempotency_key: str | None = Field(default=None, max_length=128)
+
+
+class TokenBody(BaseModel):
+    role: str = Field(pattern="^(admin|provider|user)$")
+    owner: str = Field(min_length=1, max_length=64)
+
+
+def job_view(row: JobRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "owner": row.owner,
+        "state": row.state,
+        "exit_code": row.exit_code,
+        "attempts": row.attempts,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+        "devices": row.devices,
+        "cancel_requested": row.cancel_requested,
+        "spec": row.spec,
+    }
+
+
+def create_app(store: Store, inventory: Inventory | None = None) -> FastAPI:
+    app = FastAPI(title="suanli", version="0.1.0")
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}" for e in exc.errors()
+        ]
+        return JSONResponse({"error": "invalid request", "problems": problems}, status_code=422)
+
+    @app.exception_handler(SuanliError)
+    async def _user_error(_: Request, exc: SuanliError) -> JSONResponse:
+        problems = getattr(exc, "problems", [str(exc)])
+        return JSONResponse({"error": str(exc), "problems": problems}, status_code=400)
+
+    def caller(authorization: Annotated[str | None, Header()] = None) -> TokenRow:
+        if not authorization or not authorization.startswith("Bearer "):
+            raise HTTPException(401, detail="missing bearer token (set SUANLI_TOKEN)")
+        tok = store.find_token(authorization.removeprefix("Bearer ").strip())
+        if tok is None:
+            raise HTTPException(401, detail="unknown token")
+        return tok
+
+    Caller = Annotated[TokenRow, Depends(caller)]
+
+    def visible_job(job_id: int, who: TokenRow) -> JobRow:
+        with store.tx() as s:
+            row = s.get(JobRow, job_id)
+        # another tenant's job is reported as missing, not as forbidden: no enumeration
+        if row is None or (who.role != "admin" and row.owner != who.owner):
+            raise HTTPException(404, detail=f"no job {job_id}")
+        return row
+
+    @app.post("/v1/jobs", status_code=201)
+    def submit(body: SubmitBody, who: Caller) -> JSONResponse:
+        if who.role == "provider":
+            raise HTTPException(403, detail="providers manage nodes, not jobs")
+        try:
+            spec = parse_job_spec(body.spec, "spec")
+        except JobSpecError as exc:
+            return JSONResponse(
+                {"error": "invalid job spec", "problems": exc.problems}, status_code=422
+            )
+        key = f"{who.owner}:{body.idempotency_key}" if body.idempotency_key else None
+        now = time.time()
+        try:
+            with store.tx() as s:
+                if key is not None:
+                    old = s.scalar(select(JobRow).where(JobRow.idempotency_key == key))
+                    if old is not None:
+                        return JSONResponse({"id": old.id, "duplicate": True}, status_code=200)
+                row = JobRow(
+                    name=spec.name,
+                    owner=who.owner,
+                    spec=spec.model_dump(),
+                    state="queued",
+                    attempts=0,
+                    idempotency_key=key,
+                    created_at=now,
+                    updated_at=now,
+                )
+                s.add(row)
+                s.flush()
+                store.event(s, row.id, "submitted", f"by {who.owner}")
+                job_id = row.id
+        except IntegrityError:  # a concurrent submit with the same key won the race
+            with store.tx() as s:
+                old = s.scalar(select(JobRow).where(JobRow.idempotency_key == key))
+            if old is None:
+                raise
+            return JSONResponse({"id": old.id, "duplicate": True}, status_code=200)
+        return JSONResponse({"id": job_id}, status_code=201)
+
+    @app.get("/v1/jobs")
+    def list_jobs(who: Caller, state: str | None = None) -> list[dict[str, Any]]:
+        with store.tx() as s:
+            q = select(JobRow).order_by(JobRow.id)
+            if who.role != "admin":
+                q = q.where(JobRow.owner == who.owner)
+            if state:
+                q = q.where(JobRow.state == state)
+            return [job_view(r) for r in s.scalars(q)]
+
+    @app.get("/v1/jobs/{job_id}")
+    def get_job(job_id: int, who: Caller) -> dict[str, Any]:
+        view = job_view(visible_job(job_id, who))
+        view["events"] = [
+            {"at": e.at, "kind": e.kind, "message": e.message} for e in store.events(job_id)
+        ]
+        return view
+
+    @app.post("/v1/jobs/{job_id}/cancel")
+    def cancel(job_id: int, who: Caller) -> dict[str, Any]:
+        visible_job(job_id, who)
+        with store.tx() as s:
+            row = s.get(JobRow, job_id)
+            assert row is not None
+            if row.state == "queued":
+                row.state = "cancelled"
+                store.event(s, job_id, "cancelled", f"by {who.owner} before it started")
+            elif row.state == "running":
+                row.cancel_requested = True
+                store.event(s, job_id, "cancel-requested", f"by {who.owner}")
+            row.updated_at = time.time()
+            return job_view(row)
+
+    @app.get("/v1/jobs/{job_id}/logs", response_class=PlainTextResponse)
+    def logs(job_id: int, who: Caller) -> str:
+        row = visible_job(job_id, who)
+        text = ""
+        for path in (row.stdout_path, row.stderr_path):
+            if path and Path(path).exists():
+                text += Path(path).read_text(errors="replace")
+        return text
+
+    @app.get("/v1/nodes")
+    def nodes(who: Caller) -> list[dict[str, Any]]:
+        if inventory is None:
+            return []
+        return [
+            {
+                "name": "local",
+                "cpu_cores": inventory.cpu_cores,
+                "memory_mib": inventory.memory_mib,
+                "devices": [
+                    {"index": d.index, "accelerator": d.accelerator, "memory_mib": d.memory_mib}
+                    for d in inventory.devices
+                ],
+            }
+        ]
+
+    @app.post("/v1/tokens", status_code=201)
+    def token(body: TokenBody, who: Caller) -> dict[str, str]:
+        if who.role != "admin":
+            raise HTTPException(403, detail="only an admin creates tokens")
+        return {
+            "token": store.create_token(body.role, body.owner),
+            "role": body.role,
+            "owner": body.owner,
+        }
+
+    @app.get("/healthz")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

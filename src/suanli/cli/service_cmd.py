@@ -1,0 +1,161 @@
+"""``suanli up`` and the client commands: submit, jobs, job, logs, cancel, token."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.table import Table
+
+from suanli.cli.output import console, print_json
+from suanli.errors import SuanliError
+
+Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+class ApiError(SuanliError):
+    """The service answered with an error, or could not be reached."""
+
+
+def _client() -> Any:
+    import httpx
+
+    url = os.environ.get("SUANLI_URL", "http://127.0.0.1:8080")
+    token = os.environ.get("SUANLI_TOKEN")
+    if not token:
+        raise ApiError(
+            "set SUANLI_TOKEN (suanli up prints the admin token and writes <data-dir>/admin.token)"
+        )
+    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+
+def _call(method: str, path: str, **kw: Any) -> Any:
+    import httpx
+
+    try:
+        with _client() as c:
+            r = c.request(method, path, **kw)
+    except httpx.HTTPError as exc:
+        raise ApiError(
+            f"cannot reach {os.environ.get('SUANLI_URL', 'http://127.0.0.1:8080')}"
+            f" ({exc.__class__.__name__}); is suanli up running?"
+        ) from exc
+    if r.status_code >= 400:
+        try:
+            body = r.json()
+            detail = "; ".join(body.get("problems") or []) or body.get("detail") or body
+        except ValueError:
+            detail = r.text
+        raise ApiError(f"{r.status_code}: {detail}")
+    return r.json() if r.headers.get("content-type", "").startswith("application/json") else r.text
+
+
+def up_cmd(
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8080,
+    db: Annotated[str | None, typer.Option("--db", help="Database URL (default: SQLite).")] = None,
+    executor: Annotated[str, typer.Option("--executor", help="local (ray: not yet)")] = "local",
+    data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
+) -> None:
+    """Start the API, the scheduling loop and the local executor (stop with Ctrl-C)."""
+    from suanli.service.up import default_data_dir, serve
+
+    serve(host, port, db, data_dir or default_data_dir(), executor)
+
+
+def submit_cmd(
+    spec: Annotated[Path, typer.Argument(help="Job spec YAML.")],
+    key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
+    json_out: Json = False,
+) -> None:
+    """Submit a job spec."""
+    try:
+        data = yaml.safe_load(spec.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ApiError(f"{spec}: cannot read ({' '.join(str(exc).split())})") from exc
+    out = _call("POST", "/v1/jobs", json={"spec": data, "idempotency_key": key})
+    if json_out:
+        print_json({"id": out["id"]})
+    else:
+        console.print(f"submitted job {out['id']}")
+
+
+def jobs_cmd(json_out: Json = False) -> None:
+    """List jobs (yours; all for an admin)."""
+    rows = _call("GET", "/v1/jobs")
+    if json_out:
+        print_json(rows)
+        return
+    t = Table(title="jobs", title_justify="left")
+    for col in ("id", "name", "owner", "state", "exit", "attempts", "age"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(
+            str(r["id"]),
+            r["name"],
+            r["owner"],
+            r["state"],
+            str(r["exit_code"]),
+            str(r["attempts"]),
+            f"{time.time() - r['created_at']:.0f}s",
+        )
+    console.print(t)
+
+
+def job_cmd(job_id: int, json_out: Json = False) -> None:
+    """One job, with its events."""
+    row = _call("GET", f"/v1/jobs/{job_id}")
+    if json_out:
+        print_json(row)
+        return
+    console.print(f"job {row['id']} {row['name']}: {row['state']} (exit {row['exit_code']})")
+    for e in row["events"]:
+        console.print(
+            f"  {time.strftime('%H:%M:%S', time.localtime(e['at']))} {e['kind']}: {e['message']}"
+        )
+
+
+def logs_cmd(job_id: int, follow: Annotated[bool, typer.Option("-f", "--follow")] = False) -> None:
+    """A job's output (-f: keep printing until it ends)."""
+    shown = 0
+    while True:
+        text = _call("GET", f"/v1/jobs/{job_id}/logs")
+        print(text[shown:], end="", flush=True)
+        shown = len(text)
+        if not follow or _call("GET", f"/v1/jobs/{job_id}")["state"] not in ("queued", "running"):
+            return
+        time.sleep(0.5)
+
+
+def cancel_cmd(job_id: int, json_out: Json = False) -> None:
+    """Cancel a job (SIGTERM, then SIGKILL after a grace period)."""
+    row = _call("POST", f"/v1/jobs/{job_id}/cancel")
+    if json_out:
+        print_json(row)
+    else:
+        console.print(
+            f"job {job_id}: {row['state']}" + (" (stopping)" if row["cancel_requested"] else "")
+        )
+
+
+def nodes_cmd(json_out: Json = False) -> None:
+    """This service's nodes and devices."""
+    print_json(_call("GET", "/v1/nodes")) if json_out else console.print(_call("GET", "/v1/nodes"))
+
+
+token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[str, typer.Option("--role")] = "user",
+    owner: Annotated[str, typer.Option("--owner")] = "user",
+    json_out: Json = False,
+) -> None:
+    """Create a token (admin only)."""
+    out = _call("POST", "/v1/tokens", json={"role": role, "owner": owner})
+    print_json(out) if json_out else console.print(out["token"])

@@ -1,0 +1,1 @@
+"""The service: API, scheduling loop and executor in one process (``suanli up``)."""

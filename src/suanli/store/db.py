@@ -1,0 +1,80 @@
+"""The store: one SQLAlchemy engine; every write is one transaction (all or nothing)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import create_engine, event, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from suanli.store.models import Base, JobEventRow, TokenRow
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        kwargs: dict[str, object] = {}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        self.engine = create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+
+            @event.listens_for(self.engine, "connect")
+            def _wal(conn, _):  # type: ignore[no-untyped-def]
+                cur = conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
+                cur.execute("PRAGMA synchronous=NORMAL")
+                cur.close()
+
+        Base.metadata.create_all(self.engine)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+
+    @classmethod
+    def sqlite(cls, data_dir: Path) -> Store:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return cls(f"sqlite:///{data_dir / 'suanli.db'}")
+
+    @contextmanager
+    def tx(self) -> Iterator[Session]:
+        """One transaction: committed on success, rolled back on any error."""
+        with self._session() as s, s.begin():
+            yield s
+
+    # --- tokens ------------------------------------------------------------------
+    def create_token(self, role: str, owner: str) -> str:
+        token = "sl_" + secrets.token_urlsafe(24)
+        with self.tx() as s:
+            s.add(
+                TokenRow(
+                    token_hash=hash_token(token), role=role, owner=owner, created_at=time.time()
+                )
+            )
+        return token
+
+    def find_token(self, token: str) -> TokenRow | None:
+        with self.tx() as s:
+            return s.scalar(select(TokenRow).where(TokenRow.token_hash == hash_token(token)))
+
+    def has_admin(self) -> bool:
+        with self.tx() as s:
+            return s.scalar(select(TokenRow).where(TokenRow.role == "admin").limit(1)) is not None
+
+    # --- jobs --------------------------------------------------------------------
+    def event(self, s: Session, job_id: int, kind: str, message: str) -> None:
+        s.add(JobEventRow(job_id=job_id, at=time.time(), kind=kind, message=message))
+
+    def events(self, job_id: int) -> list[JobEventRow]:
+        with self.tx() as s:
+            return list(
+                s.scalars(
+                    select(JobEventRow).where(JobEventRow.job_id == job_id).order_by(JobEventRow.id)
+                )
+            )

@@ -1,0 +1,198 @@
+"""The service: API rules (auth, tenants, bad input, idempotency) and a real `suanli up`.
+
+The end-to-end test starts the real service as a subprocess, runs real jobs,
+SIGKILLs the service mid-run and restarts it: nothing stored is lost, and the
+running job is re-attached and finishes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from suanli.api import create_app
+from suanli.store import Store
+
+HELLO = {
+    "name": "hello",
+    "command": ["python3", "-c", "print('hello')"],
+    "resources": {"accelerator": "cpu", "devices": 1},
+}
+
+
+@pytest.fixture()
+def api(tmp_path: Path):  # type: ignore[no-untyped-def]
+    store = Store.sqlite(tmp_path)
+    admin = store.create_token("admin", "admin")
+    alice = store.create_token("user", "alice")
+    bob = store.create_token("user", "bob")
+    prov = store.create_token("provider", "dc1")
+    client = TestClient(create_app(store))
+
+    def as_(token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    return client, {
+        "admin": as_(admin),
+        "alice": as_(alice),
+        "bob": as_(bob),
+        "provider": as_(prov),
+    }
+
+
+def test_tokens_are_required_and_checked(api) -> None:  # type: ignore[no-untyped-def]
+    client, who = api
+    assert client.get("/v1/jobs").status_code == 401
+    assert client.get("/v1/jobs", headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert (
+        client.post(
+            "/v1/tokens", json={"role": "user", "owner": "x"}, headers=who["alice"]
+        ).status_code
+        == 403
+    )
+    made = client.post("/v1/tokens", json={"role": "user", "owner": "carol"}, headers=who["admin"])
+    assert made.status_code == 201 and made.json()["token"].startswith("sl_")
+
+
+def test_bad_input_is_4xx_with_fields_named(api) -> None:  # type: ignore[no-untyped-def]
+    client, who = api
+    r = client.post(
+        "/v1/jobs", json={"spec": {"name": "x", "resources": {"devices": 0}}}, headers=who["alice"]
+    )
+    assert r.status_code == 422
+    assert "command: Field required" in r.json()["problems"]
+    r = client.post("/v1/jobs", json={"nospec": 1}, headers=who["alice"])
+    assert r.status_code == 422 and r.json()["problems"]
+    r = client.post("/v1/tokens", json={"role": "god", "owner": "x"}, headers=who["admin"])
+    assert r.status_code == 422
+    assert client.get("/v1/jobs", headers=who["alice"]).json() == []  # nothing stored
+
+
+def test_tenants_cannot_see_or_touch_each_others_jobs(api) -> None:  # type: ignore[no-untyped-def]
+    client, who = api
+    jid = client.post("/v1/jobs", json={"spec": HELLO}, headers=who["alice"]).json()["id"]
+    for path, method in (
+        (f"/v1/jobs/{jid}", "get"),
+        (f"/v1/jobs/{jid}/logs", "get"),
+        (f"/v1/jobs/{jid}/cancel", "post"),
+    ):
+        assert getattr(client, method)(path, headers=who["bob"]).status_code == 404
+        assert getattr(client, method)(path, headers=who["alice"]).status_code == 200
+    assert client.get("/v1/jobs", headers=who["bob"]).json() == []
+    assert len(client.get("/v1/jobs", headers=who["admin"]).json()) == 1
+    assert client.post("/v1/jobs", json={"spec": HELLO}, headers=who["provider"]).status_code == 403
+
+
+def test_idempotency_keys_make_retries_safe(api) -> None:  # type: ignore[no-untyped-def]
+    client, who = api
+    first = client.post(
+        "/v1/jobs", json={"spec": HELLO, "idempotency_key": "k1"}, headers=who["alice"]
+    )
+    again = client.post(
+        "/v1/jobs", json={"spec": HELLO, "idempotency_key": "k1"}, headers=who["alice"]
+    )
+    assert first.status_code == 201 and again.status_code == 200
+    assert again.json() == {"id": first.json()["id"], "duplicate": True}
+    # the same key from another tenant is another job
+    other = client.post(
+        "/v1/jobs", json={"spec": HELLO, "idempotency_key": "k1"}, headers=who["bob"]
+    )
+    assert other.status_code == 201 and other.json()["id"] != first.json()["id"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_service(data: Path, port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "suanli", "up", "--port", str(port), "--data-dir", str(data)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(200):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("suanli up did not come up")
+
+
+def wait_state(c: httpx.Client, jid: int, states: set[str], timeout: float = 30) -> dict[str, Any]:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        row: dict[str, Any] = c.get(f"/v1/jobs/{jid}").json()
+        if row["state"] in states:
+            return row
+        time.sleep(0.1)
+    raise AssertionError(f"job {jid} never reached {states}")
+
+
+def test_suanli_up_runs_jobs_and_survives_a_sigkill(tmp_path: Path) -> None:
+    port = free_port()
+    svc = start_service(tmp_path, port)
+    token = (tmp_path / "admin.token").read_text().strip()
+    assert oct((tmp_path / "admin.token").stat().st_mode & 0o777) == "0o600"
+    c = httpx.Client(
+        base_url=f"http://127.0.0.1:{port}",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    try:
+        hello = c.post("/v1/jobs", json={"spec": HELLO}).json()["id"]
+        done = wait_state(c, hello, {"succeeded", "failed"})
+        assert done["state"] == "succeeded" and done["exit_code"] == 0
+        assert c.get(f"/v1/jobs/{hello}/logs").text == "hello\n"
+        fail = {**HELLO, "name": "boom", "command": "exit 3", "retries": 1}
+        bid = c.post("/v1/jobs", json={"spec": fail}).json()["id"]
+        boom = wait_state(c, bid, {"failed"})
+        assert boom["exit_code"] == 3 and boom["attempts"] == 2  # retried once
+        slow = {
+            **HELLO,
+            "name": "slow",
+            "command": ["python3", "-c", "import time; time.sleep(3); print('done')"],
+        }
+        sid = c.post("/v1/jobs", json={"spec": slow}).json()["id"]
+        wait_state(c, sid, {"running"})
+        queued = c.post("/v1/jobs", json={"spec": {**HELLO, "name": "later"}}).json()["id"]
+        svc.send_signal(signal.SIGKILL)  # the service dies; the job process does not
+        svc.wait()
+        svc = start_service(tmp_path, port)
+        row = wait_state(c, sid, {"succeeded", "failed"}, timeout=30)
+        assert row["state"] == "succeeded", row["events"]
+        assert any(e["kind"] == "reattached" for e in row["events"])
+        assert c.get(f"/v1/jobs/{sid}/logs").text == "done\n"
+        assert wait_state(c, queued, {"succeeded"})["exit_code"] == 0
+        # cancel: SIGTERM, the job ends within its grace
+        long = {
+            **HELLO,
+            "name": "long",
+            "command": ["python3", "-c", "import time; time.sleep(60)"],
+        }
+        lid = c.post("/v1/jobs", json={"spec": long}).json()["id"]
+        wait_state(c, lid, {"running"})
+        assert c.post(f"/v1/jobs/{lid}/cancel").json()["cancel_requested"]
+        assert wait_state(c, lid, {"cancelled"})["exit_code"] == -15
+    finally:
+        c.close()
+        svc.send_signal(signal.SIGTERM)
+        try:
+            svc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            svc.kill()
+    assert svc.returncode in (0, -signal.SIGTERM)
+    assert not os.path.exists(tmp_path / "nonexistent")
