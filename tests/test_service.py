@@ -21,7 +21,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from suanli.api import create_app
-from suanli.store import Store
+from suanli.store import Base, Store
 
 HELLO = {
     "name": "hello",
@@ -30,9 +30,25 @@ HELLO = {
 }
 
 
+PG_URL = os.environ.get("SUANLI_TEST_PG_URL")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """The API suite runs on both databases; .ci/run starts a throwaway PostgreSQL."""
+    if request.param == "sqlite":
+        yield Store.sqlite(tmp_path)
+        return
+    if not PG_URL:
+        pytest.skip("SUANLI_TEST_PG_URL is not set (.ci/run starts a PostgreSQL server for it)")
+    s = Store(PG_URL)
+    yield s
+    Base.metadata.drop_all(s.engine)
+    s.engine.dispose()
+
+
 @pytest.fixture()
-def api(tmp_path: Path):  # type: ignore[no-untyped-def]
-    store = Store.sqlite(tmp_path)
+def api(store: Store):  # type: ignore[no-untyped-def]
     admin = store.create_token("admin", "admin")
     alice = store.create_token("user", "alice")
     bob = store.create_token("user", "bob")

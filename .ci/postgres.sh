@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Start a throwaway PostgreSQL server for the test suite and print its URL.
+# PostgreSQL refuses to run as root, so the cluster belongs to the postgres user.
+set -euo pipefail
+if ! command -v initdb >/dev/null && [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
+  (apt-get update -qq && apt-get install -y -qq postgresql) >/dev/null
+fi
+BIN=$(dirname "$(command -v initdb 2>/dev/null || echo /usr/lib/postgresql/15/bin/initdb)")
+[ -x "$BIN/pg_ctl" ] || BIN=/usr/lib/postgresql/15/bin
+D=$(mktemp -d)
+chown postgres "$D"
+PORT=${PGPORT_TEST:-54329}
+su postgres -c "$BIN/initdb -D $D/data -A trust -U postgres" >/dev/null
+su postgres -c "$BIN/pg_ctl -D $D/data -o '-p $PORT -k $D -c listen_addresses=127.0.0.1 -c fsync=off' -l $D/log -w start" >/dev/null
+echo "postgresql+psycopg://postgres@127.0.0.1:$PORT/postgres"
