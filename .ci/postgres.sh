@@ -9,7 +9,8 @@ BIN=$(dirname "$(command -v initdb 2>/dev/null || echo /usr/lib/postgresql/15/bi
 [ -x "$BIN/pg_ctl" ] || BIN=/usr/lib/postgresql/15/bin
 D=$(mktemp -d)
 chown postgres "$D"
-PORT=${PGPORT_TEST:-54329}
+# a free port, so a server left from an earlier run cannot get in the way
+PORT=${PGPORT_TEST:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
 su postgres -c "$BIN/initdb -D $D/data -A trust -U postgres" >/dev/null
 su postgres -c "$BIN/pg_ctl -D $D/data -o '-p $PORT -k $D -c listen_addresses=127.0.0.1 -c fsync=off' -l $D/log -w start" >/dev/null
 echo "postgresql+psycopg://postgres@127.0.0.1:$PORT/postgres"
