@@ -14,6 +14,7 @@ Traffic goes to 127.0.0.1 only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import socket
 import statistics
@@ -72,7 +73,7 @@ def run(jobs: int, clients: int, kill_at: int | None) -> dict[str, float]:
         with httpx.Client(
             base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30
         ) as c:
-            for attempt in range(40):
+            for _ in range(40):
                 t0 = time.perf_counter()
                 try:
                     r = c.post("/v1/jobs", json={"spec": SPEC, "idempotency_key": key})
@@ -89,10 +90,9 @@ def run(jobs: int, clients: int, kill_at: int | None) -> dict[str, float]:
                             svc[0].wait()
                             svc[0] = start(data, port)
                     if i % 10 == 0:
-                        try:
-                            c.get(f"/v1/jobs/{r.json()['id']}")  # status polling
-                        except httpx.HTTPError:
-                            pass  # the service is restarting; polling is best effort
+                        # status polling; best effort while the service restarts
+                        with contextlib.suppress(httpx.HTTPError):
+                            c.get(f"/v1/jobs/{r.json()['id']}")
                     return
                 errors.append(f"{r.status_code} {r.text[:120]}")
                 return
