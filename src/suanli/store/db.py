@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from suanli.store.models import Base, JobEventRow, TokenRow
+from suanli.store.models import JobEventRow, TokenRow
 
 
 def hash_token(token: str) -> str:
@@ -34,8 +34,26 @@ class Store:
                 cur.execute("PRAGMA synchronous=NORMAL")
                 cur.close()
 
-        Base.metadata.create_all(self.engine)
+        self.migrate()
         self._session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision (creates it on a new database)."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    def revision(self) -> str | None:
+        """The schema's current Alembic revision."""
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
 
     @classmethod
     def sqlite(cls, data_dir: Path) -> Store:
