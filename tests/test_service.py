@@ -72,12 +72,29 @@ def test_schema_comes_from_migrations_that_match_the_models(store: Store) -> Non
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    assert store.revision() == "0001"
+    assert store.revision() == "0002"
     with store.engine.connect() as conn:
         diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diffs == []
     store.migrate()  # idempotent: a restart upgrades nothing
-    assert store.revision() == "0001"
+    assert store.revision() == "0002"
+
+
+def test_queues_are_admin_managed_and_checked_at_submit(api) -> None:  # type: ignore[no-untyped-def]
+    client, who = api
+    q = {"name": "research", "weight": 2, "quota_milli": {"*": 4000}}
+    assert client.put("/v1/queues/research", json=q, headers=who["alice"]).status_code == 403
+    assert client.put("/v1/queues/research", json=q, headers=who["admin"]).status_code == 200
+    assert (
+        client.put("/v1/queues/x", json={**q, "weight": 0}, headers=who["admin"]).status_code == 422
+    )
+    assert client.get("/v1/queues", headers=who["alice"]).json()[0]["quota_milli"] == {"*": 4000}
+    ok = client.post(
+        "/v1/jobs", json={"spec": {**HELLO, "queue": "research"}}, headers=who["alice"]
+    )
+    assert ok.status_code == 201
+    bad = client.post("/v1/jobs", json={"spec": {**HELLO, "queue": "nope"}}, headers=who["alice"])
+    assert bad.status_code == 422 and "queue: no queue 'nope'" in bad.json()["problems"][0]
 
 
 def test_tokens_are_required_and_checked(api) -> None:  # type: ignore[no-untyped-def]

@@ -15,12 +15,19 @@ from suanli.errors import SuanliError
 from suanli.jobs.spec import JobSpecError, parse_job_spec
 from suanli.run.devices import Inventory
 from suanli.store.db import Store
-from suanli.store.models import JobRow, TokenRow
+from suanli.store.models import JobRow, QueueRow, TokenRow
 
 
 class SubmitBody(BaseModel):
     spec: dict[str, Any]
     idempotency_key: str | None = Field(default=None, max_length=128)
+
+
+class QueueBody(BaseModel):
+    name: str = Field(pattern="^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    weight: float = Field(default=1.0, gt=0)
+    quota_milli: dict[str, int] = Field(default_factory=dict)
+    reclaimable: bool = True
 
 
 class TokenBody(BaseModel):
@@ -87,6 +94,14 @@ def create_app(store: Store, inventory: Inventory | None = None) -> FastAPI:
             return JSONResponse(
                 {"error": "invalid job spec", "problems": exc.problems}, status_code=422
             )
+        if spec.queue != "default":
+            with store.tx() as s:
+                missing = s.get(QueueRow, spec.queue) is None
+            if missing:
+                problem = f"queue: no queue {spec.queue!r} (see GET /v1/queues)"
+                return JSONResponse(
+                    {"error": "invalid job spec", "problems": [problem]}, status_code=422
+                )
         key = f"{who.owner}:{body.idempotency_key}" if body.idempotency_key else None
         now = time.time()
         try:
@@ -174,6 +189,37 @@ def create_app(store: Store, inventory: Inventory | None = None) -> FastAPI:
                 ],
             }
         ]
+
+    @app.get("/v1/queues")
+    def queues(who: Caller) -> list[dict[str, Any]]:
+        with store.tx() as s:
+            return [
+                {
+                    "name": q.name,
+                    "weight": q.weight,
+                    "quota_milli": q.quota_milli,
+                    "reclaimable": q.reclaimable,
+                }
+                for q in s.scalars(select(QueueRow).order_by(QueueRow.name))
+            ]
+
+    @app.put("/v1/queues/{name}")
+    def put_queue(name: str, body: QueueBody, who: Caller) -> dict[str, Any]:
+        if who.role != "admin":
+            raise HTTPException(403, detail="only an admin manages queues")
+        if body.name != name:
+            raise HTTPException(422, detail="the name in the path and the body differ")
+        if any(v < 0 for v in body.quota_milli.values()):
+            raise HTTPException(422, detail="quota_milli: values must be >= 0")
+        with store.tx() as s:
+            row = s.get(QueueRow, name) or QueueRow(name=name)
+            row.weight, row.quota_milli, row.reclaimable = (
+                body.weight,
+                body.quota_milli,
+                body.reclaimable,
+            )
+            s.add(row)
+        return body.model_dump()
 
     @app.post("/v1/tokens", status_code=201)
     def token(body: TokenBody, who: Caller) -> dict[str, str]:

@@ -16,6 +16,7 @@ from suanli.cli.service_cmd import (
     jobs_cmd,
     logs_cmd,
     nodes_cmd,
+    queues_cmd,
     submit_cmd,
     token_app,
     up_cmd,
@@ -43,6 +44,7 @@ app.command("job")(job_cmd)
 app.command("logs")(logs_cmd)
 app.command("cancel")(cancel_cmd)
 app.command("nodes")(nodes_cmd)
+app.command("queues")(queues_cmd)
 app.add_typer(token_app, name="token")
 
 

@@ -147,6 +147,22 @@ def nodes_cmd(json_out: Json = False) -> None:
     print_json(_call("GET", "/v1/nodes")) if json_out else console.print(_call("GET", "/v1/nodes"))
 
 
+def queues_cmd(json_out: Json = False) -> None:
+    """Queues: weight, quota per device type, reclaimable."""
+    rows = _call("GET", "/v1/queues")
+    if json_out:
+        print_json(rows)
+        return
+    t = Table(title="queues", title_justify="left")
+    for col in ("name", "weight", "quota (GPU-milli)", "reclaimable"):
+        t.add_column(col)
+    for q in rows:
+        t.add_row(
+            q["name"], f"{q['weight']:g}", str(q["quota_milli"] or "—"), str(q["reclaimable"])
+        )
+    console.print(t)
+
+
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 
 

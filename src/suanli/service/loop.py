@@ -32,7 +32,7 @@ from suanli.run.local import Handle, Launch, LocalExecutor, alive
 from suanli.sched.policies import NAMED, build
 from suanli.sched.session import Job, Queue, Session
 from suanli.store.db import Store
-from suanli.store.models import JobRow
+from suanli.store.models import JobRow, QueueRow
 
 GRACE_S = 10.0
 
@@ -149,10 +149,14 @@ class Loop:
                         arrival_s=row.created_at,
                     )
                 )
+            stored = {
+                q.name: Queue(q.name, q.weight, dict(q.quota_milli), q.reclaimable)
+                for q in s.scalars(select(QueueRow))
+            }
             session = Session(
                 state,
                 self.framework,
-                [Queue(q) for q in {j.queue for j in jobs}],
+                [stored.get(q, Queue(q)) for q in {j.queue for j in jobs}],
                 jobs,
                 {},
                 time.time(),

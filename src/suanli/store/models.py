@@ -50,3 +50,13 @@ class JobEventRow(Base):
     at: Mapped[float] = mapped_column(Float)
     kind: Mapped[str] = mapped_column(String(32))
     message: Mapped[str] = mapped_column(Text)
+
+
+class QueueRow(Base):
+    """A share of the cluster: weight, quota (GPU-milli per device type, "*" for all)."""
+
+    __tablename__ = "queues"
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    weight: Mapped[float] = mapped_column(Float)
+    quota_milli: Mapped[dict[str, int]] = mapped_column(JSON)
+    reclaimable: Mapped[bool] = mapped_column()
