@@ -72,12 +72,57 @@ def test_schema_comes_from_migrations_that_match_the_models(store: Store) -> Non
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    assert store.revision() == "0002"
+    assert store.revision() == "0003"
     with store.engine.connect() as conn:
         diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diffs == []
     store.migrate()  # idempotent: a restart upgrades nothing
-    assert store.revision() == "0002"
+    assert store.revision() == "0003"
+
+
+def test_upgrade_keeps_a_running_job_attached(tmp_path: Path) -> None:
+    """A database from before gangs (0002) keeps its running job's process as member 0."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine, text
+
+    import suanli.store.db as db
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(db.__file__).parent / "migrations"))
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0002")
+        conn.execute(
+            text(
+                "INSERT INTO jobs (id, name, owner, spec, state, attempts, created_at, updated_at,"
+                " pid, start_time, stdout_path, stderr_path, devices, cancel_requested)"
+                " VALUES (7, 'old', 'alice', '{}', 'running', 1, 0, 0, 4242, 12.5, '/l/7.out',"
+                " '/l/7.err', '0,1', 0)"
+            )
+        )
+    engine.dispose()
+    store = Store(url)
+    assert store.revision() == "0003"
+    with store.tx() as s:
+        from suanli.store.models import JobRow
+
+        row = s.get(JobRow, 7)
+        assert row is not None and row.state == "running"
+        assert row.members == [
+            {
+                "job_id": "7",
+                "pid": 4242,
+                "start_time": 12.5,
+                "stdout": "/l/7.out",
+                "stderr": "/l/7.err",
+                "node": "local",
+                "rank": 0,
+                "devices": [0, 1],
+            }
+        ]
 
 
 def test_queues_are_admin_managed_and_checked_at_submit(api) -> None:  # type: ignore[no-untyped-def]
@@ -138,6 +183,64 @@ def test_tenants_cannot_see_or_touch_each_others_jobs(api) -> None:  # type: ign
     assert client.get("/v1/jobs", headers=who["bob"]).json() == []
     assert len(client.get("/v1/jobs", headers=who["admin"]).json()) == 1
     assert client.post("/v1/jobs", json={"spec": HELLO}, headers=who["provider"]).status_code == 403
+
+
+def test_providers_manage_only_their_own_sites_and_nodes(api) -> None:  # type: ignore[no-untyped-def]
+    client, who = api
+    dc2 = {
+        "Authorization": "Bearer "
+        + client.post(
+            "/v1/tokens", json={"role": "provider", "owner": "dc2"}, headers=who["admin"]
+        ).json()["token"]
+    }
+    site = {"region": "cn-east", "pue": 1.25, "carbon_g_per_kwh": 520, "power_price_per_kwh": 0.09}
+    assert client.put("/v1/sites/sh1", json=site, headers=who["alice"]).status_code == 403
+    made = client.put("/v1/sites/sh1", json=site, headers=who["provider"])
+    assert made.status_code == 200 and made.json()["owner"] == "dc1"
+    node = {
+        "site": "sh1",
+        "cpu_cores": 64,
+        "memory_mib": 512 * 1024,
+        "devices": [{"index": i, "accelerator": "ascend-910b"} for i in range(8)],
+        "labels": {"rack": "r1"},
+    }
+    r = client.put("/v1/nodes/sh1-n1", json=node, headers=who["provider"])
+    assert r.status_code == 200 and r.json()["devices"][0]["memory_mib"] == 61035  # 64 GB
+    # another provider can neither change them nor hang a node on the site
+    assert client.put("/v1/sites/sh1", json=site, headers=dc2).status_code == 403
+    assert client.put("/v1/nodes/sh1-n1", json=node, headers=dc2).status_code == 403
+    assert client.put("/v1/nodes/dc2-n1", json=node, headers=dc2).status_code == 403
+    assert client.delete("/v1/nodes/sh1-n1", headers=dc2).status_code == 403
+    beat = client.post("/v1/nodes/sh1-n1/heartbeat", json={"unhealthy": [3]}, headers=dc2)
+    assert beat.status_code == 403
+    # users read the inventory, never write it
+    assert client.put("/v1/nodes/u1", json=node, headers=who["alice"]).status_code == 403
+    listed = client.get("/v1/nodes", headers=who["alice"]).json()
+    assert [n["name"] for n in listed] == ["sh1-n1"] and listed[0]["executor"] == "agent"
+    # the owner reports health; a bad index is named, not a 500
+    ok = client.post("/v1/nodes/sh1-n1/heartbeat", json={"unhealthy": [3]}, headers=who["provider"])
+    assert [d["healthy"] for d in ok.json()["devices"]].count(False) == 1
+    bad = client.post(
+        "/v1/nodes/sh1-n1/heartbeat", json={"unhealthy": [99]}, headers=who["provider"]
+    )
+    assert bad.status_code == 422 and "unhealthy" in bad.json()["detail"]
+    # bad input names the field; nothing is stored
+    wrong = {
+        **node,
+        "devices": [{"index": 0, "accelerator": "h900"}, {"index": 0, "accelerator": "t4"}],
+    }
+    r = client.put("/v1/nodes/sh1-n2", json=wrong, headers=who["provider"])
+    assert r.status_code == 422
+    assert any(p.startswith("devices.0.accelerator: ") for p in r.json()["problems"])
+    r = client.put("/v1/nodes/sh1-n2", json={**node, "site": "nowhere"}, headers=who["provider"])
+    assert r.status_code == 422 and "nowhere" in r.json()["detail"]
+    assert client.put("/v1/nodes/Bad_Name", json=node, headers=who["provider"]).status_code == 422
+    assert len(client.get("/v1/nodes", headers=who["admin"]).json()) == 1
+    # a site with nodes is not deleted from under them; the admin may manage anything
+    assert client.delete("/v1/sites/sh1", headers=who["provider"]).status_code == 409
+    assert client.delete("/v1/nodes/sh1-n1", headers=who["admin"]).status_code == 200
+    assert client.delete("/v1/sites/sh1", headers=who["provider"]).status_code == 200
+    assert client.get("/v1/sites", headers=who["alice"]).json() == []
 
 
 def test_idempotency_keys_make_retries_safe(api) -> None:  # type: ignore[no-untyped-def]

@@ -5,17 +5,18 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import Path as Path_
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from suanli.catalog.loader import accelerators
 from suanli.errors import SuanliError
 from suanli.jobs.spec import JobSpecError, parse_job_spec
-from suanli.run.devices import Inventory
 from suanli.store.db import Store
-from suanli.store.models import JobRow, QueueRow, TokenRow
+from suanli.store.models import JobRow, NodeRow, QueueRow, SiteRow, TokenRow
 
 
 class SubmitBody(BaseModel):
@@ -28,6 +29,54 @@ class QueueBody(BaseModel):
     weight: float = Field(default=1.0, gt=0)
     quota_milli: dict[str, int] = Field(default_factory=dict)
     reclaimable: bool = True
+
+
+DNS_LABEL = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+
+
+class SiteBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    region: str = Field(min_length=1, max_length=63)
+    pue: float = Field(default=1.3, ge=1.0, le=3.0)  # power usage effectiveness
+    carbon_g_per_kwh: float = Field(default=0.0, ge=0)
+    power_price_per_kwh: float = Field(default=0.0, ge=0)
+
+
+class DeviceBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    index: int = Field(ge=0)
+    accelerator: str
+    memory_mib: int | None = Field(default=None, ge=0)  # default: the catalog's
+    healthy: bool = True
+
+    @field_validator("accelerator")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v.lower() not in accelerators():
+            raise ValueError(f"unknown accelerator {v!r} (see `suanli catalog list`)")
+        return v.lower()
+
+
+class NodeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    site: str | None = None
+    cpu_cores: int = Field(ge=1)
+    memory_mib: int = Field(ge=1)
+    devices: list[DeviceBody] = Field(default_factory=list)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("devices")
+    @classmethod
+    def _unique(cls, v: list[DeviceBody]) -> list[DeviceBody]:
+        seen = [d.index for d in v]
+        if len(set(seen)) != len(seen):
+            raise ValueError("device indexes must be unique")
+        return v
+
+
+class HeartbeatBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    unhealthy: list[int] = Field(default_factory=list)  # device indexes now failing
 
 
 class TokenBody(BaseModel):
@@ -51,7 +100,33 @@ def job_view(row: JobRow) -> dict[str, Any]:
     }
 
 
-def create_app(store: Store, inventory: Inventory | None = None) -> FastAPI:
+def site_view(r: SiteRow) -> dict[str, Any]:
+    return {
+        "name": r.name,
+        "owner": r.owner,
+        "region": r.region,
+        "pue": r.pue,
+        "carbon_g_per_kwh": r.carbon_g_per_kwh,
+        "power_price_per_kwh": r.power_price_per_kwh,
+    }
+
+
+def node_view(r: NodeRow) -> dict[str, Any]:
+    return {
+        "name": r.name,
+        "owner": r.owner,
+        "site": r.site,
+        "executor": r.executor,
+        "cpu_cores": r.cpu_cores,
+        "memory_mib": r.memory_mib,
+        "devices": r.devices,
+        "labels": r.labels,
+        "heartbeat_at": r.heartbeat_at,
+        "heartbeat_age_s": round(time.time() - r.heartbeat_at, 1),
+    }
+
+
+def create_app(store: Store) -> FastAPI:
     app = FastAPI(title="suanli", version="0.1.0")
 
     @app.exception_handler(RequestValidationError)
@@ -169,26 +244,117 @@ def create_app(store: Store, inventory: Inventory | None = None) -> FastAPI:
     def logs(job_id: int, who: Caller) -> str:
         row = visible_job(job_id, who)
         text = ""
-        for path in (row.stdout_path, row.stderr_path):
-            if path and Path(path).exists():
-                text += Path(path).read_text(errors="replace")
+        for m in row.members or []:
+            for key in ("stdout", "stderr"):
+                path = str(m.get(key) or "")
+                if path and Path(path).exists():
+                    text += Path(path).read_text(errors="replace")
         return text
 
+    # --- sites and nodes: providers manage their own, admins all, users read ------------
+    def may_manage(who: TokenRow, owner: str | None, what: str) -> None:
+        if who.role == "user":
+            raise HTTPException(403, detail=f"users cannot manage {what}; use a provider token")
+        if owner is not None and who.role != "admin" and owner != who.owner:
+            raise HTTPException(403, detail=f"{what} belongs to another provider")
+
+    @app.get("/v1/sites")
+    def list_sites(who: Caller) -> list[dict[str, Any]]:
+        with store.tx() as s:
+            return [site_view(r) for r in s.scalars(select(SiteRow).order_by(SiteRow.name))]
+
+    @app.put("/v1/sites/{name}")
+    def put_site(
+        name: Annotated[str, Path_(pattern=DNS_LABEL)], body: SiteBody, who: Caller
+    ) -> dict[str, Any]:
+        with store.tx() as s:
+            row = s.get(SiteRow, name)
+            may_manage(who, row.owner if row else None, f"site {name}")
+            row = row or SiteRow(name=name, owner=who.owner)
+            for k, v in body.model_dump().items():
+                setattr(row, k, v)
+            row.updated_at = time.time()
+            s.add(row)
+            return site_view(row)
+
+    @app.delete("/v1/sites/{name}")
+    def delete_site(name: str, who: Caller) -> dict[str, str]:
+        with store.tx() as s:
+            row = s.get(SiteRow, name)
+            if row is None:
+                raise HTTPException(404, detail=f"no site {name}")
+            may_manage(who, row.owner, f"site {name}")
+            if s.scalar(select(NodeRow).where(NodeRow.site == name).limit(1)) is not None:
+                raise HTTPException(409, detail=f"site {name} still has nodes; delete them first")
+            s.delete(row)
+        return {"deleted": name}
+
     @app.get("/v1/nodes")
-    def nodes(who: Caller) -> list[dict[str, Any]]:
-        if inventory is None:
-            return []
-        return [
-            {
-                "name": "local",
-                "cpu_cores": inventory.cpu_cores,
-                "memory_mib": inventory.memory_mib,
-                "devices": [
-                    {"index": d.index, "accelerator": d.accelerator, "memory_mib": d.memory_mib}
-                    for d in inventory.devices
-                ],
-            }
-        ]
+    def list_nodes(who: Caller) -> list[dict[str, Any]]:
+        with store.tx() as s:
+            return [node_view(r) for r in s.scalars(select(NodeRow).order_by(NodeRow.name))]
+
+    @app.put("/v1/nodes/{name}")
+    def put_node(
+        name: Annotated[str, Path_(pattern=DNS_LABEL)], body: NodeBody, who: Caller
+    ) -> dict[str, Any]:
+        catalog = accelerators()
+        with store.tx() as s:
+            row = s.get(NodeRow, name)
+            may_manage(who, row.owner if row else None, f"node {name}")
+            if row is not None and row.executor != "agent":
+                raise HTTPException(
+                    409, detail=f"node {name} is managed by the {row.executor} executor"
+                )
+            if body.site is not None:
+                site = s.get(SiteRow, body.site)
+                if site is None:
+                    raise HTTPException(
+                        422, detail=f"site: no site {body.site!r} (PUT /v1/sites first)"
+                    )
+                may_manage(who, site.owner, f"site {body.site}")
+            row = row or NodeRow(name=name, owner=who.owner, executor="agent")
+            row.site, row.cpu_cores, row.memory_mib = body.site, body.cpu_cores, body.memory_mib
+            row.devices = [
+                {
+                    "index": d.index,
+                    "accelerator": d.accelerator,
+                    "memory_mib": d.memory_mib
+                    if d.memory_mib is not None
+                    else int(catalog[d.accelerator].memory_gb * 1e9 / 2**20),
+                    "healthy": d.healthy,
+                }
+                for d in body.devices
+            ]
+            row.labels, row.heartbeat_at = body.labels, time.time()
+            s.add(row)
+            return node_view(row)
+
+    @app.post("/v1/nodes/{name}/heartbeat")
+    def heartbeat(name: str, body: HeartbeatBody, who: Caller) -> dict[str, Any]:
+        with store.tx() as s:
+            row = s.get(NodeRow, name)
+            if row is None:
+                raise HTTPException(404, detail=f"no node {name}")
+            may_manage(who, row.owner, f"node {name}")
+            known = {int(str(d["index"])) for d in row.devices}
+            if not set(body.unhealthy) <= known:
+                raise HTTPException(
+                    422, detail=f"unhealthy: node {name} has devices {sorted(known)}"
+                )
+            row.devices = [{**d, "healthy": d["index"] not in body.unhealthy} for d in row.devices]
+            row.heartbeat_at = time.time()
+            return node_view(row)
+
+    @app.delete("/v1/nodes/{name}")
+    def delete_node(name: str, who: Caller) -> dict[str, str]:
+        with store.tx() as s:
+            row = s.get(NodeRow, name)
+            if row is None:
+                raise HTTPException(404, detail=f"no node {name}")
+            may_manage(who, row.owner, f"node {name}")
+            s.delete(row)
+        return {"deleted": name}
 
     @app.get("/v1/queues")
     def queues(who: Caller) -> list[dict[str, Any]]:

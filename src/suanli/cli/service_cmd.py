@@ -58,13 +58,19 @@ def up_cmd(
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 8080,
     db: Annotated[str | None, typer.Option("--db", help="Database URL (default: SQLite).")] = None,
-    executor: Annotated[str, typer.Option("--executor", help="local (ray: not yet)")] = "local",
+    executor: Annotated[
+        str, typer.Option("--executor", help="local (this machine) or ray (a Ray cluster).")
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray-address", help="Ray dashboard address (default 127.0.0.1:8265)."),
+    ] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
 ) -> None:
-    """Start the API, the scheduling loop and the local executor (stop with Ctrl-C)."""
+    """Start the API, the scheduling loop and an executor (stop with Ctrl-C)."""
     from suanli.service.up import default_data_dir, serve
 
-    serve(host, port, db, data_dir or default_data_dir(), executor)
+    serve(host, port, db, data_dir or default_data_dir(), executor, ray_address)
 
 
 def submit_cmd(
@@ -143,8 +149,31 @@ def cancel_cmd(job_id: int, json_out: Json = False) -> None:
 
 
 def nodes_cmd(json_out: Json = False) -> None:
-    """This service's nodes and devices."""
-    print_json(_call("GET", "/v1/nodes")) if json_out else console.print(_call("GET", "/v1/nodes"))
+    """Nodes: who runs them, their devices and health, and when they were last heard of."""
+    rows = _call("GET", "/v1/nodes")
+    if json_out:
+        print_json(rows)
+        return
+    t = Table(title="nodes", title_justify="left")
+    for col in ("name", "executor", "site", "owner", "CPU", "memory GiB", "devices", "heartbeat"):
+        t.add_column(col)
+    for n in rows:
+        kinds: dict[str, list[int]] = {}
+        for d in n["devices"]:
+            kinds.setdefault(d["accelerator"], []).append(d["index"])
+        sick = [str(d["index"]) for d in n["devices"] if not d.get("healthy", True)]
+        devs = ", ".join(f"{len(v)}x {k}" for k, v in kinds.items()) or "-"
+        t.add_row(
+            n["name"],
+            n["executor"],
+            n["site"] or "-",
+            n["owner"],
+            str(n["cpu_cores"]),
+            f"{n['memory_mib'] / 1024:.0f}",
+            devs + (f" (unhealthy: {','.join(sick)})" if sick else ""),
+            f"{n['heartbeat_age_s']:.0f} s ago",
+        )
+    console.print(t)
 
 
 def queues_cmd(json_out: Json = False) -> None:

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from suanli.catalog.loader import accelerators
+from suanli.catalog.loader import accelerators, models
 from suanli.errors import SuanliError
 
 NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a Kubernetes DNS label
@@ -53,6 +53,13 @@ class Resources(BaseModel):
         # "cpu" means any CPU: the job needs cores, not a device
         if v is not None and v.lower() != "cpu" and v.lower() not in accelerators():
             raise ValueError(f"unknown accelerator {v!r} (see `suanli catalog list`, or cpu)")
+        return v.lower() if v else v
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str | None) -> str | None:
+        if v is not None and v.lower() not in models():
+            raise ValueError(f"unknown model {v!r} (see `suanli catalog list models`)")
         return v.lower() if v else v
 
 

@@ -24,6 +24,9 @@ from pathlib import Path
 
 import psutil
 
+from suanli.run.devices import Inventory
+from suanli.run.executor import DeviceInfo, Handle, NodeInfo
+
 
 @dataclass(frozen=True)
 class Launch:
@@ -36,17 +39,13 @@ class Launch:
     rank: int = 0
     world_size: int = 1
     master_port: int | None = None
-
-
-@dataclass(frozen=True)
-class Handle:
-    """What identifies a running process across service restarts."""
-
-    job_id: str
-    pid: int
-    start_time: float  # psutil's create_time, to tell a recycled pid apart
-    stdout: str
-    stderr: str
+    master_addr: str = "127.0.0.1"
+    node: str = "local"
+    cpu: float = 1.0  # cores (the Ray executor asks Ray for them)
+    accelerator: str | None = None  # chip name, for executors that request it by name
+    gang: int = 1  # members started together by one executor call (Ray placement group)
+    member_nodes: tuple[str, ...] = ()  # with gang > 1: the node of each member
+    grace_s: float = 10.0  # between SIGTERM and SIGKILL, for executors that stop themselves
 
 
 def free_port() -> int:
@@ -56,12 +55,46 @@ def free_port() -> int:
 
 
 class LocalExecutor:
-    """Start, watch and stop job processes; logs under ``log_dir``."""
+    """Start, watch and stop job processes on this machine; logs under ``log_dir``."""
 
-    def __init__(self, log_dir: Path) -> None:
+    name = "local"
+
+    def __init__(self, log_dir: Path, inventory: Inventory | None = None) -> None:
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.inventory = inventory
+
+    def nodes(self) -> list[NodeInfo]:
+        """This machine, as one node (no inventory: no node to run on)."""
+        inv = self.inventory
+        if inv is None:
+            return []
+        devs = [
+            DeviceInfo(d.index, d.accelerator, d.memory_mib, d.visible_env) for d in inv.devices
+        ]
+        return [NodeInfo("local", inv.cpu_cores, inv.memory_mib, devs)]
+
+    def terminate(self, h: Handle) -> None:
+        """SIGTERM the member's process group (it may checkpoint in its grace)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if alive(h):
+                os.killpg(h.pid, signal.SIGTERM)
+
+    def kill(self, h: Handle) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if alive(h):
+                os.killpg(h.pid, signal.SIGKILL)
+
+    def is_alive(self, h: Handle) -> bool:
+        return alive(h)
+
+    def logs(self, h: Handle) -> str:
+        return "".join(
+            Path(p).read_text(errors="replace")
+            for p in (h.stdout, h.stderr)
+            if p and Path(p).exists()
+        )
 
     def start(self, launch: Launch) -> Handle:
         env = {**os.environ, **launch.env, "SUANLI_JOB_ID": launch.job_id}
@@ -69,7 +102,7 @@ class LocalExecutor:
             env[launch.visible_env] = ",".join(str(d) for d in launch.devices)
         if launch.world_size > 1 or launch.master_port:
             env.update(
-                MASTER_ADDR="127.0.0.1",
+                MASTER_ADDR=launch.master_addr,
                 MASTER_PORT=str(launch.master_port or free_port()),
                 WORLD_SIZE=str(launch.world_size),
                 RANK=str(launch.rank),
@@ -88,7 +121,9 @@ class LocalExecutor:
             )
         self._procs[f"{launch.job_id}/{launch.rank}"] = proc
         start = psutil.Process(proc.pid).create_time()
-        return Handle(launch.job_id, proc.pid, start, str(out), str(err))
+        return Handle(
+            launch.job_id, proc.pid, start, str(out), str(err), "local", launch.rank, launch.devices
+        )
 
     def poll(self, h: Handle) -> int | None:
         """The exit code, or None while the process runs. Works after a restart too."""

@@ -71,6 +71,7 @@ class Eviction:
     job: str
     grace_s: float
     reason: str
+    by: str = ""  # the job that preempted or reclaimed it
 
 
 @dataclass
@@ -248,12 +249,12 @@ class Session:
     def _backfill(self) -> None:
         self._allocate(borrow=True)
 
-    def _evict(self, name: str, reason: str) -> None:
+    def _evict(self, name: str, reason: str, by: str = "") -> None:
         job, binds = self.running.pop(name)
         self._used = None
         for task, p in binds:
             self.fw.unbind(self.state, task, p)
-        self.result.evicted.append(Eviction(name, job.grace_s, reason))
+        self.result.evicted.append(Eviction(name, job.grace_s, reason, by))
 
     def _could_run(self, job: Job) -> bool:
         """Whether the job's queue quotas leave room for it at all (else no victim helps)."""
@@ -300,7 +301,7 @@ class Session:
             if not victims:
                 continue
             for v in victims:
-                self._evict(v.name, f"preempted by {job.name} (priority {job.priority})")
+                self._evict(v.name, f"preempted by {job.name} (priority {job.priority})", job.name)
             self._try_job(job)
 
     def _reclaim(self) -> None:
@@ -322,5 +323,5 @@ class Session:
             if not victims:
                 continue
             for v in victims:
-                self._evict(v.name, f"reclaimed by queue {job.queue}")
+                self._evict(v.name, f"reclaimed by queue {job.queue}", job.name)
             self._try_job(job)

@@ -1,129 +1,216 @@
-"""The scheduling loop: reconcile processes with the store, then schedule queued jobs.
+"""The scheduling loop: reconcile members with the store, then schedule queued jobs.
 
 Each tick, in order:
 
-1. Running jobs: a process that exited is recorded (succeeded on exit 0, else
-   failed or re-queued while retries remain); a cancel request or an exceeded
-   ``max_runtime_s`` stops it (SIGTERM, then SIGKILL after the grace period).
-2. Queued jobs: a `Session` of the scheduler — the same code the simulator
-   runs — places them on this machine's cluster state, rebuilt from what the
-   store says is running; placed jobs are started and recorded.
+1. Nodes: the executor says which nodes it can run on (this machine, or the
+   nodes of a Ray cluster); they are recorded with a fresh heartbeat.
+2. Running jobs: when every member has exited the job is recorded (succeeded
+   on exit 0, else failed or re-queued while retries remain); a member that
+   fails stops its gang. A cancel request, an exceeded ``max_runtime_s`` or a
+   preemption *begins* a stop — SIGTERM to every member, the deadline stored —
+   and a later tick kills what is still alive past the deadline. The loop
+   never sleeps through a grace period, and a restarted service finishes a
+   stop the old one began.
+3. Queued jobs: a `Session` of the scheduler — the same code the simulator
+   runs — places them on the nodes, rebuilt from what the store says runs
+   there. Evictions it decides become stops with reason ``preempt:<job>``;
+   the preemptor waits until its victims are gone, so nothing runs on a
+   device another job still holds.
 
-On start, running jobs whose process is still alive (same pid *and* start
-time) are re-attached; the rest were lost with the old service and are failed
-or re-queued by their retry policy. Every transition is written in one
-transaction, so a crash at any point loses no job.
+On start, running jobs whose members are still alive (pid *and* start time,
+or the Ray job) are re-attached; the rest were lost with the old service and
+are failed or re-queued by their retry policy. Every transition is written
+in one transaction, so a crash at any point loses no job.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from pathlib import Path
+from collections import defaultdict
+from dataclasses import replace
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.orm import Session as DbSession
 
 from suanli.cluster.state import ClusterState, NodeSpec
 from suanli.cluster.task import MILLI, Task
+from suanli.jobs.resolve import eligible_types, wants_devices
 from suanli.jobs.spec import JobSpec
-from suanli.run.devices import Inventory
-from suanli.run.local import Handle, Launch, LocalExecutor, alive
+from suanli.run.executor import Executor, Handle, NodeInfo
+from suanli.run.local import Launch, free_port
+from suanli.sched.framework import Placement
 from suanli.sched.policies import NAMED, build
 from suanli.sched.session import Job, Queue, Session
 from suanli.store.db import Store
-from suanli.store.models import JobRow, QueueRow
+from suanli.store.models import JobRow, NodeRow, QueueRow
 
+log = logging.getLogger("suanli.loop")
 GRACE_S = 10.0
+NODE_REFRESH_S = 2.0
 
 
-def _task(job_id: int, spec: JobSpec, device_type: str) -> Task:
-    r = spec.resources
-    gpus = 0 if (r.accelerator in (None, "cpu") and not r.vendor and not r.model) else r.devices
-    milli = int(MILLI * r.fraction) if r.fraction else MILLI
-    return Task(
-        name=str(job_id),
-        cpu_milli=int(r.cpu * 1000),
-        memory_mib=int(r.memory_gb * 1024),
-        num_gpu=gpus,
-        gpu_milli=milli if gpus else 0,
-        gpu_spec=frozenset({device_type}) if gpus else frozenset(),
-        priority=spec.priority,
-        preemptible=spec.preemptible,
-        queue=spec.queue,
-    )
+def backoff_s(attempts: int) -> float:
+    """Wait before retry ``attempts`` + 1: 1, 2, 4, ... seconds, at most a minute."""
+    return float(min(60, 2 ** max(0, attempts - 1)))
+
+
+def _members(row: JobRow) -> list[Handle]:
+    return [Handle.from_dict(m) for m in row.members or []]
 
 
 class Loop:
     def __init__(
         self,
         store: Store,
-        inventory: Inventory,
-        log_dir: Path,
+        executor: Executor,
         policy: str = "priority",
         tick_s: float = 0.2,
+        grace_s: float = GRACE_S,
     ) -> None:
         self.store = store
-        self.inv = inventory
-        self.executor = LocalExecutor(log_dir)
+        self.executor = executor
         self.framework = build(NAMED[policy])
-        self.actions = [a for a in NAMED[policy].actions if a != "preempt"]
+        self.actions = list(NAMED[policy].actions)
         self.tick_s = tick_s
+        self.grace_s = grace_s
         self._stop = threading.Event()
-        self.device_type = inventory.devices[0].accelerator if inventory.devices else "local"
-        self.node = NodeSpec(
-            "local",
-            inventory.cpu_cores * 1000,
-            inventory.memory_mib,
-            len(inventory.devices),
-            self.device_type if inventory.devices else "",
-        )
+        self.nodes: list[NodeInfo] = []
+        self._nodes_at = 0.0
         self.recover()
 
     # --- lifecycle -----------------------------------------------------------------
     def run_forever(self) -> None:
         while not self._stop.is_set():
-            self.tick()
+            try:
+                self.tick()
+            except Exception:  # a bad tick (database away, executor error) must not end the loop
+                log.exception("scheduling tick failed; retrying")
+                self._stop.wait(1.0)
             self._stop.wait(self.tick_s)
 
     def stop(self) -> None:
         self._stop.set()
 
     def recover(self) -> None:
-        """Re-attach processes that survived the old service; settle those that did not."""
+        """Re-attach members that survived the old service; settle jobs that did not."""
         with self.store.tx() as s:
             for row in s.scalars(select(JobRow).where(JobRow.state == "running")):
-                if row.pid and row.start_time and alive(self._handle(row)):
-                    self.store.event(s, row.id, "reattached", f"pid {row.pid}")
+                members = _members(row)
+                if members and any(self.executor.is_alive(h) for h in members):
+                    where = ", ".join(f"{h.node}/{h.ref or h.pid}" for h in members)
+                    self.store.event(s, row.id, "reattached", where)
                     continue
+                if row.stop_reason:
+                    continue  # the stop finished while we were down: the tick settles it
+                codes = [self.executor.poll(h) for h in members]
+                recorded = [c for c in codes if c is not None and c != -9]
+                if members and len(recorded) == len(members):
+                    continue  # they all ended and said how: the tick records it
                 self._finish(s, row, None, "lost with the previous service")
 
     # --- one tick ------------------------------------------------------------------
     def tick(self) -> None:
         now = time.time()
+        if now - self._nodes_at > NODE_REFRESH_S:
+            self._sync_nodes(now)
         with self.store.tx() as s:
             for row in s.scalars(select(JobRow).where(JobRow.state == "running")):
-                h = self._handle(row)
-                spec = JobSpec.model_validate(row.spec)
-                over = (
-                    spec.max_runtime_s
-                    and row.started_at
-                    and now - row.started_at > (spec.max_runtime_s)
-                )
-                if row.cancel_requested or over:
-                    code = self.executor.stop(h, GRACE_S)
-                    if row.cancel_requested:
-                        row.state, row.exit_code, row.updated_at = "cancelled", code, now
-                        self.store.event(s, row.id, "cancelled", f"exit {code}")
-                    else:
-                        self._finish(s, row, code, f"exceeded max_runtime_s {spec.max_runtime_s}")
-                    continue
-                code = self.executor.poll(h)
-                if code is not None:
-                    self._finish(s, row, code, f"exit {code}")
+                self._reconcile(s, row, now)
+            for row in s.scalars(select(JobRow).where(JobRow.state == "preempted")):
+                row.state, row.updated_at = "queued", now
+                self.store.event(s, row.id, "requeued", "after preemption")
         self._schedule()
 
+    def _sync_nodes(self, now: float) -> None:
+        """Record the executor's nodes; a device an admin marked unhealthy stays so."""
+        reported = self.executor.nodes()
+        self.nodes = []
+        self._nodes_at = now
+        with self.store.tx() as s:
+            for n in reported:
+                row = s.get(NodeRow, n.name) or NodeRow(name=n.name, owner="admin", site=None)
+                sick = {d["index"] for d in row.devices or [] if not d.get("healthy", True)}
+                n = replace(
+                    n,
+                    devices=[
+                        replace(d, healthy=d.healthy and d.index not in sick) for d in n.devices
+                    ],
+                )
+                self.nodes.append(n)
+                row.executor = self.executor.name
+                row.cpu_cores, row.memory_mib = n.cpu_cores, n.memory_mib
+                row.devices = [
+                    {
+                        "index": d.index,
+                        "accelerator": d.accelerator,
+                        "memory_mib": d.memory_mib,
+                        "healthy": d.healthy,
+                    }
+                    for d in n.devices
+                ]
+                row.labels = dict(n.labels)
+                row.heartbeat_at = now
+                s.add(row)
+
+    def _reconcile(self, s: DbSession, row: JobRow, now: float) -> None:
+        members = _members(row)
+        codes = [self.executor.poll(h) for h in members]
+        done = all(c is not None for c in codes)
+        first_bad = next((c for c in codes if c not in (None, 0)), None)
+        if row.stop_reason:
+            if done:
+                self._settle_stop(s, row, codes, now)
+            elif row.stop_deadline is not None and now > row.stop_deadline:
+                for h, c in zip(members, codes, strict=True):
+                    if c is None:
+                        self.executor.kill(h)
+            return
+        spec = JobSpec.model_validate(row.spec)
+        over = spec.max_runtime_s and row.started_at and now - row.started_at > spec.max_runtime_s
+        if row.cancel_requested:
+            self._begin_stop(s, row, "cancel", f"by request; SIGTERM, {self.grace_s:g} s grace")
+        elif over:
+            self._begin_stop(s, row, "timeout", f"exceeded max_runtime_s {spec.max_runtime_s}")
+        elif done:
+            self._finish(s, row, first_bad if first_bad is not None else 0, f"exit {codes}")
+        elif first_bad is not None:
+            self._begin_stop(
+                s, row, f"member-failed:{first_bad}", f"a member exited {first_bad}: stop the gang"
+            )
+
+    def _begin_stop(self, s: DbSession, row: JobRow, reason: str, why: str) -> None:
+        for h in _members(row):
+            self.executor.terminate(h)
+        row.stop_reason, row.stop_deadline = reason, time.time() + self.grace_s
+        row.updated_at = time.time()
+        self.store.event(s, row.id, "stopping", why)
+
+    def _settle_stop(self, s: DbSession, row: JobRow, codes: list[int | None], now: float) -> None:
+        reason = row.stop_reason or ""
+        code = codes[0] if codes else None
+        row.stop_reason = row.stop_deadline = None
+        row.updated_at = now
+        if reason == "cancel":
+            row.state, row.exit_code = "cancelled", code
+            self.store.event(s, row.id, "cancelled", f"exit {code}")
+        elif reason.startswith("preempt:"):
+            # a preemption is not the job's failure: it does not use up a retry
+            row.state, row.exit_code = "preempted", None
+            row.attempts = max(0, row.attempts - 1)
+            by = reason.split(":", 1)[1]
+            self.store.event(s, row.id, "preempted", f"by job {by}; exit {code}")
+        elif reason.startswith("member-failed:"):
+            self._finish(s, row, int(reason.split(":", 1)[1]), "a gang member failed")
+        else:
+            self._finish(s, row, code, "stopped: exceeded max_runtime_s")
+
+    # --- scheduling ----------------------------------------------------------------
     def _schedule(self) -> None:
+        if not self.nodes:
+            return
         with self.store.tx() as s:
             queued = list(
                 s.scalars(select(JobRow).where(JobRow.state == "queued").order_by(JobRow.id))
@@ -131,74 +218,162 @@ class Loop:
             if not queued:
                 return
             running = list(s.scalars(select(JobRow).where(JobRow.state == "running")))
-            state = ClusterState([self.node])
+            state, index = self._state()
+            types = [t for t in state.types if t]
+            held: dict[str, tuple[Job, list[tuple[Task, Placement]]]] = {}
+            waiting_for_victims = set()
             for row in running:
-                t = _task(row.id, JobSpec.model_validate(row.spec), self.device_type)
-                gpus = [(int(d), t.gpu_milli) for d in (row.devices or "").split(",") if d]
-                state.allocate(0, t.cpu_milli, t.memory_mib, gpus)
-            jobs = []
-            for row in queued:
                 spec = JobSpec.model_validate(row.spec)
-                jobs.append(
-                    Job(
-                        str(row.id),
-                        [_task(row.id, spec, self.device_type)],
-                        queue=spec.queue,
-                        priority=spec.priority,
-                        preemptible=spec.preemptible,
-                        arrival_s=row.created_at,
-                    )
-                )
+                job = self._job(row, spec, types)
+                binds = []
+                for task, h in zip(job.tasks, _members(row), strict=False):
+                    node = index.get(h.node)
+                    if node is None:
+                        continue  # its node left the cluster: the member will be lost
+                    gpus = tuple((d, task.gpu_milli) for d in h.devices)
+                    try:
+                        state.allocate(node, task.cpu_milli, task.memory_mib, list(gpus))
+                    except ValueError:  # the node shrank under a re-attached job: keep it
+                        continue
+                    binds.append((task, Placement(node, gpus)))
+                if row.stop_reason:
+                    if row.stop_reason.startswith("preempt:"):
+                        waiting_for_victims.add(row.stop_reason.split(":", 1)[1])
+                else:
+                    held[job.name] = (job, binds)
+            pending = []
+            now = time.time()
+            for row in queued:
+                if str(row.id) in waiting_for_victims:
+                    continue  # its victims are still stopping: do not evict more
+                if row.exit_code not in (None, 0) and now < row.updated_at + backoff_s(
+                    row.attempts
+                ):
+                    continue  # a retry waits out its backoff
+                pending.append(self._job(row, JobSpec.model_validate(row.spec), types))
             stored = {
                 q.name: Queue(q.name, q.weight, dict(q.quota_milli), q.reclaimable)
                 for q in s.scalars(select(QueueRow))
             }
+            names = {j.queue for j in pending} | {j.queue for j, _ in held.values()}
             session = Session(
                 state,
                 self.framework,
-                [stored.get(q, Queue(q)) for q in {j.queue for j in jobs}],
-                jobs,
-                {},
+                [stored.get(q, Queue(q)) for q in names],
+                pending,
+                held,
                 time.time(),
                 rng=np.random.default_rng(0),
             )
             result = session.run(self.actions)
-            rows = {str(r.id): r for r in queued}
+            rows = {str(r.id): r for r in queued + running}
+            if result.evicted:
+                # victims first; what was bound in the same session waits one tick, so
+                # nothing starts on a device a stopping job still holds
+                for ev in result.evicted:
+                    victim = rows[ev.job]
+                    why = ev.reason + f"; SIGTERM, {self.grace_s:g} s grace to checkpoint"
+                    self._begin_stop(s, victim, f"preempt:{ev.by}", why)
+                return
+            bound: dict[str, list[Placement]] = defaultdict(list)
             for jname, _, placement in result.bound:
-                row = rows[jname]
-                spec = JobSpec.model_validate(row.spec)
-                devices = tuple(g for g, _ in placement.gpus)
-                visible = self.inv.devices[0].visible_env if self.inv.devices and devices else None
-                h = self.executor.start(
-                    Launch(
-                        str(row.id), spec.argv, dict(spec.env), spec.working_dir, visible, devices
-                    )
-                )
-                row.state, row.pid, row.start_time = "running", h.pid, h.start_time
-                row.stdout_path, row.stderr_path = h.stdout, h.stderr
-                row.devices = ",".join(str(d) for d in devices)
-                row.attempts += 1
-                row.started_at = row.updated_at = time.time()
-                self.store.event(s, row.id, "started", f"pid {h.pid} devices [{row.devices}]")
+                bound[jname].append(placement)
+            for jname, placements in bound.items():
+                self._start(s, rows[jname], placements)
 
-    # --- helpers -------------------------------------------------------------------
-    def _handle(self, row: JobRow) -> Handle:
-        return Handle(
+    def _state(self) -> tuple[ClusterState, dict[str, int]]:
+        specs = []
+        for n in self.nodes:
+            healthy = [d for d in n.devices if d.healthy]
+            typ = healthy[0].accelerator if healthy else ""
+            specs.append(NodeSpec(n.name, n.cpu_cores * 1000, n.memory_mib, len(n.devices), typ))
+        state = ClusterState(specs)
+        for i, n in enumerate(self.nodes):  # an unhealthy device is held, never offered
+            sick = [(d.index, MILLI) for d in n.devices if not d.healthy]
+            if sick:
+                state.allocate(i, 0, 0, sick)
+        return state, {n.name: i for i, n in enumerate(self.nodes)}
+
+    def _job(self, row: JobRow, spec: JobSpec, types: list[str]) -> Job:
+        r = spec.resources
+        gpus = r.devices if wants_devices(r) else 0
+        milli = int(MILLI * r.fraction) if r.fraction else MILLI
+        # no eligible type here: an impossible spec, so the job waits (and says why)
+        eligible = eligible_types(r, types) if gpus else frozenset()
+        task = Task(
+            name=str(row.id),
+            cpu_milli=int(r.cpu * 1000),
+            memory_mib=int(r.memory_gb * 1024),
+            num_gpu=gpus,
+            gpu_milli=milli if gpus else 0,
+            gpu_spec=(eligible or frozenset({"<none>"})) if gpus else frozenset(),
+            priority=spec.priority,
+            preemptible=spec.preemptible,
+            queue=spec.queue,
+        )
+        members = spec.gang or 1
+        return Job(
             str(row.id),
-            row.pid or 0,
-            row.start_time or 0.0,
-            row.stdout_path or "",
-            row.stderr_path or "",
+            [replace(task, name=f"{row.id}/{i}") for i in range(members)],
+            queue=spec.queue,
+            priority=spec.priority,
+            preemptible=spec.preemptible,
+            kind=spec.kind,
+            arrival_s=row.created_at,
+            started_s=row.started_at,
+            grace_s=self.grace_s,
         )
 
-    def _finish(self, s: object, row: JobRow, code: int | None, why: str) -> None:
+    def _start(self, s: DbSession, row: JobRow, placements: list[Placement]) -> None:
+        spec = JobSpec.model_validate(row.spec)
+        world = len(placements)
+        master = self.nodes[placements[0].node]
+        port = free_port() if world > 1 else None
+        gang_native = bool(getattr(self.executor, "gang_native", False))
+        handles = []
+        for rank, p in enumerate(placements[: 1 if gang_native else world]):
+            node = self.nodes[p.node]
+            devices = tuple(g for g, _ in p.gpus)
+            visible = next((d.visible_env for d in node.devices if d.visible_env), None)
+            h = self.executor.start(
+                Launch(
+                    str(row.id),
+                    spec.argv,
+                    dict(spec.env),
+                    spec.working_dir,
+                    visible if devices else None,
+                    devices,
+                    rank=rank,
+                    world_size=world,
+                    master_port=port,
+                    master_addr=master.address,
+                    node=node.name,
+                    cpu=spec.resources.cpu,
+                    accelerator=self.nodes[p.node].devices[0].accelerator if devices else None,
+                    gang=world if gang_native else 1,
+                    member_nodes=tuple(self.nodes[q.node].name for q in placements),
+                    grace_s=self.grace_s,
+                )
+            )
+            handles.append(h)
+        row.state, row.members = "running", [h.to_dict() for h in handles]
+        row.devices = " ".join(
+            f"{h.node}:{','.join(map(str, h.devices))}" if h.devices else h.node for h in handles
+        )[:64]
+        row.attempts += 1
+        row.started_at = row.updated_at = time.time()
+        where = ", ".join(f"rank {h.rank} {h.node}/{h.ref or h.pid}" for h in handles)
+        self.store.event(s, row.id, "started", f"{where} devices [{row.devices}]")
+
+    # --- helpers -------------------------------------------------------------------
+    def _finish(self, s: DbSession, row: JobRow, code: int | None, why: str) -> None:
         spec = JobSpec.model_validate(row.spec)
         row.exit_code, row.updated_at = code, time.time()
+        row.stop_reason = row.stop_deadline = None
         if code == 0:
             row.state = "succeeded"
         elif row.attempts <= spec.retries:
             row.state = "queued"  # retry
         else:
             row.state = "failed"
-        row.pid = None
-        self.store.event(s, row.id, row.state, why)  # type: ignore[arg-type]
+        self.store.event(s, row.id, row.state, why)

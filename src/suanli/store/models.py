@@ -33,12 +33,14 @@ class JobRow(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(128), unique=True, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
-    # where it runs (local executor): re-attached after a restart by pid + start time
-    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    start_time: Mapped[float | None] = mapped_column(Float, nullable=True)
-    stdout_path: Mapped[str | None] = mapped_column(Text, nullable=True)
-    stderr_path: Mapped[str | None] = mapped_column(Text, nullable=True)
-    devices: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    devices: Mapped[str | None] = mapped_column(String(64), nullable=True)  # "node:0,1 ..."
+    # where each gang member runs (executor handles, see suanli.run.executor.Handle):
+    # re-attached after a restart by pid + start time (local) or Ray submission id
+    members: Mapped[list[dict[str, object]] | None] = mapped_column(JSON, nullable=True)
+    # a stop in progress (SIGTERM sent): why ("cancel", "timeout", "preempt:<job>",
+    # "member-failed") and when SIGKILL follows
+    stop_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    stop_deadline: Mapped[float | None] = mapped_column(Float, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
@@ -60,3 +62,36 @@ class QueueRow(Base):
     weight: Mapped[float] = mapped_column(Float)
     quota_milli: Mapped[dict[str, int]] = mapped_column(JSON)
     reclaimable: Mapped[bool] = mapped_column()
+
+
+class SiteRow(Base):
+    """A place with power: what energy costs there and how clean it is."""
+
+    __tablename__ = "sites"
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    region: Mapped[str] = mapped_column(String(63))
+    pue: Mapped[float] = mapped_column(Float)
+    carbon_g_per_kwh: Mapped[float] = mapped_column(Float)
+    power_price_per_kwh: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class NodeRow(Base):
+    """A machine: its devices (index, accelerator, memory, health), CPU, memory, labels.
+
+    ``executor`` says who runs jobs there: ``local`` (this machine), ``ray`` (a node
+    of the connected Ray cluster) or ``agent`` (registered by a provider through
+    the API; its heartbeat says it is alive).
+    """
+
+    __tablename__ = "nodes"
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    site: Mapped[str | None] = mapped_column(ForeignKey("sites.name"), nullable=True)
+    executor: Mapped[str] = mapped_column(String(16))
+    cpu_cores: Mapped[int] = mapped_column(Integer)
+    memory_mib: Mapped[int] = mapped_column(Integer)
+    devices: Mapped[list[dict[str, object]]] = mapped_column(JSON)
+    labels: Mapped[dict[str, str]] = mapped_column(JSON)
+    heartbeat_at: Mapped[float] = mapped_column(Float)

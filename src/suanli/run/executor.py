@@ -1,0 +1,77 @@
+"""What the scheduling loop needs from an executor, whichever runs the jobs.
+
+The loop decides *what* runs and on which node; an executor starts the
+members, tells whether they still run and how they ended, and stops them. A
+stop is two steps — ``terminate`` (SIGTERM or its equivalent, the job may
+checkpoint) and, after the grace period, ``kill`` — so the loop never blocks
+for a grace period and a restarted service can finish a stop it did not begin.
+A ``Handle`` is plain data stored with the job, so a new service process can
+re-attach to members the old one started.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from suanli.run.local import Launch
+
+
+@dataclass(frozen=True)
+class Handle:
+    """What identifies one running member across service restarts."""
+
+    job_id: str
+    pid: int
+    start_time: float  # psutil's create_time, to tell a recycled pid apart
+    stdout: str
+    stderr: str
+    node: str = "local"
+    rank: int = 0
+    devices: tuple[int, ...] = ()
+    ref: str = ""  # the executor's own id (Ray submission id); empty for local processes
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["devices"] = list(self.devices)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Handle:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        known["devices"] = tuple(int(x) for x in known.get("devices", ()))
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    index: int
+    accelerator: str
+    memory_mib: int
+    visible_env: str = ""  # how to pin a process to it (CUDA_VISIBLE_DEVICES, ...)
+    healthy: bool = True
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """A node an executor can run on, as the scheduler sees it."""
+
+    name: str
+    cpu_cores: int
+    memory_mib: int
+    devices: list[DeviceInfo] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+    address: str = "127.0.0.1"  # where a gang's rank 0 listens (MASTER_ADDR)
+
+
+class Executor(Protocol):
+    name: str
+
+    def nodes(self) -> list[NodeInfo]: ...
+    def start(self, launch: Launch) -> Handle: ...
+    def poll(self, h: Handle) -> int | None: ...
+    def terminate(self, h: Handle) -> None: ...
+    def kill(self, h: Handle) -> None: ...
+    def is_alive(self, h: Handle) -> bool: ...
+    def logs(self, h: Handle) -> str: ...
