@@ -1,0 +1,240 @@
+"""The Ray executor: jobs on an existing Ray cluster, through the Ray Jobs API.
+
+Ray is the authority on its cluster: the nodes and their accelerators come
+from Ray's cluster state (custom resources named after catalog chips, e.g.
+``ascend-910b``; ``GPU`` mapped through its ``accelerator_type``), and every
+job is a Ray job with entrypoint resources. suanli's scheduler still decides
+which node each member runs on — fair share, priority, gangs, preemption are
+the same code as on this machine — and the decision is enforced with a label
+selector on the node id (``ray.io/node-id``). Ray custom resources carry
+counts, not device indexes: which physical device a member gets is Ray's
+choice (``GPU`` resources are pinned by Ray through ``CUDA_VISIBLE_DEVICES``).
+
+A gang is one Ray job whose driver (``suanli.run.ray_gang``) reserves a
+placement group — one bundle per member, packed within a node first — and runs
+every member there with the torchrun environment; stopping the Ray job stops
+the whole gang. The service talks to Ray only over the dashboard's HTTP API
+(no driver in the service process), so a Ray restart never takes it down.
+Logs are fetched from Ray into the job's log file while it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from suanli.catalog.loader import accelerators
+from suanli.errors import SuanliError
+from suanli.run.executor import DeviceInfo, Handle, NodeInfo
+from suanli.run.local import Launch
+
+NODE_ID_LABEL = "ray.io/node-id"
+LOG_REFRESH_S = 1.0
+LOG_WAIT_S = 5.0  # how long a finished job waits for Ray to serve its log
+RESERVED = {"CPU", "memory", "object_store_memory", "GPU"}
+
+
+class RayUnavailable(SuanliError):
+    """The Ray cluster cannot be reached."""
+
+
+def _devices(resources: dict[str, float], labels: dict[str, str]) -> list[DeviceInfo]:
+    """Chips a Ray node offers: custom resources named after catalog chips, and GPUs."""
+    catalog = accelerators()
+    out: list[DeviceInfo] = []
+    for key, amount in sorted(resources.items()):
+        name = key.lower()
+        if key == "GPU":
+            kind = labels.get("ray.io/accelerator-type", "").lower()
+            name = next((n for n in catalog if kind and kind.replace("_", "-") in n), "gpu")
+        elif (
+            key in RESERVED or name not in catalog or key.startswith(("node:", "accelerator_type"))
+        ):
+            continue
+        mem = int(catalog[name].memory_gb * 1e9 / 2**20) if name in catalog else 0
+        for _ in range(int(amount)):
+            out.append(
+                DeviceInfo(len(out), name, mem, "CUDA_VISIBLE_DEVICES" if key == "GPU" else "")
+            )
+    return out
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)  # a reader sees the old or the new text, never half
+
+
+class RayExecutor:
+    """Runs members as Ray jobs on the cluster whose dashboard is at ``address``."""
+
+    name = "ray"
+    gang_native = True  # a gang is started by one call (one Ray job, one placement group)
+
+    def __init__(self, address: str, log_dir: Path) -> None:
+        from ray.job_submission import JobSubmissionClient
+
+        self.address = address if "://" in address else f"http://{address}"
+        self.log_dir = Path(log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.client = JobSubmissionClient(self.address)
+        except Exception as exc:
+            raise RayUnavailable(
+                f"cannot reach the Ray dashboard at {self.address} ({exc}); "
+                "start Ray with `ray start --head` or give --ray-address"
+            ) from exc
+        self._node_ids: dict[str, str] = {}  # our node name -> Ray node id
+        self._resource: dict[str, str] = {}  # our node name -> resource key of its chips
+        self._logs_at: dict[str, float] = {}
+        self._done_at: dict[str, float] = {}
+
+    # --- nodes ---------------------------------------------------------------------
+    def nodes(self) -> list[NodeInfo]:
+        from ray.util.state import list_nodes
+
+        out = []
+        for n in list_nodes(address=self.address, detail=True, raise_on_missing_output=False):
+            if n.state != "ALIVE":
+                continue
+            total = dict(n.resources_total or {})
+            labels = {str(k): str(v) for k, v in (n.labels or {}).items()}
+            name = "ray-" + n.node_id[:12]
+            devices = _devices(total, labels)
+            self._node_ids[name] = n.node_id
+            chips = [k for k in total if k == "GPU" or k.lower() in accelerators()]
+            if chips:
+                self._resource[name] = chips[0]
+            labels.setdefault(NODE_ID_LABEL, n.node_id)
+            out.append(
+                NodeInfo(
+                    name,
+                    int(total.get("CPU", 0)),
+                    int(total.get("memory", 0) / 2**20),
+                    devices,
+                    labels,
+                    n.node_ip,
+                )
+            )
+        return out
+
+    # --- members -------------------------------------------------------------------
+    def start(self, launch: Launch) -> Handle:
+        node_id = self._node_ids.get(launch.node)
+        if node_id is None:
+            raise RayUnavailable(f"node {launch.node} is not in the Ray cluster any more")
+        chip = self._resource.get(launch.node) if launch.devices else None
+        per_member: dict[str, float] = {"CPU": launch.cpu}
+        if chip:
+            per_member[chip] = float(len(launch.devices))
+        env = {
+            **launch.env,
+            "SUANLI_JOB_ID": launch.job_id,
+            # Ray's own SIGTERM-to-SIGKILL wait, so a member gets its full grace to checkpoint
+            "RAY_JOB_STOP_WAIT_TIME_S": str(int(launch.grace_s) + 5),  # Ray wants an int
+            "RAY_DEDUP_LOGS": "0",  # every member's lines, not "[repeated 2x across cluster]"
+        }
+        sid = f"suanli-{launch.job_id}-{uuid.uuid4().hex[:8]}"
+        if launch.gang > 1:
+            gang = {
+                "argv": launch.argv,
+                "cwd": launch.cwd,
+                "members": launch.gang,
+                "bundle": per_member,
+                "node_ids": [self._node_ids[m] for m in launch.member_nodes or [launch.node]],
+                "master_port": launch.master_port,
+                "grace_s": launch.grace_s,
+            }
+            env["SUANLI_GANG"] = json.dumps(gang)
+            entrypoint = shlex.join([sys.executable, "-m", "suanli.run.ray_gang"])
+            kwargs: dict[str, Any] = {"entrypoint_num_cpus": 0}
+        else:
+            cmd = shlex.join(launch.argv)
+            entrypoint = f"cd {shlex.quote(launch.cwd)} && {cmd}" if launch.cwd else cmd
+            kwargs = {
+                "entrypoint_num_cpus": launch.cpu,
+                "entrypoint_resources": {k: v for k, v in per_member.items() if k != "CPU"} or None,
+            }
+            if chip == "GPU":
+                kwargs["entrypoint_num_gpus"] = kwargs["entrypoint_resources"].pop("GPU")
+        self.client.submit_job(
+            entrypoint=entrypoint,
+            submission_id=sid,
+            runtime_env={"env_vars": env},
+            entrypoint_label_selector={NODE_ID_LABEL: node_id},
+            metadata={"suanli_job": launch.job_id},
+            **kwargs,
+        )
+        out = self.log_dir / f"{launch.job_id}.out"  # every attempt's log, see _save_logs
+        err = self.log_dir / f"{launch.job_id}.err"
+        err.touch()
+        return Handle(
+            launch.job_id, 0, time.time(), str(out), str(err), launch.node, 0, launch.devices, sid
+        )
+
+    def _info(self, h: Handle) -> Any | None:
+        try:
+            return self.client.get_job_info(h.ref)
+        except RuntimeError:  # Ray does not know the job (its cluster was restarted)
+            return None
+
+    def poll(self, h: Handle) -> int | None:
+        info = self._info(h)
+        if info is None:
+            return -9
+        status = str(info.status.value if hasattr(info.status, "value") else info.status)
+        done = status in ("SUCCEEDED", "FAILED", "STOPPED")
+        now = time.monotonic()
+        if done or now - self._logs_at.get(h.ref, 0.0) > LOG_REFRESH_S:
+            saved = self._save_logs(h)
+            self._logs_at[h.ref] = now
+            if done and not saved and now - self._done_at.setdefault(h.ref, now) < LOG_WAIT_S:
+                return None  # Ray has not served the finished job's log yet: keep it a moment
+        if not done:
+            return None
+        self._logs_at.pop(h.ref, None)
+        self._done_at.pop(h.ref, None)
+        if status == "SUCCEEDED":
+            return 0
+        if status == "STOPPED":
+            return -15
+        code = info.driver_exit_code
+        return int(code) if code is not None else 1
+
+    def _save_logs(self, h: Handle) -> bool:
+        """Copy the Ray job's log into the job's log file; False if Ray had none to give."""
+        try:
+            text = self.client.get_job_logs(h.ref)
+        except RuntimeError:
+            return False
+        if not text:
+            return False
+        # Ray keeps one log per Ray job (= attempt); the job's log file is all of them
+        _atomic_write(self.log_dir / f"{h.ref}.log", text)
+        parts = sorted(
+            self.log_dir.glob(f"suanli-{h.job_id}-*.log"), key=lambda f: f.stat().st_mtime
+        )
+        _atomic_write(Path(h.stdout), "".join(f.read_text(errors="replace") for f in parts))
+        return True
+
+    def terminate(self, h: Handle) -> None:
+        """Ray sends SIGTERM to the entrypoint, then SIGKILL after its own grace."""
+        with contextlib.suppress(RuntimeError):
+            self.client.stop_job(h.ref)
+
+    def kill(self, h: Handle) -> None:
+        self.terminate(h)  # Ray escalates to SIGKILL itself (RAY_JOB_STOP_WAIT_TIME_S)
+
+    def is_alive(self, h: Handle) -> bool:
+        return self.poll(h) is None
+
+    def logs(self, h: Handle) -> str:
+        self._save_logs(h)
+        return Path(h.stdout).read_text(errors="replace") if Path(h.stdout).exists() else ""

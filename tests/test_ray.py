@@ -1,0 +1,184 @@
+"""The Ray executor on a real two-node Ray cluster started on this machine.
+
+The head node offers two ``ascend-910b`` and the worker one ``a100-80gb``
+(custom resources named after catalog chips; no such card is here, which is
+why they are custom resources). The scheduling loop — the same one ``suanli
+up`` runs — places jobs, and Ray's own record of where each driver ran says
+whether it landed where it must.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray.job_submission", reason="the Ray executor needs `pip install suanli[ray]`")
+
+from suanli.run.ray_exec import RayExecutor, RayUnavailable
+from suanli.service.loop import Loop
+from suanli.store import Store
+from suanli.store.models import JobRow, NodeRow
+from tests.helpers import get, submit
+
+PY = sys.executable
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    ray = shutil.which("ray", path=str(Path(PY).parent)) or "ray"
+    env = {**os.environ, **RAY_ENV}
+    gcs, dash = _port(), _port()
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=2", "--object-store-memory=200000000"]
+    common += ["--disable-usage-stats"]
+    head = [ray, "start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1"]
+    head += [f"--dashboard-port={dash}", '--resources={"ascend-910b": 2}', *common]
+    worker = [ray, "start", f"--address=127.0.0.1:{gcs}", '--resources={"a100-80gb": 1}', *common]
+    # two nodes on one machine: the second node's agents need ports of their own, or its
+    # dashboard agent cannot serve the logs of jobs whose driver ran there
+    for flag in ("dashboard-agent-listen", "dashboard-agent-grpc", "metrics-export"):
+        worker.append(f"--{flag}-port={_port()}")
+    worker.append(f"--runtime-env-agent-port={_port()}")
+    try:
+        for argv in (head, worker):
+            subprocess.run(argv, env=env, check=True, capture_output=True, timeout=120)
+        yield f"127.0.0.1:{dash}"
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+@pytest.fixture()
+def rig(cluster: str, tmp_path: Path) -> Iterator[tuple[Store, Loop, RayExecutor]]:
+    os.environ.update(RAY_ENV)
+    store = Store.sqlite(tmp_path)
+    ex = RayExecutor(cluster, tmp_path / "logs")
+    yield store, Loop(store, ex, tick_s=0.1, grace_s=3.0), ex
+
+
+def drive(loop: Loop, store: Store, want: dict[int, set[str]], timeout: float = 90) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        loop.tick()
+        if all(get(store, j).state in states for j, states in want.items()):
+            return
+        time.sleep(0.1)
+    stuck = {j: (get(store, j).state, [e.message for e in store.events(j)]) for j in want}
+    raise AssertionError(f"not reached {want}: {stuck}")
+
+
+def log(store: Store, jid: int) -> str:
+    files = [Path(str(m["stdout"])) for m in get(store, jid).members or []]
+    return "".join(f.read_text() for f in files if f.exists())  # none until Ray serves one
+
+
+def test_nodes_come_from_ray_and_jobs_land_on_the_node_with_their_chip(rig) -> None:  # type: ignore[no-untyped-def]
+    store, loop, ex = rig
+    loop.tick()
+    with store.tx() as s:
+        nodes = {n.name: n for n in s.query(NodeRow)}
+    chips = {name: {d["accelerator"] for d in n.devices} for name, n in nodes.items()}
+    assert sorted(map(sorted, chips.values())) == [["a100-80gb"], ["ascend-910b"]]
+    assert all(n.executor == "ray" and n.cpu_cores == 2 for n in nodes.values())
+    hello = [PY, "-c", "import os; print('hello from', os.environ['SUANLI_JOB_ID'])"]
+    npu = submit(store, {"command": hello, "resources": {"accelerator": "ascend-910b"}})
+    gpu = submit(store, {"command": hello, "resources": {"accelerator": "a100-80gb"}})
+    cpu = submit(store, {"command": "echo plain", "resources": {"accelerator": "cpu"}})
+    drive(loop, store, {npu: {"succeeded"}, gpu: {"succeeded"}, cpu: {"succeeded"}})
+    for jid, chip in ((npu, "ascend-910b"), (gpu, "a100-80gb")):
+        member = (get(store, jid).members or [])[0]
+        assert chip in chips[str(member["node"])]
+        ran_on = ex.client.get_job_info(str(member["ref"])).driver_node_id
+        assert ran_on == ex._node_ids[str(member["node"])]  # Ray agrees where it ran
+        assert f"hello from {jid}" in log(store, jid)
+    assert "plain" in log(store, cpu)
+
+
+GANG = (
+    "import os, socket; print('member', os.environ['RANK'], 'of', os.environ['WORLD_SIZE'],"
+    " 'master', os.environ['MASTER_ADDR'] + ':' + os.environ['MASTER_PORT'], flush=True)"
+)
+
+
+def test_a_gang_gets_a_placement_group_and_the_torchrun_environment(rig) -> None:  # type: ignore[no-untyped-def]
+    store, loop, _ex = rig
+    jid = submit(
+        store,
+        {
+            "command": [PY, "-c", GANG],
+            "gang": 2,
+            "resources": {"accelerator": "ascend-910b", "cpu": 0.5},
+        },
+    )
+    drive(loop, store, {jid: {"succeeded", "failed"}})
+    row = get(store, jid)
+    assert row.state == "succeeded", log(store, jid)
+    text = log(store, jid)
+    assert "member 0 of 2" in text and "member 1 of 2" in text
+    assert "member exit codes [0, 0]" in text
+    # three members cannot fit two devices: the gang waits whole, nothing starts
+    big = submit(store, {"command": "true", "gang": 3, "resources": {"accelerator": "ascend-910b"}})
+    for _ in range(5):
+        loop.tick()
+    assert get(store, big).state == "queued"
+
+
+CHECKPOINTER = (
+    "import signal, sys, time\n"
+    "def term(*_):\n"
+    "    print('checkpoint saved', flush=True)\n"
+    "    sys.exit(0)\n"
+    "signal.signal(signal.SIGTERM, term)\n"
+    "print('training', flush=True)\n"
+    "time.sleep(300)\n"
+)
+
+
+def test_cancel_and_preemption_stop_ray_jobs_with_grace(rig) -> None:  # type: ignore[no-untyped-def]
+    store, loop, _ex = rig
+    low = submit(
+        store,
+        {
+            "command": [PY, "-c", CHECKPOINTER],
+            "preemptible": True,
+            "resources": {"accelerator": "a100-80gb"},
+        },
+    )
+    drive(loop, store, {low: {"running"}})
+    end = time.monotonic() + 60
+    while "training" not in log(store, low) and time.monotonic() < end:
+        loop.tick()
+        time.sleep(0.2)
+    high = submit(
+        store,
+        {"command": "echo urgent", "priority": 5, "resources": {"accelerator": "a100-80gb"}},
+    )
+    drive(loop, store, {high: {"succeeded"}})
+    kinds = [e.kind for e in store.events(low)]
+    assert "preempted" in kinds and "requeued" in kinds, kinds
+    assert "checkpoint saved" in log(store, low)  # SIGTERM, and time to use it
+    drive(loop, store, {low: {"running"}})  # it comes back when the chip is free
+    with store.tx() as s:
+        row = s.get(JobRow, low)
+        assert row is not None
+        row.cancel_requested = True
+    drive(loop, store, {low: {"cancelled"}})
+    assert get(store, low).exit_code == -15
+
+
+def test_an_unreachable_cluster_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(RayUnavailable, match="cannot reach the Ray dashboard"):
+        RayExecutor(f"127.0.0.1:{_port()}", tmp_path)
