@@ -19,7 +19,7 @@ from suanli.run.devices import Device, Inventory
 from suanli.run.local import LocalExecutor
 from suanli.service.loop import Loop
 from suanli.store import Store
-from suanli.store.models import JobRow, NodeRow
+from suanli.store.models import JobRow, NodeRow, SiteRow
 from tests.helpers import get, submit
 
 PY = sys.executable
@@ -175,3 +175,30 @@ def test_model_constraint_counts_devices() -> None:
     assert eligible_types(Resources(model="llama-3-70b", devices=1), have) == set()  # 141 GB
     assert eligible_types(Resources(vendor="huawei", min_memory_gb=64), have) == {"ascend-910b"}
     assert eligible_types(Resources(accelerator="t4"), have) == set()
+
+
+def test_allowed_regions_bind_through_the_node_site(rig) -> None:  # type: ignore[no-untyped-def]
+    store, loop = rig
+    loop.tick()  # registers the node
+    with store.tx() as s:
+        s.add(
+            SiteRow(
+                name="sh1",
+                owner="admin",
+                region="cn-east",
+                pue=1.2,
+                carbon_g_per_kwh=520,
+                power_price_per_kwh=0.09,
+                updated_at=0,
+            )
+        )
+        s.flush()
+        node = s.get(NodeRow, "local")
+        assert node is not None
+        node.site = "sh1"
+    loop._nodes_at = 0  # resync now
+    cmd = [PY, "-c", "print('ok')"]
+    abroad = submit(store, {"command": cmd, "regions": ["eu-west"]})
+    home = submit(store, {"command": cmd, "regions": ["cn-east", "cn-north"]})
+    run_until(loop, store, home, {"succeeded"})
+    assert get(store, abroad).state == "queued"  # data that must not leave its region waits

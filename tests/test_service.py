@@ -236,6 +236,12 @@ def test_providers_manage_only_their_own_sites_and_nodes(api) -> None:  # type: 
     assert r.status_code == 422 and "nowhere" in r.json()["detail"]
     assert client.put("/v1/nodes/Bad_Name", json=node, headers=who["provider"]).status_code == 422
     assert len(client.get("/v1/nodes", headers=who["admin"]).json()) == 1
+    # a node moves between its owner's sites only
+    move = "/v1/nodes/sh1-n1/site"
+    assert client.put(move, json={"site": None}, headers=dc2).status_code == 403
+    assert client.put(move, json={"site": "nowhere"}, headers=who["provider"]).status_code == 422
+    assert client.put(move, json={"site": None}, headers=who["provider"]).json()["site"] is None
+    assert client.put(move, json={"site": "sh1"}, headers=who["provider"]).json()["site"] == "sh1"
     # a site with nodes is not deleted from under them; the admin may manage anything
     assert client.delete("/v1/sites/sh1", headers=who["provider"]).status_code == 409
     assert client.delete("/v1/nodes/sh1-n1", headers=who["admin"]).status_code == 200

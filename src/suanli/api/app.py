@@ -74,6 +74,11 @@ class NodeBody(BaseModel):
         return v
 
 
+class NodeSiteBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    site: str | None
+
+
 class HeartbeatBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     unhealthy: list[int] = Field(default_factory=list)  # device indexes now failing
@@ -304,7 +309,9 @@ def create_app(store: Store) -> FastAPI:
             may_manage(who, row.owner if row else None, f"node {name}")
             if row is not None and row.executor != "agent":
                 raise HTTPException(
-                    409, detail=f"node {name} is managed by the {row.executor} executor"
+                    409,
+                    detail=f"node {name} is reported by the {row.executor} executor; "
+                    f"only its site can be set (PUT /v1/nodes/{name}/site)",
                 )
             if body.site is not None:
                 site = s.get(SiteRow, body.site)
@@ -328,6 +335,22 @@ def create_app(store: Store) -> FastAPI:
             ]
             row.labels, row.heartbeat_at = body.labels, time.time()
             s.add(row)
+            return node_view(row)
+
+    @app.put("/v1/nodes/{name}/site")
+    def put_node_site(name: str, body: NodeSiteBody, who: Caller) -> dict[str, Any]:
+        """Place a node in a site (its region, power price, carbon) — executor nodes too."""
+        with store.tx() as s:
+            row = s.get(NodeRow, name)
+            if row is None:
+                raise HTTPException(404, detail=f"no node {name}")
+            may_manage(who, row.owner, f"node {name}")
+            if body.site is not None:
+                site = s.get(SiteRow, body.site)
+                if site is None:
+                    raise HTTPException(422, detail=f"site: no site {body.site!r}")
+                may_manage(who, site.owner, f"site {body.site}")
+            row.site = body.site
             return node_view(row)
 
     @app.post("/v1/nodes/{name}/heartbeat")

@@ -35,7 +35,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session as DbSession
 
-from suanli.cluster.state import ClusterState, NodeSpec
+from suanli.cluster.state import ClusterState, NodeSpec, Site
 from suanli.cluster.task import MILLI, Task
 from suanli.jobs.resolve import eligible_types, wants_devices
 from suanli.jobs.spec import JobSpec
@@ -45,7 +45,7 @@ from suanli.sched.framework import Placement
 from suanli.sched.policies import NAMED, build
 from suanli.sched.session import Job, Queue, Session
 from suanli.store.db import Store
-from suanli.store.models import JobRow, NodeRow, QueueRow
+from suanli.store.models import JobRow, NodeRow, QueueRow, SiteRow
 
 log = logging.getLogger("suanli.loop")
 GRACE_S = 10.0
@@ -72,12 +72,16 @@ class Loop:
     ) -> None:
         self.store = store
         self.executor = executor
-        self.framework = build(NAMED[policy])
+        config = NAMED[policy]
+        if "region" not in config.filters:  # a job's allowed regions bind live, always
+            config = replace(config, filters=[*config.filters, "region"])
+        self.framework = build(config)
         self.actions = list(NAMED[policy].actions)
         self.tick_s = tick_s
         self.grace_s = grace_s
         self._stop = threading.Event()
         self.nodes: list[NodeInfo] = []
+        self.node_sites: dict[str, Site] = {}
         self._nodes_at = 0.0
         self.recover()
 
@@ -128,8 +132,10 @@ class Loop:
         """Record the executor's nodes; a device an admin marked unhealthy stays so."""
         reported = self.executor.nodes()
         self.nodes = []
+        self.node_sites = {}
         self._nodes_at = now
         with self.store.tx() as s:
+            sites = {r.name: r for r in s.scalars(select(SiteRow))}
             for n in reported:
                 row = s.get(NodeRow, n.name) or NodeRow(name=n.name, owner="admin", site=None)
                 sick = {d["index"] for d in row.devices or [] if not d.get("healthy", True)}
@@ -140,6 +146,15 @@ class Loop:
                     ],
                 )
                 self.nodes.append(n)
+                site = sites.get(row.site or "")  # an admin places executor nodes in sites
+                if site is not None:
+                    self.node_sites[n.name] = Site(
+                        site.name,
+                        site.region,
+                        site.pue,
+                        site.carbon_g_per_kwh,
+                        site.power_price_per_kwh,
+                    )
                 row.executor = self.executor.name
                 row.cpu_cores, row.memory_mib = n.cpu_cores, n.memory_mib
                 row.devices = [
@@ -286,8 +301,20 @@ class Loop:
         for n in self.nodes:
             healthy = [d for d in n.devices if d.healthy]
             typ = healthy[0].accelerator if healthy else ""
-            specs.append(NodeSpec(n.name, n.cpu_cores * 1000, n.memory_mib, len(n.devices), typ))
-        state = ClusterState(specs)
+            site = self.node_sites.get(n.name)
+            specs.append(
+                NodeSpec(
+                    n.name,
+                    n.cpu_cores * 1000,
+                    n.memory_mib,
+                    len(n.devices),
+                    typ,
+                    site=site.name if site else "default",
+                    labels=dict(n.labels),
+                )
+            )
+        sites = {s.name: s for s in self.node_sites.values()}
+        state = ClusterState(specs, list(sites.values()))
         for i, n in enumerate(self.nodes):  # an unhealthy device is held, never offered
             sick = [(d.index, MILLI) for d in n.devices if not d.healthy]
             if sick:
@@ -310,6 +337,7 @@ class Loop:
             priority=spec.priority,
             preemptible=spec.preemptible,
             queue=spec.queue,
+            regions=frozenset(spec.regions),
         )
         members = spec.gang or 1
         return Job(
