@@ -177,6 +177,10 @@ def get_accelerator(name: str) -> Accelerator:
     """The accelerator called ``name`` (case-insensitive), or an error naming near ones."""
     table = accelerators()
     key = name.strip().lower()
+    if key.endswith("@measured"):  # a profile saved by `suanli calibrate --save`
+        from suanli.calibration.profile import get_measured
+
+        return get_measured(key)
     if key not in table:
         raise UnknownNameError("accelerator", name, table)
     return table[key]

@@ -6,6 +6,7 @@ import sys
 
 import typer
 
+from suanli.cli.calibrate_cmd import calibrate_cmd
 from suanli.cli.catalog_cmd import catalog_app
 from suanli.cli.estimate_cmd import estimate_app
 from suanli.cli.export_cmd import export_app
@@ -37,6 +38,7 @@ app.add_typer(estimate_app, name="estimate")
 app.add_typer(plan_app, name="plan")
 app.add_typer(export_app, name="export")
 app.command("simulate")(simulate_cmd)
+app.command("calibrate")(calibrate_cmd)
 app.command("up")(up_cmd)
 app.command("submit")(submit_cmd)
 app.command("jobs")(jobs_cmd)

@@ -68,7 +68,8 @@ def up_cmd(
     data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
 ) -> None:
     """Start the API, the scheduling loop and an executor (stop with Ctrl-C)."""
-    from suanli.service.up import default_data_dir, serve
+    from suanli.paths import default_data_dir
+    from suanli.service.up import serve
 
     serve(host, port, db, data_dir or default_data_dir(), executor, ray_address)
 

@@ -98,6 +98,8 @@ class LocalExecutor:
 
     def start(self, launch: Launch) -> Handle:
         env = {**os.environ, **launch.env, "SUANLI_JOB_ID": launch.job_id}
+        # jobs see the service's Python first (`python3 -m suanli.workloads...` just works)
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         if launch.visible_env:
             env[launch.visible_env] = ",".join(str(d) for d in launch.devices)
         if launch.world_size > 1 or launch.master_port:

@@ -16,11 +16,6 @@ from suanli.service.loop import Loop
 from suanli.store.db import Store
 
 
-def default_data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "suanli"
-
-
 def make_executor(kind: str, ray_address: str | None, log_dir: Path) -> Executor:
     if kind == "local":
         return LocalExecutor(log_dir, detect())

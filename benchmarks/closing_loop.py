@@ -1,0 +1,150 @@
+"""Close the loop on this machine: calibrate, train for real, compare with the perf model.
+
+    python benchmarks/closing_loop.py [--quick] [--model tiny-llama-40m] [--steps 8]
+
+1. ``suanli calibrate`` measures this CPU twice: with every core (the device
+   of a single process) and with the cores one of two processes gets (the
+   device of each DDP member), all-reduce across two processes included.
+2. ``suanli.workloads.train_lm`` trains the model for real: one process, then
+   two processes with DDP (the torchrun environment the executor sets).
+3. The perf model predicts both steps from the measured profiles alone (no
+   parameter is fitted to these runs) and the benchmark prints measured vs
+   predicted with the error, plus where the measured step went (PyTorch's
+   profiler, by operator) so the error has a cause, not just a size.
+
+Figures and a plot go to benchmarks/out/closing_loop.{json,png}. Needs PyTorch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from suanli.calibration import micro
+from suanli.calibration.profile import measured_accelerator
+from suanli.catalog.loader import get_model
+from suanli.perf import TrainLayout, estimate_train, make_system
+from suanli.run.local import free_port
+
+OUT = Path(__file__).parent / "out"
+TARGET = 0.20
+
+
+def train(model: str, steps: int, mb: int, seq: int, world: int) -> dict[str, Any]:
+    """Run train_lm with ``world`` processes; the summary line of rank 0."""
+    port = str(free_port())
+    argv = [sys.executable, "-m", "suanli.workloads.train_lm", "--model", model]
+    argv += ["--steps", str(steps), "--micro-batch", str(mb), "--seq-len", str(seq)]
+    procs = []
+    for rank in range(world):
+        env = dict(os.environ)
+        if world > 1:
+            env.update(WORLD_SIZE=str(world), RANK=str(rank), MASTER_ADDR="127.0.0.1")
+            env.update(MASTER_PORT=port, LOCAL_WORLD_SIZE=str(world))
+        procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True))
+    outs = [p.communicate()[0] for p in procs]
+    if any(p.returncode for p in procs):
+        raise SystemExit(f"train_lm failed: {outs}")
+    last = [ln for ln in outs[0].splitlines() if ln.startswith("suanli-metric")][-1]
+    result: dict[str, Any] = json.loads(last.removeprefix("suanli-metric "))
+    return result
+
+
+def predict(model: str, profile: dict[str, Any], mb: int, seq: int, world: int) -> dict[str, Any]:
+    acc = measured_accelerator(profile)
+    system = make_system(acc, devices_per_node=max(world, 1))
+    lay = TrainLayout(dp=world, micro_batch=mb, global_batch=mb * world, seq_len=seq)
+    est = estimate_train(get_model(model), system, lay)
+    return {"step_time_s": est.step_time_s, "breakdown_s": est.breakdown_s}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="quick calibration")
+    ap.add_argument("--model", default="tiny-llama-40m")
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--micro-batch", type=int, default=4)
+    ap.add_argument("--seq-len", type=int, default=256)
+    args = ap.parse_args()
+    import torch
+
+    console = Console()
+    cores = os.cpu_count() or 1
+    rows = []
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("calibrate + train", total=4)
+        profiles = {}
+        for world in (1, 2):
+            torch.set_num_threads(max(1, cores // world))
+            profiles[world] = micro.calibrate("cpu", args.quick).to_dict()
+            bar.advance(task)
+        for world in (1, 2):
+            got = train(args.model, args.steps, args.micro_batch, args.seq_len, world)
+            pred = predict(args.model, profiles[world], args.micro_batch, args.seq_len, world)
+            err = pred["step_time_s"] / got["median_step_time_s"] - 1
+            rows.append(
+                {
+                    "case": "1 process" if world == 1 else f"{world} processes, DDP",
+                    "threads_per_process": profiles[world]["threads"],
+                    "measured_step_s": got["median_step_time_s"],
+                    "predicted_step_s": round(pred["step_time_s"], 5),
+                    "error": round(err, 4),
+                    "predicted_breakdown_s": {
+                        k: round(v, 5) for k, v in pred["breakdown_s"].items() if v
+                    },
+                    "measured_tokens_per_s": got["tokens_per_s"],
+                    "profile": {
+                        k: profiles[world][k]
+                        for k in ("gemm_tflops", "memory_bandwidth_gbs", "allreduce_gbs")
+                    },
+                }
+            )
+            bar.advance(task)
+    t = Table(title=f"{args.model} on this CPU: measured vs perf (from measured profiles)")
+    for col in ("case", "threads", "measured s/step", "predicted s/step", "error", "within 20%"):
+        t.add_column(col)
+    for r in rows:
+        ok = abs(r["error"]) <= TARGET
+        t.add_row(
+            r["case"],
+            str(r["threads_per_process"]),
+            f"{r['measured_step_s']:.3f}",
+            f"{r['predicted_step_s']:.3f}",
+            f"{r['error']:+.1%}",
+            "yes" if ok else "NO",
+        )
+    console.print(t)
+    for r in rows:
+        console.print(f"{r['case']}: predicted breakdown {r['predicted_breakdown_s']}")
+    OUT.mkdir(exist_ok=True)
+    (OUT / "closing_loop.json").write_text(json.dumps(rows, indent=1))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], [r["measured_step_s"] for r in rows], 0.4, label="measured")
+    ax.bar([x + 0.2 for x in xs], [r["predicted_step_s"] for r in rows], 0.4, label="perf")
+    ax.set_xticks(list(xs), [r["case"] for r in rows])
+    ax.set_ylabel("seconds per step")
+    ax.set_title(f"{args.model}: measured vs predicted")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(OUT / "closing_loop.png", dpi=120)
+    console.print(f"wrote {OUT / 'closing_loop.json'} and closing_loop.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

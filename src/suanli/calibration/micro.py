@@ -1,0 +1,288 @@
+"""Microbenchmarks of this machine's devices with PyTorch: what ``suanli calibrate`` runs.
+
+Data sheets give peaks; software reaches a share of them that depends on the
+chip, the library and the shapes. These measure the rates the perf model
+needs — dense GEMM throughput by dtype and size, streaming memory bandwidth
+(a copy: one read and one write per byte), attention fused (SDPA) and
+unfused (matmul, mask, softmax, matmul), all-reduce bus bandwidth across local
+processes (gloo on CPUs, NCCL on GPUs), and the fixed cost of dispatching one
+small operator — each timed until a minimum wall time has passed, after a
+warm-up, so a result is a rate and not a cold start. The CUDA paths
+synchronise the device around every timing; they are the same code, run
+whenever a GPU is present.
+
+PyTorch is an optional extra (``pip install 'suanli[torch]'``); nothing else
+in suanli imports this module.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from suanli.errors import SuanliError
+
+
+class TorchMissing(SuanliError):
+    """PyTorch is not installed."""
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError as exc:
+        raise TorchMissing(
+            "calibration runs PyTorch: pip install 'suanli[torch]' (torch==2.13.0)"
+        ) from exc
+    return torch
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much to measure: sizes, and how long each timing runs."""
+
+    gemm_sizes: tuple[int, ...]
+    dtypes: tuple[str, ...]
+    copy_mb: int
+    attn_seq: tuple[int, ...]
+    allreduce_mb: tuple[float, ...]
+    min_time_s: float
+
+    @classmethod
+    def quick(cls) -> Plan:
+        return cls((256, 1024, 2048), ("fp32", "bf16"), 256, (512,), (1.0, 16.0), 0.15)
+
+    @classmethod
+    def full(cls) -> Plan:
+        return cls(
+            (256, 512, 1024, 2048, 4096),
+            ("fp32", "bf16", "fp16"),
+            1024,
+            (512, 2048),
+            (1.0, 16.0, 64.0),
+            0.5,
+        )
+
+
+@dataclass
+class Profile:
+    """What was measured on one device (the ``--json`` contract)."""
+
+    device: str
+    device_name: str
+    gemm_tflops: dict[str, dict[str, float]] = field(default_factory=dict)  # dtype -> size -> TF
+    memory_bandwidth_gbs: float = 0.0
+    attention: dict[str, Any] = field(default_factory=dict)
+    allreduce_gbs: dict[str, float] = field(default_factory=dict)  # MB -> bus GB/s
+    dispatch_us: float = 0.0
+    threads: int = 0
+    torch_version: str = ""
+    measured_on: str = ""
+    wall_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def _timed(fn: Callable[[], object], sync: Callable[[], None], min_time_s: float) -> float:
+    """Seconds per call: one warm-up, then repeated until ``min_time_s`` has passed."""
+    fn()
+    sync()
+    n, start = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        sync()
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_time_s:
+            return elapsed / n
+
+
+def _sync_for(torch: Any, device: str) -> Callable[[], None]:
+    if device.startswith("cuda"):
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def device_name(device: str) -> str:
+    torch = _torch()
+    if device.startswith("cuda"):
+        return str(torch.cuda.get_device_name(device))
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "cpu"
+
+
+def gemm(device: str, plan: Plan) -> dict[str, dict[str, float]]:
+    torch = _torch()
+    sync = _sync_for(torch, device)
+    out: dict[str, dict[str, float]] = {}
+    for name in plan.dtypes:
+        dtype = getattr(torch, _DTYPES[name])
+        if device == "cpu" and name == "fp16":
+            continue  # CPUs have no fp16 GEMM units worth a profile; PyTorch emulates it
+        rates = {}
+        for n in plan.gemm_sizes:
+            a = torch.randn(n, n, device=device, dtype=dtype)
+            b = torch.randn(n, n, device=device, dtype=dtype)
+
+            def mm(a: Any = a, b: Any = b) -> Any:
+                return torch.mm(a, b)
+
+            t = _timed(mm, sync, plan.min_time_s)
+            rates[str(n)] = round(2 * n**3 / t / 1e12, 4)
+        out[name] = rates
+    return out
+
+
+def copy_bandwidth(device: str, plan: Plan) -> float:
+    """GB/s of a large copy, counting the read and the write (STREAM's convention)."""
+    torch = _torch()
+    sync = _sync_for(torch, device)
+    n = plan.copy_mb * 2**20 // 4
+    src = torch.ones(n, device=device, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    t = _timed(lambda: dst.copy_(src), sync, plan.min_time_s)
+    return round(2 * n * 4 / t / 1e9, 2)
+
+
+def attention(device: str, plan: Plan, heads: int = 8, head_dim: int = 64) -> dict[str, Any]:
+    """Causal attention, fused (SDPA) and unfused, in TFLOP/s of the causal work."""
+    torch = _torch()
+    sync = _sync_for(torch, device)
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    out: dict[str, Any] = {"heads": heads, "head_dim": head_dim, "by_seq": {}}
+    for seq in plan.attn_seq:
+        q, k, v = (torch.randn(1, heads, seq, head_dim, device=device, dtype=dtype) for _ in "qkv")
+        mask = torch.full((seq, seq), float("-inf"), device=device, dtype=dtype).triu(1)
+
+        def fused(q: Any = q, k: Any = k, v: Any = v) -> Any:
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+        def unfused(q: Any = q, k: Any = k, v: Any = v, mask: Any = mask) -> Any:
+            s = (q @ k.transpose(-1, -2)) / head_dim**0.5 + mask
+            return torch.softmax(s, dim=-1) @ v
+
+        flops = 2 * 2 * heads * seq * seq * head_dim / 2  # QK^T and PV, causal half
+        tf = {
+            "fused_tflops": flops / _timed(fused, sync, plan.min_time_s) / 1e12,
+            "unfused_tflops": flops / _timed(unfused, sync, plan.min_time_s) / 1e12,
+        }
+        tf["fused_speedup"] = tf["fused_tflops"] / tf["unfused_tflops"]
+        out["by_seq"][str(seq)] = {k: round(v, 4) for k, v in tf.items()}
+    return out
+
+
+def dispatch_us(device: str, plan: Plan) -> float:
+    """Microseconds to dispatch one tiny operator: the framework's fixed cost per op."""
+    torch = _torch()
+    sync = _sync_for(torch, device)
+    x = torch.ones(8, device=device)
+
+    def ten() -> None:
+        y = x
+        for _ in range(10):
+            y = y + 1.0
+
+    return round(_timed(ten, sync, plan.min_time_s) / 10 * 1e6, 2)
+
+
+def _allreduce_worker(
+    rank: int, world: int, port: int, device: str, sizes: list[float], q: Any
+) -> None:
+    torch = _torch()
+    import torch.distributed as dist
+
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group(backend, rank=rank, world_size=world)
+    dev = f"cuda:{rank}" if backend == "nccl" else "cpu"
+    sync = _sync_for(torch, dev)
+    out = {}
+    for mb in sizes:
+        x = torch.ones(int(mb * 2**20 // 4), device=dev)
+        dist.barrier()
+
+        def reduce(x: Any = x) -> Any:
+            return dist.all_reduce(x)
+
+        t = _timed(reduce, sync, 0.2)
+        # bus bandwidth: what each link carries in a ring, the figure NCCL's tests report
+        out[f"{mb:g}"] = round(2 * (world - 1) / world * x.numel() * 4 / t / 1e9, 3)
+    if rank == 0:
+        q.put(out)
+    dist.destroy_process_group()
+
+
+def allreduce(device: str, plan: Plan, world: int = 2) -> dict[str, float]:
+    """All-reduce bus bandwidth across ``world`` local processes (one GPU each on CUDA)."""
+    torch = _torch()
+    import torch.multiprocessing as mp
+
+    if device.startswith("cuda") and torch.cuda.device_count() < world:
+        return {}  # one GPU: no all-reduce to measure
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=_allreduce_worker, args=(r, world, port, device, list(plan.allreduce_mb), q)
+        )
+        for r in range(world)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        result: dict[str, float] = q.get(timeout=300)
+    finally:
+        for p in procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.kill()
+    return result
+
+
+def calibrate(
+    device: str = "cpu",
+    quick: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> Profile:
+    """Run every microbenchmark on ``device`` ("cpu", "cuda:0", ...)."""
+    torch = _torch()
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SuanliError(f"--device {device}: no CUDA device here (try --device cpu)")
+    plan = Plan.quick() if quick else Plan.full()
+    start = time.perf_counter()
+    prof = Profile(device, device_name(device))
+    prof.threads = int(torch.get_num_threads())
+    prof.torch_version = str(torch.__version__)
+    prof.measured_on = time.strftime("%Y-%m-%d")
+    steps: list[tuple[str, Callable[[], None]]] = [
+        ("GEMM", lambda: setattr(prof, "gemm_tflops", gemm(device, plan))),
+        ("memory", lambda: setattr(prof, "memory_bandwidth_gbs", copy_bandwidth(device, plan))),
+        ("attention", lambda: setattr(prof, "attention", attention(device, plan))),
+        ("dispatch", lambda: setattr(prof, "dispatch_us", dispatch_us(device, plan))),
+        ("all-reduce", lambda: setattr(prof, "allreduce_gbs", allreduce(device, plan))),
+    ]
+    for name, step in steps:
+        if progress:
+            progress(name)
+        step()
+    prof.wall_s = round(time.perf_counter() - start, 2)
+    return prof

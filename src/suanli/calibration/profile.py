@@ -1,0 +1,140 @@
+"""Measured device profiles: saved by ``suanli calibrate --save``, read as ``NAME@measured``.
+
+A profile becomes an accelerator record the perf model uses in place of the
+data sheet: its "peaks" are the measured rates divided by the fraction of peak
+the perf model assumes software reaches (``gemm_eff_max``, ``mem_bw_eff``,
+``link_eff``), so that the model's achieved rate *is* the measured one and
+nothing else in the model changes. Everything the benchmarks did not measure
+(power, price, NIC) comes from the catalog record of the same chip, if there
+is one, else is left unknown (zero power: no energy figure).
+
+Profiles live in ``<data-dir>/profiles/<name>.json``; a CPU's name carries the
+thread count it was measured with (``amd-epyc-2t``), because a CPU "device" is
+as fast as the cores it is given.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from suanli.catalog.types import Accelerator
+from suanli.errors import SuanliError
+from suanli.paths import default_data_dir
+from suanli.perf.efficiency import Efficiency, default_efficiency
+
+SUFFIX = "@measured"
+
+
+class ProfileError(SuanliError):
+    """A profile file that is missing or unreadable."""
+
+
+def profiles_dir(data_dir: Path | None = None) -> Path:
+    return (data_dir or default_data_dir()) / "profiles"
+
+
+def profile_name(profile: dict[str, Any]) -> str:
+    """The catalog chip for a GPU if the name matches one, else a slug of the device name."""
+    from suanli.catalog.loader import accelerators
+    from suanli.run.devices import _catalog_name
+
+    name = str(profile["device_name"])
+    if str(profile["device"]).startswith("cuda"):
+        match = _catalog_name(name, "nvidia")
+        if match in accelerators():
+            return match
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "device"
+    return f"{slug}-{profile['threads']}t" if profile["device"] == "cpu" else slug
+
+
+def save(profile: dict[str, Any], data_dir: Path | None = None) -> Path:
+    """Write the profile atomically; returns its path."""
+    d = profiles_dir(data_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{profile_name(profile)}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(profile, indent=1))
+    tmp.replace(path)
+    return path
+
+
+def load(name: str, data_dir: Path | None = None) -> dict[str, Any]:
+    d = profiles_dir(data_dir)
+    key = name.removesuffix(SUFFIX)
+    path = d / f"{key}.json"
+    if not path.exists():
+        saved = sorted(p.stem + SUFFIX for p in d.glob("*.json")) if d.exists() else []
+        have = ", ".join(saved) if saved else "none"
+        raise ProfileError(
+            f"no measured profile {name!r} in {d} (saved: {have}); run suanli calibrate --save"
+        )
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ProfileError(
+            f"{path}: unreadable profile ({exc}); run suanli calibrate --save"
+        ) from exc
+    return data
+
+
+def best_gemm_tflops(profile: dict[str, Any]) -> dict[str, float]:
+    return {dt: max(by_size.values()) for dt, by_size in profile["gemm_tflops"].items() if by_size}
+
+
+def measured_accelerator(
+    profile: dict[str, Any], base: Accelerator | None = None, eff: Efficiency | None = None
+) -> Accelerator:
+    """An accelerator record whose achievable rates are the measured ones (module docstring)."""
+    e = eff or default_efficiency()
+    name = profile_name(profile) + SUFFIX
+    when = (
+        f"suanli calibrate on {profile.get('measured_on', '?')} "
+        f"(torch {profile.get('torch_version', '?')}, {profile.get('threads', '?')} threads)"
+    )
+    peaks = {dt: tf / e.gemm_eff_max for dt, tf in best_gemm_tflops(profile).items()}
+    bus = max(profile.get("allreduce_gbs", {}).values(), default=0.0)
+    is_cpu = profile["device"] == "cpu"
+    memory_gb = psutil.virtual_memory().total / 1e9 if is_cpu else (base.memory_gb if base else 0.0)
+    return Accelerator(
+        name=name,
+        display_name=f"{profile['device_name']} (measured)",
+        vendor=base.vendor if base else ("cpu" if is_cpu else "unknown"),
+        kind="cpu" if is_cpu else (base.kind if base else "gpu"),
+        peak_tflops=peaks,
+        memory_gb=memory_gb,
+        memory_bandwidth_gbs=profile["memory_bandwidth_gbs"] / e.mem_bw_eff,
+        memory_type=base.memory_type if base else ("DRAM" if is_cpu else "?"),
+        intra_node_link=base.intra_node_link if base and bus == 0 else "measured all-reduce",
+        intra_node_link_gbs=2 * bus / e.link_eff
+        if bus
+        else (base.intra_node_link_gbs if base else 1.0),
+        devices_per_node=base.devices_per_node if base else 2,
+        # no NIC is measured: across nodes, the local all-reduce rate stands in (Gb/s)
+        nic_gbps=base.nic_gbps if base else max(8 * bus, 1.0),
+        tdp_w=base.tdp_w if base else 0.0,
+        visible_devices_env=base.visible_devices_env if base else "",
+        k8s_resource=base.k8s_resource if base else "cpu",
+        sources={
+            "peak_tflops": f"best measured GEMM / gemm_eff_max, {when}",
+            "memory_bandwidth_gbs": f"measured copy bandwidth / mem_bw_eff, {when}",
+            "intra_node_link_gbs": f"2 x measured all-reduce bus bandwidth / link_eff, {when}",
+            **({k: f"catalog {base.name}: {v}" for k, v in base.sources.items()} if base else {}),
+        },
+        price_usd_per_hour=base.price_usd_per_hour if base else None,
+        idle_w=base.idle_w if base else None,
+        notes="a measured profile, not a data sheet",
+    )
+
+
+def get_measured(name: str, data_dir: Path | None = None) -> Accelerator:
+    """``NAME@measured``: the saved profile of NAME as an accelerator record."""
+    from suanli.catalog.loader import accelerators
+
+    profile = load(name, data_dir)
+    base = accelerators().get(profile_name(profile))
+    return measured_accelerator(profile, base)

@@ -1,0 +1,90 @@
+"""``suanli calibrate``: measure this machine's devices and, with --save, let perf use them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from suanli.cli.output import console, fmt, print_json
+
+
+def calibrate_cmd(
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda:0, cuda:1, ...")] = "cpu",
+    quick: Annotated[bool, typer.Option("--quick", help="Fewer sizes (under a minute).")] = False,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="CPU threads (default: PyTorch's).", min=1)
+    ] = None,
+    save: Annotated[
+        bool, typer.Option("--save", help="Store the profile; perf reads it as NAME@measured.")
+    ] = False,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Microbenchmarks with PyTorch: GEMM, memory bandwidth, attention, all-reduce."""
+    from suanli.calibration import micro
+    from suanli.calibration.profile import (
+        best_gemm_tflops,
+        get_measured,
+        profile_name,
+    )
+    from suanli.calibration.profile import (
+        save as save_profile,
+    )
+    from suanli.catalog.loader import accelerators
+
+    if threads:
+        micro._torch().set_num_threads(threads)
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=json_out,
+    ) as bar:
+        task = bar.add_task("calibrating", total=None)
+        prof = micro.calibrate(
+            device, quick, lambda step: bar.update(task, description=f"measuring {step}")
+        ).to_dict()
+    name = profile_name(prof)
+    prof["name"] = name
+    if save:
+        prof["saved_to"] = str(save_profile(prof, data_dir))
+        prof["use_as"] = name + "@measured"
+    if json_out:
+        print_json(prof)
+        return
+    base = accelerators().get(name)
+    t = Table(
+        title=f"{prof['device_name']} ({device}, {prof['threads']} threads)", title_justify="left"
+    )
+    for col in ("figure", "measured", "data sheet"):
+        t.add_column(col, justify="right" if col != "figure" else "left")
+    for dt, tf in best_gemm_tflops(prof).items():
+        t.add_row(f"GEMM {dt} TFLOP/s (best size)", fmt(tf), fmt(base.peak(dt)) if base else "—")
+    t.add_row(
+        "memory GB/s (copy)",
+        fmt(prof["memory_bandwidth_gbs"]),
+        fmt(base.memory_bandwidth_gbs) if base else "—",
+    )
+    for seq, a in prof["attention"]["by_seq"].items():
+        t.add_row(
+            f"attention seq {seq}: fused / unfused TFLOP/s",
+            f"{fmt(a['fused_tflops'])} / {fmt(a['unfused_tflops'])}",
+            "",
+        )
+    for mb, gbs in prof["allreduce_gbs"].items():
+        t.add_row(f"all-reduce {mb} MB bus GB/s", fmt(gbs), "")
+    t.add_row("dispatch per op (µs)", fmt(prof["dispatch_us"]), "")
+    t.add_row("wall time (s)", fmt(prof["wall_s"]), "")
+    console.print(t)
+    if save:
+        acc = get_measured(name + "@measured", data_dir)
+        console.print(
+            f"saved {prof['saved_to']}; use it as --accelerator {acc.name} "
+            f"(perf's achievable rates are now the measured ones)"
+        )
