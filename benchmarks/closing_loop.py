@@ -12,6 +12,12 @@
    predicted with the error, plus where the measured step went (PyTorch's
    profiler, by operator) so the error has a cause, not just a size.
 
+4. ``--series K``: K train_lm jobs run through the service's scheduling loop
+   (local executor, a throwaway store); after each, the service records
+   measured vs predicted and the next prediction is multiplied by the
+   correction learned from the runs before it — the table shows the error of
+   the raw and of the corrected prediction run by run.
+
 Figures and a plot go to benchmarks/out/closing_loop.{json,png}. Needs PyTorch.
 """
 
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +74,72 @@ def predict(model: str, profile: dict[str, Any], mb: int, seq: int, world: int) 
     return {"step_time_s": est.step_time_s, "breakdown_s": est.breakdown_s}
 
 
+def run_series(args: argparse.Namespace, profile: dict[str, Any], console: Console) -> list[Any]:
+    """K real jobs through the scheduling loop; raw vs corrected prediction error per run."""
+    import tempfile
+    import time
+
+    from suanli.calibration.profile import save
+    from suanli.jobs.spec import parse_job_spec
+    from suanli.run.devices import detect
+    from suanli.run.local import LocalExecutor
+    from suanli.service.loop import Loop
+    from suanli.store import Store
+    from suanli.store.models import JobRow, PerfRecordRow
+
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp)
+        save(profile, data)
+        store = Store.sqlite(data)
+        loop = Loop(store, LocalExecutor(data / "logs", detect()), tick_s=0.1, data_dir=data)
+        cmd = [sys.executable, "-m", "suanli.workloads.train_lm", "--model", args.model]
+        cmd += ["--steps", str(args.steps), "--micro-batch", str(args.micro_batch)]
+        cmd += ["--seq-len", str(args.seq_len)]
+        spec = parse_job_spec({"name": "train-lm", "command": cmd}).model_dump()
+        for k in range(args.series):
+            with store.tx() as s:
+                jid = store.add_job(s, spec, "bench").id
+            while True:
+                loop.tick()
+                with store.tx() as s:
+                    state = s.get(JobRow, jid).state  # type: ignore[union-attr]
+                if state in ("succeeded", "failed"):
+                    break
+                time.sleep(0.1)
+            with store.tx() as s:
+                recs = list(s.query(PerfRecordRow).order_by(PerfRecordRow.id))
+            if not recs or recs[-1].job_id != jid:
+                raise SystemExit(f"job {jid} ({state}) left no perf record")
+            last, before = recs[-1], recs[:-1]
+            ratios = sorted(r.measured_s / r.predicted_s for r in before)
+            factor = statistics.median(ratios) if ratios else 1.0
+            out.append(
+                {
+                    "run": k + 1,
+                    "measured_s": last.measured_s,
+                    "predicted_s": last.predicted_s,
+                    "raw_error": last.predicted_s / last.measured_s - 1,
+                    "correction": factor,
+                    "corrected_error": last.predicted_s * factor / last.measured_s - 1,
+                }
+            )
+    t = Table(title="through the service: perf alone vs with the learned correction")
+    for col in ("run", "measured s", "perf s", "perf error", "correction", "corrected error"):
+        t.add_column(col)
+    for r in out:
+        t.add_row(
+            str(r["run"]),
+            f"{r['measured_s']:.3f}",
+            f"{r['predicted_s']:.3f}",
+            f"{r['raw_error']:+.1%}",
+            f"x{r['correction']:.3f}",
+            f"{r['corrected_error']:+.1%}",
+        )
+    console.print(t)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="quick calibration")
@@ -74,6 +147,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--micro-batch", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--series", type=int, default=5, help="jobs run through the service")
     args = ap.parse_args()
     import torch
 
@@ -125,14 +199,22 @@ def main() -> int:
     console.print(t)
     for r in rows:
         console.print(f"{r['case']}: predicted breakdown {r['predicted_breakdown_s']}")
+    series = run_series(args, profiles[1], console) if args.series else []
     OUT.mkdir(exist_ok=True)
-    (OUT / "closing_loop.json").write_text(json.dumps(rows, indent=1))
+    (OUT / "closing_loop.json").write_text(json.dumps({"cases": rows, "series": series}, indent=1))
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    if series:
+        runs = [r["run"] for r in series]
+        ax2.plot(runs, [abs(r["raw_error"]) for r in series], "o-", label="perf alone")
+        ax2.plot(runs, [abs(r["corrected_error"]) for r in series], "s-", label="with correction")
+        ax2.set_xlabel("job run through the service")
+        ax2.set_ylabel("|predicted / measured - 1|")
+        ax2.legend()
     xs = range(len(rows))
     ax.bar([x - 0.2 for x in xs], [r["measured_step_s"] for r in rows], 0.4, label="measured")
     ax.bar([x + 0.2 for x in xs], [r["predicted_step_s"] for r in rows], 0.4, label="perf")

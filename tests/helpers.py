@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from suanli.jobs.spec import parse_job_spec
@@ -13,20 +12,8 @@ from suanli.store.models import JobRow
 def submit(store: Store, spec: dict[str, Any]) -> int:
     """Queue a job as the API would (validated spec, one transaction); returns its id."""
     full = parse_job_spec({"name": "j", **spec}).model_dump()
-    now = time.time()
     with store.tx() as s:
-        row = JobRow(
-            name=full["name"],
-            owner="t",
-            spec=full,
-            state="queued",
-            attempts=0,
-            created_at=now,
-            updated_at=now,
-        )
-        s.add(row)
-        s.flush()
-        return row.id
+        return store.add_job(s, full, "t").id
 
 
 def get(store: Store, jid: int) -> JobRow:

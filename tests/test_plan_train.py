@@ -113,3 +113,18 @@ def test_device_counts_cover_small_counts_and_whole_nodes() -> None:
     assert device_counts(64, 8, None, None) == [1, 2, 4, 8, 16, 24, 32, 48, 64]
     assert device_counts(64, 8, 16, None) == [16]
     assert device_counts(8, 8, 16, None) == []  # cannot have more than the pool holds
+
+
+def test_measured_corrections_reorder_the_chips() -> None:
+    """A chip that finished jobs showed to run 3x slower than predicted loses its lead."""
+    kw = {"num_devices": 8, "seq_len": 1024, "global_batch": 512}
+    raw = plan("gpt2-small", ["h100-sxm", "a100-80gb"], 8, **kw)
+    assert raw.options[0]["accelerator"] == "h100-sxm"
+    fixed = plan("gpt2-small", ["h100-sxm", "a100-80gb"], 8, corrections={"h100-sxm": 3.0}, **kw)
+    assert fixed.options[0]["accelerator"] == "a100-80gb"
+    h100 = next(o for o in fixed.options if o["accelerator"] == "h100-sxm")
+    same = next(
+        o for o in raw.options if o["accelerator"] == "h100-sxm" and o["layout"] == h100["layout"]
+    )
+    assert h100["time_to_train_s"] == pytest.approx(3 * same["time_to_train_s"])
+    assert h100["correction"] == 3.0

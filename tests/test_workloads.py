@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,18 +37,33 @@ TINY = {
 }
 
 
-def test_calibrate_measures_and_perf_uses_the_measured_rates(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """`suanli calibrate --quick --json --save` once, for real, into a data dir."""
+    import torch
     from typer.testing import CliRunner
 
     from suanli.cli import app
 
-    monkeypatch.setenv("SUANLI_DATA_DIR", str(tmp_path))
-    run = CliRunner().invoke(app, ["calibrate", "--quick", "--json", "--save"])
+    data = tmp_path_factory.mktemp("data")
+    torch.set_num_threads(os.cpu_count() or 1)  # what a one-process job gets
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SUANLI_DATA_DIR", str(data))
+    try:
+        run = CliRunner().invoke(app, ["calibrate", "--quick", "--json", "--save"])
+    finally:
+        mp.undo()
     assert run.exit_code == 0, run.output
-    prof = json.loads(run.output)
-    assert prof["wall_s"] < 60 and Path(prof["saved_to"]).parent == tmp_path / "profiles"
+    prof: dict[str, Any] = json.loads(run.output)
+    return data, prof
+
+
+def test_calibrate_measures_and_perf_uses_the_measured_rates(
+    calibrated: tuple[Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, prof = calibrated
+    monkeypatch.setenv("SUANLI_DATA_DIR", str(data))
+    assert prof["wall_s"] < 60 and Path(prof["saved_to"]).parent == data / "profiles"
     for key in ("device", "gemm_tflops", "memory_bandwidth_gbs", "attention", "allreduce_gbs"):
         assert prof[key], key
     assert set(prof["gemm_tflops"]) == {"fp32", "bf16"}
@@ -127,3 +145,61 @@ def test_train_lm_runs_as_a_two_process_gang(tmp_path: Path, parallel: str) -> N
     assert summary["world_size"] == 2 and summary["parallel"] == parallel
     shards = sorted(f.name for f in (tmp_path / "ckpt").iterdir())
     assert shards == (["rank0.pt", "rank1.pt"] if parallel == "fsdp" else ["rank0.pt"])
+
+
+def test_the_service_records_measured_vs_predicted_and_corrects(
+    calibrated: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """Three real train_lm jobs through the loop: each is predicted from the measured
+    profile, and the correction learned from the earlier runs shrinks the error."""
+    from fastapi.testclient import TestClient
+
+    from suanli.api import create_app
+    from suanli.run.devices import detect
+    from suanli.run.local import LocalExecutor
+    from suanli.service.loop import Loop
+    from suanli.store import Store
+    from suanli.store.models import PerfRecordRow
+    from tests.helpers import get, submit
+
+    data, _ = calibrated
+    store = Store.sqlite(tmp_path)
+    loop = Loop(store, LocalExecutor(tmp_path / "logs", detect()), tick_s=0.05, data_dir=data)
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(TINY))
+    cmd = [sys.executable, "-m", "suanli.workloads.train_lm", "--model", str(cfg)]
+    cmd += ["--steps", "12", "--seq-len", "64", "--micro-batch", "2"]
+    for _ in range(3):
+        jid = submit(store, {"command": cmd, "resources": {"accelerator": "cpu", "cpu": 1}})
+        end = time.monotonic() + 120
+        while get(store, jid).state not in ("succeeded", "failed") and time.monotonic() < end:
+            loop.tick()
+            time.sleep(0.05)
+        assert get(store, jid).state == "succeeded", [e.message for e in store.events(jid)]
+        assert any(e.kind == "perf" for e in store.events(jid))
+    with store.tx() as s:
+        recs = list(s.query(PerfRecordRow).order_by(PerfRecordRow.id))
+    assert len(recs) == 3 and recs[0].chip == prof_name(calibrated[1]) + "@measured"
+    raw = abs(recs[2].predicted_s / recs[2].measured_s - 1)
+
+    factor = statistics.median(r.measured_s / r.predicted_s for r in recs[:2])
+    corrected = abs(recs[2].predicted_s * factor / recs[2].measured_s - 1)
+    assert corrected < raw or raw < 0.1  # (a perfect raw model leaves nothing to correct)
+    admin = store.create_token("admin", "admin")
+    rows = (
+        TestClient(create_app(store))
+        .get("/v1/corrections", headers={"Authorization": f"Bearer {admin}"})
+        .json()
+    )
+    assert rows == [
+        {"family": recs[0].family, "chip": recs[0].chip, "factor": rows[0]["factor"], "runs": 3}
+    ]
+    assert rows[0]["factor"] == pytest.approx(
+        statistics.median(r.measured_s / r.predicted_s for r in recs)
+    )
+
+
+def prof_name(prof: dict[str, Any]) -> str:
+    from suanli.calibration.profile import profile_name
+
+    return profile_name(prof)

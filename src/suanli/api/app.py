@@ -183,27 +183,13 @@ def create_app(store: Store) -> FastAPI:
                     {"error": "invalid job spec", "problems": [problem]}, status_code=422
                 )
         key = f"{who.owner}:{body.idempotency_key}" if body.idempotency_key else None
-        now = time.time()
         try:
             with store.tx() as s:
                 if key is not None:
                     old = s.scalar(select(JobRow).where(JobRow.idempotency_key == key))
                     if old is not None:
                         return JSONResponse({"id": old.id, "duplicate": True}, status_code=200)
-                row = JobRow(
-                    name=spec.name,
-                    owner=who.owner,
-                    spec=spec.model_dump(),
-                    state="queued",
-                    attempts=0,
-                    idempotency_key=key,
-                    created_at=now,
-                    updated_at=now,
-                )
-                s.add(row)
-                s.flush()
-                store.event(s, row.id, "submitted", f"by {who.owner}")
-                job_id = row.id
+                job_id = store.add_job(s, spec.model_dump(), who.owner, key).id
         except IntegrityError:  # a concurrent submit with the same key won the race
             with store.tx() as s:
                 old = s.scalar(select(JobRow).where(JobRow.idempotency_key == key))
@@ -419,6 +405,18 @@ def create_app(store: Store) -> FastAPI:
             "role": body.role,
             "owner": body.owner,
         }
+
+    @app.get("/v1/corrections")
+    def get_corrections(who: Caller) -> list[dict[str, Any]]:
+        """Per (model family, chip): measured / predicted step time of finished jobs."""
+        from suanli.calibration.feedback import stored_corrections
+
+        with store.tx() as s:
+            fixes = stored_corrections(s)
+        return [
+            {"family": fam, "chip": chip, "factor": v["factor"], "runs": v["runs"]}
+            for (fam, chip), v in sorted(fixes.items())
+        ]
 
     @app.get("/healthz")
     def health() -> dict[str, str]:

@@ -17,7 +17,9 @@ in suanli imports this module.
 
 from __future__ import annotations
 
+import math
 import os
+import queue
 import socket
 import time
 from collections.abc import Callable
@@ -215,12 +217,21 @@ def _allreduce_worker(
     out = {}
     for mb in sizes:
         x = torch.ones(int(mb * 2**20 // 4), device=dev)
+        # every rank must run the same number of all-reduces, or one waits for a partner
+        # that has moved on: time one, agree on the largest count, then run that many
+        dist.all_reduce(x)
+        sync()
+        t0 = time.perf_counter()
+        dist.all_reduce(x)
+        sync()
+        n = torch.tensor([max(1, math.ceil(0.2 / max(time.perf_counter() - t0, 1e-6)))])
+        dist.all_reduce(n, op=dist.ReduceOp.MAX)
         dist.barrier()
-
-        def reduce(x: Any = x) -> Any:
-            return dist.all_reduce(x)
-
-        t = _timed(reduce, sync, 0.2)
+        t0 = time.perf_counter()
+        for _ in range(int(n.item())):
+            dist.all_reduce(x)
+        sync()
+        t = (time.perf_counter() - t0) / int(n.item())
         # bus bandwidth: what each link carries in a ring, the figure NCCL's tests report
         out[f"{mb:g}"] = round(2 * (world - 1) / world * x.numel() * 4 / t / 1e9, 3)
     if rank == 0:
@@ -249,7 +260,16 @@ def allreduce(device: str, plan: Plan, world: int = 2) -> dict[str, float]:
     for p in procs:
         p.start()
     try:
-        result: dict[str, float] = q.get(timeout=300)
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                result: dict[str, float] = q.get(timeout=0.5)
+                break
+            except queue.Empty:
+                dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+                if dead or time.monotonic() > deadline:
+                    why = f"a worker exited {dead[0]}" if dead else "no result in 300 s"
+                    raise SuanliError(f"all-reduce benchmark failed: {why}") from None
     finally:
         for p in procs:
             p.join(timeout=60)

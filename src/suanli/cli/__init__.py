@@ -13,6 +13,7 @@ from suanli.cli.export_cmd import export_app
 from suanli.cli.plan_cmd import plan_app
 from suanli.cli.service_cmd import (
     cancel_cmd,
+    corrections_cmd,
     job_cmd,
     jobs_cmd,
     logs_cmd,
@@ -47,6 +48,7 @@ app.command("logs")(logs_cmd)
 app.command("cancel")(cancel_cmd)
 app.command("nodes")(nodes_cmd)
 app.command("queues")(queues_cmd)
+app.command("corrections")(corrections_cmd)
 app.add_typer(token_app, name="token")
 
 

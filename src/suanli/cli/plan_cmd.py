@@ -7,8 +7,10 @@ JSON: ``{"options": [...], "rejected": {...}, "candidates_evaluated": n,
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -102,6 +104,20 @@ def _hours(seconds: float) -> str:
     return f"{seconds / 3600:,.1f} h" if seconds < 86400 * 3 else f"{seconds / 86400:,.1f} d"
 
 
+def _corrections(path: Path | None, family: str) -> dict[str, float]:
+    """This model family's factors per chip from a saved ``GET /v1/corrections`` answer."""
+    if path is None:
+        return {}
+    try:
+        rows = json.loads(path.read_text())
+        return {str(r["chip"]): float(r["factor"]) for r in rows if r["family"] == family}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(
+            f"--corrections {path}: not a corrections file ({exc}); "
+            "save one with: suanli corrections --json > corrections.json"
+        ) from exc
+
+
 @plan_app.command("train")
 def train_cmd(
     model: Annotated[str, typer.Option("--model", help="Catalog name or config.json path.")],
@@ -120,6 +136,13 @@ def train_cmd(
     budget_usd: Annotated[float | None, typer.Option("--budget-usd")] = None,
     objective: Annotated[str, typer.Option("--objective", help="time, cost or energy.")] = "time",
     top: Top = 5,
+    corrections: Annotated[
+        Path | None,
+        typer.Option(
+            "--corrections",
+            help="JSON from GET /v1/corrections: measured/predicted per (family, chip).",
+        ),
+    ] = None,
     json_out: Json = False,
 ) -> None:
     """Best chips, device count and parallel layout to train on T tokens."""
@@ -152,6 +175,7 @@ def train_cmd(
         objective=objective,
         top=top,
         hetero=pool is not None,  # two-type pipelines need a real pool with stock limits
+        corrections=_corrections(corrections, arch.family or arch.name),
     )
     with _progress(not json_out, "searching layouts") as progress:
         result = plan_train(req, progress=progress)

@@ -205,3 +205,17 @@ def token_create(
     """Create a token (admin only)."""
     out = _call("POST", "/v1/tokens", json={"role": role, "owner": owner})
     print_json(out) if json_out else console.print(out["token"])
+
+
+def corrections_cmd(json_out: Json = False) -> None:
+    """Measured / predicted step time per (model family, chip), from finished jobs."""
+    rows = _call("GET", "/v1/corrections")
+    if json_out:
+        print_json(rows)
+        return
+    t = Table(title="perf corrections (measured / predicted)", title_justify="left")
+    for col in ("family", "chip", "factor", "runs"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["family"], r["chip"], f"{r['factor']:.3f}", str(r["runs"]))
+    console.print(t)

@@ -58,6 +58,9 @@ class TrainRequest:
     top: int = 5
     #: Try pipelines across two chip types (meaningful for a real pool with stock limits).
     hetero: bool = True
+    #: measured / predicted step time per chip for this model's family, from finished jobs
+    #: (``GET /v1/corrections``); a chip without one is taken as predicted
+    corrections: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def device_counts(
@@ -277,7 +280,8 @@ def _option(
     req: TrainRequest, entry: PoolEntry, n: int, lay: TrainLayout, est: Any
 ) -> dict[str, Any]:
     steps = req.tokens / (lay.global_batch * lay.seq_len)
-    t = steps * est.step_time_s
+    factor = req.corrections.get(entry.accelerator, 1.0)
+    t = steps * est.step_time_s * factor
     price = entry.price_usd_per_hour
     cost = price * n * t / 3600 if price is not None else est.cost_usd * steps
     return {
@@ -289,7 +293,8 @@ def _option(
         "time_to_train_s": t,
         "cost_usd": cost,
         "cost_basis": "rental" if price is not None else "electricity only (no public price)",
-        "energy_j": est.energy_j * steps,
+        "energy_j": est.energy_j * steps * factor,
+        "correction": factor,
         "why": explain_option(est, lay),
     }
 

@@ -30,11 +30,13 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session as DbSession
 
+from suanli.calibration import feedback
 from suanli.cluster.state import ClusterState, NodeSpec, Site
 from suanli.cluster.task import MILLI, Task
 from suanli.jobs.resolve import eligible_types, wants_devices
@@ -69,9 +71,11 @@ class Loop:
         policy: str = "priority",
         tick_s: float = 0.2,
         grace_s: float = GRACE_S,
+        data_dir: Path | None = None,
     ) -> None:
         self.store = store
         self.executor = executor
+        self.data_dir = data_dir  # where measured device profiles are (None: the default)
         config = NAMED[policy]
         if "region" not in config.filters:  # a job's allowed regions bind live, always
             config = replace(config, filters=[*config.filters, "region"])
@@ -266,6 +270,7 @@ class Loop:
                 ):
                     continue  # a retry waits out its backoff
                 pending.append(self._job(row, JobSpec.model_validate(row.spec), types))
+            self._affinity(s, [JobSpec.model_validate(r.spec) for r in queued], types)
             stored = {
                 q.name: Queue(q.name, q.weight, dict(q.quota_milli), q.reclaimable)
                 for q in s.scalars(select(QueueRow))
@@ -338,6 +343,7 @@ class Loop:
             preemptible=spec.preemptible,
             queue=spec.queue,
             regions=frozenset(spec.regions),
+            labels={"workload": feedback.family_of(r.model)} if r.model else {},
         )
         members = spec.gang or 1
         return Job(
@@ -393,6 +399,25 @@ class Loop:
         where = ", ".join(f"rank {h.rank} {h.node}/{h.ref or h.pid}" for h in handles)
         self.store.event(s, row.id, "started", f"{where} devices [{row.devices}]")
 
+    # --- closing the loop ------------------------------------------------------------
+    def _record_perf(self, s: DbSession, row: JobRow) -> None:
+        rank0 = next((h for h in _members(row) if h.rank == 0), None)
+        if rank0 is not None:
+            feedback.record(self.store, s, row.id, self.executor.logs(rank0), self.data_dir)
+
+    def _affinity(self, s: DbSession, specs: list[JobSpec], types: list[str]) -> None:
+        """Feed perf x correction to a performance-affinity scorer, if the policy has one."""
+        plugin = next((p for p, _ in self.framework.scorers if p.name == "perf-affinity"), None)
+        models = {sp.resources.model for sp in specs if sp.resources.model}
+        if plugin is None or not models:
+            return
+        fixes = feedback.stored_corrections(s)
+        for model in models:
+            for chip in types:
+                rate = feedback.throughput(model, chip, fixes)
+                if rate:
+                    plugin.throughput[(feedback.family_of(model), chip)] = rate  # type: ignore[attr-defined]
+
     # --- helpers -------------------------------------------------------------------
     def _finish(self, s: DbSession, row: JobRow, code: int | None, why: str) -> None:
         spec = JobSpec.model_validate(row.spec)
@@ -400,6 +425,7 @@ class Loop:
         row.stop_reason = row.stop_deadline = None
         if code == 0:
             row.state = "succeeded"
+            self._record_perf(s, row)
         elif row.attempts <= spec.retries:
             row.state = "queued"  # retry
         else:

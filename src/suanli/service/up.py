@@ -48,7 +48,7 @@ def serve(
         token_file.write_text(token + "\n")
         token_file.chmod(0o600)
         print(f"admin token (also in {token_file}): {token}", flush=True)
-    loop = Loop(store, ex)
+    loop = Loop(store, ex, data_dir=data_dir)
     nodes = ex.nodes()
     thread = threading.Thread(target=loop.run_forever, name="suanli-loop", daemon=True)
     thread.start()

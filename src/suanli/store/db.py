@@ -8,11 +8,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from suanli.store.models import JobEventRow, TokenRow
+from suanli.store.models import JobEventRow, JobRow, TokenRow
 
 
 def hash_token(token: str) -> str:
@@ -86,6 +87,26 @@ class Store:
             return s.scalar(select(TokenRow).where(TokenRow.role == "admin").limit(1)) is not None
 
     # --- jobs --------------------------------------------------------------------
+    def add_job(
+        self, s: Session, spec: dict[str, Any], owner: str, idempotency_key: str | None = None
+    ) -> JobRow:
+        """Queue a validated job spec (``JobSpec.model_dump()``) in transaction ``s``."""
+        now = time.time()
+        row = JobRow(
+            name=str(spec["name"]),
+            owner=owner,
+            spec=spec,
+            state="queued",
+            attempts=0,
+            idempotency_key=idempotency_key,
+            created_at=now,
+            updated_at=now,
+        )
+        s.add(row)
+        s.flush()
+        self.event(s, row.id, "submitted", f"by {owner}")
+        return row
+
     def event(self, s: Session, job_id: int, kind: str, message: str) -> None:
         s.add(JobEventRow(job_id=job_id, at=time.time(), kind=kind, message=message))
 

@@ -95,3 +95,16 @@ class NodeRow(Base):
     devices: Mapped[list[dict[str, object]]] = mapped_column(JSON)
     labels: Mapped[dict[str, str]] = mapped_column(JSON)
     heartbeat_at: Mapped[float] = mapped_column(Float)
+
+
+class PerfRecordRow(Base):
+    """A finished job's measured step time beside what the perf model predicted for it."""
+
+    __tablename__ = "perf_records"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    family: Mapped[str] = mapped_column(String(63))  # the model family (catalog `family`)
+    chip: Mapped[str] = mapped_column(String(127))  # accelerator, or NAME@measured
+    measured_s: Mapped[float] = mapped_column(Float)
+    predicted_s: Mapped[float] = mapped_column(Float)
+    at: Mapped[float] = mapped_column(Float)

@@ -125,6 +125,13 @@ def corpus_bytes(path: str | None, limit_mb: float = 8.0) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
 
 
+def _device_name(device: torch.device) -> str:
+    """The same name `suanli calibrate` gives the device, so a profile can be found."""
+    from suanli.calibration.micro import device_name
+
+    return device_name(str(device))
+
+
 def _save(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -223,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             metric = {
                 "step": step,
-                "loss": round(float(loss), 4),
+                "loss": round(float(loss.detach()), 4),
                 "step_time_s": round(dt, 5),
                 "tokens_per_s": round(tokens * world / dt, 1),
             }
@@ -246,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
         summary = {
             "summary": True,
             "model": arch.name,
+            "model_ref": args.model,  # what get_model() reads back (a name or a path)
+            "family": arch.family or arch.name,
+            "device": device.type,
+            "device_name": _device_name(device),
+            "threads": torch.get_num_threads(),
+            "precision": args.precision,
             "params": n_params,
             "world_size": world,
             "parallel": args.parallel if world > 1 else "single",
@@ -254,7 +267,9 @@ def main(argv: list[str] | None = None) -> int:
             "steps": step,
             "median_step_time_s": round(statistics.median(steady), 5),
             "tokens_per_s": round(tokens * world / statistics.median(steady), 1),
-            "final_loss": round(float(loss), 4) if not math.isnan(float(loss)) else None,
+            "final_loss": None
+            if math.isnan(float(loss.detach()))
+            else round(float(loss.detach()), 4),
         }
         print(METRIC, json.dumps(summary), flush=True)
     if world > 1:
