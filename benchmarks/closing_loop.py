@@ -7,12 +7,14 @@
    device of each DDP member), all-reduce across two processes included.
 2. ``suanli.workloads.train_lm`` trains the model for real: one process, then
    two processes with DDP (the torchrun environment the executor sets).
-3. The perf model predicts both steps from the measured profiles alone (no
+3. ``suanli.workloads.serve_lm``'s engine decodes 8 sequences at once (bf16
+   weights, then int8), and perf predicts its decode tokens/s.
+4. The perf model predicts every case from the measured profiles alone (no
    parameter is fitted to these runs) and the benchmark prints measured vs
    predicted with the error, plus where the measured step went (PyTorch's
    profiler, by operator) so the error has a cause, not just a size.
 
-4. ``--series K``: K train_lm jobs run through the service's scheduling loop
+5. ``--series K``: K train_lm jobs run through the service's scheduling loop
    (local executor, a throwaway store); after each, the service records
    measured vs predicted and the next prediction is multiplied by the
    correction learned from the runs before it — the table shows the error of
@@ -64,6 +66,52 @@ def train(model: str, steps: int, mb: int, seq: int, world: int) -> dict[str, An
     last = [ln for ln in outs[0].splitlines() if ln.startswith("suanli-metric")][-1]
     result: dict[str, Any] = json.loads(last.removeprefix("suanli-metric "))
     return result
+
+
+def serve(model: str, batch: int, prompt_len: int, out_len: int, quantize: str) -> float:
+    """Measured decode tokens/s of serve_lm's engine with ``batch`` sequences in flight."""
+    import argparse
+    import time
+
+    from suanli.workloads.serve_lm import Request, build
+
+    ns = argparse.Namespace(
+        model=model,
+        ckpt=None,
+        quantize=quantize,
+        dtype="bf16",
+        slots=batch,
+        max_len=prompt_len + out_len + 1,
+        seed=0,
+    )
+    eng = build(ns)
+    reqs = [Request([i % 200 + 32] * prompt_len, out_len, 0.0) for i in range(batch)]
+    for r in reqs:
+        eng.waiting.put(r)
+    eng.step()  # admission: every prompt is prefilled, then decode alone is timed
+    tokens, t0 = 0, time.perf_counter()
+    while not all(r.done.done() for r in reqs):
+        tokens += eng.step()
+    return tokens / (time.perf_counter() - t0)
+
+
+def predict_serve(
+    model: str, profile: dict[str, Any], batch: int, prompt_len: int, out_len: int, wdt: str
+) -> float:
+    from suanli.perf import estimate_serve
+
+    acc = measured_accelerator(profile)
+    est = estimate_serve(
+        get_model(model),
+        make_system(acc),
+        num_devices=1,
+        tp=1,
+        batch=batch,
+        input_len=prompt_len,
+        output_len=out_len,
+        weight_dtype=wdt,
+    )
+    return batch / est.tpot_s
 
 
 def predict(model: str, profile: dict[str, Any], mb: int, seq: int, world: int) -> dict[str, Any]:
@@ -155,7 +203,7 @@ def main() -> int:
     cores = os.cpu_count() or 1
     rows = []
     with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("calibrate + train", total=4)
+        task = bar.add_task("calibrate, train, serve", total=6)
         profiles = {}
         for world in (1, 2):
             torch.set_num_threads(max(1, cores // world))
@@ -183,6 +231,24 @@ def main() -> int:
                 }
             )
             bar.advance(task)
+        torch.set_num_threads(cores)
+        for quantize, wdt in (("none", "bf16"), ("int8", "int8")):
+            got_tps = serve(args.model, 8, 64, 64, quantize)
+            pred_tps = predict_serve(args.model, profiles[1], 8, 64, 64, wdt)
+            rows.append(
+                {
+                    "case": f"serve_lm decode, batch 8, {wdt} weights",
+                    "threads_per_process": profiles[1]["threads"],
+                    "measured_tokens_per_s": round(got_tps, 1),
+                    "predicted_tokens_per_s": round(pred_tps, 1),
+                    # the same sign convention as step times: negative = perf too optimistic
+                    "error": round(got_tps / pred_tps - 1, 4),
+                    "measured_step_s": round(8 / got_tps, 5),
+                    "predicted_step_s": round(8 / pred_tps, 5),
+                    "predicted_breakdown_s": {},
+                }
+            )
+            bar.advance(task)
     t = Table(title=f"{args.model} on this CPU: measured vs perf (from measured profiles)")
     for col in ("case", "threads", "measured s/step", "predicted s/step", "error", "within 20%"):
         t.add_column(col)
@@ -198,7 +264,8 @@ def main() -> int:
         )
     console.print(t)
     for r in rows:
-        console.print(f"{r['case']}: predicted breakdown {r['predicted_breakdown_s']}")
+        if r["predicted_breakdown_s"]:
+            console.print(f"{r['case']}: predicted breakdown {r['predicted_breakdown_s']}")
     series = run_series(args, profiles[1], console) if args.series else []
     OUT.mkdir(exist_ok=True)
     (OUT / "closing_loop.json").write_text(json.dumps({"cases": rows, "series": series}, indent=1))
@@ -218,8 +285,9 @@ def main() -> int:
     xs = range(len(rows))
     ax.bar([x - 0.2 for x in xs], [r["measured_step_s"] for r in rows], 0.4, label="measured")
     ax.bar([x + 0.2 for x in xs], [r["predicted_step_s"] for r in rows], 0.4, label="perf")
-    ax.set_xticks(list(xs), [r["case"] for r in rows])
-    ax.set_ylabel("seconds per step")
+    ax.set_xticks(list(xs), [r["case"].replace(", ", "\n") for r in rows], fontsize=7)
+    ax.set_ylabel("seconds per step (decode: per token step)")
+    ax.set_yscale("log")
     ax.set_title(f"{args.model}: measured vs predicted")
     ax.legend()
     fig.tight_layout()

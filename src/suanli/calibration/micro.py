@@ -80,6 +80,7 @@ class Profile:
     memory_bandwidth_gbs: float = 0.0
     attention: dict[str, Any] = field(default_factory=dict)
     allreduce_gbs: dict[str, float] = field(default_factory=dict)  # MB -> bus GB/s
+    gemv_gbs: dict[str, float] = field(default_factory=dict)  # dtype -> weight GB/s at M=8
     dispatch_us: float = 0.0
     threads: int = 0
     torch_version: str = ""
@@ -148,6 +149,25 @@ def gemm(device: str, plan: Plan) -> dict[str, dict[str, float]]:
             t = _timed(mm, sync, plan.min_time_s)
             rates[str(n)] = round(2 * n**3 / t / 1e12, 4)
         out[name] = rates
+    return out
+
+
+def gemv(device: str, plan: Plan, tokens: int = 8) -> dict[str, float]:
+    """GB/s at which a decode-shaped GEMM (``tokens`` rows against a 64 MB weight) reads it."""
+    torch = _torch()
+    sync = _sync_for(torch, device)
+    out = {}
+    for name in ("bf16", "fp32"):
+        dtype = getattr(torch, _DTYPES[name])
+        w = torch.randn(64 * 2**20 // (2 if name == "bf16" else 4) // 1024, 1024, dtype=dtype)
+        w = w.to(device)
+        x = torch.randn(tokens, 1024, device=device, dtype=dtype)
+
+        def mv(x: Any = x, w: Any = w) -> Any:
+            return torch.nn.functional.linear(x, w)
+
+        t = _timed(mv, sync, plan.min_time_s)
+        out[name] = round(w.numel() * w.element_size() / t / 1e9, 2)
     return out
 
 
@@ -296,6 +316,7 @@ def calibrate(
     steps: list[tuple[str, Callable[[], None]]] = [
         ("GEMM", lambda: setattr(prof, "gemm_tflops", gemm(device, plan))),
         ("memory", lambda: setattr(prof, "memory_bandwidth_gbs", copy_bandwidth(device, plan))),
+        ("decode GEMV", lambda: setattr(prof, "gemv_gbs", gemv(device, plan))),
         ("attention", lambda: setattr(prof, "attention", attention(device, plan))),
         ("dispatch", lambda: setattr(prof, "dispatch_us", dispatch_us(device, plan))),
         ("all-reduce", lambda: setattr(prof, "allreduce_gbs", allreduce(device, plan))),

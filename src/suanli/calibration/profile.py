@@ -123,9 +123,13 @@ def measured_accelerator(
             "peak_tflops": f"best measured GEMM / gemm_eff_max, {when}",
             "memory_bandwidth_gbs": f"measured copy bandwidth / mem_bw_eff, {when}",
             "intra_node_link_gbs": f"2 x measured all-reduce bus bandwidth / link_eff, {when}",
+            "gemv_bandwidth_gbs": f"measured 8-token bf16 GEMM weight rate / mem_bw_eff, {when}",
             **({k: f"catalog {base.name}: {v}" for k, v in base.sources.items()} if base else {}),
         },
         price_usd_per_hour=base.price_usd_per_hour if base else None,
+        gemv_bandwidth_gbs=(
+            profile["gemv_gbs"]["bf16"] / e.mem_bw_eff if profile.get("gemv_gbs") else None
+        ),
         idle_w=base.idle_w if base else None,
         notes="a measured profile, not a data sheet",
     )

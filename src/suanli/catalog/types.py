@@ -46,6 +46,9 @@ class Accelerator:
     sources: dict[str, str]
     price_usd_per_hour: float | None = None
     idle_w: float | None = None
+    #: the rate skinny GEMMs (decode: a few tokens against all the weights) stream weights
+    #: at; data sheets do not give it, so it is None (= memory bandwidth) unless measured
+    gemv_bandwidth_gbs: float | None = None
     disputed: dict[str, str] = field(default_factory=dict)
     notes: str = ""
 

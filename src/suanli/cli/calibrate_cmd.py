@@ -71,6 +71,8 @@ def calibrate_cmd(
         fmt(prof["memory_bandwidth_gbs"]),
         fmt(base.memory_bandwidth_gbs) if base else "—",
     )
+    for dt, gbs in prof["gemv_gbs"].items():
+        t.add_row(f"decode GEMV {dt} weight GB/s", fmt(gbs), "")
     for seq, a in prof["attention"]["by_seq"].items():
         t.add_row(
             f"attention seq {seq}: fused / unfused TFLOP/s",

@@ -212,7 +212,8 @@ def _pass_time(
     peak16 = acc.peak("bf16") * 1e12
     bw = acc.memory_bandwidth_gbs * GB
     wb = BYTES_PER_ELEMENT[weight_dtype] + QUANT_SCALE_BYTES_PER_WEIGHT.get(weight_dtype, 0.0)
-    bw_w = bw * _bw_eff(e, weight_dtype)
+    # weights stream through skinny GEMMs: at the measured rate where there is one
+    bw_w = (acc.gemv_bandwidth_gbs or acc.memory_bandwidth_gbs) * GB * _bw_eff(e, weight_dtype)
     bw_a = bw * e.mem_bw_eff
     h = a.hidden
     layer_params = s.attn_params + s.dense_mlp_params  # dense layer
@@ -247,7 +248,10 @@ def _pass_time(
     head_w = a.vocab * h / tp * ACT_BYTES
     head_flops = 2 * lm_head_tokens * a.vocab * h / tp
     t_head = (
-        max(gemm_time(head_flops, lm_head_tokens, a.vocab / tp, h, peak16, bw_a, e), head_w / bw_a)
+        max(
+            gemm_time(head_flops, lm_head_tokens, a.vocab / tp, h, peak16, bw_a, e),
+            head_w / (bw_w if weight_dtype in ("bf16", "fp16") else bw_a),
+        )
         if lm_head_tokens
         else 0.0
     )

@@ -66,6 +66,10 @@ class Block(nn.Module):
         q, k = _rope(q, cos, sin), _rope(k, cos, sin)
         att = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         x = x + self.o(att.transpose(1, 2).reshape(b, t, self.nh * self.hd))
+        return self.mlp(x)
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual MLP half of the block (shared with serve_lm's cached path)."""
         u = self.up(self.norm2(x))
         if self.gated:
             g, u = u.chunk(2, dim=-1)

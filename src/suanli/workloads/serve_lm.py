@@ -1,0 +1,285 @@
+"""``python -m suanli.workloads.serve_lm``: an OpenAI-compatible completions server.
+
+It serves the GPT of ``train_lm`` (weights from a ``train_lm`` checkpoint, or
+seeded random ones for load tests) with the three things that make LLM serving
+fast: a KV cache (each sequence's keys and values are kept, so a new token
+costs one position, not the whole prefix), continuous batching (every decode
+step runs all active sequences together, and a finished sequence's slot takes
+a waiting request at the next step, not when the whole batch is done), and
+optional int8 weight-only quantization (weights stored in int8 with one scale
+per output channel: half the bytes a decode step must read).
+
+``POST /v1/completions`` takes ``{"prompt", "max_tokens", "temperature"}`` and
+answers in OpenAI's ``text_completion`` shape; tokens are bytes, as in
+training. ``GET /metrics`` reports what an autoscaler needs: queue length,
+in-flight requests, KV-cache use, and decode tokens/s over the last seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import threading
+import time
+import uuid
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, Field
+from torch import nn
+
+from suanli.catalog.loader import get_model
+from suanli.workloads.train_lm import GPT, Block, _rope
+
+
+class Int8Linear(nn.Module):
+    """Weight-only int8: per-output-channel symmetric scales.
+
+    On CPUs PyTorch's int8-weight GEMM (``_weight_int8pack_mm``, the kernel
+    gpt-fast and torchao use) reads the int8 weight directly; elsewhere the
+    weight is dequantized inside the matmul.
+    """
+
+    def __init__(self, lin: nn.Linear, dtype: torch.dtype) -> None:
+        super().__init__()
+        w = lin.weight.detach().float()
+        scale = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0
+        self.register_buffer("qweight", torch.round(w / scale[:, None]).to(torch.int8))
+        self.register_buffer("scale", scale.to(dtype))
+        self.bias = lin.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, scale = cast(torch.Tensor, self.qweight), cast(torch.Tensor, self.scale)
+        if x.device.type == "cpu" and hasattr(torch, "_weight_int8pack_mm"):
+            flat = x.reshape(-1, x.shape[-1])
+            y = torch._weight_int8pack_mm(flat, q, scale.to(x.dtype))
+            y = y.reshape(*x.shape[:-1], q.shape[0])
+            return y if self.bias is None else y + self.bias
+        return F.linear(x, q.to(x.dtype) * scale.to(x.dtype)[:, None], self.bias)
+
+
+def quantize_int8(model: nn.Module, dtype: torch.dtype) -> None:
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.Linear):
+            setattr(model, name, Int8Linear(child, dtype))
+        else:
+            quantize_int8(child, dtype)
+
+
+@dataclass
+class Request:
+    prompt: list[int]
+    max_tokens: int
+    temperature: float
+    done: Future[dict[str, Any]] = field(default_factory=Future)
+    out: list[int] = field(default_factory=list)
+    slot: int = -1
+    length: int = 0  # tokens in the cache
+    arrived: float = field(default_factory=time.monotonic)
+
+
+class Engine:
+    """The batch loop: admit waiting requests into free cache slots, decode all, repeat."""
+
+    def __init__(self, model: GPT, arch: Any, slots: int, max_len: int, dtype: torch.dtype) -> None:
+        self.model, self.arch, self.slots, self.max_len, self.dtype = (
+            model,
+            arch,
+            slots,
+            max_len,
+            dtype,
+        )
+        shape = (arch.layers, slots, arch.kv_heads, max_len, arch.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype)
+        self.v = torch.zeros(shape, dtype=dtype)
+        self.waiting: queue.Queue[Request] = queue.Queue()
+        self.active: dict[int, Request] = {}
+        self.decoded: deque[tuple[float, int]] = deque()  # (time, tokens) of recent steps
+        self.requests_total = 0
+        self._stop = threading.Event()
+
+    # --- the model with a cache ----------------------------------------------------
+    def _layers(self, x: torch.Tensor, pos: torch.Tensor, slots: list[int]) -> torch.Tensor:
+        """x: [B, T, h] at positions pos [B, T]; reads and writes the slots' caches."""
+        m = self.model
+        ang = pos.float()[..., None] * m.inv_freq  # type: ignore[operator]
+        cos, sin = ang.cos()[:, None], ang.sin()[:, None]
+        b, t, _ = x.shape
+        idx = torch.tensor(slots)
+        span = int(pos.max()) + 1
+        keep = torch.arange(span)[None, :] <= pos[:, -1:]  # [B, span]: valid cache positions
+        causal = torch.arange(span)[None, None, :] <= pos[:, :, None]  # [B, T, span]
+        mask = (keep[:, None, :] & causal)[:, None]  # [B, 1, T, span]
+        for i, blk in enumerate(cast(list[Block], list(m.blocks))):
+            y = blk.norm1(x)
+            q = blk.q(y).view(b, t, blk.nh, blk.hd).transpose(1, 2)
+            k, v = blk.kv(y).view(b, t, 2, blk.nkv, blk.hd).unbind(2)
+            k, v = k.transpose(1, 2), v.transpose(1, 2)
+            q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+            for j, s in enumerate(slots):  # write this step's keys and values
+                self.k[i, s, :, pos[j, 0] : pos[j, -1] + 1] = k[j]
+                self.v[i, s, :, pos[j, 0] : pos[j, -1] + 1] = v[j]
+            kc, vc = self.k[i, idx, :, :span], self.v[i, idx, :, :span]
+            att = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, enable_gqa=True)
+            x = blk.mlp(x + blk.o(att.transpose(1, 2).reshape(b, t, blk.nh * blk.hd)))
+        logits: torch.Tensor = m.head(m.norm(x))
+        return logits
+
+    def _sample(self, logits: torch.Tensor, temperature: float) -> int:
+        if temperature <= 0:
+            return int(logits.argmax())
+        probs = torch.softmax(logits.float() / temperature, dim=-1)
+        return int(torch.multinomial(probs, 1))
+
+    # --- the loop ------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self) -> int:
+        """Admit, prefill the newcomers, decode one token for every active sequence."""
+        free = [s for s in range(self.slots) if s not in self.active]
+        while free and not self.waiting.empty():
+            r = self.waiting.get()
+            r.slot = free.pop(0)
+            prompt = r.prompt[-(self.max_len - r.max_tokens) :] or [0]
+            ids = torch.tensor([prompt])
+            pos = torch.arange(len(prompt))[None]
+            logits = self._layers(self.model.embed(ids).to(self.dtype), pos, [r.slot])
+            r.length = len(prompt)
+            r.out.append(self._sample(logits[0, -1], r.temperature))
+            self.active[r.slot] = r
+        if not self.active:
+            return 0
+        reqs = [r for r in self.active.values() if len(r.out) < r.max_tokens]
+        if reqs:
+            ids = torch.tensor([[r.out[-1]] for r in reqs])
+            pos = torch.tensor([[r.length] for r in reqs])
+            logits = self._layers(self.model.embed(ids).to(self.dtype), pos, [r.slot for r in reqs])
+            for j, r in enumerate(reqs):
+                r.length += 1
+                r.out.append(self._sample(logits[j, -1], r.temperature))
+            self.decoded.append((time.monotonic(), len(reqs)))
+        for r in list(self.active.values()):
+            if len(r.out) >= r.max_tokens or r.length + 1 >= self.max_len:
+                del self.active[r.slot]
+                self.requests_total += 1
+                r.done.set_result(self._answer(r))
+        return len(reqs)
+
+    def _answer(self, r: Request) -> dict[str, Any]:
+        return {
+            "id": "cmpl-" + uuid.uuid4().hex[:12],
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self.arch.name,
+            "choices": [
+                {
+                    "index": 0,
+                    "text": bytes(t % 256 for t in r.out).decode("utf-8", errors="replace"),
+                    "finish_reason": "length",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": len(r.prompt),
+                "completion_tokens": len(r.out),
+                "total_tokens": len(r.prompt) + len(r.out),
+            },
+        }
+
+    def run_forever(self) -> None:
+        while not self._stop.is_set():
+            if not self.step():
+                time.sleep(0.002)
+
+    def metrics(self, window_s: float = 5.0) -> dict[str, Any]:
+        now = time.monotonic()
+        recent = [(t, n) for t, n in list(self.decoded) if now - t <= window_s]
+        while self.decoded and now - self.decoded[0][0] > 60:
+            self.decoded.popleft()
+        used = sum(r.length for r in list(self.active.values()))
+        span = (now - recent[0][0]) if len(recent) > 1 else 0.0
+        return {
+            "queue_length": self.waiting.qsize(),
+            "in_flight": len(self.active),
+            "kv_cache_used_tokens": used,
+            "kv_cache_capacity_tokens": self.slots * self.max_len,
+            "kv_cache_utilization": used / (self.slots * self.max_len),
+            "decode_tokens_per_s": sum(n for _, n in recent[1:]) / span if span else 0.0,
+            "requests_total": self.requests_total,
+        }
+
+
+def build(args: argparse.Namespace) -> Engine:
+    arch = get_model(args.model)
+    torch.manual_seed(args.seed)
+    model = GPT(arch)
+    if args.ckpt:
+        state = torch.load(args.ckpt, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    model = model.to(dtype).eval()
+    if args.quantize == "int8":
+        quantize_int8(model, dtype)
+    return Engine(model, arch, args.slots, args.max_len, dtype)
+
+
+class Completion(BaseModel):
+    """The OpenAI completions request fields this server honours."""
+
+    model: str | None = None
+    prompt: str = Field(max_length=100_000)
+    max_tokens: int = Field(default=16, ge=1, le=4096)
+    temperature: float = Field(default=0.0, ge=0.0, le=5.0)
+
+
+def app_for(engine: Engine) -> Any:
+    from fastapi import FastAPI
+
+    app = FastAPI(title="suanli serve_lm")
+
+    @app.post("/v1/completions")
+    async def complete(body: Completion) -> dict[str, Any]:
+        import asyncio
+
+        max_tokens = min(body.max_tokens, engine.max_len - 1)
+        r = Request(list(body.prompt.encode()), max_tokens, body.temperature)
+        engine.waiting.put(r)
+        return await asyncio.wrap_future(r.done)
+
+    @app.get("/metrics")
+    def metrics() -> dict[str, Any]:
+        return engine.metrics()
+
+    @app.get("/healthz")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="tiny-llama-40m")
+    ap.add_argument("--ckpt", default=None, help="a train_lm checkpoint (rank0.pt)")
+    ap.add_argument("--quantize", choices=["none", "int8"], default="none")
+    ap.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    ap.add_argument("--slots", type=int, default=8, help="sequences decoded together")
+    ap.add_argument("--max-len", type=int, default=512, help="tokens per sequence (cache)")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    import uvicorn
+
+    engine = build(args)
+    threading.Thread(target=engine.run_forever, name="engine", daemon=True).start()
+    print(f"serve_lm {args.model} on http://{args.host}:{args.port}", flush=True)
+    uvicorn.run(app_for(engine), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
