@@ -313,3 +313,30 @@ def test_serve_lm_answers_like_openai_over_http(tmp_path: Path) -> None:
     finally:
         srv.terminate()
         srv.wait(timeout=10)
+
+
+def test_a_new_node_is_calibrated_by_a_real_job(tmp_path: Path) -> None:
+    from suanli.run.devices import detect
+    from suanli.run.local import LocalExecutor
+    from suanli.service.loop import Loop
+    from suanli.store import Store
+    from suanli.store.models import JobRow
+    from tests.helpers import get
+
+    store = Store.sqlite(tmp_path)
+    ex = LocalExecutor(tmp_path / "logs", detect())
+    loop = Loop(store, ex, tick_s=0.05, data_dir=tmp_path, calibrate_new_nodes=True)
+    loop.tick()
+    with store.tx() as s:
+        jobs = list(s.query(JobRow))
+    assert [j.name for j in jobs] == ["calibrate-local"]
+    end = time.monotonic() + 120
+    while get(store, jobs[0].id).state not in ("succeeded", "failed") and time.monotonic() < end:
+        loop.tick()
+        time.sleep(0.05)
+    assert get(store, jobs[0].id).state == "succeeded"
+    assert len(list((tmp_path / "profiles").glob("*.json"))) == 1
+    again = Loop(store, ex, data_dir=tmp_path, calibrate_new_nodes=True)
+    again.tick()  # a node already known is not measured again
+    with store.tx() as s:
+        assert s.query(JobRow).count() == 1

@@ -66,12 +66,18 @@ def up_cmd(
         typer.Option("--ray-address", help="Ray dashboard address (default 127.0.0.1:8265)."),
     ] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
+    calibrate: Annotated[
+        bool,
+        typer.Option(
+            "--calibrate", help="Run `suanli calibrate` as a job on each new node (PyTorch)."
+        ),
+    ] = False,
 ) -> None:
     """Start the API, the scheduling loop and an executor (stop with Ctrl-C)."""
     from suanli.paths import default_data_dir
     from suanli.service.up import serve
 
-    serve(host, port, db, data_dir or default_data_dir(), executor, ray_address)
+    serve(host, port, db, data_dir or default_data_dir(), executor, ray_address, calibrate)
 
 
 def submit_cmd(

@@ -26,6 +26,7 @@ in one transaction, so a crash at any point loses no job.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -40,7 +41,7 @@ from suanli.calibration import feedback
 from suanli.cluster.state import ClusterState, NodeSpec, Site
 from suanli.cluster.task import MILLI, Task
 from suanli.jobs.resolve import eligible_types, wants_devices
-from suanli.jobs.spec import JobSpec
+from suanli.jobs.spec import JobSpec, Resources
 from suanli.run.executor import Executor, Handle, NodeInfo
 from suanli.run.local import Launch, free_port
 from suanli.sched.framework import Placement
@@ -72,10 +73,12 @@ class Loop:
         tick_s: float = 0.2,
         grace_s: float = GRACE_S,
         data_dir: Path | None = None,
+        calibrate_new_nodes: bool = False,
     ) -> None:
         self.store = store
         self.executor = executor
         self.data_dir = data_dir  # where measured device profiles are (None: the default)
+        self.calibrate_new_nodes = calibrate_new_nodes
         config = NAMED[policy]
         if "region" not in config.filters:  # a job's allowed regions bind live, always
             config = replace(config, filters=[*config.filters, "region"])
@@ -141,7 +144,11 @@ class Loop:
         with self.store.tx() as s:
             sites = {r.name: r for r in s.scalars(select(SiteRow))}
             for n in reported:
-                row = s.get(NodeRow, n.name) or NodeRow(name=n.name, owner="admin", site=None)
+                row = s.get(NodeRow, n.name)
+                if row is None:
+                    row = NodeRow(name=n.name, owner="admin", site=None)
+                    if self.calibrate_new_nodes:
+                        self._calibration_job(s, n)
                 sick = {d["index"] for d in row.devices or [] if not d.get("healthy", True)}
                 n = replace(
                     n,
@@ -400,6 +407,20 @@ class Loop:
         self.store.event(s, row.id, "started", f"{where} devices [{row.devices}]")
 
     # --- closing the loop ------------------------------------------------------------
+    def _calibration_job(self, s: DbSession, node: NodeInfo) -> None:
+        """A node seen for the first time gets measured: `suanli calibrate` as a real job."""
+        argv = [sys.executable, "-m", "suanli", "calibrate", "--quick", "--save", "--json"]
+        if self.data_dir is not None:
+            argv += ["--data-dir", str(self.data_dir)]
+        spec = JobSpec(
+            name=f"calibrate-{node.name}"[:63].rstrip("-"),
+            command=argv,
+            resources=Resources(accelerator="cpu", cpu=float(node.cpu_cores), memory_gb=2),
+            priority=100,  # before user work: the measured profile improves every estimate
+        )
+        s.flush()
+        self.store.add_job(s, spec.model_dump(), "admin")
+
     def _record_perf(self, s: DbSession, row: JobRow) -> None:
         rank0 = next((h for h in _members(row) if h.rank == 0), None)
         if rank0 is not None:

@@ -38,6 +38,7 @@ def serve(
     data_dir: Path,
     executor: str,
     ray_address: str | None = None,
+    calibrate: bool = False,
 ) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     ex = make_executor(executor, ray_address, data_dir / "logs")
@@ -48,7 +49,7 @@ def serve(
         token_file.write_text(token + "\n")
         token_file.chmod(0o600)
         print(f"admin token (also in {token_file}): {token}", flush=True)
-    loop = Loop(store, ex, data_dir=data_dir)
+    loop = Loop(store, ex, data_dir=data_dir, calibrate_new_nodes=calibrate)
     nodes = ex.nodes()
     thread = threading.Thread(target=loop.run_forever, name="suanli-loop", daemon=True)
     thread.start()
