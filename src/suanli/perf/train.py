@@ -40,6 +40,10 @@ ACT_BYTES = 2.0  # bf16/fp16 activations moved by collectives and elementwise op
 #: Adam step per parameter: read fp32 master, m, v and the gradient; write master, m,
 #: v and the bf16 weight copy.
 ADAM_BYTES_MOVED = 30.0
+#: Cross-entropy traffic per logit: cast the bf16 logits to fp32 (2 + 4 bytes), max and
+#: log-softmax (4 + 4 + 4), its gradient (4 + 4) and the cast back (4 + 2) — Megatron's
+#: vocab-parallel cross entropy and PyTorch's F.cross_entropy on .float() logits alike.
+LOSS_BYTES_PER_LOGIT = 32.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,9 +235,11 @@ def estimate_train(
     attn_l = layers_stage * attn_layer
     over_l = layers_stage * overhead * passes
 
-    # LM head (and loss) on the last stage: forward + backward
+    # LM head and loss on the last stage: forward + backward GEMMs, and the fp32
+    # cross-entropy passes over the (vocab-parallel) logits
     head_flops = 2 * tokens * a.vocab * h / tp
     t_head = 3 * gemm_time(head_flops, tokens, a.vocab / tp, h, peak, mem_bw, e)
+    t_head += tokens * a.vocab / tp * LOSS_BYTES_PER_LOGIT / mem_bw
     t_stage = gemm_l + elem_l + attn_l + comm_l + a2a_l + over_l + t_head
 
     # --- 2. pipeline ----------------------------------------------------------------
