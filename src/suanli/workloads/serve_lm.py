@@ -121,9 +121,13 @@ class Engine:
             k, v = blk.kv(y).view(b, t, 2, blk.nkv, blk.hd).unbind(2)
             k, v = k.transpose(1, 2), v.transpose(1, 2)
             q, k = _rope(q, cos, sin), _rope(k, cos, sin)
-            for j, s in enumerate(slots):  # write this step's keys and values
-                self.k[i, s, :, pos[j, 0] : pos[j, -1] + 1] = k[j]
-                self.v[i, s, :, pos[j, 0] : pos[j, -1] + 1] = v[j]
+            if t == 1:  # decode: every sequence's new position, in one scatter
+                self.k[i, idx, :, pos[:, 0]] = k[:, :, 0].to(self.dtype)
+                self.v[i, idx, :, pos[:, 0]] = v[:, :, 0].to(self.dtype)
+            else:  # prefill: one sequence, a run of positions
+                for j, s in enumerate(slots):
+                    self.k[i, s, :, pos[j, 0] : pos[j, -1] + 1] = k[j]
+                    self.v[i, s, :, pos[j, 0] : pos[j, -1] + 1] = v[j]
             kc, vc = self.k[i, idx, :, :span], self.v[i, idx, :, :span]
             att = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, enable_gqa=True)
             x = blk.mlp(x + blk.o(att.transpose(1, 2).reshape(b, t, blk.nh * blk.hd)))
@@ -158,9 +162,13 @@ class Engine:
             ids = torch.tensor([[r.out[-1]] for r in reqs])
             pos = torch.tensor([[r.length] for r in reqs])
             logits = self._layers(self.model.embed(ids).to(self.dtype), pos, [r.slot for r in reqs])
+            greedy = logits[:, -1].float().argmax(-1).tolist()  # one pass for all rows
             for j, r in enumerate(reqs):
                 r.length += 1
-                r.out.append(self._sample(logits[j, -1], r.temperature))
+                tok = (
+                    greedy[j] if r.temperature <= 0 else self._sample(logits[j, -1], r.temperature)
+                )
+                r.out.append(tok)
             self.decoded.append((time.monotonic(), len(reqs)))
         for r in list(self.active.values()):
             if len(r.out) >= r.max_tokens or r.length + 1 >= self.max_len:
