@@ -340,3 +340,24 @@ def test_a_new_node_is_calibrated_by_a_real_job(tmp_path: Path) -> None:
     again.tick()  # a node already known is not measured again
     with store.tx() as s:
         assert s.query(JobRow).count() == 1
+
+
+def _cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+@pytest.mark.skipif(not _cuda(), reason="no CUDA device on this machine (CPU paths run above)")
+def test_cuda_calibration_and_training_run_on_the_gpu(tmp_path: Path) -> None:
+    from suanli.calibration import micro
+
+    prof = micro.calibrate("cuda:0", quick=True).to_dict()
+    assert prof["device"] == "cuda:0" and prof["gemm_tflops"]["bf16"]
+    assert prof["memory_bandwidth_gbs"] > 100  # any datacenter GPU streams faster than this
+    proc = _train(tmp_path, "--steps", "3", "--device", "cuda")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert (
+        json.loads(out.strip().splitlines()[-1].removeprefix("suanli-metric "))["device"] == "cuda"
+    )
