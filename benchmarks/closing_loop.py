@@ -117,7 +117,9 @@ def predict_serve(
 def predict(model: str, profile: dict[str, Any], mb: int, seq: int, world: int) -> dict[str, Any]:
     acc = measured_accelerator(profile)
     system = make_system(acc, devices_per_node=max(world, 1))
-    lay = TrainLayout(dp=world, micro_batch=mb, global_batch=mb * world, seq_len=seq)
+    lay = TrainLayout(
+        dp=world, micro_batch=mb, global_batch=mb * world, seq_len=seq, grad_reduce_dtype="fp32"
+    )
     est = estimate_train(get_model(model), system, lay)
     return {"step_time_s": est.step_time_s, "breakdown_s": est.breakdown_s}
 

@@ -174,3 +174,20 @@ def test_efficiency_parameters_move_the_estimate() -> None:
     slow = estimate_train(m, sys_, lay, Efficiency(gemm_eff_max=0.4))
     fast = estimate_train(m, sys_, lay, Efficiency(gemm_eff_max=0.9))
     assert slow.step_time_s > 1.5 * fast.step_time_s
+
+
+def test_grad_reduce_dtype_and_cpu_collectives_that_cannot_hide() -> None:
+    from suanli.catalog import get_accelerator, get_model
+    from suanli.perf import TrainLayout, estimate_train, make_system
+
+    gpu = make_system(get_accelerator("a100-80gb"))
+    lay = TrainLayout(dp=8, micro_batch=1, global_batch=8, seq_len=2048)
+    bf16 = estimate_train(get_model("llama-2-7b"), gpu, lay)
+    fp32 = estimate_train(
+        get_model("llama-2-7b"), gpu, dataclasses.replace(lay, grad_reduce_dtype="fp32")
+    )
+    assert fp32.breakdown_s["dp_comm_total"] > 1.9 * bf16.breakdown_s["dp_comm_total"]
+    assert bf16.breakdown_s["dp_comm_exposed"] < bf16.breakdown_s["dp_comm_total"]  # overlapped
+    cpu = make_system(get_accelerator("xeon-8480"))
+    on_cpu = estimate_train(get_model("tiny-llama-40m"), cpu, lay)
+    assert on_cpu.breakdown_s["dp_comm_exposed"] == on_cpu.breakdown_s["dp_comm_total"] > 0

@@ -83,6 +83,7 @@ def predict(summary: dict[str, Any], data_dir: Path | None = None) -> tuple[str,
             micro_batch=int(summary["micro_batch"]),
             global_batch=int(summary["micro_batch"]) * world,
             seq_len=int(summary["seq_len"]),
+            grad_reduce_dtype="fp32",  # train_lm keeps fp32 master weights (autocast)
         )
         est = estimate_train(model, make_system(acc, devices_per_node=max(world, 1)), lay)
     except (SuanliError, KeyError, ValueError, TypeError):

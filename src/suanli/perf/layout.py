@@ -30,7 +30,8 @@ class TrainLayout:
     Megatron ``--overlap-grad-reduce``); ``overlap_tp_comm`` overlaps TP
     collectives with GEMMs (Megatron-Core ``--tp-comm-overlap``). ``dropout``
     adds attention and hidden dropout traffic (GPT-era training; Llama-era
-    recipes train without it). ``hierarchical_collectives=False`` models DP
+    recipes train without it). ``grad_reduce_dtype`` is what the DP collectives
+    carry. ``hierarchical_collectives=False`` models DP
     collectives issued as a flat ring in which each device's own NIC carries
     the whole inter-node volume, as early ZeRO-3 implementations did, instead
     of NCCL's multi-channel schedule that spreads it over a node's NICs.
@@ -54,6 +55,9 @@ class TrainLayout:
     overlap_tp_comm: bool = False
     dropout: bool = False
     hierarchical_collectives: bool = True
+    #: dtype gradients are reduced in: bf16 (Megatron's default) or fp32 (Megatron's
+    #: --accumulate-allreduce-grads-in-fp32; PyTorch DDP/FSDP over fp32 master weights)
+    grad_reduce_dtype: str = "bf16"
 
     @property
     def num_devices(self) -> int:
@@ -101,6 +105,8 @@ def check_layout(model: ModelArch, layout: TrainLayout, num_devices: int | None 
         raise InvalidLayoutError(f"zero stage must be 0, 1, 2 or 3, got {lay.zero}")
     if lay.dtype not in TRAIN_DTYPES:
         raise InvalidLayoutError(f"training dtype must be one of {', '.join(TRAIN_DTYPES)}")
+    if lay.grad_reduce_dtype not in ("bf16", "fp32"):
+        raise InvalidLayoutError("grad_reduce_dtype must be bf16 or fp32")
     if lay.recompute not in ("none", "selective", "full"):
         raise InvalidLayoutError("recompute must be none, selective or full")
     if model.heads % lay.tp:

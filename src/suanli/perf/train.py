@@ -258,7 +258,8 @@ def estimate_train(
     ranks_per_node = max(1, dpn // (tp * cp)) if tp * cp < dpn else 1
     if not lay.hierarchical_collectives:
         ranks_per_node = 1  # a flat ring: every hop is paced by one device's NIC
-    grad_bytes = dense_params * GRAD_BYTES
+    reduce_bytes = 4.0 if lay.grad_reduce_dtype == "fp32" else GRAD_BYTES
+    grad_bytes = dense_params * reduce_bytes
     t_dp = 0.0
     if shards > 1:
         if lay.zero == 0:
@@ -268,7 +269,7 @@ def estimate_train(
         else:  # ZeRO-3 keeps parameters sharded: only the gradient reduce-scatter
             t_dp = coll.reduce_scatter_s(grad_bytes, shards, ranks_per_node, system, e)
     if expert_params and shards // ep > 1:
-        t_dp += coll.all_reduce_s(expert_params * GRAD_BYTES, shards // ep, 1, system, e)
+        t_dp += coll.all_reduce_s(expert_params * reduce_bytes, shards // ep, 1, system, e)
     t_zero3 = 0.0
     if lay.zero == 3 and shards > 1:
         gathers = 3 if lay.recompute == "full" else 2  # forward, (recompute), backward
@@ -277,7 +278,8 @@ def estimate_train(
         one = coll.all_gather_s(per_layer / n_tensors, shards, ranks_per_node, system, e)
         t_zero3 = gathers * a.layers * n_tensors * one * m
     dp_total = t_dp + t_zero3
-    if lay.overlap_grad_reduce or lay.zero == 3:
+    # a CPU's collectives run on the cores that compute (gloo): nothing hides them
+    if (lay.overlap_grad_reduce or lay.zero == 3) and acc.kind != "cpu":
         # Gradients are reduced bucket by bucket during the backward pass; ZeRO-3
         # prefetches the next layer's parameters during this one's compute.
         window = t_compute if lay.zero == 3 else t_compute * 2 / 3
