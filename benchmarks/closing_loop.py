@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -38,10 +37,10 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from suanli.calibration import micro
+from suanli.calibration import feedback, micro
 from suanli.calibration.profile import measured_accelerator
 from suanli.catalog.loader import get_model
-from suanli.perf import TrainLayout, estimate_train, make_system
+from suanli.perf import make_system
 from suanli.run.local import free_port
 
 OUT = Path(__file__).parent / "out"
@@ -63,9 +62,10 @@ def train(model: str, steps: int, mb: int, seq: int, world: int) -> dict[str, An
     outs = [p.communicate()[0] for p in procs]
     if any(p.returncode for p in procs):
         raise SystemExit(f"train_lm failed: {outs}")
-    last = [ln for ln in outs[0].splitlines() if ln.startswith("suanli-metric")][-1]
-    result: dict[str, Any] = json.loads(last.removeprefix("suanli-metric "))
-    return result
+    summary = feedback.summary_of(outs[0])
+    if summary is None:
+        raise SystemExit(f"train_lm printed no summary: {outs[0][-2000:]}")
+    return summary
 
 
 def serve(model: str, batch: int, prompt_len: int, out_len: int, quantize: str) -> float:
@@ -114,13 +114,9 @@ def predict_serve(
     return batch / est.tpot_s
 
 
-def predict(model: str, profile: dict[str, Any], mb: int, seq: int, world: int) -> dict[str, Any]:
-    acc = measured_accelerator(profile)
-    system = make_system(acc, devices_per_node=max(world, 1))
-    lay = TrainLayout(
-        dp=world, micro_batch=mb, global_batch=mb * world, seq_len=seq, grad_reduce_dtype="fp32"
-    )
-    est = estimate_train(get_model(model), system, lay)
+def predict(summary: dict[str, Any], profile: dict[str, Any]) -> dict[str, Any]:
+    """What the service records for the run: perf on the run's measured profile."""
+    est = feedback.estimate_summary(summary, measured_accelerator(profile))
     return {"step_time_s": est.step_time_s, "breakdown_s": est.breakdown_s}
 
 
@@ -162,8 +158,11 @@ def run_series(args: argparse.Namespace, profile: dict[str, Any], console: Conso
             if not recs or recs[-1].job_id != jid:
                 raise SystemExit(f"job {jid} ({state}) left no perf record")
             last, before = recs[-1], recs[:-1]
-            ratios = sorted(r.measured_s / r.predicted_s for r in before)
-            factor = statistics.median(ratios) if ratios else 1.0
+            # the correction the service applied: learned from the runs before this one
+            fix = feedback.corrections(
+                (r.family, r.chip, r.measured_s, r.predicted_s) for r in before
+            )
+            factor = fix.get((last.family, last.chip), {}).get("factor", 1.0)
             out.append(
                 {
                     "run": k + 1,
@@ -213,7 +212,7 @@ def main() -> int:
             bar.advance(task)
         for world in (1, 2):
             got = train(args.model, args.steps, args.micro_batch, args.seq_len, world)
-            pred = predict(args.model, profiles[world], args.micro_batch, args.seq_len, world)
+            pred = predict(got, profiles[world])
             err = pred["step_time_s"] / got["median_step_time_s"] - 1
             rows.append(
                 {

@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 from suanli.run.devices import Inventory, detect, parse_npu_smi, parse_nvidia_smi
-from suanli.run.local import Launch, LocalExecutor, alive
+from suanli.run.executor import Launch
+from suanli.run.local import LocalExecutor, alive
 
 PY = sys.executable
 

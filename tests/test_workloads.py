@@ -20,6 +20,7 @@ import pytest
 
 pytest.importorskip("torch", reason="calibration and workloads need `pip install suanli[torch]`")
 
+from suanli.calibration.feedback import METRIC, summary_of
 from suanli.calibration.profile import best_gemm_tflops
 from suanli.catalog.loader import get_accelerator
 from suanli.perf.efficiency import default_efficiency
@@ -100,7 +101,7 @@ def test_train_lm_checkpoints_on_sigterm_and_resumes(tmp_path: Path) -> None:
     assert proc.stdout is not None
     seen = 0
     for line in proc.stdout:  # let it train a few real steps
-        if line.startswith("suanli-metric"):
+        if line.startswith(METRIC):
             seen += 1
             if seen == 3:
                 proc.send_signal(signal.SIGTERM)
@@ -114,7 +115,8 @@ def test_train_lm_checkpoints_on_sigterm_and_resumes(tmp_path: Path) -> None:
     text, _ = again.communicate(timeout=120)
     assert again.returncode == 0, text
     assert f"at step {stopped}" in text
-    summary = json.loads(text.strip().splitlines()[-1].removeprefix("suanli-metric "))
+    summary = summary_of(text)
+    assert summary is not None
     assert summary["steps"] == stopped + 2 and summary["final_loss"] > 0
 
 
@@ -141,7 +143,8 @@ def test_train_lm_runs_as_a_two_process_gang(tmp_path: Path, parallel: str) -> N
     ]
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    summary = json.loads(outs[0].strip().splitlines()[-1].removeprefix("suanli-metric "))
+    summary = summary_of(outs[0])
+    assert summary is not None
     assert summary["world_size"] == 2 and summary["parallel"] == parallel
     shards = sorted(f.name for f in (tmp_path / "ckpt").iterdir())
     assert shards == (["rank0.pt", "rank1.pt"] if parallel == "fsdp" else ["rank0.pt"])
@@ -358,6 +361,4 @@ def test_cuda_calibration_and_training_run_on_the_gpu(tmp_path: Path) -> None:
     proc = _train(tmp_path, "--steps", "3", "--device", "cuda")
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
-    assert (
-        json.loads(out.strip().splitlines()[-1].removeprefix("suanli-metric "))["device"] == "cuda"
-    )
+    assert (summary_of(out) or {}).get("device") == "cuda"

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session as DbSession
 
 from suanli.catalog.loader import accelerators
 from suanli.errors import SuanliError
@@ -249,6 +250,15 @@ def create_app(store: Store) -> FastAPI:
         if owner is not None and who.role != "admin" and owner != who.owner:
             raise HTTPException(403, detail=f"{what} belongs to another provider")
 
+    def check_site(s: DbSession, who: TokenRow, name: str | None) -> None:
+        """A node may be placed only in an existing site its owner manages."""
+        if name is None:
+            return
+        site = s.get(SiteRow, name)
+        if site is None:
+            raise HTTPException(422, detail=f"site: no site {name!r} (PUT /v1/sites first)")
+        may_manage(who, site.owner, f"site {name}")
+
     @app.get("/v1/sites")
     def list_sites(who: Caller) -> list[dict[str, Any]]:
         with store.tx() as s:
@@ -299,13 +309,7 @@ def create_app(store: Store) -> FastAPI:
                     detail=f"node {name} is reported by the {row.executor} executor; "
                     f"only its site can be set (PUT /v1/nodes/{name}/site)",
                 )
-            if body.site is not None:
-                site = s.get(SiteRow, body.site)
-                if site is None:
-                    raise HTTPException(
-                        422, detail=f"site: no site {body.site!r} (PUT /v1/sites first)"
-                    )
-                may_manage(who, site.owner, f"site {body.site}")
+            check_site(s, who, body.site)
             row = row or NodeRow(name=name, owner=who.owner, executor="agent")
             row.site, row.cpu_cores, row.memory_mib = body.site, body.cpu_cores, body.memory_mib
             row.devices = [
@@ -314,7 +318,7 @@ def create_app(store: Store) -> FastAPI:
                     "accelerator": d.accelerator,
                     "memory_mib": d.memory_mib
                     if d.memory_mib is not None
-                    else int(catalog[d.accelerator].memory_gb * 1e9 / 2**20),
+                    else catalog[d.accelerator].memory_mib,
                     "healthy": d.healthy,
                 }
                 for d in body.devices
@@ -331,11 +335,7 @@ def create_app(store: Store) -> FastAPI:
             if row is None:
                 raise HTTPException(404, detail=f"no node {name}")
             may_manage(who, row.owner, f"node {name}")
-            if body.site is not None:
-                site = s.get(SiteRow, body.site)
-                if site is None:
-                    raise HTTPException(422, detail=f"site: no site {body.site!r}")
-                may_manage(who, site.owner, f"site {body.site}")
+            check_site(s, who, body.site)
             row.site = body.site
             return node_view(row)
 

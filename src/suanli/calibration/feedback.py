@@ -27,9 +27,11 @@ from suanli.errors import SuanliError
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from suanli.catalog.types import Accelerator
+    from suanli.perf.train import TrainEstimate
     from suanli.store.db import Store
 
-METRIC = "suanli-metric "
+METRIC = "suanli-metric "  # the line prefix workloads report with (then one JSON object)
 WINDOW = 20  # runs a correction looks back over
 
 
@@ -64,31 +66,43 @@ def chip_of(summary: dict[str, Any], data_dir: Path | None = None) -> str | None
     return name if name in accelerators() else None
 
 
+def estimate_summary(summary: dict[str, Any], acc: Accelerator) -> TrainEstimate:
+    """Perf's estimate of the step a ``train_lm`` summary describes, on ``acc``.
+
+    train_lm keeps fp32 master weights under bf16 autocast, so DDP/FSDP reduce fp32
+    gradients; FSDP shards like ZeRO-3.
+    """
+    from suanli.catalog.loader import get_model
+    from suanli.perf import TrainLayout, estimate_train, make_system
+
+    model = get_model(str(summary.get("model_ref") or summary["model"]))
+    world = int(summary.get("world_size", 1))
+    lay = TrainLayout(
+        dp=world,
+        zero=3 if summary.get("parallel") == "fsdp" else 0,
+        micro_batch=int(summary["micro_batch"]),
+        global_batch=int(summary["micro_batch"]) * world,
+        seq_len=int(summary["seq_len"]),
+        grad_reduce_dtype="fp32",
+    )
+    return estimate_train(model, make_system(acc, devices_per_node=max(world, 1)), lay)
+
+
 def predict(summary: dict[str, Any], data_dir: Path | None = None) -> tuple[str, str, float] | None:
     """(family, chip, predicted step seconds) for a workload summary; None if it cannot be."""
     from suanli.calibration.profile import get_measured
-    from suanli.catalog.loader import get_accelerator, get_model
-    from suanli.perf import TrainLayout, estimate_train, make_system
+    from suanli.catalog.loader import get_accelerator
 
     chip = chip_of(summary, data_dir)
     if chip is None or "median_step_time_s" not in summary:
         return None
     try:
         acc = get_measured(chip, data_dir) if chip.endswith("@measured") else get_accelerator(chip)
-        model = get_model(str(summary.get("model_ref") or summary["model"]))
-        world = int(summary.get("world_size", 1))
-        lay = TrainLayout(
-            dp=world,
-            zero=3 if summary.get("parallel") == "fsdp" else 0,
-            micro_batch=int(summary["micro_batch"]),
-            global_batch=int(summary["micro_batch"]) * world,
-            seq_len=int(summary["seq_len"]),
-            grad_reduce_dtype="fp32",  # train_lm keeps fp32 master weights (autocast)
-        )
-        est = estimate_train(model, make_system(acc, devices_per_node=max(world, 1)), lay)
+        est = estimate_summary(summary, acc)
+        family = family_of(str(summary.get("model_ref") or summary["model"]))
     except (SuanliError, KeyError, ValueError, TypeError):
         return None  # a summary perf cannot model is recorded nowhere, not an error
-    return model.family or model.name, chip, est.step_time_s
+    return family, chip, est.step_time_s
 
 
 def corrections(

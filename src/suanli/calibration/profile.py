@@ -41,11 +41,11 @@ def profiles_dir(data_dir: Path | None = None) -> Path:
 def profile_name(profile: dict[str, Any]) -> str:
     """The catalog chip for a GPU if the name matches one, else a slug of the device name."""
     from suanli.catalog.loader import accelerators
-    from suanli.run.devices import _catalog_name
+    from suanli.run.devices import catalog_name
 
     name = str(profile["device_name"])
     if str(profile["device"]).startswith("cuda"):
-        match = _catalog_name(name, "nvidia")
+        match = catalog_name(name, "nvidia")
         if match in accelerators():
             return match
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "device"

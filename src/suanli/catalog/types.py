@@ -52,6 +52,11 @@ class Accelerator:
     disputed: dict[str, str] = field(default_factory=dict)
     notes: str = ""
 
+    @property
+    def memory_mib(self) -> int:
+        """Device memory in MiB (``memory_gb`` is SI, as data sheets give it)."""
+        return int(self.memory_gb * 1e9 / 2**20)
+
     def peak(self, dtype: str) -> float:
         """Dense peak TFLOP/s for ``dtype``, falling back to the nearest wider format.
 

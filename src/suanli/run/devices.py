@@ -45,7 +45,7 @@ def _run(argv: list[str]) -> str | None:
         return None
 
 
-def _catalog_name(model: str, vendor: str) -> str:
+def catalog_name(model: str, vendor: str) -> str:
     """Best catalog match for a tool's model string (e.g. "NVIDIA H100 80GB HBM3")."""
     words = set(re.findall(r"[a-z0-9]+", model.lower()))
 
@@ -76,7 +76,7 @@ def parse_nvidia_smi(text: str) -> list[Device]:
             out.append(
                 Device(
                     int(parts[0]),
-                    _catalog_name(parts[1], "nvidia"),
+                    catalog_name(parts[1], "nvidia"),
                     int(float(parts[2])),
                     "CUDA_VISIBLE_DEVICES",
                 )
@@ -96,7 +96,7 @@ def parse_npu_smi(text: str) -> list[Device]:
     out = []
     for m in re.finditer(r"^\|\s*(\d+)\s+(\w*9\d\d\w*|\w*310\w*)\s+\|", text, re.M):
         model = m.group(2)
-        name = _catalog_name(f"ascend {model}", "huawei")
+        name = catalog_name(f"ascend {model}", "huawei")
         out.append(Device(int(m.group(1)), name, 0, "ASCEND_RT_VISIBLE_DEVICES"))
     return out
 
@@ -111,7 +111,7 @@ def detect_cambricon() -> list[Device]:
     if not text:
         return []
     return [
-        Device(int(m.group(1)), _catalog_name(m.group(2), "cambricon"), 0, "MLU_VISIBLE_DEVICES")
+        Device(int(m.group(1)), catalog_name(m.group(2), "cambricon"), 0, "MLU_VISIBLE_DEVICES")
         for m in re.finditer(r"^\|\s*(\d+)\s+(MLU\w+)", text, re.M)
     ]
 
@@ -121,7 +121,7 @@ def detect_hygon() -> list[Device]:
     if not text:
         return []
     return [
-        Device(int(m.group(1)), _catalog_name(m.group(2), "hygon"), 0, "HIP_VISIBLE_DEVICES")
+        Device(int(m.group(1)), catalog_name(m.group(2), "hygon"), 0, "HIP_VISIBLE_DEVICES")
         for m in re.finditer(r"^\s*(\d+)\s+.*?(Z100|K100\w*)", text, re.M)
     ]
 

@@ -12,10 +12,27 @@ re-attach to members the old one started.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from suanli.run.local import Launch
+
+@dataclass(frozen=True)
+class Launch:
+    job_id: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    visible_env: str | None = None  # e.g. CUDA_VISIBLE_DEVICES
+    devices: tuple[int, ...] = ()
+    rank: int = 0
+    world_size: int = 1
+    master_port: int | None = None
+    master_addr: str = "127.0.0.1"
+    node: str = "local"
+    cpu: float = 1.0  # cores (the Ray executor asks Ray for them)
+    accelerator: str | None = None  # chip name, for executors that request it by name
+    gang: int = 1  # members started together by one executor call (Ray placement group)
+    member_nodes: tuple[str, ...] = ()  # with gang > 1: the node of each member
+    grace_s: float = 10.0  # between SIGTERM and SIGKILL, for executors that stop themselves
 
 
 @dataclass(frozen=True)

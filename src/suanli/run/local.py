@@ -19,33 +19,12 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
 from suanli.run.devices import Inventory
-from suanli.run.executor import DeviceInfo, Handle, NodeInfo
-
-
-@dataclass(frozen=True)
-class Launch:
-    job_id: str
-    argv: list[str]
-    env: dict[str, str] = field(default_factory=dict)
-    cwd: str | None = None
-    visible_env: str | None = None  # e.g. CUDA_VISIBLE_DEVICES
-    devices: tuple[int, ...] = ()
-    rank: int = 0
-    world_size: int = 1
-    master_port: int | None = None
-    master_addr: str = "127.0.0.1"
-    node: str = "local"
-    cpu: float = 1.0  # cores (the Ray executor asks Ray for them)
-    accelerator: str | None = None  # chip name, for executors that request it by name
-    gang: int = 1  # members started together by one executor call (Ray placement group)
-    member_nodes: tuple[str, ...] = ()  # with gang > 1: the node of each member
-    grace_s: float = 10.0  # between SIGTERM and SIGKILL, for executors that stop themselves
+from suanli.run.executor import DeviceInfo, Handle, Launch, NodeInfo
 
 
 def free_port() -> int:
@@ -142,27 +121,18 @@ class LocalExecutor:
         return _recorded(h, -9)  # no record: killed before it could say (SIGKILL)
 
     def stop(self, h: Handle, grace_s: float = 10.0) -> int | None:
-        """SIGTERM the process group; SIGKILL it if still alive after ``grace_s``."""
-        if not alive(h):
-            return self.poll(h)
-        try:
-            os.killpg(h.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return self.poll(h)
+        """`terminate`, wait up to ``grace_s``, then `kill`: the two steps the loop takes over
+        ticks, in one blocking call (for scripts and tests)."""
+        self.terminate(h)
         deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            code = self.poll(h)
-            if code is not None:
-                return code
+        while (code := self.poll(h)) is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(h.pid, signal.SIGKILL)
-        for _ in range(100):
-            code = self.poll(h)
-            if code is not None:
-                return code
-            time.sleep(0.02)
-        return self.poll(h)
+        if code is None:
+            self.kill(h)
+            deadline = time.monotonic() + 2.0
+            while (code := self.poll(h)) is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+        return code
 
 
 def _recorded(h: Handle, default: int) -> int:

@@ -32,8 +32,7 @@ from typing import Any
 
 from suanli.catalog.loader import accelerators
 from suanli.errors import SuanliError
-from suanli.run.executor import DeviceInfo, Handle, NodeInfo
-from suanli.run.local import Launch
+from suanli.run.executor import DeviceInfo, Handle, Launch, NodeInfo
 
 NODE_ID_LABEL = "ray.io/node-id"
 LOG_REFRESH_S = 1.0
@@ -58,7 +57,7 @@ def _devices(resources: dict[str, float], labels: dict[str, str]) -> list[Device
             key in RESERVED or name not in catalog or key.startswith(("node:", "accelerator_type"))
         ):
             continue
-        mem = int(catalog[name].memory_gb * 1e9 / 2**20) if name in catalog else 0
+        mem = catalog[name].memory_mib if name in catalog else 0
         for _ in range(int(amount)):
             out.append(
                 DeviceInfo(len(out), name, mem, "CUDA_VISIBLE_DEVICES" if key == "GPU" else "")

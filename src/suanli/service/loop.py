@@ -42,8 +42,8 @@ from suanli.cluster.state import ClusterState, NodeSpec, Site
 from suanli.cluster.task import MILLI, Task
 from suanli.jobs.resolve import eligible_types, wants_devices
 from suanli.jobs.spec import JobSpec, Resources
-from suanli.run.executor import Executor, Handle, NodeInfo
-from suanli.run.local import Launch, free_port
+from suanli.run.executor import Executor, Handle, Launch, NodeInfo
+from suanli.run.local import free_port
 from suanli.sched.framework import Placement
 from suanli.sched.policies import NAMED, build
 from suanli.sched.session import Job, Queue, Session
@@ -89,6 +89,8 @@ class Loop:
         self._stop = threading.Event()
         self.nodes: list[NodeInfo] = []
         self.node_sites: dict[str, Site] = {}
+        self._specs: dict[int, JobSpec] = {}
+        self._fixes: dict[tuple[str, str], dict[str, object]] | None = None  # corrections
         self._nodes_at = 0.0
         self.recover()
 
@@ -194,7 +196,7 @@ class Loop:
                     if c is None:
                         self.executor.kill(h)
             return
-        spec = JobSpec.model_validate(row.spec)
+        spec = self._spec(row)
         over = spec.max_runtime_s and row.started_at and now - row.started_at > spec.max_runtime_s
         if row.cancel_requested:
             self._begin_stop(s, row, "cancel", f"by request; SIGTERM, {self.grace_s:g} s grace")
@@ -221,6 +223,7 @@ class Loop:
         row.updated_at = now
         if reason == "cancel":
             row.state, row.exit_code = "cancelled", code
+            self._specs.pop(row.id, None)
             self.store.event(s, row.id, "cancelled", f"exit {code}")
         elif reason.startswith("preempt:"):
             # a preemption is not the job's failure: it does not use up a retry
@@ -249,8 +252,7 @@ class Loop:
             held: dict[str, tuple[Job, list[tuple[Task, Placement]]]] = {}
             waiting_for_victims = set()
             for row in running:
-                spec = JobSpec.model_validate(row.spec)
-                job = self._job(row, spec, types)
+                job = self._job(row, types)
                 binds = []
                 for task, h in zip(job.tasks, _members(row), strict=False):
                     node = index.get(h.node)
@@ -276,8 +278,8 @@ class Loop:
                     row.attempts
                 ):
                     continue  # a retry waits out its backoff
-                pending.append(self._job(row, JobSpec.model_validate(row.spec), types))
-            self._affinity(s, [JobSpec.model_validate(r.spec) for r in queued], types)
+                pending.append(self._job(row, types))
+            self._affinity(s, [self._spec(r) for r in queued], types)
             stored = {
                 q.name: Queue(q.name, q.weight, dict(q.quota_milli), q.reclaimable)
                 for q in s.scalars(select(QueueRow))
@@ -333,7 +335,15 @@ class Loop:
                 state.allocate(i, 0, 0, sick)
         return state, {n.name: i for i, n in enumerate(self.nodes)}
 
-    def _job(self, row: JobRow, spec: JobSpec, types: list[str]) -> Job:
+    def _spec(self, row: JobRow) -> JobSpec:
+        """The job's validated spec; a stored spec never changes, so it is parsed once."""
+        spec = self._specs.get(row.id)
+        if spec is None:
+            spec = self._specs[row.id] = JobSpec.model_validate(row.spec)
+        return spec
+
+    def _job(self, row: JobRow, types: list[str]) -> Job:
+        spec = self._spec(row)
         r = spec.resources
         gpus = r.devices if wants_devices(r) else 0
         milli = int(MILLI * r.fraction) if r.fraction else MILLI
@@ -366,7 +376,7 @@ class Loop:
         )
 
     def _start(self, s: DbSession, row: JobRow, placements: list[Placement]) -> None:
-        spec = JobSpec.model_validate(row.spec)
+        spec = self._spec(row)
         world = len(placements)
         master = self.nodes[placements[0].node]
         port = free_port() if world > 1 else None
@@ -425,6 +435,8 @@ class Loop:
         rank0 = next((h for h in _members(row) if h.rank == 0), None)
         if rank0 is not None:
             feedback.record(self.store, s, row.id, self.executor.logs(rank0), self.data_dir)
+            s.flush()
+            self._fixes = feedback.stored_corrections(s)  # only this loop writes records
 
     def _affinity(self, s: DbSession, specs: list[JobSpec], types: list[str]) -> None:
         """Feed perf x correction to a performance-affinity scorer, if the policy has one."""
@@ -432,7 +444,9 @@ class Loop:
         models = {sp.resources.model for sp in specs if sp.resources.model}
         if plugin is None or not models:
             return
-        fixes = feedback.stored_corrections(s)
+        if self._fixes is None:  # first use: what earlier runs of the service learned
+            self._fixes = feedback.stored_corrections(s)
+        fixes = self._fixes
         for model in models:
             for chip in types:
                 rate = feedback.throughput(model, chip, fixes)
@@ -441,7 +455,7 @@ class Loop:
 
     # --- helpers -------------------------------------------------------------------
     def _finish(self, s: DbSession, row: JobRow, code: int | None, why: str) -> None:
-        spec = JobSpec.model_validate(row.spec)
+        spec = self._spec(row)
         row.exit_code, row.updated_at = code, time.time()
         row.stop_reason = row.stop_deadline = None
         if code == 0:
@@ -451,4 +465,6 @@ class Loop:
             row.state = "queued"  # retry
         else:
             row.state = "failed"
+        if row.state != "queued":
+            self._specs.pop(row.id, None)  # over: its spec is not needed again
         self.store.event(s, row.id, row.state, why)

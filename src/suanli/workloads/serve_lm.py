@@ -101,19 +101,15 @@ class Engine:
     """The batch loop: admit waiting requests into free cache slots, decode all, repeat."""
 
     def __init__(self, model: GPT, arch: Any, slots: int, max_len: int, dtype: torch.dtype) -> None:
-        self.model, self.arch, self.slots, self.max_len, self.dtype = (
-            model,
-            arch,
-            slots,
-            max_len,
-            dtype,
-        )
+        self.model, self.arch, self.dtype = model, arch, dtype
+        self.slots, self.max_len = slots, max_len
         shape = (arch.layers, slots, arch.kv_heads, max_len, arch.head_dim)
         self.k = torch.zeros(shape, dtype=dtype)
         self.v = torch.zeros(shape, dtype=dtype)
         self.waiting: queue.Queue[Request] = queue.Queue()
         self.active: dict[int, Request] = {}
-        self.decoded: deque[tuple[float, int]] = deque()  # (time, tokens) of recent steps
+        # (time, tokens) of recent decode steps; bounded whether or not /metrics is read
+        self.decoded: deque[tuple[float, int]] = deque(maxlen=4096)
         self.requests_total = 0
         self._stop = threading.Event()
 
@@ -222,8 +218,6 @@ class Engine:
     def metrics(self, window_s: float = 5.0) -> dict[str, Any]:
         now = time.monotonic()
         recent = [(t, n) for t, n in list(self.decoded) if now - t <= window_s]
-        while self.decoded and now - self.decoded[0][0] > 60:
-            self.decoded.popleft()
         used = sum(r.length for r in list(self.active.values()))
         span = (now - recent[0][0]) if len(recent) > 1 else 0.0
         return {

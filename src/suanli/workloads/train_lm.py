@@ -38,10 +38,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from suanli.calibration.feedback import METRIC
 from suanli.catalog.loader import get_model
 from suanli.catalog.types import ModelArch
-
-METRIC = "suanli-metric"
 
 
 class Block(nn.Module):
@@ -238,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                 "step_time_s": round(dt, 5),
                 "tokens_per_s": round(tokens * world / dt, 1),
             }
-            print(METRIC, json.dumps(metric), flush=True)
+            print(METRIC + json.dumps(metric), flush=True)
         # agree on stopping, so every rank checkpoints the same step
         flag = torch.tensor([1.0 if stop["now"] else 0.0])
         if world > 1:
@@ -275,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             if math.isnan(float(loss.detach()))
             else round(float(loss.detach()), 4),
         }
-        print(METRIC, json.dumps(summary), flush=True)
+        print(METRIC + json.dumps(summary), flush=True)
     if world > 1:
         dist.destroy_process_group()
     return 0
