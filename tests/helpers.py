@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
 from typing import Any
 
 from suanli.jobs.spec import parse_job_spec
+from suanli.run.devices import Device, Inventory
 from suanli.store import Store
 from suanli.store.models import JobRow
+
+# a described machine (two A100s), so device pinning is checked without a GPU: each
+# member is a real process whose environment shows what it got
+A100 = Inventory(
+    cpu_cores=8,
+    memory_mib=64 * 1024,
+    devices=tuple(Device(i, "a100-80gb", 81920, "CUDA_VISIBLE_DEVICES") for i in range(2)),
+)
 
 
 def submit(store: Store, spec: dict[str, Any]) -> int:
@@ -21,3 +35,31 @@ def get(store: Store, jid: int) -> JobRow:
         row = s.get(JobRow, jid)
         assert row is not None
         return row
+
+
+def run_until(loop: Any, store: Store, jid: int, states: set[str], timeout: float = 20) -> JobRow:
+    """Tick ``loop`` until job ``jid`` is in one of ``states``."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        loop.tick()
+        row = get(store, jid)
+        if row.state in states:
+            return row
+        time.sleep(0.05)
+    raise AssertionError(f"job {jid} is {get(store, jid).state}, never reached {states}")
+
+
+def events(store: Store, jid: int) -> list[str]:
+    return [e.kind for e in store.events(jid)]
+
+
+def logs(row: JobRow) -> str:
+    return "".join(Path(str(m["stdout"])).read_text() for m in row.members or [])
+
+
+def reap(executor: Any) -> None:
+    """Leave no process of a local executor behind."""
+    for proc in list(executor._procs.values()):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -79,11 +79,14 @@ def test_volcano_jobs_validate_against_the_crd(
             "queue": "research",
             "priority": 5,
             "regions": ["cn-north"],
+            "node_selector": {"suanli.io/node": "n1"},
             **extra,
         }
     )
     obj = render(spec)
     jsonschema.validate(obj, volcano_schema(shared_dir))
+    pod = obj["spec"]["tasks"][0]["template"]["spec"]
+    assert pod["nodeSelector"] == {"suanli.io/node": "n1"}
     assert obj["kind"] == "Job" and obj["spec"]["queue"] == "research"
     assert obj["spec"]["minAvailable"] == (spec.gang or 1)
     limits = obj["spec"]["tasks"][0]["template"]["spec"]["containers"][0]["resources"]["limits"]
@@ -110,11 +113,12 @@ def test_services_render_as_deployments_the_client_accepts() -> None:
             "kind": "serve",
             "replicas": 3,
             "resources": {"accelerator": "h20", "devices": 1},
+            "node_selector": {"zone": "a"},
         }
     )
     obj = render(spec)
     dep = ApiClient()._ApiClient__deserialize(obj, "V1Deployment")  # offline model check
-    assert dep.spec.replicas == 3
+    assert dep.spec.replicas == 3 and dep.spec.template.spec.node_selector == {"zone": "a"}
     assert dep.spec.template.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1"
     assert dep.spec.selector.match_labels == dep.spec.template.metadata.labels
 

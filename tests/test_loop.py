@@ -6,31 +6,22 @@ a GPU: each member is a real process whose environment shows what it got.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from suanli.run.devices import Device, Inventory
 from suanli.run.local import LocalExecutor
 from suanli.service.loop import Loop
 from suanli.store import Store
-from suanli.store.models import JobRow, NodeRow, SiteRow
-from tests.helpers import get, submit
+from suanli.store.models import NodeRow, SiteRow
+from tests.helpers import A100, events, get, logs, reap, run_until, submit
 
 PY = sys.executable
-A100 = Inventory(
-    cpu_cores=8,
-    memory_mib=64 * 1024,
-    devices=tuple(Device(i, "a100-80gb", 81920, "CUDA_VISIBLE_DEVICES") for i in range(2)),
-)
 SHOW_ENV = (
     "import os; print(os.environ['RANK'], os.environ['WORLD_SIZE'], os.environ['MASTER_PORT'],"
-    " os.environ['CUDA_VISIBLE_DEVICES'], flush=True)"
+    " os.environ['CUDA_VISIBLE_DEVICES'], os.environ['LOCAL_RANK'], flush=True)"
 )
 
 
@@ -39,29 +30,7 @@ def rig(tmp_path: Path):  # type: ignore[no-untyped-def]
     store = Store.sqlite(tmp_path)
     loop = Loop(store, LocalExecutor(tmp_path / "logs", A100), tick_s=0.05, grace_s=3.0)
     yield store, loop
-    for proc in list(loop.executor._procs.values()):  # type: ignore[attr-defined]
-        with contextlib.suppress(ProcessLookupError):  # leave no process behind
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def run_until(loop: Loop, store: Store, jid: int, states: set[str], timeout: float = 20) -> JobRow:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        loop.tick()
-        row = get(store, jid)
-        if row.state in states:
-            return row
-        time.sleep(0.05)
-    raise AssertionError(f"job {jid} is {get(store, jid).state}, never reached {states}")
-
-
-def events(store: Store, jid: int) -> list[str]:
-    return [e.kind for e in store.events(jid)]
-
-
-def logs(row: JobRow) -> str:
-    return "".join(Path(str(m["stdout"])).read_text() for m in row.members or [])
+    reap(loop.executor)
 
 
 def test_a_gang_starts_together_with_the_torchrun_environment(rig) -> None:  # type: ignore[no-untyped-def]
@@ -77,6 +46,7 @@ def test_a_gang_starts_together_with_the_torchrun_environment(rig) -> None:  # t
     assert [r[0] for r in ranks] == ["0", "1"] and {r[1] for r in ranks} == {"2"}
     assert ranks[0][2] == ranks[1][2]  # one rendezvous port
     assert {r[3] for r in ranks} == {"0", "1"}  # one device each, different ones
+    assert {r[4] for r in ranks} == {"0"}  # each sees only its own device: cuda:0 is it
 
 
 def test_a_failing_member_stops_its_gang(rig) -> None:  # type: ignore[no-untyped-def]

@@ -9,11 +9,15 @@ whether it landed where it must.
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,8 +112,10 @@ def test_nodes_come_from_ray_and_jobs_land_on_the_node_with_their_chip(rig) -> N
 
 
 GANG = (
-    "import os, socket; print('member', os.environ['RANK'], 'of', os.environ['WORLD_SIZE'],"
-    " 'master', os.environ['MASTER_ADDR'] + ':' + os.environ['MASTER_PORT'], flush=True)"
+    "import os, time; print('member', os.environ['RANK'], 'of', os.environ['WORLD_SIZE'],"
+    " 'local', os.environ['LOCAL_RANK'],"
+    " 'master', os.environ['MASTER_ADDR'] + ':' + os.environ['MASTER_PORT'], flush=True);"
+    " time.sleep(3)"
 )
 
 
@@ -123,11 +129,22 @@ def test_a_gang_gets_a_placement_group_and_the_torchrun_environment(rig) -> None
             "resources": {"accelerator": "ascend-910b", "cpu": 0.5},
         },
     )
-    drive(loop, store, {jid: {"succeeded", "failed"}})
+    drive(loop, store, {jid: {"running"}})
+    members = get(store, jid).members or []
+    # every member is recorded with its node and devices, so the loop holds them all
+    assert [m["rank"] for m in members] == [0, 1] and len({m["ref"] for m in members}) == 1
+    assert sorted(d for m in members for d in m["devices"]) == [0, 1]  # type: ignore[attr-defined]
+    single = submit(store, {"command": "true", "resources": {"accelerator": "ascend-910b"}})
+    for _ in range(5):
+        loop.tick()
+    assert get(store, jid).state == "running" and get(store, single).state == "queued"
+    drive(loop, store, {jid: {"succeeded", "failed"}, single: {"succeeded"}})
     row = get(store, jid)
     assert row.state == "succeeded", log(store, jid)
     text = log(store, jid)
-    assert "member 0 of 2" in text and "member 1 of 2" in text
+    assert "member 0 of 2 local 0" in text and "member 1 of 2 local 1" in text  # one node
+    ports = set(re.findall(r"master [\d.]+:(\d+)", text))
+    assert len(ports) == 1  # one rendezvous, chosen on rank 0's node
     assert "member exit codes [0, 0]" in text
     # three members cannot fit two devices: the gang waits whole, nothing starts
     big = submit(store, {"command": "true", "gang": 3, "resources": {"accelerator": "ascend-910b"}})
@@ -182,3 +199,40 @@ def test_cancel_and_preemption_stop_ray_jobs_with_grace(rig) -> None:  # type: i
 def test_an_unreachable_cluster_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(RayUnavailable, match="cannot reach the Ray dashboard"):
         RayExecutor(f"127.0.0.1:{_port()}", tmp_path)
+
+
+class _Dashboard(http.server.BaseHTTPRequestHandler):
+    """Answers like a Ray dashboard whose job store fails (500) or forgot a job (404)."""
+
+    def do_GET(self) -> None:
+        import ray
+
+        if self.path == "/api/version":
+            body, code = json.dumps({"version": "4", "ray_version": ray.__version__}), 200
+        elif "forgotten" in self.path:
+            body, code = "Job forgotten does not exist", 404
+        else:
+            body, code = "internal error", 500
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_failing_dashboard_is_an_outage_not_a_lost_job(tmp_path: Path) -> None:
+    from suanli.run.executor import Handle
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Dashboard)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        ex = RayExecutor(f"127.0.0.1:{server.server_address[1]}", tmp_path)
+        h = Handle("1", 0, 0.0, str(tmp_path / "1.out"), str(tmp_path / "1.err"), ref="suanli-1")
+        assert ex.poll(h) is None and ex.is_alive(h)  # 500: unknown, so still running
+        gone = Handle("2", 0, 0.0, str(tmp_path / "2.out"), "", ref="forgotten")
+        assert ex.poll(gone) == -9  # 404: Ray does not know it (its cluster restarted)
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -72,12 +72,12 @@ def test_schema_comes_from_migrations_that_match_the_models(store: Store) -> Non
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    assert store.revision() == "0004"
+    assert store.revision() == "0005"
     with store.engine.connect() as conn:
         diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diffs == []
     store.migrate()  # idempotent: a restart upgrades nothing
-    assert store.revision() == "0004"
+    assert store.revision() == "0005"
 
 
 def test_upgrade_keeps_a_running_job_attached(tmp_path: Path) -> None:
@@ -105,7 +105,7 @@ def test_upgrade_keeps_a_running_job_attached(tmp_path: Path) -> None:
         )
     engine.dispose()
     store = Store(url)
-    assert store.revision() == "0004"
+    assert store.revision() == "0005"
     with store.tx() as s:
         from suanli.store.models import JobRow
 
@@ -123,6 +123,50 @@ def test_upgrade_keeps_a_running_job_attached(tmp_path: Path) -> None:
                 "devices": [0, 1],
             }
         ]
+
+
+def test_upgrade_hands_what_the_service_made_to_its_own_owner(tmp_path: Path) -> None:
+    """0004 -> 0005: executor nodes and calibration jobs once owned by the literal "admin"
+    move to ``system:executor``; a provider's node and a user's job keep their owners."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine, text
+
+    import suanli.store.db as db
+    from suanli.store.models import SYSTEM_OWNER, JobRow, NodeRow
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(db.__file__).parent / "migrations"))
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0004")
+        for name, owner, executor in (("local", "admin", "local"), ("n9", "admin", "agent")):
+            conn.execute(
+                text(
+                    "INSERT INTO nodes (name, owner, executor, cpu_cores, memory_mib, devices,"
+                    f" labels, heartbeat_at) VALUES ('{name}', '{owner}', '{executor}', 1, 1,"
+                    " '[]', '{}', 0)"
+                )
+            )
+        for jid, name in ((1, "calibrate-local"), (2, "calibrate-mine")):
+            owner = "admin" if jid == 1 else "alice"
+            conn.execute(
+                text(
+                    "INSERT INTO jobs (id, name, owner, spec, state, attempts, created_at,"
+                    f" updated_at, cancel_requested) VALUES ({jid}, '{name}', '{owner}', '{{}}',"
+                    " 'succeeded', 1, 0, 0, 0)"
+                )
+            )
+    engine.dispose()
+    store = Store(url)
+    with store.tx() as s:
+        assert s.get(NodeRow, "local").owner == SYSTEM_OWNER  # type: ignore[union-attr]
+        assert s.get(NodeRow, "n9").owner == "admin"  # type: ignore[union-attr]
+        assert s.get(JobRow, 1).owner == SYSTEM_OWNER  # type: ignore[union-attr]
+        assert s.get(JobRow, 2).owner == "alice"  # type: ignore[union-attr]
+        assert s.get(JobRow, 1).not_before is None  # type: ignore[union-attr]
 
 
 def test_queues_are_admin_managed_and_checked_at_submit(api) -> None:  # type: ignore[no-untyped-def]

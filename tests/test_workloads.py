@@ -249,6 +249,36 @@ def test_serve_lm_batches_continuously_with_a_kv_cache(tmp_path: Path) -> None:
     assert full == long.out
 
 
+def test_serve_lm_survives_odd_requests_and_gone_clients(tmp_path: Path) -> None:
+    """A near-zero temperature, a client that hangs up, a batch that fails: the engine
+    thread goes on serving the rest."""
+    import threading
+
+    from suanli.workloads.serve_lm import Request
+
+    eng = _engine(tmp_path, slots=2)
+    worker = threading.Thread(target=eng.run_forever, daemon=True)
+    worker.start()
+    try:
+        cold = Request(list(b"hello"), 8, 1e-9)  # 1/T overflows: sampled as greedy
+        gone = Request(list(b"bye"), 200, 0.0)
+        for r in (cold, gone):
+            eng.waiting.put(r)
+        gone.done.cancel()  # its client went away before (or while) it ran
+        assert cold.done.result(timeout=60)["usage"]["completion_tokens"] == 8
+        bad = Request([], 4, 0.0)
+        bad.prompt = None  # type: ignore[assignment]  # a request the batch cannot run
+        eng.waiting.put(bad)
+        assert isinstance(bad.done.exception(timeout=60), TypeError)
+        after = Request(list(b"still here"), 3, 0.7)
+        eng.waiting.put(after)
+        assert after.done.result(timeout=60)["usage"]["completion_tokens"] == 3
+        assert worker.is_alive() and not eng.active
+    finally:
+        eng._stop.set()
+        worker.join(timeout=10)
+
+
 def test_serve_lm_int8_weights_keep_the_outputs(tmp_path: Path) -> None:
     import torch
 

@@ -9,14 +9,14 @@ from fastapi import Path as Path_
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DbSession
 
 from suanli.catalog.loader import accelerators
 from suanli.errors import SuanliError
 from suanli.jobs.spec import JobSpecError, parse_job_spec
-from suanli.store.db import Store
+from suanli.store.db import OwnerRoleError, Store
 from suanli.store.models import JobRow, NodeRow, QueueRow, SiteRow, TokenRow
 
 
@@ -87,7 +87,8 @@ class HeartbeatBody(BaseModel):
 
 class TokenBody(BaseModel):
     role: str = Field(pattern="^(admin|provider|user)$")
-    owner: str = Field(min_length=1, max_length=64)
+    # no colon: names like "system:executor" belong to the service itself
+    owner: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
 
 
 def job_view(row: JobRow) -> dict[str, Any]:
@@ -220,26 +221,41 @@ def create_app(store: Store) -> FastAPI:
     @app.post("/v1/jobs/{job_id}/cancel")
     def cancel(job_id: int, who: Caller) -> dict[str, Any]:
         visible_job(job_id, who)
+        now = time.time()
+        sync = {"synchronize_session": False}
         with store.tx() as s:
-            row = s.get(JobRow, job_id)
+            # compare-and-set on the state, so a cancel and the loop starting (or requeueing)
+            # the job cannot both win: a job that started meanwhile gets a cancel request
+            ended = s.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.state.in_(("queued", "preempted")))
+                .values(state="cancelled", updated_at=now),
+                execution_options=sync,
+            )
+            if ended.rowcount:  # type: ignore[attr-defined]
+                store.event(s, job_id, "cancelled", f"by {who.owner} while it waited to run")
+            else:
+                asked = s.execute(
+                    update(JobRow)
+                    .where(JobRow.id == job_id, JobRow.state == "running")
+                    .values(cancel_requested=True, updated_at=now),
+                    execution_options=sync,
+                )
+                if asked.rowcount:  # type: ignore[attr-defined]
+                    store.event(s, job_id, "cancel-requested", f"by {who.owner}")
+            row = s.get(JobRow, job_id, populate_existing=True)
             assert row is not None
-            if row.state == "queued":
-                row.state = "cancelled"
-                store.event(s, job_id, "cancelled", f"by {who.owner} before it started")
-            elif row.state == "running":
-                row.cancel_requested = True
-                store.event(s, job_id, "cancel-requested", f"by {who.owner}")
-            row.updated_at = time.time()
             return job_view(row)
 
     @app.get("/v1/jobs/{job_id}/logs", response_class=PlainTextResponse)
     def logs(job_id: int, who: Caller) -> str:
         row = visible_job(job_id, who)
-        text = ""
+        text, seen = "", set()
         for m in row.members or []:
             for key in ("stdout", "stderr"):
                 path = str(m.get(key) or "")
-                if path and Path(path).exists():
+                if path and path not in seen and Path(path).exists():  # a Ray gang shares one
+                    seen.add(path)
                     text += Path(path).read_text(errors="replace")
         return text
 
@@ -400,11 +416,11 @@ def create_app(store: Store) -> FastAPI:
     def token(body: TokenBody, who: Caller) -> dict[str, str]:
         if who.role != "admin":
             raise HTTPException(403, detail="only an admin creates tokens")
-        return {
-            "token": store.create_token(body.role, body.owner),
-            "role": body.role,
-            "owner": body.owner,
-        }
+        try:
+            token = store.create_token(body.role, body.owner)
+        except OwnerRoleError as exc:
+            raise HTTPException(409, detail=str(exc)) from exc
+        return {"token": token, "role": body.role, "owner": body.owner}
 
     @app.get("/v1/corrections")
     def get_corrections(who: Caller) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import statistics
 import time
 from collections import defaultdict
@@ -166,11 +167,25 @@ def record(store: Store, s: Session, job_id: int, log_text: str, data_dir: Path 
     from suanli.store.models import PerfRecordRow
 
     summary = summary_of(log_text)
-    got = predict(summary, data_dir) if summary else None
-    if summary is None or got is None:
+    if summary is None:
+        return
+    try:
+        measured = float(summary["median_step_time_s"])
+    except (KeyError, TypeError, ValueError):
+        measured = math.nan
+    if not (math.isfinite(measured) and measured > 0):
+        store.event(
+            s,
+            job_id,
+            "perf",
+            "not recorded: the summary's median_step_time_s must be a positive number of "
+            f"seconds, got {summary.get('median_step_time_s')!r}",
+        )
+        return
+    got = predict(summary, data_dir)
+    if got is None or not (math.isfinite(got[2]) and got[2] > 0):
         return
     family, chip, predicted = got
-    measured = float(summary["median_step_time_s"])
     factor = float(stored_corrections(s).get((family, chip), {}).get("factor", 1.0))
     s.add(
         PerfRecordRow(

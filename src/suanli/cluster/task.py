@@ -40,6 +40,7 @@ class Task:
     work: float = 0.0  # abstract work units (e.g. steps) when duration depends on the chip
     regions: frozenset[str] = frozenset()
     labels: dict[str, str] = field(default_factory=dict)
+    node_selector: dict[str, str] = field(default_factory=dict)  # labels a node must carry
 
     @property
     def gpu_request_milli(self) -> int:

@@ -80,6 +80,9 @@ class JobSpec(BaseModel):
     max_runtime_s: float | None = Field(default=None, gt=0)
     retries: int = Field(default=0, ge=0)
     regions: list[str] = Field(default_factory=list)
+    # node labels the job needs (Kubernetes' nodeSelector); every node carries
+    # suanli.io/node=<its name>, so {suanli.io/node: n1} pins a job to node n1
+    node_selector: dict[str, str] = Field(default_factory=dict)
     owner: str | None = None
 
     @field_validator("name")

@@ -24,6 +24,7 @@ class Launch:
     visible_env: str | None = None  # e.g. CUDA_VISIBLE_DEVICES
     devices: tuple[int, ...] = ()
     rank: int = 0
+    local_rank: int = 0  # among the gang's members on the same node
     world_size: int = 1
     master_port: int | None = None
     master_addr: str = "127.0.0.1"

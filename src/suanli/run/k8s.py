@@ -80,6 +80,8 @@ def _pod_spec(spec: JobSpec, restart: str) -> dict[str, Any]:
     affinity = _affinity(spec)
     if affinity:
         pod["affinity"] = affinity
+    if spec.node_selector:
+        pod["nodeSelector"] = dict(spec.node_selector)
     return pod
 
 

@@ -56,14 +56,10 @@ class LocalExecutor:
 
     def terminate(self, h: Handle) -> None:
         """SIGTERM the member's process group (it may checkpoint in its grace)."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if alive(h):
-                os.killpg(h.pid, signal.SIGTERM)
+        _signal_group(h, signal.SIGTERM)
 
     def kill(self, h: Handle) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if alive(h):
-                os.killpg(h.pid, signal.SIGKILL)
+        _signal_group(h, signal.SIGKILL)
 
     def is_alive(self, h: Handle) -> bool:
         return alive(h)
@@ -87,7 +83,9 @@ class LocalExecutor:
                 MASTER_PORT=str(launch.master_port or free_port()),
                 WORLD_SIZE=str(launch.world_size),
                 RANK=str(launch.rank),
-                LOCAL_RANK=str(launch.rank),
+                # a member pinned to its own devices sees them from index 0 (`cuda:0` is its
+                # first); unpinned members on one node are numbered among themselves
+                LOCAL_RANK=str(0 if launch.visible_env and launch.devices else launch.local_rank),
             )
         stem = f"{launch.job_id}.{launch.rank}" if launch.world_size > 1 else launch.job_id
         out = self.log_dir / f"{stem}.out"
@@ -133,6 +131,22 @@ class LocalExecutor:
             while (code := self.poll(h)) is None and time.monotonic() < deadline:
                 time.sleep(0.02)
         return code
+
+
+def _signal_group(h: Handle, sig: int) -> None:
+    """Signal the member's process group, even when its leader has already exited.
+
+    The group id is the leader's pid (``start_new_session``), and children the
+    leader left behind keep the group alive. POSIX does not reuse a pid while a
+    group of that id exists, so a live *different* process with that pid (start
+    time differs) means our group is gone; then nothing is signalled.
+    """
+    with contextlib.suppress(psutil.NoSuchProcess):
+        p = psutil.Process(h.pid)
+        if abs(float(p.create_time()) - h.start_time) >= 1e-3:
+            return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(h.pid, sig)
 
 
 def _recorded(h: Handle, default: int) -> int:

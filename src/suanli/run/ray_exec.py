@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shlex
 import sys
@@ -37,6 +38,7 @@ from suanli.run.executor import DeviceInfo, Handle, Launch, NodeInfo
 NODE_ID_LABEL = "ray.io/node-id"
 LOG_REFRESH_S = 1.0
 LOG_WAIT_S = 5.0  # how long a finished job waits for Ray to serve its log
+log = logging.getLogger("suanli.ray")
 RESERVED = {"CPU", "memory", "object_store_memory", "GPU"}
 
 
@@ -148,7 +150,6 @@ class RayExecutor:
                 "members": launch.gang,
                 "bundle": per_member,
                 "node_ids": [self._node_ids[m] for m in launch.member_nodes or [launch.node]],
-                "master_port": launch.master_port,
                 "grace_s": launch.grace_s,
             }
             env["SUANLI_GANG"] = json.dumps(gang)
@@ -179,13 +180,27 @@ class RayExecutor:
         )
 
     def _info(self, h: Handle) -> Any | None:
+        """The Ray job's details; None only when Ray says it does not know the job (404:
+        its cluster was restarted). Any other failure is an outage, not a lost job."""
+        import requests
+
         try:
             return self.client.get_job_info(h.ref)
-        except RuntimeError:  # Ray does not know the job (its cluster was restarted)
-            return None
+        except RuntimeError as exc:
+            if "status code 404" in str(exc):
+                return None
+            raise RayUnavailable(f"Ray could not report job {h.ref}: {exc}") from exc
+        except requests.RequestException as exc:
+            raise RayUnavailable(
+                f"cannot reach the Ray dashboard at {self.address}: {exc}"
+            ) from exc
 
     def poll(self, h: Handle) -> int | None:
-        info = self._info(h)
+        try:
+            info = self._info(h)
+        except RayUnavailable as exc:  # unknown is not ended: ask again next tick
+            log.warning("%s", exc)
+            return None
         if info is None:
             return -9
         status = str(info.status.value if hasattr(info.status, "value") else info.status)
@@ -209,9 +224,11 @@ class RayExecutor:
 
     def _save_logs(self, h: Handle) -> bool:
         """Copy the Ray job's log into the job's log file; False if Ray had none to give."""
+        import requests
+
         try:
             text = self.client.get_job_logs(h.ref)
-        except RuntimeError:
+        except (RuntimeError, requests.RequestException):
             return False
         if not text:
             return False
@@ -224,8 +241,11 @@ class RayExecutor:
         return True
 
     def terminate(self, h: Handle) -> None:
-        """Ray sends SIGTERM to the entrypoint, then SIGKILL after its own grace."""
-        with contextlib.suppress(RuntimeError):
+        """Ray sends SIGTERM to the entrypoint, then SIGKILL after its own grace. If Ray is
+        unreachable now, the loop asks again when the grace is over (``kill``)."""
+        import requests
+
+        with contextlib.suppress(RuntimeError, requests.RequestException):
             self.client.stop_job(h.ref)
 
     def kill(self, h: Handle) -> None:

@@ -3,11 +3,12 @@
 It reserves one placement-group bundle per member (``PACK``: within a node
 first; each bundle held to the node suanli's scheduler chose), starts a small
 actor in each bundle that runs the member's command with the torchrun
-environment (``MASTER_ADDR`` is rank 0's node), and exits with the first
-non-zero member exit code. Stopping the Ray job sends this driver SIGTERM: it
-passes SIGTERM to every member, waits the grace period (the members may
-checkpoint), then kills what is left, so a stopped gang leaves no process.
-The gang is described by the ``SUANLI_GANG`` environment variable (JSON).
+environment (``MASTER_ADDR`` and ``MASTER_PORT``: rank 0's node and a port
+free there), and exits with the first non-zero member exit code. Stopping the
+Ray job sends this driver SIGTERM: it passes SIGTERM to every member, waits the
+grace period (the members may checkpoint), then kills what is left, so a
+stopped gang leaves no process. The gang is described by the ``SUANLI_GANG``
+environment variable (JSON).
 """
 
 from __future__ import annotations
@@ -33,6 +34,14 @@ class Member:
         import ray
 
         return str(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]
+
+    def free_port(self) -> int:
+        """A port free on *this* member's node (rank 0's: where the rendezvous listens)."""
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            return int(s.getsockname()[1])
 
     def run(self, argv: list[str], env: dict[str, str], cwd: str | None) -> int:
         self.proc = subprocess.Popen(
@@ -78,7 +87,11 @@ def main() -> int:
         for i in range(n)
     ]
     master = ray.get(members[0].ip.remote())
-    port = str(gang["master_port"])
+    port = str(ray.get(members[0].free_port.remote()))
+    # Ray pins GPU bundles (each member sees its own GPUs from index 0); custom chip
+    # resources are counts, so members sharing a node are numbered among themselves
+    pinned = bundle.get("GPU", 0.0) > 0
+    nodes = list(gang["node_ids"])
     refs = []
     for rank, m in enumerate(members):
         env = {
@@ -86,7 +99,7 @@ def main() -> int:
             "MASTER_PORT": port,
             "WORLD_SIZE": str(n),
             "RANK": str(rank),
-            "LOCAL_RANK": str(rank),  # members of one node share it; see ray_exec docstring
+            "LOCAL_RANK": str(0 if pinned else nodes[:rank].count(nodes[rank])),
         }
         refs.append(m.run.remote(gang["argv"], env, gang.get("cwd")))
     codes: dict[int, int] = {}

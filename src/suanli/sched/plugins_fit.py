@@ -60,6 +60,22 @@ class RegionConstraint:
         return np.isin(state.site, ok_sites)
 
 
+@dataclass
+class NodeSelector:
+    """Kubernetes' ``nodeSelector``: only nodes carrying every label the task asks for."""
+
+    name: str = "node-selector"
+
+    def filter(self, state: ClusterState, task: Task, cycle: CycleState) -> np.ndarray:
+        want = task.node_selector
+        if not want:
+            return np.ones(state.num_nodes, dtype=bool)
+        return np.array(
+            [all(spec.labels.get(k) == v for k, v in want.items()) for spec in state.specs],
+            dtype=bool,
+        )
+
+
 def _share_fits(state: ClusterState, task: Task, node: int) -> np.ndarray:
     """Devices of ``node`` with room for the share: milli, and memory where it is tracked."""
     fits = state.gpu_free[node] >= task.gpu_milli

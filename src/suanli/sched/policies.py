@@ -28,7 +28,13 @@ import yaml
 from suanli.cluster.task import Task
 from suanli.errors import SuanliError
 from suanli.sched.framework import Framework
-from suanli.sched.plugins_fit import BestFitGpu, RandomGpu, RegionConstraint, ResourceFit
+from suanli.sched.plugins_fit import (
+    BestFitGpu,
+    NodeSelector,
+    RandomGpu,
+    RegionConstraint,
+    ResourceFit,
+)
 from suanli.sched.plugins_openb import (
     BestFitScore,
     DotProductScore,
@@ -54,7 +60,7 @@ class PolicyFileError(SuanliError, ValueError):
 
 
 ACTIONS = ("enqueue", "allocate", "backfill", "preempt", "reclaim")
-FILTERS = ("resource-fit", "region")
+FILTERS = ("resource-fit", "region", "node-selector")
 SCORERS = (
     "random",
     "best-fit",
@@ -172,13 +178,14 @@ def build(config: PolicyConfig, ctx: PluginContext | None = None) -> Framework:
     ctx = ctx or PluginContext()
     filters: list[Any] = []
     for name in config.filters:
-        filters.append(
-            ResourceFit(
-                type_vendor=ctx.type_vendor or None, type_memory_gb=ctx.type_memory_gb or None
+        if name == "resource-fit":
+            filters.append(
+                ResourceFit(
+                    type_vendor=ctx.type_vendor or None, type_memory_gb=ctx.type_memory_gb or None
+                )
             )
-            if name == "resource-fit"
-            else RegionConstraint()
-        )
+        else:
+            filters.append(RegionConstraint() if name == "region" else NodeSelector())
     scorers: list[tuple[Any, float]] = []
     listeners: list[Any] = []
     frag: FragmentationScore | None = None

@@ -30,11 +30,12 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session as DbSession
 
 from suanli.calibration import feedback
@@ -48,10 +49,11 @@ from suanli.sched.framework import Placement
 from suanli.sched.policies import NAMED, build
 from suanli.sched.session import Job, Queue, Session
 from suanli.store.db import Store
-from suanli.store.models import JobRow, NodeRow, QueueRow, SiteRow
+from suanli.store.models import SYSTEM_OWNER, JobRow, NodeRow, QueueRow, SiteRow
 
 log = logging.getLogger("suanli.loop")
 GRACE_S = 10.0
+NODE_LABEL = "suanli.io/node"  # every node carries its own name (as kubernetes.io/hostname)
 NODE_REFRESH_S = 2.0
 
 
@@ -80,8 +82,9 @@ class Loop:
         self.data_dir = data_dir  # where measured device profiles are (None: the default)
         self.calibrate_new_nodes = calibrate_new_nodes
         config = NAMED[policy]
-        if "region" not in config.filters:  # a job's allowed regions bind live, always
-            config = replace(config, filters=[*config.filters, "region"])
+        # a job's allowed regions and node selector bind live, whatever the policy says
+        extra = [f for f in ("region", "node-selector") if f not in config.filters]
+        config = replace(config, filters=[*config.filters, *extra])
         self.framework = build(config)
         self.actions = list(NAMED[policy].actions)
         self.tick_s = tick_s
@@ -132,9 +135,17 @@ class Loop:
         with self.store.tx() as s:
             for row in s.scalars(select(JobRow).where(JobRow.state == "running")):
                 self._reconcile(s, row, now)
-            for row in s.scalars(select(JobRow).where(JobRow.state == "preempted")):
-                row.state, row.updated_at = "queued", now
-                self.store.event(s, row.id, "requeued", "after preemption")
+            s.flush()
+            # compare-and-set: a cancel the API wrote meanwhile wins over the requeue
+            requeued = s.scalars(
+                update(JobRow)
+                .where(JobRow.state == "preempted")
+                .values(state="queued", updated_at=now)
+                .returning(JobRow.id),
+                execution_options={"synchronize_session": False},
+            ).all()
+            for job_id in requeued:
+                self.store.event(s, job_id, "requeued", "after preemption")
         self._schedule()
 
     def _sync_nodes(self, now: float) -> None:
@@ -148,7 +159,7 @@ class Loop:
             for n in reported:
                 row = s.get(NodeRow, n.name)
                 if row is None:
-                    row = NodeRow(name=n.name, owner="admin", site=None)
+                    row = NodeRow(name=n.name, owner=SYSTEM_OWNER, site=None)
                     if self.calibrate_new_nodes:
                         self._calibration_job(s, n)
                 sick = {d["index"] for d in row.devices or [] if not d.get("healthy", True)}
@@ -185,33 +196,57 @@ class Loop:
 
     def _reconcile(self, s: DbSession, row: JobRow, now: float) -> None:
         members = _members(row)
-        codes = [self.executor.poll(h) for h in members]
+        codes = self._poll(members)
         done = all(c is not None for c in codes)
         first_bad = next((c for c in codes if c not in (None, 0)), None)
         if row.stop_reason:
+            if row.cancel_requested and row.stop_reason != "cancel":
+                # a cancel outranks a preemption or timeout already under way: the job ends
+                # cancelled, not requeued; the SIGKILL deadline stays as it was
+                self.store.event(
+                    s, row.id, "stopping", f"cancel requested during {row.stop_reason}"
+                )
+                row.stop_reason = "cancel"
             if done:
                 self._settle_stop(s, row, codes, now)
             elif row.stop_deadline is not None and now > row.stop_deadline:
-                for h, c in zip(members, codes, strict=True):
-                    if c is None:
-                        self.executor.kill(h)
+                self._each(members, codes, self.executor.kill)
             return
         spec = self._spec(row)
         over = spec.max_runtime_s and row.started_at and now - row.started_at > spec.max_runtime_s
-        if row.cancel_requested:
+        if done:  # it ended on its own, even if a cancel came in the same tick
+            self._finish(s, row, first_bad if first_bad is not None else 0, f"exit {codes}")
+        elif row.cancel_requested:
             self._begin_stop(s, row, "cancel", f"by request; SIGTERM, {self.grace_s:g} s grace")
         elif over:
             self._begin_stop(s, row, "timeout", f"exceeded max_runtime_s {spec.max_runtime_s}")
-        elif done:
-            self._finish(s, row, first_bad if first_bad is not None else 0, f"exit {codes}")
         elif first_bad is not None:
             self._begin_stop(
                 s, row, f"member-failed:{first_bad}", f"a member exited {first_bad}: stop the gang"
             )
 
+    def _poll(self, members: list[Handle]) -> list[int | None]:
+        """Each member's exit code; members an executor runs as one (a Ray gang) asked once."""
+        seen: dict[str, int | None] = {}
+        for h in members:
+            if _key(h) not in seen:
+                seen[_key(h)] = self.executor.poll(h)
+        return [seen[_key(h)] for h in members]
+
+    @staticmethod
+    def _each(
+        members: list[Handle], codes: list[int | None], act: Callable[[Handle], None]
+    ) -> None:
+        """``act`` on every member still running, once per executor process."""
+        done: set[str] = set()
+        for h, c in zip(members, codes, strict=True):
+            if c is None and _key(h) not in done:
+                done.add(_key(h))
+                act(h)
+
     def _begin_stop(self, s: DbSession, row: JobRow, reason: str, why: str) -> None:
-        for h in _members(row):
-            self.executor.terminate(h)
+        members = _members(row)
+        self._each(members, [None] * len(members), self.executor.terminate)
         row.stop_reason, row.stop_deadline = reason, time.time() + self.grace_s
         row.updated_at = time.time()
         self.store.event(s, row.id, "stopping", why)
@@ -221,7 +256,7 @@ class Loop:
         code = codes[0] if codes else None
         row.stop_reason = row.stop_deadline = None
         row.updated_at = now
-        if reason == "cancel":
+        if reason == "cancel" or row.cancel_requested:
             row.state, row.exit_code = "cancelled", code
             self._specs.pop(row.id, None)
             self.store.event(s, row.id, "cancelled", f"exit {code}")
@@ -234,81 +269,96 @@ class Loop:
         elif reason.startswith("member-failed:"):
             self._finish(s, row, int(reason.split(":", 1)[1]), "a gang member failed")
         else:
-            self._finish(s, row, code, "stopped: exceeded max_runtime_s")
+            # a deadline is the job's limit, not a transient fault: no retry (as Kubernetes'
+            # activeDeadlineSeconds), and failed even if the job exited 0 on SIGTERM
+            row.state, row.exit_code = "failed", code
+            self._specs.pop(row.id, None)
+            self.store.event(s, row.id, "failed", f"exceeded max_runtime_s; exit {code}")
 
     # --- scheduling ----------------------------------------------------------------
     def _schedule(self) -> None:
+        """Decide in one transaction; then start each bound job in its own.
+
+        Starting a process cannot be rolled back, so no start happens inside a
+        transaction that a later failure could undo: a job is claimed (queued ->
+        running, unless a cancel got there first), started, and its members stored,
+        each step committed. A job that cannot start fails or retries alone.
+        """
         if not self.nodes:
             return
         with self.store.tx() as s:
-            queued = list(
-                s.scalars(select(JobRow).where(JobRow.state == "queued").order_by(JobRow.id))
-            )
-            if not queued:
-                return
-            running = list(s.scalars(select(JobRow).where(JobRow.state == "running")))
-            state, index = self._state()
-            types = [t for t in state.types if t]
-            held: dict[str, tuple[Job, list[tuple[Task, Placement]]]] = {}
-            waiting_for_victims = set()
-            for row in running:
-                job = self._job(row, types)
-                binds = []
-                for task, h in zip(job.tasks, _members(row), strict=False):
-                    node = index.get(h.node)
-                    if node is None:
-                        continue  # its node left the cluster: the member will be lost
-                    gpus = tuple((d, task.gpu_milli) for d in h.devices)
-                    try:
-                        state.allocate(node, task.cpu_milli, task.memory_mib, list(gpus))
-                    except ValueError:  # the node shrank under a re-attached job: keep it
-                        continue
-                    binds.append((task, Placement(node, gpus)))
-                if row.stop_reason:
-                    if row.stop_reason.startswith("preempt:"):
-                        waiting_for_victims.add(row.stop_reason.split(":", 1)[1])
-                else:
-                    held[job.name] = (job, binds)
-            pending = []
-            now = time.time()
-            for row in queued:
-                if str(row.id) in waiting_for_victims:
-                    continue  # its victims are still stopping: do not evict more
-                if row.exit_code not in (None, 0) and now < row.updated_at + backoff_s(
-                    row.attempts
-                ):
-                    continue  # a retry waits out its backoff
-                pending.append(self._job(row, types))
-            self._affinity(s, [self._spec(r) for r in queued], types)
-            stored = {
-                q.name: Queue(q.name, q.weight, dict(q.quota_milli), q.reclaimable)
-                for q in s.scalars(select(QueueRow))
-            }
-            names = {j.queue for j in pending} | {j.queue for j, _ in held.values()}
-            session = Session(
-                state,
-                self.framework,
-                [stored.get(q, Queue(q)) for q in names],
-                pending,
-                held,
-                time.time(),
-                rng=np.random.default_rng(0),
-            )
-            result = session.run(self.actions)
-            rows = {str(r.id): r for r in queued + running}
-            if result.evicted:
-                # victims first; what was bound in the same session waits one tick, so
-                # nothing starts on a device a stopping job still holds
-                for ev in result.evicted:
-                    victim = rows[ev.job]
-                    why = ev.reason + f"; SIGTERM, {self.grace_s:g} s grace to checkpoint"
-                    self._begin_stop(s, victim, f"preempt:{ev.by}", why)
-                return
-            bound: dict[str, list[Placement]] = defaultdict(list)
-            for jname, _, placement in result.bound:
-                bound[jname].append(placement)
-            for jname, placements in bound.items():
-                self._start(s, rows[jname], placements)
+            bound = self._decide(s)
+        for job_id, placements in bound.items():
+            try:
+                self._launch(job_id, placements)
+            except Exception:  # the store went away mid-launch: the next tick reconciles
+                log.exception("starting job %s failed", job_id)
+
+    def _decide(self, s: DbSession) -> dict[int, list[Placement]]:
+        """Run a scheduler session over the stored jobs; begin the evictions it decides."""
+        queued = list(s.scalars(select(JobRow).where(JobRow.state == "queued").order_by(JobRow.id)))
+        if not queued:
+            return {}
+        running = list(s.scalars(select(JobRow).where(JobRow.state == "running")))
+        state, index = self._state()
+        types = [t for t in state.types if t]
+        held: dict[str, tuple[Job, list[tuple[Task, Placement]]]] = {}
+        waiting_for_victims = set()
+        for row in running:
+            job = self._job(row, types)
+            binds = []
+            for task, h in zip(job.tasks, _members(row), strict=False):
+                node = index.get(h.node)
+                if node is None:
+                    continue  # its node left the cluster: the member will be lost
+                gpus = tuple((d, task.gpu_milli) for d in h.devices)
+                try:
+                    state.allocate(node, task.cpu_milli, task.memory_mib, list(gpus))
+                except ValueError:  # the node shrank under a re-attached job: keep it
+                    continue
+                binds.append((task, Placement(node, gpus)))
+            if row.stop_reason:
+                if row.stop_reason.startswith("preempt:"):
+                    waiting_for_victims.add(row.stop_reason.split(":", 1)[1])
+            else:
+                held[job.name] = (job, binds)
+        pending = []
+        now = time.time()
+        for row in queued:
+            if str(row.id) in waiting_for_victims:
+                continue  # its victims are still stopping: do not evict more
+            if row.not_before is not None and now < row.not_before:
+                continue  # a retry waits out its backoff
+            pending.append(self._job(row, types))
+        self._affinity(s, [self._spec(r) for r in queued], types)
+        stored = {
+            q.name: Queue(q.name, q.weight, dict(q.quota_milli), q.reclaimable)
+            for q in s.scalars(select(QueueRow))
+        }
+        names = {j.queue for j in pending} | {j.queue for j, _ in held.values()}
+        session = Session(
+            state,
+            self.framework,
+            [stored.get(q, Queue(q)) for q in names],
+            pending,
+            held,
+            time.time(),
+            rng=np.random.default_rng(0),
+        )
+        result = session.run(self.actions)
+        rows = {str(r.id): r for r in queued + running}
+        if result.evicted:
+            # victims first; what was bound in the same session waits one tick, so
+            # nothing starts on a device a stopping job still holds
+            for ev in result.evicted:
+                victim = rows[ev.job]
+                why = ev.reason + f"; SIGTERM, {self.grace_s:g} s grace to checkpoint"
+                self._begin_stop(s, victim, f"preempt:{ev.by}", why)
+            return {}
+        bound: dict[int, list[Placement]] = defaultdict(list)
+        for jname, _, placement in result.bound:
+            bound[int(jname)].append(placement)
+        return bound
 
     def _state(self) -> tuple[ClusterState, dict[str, int]]:
         specs = []
@@ -324,7 +374,7 @@ class Loop:
                     len(n.devices),
                     typ,
                     site=site.name if site else "default",
-                    labels=dict(n.labels),
+                    labels={**n.labels, NODE_LABEL: n.name},
                 )
             )
         sites = {s.name: s for s in self.node_sites.values()}
@@ -360,6 +410,7 @@ class Loop:
             preemptible=spec.preemptible,
             queue=spec.queue,
             regions=frozenset(spec.regions),
+            node_selector=dict(spec.node_selector),
             labels={"workload": feedback.family_of(r.model)} if r.model else {},
         )
         members = spec.gang or 1
@@ -375,46 +426,93 @@ class Loop:
             grace_s=self.grace_s,
         )
 
-    def _start(self, s: DbSession, row: JobRow, placements: list[Placement]) -> None:
-        spec = self._spec(row)
+    def _launch(self, job_id: int, placements: list[Placement]) -> None:
+        now = time.time()
+        with self.store.tx() as s:
+            claimed = s.execute(
+                update(JobRow)
+                .where(
+                    JobRow.id == job_id,
+                    JobRow.state == "queued",
+                    JobRow.cancel_requested.is_(False),
+                )
+                .values(
+                    state="running",
+                    members=[],
+                    attempts=JobRow.attempts + 1,
+                    started_at=now,
+                    updated_at=now,
+                    not_before=None,
+                    exit_code=None,
+                ),
+                execution_options={"synchronize_session": False},
+            )
+            if not claimed.rowcount:  # type: ignore[attr-defined]
+                return  # cancelled since the decision
+            row = s.get(JobRow, job_id, populate_existing=True)
+            assert row is not None
+            spec = self._spec(row)
+        handles: list[Handle] = []
+        try:
+            self._start_members(job_id, spec, placements, handles)
+        except Exception as exc:  # a bad working_dir, a Ray node that left: this job only
+            for h in handles:
+                self.executor.kill(h)
+            with self.store.tx() as s:
+                row = s.get(JobRow, job_id, populate_existing=True)
+                assert row is not None
+                self._finish(s, row, None, f"could not start: {exc}")
+            return
+        with self.store.tx() as s:
+            row = s.get(JobRow, job_id, populate_existing=True)
+            assert row is not None
+            row.members = [h.to_dict() for h in handles]
+            row.devices = " ".join(
+                f"{h.node}:{','.join(map(str, h.devices))}" if h.devices else h.node
+                for h in handles
+            )[:64]
+            where = ", ".join(f"rank {h.rank} {h.node}/{h.ref or h.pid}" for h in handles)
+            self.store.event(s, job_id, "started", f"{where} devices [{row.devices}]")
+
+    def _start_members(
+        self, job_id: int, spec: JobSpec, placements: list[Placement], handles: list[Handle]
+    ) -> None:
+        """Start every member (appending to ``handles`` as they start, so a failure part-way
+        leaves the started ones to be stopped)."""
         world = len(placements)
         master = self.nodes[placements[0].node]
-        port = free_port() if world > 1 else None
+        port = free_port() if world > 1 else None  # local gangs; a Ray gang picks on rank 0
         gang_native = bool(getattr(self.executor, "gang_native", False))
-        handles = []
-        for rank, p in enumerate(placements[: 1 if gang_native else world]):
+        names = [self.nodes[p.node].name for p in placements]
+        for rank, p in enumerate(placements):
             node = self.nodes[p.node]
             devices = tuple(g for g, _ in p.gpus)
+            if gang_native and rank > 0:
+                # one executor job runs the whole gang: every member is recorded with its own
+                # node and devices (the loop reserves them), all sharing rank 0's executor id
+                handles.append(replace(handles[0], rank=rank, node=node.name, devices=devices))
+                continue
             visible = next((d.visible_env for d in node.devices if d.visible_env), None)
-            h = self.executor.start(
-                Launch(
-                    str(row.id),
-                    spec.argv,
-                    dict(spec.env),
-                    spec.working_dir,
-                    visible if devices else None,
-                    devices,
-                    rank=rank,
-                    world_size=world,
-                    master_port=port,
-                    master_addr=master.address,
-                    node=node.name,
-                    cpu=spec.resources.cpu,
-                    accelerator=self.nodes[p.node].devices[0].accelerator if devices else None,
-                    gang=world if gang_native else 1,
-                    member_nodes=tuple(self.nodes[q.node].name for q in placements),
-                    grace_s=self.grace_s,
-                )
+            launch = Launch(
+                str(job_id),
+                spec.argv,
+                dict(spec.env),
+                spec.working_dir,
+                visible if devices else None,
+                devices,
+                rank=rank,
+                world_size=world,
+                master_port=port,
+                master_addr=master.address,
+                node=node.name,
+                cpu=spec.resources.cpu,
+                accelerator=node.devices[0].accelerator if devices else None,
+                gang=world if gang_native else 1,
+                member_nodes=tuple(names),
+                grace_s=self.grace_s,
+                local_rank=names[:rank].count(node.name),
             )
-            handles.append(h)
-        row.state, row.members = "running", [h.to_dict() for h in handles]
-        row.devices = " ".join(
-            f"{h.node}:{','.join(map(str, h.devices))}" if h.devices else h.node for h in handles
-        )[:64]
-        row.attempts += 1
-        row.started_at = row.updated_at = time.time()
-        where = ", ".join(f"rank {h.rank} {h.node}/{h.ref or h.pid}" for h in handles)
-        self.store.event(s, row.id, "started", f"{where} devices [{row.devices}]")
+            handles.append(self.executor.start(launch))
 
     # --- closing the loop ------------------------------------------------------------
     def _calibration_job(self, s: DbSession, node: NodeInfo) -> None:
@@ -427,16 +525,24 @@ class Loop:
             command=argv,
             resources=Resources(accelerator="cpu", cpu=float(node.cpu_cores), memory_gb=2),
             priority=100,  # before user work: the measured profile improves every estimate
+            node_selector={NODE_LABEL: node.name},  # it measures this node, so it runs there
         )
         s.flush()
-        self.store.add_job(s, spec.model_dump(), "admin")
+        self.store.add_job(s, spec.model_dump(), SYSTEM_OWNER)
 
     def _record_perf(self, s: DbSession, row: JobRow) -> None:
+        """Measured vs predicted, if the job reported a summary; never fails the tick."""
         rank0 = next((h for h in _members(row) if h.rank == 0), None)
-        if rank0 is not None:
+        if rank0 is None:
+            return
+        try:
             feedback.record(self.store, s, row.id, self.executor.logs(rank0), self.data_dir)
-            s.flush()
-            self._fixes = feedback.stored_corrections(s)  # only this loop writes records
+        except Exception as exc:  # a job's odd summary must not stop the scheduler
+            log.exception("perf record of job %s failed", row.id)
+            self.store.event(s, row.id, "perf", f"not recorded: {exc}")
+            return
+        s.flush()
+        self._fixes = feedback.stored_corrections(s)  # only this loop writes records
 
     def _affinity(self, s: DbSession, specs: list[JobSpec], types: list[str]) -> None:
         """Feed perf x correction to a performance-affinity scorer, if the policy has one."""
@@ -456,15 +562,25 @@ class Loop:
     # --- helpers -------------------------------------------------------------------
     def _finish(self, s: DbSession, row: JobRow, code: int | None, why: str) -> None:
         spec = self._spec(row)
-        row.exit_code, row.updated_at = code, time.time()
+        now = time.time()
+        row.exit_code, row.updated_at = code, now
         row.stop_reason = row.stop_deadline = None
         if code == 0:
             row.state = "succeeded"
             self._record_perf(s, row)
+        elif row.cancel_requested:
+            row.state = "cancelled"  # it failed while a cancel was on its way: no retry
         elif row.attempts <= spec.retries:
-            row.state = "queued"  # retry
+            row.state = "queued"  # retry, after a backoff
+            row.not_before = now + backoff_s(row.attempts)
+            why += f"; retry {row.attempts} of {spec.retries} in {backoff_s(row.attempts):g} s"
         else:
             row.state = "failed"
         if row.state != "queued":
             self._specs.pop(row.id, None)  # over: its spec is not needed again
         self.store.event(s, row.id, row.state, why)
+
+
+def _key(h: Handle) -> str:
+    """What identifies the executor's process: a Ray gang's members share one Ray job."""
+    return h.ref or f"{h.node}/{h.pid}/{h.start_time}"

@@ -13,7 +13,12 @@ from typing import Any
 from sqlalchemy import create_engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from suanli.errors import SuanliError
 from suanli.store.models import JobEventRow, JobRow, TokenRow
+
+
+class OwnerRoleError(SuanliError, ValueError):
+    """A token for an owner that already has tokens of another role."""
 
 
 def hash_token(token: str) -> str:
@@ -69,8 +74,16 @@ class Store:
 
     # --- tokens ------------------------------------------------------------------
     def create_token(self, role: str, owner: str) -> str:
+        """A new token; an owner has one role (a provider named like an admin would
+        otherwise manage the admin's nodes, a user see the admin's jobs)."""
         token = "sl_" + secrets.token_urlsafe(24)
         with self.tx() as s:
+            other = s.scalar(select(TokenRow.role).where(TokenRow.owner == owner))
+            if other is not None and other != role:
+                raise OwnerRoleError(
+                    f"owner {owner!r} already has {other} tokens; one owner has one role "
+                    "(choose another owner name)"
+                )
             s.add(
                 TokenRow(
                     token_hash=hash_token(token), role=role, owner=owner, created_at=time.time()

@@ -6,6 +6,9 @@ from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "preempted")
+#: the owner of what the service itself creates (executor nodes, calibration jobs); the
+#: colon keeps it apart from every token's owner (see ``OWNER`` in the API)
+SYSTEM_OWNER = "system:executor"
 
 
 class Base(DeclarativeBase):
@@ -42,6 +45,7 @@ class JobRow(Base):
     stop_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
     stop_deadline: Mapped[float | None] = mapped_column(Float, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(default=False)
+    not_before: Mapped[float | None] = mapped_column(Float, nullable=True)  # a retry's backoff
     started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 

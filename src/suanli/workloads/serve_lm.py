@@ -18,13 +18,15 @@ in-flight requests, KV-cache use, and decode tokens/s over the last seconds.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import queue
 import threading
 import time
 import uuid
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -35,6 +37,9 @@ from torch import nn
 
 from suanli.catalog.loader import get_model
 from suanli.workloads.train_lm import GPT, Block, _rope
+
+log = logging.getLogger("suanli.serve_lm")
+MIN_TEMPERATURE = 1e-3  # a lower temperature samples as greedy decoding
 
 
 class Int8Linear(nn.Module):
@@ -148,26 +153,41 @@ class Engine:
         return logits
 
     def _sample(self, logits: torch.Tensor, temperature: float) -> int:
-        if temperature <= 0:
+        if temperature < MIN_TEMPERATURE:  # below it sampling is argmax, and 1/T overflows
             return int(logits.argmax())
         probs = torch.softmax(logits.float() / temperature, dim=-1)
+        if not bool(torch.isfinite(probs).all()):
+            return int(logits.argmax())
         return int(torch.multinomial(probs, 1))
+
+    def _prefill(self, r: Request, slot: int) -> None:
+        """Run the prompt through the model into ``slot``'s cache; sample its first token."""
+        prompt = r.prompt[-(self.max_len - r.max_tokens) :] or [0]
+        ids = torch.tensor([prompt])
+        pos = torch.arange(len(prompt))[None]
+        logits = self._layers(self.model.embed(ids).to(self.dtype), pos, [slot])
+        r.slot, r.length = slot, len(prompt)
+        r.out.append(self._sample(logits[0, -1], r.temperature))
 
     # --- the loop ------------------------------------------------------------------
     @torch.inference_mode()
     def step(self) -> int:
         """Admit, prefill the newcomers, decode one token for every active sequence."""
+        for r in [r for r in self.active.values() if r.done.cancelled()]:
+            del self.active[r.slot]  # its client went away: the slot is free for the next
         free = [s for s in range(self.slots) if s not in self.active]
         while free and not self.waiting.empty():
             r = self.waiting.get()
-            r.slot = free.pop(0)
-            prompt = r.prompt[-(self.max_len - r.max_tokens) :] or [0]
-            ids = torch.tensor([prompt])
-            pos = torch.arange(len(prompt))[None]
-            logits = self._layers(self.model.embed(ids).to(self.dtype), pos, [r.slot])
-            r.length = len(prompt)
-            r.out.append(self._sample(logits[0, -1], r.temperature))
-            self.active[r.slot] = r
+            if r.done.cancelled():
+                continue
+            try:
+                self._prefill(r, free[0])
+            except Exception as exc:  # this request cannot run; the others go on
+                log.exception("prefill failed")
+                with contextlib.suppress(InvalidStateError):
+                    r.done.set_exception(exc)
+                continue
+            self.active[free.pop(0)] = r
         if not self.active:
             return 0
         reqs = [r for r in self.active.values() if len(r.out) < r.max_tokens]
@@ -179,7 +199,9 @@ class Engine:
             for j, r in enumerate(reqs):
                 r.length += 1
                 tok = (
-                    greedy[j] if r.temperature <= 0 else self._sample(logits[j, -1], r.temperature)
+                    greedy[j]
+                    if r.temperature < MIN_TEMPERATURE
+                    else self._sample(logits[j, -1], r.temperature)
                 )
                 r.out.append(tok)
             self.decoded.append((time.monotonic(), len(reqs)))
@@ -187,7 +209,8 @@ class Engine:
             if len(r.out) >= r.max_tokens or r.length + 1 >= self.max_len:
                 del self.active[r.slot]
                 self.requests_total += 1
-                r.done.set_result(self._answer(r))
+                with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
+                    r.done.set_result(self._answer(r))
         return len(reqs)
 
     def _answer(self, r: Request) -> dict[str, Any]:
@@ -212,8 +235,20 @@ class Engine:
 
     def run_forever(self) -> None:
         while not self._stop.is_set():
-            if not self.step():
+            try:
+                busy = self.step()
+            except Exception as exc:  # one bad batch fails its requests, not the server
+                log.exception("decode step failed; failing the requests in it")
+                self._fail_active(exc)
+                busy = 0
+            if not busy:
                 time.sleep(0.002)
+
+    def _fail_active(self, exc: Exception) -> None:
+        for r in list(self.active.values()):
+            with contextlib.suppress(InvalidStateError):
+                r.done.set_exception(exc)
+        self.active.clear()
 
     def metrics(self, window_s: float = 5.0) -> dict[str, Any]:
         now = time.monotonic()
@@ -256,17 +291,22 @@ class Completion(BaseModel):
 
 def app_for(engine: Engine) -> Any:
     from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
 
     app = FastAPI(title="suanli serve_lm")
 
     @app.post("/v1/completions")
-    async def complete(body: Completion) -> dict[str, Any]:
+    async def complete(body: Completion) -> Any:
         import asyncio
 
         max_tokens = min(body.max_tokens, engine.max_len - 1)
         r = Request(list(body.prompt.encode()), max_tokens, body.temperature)
         engine.waiting.put(r)
-        return await asyncio.wrap_future(r.done)
+        try:
+            return await asyncio.wrap_future(r.done)
+        except Exception as exc:  # the engine failed this batch; it goes on with the next
+            body_ = {"error": {"message": f"decoding failed: {exc}", "type": "server_error"}}
+            return JSONResponse(body_, status_code=500)
 
     @app.get("/metrics")
     def metrics() -> dict[str, Any]:

@@ -1,0 +1,267 @@
+"""The loop when things go wrong: odd job output, failed starts, cancel races, deadlines,
+stray grandchildren, names that collide. Real processes and a real store throughout."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from fastapi.testclient import TestClient
+
+from suanli.api import create_app
+from suanli.calibration.feedback import METRIC
+from suanli.run.executor import Handle, Launch
+from suanli.run.local import LocalExecutor, alive
+from suanli.service.loop import NODE_LABEL, Loop
+from suanli.store import Store
+from suanli.store.models import SYSTEM_OWNER, JobRow, NodeRow
+from tests.helpers import A100, events, get, reap, run_until, submit
+
+PY = sys.executable
+SUMMARY = {
+    "summary": True,
+    "model": "tiny-llama-40m",
+    "device": "cuda",
+    "device_name": "NVIDIA H100 80GB HBM3",
+    "world_size": 1,
+    "micro_batch": 2,
+    "seq_len": 64,
+}
+
+
+@pytest.fixture()
+def rig(tmp_path: Path):  # type: ignore[no-untyped-def]
+    store = Store.sqlite(tmp_path)
+    loop = Loop(store, LocalExecutor(tmp_path / "logs", A100), tick_s=0.05, grace_s=2.0)
+    yield store, loop
+    reap(loop.executor)
+
+
+def printing(summary: dict[str, object]) -> list[str]:
+    return [PY, "-c", f"print({METRIC + json.dumps(summary)!r})"]
+
+
+def test_a_summary_with_a_zero_step_time_is_refused_and_scheduling_goes_on(rig) -> None:  # type: ignore[no-untyped-def]
+    store, loop = rig
+    zero = submit(store, {"command": printing({**SUMMARY, "median_step_time_s": 0})})
+    junk = submit(store, {"command": printing({**SUMMARY, "median_step_time_s": "fast"})})
+    good = submit(store, {"command": printing({**SUMMARY, "median_step_time_s": 0.004})})
+    for jid in (zero, junk, good):
+        assert run_until(loop, store, jid, {"succeeded", "failed"}).state == "succeeded"
+    refused = [e.message for e in store.events(zero) if e.kind == "perf"]
+    assert len(refused) == 1 and "must be a positive number" in refused[0]
+    assert "not recorded" in next(e.message for e in store.events(junk) if e.kind == "perf")
+    measured = [e.message for e in store.events(good) if e.kind == "perf"]
+    assert len(measured) == 1 and "measured 0.004 s/step" in measured[0]
+    after = submit(store, {"command": [PY, "-c", "print('still scheduling')"]})
+    assert run_until(loop, store, after, {"succeeded"}).exit_code == 0
+
+
+def test_a_job_that_cannot_start_fails_alone_and_is_not_started_twice(rig, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store, loop = rig
+    bad = submit(
+        store,
+        {"command": [PY, "-c", "print(1)"], "working_dir": str(tmp_path / "no-such-dir")},
+    )
+    ok = submit(store, {"command": [PY, "-c", "import time; time.sleep(1)"]})
+    row = run_until(loop, store, bad, {"failed"})
+    assert row.members == [] and row.attempts == 1
+    assert "could not start" in store.events(bad)[-1].message
+    assert "no-such-dir" in store.events(bad)[-1].message
+    assert run_until(loop, store, ok, {"succeeded"}).attempts == 1
+    assert events(store, ok).count("started") == 1
+
+
+class FailsOnRank1(LocalExecutor):
+    """A node that goes away while a gang starts: rank 0 has started, rank 1 cannot."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.started: list[Handle] = []
+
+    def start(self, launch: Launch) -> Handle:
+        if launch.rank == 1:
+            raise OSError("node went away")
+        h = super().start(launch)
+        self.started.append(h)
+        return h
+
+
+def test_a_gang_that_starts_part_way_stops_the_started_members_and_retries(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = Store.sqlite(tmp_path)
+    ex = FailsOnRank1(tmp_path / "logs", A100)
+    loop = Loop(store, ex, tick_s=0.05)
+    try:
+        cmd = [PY, "-c", "import time; time.sleep(60)"]
+        jid = submit(
+            store,
+            {"command": cmd, "gang": 2, "retries": 1, "resources": {"accelerator": "a100-80gb"}},
+        )
+        loop.tick()
+        row = get(store, jid)
+        assert row.state == "queued" and row.attempts == 1 and row.not_before is not None
+        assert row.not_before - row.updated_at == pytest.approx(1.0)  # the first backoff
+        assert "could not start: node went away; retry 1 of 1" in store.events(jid)[-1].message
+        rank0 = ex.started[0]
+        deadline = time.monotonic() + 5
+        while ex.poll(rank0) is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not alive(rank0)  # the member that did start was stopped, not left running
+        loop.tick()
+        assert len(ex.started) == 1  # the retry waits out its backoff
+        run_until(loop, store, jid, {"failed"})
+        assert get(store, jid).attempts == 2
+    finally:
+        reap(ex)
+
+
+def test_a_cancel_between_decision_and_start_wins(rig) -> None:  # type: ignore[no-untyped-def]
+    store, loop = rig
+    admin = store.create_token("admin", "root")
+    client = TestClient(create_app(store))
+    loop.tick()  # nodes known
+    jid = submit(store, {"command": [PY, "-c", "print('must not run')"]})
+    with store.tx() as s:
+        bound = loop._decide(s)
+    assert list(bound) == [jid]
+    r = client.post(f"/v1/jobs/{jid}/cancel", headers={"Authorization": f"Bearer {admin}"})
+    assert r.status_code == 200 and r.json()["state"] == "cancelled"
+    loop._launch(jid, bound[jid])  # the loop goes on with its (now stale) decision
+    row = get(store, jid)
+    assert row.state == "cancelled" and not row.members and row.attempts == 0
+    assert "started" not in events(store, jid)
+
+
+CHECKPOINTER = (
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, lambda *_: (print('checkpoint', flush=True), sys.exit(0)))\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+def wait_ready(row: JobRow) -> None:
+    out = Path(str(row.members[0]["stdout"]))  # type: ignore[index]
+    deadline = time.monotonic() + 10
+    while "ready" not in out.read_text() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_a_cancel_during_a_preemption_ends_the_job_cancelled(rig) -> None:  # type: ignore[no-untyped-def]
+    store, loop = rig
+    admin = store.create_token("admin", "root")
+    client = TestClient(create_app(store))
+    auth = {"Authorization": f"Bearer {admin}"}
+    slow = CHECKPOINTER.replace("sys.exit(0)", "time.sleep(1) or sys.exit(0)")
+    devs = {"accelerator": "a100-80gb", "devices": 2}
+    low = submit(store, {"command": [PY, "-c", slow], "preemptible": True, "resources": devs})
+    wait_ready(run_until(loop, store, low, {"running"}))
+    high = submit(store, {"command": [PY, "-c", "print(1)"], "priority": 5, "resources": devs})
+    for _ in range(40):
+        loop.tick()
+        if get(store, low).stop_reason:
+            break
+    assert (get(store, low).stop_reason or "").startswith("preempt:")
+    assert client.post(f"/v1/jobs/{low}/cancel", headers=auth).json()["cancel_requested"]
+    assert run_until(loop, store, low, {"cancelled", "queued"}).state == "cancelled"
+    run_until(loop, store, high, {"succeeded"})
+    assert get(store, low).state == "cancelled"  # not requeued behind the preemptor
+
+
+def test_a_preempted_job_can_be_cancelled_before_it_is_requeued(rig) -> None:  # type: ignore[no-untyped-def]
+    store, loop = rig
+    admin = store.create_token("admin", "root")
+    client = TestClient(create_app(store))
+    jid = submit(store, {"command": [PY, "-c", "print(1)"]})
+    with store.tx() as s:
+        row = s.get(JobRow, jid)
+        assert row is not None
+        row.state = "preempted"  # as the loop leaves a victim between two ticks
+    r = client.post(f"/v1/jobs/{jid}/cancel", headers={"Authorization": f"Bearer {admin}"})
+    assert r.json()["state"] == "cancelled"
+    loop.tick()
+    assert get(store, jid).state == "cancelled" and "requeued" not in events(store, jid)
+
+
+def test_a_deadline_fails_the_job_even_if_it_exits_0_on_sigterm(rig) -> None:  # type: ignore[no-untyped-def]
+    store, loop = rig
+    jid = submit(store, {"command": [PY, "-c", CHECKPOINTER], "max_runtime_s": 0.5, "retries": 2})
+    row = run_until(loop, store, jid, {"failed", "succeeded", "queued"}, timeout=15)
+    while row.state == "running":
+        row = run_until(loop, store, jid, {"failed", "succeeded"})
+    assert row.state == "failed" and row.exit_code == 0 and row.attempts == 1
+    assert "exceeded max_runtime_s" in store.events(jid)[-1].message
+
+
+def test_a_job_that_finishes_as_it_is_cancelled_keeps_its_result(rig) -> None:  # type: ignore[no-untyped-def]
+    store, loop = rig
+    jid = submit(store, {"command": [PY, "-c", "print('done')"]})
+    row = run_until(loop, store, jid, {"running"})
+    h = Handle.from_dict(row.members[0])  # type: ignore[index]
+    while loop.executor.is_alive(h):
+        time.sleep(0.02)
+    with store.tx() as s:
+        r = s.get(JobRow, jid)
+        assert r is not None
+        r.cancel_requested = True  # the cancel arrives after the exit, before the tick
+    assert run_until(loop, store, jid, {"succeeded", "cancelled"}).state == "succeeded"
+
+
+def test_stopping_reaches_children_after_the_leader_exited(tmp_path: Path) -> None:
+    ex = LocalExecutor(tmp_path)
+    pidfile = tmp_path / "child.pid"
+    script = (
+        f"import subprocess; p = subprocess.Popen([{PY!r}, '-c', 'import time; time.sleep(60)']);"
+        f"open({str(pidfile)!r}, 'w').write(str(p.pid))"
+    )
+    h = ex.start(Launch("orphan", [PY, "-c", script]))
+    deadline = time.monotonic() + 10
+    while ex.poll(h) is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    child = psutil.Process(int(pidfile.read_text()))
+    assert child.is_running() and os.getpgid(child.pid) == h.pid  # left behind in the group
+    ex.terminate(h)
+    child.wait(timeout=5)
+    assert not child.is_running()
+
+
+def test_node_selectors_pin_jobs_and_calibration_runs_on_the_node_it_measures(rig) -> None:  # type: ignore[no-untyped-def]
+    store, loop = rig
+    cmd = [PY, "-c", "print(1)"]
+    elsewhere = submit(store, {"command": cmd, "node_selector": {NODE_LABEL: "other"}})
+    here = submit(store, {"command": cmd, "node_selector": {NODE_LABEL: "local"}})
+    run_until(loop, store, here, {"succeeded"})
+    for _ in range(5):
+        loop.tick()
+    assert get(store, elsewhere).state == "queued"
+    from suanli.run.executor import NodeInfo
+
+    with store.tx() as s:
+        loop._calibration_job(s, NodeInfo("n7", 4, 1024))
+    with store.tx() as s:
+        cal = s.query(JobRow).filter(JobRow.name == "calibrate-n7").one()
+    assert cal.spec["node_selector"] == {NODE_LABEL: "n7"} and cal.owner == SYSTEM_OWNER
+
+
+def test_no_token_can_take_the_name_of_the_service_or_of_another_role(rig) -> None:  # type: ignore[no-untyped-def]
+    store, loop = rig
+    loop.tick()
+    with store.tx() as s:
+        node = s.get(NodeRow, "local")
+        assert node is not None and node.owner == SYSTEM_OWNER
+    root = store.create_token("admin", "admin")
+    client = TestClient(create_app(store))
+    auth = {"Authorization": f"Bearer {root}"}
+    same = client.post("/v1/tokens", json={"role": "provider", "owner": "admin"}, headers=auth)
+    assert same.status_code == 409 and "one role" in same.json()["detail"]
+    colon = client.post(
+        "/v1/tokens", json={"role": "provider", "owner": SYSTEM_OWNER}, headers=auth
+    )
+    assert colon.status_code == 422 and "owner" in json.dumps(colon.json())
+    more = client.post("/v1/tokens", json={"role": "admin", "owner": "admin"}, headers=auth)
+    assert more.status_code == 201  # a second token of the same role is fine
