@@ -153,6 +153,23 @@ def test_a_gang_gets_a_placement_group_and_the_torchrun_environment(rig) -> None
     assert get(store, big).state == "queued"
 
 
+def test_fractions_of_one_device_run_side_by_side(rig) -> None:  # type: ignore[no-untyped-def]
+    store, loop, ex = rig
+    half = {"accelerator": "a100-80gb", "fraction": 0.5, "cpu": 0.5}
+    cmd = [PY, "-c", "import time; time.sleep(4)"]
+    jobs = [submit(store, {"command": cmd, "resources": half}) for _ in range(2)]
+    drive(loop, store, {j: {"running", "succeeded"} for j in jobs})
+    refs = [str((get(store, j).members or [])[0]["ref"]) for j in jobs]
+    end = time.monotonic() + 30
+    while time.monotonic() < end:  # Ray runs both at once: each asked for half the chip
+        status = {str(ex.client.get_job_info(r).status) for r in refs}
+        if status == {"RUNNING"} or "SUCCEEDED" in status:
+            break
+        time.sleep(0.2)
+    assert status == {"RUNNING"}, status
+    drive(loop, store, {j: {"succeeded"} for j in jobs})
+
+
 CHECKPOINTER = (
     "import signal, sys, time\n"
     "def term(*_):\n"

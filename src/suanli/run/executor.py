@@ -23,6 +23,7 @@ class Launch:
     cwd: str | None = None
     visible_env: str | None = None  # e.g. CUDA_VISIBLE_DEVICES
     devices: tuple[int, ...] = ()
+    share: float = 1.0  # of each device: < 1 for a fractional request (``resources.fraction``)
     rank: int = 0
     local_rank: int = 0  # among the gang's members on the same node
     world_size: int = 1

@@ -134,7 +134,8 @@ class RayExecutor:
         chip = self._resource.get(launch.node) if launch.devices else None
         per_member: dict[str, float] = {"CPU": launch.cpu}
         if chip:
-            per_member[chip] = float(len(launch.devices))
+            # a fraction asks Ray for the same share suanli's scheduler granted
+            per_member[chip] = len(launch.devices) * launch.share
         env = {
             **launch.env,
             "SUANLI_JOB_ID": launch.job_id,

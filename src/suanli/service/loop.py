@@ -500,6 +500,7 @@ class Loop:
                 spec.working_dir,
                 visible if devices else None,
                 devices,
+                share=spec.resources.fraction or 1.0,
                 rank=rank,
                 world_size=world,
                 master_port=port,
