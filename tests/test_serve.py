@@ -91,3 +91,30 @@ def test_cpu_is_an_accelerator_like_any_other() -> None:
 def test_invalid_serving_layouts(kw: dict[str, object], message: str) -> None:
     with pytest.raises(InvalidLayoutError, match=message):
         serve("llama-2-7b", "a100-80gb", **kw)
+
+
+def test_a_measured_engine_fixed_cost_and_gemv_rate_enter_the_decode_step() -> None:
+    import dataclasses
+
+    from suanli.perf import make_system
+    from suanli.perf.serve import decode_parts
+
+    tiny = model("tiny-llama-40m")
+    acc = system("a100-80gb").accelerator
+    base = decode_parts(tiny, make_system(acc), tp=1, batch=8, context=96)
+    assert base["step_overhead"] == 0
+    slow = dataclasses.replace(
+        acc,
+        layer_overhead_us=500.0,
+        step_overhead_us=200.0,
+        gemv_bandwidth_by_k={"bf16": {512: 10.0}, "int8": {512: 2.0}},
+        decode_attention_gbs=5.0,
+    )
+    got = decode_parts(tiny, make_system(slow), tp=1, batch=8, context=96)
+    assert got["layer_overhead"] == pytest.approx(tiny.layers * 500e-6)
+    assert got["step_overhead"] == pytest.approx(200e-6)
+    kv_bytes = tiny.layers * 8 * 96 * tiny.kv_heads * tiny.head_dim * 2 * 2  # K and V, bf16
+    assert got["attention"] == pytest.approx(kv_bytes / 5e9)
+    assert got["weights_gemm"] > 10 * base["weights_gemm"]  # 10 GB/s, not HBM's 2 TB/s
+    int8 = decode_parts(tiny, make_system(slow), tp=1, batch=8, context=96, weight_dtype="int8")
+    assert int8["weights_gemm"] > 2 * got["weights_gemm"]  # half the bytes at a fifth the rate

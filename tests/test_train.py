@@ -191,3 +191,50 @@ def test_grad_reduce_dtype_and_cpu_collectives_that_cannot_hide() -> None:
     cpu = make_system(get_accelerator("xeon-8480"))
     on_cpu = estimate_train(get_model("tiny-llama-40m"), cpu, lay)
     assert on_cpu.breakdown_s["dp_comm_exposed"] == on_cpu.breakdown_s["dp_comm_total"] > 0
+
+
+def test_measured_cpu_costs_enter_the_step_where_a_profile_has_them() -> None:
+    """A measured device may carry a cross-entropy rate and a per-layer fixed cost; a
+    layout may say its weights are autocast. Each adds exactly its term."""
+    from suanli.perf import make_system
+    from suanli.perf.memory import stage_params
+    from suanli.perf.shape import shape_of
+    from suanli.perf.train import (
+        AUTOCAST_BYTES_PER_PARAM,
+        LOSS_BYTES_PER_LOGIT,
+        LOSS_CAST_BYTES_PER_LOGIT,
+    )
+
+    tiny = model("tiny-llama-40m")
+    acc = system("a100-80gb").accelerator
+    lay = TrainLayout(micro_batch=4, global_batch=4, seq_len=256)
+    e = Efficiency()
+    bw = acc.memory_bandwidth_gbs * 1e9 * e.mem_bw_eff
+    logits = 4 * 256 * tiny.vocab
+    plain = estimate_train(tiny, make_system(acc), lay, e)
+    assert plain.breakdown_s["loss"] == pytest.approx(logits * LOSS_BYTES_PER_LOGIT / bw)
+    assert plain.breakdown_s["weight_casts"] == 0
+    slow = dataclasses.replace(acc, loss_logits_per_s=2e8, layer_overhead_us=500.0)
+    est = estimate_train(tiny, make_system(slow), lay, e)
+    assert est.breakdown_s["loss"] == pytest.approx(
+        logits / 2e8 + logits * LOSS_CAST_BYTES_PER_LOGIT / bw
+    )
+    assert est.breakdown_s["layer_overhead"] == pytest.approx(tiny.layers * 500e-6 * 3)
+    cast = estimate_train(
+        tiny, make_system(acc), dataclasses.replace(lay, autocast_weights=True), e
+    )
+    dense, experts = stage_params(shape_of(tiny), lay)
+    assert cast.breakdown_s["weight_casts"] == pytest.approx(
+        (dense + experts) * AUTOCAST_BYTES_PER_PARAM / bw
+    )
+    assert cast.step_time_s == pytest.approx(plain.step_time_s + cast.breakdown_s["weight_casts"])
+
+
+def test_decode_gemm_rate_by_inner_size_interpolates_in_log_k() -> None:
+    acc = dataclasses.replace(
+        system("a100-80gb").accelerator, gemv_bandwidth_by_k={"bf16": {512: 10.0, 4096: 40.0}}
+    )
+    assert acc.gemv_rate_gbs(256) == 10.0 and acc.gemv_rate_gbs(8192) == 40.0  # clamped
+    assert acc.gemv_rate_gbs(1448) == pytest.approx(25.0, rel=1e-3)  # halfway in log K
+    assert acc.gemv_rate_gbs(512, "int8") is None  # not measured for int8
+    assert dataclasses.replace(acc, gemv_bandwidth_by_k=None).gemv_rate_gbs(512) is None

@@ -78,6 +78,15 @@ def test_calibrate_measures_and_perf_uses_the_measured_rates(
         assert acc.peak(dtype) * e.gemm_eff_max == pytest.approx(best)
     assert acc.memory_bandwidth_gbs * e.mem_bw_eff == pytest.approx(prof["memory_bandwidth_gbs"])
     assert "measured" in acc.sources["peak_tflops"]
+    # the CPU-specific costs perf needs for a measured device: the loss's exp, small
+    # decode GEMMs (slower the smaller K) and the engine's fixed costs
+    assert acc.loss_logits_per_s == prof["loss_logits_per_s"] > 0
+    for dt in ("bf16", "int8"):
+        by_k = {int(k): v for k, v in prof["gemv_gbs_by_k"][dt].items()}
+        assert set(by_k) == {512, 1024, 4096} and all(v > 0 for v in by_k.values())
+        assert acc.gemv_rate_gbs(512, dt) * e.mem_bw_eff == pytest.approx(by_k[512])
+    assert prof["fixed_us"]["layer"] > 0 and acc.layer_overhead_us == prof["fixed_us"]["layer"]
+    assert acc.decode_attention_gbs == prof["decode_attention_gbs"] > 0
     with pytest.raises(Exception, match="run suanli calibrate --save"):
         get_accelerator("nothing-here@measured")
 

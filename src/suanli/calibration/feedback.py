@@ -70,8 +70,9 @@ def chip_of(summary: dict[str, Any], data_dir: Path | None = None) -> str | None
 def estimate_summary(summary: dict[str, Any], acc: Accelerator) -> TrainEstimate:
     """Perf's estimate of the step a ``train_lm`` summary describes, on ``acc``.
 
-    train_lm keeps fp32 master weights under bf16 autocast, so DDP/FSDP reduce fp32
-    gradients; FSDP shards like ZeRO-3.
+    train_lm keeps fp32 master weights under bf16 autocast, so every step casts the
+    weights (and their gradients back), and DDP/FSDP reduce fp32 gradients; FSDP
+    shards like ZeRO-3.
     """
     from suanli.catalog.loader import get_model
     from suanli.perf import TrainLayout, estimate_train, make_system
@@ -85,6 +86,7 @@ def estimate_summary(summary: dict[str, Any], acc: Accelerator) -> TrainEstimate
         global_batch=int(summary["micro_batch"]) * world,
         seq_len=int(summary["seq_len"]),
         grad_reduce_dtype="fp32",
+        autocast_weights=summary.get("precision", "bf16") == "bf16",
     )
     return estimate_train(model, make_system(acc, devices_per_node=max(world, 1)), lay)
 

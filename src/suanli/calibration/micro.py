@@ -21,6 +21,7 @@ import math
 import os
 import queue
 import socket
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -82,6 +83,11 @@ class Profile:
     allreduce_gbs: dict[str, float] = field(default_factory=dict)  # MB -> bus GB/s
     gemv_gbs: dict[str, float] = field(default_factory=dict)  # dtype -> weight GB/s at M=8
     dispatch_us: float = 0.0
+    loss_logits_per_s: float = 0.0  # fp32 cross-entropy forward + backward, logits per second
+    # weights streamed by decode-shaped GEMMs over many distinct matrices: dtype -> K -> GB/s
+    gemv_gbs_by_k: dict[str, dict[str, float]] = field(default_factory=dict)
+    decode_attention_gbs: float = 0.0  # K/V bytes a decode step's attention reads per second
+    fixed_us: dict[str, float] = field(default_factory=dict)  # per decoder layer, per step
     threads: int = 0
     torch_version: str = ""
     measured_on: str = ""
@@ -171,6 +177,128 @@ def gemv(device: str, plan: Plan, tokens: int = 8) -> dict[str, float]:
     return out
 
 
+def gemv_by_k(device: str, plan: Plan, tokens: int = 8) -> dict[str, dict[str, float]]:
+    """GB/s at which decode-shaped GEMMs stream *many distinct* weights: dtype -> K -> GB/s.
+
+    A decode step reads each of a model's matrices once, none still in cache; small
+    ones stream slower (per-call cost, shorter rows). The set per K is 96 MB (64 MB
+    quick): more than a server CPU's last-level cache, so none is re-read from it.
+    ``int8`` is the weight-only kernel serve_lm uses on CPUs (``_weight_int8pack_mm``):
+    here it streams its bytes at half bf16's rate or less, so half the bytes buy little.
+    """
+    torch = _torch()
+    sync = _sync_for(torch, device)
+    total = (64 if plan.copy_mb <= 256 else 96) * 2**20
+    int8 = device == "cpu" and hasattr(torch, "_weight_int8pack_mm")
+    out: dict[str, dict[str, float]] = {"bf16": {}, **({"int8": {}} if int8 else {})}
+    for k in (512, 1024, 4096):
+        rows = min(4 * k, 16 * 2**20 // (2 * k))  # at most 16 MB a matrix
+        count = max(2, total // (rows * k * 2))
+        x = torch.randn(tokens, k, dtype=torch.bfloat16, device=device)
+        ws = [torch.randn(rows, k, dtype=torch.bfloat16, device=device) for _ in range(count)]
+
+        def sweep(ws: Any = ws, x: Any = x) -> None:
+            for w in ws:
+                torch.nn.functional.linear(x, w)
+
+        out["bf16"][str(k)] = round(
+            count * rows * k * 2 / _timed(sweep, sync, plan.min_time_s) / 1e9, 2
+        )
+        del ws
+        if int8:
+            qs = [torch.randint(-127, 127, (rows, k), dtype=torch.int8) for _ in range(count)]
+            scale = torch.ones(rows, dtype=torch.bfloat16)
+
+            def sweep8(qs: Any = qs, x: Any = x, scale: Any = scale) -> None:
+                for q in qs:
+                    torch._weight_int8pack_mm(x, q, scale)
+
+            out["int8"][str(k)] = round(
+                count * rows * k / _timed(sweep8, sync, plan.min_time_s) / 1e9, 2
+            )
+            del qs
+    return out
+
+
+def decode_attention_gbs(device: str, plan: Plan) -> float:
+    """GB/s of K/V a decode step's attention reads, with serve_lm's kernel.
+
+    One new token per sequence against its cache (4 sequences, 8 KV heads of 128,
+    4 query heads each, 1024 cached tokens: Llama-3-8B's geometry), read from the
+    cache in place as the engine does. On a CPU these batched small GEMMs reach a
+    fraction of copy bandwidth; a GPU's fused decode kernels come near it.
+    """
+    torch = _torch()
+    from suanli.workloads.serve_lm import _decode_attention
+
+    sync = _sync_for(torch, device)
+    b, kv, group, hd, span = 4, 8, 4, 128, 1024
+    k, v = (torch.randn(b, kv, 2 * span, hd, dtype=torch.bfloat16, device=device) for _ in "kv")
+    q = torch.randn(b, kv * group, 1, hd, dtype=torch.bfloat16, device=device)
+    mask = torch.ones(b, span, dtype=torch.bool, device=device)
+
+    def step() -> None:
+        _decode_attention(q, k[:, :, :span], v[:, :, :span], mask)
+
+    return round(2 * b * kv * span * hd * 2 / _timed(step, sync, plan.min_time_s) / 1e9, 2)
+
+
+def fixed_costs_us(device: str, plan: Plan) -> dict[str, float]:
+    """The fixed cost of serve_lm's decode, per layer and per step, in microseconds.
+
+    Eager PyTorch pays per operator (dispatch, a GEMM's set-up, the engine's own
+    Python) whatever the tensor sizes; on a CPU that is a large share of a small
+    model's decode step, and perf's bandwidth terms do not see it. Measured on
+    probe models too small to cost bytes or FLOPs (hidden 64), with 2 and 6
+    layers: the difference is the per-layer cost, the rest the per-step cost.
+    The serving engine runs on CPUs only, so other devices report nothing.
+    """
+    if device != "cpu":
+        return {}
+    torch = _torch()
+    from suanli.catalog.types import ModelArch
+    from suanli.workloads.serve_lm import Engine, Request
+    from suanli.workloads.train_lm import GPT
+
+    engines = {}
+    for layers in (2, 6):
+        arch = ModelArch(
+            name="fixed-cost-probe",
+            display_name="calibration probe",
+            hidden=64,
+            layers=layers,
+            heads=2,
+            kv_heads=1,
+            head_dim=32,
+            ffn=128,
+            vocab=256,
+            gated_mlp=True,
+            tied_embeddings=False,
+            max_seq_len=512,
+            sources={"hidden": "calibration probe: too small to cost bytes or FLOPs"},
+        )
+        torch.manual_seed(0)
+        engines[layers] = Engine(GPT(arch).to(torch.bfloat16).eval(), arch, 8, 512, torch.bfloat16)
+    rounds: dict[int, list[float]] = {2: [], 6: []}
+    for _ in range(3 if plan.min_time_s < 0.3 else 7):  # alternated, so drift hits both alike
+        for layers, eng in engines.items():
+            for i in range(8):
+                eng.waiting.put(Request([i + 1] * 64, 120, 0.0))
+            eng.step()  # prefill
+            for _ in range(5):
+                eng.step()
+            start, n = time.perf_counter(), 40
+            for _ in range(n):
+                eng.step()
+            rounds[layers].append((time.perf_counter() - start) / n * 1e6)
+            while eng.active:
+                eng.step()
+    # the median round, as a workload's mean step sees the same noise
+    per_step = {layers: statistics.median(ts) for layers, ts in rounds.items()}
+    layer = max(0.0, (per_step[6] - per_step[2]) / 4)
+    return {"layer": round(layer, 1), "step": round(max(0.0, per_step[2] - 2 * layer), 1)}
+
+
 def copy_bandwidth(device: str, plan: Plan) -> float:
     """GB/s of a large copy, counting the read and the write (STREAM's convention)."""
     torch = _torch()
@@ -207,6 +335,26 @@ def attention(device: str, plan: Plan, heads: int = 8, head_dim: int = 64) -> di
         tf["fused_speedup"] = tf["fused_tflops"] / tf["unfused_tflops"]
         out["by_seq"][str(seq)] = {k: round(v, 4) for k, v in tf.items()}
     return out
+
+
+def loss_rate(device: str, plan: Plan, vocab: int = 50304) -> float:
+    """Logits per second of fp32 cross-entropy, forward and backward.
+
+    A GPU streams it at memory bandwidth; a CPU spends it in ``exp`` (compute
+    bound), several times slower than its bytes alone say. ``vocab`` is GPT-2's
+    padded vocabulary: the rate per logit, not any one model's, is measured.
+    """
+    torch = _torch()
+    sync = _sync_for(torch, device)
+    rows = max(8, plan.copy_mb * 2**20 // 4 // vocab // 4)
+    x = torch.randn(rows, vocab, device=device, requires_grad=True)
+    y = torch.randint(0, vocab, (rows,), device=device)
+
+    def step() -> None:
+        torch.nn.functional.cross_entropy(x, y).backward()
+        x.grad = None
+
+    return round(rows * vocab / _timed(step, sync, plan.min_time_s), 1)
 
 
 def dispatch_us(device: str, plan: Plan) -> float:
@@ -317,8 +465,15 @@ def calibrate(
         ("GEMM", lambda: setattr(prof, "gemm_tflops", gemm(device, plan))),
         ("memory", lambda: setattr(prof, "memory_bandwidth_gbs", copy_bandwidth(device, plan))),
         ("decode GEMV", lambda: setattr(prof, "gemv_gbs", gemv(device, plan))),
+        ("decode GEMV by K", lambda: setattr(prof, "gemv_gbs_by_k", gemv_by_k(device, plan))),
+        (
+            "decode attention",
+            lambda: setattr(prof, "decode_attention_gbs", decode_attention_gbs(device, plan)),
+        ),
+        ("fixed costs", lambda: setattr(prof, "fixed_us", fixed_costs_us(device, plan))),
         ("attention", lambda: setattr(prof, "attention", attention(device, plan))),
         ("dispatch", lambda: setattr(prof, "dispatch_us", dispatch_us(device, plan))),
+        ("loss", lambda: setattr(prof, "loss_logits_per_s", loss_rate(device, plan))),
         ("all-reduce", lambda: setattr(prof, "allreduce_gbs", allreduce(device, plan))),
     ]
     for name, step in steps:

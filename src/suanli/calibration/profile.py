@@ -124,6 +124,11 @@ def measured_accelerator(
             "memory_bandwidth_gbs": f"measured copy bandwidth / mem_bw_eff, {when}",
             "intra_node_link_gbs": f"2 x measured all-reduce bus bandwidth / link_eff, {when}",
             "gemv_bandwidth_gbs": f"measured 8-token bf16 GEMM weight rate / mem_bw_eff, {when}",
+            "loss_logits_per_s": f"measured fp32 cross-entropy, forward + backward, {when}",
+            "gemv_bandwidth_by_k": f"measured decode GEMMs, distinct matrices / mem_bw_eff, {when}",
+            "layer_overhead_us": f"measured serve_lm decode, 6- minus 2-layer probe / 4, {when}",
+            "step_overhead_us": f"measured serve_lm decode, 2-layer probe minus its layers, {when}",
+            "decode_attention_gbs": f"measured serve_lm decode attention, K/V read, {when}",
             **({k: f"catalog {base.name}: {v}" for k, v in base.sources.items()} if base else {}),
         },
         price_usd_per_hour=base.price_usd_per_hour if base else None,
@@ -131,6 +136,15 @@ def measured_accelerator(
             profile["gemv_gbs"]["bf16"] / e.mem_bw_eff if profile.get("gemv_gbs") else None
         ),
         idle_w=base.idle_w if base else None,
+        loss_logits_per_s=profile.get("loss_logits_per_s") or None,
+        gemv_bandwidth_by_k={
+            dt: {int(k): v / e.mem_bw_eff for k, v in by_k.items()}
+            for dt, by_k in (profile.get("gemv_gbs_by_k") or {}).items()
+        }
+        or None,
+        layer_overhead_us=(profile.get("fixed_us") or {}).get("layer") or None,
+        step_overhead_us=(profile.get("fixed_us") or {}).get("step") or None,
+        decode_attention_gbs=profile.get("decode_attention_gbs") or None,
         notes="a measured profile, not a data sheet",
     )
 

@@ -8,6 +8,7 @@ sources disagree on are listed in ``disputed`` (field name → what is disputed)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -49,8 +50,37 @@ class Accelerator:
     #: the rate skinny GEMMs (decode: a few tokens against all the weights) stream weights
     #: at; data sheets do not give it, so it is None (= memory bandwidth) unless measured
     gemv_bandwidth_gbs: float | None = None
+    #: fp32 cross-entropy (forward + backward), logits per second: a GPU streams it at
+    #: memory bandwidth, a CPU computes its exp far slower; None (= bandwidth) unless measured
+    loss_logits_per_s: float | None = None
+    #: measured only: decode-GEMM weight rate over many distinct matrices, by weight dtype
+    #: and inner size K (small matrices stream slower), and the fixed costs of the serving
+    #: engine (eager PyTorch: per operator, whatever the sizes), per layer and per step
+    gemv_bandwidth_by_k: dict[str, dict[int, float]] | None = None
+    layer_overhead_us: float | None = None
+    step_overhead_us: float | None = None
+    #: measured only: K/V bytes per second a decode step's attention reads (else the
+    #: memory bandwidth: fused decode kernels stream the cache)
+    decode_attention_gbs: float | None = None
     disputed: dict[str, str] = field(default_factory=dict)
     notes: str = ""
+
+    def gemv_rate_gbs(self, k: int, dtype: str = "bf16") -> float | None:
+        """The decode-GEMM weight rate of ``dtype`` weights with inner size ``k``: measured
+        by K, interpolated in log K (clamped at the ends); else, for bf16,
+        ``gemv_bandwidth_gbs``; else None."""
+        by_k = (self.gemv_bandwidth_by_k or {}).get(dtype)
+        if not by_k:
+            return self.gemv_bandwidth_gbs if dtype == "bf16" else None
+        ks = sorted(by_k)
+        if k <= ks[0]:
+            return by_k[ks[0]]
+        if k >= ks[-1]:
+            return by_k[ks[-1]]
+        hi = next(i for i, x in enumerate(ks) if x >= k)
+        k0, k1 = ks[hi - 1], ks[hi]
+        f = math.log(k / k0) / math.log(k1 / k0)
+        return by_k[k0] + f * (by_k[k1] - by_k[k0])
 
     @property
     def memory_mib(self) -> int:

@@ -73,6 +73,9 @@ def calibrate_cmd(
     )
     for dt, gbs in prof["gemv_gbs"].items():
         t.add_row(f"decode GEMV {dt} weight GB/s", fmt(gbs), "")
+    for dt, by_k in prof.get("gemv_gbs_by_k", {}).items():
+        for k, gbs in by_k.items():
+            t.add_row(f"decode GEMV {dt}, distinct K={k} matrices, GB/s", fmt(gbs), "")
     for seq, a in prof["attention"]["by_seq"].items():
         t.add_row(
             f"attention seq {seq}: fused / unfused TFLOP/s",
@@ -82,6 +85,12 @@ def calibrate_cmd(
     for mb, gbs in prof["allreduce_gbs"].items():
         t.add_row(f"all-reduce {mb} MB bus GB/s", fmt(gbs), "")
     t.add_row("dispatch per op (µs)", fmt(prof["dispatch_us"]), "")
+    if prof.get("loss_logits_per_s"):
+        t.add_row("fp32 cross-entropy fwd+bwd (Glogit/s)", fmt(prof["loss_logits_per_s"] / 1e9), "")
+    if prof.get("decode_attention_gbs"):
+        t.add_row("decode attention K/V GB/s", fmt(prof["decode_attention_gbs"]), "")
+    for part, us in prof.get("fixed_us", {}).items():
+        t.add_row(f"serve_lm decode fixed cost per {part} (µs)", fmt(us), "")
     t.add_row("wall time (s)", fmt(prof["wall_s"]), "")
     console.print(t)
     if save:

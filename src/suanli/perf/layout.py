@@ -58,6 +58,9 @@ class TrainLayout:
     #: dtype gradients are reduced in: bf16 (Megatron's default) or fp32 (Megatron's
     #: --accumulate-allreduce-grads-in-fp32; PyTorch DDP/FSDP over fp32 master weights)
     grad_reduce_dtype: str = "bf16"
+    #: PyTorch autocast over fp32 weights (no bf16 copy kept): every micro-batch casts
+    #: each weight to bf16 in the forward and its gradient back to fp32 in the backward
+    autocast_weights: bool = False
 
     @property
     def num_devices(self) -> int:

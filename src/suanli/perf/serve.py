@@ -213,7 +213,14 @@ def _pass_time(
     bw = acc.memory_bandwidth_gbs * GB
     wb = BYTES_PER_ELEMENT[weight_dtype] + QUANT_SCALE_BYTES_PER_WEIGHT.get(weight_dtype, 0.0)
     # weights stream through skinny GEMMs: at the measured rate where there is one
-    bw_w = (acc.gemv_bandwidth_gbs or acc.memory_bandwidth_gbs) * GB * _bw_eff(e, weight_dtype)
+    # (the rate of matrices whose inner size is the hidden size, where it was measured by K;
+    # a kernel measured for this weight dtype streams at its own rate)
+    own = acc.gemv_rate_gbs(s.arch.hidden, weight_dtype) if weight_dtype != "bf16" else None
+    if own:
+        bw_w = own * GB * e.mem_bw_eff
+    else:
+        bw_w = (acc.gemv_rate_gbs(s.arch.hidden) or acc.memory_bandwidth_gbs) * GB
+        bw_w *= _bw_eff(e, weight_dtype)
     bw_a = bw * e.mem_bw_eff
     h = a.hidden
     layer_params = s.attn_params + s.dense_mlp_params  # dense layer
@@ -235,8 +242,9 @@ def _pass_time(
         t_moe = max(gemm_time(flops_moe, per_expert, width_moe, h, peak, bw_a, e), moe_w / bw_w)
     t_weights = (s.num_dense_layers * t_dense + s.num_moe_layers * t_moe) * layer_frac
     # attention over the KV cache: read it once; FLOPs at bf16
+    bw_kv = acc.decode_attention_gbs * GB if acc.decode_attention_gbs else bw_a
     t_attn = (
-        max(attn_flops / tp / (peak16 * e.attn_eff), kv_read_bytes / bw_a) * layer_frac
+        max(attn_flops / tp / (peak16 * e.attn_eff), kv_read_bytes / bw_kv) * layer_frac
         if (attn_flops or kv_read_bytes)
         else 0.0
     )
@@ -255,7 +263,8 @@ def _pass_time(
         if lm_head_tokens
         else 0.0
     )
-    t_over = layers * e.layer_overhead_us * 1e-6
+    # fixed costs: the global per-layer one, or what the device's engine was measured at
+    t_over = layers * (acc.layer_overhead_us or e.layer_overhead_us) * 1e-6
     return {
         "weights_gemm": t_weights,
         "attention": t_attn,
@@ -263,6 +272,7 @@ def _pass_time(
         "tp_comm": t_tp,
         "lm_head": t_head,
         "layer_overhead": t_over,
+        "step_overhead": (acc.step_overhead_us or 0.0) * 1e-6,
     }
 
 

@@ -44,6 +44,12 @@ ADAM_BYTES_MOVED = 30.0
 #: log-softmax (4 + 4 + 4), its gradient (4 + 4) and the cast back (4 + 2) — Megatron's
 #: vocab-parallel cross entropy and PyTorch's F.cross_entropy on .float() logits alike.
 LOSS_BYTES_PER_LOGIT = 32.0
+#: ...of which the casts (bf16 -> fp32 in, fp32 -> bf16 gradient out): what is left once
+#: a measured cross-entropy rate (``Accelerator.loss_logits_per_s``) times the rest
+LOSS_CAST_BYTES_PER_LOGIT = 12.0
+#: autocast over fp32 weights, per parameter and micro-batch: the forward's cast to bf16
+#: (read 4, write 2) and the backward's cast of the bf16 gradient to fp32 (read 2, write 4)
+AUTOCAST_BYTES_PER_PARAM = 12.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +176,7 @@ def estimate_train(
         kv_bytes = tokens * 2 * max(s.kv_dim, s.q_dim / 4) / tp * ACT_BYTES
         t_ring = (cp - 1) * coll.p2p_s(kv_bytes, tp * cp > dpn, system, e)
         t_cp = max(0.0, t_ring - e.overlap_eff * t_core)
-    overhead = e.layer_overhead_us * 1e-6
+    overhead = (acc.layer_overhead_us or e.layer_overhead_us) * 1e-6
     # Passes over a layer per micro-batch: forward + backward (2x) (+ forward again
     # under full recompute). Selective recompute redoes only the attention core.
     full = lay.recompute == "full"
@@ -239,8 +245,19 @@ def estimate_train(
     # cross-entropy passes over the (vocab-parallel) logits
     head_flops = 2 * tokens * a.vocab * h / tp
     t_head = 3 * gemm_time(head_flops, tokens, a.vocab / tp, h, peak, mem_bw, e)
-    t_head += tokens * a.vocab / tp * LOSS_BYTES_PER_LOGIT / mem_bw
-    t_stage = gemm_l + elem_l + attn_l + comm_l + a2a_l + over_l + t_head
+    logits = tokens * a.vocab / tp
+    if acc.loss_logits_per_s:  # measured: a CPU's exp is compute, not bytes
+        t_loss = logits / acc.loss_logits_per_s + logits * LOSS_CAST_BYTES_PER_LOGIT / mem_bw
+    else:
+        t_loss = logits * LOSS_BYTES_PER_LOGIT / mem_bw
+    dense_params, expert_params = stage_params(s, lay)
+    # autocast casts every weight of the stage in full, even where ZeRO-3 shards them
+    t_cast = (
+        (dense_params + expert_params) * AUTOCAST_BYTES_PER_PARAM / mem_bw
+        if lay.autocast_weights
+        else 0.0
+    )
+    t_stage = gemm_l + elem_l + attn_l + comm_l + a2a_l + over_l + t_head + t_loss + t_cast
 
     # --- 2. pipeline ----------------------------------------------------------------
     m = lay.global_batch // (dp * lay.micro_batch)
@@ -253,7 +270,6 @@ def estimate_train(
         t_p2p = 2 * (m * vpp + pp - 1) * coll.p2p_s(msg, inter, system, e)
 
     # --- 3. data parallel / ZeRO -------------------------------------------------------
-    dense_params, expert_params = stage_params(s, lay)
     shards = dp * cp
     ranks_per_node = max(1, dpn // (tp * cp)) if tp * cp < dpn else 1
     if not lay.hierarchical_collectives:
@@ -315,6 +331,8 @@ def estimate_train(
         cost = energy / 3.6e6 * system.usd_per_kwh
     breakdown = {
         "gemm": m * (gemm_l + t_head),
+        "loss": m * t_loss,
+        "weight_casts": m * t_cast,
         "attention": m * attn_l,
         "elementwise": m * elem_l,
         "tp_cp_comm": m * comm_l,

@@ -126,6 +126,12 @@ class Engine:
         cos, sin = ang.cos()[:, None], ang.sin()[:, None]
         b, t, _ = x.shape
         idx = torch.tensor(slots)
+        # slots are taken lowest first, so the batch is usually a run: read the cache in place
+        run = (
+            slice(slots[0], slots[0] + len(slots))
+            if slots == list(range(slots[0], slots[0] + len(slots)))
+            else None
+        )
         span = int(pos.max()) + 1
         keep = torch.arange(span)[None, :] <= pos[:, -1:]  # [B, span]: valid cache positions
         causal = torch.arange(span)[None, None, :] <= pos[:, :, None]  # [B, T, span]
@@ -143,7 +149,10 @@ class Engine:
                 for j, s in enumerate(slots):
                     self.k[i, s, :, pos[j, 0] : pos[j, -1] + 1] = k[j]
                     self.v[i, s, :, pos[j, 0] : pos[j, -1] + 1] = v[j]
-            kc, vc = self.k[i, idx, :, :span], self.v[i, idx, :, :span]
+            if run is not None:  # contiguous slots: a view, no copy of the cache
+                kc, vc = self.k[i, run, :, :span], self.v[i, run, :, :span]
+            else:
+                kc, vc = self.k[i, idx, :, :span], self.v[i, idx, :, :span]
             if t == 1:
                 att = _decode_attention(q, kc, vc, mask)
             else:
@@ -190,7 +199,9 @@ class Engine:
             self.active[free.pop(0)] = r
         if not self.active:
             return 0
-        reqs = [r for r in self.active.values() if len(r.out) < r.max_tokens]
+        reqs = sorted(
+            (r for r in self.active.values() if len(r.out) < r.max_tokens), key=lambda r: r.slot
+        )
         if reqs:
             ids = torch.tensor([[r.out[-1]] for r in reqs])
             pos = torch.tensor([[r.length] for r in reqs])
