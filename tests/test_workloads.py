@@ -217,7 +217,7 @@ def prof_name(prof: dict[str, Any]) -> str:
     return profile_name(prof)
 
 
-def _engine(tmp_path: Path, quantize: str = "none", slots: int = 4) -> Any:
+def _engine(tmp_path: Path, quantize: str = "none", slots: int = 4, device: str = "cpu") -> Any:
     import argparse
 
     from suanli.workloads.serve_lm import build
@@ -225,7 +225,14 @@ def _engine(tmp_path: Path, quantize: str = "none", slots: int = 4) -> Any:
     cfg = tmp_path / "tiny.json"
     cfg.write_text(json.dumps(TINY))
     ns = argparse.Namespace(
-        model=str(cfg), ckpt=None, quantize=quantize, dtype="fp32", slots=slots, max_len=256, seed=0
+        model=str(cfg),
+        ckpt=None,
+        quantize=quantize,
+        dtype="fp32",
+        slots=slots,
+        max_len=256,
+        seed=0,
+        device=device,
     )
     return build(ns)
 
@@ -350,6 +357,26 @@ def test_serve_lm_answers_like_openai_over_http(tmp_path: Path) -> None:
         assert bad.status_code == 422
         m = httpx.get(base + "/metrics").json()
         assert m["requests_total"] == 6 and m["queue_length"] == 0
+        # streamed: one chunk per token, the same greedy text, then [DONE]
+        body = {"prompt": "request 0", "max_tokens": 8, "stream": True}
+        with httpx.stream("POST", base + "/v1/completions", json=body, timeout=60) as s:
+            assert s.headers["content-type"].startswith("text/event-stream")
+            events = [ln[6:] for ln in s.iter_lines() if ln.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        chunks = [json.loads(e) for e in events[:-1]]
+        assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+        text = "".join(c["choices"][0]["text"] for c in chunks)
+        assert text == answers[0].json()["choices"][0]["text"]
+        # a client that leaves mid-stream frees its slot
+        body = {"prompt": "long", "max_tokens": 100, "stream": True}
+        with httpx.stream("POST", base + "/v1/completions", json=body, timeout=60) as s:
+            next(s.iter_lines())
+        for _ in range(100):
+            if httpx.get(base + "/metrics").json()["in_flight"] == 0:
+                break
+            time.sleep(0.05)
+        m = httpx.get(base + "/metrics").json()
+        assert m["in_flight"] == 0 and m["requests_total"] == 7
         for key in ("in_flight", "kv_cache_utilization", "decode_tokens_per_s"):
             assert key in m
     finally:
@@ -401,3 +428,15 @@ def test_cuda_calibration_and_training_run_on_the_gpu(tmp_path: Path) -> None:
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
     assert (summary_of(out) or {}).get("device") == "cuda"
+    from suanli.workloads.serve_lm import Request
+
+    for quantize in ("none", "int8"):  # serve_lm decodes on the GPU, with its cache there
+        eng = _engine(tmp_path, quantize=quantize, device="cuda")
+        assert eng.k.is_cuda
+        reqs = [Request(list(b"on the gpu"), 12, 0.0), Request(list(b"hi"), 5, 0.8)]
+        for r in reqs:
+            eng.waiting.put(r)
+        while not all(r.done.done() for r in reqs):
+            eng.step()
+        assert [r.done.result()["usage"]["completion_tokens"] for r in reqs] == [12, 5]
+    assert prof["fixed_us"]["layer"] > 0 and prof["decode_attention_gbs"] > 0

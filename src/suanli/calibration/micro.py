@@ -251,10 +251,7 @@ def fixed_costs_us(device: str, plan: Plan) -> dict[str, float]:
     model's decode step, and perf's bandwidth terms do not see it. Measured on
     probe models too small to cost bytes or FLOPs (hidden 64), with 2 and 6
     layers: the difference is the per-layer cost, the rest the per-step cost.
-    The serving engine runs on CPUs only, so other devices report nothing.
     """
-    if device != "cpu":
-        return {}
     torch = _torch()
     from suanli.catalog.types import ModelArch
     from suanli.workloads.serve_lm import Engine, Request
@@ -278,7 +275,8 @@ def fixed_costs_us(device: str, plan: Plan) -> dict[str, float]:
             sources={"hidden": "calibration probe: too small to cost bytes or FLOPs"},
         )
         torch.manual_seed(0)
-        engines[layers] = Engine(GPT(arch).to(torch.bfloat16).eval(), arch, 8, 512, torch.bfloat16)
+        model = GPT(arch).to(device=device, dtype=torch.bfloat16).eval()
+        engines[layers] = Engine(model, arch, 8, 512, torch.bfloat16, device)
     rounds: dict[int, list[float]] = {2: [], 6: []}
     for _ in range(3 if plan.min_time_s < 0.3 else 7):  # alternated, so drift hits both alike
         for layers, eng in engines.items():

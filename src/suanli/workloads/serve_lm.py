@@ -18,7 +18,9 @@ in-flight requests, KV-cache use, and decode tokens/s over the last seconds.
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
+import json
 import logging
 import os
 import queue
@@ -26,6 +28,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -99,18 +102,28 @@ class Request:
     out: list[int] = field(default_factory=list)
     slot: int = -1
     length: int = 0  # tokens in the cache
+    on_token: Callable[[int], None] | None = None  # streaming: called with each new token
     arrived: float = field(default_factory=time.monotonic)
 
 
 class Engine:
     """The batch loop: admit waiting requests into free cache slots, decode all, repeat."""
 
-    def __init__(self, model: GPT, arch: Any, slots: int, max_len: int, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        model: GPT,
+        arch: Any,
+        slots: int,
+        max_len: int,
+        dtype: torch.dtype,
+        device: str | torch.device = "cpu",
+    ) -> None:
         self.model, self.arch, self.dtype = model, arch, dtype
+        self.device = torch.device(device)
         self.slots, self.max_len = slots, max_len
         shape = (arch.layers, slots, arch.kv_heads, max_len, arch.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype)
-        self.v = torch.zeros(shape, dtype=dtype)
+        self.k = torch.zeros(shape, dtype=dtype, device=self.device)
+        self.v = torch.zeros(shape, dtype=dtype, device=self.device)
         self.waiting: queue.Queue[Request] = queue.Queue()
         self.active: dict[int, Request] = {}
         # (time, tokens) of recent decode steps; bounded whether or not /metrics is read
@@ -125,7 +138,8 @@ class Engine:
         ang = pos.float()[..., None] * m.inv_freq  # type: ignore[operator]
         cos, sin = ang.cos()[:, None], ang.sin()[:, None]
         b, t, _ = x.shape
-        idx = torch.tensor(slots)
+        dev = self.device
+        idx = torch.tensor(slots, device=dev)
         # slots are taken lowest first, so the batch is usually a run: read the cache in place
         run = (
             slice(slots[0], slots[0] + len(slots))
@@ -133,8 +147,10 @@ class Engine:
             else None
         )
         span = int(pos.max()) + 1
-        keep = torch.arange(span)[None, :] <= pos[:, -1:]  # [B, span]: valid cache positions
-        causal = torch.arange(span)[None, None, :] <= pos[:, :, None]  # [B, T, span]
+        keep = (
+            torch.arange(span, device=dev)[None, :] <= pos[:, -1:]
+        )  # [B, span]: valid cache positions
+        causal = torch.arange(span, device=dev)[None, None, :] <= pos[:, :, None]  # [B, T, span]
         mask = (keep[:, None, :] & causal)[:, None]  # [B, 1, T, span]
         for i, blk in enumerate(cast(list[Block], list(m.blocks))):
             y = blk.norm1(x)
@@ -172,11 +188,13 @@ class Engine:
     def _prefill(self, r: Request, slot: int) -> None:
         """Run the prompt through the model into ``slot``'s cache; sample its first token."""
         prompt = r.prompt[-(self.max_len - r.max_tokens) :] or [0]
-        ids = torch.tensor([prompt])
-        pos = torch.arange(len(prompt))[None]
+        ids = torch.tensor([prompt], device=self.device)
+        pos = torch.arange(len(prompt), device=self.device)[None]
         logits = self._layers(self.model.embed(ids).to(self.dtype), pos, [slot])
         r.slot, r.length = slot, len(prompt)
         r.out.append(self._sample(logits[0, -1], r.temperature))
+        if r.on_token:
+            r.on_token(r.out[-1])
 
     # --- the loop ------------------------------------------------------------------
     @torch.inference_mode()
@@ -203,8 +221,8 @@ class Engine:
             (r for r in self.active.values() if len(r.out) < r.max_tokens), key=lambda r: r.slot
         )
         if reqs:
-            ids = torch.tensor([[r.out[-1]] for r in reqs])
-            pos = torch.tensor([[r.length] for r in reqs])
+            ids = torch.tensor([[r.out[-1]] for r in reqs], device=self.device)
+            pos = torch.tensor([[r.length] for r in reqs], device=self.device)
             logits = self._layers(self.model.embed(ids).to(self.dtype), pos, [r.slot for r in reqs])
             greedy = logits[:, -1].float().argmax(-1).tolist()  # one pass for all rows
             for j, r in enumerate(reqs):
@@ -215,6 +233,8 @@ class Engine:
                     else self._sample(logits[j, -1], r.temperature)
                 )
                 r.out.append(tok)
+                if r.on_token:
+                    r.on_token(tok)
             self.decoded.append((time.monotonic(), len(reqs)))
         for r in list(self.active.values()):
             if len(r.out) >= r.max_tokens or r.length + 1 >= self.max_len:
@@ -285,10 +305,13 @@ def build(args: argparse.Namespace) -> Engine:
         state = torch.load(args.ckpt, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    model = model.to(dtype).eval()
+    device = getattr(args, "device", "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {device}: no CUDA device here (try --device cpu)")
+    model = model.to(device=device, dtype=dtype).eval()
     if args.quantize == "int8":
         quantize_int8(model, dtype)
-    return Engine(model, arch, args.slots, args.max_len, dtype)
+    return Engine(model, arch, args.slots, args.max_len, dtype, device)
 
 
 class Completion(BaseModel):
@@ -298,11 +321,52 @@ class Completion(BaseModel):
     prompt: str = Field(max_length=100_000)
     max_tokens: int = Field(default=16, ge=1, le=4096)
     temperature: float = Field(default=0.0, ge=0.0, le=5.0)
+    stream: bool = False  # server-sent events, a chunk per token, then [DONE]
+
+
+async def _stream(engine: Engine, r: Request) -> AsyncIterator[str]:
+    """OpenAI's streamed completion: one ``text_completion`` chunk per token (bytes
+    decoded incrementally, so a character split over tokens arrives whole), a last
+    chunk with the finish reason, then ``[DONE]``. A client that goes away cancels
+    its request, and the engine gives its slot to the next."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    tokens: asyncio.Queue[int | None] = asyncio.Queue()
+
+    def push(tok: int | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
+            loop.call_soon_threadsafe(tokens.put_nowait, tok)
+
+    r.on_token = push
+    r.done.add_done_callback(lambda _: push(None))
+    engine.waiting.put(r)
+    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    head: dict[str, Any] = {"id": "cmpl-" + uuid.uuid4().hex[:12], "object": "text_completion"}
+    head |= {"created": int(time.time()), "model": engine.arch.name}
+
+    def chunk(text: str, finish: str | None) -> str:
+        body = {**head, "choices": [{"index": 0, "text": text, "finish_reason": finish}]}
+        return f"data: {json.dumps(body)}\n\n"
+
+    try:
+        while (tok := await tokens.get()) is not None:
+            text = utf8.decode(bytes([tok % 256]))
+            if text:
+                yield chunk(text, None)
+        if r.done.exception() is not None:
+            err = {"error": {"message": f"decoding failed: {r.done.exception()}"}}
+            yield f"data: {json.dumps(err)}\n\n"
+        else:
+            yield chunk(utf8.decode(b"", final=True), "length")
+        yield "data: [DONE]\n\n"
+    finally:
+        r.done.cancel()  # no-op once done; frees the slot when the client left early
 
 
 def app_for(engine: Engine) -> Any:
     from fastapi import FastAPI
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, StreamingResponse
 
     app = FastAPI(title="suanli serve_lm")
 
@@ -312,6 +376,8 @@ def app_for(engine: Engine) -> Any:
 
         max_tokens = min(body.max_tokens, engine.max_len - 1)
         r = Request(list(body.prompt.encode()), max_tokens, body.temperature)
+        if body.stream:
+            return StreamingResponse(_stream(engine, r), media_type="text/event-stream")
         engine.waiting.put(r)
         try:
             return await asyncio.wrap_future(r.done)
@@ -341,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda[:N] where a GPU is")
     args = ap.parse_args(argv)
     import uvicorn
 
