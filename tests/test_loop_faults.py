@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from suanli.api import create_app
 from suanli.calibration.feedback import METRIC
-from suanli.run.executor import Handle, Launch
+from suanli.run.executor import ExecutorUnavailable, Handle, Launch
 from suanli.run.local import LocalExecutor, alive
 from suanli.service.loop import NODE_LABEL, Loop
 from suanli.store import Store
@@ -168,6 +168,12 @@ def test_a_cancel_during_a_preemption_ends_the_job_cancelled(rig) -> None:  # ty
             break
     assert (get(store, low).stop_reason or "").startswith("preempt:")
     assert client.post(f"/v1/jobs/{low}/cancel", headers=auth).json()["cancel_requested"]
+    loop.tick()
+    # the stop keeps its reason under the cancel: the preemptor goes on waiting for this
+    # victim instead of evicting more
+    assert get(store, low).stop_reason == f"cancel+preempt:{high}"
+    with store.tx() as s:
+        assert loop._decide(s) == {}
     assert run_until(loop, store, low, {"cancelled", "queued"}).state == "cancelled"
     run_until(loop, store, high, {"succeeded"})
     assert get(store, low).state == "cancelled"  # not requeued behind the preemptor
@@ -265,3 +271,104 @@ def test_no_token_can_take_the_name_of_the_service_or_of_another_role(rig) -> No
     assert colon.status_code == 422 and "owner" in json.dumps(colon.json())
     more = client.post("/v1/tokens", json={"role": "admin", "owner": "admin"}, headers=auth)
     assert more.status_code == 201  # a second token of the same role is fine
+
+
+class StoreFailsAfterStart(Store):
+    """A database that goes away just after the members started, before they are stored."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.fail_next = False
+
+    def tx(self):  # type: ignore[no-untyped-def,override]
+        if self.fail_next:
+            self.fail_next = False
+            raise ConnectionError("database went away")
+        return super().tx()
+
+
+class Recording(LocalExecutor):
+    def __init__(self, *args: object, on_start: object = None) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.started: list[Handle] = []
+        self.on_start = on_start
+
+    def start(self, launch: Launch) -> Handle:
+        if callable(self.on_start):
+            self.on_start()
+        h = super().start(launch)
+        self.started.append(h)
+        return h
+
+
+def test_members_that_cannot_be_stored_are_killed_and_the_job_is_not_called_done(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = StoreFailsAfterStart(f"sqlite:///{tmp_path / 'db.sqlite'}")
+
+    def arm() -> None:
+        store.fail_next = True  # the next transaction is the one that stores the members
+
+    ex = Recording(tmp_path / "logs", A100, on_start=arm)
+    loop = Loop(store, ex, tick_s=0.05)
+    try:
+        jid = submit(store, {"command": [PY, "-c", "import time; time.sleep(60)"], "retries": 0})
+        loop.tick()  # claims, starts, fails to store the members (logged, the loop goes on)
+        assert len(ex.started) == 1
+        row = get(store, jid)
+        assert row.state == "running" and row.members == []
+        deadline = time.monotonic() + 5
+        while alive(ex.started[0]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not alive(ex.started[0])  # nobody would have known of it: killed
+        ex.on_start = None
+        loop.tick()
+        row = get(store, jid)
+        assert row.state == "failed" and row.exit_code is None  # not "succeeded" on no members
+        assert store.events(jid)[-1].message == "lost during start"
+    finally:
+        reap(ex)
+
+
+def test_a_cancel_that_lands_while_the_job_goes_back_to_the_queue_ends_it(rig) -> None:  # type: ignore[no-untyped-def]
+    store, loop = rig
+    # what the API and the loop leave when they race: the loop requeues a running job (a
+    # retry, a preemption) while the API marks the same job cancel_requested
+    queued = submit(store, {"command": [PY, "-c", "print('must not run')"]})
+    preempted = submit(store, {"command": [PY, "-c", "print('must not run')"]})
+    with store.tx() as s:
+        for jid, state in ((queued, "queued"), (preempted, "preempted")):
+            row = s.get(JobRow, jid)
+            assert row is not None
+            row.state, row.cancel_requested = state, True
+    loop.tick()
+    for jid in (queued, preempted):
+        row = get(store, jid)
+        assert row.state == "cancelled" and row.attempts == 0, jid
+        assert "started" not in events(store, jid)
+
+
+def test_an_executor_that_is_away_at_start_does_not_use_up_a_retry(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = Store.sqlite(tmp_path)
+    away = [True]
+
+    def outage() -> None:
+        if away[0]:
+            away[0] = False
+            raise ExecutorUnavailable("Ray's dashboard is restarting")
+
+    ex = Recording(tmp_path / "logs", A100, on_start=outage)
+    loop = Loop(store, ex, tick_s=0.05)
+    try:
+        jid = submit(store, {"command": [PY, "-c", "print('ran')"], "retries": 0})
+        loop.tick()
+        row = get(store, jid)
+        assert row.state == "queued" and row.attempts == 0 and row.not_before is not None
+        assert store.events(jid)[-1].kind == "requeued"
+        assert "Ray's dashboard is restarting" in store.events(jid)[-1].message
+        with store.tx() as s:
+            r = s.get(JobRow, jid)
+            assert r is not None
+            r.not_before = None  # skip the wait
+        row = run_until(loop, store, jid, {"succeeded", "failed"})
+        assert row.state == "succeeded" and row.attempts == 1
+    finally:
+        reap(ex)

@@ -396,3 +396,37 @@ def test_suanli_up_runs_jobs_and_survives_a_sigkill(tmp_path: Path) -> None:
             svc.kill()
     assert svc.returncode in (0, -signal.SIGTERM)
     assert not os.path.exists(tmp_path / "nonexistent")
+
+
+def test_a_cancel_is_not_lost_when_the_loop_requeues_the_job_between_its_statements(
+    store: Store, api: Any
+) -> None:
+    """The API's cancel is two compare-and-set statements; under PostgreSQL's read
+    committed the loop may move the job (running -> queued, a retry) between them."""
+    if store.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite: the first UPDATE takes the write lock, so nothing moves between")
+    from sqlalchemy import create_engine, event, update
+
+    from suanli.store.models import JobRow
+
+    client, auth = api
+    jid = client.post("/v1/jobs", json={"spec": HELLO}, headers=auth["alice"]).json()["id"]
+    with store.tx() as s:
+        s.execute(update(JobRow).where(JobRow.id == jid).values(state="running"))
+    other = create_engine(store.engine.url)  # the loop's own connection
+    moved: list[bool] = []
+
+    def loop_requeues(conn, cursor, statement, params, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        if not moved and statement.startswith("UPDATE jobs") and "IN (" in statement:
+            moved.append(True)  # after the first statement missed (running) ...
+            with other.begin() as c:  # ... the loop commits a retry: running -> queued
+                c.execute(update(JobRow).where(JobRow.id == jid).values(state="queued"))
+
+    event.listen(store.engine, "after_cursor_execute", loop_requeues)
+    try:
+        r = client.post(f"/v1/jobs/{jid}/cancel", headers=auth["alice"])
+    finally:
+        event.remove(store.engine, "after_cursor_execute", loop_requeues)
+        other.dispose()
+    assert moved and r.status_code == 200
+    assert r.json()["state"] == "cancelled"

@@ -219,7 +219,16 @@ def test_measured_cpu_costs_enter_the_step_where_a_profile_has_them() -> None:
     assert est.breakdown_s["loss"] == pytest.approx(
         logits / 2e8 + logits * LOSS_CAST_BYTES_PER_LOGIT / bw
     )
-    assert est.breakdown_s["layer_overhead"] == pytest.approx(tiny.layers * 500e-6 * 3)
+    # the measured fixed cost is an eager engine's: it stands for a CPU, not a GPU's stack
+    fixed = e.layer_overhead_us * 1e-6
+    assert est.breakdown_s["layer_overhead"] == pytest.approx(tiny.layers * fixed * 3)
+    on_cpu = estimate_train(tiny, make_system(dataclasses.replace(slow, kind="cpu")), lay, e)
+    assert on_cpu.breakdown_s["layer_overhead"] == pytest.approx(tiny.layers * 500e-6 * 3)
+    # the loss runs once, with the head, not in every layer (the hetero planner splits on it)
+    assert est.extra["layer_s"] == pytest.approx(plain.extra["layer_s"])
+    assert est.extra["head_s"] - plain.extra["head_s"] == pytest.approx(
+        est.breakdown_s["loss"] - plain.breakdown_s["loss"]
+    )
     cast = estimate_train(
         tiny, make_system(acc), dataclasses.replace(lay, autocast_weights=True), e
     )

@@ -33,6 +33,8 @@ class QueueBody(BaseModel):
 
 
 DNS_LABEL = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+CANCEL_TRIES = 5  # compare-and-set rounds; each lost round means the loop moved the job
+LIVE_STATES = ("queued", "preempted", "running")
 
 
 class SiteBody(BaseModel):
@@ -225,16 +227,19 @@ def create_app(store: Store) -> FastAPI:
         sync = {"synchronize_session": False}
         with store.tx() as s:
             # compare-and-set on the state, so a cancel and the loop starting (or requeueing)
-            # the job cannot both win: a job that started meanwhile gets a cancel request
-            ended = s.execute(
-                update(JobRow)
-                .where(JobRow.id == job_id, JobRow.state.in_(("queued", "preempted")))
-                .values(state="cancelled", updated_at=now),
-                execution_options=sync,
-            )
-            if ended.rowcount:  # type: ignore[attr-defined]
-                store.event(s, job_id, "cancelled", f"by {who.owner} while it waited to run")
-            else:
+            # the job cannot both win: a job that started meanwhile gets a cancel request.
+            # Under PostgreSQL's read committed the loop can move the job between the two
+            # statements (running -> queued for a retry), so both missing means: try again
+            for _ in range(CANCEL_TRIES):
+                ended = s.execute(
+                    update(JobRow)
+                    .where(JobRow.id == job_id, JobRow.state.in_(("queued", "preempted")))
+                    .values(state="cancelled", updated_at=now),
+                    execution_options=sync,
+                )
+                if ended.rowcount:  # type: ignore[attr-defined]
+                    store.event(s, job_id, "cancelled", f"by {who.owner} while it waited to run")
+                    break
                 asked = s.execute(
                     update(JobRow)
                     .where(JobRow.id == job_id, JobRow.state == "running")
@@ -243,6 +248,10 @@ def create_app(store: Store) -> FastAPI:
                 )
                 if asked.rowcount:  # type: ignore[attr-defined]
                     store.event(s, job_id, "cancel-requested", f"by {who.owner}")
+                    break
+                row = s.get(JobRow, job_id, populate_existing=True)
+                if row is None or row.state not in LIVE_STATES:
+                    break  # it ended meanwhile: nothing to cancel
             row = s.get(JobRow, job_id, populate_existing=True)
             assert row is not None
             return job_view(row)

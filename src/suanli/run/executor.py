@@ -14,6 +14,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from suanli.errors import SuanliError
+
+#: every node carries its own name under this label (as Kubernetes' kubernetes.io/hostname),
+#: so a job can be pinned to one node with a node selector
+NODE_LABEL = "suanli.io/node"
+
+
+class ExecutorUnavailable(SuanliError):
+    """The executor could not be reached (its cluster restarting, a node gone): the job
+    is not at fault, so the loop puts it back in the queue instead of failing it."""
+
 
 @dataclass(frozen=True)
 class Launch:

@@ -19,6 +19,7 @@ from typing import Any
 
 from suanli.catalog.loader import get_accelerator
 from suanli.jobs.spec import JobSpec
+from suanli.run.executor import NODE_LABEL
 
 LABEL = "suanli.io/job"
 
@@ -81,7 +82,11 @@ def _pod_spec(spec: JobSpec, restart: str) -> dict[str, Any]:
     if affinity:
         pod["affinity"] = affinity
     if spec.node_selector:
-        pod["nodeSelector"] = dict(spec.node_selector)
+        # suanli names every node by its own label; Kubernetes' equivalent is the hostname
+        pod["nodeSelector"] = {
+            ("kubernetes.io/hostname" if k == NODE_LABEL else k): v
+            for k, v in spec.node_selector.items()
+        }
     return pod
 
 

@@ -32,8 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from suanli.catalog.loader import accelerators
-from suanli.errors import SuanliError
-from suanli.run.executor import DeviceInfo, Handle, Launch, NodeInfo
+from suanli.run.executor import DeviceInfo, ExecutorUnavailable, Handle, Launch, NodeInfo
 
 NODE_ID_LABEL = "ray.io/node-id"
 LOG_REFRESH_S = 1.0
@@ -42,7 +41,7 @@ log = logging.getLogger("suanli.ray")
 RESERVED = {"CPU", "memory", "object_store_memory", "GPU"}
 
 
-class RayUnavailable(SuanliError):
+class RayUnavailable(ExecutorUnavailable):
     """The Ray cluster cannot be reached."""
 
 
@@ -165,14 +164,25 @@ class RayExecutor:
             }
             if chip == "GPU":
                 kwargs["entrypoint_num_gpus"] = kwargs["entrypoint_resources"].pop("GPU")
-        self.client.submit_job(
-            entrypoint=entrypoint,
-            submission_id=sid,
-            runtime_env={"env_vars": env},
-            entrypoint_label_selector={NODE_ID_LABEL: node_id},
-            metadata={"suanli_job": launch.job_id},
-            **kwargs,
-        )
+        import requests
+
+        try:
+            self.client.submit_job(
+                entrypoint=entrypoint,
+                submission_id=sid,
+                runtime_env={"env_vars": env},
+                entrypoint_label_selector={NODE_ID_LABEL: node_id},
+                metadata={"suanli_job": launch.job_id},
+                **kwargs,
+            )
+        except requests.RequestException as exc:
+            raise RayUnavailable(
+                f"cannot reach the Ray dashboard at {self.address}: {exc}"
+            ) from exc
+        except RuntimeError as exc:  # Ray's client: "Request failed with status code 5xx"
+            if "status code 5" in str(exc):
+                raise RayUnavailable(f"Ray could not take job {sid}: {exc}") from exc
+            raise
         out = self.log_dir / f"{launch.job_id}.out"  # every attempt's log, see _save_logs
         err = self.log_dir / f"{launch.job_id}.err"
         err.touch()

@@ -43,7 +43,7 @@ from suanli.cluster.state import ClusterState, NodeSpec, Site
 from suanli.cluster.task import MILLI, Task
 from suanli.jobs.resolve import eligible_types, wants_devices
 from suanli.jobs.spec import JobSpec, Resources
-from suanli.run.executor import Executor, Handle, Launch, NodeInfo
+from suanli.run.executor import NODE_LABEL, Executor, Handle, Launch, NodeInfo
 from suanli.run.local import free_port
 from suanli.sched.framework import Placement
 from suanli.sched.policies import NAMED, build
@@ -53,8 +53,10 @@ from suanli.store.models import SYSTEM_OWNER, JobRow, NodeRow, QueueRow, SiteRow
 
 log = logging.getLogger("suanli.loop")
 GRACE_S = 10.0
-NODE_LABEL = "suanli.io/node"  # every node carries its own name (as kubernetes.io/hostname)
 NODE_REFRESH_S = 2.0
+CANCEL = "cancel"  # stop reasons: "cancel", "timeout", "member-failed:<code>",
+PREEMPT = "preempt:"  # "preempt:<by job>"; a cancel during another stop: "cancel+<reason>"
+RETRY_START_S = 5.0  # an executor that could not be reached is asked again this much later
 
 
 def backoff_s(attempts: int) -> float:
@@ -136,10 +138,22 @@ class Loop:
             for row in s.scalars(select(JobRow).where(JobRow.state == "running")):
                 self._reconcile(s, row, now)
             s.flush()
+            # a cancel the API asked for while the job was being requeued (a retry, a
+            # preemption) ends it here: a queued job is never claimed while cancel_requested
+            cancelled = s.scalars(
+                update(JobRow)
+                .where(JobRow.state.in_(("queued", "preempted")), JobRow.cancel_requested)
+                .values(state="cancelled", updated_at=now, not_before=None)
+                .returning(JobRow.id),
+                execution_options={"synchronize_session": False},
+            ).all()
+            for job_id in cancelled:
+                self._specs.pop(job_id, None)
+                self.store.event(s, job_id, "cancelled", "by request, before it ran again")
             # compare-and-set: a cancel the API wrote meanwhile wins over the requeue
             requeued = s.scalars(
                 update(JobRow)
-                .where(JobRow.state == "preempted")
+                .where(JobRow.state == "preempted", JobRow.cancel_requested.is_(False))
                 .values(state="queued", updated_at=now)
                 .returning(JobRow.id),
                 execution_options={"synchronize_session": False},
@@ -196,17 +210,23 @@ class Loop:
 
     def _reconcile(self, s: DbSession, row: JobRow, now: float) -> None:
         members = _members(row)
+        if not members:
+            # claimed, but its members were never stored (the store failed after the start,
+            # whose processes were then killed): nothing runs, so it is lost, not succeeded
+            self._finish(s, row, None, "lost during start")
+            return
         codes = self._poll(members)
         done = all(c is not None for c in codes)
         first_bad = next((c for c in codes if c not in (None, 0)), None)
         if row.stop_reason:
-            if row.cancel_requested and row.stop_reason != "cancel":
+            if row.cancel_requested and not row.stop_reason.startswith(CANCEL):
                 # a cancel outranks a preemption or timeout already under way: the job ends
-                # cancelled, not requeued; the SIGKILL deadline stays as it was
+                # cancelled, not requeued; the SIGKILL deadline stays as it was, and so does
+                # the reason under it, so a preemptor still waits for this victim
                 self.store.event(
                     s, row.id, "stopping", f"cancel requested during {row.stop_reason}"
                 )
-                row.stop_reason = "cancel"
+                row.stop_reason = f"{CANCEL}+{row.stop_reason}"
             if done:
                 self._settle_stop(s, row, codes, now)
             elif row.stop_deadline is not None and now > row.stop_deadline:
@@ -217,7 +237,7 @@ class Loop:
         if done:  # it ended on its own, even if a cancel came in the same tick
             self._finish(s, row, first_bad if first_bad is not None else 0, f"exit {codes}")
         elif row.cancel_requested:
-            self._begin_stop(s, row, "cancel", f"by request; SIGTERM, {self.grace_s:g} s grace")
+            self._begin_stop(s, row, CANCEL, f"by request; SIGTERM, {self.grace_s:g} s grace")
         elif over:
             self._begin_stop(s, row, "timeout", f"exceeded max_runtime_s {spec.max_runtime_s}")
         elif first_bad is not None:
@@ -256,11 +276,11 @@ class Loop:
         code = codes[0] if codes else None
         row.stop_reason = row.stop_deadline = None
         row.updated_at = now
-        if reason == "cancel" or row.cancel_requested:
+        if reason.startswith(CANCEL) or row.cancel_requested:
             row.state, row.exit_code = "cancelled", code
             self._specs.pop(row.id, None)
             self.store.event(s, row.id, "cancelled", f"exit {code}")
-        elif reason.startswith("preempt:"):
+        elif reason.startswith(PREEMPT):
             # a preemption is not the job's failure: it does not use up a retry
             row.state, row.exit_code = "preempted", None
             row.attempts = max(0, row.attempts - 1)
@@ -318,8 +338,8 @@ class Loop:
                     continue
                 binds.append((task, Placement(node, gpus)))
             if row.stop_reason:
-                if row.stop_reason.startswith("preempt:"):
-                    waiting_for_victims.add(row.stop_reason.split(":", 1)[1])
+                if PREEMPT in row.stop_reason:  # "preempt:<by>", or "cancel+preempt:<by>"
+                    waiting_for_victims.add(row.stop_reason.split(PREEMPT, 1)[1])
             else:
                 held[job.name] = (job, binds)
         pending = []
@@ -353,7 +373,7 @@ class Loop:
             for ev in result.evicted:
                 victim = rows[ev.job]
                 why = ev.reason + f"; SIGTERM, {self.grace_s:g} s grace to checkpoint"
-                self._begin_stop(s, victim, f"preempt:{ev.by}", why)
+                self._begin_stop(s, victim, f"{PREEMPT}{ev.by}", why)
             return {}
         bound: dict[int, list[Placement]] = defaultdict(list)
         for jname, _, placement in result.bound:
@@ -455,24 +475,40 @@ class Loop:
         handles: list[Handle] = []
         try:
             self._start_members(job_id, spec, placements, handles)
-        except Exception as exc:  # a bad working_dir, a Ray node that left: this job only
-            for h in handles:
-                self.executor.kill(h)
+        except Exception as exc:
+            self._kill_all(handles)
             with self.store.tx() as s:
                 row = s.get(JobRow, job_id, populate_existing=True)
                 assert row is not None
-                self._finish(s, row, None, f"could not start: {exc}")
+                if _transient(exc):
+                    # the executor could not be reached (Ray's dashboard restarting): not the
+                    # job's fault, so it goes back to the queue without using up a retry
+                    row.state, row.members, row.started_at = "queued", [], None
+                    row.attempts = max(0, row.attempts - 1)
+                    row.not_before, row.updated_at = now + RETRY_START_S, time.time()
+                    self.store.event(s, job_id, "requeued", f"executor unavailable: {exc}")
+                else:  # a bad working_dir, a command that does not exist: this job only
+                    self._finish(s, row, None, f"could not start: {exc}")
             return
-        with self.store.tx() as s:
-            row = s.get(JobRow, job_id, populate_existing=True)
-            assert row is not None
-            row.members = [h.to_dict() for h in handles]
-            row.devices = " ".join(
-                f"{h.node}:{','.join(map(str, h.devices))}" if h.devices else h.node
-                for h in handles
-            )[:64]
-            where = ", ".join(f"rank {h.rank} {h.node}/{h.ref or h.pid}" for h in handles)
-            self.store.event(s, job_id, "started", f"{where} devices [{row.devices}]")
+        try:
+            with self.store.tx() as s:
+                row = s.get(JobRow, job_id, populate_existing=True)
+                assert row is not None
+                row.members = [h.to_dict() for h in handles]
+                row.devices = " ".join(
+                    f"{h.node}:{','.join(map(str, h.devices))}" if h.devices else h.node
+                    for h in handles
+                )[:64]
+                where = ", ".join(f"rank {h.rank} {h.node}/{h.ref or h.pid}" for h in handles)
+                self.store.event(s, job_id, "started", f"{where} devices [{row.devices}]")
+        except Exception:
+            # members nobody knows of would run on devices the scheduler thinks free: stop
+            # them; the row (running, no members) is settled as lost by the next tick
+            self._kill_all(handles)
+            raise
+
+    def _kill_all(self, handles: list[Handle]) -> None:
+        self._each(handles, [None] * len(handles), self.executor.kill)
 
     def _start_members(
         self, job_id: int, spec: JobSpec, placements: list[Placement], handles: list[Handle]
@@ -484,6 +520,8 @@ class Loop:
         port = free_port() if world > 1 else None  # local gangs; a Ray gang picks on rank 0
         gang_native = bool(getattr(self.executor, "gang_native", False))
         names = [self.nodes[p.node].name for p in placements]
+        fraction = spec.resources.fraction
+        milli = int(MILLI * fraction) if fraction else MILLI
         for rank, p in enumerate(placements):
             node = self.nodes[p.node]
             devices = tuple(g for g, _ in p.gpus)
@@ -500,7 +538,7 @@ class Loop:
                 spec.working_dir,
                 visible if devices else None,
                 devices,
-                share=spec.resources.fraction or 1.0,
+                share=milli / MILLI,  # what the scheduler granted, in its thousandths
                 rank=rank,
                 world_size=world,
                 master_port=port,
@@ -580,6 +618,13 @@ class Loop:
         if row.state != "queued":
             self._specs.pop(row.id, None)  # over: its spec is not needed again
         self.store.event(s, row.id, row.state, why)
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether a start failed because the executor was away, not because of the job."""
+    from suanli.run.executor import ExecutorUnavailable
+
+    return isinstance(exc, ExecutorUnavailable | ConnectionError | TimeoutError)
 
 
 def _key(h: Handle) -> str:
