@@ -225,10 +225,17 @@ def main() -> int:
         profiles = {}
         for world in (1, 2):
             torch.set_num_threads(max(1, cores // world))
-            profiles[world] = micro.calibrate("cpu", args.quick).to_dict()
+            # a rank of a 2-process job is measured while its peer runs: they share the CPU
+            profiles[world] = micro.calibrate("cpu", args.quick, processes=world).to_dict()
             bar.advance(task)
         for world in (1, 2):
-            got = train(args.model, args.steps, args.micro_batch, args.seq_len, world)
+            # the run of median step time of three: on this shared machine a noisy minute
+            # slows one run by a quarter (seen: 0.49 s/step steady, 0.70 in a burst)
+            runs = [
+                train(args.model, args.steps, args.micro_batch, args.seq_len, world)
+                for _ in range(3)
+            ]
+            got = sorted(runs, key=lambda r: r["median_step_time_s"])[1]
             pred = predict(got, profiles[world])
             err = pred["step_time_s"] / got["median_step_time_s"] - 1
             rows.append(
@@ -244,7 +251,13 @@ def main() -> int:
                     "measured_tokens_per_s": got["tokens_per_s"],
                     "profile": {
                         k: profiles[world][k]
-                        for k in ("gemm_tflops", "memory_bandwidth_gbs", "allreduce_gbs")
+                        for k in (
+                            "gemm_tflops",
+                            "memory_bandwidth_gbs",
+                            "allreduce_gbs",
+                            "attention",
+                            "loss_logits_per_s",
+                        )
                     },
                 }
             )

@@ -247,3 +247,27 @@ def test_decode_gemm_rate_by_inner_size_interpolates_in_log_k() -> None:
     assert acc.gemv_rate_gbs(1448) == pytest.approx(25.0, rel=1e-3)  # halfway in log K
     assert acc.gemv_rate_gbs(512, "int8") is None  # not measured for int8
     assert dataclasses.replace(acc, gemv_bandwidth_by_k=None).gemv_rate_gbs(512) is None
+
+
+def test_measured_gemm_and_attention_rates_replace_the_data_sheet_model() -> None:
+    """A measured device's GEMMs run at the measured rate of the square of the same
+    volume; its fused attention at the rate measured at that sequence length."""
+    from suanli.perf import make_system
+    from suanli.perf.train import gemm_time
+
+    e = Efficiency()
+    curve = {256: 0.5, 2048: 2.0}  # TFLOP/s, linear in log size between the points
+    flops = 2 * 512**3
+    assert gemm_time(flops, 512, 512, 512, 1e15, 1e12, e, curve) == pytest.approx(flops / 1e12)
+    assert gemm_time(flops, 64, 64, 64, 1e15, 1e12, e, curve) == pytest.approx(flops / 0.5e12)
+    tiny = model("tiny-llama-40m")
+    acc = system("a100-80gb").accelerator
+    lay = TrainLayout(micro_batch=4, global_batch=4, seq_len=256)
+    measured = dataclasses.replace(
+        acc, gemm_tflops_by_size={"bf16": curve}, attention_train_tflops={256: 0.1, 1024: 0.3}
+    )
+    est = estimate_train(tiny, make_system(measured), lay, e)
+    core = 2 * 1024 * 256 * tiny.heads * 2 * tiny.head_dim  # QK^T and AV, full square
+    assert est.breakdown_s["attention"] == pytest.approx(tiny.layers * 3.5 * 0.5 * core / 0.1e12)
+    plain = estimate_train(tiny, make_system(acc), lay, e)
+    assert est.breakdown_s["gemm"] > 50 * plain.breakdown_s["gemm"]  # 2 TF, not an A100's 300

@@ -70,8 +70,9 @@ def test_calibrate_measures_and_perf_uses_the_measured_rates(
     assert set(prof["gemm_tflops"]) == {"fp32", "bf16"}
     assert all(v > 0 for by_size in prof["gemm_tflops"].values() for v in by_size.values())
     assert prof["allreduce_gbs"]["16"] > 0  # two real gloo processes
-    seq = prof["attention"]["by_seq"]["512"]
-    assert seq["fused_tflops"] > 0 and seq["unfused_tflops"] > 0
+    for seq in ("256", "1024"):
+        by = prof["attention"]["by_seq"][seq]
+        assert by["fused_tflops"] > 0 and by["unfused_tflops"] > 0 and by["train_tflops"] > 0
     acc = get_accelerator(prof["use_as"])
     e = default_efficiency()
     for dtype, best in best_gemm_tflops(prof).items():
@@ -87,6 +88,12 @@ def test_calibrate_measures_and_perf_uses_the_measured_rates(
         assert acc.gemv_rate_gbs(512, dt) * e.mem_bw_eff == pytest.approx(by_k[512])
     assert prof["fixed_us"]["layer"] > 0 and acc.layer_overhead_us == prof["fixed_us"]["layer"]
     assert acc.decode_attention_gbs == prof["decode_attention_gbs"] > 0
+    # training attention and GEMMs at the measured rate of their length and size
+    train_attn = {int(s): v["train_tflops"] for s, v in prof["attention"]["by_seq"].items()}
+    assert acc.attention_train_rate(256) == train_attn[256]
+    assert acc.attention_train_rate(8192) == train_attn[1024]  # clamped, not extrapolated
+    assert acc.gemm_tflops_by_size is not None
+    assert acc.gemm_tflops_by_size["bf16"][256] == prof["gemm_tflops"]["bf16"]["256"]
     with pytest.raises(Exception, match="run suanli calibrate --save"):
         get_accelerator("nothing-here@measured")
 
@@ -103,6 +110,39 @@ def _train(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> sub
         text=True,
         env={**os.environ, **(env or {})},
     )
+
+
+def test_a_shared_cpu_is_measured_under_its_peers_load_and_they_are_stopped() -> None:
+    """``--processes N``: peers run the benchmarks while this process measures; stopping
+    them leaves nothing behind (not even the child of their loss benchmark)."""
+    import psutil
+
+    from suanli.calibration import micro
+    from suanli.errors import SuanliError
+
+    with pytest.raises(SuanliError, match="--processes is for CPUs"):
+        micro.calibrate("cuda:0", True, processes=2)
+    peer = micro._start_peer(quick=True, threads=1)
+    try:
+        assert psutil.Process(peer.pid).cpu_percent(interval=1.0) > 20  # loading the CPU
+    finally:
+        micro._stop_peer(peer)
+    assert peer.poll() is not None
+    deadline = time.monotonic() + 5
+    while (left := _peer_processes()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left
+
+
+def _peer_processes() -> list[Any]:
+    import psutil
+
+    out = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if "micro import _peer" in cmd or "_loss_rate_here" in cmd:
+            out.append(proc)
+    return out
 
 
 def test_train_lm_checkpoints_on_sigterm_and_resumes(tmp_path: Path) -> None:

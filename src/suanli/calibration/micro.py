@@ -17,14 +17,20 @@ in suanli imports this module.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import math
 import os
 import queue
+import signal
 import socket
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from suanli.errors import SuanliError
@@ -57,7 +63,7 @@ class Plan:
 
     @classmethod
     def quick(cls) -> Plan:
-        return cls((256, 1024, 2048), ("fp32", "bf16"), 256, (512,), (1.0, 16.0), 0.15)
+        return cls((256, 1024, 2048), ("fp32", "bf16"), 256, (256, 1024), (1.0, 16.0), 0.15)
 
     @classmethod
     def full(cls) -> Plan:
@@ -65,7 +71,7 @@ class Plan:
             (256, 512, 1024, 2048, 4096),
             ("fp32", "bf16", "fp16"),
             1024,
-            (512, 2048),
+            (256, 1024, 4096),
             (1.0, 16.0, 64.0),
             0.5,
         )
@@ -89,6 +95,7 @@ class Profile:
     decode_attention_gbs: float = 0.0  # K/V bytes a decode step's attention reads per second
     fixed_us: dict[str, float] = field(default_factory=dict)  # per decoder layer, per step
     threads: int = 0
+    processes: int = 1  # measured as one of this many processes sharing the CPU
     torch_version: str = ""
     measured_on: str = ""
     wall_s: float = 0.0
@@ -98,6 +105,8 @@ class Profile:
 
 
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+LOSS_LOGITS_BYTES = 128 * 2**20  # fp32 logits of a step: 1,024 tokens x a 32k vocabulary
+TRAIN_ATTN_TOKENS = 1024  # tokens per training-attention timing (a micro-batch's worth)
 
 
 def _timed(fn: Callable[[], object], sync: Callable[[], None], min_time_s: float) -> float:
@@ -177,25 +186,52 @@ def gemv(device: str, plan: Plan, tokens: int = 8) -> dict[str, float]:
     return out
 
 
+def last_level_cache_bytes() -> int:
+    """This CPU's largest cache, from sysfs (0 where it does not say)."""
+    sizes = []
+    for f in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        text = Path(f).read_text().strip().upper()
+        with contextlib.suppress(ValueError):
+            unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+            sizes.append(int(text.rstrip("KMG")) * unit)
+    return max(sizes, default=0)
+
+
+def sweep_bytes(device: str, plan: Plan) -> int:
+    """Bytes of distinct matrices a decode-GEMM sweep streams: twice the last-level cache
+    (a GPU's L2 is tens of MB: 128 MB), at least 64 MB, at most 1 GB or an eighth of RAM."""
+    floor = (64 if plan.copy_mb <= 256 else 96) * 2**20
+    if device.startswith("cuda"):
+        return max(floor, 128 * 2**20)
+    import psutil
+
+    cap = min(2**30, psutil.virtual_memory().total // 8)
+    return int(min(cap, max(floor, 2 * last_level_cache_bytes())))
+
+
 def gemv_by_k(device: str, plan: Plan, tokens: int = 8) -> dict[str, dict[str, float]]:
     """GB/s at which decode-shaped GEMMs stream *many distinct* weights: dtype -> K -> GB/s.
 
     A decode step reads each of a model's matrices once, none still in cache; small
-    ones stream slower (per-call cost, shorter rows). The set per K is 96 MB (64 MB
-    quick): more than a server CPU's last-level cache, so none is re-read from it.
+    ones stream slower (per-call cost, shorter rows). The set per K is twice the
+    last-level cache (`sweep_bytes`), so none is re-read from it: a 64 MB set on a
+    CPU with hundreds of MB of L3 streamed 17 GB/s where serve_lm's decode got 11.
     ``int8`` is the weight-only kernel serve_lm uses on CPUs (``_weight_int8pack_mm``):
     here it streams its bytes at half bf16's rate or less, so half the bytes buy little.
     """
     torch = _torch()
     sync = _sync_for(torch, device)
-    total = (64 if plan.copy_mb <= 256 else 96) * 2**20
+    total = sweep_bytes(device, plan)
     int8 = device == "cpu" and hasattr(torch, "_weight_int8pack_mm")
     out: dict[str, dict[str, float]] = {"bf16": {}, **({"int8": {}} if int8 else {})}
     for k in (512, 1024, 4096):
         rows = min(4 * k, 16 * 2**20 // (2 * k))  # at most 16 MB a matrix
         count = max(2, total // (rows * k * 2))
         x = torch.randn(tokens, k, dtype=torch.bfloat16, device=device)
-        ws = [torch.randn(rows, k, dtype=torch.bfloat16, device=device) for _ in range(count)]
+        # filled, not random: a GB of randn takes seconds, and a GEMM's speed is not the values'
+        ws = [
+            torch.full((rows, k), 0.01, dtype=torch.bfloat16, device=device) for _ in range(count)
+        ]
 
         def sweep(ws: Any = ws, x: Any = x) -> None:
             for w in ws:
@@ -206,7 +242,7 @@ def gemv_by_k(device: str, plan: Plan, tokens: int = 8) -> dict[str, dict[str, f
         )
         del ws
         if int8:
-            qs = [torch.randint(-127, 127, (rows, k), dtype=torch.int8) for _ in range(count)]
+            qs = [torch.full((rows, k), 3, dtype=torch.int8) for _ in range(count)]
             scale = torch.ones(rows, dtype=torch.bfloat16)
 
             def sweep8(qs: Any = qs, x: Any = x, scale: Any = scale) -> None:
@@ -309,7 +345,9 @@ def copy_bandwidth(device: str, plan: Plan) -> float:
 
 
 def attention(device: str, plan: Plan, heads: int = 8, head_dim: int = 64) -> dict[str, Any]:
-    """Causal attention, fused (SDPA) and unfused, in TFLOP/s of the causal work."""
+    """Causal attention, fused (SDPA) and unfused, in TFLOP/s of the causal work; and
+    fused forward + backward in bf16, as mixed-precision training runs it
+    (``train_tflops``, in perf's count: 3.5 x the causal forward)."""
     torch = _torch()
     sync = _sync_for(torch, device)
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
@@ -331,8 +369,32 @@ def attention(device: str, plan: Plan, heads: int = 8, head_dim: int = 64) -> di
             "unfused_tflops": flops / _timed(unfused, sync, plan.min_time_s) / 1e12,
         }
         tf["fused_speedup"] = tf["fused_tflops"] / tf["unfused_tflops"]
+        tf["train_tflops"] = _attention_train_tflops(
+            torch, device, sync, plan, seq, heads, head_dim
+        )
         out["by_seq"][str(seq)] = {k: round(v, 4) for k, v in tf.items()}
     return out
+
+
+def _attention_train_tflops(
+    torch: Any, device: str, sync: Callable[[], None], plan: Plan, seq: int, heads: int, hd: int
+) -> float:
+    """Fused causal SDPA forward + backward in bf16 over ``TRAIN_ATTN_TOKENS`` tokens: on a
+    CPU its cost per token matters as much as per score, so it is timed at each length."""
+    batch = max(1, TRAIN_ATTN_TOKENS // seq)
+    q, k, v = (
+        torch.randn(batch, heads, seq, hd, device=device, dtype=torch.bfloat16, requires_grad=True)
+        for _ in "qkv"
+    )
+    grad = torch.randn_like(q)
+
+    def fwd_bwd() -> None:
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        out.backward(grad)
+        q.grad = k.grad = v.grad = None
+
+    flops = 3.5 * 0.5 * 4 * batch * heads * seq * seq * hd  # perf's count, see perf.train
+    return float(flops / _timed(fwd_bwd, sync, plan.min_time_s) / 1e12)
 
 
 def loss_rate(device: str, plan: Plan, vocab: int = 50304) -> float:
@@ -341,10 +403,38 @@ def loss_rate(device: str, plan: Plan, vocab: int = 50304) -> float:
     A GPU streams it at memory bandwidth; a CPU spends it in ``exp`` (compute
     bound), several times slower than its bytes alone say. ``vocab`` is GPT-2's
     padded vocabulary: the rate per logit, not any one model's, is measured.
+
+    Its tensors are a training step's logits (`LOSS_LOGITS_BYTES`: above glibc's
+    mmap threshold, so each step's fresh buffers page-fault in), timed in a child
+    process started under train_lm's heap settings (`MALLOC_ENV`). In this process
+    the result depended on what ran before: 0.27 G logits/s fresh, 0.74 after the
+    other benchmarks had grown the heap; train_lm's regime measured 0.42-0.46.
     """
+    from suanli.workloads import MALLOC_ENV
+
+    rows = max(8, LOSS_LOGITS_BYTES // 4 // vocab)
+    code = (
+        "import sys; from suanli.calibration.micro import _loss_rate_here as f; "
+        "print(f(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), "
+        "int(sys.argv[5])))"
+    )
+    threads = str(_torch().get_num_threads())
+    argv = [sys.executable, "-c", code, device, str(rows), str(vocab)]
+    argv += [str(plan.min_time_s), threads]
+    env = {**os.environ, **MALLOC_ENV}
+    try:
+        out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired as exc:
+        raise SuanliError("cross-entropy benchmark took over 300 s") from exc
+    if out.returncode != 0:
+        raise SuanliError(f"cross-entropy benchmark failed: {out.stderr.strip()[-500:]}")
+    return round(float(out.stdout.strip().splitlines()[-1]), 1)
+
+
+def _loss_rate_here(device: str, rows: int, vocab: int, min_time_s: float, threads: int) -> float:
     torch = _torch()
+    torch.set_num_threads(threads)
     sync = _sync_for(torch, device)
-    rows = max(8, plan.copy_mb * 2**20 // 4 // vocab // 4)
     x = torch.randn(rows, vocab, device=device, requires_grad=True)
     y = torch.randint(0, vocab, (rows,), device=device)
 
@@ -352,7 +442,11 @@ def loss_rate(device: str, plan: Plan, vocab: int = 50304) -> float:
         torch.nn.functional.cross_entropy(x, y).backward()
         x.grad = None
 
-    return round(rows * vocab / _timed(step, sync, plan.min_time_s), 1)
+    step()  # a second warm-up: the heap settles at its steady size
+    # the best of three windows: one step is long enough that a neighbour's burst on a
+    # shared machine can fill a whole window (seen: 0.04 G/s once, 0.2 otherwise)
+    best_s = min(_timed(step, sync, min_time_s) for _ in range(3))
+    return float(rows * vocab / best_s)
 
 
 def dispatch_us(device: str, plan: Plan) -> float:
@@ -448,13 +542,80 @@ def calibrate(
     device: str = "cpu",
     quick: bool = False,
     progress: Callable[[str], None] | None = None,
+    processes: int = 1,
 ) -> Profile:
-    """Run every microbenchmark on ``device`` ("cpu", "cuda:0", ...)."""
+    """Run every microbenchmark on ``device`` ("cpu", "cuda:0", ...).
+
+    ``processes`` > 1 measures one of that many processes sharing this CPU, as a
+    data-parallel job on it runs: the other copies run the same benchmarks at the
+    same time (each with this process's thread count), so every rate is the one a
+    rank gets while its peers compete for memory bandwidth and caches. Measured
+    alone, a 1-thread profile predicted 2-process DDP 30% too fast here.
+    """
+    if processes > 1 and device != "cpu":
+        raise SuanliError("--processes is for CPUs: each GPU rank has a device of its own")
     torch = _torch()
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SuanliError(f"--device {device}: no CUDA device here (try --device cpu)")
     plan = Plan.quick() if quick else Plan.full()
     start = time.perf_counter()
+    peers = [_start_peer(quick, int(torch.get_num_threads())) for _ in range(processes - 1)]
+    try:
+        prof = _measure(torch, device, plan, progress)
+    finally:
+        for peer in peers:
+            _stop_peer(peer)
+    if progress:
+        progress("all-reduce")
+    prof.allreduce_gbs = allreduce(device, plan)  # the ranks' own traffic: measured alone
+    prof.processes = processes
+    prof.wall_s = round(time.perf_counter() - start, 2)
+    return prof
+
+
+def _start_peer(quick: bool, threads: int) -> subprocess.Popen[str]:
+    """A copy of the benchmarks that loads the CPU while this process measures."""
+    code = (
+        "import sys; from suanli.calibration.micro import _peer; "
+        "_peer(sys.argv[1] == 'quick', int(sys.argv[2]))"
+    )
+    argv = [sys.executable, "-c", code, "quick" if quick else "full", str(threads)]
+    # its own process group, so stopping it also stops the child its loss benchmark runs
+    peer = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True
+    )
+    assert peer.stdout is not None
+    if peer.stdout.readline().strip() != "ready":  # loaded torch: the load starts now
+        _stop_peer(peer)
+        raise SuanliError("a calibration peer process did not start (is PyTorch importable?)")
+    return peer
+
+
+def _stop_peer(peer: subprocess.Popen[str]) -> None:
+    """Peers measure until told to stop (so the load lasts as long as the measurement)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(peer.pid, signal.SIGKILL)
+    peer.wait()
+    if peer.stdout is not None:
+        peer.stdout.close()
+
+
+def _peer(quick: bool, threads: int) -> None:
+    torch = _torch()
+    torch.set_num_threads(threads)
+    plan = Plan.quick() if quick else Plan.full()
+    print("ready", flush=True)
+    while True:  # until the measuring process stops it
+        _measure(torch, "cpu", plan, None)
+
+
+def _measure(
+    torch: Any,
+    device: str,
+    plan: Plan,
+    progress: Callable[[str], None] | None,
+) -> Profile:
+    """Every benchmark but the all-reduce (which needs the CPU to itself)."""
     prof = Profile(device, device_name(device))
     prof.threads = int(torch.get_num_threads())
     prof.torch_version = str(torch.__version__)
@@ -472,11 +633,9 @@ def calibrate(
         ("attention", lambda: setattr(prof, "attention", attention(device, plan))),
         ("dispatch", lambda: setattr(prof, "dispatch_us", dispatch_us(device, plan))),
         ("loss", lambda: setattr(prof, "loss_logits_per_s", loss_rate(device, plan))),
-        ("all-reduce", lambda: setattr(prof, "allreduce_gbs", allreduce(device, plan))),
     ]
     for name, step in steps:
         if progress:
             progress(name)
         step()
-    prof.wall_s = round(time.perf_counter() - start, 2)
     return prof

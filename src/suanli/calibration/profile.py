@@ -129,6 +129,8 @@ def measured_accelerator(
             "layer_overhead_us": f"measured serve_lm decode, 6- minus 2-layer probe / 4, {when}",
             "step_overhead_us": f"measured serve_lm decode, 2-layer probe minus its layers, {when}",
             "decode_attention_gbs": f"measured serve_lm decode attention, K/V read, {when}",
+            "attention_train_tflops": f"measured fused SDPA, bf16 forward + backward, {when}",
+            "gemm_tflops_by_size": f"measured square GEMMs by size, {when}",
             **({k: f"catalog {base.name}: {v}" for k, v in base.sources.items()} if base else {}),
         },
         price_usd_per_hour=base.price_usd_per_hour if base else None,
@@ -145,6 +147,18 @@ def measured_accelerator(
         layer_overhead_us=(profile.get("fixed_us") or {}).get("layer") or None,
         step_overhead_us=(profile.get("fixed_us") or {}).get("step") or None,
         decode_attention_gbs=profile.get("decode_attention_gbs") or None,
+        gemm_tflops_by_size={
+            dt: {int(size): tf for size, tf in by_size.items()}
+            for dt, by_size in profile["gemm_tflops"].items()
+            if by_size
+        }
+        or None,
+        attention_train_tflops={
+            int(seq): r["train_tflops"]
+            for seq, r in (profile.get("attention") or {}).get("by_seq", {}).items()
+            if r.get("train_tflops")
+        }
+        or None,
         notes="a measured profile, not a data sheet",
     )
 

@@ -62,6 +62,13 @@ class Accelerator:
     #: measured only: K/V bytes per second a decode step's attention reads (else the
     #: memory bandwidth: fused decode kernels stream the cache)
     decode_attention_gbs: float | None = None
+    #: measured only: fused causal attention, forward + backward in bf16, by sequence
+    #: length, in TFLOP/s of perf's count (3.5 x the causal half of QK^T and AV); a CPU's
+    #: kernels pay per token as much as per score, so the rate climbs steeply with length
+    attention_train_tflops: dict[int, float] | None = None
+    #: measured only: achieved dense GEMM TFLOP/s by dtype and (square) size; a CPU's
+    #: rate climbs several-fold from 256 to 2048 where a GPU's data-sheet model holds
+    gemm_tflops_by_size: dict[str, dict[int, float]] | None = None
     disputed: dict[str, str] = field(default_factory=dict)
     notes: str = ""
 
@@ -72,15 +79,13 @@ class Accelerator:
         by_k = (self.gemv_bandwidth_by_k or {}).get(dtype)
         if not by_k:
             return self.gemv_bandwidth_gbs if dtype == "bf16" else None
-        ks = sorted(by_k)
-        if k <= ks[0]:
-            return by_k[ks[0]]
-        if k >= ks[-1]:
-            return by_k[ks[-1]]
-        hi = next(i for i, x in enumerate(ks) if x >= k)
-        k0, k1 = ks[hi - 1], ks[hi]
-        f = math.log(k / k0) / math.log(k1 / k0)
-        return by_k[k0] + f * (by_k[k1] - by_k[k0])
+        return log_interp(by_k, k)
+
+    def attention_train_rate(self, seq_len: int) -> float | None:
+        """Measured fused-attention training TFLOP/s at ``seq_len`` (log-interpolated), or
+        None where nothing was measured (the data-sheet model applies)."""
+        by_seq = self.attention_train_tflops
+        return log_interp(by_seq, seq_len) if by_seq else None
 
     @property
     def memory_mib(self) -> int:
@@ -104,6 +109,19 @@ class Accelerator:
     def native(self, dtype: str) -> bool:
         """Whether the chip has a hardware rate for ``dtype`` (no upcast)."""
         return bool(self.peak_tflops.get(dtype))
+
+
+def log_interp(points: dict[int, float], x: float) -> float:
+    """``points`` (size -> rate) at ``x``: linear in log size, clamped at both ends."""
+    xs = sorted(points)
+    if x <= xs[0]:
+        return points[xs[0]]
+    if x >= xs[-1]:
+        return points[xs[-1]]
+    hi = next(i for i, v in enumerate(xs) if v >= x)
+    x0, x1 = xs[hi - 1], xs[hi]
+    f = math.log(x / x0) / math.log(x1 / x0)
+    return points[x0] + f * (points[x1] - points[x0])
 
 
 _FALLBACK: dict[str, tuple[str, ...]] = {

@@ -18,6 +18,15 @@ def calibrate_cmd(
     threads: Annotated[
         int | None, typer.Option("--threads", help="CPU threads (default: PyTorch's).", min=1)
     ] = None,
+    processes: Annotated[
+        int,
+        typer.Option(
+            "--processes",
+            help="Measure one of N processes sharing this CPU, as an N-rank DDP job runs "
+            "(the others run the same benchmarks at once; use --threads cores/N).",
+            min=1,
+        ),
+    ] = 1,
     save: Annotated[
         bool, typer.Option("--save", help="Store the profile; perf reads it as NAME@measured.")
     ] = False,
@@ -48,7 +57,10 @@ def calibrate_cmd(
     ) as bar:
         task = bar.add_task("calibrating", total=None)
         prof = micro.calibrate(
-            device, quick, lambda step: bar.update(task, description=f"measuring {step}")
+            device,
+            quick,
+            lambda step: bar.update(task, description=f"measuring {step}"),
+            processes=processes,
         ).to_dict()
     name = profile_name(prof)
     prof["name"] = name
@@ -60,7 +72,10 @@ def calibrate_cmd(
         return
     base = accelerators().get(name)
     t = Table(
-        title=f"{prof['device_name']} ({device}, {prof['threads']} threads)", title_justify="left"
+        title=f"{prof['device_name']} ({device}, {prof['threads']} threads"
+        + (f", one of {processes} processes" if processes > 1 else "")
+        + ")",
+        title_justify="left",
     )
     for col in ("figure", "measured", "data sheet"):
         t.add_column(col, justify="right" if col != "figure" else "left")
@@ -82,6 +97,8 @@ def calibrate_cmd(
             f"{fmt(a['fused_tflops'])} / {fmt(a['unfused_tflops'])}",
             "",
         )
+        if a.get("train_tflops"):
+            t.add_row(f"attention seq {seq}: bf16 fwd+bwd TFLOP/s", fmt(a["train_tflops"]), "")
     for mb, gbs in prof["allreduce_gbs"].items():
         t.add_row(f"all-reduce {mb} MB bus GB/s", fmt(gbs), "")
     t.add_row("dispatch per op (µs)", fmt(prof["dispatch_us"]), "")

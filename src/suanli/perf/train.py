@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from suanli.catalog.types import ModelArch
+from suanli.catalog.types import ModelArch, log_interp
 from suanli.perf import collectives as coll
 from suanli.perf.efficiency import Efficiency, default_efficiency
 from suanli.perf.layout import TrainLayout, check_layout
@@ -92,7 +92,14 @@ class TrainEstimate:
 
 
 def gemm_time(
-    flops: float, m: float, n: float, k: float, peak: float, mem_bw: float, eff: Efficiency
+    flops: float,
+    m: float,
+    n: float,
+    k: float,
+    peak: float,
+    mem_bw: float,
+    eff: Efficiency,
+    by_size: dict[int, float] | None = None,
 ) -> float:
     """Seconds for an (m x k) @ (k x n) GEMM of ``flops`` FLOPs.
 
@@ -102,7 +109,13 @@ def gemm_time(
     chips with many FLOPs per byte of bandwidth lose more of their peak — the
     physical reason an H100 reaches a lower fraction of its data-sheet peak
     than an A100 on the same shapes.
+
+    ``by_size`` (measured TFLOP/s of square GEMMs by size) replaces both: the
+    GEMM runs at the measured rate of the square of the same volume (the cube
+    root of m·n·k), which already paid for its operands.
     """
+    if by_size:
+        return flops / (log_interp(by_size, (m * n * k) ** (1 / 3)) * 1e12)
     io = 2.0 * (m * k + k * n + m * n)
     return flops / (peak * eff.gemm_eff_max) + eff.gemm_io_exposed * io / mem_bw
 
@@ -137,22 +150,32 @@ def estimate_train(
     peak = acc.peak(lay.dtype) * 1e12
     peak16 = acc.peak("bf16") * 1e12
     mem_bw = acc.memory_bandwidth_gbs * GB * e.mem_bw_eff
+    curve = (acc.gemm_tflops_by_size or {}).get(lay.dtype)  # measured devices only
 
     # --- 1. one layer, one micro-batch -------------------------------------------
     if a.mla is None:
         qkv_out = (s.q_dim + 2 * s.kv_dim) / tp
-        t_attn_gemm = gemm_time(2 * tokens * h * qkv_out, tokens, qkv_out, h, peak, mem_bw, e)
+        t_attn_gemm = gemm_time(
+            2 * tokens * h * qkv_out, tokens, qkv_out, h, peak, mem_bw, e, curve
+        )
         t_attn_gemm += gemm_time(
-            2 * tokens * s.v_dim / tp * h, tokens, h, s.v_dim / tp, peak, mem_bw, e
+            2 * tokens * s.v_dim / tp * h, tokens, h, s.v_dim / tp, peak, mem_bw, e, curve
         )
     else:  # MLA's down/up projections, taken as one GEMM group of the same FLOPs
         width = s.attn_params / h / tp
-        t_attn_gemm = gemm_time(2 * tokens * s.attn_params / tp, tokens, width, h, peak, mem_bw, e)
+        t_attn_gemm = gemm_time(
+            2 * tokens * s.attn_params / tp, tokens, width, h, peak, mem_bw, e, curve
+        )
     heads_dev = a.heads / tp
     qk_dim = s.q_dim / a.heads
     # QK^T and AV over the full context (cp ranks each hold seq/cp queries)
     core = 2 * tokens * seq * heads_dev * (qk_dim + s.v_dim / a.heads)
-    if lay.fused_attention:
+    measured_attn = acc.attention_train_rate(seq)
+    if lay.fused_attention and measured_attn:  # this device's kernels, at this length
+        t_core = 0.5 * core / (measured_attn * 1e12)
+        t_core_bwd = 2.5 * t_core  # the rate was measured over both, in this count
+        softmax_bytes = 0.0
+    elif lay.fused_attention:
         t_core = 0.5 * core / (peak16 * e.attn_eff)  # causal blocks are skipped
         t_core_bwd = 2.5 * t_core  # FlashAttention's backward recomputes the scores
         softmax_bytes = 0.0
@@ -201,8 +224,8 @@ def estimate_train(
         """
         f1, f2 = fc1 / tp, ffn / tp
         t_mlp = copies * (
-            gemm_time(2 * m_tokens * h * f1, m_tokens, f1, h, peak, mem_bw, e)
-            + gemm_time(2 * m_tokens * f2 * h, m_tokens, h, f2, peak, mem_bw, e)
+            gemm_time(2 * m_tokens * h * f1, m_tokens, f1, h, peak, mem_bw, e, curve)
+            + gemm_time(2 * m_tokens * f2 * h, m_tokens, h, f2, peak, mem_bw, e, curve)
         )
         t_act = act_factor * act_width * tokens * ACT_BYTES / mem_bw
         comm = comm_layer
@@ -248,7 +271,7 @@ def estimate_train(
     # LM head and loss on the last stage: forward + backward GEMMs, and the fp32
     # cross-entropy passes over the (vocab-parallel) logits
     head_flops = 2 * tokens * a.vocab * h / tp
-    t_head = 3 * gemm_time(head_flops, tokens, a.vocab / tp, h, peak, mem_bw, e)
+    t_head = 3 * gemm_time(head_flops, tokens, a.vocab / tp, h, peak, mem_bw, e, curve)
     logits = tokens * a.vocab / tp
     if acc.loss_logits_per_s:  # measured: a CPU's exp is compute, not bytes
         t_loss = logits / acc.loss_logits_per_s + logits * LOSS_CAST_BYTES_PER_LOGIT / mem_bw

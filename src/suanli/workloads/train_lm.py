@@ -41,6 +41,7 @@ from torch import nn
 from suanli.calibration.feedback import METRIC
 from suanli.catalog.loader import get_model
 from suanli.catalog.types import ModelArch
+from suanli.workloads import MALLOC_ENV
 
 
 class Block(nn.Module):
@@ -278,16 +279,6 @@ def main(argv: list[str] | None = None) -> int:
     if world > 1:
         dist.destroy_process_group()
     return 0
-
-
-#: glibc returns every large freed block to the OS, so each step page-faults its
-#: activations back in (a third of a CPU step here); keeping them in the heap is the
-#: CPU-side equivalent of a GPU framework's caching allocator. Read at process start.
-MALLOC_ENV = {
-    "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),  # glibc's maximum: larger blocks still mmap
-    "MALLOC_TRIM_THRESHOLD_": str(2**40),
-    "MALLOC_TOP_PAD_": str(2**30),
-}
 
 
 def _reexec_with_heap_settings() -> None:
