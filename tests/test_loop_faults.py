@@ -372,3 +372,48 @@ def test_an_executor_that_is_away_at_start_does_not_use_up_a_retry(tmp_path) -> 
         assert row.state == "succeeded" and row.attempts == 1
     finally:
         reap(ex)
+
+
+def test_an_executor_that_stays_away_fails_the_job_in_the_end(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from suanli.service.loop import MAX_UNAVAILABLE_STARTS, RETRY_START_S
+
+    store = Store.sqlite(tmp_path)
+
+    def outage() -> None:
+        raise ExecutorUnavailable("Ray's dashboard answers 503")
+
+    ex = Recording(tmp_path / "logs", A100, on_start=outage)
+    loop = Loop(store, ex, tick_s=0.05)
+    jid = submit(store, {"command": [PY, "-c", "print('never')"], "retries": 0})
+    waits = []
+    for _ in range(MAX_UNAVAILABLE_STARTS):
+        loop.tick()
+        row = get(store, jid)
+        if row.state != "queued":
+            break
+        assert row.not_before is not None and row.attempts == 0
+        waits.append(round(row.not_before - row.updated_at))
+        with store.tx() as s:
+            r = s.get(JobRow, jid)
+            assert r is not None
+            r.not_before = None  # skip the wait
+    assert waits[:4] == [RETRY_START_S * 2**i for i in range(4)]  # doubling, then capped
+    assert max(waits) == 60 and len(waits) == MAX_UNAVAILABLE_STARTS - 1
+    row = get(store, jid)
+    assert row.state == "failed" and "could not start" in store.events(jid)[-1].message
+
+
+def test_a_fraction_reaches_the_executor_as_the_share_the_scheduler_granted(rig) -> None:  # type: ignore[no-untyped-def]
+    store, loop = rig
+    seen: list[Launch] = []
+    start = loop.executor.start
+
+    def recording(launch: Launch) -> Handle:
+        seen.append(launch)
+        return start(launch)
+
+    loop.executor.start = recording
+    res = {"accelerator": "a100-80gb", "devices": 1, "fraction": 0.3337}
+    jid = submit(store, {"command": [PY, "-c", "print(1)"], "resources": res})
+    run_until(loop, store, jid, {"succeeded"})
+    assert seen[0].share == 0.333  # the scheduler's thousandths, not the asked 0.3337

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 
@@ -235,6 +236,29 @@ class _Dashboard(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body.encode())
 
+    answers: ClassVar[dict[str, Any]] = {"submit": 500, "stop": 500, "posted": [], "stopped": []}
+
+    def do_POST(self) -> None:
+        """Job submissions fail (5xx: perhaps taken, 4xx: refused); stops as configured."""
+        a = _Dashboard.answers
+        length = int(self.headers.get("Content-Length") or 0)
+        sent = json.loads(self.rfile.read(length) or b"{}")
+        if self.path.rstrip("/") == "/api/jobs":
+            a["posted"].append(sent.get("submission_id"))
+            code, body = a["submit"], "the job store failed"
+        elif self.path.endswith("/stop"):
+            sid = self.path.split("/")[-2]
+            code = a["stop"]
+            body = json.dumps({"stopped": True}) if code == 200 else "no such job"
+            if code == 200:
+                a["stopped"].append(sid)
+        else:
+            code, body = 404, "not found"
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
     def log_message(self, *args: object) -> None:
         pass
 
@@ -250,6 +274,43 @@ def test_a_failing_dashboard_is_an_outage_not_a_lost_job(tmp_path: Path) -> None
         assert ex.poll(h) is None and ex.is_alive(h)  # 500: unknown, so still running
         gone = Handle("2", 0, 0.0, str(tmp_path / "2.out"), "", ref="forgotten")
         assert ex.poll(gone) == -9  # 404: Ray does not know it (its cluster restarted)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_submission_whose_answer_was_lost_is_stopped_when_ray_answers_again(
+    tmp_path: Path,
+) -> None:
+    """A 5xx on submit may hide a job Ray took: the start is an outage (the loop tries
+    again, a new submission), and the old one is stopped once the dashboard answers.
+    A 4xx is Ray refusing the job: the job's own failure, nothing to stop."""
+    from suanli.run.executor import Launch
+
+    answers = _Dashboard.answers
+    answers.update(submit=500, stop=500, posted=[], stopped=[])
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Dashboard)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        ex = RayExecutor(f"127.0.0.1:{server.server_address[1]}", tmp_path)
+        ex._node_ids["n1"] = "0" * 56
+        launch = Launch("7", ["true"], node="n1")
+        with pytest.raises(RayUnavailable, match="could not take job"):
+            ex.start(launch)
+        sid = answers["posted"][-1]
+        ex.stop_unanswered()  # the dashboard still fails: asked again later
+        assert answers["stopped"] == []
+        answers["stop"] = 200
+        ex.stop_unanswered()
+        assert answers["stopped"] == [sid]
+        ex.stop_unanswered()
+        assert answers["stopped"] == [sid]  # once
+        answers["submit"] = 400
+        with pytest.raises(RuntimeError) as refused:
+            ex.start(launch)
+        assert not isinstance(refused.value, RayUnavailable)
+        ex.stop_unanswered()
+        assert answers["stopped"] == [sid]  # a refused job is not stopped
     finally:
         server.shutdown()
         server.server_close()

@@ -430,3 +430,38 @@ def test_a_cancel_is_not_lost_when_the_loop_requeues_the_job_between_its_stateme
         other.dispose()
     assert moved and r.status_code == 200
     assert r.json()["state"] == "cancelled"
+
+
+def test_a_cancel_that_never_catches_the_job_says_so_with_a_409(store: Store, api: Any) -> None:
+    """If the loop moves the job under every compare-and-set round, the API answers 409
+    (send it again), never a 200 that cancelled nothing."""
+    if store.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite: the first UPDATE takes the write lock, so nothing moves between")
+    from sqlalchemy import create_engine, event, update
+
+    from suanli.store.models import JobRow
+
+    client, auth = api
+    jid = client.post("/v1/jobs", json={"spec": HELLO}, headers=auth["alice"]).json()["id"]
+    with store.tx() as s:
+        s.execute(update(JobRow).where(JobRow.id == jid).values(state="running"))
+    other = create_engine(store.engine.url)
+
+    def loop_flips(conn, cursor, statement, params, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        if not statement.startswith("UPDATE jobs"):
+            return
+        # each statement finds the job just where the other one would have caught it
+        to = "queued" if "IN (" in statement else "running"
+        with other.begin() as c:
+            c.execute(update(JobRow).where(JobRow.id == jid).values(state=to))
+
+    event.listen(store.engine, "after_cursor_execute", loop_flips)
+    try:
+        r = client.post(f"/v1/jobs/{jid}/cancel", headers=auth["alice"])
+    finally:
+        event.remove(store.engine, "after_cursor_execute", loop_flips)
+        other.dispose()
+    assert r.status_code == 409 and "send the cancel again" in r.json()["detail"]
+    with store.tx() as s:
+        row = s.get(JobRow, jid)
+        assert row is not None and not row.cancel_requested and row.state == "running"

@@ -112,37 +112,68 @@ def _train(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> sub
     )
 
 
-def test_a_shared_cpu_is_measured_under_its_peers_load_and_they_are_stopped() -> None:
-    """``--processes N``: peers run the benchmarks while this process measures; stopping
-    them leaves nothing behind (not even the child of their loss benchmark)."""
+def test_a_shared_cpu_is_measured_under_its_peers_load_and_they_never_outlive_it(
+    tmp_path: Path,
+) -> None:
+    """``--processes N``: peers load the CPU while this process measures, and go when it
+    goes, even when it is killed outright (a cancelled calibration job)."""
     import psutil
 
     from suanli.calibration import micro
+    from suanli.calibration.profile import profile_name
     from suanli.errors import SuanliError
 
     with pytest.raises(SuanliError, match="--processes is for CPUs"):
         micro.calibrate("cuda:0", True, processes=2)
-    peer = micro._start_peer(quick=True, threads=1)
+    shared = {"device": "cpu", "device_name": "Xeon", "threads": 1, "processes": 2}
+    assert profile_name(shared) == "xeon-1t-2p" != profile_name({**shared, "processes": 1})
+    code = "from suanli.calibration import micro; micro.calibrate('cpu', True, processes=2)"
+    parent = subprocess.Popen([sys.executable, "-c", code])
     try:
-        assert psutil.Process(peer.pid).cpu_percent(interval=1.0) > 20  # loading the CPU
+        deadline = time.monotonic() + 60
+        peers: list[psutil.Process] = []
+        while not peers and time.monotonic() < deadline:
+            kids = psutil.Process(parent.pid).children()
+            peers = [k for k in kids if "_peer" in " ".join(k.cmdline())]
+            time.sleep(0.1)
+        assert peers, "no peer started"
+        assert peers[0].cpu_percent(interval=1.0) > 20  # loading the CPU
+        parent.kill()  # no finally, no cleanup: only the closed pipe tells the peer
     finally:
-        micro._stop_peer(peer)
-    assert peer.poll() is not None
-    deadline = time.monotonic() + 5
-    while (left := _peer_processes()) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not left
+        parent.kill()
+        parent.wait()
+    _, alive = psutil.wait_procs(peers, timeout=10)
+    assert not alive
 
 
-def _peer_processes() -> list[Any]:
-    import psutil
+def test_the_last_level_cache_is_summed_over_its_distinct_instances(tmp_path: Path) -> None:
+    """Two L3s (two sockets, or two EPYC core complexes) are twice the cache; an L2 per
+    core does not count; the instruction cache never does."""
+    from suanli.calibration import micro
 
-    out = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if "micro import _peer" in cmd or "_loss_rate_here" in cmd:
-            out.append(proc)
-    return out
+    cpus = sorted(os.sched_getaffinity(0))
+    for cpu in cpus:
+        for index, (level, kind, size, shared) in enumerate(
+            [
+                (1, "Instruction", "32K", str(cpu)),
+                (2, "Unified", "2048K", str(cpu)),
+                (3, "Unified", "32768K", f"l3-{cpu % 2}"),
+            ]
+        ):
+            d = tmp_path / f"cpu{cpu}" / "cache" / f"index{index}"
+            d.mkdir(parents=True)
+            for name, value in (
+                ("level", level),
+                ("type", kind),
+                ("size", size),
+                ("shared_cpu_list", shared),
+            ):
+                (d / name).write_text(f"{value}\n")
+    expected = 32 * 2**20 * min(2, len(cpus))
+    assert micro.last_level_cache_bytes(str(tmp_path)) == expected
+    assert micro.last_level_cache_bytes(str(tmp_path / "absent")) == 0
+    plan = micro.Plan.quick()
+    assert micro.sweep_bytes("cpu", plan) >= 64 * 2**20  # never below the floor
 
 
 def test_train_lm_checkpoints_on_sigterm_and_resumes(tmp_path: Path) -> None:

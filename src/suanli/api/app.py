@@ -252,6 +252,10 @@ def create_app(store: Store) -> FastAPI:
                 row = s.get(JobRow, job_id, populate_existing=True)
                 if row is None or row.state not in LIVE_STATES:
                     break  # it ended meanwhile: nothing to cancel
+            else:  # the job kept moving under every try: say so, never a silent 200
+                raise HTTPException(
+                    409, detail=f"job {job_id} is changing state; send the cancel again"
+                )
             row = s.get(JobRow, job_id, populate_existing=True)
             assert row is not None
             return job_view(row)

@@ -27,6 +27,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -186,15 +187,26 @@ def gemv(device: str, plan: Plan, tokens: int = 8) -> dict[str, float]:
     return out
 
 
-def last_level_cache_bytes() -> int:
-    """This CPU's largest cache, from sysfs (0 where it does not say)."""
-    sizes = []
-    for f in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
-        text = Path(f).read_text().strip().upper()
-        with contextlib.suppress(ValueError):
-            unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
-            sizes.append(int(text.rstrip("KMG")) * unit)
-    return max(sizes, default=0)
+def last_level_cache_bytes(root: str = "/sys/devices/system/cpu") -> int:
+    """Bytes of last-level cache this process can reach: every distinct cache of the
+    highest level over the CPUs it may run on (an EPYC has an L3 per core complex, a
+    two-socket Xeon one per socket), from sysfs; 0 where sysfs does not say."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
+    caches: dict[tuple[int, str], int] = {}  # (level, CPUs that share it) -> bytes
+    for cpu in cpus:
+        for index in glob.glob(f"{root}/cpu{cpu}/cache/index*"):
+            with contextlib.suppress(OSError, ValueError):
+                level = int(Path(index, "level").read_text())
+                if Path(index, "type").read_text().strip() == "Instruction":
+                    continue
+                shared = Path(index, "shared_cpu_list").read_text().strip()
+                text = Path(index, "size").read_text().strip().upper()
+                unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+                caches[(level, shared)] = int(text.rstrip("KMG")) * unit
+    if not caches:
+        return 0
+    top = max(level for level, _ in caches)
+    return sum(size for (level, _), size in caches.items() if level == top)
 
 
 def sweep_bytes(device: str, plan: Plan) -> int:
@@ -426,9 +438,11 @@ def loss_rate(device: str, plan: Plan, vocab: int = 50304) -> float:
         out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     except subprocess.TimeoutExpired as exc:
         raise SuanliError("cross-entropy benchmark took over 300 s") from exc
-    if out.returncode != 0:
-        raise SuanliError(f"cross-entropy benchmark failed: {out.stderr.strip()[-500:]}")
-    return round(float(out.stdout.strip().splitlines()[-1]), 1)
+    lines = out.stdout.strip().splitlines()
+    if out.returncode != 0 or not lines:
+        why = out.stderr.strip()[-500:] or f"exit {out.returncode}, no output"
+        raise SuanliError(f"cross-entropy benchmark failed: {why}")
+    return round(float(lines[-1]), 1)
 
 
 def _loss_rate_here(device: str, rows: int, vocab: int, min_time_s: float, threads: int) -> float:
@@ -547,10 +561,13 @@ def calibrate(
     """Run every microbenchmark on ``device`` ("cpu", "cuda:0", ...).
 
     ``processes`` > 1 measures one of that many processes sharing this CPU, as a
-    data-parallel job on it runs: the other copies run the same benchmarks at the
-    same time (each with this process's thread count), so every rate is the one a
-    rank gets while its peers compete for memory bandwidth and caches. Measured
-    alone, a 1-thread profile predicted 2-process DDP 30% too fast here.
+    data-parallel job on it runs: the other copies loop over the same benchmarks
+    (each with this process's thread count; not in step with this one, so each
+    rate is measured against a mix of its peers' work) while this one measures,
+    so every rate is one a rank gets while its peers compete for memory bandwidth
+    and caches. Measured alone, a 1-thread profile predicted 2-process DDP 30% too
+    fast here. A peer exits when this process goes (its stdin closes), however
+    this one ends.
     """
     if processes > 1 and device != "cpu":
         raise SuanliError("--processes is for CPUs: each GPU rank has a device of its own")
@@ -559,9 +576,14 @@ def calibrate(
         raise SuanliError(f"--device {device}: no CUDA device here (try --device cpu)")
     plan = Plan.quick() if quick else Plan.full()
     start = time.perf_counter()
-    peers = [_start_peer(quick, int(torch.get_num_threads())) for _ in range(processes - 1)]
+    peers: list[subprocess.Popen[str]] = []
     try:
+        for _ in range(processes - 1):
+            peers.append(_start_peer(quick, int(torch.get_num_threads())))
         prof = _measure(torch, device, plan, progress)
+        gone = [peer.returncode for peer in peers if peer.poll() is not None]
+        if gone:  # measured without the load it claims: refuse the profile
+            raise SuanliError(f"a calibration peer exited {gone[0]} during the measurement")
     finally:
         for peer in peers:
             _stop_peer(peer)
@@ -580,9 +602,15 @@ def _start_peer(quick: bool, threads: int) -> subprocess.Popen[str]:
         "_peer(sys.argv[1] == 'quick', int(sys.argv[2]))"
     )
     argv = [sys.executable, "-c", code, "quick" if quick else "full", str(threads)]
-    # its own process group, so stopping it also stops the child its loss benchmark runs
+    # its own process group, so stopping it also stops the child its loss benchmark runs;
+    # stdin a pipe nobody writes: it closes when this process ends, and the peer follows
     peer = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
     )
     assert peer.stdout is not None
     if peer.stdout.readline().strip() != "ready":  # loaded torch: the load starts now
@@ -596,14 +624,21 @@ def _stop_peer(peer: subprocess.Popen[str]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(peer.pid, signal.SIGKILL)
     peer.wait()
-    if peer.stdout is not None:
-        peer.stdout.close()
+    for pipe in (peer.stdin, peer.stdout):
+        if pipe is not None:
+            pipe.close()
 
 
 def _peer(quick: bool, threads: int) -> None:
     torch = _torch()
     torch.set_num_threads(threads)
     plan = Plan.quick() if quick else Plan.full()
+
+    def orphaned() -> None:  # EOF on stdin: the measuring process is gone, so is its group
+        sys.stdin.read()
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+
+    threading.Thread(target=orphaned, daemon=True).start()
     print("ready", flush=True)
     while True:  # until the measuring process stops it
         _measure(torch, "cpu", plan, None)

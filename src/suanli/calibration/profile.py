@@ -49,7 +49,11 @@ def profile_name(profile: dict[str, Any]) -> str:
         if match in accelerators():
             return match
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "device"
-    return f"{slug}-{profile['threads']}t" if profile["device"] == "cpu" else slug
+    if profile["device"] != "cpu":
+        return slug
+    # one of N processes sharing the CPU is another device than the CPU alone
+    shared = f"-{profile['processes']}p" if int(profile.get("processes") or 1) > 1 else ""
+    return f"{slug}-{profile['threads']}t{shared}"
 
 
 def save(profile: dict[str, Any], data_dir: Path | None = None) -> Path:
@@ -92,9 +96,12 @@ def measured_accelerator(
     """An accelerator record whose achievable rates are the measured ones (module docstring)."""
     e = eff or default_efficiency()
     name = profile_name(profile) + SUFFIX
+    processes = int(profile.get("processes") or 1)
     when = (
         f"suanli calibrate on {profile.get('measured_on', '?')} "
-        f"(torch {profile.get('torch_version', '?')}, {profile.get('threads', '?')} threads)"
+        f"(torch {profile.get('torch_version', '?')}, {profile.get('threads', '?')} threads"
+        + (f", one of {processes} processes sharing the CPU" if processes > 1 else "")
+        + ")"
     )
     peaks = {dt: tf / e.gemm_eff_max for dt, tf in best_gemm_tflops(profile).items()}
     bus = max(profile.get("allreduce_gbs", {}).values(), default=0.0)

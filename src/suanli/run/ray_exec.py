@@ -95,11 +95,15 @@ class RayExecutor:
         self._resource: dict[str, str] = {}  # our node name -> resource key of its chips
         self._logs_at: dict[str, float] = {}
         self._done_at: dict[str, float] = {}
+        # submissions whose answer was lost (a 5xx, a dropped connection): Ray may have
+        # accepted them, and the loop will start the job again, so they are stopped
+        self._unanswered: set[str] = set()
 
     # --- nodes ---------------------------------------------------------------------
     def nodes(self) -> list[NodeInfo]:
         from ray.util.state import list_nodes
 
+        self.stop_unanswered()
         out = []
         for n in list_nodes(address=self.address, detail=True, raise_on_missing_output=False):
             if n.state != "ALIVE":
@@ -176,19 +180,37 @@ class RayExecutor:
                 **kwargs,
             )
         except requests.RequestException as exc:
+            self._unanswered.add(sid)
             raise RayUnavailable(
                 f"cannot reach the Ray dashboard at {self.address}: {exc}"
             ) from exc
         except RuntimeError as exc:  # Ray's client: "Request failed with status code 5xx"
             if "status code 5" in str(exc):
+                self._unanswered.add(sid)
                 raise RayUnavailable(f"Ray could not take job {sid}: {exc}") from exc
-            raise
+            raise  # a 4xx: Ray refused this job (a bad runtime env): the job's failure
         out = self.log_dir / f"{launch.job_id}.out"  # every attempt's log, see _save_logs
         err = self.log_dir / f"{launch.job_id}.err"
         err.touch()
         return Handle(
             launch.job_id, 0, time.time(), str(out), str(err), launch.node, 0, launch.devices, sid
         )
+
+    def stop_unanswered(self) -> None:
+        """Stop every submission Ray may have taken without saying so; forget those Ray
+        answers for (stopped, or never there). Asked again while the dashboard fails."""
+        for sid in sorted(self._unanswered):
+            try:
+                stopped = self.client.stop_job(sid)
+            except RuntimeError as exc:
+                if "status code 404" not in str(exc):
+                    continue  # still failing: ask again at the next refresh
+                stopped = False
+            except Exception:  # the dashboard is still away
+                continue
+            self._unanswered.discard(sid)
+            if stopped:
+                log.warning("stopped Ray job %s: taken while the dashboard failed", sid)
 
     def _info(self, h: Handle) -> Any | None:
         """The Ray job's details; None only when Ray says it does not know the job (404:

@@ -43,7 +43,14 @@ from suanli.cluster.state import ClusterState, NodeSpec, Site
 from suanli.cluster.task import MILLI, Task
 from suanli.jobs.resolve import eligible_types, wants_devices
 from suanli.jobs.spec import JobSpec, Resources
-from suanli.run.executor import NODE_LABEL, Executor, Handle, Launch, NodeInfo
+from suanli.run.executor import (
+    NODE_LABEL,
+    Executor,
+    ExecutorUnavailable,
+    Handle,
+    Launch,
+    NodeInfo,
+)
 from suanli.run.local import free_port
 from suanli.sched.framework import Placement
 from suanli.sched.policies import NAMED, build
@@ -56,7 +63,8 @@ GRACE_S = 10.0
 NODE_REFRESH_S = 2.0
 CANCEL = "cancel"  # stop reasons: "cancel", "timeout", "member-failed:<code>",
 PREEMPT = "preempt:"  # "preempt:<by job>"; a cancel during another stop: "cancel+<reason>"
-RETRY_START_S = 5.0  # an executor that could not be reached is asked again this much later
+RETRY_START_S = 5.0  # an executor that could not be reached is asked again this much later,
+MAX_UNAVAILABLE_STARTS = 10  # doubling each time; then the start counts as the job's failure
 
 
 def backoff_s(attempts: int) -> float:
@@ -96,6 +104,7 @@ class Loop:
         self.node_sites: dict[str, Site] = {}
         self._specs: dict[int, JobSpec] = {}
         self._fixes: dict[tuple[str, str], dict[str, object]] | None = None  # corrections
+        self._unavailable: dict[int, int] = {}  # job -> starts refused by an absent executor
         self._nodes_at = 0.0
         self.recover()
 
@@ -480,16 +489,23 @@ class Loop:
             with self.store.tx() as s:
                 row = s.get(JobRow, job_id, populate_existing=True)
                 assert row is not None
-                if _transient(exc):
+                tries = self._unavailable.get(job_id, 0) + 1
+                if isinstance(exc, ExecutorUnavailable) and tries < MAX_UNAVAILABLE_STARTS:
                     # the executor could not be reached (Ray's dashboard restarting): not the
-                    # job's fault, so it goes back to the queue without using up a retry
+                    # job's fault, so it goes back to the queue without using up a retry,
+                    # waiting longer each time; past the limit it is the job's failure
+                    self._unavailable[job_id] = tries
+                    wait_s = min(60.0, RETRY_START_S * 2 ** (tries - 1))
                     row.state, row.members, row.started_at = "queued", [], None
                     row.attempts = max(0, row.attempts - 1)
-                    row.not_before, row.updated_at = now + RETRY_START_S, time.time()
-                    self.store.event(s, job_id, "requeued", f"executor unavailable: {exc}")
+                    row.not_before, row.updated_at = now + wait_s, time.time()
+                    why = f"executor unavailable ({tries} of {MAX_UNAVAILABLE_STARTS}): {exc}"
+                    self.store.event(s, job_id, "requeued", f"{why}; again in {wait_s:g} s")
                 else:  # a bad working_dir, a command that does not exist: this job only
+                    self._unavailable.pop(job_id, None)
                     self._finish(s, row, None, f"could not start: {exc}")
             return
+        self._unavailable.pop(job_id, None)
         try:
             with self.store.tx() as s:
                 row = s.get(JobRow, job_id, populate_existing=True)
@@ -618,13 +634,6 @@ class Loop:
         if row.state != "queued":
             self._specs.pop(row.id, None)  # over: its spec is not needed again
         self.store.event(s, row.id, row.state, why)
-
-
-def _transient(exc: BaseException) -> bool:
-    """Whether a start failed because the executor was away, not because of the job."""
-    from suanli.run.executor import ExecutorUnavailable
-
-    return isinstance(exc, ExecutorUnavailable | ConnectionError | TimeoutError)
 
 
 def _key(h: Handle) -> str:
