@@ -398,11 +398,10 @@ def test_suanli_up_runs_jobs_and_survives_a_sigkill(tmp_path: Path) -> None:
     assert not os.path.exists(tmp_path / "nonexistent")
 
 
-def test_a_cancel_is_not_lost_when_the_loop_requeues_the_job_between_its_statements(
-    store: Store, api: Any
-) -> None:
-    """The API's cancel is two compare-and-set statements; under PostgreSQL's read
-    committed the loop may move the job (running -> queued, a retry) between them."""
+def _cancel_while_the_loop_moves_the_job(store: Store, api: Any, moves: Any) -> tuple[Any, int]:
+    """POST a cancel for a running job while ``moves(statement, set_state)`` runs after
+    each of the API's statements; ``set_state`` commits from another connection, as the
+    loop would. Returns the response and the job id."""
     if store.engine.dialect.name == "sqlite":
         pytest.skip("SQLite: the first UPDATE takes the write lock, so nothing moves between")
     from sqlalchemy import create_engine, event, update
@@ -414,20 +413,36 @@ def test_a_cancel_is_not_lost_when_the_loop_requeues_the_job_between_its_stateme
     with store.tx() as s:
         s.execute(update(JobRow).where(JobRow.id == jid).values(state="running"))
     other = create_engine(store.engine.url)  # the loop's own connection
+
+    def set_state(to: str) -> None:
+        with other.begin() as c:
+            c.execute(update(JobRow).where(JobRow.id == jid).values(state=to))
+
+    def hook(conn, cursor, statement, params, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        if statement.startswith("UPDATE jobs"):
+            moves(statement, set_state)
+
+    event.listen(store.engine, "after_cursor_execute", hook)
+    try:
+        return client.post(f"/v1/jobs/{jid}/cancel", headers=auth["alice"]), jid
+    finally:
+        event.remove(store.engine, "after_cursor_execute", hook)
+        other.dispose()
+
+
+def test_a_cancel_is_not_lost_when_the_loop_requeues_the_job_between_its_statements(
+    store: Store, api: Any
+) -> None:
+    """The API's cancel is two compare-and-set statements; under PostgreSQL's read
+    committed the loop may move the job (running -> queued, a retry) between them."""
     moved: list[bool] = []
 
-    def loop_requeues(conn, cursor, statement, params, context, executemany) -> None:  # type: ignore[no-untyped-def]
-        if not moved and statement.startswith("UPDATE jobs") and "IN (" in statement:
+    def requeue_once(statement: str, set_state: Any) -> None:
+        if not moved and "IN (" in statement:
             moved.append(True)  # after the first statement missed (running) ...
-            with other.begin() as c:  # ... the loop commits a retry: running -> queued
-                c.execute(update(JobRow).where(JobRow.id == jid).values(state="queued"))
+            set_state("queued")  # ... the loop commits a retry: running -> queued
 
-    event.listen(store.engine, "after_cursor_execute", loop_requeues)
-    try:
-        r = client.post(f"/v1/jobs/{jid}/cancel", headers=auth["alice"])
-    finally:
-        event.remove(store.engine, "after_cursor_execute", loop_requeues)
-        other.dispose()
+    r, _ = _cancel_while_the_loop_moves_the_job(store, api, requeue_once)
     assert moved and r.status_code == 200
     assert r.json()["state"] == "cancelled"
 
@@ -435,32 +450,13 @@ def test_a_cancel_is_not_lost_when_the_loop_requeues_the_job_between_its_stateme
 def test_a_cancel_that_never_catches_the_job_says_so_with_a_409(store: Store, api: Any) -> None:
     """If the loop moves the job under every compare-and-set round, the API answers 409
     (send it again), never a 200 that cancelled nothing."""
-    if store.engine.dialect.name == "sqlite":
-        pytest.skip("SQLite: the first UPDATE takes the write lock, so nothing moves between")
-    from sqlalchemy import create_engine, event, update
-
     from suanli.store.models import JobRow
 
-    client, auth = api
-    jid = client.post("/v1/jobs", json={"spec": HELLO}, headers=auth["alice"]).json()["id"]
-    with store.tx() as s:
-        s.execute(update(JobRow).where(JobRow.id == jid).values(state="running"))
-    other = create_engine(store.engine.url)
-
-    def loop_flips(conn, cursor, statement, params, context, executemany) -> None:  # type: ignore[no-untyped-def]
-        if not statement.startswith("UPDATE jobs"):
-            return
+    def flip(statement: str, set_state: Any) -> None:
         # each statement finds the job just where the other one would have caught it
-        to = "queued" if "IN (" in statement else "running"
-        with other.begin() as c:
-            c.execute(update(JobRow).where(JobRow.id == jid).values(state=to))
+        set_state("queued" if "IN (" in statement else "running")
 
-    event.listen(store.engine, "after_cursor_execute", loop_flips)
-    try:
-        r = client.post(f"/v1/jobs/{jid}/cancel", headers=auth["alice"])
-    finally:
-        event.remove(store.engine, "after_cursor_execute", loop_flips)
-        other.dispose()
+    r, jid = _cancel_while_the_loop_moves_the_job(store, api, flip)
     assert r.status_code == 409 and "send the cancel again" in r.json()["detail"]
     with store.tx() as s:
         row = s.get(JobRow, jid)
