@@ -252,6 +252,7 @@ def test_decode_gemm_rate_by_inner_size_interpolates_in_log_k() -> None:
 def test_measured_gemm_and_attention_rates_replace_the_data_sheet_model() -> None:
     """A measured device's GEMMs run at the measured rate of the square of the same
     volume; its fused attention at the rate measured at that sequence length."""
+    from suanli.catalog.types import log_interp
     from suanli.perf import make_system
     from suanli.perf.train import gemm_time
 
@@ -271,3 +272,11 @@ def test_measured_gemm_and_attention_rates_replace_the_data_sheet_model() -> Non
     assert est.breakdown_s["attention"] == pytest.approx(tiny.layers * 3.5 * 0.5 * core / 0.1e12)
     plain = estimate_train(tiny, make_system(acc), lay, e)
     assert est.breakdown_s["gemm"] > 50 * plain.breakdown_s["gemm"]  # 2 TF, not an A100's 300
+    # the output projection at its own measured rate (by hidden size), not the square's
+    head = dataclasses.replace(measured, lm_head_tflops={512: 0.5, 2048: 1.0})
+    with_head = estimate_train(tiny, make_system(head), lay, e)
+    head_flops = 3 * 2 * 1024 * tiny.hidden * tiny.vocab
+    assert with_head.extra["head_s"] - est.extra["head_s"] == pytest.approx(
+        head_flops / 0.5e12
+        - head_flops / (log_interp(curve, (1024 * 512 * 32000) ** (1 / 3)) * 1e12)
+    )

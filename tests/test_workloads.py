@@ -94,6 +94,8 @@ def test_calibrate_measures_and_perf_uses_the_measured_rates(
     assert acc.attention_train_rate(8192) == train_attn[1024]  # clamped, not extrapolated
     assert acc.gemm_tflops_by_size is not None
     assert acc.gemm_tflops_by_size["bf16"][256] == prof["gemm_tflops"]["bf16"]["256"]
+    assert set(prof["lm_head_tflops"]) == {"512", "2048"}
+    assert acc.lm_head_tflops == {int(h): v for h, v in prof["lm_head_tflops"].items()}
     with pytest.raises(Exception, match="run suanli calibrate --save"):
         get_accelerator("nothing-here@measured")
 

@@ -138,6 +138,7 @@ def measured_accelerator(
             "decode_attention_gbs": f"measured serve_lm decode attention, K/V read, {when}",
             "attention_train_tflops": f"measured fused SDPA, bf16 forward + backward, {when}",
             "gemm_tflops_by_size": f"measured square GEMMs by size, {when}",
+            "lm_head_tflops": f"measured vocabulary-wide projection, bf16 fwd + bwd, {when}",
             **({k: f"catalog {base.name}: {v}" for k, v in base.sources.items()} if base else {}),
         },
         price_usd_per_hour=base.price_usd_per_hour if base else None,
@@ -159,6 +160,8 @@ def measured_accelerator(
             for dt, by_size in profile["gemm_tflops"].items()
             if by_size
         }
+        or None,
+        lm_head_tflops={int(h): tf for h, tf in (profile.get("lm_head_tflops") or {}).items()}
         or None,
         attention_train_tflops={
             int(seq): r["train_tflops"]

@@ -69,6 +69,10 @@ class Accelerator:
     #: measured only: achieved dense GEMM TFLOP/s by dtype and (square) size; a CPU's
     #: rate climbs several-fold from 256 to 2048 where a GPU's data-sheet model holds
     gemm_tflops_by_size: dict[str, dict[int, float]] | None = None
+    #: measured only: the training step's output projection (forward + backward, bf16,
+    #: a vocabulary-wide matrix) in TFLOP/s by hidden size; its wide output runs below
+    #: the square GEMM rate on a CPU
+    lm_head_tflops: dict[int, float] | None = None
     disputed: dict[str, str] = field(default_factory=dict)
     notes: str = ""
 

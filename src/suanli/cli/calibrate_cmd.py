@@ -81,6 +81,8 @@ def calibrate_cmd(
         t.add_column(col, justify="right" if col != "figure" else "left")
     for dt, tf in best_gemm_tflops(prof).items():
         t.add_row(f"GEMM {dt} TFLOP/s (best size)", fmt(tf), fmt(base.peak(dt)) if base else "—")
+    for hidden, tf in prof.get("lm_head_tflops", {}).items():
+        t.add_row(f"LM head, hidden {hidden}, bf16 fwd+bwd TFLOP/s", fmt(tf), "")
     t.add_row(
         "memory GB/s (copy)",
         fmt(prof["memory_bandwidth_gbs"]),

@@ -271,7 +271,10 @@ def estimate_train(
     # LM head and loss on the last stage: forward + backward GEMMs, and the fp32
     # cross-entropy passes over the (vocab-parallel) logits
     head_flops = 2 * tokens * a.vocab * h / tp
-    t_head = 3 * gemm_time(head_flops, tokens, a.vocab / tp, h, peak, mem_bw, e, curve)
+    if acc.lm_head_tflops and lay.dtype == "bf16":  # measured as it runs: fwd + 2 bwd GEMMs
+        t_head = 3 * head_flops / (log_interp(acc.lm_head_tflops, h) * 1e12)
+    else:
+        t_head = 3 * gemm_time(head_flops, tokens, a.vocab / tp, h, peak, mem_bw, e, curve)
     logits = tokens * a.vocab / tp
     if acc.loss_logits_per_s:  # measured: a CPU's exp is compute, not bytes
         t_loss = logits / acc.loss_logits_per_s + logits * LOSS_CAST_BYTES_PER_LOGIT / mem_bw
