@@ -233,8 +233,9 @@ def test_measured_cpu_costs_enter_the_step_where_a_profile_has_them() -> None:
         tiny, make_system(acc), dataclasses.replace(lay, autocast_weights=True), e
     )
     dense, experts = stage_params(shape_of(tiny), lay)
+    embed = shape_of(tiny).embedding_params  # looked up, not multiplied: never cast
     assert cast.breakdown_s["weight_casts"] == pytest.approx(
-        (dense + experts) * AUTOCAST_BYTES_PER_PARAM / bw
+        (dense + experts - embed) * AUTOCAST_BYTES_PER_PARAM / bw
     )
     assert cast.step_time_s == pytest.approx(plain.step_time_s + cast.breakdown_s["weight_casts"])
 
@@ -280,3 +281,35 @@ def test_measured_gemm_and_attention_rates_replace_the_data_sheet_model() -> Non
         head_flops / 0.5e12
         - head_flops / (log_interp(curve, (1024 * 512 * 32000) ** (1 / 3)) * 1e12)
     )
+
+
+def test_a_measured_eager_elementwise_rate_replaces_bandwidth_and_holds_the_dispatch() -> None:
+    """Where a profile measured how fast eager PyTorch runs a layer's elementwise work (in
+    perf's count of bytes), those bytes and autocast's casts go at that rate, and the
+    per-layer fixed cost is not added again (the measurement holds each dispatch)."""
+    from suanli.perf import make_system
+
+    tiny = model("tiny-llama-40m")
+    acc = system("a100-80gb").accelerator
+    lay = TrainLayout(micro_batch=4, global_batch=4, seq_len=256, autocast_weights=True)
+    e = Efficiency()
+    plain = estimate_train(tiny, make_system(acc), lay, e)
+    eager = estimate_train(
+        tiny, make_system(dataclasses.replace(acc, train_elementwise_gbs=5.0)), lay, e
+    )
+    bw = acc.memory_bandwidth_gbs * 1e9 * e.mem_bw_eff
+    assert eager.breakdown_s["elementwise"] == pytest.approx(
+        plain.breakdown_s["elementwise"] * bw / 5e9
+    )
+    # the layers' small casts at the eager rate, the output projection's one at the memory's
+    from suanli.perf.memory import stage_params
+    from suanli.perf.shape import shape_of
+    from suanli.perf.train import AUTOCAST_BYTES_PER_PARAM
+
+    s = shape_of(tiny)
+    layers = sum(stage_params(s, lay)) - s.embedding_params - s.head_params
+    assert eager.breakdown_s["weight_casts"] == pytest.approx(
+        AUTOCAST_BYTES_PER_PARAM * (layers / 5e9 + s.head_params / bw)
+    )
+    assert plain.breakdown_s["layer_overhead"] > 0 and eager.breakdown_s["layer_overhead"] == 0
+    assert eager.breakdown_s["loss"] == pytest.approx(plain.breakdown_s["loss"])  # not the loss

@@ -95,6 +95,9 @@ def test_calibrate_measures_and_perf_uses_the_measured_rates(
     assert acc.gemm_tflops_by_size is not None
     assert acc.gemm_tflops_by_size["bf16"][256] == prof["gemm_tflops"]["bf16"]["256"]
     assert set(prof["lm_head_tflops"]) == {"512", "2048"}
+    # eager elementwise work runs well below the copy rate (several passes per fused one)
+    assert 0 < prof["train_elementwise_gbs"] < prof["memory_bandwidth_gbs"]
+    assert acc.train_elementwise_gbs == prof["train_elementwise_gbs"]
     assert acc.lm_head_tflops == {int(h): v for h, v in prof["lm_head_tflops"].items()}
     with pytest.raises(Exception, match="run suanli calibrate --save"):
         get_accelerator("nothing-here@measured")

@@ -86,6 +86,7 @@ class Profile:
     device_name: str
     gemm_tflops: dict[str, dict[str, float]] = field(default_factory=dict)  # dtype -> size -> TF
     lm_head_tflops: dict[str, float] = field(default_factory=dict)  # hidden -> bf16 fwd+bwd TF
+    train_elementwise_gbs: float = 0.0  # eager training elementwise work, in perf's bytes
     memory_bandwidth_gbs: float = 0.0
     attention: dict[str, Any] = field(default_factory=dict)
     allreduce_gbs: dict[str, float] = field(default_factory=dict)  # MB -> bus GB/s
@@ -108,6 +109,7 @@ class Profile:
 
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 LOSS_LOGITS_BYTES = 128 * 2**20  # fp32 logits of a step: 1,024 tokens x a 32k vocabulary
+GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_weight_int8pack_mm")
 LM_HEAD_HIDDEN = (512, 2048)  # hidden sizes the output projection is measured at
 TRAIN_ATTN_TOKENS = 1024  # tokens per training-attention timing (a micro-batch's worth)
 
@@ -315,6 +317,78 @@ def decode_attention_gbs(device: str, plan: Plan) -> float:
         _decode_attention(q, k[:, :, :span], v[:, :, :span], mask)
 
     return round(2 * b * kv * span * hd * 2 / _timed(step, sync, plan.min_time_s) / 1e9, 2)
+
+
+def train_elementwise_gbs(device: str, plan: Plan) -> float:
+    """The rate, in perf's count of bytes, at which eager PyTorch runs a training layer's
+    elementwise work (norms, RoPE, activation, residuals, autocast's weight casts).
+
+    perf counts the bytes a fused kernel would move; eager PyTorch makes several passes
+    (RoPE alone: chunk, four products, a difference, a sum, a concatenation, a cast), so
+    on a CPU this work ran at a third of the copy rate. Measured on train_lm's own
+    decoder layer (the catalog's tiny model), forward + backward under bf16 autocast:
+    the profiler's time of every operator that is neither a GEMM nor attention, against
+    what perf counts for that layer. Per-operator dispatch is inside this time, so perf
+    does not add its per-layer fixed cost on top where this is measured.
+    """
+    torch = _torch()
+    from torch.profiler import ProfilerActivity, profile
+
+    from suanli.catalog.loader import get_model
+    from suanli.workloads.train_lm import Block
+
+    arch = get_model("tiny-llama-40m")
+    seq, batch = 256, TRAIN_ATTN_TOKENS // 256
+    blk = Block(arch).to(device)
+    x = torch.randn(batch, seq, arch.hidden, device=device, requires_grad=True)
+    grad = torch.randn(batch, seq, arch.hidden, device=device)
+    half = arch.head_dim // 2
+    ang = torch.outer(
+        torch.arange(seq, device=device).float(),
+        1.0 / (10000 ** (torch.arange(half, device=device) / half)),
+    )
+    cos, sin = ang.cos(), ang.sin()
+
+    def step() -> None:
+        with torch.autocast(torch.device(device).type, torch.bfloat16):
+            y = blk(x, cos, sin)
+        y.backward(grad)
+        x.grad = None
+        for w in blk.parameters():
+            w.grad = None
+
+    for _ in range(3):
+        step()
+    rounds = max(3, int(plan.min_time_s / 0.02))
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device != "cpu" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(rounds):
+            step()
+    elementwise_us = sum(
+        e.self_device_time_total if device != "cpu" else e.self_cpu_time_total
+        for e in prof.key_averages()
+        if e.key not in GEMM_OPS and "scaled_dot_product" not in e.key
+    )
+    seconds = elementwise_us / rounds / 1e6
+    return round(float(_counted_elementwise_bytes(arch, seq, batch) / seconds / 1e9), 3)
+
+
+def _counted_elementwise_bytes(arch: Any, seq: int, batch: int) -> float:
+    """What perf counts for one such layer (elementwise + weight casts), in bytes: its
+    estimate of that layer alone (a 1-layer model, a vocabulary too small to matter) on
+    a stand-in device of 1 GB/s."""
+    import dataclasses
+
+    from suanli.catalog.loader import get_accelerator
+    from suanli.perf import TrainLayout, estimate_train, make_system
+    from suanli.perf.efficiency import default_efficiency
+
+    e = default_efficiency()
+    one = dataclasses.replace(arch, layers=1, vocab=8, tied_embeddings=False)
+    acc = dataclasses.replace(get_accelerator("a100-80gb"), memory_bandwidth_gbs=1.0)
+    lay = TrainLayout(micro_batch=batch, global_batch=batch, seq_len=seq, autocast_weights=True)
+    est = estimate_train(one, make_system(acc), lay, e, check=False)
+    return (est.breakdown_s["elementwise"] + est.breakdown_s["weight_casts"]) * 1e9 * e.mem_bw_eff
 
 
 def fixed_costs_us(device: str, plan: Plan) -> dict[str, float]:
@@ -692,6 +766,10 @@ def _measure(
             lambda: setattr(prof, "decode_attention_gbs", decode_attention_gbs(device, plan)),
         ),
         ("fixed costs", lambda: setattr(prof, "fixed_us", fixed_costs_us(device, plan))),
+        (
+            "training elementwise",
+            lambda: setattr(prof, "train_elementwise_gbs", train_elementwise_gbs(device, plan)),
+        ),
         ("attention", lambda: setattr(prof, "attention", attention(device, plan))),
         ("dispatch", lambda: setattr(prof, "dispatch_us", dispatch_us(device, plan))),
         ("loss", lambda: setattr(prof, "loss_logits_per_s", loss_rate(device, plan))),

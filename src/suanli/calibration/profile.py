@@ -139,6 +139,7 @@ def measured_accelerator(
             "attention_train_tflops": f"measured fused SDPA, bf16 forward + backward, {when}",
             "gemm_tflops_by_size": f"measured square GEMMs by size, {when}",
             "lm_head_tflops": f"measured vocabulary-wide projection, bf16 fwd + bwd, {when}",
+            "train_elementwise_gbs": f"measured train_lm layer, non-GEMM operators, {when}",
             **({k: f"catalog {base.name}: {v}" for k, v in base.sources.items()} if base else {}),
         },
         price_usd_per_hour=base.price_usd_per_hour if base else None,
@@ -161,6 +162,7 @@ def measured_accelerator(
             if by_size
         }
         or None,
+        train_elementwise_gbs=profile.get("train_elementwise_gbs") or None,
         lm_head_tflops={int(h): tf for h, tf in (profile.get("lm_head_tflops") or {}).items()}
         or None,
         attention_train_tflops={

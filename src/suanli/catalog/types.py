@@ -73,6 +73,9 @@ class Accelerator:
     #: a vocabulary-wide matrix) in TFLOP/s by hidden size; its wide output runs below
     #: the square GEMM rate on a CPU
     lm_head_tflops: dict[int, float] | None = None
+    #: measured only: GB/s, in perf's count of bytes, at which eager PyTorch runs a training
+    #: layer's elementwise work and autocast casts (several passes where perf counts one)
+    train_elementwise_gbs: float | None = None
     disputed: dict[str, str] = field(default_factory=dict)
     notes: str = ""
 

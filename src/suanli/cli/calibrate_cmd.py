@@ -81,6 +81,12 @@ def calibrate_cmd(
         t.add_column(col, justify="right" if col != "figure" else "left")
     for dt, tf in best_gemm_tflops(prof).items():
         t.add_row(f"GEMM {dt} TFLOP/s (best size)", fmt(tf), fmt(base.peak(dt)) if base else "—")
+    if prof.get("train_elementwise_gbs"):
+        t.add_row(
+            "training elementwise, eager (GB/s of perf's bytes)",
+            fmt(prof["train_elementwise_gbs"]),
+            "",
+        )
     for hidden, tf in prof.get("lm_head_tflops", {}).items():
         t.add_row(f"LM head, hidden {hidden}, bf16 fwd+bwd TFLOP/s", fmt(tf), "")
     t.add_row(

@@ -120,6 +120,25 @@ def gemm_time(
     return flops / (peak * eff.gemm_eff_max) + eff.gemm_io_exposed * io / mem_bw
 
 
+def _autocast_s(
+    s: ModelShape, lay: TrainLayout, params: float, elem_bw: float, mem_bw: float
+) -> float:
+    """Seconds autocast spends casting a stage's weights to bf16 each micro-batch.
+
+    Every weight a GEMM reads is cast in full, even where ZeRO-3 shards it; the
+    embedding is looked up, not multiplied, so it is not. The layers' many small casts
+    go at the elementwise rate, the output projection's one large cast at the memory's.
+    """
+    if not lay.autocast_weights:
+        return 0.0
+    tp, embed = lay.tp, s.embedding_params
+    head = s.head_params if s.head_params else (embed if lay.pp > 1 else 0.0)
+    ends = (embed + head if lay.pp == 1 else max(embed, head)) / tp  # in ``params``
+    projection = (s.head_params or embed) / tp if lay.pp == 1 else ends
+    layers = max(0.0, params - ends)
+    return AUTOCAST_BYTES_PER_PARAM * (layers / elem_bw + projection / mem_bw)
+
+
 def model_flops_per_token(s: ModelShape, seq_len: int) -> float:
     """Training (fwd + bwd) model FLOPs per token, the MFU convention above."""
     return 6.0 * s.matmul_params_per_token() + 3.0 * s.attention_flops_per_token(seq_len)
@@ -204,6 +223,10 @@ def estimate_train(
     # kernels, CUDA graphs) is another engine, so there the fitted global figure stands
     measured = acc.layer_overhead_us if acc.kind == "cpu" else None
     overhead = (measured or e.layer_overhead_us) * 1e-6
+    # a measured eager rate for elementwise work already holds each operator's dispatch
+    elem_bw = acc.train_elementwise_gbs * GB if acc.train_elementwise_gbs else mem_bw
+    if acc.train_elementwise_gbs:
+        overhead = 0.0
     # Passes over a layer per micro-batch: forward + backward (2x) (+ forward again
     # under full recompute). Selective recompute redoes only the attention core.
     full = lay.recompute == "full"
@@ -212,7 +235,7 @@ def estimate_train(
     softmax_total = t_softmax * (4.0 if lay.recompute != "none" else 3.0)
     attn_layer = core_total + softmax_total
     comm_layer = t_tp * (passes - 1.0) + t_cp * (2.0 if full else 1.0)
-    elem_fixed = (elem_h + elem_attn) * tokens * ACT_BYTES / mem_bw
+    elem_fixed = (elem_h + elem_attn) * tokens * ACT_BYTES / elem_bw
     act_factor = (3.0 if a.gated_mlp else 2.0) / tp  # activation fn reads 2f (or f), writes f
 
     def mlp_layer(
@@ -227,7 +250,7 @@ def estimate_train(
             gemm_time(2 * m_tokens * h * f1, m_tokens, f1, h, peak, mem_bw, e, curve)
             + gemm_time(2 * m_tokens * f2 * h, m_tokens, h, f2, peak, mem_bw, e, curve)
         )
-        t_act = act_factor * act_width * tokens * ACT_BYTES / mem_bw
+        t_act = act_factor * act_width * tokens * ACT_BYTES / elem_bw
         comm = comm_layer
         if lay.overlap_tp_comm:  # TP collectives pipelined with the layer's GEMMs
             comm -= e.tp_overlap_eff * min(comm, passes * (t_attn_gemm + t_mlp))
@@ -281,12 +304,7 @@ def estimate_train(
     else:
         t_loss = logits * LOSS_BYTES_PER_LOGIT / mem_bw
     dense_params, expert_params = stage_params(s, lay)
-    # autocast casts every weight of the stage in full, even where ZeRO-3 shards them
-    t_cast = (
-        (dense_params + expert_params) * AUTOCAST_BYTES_PER_PARAM / mem_bw
-        if lay.autocast_weights
-        else 0.0
-    )
+    t_cast = _autocast_s(s, lay, dense_params + expert_params, elem_bw, mem_bw)
     t_stage = gemm_l + elem_l + attn_l + comm_l + a2a_l + over_l + t_head + t_loss + t_cast
 
     # --- 2. pipeline ----------------------------------------------------------------
