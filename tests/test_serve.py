@@ -118,3 +118,9 @@ def test_a_measured_engine_fixed_cost_and_gemv_rate_enter_the_decode_step() -> N
     assert got["weights_gemm"] > 10 * base["weights_gemm"]  # 10 GB/s, not HBM's 2 TB/s
     int8 = decode_parts(tiny, make_system(slow), tp=1, batch=8, context=96, weight_dtype="int8")
     assert int8["weights_gemm"] > 2 * got["weights_gemm"]  # half the bytes at a fifth the rate
+    # the output projection stays bf16 under weight quantization: the same cost either way
+    head_bytes = tiny.vocab * tiny.hidden * 2
+    from suanli.perf.efficiency import default_efficiency
+
+    stored_rate = 10e9 * default_efficiency().mem_bw_eff  # profiles store measured / mem_bw_eff
+    assert int8["lm_head"] == got["lm_head"] == pytest.approx(head_bytes / stored_rate)

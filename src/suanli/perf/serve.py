@@ -253,12 +253,15 @@ def _pass_time(
     t_elem = layers * tokens * (10 * h / tp + 3 * a.ffn / tp) * ACT_BYTES / bw_a
     ar = coll.all_reduce_s(tokens * h * ACT_BYTES, tp, min(tp, system.devices_per_node), system, e)
     t_tp = layers * 2 * ar
+    # the output projection stays in 16 bits whatever the layers' weight dtype (quantized
+    # checkpoints keep it so): it streams at the 16-bit weight rate in every case
     head_w = a.vocab * h / tp * ACT_BYTES
     head_flops = 2 * lm_head_tokens * a.vocab * h / tp
+    bw_head = (acc.gemv_rate_gbs(s.arch.hidden) or acc.memory_bandwidth_gbs) * GB * e.mem_bw_eff
     t_head = (
         max(
             gemm_time(head_flops, lm_head_tokens, a.vocab / tp, h, peak16, bw_a, e),
-            head_w / (bw_w if weight_dtype in ("bf16", "fp16") else bw_a),
+            head_w / bw_head,
         )
         if lm_head_tokens
         else 0.0

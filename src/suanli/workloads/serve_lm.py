@@ -71,12 +71,17 @@ class Int8Linear(nn.Module):
         return F.linear(x, q.to(x.dtype) * scale.to(x.dtype)[:, None], self.bias)
 
 
-def quantize_int8(model: nn.Module, dtype: torch.dtype) -> None:
+def quantize_int8(model: nn.Module, dtype: torch.dtype, keep: tuple[str, ...] = ("head",)) -> None:
+    """Every linear layer of the decoder to int8 weight-only, except the output projection
+    (``keep``): as GPTQ/AWQ checkpoints and vLLM leave it, its error would reach every
+    logit, and the perf model counts it in full precision."""
     for name, child in list(model.named_children()):
+        if name in keep:
+            continue
         if isinstance(child, nn.Linear):
             setattr(model, name, Int8Linear(child, dtype))
         else:
-            quantize_int8(child, dtype)
+            quantize_int8(child, dtype, keep)
 
 
 def _decode_attention(
