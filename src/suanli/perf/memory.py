@@ -54,20 +54,25 @@ def model_state_bytes(params: float, zero: int, shards: int) -> tuple[float, flo
     return w, g, o
 
 
+def stage_ends(s: ModelShape, lay: TrainLayout) -> float:
+    """Embedding and output-head parameters on the heaviest stage (before TP): both on
+    one stage without a pipeline; with one, the larger (a tied head is a copy there)."""
+    embed = s.embedding_params
+    head = s.head_params if s.head_params else (embed if lay.pp > 1 else 0)
+    return float(embed + head if lay.pp == 1 else max(embed, head))
+
+
 def stage_params(s: ModelShape, lay: TrainLayout) -> tuple[float, float]:
     """(non-expert, expert) parameters held by one device of the heaviest stage."""
     a = s.arch
-    pp, tp = lay.pp, lay.tp
+    tp = lay.tp
     per_layer = s.attn_params + s.norm_bias_params_per_layer
     share = lay.stage_layers(a.layers) / a.layers  # of all layers, on the heaviest stage
     layer_params = (
         s.num_dense_layers * (per_layer + s.dense_mlp_params)
         + s.num_moe_layers * (per_layer + s.shared_expert_params + s.router_params)
     ) * share
-    embed = s.embedding_params
-    head = s.head_params if s.head_params else (embed if pp > 1 else 0)
-    ends = embed + head if pp == 1 else max(embed, head)
-    dense = (layer_params + ends) / tp
+    dense = (layer_params + stage_ends(s, lay)) / tp
     moe = a.moe
     expert = 0.0
     if moe is not None:

@@ -215,12 +215,9 @@ def _pass_time(
     # weights stream through skinny GEMMs: at the measured rate where there is one
     # (the rate of matrices whose inner size is the hidden size, where it was measured by K;
     # a kernel measured for this weight dtype streams at its own rate)
+    rate16 = (acc.gemv_rate_gbs(s.arch.hidden) or acc.memory_bandwidth_gbs) * GB
     own = acc.gemv_rate_gbs(s.arch.hidden, weight_dtype) if weight_dtype != "bf16" else None
-    if own:
-        bw_w = own * GB * e.mem_bw_eff
-    else:
-        bw_w = (acc.gemv_rate_gbs(s.arch.hidden) or acc.memory_bandwidth_gbs) * GB
-        bw_w *= _bw_eff(e, weight_dtype)
+    bw_w = own * GB * e.mem_bw_eff if own else rate16 * _bw_eff(e, weight_dtype)
     bw_a = bw * e.mem_bw_eff
     h = a.hidden
     layer_params = s.attn_params + s.dense_mlp_params  # dense layer
@@ -257,7 +254,7 @@ def _pass_time(
     # checkpoints keep it so): it streams at the 16-bit weight rate in every case
     head_w = a.vocab * h / tp * ACT_BYTES
     head_flops = 2 * lm_head_tokens * a.vocab * h / tp
-    bw_head = (acc.gemv_rate_gbs(s.arch.hidden) or acc.memory_bandwidth_gbs) * GB * e.mem_bw_eff
+    bw_head = rate16 * e.mem_bw_eff
     t_head = (
         max(
             gemm_time(head_flops, lm_head_tokens, a.vocab / tp, h, peak16, bw_a, e),

@@ -31,7 +31,13 @@ from suanli.catalog.types import ModelArch, log_interp
 from suanli.perf import collectives as coll
 from suanli.perf.efficiency import Efficiency, default_efficiency
 from suanli.perf.layout import TrainLayout, check_layout
-from suanli.perf.memory import GRAD_BYTES, WEIGHT_BYTES, stage_params, train_memory
+from suanli.perf.memory import (
+    GRAD_BYTES,
+    WEIGHT_BYTES,
+    stage_ends,
+    stage_params,
+    train_memory,
+)
 from suanli.perf.shape import ModelShape, shape_of
 from suanli.perf.system import System
 from suanli.units import GB
@@ -131,10 +137,8 @@ def _autocast_s(
     """
     if not lay.autocast_weights:
         return 0.0
-    tp, embed = lay.tp, s.embedding_params
-    head = s.head_params if s.head_params else (embed if lay.pp > 1 else 0.0)
-    ends = (embed + head if lay.pp == 1 else max(embed, head)) / tp  # in ``params``
-    projection = (s.head_params or embed) / tp if lay.pp == 1 else ends
+    ends = stage_ends(s, lay) / lay.tp  # part of ``params``
+    projection = (s.head_params or s.embedding_params) / lay.tp if lay.pp == 1 else ends
     layers = max(0.0, params - ends)
     return AUTOCAST_BYTES_PER_PARAM * (layers / elem_bw + projection / mem_bw)
 
@@ -218,15 +222,15 @@ def estimate_train(
         kv_bytes = tokens * 2 * max(s.kv_dim, s.q_dim / 4) / tp * ACT_BYTES
         t_ring = (cp - 1) * coll.p2p_s(kv_bytes, tp * cp > dpn, system, e)
         t_cp = max(0.0, t_ring - e.overlap_eff * t_core)
-    # the measured fixed cost is serve_lm's eager engine; on a CPU it is the operators'
-    # dispatch, which any framework's training pays alike; a GPU's training stack (fused
-    # kernels, CUDA graphs) is another engine, so there the fitted global figure stands
-    measured = acc.layer_overhead_us if acc.kind == "cpu" else None
-    overhead = (measured or e.layer_overhead_us) * 1e-6
-    # a measured eager rate for elementwise work already holds each operator's dispatch
-    elem_bw = acc.train_elementwise_gbs * GB if acc.train_elementwise_gbs else mem_bw
     if acc.train_elementwise_gbs:
-        overhead = 0.0
+        # measured eager elementwise work: its rate already holds each operator's dispatch
+        elem_bw, overhead = acc.train_elementwise_gbs * GB, 0.0
+    else:
+        # the measured fixed cost is serve_lm's eager engine; on a CPU it is the operators'
+        # dispatch, which any framework's training pays alike; a GPU's training stack
+        # (fused kernels, CUDA graphs) is another engine, so there the fitted figure stands
+        measured = acc.layer_overhead_us if acc.kind == "cpu" else None
+        elem_bw, overhead = mem_bw, (measured or e.layer_overhead_us) * 1e-6
     # Passes over a layer per micro-batch: forward + backward (2x) (+ forward again
     # under full recompute). Selective recompute redoes only the attention core.
     full = lay.recompute == "full"
