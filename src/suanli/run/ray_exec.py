@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shlex
 import sys
 import time
@@ -43,6 +44,13 @@ RESERVED = {"CPU", "memory", "object_store_memory", "GPU"}
 
 class RayUnavailable(ExecutorUnavailable):
     """The Ray cluster cannot be reached."""
+
+
+def _http_status(exc: RuntimeError) -> int:
+    """The HTTP status in Ray's client errors ("Request failed with status code 503: ..."),
+    0 when it names none."""
+    found = re.search(r"status code (\d{3})", str(exc))
+    return int(found.group(1)) if found else 0
 
 
 def _devices(resources: dict[str, float], labels: dict[str, str]) -> list[DeviceInfo]:
@@ -184,8 +192,8 @@ class RayExecutor:
             raise RayUnavailable(
                 f"cannot reach the Ray dashboard at {self.address}: {exc}"
             ) from exc
-        except RuntimeError as exc:  # Ray's client: "Request failed with status code 5xx"
-            if "status code 5" in str(exc):
+        except RuntimeError as exc:
+            if _http_status(exc) // 100 == 5:
                 self._unanswered.add(sid)
                 raise RayUnavailable(f"Ray could not take job {sid}: {exc}") from exc
             raise  # a 4xx: Ray refused this job (a bad runtime env): the job's failure
@@ -203,7 +211,7 @@ class RayExecutor:
             try:
                 stopped = self.client.stop_job(sid)
             except RuntimeError as exc:
-                if "status code 404" not in str(exc):
+                if _http_status(exc) != 404:
                     continue  # still failing: ask again at the next refresh
                 stopped = False
             except Exception:  # the dashboard is still away
@@ -220,7 +228,7 @@ class RayExecutor:
         try:
             return self.client.get_job_info(h.ref)
         except RuntimeError as exc:
-            if "status code 404" in str(exc):
+            if _http_status(exc) == 404:
                 return None
             raise RayUnavailable(f"Ray could not report job {h.ref}: {exc}") from exc
         except requests.RequestException as exc:

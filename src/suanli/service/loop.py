@@ -159,10 +159,11 @@ class Loop:
             for job_id in cancelled:
                 self._specs.pop(job_id, None)
                 self.store.event(s, job_id, "cancelled", "by request, before it ran again")
-            # compare-and-set: a cancel the API wrote meanwhile wins over the requeue
+            # the sweep above ended every job with a cancel request; one the API writes from
+            # here on finds the job preempted or queued, and cancels it itself
             requeued = s.scalars(
                 update(JobRow)
-                .where(JobRow.state == "preempted", JobRow.cancel_requested.is_(False))
+                .where(JobRow.state == "preempted")
                 .values(state="queued", updated_at=now)
                 .returning(JobRow.id),
                 execution_options={"synchronize_session": False},
@@ -425,7 +426,7 @@ class Loop:
         spec = self._spec(row)
         r = spec.resources
         gpus = r.devices if wants_devices(r) else 0
-        milli = int(MILLI * r.fraction) if r.fraction else MILLI
+        milli = _granted_milli(r)
         # no eligible type here: an impossible spec, so the job waits (and says why)
         eligible = eligible_types(r, types) if gpus else frozenset()
         task = Task(
@@ -486,24 +487,7 @@ class Loop:
             self._start_members(job_id, spec, placements, handles)
         except Exception as exc:
             self._kill_all(handles)
-            with self.store.tx() as s:
-                row = s.get(JobRow, job_id, populate_existing=True)
-                assert row is not None
-                tries = self._unavailable.get(job_id, 0) + 1
-                if isinstance(exc, ExecutorUnavailable) and tries < MAX_UNAVAILABLE_STARTS:
-                    # the executor could not be reached (Ray's dashboard restarting): not the
-                    # job's fault, so it goes back to the queue without using up a retry,
-                    # waiting longer each time; past the limit it is the job's failure
-                    self._unavailable[job_id] = tries
-                    wait_s = min(60.0, RETRY_START_S * 2 ** (tries - 1))
-                    row.state, row.members, row.started_at = "queued", [], None
-                    row.attempts = max(0, row.attempts - 1)
-                    row.not_before, row.updated_at = now + wait_s, time.time()
-                    why = f"executor unavailable ({tries} of {MAX_UNAVAILABLE_STARTS}): {exc}"
-                    self.store.event(s, job_id, "requeued", f"{why}; again in {wait_s:g} s")
-                else:  # a bad working_dir, a command that does not exist: this job only
-                    self._unavailable.pop(job_id, None)
-                    self._finish(s, row, None, f"could not start: {exc}")
+            self._start_failed(job_id, exc)
             return
         self._unavailable.pop(job_id, None)
         try:
@@ -523,6 +507,27 @@ class Loop:
             self._kill_all(handles)
             raise
 
+    def _start_failed(self, job_id: int, exc: Exception) -> None:
+        """An executor that could not be reached (Ray's dashboard restarting) is not the
+        job's fault: the job goes back to the queue without using up a retry, waiting
+        longer each time, until the limit makes it the job's failure. Anything else (a
+        bad working_dir, a command that does not exist) fails or retries this job only."""
+        now = time.time()
+        tries = self._unavailable.pop(job_id, 0) + 1
+        with self.store.tx() as s:
+            row = s.get(JobRow, job_id, populate_existing=True)
+            assert row is not None
+            if not isinstance(exc, ExecutorUnavailable) or tries >= MAX_UNAVAILABLE_STARTS:
+                self._finish(s, row, None, f"could not start: {exc}")
+                return
+            wait_s = min(60.0, RETRY_START_S * 2 ** (tries - 1))
+            row.state, row.members, row.started_at = "queued", [], None
+            row.attempts = max(0, row.attempts - 1)
+            row.not_before, row.updated_at = now + wait_s, now
+            why = f"executor unavailable ({tries} of {MAX_UNAVAILABLE_STARTS}): {exc}"
+            self.store.event(s, job_id, "requeued", f"{why}; again in {wait_s:g} s")
+        self._unavailable[job_id] = tries
+
     def _kill_all(self, handles: list[Handle]) -> None:
         self._each(handles, [None] * len(handles), self.executor.kill)
 
@@ -536,8 +541,7 @@ class Loop:
         port = free_port() if world > 1 else None  # local gangs; a Ray gang picks on rank 0
         gang_native = bool(getattr(self.executor, "gang_native", False))
         names = [self.nodes[p.node].name for p in placements]
-        fraction = spec.resources.fraction
-        milli = int(MILLI * fraction) if fraction else MILLI
+        milli = _granted_milli(spec.resources)
         for rank, p in enumerate(placements):
             node = self.nodes[p.node]
             devices = tuple(g for g, _ in p.gpus)
@@ -634,6 +638,11 @@ class Loop:
         if row.state != "queued":
             self._specs.pop(row.id, None)  # over: its spec is not needed again
         self.store.event(s, row.id, row.state, why)
+
+
+def _granted_milli(r: Resources) -> int:
+    """Thousandths of each device the scheduler grants (and the executor asks for)."""
+    return int(MILLI * r.fraction) if r.fraction else MILLI
 
 
 def _key(h: Handle) -> str:
