@@ -22,18 +22,16 @@ import glob
 import math
 import os
 import queue
-import signal
 import socket
 import statistics
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from suanli.calibration import children
 from suanli.errors import SuanliError
 
 
@@ -335,19 +333,14 @@ def train_elementwise_gbs(device: str, plan: Plan) -> float:
     from torch.profiler import ProfilerActivity, profile
 
     from suanli.catalog.loader import get_model
-    from suanli.workloads.train_lm import Block
+    from suanli.workloads.train_lm import Block, rope_inv_freq, rope_tables
 
     arch = get_model("tiny-llama-40m")
     seq, batch = 256, TRAIN_ATTN_TOKENS // 256
     blk = Block(arch).to(device)
     x = torch.randn(batch, seq, arch.hidden, device=device, requires_grad=True)
     grad = torch.randn(batch, seq, arch.hidden, device=device)
-    half = arch.head_dim // 2
-    ang = torch.outer(
-        torch.arange(seq, device=device).float(),
-        1.0 / (10000 ** (torch.arange(half, device=device) / half)),
-    )
-    cos, sin = ang.cos(), ang.sin()
+    cos, sin = rope_tables(seq, rope_inv_freq(arch.head_dim).to(device))
 
     def step() -> None:
         with torch.autocast(torch.device(device).type, torch.bfloat16):
@@ -525,14 +518,10 @@ def loss_rate(device: str, plan: Plan, vocab: int = 50304) -> float:
     from suanli.workloads import MALLOC_ENV
 
     rows = max(8, LOSS_LOGITS_BYTES // 4 // vocab)
-    code = (
-        "import sys; from suanli.calibration.micro import _loss_rate_here as f; "
-        "print(f(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), "
-        "int(sys.argv[5])))"
+    threads = _torch().get_num_threads()
+    argv = children.python_call(
+        __name__, "_loss_rate_here", device, rows, vocab, plan.min_time_s, threads
     )
-    threads = str(_torch().get_num_threads())
-    argv = [sys.executable, "-c", code, device, str(rows), str(vocab)]
-    argv += [str(plan.min_time_s), threads]
     env = {**os.environ, **MALLOC_ENV}
     try:
         out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
@@ -545,9 +534,11 @@ def loss_rate(device: str, plan: Plan, vocab: int = 50304) -> float:
     return round(float(lines[-1]), 1)
 
 
-def _loss_rate_here(device: str, rows: int, vocab: int, min_time_s: float, threads: int) -> float:
+def _loss_rate_here(device: str, rows_: str, vocab_: str, min_time_s: str, threads: str) -> float:
+    """`loss_rate`'s child (arguments as a command line gives them)."""
+    rows, vocab = int(rows_), int(vocab_)
     torch = _torch()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(int(threads))
     sync = _sync_for(torch, device)
     x = torch.randn(rows, vocab, device=device, requires_grad=True)
     y = torch.randint(0, vocab, (rows,), device=device)
@@ -559,7 +550,7 @@ def _loss_rate_here(device: str, rows: int, vocab: int, min_time_s: float, threa
     step()  # a second warm-up: the heap settles at its steady size
     # the best of three windows: one step is long enough that a neighbour's burst on a
     # shared machine can fill a whole window (seen: 0.04 G/s once, 0.2 otherwise)
-    best_s = min(_timed(step, sync, min_time_s) for _ in range(3))
+    best_s = min(_timed(step, sync, float(min_time_s)) for _ in range(3))
     return float(rows * vocab / best_s)
 
 
@@ -679,69 +670,20 @@ def calibrate(
     peers: list[subprocess.Popen[str]] = []
     try:
         for _ in range(processes - 1):
-            peers.append(_start_peer(quick, int(torch.get_num_threads())))
+            peers.append(children.start_peer(quick, int(torch.get_num_threads())))
         prof = _measure(torch, device, plan, progress)
         gone = [peer.returncode for peer in peers if peer.poll() is not None]
         if gone:  # measured without the load it claims: refuse the profile
             raise SuanliError(f"a calibration peer exited {gone[0]} during the measurement")
     finally:
         for peer in peers:
-            _stop_peer(peer)
+            children.stop(peer)
     if progress:
         progress("all-reduce")
     prof.allreduce_gbs = allreduce(device, plan)  # the ranks' own traffic: measured alone
     prof.processes = processes
     prof.wall_s = round(time.perf_counter() - start, 2)
     return prof
-
-
-def _start_peer(quick: bool, threads: int) -> subprocess.Popen[str]:
-    """A copy of the benchmarks that loads the CPU while this process measures."""
-    code = (
-        "import sys; from suanli.calibration.micro import _peer; "
-        "_peer(sys.argv[1] == 'quick', int(sys.argv[2]))"
-    )
-    argv = [sys.executable, "-c", code, "quick" if quick else "full", str(threads)]
-    # its own process group, so stopping it also stops the child its loss benchmark runs;
-    # stdin a pipe nobody writes: it closes when this process ends, and the peer follows
-    peer = subprocess.Popen(
-        argv,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
-    assert peer.stdout is not None
-    if peer.stdout.readline().strip() != "ready":  # loaded torch: the load starts now
-        _stop_peer(peer)
-        raise SuanliError("a calibration peer process did not start (is PyTorch importable?)")
-    return peer
-
-
-def _stop_peer(peer: subprocess.Popen[str]) -> None:
-    """Peers measure until told to stop (so the load lasts as long as the measurement)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(peer.pid, signal.SIGKILL)
-    peer.wait()
-    for pipe in (peer.stdin, peer.stdout):
-        if pipe is not None:
-            pipe.close()
-
-
-def _peer(quick: bool, threads: int) -> None:
-    torch = _torch()
-    torch.set_num_threads(threads)
-    plan = Plan.quick() if quick else Plan.full()
-
-    def orphaned() -> None:  # EOF on stdin: the measuring process is gone, so is its group
-        sys.stdin.read()
-        os.killpg(os.getpgid(0), signal.SIGKILL)
-
-    threading.Thread(target=orphaned, daemon=True).start()
-    print("ready", flush=True)
-    while True:  # until the measuring process stops it
-        _measure(torch, "cpu", plan, None)
 
 
 def _measure(

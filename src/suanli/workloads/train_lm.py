@@ -85,6 +85,18 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return torch.cat((a * cos - b * sin, a * sin + b * cos), dim=-1).to(x.dtype)
 
 
+def rope_inv_freq(head_dim: int) -> torch.Tensor:
+    """RoPE's inverse frequencies, one per pair of dimensions of a head."""
+    half = head_dim // 2
+    return 1.0 / (10000 ** (torch.arange(half) / half))
+
+
+def rope_tables(seq_len: int, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of every position's angles, [seq_len, head_dim / 2], for `_rope`."""
+    ang = torch.outer(torch.arange(seq_len, device=inv_freq.device).float(), inv_freq)
+    return ang.cos(), ang.sin()
+
+
 class GPT(nn.Module):
     def __init__(self, a: ModelArch) -> None:
         super().__init__()
@@ -94,16 +106,10 @@ class GPT(nn.Module):
         self.head = nn.Linear(a.hidden, a.vocab, bias=False)
         if a.tied_embeddings:
             self.head.weight = self.embed.weight
-        half = a.head_dim // 2
-        self.register_buffer(
-            "inv_freq", 1.0 / (10000 ** (torch.arange(half) / half)), persistent=False
-        )
+        self.register_buffer("inv_freq", rope_inv_freq(a.head_dim), persistent=False)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        t = idx.shape[1]
-        inv_freq: torch.Tensor = self.inv_freq  # type: ignore[assignment]
-        ang = torch.outer(torch.arange(t, device=idx.device).float(), inv_freq)
-        cos, sin = ang.cos(), ang.sin()
+        cos, sin = rope_tables(idx.shape[1], self.inv_freq)  # type: ignore[arg-type]
         x = self.embed(idx)
         for blk in self.blocks:
             x = blk(x, cos, sin)
