@@ -177,8 +177,17 @@ def test_the_last_level_cache_is_summed_over_its_distinct_instances(tmp_path: Pa
     expected = 32 * 2**20 * min(2, len(cpus))
     assert micro.last_level_cache_bytes(str(tmp_path)) == expected
     assert micro.last_level_cache_bytes(str(tmp_path / "absent")) == 0
-    plan = micro.Plan.quick()
-    assert micro.sweep_bytes("cpu", plan) >= 64 * 2**20  # never below the floor
+
+    # the decode sweep streams twice the cache, between a 64 MB floor and a 1 GB cap
+    import psutil
+
+    plan, mib = micro.Plan.quick(), 2**20
+    cap = min(2**30, psutil.virtual_memory().total // 8)  # a small machine caps lower
+    for llc, want in ((0, 64 * mib), (100 * mib, min(cap, 200 * mib)), (8 * 2**30, cap)):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(micro, "last_level_cache_bytes", lambda llc=llc: llc)
+            assert micro.sweep_bytes("cpu", plan) == want, llc
+    assert micro.sweep_bytes("cuda:0", plan) == 128 * mib  # a GPU's L2 is tens of MB
 
 
 def test_train_lm_checkpoints_on_sigterm_and_resumes(tmp_path: Path) -> None:
