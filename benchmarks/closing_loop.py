@@ -7,8 +7,8 @@
    device of each DDP member), all-reduce across two processes included.
 2. ``suanli.workloads.train_lm`` trains the model for real: one process, then
    two processes with DDP (the torchrun environment the executor sets).
-3. ``suanli.workloads.serve_lm``'s engine decodes 8 sequences at once (bf16
-   weights, then int8), and perf predicts its decode tokens/s.
+3. ``suanli.workloads.serve_lm``'s engine decodes 8 sequences at once (16-bit
+   weights — fp32 where bf16 is emulated — then int8), and perf predicts its decode tokens/s.
 4. The perf model predicts every case from the measured profiles alone (no
    parameter is fitted to these runs) and the benchmark prints measured vs
    predicted with the error, plus where the measured step went (PyTorch's
@@ -19,6 +19,10 @@
    measured vs predicted and the next prediction is multiplied by the
    correction learned from the runs before it — the table shows the error of
    the raw and of the corrected prediction run by run.
+
+On a CPU without bf16 instructions calibrate records bf16 as emulated and
+everything (training, decode, the predictions) runs in fp32; ``SUANLI_BF16=emulated``
+takes that path on any CPU.
 
 Figures and a plot go to benchmarks/out/closing_loop.{json,png}. Needs PyTorch.
 """
@@ -69,7 +73,9 @@ def train(model: str, steps: int, mb: int, seq: int, world: int) -> dict[str, An
     return summary
 
 
-def serve(model: str, batch: int, prompt_len: int, out_len: int, quantize: str) -> float:
+def serve(
+    model: str, batch: int, prompt_len: int, out_len: int, quantize: str, dtype: str
+) -> float:
     """Measured decode tokens/s of serve_lm's engine with ``batch`` sequences in flight."""
     import argparse
     import time
@@ -80,7 +86,7 @@ def serve(model: str, batch: int, prompt_len: int, out_len: int, quantize: str) 
         model=model,
         ckpt=None,
         quantize=quantize,
-        dtype="bf16",
+        precision=dtype,  # what serve_lm's auto picks here, as calibrate measured it
         slots=batch,
         max_len=prompt_len + out_len + 1,
         seed=0,
@@ -263,8 +269,9 @@ def main() -> int:
             )
             bar.advance(task)
         torch.set_num_threads(cores)
-        for quantize, wdt in (("none", "bf16"), ("int8", "int8")):
-            got_tps = serve(args.model, 8, 64, 64, quantize)
+        compute = profiles[1].get("compute_dtype", "bf16")  # fp32 where bf16 is emulated
+        for quantize, wdt in (("none", compute), ("int8", "int8")):
+            got_tps = serve(args.model, 8, 64, 64, quantize, compute)
             pred_tps = predict_serve(args.model, profiles[1], 8, 64, 64, wdt)
             rows.append(
                 {

@@ -322,14 +322,16 @@ def start_service(data: Path, port: int) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    for _ in range(200):
+    # an event, not a timer: wait while the process lives (a generous cap only for a hang)
+    end = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < end:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
                 return proc
         except httpx.HTTPError:
             time.sleep(0.05)
     proc.kill()
-    raise AssertionError("suanli up did not come up")
+    raise AssertionError(f"suanli up did not come up (exit {proc.poll()})")
 
 
 def wait_state(c: httpx.Client, jid: int, states: set[str], timeout: float = 30) -> dict[str, Any]:
@@ -361,10 +363,14 @@ def test_suanli_up_runs_jobs_and_survives_a_sigkill(tmp_path: Path) -> None:
         bid = c.post("/v1/jobs", json={"spec": fail}).json()["id"]
         boom = wait_state(c, bid, {"failed"})
         assert boom["exit_code"] == 3 and boom["attempts"] == 2  # retried once
+        # the job waits for a file the test writes once the restarted service has
+        # re-attached it: however slow the machine, it is alive across the restart
+        go = tmp_path / "go"
+        wait_for_go = f"import os, time\nwhile not os.path.exists({str(go)!r}): time.sleep(0.05)"
         slow = {
             **HELLO,
             "name": "slow",
-            "command": ["python3", "-c", "import time; time.sleep(3); print('done')"],
+            "command": ["python3", "-c", wait_for_go + "\nprint('done')"],
         }
         sid = c.post("/v1/jobs", json={"spec": slow}).json()["id"]
         wait_state(c, sid, {"running"})
@@ -372,7 +378,12 @@ def test_suanli_up_runs_jobs_and_survives_a_sigkill(tmp_path: Path) -> None:
         svc.send_signal(signal.SIGKILL)  # the service dies; the job process does not
         svc.wait()
         svc = start_service(tmp_path, port)
-        row = wait_state(c, sid, {"succeeded", "failed"}, timeout=30)
+        end = time.monotonic() + 60
+        while not any(e["kind"] == "reattached" for e in c.get(f"/v1/jobs/{sid}").json()["events"]):
+            assert time.monotonic() < end, c.get(f"/v1/jobs/{sid}").json()
+            time.sleep(0.1)
+        go.touch()
+        row = wait_state(c, sid, {"succeeded", "failed"}, timeout=60)
         assert row["state"] == "succeeded", row["events"]
         assert any(e["kind"] == "reattached" for e in row["events"])
         assert c.get(f"/v1/jobs/{sid}/logs").text == "done\n"

@@ -21,8 +21,7 @@ import pytest
 pytest.importorskip("torch", reason="calibration and workloads need `pip install suanli[torch]`")
 
 from suanli.calibration.feedback import METRIC, summary_of
-from suanli.calibration.profile import best_gemm_tflops
-from suanli.catalog.loader import get_accelerator
+from suanli.calibration.profile import best_gemm_tflops, resolve_accelerator
 from suanli.perf.efficiency import default_efficiency
 
 TINY = {
@@ -73,7 +72,7 @@ def test_calibrate_measures_and_perf_uses_the_measured_rates(
     for seq in ("256", "1024"):
         by = prof["attention"]["by_seq"][seq]
         assert by["fused_tflops"] > 0 and by["unfused_tflops"] > 0 and by["train_tflops"] > 0
-    acc = get_accelerator(prof["use_as"])
+    acc = resolve_accelerator(prof["use_as"])
     e = default_efficiency()
     for dtype, best in best_gemm_tflops(prof).items():
         assert acc.peak(dtype) * e.gemm_eff_max == pytest.approx(best)
@@ -82,7 +81,7 @@ def test_calibrate_measures_and_perf_uses_the_measured_rates(
     # the CPU-specific costs perf needs for a measured device: the loss's exp, small
     # decode GEMMs (slower the smaller K) and the engine's fixed costs
     assert acc.loss_logits_per_s == prof["loss_logits_per_s"] > 0
-    for dt in ("bf16", "int8"):
+    for dt in (prof["compute_dtype"], "int8"):
         by_k = {int(k): v for k, v in prof["gemv_gbs_by_k"][dt].items()}
         assert set(by_k) == {512, 1024, 4096} and all(v > 0 for v in by_k.values())
         assert acc.gemv_rate_gbs(512, dt) * e.mem_bw_eff == pytest.approx(by_k[512])
@@ -94,13 +93,74 @@ def test_calibrate_measures_and_perf_uses_the_measured_rates(
     assert acc.attention_train_rate(8192) == train_attn[1024]  # clamped, not extrapolated
     assert acc.gemm_tflops_by_size is not None
     assert acc.gemm_tflops_by_size["bf16"][256] == prof["gemm_tflops"]["bf16"]["256"]
-    assert set(prof["lm_head_tflops"]) == {"512", "2048"}
+    # the first hidden size always; the larger one where the probe's budget affords it
+    assert "512" in prof["lm_head_tflops"] and set(prof["lm_head_tflops"]) <= {"512", "2048"}
+    assert prof["compute_dtype"] in ("bf16", "fp32") and prof["precision_why"]
     # eager elementwise work runs well below the copy rate (several passes per fused one)
     assert 0 < prof["train_elementwise_gbs"] < prof["memory_bandwidth_gbs"]
     assert acc.train_elementwise_gbs == prof["train_elementwise_gbs"]
     assert acc.lm_head_tflops == {int(h): v for h, v in prof["lm_head_tflops"].items()}
     with pytest.raises(Exception, match="run suanli calibrate --save"):
-        get_accelerator("nothing-here@measured")
+        resolve_accelerator("nothing-here@measured")
+
+
+@pytest.fixture(scope="module")
+def calibrated_emulated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """`calibrate --quick` as on a CPU without bf16 instructions (``SUANLI_BF16=emulated``),
+    so that path runs on every machine, whatever its CPU has."""
+    from typer.testing import CliRunner
+
+    from suanli.cli import app
+
+    data = tmp_path_factory.mktemp("data-emulated")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SUANLI_DATA_DIR", str(data))
+    mp.setenv("SUANLI_BF16", "emulated")
+    try:
+        run = CliRunner().invoke(app, ["calibrate", "--quick", "--json", "--save"])
+    finally:
+        mp.undo()
+    assert run.exit_code == 0, run.output
+    return data, json.loads(run.output)
+
+
+def test_emulated_bf16_is_recorded_and_everything_runs_and_predicts_in_fp32(
+    calibrated_emulated: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    from suanli.calibration.feedback import estimate_summary
+    from suanli.device import choose_precision
+
+    data, prof = calibrated_emulated
+    assert prof["wall_s"] < 60
+    assert prof["compute_dtype"] == "fp32" and prof["emulated_dtypes"] == ["bf16"]
+    assert "SUANLI_BF16=emulated" in prof["precision_why"]
+    # bf16's measured rate is kept, at the first size only; fp32 is swept
+    assert list(prof["gemm_tflops"]["bf16"]) == ["256"] and prof["gemm_tflops"]["bf16"]["256"] > 0
+    assert len(prof["gemm_tflops"]["fp32"]) >= 2
+    # the dtype-dependent probes ran in fp32
+    assert prof["attention"]["dtype"] == "fp32" and "fp32" in prof["gemv_gbs_by_k"]
+    assert "bf16" not in prof["gemv_gbs_by_k"] and "bf16" not in prof["gemv_gbs"]
+    acc = resolve_accelerator(prof["use_as"], data)
+    assert acc.compute_dtype == "fp32" and acc.emulated_dtypes == ("bf16",)
+    assert "emulated" in acc.notes and "fp32" in acc.sources["lm_head_tflops"]
+    # the workloads pick fp32 under the same switch, and say why
+    env = {"SUANLI_BF16": "emulated"}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SUANLI_BF16", "emulated")
+        assert choose_precision("cpu").dtype == "fp32"
+    proc = _train(tmp_path, "--steps", "3", env=env)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert "precision fp32: SUANLI_BF16=emulated" in out
+    summary = summary_of(out)
+    assert summary is not None and summary["precision"] == "fp32"
+    # ... and the service predicts the step in the precision it ran: no autocast casts,
+    # the output projection at the fp32 rate calibrate measured
+    est = estimate_summary(summary, acc)
+    assert est.breakdown_s["weight_casts"] == 0
+    as_bf16 = estimate_summary({**summary, "precision": "bf16"}, acc)
+    assert as_bf16.breakdown_s["weight_casts"] > 0
+    assert est.step_time_s != as_bf16.step_time_s
 
 
 def _train(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
@@ -139,7 +199,7 @@ def test_a_shared_cpu_is_measured_under_its_peers_load_and_they_never_outlive_it
         peers: list[psutil.Process] = []
         while not peers and time.monotonic() < deadline:
             kids = psutil.Process(parent.pid).children()
-            peers = [k for k in kids if "children import peer" in " ".join(k.cmdline())]
+            peers = [k for k in kids if "micro import peer" in " ".join(k.cmdline())]
             time.sleep(0.1)
         assert peers, "no peer started"
         assert peers[0].cpu_percent(interval=1.0) > 20  # loading the CPU
@@ -154,7 +214,8 @@ def test_a_shared_cpu_is_measured_under_its_peers_load_and_they_never_outlive_it
 def test_the_last_level_cache_is_summed_over_its_distinct_instances(tmp_path: Path) -> None:
     """Two L3s (two sockets, or two EPYC core complexes) are twice the cache; an L2 per
     core does not count; the instruction cache never does."""
-    from suanli.calibration import micro
+    from suanli.calibration import memory
+    from suanli.calibration.timing import Plan
 
     cpus = sorted(os.sched_getaffinity(0))
     for cpu in cpus:
@@ -175,19 +236,19 @@ def test_the_last_level_cache_is_summed_over_its_distinct_instances(tmp_path: Pa
             ):
                 (d / name).write_text(f"{value}\n")
     expected = 32 * 2**20 * min(2, len(cpus))
-    assert micro.last_level_cache_bytes(str(tmp_path)) == expected
-    assert micro.last_level_cache_bytes(str(tmp_path / "absent")) == 0
+    assert memory.last_level_cache_bytes(str(tmp_path)) == expected
+    assert memory.last_level_cache_bytes(str(tmp_path / "absent")) == 0
 
     # the decode sweep streams twice the cache, between a 64 MB floor and a 1 GB cap
     import psutil
 
-    plan, mib = micro.Plan.quick(), 2**20
+    plan, mib = Plan.quick(), 2**20
     cap = min(2**30, psutil.virtual_memory().total // 8)  # a small machine caps lower
     for llc, want in ((0, 64 * mib), (100 * mib, min(cap, 200 * mib)), (8 * 2**30, cap)):
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(micro, "last_level_cache_bytes", lambda llc=llc: llc)
-            assert micro.sweep_bytes("cpu", plan) == want, llc
-    assert micro.sweep_bytes("cuda:0", plan) == 128 * mib  # a GPU's L2 is tens of MB
+            mp.setattr(memory, "last_level_cache_bytes", lambda llc=llc: llc)
+            assert memory.sweep_bytes("cpu", plan) == want, llc
+    assert memory.sweep_bytes("cuda:0", plan) == 128 * mib  # a GPU's L2 is tens of MB
 
 
 def test_train_lm_checkpoints_on_sigterm_and_resumes(tmp_path: Path) -> None:

@@ -28,11 +28,12 @@ def python_call(module: str, func: str, *args: object) -> list[str]:
     return [sys.executable, "-c", code, *map(str, args)]
 
 
-def start_peer(quick: bool, threads: int) -> subprocess.Popen[str]:
-    """A copy of the benchmarks that loads the CPU while this process measures; returns
-    once it has loaded PyTorch (the load starts then)."""
+def start_peer(argv: list[str]) -> subprocess.Popen[str]:
+    """Start a peer (``argv``, e.g. a `python_call`) that loads the CPU while this process
+    measures; returns once it has printed "ready" (its load starts then). The peer calls
+    `guard_peer` first, so it dies with this process."""
     peer = subprocess.Popen(
-        python_call(__name__, "peer", "quick" if quick else "full", threads),
+        argv,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -56,19 +57,13 @@ def stop(peer: subprocess.Popen[str]) -> None:
             pipe.close()
 
 
-def peer(plan_name: str, threads: str) -> None:
-    """The peer's body: the benchmarks in a loop, until its group is killed."""
-    from suanli.calibration import micro
+def guard_peer() -> None:
+    """In a peer: take its whole group down once the measuring process is gone (EOF on
+    stdin), then say "ready"."""
 
-    torch = micro._torch()
-    torch.set_num_threads(int(threads))
-    plan = micro.Plan.quick() if plan_name == "quick" else micro.Plan.full()
-
-    def orphaned() -> None:  # EOF on stdin: the measuring process is gone, so is the group
+    def orphaned() -> None:
         sys.stdin.read()
         os.killpg(os.getpgid(0), signal.SIGKILL)
 
     threading.Thread(target=orphaned, daemon=True).start()
     print("ready", flush=True)
-    while True:
-        micro._measure(torch, "cpu", plan, None)

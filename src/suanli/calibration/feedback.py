@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from suanli.errors import SuanliError
+from suanli.workloads import METRIC
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
     from suanli.perf.train import TrainEstimate
     from suanli.store.db import Store
 
-METRIC = "suanli-metric "  # the line prefix workloads report with (then one JSON object)
 WINDOW = 20  # runs a correction looks back over
 
 
@@ -71,14 +71,15 @@ def estimate_summary(summary: dict[str, Any], acc: Accelerator) -> TrainEstimate
     """Perf's estimate of the step a ``train_lm`` summary describes, on ``acc``.
 
     train_lm keeps fp32 master weights under bf16 autocast, so every step casts the
-    weights (and their gradients back), and DDP/FSDP reduce fp32 gradients; FSDP
-    shards like ZeRO-3.
+    weights (and their gradients back), or runs plain fp32 (no casts) where bf16 is
+    emulated; DDP/FSDP reduce fp32 gradients; FSDP shards like ZeRO-3.
     """
     from suanli.catalog.loader import get_model
     from suanli.perf import TrainLayout, estimate_train, make_system
 
     model = get_model(str(summary.get("model_ref") or summary["model"]))
     world = int(summary.get("world_size", 1))
+    precision = summary.get("precision", "bf16")
     lay = TrainLayout(
         dp=world,
         zero=3 if summary.get("parallel") == "fsdp" else 0,
@@ -86,7 +87,9 @@ def estimate_summary(summary: dict[str, Any], acc: Accelerator) -> TrainEstimate
         global_batch=int(summary["micro_batch"]) * world,
         seq_len=int(summary["seq_len"]),
         grad_reduce_dtype="fp32",
-        autocast_weights=summary.get("precision", "bf16") == "bf16",
+        # the precision the job ran (train_lm's auto: fp32 where bf16 is emulated)
+        dtype="fp32" if precision == "fp32" else "bf16",
+        autocast_weights=precision == "bf16",
     )
     return estimate_train(model, make_system(acc, devices_per_node=max(world, 1)), lay)
 

@@ -106,6 +106,10 @@ def measured_accelerator(
     peaks = {dt: tf / e.gemm_eff_max for dt, tf in best_gemm_tflops(profile).items()}
     bus = max(profile.get("allreduce_gbs", {}).values(), default=0.0)
     is_cpu = profile["device"] == "cpu"
+    compute = str(profile.get("compute_dtype") or "bf16")  # profiles before it: bf16
+    gemv16 = (profile.get("gemv_gbs") or {}).get("bf16") or (profile.get("gemv_gbs") or {}).get(
+        compute
+    )
     memory_gb = psutil.virtual_memory().total / 1e9 if is_cpu else (base.memory_gb if base else 0.0)
     return Accelerator(
         name=name,
@@ -136,16 +140,14 @@ def measured_accelerator(
             "layer_overhead_us": f"measured serve_lm decode, 6- minus 2-layer probe / 4, {when}",
             "step_overhead_us": f"measured serve_lm decode, 2-layer probe minus its layers, {when}",
             "decode_attention_gbs": f"measured serve_lm decode attention, K/V read, {when}",
-            "attention_train_tflops": f"measured fused SDPA, bf16 forward + backward, {when}",
+            "attention_train_tflops": f"measured fused SDPA, {compute} fwd + bwd, {when}",
             "gemm_tflops_by_size": f"measured square GEMMs by size, {when}",
-            "lm_head_tflops": f"measured vocabulary-wide projection, bf16 fwd + bwd, {when}",
+            "lm_head_tflops": f"measured vocabulary-wide projection, {compute} fwd + bwd, {when}",
             "train_elementwise_gbs": f"measured train_lm layer, non-GEMM operators, {when}",
             **({k: f"catalog {base.name}: {v}" for k, v in base.sources.items()} if base else {}),
         },
         price_usd_per_hour=base.price_usd_per_hour if base else None,
-        gemv_bandwidth_gbs=(
-            profile["gemv_gbs"]["bf16"] / e.mem_bw_eff if profile.get("gemv_gbs") else None
-        ),
+        gemv_bandwidth_gbs=(gemv16 / e.mem_bw_eff if gemv16 else None),
         idle_w=base.idle_w if base else None,
         loss_logits_per_s=profile.get("loss_logits_per_s") or None,
         gemv_bandwidth_by_k={
@@ -171,7 +173,15 @@ def measured_accelerator(
             if r.get("train_tflops")
         }
         or None,
-        notes="a measured profile, not a data sheet",
+        compute_dtype=compute,
+        emulated_dtypes=tuple(profile.get("emulated_dtypes") or ()),
+        notes="a measured profile, not a data sheet"
+        + (
+            f"; {', '.join(profile['emulated_dtypes'])} emulated here "
+            f"({profile.get('precision_why', '')}): training and decode measured in {compute}"
+            if profile.get("emulated_dtypes")
+            else ""
+        ),
     )
 
 
@@ -182,3 +192,13 @@ def get_measured(name: str, data_dir: Path | None = None) -> Accelerator:
     profile = load(name, data_dir)
     base = accelerators().get(profile_name(profile))
     return measured_accelerator(profile, base)
+
+
+def resolve_accelerator(name: str, data_dir: Path | None = None) -> Accelerator:
+    """A catalog chip by name, or a saved profile as ``NAME@measured``: what the command
+    line, pool files and simulator specs accept wherever they name a chip."""
+    from suanli.catalog.loader import get_accelerator
+
+    if name.strip().lower().endswith(SUFFIX):
+        return get_measured(name.strip().lower(), data_dir)
+    return get_accelerator(name)

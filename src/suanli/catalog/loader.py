@@ -174,13 +174,13 @@ def models() -> dict[str, ModelArch]:
 
 
 def get_accelerator(name: str) -> Accelerator:
-    """The accelerator called ``name`` (case-insensitive), or an error naming near ones."""
+    """The accelerator called ``name`` (case-insensitive), or an error naming near ones.
+
+    Catalog chips only: a measured profile (``NAME@measured``) is an input the layers
+    above pass to perf (`suanli.calibration.profile.resolve_accelerator`), never read here.
+    """
     table = accelerators()
     key = name.strip().lower()
-    if key.endswith("@measured"):  # a profile saved by `suanli calibrate --save`
-        from suanli.calibration.profile import get_measured
-
-        return get_measured(key)
     if key not in table:
         raise UnknownNameError("accelerator", name, table)
     return table[key]

@@ -76,6 +76,13 @@ class Accelerator:
     #: measured only: GB/s, in perf's count of bytes, at which eager PyTorch runs a training
     #: layer's elementwise work and autocast casts (several passes where perf counts one)
     train_elementwise_gbs: float | None = None
+    #: measured only: the precision the dtype-dependent measurements above (output
+    #: projection, training attention and elementwise work, decode) ran in — the one
+    #: software picks on the device: bf16 where it beats fp32, else fp32
+    compute_dtype: str | None = None
+    #: measured only: dtypes the device computes on a slow path (bf16 on a CPU without
+    #: bf16 instructions: ~100x slower than fp32); their peaks are the measured rates
+    emulated_dtypes: tuple[str, ...] = ()
     disputed: dict[str, str] = field(default_factory=dict)
     notes: str = ""
 

@@ -14,7 +14,9 @@ from suanli.cli.output import console, fmt, print_json
 
 def calibrate_cmd(
     device: Annotated[str, typer.Option("--device", help="cpu, cuda:0, cuda:1, ...")] = "cpu",
-    quick: Annotated[bool, typer.Option("--quick", help="Fewer sizes (under a minute).")] = False,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Fewer sizes, 3 s per probe (under a minute).")
+    ] = False,
     threads: Annotated[
         int | None, typer.Option("--threads", help="CPU threads (default: PyTorch's).", min=1)
     ] = None,
@@ -43,10 +45,11 @@ def calibrate_cmd(
     from suanli.calibration.profile import (
         save as save_profile,
     )
+    from suanli.calibration.timing import torch_module
     from suanli.catalog.loader import accelerators
 
     if threads:
-        micro._torch().set_num_threads(threads)
+        torch_module().set_num_threads(threads)
     with Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -79,8 +82,13 @@ def calibrate_cmd(
     )
     for col in ("figure", "measured", "data sheet"):
         t.add_column(col, justify="right" if col != "figure" else "left")
+    compute = prof.get("compute_dtype", "bf16")
     for dt, tf in best_gemm_tflops(prof).items():
-        t.add_row(f"GEMM {dt} TFLOP/s (best size)", fmt(tf), fmt(base.peak(dt)) if base else "—")
+        slow = " — emulated, not used by default" if dt in prof.get("emulated_dtypes", []) else ""
+        t.add_row(
+            f"GEMM {dt} TFLOP/s (best size){slow}", fmt(tf), fmt(base.peak(dt)) if base else "—"
+        )
+    t.add_row(f"precision workloads and perf use: {compute}", prof.get("precision_why", ""), "")
     if prof.get("train_elementwise_gbs"):
         t.add_row(
             "training elementwise, eager (GB/s of perf's bytes)",
@@ -88,7 +96,7 @@ def calibrate_cmd(
             "",
         )
     for hidden, tf in prof.get("lm_head_tflops", {}).items():
-        t.add_row(f"LM head, hidden {hidden}, bf16 fwd+bwd TFLOP/s", fmt(tf), "")
+        t.add_row(f"LM head, hidden {hidden}, {compute} fwd+bwd TFLOP/s", fmt(tf), "")
     t.add_row(
         "memory GB/s (copy)",
         fmt(prof["memory_bandwidth_gbs"]),
@@ -106,7 +114,7 @@ def calibrate_cmd(
             "",
         )
         if a.get("train_tflops"):
-            t.add_row(f"attention seq {seq}: bf16 fwd+bwd TFLOP/s", fmt(a["train_tflops"]), "")
+            t.add_row(f"attention seq {seq}: {compute} fwd+bwd TFLOP/s", fmt(a["train_tflops"]), "")
     for mb, gbs in prof["allreduce_gbs"].items():
         t.add_row(f"all-reduce {mb} MB bus GB/s", fmt(gbs), "")
     t.add_row("dispatch per op (µs)", fmt(prof["dispatch_us"]), "")

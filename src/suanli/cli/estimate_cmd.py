@@ -11,7 +11,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from suanli.catalog import get_accelerator, get_model
+from suanli.calibration.profile import resolve_accelerator as get_accelerator
+from suanli.catalog import get_model
 from suanli.cli.output import console, fmt, kv_table, print_json
 from suanli.errors import InvalidLayoutError
 from suanli.perf import TrainLayout, estimate_serve, estimate_train, make_system
@@ -25,6 +26,7 @@ class TrainDtype(StrEnum):
     bf16 = "bf16"
     fp16 = "fp16"
     fp8 = "fp8"
+    fp32 = "fp32"
 
 
 class ServeDtype(StrEnum):
@@ -33,6 +35,7 @@ class ServeDtype(StrEnum):
     fp8 = "fp8"
     int8 = "int8"
     int4 = "int4"
+    fp32 = "fp32"
 
 
 class RecomputeMode(StrEnum):
@@ -89,7 +92,13 @@ def train_cmd(
     micro_batch: Annotated[
         int, typer.Option("--micro-batch", help="Sequences per micro-batch.")
     ] = 1,
-    dtype: Annotated[TrainDtype, typer.Option("--dtype")] = TrainDtype.bf16,
+    dtype: Annotated[
+        TrainDtype | None,
+        typer.Option(
+            "--dtype",
+            help="Default: bf16; on a measured device whose bf16 is emulated, fp32.",
+        ),
+    ] = None,
     recompute: Annotated[RecomputeMode, typer.Option("--recompute")] = RecomputeMode.none,
     sequence_parallel: Annotated[bool, typer.Option("--sequence-parallel")] = False,
     attention: Annotated[
@@ -133,7 +142,7 @@ def train_cmd(
         micro_batch=micro_batch,
         global_batch=global_batch,
         seq_len=seq_len,
-        dtype=dtype.value,
+        dtype=dtype.value if dtype else (acc.compute_dtype or "bf16"),
         recompute=recompute.value,
         sequence_parallel=sequence_parallel,
         fused_attention=attention is Attention.fused,
@@ -208,7 +217,13 @@ def serve_cmd(
     input_len: Annotated[int, typer.Option("--input-len", help="Prompt tokens.")],
     output_len: Annotated[int, typer.Option("--output-len", help="Generated tokens.")],
     tp: Annotated[int, typer.Option("--tp", help="Tensor-parallel size per replica.")] = 1,
-    weight_dtype: Annotated[ServeDtype, typer.Option("--weight-dtype")] = ServeDtype.bf16,
+    weight_dtype: Annotated[
+        ServeDtype | None,
+        typer.Option(
+            "--weight-dtype",
+            help="Default: bf16; on a measured device whose bf16 is emulated, fp32.",
+        ),
+    ] = None,
     kv_dtype: Annotated[ServeDtype | None, typer.Option("--kv-dtype")] = None,
     devices_per_node: DevicesPerNode = None,
     pue: Pue = 1.3,
@@ -218,6 +233,7 @@ def serve_cmd(
     """Estimate serving a static batch: TTFT, TPOT, throughput, KV cache, largest batch."""
     arch = get_model(model)
     acc = get_accelerator(accelerator)
+    wdt = weight_dtype.value if weight_dtype else (acc.compute_dtype or "bf16")
     system = make_system(
         acc, devices_per_node=devices_per_node, pue=pue, price_usd_per_hour=price_usd_per_hour
     )
@@ -229,7 +245,7 @@ def serve_cmd(
         batch=batch,
         input_len=input_len,
         output_len=output_len,
-        weight_dtype=weight_dtype.value,
+        weight_dtype=wdt,
         kv_dtype=kv_dtype.value if kv_dtype else None,
     )
     if json_out:
@@ -242,14 +258,14 @@ def serve_cmd(
             batch=batch,
             input_len=input_len,
             output_len=output_len,
-            weight_dtype=weight_dtype.value,
+            weight_dtype=wdt,
             kv_dtype=kv_dtype.value if kv_dtype else None,
         )
         print_json(out)
         return
     title = (
         f"{arch.name} on {num_devices} x {acc.name} (tp {tp}, replicas {est.replicas}), "
-        f"{weight_dtype.value} weights, batch {batch}, {input_len} in / {output_len} out"
+        f"{wdt} weights, batch {batch}, {input_len} in / {output_len} out"
     )
     console.print(
         kv_table(

@@ -17,7 +17,8 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from suanli.catalog import get_accelerator, get_model
+from suanli.calibration.profile import resolve_accelerator as get_accelerator
+from suanli.catalog import get_model
 from suanli.cli.output import console, fmt, print_json
 from suanli.errors import UsageError
 from suanli.perf import make_system

@@ -17,7 +17,7 @@ from suanli.catalog.types import ModelArch
 from suanli.errors import InvalidLayoutError
 
 Recompute = Literal["none", "selective", "full"]
-TRAIN_DTYPES = ("bf16", "fp16", "fp8")
+TRAIN_DTYPES = ("bf16", "fp16", "fp8", "fp32")  # fp32: where 16 bits are emulated
 
 
 @dataclass(frozen=True, slots=True)

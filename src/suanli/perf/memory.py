@@ -40,11 +40,26 @@ class TrainMemory:
         return self.weights + self.gradients + self.optimizer + self.activations + self.workspace
 
 
-def model_state_bytes(params: float, zero: int, shards: int) -> tuple[float, float, float]:
+#: plain fp32 training (where a device has no fast 16-bit format): fp32 weights and
+#: gradients, Adam's two fp32 moments and no master copy (16 bytes, as mixed precision)
+FP32_STATE_BYTES = (4.0, 4.0, 8.0)
+
+
+def act_scale(lay: TrainLayout) -> float:
+    """Activation bytes relative to 16-bit training: 2 in plain fp32."""
+    return 2.0 if lay.dtype == "fp32" else 1.0
+
+
+def model_state_bytes(
+    params: float, zero: int, shards: int, dtype: str = "bf16"
+) -> tuple[float, float, float]:
     """(weights, gradients, optimizer) bytes per device for ``params`` under ZeRO ``zero``."""
-    w = WEIGHT_BYTES * params
-    g = GRAD_BYTES * params
-    o = OPTIMIZER_BYTES * params
+    wb, gb, ob = (
+        FP32_STATE_BYTES if dtype == "fp32" else (WEIGHT_BYTES, GRAD_BYTES, OPTIMIZER_BYTES)
+    )
+    w = wb * params
+    g = gb * params
+    o = ob * params
     if zero >= 1:
         o /= shards
     if zero >= 2:
@@ -87,7 +102,7 @@ def activation_bytes_per_layer(s: ModelShape, lay: TrainLayout, moe_layer: bool)
     tokens = lay.micro_batch * lay.seq_len / lay.cp
     h = a.hidden
     if lay.recompute == "full":
-        return tokens * 2 * h / (tp if lay.sequence_parallel else 1)
+        return act_scale(lay) * tokens * 2 * h / (tp if lay.sequence_parallel else 1)
     replicated = 10.0 * h  # two norm inputs, QKV and MLP inputs, two dropout masks
     attn = 2.0 * (s.q_dim + 2 * s.kv_dim) + 2.0 * s.v_dim
     if moe_layer and a.moe is not None:
@@ -101,7 +116,7 @@ def activation_bytes_per_layer(s: ModelShape, lay: TrainLayout, moe_layer: bool)
     per_token = (replicated / tp if lay.sequence_parallel else replicated) + (attn + mlp) / tp
     if not lay.fused_attention and lay.recompute == "none":
         per_token += 5.0 * a.heads * lay.seq_len / tp  # scores, softmax, dropout mask
-    return tokens * per_token
+    return act_scale(lay) * tokens * per_token
 
 
 def train_memory(
@@ -110,8 +125,8 @@ def train_memory(
     """Memory per device of the heaviest stage (first stage for activations)."""
     dense, expert = stage_params(s, lay)
     shards = lay.dp * lay.cp
-    wd, gd, od = model_state_bytes(dense, lay.zero, shards)
-    we, ge, oe = model_state_bytes(expert, lay.zero, max(1, shards // lay.ep))
+    wd, gd, od = model_state_bytes(dense, lay.zero, shards, lay.dtype)
+    we, ge, oe = model_state_bytes(expert, lay.zero, max(1, shards // lay.ep), lay.dtype)
     layers_per_stage = lay.stage_layers(s.arch.layers)
     moe_frac = s.num_moe_layers / s.arch.layers
     per_layer = (1 - moe_frac) * activation_bytes_per_layer(s, lay, False)
@@ -135,6 +150,7 @@ def train_memory(
             seq_len=lay.seq_len,
             sequence_parallel=lay.sequence_parallel,
             fused_attention=lay.fused_attention,
+            dtype=lay.dtype,
         )
         extra = activation_bytes_per_layer(s, full, moe_frac > 0.5)
     tokens = lay.micro_batch * lay.seq_len / lay.cp

@@ -30,8 +30,9 @@ from suanli.perf.system import System
 from suanli.perf.train import gemm_time
 from suanli.units import BYTES_PER_ELEMENT, GB
 
-SERVE_WEIGHT_DTYPES = ("bf16", "fp16", "fp8", "int8", "int4")
-SERVE_KV_DTYPES = ("bf16", "fp16", "fp8", "int8", "int4")
+#: fp32: a device whose 16-bit formats are emulated (a CPU without bf16 instructions)
+SERVE_WEIGHT_DTYPES = ("bf16", "fp16", "fp8", "int8", "int4", "fp32")
+SERVE_KV_DTYPES = ("bf16", "fp16", "fp8", "int8", "int4", "fp32")
 ACT_BYTES = 2.0
 #: Serving engines prefill in chunks (vLLM's default max_num_batched_tokens with
 #: chunked prefill is 8192), which bounds activation memory.
@@ -111,7 +112,8 @@ def weight_bytes_per_device(s: ModelShape, tp: int, weight_dtype: str) -> float:
     wb = BYTES_PER_ELEMENT[weight_dtype] + QUANT_SCALE_BYTES_PER_WEIGHT.get(weight_dtype, 0.0)
     embed = s.embedding_params + s.head_params
     linear = s.total_params - embed - s.arch.layers * s.norm_bias_params_per_layer
-    return (linear * wb + embed * ACT_BYTES) / tp
+    embed_b = BYTES_PER_ELEMENT["fp32"] if weight_dtype == "fp32" else ACT_BYTES
+    return (linear * wb + embed * embed_b) / tp
 
 
 def kv_bytes_per_token_device(s: ModelShape, tp: int, kv_dtype: str) -> float:
@@ -207,16 +209,19 @@ def _pass_time(
     """
     a = s.arch
     acc = system.accelerator
-    compute_dtype = "fp8" if weight_dtype == "fp8" and acc.native("fp8") else "bf16"
+    # fp32 weights: the whole model computes in fp32 (activations, head, attention)
+    wide = "fp32" if weight_dtype == "fp32" else "bf16"
+    compute_dtype = "fp8" if weight_dtype == "fp8" and acc.native("fp8") else wide
     peak = acc.peak(compute_dtype) * 1e12
-    peak16 = acc.peak("bf16") * 1e12
+    peak16 = acc.peak(wide) * 1e12
+    act_bytes = BYTES_PER_ELEMENT[wide]
     bw = acc.memory_bandwidth_gbs * GB
     wb = BYTES_PER_ELEMENT[weight_dtype] + QUANT_SCALE_BYTES_PER_WEIGHT.get(weight_dtype, 0.0)
     # weights stream through skinny GEMMs: at the measured rate where there is one
     # (the rate of matrices whose inner size is the hidden size, where it was measured by K;
     # a kernel measured for this weight dtype streams at its own rate)
-    rate16 = (acc.gemv_rate_gbs(s.arch.hidden) or acc.memory_bandwidth_gbs) * GB
-    own = acc.gemv_rate_gbs(s.arch.hidden, weight_dtype) if weight_dtype != "bf16" else None
+    rate16 = (acc.gemv_rate_gbs(s.arch.hidden, wide) or acc.memory_bandwidth_gbs) * GB
+    own = acc.gemv_rate_gbs(s.arch.hidden, weight_dtype) if weight_dtype != wide else None
     bw_w = own * GB * e.mem_bw_eff if own else rate16 * _bw_eff(e, weight_dtype)
     bw_a = bw * e.mem_bw_eff
     h = a.hidden
@@ -247,12 +252,12 @@ def _pass_time(
     )
     # elementwise: norms, residuals, activation, rope — a handful of passes over h
     layers = a.layers * layer_frac
-    t_elem = layers * tokens * (10 * h / tp + 3 * a.ffn / tp) * ACT_BYTES / bw_a
-    ar = coll.all_reduce_s(tokens * h * ACT_BYTES, tp, min(tp, system.devices_per_node), system, e)
+    t_elem = layers * tokens * (10 * h / tp + 3 * a.ffn / tp) * act_bytes / bw_a
+    ar = coll.all_reduce_s(tokens * h * act_bytes, tp, min(tp, system.devices_per_node), system, e)
     t_tp = layers * 2 * ar
     # the output projection stays in 16 bits whatever the layers' weight dtype (quantized
     # checkpoints keep it so): it streams at the 16-bit weight rate in every case
-    head_w = a.vocab * h / tp * ACT_BYTES
+    head_w = a.vocab * h / tp * act_bytes
     head_flops = 2 * lm_head_tokens * a.vocab * h / tp
     bw_head = rate16 * e.mem_bw_eff
     t_head = (

@@ -34,6 +34,7 @@ from suanli.perf.layout import TrainLayout, check_layout
 from suanli.perf.memory import (
     GRAD_BYTES,
     WEIGHT_BYTES,
+    act_scale,
     stage_ends,
     stage_params,
     train_memory,
@@ -174,6 +175,10 @@ def estimate_train(
     peak16 = acc.peak("bf16") * 1e12
     mem_bw = acc.memory_bandwidth_gbs * GB * e.mem_bw_eff
     curve = (acc.gemm_tflops_by_size or {}).get(lay.dtype)  # measured devices only
+    # a measured device's training probes ran in one precision (bf16, or fp32 where bf16
+    # is emulated): their rates hold for layouts in that precision only
+    measured = lay.dtype == (acc.compute_dtype or "bf16")
+    act_bytes = ACT_BYTES * act_scale(lay)
 
     # --- 1. one layer, one micro-batch -------------------------------------------
     if a.mla is None:
@@ -193,7 +198,7 @@ def estimate_train(
     qk_dim = s.q_dim / a.heads
     # QK^T and AV over the full context (cp ranks each hold seq/cp queries)
     core = 2 * tokens * seq * heads_dev * (qk_dim + s.v_dim / a.heads)
-    measured_attn = acc.attention_train_rate(seq)
+    measured_attn = acc.attention_train_rate(seq) if measured else None
     if lay.fused_attention and measured_attn:  # this device's kernels, at this length
         t_core = 0.5 * core / (measured_attn * 1e12)
         t_core_bwd = 2.5 * t_core  # the rate was measured over both, in this count
@@ -215,22 +220,22 @@ def estimate_train(
     elem_h = (14.0 if lay.dropout else 10.0) * h / sp_div
     elem_attn = 2.0 * (s.q_dim + s.kv_dim) / tp if a.mla is None else 2.0 * s.q_dim / tp
 
-    tp_bytes = tokens * h * ACT_BYTES
+    tp_bytes = tokens * h * act_bytes
     t_tp = 2 * coll.all_reduce_s(tp_bytes, tp, min(tp, dpn), system, e) if tp > 1 else 0.0
     t_cp = 0.0
     if cp > 1:  # ring attention: K/V chunks pass around the cp ranks, overlapped with attention
-        kv_bytes = tokens * 2 * max(s.kv_dim, s.q_dim / 4) / tp * ACT_BYTES
+        kv_bytes = tokens * 2 * max(s.kv_dim, s.q_dim / 4) / tp * act_bytes
         t_ring = (cp - 1) * coll.p2p_s(kv_bytes, tp * cp > dpn, system, e)
         t_cp = max(0.0, t_ring - e.overlap_eff * t_core)
-    if acc.train_elementwise_gbs:
+    if acc.train_elementwise_gbs and measured:
         # measured eager elementwise work: its rate already holds each operator's dispatch
         elem_bw, overhead = acc.train_elementwise_gbs * GB, 0.0
     else:
         # the measured fixed cost is serve_lm's eager engine; on a CPU it is the operators'
         # dispatch, which any framework's training pays alike; a GPU's training stack
         # (fused kernels, CUDA graphs) is another engine, so there the fitted figure stands
-        measured = acc.layer_overhead_us if acc.kind == "cpu" else None
-        elem_bw, overhead = mem_bw, (measured or e.layer_overhead_us) * 1e-6
+        fixed_us = acc.layer_overhead_us if acc.kind == "cpu" else None
+        elem_bw, overhead = mem_bw, (fixed_us or e.layer_overhead_us) * 1e-6
     # Passes over a layer per micro-batch: forward + backward (2x) (+ forward again
     # under full recompute). Selective recompute redoes only the attention core.
     full = lay.recompute == "full"
@@ -239,7 +244,7 @@ def estimate_train(
     softmax_total = t_softmax * (4.0 if lay.recompute != "none" else 3.0)
     attn_layer = core_total + softmax_total
     comm_layer = t_tp * (passes - 1.0) + t_cp * (2.0 if full else 1.0)
-    elem_fixed = (elem_h + elem_attn) * tokens * ACT_BYTES / elem_bw
+    elem_fixed = (elem_h + elem_attn) * tokens * act_bytes / elem_bw
     act_factor = (3.0 if a.gated_mlp else 2.0) / tp  # activation fn reads 2f (or f), writes f
 
     def mlp_layer(
@@ -254,7 +259,7 @@ def estimate_train(
             gemm_time(2 * m_tokens * h * f1, m_tokens, f1, h, peak, mem_bw, e, curve)
             + gemm_time(2 * m_tokens * f2 * h, m_tokens, h, f2, peak, mem_bw, e, curve)
         )
-        t_act = act_factor * act_width * tokens * ACT_BYTES / elem_bw
+        t_act = act_factor * act_width * tokens * act_bytes / elem_bw
         comm = comm_layer
         if lay.overlap_tp_comm:  # TP collectives pipelined with the layer's GEMMs
             comm -= e.tp_overlap_eff * min(comm, passes * (t_attn_gemm + t_mlp))
@@ -275,7 +280,7 @@ def estimate_train(
         fc1_e = (2 if a.gated_mlp else 1) * fe
         local_experts = moe.num_experts / ep
         expert_tokens = tokens * k * ep / moe.num_experts  # tokens each local expert sees
-        a2a_bytes = tokens * k * h * ACT_BYTES / tp
+        a2a_bytes = tokens * k * h * act_bytes / tp
         ep_per_node = max(1, min(ep, dpn // (tp * cp)))
         t_a2a = 2 * coll.all_to_all_s(a2a_bytes, ep, ep_per_node, system, e)  # dispatch+combine
         g_moe, el_moe, c_moe = mlp_layer(
@@ -298,7 +303,7 @@ def estimate_train(
     # LM head and loss on the last stage: forward + backward GEMMs, and the fp32
     # cross-entropy passes over the (vocab-parallel) logits
     head_flops = 2 * tokens * a.vocab * h / tp
-    if acc.lm_head_tflops and lay.dtype == "bf16":  # measured as it runs: fwd + 2 bwd GEMMs
+    if acc.lm_head_tflops and measured:  # measured as it runs: fwd + 2 bwd GEMMs
         t_head = 3 * head_flops / (log_interp(acc.lm_head_tflops, h) * 1e12)
     else:
         t_head = 3 * gemm_time(head_flops, tokens, a.vocab / tp, h, peak, mem_bw, e, curve)
@@ -317,7 +322,7 @@ def estimate_train(
     t_compute = m * t_stage
     t_p2p = 0.0
     if pp > 1:
-        msg = tokens * h * ACT_BYTES / sp_div
+        msg = tokens * h * act_bytes / sp_div
         inter = tp * cp * dp >= dpn  # stage neighbours sit on different nodes
         t_p2p = 2 * (m * vpp + pp - 1) * coll.p2p_s(msg, inter, system, e)
 
@@ -326,7 +331,8 @@ def estimate_train(
     ranks_per_node = max(1, dpn // (tp * cp)) if tp * cp < dpn else 1
     if not lay.hierarchical_collectives:
         ranks_per_node = 1  # a flat ring: every hop is paced by one device's NIC
-    reduce_bytes = 4.0 if lay.grad_reduce_dtype == "fp32" else GRAD_BYTES
+    fp32 = lay.grad_reduce_dtype == "fp32" or lay.dtype == "fp32"
+    reduce_bytes = 4.0 if fp32 else GRAD_BYTES
     grad_bytes = dense_params * reduce_bytes
     t_dp = 0.0
     if shards > 1:
@@ -341,7 +347,8 @@ def estimate_train(
     t_zero3 = 0.0
     if lay.zero == 3 and shards > 1:
         gathers = 3 if lay.recompute == "full" else 2  # forward, (recompute), backward
-        per_layer = dense_params * WEIGHT_BYTES / max(1, a.layers)
+        weight_bytes = 4.0 if lay.dtype == "fp32" else WEIGHT_BYTES
+        per_layer = dense_params * weight_bytes / max(1, a.layers)
         n_tensors = s.tensors_per_layer
         one = coll.all_gather_s(per_layer / n_tensors, shards, ranks_per_node, system, e)
         t_zero3 = gathers * a.layers * n_tensors * one * m

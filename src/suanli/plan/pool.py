@@ -26,7 +26,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from suanli.catalog.loader import accelerators, get_accelerator, topologies
+from suanli.calibration.profile import resolve_accelerator as get_accelerator
+from suanli.catalog.loader import accelerators, topologies
 from suanli.errors import SuanliError, UnknownNameError
 from suanli.perf.system import System, make_system
 

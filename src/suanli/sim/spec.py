@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from suanli.catalog.loader import get_accelerator, get_model
+from suanli.calibration.profile import resolve_accelerator as get_accelerator
+from suanli.catalog.loader import get_model
 from suanli.cluster.state import NodeSpec, Site
 from suanli.cluster.task import MILLI, Task
 from suanli.errors import SuanliError

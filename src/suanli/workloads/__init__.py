@@ -1,4 +1,11 @@
-"""Built-in workloads: real training and serving jobs the platform runs (need PyTorch)."""
+"""Built-in workloads: real training and serving jobs the platform runs (need PyTorch).
+
+They are programs, not platform code: they import the catalog (the model they build)
+and `suanli.device` (naming, precision), nothing else of the platform.
+"""
+
+#: the line prefix workloads report with (then one JSON object); the service reads it
+METRIC = "suanli-metric "
 
 #: glibc returns every large freed block to the OS, so each step page-faults its
 #: activations back in (a third of a CPU step here); keeping them in the heap is the

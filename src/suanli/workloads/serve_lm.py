@@ -39,6 +39,7 @@ from pydantic import BaseModel, Field
 from torch import nn
 
 from suanli.catalog.loader import get_model
+from suanli.device import choose_precision
 from suanli.workloads.train_lm import GPT, Block, _rope
 
 log = logging.getLogger("suanli.serve_lm")
@@ -309,10 +310,15 @@ def build(args: argparse.Namespace) -> Engine:
     if args.ckpt:
         state = torch.load(args.ckpt, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     device = getattr(args, "device", "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"--device {device}: no CUDA device here (try --device cpu)")
+    precision = getattr(args, "precision", None) or getattr(args, "dtype", "auto")
+    if precision == "auto":
+        chosen = choose_precision(device)
+        precision = chosen.dtype
+        print(f"precision {chosen.dtype}: {chosen.reason}", flush=True)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     model = model.to(device=device, dtype=dtype).eval()
     if args.quantize == "int8":
         quantize_int8(model, dtype)
@@ -406,7 +412,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="tiny-llama-40m")
     ap.add_argument("--ckpt", default=None, help="a train_lm checkpoint (rank0.pt)")
     ap.add_argument("--quantize", choices=["none", "int8"], default="none")
-    ap.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    ap.add_argument(
+        "--precision",
+        "--dtype",
+        dest="precision",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="auto: bf16 where this device runs it faster than fp32 (measured), else fp32",
+    )
     ap.add_argument("--slots", type=int, default=8, help="sequences decoded together")
     ap.add_argument("--max-len", type=int, default=512, help="tokens per sequence (cache)")
     ap.add_argument("--host", default="127.0.0.1")

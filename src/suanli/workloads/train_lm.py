@@ -12,7 +12,9 @@ One process, or several with the torchrun-style environment the executor sets
 replicates the model and all-reduces gradients, ``--parallel fsdp`` shards
 parameters, gradients and optimizer state (ZeRO-3 style, PyTorch FSDP).
 Matmuls run in bf16 autocast with fp32 master weights (the mixed precision the
-perf model assumes). On SIGTERM — cancel or preemption — it finishes the
+perf model assumes) where the device runs bf16 faster than fp32 — measured at start
+by ``--precision auto``, the default — and in plain fp32 elsewhere (a CPU without
+bf16 instructions emulates it ~100x slower). On SIGTERM — cancel or preemption — it finishes the
 current step, writes a checkpoint and exits 0; started again with the same
 ``--ckpt-dir`` it resumes from the last checkpoint, so a preemption loses at
 most one step. Each step prints one ``suanli-metric`` JSON line (step time,
@@ -38,10 +40,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from suanli.calibration.feedback import METRIC
 from suanli.catalog.loader import get_model
 from suanli.catalog.types import ModelArch
-from suanli.workloads import MALLOC_ENV
+from suanli.device import choose_precision, device_name
+from suanli.workloads import MALLOC_ENV, METRIC
 
 
 class Block(nn.Module):
@@ -135,13 +137,6 @@ def corpus_bytes(path: str | None, limit_mb: float = 8.0) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
 
 
-def _device_name(device: torch.device) -> str:
-    """The same name `suanli calibrate` gives the device, so a profile can be found."""
-    from suanli.calibration.micro import device_name
-
-    return device_name(str(device))
-
-
 def _save(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -157,7 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--parallel", choices=["ddp", "fsdp"], default="ddp")
-    ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    ap.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="auto: bf16 autocast where this device runs bf16 faster than fp32 (measured), "
+        "else fp32",
+    )
     ap.add_argument("--ckpt-dir", default=os.environ.get("SUANLI_CKPT_DIR"))
     ap.add_argument("--ckpt-every", type=int, default=0, help="also checkpoint every N steps")
     ap.add_argument("--seed", type=int, default=0)
@@ -174,6 +175,15 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     if world > 1:
         dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
+    if args.precision == "auto":
+        chosen = choose_precision(str(device))
+        args.precision = chosen.dtype
+        if world > 1:  # every rank runs rank 0's choice (two measurements may differ)
+            flag = torch.tensor([1.0 if chosen.dtype == "bf16" else 0.0], device=device)
+            dist.broadcast(flag, 0)
+            args.precision = "bf16" if flag.item() > 0 else "fp32"
+        if rank == 0:
+            print(f"precision {chosen.dtype}: {chosen.reason}", flush=True)
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
 
@@ -266,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             "model_ref": args.model,  # what get_model() reads back (a name or a path)
             "family": arch.family or arch.name,
             "device": device.type,
-            "device_name": _device_name(device),
+            "device_name": device_name(str(device)),  # calibrate's name: a profile is found
             "threads": torch.get_num_threads(),
             "precision": args.precision,
             "params": n_params,

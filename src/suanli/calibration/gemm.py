@@ -1,0 +1,94 @@
+"""GEMM throughput by dtype and size, the training output projection, and which 16-bit
+precision this device runs faster than fp32 (the one the workloads and perf then use)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from suanli.calibration.timing import (
+    DTYPES,
+    Budget,
+    Plan,
+    sweep,
+    sync_for,
+    timed,
+    torch_module,
+)
+from suanli.device import BF16_CPU_FLAGS, BF16_ENV, bf16_forced_emulated, cpu_flags
+
+LM_HEAD_HIDDEN = (512, 2048)  # hidden sizes the output projection is measured at
+LM_HEAD_TOKENS = 1024  # tokens per timing (a micro-batch's worth)
+
+
+def gemm_sweep(device: str, plan: Plan, name: str, sizes: tuple[int, ...]) -> dict[str, float]:
+    """TFLOP/s of square GEMMs of ``sizes`` in dtype ``name``, within a probe budget."""
+    torch = torch_module()
+    sync = sync_for(torch, device)
+    dtype = getattr(torch, DTYPES[name])
+    budget = Budget(plan.probe_budget_s)
+
+    def call_s(n: int) -> float:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        return timed(lambda: torch.mm(a, b), sync, plan.min_time_s, budget)
+
+    return sweep(sizes, call_s, lambda n, t: round(2 * n**3 / t / 1e12, 4), lambda n: n**3, budget)
+
+
+def gemm(device: str, plan: Plan) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """(dtype -> size -> TFLOP/s, the precision verdict).
+
+    bf16 counts as native where its smallest GEMM beats fp32's (and ``SUANLI_BF16`` does
+    not say otherwise); then it is swept like fp32. Else it is emulated: its measured
+    rate at the smallest size is recorded, no larger size is tried (on an AVX2-only CPU
+    a 4096² bf16 GEMM takes minutes), and ``compute_dtype`` — what train_lm's and
+    serve_lm's ``--precision auto`` pick, and what perf predicts with — is fp32.
+    """
+    out = {"fp32": gemm_sweep(device, plan, "fp32", plan.gemm_sizes)}
+    first = plan.gemm_sizes[0]
+    bf16_first = gemm_sweep(device, plan, "bf16", (first,))
+    faster = bf16_first[str(first)] > out["fp32"][str(first)]
+    native = faster and not bf16_forced_emulated()
+    out["bf16"] = gemm_sweep(device, plan, "bf16", plan.gemm_sizes) if native else bf16_first
+    if "fp16" in plan.dtypes and device != "cpu":  # CPUs emulate fp16: no profile worth it
+        out["fp16"] = gemm_sweep(device, plan, "fp16", plan.gemm_sizes)
+    flags = [f for f in BF16_CPU_FLAGS if f in cpu_flags()] if device == "cpu" else []
+    why = (
+        f"bf16 {bf16_first[str(first)]:.3g} vs fp32 {out['fp32'][str(first)]:.3g} TFLOP/s "
+        f"at {first}²"
+        + (f"; CPU flags: {', '.join(flags) or 'no bf16 instructions'}" if device == "cpu" else "")
+        + (f"; {BF16_ENV}=emulated" if bf16_forced_emulated() else "")
+    )
+    verdict = {
+        "compute_dtype": "bf16" if native else "fp32",
+        "emulated": [] if native else ["bf16"],
+        "why": why,
+    }
+    return out, verdict
+
+
+def lm_head_tflops(device: str, plan: Plan, dtype: str, vocab: int = 32768) -> dict[str, float]:
+    """TFLOP/s of a training step's output projection, forward + both backward GEMMs in
+    ``dtype``, by hidden size: 1,024 tokens against a vocabulary-wide matrix. Its output
+    is a vocabulary per token, a shape that runs well below the square of the same volume
+    on a CPU (1.1-1.4 against 2.2-2.7 TFLOP/s in bf16 on one), so it is measured as is."""
+    torch = torch_module()
+    sync = sync_for(torch, device)
+    dt = getattr(torch, DTYPES[dtype])
+    budget = Budget(plan.probe_budget_s)
+
+    def call_s(hidden: int) -> float:
+        x = torch.randn(LM_HEAD_TOKENS, hidden, device=device, dtype=dt, requires_grad=True)
+        w = torch.randn(vocab, hidden, device=device, dtype=dt, requires_grad=True)
+        grad = torch.randn(LM_HEAD_TOKENS, vocab, device=device, dtype=dt)
+
+        def fwd_bwd() -> None:
+            torch.nn.functional.linear(x, w).backward(grad)
+            x.grad = w.grad = None
+
+        return timed(fwd_bwd, sync, plan.min_time_s, budget)
+
+    def rate(hidden: int, t: float) -> float:
+        return round(3 * 2 * LM_HEAD_TOKENS * hidden * vocab / t / 1e12, 4)
+
+    return sweep(LM_HEAD_HIDDEN, call_s, rate, lambda h: h, budget)

@@ -1,0 +1,131 @@
+"""Memory rates: a streaming copy, and decode-shaped GEMMs that read their weights once."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+from pathlib import Path
+from typing import Any
+
+from suanli.calibration.timing import DTYPES, Budget, Plan, sweep, sync_for, timed, torch_module
+
+
+def copy_bandwidth(device: str, plan: Plan) -> float:
+    """GB/s of a large copy, counting the read and the write (STREAM's convention)."""
+    torch = torch_module()
+    sync = sync_for(torch, device)
+    n = plan.copy_mb * 2**20 // 4
+    src = torch.ones(n, device=device, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    t = timed(lambda: dst.copy_(src), sync, plan.min_time_s, Budget(plan.probe_budget_s))
+    return round(2 * n * 4 / t / 1e9, 2)
+
+
+def gemv(device: str, plan: Plan, dtypes: tuple[str, ...], tokens: int = 8) -> dict[str, float]:
+    """GB/s at which a decode-shaped GEMM (``tokens`` rows against a 64 MB weight) reads it."""
+    torch = torch_module()
+    sync = sync_for(torch, device)
+    budget = Budget(plan.probe_budget_s)
+    out = {}
+    for name in dtypes:
+        dtype = getattr(torch, DTYPES[name])
+        w = torch.ones(64 * 2**20 // (2 if name == "bf16" else 4) // 1024, 1024, dtype=dtype)
+        w = w.to(device)
+        x = torch.randn(tokens, 1024, device=device, dtype=dtype)
+
+        def mv(x: Any = x, w: Any = w) -> Any:
+            return torch.nn.functional.linear(x, w)
+
+        t = timed(mv, sync, plan.min_time_s, budget)
+        out[name] = round(w.numel() * w.element_size() / t / 1e9, 2)
+    return out
+
+
+def last_level_cache_bytes(root: str = "/sys/devices/system/cpu") -> int:
+    """Bytes of last-level cache this process can reach: every distinct cache of the
+    highest level over the CPUs it may run on (an EPYC has an L3 per core complex, a
+    two-socket Xeon one per socket), from sysfs; 0 where sysfs does not say."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
+    caches: dict[tuple[int, str], int] = {}  # (level, CPUs that share it) -> bytes
+    for cpu in cpus:
+        for index in glob.glob(f"{root}/cpu{cpu}/cache/index*"):
+            with contextlib.suppress(OSError, ValueError):
+                level = int(Path(index, "level").read_text())
+                if Path(index, "type").read_text().strip() == "Instruction":
+                    continue
+                shared = Path(index, "shared_cpu_list").read_text().strip()
+                text = Path(index, "size").read_text().strip().upper()
+                unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+                caches[(level, shared)] = int(text.rstrip("KMG")) * unit
+    if not caches:
+        return 0
+    top = max(level for level, _ in caches)
+    return sum(size for (level, _), size in caches.items() if level == top)
+
+
+def sweep_bytes(device: str, plan: Plan) -> int:
+    """Bytes of distinct matrices a decode-GEMM sweep streams: twice the last-level cache
+    (a GPU's L2 is tens of MB: 128 MB), at least 64 MB, at most 1 GB or an eighth of RAM."""
+    floor = (64 if plan.copy_mb <= 256 else 96) * 2**20
+    if device.startswith("cuda"):
+        return max(floor, 128 * 2**20)
+    import psutil
+
+    cap = min(2**30, psutil.virtual_memory().total // 8)
+    return int(min(cap, max(floor, 2 * last_level_cache_bytes())))
+
+
+def gemv_by_k(
+    device: str, plan: Plan, dtype: str = "bf16", tokens: int = 8
+) -> dict[str, dict[str, float]]:
+    """GB/s at which decode-shaped GEMMs stream *many distinct* weights: dtype -> K -> GB/s.
+
+    A decode step reads each of a model's matrices once, none still in cache; small
+    ones stream slower (per-call cost, shorter rows). The set per K is twice the
+    last-level cache (`sweep_bytes`), so none is re-read from it: a 64 MB set on a
+    CPU with hundreds of MB of L3 streamed 17 GB/s where serve_lm's decode got 11.
+    ``dtype`` is the one serve_lm computes in here (bf16, or fp32 where bf16 is
+    emulated); ``int8`` is the weight-only kernel serve_lm uses on CPUs
+    (``_weight_int8pack_mm``, activations in ``dtype``): it streams its bytes at half
+    bf16's rate or less, so half the bytes buy little.
+    """
+    torch = torch_module()
+    sync = sync_for(torch, device)
+    dt = getattr(torch, DTYPES[dtype])
+    size = torch.tensor([], dtype=dt).element_size()
+    total = sweep_bytes(device, plan)
+    int8 = device == "cpu" and hasattr(torch, "_weight_int8pack_mm")
+    budget = Budget(plan.probe_budget_s)
+    out: dict[str, dict[str, float]] = {dtype: {}, **({"int8": {}} if int8 else {})}
+
+    def call_s(k: int) -> float:
+        rows = min(4 * k, 16 * 2**20 // (2 * k))  # at most 16 MB a 16-bit matrix
+        count = max(2, total // (rows * k * size))
+        x = torch.randn(tokens, k, dtype=dt, device=device)
+        # filled, not random: a GB of randn takes seconds, and a GEMM's speed is not the values'
+        ws = [torch.full((rows, k), 0.01, dtype=dt, device=device) for _ in range(count)]
+
+        def run() -> None:
+            for w in ws:
+                torch.nn.functional.linear(x, w)
+
+        t = timed(run, sync, plan.min_time_s, budget)
+        out[dtype][str(k)] = round(count * rows * k * size / t / 1e9, 2)
+        ws.clear()  # free this K's set before the next is made
+        if int8:
+            qs = [torch.full((rows, k), 3, dtype=torch.int8) for _ in range(count)]
+            scale = torch.ones(rows, dtype=dt)
+
+            def run8() -> None:
+                for q in qs:
+                    torch._weight_int8pack_mm(x, q, scale)
+
+            t8 = timed(run8, sync, plan.min_time_s, budget)
+            out["int8"][str(k)] = round(count * rows * k / t8 / 1e9, 2)
+            t += t8
+        return t
+
+    # each K streams the same bytes: the next costs about what this one did
+    sweep((512, 1024, 4096), call_s, lambda k, t: t, lambda k: 1.0, budget)
+    return out
