@@ -5,9 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from suanli.jobs.spec import parse_job_spec
 from suanli.run.devices import Device, Inventory
@@ -63,3 +67,47 @@ def reap(executor: Any) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def start_service(
+    data: Path, port: int, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`suanli up` as a real process; returns once it answers."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "suanli",
+            "up",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data),
+            *extra,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    # an event, not a timer: wait while the process lives (a generous cap only for a hang)
+    end = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < end:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"suanli up did not come up (exit {proc.poll()})")
+
+
+def wait_state(c: httpx.Client, jid: int, states: set[str], timeout: float = 60) -> dict[str, Any]:
+    """Poll the API until job ``jid`` is in one of ``states``."""
+    end = time.monotonic() + timeout
+    row: dict[str, Any] = {}
+    while time.monotonic() < end:
+        row = c.get(f"/v1/jobs/{jid}").json()
+        if row["state"] in states:
+            return row
+        time.sleep(0.1)
+    raise AssertionError(f"job {jid} never reached {states}: {row}")

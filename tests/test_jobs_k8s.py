@@ -121,6 +121,12 @@ def test_services_render_as_deployments_the_client_accepts() -> None:
     assert dep.spec.replicas == 3 and dep.spec.template.spec.node_selector == {"zone": "a"}
     assert dep.spec.template.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1"
     assert dep.spec.selector.match_labels == dep.spec.template.metadata.labels
+    # tenants' code runs unprivileged: never root, no escalation, no capabilities, no token
+    pod = dep.spec.template.spec
+    assert pod.security_context.run_as_non_root and pod.security_context.run_as_user != 0
+    sc = pod.containers[0].security_context
+    assert sc.allow_privilege_escalation is False and sc.capabilities.drop == ["ALL"]
+    assert pod.automount_service_account_token is False
 
 
 def test_export_cli(tmp_path: Path) -> None:

@@ -7,11 +7,13 @@ running job is re-attached and finishes.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from fastapi.testclient import TestClient
 
 from suanli.api import create_app
 from suanli.store import Base, Store
+from suanli.store.models import NodeRow
+from tests.helpers import start_service, wait_state
 
 HELLO = {
     "name": "hello",
@@ -206,12 +210,118 @@ def test_bad_input_is_4xx_with_fields_named(api) -> None:  # type: ignore[no-unt
         "/v1/jobs", json={"spec": {"name": "x", "resources": {"devices": 0}}}, headers=who["alice"]
     )
     assert r.status_code == 422
-    assert "command: Field required" in r.json()["problems"]
+    assert "spec.command: Field required" in r.json()["problems"]
     r = client.post("/v1/jobs", json={"nospec": 1}, headers=who["alice"])
     assert r.status_code == 422 and r.json()["problems"]
     r = client.post("/v1/tokens", json={"role": "god", "owner": "x"}, headers=who["admin"])
     assert r.status_code == 422
     assert client.get("/v1/jobs", headers=who["alice"]).json() == []  # nothing stored
+
+
+def _local_node(store: Store, cores: int = 2, memory_mib: int = 8192) -> None:
+    """The node an executor reported (what the loop's node sync stores)."""
+    with store.tx() as s:
+        s.add(
+            NodeRow(
+                name="local",
+                owner="system:executor",
+                executor="local",
+                cpu_cores=cores,
+                memory_mib=memory_mib,
+                devices=[],
+                labels={},
+                heartbeat_at=time.time(),
+            )
+        )
+
+
+def test_hostile_input_is_a_4xx_naming_what_was_wrong(api, store: Store) -> None:  # type: ignore[no-untyped-def]
+    """Each of these once stalled, bloated or crashed the service (a 500, an OverflowError
+    every tick, 52 MB job listings); now each is refused at the door with the field named,
+    and nothing is stored."""
+    client, who = api
+    _local_node(store)
+    alice = who["alice"]
+
+    def submit(spec: dict[str, Any], **kw: Any) -> Any:
+        return client.post(
+            "/v1/jobs", json={"spec": {"name": "x", "command": "true", **spec}, **kw}, headers=alice
+        )
+
+    for spec, field in (
+        ({"resources": {"accelerator": "cpu", "cpu": 1e308}}, "spec.resources.cpu"),
+        ({"gang": 200000}, "spec.gang"),
+        ({"replicas": 2}, "spec.replicas"),
+        ({"owner": "bob"}, "spec.owner"),
+        ({"env": {"BIG": "x" * 40000}}, "spec.env"),
+        ({"env": {"LD_PRELOAD": "/x.so"}}, "spec.env"),
+        ({"preemptible": 0}, "spec.preemptible"),
+        ({"priority": 2**40}, "spec.priority"),
+    ):
+        r = submit(spec)
+        assert r.status_code == 422, (spec, r.text)
+        assert r.json()["problems"][0].startswith(field), r.json()
+    # a job no node could ever host is refused, naming the largest there is
+    r = submit({"resources": {"accelerator": "h100-sxm", "devices": 1000}})
+    assert r.status_code == 422 and "has 0 h100-sxm" in r.json()["problems"][0]
+    assert "the largest is local (2 CPU cores, 8 GiB, no devices)" in r.json()["problems"][0]
+    r = submit({"resources": {"accelerator": "cpu", "cpu": 64}})
+    assert r.status_code == 422 and "has 2 of 64 CPU cores" in r.json()["problems"][0]
+    r = submit({"gang": 3, "resources": {"accelerator": "cpu", "cpu": 1}})
+    assert r.status_code == 422 and "holds at most 2" in r.json()["problems"][0]
+    # numbers are finite: JSON's Infinity is refused, not stored as null
+    raw = '{"spec": {"name": "x", "command": "true", "max_runtime_s": Infinity}}'
+    r = client.post("/v1/jobs", content=raw, headers={**alice, "content-type": "application/json"})
+    assert r.status_code == 422 and "finite" in r.text
+    r = client.put(
+        "/v1/queues/q",
+        content='{"weight": Infinity}',
+        headers={**who["admin"], "content-type": "application/json"},
+    )
+    assert r.status_code == 422
+    # no surprising coercion
+    assert (
+        client.put("/v1/queues/q", json={"reclaimable": 0}, headers=who["admin"]).status_code == 422
+    )
+    site = {"region": "r", "pue": True}
+    assert client.put("/v1/sites/s1", json=site, headers=who["provider"]).status_code == 422
+    # NULs anywhere: path, query, body, an idempotency key
+    assert client.get("/v1/jobs?state=a%00b", headers=alice).status_code == 422
+    r = client.put("/v1/sites/s1", json={"region": "a\x00b"}, headers=who["provider"])
+    assert r.status_code == 422 and r.json()["problems"] == ["NUL characters are not allowed"]
+    assert submit({}, idempotency_key="k\x00").status_code == 422
+    # ids beyond what the database holds are a 422, not a 500
+    for jid in (2**31, 2**63, -1):
+        assert client.get(f"/v1/jobs/{jid}", headers=alice).status_code == 422
+    # bodies past the cap are 413, whatever their content
+    r = submit({"env": {"BIG": "x" * (2 << 20)}})
+    assert r.status_code == 413 and r.json()["error"].startswith("request body over")
+    # a wrong method says which are allowed on that path
+    r = client.post("/v1/nodes/n1", headers=who["provider"])
+    assert r.status_code == 405 and set(r.headers["allow"].split(", ")) == {"PUT", "DELETE"}
+    assert client.get("/v1/jobs", headers=alice).json() == []  # nothing was stored
+    # a queue's name comes from its path; the body may repeat it, not contradict it
+    assert (
+        client.put("/v1/queues/research", json={"weight": 2}, headers=who["admin"]).status_code
+        == 200
+    )
+    r = client.put("/v1/queues/research", json={"name": "other"}, headers=who["admin"])
+    assert r.status_code == 422
+
+
+def test_tokens_are_listed_without_secrets_and_revoked(api) -> None:  # type: ignore[no-untyped-def]
+    client, who = api
+    mine = client.get("/v1/tokens", headers=who["alice"]).json()
+    assert [t["owner"] for t in mine] == ["alice"] and "token" not in mine[0]
+    every = client.get("/v1/tokens", headers=who["admin"]).json()
+    assert {t["owner"] for t in every} == {"admin", "alice", "bob", "dc1"}
+    bobs = next(t["id"] for t in every if t["owner"] == "bob")
+    assert client.delete(f"/v1/tokens/{bobs}", headers=who["alice"]).status_code == 404
+    assert client.delete(f"/v1/tokens/{bobs}", headers=who["bob"]).json() == {"revoked": bobs}
+    assert client.get("/v1/jobs", headers=who["bob"]).status_code == 401  # gone at once
+    admins = [t["id"] for t in every if t["role"] == "admin"]
+    r = client.delete(f"/v1/tokens/{admins[0]}", headers=who["admin"])
+    assert r.status_code == 409 and "last admin token" in r.json()["error"]
 
 
 def test_tenants_cannot_see_or_touch_each_others_jobs(api) -> None:  # type: ignore[no-untyped-def]
@@ -267,7 +377,7 @@ def test_providers_manage_only_their_own_sites_and_nodes(api) -> None:  # type: 
     bad = client.post(
         "/v1/nodes/sh1-n1/heartbeat", json={"unhealthy": [99]}, headers=who["provider"]
     )
-    assert bad.status_code == 422 and "unhealthy" in bad.json()["detail"]
+    assert bad.status_code == 422 and "unhealthy" in bad.json()["error"]
     # bad input names the field; nothing is stored
     wrong = {
         **node,
@@ -277,7 +387,7 @@ def test_providers_manage_only_their_own_sites_and_nodes(api) -> None:  # type: 
     assert r.status_code == 422
     assert any(p.startswith("devices.0.accelerator: ") for p in r.json()["problems"])
     r = client.put("/v1/nodes/sh1-n2", json={**node, "site": "nowhere"}, headers=who["provider"])
-    assert r.status_code == 422 and "nowhere" in r.json()["detail"]
+    assert r.status_code == 422 and "nowhere" in r.json()["error"]
     assert client.put("/v1/nodes/Bad_Name", json=node, headers=who["provider"]).status_code == 422
     assert len(client.get("/v1/nodes", headers=who["admin"]).json()) == 1
     # a node moves between its owner's sites only
@@ -316,34 +426,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_service(data: Path, port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "suanli", "up", "--port", str(port), "--data-dir", str(data)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    # an event, not a timer: wait while the process lives (a generous cap only for a hang)
-    end = time.monotonic() + 120
-    while proc.poll() is None and time.monotonic() < end:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    proc.kill()
-    raise AssertionError(f"suanli up did not come up (exit {proc.poll()})")
-
-
-def wait_state(c: httpx.Client, jid: int, states: set[str], timeout: float = 30) -> dict[str, Any]:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        row: dict[str, Any] = c.get(f"/v1/jobs/{jid}").json()
-        if row["state"] in states:
-            return row
-        time.sleep(0.1)
-    raise AssertionError(f"job {jid} never reached {states}")
-
-
 def test_suanli_up_runs_jobs_and_survives_a_sigkill(tmp_path: Path) -> None:
     port = free_port()
     svc = start_service(tmp_path, port)
@@ -365,7 +447,10 @@ def test_suanli_up_runs_jobs_and_survives_a_sigkill(tmp_path: Path) -> None:
         assert boom["exit_code"] == 3 and boom["attempts"] == 2  # retried once
         # the job waits for a file the test writes once the restarted service has
         # re-attached it: however slow the machine, it is alive across the restart
-        go = tmp_path / "go"
+        # (in a directory the job's own account can search: jobs do not run as root)
+        shared = Path(tempfile.mkdtemp(prefix="suanli-go-"))
+        shared.chmod(0o755)
+        go = shared / "go"
         wait_for_go = f"import os, time\nwhile not os.path.exists({str(go)!r}): time.sleep(0.05)"
         slow = {
             **HELLO,
@@ -468,7 +553,63 @@ def test_a_cancel_that_never_catches_the_job_says_so_with_a_409(store: Store, ap
         set_state("queued" if "IN (" in statement else "running")
 
     r, jid = _cancel_while_the_loop_moves_the_job(store, api, flip)
-    assert r.status_code == 409 and "send the cancel again" in r.json()["detail"]
+    assert r.status_code == 409 and "send the cancel again" in r.json()["error"]
     with store.tx() as s:
         row = s.get(JobRow, jid)
         assert row is not None and not row.cancel_requested and row.state == "running"
+
+
+def test_the_command_line_reads_job_files_within_limits_and_manages_tokens(
+    tmp_path: Path,
+) -> None:
+    """`suanli submit` refuses a "billion laughs" file and `.inf` with one line each (it
+    once ran to 1.58 GB, or printed a traceback); tokens are listed and revoked."""
+    port = free_port()
+    svc = start_service(tmp_path, port)
+    env = {
+        **os.environ,
+        "SUANLI_URL": f"http://127.0.0.1:{port}",
+        "SUANLI_TOKEN": (tmp_path / "admin.token").read_text().strip(),
+    }
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "suanli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+
+    try:
+        bomb = tmp_path / "bomb.yaml"
+        lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+        for i in range(1, 10):
+            prev, name = chr(ord("a") + i - 1), chr(ord("a") + i)
+            lines.append(f"{name}: &{name} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]")
+        lines.append("name: bomb\ncommand: [echo]\nenv: {X: y}\nextra: *j")
+        bomb.write_text("\n".join(lines) + "\n")
+        out = cli("submit", str(bomb))
+        assert out.returncode == 2 and "aliases are expanded" in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+        inf = tmp_path / "inf.yaml"
+        inf.write_text("name: x\ncommand: [echo]\nmax_runtime_s: .inf\n")
+        out = cli("submit", str(inf))
+        assert out.returncode == 2 and "max_runtime_s" in out.stderr and "finite" in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+        made = json.loads(
+            cli("token", "create", "--role", "user", "--owner", "dave", "--json").stdout
+        )
+        rows = json.loads(cli("token", "list", "--json").stdout)
+        dave = next(r["id"] for r in rows if r["owner"] == "dave")
+        assert "token" not in rows[0] and made["owner"] == "dave"
+        assert cli("token", "revoke", str(dave)).returncode == 0
+        gone = httpx.get(
+            f"http://127.0.0.1:{port}/v1/jobs",
+            headers={"Authorization": f"Bearer {made['token']}"},
+        )
+        assert gone.status_code == 401 and gone.json()["error"] == "unknown token"
+    finally:
+        svc.send_signal(signal.SIGTERM)
+        svc.wait(timeout=15)

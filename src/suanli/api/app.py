@@ -1,10 +1,11 @@
 """FastAPI application: jobs, nodes, tokens. Bad input is a 4xx with a JSON body, never a 500."""
 
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi import Path as Path_
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -12,23 +13,49 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DbSession
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from suanli.catalog.loader import accelerators
+from suanli.cluster.state import ClusterState, NodeSpec, Site
 from suanli.errors import SuanliError
-from suanli.jobs.spec import JobSpecError, parse_job_spec
+from suanli.jobs import resolve
+from suanli.jobs.spec import REPLICAS_REFUSED, JobSpec, JobSpecError, parse_job_spec
+from suanli.run.executor import NODE_LABEL
 from suanli.store.db import OwnerRoleError, Store
 from suanli.store.models import JobRow, NodeRow, QueueRow, SiteRow, TokenRow
 
+#: request bodies: unknown fields refused, no coercion (``true`` is not 1.0), finite numbers
+STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+INT32 = 2**31 - 1  # integer columns on PostgreSQL
+JobId = Annotated[int, Path_(ge=1, le=INT32, description="a job id")]
+Name = Annotated[str, Path_(pattern="^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")]
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx answer: what was wrong, and each problem (a field path and what to do)."""
+
+    error: str
+    problems: list[str]
+
 
 class SubmitBody(BaseModel):
-    spec: dict[str, Any]
-    idempotency_key: str | None = Field(default=None, max_length=128)
+    model_config = STRICT
+    spec: JobSpec = Field(description="a job spec (see suanli.jobs.spec)")
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=128)
 
 
 class QueueBody(BaseModel):
-    name: str = Field(pattern="^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-    weight: float = Field(default=1.0, gt=0)
-    quota_milli: dict[str, int] = Field(default_factory=dict)
+    model_config = STRICT
+    name: str | None = Field(
+        default=None,
+        pattern="^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+        description="optional; the path names the queue",
+    )
+    weight: float = Field(default=1.0, gt=0, le=1e6)
+    quota_milli: dict[
+        Annotated[str, Field(max_length=63)], Annotated[int, Field(ge=0, le=2**62)]
+    ] = Field(default_factory=dict, max_length=256)
     reclaimable: bool = True
 
 
@@ -38,18 +65,18 @@ LIVE_STATES = ("queued", "preempted", "running")
 
 
 class SiteBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     region: str = Field(min_length=1, max_length=63)
     pue: float = Field(default=1.3, ge=1.0, le=3.0)  # power usage effectiveness
-    carbon_g_per_kwh: float = Field(default=0.0, ge=0)
-    power_price_per_kwh: float = Field(default=0.0, ge=0)
+    carbon_g_per_kwh: float = Field(default=0.0, ge=0, le=5000)
+    power_price_per_kwh: float = Field(default=0.0, ge=0, le=100)
 
 
 class DeviceBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    index: int = Field(ge=0)
-    accelerator: str
-    memory_mib: int | None = Field(default=None, ge=0)  # default: the catalog's
+    model_config = STRICT
+    index: int = Field(ge=0, le=4095)
+    accelerator: str = Field(max_length=63)
+    memory_mib: int | None = Field(default=None, ge=0, le=INT32)  # default: the catalog's
     healthy: bool = True
 
     @field_validator("accelerator")
@@ -61,12 +88,14 @@ class DeviceBody(BaseModel):
 
 
 class NodeBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    site: str | None = None
-    cpu_cores: int = Field(ge=1)
-    memory_mib: int = Field(ge=1)
-    devices: list[DeviceBody] = Field(default_factory=list)
-    labels: dict[str, str] = Field(default_factory=dict)
+    model_config = STRICT
+    site: str | None = Field(default=None, max_length=63)
+    cpu_cores: int = Field(ge=1, le=1_000_000)
+    memory_mib: int = Field(ge=1, le=INT32)
+    devices: list[DeviceBody] = Field(default_factory=list, max_length=4096)
+    labels: dict[Annotated[str, Field(max_length=253)], Annotated[str, Field(max_length=63)]] = (
+        Field(default_factory=dict, max_length=64)
+    )
 
     @field_validator("devices")
     @classmethod
@@ -78,19 +107,45 @@ class NodeBody(BaseModel):
 
 
 class NodeSiteBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    site: str | None
+    model_config = STRICT
+    site: str | None = Field(max_length=63)
 
 
 class HeartbeatBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    unhealthy: list[int] = Field(default_factory=list)  # device indexes now failing
+    model_config = STRICT
+    unhealthy: list[Annotated[int, Field(ge=0, le=4095)]] = Field(
+        default_factory=list, max_length=4096
+    )  # device indexes now failing
 
 
 class TokenBody(BaseModel):
+    model_config = STRICT
     role: str = Field(pattern="^(admin|provider|user)$")
     # no colon: names like "system:executor" belong to the service itself
     owner: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
+
+
+def never_fits(spec: JobSpec, s: DbSession) -> str | None:
+    """Why no node the executor runs could ever host the job (None: one could, or no node
+    has been reported yet). Registered inventory (``executor: agent``) runs nothing yet."""
+    rows = [n for n in s.scalars(select(NodeRow)) if n.executor != "agent"]
+    if not rows:
+        return None
+    regions = {r.name: r.region for r in s.scalars(select(SiteRow))}
+    specs = [
+        NodeSpec(
+            n.name,
+            n.cpu_cores * 1000,
+            n.memory_mib,
+            len(n.devices),
+            str(n.devices[0]["accelerator"]) if n.devices else "",
+            site=n.site or "default",
+            labels={**n.labels, NODE_LABEL: n.name},
+        )
+        for n in rows
+    ]
+    sites = [Site(name, region) for name, region in regions.items()]
+    return resolve.never_fits(spec, ClusterState(specs, sites))
 
 
 def job_view(row: JobRow) -> dict[str, Any]:
@@ -135,20 +190,121 @@ def node_view(r: NodeRow) -> dict[str, Any]:
     }
 
 
-def create_app(store: Store) -> FastAPI:
-    app = FastAPI(title="suanli", version="0.1.0")
+ERRORS: dict[int | str, dict[str, Any]] = {
+    # JSON on every route, the plain-text log route's errors too
+    code: {
+        "description": what,
+        "content": {"application/json": {"schema": ErrorBody.model_json_schema()}},
+    }
+    for code, what in (
+        (400, "a request the service cannot act on"),
+        (401, "no token, or an unknown one"),
+        (403, "the token's role may not do this"),
+        (404, "no such resource (or another tenant's)"),
+        (405, "method not allowed here (the Allow header lists those that are)"),
+        (409, "conflicts with the current state"),
+        (413, "request body over the size limit"),
+        (422, "invalid input: each problem names its field"),
+    )
+}
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+
+
+def error(
+    status: int,
+    message: str,
+    problems: list[str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = {"error": message, "problems": problems or [message]}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class Guard:
+    """Size and NUL checks before any handler (plain ASGI, so the body it read is handed
+    on): a body over the limit is 413, read no further than the limit; a NUL anywhere
+    (path, query, body) is 422 — PostgreSQL cannot store one, and no name needs one."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        target = scope.get("raw_path", b"") + b"?" + scope.get("query_string", b"")
+        if b"%00" in target or "\x00" in scope.get("path", ""):
+            await error(422, "invalid request", ["NUL characters are not allowed"])(
+                scope, receive, send
+            )
+            return
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await error(413, f"request body over {self.limit} bytes")(scope, receive, send)
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                await error(413, f"request body over {self.limit} bytes")(scope, receive, send)
+                return
+        if b"\x00" in body or b"\\u0000" in body.lower():
+            await error(422, "invalid request", ["NUL characters are not allowed"])(
+                scope, receive, send
+            )
+            return
+        sent = False
+
+        async def replay() -> Any:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def create_app(
+    store: Store, multi_tenant: bool = True, max_body_bytes: int | None = None
+) -> FastAPI:
+    """``multi_tenant`` False: jobs would run as the service's own user (it is not root
+    and was not started ``--single-user``), so only admin tokens are issued.
+    ``max_body_bytes``: larger request bodies get 413 (default 1 MiB, or
+    ``SUANLI_MAX_BODY_BYTES``)."""
+    limit = max_body_bytes or int(os.environ.get("SUANLI_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
+    app = FastAPI(title="suanli", version="0.1.0", responses=ERRORS)
+
+    app.add_middleware(Guard, limit=limit)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [
             f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}" for e in exc.errors()
         ]
-        return JSONResponse({"error": "invalid request", "problems": problems}, status_code=422)
+        return error(422, "invalid request", problems)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every method any route of this path takes, not one's
+            methods: set[str] = set()
+            for route in app.routes:
+                match, _ = route.matches({**request.scope, "method": "GET"})
+                if match != Match.NONE:
+                    methods |= set(getattr(route, "methods", None) or ())
+            headers["Allow"] = ", ".join(sorted(methods))
+        return error(exc.status_code, str(exc.detail), headers=headers)
 
     @app.exception_handler(SuanliError)
     async def _user_error(_: Request, exc: SuanliError) -> JSONResponse:
         problems = getattr(exc, "problems", [str(exc)])
-        return JSONResponse({"error": str(exc), "problems": problems}, status_code=400)
+        return error(400, str(exc), problems)
 
     def caller(authorization: Annotated[str | None, Header()] = None) -> TokenRow:
         if not authorization or not authorization.startswith("Bearer "):
@@ -168,16 +324,29 @@ def create_app(store: Store) -> FastAPI:
             raise HTTPException(404, detail=f"no job {job_id}")
         return row
 
-    @app.post("/v1/jobs", status_code=201)
+    @app.post(
+        "/v1/jobs",
+        status_code=201,
+        responses={200: {"description": "an earlier submission with this idempotency key"}},
+    )
     def submit(body: SubmitBody, who: Caller) -> JSONResponse:
         if who.role == "provider":
             raise HTTPException(403, detail="providers manage nodes, not jobs")
-        try:
-            spec = parse_job_spec(body.spec, "spec")
+        try:  # the rules across fields (a share of one device, services without gangs)
+            spec = parse_job_spec(body.spec.model_dump(), "spec")
         except JobSpecError as exc:
             return JSONResponse(
                 {"error": "invalid job spec", "problems": exc.problems}, status_code=422
             )
+        if spec.replicas > 1:
+            problem = f"spec.replicas: {REPLICAS_REFUSED}"
+            return JSONResponse(
+                {"error": "invalid job spec", "problems": [problem]}, status_code=422
+            )
+        with store.tx() as s:
+            why = never_fits(spec, s)
+        if why is not None:
+            return JSONResponse({"error": "invalid job spec", "problems": [why]}, status_code=422)
         if spec.queue != "default":
             with store.tx() as s:
                 missing = s.get(QueueRow, spec.queue) is None
@@ -203,7 +372,12 @@ def create_app(store: Store) -> FastAPI:
         return JSONResponse({"id": job_id}, status_code=201)
 
     @app.get("/v1/jobs")
-    def list_jobs(who: Caller, state: str | None = None) -> list[dict[str, Any]]:
+    def list_jobs(
+        who: Caller,
+        state: Annotated[
+            str | None, Query(pattern="^(queued|running|preempted|succeeded|failed|cancelled)$")
+        ] = None,
+    ) -> list[dict[str, Any]]:
         with store.tx() as s:
             q = select(JobRow).order_by(JobRow.id)
             if who.role != "admin":
@@ -213,7 +387,7 @@ def create_app(store: Store) -> FastAPI:
             return [job_view(r) for r in s.scalars(q)]
 
     @app.get("/v1/jobs/{job_id}")
-    def get_job(job_id: int, who: Caller) -> dict[str, Any]:
+    def get_job(job_id: JobId, who: Caller) -> dict[str, Any]:
         view = job_view(visible_job(job_id, who))
         view["events"] = [
             {"at": e.at, "kind": e.kind, "message": e.message} for e in store.events(job_id)
@@ -221,7 +395,7 @@ def create_app(store: Store) -> FastAPI:
         return view
 
     @app.post("/v1/jobs/{job_id}/cancel")
-    def cancel(job_id: int, who: Caller) -> dict[str, Any]:
+    def cancel(job_id: JobId, who: Caller) -> dict[str, Any]:
         visible_job(job_id, who)
         now = time.time()
         sync = {"synchronize_session": False}
@@ -261,7 +435,7 @@ def create_app(store: Store) -> FastAPI:
             return job_view(row)
 
     @app.get("/v1/jobs/{job_id}/logs", response_class=PlainTextResponse)
-    def logs(job_id: int, who: Caller) -> str:
+    def logs(job_id: JobId, who: Caller) -> str:
         row = visible_job(job_id, who)
         text, seen = "", set()
         for m in row.members or []:
@@ -294,9 +468,7 @@ def create_app(store: Store) -> FastAPI:
             return [site_view(r) for r in s.scalars(select(SiteRow).order_by(SiteRow.name))]
 
     @app.put("/v1/sites/{name}")
-    def put_site(
-        name: Annotated[str, Path_(pattern=DNS_LABEL)], body: SiteBody, who: Caller
-    ) -> dict[str, Any]:
+    def put_site(name: Name, body: SiteBody, who: Caller) -> dict[str, Any]:
         with store.tx() as s:
             row = s.get(SiteRow, name)
             may_manage(who, row.owner if row else None, f"site {name}")
@@ -308,7 +480,7 @@ def create_app(store: Store) -> FastAPI:
             return site_view(row)
 
     @app.delete("/v1/sites/{name}")
-    def delete_site(name: str, who: Caller) -> dict[str, str]:
+    def delete_site(name: Name, who: Caller) -> dict[str, str]:
         with store.tx() as s:
             row = s.get(SiteRow, name)
             if row is None:
@@ -325,9 +497,7 @@ def create_app(store: Store) -> FastAPI:
             return [node_view(r) for r in s.scalars(select(NodeRow).order_by(NodeRow.name))]
 
     @app.put("/v1/nodes/{name}")
-    def put_node(
-        name: Annotated[str, Path_(pattern=DNS_LABEL)], body: NodeBody, who: Caller
-    ) -> dict[str, Any]:
+    def put_node(name: Name, body: NodeBody, who: Caller) -> dict[str, Any]:
         catalog = accelerators()
         with store.tx() as s:
             row = s.get(NodeRow, name)
@@ -357,7 +527,7 @@ def create_app(store: Store) -> FastAPI:
             return node_view(row)
 
     @app.put("/v1/nodes/{name}/site")
-    def put_node_site(name: str, body: NodeSiteBody, who: Caller) -> dict[str, Any]:
+    def put_node_site(name: Name, body: NodeSiteBody, who: Caller) -> dict[str, Any]:
         """Place a node in a site (its region, power price, carbon) — executor nodes too."""
         with store.tx() as s:
             row = s.get(NodeRow, name)
@@ -369,7 +539,7 @@ def create_app(store: Store) -> FastAPI:
             return node_view(row)
 
     @app.post("/v1/nodes/{name}/heartbeat")
-    def heartbeat(name: str, body: HeartbeatBody, who: Caller) -> dict[str, Any]:
+    def heartbeat(name: Name, body: HeartbeatBody, who: Caller) -> dict[str, Any]:
         with store.tx() as s:
             row = s.get(NodeRow, name)
             if row is None:
@@ -385,7 +555,7 @@ def create_app(store: Store) -> FastAPI:
             return node_view(row)
 
     @app.delete("/v1/nodes/{name}")
-    def delete_node(name: str, who: Caller) -> dict[str, str]:
+    def delete_node(name: Name, who: Caller) -> dict[str, str]:
         with store.tx() as s:
             row = s.get(NodeRow, name)
             if row is None:
@@ -408,13 +578,11 @@ def create_app(store: Store) -> FastAPI:
             ]
 
     @app.put("/v1/queues/{name}")
-    def put_queue(name: str, body: QueueBody, who: Caller) -> dict[str, Any]:
+    def put_queue(name: Name, body: QueueBody, who: Caller) -> dict[str, Any]:
         if who.role != "admin":
             raise HTTPException(403, detail="only an admin manages queues")
-        if body.name != name:
-            raise HTTPException(422, detail="the name in the path and the body differ")
-        if any(v < 0 for v in body.quota_milli.values()):
-            raise HTTPException(422, detail="quota_milli: values must be >= 0")
+        if body.name is not None and body.name != name:
+            raise HTTPException(422, detail="name: the path and the body name different queues")
         with store.tx() as s:
             row = s.get(QueueRow, name) or QueueRow(name=name)
             row.weight, row.quota_milli, row.reclaimable = (
@@ -423,17 +591,56 @@ def create_app(store: Store) -> FastAPI:
                 body.reclaimable,
             )
             s.add(row)
-        return body.model_dump()
+        return {**body.model_dump(), "name": name}
 
     @app.post("/v1/tokens", status_code=201)
     def token(body: TokenBody, who: Caller) -> dict[str, str]:
         if who.role != "admin":
             raise HTTPException(403, detail="only an admin creates tokens")
+        if not multi_tenant and body.role != "admin":
+            raise HTTPException(
+                409,
+                detail="jobs here would run as the service's own user, so tokens for other "
+                "tenants are refused: run suanli up as root (per-owner accounts) or with "
+                "--single-user to accept one trust domain",
+            )
         try:
             token = store.create_token(body.role, body.owner)
         except OwnerRoleError as exc:
             raise HTTPException(409, detail=str(exc)) from exc
         return {"token": token, "role": body.role, "owner": body.owner}
+
+    @app.get("/v1/tokens")
+    def list_tokens(who: Caller) -> list[dict[str, Any]]:
+        """Tokens by id (never the secret: only its hash is stored); an admin sees all, a
+        user or provider their own."""
+        with store.tx() as s:
+            q = select(TokenRow).order_by(TokenRow.id)
+            if who.role != "admin":
+                q = q.where(TokenRow.owner == who.owner)
+            return [
+                {"id": r.id, "role": r.role, "owner": r.owner, "created_at": r.created_at}
+                for r in s.scalars(q)
+            ]
+
+    @app.delete("/v1/tokens/{token_id}")
+    def revoke_token(
+        token_id: Annotated[int, Path_(ge=1, le=INT32)], who: Caller
+    ) -> dict[str, Any]:
+        """Revoke a token: an admin any, others their own (another's is a 404). The last
+        admin token cannot go: nobody could manage the service after it."""
+        with store.tx() as s:
+            row = s.get(TokenRow, token_id)
+            if row is None or (who.role != "admin" and row.owner != who.owner):
+                raise HTTPException(404, detail=f"no token {token_id}")
+            if row.role == "admin":
+                admins = s.scalars(select(TokenRow.id).where(TokenRow.role == "admin")).all()
+                if len(admins) <= 1:
+                    raise HTTPException(
+                        409, detail="this is the last admin token; create another first"
+                    )
+            s.delete(row)
+        return {"revoked": token_id}
 
     @app.get("/v1/corrections")
     def get_corrections(who: Caller) -> list[dict[str, Any]]:

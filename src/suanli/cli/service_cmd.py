@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 from rich.table import Table
 
 from suanli.cli.output import console, print_json
@@ -57,7 +56,23 @@ def _call(method: str, path: str, **kw: Any) -> Any:
 def up_cmd(
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 8080,
-    db: Annotated[str | None, typer.Option("--db", help="Database URL (default: SQLite).")] = None,
+    db: Annotated[
+        str | None,
+        typer.Option("--db", help="Database URL without a password (default: SQLite)."),
+    ] = None,
+    db_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--db-file", help="A file holding the database URL (keeps a password out of argv)."
+        ),
+    ] = None,
+    single_user: Annotated[
+        bool,
+        typer.Option(
+            "--single-user",
+            help="Run jobs as this service's own user (no per-owner accounts: one trust domain).",
+        ),
+    ] = False,
     executor: Annotated[
         str, typer.Option("--executor", help="local (this machine) or ray (a Ray cluster).")
     ] = "local",
@@ -77,7 +92,17 @@ def up_cmd(
     from suanli.paths import default_data_dir
     from suanli.service.up import serve
 
-    serve(host, port, db, data_dir or default_data_dir(), executor, ray_address, calibrate)
+    serve(
+        host,
+        port,
+        db,
+        data_dir or default_data_dir(),
+        executor,
+        ray_address,
+        calibrate,
+        db_file=db_file,
+        single_user=single_user,
+    )
 
 
 def submit_cmd(
@@ -86,10 +111,10 @@ def submit_cmd(
     json_out: Json = False,
 ) -> None:
     """Submit a job spec."""
-    try:
-        data = yaml.safe_load(spec.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ApiError(f"{spec}: cannot read ({' '.join(str(exc).split())})") from exc
+    from suanli.jobs.spec import parse_job_spec, read_yaml
+
+    data = read_yaml(spec)
+    parse_job_spec(data, str(spec))  # every problem named here, before the network
     out = _call("POST", "/v1/jobs", json={"spec": data, "idempotency_key": key})
     if json_out:
         print_json({"id": out["id"]})
@@ -164,6 +189,7 @@ def nodes_cmd(json_out: Json = False) -> None:
     t = Table(title="nodes", title_justify="left")
     for col in ("name", "executor", "site", "owner", "CPU", "memory GiB", "devices", "heartbeat"):
         t.add_column(col)
+    t.add_column("isolation / limits")
     for n in rows:
         kinds: dict[str, list[int]] = {}
         for d in n["devices"]:
@@ -179,6 +205,9 @@ def nodes_cmd(json_out: Json = False) -> None:
             f"{n['memory_mib'] / 1024:.0f}",
             devs + (f" (unhealthy: {','.join(sick)})" if sick else ""),
             f"{n['heartbeat_age_s']:.0f} s ago",
+            " / ".join(
+                n["labels"].get(k, "-") for k in ("suanli.io/isolation", "suanli.io/limits")
+            ),
         )
     console.print(t)
 
@@ -225,3 +254,30 @@ def corrections_cmd(json_out: Json = False) -> None:
     for r in rows:
         t.add_row(r["family"], r["chip"], f"{r['factor']:.3f}", str(r["runs"]))
     console.print(t)
+
+
+@token_app.command("list")
+def token_list(json_out: Json = False) -> None:
+    """Tokens by id, role and owner (yours; all for an admin). Secrets are never shown:
+    only their hashes are stored."""
+    rows = _call("GET", "/v1/tokens")
+    if json_out:
+        print_json(rows)
+        return
+    t = Table(title="tokens", title_justify="left")
+    for col in ("id", "role", "owner", "created"):
+        t.add_column(col)
+    for r in rows:
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created_at"]))
+        t.add_row(str(r["id"]), r["role"], r["owner"], created)
+    console.print(t)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[int, typer.Argument(help="The id `suanli token list` shows.")],
+    json_out: Json = False,
+) -> None:
+    """Revoke a token (yours; any for an admin): it stops working at once."""
+    out = _call("DELETE", f"/v1/tokens/{token_id}")
+    print_json(out) if json_out else console.print(f"revoked token {out['revoked']}")

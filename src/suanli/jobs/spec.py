@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -26,6 +26,29 @@ from suanli.catalog.loader import accelerators, models
 from suanli.errors import SuanliError
 
 NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a Kubernetes DNS label
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+INT32 = 2**31 - 1  # what every integer column holds on PostgreSQL
+#: bounds no job spec may pass, whatever the cluster: a spec is data one tenant sends and
+#: every tick reads, so its size and numbers are capped (a 50 MB env value was once
+#: accepted, and every job listing after it was 52 MB)
+MAX_ENV_VARS = 128
+MAX_ENV_VALUE_BYTES = 32 * 1024
+MAX_ENV_BYTES = 128 * 1024
+MAX_ARGS = 1024
+MAX_COMMAND_BYTES = 128 * 1024
+MAX_GANG = 1024
+MAX_DEVICES = 1024  # per member
+MAX_CPU = 4096.0  # cores per member
+MAX_MEMORY_GB = 65536.0  # per member
+MAX_RUNTIME_S = 366 * 86400.0
+MAX_RETRIES = 100
+MAX_REPLICAS = 1000
+#: what the service's executors do with ``replicas`` > 1: nothing yet (a Deployment from
+#: ``suanli export k8s`` runs them), so the service refuses such a job rather than start one
+REPLICAS_REFUSED = (
+    "more than one replica is not run by the service yet: submit one job per replica, a "
+    "gang for members that start together, or run it on Kubernetes (suanli export k8s)"
+)
 
 
 class JobSpecError(SuanliError, ValueError):
@@ -36,16 +59,21 @@ class JobSpecError(SuanliError, ValueError):
         super().__init__(f"{source}: " + "; ".join(problems))
 
 
+#: every number finite (``Infinity`` in JSON, ``.inf`` in YAML are refused, not stored as
+#: null), no surprising coercion (``true`` is not 1.0, ``0`` is not false)
+STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
 class Resources(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    accelerator: str | None = None
-    vendor: str | None = None
-    min_memory_gb: float | None = Field(default=None, gt=0)
-    model: str | None = None  # any chip that can run this catalog model
-    devices: int = Field(default=1, ge=0)
+    model_config = STRICT
+    accelerator: str | None = Field(default=None, max_length=63)
+    vendor: str | None = Field(default=None, max_length=63)
+    min_memory_gb: float | None = Field(default=None, gt=0, le=MAX_MEMORY_GB)
+    model: str | None = Field(default=None, max_length=127)  # any chip that can run it
+    devices: int = Field(default=1, ge=0, le=MAX_DEVICES)
     fraction: float | None = Field(default=None, gt=0, le=1)  # a share of one device
-    cpu: float = Field(default=1.0, gt=0)  # cores
-    memory_gb: float = Field(default=4.0, gt=0)
+    cpu: float = Field(default=1.0, gt=0, le=MAX_CPU)  # cores
+    memory_gb: float = Field(default=4.0, gt=0, le=MAX_MEMORY_GB)
 
     @field_validator("accelerator")
     @classmethod
@@ -64,26 +92,51 @@ class Resources(BaseModel):
 
 
 class JobSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str
+    model_config = STRICT
+    name: str = Field(max_length=63, json_schema_extra={"pattern": NAME.pattern})
     command: list[str] | str
     kind: Literal["train", "serve", "batch"] = "batch"
     resources: Resources = Field(default_factory=Resources)
     env: dict[str, str] = Field(default_factory=dict)
-    working_dir: str | None = None
-    image: str = "python:3.11-slim"
-    queue: str = "default"
-    priority: int = 0
+    working_dir: str | None = Field(default=None, max_length=4096)
+    image: str = Field(default="python:3.11-slim", max_length=512)
+    queue: str = Field(default="default", max_length=63)
+    priority: int = Field(default=0, ge=-INT32, le=INT32)
     preemptible: bool = False
-    gang: int | None = Field(default=None, ge=1)  # members that must start together
-    replicas: int = Field(default=1, ge=1)
-    max_runtime_s: float | None = Field(default=None, gt=0)
-    retries: int = Field(default=0, ge=0)
-    regions: list[str] = Field(default_factory=list)
+    gang: int | None = Field(default=None, ge=1, le=MAX_GANG)  # members started together
+    replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS)  # Kubernetes export; see RUNS_REPLICAS
+    max_runtime_s: float | None = Field(default=None, gt=0, le=MAX_RUNTIME_S)
+    retries: int = Field(default=0, ge=0, le=MAX_RETRIES)
+    regions: list[Annotated[str, Field(min_length=1, max_length=63)]] = Field(
+        default_factory=list, max_length=64
+    )
     # node labels the job needs (Kubernetes' nodeSelector); every node carries
     # suanli.io/node=<its name>, so {suanli.io/node: n1} pins a job to node n1
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    owner: str | None = None
+    node_selector: dict[
+        Annotated[str, Field(max_length=253)], Annotated[str, Field(max_length=63)]
+    ] = Field(default_factory=dict, max_length=64)
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        from suanli.run.jobenv import reserved_reason
+
+        if len(v) > MAX_ENV_VARS:
+            raise ValueError(f"at most {MAX_ENV_VARS} variables")
+        total = 0
+        for k, val in v.items():
+            if not ENV_NAME.match(k):
+                raise ValueError(f"{k[:64]!r}: a name is letters, digits and _, not first a digit")
+            why = reserved_reason(k)
+            if why:
+                raise ValueError(f"{k}: {why}")
+            size = len(val.encode())
+            if size > MAX_ENV_VALUE_BYTES:
+                raise ValueError(f"{k}: value of {size} bytes; at most {MAX_ENV_VALUE_BYTES}")
+            total += size + len(k)
+        if total > MAX_ENV_BYTES:
+            raise ValueError(f"{total} bytes in all; at most {MAX_ENV_BYTES}")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -97,6 +150,9 @@ class JobSpec(BaseModel):
     def _command(cls, v: list[str] | str) -> list[str] | str:
         if not v or (isinstance(v, list) and not all(isinstance(x, str) and x for x in v)):
             raise ValueError("must be a non-empty string or list of strings")
+        args = [v] if isinstance(v, str) else v
+        if len(args) > MAX_ARGS or sum(len(a.encode()) for a in args) > MAX_COMMAND_BYTES:
+            raise ValueError(f"at most {MAX_ARGS} arguments and {MAX_COMMAND_BYTES} bytes")
         return v
 
     @property
@@ -136,12 +192,50 @@ def parse_job_spec(data: Any, source: str = "<job>") -> JobSpec:
     return spec
 
 
-def load_job_spec(path: str | Path) -> JobSpec:
+MAX_FILE_BYTES = 1 << 20
+MAX_NODES = 100_000  # values in the document with every alias expanded
+
+
+def _expanded_size(data: Any, budget: int) -> int:
+    """Values in ``data`` counting an alias as many times as it is used, stopping past
+    ``budget``: a "billion laughs" file is a few hundred bytes whose expansion is not."""
+    count, stack = 0, [data]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > budget:
+            return count
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A job file, within limits: at most 1 MiB and 100,000 values once aliases are
+    expanded; every problem a one-line `JobSpecError`."""
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        with p.open("rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise JobSpecError(str(p), [f"cannot read ({exc.strerror})"]) from exc
+    if len(raw) > MAX_FILE_BYTES:
+        raise JobSpecError(str(p), [f"larger than {MAX_FILE_BYTES} bytes; a job spec is small"])
+    try:
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise JobSpecError(str(p), [f"not UTF-8 text ({exc.reason})"]) from exc
     except yaml.YAMLError as exc:
         raise JobSpecError(str(p), [" ".join(f"not valid YAML: {exc}".split())]) from exc
-    return parse_job_spec(data, str(p))
+    except RecursionError as exc:
+        raise JobSpecError(str(p), ["nested too deeply"]) from exc
+    if _expanded_size(data, MAX_NODES) > MAX_NODES:
+        raise JobSpecError(str(p), [f"more than {MAX_NODES} values once its aliases are expanded"])
+    return data
+
+
+def load_job_spec(path: str | Path) -> JobSpec:
+    return parse_job_spec(read_yaml(path), str(path))

@@ -46,6 +46,8 @@ class Launch:
     gang: int = 1  # members started together by one executor call (Ray placement group)
     member_nodes: tuple[str, ...] = ()  # with gang > 1: the node of each member
     grace_s: float = 10.0  # between SIGTERM and SIGKILL, for executors that stop themselves
+    owner: str = ""  # whose job: the local executor runs it as that owner's OS account
+    memory_mib: int = 4096  # what the job asked for, enforced where the kernel allows
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class Handle:
     rank: int = 0
     devices: tuple[int, ...] = ()
     ref: str = ""  # the executor's own id (Ray submission id); empty for local processes
+    group: str = ""  # the local member's cgroup (empty where none was made)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -46,10 +46,19 @@ def _container(spec: JobSpec) -> dict[str, Any]:
         "env": [{"name": k, "value": v} for k, v in sorted(spec.env.items())]
         + [{"name": "SUANLI_JOB_NAME", "value": spec.name}],
         "resources": {"requests": requests, "limits": limits},
+        # an untrusted tenant's code: never root, never more privilege than it started with
+        "securityContext": {
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
     }
     if spec.working_dir:
         container["workingDir"] = spec.working_dir
     return container
+
+
+JOB_UID = 65534  # "nobody": present in every base image, owns nothing
 
 
 def _affinity(spec: JobSpec) -> dict[str, Any] | None:
@@ -75,7 +84,13 @@ def _affinity(spec: JobSpec) -> dict[str, Any] | None:
 
 
 def _pod_spec(spec: JobSpec, restart: str) -> dict[str, Any]:
-    pod: dict[str, Any] = {"containers": [_container(spec)], "restartPolicy": restart}
+    pod: dict[str, Any] = {
+        "containers": [_container(spec)],
+        "restartPolicy": restart,
+        # images often default to root (python:3.11-slim does): run as an unprivileged uid
+        "securityContext": {"runAsNonRoot": True, "runAsUser": JOB_UID, "runAsGroup": JOB_UID},
+        "automountServiceAccountToken": False,  # a job has no business with the API server
+    }
     if spec.max_runtime_s:
         pod["activeDeadlineSeconds"] = int(spec.max_runtime_s)
     affinity = _affinity(spec)

@@ -1,19 +1,28 @@
 """The local executor: jobs as real processes on this machine, pinned to their devices.
 
-Each job runs as a subprocess in its own process group (so a cancel reaches
-every child), with its stdout/stderr in log files, ``SUANLI_JOB_ID`` in its
-environment, its devices made visible through the vendor's variable, and for
-gangs the torchrun-style ``MASTER_ADDR``, ``MASTER_PORT``, ``WORLD_SIZE``,
-``RANK`` and ``LOCAL_RANK``. Stopping is SIGTERM, then SIGKILL after a grace
-period — the same path serves cancel and preemption (the job may checkpoint in
-its grace). A process is identified by pid *and* start time, so a restarted
-service can re-attach to it without mistaking a recycled pid.
+Each member runs under a wrapper (`suanli.run.wrap`) that leads its own process
+group (so a cancel reaches every child), with its stdout/stderr in log files
+only the service can read, an environment built from an allow-list
+(`suanli.run.jobenv`: ``SUANLI_JOB_ID``, its devices made visible through the
+vendor's variable, for gangs the torchrun-style ``MASTER_ADDR``,
+``MASTER_PORT``, ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``), a private
+directory as ``HOME`` and default working directory, and — as ``suanli up``
+runs it — as its owner's OS account (`suanli.run.accounts`) inside a cgroup
+with the CPU and memory it asked for (`suanli.run.limits`). Stopping is
+SIGTERM, then SIGKILL after a grace period — the same path serves cancel and
+preemption (the job may checkpoint in its grace); the kill reaches processes
+that left the group through the cgroup. A process is identified by pid *and*
+start time, so a restarted service can re-attach to it without mistaking a
+recycled pid; a member it never learned of is found by its cgroup and stopped.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,8 +32,12 @@ from pathlib import Path
 
 import psutil
 
+from suanli.run import jobenv
 from suanli.run.devices import Inventory
 from suanli.run.executor import DeviceInfo, Handle, Launch, NodeInfo
+from suanli.run.limits import Limits
+
+log = logging.getLogger("suanli.local")
 
 
 def free_port() -> int:
@@ -34,15 +47,49 @@ def free_port() -> int:
 
 
 class LocalExecutor:
-    """Start, watch and stop job processes on this machine; logs under ``log_dir``."""
+    """Start, watch and stop job processes on this machine; logs under ``log_dir``.
+
+    ``accounts``: run each owner's jobs as its own OS account (needs root);
+    ``limits``: the kernel mechanism enforcing CPU and memory (None: not enforced).
+    Both are what ``suanli up`` turns on; tests of scheduling leave them off.
+    """
 
     name = "local"
 
-    def __init__(self, log_dir: Path, inventory: Inventory | None = None) -> None:
+    def __init__(
+        self,
+        log_dir: Path,
+        inventory: Inventory | None = None,
+        *,
+        jobs_dir: Path | None = None,
+        accounts: bool = False,
+        limits: Limits | None = None,
+    ) -> None:
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.jobs_dir = Path(jobs_dir) if jobs_dir else self.log_dir.parent / "jobs"
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self.inventory = inventory
+        self.accounts = accounts
+        self.limits = limits
+        # cgroup names carry this data dir's mark: two services on one machine never clash
+        mark = hashlib.sha256(str(self.log_dir.resolve()).encode()).hexdigest()[:8]
+        self.group_prefix = f"sl{mark}-"
+        self._jobs_gid: int | None = None
+        if accounts:
+            from suanli.run import accounts as acc
+
+            self._jobs_gid = acc.jobs_group()
+            self.opened = acc.open_paths([*acc.runtime_paths(), self.jobs_dir], self._jobs_gid)
+            for change in self.opened:
+                log.warning("granted search permission to job accounts: %s", change)
+
+    def isolation(self) -> dict[str, str]:
+        """What separates jobs here, as node labels (`suanli nodes` shows them)."""
+        who = "per-owner OS accounts" if self.accounts else "the service's own user"
+        how = self.limits.describe() if self.limits else "not enforced"
+        return {"suanli.io/isolation": who, "suanli.io/limits": how}
 
     def nodes(self) -> list[NodeInfo]:
         """This machine, as one node (no inventory: no node to run on)."""
@@ -52,7 +99,7 @@ class LocalExecutor:
         devs = [
             DeviceInfo(d.index, d.accelerator, d.memory_mib, d.visible_env) for d in inv.devices
         ]
-        return [NodeInfo("local", inv.cpu_cores, inv.memory_mib, devs)]
+        return [NodeInfo("local", inv.cpu_cores, inv.memory_mib, devs, labels=self.isolation())]
 
     def terminate(self, h: Handle) -> None:
         """SIGTERM the member's process group (it may checkpoint in its grace)."""
@@ -60,6 +107,8 @@ class LocalExecutor:
 
     def kill(self, h: Handle) -> None:
         _signal_group(h, signal.SIGKILL)
+        if self.limits and h.group:  # what left the group is still in the cgroup
+            self.limits.kill(h.group)
 
     def is_alive(self, h: Handle) -> bool:
         return alive(h)
@@ -71,38 +120,119 @@ class LocalExecutor:
             if p and Path(p).exists()
         )
 
+    def member_key(self, job_id: str, rank: int, world_size: int) -> str:
+        return f"{job_id}.{rank}" if world_size > 1 else job_id
+
     def start(self, launch: Launch) -> Handle:
-        env = {**os.environ, **launch.env, "SUANLI_JOB_ID": launch.job_id}
-        # jobs see the service's Python first (`python3 -m suanli.workloads...` just works)
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-        if launch.visible_env:
-            env[launch.visible_env] = ",".join(str(d) for d in launch.devices)
+        if launch.cwd and not Path(launch.cwd).is_dir():
+            raise FileNotFoundError(f"working_dir {launch.cwd} does not exist")
+        stem = self.member_key(launch.job_id, launch.rank, launch.world_size)
+        account = None
+        if self.accounts and not launch.owner.startswith("system:"):
+            # the service's own jobs (calibration) are its code: they run as itself
+            from suanli.run.accounts import ensure_account
+
+            account = ensure_account(launch.owner or "anonymous")
+        home = self.jobs_dir / stem
+        shutil.rmtree(home, ignore_errors=True)  # a retry starts from a clean directory
+        home.mkdir(mode=0o700)
+        if account is not None:
+            from suanli.run.accounts import open_paths
+
+            assert self._jobs_gid is not None
+            open_paths([self.jobs_dir], self._jobs_gid)  # (a chmod since start undoes a grant)
+            os.chown(home, account.uid, account.gid)
+        torchrun: dict[str, str] = {}
         if launch.world_size > 1 or launch.master_port:
-            env.update(
-                MASTER_ADDR=launch.master_addr,
-                MASTER_PORT=str(launch.master_port or free_port()),
-                WORLD_SIZE=str(launch.world_size),
-                RANK=str(launch.rank),
+            torchrun = {
+                "MASTER_ADDR": launch.master_addr,
+                "MASTER_PORT": str(launch.master_port or free_port()),
+                "WORLD_SIZE": str(launch.world_size),
+                "RANK": str(launch.rank),
                 # a member pinned to its own devices sees them from index 0 (`cuda:0` is its
                 # first); unpinned members on one node are numbered among themselves
-                LOCAL_RANK=str(0 if launch.visible_env and launch.devices else launch.local_rank),
-            )
-        stem = f"{launch.job_id}.{launch.rank}" if launch.world_size > 1 else launch.job_id
+                "LOCAL_RANK": str(
+                    0 if launch.visible_env and launch.devices else launch.local_rank
+                ),
+            }
+        env = jobenv.build(
+            launch.env,
+            launch.job_id,
+            home,
+            launch.visible_env,
+            launch.devices,
+            torchrun,
+        )
         out = self.log_dir / f"{stem}.out"
         err = self.log_dir / f"{stem}.err"
         code_file = self.log_dir / f"{stem}.exit"
         code_file.unlink(missing_ok=True)
-        # a wrapper records the exit code, for a restarted service that cannot wait() for it
-        argv = [sys.executable, "-m", "suanli.run.wrap", str(code_file), "--", *launch.argv]
+        opts = ["--cwd", launch.cwd or str(home)]
+        if account is not None:
+            groups = ",".join(map(str, account.groups))
+            opts += ["--user", f"{account.uid}:{account.gid}:{groups}"]
+        group = ""
+        memory_bytes = int(launch.memory_mib) * 2**20
+        if self.limits is not None:
+            group = self.group_prefix + stem
+            self.limits.kill(group)  # a member of an earlier attempt the service lost
+            for f in self.limits.prepare(group, launch.cpu, memory_bytes):
+                opts += ["--join", f]
+            if self.limits.kind == "rlimit":
+                opts += ["--as-bytes", str(memory_bytes)]
+        # the wrapper records the exit code, for a restarted service that cannot wait() for it
+        argv = [sys.executable, "-m", "suanli.run.wrap", str(code_file), *opts]
+        argv += ["--", *launch.argv]
         with out.open("ab") as fo, err.open("ab") as fe:
-            proc = subprocess.Popen(
-                argv, stdout=fo, stderr=fe, env=env, cwd=launch.cwd, start_new_session=True
-            )
+            proc = subprocess.Popen(argv, stdout=fo, stderr=fe, env=env, start_new_session=True)
         self._procs[f"{launch.job_id}/{launch.rank}"] = proc
+        # into its cgroups from here too, at once: the wrapper joins them itself before it
+        # starts the command, but a crash of this service must find the member either way
+        for f in opts[1::2] if self.limits is not None else ():
+            if f.endswith("cgroup.procs"):
+                with contextlib.suppress(OSError), open(f, "w") as fh:
+                    fh.write(str(proc.pid))
         start = psutil.Process(proc.pid).create_time()
         return Handle(
-            launch.job_id, proc.pid, start, str(out), str(err), "local", launch.rank, launch.devices
+            launch.job_id,
+            proc.pid,
+            start,
+            str(out),
+            str(err),
+            "local",
+            launch.rank,
+            launch.devices,
+            group=group,
         )
+
+    def exit_codes(self, job_id: str, world: int, since: float) -> list[int | None]:
+        """Each member's exit code as its wrapper recorded it, for a job whose handles were
+        never stored (None: no record written after ``since``, the job's start)."""
+        out: list[int | None] = []
+        for rank in range(world):
+            f = self.log_dir / f"{self.member_key(job_id, rank, world)}.exit"
+            try:
+                fresh = f.stat().st_mtime >= since  # not an earlier attempt's
+                out.append(int(f.read_text()) if fresh else None)
+            except (OSError, ValueError):
+                out.append(None)
+        return out
+
+    def orphans(self, known: set[str]) -> list[str]:
+        """Member cgroups of this service that hold processes no stored job owns (a start
+        whose handle was never committed): their keys, for `stop_orphans`."""
+        if self.limits is None:
+            return []
+        return [
+            k
+            for k in self.limits.groups()
+            if k.startswith(self.group_prefix) and k not in known and self.limits.procs(k)
+        ]
+
+    def stop_orphan(self, key: str) -> None:
+        assert self.limits is not None
+        self.limits.kill(key)
+        self.limits.remove(key)
 
     def poll(self, h: Handle) -> int | None:
         """The exit code, or None while the process runs. Works after a restart too."""
@@ -111,12 +241,21 @@ class LocalExecutor:
                 code = proc.poll()
                 if code is not None:
                     del self._procs[key]
+                    self._release(h)
                     return _recorded(h, code)  # the command's own code, not the wrapper's
                 return None
         if alive(h):
             return None
         # not our child (re-attached after a restart): the wrapper left its exit code
+        self._release(h)
         return _recorded(h, -9)  # no record: killed before it could say (SIGKILL)
+
+    def _release(self, h: Handle) -> None:
+        """The wrapper is gone: stop anything of the member it could not wait for (it was
+        SIGKILLed) and remove the member's cgroup."""
+        if self.limits and h.group:
+            self.limits.kill(h.group)
+            self.limits.remove(h.group)
 
     def stop(self, h: Handle, grace_s: float = 10.0) -> int | None:
         """`terminate`, wait up to ``grace_s``, then `kill`: the two steps the loop takes over

@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session as DbSession
 from suanli.calibration import feedback
 from suanli.cluster.state import ClusterState, NodeSpec, Site
 from suanli.cluster.task import MILLI, Task
-from suanli.jobs.resolve import eligible_types, wants_devices
+from suanli.jobs.resolve import granted_milli, member_task
 from suanli.jobs.spec import JobSpec, Resources
 from suanli.run.executor import (
     NODE_LABEL,
@@ -52,9 +52,10 @@ from suanli.run.executor import (
     NodeInfo,
 )
 from suanli.run.local import free_port
+from suanli.sched.explain import why_unschedulable
 from suanli.sched.framework import Placement
 from suanli.sched.policies import NAMED, build
-from suanli.sched.session import Job, Queue, Session
+from suanli.sched.session import Job, Queue, Session, SessionResult
 from suanli.store.db import Store
 from suanli.store.models import SYSTEM_OWNER, JobRow, NodeRow, QueueRow, SiteRow
 
@@ -65,6 +66,8 @@ CANCEL = "cancel"  # stop reasons: "cancel", "timeout", "member-failed:<code>",
 PREEMPT = "preempt:"  # "preempt:<by job>"; a cancel during another stop: "cancel+<reason>"
 RETRY_START_S = 5.0  # an executor that could not be reached is asked again this much later,
 MAX_UNAVAILABLE_STARTS = 10  # doubling each time; then the start counts as the job's failure
+MAX_QUEUED_PER_TICK = 500  # queued jobs one scheduling session considers (oldest first)
+EXPLAIN_PER_TICK = 100  # waiting jobs whose reason is worked out in one tick
 
 
 def backoff_s(attempts: int) -> float:
@@ -105,6 +108,7 @@ class Loop:
         self._specs: dict[int, JobSpec] = {}
         self._fixes: dict[tuple[str, str], dict[str, object]] | None = None  # corrections
         self._unavailable: dict[int, int] = {}  # job -> starts refused by an absent executor
+        self._why: dict[int, str] = {}  # job -> the unschedulable reason last reported
         self._nodes_at = 0.0
         self.recover()
 
@@ -122,7 +126,19 @@ class Loop:
         self._stop.set()
 
     def recover(self) -> None:
-        """Re-attach members that survived the old service; settle jobs that did not."""
+        """Re-attach members that survived the old service; settle jobs that did not; stop
+        processes of starts the old service never recorded (found by their cgroups)."""
+        with self.store.tx() as s:
+            known = {
+                h.group
+                for row in s.scalars(select(JobRow).where(JobRow.state == "running"))
+                for h in _members(row)
+                if h.group
+            }
+        orphans: list[str] = getattr(self.executor, "orphans", lambda _known: [])(known)
+        for key in orphans:
+            log.warning("stopping processes of %s: started, never recorded", key)
+            self.executor.stop_orphan(key)  # type: ignore[attr-defined]
         with self.store.tx() as s:
             for row in s.scalars(select(JobRow).where(JobRow.state == "running")):
                 members = _members(row)
@@ -136,6 +152,15 @@ class Loop:
                 recorded = [c for c in codes if c is not None and c != -9]
                 if members and len(recorded) == len(members):
                     continue  # they all ended and said how: the tick records it
+                if not members:  # started, never recorded: its wrappers may have said how
+                    world = (self._spec(row).gang or 1) if row.spec else 1
+                    ended = getattr(self.executor, "exit_codes", lambda *_: [None])(
+                        str(row.id), world, row.started_at or 0.0
+                    )
+                    if ended and all(c is not None for c in ended):
+                        bad = next((c for c in ended if c != 0), 0)
+                        self._finish(s, row, bad, f"ended while the service was down: {ended}")
+                        continue
                 self._finish(s, row, None, "lost with the previous service")
 
     # --- one tick ------------------------------------------------------------------
@@ -326,7 +351,24 @@ class Loop:
 
     def _decide(self, s: DbSession) -> dict[int, list[Placement]]:
         """Run a scheduler session over the stored jobs; begin the evictions it decides."""
-        queued = list(s.scalars(select(JobRow).where(JobRow.state == "queued").order_by(JobRow.id)))
+        # a tick looks at a bounded number of waiting jobs, oldest first: one tenant's
+        # flood of submissions cannot make every tick long
+        queued = list(
+            s.scalars(
+                select(JobRow)
+                .where(JobRow.state == "queued")
+                .order_by(JobRow.id)
+                .limit(MAX_QUEUED_PER_TICK)
+            )
+        )
+        for row in list(queued):
+            try:
+                self._spec(row)
+            except ValueError as exc:  # stored before a bound it breaks: never schedulable
+                queued.remove(row)
+                row.state, row.updated_at = "failed", time.time()
+                msg = " ".join(str(exc).split())[:500]
+                self.store.event(s, row.id, "failed", f"its stored spec is refused now: {msg}")
         if not queued:
             return {}
         running = list(s.scalars(select(JobRow).where(JobRow.state == "running")))
@@ -335,7 +377,10 @@ class Loop:
         held: dict[str, tuple[Job, list[tuple[Task, Placement]]]] = {}
         waiting_for_victims = set()
         for row in running:
-            job = self._job(row, types)
+            try:
+                job = self._job(row, types)
+            except ValueError:  # started before a bound it breaks: it runs on, unaccounted
+                continue
             binds = []
             for task, h in zip(job.tasks, _members(row), strict=False):
                 node = index.get(h.node)
@@ -376,6 +421,7 @@ class Loop:
             rng=np.random.default_rng(0),
         )
         result = session.run(self.actions)
+        self._explain(s, pending, result, state)
         rows = {str(r.id): r for r in queued + running}
         if result.evicted:
             # victims first; what was bound in the same session waits one tick, so
@@ -389,6 +435,26 @@ class Loop:
         for jname, _, placement in result.bound:
             bound[int(jname)].append(placement)
         return bound
+
+    def _explain(
+        self, s: DbSession, pending: list[Job], result: SessionResult, state: ClusterState
+    ) -> None:
+        """An ``unschedulable`` event, with the reason node by node, for each job that did
+        not start this tick — when its reason changed, so a waiting job says why once."""
+        bound = {name for name, _, _ in result.bound}
+        for job in pending[:EXPLAIN_PER_TICK]:
+            if job.name in bound or not job.tasks:
+                self._why.pop(int(job.name), None)
+                continue
+            detail = why_unschedulable(state, job.tasks[0])
+            said = result.unschedulable.get(job.name)
+            if said and said.startswith("gang:") and len(job.tasks) == 1:
+                said = None  # "0 of 1 members fit" says less than the nodes' reasons
+            why = "; ".join(x for x in (said, detail) if x)
+            why = why or "waiting behind other jobs of its queue and priority"
+            if self._why.get(int(job.name)) != why:
+                self._why[int(job.name)] = why
+                self.store.event(s, int(job.name), "unschedulable", why)
 
     def _state(self) -> tuple[ClusterState, dict[str, int]]:
         specs = []
@@ -416,33 +482,29 @@ class Loop:
         return state, {n.name: i for i, n in enumerate(self.nodes)}
 
     def _spec(self, row: JobRow) -> JobSpec:
-        """The job's validated spec; a stored spec never changes, so it is parsed once."""
+        """The job's validated spec; a stored spec never changes, so it is parsed once.
+
+        Specs stored before ``owner`` left the spec still carry the key: it is ignored.
+        One stored before a bound it breaks raises ValueError (`_decide` fails it)."""
         spec = self._specs.get(row.id)
         if spec is None:
-            spec = self._specs[row.id] = JobSpec.model_validate(row.spec)
+            data = {k: v for k, v in (row.spec or {}).items() if k != "owner"}
+            try:
+                spec = JobSpec.model_validate(data)
+            except ValueError:
+                if row.state == "queued":
+                    raise
+                # already running or done: tracked to its end with default limits
+                spec = JobSpec(name="stored-before-its-bounds", command=["true"])
+            self._specs[row.id] = spec
         return spec
 
     def _job(self, row: JobRow, types: list[str]) -> Job:
         spec = self._spec(row)
         r = spec.resources
-        gpus = r.devices if wants_devices(r) else 0
-        milli = _granted_milli(r)
-        # no eligible type here: an impossible spec, so the job waits (and says why)
-        eligible = eligible_types(r, types) if gpus else frozenset()
-        task = Task(
-            name=str(row.id),
-            cpu_milli=int(r.cpu * 1000),
-            memory_mib=int(r.memory_gb * 1024),
-            num_gpu=gpus,
-            gpu_milli=milli if gpus else 0,
-            gpu_spec=(eligible or frozenset({"<none>"})) if gpus else frozenset(),
-            priority=spec.priority,
-            preemptible=spec.preemptible,
-            queue=spec.queue,
-            regions=frozenset(spec.regions),
-            node_selector=dict(spec.node_selector),
-            labels={"workload": feedback.family_of(r.model)} if r.model else {},
-        )
+        task = member_task(spec, types, str(row.id))
+        if r.model:
+            task = replace(task, labels={"workload": feedback.family_of(r.model)})
         members = spec.gang or 1
         return Job(
             str(row.id),
@@ -481,10 +543,10 @@ class Loop:
                 return  # cancelled since the decision
             row = s.get(JobRow, job_id, populate_existing=True)
             assert row is not None
-            spec = self._spec(row)
+            spec, owner = self._spec(row), row.owner
         handles: list[Handle] = []
         try:
-            self._start_members(job_id, spec, placements, handles)
+            self._start_members(job_id, spec, owner, placements, handles)
         except Exception as exc:
             self._kill_all(handles)
             self._start_failed(job_id, exc)
@@ -532,7 +594,12 @@ class Loop:
         self._each(handles, [None] * len(handles), self.executor.kill)
 
     def _start_members(
-        self, job_id: int, spec: JobSpec, placements: list[Placement], handles: list[Handle]
+        self,
+        job_id: int,
+        spec: JobSpec,
+        owner: str,
+        placements: list[Placement],
+        handles: list[Handle],
     ) -> None:
         """Start every member (appending to ``handles`` as they start, so a failure part-way
         leaves the started ones to be stopped)."""
@@ -541,7 +608,7 @@ class Loop:
         port = free_port() if world > 1 else None  # local gangs; a Ray gang picks on rank 0
         gang_native = bool(getattr(self.executor, "gang_native", False))
         names = [self.nodes[p.node].name for p in placements]
-        milli = _granted_milli(spec.resources)
+        milli = granted_milli(spec.resources)
         for rank, p in enumerate(placements):
             node = self.nodes[p.node]
             devices = tuple(g for g, _ in p.gpus)
@@ -570,6 +637,8 @@ class Loop:
                 member_nodes=tuple(names),
                 grace_s=self.grace_s,
                 local_rank=names[:rank].count(node.name),
+                owner=owner,
+                memory_mib=int(spec.resources.memory_gb * 1024),
             )
             handles.append(self.executor.start(launch))
 
@@ -638,11 +707,6 @@ class Loop:
         if row.state != "queued":
             self._specs.pop(row.id, None)  # over: its spec is not needed again
         self.store.event(s, row.id, row.state, why)
-
-
-def _granted_milli(r: Resources) -> int:
-    """Thousandths of each device the scheduler grants (and the executor asks for)."""
-    return int(MILLI * r.fraction) if r.fraction else MILLI
 
 
 def _key(h: Handle) -> str:

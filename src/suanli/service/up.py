@@ -1,4 +1,11 @@
-"""``suanli up``: the API, the scheduling loop and an executor in one process."""
+"""``suanli up``: the API, the scheduling loop and an executor in one process.
+
+Everything the service writes is private from the moment it exists: it runs
+under umask 077, so the data directory, the database (and SQLite's WAL), the
+logs and the admin token are its user's alone. Jobs run as other users
+(`suanli.run.accounts`) where the service is root; where it is not, they run as
+the service's own user, and ``--single-user`` must say that is intended.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +14,30 @@ import threading
 from pathlib import Path
 
 import uvicorn
+from sqlalchemy.engine import make_url
 
 from suanli.api import create_app
+from suanli.run import accounts, limits
 from suanli.run.devices import detect
 from suanli.run.executor import Executor
 from suanli.run.local import LocalExecutor
 from suanli.service.loop import Loop
 from suanli.store.db import Store
 
+PRIVATE_UMASK = 0o077
 
-def make_executor(kind: str, ray_address: str | None, log_dir: Path) -> Executor:
+
+def make_executor(
+    kind: str, ray_address: str | None, data_dir: Path, single_user: bool = False
+) -> Executor:
     if kind == "local":
-        return LocalExecutor(log_dir, detect())
+        return LocalExecutor(
+            data_dir / "logs",
+            detect(),
+            jobs_dir=data_dir / "jobs",
+            accounts=accounts.can_switch_users() and not single_user,
+            limits=limits.detect(),
+        )
     if kind == "ray":
         try:
             from suanli.run.ray_exec import RayExecutor
@@ -27,8 +46,37 @@ def make_executor(kind: str, ray_address: str | None, log_dir: Path) -> Executor
                 "error: the Ray executor needs Ray: pip install 'suanli[ray]'"
             ) from exc
         address = ray_address or os.environ.get("RAY_DASHBOARD_ADDRESS") or "127.0.0.1:8265"
-        return RayExecutor(address, log_dir)
+        return RayExecutor(address, data_dir / "logs")
     raise SystemExit(f"error: unknown executor {kind!r}; use local or ray")
+
+
+def database_url(db_url: str | None, db_file: Path | None) -> str | None:
+    """The URL from ``--db-file`` (kept out of every process's argv), or ``--db`` where it
+    holds no password: ``/proc/<pid>/cmdline`` is readable by every user, jobs included."""
+    if db_file is not None:
+        try:
+            return db_file.read_text().strip()
+        except OSError as exc:
+            raise SystemExit(f"error: --db-file {db_file}: {exc.strerror}") from exc
+    if db_url and make_url(db_url).password:
+        raise SystemExit(
+            "error: --db holds a password, which every process on this machine can read in "
+            "/proc/<pid>/cmdline; write the URL to a file only you can read (chmod 600) "
+            "and pass --db-file FILE"
+        )
+    return db_url
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``path`` as 0600 from its creation, atomically (whole or absent)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def serve(
@@ -39,29 +87,44 @@ def serve(
     executor: str,
     ray_address: str | None = None,
     calibrate: bool = False,
+    db_file: Path | None = None,
+    single_user: bool = False,
 ) -> None:
+    os.umask(PRIVATE_UMASK)
+    url = database_url(db_url, db_file)
     data_dir.mkdir(parents=True, exist_ok=True)
-    ex = make_executor(executor, ray_address, data_dir / "logs")
-    store = Store(db_url) if db_url else Store.sqlite(data_dir)
+    os.chmod(data_dir, 0o700)  # an existing one from before umask, too
+    ex = make_executor(executor, ray_address, data_dir, single_user)
+    store = Store(url) if url else Store.sqlite(data_dir)
     token_file = data_dir / "admin.token"
     if not store.has_admin():
         token = store.create_token("admin", "admin")
-        token_file.write_text(token + "\n")
-        token_file.chmod(0o600)
+        write_private(token_file, token + "\n")
         print(f"admin token (also in {token_file}): {token}", flush=True)
+    per_owner = bool(getattr(ex, "accounts", False))
+    if executor == "local" and not per_owner and not single_user:
+        print(
+            "note: not running as root, so jobs cannot run as other users: only admin "
+            "tokens are issued; start with --single-user to run jobs as this user "
+            "knowingly, or as root for per-owner accounts",
+            flush=True,
+        )
+    app = create_app(store, multi_tenant=per_owner or single_user or executor != "local")
     loop = Loop(store, ex, data_dir=data_dir, calibrate_new_nodes=calibrate)
     nodes = ex.nodes()
     thread = threading.Thread(target=loop.run_forever, name="suanli-loop", daemon=True)
     thread.start()
     cores = sum(n.cpu_cores for n in nodes)
     devices = sum(len(n.devices) for n in nodes)
+    isolation: dict[str, str] = getattr(ex, "isolation", dict)()
     print(
         f"suanli API on http://{host}:{port}  (data: {data_dir}; {ex.name} executor: "
-        f"{len(nodes)} node(s), {cores} CPU cores, {devices} devices)",
+        f"{len(nodes)} node(s), {cores} CPU cores, {devices} devices)"
+        + "".join(f"\n  {k.split('/')[-1]}: {v}" for k, v in isolation.items()),
         flush=True,
     )
     try:
-        uvicorn.run(create_app(store), host=host, port=port, log_level="warning")
+        uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:  # uvicorn returns on SIGTERM/SIGINT: stop the loop cleanly
         loop.stop()
         thread.join(timeout=5)
