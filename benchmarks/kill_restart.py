@@ -150,17 +150,20 @@ def main() -> int:
         seen[jid] = seen.get(jid, 0) + 1
     misrecorded = [r["id"] for r in rows if (str(r["id"]) in done) != (r["state"] == "succeeded")]
     twice = [jid for jid, n in done.items() if n > 1]
-    orphans = []
+    orphans = []  # this run's jobs only (their MARKS), whoever they run as
     for p in psutil.process_iter():
         with contextlib.suppress(psutil.Error):
-            if "SUANLI_JOB_ID" in p.environ():
+            if p.environ().get("MARKS") == str(marks):
                 orphans.append(p.pid)
+    from suanli.run.local import LocalExecutor
+
+    prefix = LocalExecutor(data / "logs").group_prefix  # this service's member cgroups
     groups = [
         g
         for root in (Path("/sys/fs/cgroup/memory/suanli"), Path("/sys/fs/cgroup/suanli"))
         if root.is_dir()
         for g in root.iterdir()
-        if g.is_dir() and (g / "cgroup.procs").read_text().strip()
+        if g.name.startswith(prefix) and (g / "cgroup.procs").read_text().strip()
     ]
     states: dict[str, int] = {}
     for r in rows:

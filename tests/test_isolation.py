@@ -100,6 +100,7 @@ def test_a_tenants_job_reaches_nothing_of_another_or_of_the_service(
     data, port = tmp_path / "data", free_port()
     shared = Path(tempfile.mkdtemp(prefix="suanli-iso-"))  # where B's job waits for its go
     shared.chmod(0o755)
+    go = shared / "go"  # B's job ends when this exists (also when the test fails)
     svc = _start(data, port, *extra)
     admin = (data / "admin.token").read_text().strip()
     base = f"http://127.0.0.1:{port}"
@@ -114,7 +115,6 @@ def test_a_tenants_job_reaches_nothing_of_another_or_of_the_service(
             assert "cgroup" in nodes[0]["labels"]["suanli.io/limits"]
         alice = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {tok['alice']}"})
         bob = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {tok['bob']}"})
-        go = shared / "go"
         wait = (
             "import os, time\n"
             "open(os.path.expanduser('~/bob.txt'), 'w').write('bob')\n"
@@ -166,6 +166,7 @@ def test_a_tenants_job_reaches_nothing_of_another_or_of_the_service(
         alice.close()
         bob.close()
     finally:
+        go.touch()
         svc.send_signal(signal.SIGTERM)
         try:
             svc.wait(timeout=15)

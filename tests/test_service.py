@@ -307,6 +307,14 @@ def test_hostile_input_is_a_4xx_naming_what_was_wrong(api, store: Store) -> None
     )
     r = client.put("/v1/queues/research", json={"name": "other"}, headers=who["admin"])
     assert r.status_code == 422
+    # the longest key an owner may send is stored (it was once a 500 on PostgreSQL: the
+    # owner's name made it longer than its column), and still deduplicates
+    first = submit({}, idempotency_key="k" * 128)
+    again = submit({}, idempotency_key="k" * 128)
+    assert first.status_code == 201 and again.json() == {
+        "id": first.json()["id"],
+        "duplicate": True,
+    }
 
 
 def test_tokens_are_listed_without_secrets_and_revoked(api) -> None:  # type: ignore[no-untyped-def]
@@ -428,6 +436,11 @@ def free_port() -> int:
 
 def test_suanli_up_runs_jobs_and_survives_a_sigkill(tmp_path: Path) -> None:
     port = free_port()
+    # a job below waits for this file (in a directory its own account can search: jobs do
+    # not run as root); the finally writes it too, so nothing waits on after a failure
+    shared = Path(tempfile.mkdtemp(prefix="suanli-go-"))
+    shared.chmod(0o755)
+    go = shared / "go"
     svc = start_service(tmp_path, port)
     token = (tmp_path / "admin.token").read_text().strip()
     assert oct((tmp_path / "admin.token").stat().st_mode & 0o777) == "0o600"
@@ -447,10 +460,6 @@ def test_suanli_up_runs_jobs_and_survives_a_sigkill(tmp_path: Path) -> None:
         assert boom["exit_code"] == 3 and boom["attempts"] == 2  # retried once
         # the job waits for a file the test writes once the restarted service has
         # re-attached it: however slow the machine, it is alive across the restart
-        # (in a directory the job's own account can search: jobs do not run as root)
-        shared = Path(tempfile.mkdtemp(prefix="suanli-go-"))
-        shared.chmod(0o755)
-        go = shared / "go"
         wait_for_go = f"import os, time\nwhile not os.path.exists({str(go)!r}): time.sleep(0.05)"
         slow = {
             **HELLO,
@@ -484,6 +493,7 @@ def test_suanli_up_runs_jobs_and_survives_a_sigkill(tmp_path: Path) -> None:
         assert c.post(f"/v1/jobs/{lid}/cancel").json()["cancel_requested"]
         assert wait_state(c, lid, {"cancelled"})["exit_code"] == -15
     finally:
+        go.touch()  # the job waiting for it ends however the test went
         c.close()
         svc.send_signal(signal.SIGTERM)
         try:

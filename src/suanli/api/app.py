@@ -1,5 +1,6 @@
 """FastAPI application: jobs, nodes, tokens. Bad input is a 4xx with a JSON body, never a 500."""
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -20,7 +21,13 @@ from suanli.catalog.loader import accelerators
 from suanli.cluster.state import ClusterState, NodeSpec, Site
 from suanli.errors import SuanliError
 from suanli.jobs import resolve
-from suanli.jobs.spec import REPLICAS_REFUSED, JobSpec, JobSpecError, parse_job_spec
+from suanli.jobs.spec import (
+    REPLICAS_REFUSED,
+    JobSpec,
+    JobSpecError,
+    catalog_enum,
+    parse_job_spec,
+)
 from suanli.run.executor import NODE_LABEL
 from suanli.store.db import OwnerRoleError, Store
 from suanli.store.models import JobRow, NodeRow, QueueRow, SiteRow, TokenRow
@@ -75,7 +82,7 @@ class SiteBody(BaseModel):
 class DeviceBody(BaseModel):
     model_config = STRICT
     index: int = Field(ge=0, le=4095)
-    accelerator: str = Field(max_length=63)
+    accelerator: str = Field(max_length=63, json_schema_extra=catalog_enum(accelerators))
     memory_mib: int | None = Field(default=None, ge=0, le=INT32)  # default: the catalog's
     healthy: bool = True
 
@@ -355,7 +362,12 @@ def create_app(
                 return JSONResponse(
                     {"error": "invalid job spec", "problems": [problem]}, status_code=422
                 )
-        key = f"{who.owner}:{body.idempotency_key}" if body.idempotency_key else None
+        # per owner, and of a fixed length whatever the owner and key (the column holds 128)
+        key = (
+            "sha256:" + hashlib.sha256(f"{who.owner}:{body.idempotency_key}".encode()).hexdigest()
+            if body.idempotency_key
+            else None
+        )
         try:
             with store.tx() as s:
                 if key is not None:

@@ -64,12 +64,32 @@ class JobSpecError(SuanliError, ValueError):
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
+def catalog_enum(names: Any) -> Any:
+    """A JSON-schema hook: the string branch of an optional field lists ``names()``, so
+    the API's schema says which chips and models exist (the validators check the same)."""
+
+    def hook(schema: dict[str, Any]) -> None:
+        for branch in schema.get("anyOf", [schema]):
+            if branch.get("type") == "string":
+                branch["enum"] = sorted(names())
+
+    return hook
+
+
+def _chips() -> list[str]:
+    return ["cpu", *accelerators()]
+
+
 class Resources(BaseModel):
     model_config = STRICT
-    accelerator: str | None = Field(default=None, max_length=63)
-    vendor: str | None = Field(default=None, max_length=63)
+    accelerator: str | None = Field(
+        default=None, min_length=1, max_length=63, json_schema_extra=catalog_enum(_chips)
+    )
+    vendor: str | None = Field(default=None, min_length=1, max_length=63)
     min_memory_gb: float | None = Field(default=None, gt=0, le=MAX_MEMORY_GB)
-    model: str | None = Field(default=None, max_length=127)  # any chip that can run it
+    model: str | None = Field(  # any chip that can run this catalog model
+        default=None, min_length=1, max_length=127, json_schema_extra=catalog_enum(models)
+    )
     devices: int = Field(default=1, ge=0, le=MAX_DEVICES)
     fraction: float | None = Field(default=None, gt=0, le=1)  # a share of one device
     cpu: float = Field(default=1.0, gt=0, le=MAX_CPU)  # cores
@@ -94,11 +114,19 @@ class Resources(BaseModel):
 class JobSpec(BaseModel):
     model_config = STRICT
     name: str = Field(max_length=63, json_schema_extra={"pattern": NAME.pattern})
-    command: list[str] | str
+    command: list[str] | str = Field(
+        # what `_command` checks, said in the schema too (its message is the friendlier one)
+        json_schema_extra={
+            "anyOf": [
+                {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
+                {"type": "string", "minLength": 1},
+            ]
+        }
+    )
     kind: Literal["train", "serve", "batch"] = "batch"
     resources: Resources = Field(default_factory=Resources)
     env: dict[str, str] = Field(default_factory=dict)
-    working_dir: str | None = Field(default=None, max_length=4096)
+    working_dir: str | None = Field(default=None, min_length=1, max_length=4096)
     image: str = Field(default="python:3.11-slim", max_length=512)
     queue: str = Field(default="default", max_length=63)
     priority: int = Field(default=0, ge=-INT32, le=INT32)
