@@ -539,3 +539,19 @@ def test_a_start_never_recorded_that_finished_is_recorded_as_it_ended(tmp_path: 
     row = get(store, jid)
     assert row.state == "succeeded" and row.exit_code == 0
     assert "ended while the service was down" in store.events(jid)[-1].message
+
+
+def test_a_retried_job_finds_what_its_first_attempt_left_in_its_directory(rig) -> None:  # type: ignore[no-untyped-def]
+    """The private working directory survives attempts, so a job resumes from a checkpoint
+    it wrote there after a failure or a preemption."""
+    store, loop = rig
+    code = (
+        "import os, sys\n"
+        "if os.path.exists('ckpt'):\n"
+        "    print('resumed', os.getcwd() == os.environ['HOME']); sys.exit(0)\n"
+        "open('ckpt', 'w').write('step 3'); sys.exit(1)\n"
+    )
+    jid = submit(store, {"command": [PY, "-c", code], "retries": 1})
+    row = run_until(loop, store, jid, {"succeeded", "failed"}, timeout=30)
+    assert row.state == "succeeded" and row.attempts == 2
+    assert "resumed True" in Path(str(row.members[0]["stdout"])).read_text()

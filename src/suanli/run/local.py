@@ -134,8 +134,12 @@ class LocalExecutor:
 
             account = ensure_account(launch.owner or "anonymous")
         home = self.jobs_dir / stem
-        shutil.rmtree(home, ignore_errors=True)  # a retry starts from a clean directory
-        home.mkdir(mode=0o700)
+        # kept across attempts: a preempted or retried job resumes from what it wrote here
+        # (a checkpoint under its default working directory); one another account left
+        # (a job id reused after the database was reset) is never handed over
+        if account is not None and home.exists() and home.stat().st_uid != account.uid:
+            shutil.rmtree(home)
+        home.mkdir(mode=0o700, exist_ok=True)
         if account is not None:
             from suanli.run.accounts import open_paths
 
