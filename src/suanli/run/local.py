@@ -124,7 +124,10 @@ class LocalExecutor:
         return f"{job_id}.{rank}" if world_size > 1 else job_id
 
     def start(self, launch: Launch) -> Handle:
-        if launch.cwd and not Path(launch.cwd).is_dir():
+        if launch.cwd and not self.accounts and not Path(launch.cwd).is_dir():
+            # (with accounts the wrapper enters it as the job's user and says if it cannot:
+            # asked here as root, the answer would tell a tenant what exists where it may
+            # not look)
             raise FileNotFoundError(f"working_dir {launch.cwd} does not exist")
         stem = self.member_key(launch.job_id, launch.rank, launch.world_size)
         account = None
