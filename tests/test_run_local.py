@@ -94,3 +94,37 @@ def test_device_detection_parsers_and_cpu_inventory() -> None:
     inv = detect({})  # no vendor tools: CPU only
     assert isinstance(inv, Inventory) and inv.cpu_cores >= 1 and inv.memory_mib > 0
     assert detect().devices == () or all(d.visible_env for d in detect().devices)
+
+
+def test_cgroup_v2_limits_are_written_as_the_kernel_reads_them(tmp_path: Path) -> None:
+    """This kernel binds cpu and memory to cgroup v1, so v2 cannot run here: its interface
+    files are checked on a directory laid out like a v2 mount (what is written, not what
+    the kernel then does — the v1 path and the memory kill are tested for real)."""
+    from suanli.run import limits
+
+    (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    (tmp_path / "cgroup.subtree_control").write_text("")
+    lim = limits.detect("cgroup2", mounts=[(str(tmp_path), "cgroup2", {"rw"})])
+    assert lim.kind == "cgroup2" and lim.dirs == (tmp_path / "suanli",)
+    assert (tmp_path / "cgroup.subtree_control").read_text() == "+cpu +memory"
+    files = lim.prepare("sl00-7", cpu_cores=1.5, memory_bytes=2**30)
+    g = tmp_path / "suanli" / "sl00-7"
+    assert files == [str(g / "cgroup.procs")]
+    assert (g / "cpu.max").read_text() == "150000 100000"
+    assert int((g / "memory.max").read_text()) == 2**30 + limits.WRAPPER_BYTES
+    none = limits.detect("cgroup2", mounts=[])
+    assert none.kind == "rlimit" and "not enforced" in none.describe()
+
+
+def test_without_cgroups_memory_is_capped_by_an_rlimit(tmp_path: Path) -> None:
+    """The fallback, for real: the command's address space is capped at what it asked for."""
+    from suanli.run import limits
+
+    ex = LocalExecutor(tmp_path / "logs", limits=limits.Limits("rlimit", ()))
+    hog = "x = bytearray(1024 * 2**20); print('survived')"
+    h = ex.start(Launch("hog", [sys.executable, "-c", hog], memory_mib=256))
+    end = time.monotonic() + 30
+    while (code := ex.poll(h)) is None and time.monotonic() < end:
+        time.sleep(0.02)
+    assert code not in (None, 0) and "survived" not in ex.logs(h)
+    assert "MemoryError" in ex.logs(h)

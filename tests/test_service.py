@@ -623,3 +623,15 @@ def test_the_command_line_reads_job_files_within_limits_and_manages_tokens(
     finally:
         svc.send_signal(signal.SIGTERM)
         svc.wait(timeout=15)
+
+
+def test_a_service_that_cannot_switch_users_issues_no_tenant_tokens(store: Store) -> None:
+    """Not root and not --single-user: jobs would run as the service's own user, so a token
+    for another tenant is refused, saying what to do."""
+    admin = store.create_token("admin", "admin")
+    client = TestClient(create_app(store, multi_tenant=False))
+    auth = {"Authorization": f"Bearer {admin}"}
+    r = client.post("/v1/tokens", json={"role": "user", "owner": "eve"}, headers=auth)
+    assert r.status_code == 409 and "--single-user" in r.json()["error"]
+    r = client.post("/v1/tokens", json={"role": "admin", "owner": "admin"}, headers=auth)
+    assert r.status_code == 201

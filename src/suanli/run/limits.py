@@ -37,13 +37,15 @@ class Limits:
     dirs: tuple[Path, ...]  # the suanli cgroup in each hierarchy used
 
     def describe(self) -> str:
-        return {
-            "cgroup2": f"cgroup v2 cpu.max + memory.max ({self.dirs[0]})",
-            "cgroup1": "cgroup v1 cpu.cfs_quota_us + memory.limit_in_bytes "
-            f"({', '.join(map(str, self.dirs))})",
-            "rlimit": "rlimit: memory as address space (RLIMIT_AS); CPU share not enforced "
-            "(no writable cgroup hierarchy)",
-        }[self.kind]
+        where = ", ".join(map(str, self.dirs))
+        if self.kind == "cgroup2":
+            return f"cgroup v2 cpu.max + memory.max ({where})"
+        if self.kind == "cgroup1":
+            return f"cgroup v1 cpu.cfs_quota_us + memory.limit_in_bytes ({where})"
+        return (
+            "rlimit: memory as address space (RLIMIT_AS); CPU share not enforced "
+            "(no writable cgroup hierarchy)"
+        )
 
     # --- per member ---------------------------------------------------------------
     def prepare(self, key: str, cpu_cores: float, memory_bytes: int) -> list[str]:
@@ -119,9 +121,12 @@ def _writable(d: Path) -> bool:
     return d.is_dir() and os.access(d, os.W_OK)
 
 
-def detect(prefer: str | None = None) -> Limits:
-    """The best mechanism here (``prefer``: force one, for tests)."""
-    mounts = _mounts()
+def detect(
+    prefer: str | None = None, mounts: list[tuple[str, str, set[str]]] | None = None
+) -> Limits:
+    """The best mechanism here (``prefer``: force one; ``mounts``: (where, type, options)
+    in place of /proc/mounts — for tests of a hierarchy this kernel does not have)."""
+    mounts = _mounts() if mounts is None else mounts
     if prefer in (None, "cgroup2"):
         for where, kind, _ in mounts:
             root = Path(where)
