@@ -65,6 +65,25 @@ print("ATTACK " + json.dumps(out), flush=True)
 """
 
 
+#: plants code for whoever starts Python next in its directory, then fails once: the retry's
+#: wrapper runs as root, and must import none of it
+PLANT = r"""
+import pathlib, sys
+probes, home = sys.argv[1], pathlib.Path.home()
+probe = f"open({probes!r} + '/ran-as-' + str(__import__('os').getuid()), 'w').close()"
+(home / "p").mkdir(exist_ok=True)
+(home / "p" / "sitecustomize.py").write_text(probe + "\n")
+version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+site = home / ".local" / "lib" / version / "site-packages"
+site.mkdir(parents=True, exist_ok=True)
+(site / "x.pth").write_text("import os; " + probe + "\n")
+if (home / "twice").exists():
+    sys.exit(0)
+(home / "twice").touch()
+sys.exit(1)
+"""
+
+
 def _start(data: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
     return start_service(data, port, *extra, env={**os.environ, "SUANLI_CANARY": "a secret"})
 
@@ -148,6 +167,27 @@ def test_a_tenants_job_reaches_nothing_of_another_or_of_the_service(
         line = next(x for x in text.splitlines() if x.startswith("ATTACK "))
         results = json.loads(line.removeprefix("ATTACK "))
         assert results and all(v == "denied" for v in results.values()), results
+        # B's member is held to its pids too (a fork bomb stops at its cgroup's pids.max)
+        pids_max = Path("/sys/fs/cgroup/pids/suanli")
+        if pids_max.is_dir():
+            held = [g for g in pids_max.iterdir() if g.name.endswith(f"-{bid}")]
+            assert held and (held[0] / "pids.max").read_text().strip() == "4096"
+        # A's job plants code for the next attempt's wrapper (root's code) to import: a
+        # sitecustomize on a PYTHONPATH of its own, a .pth in its user site; it runs as A only
+        probes = Path(tempfile.mkdtemp(prefix="suanli-probe-"))
+        probes.chmod(0o1777)
+        spec = {
+            "name": "plant",
+            "command": ["python3", "-c", PLANT, str(probes)],
+            "retries": 1,
+            "env": {"PYTHONPATH": str(data / "jobs" / str(aid + 1) / "p")},  # its own home
+        }
+        pid_ = alice.post("/v1/jobs", json={"spec": spec}).json()["id"]
+        assert pid_ == aid + 1
+        row = _wait(alice, pid_, {"succeeded", "failed"})
+        assert row["state"] == "succeeded" and row["attempts"] == 2, row["events"]
+        ran_as = {f.name for f in probes.iterdir()}
+        assert ran_as and "ran-as-0" not in ran_as, ran_as
         # B's job ran on, untouched, and finishes normally
         assert psutil.pid_exists(pids[0])
         go.touch()

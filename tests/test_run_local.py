@@ -106,7 +106,7 @@ def test_cgroup_v2_limits_are_written_as_the_kernel_reads_them(tmp_path: Path) -
     (tmp_path / "cgroup.subtree_control").write_text("")
     lim = limits.detect("cgroup2", mounts=[(str(tmp_path), "cgroup2", {"rw"})])
     assert lim.kind == "cgroup2" and lim.dirs == (tmp_path / "suanli",)
-    assert (tmp_path / "cgroup.subtree_control").read_text() == "+cpu +memory"
+    assert (tmp_path / "cgroup.subtree_control").read_text() == "+cpu +memory +pids"
     files = lim.prepare("sl00-7", cpu_cores=1.5, memory_bytes=2**30)
     g = tmp_path / "suanli" / "sl00-7"
     assert files == [str(g / "cgroup.procs")]

@@ -454,6 +454,7 @@ def test_suanli_up_runs_jobs_and_survives_a_sigkill(tmp_path: Path) -> None:
         done = wait_state(c, hello, {"succeeded", "failed"})
         assert done["state"] == "succeeded" and done["exit_code"] == 0
         assert c.get(f"/v1/jobs/{hello}/logs").text == "hello\n"
+        assert c.get(f"/v1/jobs/{hello}/logs", params={"tail_bytes": 3}).text == "lo\n"
         fail = {**HELLO, "name": "boom", "command": "exit 3", "retries": 1}
         bid = c.post("/v1/jobs", json={"spec": fail}).json()["id"]
         boom = wait_state(c, bid, {"failed"})
@@ -635,3 +636,29 @@ def test_a_service_that_cannot_switch_users_issues_no_tenant_tokens(store: Store
     assert r.status_code == 409 and "--single-user" in r.json()["error"]
     r = client.post("/v1/tokens", json={"role": "admin", "owner": "admin"}, headers=auth)
     assert r.status_code == 201
+
+
+def test_a_data_dir_from_before_is_made_private_and_logs_are_read_from_their_end(
+    tmp_path: Path,
+) -> None:
+    """Files an older version left readable (0644) are private once the service starts; a
+    log is answered from its end, however long the job made it."""
+    from suanli.service.up import make_private
+
+    data = tmp_path / "data"
+    (data / "logs").mkdir(parents=True)
+    (data / "jobs" / "1").mkdir(parents=True)
+    for f in ("suanli.db", "admin.token", "logs/1.out"):
+        (data / f).write_text("x")
+        (data / f).chmod(0o644)
+    (data / "jobs" / "1").chmod(0o755)  # a job's own directory is the job's business
+    make_private(data)
+    for f in ("", "suanli.db", "admin.token", "logs", "logs/1.out"):
+        assert (data / f).stat().st_mode & 0o077 == 0, f
+    assert (data / "jobs" / "1").stat().st_mode & 0o777 == 0o755
+    from suanli.run.local import tail
+
+    big = tmp_path / "big.out"
+    big.write_bytes(b"a" * 3_000_000 + b"the end\n")
+    assert tail(big, 8) == "the end\n" and len(tail(big, 1 << 20)) == 1 << 20
+    assert tail(tmp_path / "absent", 10) == ""

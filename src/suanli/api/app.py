@@ -29,6 +29,7 @@ from suanli.jobs.spec import (
     parse_job_spec,
 )
 from suanli.run.executor import NODE_LABEL
+from suanli.run.local import tail
 from suanli.store.db import OwnerRoleError, Store
 from suanli.store.models import JobRow, NodeRow, QueueRow, SiteRow, TokenRow
 
@@ -215,6 +216,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     )
 }
 DEFAULT_MAX_BODY_BYTES = 1 << 20
+DEFAULT_LOG_BYTES = 1 << 20  # of each log file a GET /logs answers with, unless asked
+MAX_LOG_BYTES = 64 << 20
 
 
 def error(
@@ -447,15 +450,21 @@ def create_app(
             return job_view(row)
 
     @app.get("/v1/jobs/{job_id}/logs", response_class=PlainTextResponse)
-    def logs(job_id: JobId, who: Caller) -> str:
+    def logs(
+        job_id: JobId,
+        who: Caller,
+        tail_bytes: Annotated[int, Query(ge=1, le=MAX_LOG_BYTES)] = DEFAULT_LOG_BYTES,
+    ) -> str:
+        """The end of each member's output, at most ``tail_bytes`` of each file (a job may
+        write gigabytes: the service never reads a whole log into memory)."""
         row = visible_job(job_id, who)
         text, seen = "", set()
         for m in row.members or []:
             for key in ("stdout", "stderr"):
                 path = str(m.get(key) or "")
-                if path and path not in seen and Path(path).exists():  # a Ray gang shares one
+                if path and path not in seen:  # a Ray gang's members share one
                     seen.add(path)
-                    text += Path(path).read_text(errors="replace")
+                    text += tail(Path(path), tail_bytes)
         return text
 
     # --- sites and nodes: providers manage their own, admins all, users read ------------

@@ -27,6 +27,8 @@ CFS_PERIOD_US = 100_000
 #: the member's wrapper (a small Python that waits for the command) lives in its cgroup
 #: too, so that nothing of the member is outside it: its memory is added to the limit
 WRAPPER_BYTES = 32 * 2**20
+#: processes one member may have at once (a fork bomb stops here, not at the machine's)
+MAX_PIDS = 4096
 
 
 @dataclass(frozen=True)
@@ -39,9 +41,9 @@ class Limits:
     def describe(self) -> str:
         where = ", ".join(map(str, self.dirs))
         if self.kind == "cgroup2":
-            return f"cgroup v2 cpu.max + memory.max ({where})"
+            return f"cgroup v2 cpu.max + memory.max + pids.max ({where})"
         if self.kind == "cgroup1":
-            return f"cgroup v1 cpu.cfs_quota_us + memory.limit_in_bytes ({where})"
+            return f"cgroup v1 cpu.cfs_quota_us + memory.limit_in_bytes + pids.max ({where})"
         return (
             "rlimit: memory as address space (RLIMIT_AS); CPU share not enforced "
             "(no writable cgroup hierarchy)"
@@ -62,6 +64,8 @@ class Limits:
             if self.kind == "cgroup2":
                 (g / "cpu.max").write_text(f"{quota} {CFS_PERIOD_US}")
                 (g / "memory.max").write_text(str(memory_bytes))
+                if (g / "pids.max").exists():
+                    (g / "pids.max").write_text(str(MAX_PIDS))
                 with contextlib.suppress(OSError):
                     (g / "memory.swap.max").write_text("0")
                 files.append(str(g / "cgroup.procs"))
@@ -69,6 +73,8 @@ class Limits:
             if (g / "cpu.cfs_quota_us").exists():
                 (g / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
                 (g / "cpu.cfs_quota_us").write_text(str(quota))
+            if (g / "pids.max").exists():
+                (g / "pids.max").write_text(str(MAX_PIDS))
             if (g / "memory.limit_in_bytes").exists():
                 (g / "memory.limit_in_bytes").write_text(str(memory_bytes))
                 with contextlib.suppress(OSError):  # memsw exists only with swap accounting
@@ -84,14 +90,14 @@ class Limits:
         return out
 
     def kill(self, key: str) -> None:
-        """SIGKILL every process of the member's cgroups (until none is left)."""
+        """SIGKILL every process of the member's cgroups, until none is left (``pids.max``
+        bounds how many a fork loop can make meanwhile)."""
+        from suanli.run.wrap import signal_members
+
         for _ in range(100):
-            pids = self.procs(key)
-            if not pids:
+            if not self.procs(key):
                 return
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
+            signal_members(lambda: self.procs(key), signal.SIGKILL)
 
     def remove(self, key: str) -> None:
         for d in self.dirs:
@@ -135,20 +141,21 @@ def detect(
             with contextlib.suppress(OSError):
                 have = set((root / "cgroup.controllers").read_text().split())
                 if {"cpu", "memory"} <= have:
-                    (root / "cgroup.subtree_control").write_text("+cpu +memory")
+                    wanted = "+cpu +memory" + (" +pids" if "pids" in have else "")
+                    (root / "cgroup.subtree_control").write_text(wanted)
                     mine = root / ROOT_NAME
                     mine.mkdir(exist_ok=True)
-                    (mine / "cgroup.subtree_control").write_text("+cpu +memory")
+                    (mine / "cgroup.subtree_control").write_text(wanted)
                     return Limits("cgroup2", (mine,))
     if prefer in (None, "cgroup1"):
         v1: dict[str, Path] = {}
         for where, kind, opts in mounts:
-            for ctl in ("cpu", "memory"):
+            for ctl in ("cpu", "memory", "pids"):
                 if kind == "cgroup" and ctl in opts and _writable(Path(where)):
                     v1.setdefault(ctl, Path(where))
-        if len(v1) == 2:
+        if "cpu" in v1 and "memory" in v1:
             with contextlib.suppress(OSError):
-                dirs = tuple(dict.fromkeys(v1[c] / ROOT_NAME for c in ("cpu", "memory")))
+                dirs = tuple(dict.fromkeys(v1[c] / ROOT_NAME for c in v1))
                 for d in dirs:
                     d.mkdir(exist_ok=True)
                 return Limits("cgroup1", dirs)

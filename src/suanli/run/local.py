@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -38,6 +39,11 @@ from suanli.run.executor import DeviceInfo, Handle, Launch, NodeInfo
 from suanli.run.limits import Limits
 
 log = logging.getLogger("suanli.local")
+#: the wrapper's own environment (it runs as root beside a tenant's code: nothing of theirs)
+WRAPPER_ENV = {"PATH": jobenv.SYSTEM_PATH, "LANG": "C.UTF-8"}
+#: processes one account may have at once, all its jobs together (RLIMIT_NPROC)
+ACCOUNT_NPROC = 8192
+LOG_TAIL_BYTES = 1 << 20  # what the service reads of a member's output
 
 
 def free_port() -> int:
@@ -113,12 +119,10 @@ class LocalExecutor:
     def is_alive(self, h: Handle) -> bool:
         return alive(h)
 
-    def logs(self, h: Handle) -> str:
-        return "".join(
-            Path(p).read_text(errors="replace")
-            for p in (h.stdout, h.stderr)
-            if p and Path(p).exists()
-        )
+    def logs(self, h: Handle, tail_bytes: int = LOG_TAIL_BYTES) -> str:
+        """The end of the member's output (a job may write gigabytes; what the service reads
+        — a workload's summary, its last lines — is at the end)."""
+        return "".join(tail(Path(p), tail_bytes) for p in (h.stdout, h.stderr) if p)
 
     def member_key(self, job_id: str, rank: int, world_size: int) -> str:
         return f"{job_id}.{rank}" if world_size > 1 else job_id
@@ -174,10 +178,18 @@ class LocalExecutor:
         err = self.log_dir / f"{stem}.err"
         code_file = self.log_dir / f"{stem}.exit"
         code_file.unlink(missing_ok=True)
-        opts = ["--cwd", launch.cwd or str(home)]
+        # the job's environment reaches its command only, through a file only root reads
+        # (the wrapper, root's code, starts with a fixed one: see suanli.run.wrap)
+        env_file = self.log_dir / f"{stem}.env"
+        env_file.unlink(missing_ok=True)
+        fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(env, fh)
+        opts = ["--cwd", launch.cwd or str(home), "--env-file", str(env_file)]
         if account is not None:
             groups = ",".join(map(str, account.groups))
             opts += ["--user", f"{account.uid}:{account.gid}:{groups}"]
+            opts += ["--nproc", str(ACCOUNT_NPROC)]
         group = ""
         memory_bytes = int(launch.memory_mib) * 2**20
         if self.limits is not None:
@@ -188,10 +200,12 @@ class LocalExecutor:
             if self.limits.kind == "rlimit":
                 opts += ["--as-bytes", str(memory_bytes)]
         # the wrapper records the exit code, for a restarted service that cannot wait() for it
-        argv = [sys.executable, "-m", "suanli.run.wrap", str(code_file), *opts]
+        argv = [sys.executable, "-I", "-m", "suanli.run.wrap", str(code_file), *opts]
         argv += ["--", *launch.argv]
         with out.open("ab") as fo, err.open("ab") as fe:
-            proc = subprocess.Popen(argv, stdout=fo, stderr=fe, env=env, start_new_session=True)
+            proc = subprocess.Popen(
+                argv, stdout=fo, stderr=fe, env=WRAPPER_ENV, start_new_session=True
+            )
         self._procs[f"{launch.job_id}/{launch.rank}"] = proc
         # into its cgroups from here too, at once: the wrapper joins them itself before it
         # starts the command, but a crash of this service must find the member either way
@@ -277,6 +291,18 @@ class LocalExecutor:
             while (code := self.poll(h)) is None and time.monotonic() < deadline:
                 time.sleep(0.02)
         return code
+
+
+def tail(path: Path, max_bytes: int) -> str:
+    """The last ``max_bytes`` of a file as text ("" if it is absent)."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - max_bytes))
+            return fh.read(max_bytes).decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _signal_group(h: Handle, sig: int) -> None:

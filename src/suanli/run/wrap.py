@@ -18,19 +18,27 @@ sends them SIGTERM, then SIGKILL 5 s later (as a container's leftovers go with
 its main process). Then it writes the command's exit code, atomically, for a
 restarted service that cannot ``wait()``.
 
-Only the standard library is imported here: the wrapper starts with the job's
-minimal environment.
+The wrapper is root's code running next to a tenant's: it starts isolated
+(``python -I``: no ``PYTHON*`` variable, no user site-packages, no current
+directory on the path) with a fixed environment of its own, and the job's
+environment reaches only the command (``--env-file``, a root-only file it reads and
+removes). Otherwise a job could plant a ``sitecustomize`` or ``.pth`` in its home and
+have the next attempt's wrapper import it as root. It signals what it finds through
+pidfds, checked again after opening, so a pid reused meanwhile is never hit. Only
+the standard library is imported here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import resource
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 LEFTOVER_GRACE_S = 5.0
 
@@ -62,10 +70,20 @@ def leftovers(procs_files: list[str]) -> set[int]:
     return live
 
 
-def _signal_all(pids: set[int], sig: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
+def signal_members(find: Callable[[], set[int]], sig: int) -> None:
+    """Send ``sig`` to what ``find()`` lists, through pidfds opened first and the list taken
+    again after: a pid that ended and was reused in between is not in the second list, and a
+    pidfd names one process, never its successor."""
+    fds = {}
+    for pid in find():
+        with contextlib.suppress(OSError):
+            fds[pid] = os.pidfd_open(pid)
+    still = find()
+    for pid, fd in fds.items():
+        with contextlib.suppress(OSError):
+            if pid in still:
+                signal.pidfd_send_signal(fd, sig)
+        os.close(fd)
 
 
 def _parse(argv: list[str]) -> tuple[str, dict[str, list[str]], list[str]]:
@@ -99,6 +117,12 @@ def main(argv: list[str]) -> int:
         }
     cwd = opts["--cwd"][0] if opts.get("--cwd") else None
     as_bytes = int((opts.get("--as-bytes") or ["0"])[0])
+    nproc = int((opts.get("--nproc") or ["0"])[0])
+    env = None
+    if opts.get("--env-file"):
+        with open(opts["--env-file"][0]) as fh:
+            env = json.load(fh)
+        os.unlink(opts["--env-file"][0])
 
     def child() -> None:  # runs after the switch to the job's account
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -106,9 +130,11 @@ def main(argv: list[str]) -> int:
             os.chdir(cwd)
         if as_bytes:
             resource.setrlimit(resource.RLIMIT_AS, (as_bytes, as_bytes))
+        if nproc:  # processes of this account, all its jobs together: no fork bomb
+            resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
 
     try:
-        proc = subprocess.Popen(cmd, preexec_fn=child, umask=0o077, **user)  # type: ignore[call-overload]
+        proc = subprocess.Popen(cmd, preexec_fn=child, umask=0o077, env=env, **user)  # type: ignore[call-overload]
         code = int(proc.wait())
     except OSError as exc:
         print(f"suanli: cannot run {cmd[0]}: {exc.strerror}", file=sys.stderr)
@@ -119,12 +145,16 @@ def main(argv: list[str]) -> int:
     # the member ends with its last process
     rest = leftovers(joins)
     deadline = time.monotonic() + LEFTOVER_GRACE_S
+
+    def find() -> set[int]:
+        return leftovers(joins)
+
     if rest and not stopping["now"]:
-        _signal_all(rest, signal.SIGTERM)
+        signal_members(find, signal.SIGTERM)
     while rest:
         # in a stop they checkpoint until the service's SIGKILL; else they get 5 s
         if not stopping["now"] and time.monotonic() > deadline:
-            _signal_all(rest, signal.SIGKILL)
+            signal_members(find, signal.SIGKILL)
         time.sleep(0.05)
         rest = leftovers(joins)
     tmp = exit_file + ".tmp"

@@ -67,6 +67,22 @@ def database_url(db_url: str | None, db_file: Path | None) -> str | None:
     return db_url
 
 
+def make_private(data_dir: Path) -> None:
+    """Take group and other permissions off the data directory and everything in it but the
+    jobs' own directories (a database, token or log written by an older version may be
+    0644; job accounts can search the data directory, so such a file would be readable)."""
+    jobs = data_dir / "jobs"
+    for root, dirs, files in os.walk(data_dir):
+        if Path(root) == jobs:
+            dirs[:] = []
+            continue
+        for name in [*dirs, *files]:
+            path = Path(root, name)
+            if path != jobs and not path.is_symlink():
+                path.chmod(path.stat().st_mode & 0o700)
+    data_dir.chmod(0o700)
+
+
 def write_private(path: Path, text: str) -> None:
     """Write ``path`` as 0600 from its creation, atomically (whole or absent)."""
     tmp = path.with_name(path.name + ".tmp")
@@ -93,7 +109,7 @@ def serve(
     os.umask(PRIVATE_UMASK)
     url = database_url(db_url, db_file)
     data_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(data_dir, 0o700)  # an existing one from before umask, too
+    make_private(data_dir)  # one made before umask 077, too (its files from then as well)
     ex = make_executor(executor, ray_address, data_dir, single_user)
     store = Store(url) if url else Store.sqlite(data_dir)
     token_file = data_dir / "admin.token"
