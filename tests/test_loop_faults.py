@@ -555,3 +555,19 @@ def test_a_retried_job_finds_what_its_first_attempt_left_in_its_directory(rig) -
     row = run_until(loop, store, jid, {"succeeded", "failed"}, timeout=30)
     assert row.state == "succeeded" and row.attempts == 2
     assert "resumed True" in Path(str(row.members[0]["stdout"])).read_text()
+
+
+def test_a_tick_reads_a_bounded_number_of_queued_jobs(rig, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """One tenant's flood of submissions cannot make every tick long: a tick considers at
+    most MAX_QUEUED_PER_TICK queued jobs, oldest first."""
+    from suanli.service import loop as loop_mod
+
+    store, loop = rig
+    monkeypatch.setattr(loop_mod, "MAX_QUEUED_PER_TICK", 2)
+    ids = [
+        submit(store, {"command": [PY, "-c", "1"], "resources": {"accelerator": "h100-sxm"}})
+        for _ in range(5)
+    ]
+    loop.tick()
+    told = [jid for jid in ids if "unschedulable" in events(store, jid)]
+    assert told == ids[:2]

@@ -610,7 +610,7 @@ def test_the_command_line_reads_job_files_within_limits_and_manages_tokens(
         assert out.returncode == 2 and "max_runtime_s" in out.stderr and "finite" in out.stderr
         assert len(out.stderr.strip().splitlines()) == 1
         made = json.loads(
-            cli("token", "create", "--role", "user", "--owner", "dave", "--json").stdout
+            cli("token", "create", "--role", "admin", "--owner", "dave", "--json").stdout
         )
         rows = json.loads(cli("token", "list", "--json").stdout)
         dave = next(r["id"] for r in rows if r["owner"] == "dave")
