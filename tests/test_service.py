@@ -468,7 +468,13 @@ def test_suanli_up_runs_jobs_and_survives_a_sigkill(tmp_path: Path) -> None:
             "command": ["python3", "-c", wait_for_go + "\nprint('done')"],
         }
         sid = c.post("/v1/jobs", json={"spec": slow}).json()["id"]
-        wait_state(c, sid, {"running"})
+        # "running" is written when the job is claimed, before its process starts; the
+        # "started" event comes with the stored handle, which a restart re-attaches by (a
+        # kill between the two is the orphan case: tests/test_loop_faults.py)
+        end = time.monotonic() + 60
+        while not any(e["kind"] == "started" for e in c.get(f"/v1/jobs/{sid}").json()["events"]):
+            assert time.monotonic() < end, c.get(f"/v1/jobs/{sid}").json()
+            time.sleep(0.05)
         queued = c.post("/v1/jobs", json={"spec": {**HELLO, "name": "later"}}).json()["id"]
         svc.send_signal(signal.SIGKILL)  # the service dies; the job process does not
         svc.wait()
