@@ -5,7 +5,7 @@ credentials) and settings that are not the job's business, so a job sees only:
 a ``PATH`` (this Python's directory first, so ``python3 -m suanli.workloads...``
 works), ``HOME`` and ``TMPDIR`` in its private directory, the locale, a few
 settings of the machine every job needs (``OPENBLAS_CORETYPE``: older OpenBLAS
-builds compute wrong results without it on some CPUs), the torchrun variables,
+builds compute wrong results without it on some CPUs; ``SUANLI_BF16``), the torchrun variables,
 ``SUANLI_JOB_ID``, the device pinning the scheduler chose — every other vendor's
 visibility variable set empty, so a CPU job sees no GPU — and the user's own
 ``env``. The user's ``env`` may not set pinning, torchrun or loader (``LD_*``)
@@ -20,7 +20,17 @@ import sys
 from pathlib import Path
 
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-PASS_THROUGH = ("LANG", "LC_ALL", "LC_CTYPE", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+#: the machine's settings every job needs: locale, OpenBLAS's CPU choice, and whether bf16
+#: is to be treated as emulated here (suanli.device.BF16_ENV)
+PASS_THROUGH = (
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_L2_SIZE",
+    "SUANLI_BF16",
+)
 TORCHRUN = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 JOB_ID = "SUANLI_JOB_ID"
 #: visibility variables of vendors whose devices may sit in a node even where the catalog
