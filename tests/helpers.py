@@ -111,3 +111,13 @@ def wait_state(c: httpx.Client, jid: int, states: set[str], timeout: float = 60)
             return row
         time.sleep(0.1)
     raise AssertionError(f"job {jid} never reached {states}: {row}")
+
+
+def stop_service(svc: subprocess.Popen[bytes], timeout_s: float = 15) -> None:
+    """SIGTERM `suanli up` and wait for it (SIGKILL if it hangs); its jobs run on."""
+    svc.send_signal(signal.SIGTERM)
+    try:
+        svc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        svc.kill()
+        svc.wait()

@@ -92,4 +92,27 @@ def test_precision_auto_follows_the_measurement_and_the_switch(
     assert "CPU flags" in got.reason
     monkeypatch.setenv(BF16_ENV, "emulated")
     forced = choose_precision("cpu")
-    assert forced.dtype == "fp32" and forced.bf16_emulated and BF16_ENV in forced.reason
+    assert forced.dtype == "fp32" and BF16_ENV in forced.reason
+
+
+@pytest.mark.parametrize(
+    ("bf16", "fp32", "forced", "picked"),
+    [
+        (0.27, 0.13, False, "bf16"),  # AVX512-BF16 here: 2x
+        (0.0003, 0.04, False, "fp32"),  # AVX2-only EPYC: bf16 ~100x slower
+        (0.13, 0.13, False, "fp32"),  # not faster is not worth it
+        (0.27, 0.13, True, "fp32"),  # SUANLI_BF16=emulated wins over the measurement
+    ],
+)
+def test_one_rule_picks_the_precision_for_workloads_and_calibration(
+    monkeypatch: pytest.MonkeyPatch, bf16: float, fp32: float, forced: bool, picked: str
+) -> None:
+    from suanli.device import BF16_ENV, judge
+
+    if forced:
+        monkeypatch.setenv(BF16_ENV, "emulated")
+    else:
+        monkeypatch.delenv(BF16_ENV, raising=False)
+    got = judge("cpu", bf16, fp32)
+    assert got.dtype == picked and f"bf16 {bf16:.3g} vs fp32 {fp32:.3g}" in got.reason
+    assert (BF16_ENV in got.reason) == forced

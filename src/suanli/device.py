@@ -70,10 +70,6 @@ class Precision:
     bf16_tflops: float | None = None  # the probe GEMM's rates (None: not measured)
     fp32_tflops: float | None = None
 
-    @property
-    def bf16_emulated(self) -> bool:
-        return self.dtype != "bf16"
-
 
 def probe_tflops(torch: Any, device: str, dtype: Any, n: int = PROBE_N) -> float:
     """TFLOP/s of one n×n GEMM: a warm-up, then at least two calls and 20 ms."""
@@ -90,20 +86,27 @@ def probe_tflops(torch: Any, device: str, dtype: Any, n: int = PROBE_N) -> float
     return 2 * n**3 * calls / (time.perf_counter() - start) / 1e12
 
 
+def judge(device: str, bf16_tflops: float, fp32_tflops: float, n: int = PROBE_N) -> Precision:
+    """The rule, in one place for the workloads and calibration: bf16 where the device ran
+    an n×n GEMM faster in it than in fp32, unless ``SUANLI_BF16=emulated`` says otherwise."""
+    flags = [f for f in BF16_CPU_FLAGS if f in cpu_flags()] if device == "cpu" else []
+    what = f"bf16 {bf16_tflops:.3g} vs fp32 {fp32_tflops:.3g} TFLOP/s at {n}²" + (
+        f"; CPU flags: {', '.join(flags) or 'no bf16 instructions'}" if device == "cpu" else ""
+    )
+    if bf16_forced_emulated():
+        return Precision("fp32", f"{BF16_ENV}=emulated ({what})", bf16_tflops, fp32_tflops)
+    if bf16_tflops > fp32_tflops:
+        return Precision("bf16", what, bf16_tflops, fp32_tflops)
+    return Precision("fp32", f"bf16 is not faster here ({what})", bf16_tflops, fp32_tflops)
+
+
 def choose_precision(device: str) -> Precision:
-    """bf16 where the device runs it faster than fp32, measured; else fp32."""
+    """bf16 where the device runs it faster than fp32, measured (`judge`); else fp32."""
     import torch
 
-    if bf16_forced_emulated():
+    if bf16_forced_emulated():  # said, not measured: no reason to spend the probe
         return Precision("fp32", f"{BF16_ENV}=emulated: bf16 treated as emulated")
     if device.startswith("cuda") and not torch.cuda.is_bf16_supported():
         return Precision("fp32", f"{device_name(device)} has no bf16")
     bf16 = probe_tflops(torch, device, torch.bfloat16)
-    fp32 = probe_tflops(torch, device, torch.float32)
-    flags = [f for f in BF16_CPU_FLAGS if f in cpu_flags()] if device == "cpu" else []
-    what = f"bf16 {bf16:.3g} vs fp32 {fp32:.3g} TFLOP/s at {PROBE_N}²" + (
-        f"; CPU flags: {', '.join(flags) or 'no bf16 instructions'}" if device == "cpu" else ""
-    )
-    if bf16 > fp32:
-        return Precision("bf16", what, bf16, fp32)
-    return Precision("fp32", f"bf16 is not faster here ({what})", bf16, fp32)
+    return judge(device, bf16, probe_tflops(torch, device, torch.float32))

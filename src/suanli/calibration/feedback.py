@@ -96,14 +96,13 @@ def estimate_summary(summary: dict[str, Any], acc: Accelerator) -> TrainEstimate
 
 def predict(summary: dict[str, Any], data_dir: Path | None = None) -> tuple[str, str, float] | None:
     """(family, chip, predicted step seconds) for a workload summary; None if it cannot be."""
-    from suanli.calibration.profile import get_measured
-    from suanli.catalog.loader import get_accelerator
+    from suanli.calibration.profile import resolve_accelerator
 
     chip = chip_of(summary, data_dir)
     if chip is None or "median_step_time_s" not in summary:
         return None
     try:
-        acc = get_measured(chip, data_dir) if chip.endswith("@measured") else get_accelerator(chip)
+        acc = resolve_accelerator(chip, data_dir)
         est = estimate_summary(summary, acc)
         family = family_of(str(summary.get("model_ref") or summary["model"]))
     except (SuanliError, KeyError, ValueError, TypeError):

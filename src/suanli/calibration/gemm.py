@@ -3,8 +3,6 @@ precision this device runs faster than fp32 (the one the workloads and perf then
 
 from __future__ import annotations
 
-from typing import Any
-
 from suanli.calibration.timing import (
     DTYPES,
     Budget,
@@ -14,7 +12,7 @@ from suanli.calibration.timing import (
     timed,
     torch_module,
 )
-from suanli.device import BF16_CPU_FLAGS, BF16_ENV, bf16_forced_emulated, cpu_flags
+from suanli.device import Precision, judge
 
 LM_HEAD_HIDDEN = (512, 2048)  # hidden sizes the output projection is measured at
 LM_HEAD_TOKENS = 1024  # tokens per timing (a micro-batch's worth)
@@ -35,35 +33,23 @@ def gemm_sweep(device: str, plan: Plan, name: str, sizes: tuple[int, ...]) -> di
     return sweep(sizes, call_s, lambda n, t: round(2 * n**3 / t / 1e12, 4), lambda n: n**3, budget)
 
 
-def gemm(device: str, plan: Plan) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+def gemm(device: str, plan: Plan) -> tuple[dict[str, dict[str, float]], Precision]:
     """(dtype -> size -> TFLOP/s, the precision verdict).
 
-    bf16 counts as native where its smallest GEMM beats fp32's (and ``SUANLI_BF16`` does
-    not say otherwise); then it is swept like fp32. Else it is emulated: its measured
-    rate at the smallest size is recorded, no larger size is tried (on an AVX2-only CPU
-    a 4096² bf16 GEMM takes minutes), and ``compute_dtype`` — what train_lm's and
-    serve_lm's ``--precision auto`` pick, and what perf predicts with — is fp32.
+    bf16 counts as native where its smallest GEMM beats fp32's (`suanli.device.judge`, the
+    rule the workloads' ``--precision auto`` follows); then it is swept like fp32. Else it
+    is emulated: its measured rate at the smallest size is recorded, no larger size is
+    tried (on an AVX2-only CPU a 4096² bf16 GEMM takes minutes), and the profile's
+    ``compute_dtype`` — what perf predicts with — is fp32.
     """
     out = {"fp32": gemm_sweep(device, plan, "fp32", plan.gemm_sizes)}
     first = plan.gemm_sizes[0]
     bf16_first = gemm_sweep(device, plan, "bf16", (first,))
-    faster = bf16_first[str(first)] > out["fp32"][str(first)]
-    native = faster and not bf16_forced_emulated()
+    verdict = judge(device, bf16_first[str(first)], out["fp32"][str(first)], first)
+    native = verdict.dtype == "bf16"
     out["bf16"] = gemm_sweep(device, plan, "bf16", plan.gemm_sizes) if native else bf16_first
     if "fp16" in plan.dtypes and device != "cpu":  # CPUs emulate fp16: no profile worth it
         out["fp16"] = gemm_sweep(device, plan, "fp16", plan.gemm_sizes)
-    flags = [f for f in BF16_CPU_FLAGS if f in cpu_flags()] if device == "cpu" else []
-    why = (
-        f"bf16 {bf16_first[str(first)]:.3g} vs fp32 {out['fp32'][str(first)]:.3g} TFLOP/s "
-        f"at {first}²"
-        + (f"; CPU flags: {', '.join(flags) or 'no bf16 instructions'}" if device == "cpu" else "")
-        + (f"; {BF16_ENV}=emulated" if bf16_forced_emulated() else "")
-    )
-    verdict = {
-        "compute_dtype": "bf16" if native else "fp32",
-        "emulated": [] if native else ["bf16"],
-        "why": why,
-    }
     return out, verdict
 
 

@@ -128,9 +128,9 @@ def measure(torch: Any, device: str, plan: Plan, progress: Callable[[str], None]
 
     def precision() -> None:
         prof.gemm_tflops, verdict = gemm(device, plan)
-        prof.compute_dtype = verdict["compute_dtype"]
-        prof.emulated_dtypes = verdict["emulated"]
-        prof.precision_why = verdict["why"]
+        prof.compute_dtype = verdict.dtype
+        prof.emulated_dtypes = [] if verdict.dtype == "bf16" else ["bf16"]
+        prof.precision_why = verdict.reason
 
     def set_(name: str, fn: Callable[[], Any]) -> Callable[[], None]:
         return lambda: setattr(prof, name, fn())

@@ -107,9 +107,7 @@ def measured_accelerator(
     bus = max(profile.get("allreduce_gbs", {}).values(), default=0.0)
     is_cpu = profile["device"] == "cpu"
     compute = str(profile.get("compute_dtype") or "bf16")  # profiles before it: bf16
-    gemv16 = (profile.get("gemv_gbs") or {}).get("bf16") or (profile.get("gemv_gbs") or {}).get(
-        compute
-    )
+    gemv16 = (profile.get("gemv_gbs") or {}).get(compute)  # serve_lm's weights: compute dtype
     memory_gb = psutil.virtual_memory().total / 1e9 if is_cpu else (base.memory_gb if base else 0.0)
     return Accelerator(
         name=name,
