@@ -68,7 +68,7 @@ def _agree(why: str, count: int) -> str:
     """ "have ..." for several nodes, "has ..." for one."""
     if count != 1:
         return why
-    for plural, singular in (("have ", "has "), ("do not ", "does not "), ("not in ", "not in ")):
+    for plural, singular in (("have ", "has "), ("do not ", "does not ")):
         if why.startswith(plural):
             return singular + why[len(plural) :]
     return why
