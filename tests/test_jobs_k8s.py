@@ -150,3 +150,16 @@ def test_export_cli(tmp_path: Path) -> None:
         timeout=60,
     )
     assert bad.returncode == 2 and "command: Field required" in bad.stderr
+
+
+def test_rules_across_fields_are_named_by_the_field_they_are_about() -> None:
+    for extra, problem in (
+        (
+            {"resources": {"fraction": 0.5, "devices": 2}},
+            "resources.fraction: a share is of one device; set devices: 1",
+        ),
+        ({"kind": "serve", "gang": 2}, "gang: services scale by replicas, not gangs"),
+    ):
+        with pytest.raises(JobSpecError) as info:
+            parse_job_spec({**SMALLEST, **extra}, "job.yaml")
+        assert info.value.problems == [problem]

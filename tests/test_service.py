@@ -25,7 +25,7 @@ from fastapi.testclient import TestClient
 from suanli.api import create_app
 from suanli.store import Base, Store
 from suanli.store.models import NodeRow
-from tests.helpers import start_service, wait_state
+from tests.helpers import start_service, stop_service, wait_state
 
 HELLO = {
     "name": "hello",
@@ -261,6 +261,10 @@ def test_hostile_input_is_a_4xx_naming_what_was_wrong(api, store: Store) -> None
         r = submit(spec)
         assert r.status_code == 422, (spec, r.text)
         assert r.json()["problems"][0].startswith(field), r.json()
+    r = submit({"resources": {"accelerator": "cpu", "fraction": 0.5, "devices": 2}})
+    assert r.status_code == 422 and r.json()["problems"] == [
+        "spec: resources.fraction: a share is of one device; set devices: 1"
+    ]
     # a job no node could ever host is refused, naming the largest there is
     r = submit({"resources": {"accelerator": "h100-sxm", "devices": 1000}})
     assert r.status_code == 422 and "has 0 h100-sxm" in r.json()["problems"][0]
@@ -502,11 +506,7 @@ def test_suanli_up_runs_jobs_and_survives_a_sigkill(tmp_path: Path) -> None:
     finally:
         go.touch()  # the job waiting for it ends however the test went
         c.close()
-        svc.send_signal(signal.SIGTERM)
-        try:
-            svc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            svc.kill()
+        stop_service(svc)
     assert svc.returncode in (0, -signal.SIGTERM)
     assert not os.path.exists(tmp_path / "nonexistent")
 
@@ -628,8 +628,7 @@ def test_the_command_line_reads_job_files_within_limits_and_manages_tokens(
         )
         assert gone.status_code == 401 and gone.json()["error"] == "unknown token"
     finally:
-        svc.send_signal(signal.SIGTERM)
-        svc.wait(timeout=15)
+        stop_service(svc)
 
 
 def test_a_service_that_cannot_switch_users_issues_no_tenant_tokens(store: Store) -> None:

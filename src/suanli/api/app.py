@@ -24,9 +24,7 @@ from suanli.jobs import resolve
 from suanli.jobs.spec import (
     REPLICAS_REFUSED,
     JobSpec,
-    JobSpecError,
     catalog_enum,
-    parse_job_spec,
 )
 from suanli.run.executor import NODE_LABEL
 from suanli.run.local import tail
@@ -131,6 +129,15 @@ class TokenBody(BaseModel):
     role: str = Field(pattern="^(admin|provider|user)$")
     # no colon: names like "system:executor" belong to the service itself
     owner: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
+
+
+def admission_problem(spec: JobSpec, s: DbSession) -> str | None:
+    """What the store's state says against a valid spec (None: it may be queued)."""
+    if spec.replicas > 1:
+        return f"spec.replicas: {REPLICAS_REFUSED}"
+    if spec.queue != "default" and s.get(QueueRow, spec.queue) is None:
+        return f"spec.queue: no queue {spec.queue!r} (see GET /v1/queues)"
+    return never_fits(spec, s)
 
 
 def never_fits(spec: JobSpec, s: DbSession) -> str | None:
@@ -295,7 +302,9 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [
-            f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}" for e in exc.errors()
+            f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: "
+            + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
         ]
         return error(422, "invalid request", problems)
 
@@ -342,29 +351,11 @@ def create_app(
     def submit(body: SubmitBody, who: Caller) -> JSONResponse:
         if who.role == "provider":
             raise HTTPException(403, detail="providers manage nodes, not jobs")
-        try:  # the rules across fields (a share of one device, services without gangs)
-            spec = parse_job_spec(body.spec.model_dump(), "spec")
-        except JobSpecError as exc:
-            return JSONResponse(
-                {"error": "invalid job spec", "problems": exc.problems}, status_code=422
-            )
-        if spec.replicas > 1:
-            problem = f"spec.replicas: {REPLICAS_REFUSED}"
-            return JSONResponse(
-                {"error": "invalid job spec", "problems": [problem]}, status_code=422
-            )
+        spec = body.spec  # validated whole, rules across fields included, by its model
         with store.tx() as s:
-            why = never_fits(spec, s)
-        if why is not None:
-            return JSONResponse({"error": "invalid job spec", "problems": [why]}, status_code=422)
-        if spec.queue != "default":
-            with store.tx() as s:
-                missing = s.get(QueueRow, spec.queue) is None
-            if missing:
-                problem = f"queue: no queue {spec.queue!r} (see GET /v1/queues)"
-                return JSONResponse(
-                    {"error": "invalid job spec", "problems": [problem]}, status_code=422
-                )
+            problem = admission_problem(spec, s)
+        if problem is not None:
+            return error(422, "invalid job spec", [problem])
         # per owner, and of a fixed length whatever the owner and key (the column holds 128)
         key = (
             "sha256:" + hashlib.sha256(f"{who.owner}:{body.idempotency_key}".encode()).hexdigest()

@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from suanli.catalog.loader import accelerators, models
 from suanli.errors import SuanliError
@@ -144,6 +151,14 @@ class JobSpec(BaseModel):
         Annotated[str, Field(max_length=253)], Annotated[str, Field(max_length=63)]
     ] = Field(default_factory=dict, max_length=64)
 
+    @model_validator(mode="after")
+    def _across_fields(self) -> JobSpec:
+        if self.resources.fraction is not None and self.resources.devices != 1:
+            raise ValueError("resources.fraction: a share is of one device; set devices: 1")
+        if self.kind == "serve" and self.gang:
+            raise ValueError("gang: services scale by replicas, not gangs")
+        return self
+
     @field_validator("env")
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
@@ -210,13 +225,9 @@ def parse_job_spec(data: Any, source: str = "<job>") -> JobSpec:
         problems = []
         for err in exc.errors():
             msg = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{_path(err['loc'])}: {msg}")
+            # a rule across fields names its own (the error's location is the whole spec)
+            problems.append(f"{_path(err['loc'])}: {msg}" if err["loc"] else msg)
         raise JobSpecError(source, problems) from exc
-    r = spec.resources
-    if r.fraction is not None and r.devices != 1:
-        raise JobSpecError(source, ["resources.fraction: a share is of one device; set devices: 1"])
-    if spec.kind == "serve" and spec.gang:
-        raise JobSpecError(source, ["gang: services scale by replicas, not gangs"])
     return spec
 
 
