@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ import pytest
 
 from suanli.run import limits
 from suanli.run.local import free_port
-from tests.helpers import start_service, wait_state
+from tests.helpers import start_service, stop_service, wait_state
 
 PG_URL = os.environ.get("SUANLI_TEST_PG_URL")
 pytestmark = pytest.mark.skipif(
@@ -209,11 +208,7 @@ def test_a_tenants_job_reaches_nothing_of_another_or_of_the_service(
         bob.close()
     finally:
         go.touch()
-        svc.send_signal(signal.SIGTERM)
-        try:
-            svc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            svc.kill()
+        stop_service(svc)
     # the service's files were private from creation
     for f in ("admin.token", "logs", *(["suanli.db"] if backend == "sqlite" else [])):
         assert (data / f).stat().st_mode & 0o077 == 0, f
@@ -250,5 +245,4 @@ def test_a_password_in_db_is_refused_and_a_job_gets_the_memory_it_asked_for(
             row = _wait(c, jid, {"succeeded", "failed"})
             assert row["state"] == "failed" and "survived" not in c.get(f"/v1/jobs/{jid}/logs").text
     finally:
-        svc.send_signal(signal.SIGTERM)
-        svc.wait(timeout=15)
+        stop_service(svc)
