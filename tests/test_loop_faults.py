@@ -519,6 +519,14 @@ def test_a_job_that_cannot_start_says_why_once_per_reason(rig) -> None:  # type:
         assert row is not None
         row.cancel_requested = True
     assert run_until(loop, store, wait, {"succeeded"}).state == "succeeded"
+    # what the loop remembers of reasons is only for jobs still waiting
+    with store.tx() as s:
+        row = s.get(JobRow, never)
+        assert row is not None
+        row.cancel_requested = True
+    run_until(loop, store, never, {"cancelled"})
+    loop.tick()
+    assert loop._why == {}
 
 
 def test_a_start_never_recorded_that_finished_is_recorded_as_it_ended(tmp_path: Path) -> None:

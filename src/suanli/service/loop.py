@@ -369,6 +369,8 @@ class Loop:
                 row.state, row.updated_at = "failed", time.time()
                 msg = " ".join(str(exc).split())[:500]
                 self.store.event(s, row.id, "failed", f"its stored spec is refused now: {msg}")
+        queued_ids = {row.id for row in queued}  # what ended or started says nothing more
+        self._why = {k: v for k, v in self._why.items() if k in queued_ids}
         if not queued:
             return {}
         running = list(s.scalars(select(JobRow).where(JobRow.state == "running")))
@@ -444,7 +446,6 @@ class Loop:
         bound = {name for name, _, _ in result.bound}
         for job in pending[:EXPLAIN_PER_TICK]:
             if job.name in bound or not job.tasks:
-                self._why.pop(int(job.name), None)
                 continue
             detail = why_unschedulable(state, job.tasks[0])
             said = result.unschedulable.get(job.name)
