@@ -148,10 +148,6 @@ class LocalExecutor:
             shutil.rmtree(home)
         home.mkdir(mode=0o700, exist_ok=True)
         if account is not None:
-            from suanli.run.accounts import open_paths
-
-            assert self._jobs_gid is not None
-            open_paths([self.jobs_dir], self._jobs_gid)  # (a chmod since start undoes a grant)
             os.chown(home, account.uid, account.gid)
         torchrun: dict[str, str] = {}
         if launch.world_size > 1 or launch.master_port:
@@ -190,12 +186,13 @@ class LocalExecutor:
             groups = ",".join(map(str, account.groups))
             opts += ["--user", f"{account.uid}:{account.gid}:{groups}"]
             opts += ["--nproc", str(ACCOUNT_NPROC)]
-        group = ""
+        group, joins = "", []
         memory_bytes = int(launch.memory_mib) * 2**20
         if self.limits is not None:
             group = self.group_prefix + stem
             self.limits.kill(group)  # a member of an earlier attempt the service lost
-            for f in self.limits.prepare(group, launch.cpu, memory_bytes):
+            joins = self.limits.prepare(group, launch.cpu, memory_bytes)
+            for f in joins:
                 opts += ["--join", f]
             if self.limits.kind == "rlimit":
                 opts += ["--as-bytes", str(memory_bytes)]
@@ -209,10 +206,9 @@ class LocalExecutor:
         self._procs[f"{launch.job_id}/{launch.rank}"] = proc
         # into its cgroups from here too, at once: the wrapper joins them itself before it
         # starts the command, but a crash of this service must find the member either way
-        for f in opts[1::2] if self.limits is not None else ():
-            if f.endswith("cgroup.procs"):
-                with contextlib.suppress(OSError), open(f, "w") as fh:
-                    fh.write(str(proc.pid))
+        for f in joins:
+            with contextlib.suppress(OSError), open(f, "w") as fh:
+                fh.write(str(proc.pid))
         start = psutil.Process(proc.pid).create_time()
         return Handle(
             launch.job_id,
