@@ -47,6 +47,18 @@ def test_runs_pinned_with_its_environment_and_logs(tmp_path: Path) -> None:
     assert wait(ex, h2) == 3
 
 
+def test_a_job_runs_as_many_math_threads_as_cores_it_was_given(tmp_path: Path) -> None:
+    """One core under a quota, but a thread per core of the machine, spends the quota
+    spinning: OMP_NUM_THREADS and kin follow the request unless the user sets them."""
+    ex = LocalExecutor(tmp_path)
+    code = "import os; print(os.environ['OMP_NUM_THREADS'], os.environ['MKL_NUM_THREADS'])"
+    cases = [(0.5, {}, "1 1"), (3.0, {}, "3 3"), (2.0, {"OMP_NUM_THREADS": "1"}, "1 2")]
+    for i, (cpu, env, want) in enumerate(cases):
+        h = ex.start(Launch(f"threads-{i}", [PY, "-c", code], cpu=cpu, env=env))
+        assert wait(ex, h) == 0
+        assert Path(h.stdout).read_text().strip() == want, (cpu, env)
+
+
 def test_stop_terminates_then_kills_the_whole_group(tmp_path: Path) -> None:
     ex = LocalExecutor(tmp_path)
     # a parent that ignores SIGTERM and a child: both must be gone after stop()

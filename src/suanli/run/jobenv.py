@@ -6,7 +6,10 @@ a ``PATH`` (this Python's directory first, so ``python3 -m suanli.workloads...``
 works), ``HOME`` and ``TMPDIR`` in its private directory, the locale, a few
 settings of the machine every job needs (``OPENBLAS_CORETYPE``: older OpenBLAS
 builds compute wrong results without it on some CPUs; ``SUANLI_BF16``), the torchrun variables,
-``SUANLI_JOB_ID``, the device pinning the scheduler chose — every other vendor's
+``SUANLI_JOB_ID``, the thread counts of the CPU it was given (``OMP_NUM_THREADS`` and
+kin, as Ray sets them: a math library that starts one thread per core of the machine
+under a quota of one core spends most of it spinning and waiting for the quota), the
+device pinning the scheduler chose — every other vendor's
 visibility variable set empty, so a CPU job sees no GPU — and the user's own
 ``env``. The user's ``env`` may not set pinning, torchrun or loader (``LD_*``)
 variables: the spec is refused at submit, and they are dropped here too.
@@ -31,6 +34,8 @@ PASS_THROUGH = (
     "OPENBLAS_L2_SIZE",
     "SUANLI_BF16",
 )
+#: thread-pool sizes of the math libraries a job may use; the user's own ``env`` may set them
+THREADS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 TORCHRUN = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 JOB_ID = "SUANLI_JOB_ID"
 #: visibility variables of vendors whose devices may sit in a node even where the catalog
@@ -65,6 +70,7 @@ def build(
     visible_env: str | None,
     devices: tuple[int, ...],
     torchrun: dict[str, str],
+    cpu_cores: float = 0.0,
 ) -> dict[str, str]:
     env = {
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), SYSTEM_PATH]),
@@ -73,6 +79,8 @@ def build(
         "LANG": "C.UTF-8",
     }
     env.update({k: os.environ[k] for k in PASS_THROUGH if k in os.environ})
+    if cpu_cores > 0:
+        env.update({k: str(cpu_threads(cpu_cores)) for k in THREADS})
     env.update({k: v for k, v in user_env.items() if reserved_reason(k) is None})
     env.update({k: "" for k in pinning_vars()})  # no device unless the scheduler gave it
     if visible_env:
@@ -80,3 +88,8 @@ def build(
     env.update(torchrun)
     env[JOB_ID] = job_id
     return env
+
+
+def cpu_threads(cpu_cores: float) -> int:
+    """Threads for a share of ``cpu_cores``: whole cores, at least one (Ray's rule)."""
+    return max(1, int(cpu_cores))

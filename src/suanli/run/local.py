@@ -169,6 +169,7 @@ class LocalExecutor:
             launch.visible_env,
             launch.devices,
             torchrun,
+            cpu_cores=launch.cpu,
         )
         out = self.log_dir / f"{stem}.out"
         err = self.log_dir / f"{stem}.err"

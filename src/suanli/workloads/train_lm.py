@@ -170,9 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     local = int(os.environ.get("LOCAL_RANK", str(rank)))
     cuda = args.device.startswith("cuda")
     device = torch.device(f"cuda:{local}" if cuda else "cpu")
-    if not cuda:  # processes on one CPU share its cores
+    if not cuda:  # the cores the executor gave (OMP_NUM_THREADS), else a share of the CPU
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+        given = os.environ.get("OMP_NUM_THREADS", "")
+        share = (os.cpu_count() or 1) // local_world
+        torch.set_num_threads(max(1, int(given) if given.isdigit() else share))
     if world > 1:
         dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
     if args.precision == "auto":
