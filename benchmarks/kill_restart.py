@@ -48,9 +48,20 @@ JOB = (
 )
 
 
-def start(data: Path, port: int) -> subprocess.Popen[bytes]:
+def start(data: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
+    """`suanli up` on ``data``; returns once it answers."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "suanli", "up", "--port", str(port), "--data-dir", str(data)],
+        [
+            sys.executable,
+            "-m",
+            "suanli",
+            "up",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data),
+            *extra,
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session as DbSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from suanli.api.market import add_market_routes
 from suanli.catalog.loader import accelerators
 from suanli.cluster.state import ClusterState, NodeSpec, Site
 from suanli.errors import SuanliError
@@ -26,10 +27,11 @@ from suanli.jobs.spec import (
     JobSpec,
     catalog_enum,
 )
+from suanli.market.controller import MarketConfig
 from suanli.run.executor import NODE_LABEL
 from suanli.run.local import tail
 from suanli.store.db import OwnerRoleError, Store
-from suanli.store.models import JobRow, NodeRow, QueueRow, SiteRow, TokenRow
+from suanli.store.models import JobRow, NodeRow, OrderRow, QueueRow, SiteRow, TokenRow
 
 #: request bodies: unknown fields refused, no coercion (``true`` is not 1.0), finite numbers
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
@@ -131,10 +133,17 @@ class TokenBody(BaseModel):
     owner: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
 
 
-def admission_problem(spec: JobSpec, s: DbSession) -> str | None:
+def admission_problem(spec: JobSpec, s: DbSession, owner: str | None = None) -> str | None:
     """What the store's state says against a valid spec (None: it may be queued)."""
     if spec.replicas > 1:
         return f"spec.replicas: {REPLICAS_REFUSED}"
+    if spec.order is not None:
+        order = s.get(OrderRow, spec.order)
+        if order is None or (owner is not None and order.buyer != owner):
+            return f"spec.order: no market order {spec.order} of yours (see GET /v1/market/orders)"
+        if order.state not in ("open", "filled"):
+            return f"spec.order: market order {spec.order} is {order.state}"
+        return None  # its leases decide where it runs
     if spec.queue != "default" and s.get(QueueRow, spec.queue) is None:
         return f"spec.queue: no queue {spec.queue!r} (see GET /v1/queues)"
     return never_fits(spec, s)
@@ -213,6 +222,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     }
     for code, what in (
         (400, "a request the service cannot act on"),
+        (402, "the account's balance and credit limit cannot cover it"),
         (401, "no token, or an unknown one"),
         (403, "the token's role may not do this"),
         (404, "no such resource (or another tenant's)"),
@@ -288,7 +298,10 @@ class Guard:
 
 
 def create_app(
-    store: Store, multi_tenant: bool = True, max_body_bytes: int | None = None
+    store: Store,
+    multi_tenant: bool = True,
+    max_body_bytes: int | None = None,
+    market: MarketConfig | None = None,
 ) -> FastAPI:
     """``multi_tenant`` False: jobs would run as the service's own user (it is not root
     and was not started ``--single-user``), so only admin tokens are issued.
@@ -353,7 +366,7 @@ def create_app(
             raise HTTPException(403, detail="providers manage nodes, not jobs")
         spec = body.spec  # validated whole, rules across fields included, by its model
         with store.tx() as s:
-            problem = admission_problem(spec, s)
+            problem = admission_problem(spec, s, who.owner)
         if problem is not None:
             return error(422, "invalid job spec", [problem])
         # per owner, and of a fixed length whatever the owner and key (the column holds 128)
@@ -665,6 +678,8 @@ def create_app(
             {"family": fam, "chip": chip, "factor": v["factor"], "runs": v["runs"]}
             for (fam, chip), v in sorted(fixes.items())
         ]
+
+    add_market_routes(app, store, caller, market or MarketConfig())
 
     @app.get("/healthz")
     def health() -> dict[str, str]:

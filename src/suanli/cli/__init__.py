@@ -10,6 +10,7 @@ from suanli.cli.calibrate_cmd import calibrate_cmd
 from suanli.cli.catalog_cmd import catalog_app
 from suanli.cli.estimate_cmd import estimate_app
 from suanli.cli.export_cmd import export_app
+from suanli.cli.market_cmd import invoice_cmd, ledger_app, market_app
 from suanli.cli.plan_cmd import plan_app
 from suanli.cli.service_cmd import (
     cancel_cmd,
@@ -23,7 +24,7 @@ from suanli.cli.service_cmd import (
     token_app,
     up_cmd,
 )
-from suanli.cli.simulate_cmd import simulate_cmd
+from suanli.cli.simulate_cmd import simulate_app
 from suanli.errors import SuanliError
 from suanli.plan.common import InfeasibleError
 
@@ -38,7 +39,7 @@ app.add_typer(catalog_app, name="catalog")
 app.add_typer(estimate_app, name="estimate")
 app.add_typer(plan_app, name="plan")
 app.add_typer(export_app, name="export")
-app.command("simulate")(simulate_cmd)
+app.add_typer(simulate_app, name="simulate")
 app.command("calibrate")(calibrate_cmd)
 app.command("up")(up_cmd)
 app.command("submit")(submit_cmd)
@@ -50,6 +51,9 @@ app.command("nodes")(nodes_cmd)
 app.command("queues")(queues_cmd)
 app.command("corrections")(corrections_cmd)
 app.add_typer(token_app, name="token")
+app.add_typer(market_app, name="market")
+app.add_typer(ledger_app, name="ledger")
+app.command("invoice")(invoice_cmd)
 
 
 def main() -> None:

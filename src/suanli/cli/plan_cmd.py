@@ -7,6 +7,7 @@ JSON: ``{"options": [...], "rejected": {...}, "candidates_evaluated": n,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +37,15 @@ plan_app = typer.Typer(
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 Top = Annotated[int, typer.Option("--top", help="How many options to show.")]
 PoolOpt = Annotated[str | None, typer.Option("--pool", help="Pool file (YAML): what can be had.")]
+MarketOpt = Annotated[
+    bool,
+    typer.Option(
+        "--market", help="Plan over the market's open offers now (SUANLI_URL, SUANLI_TOKEN)."
+    ),
+]
+OrderOpt = Annotated[
+    bool, typer.Option("--order", help="With --market: order the best option at its price.")
+]
 Accels = Annotated[
     list[str] | None,
     typer.Option(
@@ -81,6 +91,40 @@ def _pool(pool: str | None, accelerators: list[str] | None, count: int) -> list[
             entries = [p for p in entries if p.accelerator in wanted]
         return entries
     return pool_from_accelerators(accelerators or [], count)
+
+
+def _market_or_pool(
+    market: bool, order: bool, pool: str | None, accelerators: list[str] | None, count: int
+) -> tuple[list[PoolEntry], list[str]]:
+    """The pool to plan over: the market's open offers (--market), else a file or chips."""
+    if order and not market:
+        raise UsageError("--order buys from the market: give --market too")
+    if not market:
+        return _pool(pool, accelerators, count), []
+    if pool is not None:
+        raise UsageError("give --market or --pool, not both")
+    from suanli.cli.market_cmd import market_pool
+
+    entries, skipped = market_pool()
+    if accelerators:
+        wanted = {get_accelerator(a).name for a in accelerators}
+        entries = [p for p in entries if p.accelerator in wanted]
+    if not entries:
+        raise UsageError("no open on-demand or reserved offer to plan over: " + "; ".join(skipped))
+    return entries, skipped
+
+
+MAX_WEIGHED = 20  # offers summarised one by one
+
+
+def _weighed(entries: list[PoolEntry], plan_one: Any, describe: Any) -> list[str]:
+    """One line per market offer: its best option, or why it cannot do the job."""
+    out = []
+    for e in entries[:MAX_WEIGHED]:
+        res = plan_one(e)
+        what = describe(res.options[0]) if res.options else f"infeasible: {res.infeasible}"
+        out.append(f"weighed {e.name} ({e.count} free): {what}")
+    return out
 
 
 def _finish(result: PlanResult, json_out: bool, render: Any) -> None:
@@ -144,9 +188,12 @@ def train_cmd(
             help="JSON from GET /v1/corrections: measured/predicted per (family, chip).",
         ),
     ] = None,
+    market: MarketOpt = False,
+    order: OrderOpt = False,
     json_out: Json = False,
 ) -> None:
-    """Best chips, device count and parallel layout to train on T tokens."""
+    """Best chips, device count and parallel layout to train on T tokens (with --market:
+    over what the market offers now, cheapest first, and --order buys the best)."""
     if objective not in OBJECTIVES:
         raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}")
     if num_devices is not None and max_devices is not None:
@@ -163,10 +210,13 @@ def train_cmd(
     )
     arch = get_model(model)
     count = num_devices or max_devices or 4096
+    entries, skipped = _market_or_pool(market, order, pool, accelerator, count)
+    if market and objective == "time" and deadline_hours is not None:
+        objective = "cost"  # a deadline and a market: the cheapest that meets it
     req = TrainRequest(
         model=arch,
         tokens=tokens,
-        pool=_pool(pool, accelerator, count),
+        pool=entries,
         num_devices=num_devices,
         max_devices=max_devices,
         global_batch=global_batch,
@@ -175,11 +225,21 @@ def train_cmd(
         budget_usd=budget_usd,
         objective=objective,
         top=top,
-        hetero=pool is not None,  # two-type pipelines need a real pool with stock limits
+        # two-type pipelines need a real pool with stock limits
+        hetero=pool is not None or market,
         corrections=_corrections(corrections, arch.family or arch.name),
     )
     with _progress(not json_out, "searching layouts") as progress:
         result = plan_train(req, progress=progress)
+    if market:  # what each offer on the market would give, best of it or why not
+        result.notes += _weighed(
+            entries,
+            lambda e: plan_train(dataclasses.replace(req, pool=[e], top=1, hetero=False)),
+            lambda o: (
+                f"{o['num_devices']} devices, {_hours(o['time_to_train_s'])}, "
+                f"{fmt(o['cost_usd'])} USD"
+            ),
+        )
 
     def render(res: PlanResult) -> None:
         t = Table(
@@ -230,8 +290,14 @@ def train_cmd(
                     + (" the best single-type option")
                 )
             console.print(line)
+        for why in skipped:
+            console.print(f"not weighed: {why}")
 
     _finish(result, json_out, render)
+    if order:
+        from suanli.cli.market_cmd import order_best
+
+        order_best(result.options, lambda o: o["time_to_train_s"] / 3600, json_out)
 
 
 @plan_app.command("serve")
@@ -245,9 +311,13 @@ def serve_cmd(
     pool: PoolOpt = None,
     accelerator: Accels = None,
     top: Top = 5,
+    market: MarketOpt = False,
+    order: OrderOpt = False,
+    hours: Annotated[float, typer.Option("--hours", help="With --order: how long to serve.")] = 1,
     json_out: Json = False,
 ) -> None:
-    """Cheapest serving layouts that sustain a request rate within the SLOs."""
+    """Cheapest serving layouts that sustain a request rate within the SLOs (with --market:
+    over what the market offers now; --order buys the best for --hours)."""
     _positive(
         rate=rate,
         input_len=input_len,
@@ -262,13 +332,22 @@ def serve_cmd(
         rate=rate,
         input_len=input_len,
         output_len=output_len,
-        pool=_pool(pool, accelerator, 100_000),
+        pool=_market_or_pool(market, order, pool, accelerator, 100_000)[0],
         ttft_slo_s=ttft_slo_s,
         tpot_slo_s=tpot_slo_s,
         top=top,
     )
     with _progress(not json_out, "sizing serving layouts") as progress:
         result = plan_serve(req, progress=progress)
+    if market:
+        result.notes += _weighed(
+            req.pool,
+            lambda e: plan_serve(dataclasses.replace(req, pool=[e], top=1)),
+            lambda o: (
+                f"{o['num_devices']} devices, "
+                f"{fmt(o['usd_per_million_output_tokens'])} USD per million output tokens"
+            ),
+        )
 
     def render(res: PlanResult) -> None:
         t = Table(
@@ -311,6 +390,10 @@ def serve_cmd(
             console.print(f"{i}. {o['why']}")
 
     _finish(result, json_out, render)
+    if order:
+        from suanli.cli.market_cmd import order_best
+
+        order_best(result.options, lambda _: hours, json_out)
 
 
 @plan_app.command("split")

@@ -87,10 +87,28 @@ def up_cmd(
             "--calibrate", help="Run `suanli calibrate` as a job on each new node (PyTorch)."
         ),
     ] = False,
+    market_fee: Annotated[
+        float, typer.Option("--market-fee", min=0.0, max=1.0, help="Platform share of charges.")
+    ] = 0.05,
+    billing: Annotated[
+        str, typer.Option("--billing", help="Billing granularity: second, minute or hour.")
+    ] = "second",
+    spot_interval_s: Annotated[
+        float, typer.Option("--spot-interval-s", min=1.0, help="Spot auctions this often.")
+    ] = 60.0,
 ) -> None:
     """Start the API, the scheduling loop and an executor (stop with Ctrl-C)."""
+    from suanli.market.controller import GRANULARITY_S, MarketConfig
     from suanli.paths import default_data_dir
     from suanli.service.up import serve
+
+    if billing not in GRANULARITY_S:
+        raise typer.BadParameter(f"--billing {billing!r}: one of {', '.join(GRANULARITY_S)}")
+    market = MarketConfig(
+        fee_ppm=round(market_fee * 1_000_000),
+        granularity_s=GRANULARITY_S[billing],
+        spot_interval_s=spot_interval_s,
+    )
 
     serve(
         host,
@@ -102,6 +120,7 @@ def up_cmd(
         calibrate,
         db_file=db_file,
         single_user=single_user,
+        market=market,
     )
 
 

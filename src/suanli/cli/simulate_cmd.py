@@ -14,6 +14,7 @@ from rich.table import Table
 
 from suanli.catalog.loader import accelerators
 from suanli.cli.output import console, print_json
+from suanli.cli.simulate_market_cmd import market_cmd
 from suanli.errors import UsageError
 from suanli.sched.policies import PluginContext, build, load_policy
 from suanli.sim.openb import run_openb
@@ -34,16 +35,36 @@ def _cluster(path: Path) -> tuple[list[Any], list[Any]]:
 
 
 def simulate_cmd(
-    cluster: Annotated[Path, typer.Option("--cluster", help="Node list CSV or cluster YAML.")],
-    workload: Annotated[Path, typer.Option("--workload", help="Pod list CSV or workload YAML.")],
-    policy: Annotated[str, typer.Option("--policy", help="Policy name or YAML file.")],
+    ctx: typer.Context,
+    cluster: Annotated[
+        Path | None, typer.Option("--cluster", help="Node list CSV or cluster YAML.")
+    ] = None,
+    workload: Annotated[
+        Path | None, typer.Option("--workload", help="Pod list CSV or workload YAML.")
+    ] = None,
+    policy: Annotated[
+        str | None, typer.Option("--policy", help="Policy name or YAML file.")
+    ] = None,
     mode: Annotated[Mode, typer.Option("--mode")] = Mode.openb,
     seed: Annotated[int, typer.Option("--seed", help="First seed.")] = 42,
     seeds: Annotated[int, typer.Option("--seeds", help="How many seeds.")] = 1,
     json_out: Annotated[bool, typer.Option("--json")] = False,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write PNG plots here.")] = None,
 ) -> None:
-    """Replay a trace through a scheduling policy and report what it achieved."""
+    """Replay a trace through a scheduling policy and report what it achieved.
+
+    `suanli simulate market` instead runs the compute market against fixed prices.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if cluster is None or workload is None or policy is None:
+        # the options are optional only so that a subcommand can go without them
+        missing = [o for o, v in (("--cluster", cluster), ("--workload", workload)) if v is None]
+        missing += ["--policy"] if policy is None else []
+        raise typer.BadParameter(
+            "required, unless a subcommand (market) is given",
+            param_hint=", ".join(f"'{o}'" for o in missing),
+        )
     if seeds < 1:
         raise UsageError("--seeds must be >= 1")
     t0 = time.perf_counter()
@@ -281,3 +302,12 @@ def _plot_openb(runs: list[Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+simulate_app = typer.Typer(
+    help="Replay traces through the scheduler, or run the compute market.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+simulate_app.callback(invoke_without_command=True)(simulate_cmd)
+simulate_app.command("market")(market_cmd)

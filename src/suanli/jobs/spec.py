@@ -150,6 +150,8 @@ class JobSpec(BaseModel):
     node_selector: dict[
         Annotated[str, Field(max_length=253)], Annotated[str, Field(max_length=63)]
     ] = Field(default_factory=dict, max_length=64)
+    # run on the capacity a market order of yours leased, and only there (see docs/market.md)
+    order: int | None = Field(default=None, ge=1, le=INT32)
 
     @model_validator(mode="after")
     def _across_fields(self) -> JobSpec:

@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -43,6 +43,7 @@ from suanli.cluster.state import ClusterState, NodeSpec, Site
 from suanli.cluster.task import MILLI, Task
 from suanli.jobs.resolve import granted_milli, member_task
 from suanli.jobs.spec import JobSpec, Resources
+from suanli.market import capacity
 from suanli.run.executor import (
     NODE_LABEL,
     Executor,
@@ -56,6 +57,7 @@ from suanli.sched.explain import why_unschedulable
 from suanli.sched.framework import Placement
 from suanli.sched.policies import NAMED, build
 from suanli.sched.session import Job, Queue, Session, SessionResult
+from suanli.service.controllers import Controller, run_controllers
 from suanli.store.db import Store
 from suanli.store.models import SYSTEM_OWNER, JobRow, NodeRow, QueueRow, SiteRow
 
@@ -64,6 +66,7 @@ GRACE_S = 10.0
 NODE_REFRESH_S = 2.0
 CANCEL = "cancel"  # stop reasons: "cancel", "timeout", "member-failed:<code>",
 PREEMPT = "preempt:"  # "preempt:<by job>"; a cancel during another stop: "cancel+<reason>"
+LEASE = "lease"  # "preempt:lease": its lease ended or was reclaimed (see preempt_reason)
 RETRY_START_S = 5.0  # an executor that could not be reached is asked again this much later,
 MAX_UNAVAILABLE_STARTS = 10  # doubling each time; then the start counts as the job's failure
 MAX_QUEUED_PER_TICK = 500  # queued jobs one scheduling session considers (oldest first)
@@ -89,8 +92,12 @@ class Loop:
         grace_s: float = GRACE_S,
         data_dir: Path | None = None,
         calibrate_new_nodes: bool = False,
+        controllers: Sequence[Controller] = (),
     ) -> None:
         self.store = store
+        #: the other resource kinds' controllers (the market), run at the start of each tick
+        self.controllers = list(controllers)
+        self._failing: dict[str, str] = {}  # controller -> the error last logged
         self.executor = executor
         self.data_dir = data_dir  # where measured device profiles are (None: the default)
         self.calibrate_new_nodes = calibrate_new_nodes
@@ -168,6 +175,7 @@ class Loop:
         now = time.time()
         if now - self._nodes_at > NODE_REFRESH_S:
             self._sync_nodes(now)
+        run_controllers(self.controllers, now, self._failing)
         with self.store.tx() as s:
             for row in s.scalars(select(JobRow).where(JobRow.state == "running")):
                 self._reconcile(s, row, now)
@@ -273,6 +281,10 @@ class Loop:
             self._finish(s, row, first_bad if first_bad is not None else 0, f"exit {codes}")
         elif row.cancel_requested:
             self._begin_stop(s, row, CANCEL, f"by request; SIGTERM, {self.grace_s:g} s grace")
+        elif row.preempt_reason:  # another controller's (a reclaimed lease): its grace
+            grace = row.preempt_grace_s if row.preempt_grace_s is not None else self.grace_s
+            why = f"{row.preempt_reason}; SIGTERM, {grace:g} s grace to checkpoint"
+            self._begin_stop(s, row, f"{PREEMPT}{LEASE}", why, grace)
         elif over:
             self._begin_stop(s, row, "timeout", f"exceeded max_runtime_s {spec.max_runtime_s}")
         elif first_bad is not None:
@@ -299,10 +311,13 @@ class Loop:
                 done.add(_key(h))
                 act(h)
 
-    def _begin_stop(self, s: DbSession, row: JobRow, reason: str, why: str) -> None:
+    def _begin_stop(
+        self, s: DbSession, row: JobRow, reason: str, why: str, grace_s: float | None = None
+    ) -> None:
         members = _members(row)
         self._each(members, [None] * len(members), self.executor.terminate)
-        row.stop_reason, row.stop_deadline = reason, time.time() + self.grace_s
+        grace = self.grace_s if grace_s is None else grace_s
+        row.stop_reason, row.stop_deadline = reason, time.time() + grace
         row.updated_at = time.time()
         self.store.event(s, row.id, "stopping", why)
 
@@ -320,7 +335,9 @@ class Loop:
             row.state, row.exit_code = "preempted", None
             row.attempts = max(0, row.attempts - 1)
             by = reason.split(":", 1)[1]
-            self.store.event(s, row.id, "preempted", f"by job {by}; exit {code}")
+            what = row.preempt_reason if by == LEASE else f"by job {by}"
+            row.preempt_reason = row.preempt_grace_s = None
+            self.store.event(s, row.id, "preempted", f"{what}; exit {code}")
         elif reason.startswith("member-failed:"):
             self._finish(s, row, int(reason.split(":", 1)[1]), "a gang member failed")
         else:
@@ -376,65 +393,111 @@ class Loop:
         running = list(s.scalars(select(JobRow).where(JobRow.state == "running")))
         state, index = self._state()
         types = [t for t in state.types if t]
+        # leased units are their buyers': blocked here, scheduled per order below
+        caps = capacity.load(s)
+        capacity.block(state, index, self.nodes, list(caps.values()))
+        clusters = {
+            o: capacity.lease_cluster(cap, index, self.nodes, self.node_sites)
+            for o, cap in caps.items()
+        }
         held: dict[str, tuple[Job, list[tuple[Task, Placement]]]] = {}
+        held_in: dict[int, dict[str, tuple[Job, list[tuple[Task, Placement]]]]] = defaultdict(dict)
         waiting_for_victims = set()
         for row in running:
             try:
                 job = self._job(row, types)
             except ValueError:  # started before a bound it breaks: it runs on, unaccounted
                 continue
+            order = self._spec(row).order
+            in_lease = order in caps  # its units are blocked above: count it in its lease
+            cluster = clusters.get(order) if order is not None else None
             binds = []
             for task, h in zip(job.tasks, _members(row), strict=False):
                 node = index.get(h.node)
                 if node is None:
                     continue  # its node left the cluster: the member will be lost
-                gpus = tuple((d, task.gpu_milli) for d in h.devices)
+                target, devs = state, list(h.devices)
+                if in_lease:
+                    local = cluster.to_local(node, h.devices) if cluster else None
+                    if local is None:
+                        continue  # on a closing lease's units: blocked already
+                    target = cluster.state  # type: ignore[union-attr]
+                    node, devs = local
+                gpus = tuple((d, task.gpu_milli) for d in devs)
                 try:
-                    state.allocate(node, task.cpu_milli, task.memory_mib, list(gpus))
+                    target.allocate(node, task.cpu_milli, task.memory_mib, list(gpus))
                 except ValueError:  # the node shrank under a re-attached job: keep it
                     continue
                 binds.append((task, Placement(node, gpus)))
             if row.stop_reason:
                 if PREEMPT in row.stop_reason:  # "preempt:<by>", or "cancel+preempt:<by>"
                     waiting_for_victims.add(row.stop_reason.split(PREEMPT, 1)[1])
+            elif in_lease:
+                held_in[order][job.name] = (job, binds)  # type: ignore[index]
             else:
                 held[job.name] = (job, binds)
         pending = []
+        pending_in: dict[int, list[Job]] = defaultdict(list)
         now = time.time()
         for row in queued:
             if str(row.id) in waiting_for_victims:
                 continue  # its victims are still stopping: do not evict more
             if row.not_before is not None and now < row.not_before:
                 continue  # a retry waits out its backoff
-            pending.append(self._job(row, types))
+            order = self._spec(row).order
+            if order is None:
+                pending.append(self._job(row, types))
+            elif clusters.get(order) is not None:
+                pending_in[order].append(self._job(row, types))
+            else:
+                self._say_why(s, row.id, f"waiting for a lease of market order {order}")
         self._affinity(s, [self._spec(r) for r in queued], types)
         stored = {
             q.name: Queue(q.name, q.weight, dict(q.quota_milli), q.reclaimable)
             for q in s.scalars(select(QueueRow))
         }
-        names = {j.queue for j in pending} | {j.queue for j, _ in held.values()}
-        session = Session(
-            state,
-            self.framework,
-            [stored.get(q, Queue(q)) for q in names],
-            pending,
-            held,
-            time.time(),
-            rng=np.random.default_rng(0),
-        )
-        result = session.run(self.actions)
-        self._explain(s, pending, result, state)
+
+        def run(
+            st: ClusterState,
+            jobs: list[Job],
+            on: dict[str, tuple[Job, list[tuple[Task, Placement]]]],
+            queues: dict[str, Queue],
+        ) -> SessionResult:
+            names = {j.queue for j in jobs} | {j.queue for j, _ in on.values()}
+            session = Session(
+                st,
+                self.framework,
+                [queues.get(q, Queue(q)) for q in names],
+                jobs,
+                on,
+                time.time(),
+                rng=np.random.default_rng(0),
+            )
+            result = session.run(self.actions)
+            self._explain(s, jobs, result, st)
+            return result
+
+        result = run(state, pending, held, stored)
+        evicted = list(result.evicted)
+        bound_all = [(j, p) for j, _, p in result.bound]
+        for order, jobs in pending_in.items():
+            cluster = clusters[order]
+            assert cluster is not None
+            # the buyer's own capacity: its queues' quotas and weights do not apply there
+            res = run(cluster.state, jobs, held_in.get(order, {}), {})
+            evicted += res.evicted
+            bound_all += [(j, cluster.to_real(p)) for j, _, p in res.bound]
         rows = {str(r.id): r for r in queued + running}
-        if result.evicted:
+        if evicted:
             # victims first; what was bound in the same session waits one tick, so
             # nothing starts on a device a stopping job still holds
-            for ev in result.evicted:
+            for ev in evicted:
                 victim = rows[ev.job]
                 why = ev.reason + f"; SIGTERM, {self.grace_s:g} s grace to checkpoint"
                 self._begin_stop(s, victim, f"{PREEMPT}{ev.by}", why)
             return {}
         bound: dict[int, list[Placement]] = defaultdict(list)
-        for jname, _, placement in result.bound:
+        for jname, placement in bound_all:
             bound[int(jname)].append(placement)
         return bound
 
@@ -452,10 +515,13 @@ class Loop:
             if said and said.startswith("gang:") and len(job.tasks) == 1:
                 said = None  # "0 of 1 members fit" says less than the nodes' reasons
             why = "; ".join(x for x in (said, detail) if x)
-            why = why or "waiting behind other jobs of its queue and priority"
-            if self._why.get(int(job.name)) != why:
-                self._why[int(job.name)] = why
-                self.store.event(s, int(job.name), "unschedulable", why)
+            self._say_why(s, int(job.name), why or "waiting behind jobs of its queue and priority")
+
+    def _say_why(self, s: DbSession, job_id: int, why: str) -> None:
+        """An ``unschedulable`` event, once per change of reason."""
+        if self._why.get(job_id) != why:
+            self._why[job_id] = why
+            self.store.event(s, job_id, "unschedulable", why)
 
     def _state(self) -> tuple[ClusterState, dict[str, int]]:
         specs = []
@@ -694,6 +760,7 @@ class Loop:
         now = time.time()
         row.exit_code, row.updated_at = code, now
         row.stop_reason = row.stop_deadline = None
+        row.preempt_reason = row.preempt_grace_s = None
         if code == 0:
             row.state = "succeeded"
             self._record_perf(s, row)

@@ -17,6 +17,7 @@ import uvicorn
 from sqlalchemy.engine import make_url
 
 from suanli.api import create_app
+from suanli.market.controller import MarketConfig, MarketController
 from suanli.run import accounts, limits
 from suanli.run.devices import detect
 from suanli.run.executor import Executor
@@ -105,6 +106,7 @@ def serve(
     calibrate: bool = False,
     db_file: Path | None = None,
     single_user: bool = False,
+    market: MarketConfig | None = None,
 ) -> None:
     os.umask(PRIVATE_UMASK)
     url = database_url(db_url, db_file)
@@ -125,8 +127,14 @@ def serve(
             "knowingly, or as root for per-owner accounts",
             flush=True,
         )
-    app = create_app(store, multi_tenant=per_owner or single_user or executor != "local")
-    loop = Loop(store, ex, data_dir=data_dir, calibrate_new_nodes=calibrate)
+    market = market or MarketConfig()
+    app = create_app(
+        store, multi_tenant=per_owner or single_user or executor != "local", market=market
+    )
+    controllers = [MarketController(store, market)]
+    loop = Loop(
+        store, ex, data_dir=data_dir, calibrate_new_nodes=calibrate, controllers=controllers
+    )
     nodes = ex.nodes()
     thread = threading.Thread(target=loop.run_forever, name="suanli-loop", daemon=True)
     thread.start()

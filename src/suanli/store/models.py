@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "preempted")
@@ -47,6 +47,10 @@ class JobRow(Base):
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     not_before: Mapped[float | None] = mapped_column(Float, nullable=True)  # a retry's backoff
     started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # a preemption another controller asked for (a spot lease reclaimed, a lease ended):
+    # the jobs controller begins it, with this grace, as it does the scheduler's own
+    preempt_reason: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    preempt_grace_s: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class JobEventRow(Base):
@@ -112,3 +116,130 @@ class PerfRecordRow(Base):
     measured_s: Mapped[float] = mapped_column(Float)
     predicted_s: Mapped[float] = mapped_column(Float)
     at: Mapped[float] = mapped_column(Float)
+
+
+# --- the market ---------------------------------------------------------------------
+#: money columns are integer micro-dollars (see suanli.market.money); never floats
+MARKET_STATES = ("open", "filled", "cancelled", "expired", "withdrawn")
+
+
+class AccountRow(Base):
+    """A ledger account's terms. Its balance is never stored: it is the sum of its entries."""
+
+    __tablename__ = "accounts"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    credit_limit_micro: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class OfferRow(Base):
+    """Devices (or CPU cores) a provider sells: one type, one region, a window, a price."""
+
+    __tablename__ = "market_offers"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(64), index=True)
+    accelerator: Mapped[str] = mapped_column(String(63))
+    region: Mapped[str] = mapped_column(String(63))
+    site: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    mode: Mapped[str] = mapped_column(String(16))  # on-demand / reserved / spot
+    price_micro: Mapped[int] = mapped_column(BigInteger)  # per unit-hour; the floor for spot
+    #: the units for sale: [{"node": name, "index": device index or CPU core slot}]
+    units: Mapped[list[dict[str, object]]] = mapped_column(JSON)
+    starts_at: Mapped[float] = mapped_column(Float)
+    ends_at: Mapped[float] = mapped_column(Float)
+    min_term_s: Mapped[float] = mapped_column(Float, default=0.0)  # reserved: the commitment
+    notice_s: Mapped[float] = mapped_column(Float, default=0.0)  # spot: warning before reclaim
+    state: Mapped[str] = mapped_column(String(16), index=True, default="open")
+    auto: Mapped[bool] = mapped_column(default=False)  # offered by the idle-capacity policy
+    idempotency_key: Mapped[str | None] = mapped_column(String(128), unique=True, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class OrderRow(Base):
+    """A buyer's wish: a type and count, regions, how long, at most what price, which mode."""
+
+    __tablename__ = "market_orders"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    buyer: Mapped[str] = mapped_column(String(64), index=True)
+    accelerator: Mapped[str] = mapped_column(String(63))
+    count: Mapped[int] = mapped_column(Integer)
+    regions: Mapped[list[str]] = mapped_column(JSON)
+    duration_s: Mapped[float] = mapped_column(Float)
+    #: spot: what is left of the duration after leases that were reclaimed
+    remaining_s: Mapped[float] = mapped_column(Float)
+    max_price_micro: Mapped[int] = mapped_column(BigInteger)  # per unit-hour
+    mode: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16), index=True, default="open")
+    expires_at: Mapped[float] = mapped_column(Float)  # an order not filled by then lapses
+    workload: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128), unique=True, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class LeaseRow(Base):
+    """Units of one offer held by one order for a window: capacity the scheduler honours."""
+
+    __tablename__ = "market_leases"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("market_orders.id"), index=True)
+    offer_id: Mapped[int] = mapped_column(ForeignKey("market_offers.id"), index=True)
+    buyer: Mapped[str] = mapped_column(String(64), index=True)
+    provider: Mapped[str] = mapped_column(String(64), index=True)
+    accelerator: Mapped[str] = mapped_column(String(63))
+    region: Mapped[str] = mapped_column(String(63))
+    mode: Mapped[str] = mapped_column(String(16))
+    price_micro: Mapped[int] = mapped_column(BigInteger)  # per unit-hour now (spot: clearing)
+    units: Mapped[list[dict[str, object]]] = mapped_column(JSON)
+    starts_at: Mapped[float] = mapped_column(Float)
+    ends_at: Mapped[float] = mapped_column(Float)
+    #: active -> reclaiming (spot: outbid or taken back; ends at ends_at) -> ended
+    state: Mapped[str] = mapped_column(String(16), index=True, default="active")
+    end_reason: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    billed_until: Mapped[float] = mapped_column(Float)
+    #: the most this lease may ever cost the buyer (held against its credit at the match)
+    hold_micro: Mapped[int] = mapped_column(BigInteger)
+    used_unit_s: Mapped[float] = mapped_column(Float, default=0.0)  # metered from real jobs
+    metered_at: Mapped[float] = mapped_column(Float)
+
+
+class LedgerEntryRow(Base):
+    """One leg of a transfer. Append-only; a transfer's two legs share ``txn`` and sum to 0.
+
+    ``txn`` is the transfer's idempotency key (``lease:7:bill:1700000000``): the unique
+    (txn, leg) makes booking the same transfer twice impossible, even after a crash.
+    """
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (UniqueConstraint("txn", "leg", name="uq_ledger_txn_leg"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    txn: Mapped[str] = mapped_column(String(160), index=True)
+    leg: Mapped[int] = mapped_column(Integer)  # 0: debit, 1: credit
+    account: Mapped[str] = mapped_column(String(64), index=True)
+    amount_micro: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(16))  # charge / fee / deposit / refund
+    ref: Mapped[str] = mapped_column(String(64))  # what it is for: "lease:7", "order:3"
+    memo: Mapped[str] = mapped_column(String(256), default="")
+    at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class PriceRow(Base):
+    """A spot clearing: the price per unit-hour in one (type, region), and units sold."""
+
+    __tablename__ = "market_prices"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    accelerator: Mapped[str] = mapped_column(String(63), index=True)
+    region: Mapped[str] = mapped_column(String(63))
+    price_micro: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # None: no sale
+    volume: Mapped[int] = mapped_column(Integer)
+    at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class IdlePolicyRow(Base):
+    """A provider's rule: offer devices idle longer than ``idle_s`` as spot at ``floor``."""
+
+    __tablename__ = "market_idle_policies"
+    provider: Mapped[str] = mapped_column(String(64), primary_key=True)
+    idle_s: Mapped[float] = mapped_column(Float)
+    floor_micro: Mapped[int] = mapped_column(BigInteger)
+    notice_s: Mapped[float] = mapped_column(Float)
+    hours: Mapped[float] = mapped_column(Float)  # how long each auto offer stands
