@@ -42,6 +42,7 @@ def test_offer_order_lease_run_meter_bill_invoice_and_reclaim(tmp_path: Path) ->
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     svc = start_service(tmp_path, port, "--spot-interval-s", "1", "--billing", "second")
+    clients: list[httpx.Client] = []
     try:
         admin_tok = (tmp_path / "admin.token").read_text().strip()
         admin = {**os.environ, "SUANLI_URL": url, "SUANLI_TOKEN": admin_tok}
@@ -58,6 +59,7 @@ def test_offer_order_lease_run_meter_bill_invoice_and_reclaim(tmp_path: Path) ->
         alice = httpx.Client(
             base_url=url, headers={"Authorization": "Bearer " + users["alice"]["SUANLI_TOKEN"]}
         )
+        clients.append(alice)
 
         # on-demand: one core of this machine for about 11 s
         offer = cli(
@@ -223,6 +225,8 @@ def test_offer_order_lease_run_meter_bill_invoice_and_reclaim(tmp_path: Path) ->
         assert isinstance(prices, list)
         assert cli(admin, "ledger", "--json")["sum_usd"] == "0.000000"
     finally:
+        for c in clients:
+            c.close()
         stop_service(svc)
 
 
