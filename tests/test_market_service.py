@@ -311,5 +311,18 @@ def test_an_order_by_workload_buys_the_cheapest_offer_that_meets_the_deadline(
         assert order["count"] == best["num_devices"]
         lease = until("a lease", lambda: cli(env["carol"], "market", "leases", "--json"))[0]
         assert lease["order"] == order["id"] and lease["buyer"] == "carol"
+        # registered inventory is sold, but nothing here runs it: a job on it says so
+        carol = {"Authorization": "Bearer " + env["carol"]["SUANLI_TOKEN"]}
+        spec = {"name": "t", "command": "true", "order": order["id"]}
+        jid = httpx.post(f"{url}/v1/jobs", json={"spec": spec}, headers=carol).json()["id"]
+        said = until(
+            "a reason",
+            lambda: [
+                e["message"]
+                for e in httpx.get(f"{url}/v1/jobs/{jid}", headers=carol).json()["events"]
+                if e["kind"] == "unschedulable"
+            ],
+        )
+        assert "on nodes no executor here runs" in said[0]
     finally:
         stop_service(svc)

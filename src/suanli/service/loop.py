@@ -449,6 +449,9 @@ class Loop:
                 pending.append(self._job(row, types))
             elif clusters.get(order) is not None:
                 pending_in[order].append(self._job(row, types))
+            elif order in caps:  # leased, but on registered inventory no executor here runs
+                why = f"the leases of market order {order} are on nodes no executor here runs"
+                self._say_why(s, row.id, why)
             else:
                 self._say_why(s, row.id, f"waiting for a lease of market order {order}")
         self._affinity(s, [self._spec(r) for r in queued], types)
