@@ -363,6 +363,7 @@ class MarketController:
                 why = "outbid" if order_id in result.outbid else "moved off an offer above price"
                 self.reclaim(s, lease, f"spot {why} at clearing", now)
         in_use = self._in_use(s)
+        newcomers: dict[int, list[engine.Fill]] = defaultdict(list)
         for f in result.fills:
             if f.bid in holders and f.bid not in lost:
                 for lease in holders[f.bid]:
@@ -370,7 +371,14 @@ class MarketController:
                         self._bill(s, lease, now, final=True)  # so far, at the price it had
                         lease.price_micro = f.price_micro
             elif f.bid not in holders:
-                self._lease(s, orders[f.bid], offers[f.ask], f, in_use, now)
+                newcomers[f.bid].append(f)
+        for bid, fills in newcomers.items():
+            # all or nothing: units sold whose last holder is still in its notice are not
+            # free yet, and then the order waits whole for the next auction
+            free = {f.ask: set(units_of(offers[f.ask])) - in_use[f.ask] for f in fills}
+            if all(len(free[f.ask]) >= f.units for f in fills):
+                for f in fills:
+                    self._lease(s, orders[bid], offers[f.ask], f, in_use, now)
 
     # --- money ---------------------------------------------------------------------------
     def _charge(
