@@ -21,7 +21,9 @@ from suanli.store import Store
 from suanli.store.models import JobRow, LeaseRow, LedgerEntryRow, NodeRow, OfferRow, OrderRow
 
 T0 = 1_800_000_000.0
-CFG = MarketConfig(fee_ppm=50_000, granularity_s=1.0, bill_every_s=60.0, spot_interval_s=60.0)
+CFG = MarketConfig(
+    fee_ppm=50_000, granularity_s=1.0, bill_every_s=60.0, spot_interval_s=60.0, every_s=0.0
+)
 
 
 def node(s: Any, name: str, owner: str, n: int = 4, acc: str = "a100-80gb") -> None:
@@ -197,7 +199,9 @@ class MarketMachine(RuleBasedStateMachine):
         self.store = Store(f"sqlite:///{self.dir}/m.db")
         self.mc = MarketController(
             self.store,
-            MarketConfig(fee_ppm=70_000, granularity_s=60.0, bill_every_s=60, spot_interval_s=30),
+            MarketConfig(
+                fee_ppm=70_000, granularity_s=60.0, bill_every_s=60, spot_interval_s=30, every_s=0
+            ),
         )
         self.now = T0
         self.n = 0

@@ -102,7 +102,7 @@ def test_idle_devices_are_offered_and_taken_back_when_the_owner_needs_them(
                 members=[{"node": "n1", "devices": [3], "rank": 0}],
             )
         )
-    mc = MarketController(db, MarketConfig())
+    mc = MarketController(db, MarketConfig(every_s=0.0))
     mc.reconcile(T0)
     mc.reconcile(T0 + 599)
     with db.tx() as s:

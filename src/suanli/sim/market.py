@@ -48,14 +48,8 @@ from typing import Any
 from suanli.errors import SuanliError
 from suanli.market.engine import Ask, Bid, clear_spot, match_posted
 from suanli.market.money import MICRO, cost_micro, fee_of, usd
-from suanli.sim.market_demand import (
-    Inventory,
-    JobSpec,
-    Pool,
-    load_inventory,
-    read_trace_jobs,
-    sample_demand,
-)
+from suanli.sim.market_demand import Inventory, JobSpec, Pool, load_inventory
+from suanli.sim.market_sources import build_demand
 
 #: a lease line costs the same for every full interval at one price: compute it once
 _line_micro = functools.lru_cache(maxsize=1 << 16)(cost_micro)
@@ -80,6 +74,13 @@ class MarketParams:
     max_jobs: int | None = None
     any_region: bool = True  # a job takes devices in any region, else in its home region
     seed: int = 0
+    sia: bool = True  # Sia's workloads join the trace-job pool (market_demand)
+    serving: bool = True  # Azure's LLM services order on-demand devices (market_sources)
+    serve_model: str = "llama-3.1-70b"
+    serve_window_min: float = 60.0
+    serve_scale: float = 1.0  # times the trace's request rate
+    serve_ttft_s: float = 2.0  # p99
+    serve_tpot_s: float = 0.1  # p99
 
     def check(self) -> None:
         """Reject values the model has no meaning for, naming the parameter."""
@@ -96,6 +97,10 @@ class MarketParams:
             ("regions", self.regions >= 1, ">= 1"),
             ("node_share", 0 < self.node_share <= 1, "in (0, 1]"),
             ("max_jobs", self.max_jobs is None or self.max_jobs >= 1, ">= 1"),
+            ("serve_window_min", self.serve_window_min >= 1, ">= 1"),
+            ("serve_scale", self.serve_scale > 0, "> 0"),
+            ("serve_ttft_s", self.serve_ttft_s > 0, "> 0"),
+            ("serve_tpot_s", self.serve_tpot_s > 0, "> 0"),
         ]
         for name, ok, rule in rules:
             if not ok:
@@ -375,22 +380,12 @@ def compare(
     """The market and the fixed-price baseline on one draw of demand."""
     params.check()
     inventory = load_inventory(data_dir, regions=params.regions, node_share=params.node_share)
-    specs, info = sample_demand(
-        inventory,
-        read_trace_jobs(data_dir),
-        horizon_s=params.horizon_h * 3600,
-        load=params.load,
-        spot_share=params.spot_share,
-        willingness=params.willingness,
-        seed=params.seed,
-        max_jobs=params.max_jobs,
-        any_region=params.any_region,
-    )
+    specs, info = build_demand(data_dir, inventory, params)  # every source, and what it gave
     market = run_market(inventory, specs, params, label="market", on_step=on_step)
     base = run_market(
         inventory, as_baseline(specs, inventory), params, label="baseline", on_step=on_step
     )
-    return Comparison(params, inventory, dict(info), market, base)
+    return Comparison(params, inventory, info, market, base)
 
 
 def steps_of(params: MarketParams) -> int:

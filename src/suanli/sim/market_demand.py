@@ -23,9 +23,17 @@ from them with replacement and arrive as a Poisson process whose rate gives the
 requested offered load. Neither trace names a chip of this inventory, so each job takes
 one type among those whose nodes hold its GPU count (up to 8: larger gangs span 8-GPU
 nodes), with odds that offer every type the same load (`_type_odds`). Durations are
-the traces' own, not rescaled to the chip drawn. Azure's LLM inference arrivals are left
-out (turning requests into device demand needs a serving model, not a trace reader),
-and so is Sia (its workloads give no training length).
+the traces' own, not rescaled to the chip drawn.
+
+Sia's two workloads (Philly- and Helios/Saturn-derived, 160 jobs each; ``sia=True``) join
+the pool as gangs of ``num_replicas`` GPUs. They name an application but no training
+length, so each trains for `SIA_TRAINING`: the epochs Sia's own simulator gives the
+application (siasosp23/artifacts ``sia-simulator/applications.py``, ``max_epochs``) over
+its data set's training split (public sizes; deepspeech2's is an estimate). Its duration is
+then taken on the same reference chip as Gavel's jobs, the V100: samples / (the measured
+single-V100 peak samples/s x replicas), i.e. linear scaling, optimistic for big gangs as
+Gavel's scaled-up rates are. Azure's LLM services are not trace jobs: see
+`suanli.sim.market_sources`.
 """
 
 from __future__ import annotations
@@ -39,13 +47,34 @@ import numpy as np
 from suanli.catalog.loader import accelerators
 from suanli.market.money import to_micro
 from suanli.sim.gavel_sim import read_gavel_throughputs
-from suanli.sim.traces import read_gavel_trace, read_openb_pods, read_v2026_nodes
+from suanli.sim.traces import (
+    read_gavel_trace,
+    read_openb_pods,
+    read_sia_peak_throughput,
+    read_sia_workload,
+    read_v2026_nodes,
+)
 
 INVENTORY_CSV = "alibaba_v2026_spot_gpu_node_info.csv"
 OPENB_CSV = "openb_pod_list_default.csv"
 GAVEL_TRACE = "gavel_philly_vc_2869ce_seed0.trace"
 GAVEL_THROUGHPUTS = "gavel_simulation_throughputs.json"
 REQUIRED_FILES = (INVENTORY_CSV, OPENB_CSV, GAVEL_TRACE, GAVEL_THROUGHPUTS)
+SIA_WORKLOADS = {"sia-philly": "sia_philly_workload-1.csv", "sia-saturn": "sia_saturn_workload-1.csv"}
+SIA_THROUGHPUT = "sia_single_gpu_peak_throughput.csv"
+SIA_FILES = (*SIA_WORKLOADS.values(), SIA_THROUGHPUT)
+#: The reference chip of Sia's durations, as of Gavel's (Sia's "azure" cluster: V100).
+SIA_REFERENCE_GPU = "v100-32gb"
+#: application -> (epochs, training samples per epoch, data set): epochs are Sia's simulator's
+#: ``max_epochs``; set sizes are the public training splits of the data sets the Pollux/Sia
+#: benchmarks train on. An assumption: Sia's workload files give no training length.
+SIA_TRAINING: dict[str, tuple[int, int, str]] = {
+    "cifar10": (100, 50_000, "CIFAR-10 train split"),
+    "imagenet": (90, 1_281_167, "ImageNet-1k train split"),
+    "bert": (2, 88_641, "SQuAD v1.1 train features (BERT fine-tuning)"),
+    "yolov3": (50, 16_551, "PASCAL VOC 2007+2012 trainval"),
+    "deepspeech2": (80, 20_376, "CMU ARCTIC, 18 speakers x 1,132 utterances (estimate)"),
+}
 
 #: No public price in the catalog; priced as the chip it differs from only in NVLink
 #: (the catalog's notes on each): an assumption, not a quote.
@@ -142,8 +171,9 @@ def _list_prices(pools: tuple[Pool, ...]) -> tuple[dict[str, int], dict[str, str
     return price, basis
 
 
-def read_trace_jobs(data_dir: Path) -> list[TraceJob]:
-    """Job shapes of the openb pods and Gavel's Philly trace (module docstring)."""
+def read_trace_jobs(data_dir: Path, *, sia: bool = True) -> list[TraceJob]:
+    """Job shapes of the openb pods, Gavel's Philly trace and (``sia``) Sia's workloads
+    (module docstring)."""
     out = [
         TraceJob("openb", p.num_gpu, p.duration_s)
         for p in read_openb_pods(data_dir / OPENB_CSV)
@@ -154,6 +184,24 @@ def read_trace_jobs(data_dir: Path) -> list[TraceJob]:
         rate = _v100_steps_per_s(rates, job_type, scale)
         if rate > 0 and steps > 0:
             out.append(TraceJob("gavel-philly", scale, steps / rate))
+    return out + (read_sia_jobs(data_dir) if sia else [])
+
+
+def read_sia_jobs(data_dir: Path) -> list[TraceJob]:
+    """Sia's workloads as (replicas, seconds on V100s) jobs (module docstring)."""
+    peak = read_sia_peak_throughput(data_dir / SIA_THROUGHPUT)
+    samples = {app: float(epochs * size) for app, (epochs, size, _) in SIA_TRAINING.items()}
+    out: list[TraceJob] = []
+    for source, name in SIA_WORKLOADS.items():
+        seen: set[str] = set()
+        for task in read_sia_workload(data_dir / name, samples):
+            if task.job in seen:  # one task per replica: the first stands for the gang
+                continue
+            seen.add(task.job)
+            units = task.min_available
+            rate = peak.get((task.labels["workload"], SIA_REFERENCE_GPU), 0.0) * units
+            if units > 0 and rate > 0:
+                out.append(TraceJob(source, units, task.work * units / rate))
     return out
 
 
