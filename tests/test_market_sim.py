@@ -18,6 +18,13 @@ from typer.testing import CliRunner
 from suanli.cli.simulate_cmd import simulate_app
 from suanli.market.engine import Ask, Bid, clear_spot
 from suanli.sim.market import Comparison, MarketParams, MarketResult, compare
+from suanli.sim.market_demand import SIA_TRAINING, load_inventory, read_sia_jobs
+from suanli.sim.market_sources import (
+    AZURE_SERVICES,
+    build_demand,
+    read_azure_windows,
+    serving_plan,
+)
 
 # a twentieth of the nodes (every 20th: 214 nodes, ~520 devices, five types), six
 # hours, demand above capacity so that spot is contested and leases are reclaimed
@@ -44,13 +51,93 @@ def test_the_slice_is_contested(run: Comparison) -> None:
 
 
 def test_money_is_conserved_to_the_micro_dollar(run: Comparison) -> None:
+    assert SLICE.sia and SLICE.serving  # with Sia's jobs and Azure's services in the book
     for r in both(run):
+        paying = {j.spec.source for j in r.jobs if j.paid_micro > 0}
+        assert {"sia-philly", "sia-saturn", "azure-conv", "azure-code"} <= paying
         paid = sum(j.paid_micro for j in r.jobs)
         assert paid == r.user_cost_micro > 0
         assert paid == sum(r.provider_revenue_micro.values()) + r.platform_fee_micro
         # the fee is the platform's share of each line, rounded once per line
         lines = sum(j.lines for j in r.jobs)
         assert abs(r.platform_fee_micro - paid * SLICE.fee_share) <= lines
+
+
+NEW_SOURCES = ("sia-philly", "sia-saturn", "azure-conv", "azure-code")
+
+
+def test_each_new_source_gives_jobs_with_gpus_and_durations(run: Comparison) -> None:
+    sources = run.demand["sources"]
+    for src in NEW_SOURCES:
+        mine = [j.spec for j in run.market.jobs if j.spec.source == src]
+        assert mine and sources[src]["jobs"] == len(mine), src
+        assert all(s.units > 0 and s.work_s > 0 for s in mine), src
+    assert sources["sia-philly"]["trace_jobs"] == sources["sia-saturn"]["trace_jobs"] == 160
+    assert {"openb", "gavel-philly"} <= set(sources)
+    assert run.demand["jobs"] + run.demand["serving_jobs"] == len(run.market.jobs)
+
+
+def test_sia_durations_are_samples_over_v100_throughput(shared_dir: Path) -> None:
+    jobs = read_sia_jobs(shared_dir / "data")
+    assert len(jobs) == 320 and all(j.units > 0 and j.work_s > 0 for j in jobs)
+    # the Philly workload's first job: cifar10 on 6 replicas; Sia's single-V100 peak is
+    # 4,738.18 samples/s, and it trains 100 epochs of CIFAR-10's 50,000 samples
+    epochs, size, _ = SIA_TRAINING["cifar10"]
+    assert jobs[0].units == 6
+    assert jobs[0].work_s == pytest.approx(epochs * size / (4738.18 * 6))
+
+
+def test_azure_windows_keep_every_request(shared_dir: Path) -> None:
+    path = shared_dir / "data" / AZURE_SERVICES["azure-conv"]
+    hour = read_azure_windows(path, 3600)
+    assert len(hour) == 1 and hour[0].requests == 19_366
+    assert 5 < hour[0].rate < 6 and hour[0].input_len > hour[0].output_len > 0
+    quarters = read_azure_windows(path, 900)
+    assert len(quarters) == 4 and sum(w.requests for w in quarters) == 19_366
+    assert sum(w.span_s for w in quarters) == pytest.approx(hour[0].span_s)
+
+
+def test_serving_orders_are_on_demand_at_list_and_never_reclaimed(run: Comparison) -> None:
+    price = run.inventory.list_price_micro
+    for r in both(run):
+        serving = [j for j in r.jobs if j.spec.source.startswith("azure-")]
+        assert len(serving) == 2 * SLICE.horizon_h  # one order per service per hour window
+        for j in serving:
+            assert not j.spec.spot and j.interruptions == 0 and j.lost_device_s == 0
+            assert j.spec.max_price_micro == price[j.spec.accelerator]
+            assert j.spec.work_s == 3600 and j.spec.arrival_s % 3600 == 0
+            if j.device_s:
+                assert j.top_price_micro == price[j.spec.accelerator]
+        assert sum(j.paid_micro for j in serving) > 0  # billed, so conservation covers them
+
+
+def test_serving_devices_hold_the_windows_unrounded_rate(run: Comparison, shared_dir: Path) -> None:
+    # the order's devices of its type serve the trace's own rate and lengths within the SLOs
+    # (the plan was made on them rounded up), and no undisclosed chip is ever ordered
+    for src, name in AZURE_SERVICES.items():
+        (w,) = read_azure_windows(shared_dir / "data" / name, 3600)
+        order = next(j.spec for j in run.market.jobs if j.spec.source == src)
+        assert not order.accelerator.startswith("GPU-series")
+        need = serving_plan(
+            SLICE.serve_model,
+            order.accelerator,
+            order.units,
+            w.rate,
+            round(w.input_len),
+            round(w.output_len),
+            SLICE.serve_ttft_s,
+            SLICE.serve_tpot_s,
+        )
+        assert need is not None and need[0] <= order.units
+
+
+def test_sources_turn_off(shared_dir: Path) -> None:
+    params = MarketParams(horizon_h=2.0, node_share=0.05, sia=False, serving=False)
+    inv = load_inventory(shared_dir / "data", node_share=0.05)
+    specs, info = build_demand(shared_dir / "data", inv, params)
+    assert set(info["sources"]) == {"openb", "gavel-philly"} and info["serving_jobs"] == 0
+    assert {s.source for s in specs} <= {"openb", "gavel-philly"}
+    assert not any("Sia" in n or "serving" in n for n in info["notes"])
 
 
 def test_no_spot_job_pays_above_its_max(run: Comparison) -> None:
@@ -176,6 +263,7 @@ def test_cli_market_json_and_plot(shared_dir: Path, tmp_path: Path) -> None:
     res = json.loads(out.stdout)
     assert res["inventory"]["nodes"] == 214 and res["demand"]["jobs"] > 0
     assert {"market", "baseline", "clearing_price_usd_per_device_h"} <= set(res)
+    assert res["demand"]["sources"]["azure-conv"]["jobs"] == 2  # two hour windows
     m = res["market"]
     assert m["user_cost_usd"] and 0 < m["utilisation"] <= 1
     steps = 2 * 3600 // 300
@@ -183,6 +271,11 @@ def test_cli_market_json_and_plot(shared_dir: Path, tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = CliRunner().invoke(simulate_app, ["market", "--node-share", "0.05", "--horizon-h", "1"])
     assert table.exit_code == 0 and "fixed price, first come" in table.stdout
+    assert "demand by source" in table.stdout and "azure-code" in table.stdout
+    off = ["market", "--node-share", "0.05", "--horizon-h", "1", "--json", "--no-sia"]
+    res = json.loads(CliRunner().invoke(simulate_app, [*off, "--no-serving"]).stdout)
+    assert set(res["demand"]["sources"]) == {"openb", "gavel-philly"}
+    assert res["params"]["sia"] is False and res["params"]["serving"] is False
 
 
 def test_cli_market_says_where_the_data_should_be(tmp_path: Path) -> None:

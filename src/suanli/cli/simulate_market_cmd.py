@@ -61,6 +61,26 @@ def market_cmd(
         ),
     ] = True,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    sia: Annotated[
+        bool, typer.Option("--sia/--no-sia", help="Sia's workloads join the trace-job pool.")
+    ] = True,
+    serving: Annotated[
+        bool,
+        typer.Option(
+            "--serving/--no-serving", help="Azure's LLM services buy on-demand devices per window."
+        ),
+    ] = True,
+    serve_model: Annotated[
+        str, typer.Option("--serve-model", help="Catalog model the services run.")
+    ] = "llama-3.1-70b",
+    serve_window_min: Annotated[
+        float, typer.Option("--serve-window-min", help="Minutes per serving order (window).")
+    ] = 60.0,
+    serve_scale: Annotated[
+        float, typer.Option("--serve-scale", help="Times the Azure trace's request rate.")
+    ] = 1.0,
+    serve_ttft_s: Annotated[float, typer.Option("--serve-ttft-s", help="p99 TTFT SLO.")] = 2.0,
+    serve_tpot_s: Annotated[float, typer.Option("--serve-tpot-s", help="p99 TPOT SLO.")] = 0.1,
     data_dir: Annotated[
         Path | None, typer.Option("--data-dir", help="The shared data (default ../shared/data).")
     ] = None,
@@ -71,13 +91,15 @@ def market_cmd(
 ) -> None:
     """The compute market (on-demand + spot auction) against fixed prices, first come.
 
-    Sellers: the Alibaba v2026 inventory. Buyers: jobs drawn from openb and Gavel Philly.
+    Sellers: the Alibaba v2026 inventory. Buyers: jobs drawn from openb, Gavel Philly and
+    Sia's workloads, and Azure's LLM services sized by the serving planner (on-demand).
 
     Both worlds see the same demand; suanli.sim.market states the rules.
     """
     # the simulator (and the controller's store models it shares) load only when asked for
     from suanli.sim.market import MarketParams, compare, steps_of
-    from suanli.sim.market_demand import REQUIRED_FILES
+    from suanli.sim.market_demand import REQUIRED_FILES, SIA_FILES
+    from suanli.sim.market_sources import AZURE_FILES
 
     params = MarketParams(
         horizon_h=horizon_h,
@@ -93,9 +115,17 @@ def market_cmd(
         max_jobs=max_jobs,
         any_region=any_region,
         seed=seed,
+        sia=sia,
+        serving=serving,
+        serve_model=serve_model,
+        serve_window_min=serve_window_min,
+        serve_scale=serve_scale,
+        serve_ttft_s=serve_ttft_s,
+        serve_tpot_s=serve_tpot_s,
     )
     d = data_dir or shared_data_dir() or _expected_data_dir()
-    missing = [f for f in REQUIRED_FILES if not (d / f).is_file()]
+    needed = (*REQUIRED_FILES, *(SIA_FILES if sia else ()), *(AZURE_FILES if serving else ()))
+    missing = [f for f in needed if not (d / f).is_file()]
     try:
         params.check()  # a bad value is named before the data is looked for
         if missing:
@@ -155,18 +185,26 @@ def _market_report(res: Comparison, wall_s: float) -> dict[str, Any]:
 
 def _print_market(res: Comparison, out: dict[str, Any], plot: Path | None) -> None:
     dem, inv = out["demand"], out["inventory"]
+    trace = [k for k, v in dem["sources"].items() if "trace_jobs" in v]
     console.print(
         f"[bold]market vs fixed price[/bold] over {res.params.horizon_h:g} h, "
         f"{res.params.interval_s:g} s rounds: {inv['nodes']:,} nodes, {inv['devices']:,} devices "
         f"(Alibaba v2026) in {len(inv['regions'])} regions; {dem['jobs']:,} jobs drawn from "
-        f"{dem['trace_jobs']:,} trace jobs (openb + Gavel Philly), {dem['arrivals_per_h']:,.0f}/h, "
+        f"{dem['trace_jobs']:,} trace jobs ({' + '.join(trace)}), {dem['arrivals_per_h']:,.0f}/h, "
         f"offered load in the horizon {dem['offered_load_in_horizon']:.2f}"
         + (
             f" [yellow](capped at --max-jobs {res.params.max_jobs:,})[/yellow]"
             if dem["capped"]
             else ""
         )
+        + (
+            f"; {dem['serving_jobs']:,} serving orders (on-demand), offered load "
+            f"{dem['serving_offered_load']:.4f}"
+            if res.params.serving
+            else ""
+        )
     )
+    _print_sources(dem)
     for t, basis in inv["list_price_basis"].items():
         if "assumed" in basis:
             console.print(f"  list price of {t}: {basis}", style="dim")
@@ -219,6 +257,28 @@ def _print_market(res: Comparison, out: dict[str, Any], plot: Path | None) -> No
         )
     console.print(per_type)
     console.print(f"wall time {out['wall_s']:.1f} s" + (f"; plot: {plot}" if plot else ""))
+
+
+def _print_sources(dem: dict[str, Any]) -> None:
+    table = Table(title="demand by source", title_justify="left")
+    for col in ("source", "in trace", "jobs", "mean GPUs", "mean h", "detail"):
+        table.add_column(col, justify="left" if col in ("source", "detail") else "right")
+    for src, v in dem["sources"].items():
+        row = [src, "", f"{v['jobs']:,}", f"{v['mean_units']:.1f}", f"{v['mean_h']:.2f}"]
+        if "trace_jobs" in v:
+            table.add_row(*row[:1], f"{v['trace_jobs']:,} jobs", *row[2:], "drawn, spot or not")
+            continue
+        types = ", ".join(f"{t} x{n}" for t, n in v["orders_by_type"].items()) or "none"
+        detail = (
+            f"{v['requests_per_s']:.2f} req/s, {v['mean_input_tokens']:,.0f} in / "
+            f"{v['mean_output_tokens']:,.0f} out tokens; on-demand orders: {types}"
+        )
+        if v["unserved_windows"]:
+            detail += f"; {v['unserved_windows']} windows with no feasible type"
+        table.add_row(*row[:1], f"{v['trace_requests']:,} req", *row[2:], detail)
+    console.print(table)
+    for note in dem["notes"]:
+        console.print(f"  {note}", style="dim")
 
 
 def _plot_market(res: Comparison, path: Path) -> None:

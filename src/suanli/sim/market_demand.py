@@ -20,7 +20,7 @@ whole devices) and Gavel's Philly-derived trace (scale factor; duration = total 
 the measured V100 steps/s). The traces together hold far less work than this inventory
 does in a day, so, as the FGD protocol re-samples openb to 1.3x capacity, jobs are drawn
 from them with replacement and arrive as a Poisson process whose rate gives the
-requested offered load. Neither trace names a chip of this inventory, so each job takes
+requested offered load. No trace names a chip of this inventory, so each job takes
 one type among those whose nodes hold its GPU count (up to 8: larger gangs span 8-GPU
 nodes), with odds that offer every type the same load (`_type_odds`). Durations are
 the traces' own, not rescaled to the chip drawn.
@@ -60,7 +60,10 @@ OPENB_CSV = "openb_pod_list_default.csv"
 GAVEL_TRACE = "gavel_philly_vc_2869ce_seed0.trace"
 GAVEL_THROUGHPUTS = "gavel_simulation_throughputs.json"
 REQUIRED_FILES = (INVENTORY_CSV, OPENB_CSV, GAVEL_TRACE, GAVEL_THROUGHPUTS)
-SIA_WORKLOADS = {"sia-philly": "sia_philly_workload-1.csv", "sia-saturn": "sia_saturn_workload-1.csv"}
+SIA_WORKLOADS = {
+    "sia-philly": "sia_philly_workload-1.csv",
+    "sia-saturn": "sia_saturn_workload-1.csv",
+}
 SIA_THROUGHPUT = "sia_single_gpu_peak_throughput.csv"
 SIA_FILES = (*SIA_WORKLOADS.values(), SIA_THROUGHPUT)
 #: The reference chip of Sia's durations, as of Gavel's (Sia's "azure" cluster: V100).

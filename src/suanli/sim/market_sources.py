@@ -55,7 +55,6 @@ AZURE_SERVICES = {
     "azure-code": "azure_llm_inference_2023_code.csv",
 }
 AZURE_FILES = tuple(AZURE_SERVICES.values())
-SERVE_MODEL = "llama-3.1-70b"
 SIA_NOTE = (
     "Sia: each job trains for its application's epochs in Sia's simulator over its data "
     "set's training split (market_demand.SIA_TRAINING; Sia's files give no length), at the "
@@ -164,8 +163,44 @@ def serving_plan(
     if not res.options:
         return None
     o = res.options[0]
-    shape = f"{o['weight_dtype']} tp{o['tp']} x {o['replicas']}"
-    return int(o["num_devices"]), shape + (" (P/D split)" if o["disaggregated"] else "")
+    shape = f"tp{o['tp']} x {o['replicas']}"
+    if o["disaggregated"]:
+        pre = o["prefill"]
+        shape = f"prefill tp{pre['tp']} x {pre['replicas']} + decode {shape}"
+    return int(o["num_devices"]), f"{o['weight_dtype']} {shape}"
+
+
+def cheapest_layout(
+    w: ServeWindow, types: list[str], inventory: Inventory, params: MarketParams
+) -> tuple[str, int, str] | None:
+    """The type whose devices hold the window's load for least at list price: the type,
+    its devices and their layout; None: no type can (module docstring)."""
+    rate = _up(w.rate * params.serve_scale)
+    input_len, output_len = math.ceil(_up(w.input_len)), math.ceil(_up(max(w.output_len, 1.0)))
+    best: tuple[int, int, str, str] | None = None
+    for t in types:
+        got = serving_plan(
+            params.serve_model,
+            t,
+            inventory.devices_of(t),
+            rate,
+            input_len,
+            output_len,
+            params.serve_ttft_s,
+            params.serve_tpot_s,
+        )
+        if got is None:
+            continue
+        cost = got[0] * inventory.list_price_micro[t]
+        if best is None or (cost, got[0]) < best[:2]:
+            best = (cost, got[0], t, got[1])
+    return None if best is None else (best[2], best[1], best[3])
+
+
+def _home_region(inventory: Inventory, typ: str) -> frozenset[str]:
+    """The region with the most devices of the type (serving with ``any_region=False``)."""
+    pools = [p for p in inventory.pools if p.accelerator == typ]
+    return frozenset({max(pools, key=lambda p: p.devices).region})
 
 
 def serving_demand(
@@ -178,33 +213,12 @@ def serving_demand(
     types = [t for t in inventory.types if t in catalog]
     skipped = [t for t in inventory.types if t not in catalog]
     price = inventory.list_price_micro
-    home = {
-        t: frozenset({max((p for p in inventory.pools if p.accelerator == t), key=lambda p: p.devices).region})
-        for t in types
-    }
     specs: list[JobSpec] = []
     info: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
     for source, name in AZURE_SERVICES.items():
         windows = read_azure_windows(data_dir / name, window_s)
-        picks: list[tuple[str, int, str] | None] = []
-        for w in windows:
-            rate = _up(w.rate * params.serve_scale)
-            lens = math.ceil(_up(w.input_len)), math.ceil(_up(max(w.output_len, 1.0)))
-            best: tuple[int, int, str, str] | None = None
-            for t in types:
-                got = serving_plan(
-                    params.serve_model,
-                    t,
-                    inventory.devices_of(t),
-                    rate,
-                    *lens,
-                    params.serve_ttft_s,
-                    params.serve_tpot_s,
-                )
-                if got is not None and (best is None or (got[0] * price[t], got[0]) < best[:2]):
-                    best = (got[0] * price[t], got[0], t, got[1])
-            picks.append(None if best is None else (best[2], best[1], best[3]))
+        picks = [cheapest_layout(w, types, inventory, params) for w in windows]
         chosen: Counter[str] = Counter()
         device_s = 0.0
         unserved = 0
@@ -226,7 +240,7 @@ def serving_demand(
                     start,
                     False,
                     price[typ],
-                    frozenset() if params.any_region else home[typ],
+                    frozenset() if params.any_region else _home_region(inventory, typ),
                 )
             )
             chosen[typ] += 1
@@ -243,8 +257,8 @@ def serving_demand(
             "orders_by_type": dict(chosen),
             "device_h": device_s / 3600,
         }
-        layouts = sorted({f"{p[0]}: {p[1]} devices, {p[2]}" for p in picks if p is not None})
-        notes.append(f"{source}: per window " + ("; ".join(layouts) or "no feasible layout"))
+        layouts = sorted({f"{p[1]} {p[0]} ({p[2]})" for p in picks if p is not None})
+        notes.append(f"{source}: a window takes " + (" or ".join(layouts) or "no feasible layout"))
     notes.insert(
         0,
         f"serving: {params.serve_model} sized by the serving planner for p99 TTFT <= "
@@ -291,6 +305,10 @@ def build_demand(
         serving, serve_info, serve_notes = serving_demand(data_dir, inventory, params, len(specs))
         sources.update(serve_info)
         notes += serve_notes
+    for src, v in sources.items():  # what the run got from each source, on average
+        mine = [s for s in (*specs, *serving) if s.source == src]
+        v["mean_units"] = sum(s.units for s in mine) / len(mine) if mine else 0.0
+        v["mean_h"] = sum(s.work_s for s in mine) / 3600 / len(mine) if mine else 0.0
     info["serving_jobs"] = len(serving)
     info["serving_offered_load"] = sum(s.units * s.work_s for s in serving) / (
         inventory.devices * horizon_s
