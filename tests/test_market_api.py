@@ -119,4 +119,4 @@ def test_idle_devices_are_offered_and_taken_back_when_the_owner_needs_them(
     with db.tx() as s:
         (offer,) = s.scalars(select(OfferRow))
         assert offer.state == "withdrawn"
-        assert ledger.balances(s) == {"prov": 0} or sum(ledger.balances(s).values()) == 0
+        assert ledger.balances(s) == {"prov": 0}  # offered, never sold: no money moved

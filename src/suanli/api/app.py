@@ -1,6 +1,5 @@
 """FastAPI application: jobs, nodes, tokens. Bad input is a 4xx with a JSON body, never a 500."""
 
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from sqlalchemy.orm import Session as DbSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from suanli.api.market import add_market_routes
+from suanli.api.market import add_market_routes, owner_key
 from suanli.catalog.loader import accelerators
 from suanli.cluster.state import ClusterState, NodeSpec, Site
 from suanli.errors import SuanliError
@@ -369,12 +368,7 @@ def create_app(
             problem = admission_problem(spec, s, who.owner)
         if problem is not None:
             return error(422, "invalid job spec", [problem])
-        # per owner, and of a fixed length whatever the owner and key (the column holds 128)
-        key = (
-            "sha256:" + hashlib.sha256(f"{who.owner}:{body.idempotency_key}".encode()).hexdigest()
-            if body.idempotency_key
-            else None
-        )
+        key = owner_key(who, body.idempotency_key)
         try:
             with store.tx() as s:
                 if key is not None:

@@ -113,7 +113,7 @@ class OwnerBody(BaseModel):
     owner: str = Field(min_length=1, max_length=64, pattern=ACCOUNT)
 
 
-def offer_view(o: OfferRow, full: bool, free: int | None = None) -> dict[str, Any]:
+def offer_view(o: OfferRow, full: bool, free: int) -> dict[str, Any]:
     view: dict[str, Any] = {
         "id": o.id,
         "accelerator": o.accelerator,
@@ -173,18 +173,17 @@ def lease_view(r: LeaseRow, charged_micro: int) -> dict[str, Any]:
     }
 
 
-def _key(who: TokenRow, key: str | None) -> str | None:
-    """Per owner and of fixed length, as job submissions' keys."""
+def owner_key(who: TokenRow, key: str | None) -> str | None:
+    """An idempotency key as stored: per owner (one tenant's key never matches another's)
+    and of a fixed length whatever the owner and key (the columns hold 128)."""
     if key is None:
         return None
     return "sha256:" + hashlib.sha256(f"{who.owner}:{key}".encode()).hexdigest()
 
 
 def free_units(s: Session, offers: list[OfferRow]) -> dict[int, int]:
-    in_use: dict[int, int] = defaultdict(int)
-    for lease in s.scalars(select(LeaseRow).where(LeaseRow.state != "ended")):
-        in_use[lease.offer_id] += len(lease.units)
-    return {o.id: len(o.units) - in_use[o.id] for o in offers}
+    leased = book.leased_units(s)
+    return {o.id: len(o.units) - len(leased.get(o.id, ())) for o in offers}
 
 
 def period_bounds(period: str) -> tuple[float, float]:
@@ -246,7 +245,7 @@ def add_market_routes(
     def post_offer(body: OfferBody, who: Caller) -> JSONResponse:
         provider = seller(who, body.provider)
         acc = _accelerator(body.accelerator)
-        key = _key(who, body.idempotency_key)
+        key = owner_key(who, body.idempotency_key)
         if (dup := once(OfferRow, key)) is not None:
             return dup
         try:
@@ -308,7 +307,7 @@ def add_market_routes(
         if who.role == "provider":
             raise HTTPException(403, detail="providers sell; buying needs a user token")
         acc = _accelerator(body.accelerator)
-        key = _key(who, body.idempotency_key)
+        key = owner_key(who, body.idempotency_key)
         if (dup := once(OrderRow, key)) is not None:
             return dup
         try:

@@ -57,6 +57,14 @@ def units_of(row: OfferRow | LeaseRow) -> list[Unit]:
     return [Unit(str(u["node"]), int(str(u["index"]))) for u in row.units]
 
 
+def leased_units(s: Session) -> dict[int, set[Unit]]:
+    """Per offer: its units in leases not yet ended (the rest are free to sell)."""
+    out: dict[int, set[Unit]] = defaultdict(set)
+    for lease in s.scalars(select(LeaseRow).where(LeaseRow.state != "ended")):
+        out[lease.offer_id].update(units_of(lease))
+    return out
+
+
 def taken_units(s: Session, now: float, until: float) -> set[Unit]:
     """Units in a live offer overlapping [now, until), or in a lease not yet ended."""
     out: set[Unit] = set()
@@ -66,8 +74,8 @@ def taken_units(s: Session, now: float, until: float) -> set[Unit]:
         )
     ):
         out.update(units_of(o))
-    for lease in s.scalars(select(LeaseRow).where(LeaseRow.state != "ended")):
-        out.update(units_of(lease))
+    for units in leased_units(s).values():
+        out |= units
     return out
 
 

@@ -21,7 +21,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from suanli.cluster.state import ClusterState, NodeSpec, Site
-from suanli.cluster.task import MILLI
 from suanli.market.book import CPU
 from suanli.run.executor import NODE_LABEL, NodeInfo
 from suanli.sched.framework import Placement
@@ -81,9 +80,9 @@ def block(
             cpu = min(cpu, int(state.cpu_free[i]))
             mem = min(mem, int(state.mem_free[i]))
             gpus = []
-            if cap.accelerator != CPU:  # a device already held (unhealthy) stays held
-                gpus = [(d, MILLI) for d in idxs if d < state.max_gpus and state.gpu_free[i, d]]
-                gpus = [(d, int(state.gpu_free[i, d])) for d, _ in gpus]
+            if cap.accelerator != CPU:  # what is free of each (an unhealthy one is held)
+                gpus = [(d, int(state.gpu_free[i, d])) for d in idxs if d < state.max_gpus]
+                gpus = [(d, m) for d, m in gpus if m]
             state.allocate(i, cpu, mem, gpus)
 
 

@@ -169,15 +169,24 @@ class MarketController:
                     s, row.id, "reclaim", f"{row.preempt_reason}; SIGTERM, {grace_s:g} s grace"
                 )
 
-    def reclaim(self, s: Session, lease: LeaseRow, reason: str, now: float) -> None:
-        """End a spot lease with its offer's notice: jobs get SIGTERM and the notice as grace."""
+    def reclaim(
+        self,
+        s: Session,
+        lease: LeaseRow,
+        reason: str,
+        now: float,
+        jobs: dict[int, list[JobRow]],
+    ) -> None:
+        """End a spot lease with its offer's notice: jobs get SIGTERM and the notice as grace.
+
+        ``jobs``: `jobs_by_order`, read once by the caller for all the leases it reclaims."""
         if lease.state != "active":
             return
         offer = s.get(OfferRow, lease.offer_id)
         notice = offer.notice_s if offer else 0.0
         lease.state, lease.end_reason = "closing", reason[:128]
         lease.ends_at = min(lease.ends_at, now + notice)
-        self._stop_jobs(s, lease, jobs_by_order(s).get(lease.order_id, []), notice)
+        self._stop_jobs(s, lease, jobs.get(lease.order_id, []), notice)
         order = s.get(OrderRow, lease.order_id)
         if order is not None and order.mode == "spot" and order.state == "filled":
             held = lease.ends_at - lease.starts_at
@@ -192,13 +201,6 @@ class MarketController:
             lease.state, lease.end_reason = "closing", reason[:128]
 
     # --- matching ------------------------------------------------------------------------
-    def _in_use(self, s: Session) -> dict[int, set[Unit]]:
-        """Per offer: its units in leases not yet ended."""
-        out: dict[int, set[Unit]] = defaultdict(set)
-        for lease in s.scalars(select(LeaseRow).where(LeaseRow.state != "ended")):
-            out[lease.offer_id].update(units_of(lease))
-        return out
-
     def _affordable(self, s: Session, orders: list[OrderRow]) -> list[OrderRow]:
         """Orders whose buyers can still pay for them at their maximum (oldest first)."""
         left: dict[str, int] = {}
@@ -253,7 +255,7 @@ class MarketController:
         )
         if not offers or not orders:
             return
-        in_use = self._in_use(s)
+        in_use = book.leased_units(s)
         asks = [self._ask(o, len(set(units_of(o)) - in_use[o.id])) for o in offers.values()]
         bids = [self._bid(r, r.remaining_s, {}) for r in self._affordable(s, orders)]
         by_id = {r.id: r for r in orders}
@@ -364,11 +366,12 @@ class MarketController:
                 )
             )
         lost = set(result.outbid) | set(result.moved)
+        jobs = jobs_by_order(s) if lost else {}
         for order_id in lost:
             for lease in holders.get(order_id, []):
                 why = "outbid" if order_id in result.outbid else "moved off an offer above price"
-                self.reclaim(s, lease, f"spot {why} at clearing", now)
-        in_use = self._in_use(s)
+                self.reclaim(s, lease, f"spot {why} at clearing", now, jobs)
+        in_use = book.leased_units(s)
         newcomers: dict[int, list[engine.Fill]] = defaultdict(list)
         for f in result.fills:
             if f.bid in holders and f.bid not in lost:
@@ -506,8 +509,11 @@ class MarketController:
     def withdraw(self, s: Session, offer: OfferRow, reason: str, now: float) -> None:
         """No new sales; spot leases on it are reclaimed with its notice, others run on."""
         offer.state = "withdrawn"
-        for lease in s.scalars(
-            select(LeaseRow).where(LeaseRow.offer_id == offer.id, LeaseRow.state == "active")
-        ):
-            if lease.mode == "spot":
-                self.reclaim(s, lease, f"taken back by the provider: {reason}", now)
+        spot = s.scalars(
+            select(LeaseRow).where(
+                LeaseRow.offer_id == offer.id, LeaseRow.state == "active", LeaseRow.mode == "spot"
+            )
+        ).all()
+        jobs = jobs_by_order(s) if spot else {}
+        for lease in spot:
+            self.reclaim(s, lease, f"taken back by the provider: {reason}", now, jobs)

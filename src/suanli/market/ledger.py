@@ -14,7 +14,6 @@ as time passes never take an account past its limit.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -145,10 +144,3 @@ def require(s: Session, account: str, amount_micro: int, what: str) -> None:
             "still cost); ask an admin for a deposit or a higher credit limit "
             "(`suanli ledger deposit`, `suanli ledger credit`)"
         )
-
-
-def entries_by_account(s: Session) -> dict[str, list[LedgerEntryRow]]:
-    out: dict[str, list[LedgerEntryRow]] = defaultdict(list)
-    for e in s.scalars(select(LedgerEntryRow).order_by(LedgerEntryRow.id)):
-        out[e.account].append(e)
-    return out
