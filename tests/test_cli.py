@@ -361,22 +361,37 @@ def test_simulate_replay_and_gavel(shared_dir, tmp_path) -> None:  # type: ignor
     assert set(res["utilization"]) == {"a100-80gb", "ascend-910b"}
     gcl = tmp_path / "g.yaml"
     gcl.write_text("gavel: {v100: 4, p100: 4, k80: 4}\n")
-    gwl = tmp_path / "gw.yaml"
-    gwl.write_text("synthetic: {jobs: 10, jobs_per_hour: 4}\n")
+    trace = shared_dir / "data" / "gavel_physical_artifact_evaluation.trace"
     out = run(
-        "simulate",
-        "--cluster",
-        str(gcl),
-        "--workload",
-        str(gwl),
-        "--policy",
-        "gavel-max-min",
-        "--mode",
-        "replay",
-        "--json",
+        "simulate", "gavel", "--trace", str(trace), "--cluster", str(gcl), "--compare", "--json"
     )
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["jct_s"]["mean"] > 0
+    res = json.loads(out.stdout)
+    assert res["mode"] == "gavel-rounds" and res["cluster"] == {"v100": 4, "p100": 4, "k80": 4}
+    aware, blind = res["mean_jct_h"]["gavel-max-min"], res["mean_jct_h"]["gavel-max-min-agnostic"]
+    assert 0 < aware < blind and res["agnostic_over_aware"] == pytest.approx(blind / aware)
+    # Gavel's generator, a window of job ids, and a plot
+    out = run("simulate", "gavel", "--rate", "3", "--window", "0,30", "--plot", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "gavel-max-min" in out.stdout and (tmp_path / "gavel_jct_cdf.png").stat().st_size > 0
+    # inputs the mode cannot use are refused, with the line and what to do
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("gavel:\n  v100: 4\n  p100s: 4\n")
+    garbage = tmp_path / "garbage.trace"
+    garbage.write_text("garbage\n")
+    for args, says in (
+        (("--trace", str(trace), "--cluster", str(typo)), "line 3: gavel.p100s: unknown key"),
+        (("--trace", str(garbage)), "garbage.trace line 1"),
+        (("--trace", str(shared_dir / "data" / "openb_pod_list_default.csv")), "openb pod list"),
+        (("--rate", "2", "--trace", str(trace)), "either --rate"),
+    ):
+        bad = run("simulate", "gavel", *args)
+        assert bad.returncode == 2 and says in bad.stderr, (args, bad.stderr)
+        assert "Traceback" not in bad.stderr
+    old = run(
+        "simulate", "--cluster", str(gcl), "--workload", str(trace), "--policy", "gavel-max-min"
+    )
+    assert old.returncode == 2 and "suanli simulate gavel" in old.stderr
     bad = run(
         "simulate", "--cluster", str(cluster), "--workload", str(work), "--policy", "no-such-policy"
     )

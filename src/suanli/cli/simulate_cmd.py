@@ -14,13 +14,14 @@ from rich.table import Table
 
 from suanli.catalog.loader import accelerators
 from suanli.cli.output import console, print_json
+from suanli.cli.simulate_gavel_cmd import gavel_cmd
 from suanli.cli.simulate_market_cmd import market_cmd
 from suanli.errors import UsageError
 from suanli.sched.policies import PluginContext, build, load_policy
 from suanli.sim.openb import run_openb
 from suanli.sim.replay import run_replay
 from suanli.sim.spec import SpecError, perf_workload, read_cluster_yaml
-from suanli.sim.traces import read_nodes, read_openb_pods, shared_data_dir
+from suanli.sim.traces import OPENB_PODS, read_nodes, read_openb_pods, sniff
 
 
 class Mode(StrEnum):
@@ -28,10 +29,33 @@ class Mode(StrEnum):
     replay = "replay"
 
 
+def _kind(path: Path) -> str | None:
+    """What the file at ``path`` looks like (`sniff`); a missing file is a `SpecError`."""
+    if not path.exists():
+        raise SpecError(f"{path}: no such file")
+    if path.is_dir():
+        raise SpecError(f"{path}: a directory; give a file")
+    seen = sniff(path)
+    return seen[0] if seen is not None else None
+
+
 def _cluster(path: Path) -> tuple[list[Any], list[Any]]:
-    if path.suffix in (".yaml", ".yml"):
+    """--cluster: our cluster YAML, or a node list CSV (openb, Alibaba v2026)."""
+    if path.suffix in (".yaml", ".yml") or _kind(path) == "a cluster YAML":
         return read_cluster_yaml(path)
     return read_nodes(path), []
+
+
+def _is_workload_yaml(path: Path) -> bool:
+    return path.suffix in (".yaml", ".yml") or _kind(path) == "a workload YAML"
+
+
+def _has_gpus(nodes: list[Any], mode: str) -> None:
+    if not any(n.gpu_count for n in nodes):
+        raise SpecError(
+            f"the --cluster has no GPUs (every node has gpus 0), so --mode {mode} has nothing "
+            "to place the workload on; give node groups gpu_type and gpus"
+        )
 
 
 def simulate_cmd(
@@ -69,14 +93,17 @@ def simulate_cmd(
         raise UsageError("--seeds must be >= 1")
     t0 = time.perf_counter()
     if policy.startswith("gavel-"):
-        out = _gavel(cluster, workload, policy, seed, seeds)
+        raise UsageError(
+            f"--policy {policy}: Gavel's policies run on Gavel's protocol in "
+            "`suanli simulate gavel` (--rate N or --trace FILE, --cluster with `gavel:`); "
+            "see `suanli simulate gavel --help`"
+        )
+    config = load_policy(policy)
+    nodes, sites = _cluster(cluster)
+    if mode is Mode.openb:
+        out = _openb(nodes, workload, config, seed, seeds, plot, json_out)
     else:
-        config = load_policy(policy)
-        nodes, sites = _cluster(cluster)
-        if mode is Mode.openb:
-            out = _openb(nodes, workload, config, seed, seeds, plot, json_out)
-        else:
-            out = _replay(nodes, sites, workload, config, seed, seeds, plot)
+        out = _replay(nodes, sites, workload, config, seed, seeds, plot)
     out["wall_s"] = time.perf_counter() - t0
     if json_out:
         print_json(out)
@@ -99,7 +126,22 @@ def _openb(
     plot: Path | None,
     quiet: bool,
 ) -> dict[str, Any]:
+    kind = _kind(workload)
+    if kind != OPENB_PODS.name and (
+        workload.suffix in (".yaml", ".yml") or (kind or "").endswith("YAML")
+    ):
+        other = ", or run this workload with --mode replay" if kind == "a workload YAML" else ""
+        raise SpecError(
+            f"{workload}: {kind or 'a YAML file'}; --mode openb replays an openb pod list "
+            f"(openb_pod_list_*.csv) to 130% of the cluster's GPUs: give one{other}"
+        )
     pods = read_openb_pods(workload)
+    _has_gpus(nodes, "openb")
+    if not any(p.gpu_request_milli for p in pods):
+        raise SpecError(
+            f"{workload}: no pod asks for a GPU, and --mode openb measures GPU allocation; "
+            "give a pod list with GPU pods"
+        )
     runs = []
     with Progress(console=console, transient=True, disable=quiet) as bar:
         task = bar.add_task(f"{config.name}: seeds", total=seeds)
@@ -138,12 +180,18 @@ def _replay(
     plot: Path | None,
 ) -> dict[str, Any]:
     types = sorted({n.gpu_type for n in nodes if n.gpu_count})
+    as_yaml = _is_workload_yaml(workload)
+    pods = None if as_yaml else _replay_pods(workload)
     per_seed: list[dict[str, Any]] = []
     for s in range(seed, seed + seeds):
-        if workload.suffix in (".yaml", ".yml"):
+        if pods is None:
             tasks, thr = perf_workload(workload, types, s)
+            if s == seed:
+                _placeable(workload, tasks, thr, types)
         else:
-            tasks, thr = read_openb_pods(workload), {}
+            tasks, thr = pods, {}
+            if s == seed and any(t.gpu_request_milli for t in tasks):
+                _has_gpus(nodes, "replay")
         fw = build(config, PluginContext(workload=tasks, throughput=thr))
         res = run_replay(
             nodes,
@@ -189,6 +237,40 @@ def _replay(
     }
 
 
+def _replay_pods(workload: Path) -> list[Any]:
+    """An openb pod list for --mode replay; any other file says what replay takes."""
+    if _kind(workload) != OPENB_PODS.name:
+        seen = sniff(workload)
+        looks = ""
+        if seen is not None:
+            use = "" if seen[1] == "nothing here" else f" (for {seen[1]})"
+            looks = f"this looks like {seen[0]}{use}, "
+        raise SpecError(
+            f"{workload}: {looks}not a workload --mode replay can use: give a workload YAML "
+            f"(jobs:, see benchmarks/specs/) or an openb pod list (a CSV with the header "
+            f"{OPENB_PODS.header})"
+        )
+    pods = read_openb_pods(workload)
+    if not any(p.duration_s for p in pods):
+        raise SpecError(
+            f"{workload}: no pod has a run time (no creation_time/deletion_time columns, as in "
+            "openb_pod_list_multigpu50.csv), and --mode replay runs pods for their run time: "
+            "use it with --mode openb, or give a pod list with times"
+        )
+    return pods
+
+
+def _placeable(workload: Path, tasks: list[Any], thr: dict[Any, float], types: list[str]) -> None:
+    """Refuse a YAML workload of which no job can run on the cluster (else: jct nan)."""
+    if not types:
+        _has_gpus([], "replay")
+    if tasks and not any(v > 0 for v in thr.values()):
+        raise SpecError(
+            f"{workload}: no job fits in the memory of any chip of the cluster "
+            f"({', '.join(types)}); give jobs more gpus, smaller models, or bigger chips"
+        )
+
+
 def cost_and_energy(nodes: list[Any], gpu_seconds: dict[str, float]) -> tuple[float, float]:
     """USD (node price label, else the catalog reference price) and J (TDP) of device-seconds."""
     acc = accelerators()
@@ -203,52 +285,6 @@ def cost_and_energy(nodes: list[Any], gpu_seconds: dict[str, float]) -> tuple[fl
         cost += sec / 3600 * (p or 0.0)
         energy += sec * (a.tdp_w if a is not None else 0.0)
     return cost, energy
-
-
-def _gavel(cluster: Path, workload: Path, policy: str, seed: int, seeds: int) -> dict[str, Any]:
-    import yaml
-
-    from suanli.sched.gavel import POLICIES  # SciPy's LP solver loads only when needed
-    from suanli.sim.gavel_sim import (
-        read_gavel_throughputs,
-        simulate_gavel,
-        synthetic_jobs,
-    )
-
-    if policy not in POLICIES:
-        raise SpecError(f"unknown Gavel policy {policy!r}; one of {', '.join(POLICIES)}")
-    d = shared_data_dir()
-    if d is None:
-        raise SpecError("Gavel simulations need ../shared/data/gavel_simulation_throughputs.json")
-    table = read_gavel_throughputs(d / "gavel_simulation_throughputs.json")
-    try:
-        cap = (yaml.safe_load(cluster.read_text()) or {}).get("gavel") or {}
-        wl = (
-            {}
-            if workload.suffix == ".trace"
-            else ((yaml.safe_load(workload.read_text()) or {}).get("synthetic") or {})
-        )
-    except (OSError, yaml.YAMLError, AttributeError) as exc:
-        raise SpecError(f"cannot read the Gavel cluster/workload spec: {exc}") from exc
-    capacity = {k: int(cap.get(k, 36)) for k in ("v100", "p100", "k80")}
-    means = []
-    for s in range(seed, seed + seeds):
-        jobs = synthetic_jobs(table, int(wl.get("jobs", 200)), float(wl.get("jobs_per_hour", 4)), s)
-        means.append(simulate_gavel(jobs, table, capacity, policy))
-    jct = [j for r in means for j in r.jct_s]
-    return {
-        "mode": "replay",
-        "policy": policy,
-        "seeds": list(range(seed, seed + seeds)),
-        "jct_s": {
-            "mean": statistics.mean(jct),
-            "p50": statistics.median(jct),
-            "p99": sorted(jct)[int(0.99 * (len(jct) - 1))],
-        },
-        "makespan_s": statistics.mean(r.makespan_s for r in means),
-        "preemptions": 0,
-        "lp_solves": sum(r.lp_solves for r in means),
-    }
 
 
 def carbon_kg(sites: list[Any], seconds: dict[tuple[str, str], float]) -> float:
@@ -311,3 +347,4 @@ simulate_app = typer.Typer(
 )
 simulate_app.callback(invoke_without_command=True)(simulate_cmd)
 simulate_app.command("market")(market_cmd)
+simulate_app.command("gavel")(gavel_cmd)

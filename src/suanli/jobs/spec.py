@@ -31,6 +31,7 @@ from pydantic import (
 
 from suanli.catalog.loader import accelerators, models
 from suanli.errors import SuanliError
+from suanli.yamlfile import dotted, expanded_size
 
 NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a Kubernetes DNS label
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -210,13 +211,6 @@ class JobSpec(BaseModel):
         )
 
 
-def _path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
 def parse_job_spec(data: Any, source: str = "<job>") -> JobSpec:
     """Validate a parsed spec; every problem is listed with its path."""
     if not isinstance(data, dict):
@@ -228,30 +222,13 @@ def parse_job_spec(data: Any, source: str = "<job>") -> JobSpec:
         for err in exc.errors():
             msg = err["msg"].removeprefix("Value error, ")
             # a rule across fields names its own (the error's location is the whole spec)
-            problems.append(f"{_path(err['loc'])}: {msg}" if err["loc"] else msg)
+            problems.append(f"{dotted(err['loc'])}: {msg}" if err["loc"] else msg)
         raise JobSpecError(source, problems) from exc
     return spec
 
 
 MAX_FILE_BYTES = 1 << 20
 MAX_NODES = 100_000  # values in the document with every alias expanded
-
-
-def _expanded_size(data: Any, budget: int) -> int:
-    """Values in ``data`` counting an alias as many times as it is used, stopping past
-    ``budget``: a "billion laughs" file is a few hundred bytes whose expansion is not."""
-    count, stack = 0, [data]
-    while stack:
-        item = stack.pop()
-        count += 1
-        if count > budget:
-            return count
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return count
 
 
 def read_yaml(path: str | Path) -> Any:
@@ -273,7 +250,7 @@ def read_yaml(path: str | Path) -> Any:
         raise JobSpecError(str(p), [" ".join(f"not valid YAML: {exc}".split())]) from exc
     except RecursionError as exc:
         raise JobSpecError(str(p), ["nested too deeply"]) from exc
-    if _expanded_size(data, MAX_NODES) > MAX_NODES:
+    if expanded_size(data, MAX_NODES) > MAX_NODES:
         raise JobSpecError(str(p), [f"more than {MAX_NODES} values once its aliases are expanded"])
     return data
 

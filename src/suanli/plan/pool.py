@@ -30,6 +30,7 @@ from suanli.calibration.profile import resolve_accelerator as get_accelerator
 from suanli.catalog.loader import accelerators, topologies
 from suanli.errors import SuanliError, UnknownNameError
 from suanli.perf.system import System, make_system
+from suanli.yamlfile import dotted, line_of
 
 
 class PoolFileError(SuanliError, ValueError):
@@ -72,31 +73,6 @@ class PoolEntry:
         return self.system.price_usd_per_hour
 
 
-def _line_of(root: yaml.Node | None, path: tuple[Any, ...]) -> int:
-    """1-based line of the node at ``path`` (or of its nearest existing parent)."""
-    node = root
-    line = node.start_mark.line + 1 if node is not None else 1
-    for key in path:
-        if isinstance(node, yaml.MappingNode):
-            nxt = next((v for k, v in node.value if getattr(k, "value", None) == key), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
-            nxt = node.value[key] if key < len(node.value) else None
-        else:
-            nxt = None
-        if nxt is None:
-            break
-        node = nxt
-        line = node.start_mark.line + 1
-    return line
-
-
-def _dotted(path: tuple[Any, ...]) -> str:
-    out = ""
-    for key in path:
-        out += f"[{key}]" if isinstance(key, int) else (f".{key}" if out else str(key))
-    return out
-
-
 def parse_pool(text: str, source: str = "<pool>") -> list[PoolEntry]:
     """Parse pool YAML text; raise `PoolFileError` listing every problem with its line."""
     try:
@@ -112,35 +88,35 @@ def parse_pool(text: str, source: str = "<pool>") -> list[PoolEntry]:
         if set(data) != {"pools"}:
             extra = sorted(set(data) - {"pools"})
             msg = f"unknown top-level key(s) {extra}" if extra else "missing 'pools'"
-            raise PoolFileError(source, [f"line {_line_of(root, ())}: {msg}; expected 'pools:'"])
+            raise PoolFileError(source, [f"line {line_of(root, ())}: {msg}; expected 'pools:'"])
         data, prefix = data["pools"], ("pools",)
     if not isinstance(data, list) or not data:
-        raise PoolFileError(source, [f"line {_line_of(root, prefix)}: expected a list of pools"])
+        raise PoolFileError(source, [f"line {line_of(root, prefix)}: expected a list of pools"])
     problems: list[str] = []
     entries: list[PoolEntry] = []
     names: set[str] = set()
     for i, raw in enumerate(data):
         path = (*prefix, i)
         if not isinstance(raw, dict):
-            problems.append(f"line {_line_of(root, path)}: {_dotted(path)}: expected a mapping")
+            problems.append(f"line {line_of(root, path)}: {dotted(path)}: expected a mapping")
             continue
         try:
             entry = _Entry.model_validate(raw)
         except ValidationError as exc:
             for err in exc.errors():
                 loc = (*path, *err["loc"])
-                problems.append(f"line {_line_of(root, loc)}: {_dotted(loc)}: {err['msg']}")
+                problems.append(f"line {line_of(root, loc)}: {dotted(loc)}: {err['msg']}")
             continue
         try:
             acc = get_accelerator(entry.accelerator)
         except UnknownNameError as exc:
             loc = (*path, "accelerator")
-            problems.append(f"line {_line_of(root, loc)}: {_dotted(loc)}: {exc}")
+            problems.append(f"line {line_of(root, loc)}: {dotted(loc)}: {exc}")
             continue
         if entry.topology not in topologies():
             loc = (*path, "topology")
             problems.append(
-                f"line {_line_of(root, loc)}: {_dotted(loc)}: unknown topology "
+                f"line {line_of(root, loc)}: {dotted(loc)}: unknown topology "
                 f"{entry.topology!r}; one of {', '.join(sorted(topologies()))}"
             )
             continue
@@ -148,7 +124,7 @@ def parse_pool(text: str, source: str = "<pool>") -> list[PoolEntry]:
         if name in names:
             loc = (*path, "name")
             problems.append(
-                f"line {_line_of(root, loc)}: {_dotted(loc)}: duplicate pool name {name!r}"
+                f"line {line_of(root, loc)}: {dotted(loc)}: duplicate pool name {name!r}"
             )
             continue
         names.add(name)

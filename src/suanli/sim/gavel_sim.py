@@ -6,6 +6,14 @@ duration ``60 * 10^U(1.5, 3)`` s for 80% of jobs and ``60 * 10^U(3, 4)`` s for
 20%, counted as steps on a V100; scale factor 1/2/4/8 with probability
 0.7/0.1/0.15/0.05; Poisson arrivals.
 
+Two executions:
+
+* `simulate_gavel_rounds` follows Gavel's protocol: 6-minute rounds realised by
+  the mechanism in `suanli.sched.rounds`, a continuous Poisson stream from
+  Gavel's own generator (`gavel_job_stream`, the same draws from the same seeds),
+  and the mean JCT over a window of job ids (Gavel used jobs 4000-5000).
+* `simulate_gavel` is the fluid relaxation:
+
 Execution is fluid: between events (an arrival or a completion) every job runs
 at ``sum_k T[j, k] X[j, k]`` steps/s under the policy's allocation, which is
 recomputed at every event. Gavel's round-based mechanism realises such an
@@ -17,12 +25,16 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+import random
+import time
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from suanli.sched.gavel import POLICIES, AllocationProblem
+from suanli.sched.gavel import POLICIES, AllocationProblem, warm_starts
+from suanli.sched.rounds import DEFAULT_RESET_EVERY_S, DEFAULT_ROUND_S, RoundScheduler
 from suanli.sim.traces import TraceError
 
 TYPES = ("v100", "p100", "k80")
@@ -37,8 +49,16 @@ class GavelJob:
     arrival_s: float
 
 
-def read_gavel_throughputs(path: Path) -> dict[tuple[str, int], dict[str, float]]:
-    """``gavel_simulation_throughputs.json``: isolated steps/s per (job type, scale) and type."""
+def read_gavel_throughputs(
+    path: Path, *, complete_only: bool = True
+) -> dict[tuple[str, int], dict[str, float]]:
+    """``gavel_simulation_throughputs.json``: isolated steps/s per (job type, scale) and type.
+
+    Some (job type, scale) pairs have no rate on some type (they did not fit or
+    were not measured). ``complete_only`` drops them; otherwise the missing types
+    read 0 steps/s (cannot run there), which is what Gavel's generator needs: it
+    asks only for a V100 rate.
+    """
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -51,7 +71,9 @@ def read_gavel_throughputs(path: Path) -> dict[tuple[str, int], dict[str, float]
             iso = val.get("null") if isinstance(val, dict) else None
             if iso:
                 out.setdefault(job, {})[gpu] = float(iso)
-    return {k: v for k, v in out.items() if set(v) == set(TYPES)}
+    if complete_only:
+        return {k: v for k, v in out.items() if set(v) == set(TYPES)}
+    return {k: {t: v.get(t, 0.0) for t in TYPES} for k, v in out.items() if v.get("v100")}
 
 
 def synthetic_jobs(
@@ -100,10 +122,23 @@ def simulate_gavel(
     solve = POLICIES[policy]
     cap = np.array([capacity[t] for t in TYPES], dtype=float)
     pending = sorted(jobs, key=lambda j: j.arrival_s)
-    active: list[int] = []
     remaining = np.array([j.steps for j in pending])
     thr = np.array([[table[(j.job_type, j.scale)][t] for t in TYPES] for j in pending])
     scale = np.array([j.scale for j in pending], dtype=float)
+    with warm_starts():
+        return _fluid(pending, thr, scale, cap, remaining, solve, policy)
+
+
+def _fluid(
+    pending: list[GavelJob],
+    thr: np.ndarray,
+    scale: np.ndarray,
+    cap: np.ndarray,
+    remaining: np.ndarray,
+    solve: Callable[[AllocationProblem], np.ndarray],
+    policy: str,
+) -> GavelResult:
+    active: list[int] = []
     done = np.full(len(pending), math.nan)
     now, nxt, solves = 0.0, 0, 0
     rates = np.zeros(0)
@@ -145,3 +180,245 @@ def simulate_gavel(
             nxt += 1
     jct = [float(done[i] - pending[i].arrival_s) for i in range(len(pending))]
     return GavelResult(policy, jct, float(np.nanmax(done)), solves)
+
+
+#: Gavel's job table in its order (``scheduler/job_table.py``): what ``rng.choice``
+#: draws from. ``True``: the job type may run on more than one GPU.
+GAVEL_JOB_TABLE: tuple[tuple[str, bool], ...] = (
+    *((f"ResNet-18 (batch size {b})", True) for b in (16, 32, 64, 128, 256)),
+    *((f"ResNet-50 (batch size {b})", True) for b in (16, 32, 64, 128)),
+    *((f"Transformer (batch size {b})", True) for b in (16, 32, 64, 128, 256)),
+    *((f"LM (batch size {b})", True) for b in (5, 10, 20, 40, 80)),
+    *((f"Recommendation (batch size {b})", False) for b in (512, 1024, 2048, 4096, 8192)),
+    ("A3C", False),
+    ("CycleGAN", False),
+)
+
+
+def _gavel_scale(rng: random.Random) -> int:
+    r = rng.uniform(0, 1)
+    if 0.7 <= r <= 0.8:
+        return 2
+    if 0.8 <= r <= 0.95:
+        return 4
+    if r >= 0.95:
+        return 8
+    return 1
+
+
+def _gavel_duration_s(rng: random.Random) -> float:
+    if rng.random() >= 0.8:
+        return 60 * 10 ** rng.uniform(3, 4)
+    return 60 * 10 ** rng.uniform(1.5, 3)
+
+
+def gavel_job_stream(
+    table: dict[tuple[str, int], dict[str, float]],
+    jobs_per_hour: float,
+    seed: int,
+    *,
+    multi_gpu: bool = False,
+) -> Iterator[GavelJob]:
+    """Gavel's continuous workload, draw for draw (``utils.generate_job``, ``simulate``).
+
+    Jobs come from ``random.Random(seed + 2)`` (scale factor, then duration, then the
+    job type, redrawn until it may run distributed), arrivals from
+    ``random.Random(seed + 3)`` with exponential gaps, the first job at 0 s. The
+    scale factor is drawn even for single-GPU workloads, as Gavel does, so a
+    single-GPU stream is Gavel's to the last draw. Steps = duration x V100 rate.
+    """
+    job_rng = random.Random(seed + 2)
+    gap_rng = random.Random(seed + 3)
+    mean_gap_s = 3600.0 / jobs_per_hour
+    t = 0.0
+    while True:
+        scale = _gavel_scale(job_rng)
+        duration = _gavel_duration_s(job_rng)
+        if not multi_gpu:
+            scale = 1
+        while True:
+            name, distributed = job_rng.choice(GAVEL_JOB_TABLE)
+            if scale == 1 or distributed:
+                break
+        rates = table.get((name, scale))
+        if rates is None:
+            raise TraceError(f"Gavel's table has no rates for {name!r} on {scale} GPU(s)")
+        yield GavelJob(name, scale, duration * rates["v100"], t)
+        t += -math.log(1.0 - gap_rng.random()) * mean_gap_s
+
+
+@dataclass
+class RoundsResult:
+    """What a round-based run measured; JCTs of the job-id window only."""
+
+    policy: str
+    window: tuple[int, int]
+    jct_s: list[float]
+    jobs_simulated: int
+    rounds: int
+    lp_solves: int
+    sim_end_s: float
+    wall_s: float
+    migrations: int
+    busy_device_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def mean_jct_s(self) -> float:
+        return float(np.mean(self.jct_s)) if self.jct_s else math.nan
+
+
+#: Type-blind policies see every type as alike; Gavel shuffles the type order for them.
+_TYPE_BLIND = {"gavel-max-min-agnostic"}
+
+
+def simulate_gavel_rounds(
+    jobs: Iterator[GavelJob] | list[GavelJob],
+    table: dict[tuple[str, int], dict[str, float]],
+    capacity: dict[str, int],
+    policy: str,
+    *,
+    window: tuple[int, int] | None = None,
+    round_s: float = DEFAULT_ROUND_S,
+    reset_every_s: float = DEFAULT_RESET_EVERY_S,
+    migration_s: float = 0.0,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> RoundsResult:
+    """Run a Gavel workload in rounds until every job of ``window`` (ids, end exclusive) ends.
+
+    With ``window=None`` every job of a finite list runs to completion. A job that
+    changes device type between rounds loses ``migration_s`` of its next round to
+    saving and restoring its checkpoint (Gavel's simulator charges nothing: 0 s).
+    """
+    t0 = time.perf_counter()
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; one of {', '.join(POLICIES)}")
+    stream = iter(jobs)
+    total = len(jobs) if isinstance(jobs, list) else None
+    lo, hi = window if window is not None else (0, total or 0)
+    if window is None and total is None:
+        raise ValueError("an endless job stream needs a window of job ids")
+    cap = np.array([capacity.get(t, 0) for t in TYPES], dtype=float)
+    mech = RoundScheduler(
+        TYPES,
+        cap,
+        POLICIES[policy],
+        round_s=round_s,
+        reset_every_s=reset_every_s,
+        shuffle_types=policy in _TYPE_BLIND,
+        seed=seed + 5,
+        price_usd_per_hour=np.ones(len(TYPES)),
+    )
+    arrivals: list[GavelJob] = []
+    # per job id, grown as jobs arrive
+    rates = np.zeros((1024, len(TYPES)))
+    remaining = np.zeros(1024)
+    last_type = np.full(1024, -1)
+    scale_of = np.zeros(1024, dtype=np.int64)
+    jct: dict[int, float] = {}
+    busy = np.zeros(len(TYPES))
+    nxt = next(stream, None)
+    now = nxt.arrival_s if nxt is not None else 0.0
+    rounds = migrations = window_done = 0
+
+    def remaining_of(keys: list[Hashable]) -> np.ndarray:
+        return remaining[np.asarray(keys, dtype=np.int64)]
+
+    while True:
+        while nxt is not None and nxt.arrival_s <= now:
+            i = len(arrivals)
+            if i == len(remaining):
+                rates = np.vstack([rates, np.zeros_like(rates)])
+                remaining = np.concatenate([remaining, np.zeros_like(remaining)])
+                last_type = np.concatenate([last_type, np.full_like(last_type, -1)])
+                scale_of = np.concatenate([scale_of, np.zeros_like(scale_of)])
+            arrivals.append(nxt)
+            rates[i] = [table[(nxt.job_type, nxt.scale)][t] for t in TYPES]
+            if not ((rates[i] > 0) & (cap >= nxt.scale)).any():
+                raise TraceError(f"job {i} ({nxt.job_type}, {nxt.scale} GPUs) fits no type here")
+            remaining[i] = nxt.steps
+            scale_of[i] = nxt.scale
+            mech.add(i, rates[i], nxt.scale, arrival_s=nxt.arrival_s, ident=i)
+            nxt = next(stream, None) if total is None or len(arrivals) < total else None
+        if window_done >= hi - lo:
+            break
+        if not len(mech):
+            if nxt is None:
+                break
+            now = nxt.arrival_s
+            continue
+        rows, ks = mech.plan_rows(now, remaining_steps=remaining_of)
+        if not len(rows):
+            raise RuntimeError("no job can make progress: capacity too small for every job")
+        rounds += 1
+        ids = mech.ident[rows]
+        thr = rates[ids, ks]
+        moved = (last_type[ids] >= 0) & (last_type[ids] != ks)
+        migrations += int(moved.sum())
+        lost = np.where(moved, min(migration_s, round_s), 0.0)
+        last_type[ids] = ks
+        steps = np.minimum(remaining[ids], thr * (round_s - lost))
+        run_s = lost + steps / thr
+        remaining[ids] -= steps
+        scales = scale_of[ids]
+        np.add.at(busy, ks, run_s * scales)
+        mech.record_rows(rows, ks, run_s)
+        for n in np.flatnonzero(remaining[ids] <= 1e-9 * (steps + remaining[ids])).tolist():
+            i = int(ids[n])
+            if remaining[i] > 1e-9 * arrivals[i].steps:
+                continue
+            jct[i] = now + float(run_s[n]) - arrivals[i].arrival_s
+            window_done += lo <= i < hi
+            mech.remove(i)
+        now += float(run_s.max())
+        bulk = _settled_rounds(mech, remaining[ids], thr * round_s, run_s, round_s, now, nxt)
+        if bulk:  # the same plan again and again: run those rounds at once (exact)
+            remaining[ids] -= bulk * thr * round_s
+            np.add.at(busy, ks, bulk * round_s * scales)
+            mech.record_rows(rows, ks, np.full(len(rows), bulk * round_s))
+            now += bulk * round_s
+            rounds += bulk
+        if progress is not None:
+            progress(window_done, hi - lo)
+    window_jct = [jct[i] for i in range(lo, hi) if i in jct]
+    return RoundsResult(
+        policy,
+        (lo, hi),
+        window_jct,
+        len(arrivals),
+        rounds,
+        mech.solves,
+        now,
+        time.perf_counter() - t0,
+        migrations,
+        {t: float(b) for t, b in zip(TYPES, busy, strict=True)},
+    )
+
+
+def _settled_rounds(
+    mech: RoundScheduler,
+    remaining: np.ndarray,
+    steps_per_round: np.ndarray,
+    run_s: np.ndarray,
+    round_s: float,
+    now: float,
+    nxt: GavelJob | None,
+) -> int:
+    """How many more rounds will repeat the one just run, with no job arriving or ending.
+
+    Only when the mechanism says its plan did not depend on priorities
+    (`RoundScheduler.settled`) and every job ran the whole round; at low load most
+    rounds are like that, and running them one by one cost most of a simulation.
+    """
+    if not mech.settled or len(run_s) != len(mech) or (run_s < round_s * (1 - 1e-12)).any():
+        return 0
+    if (remaining <= 0).any():
+        return 0
+    # rounds each job can still run whole, with steps left over after them
+    whole = int(np.min(np.ceil(remaining / steps_per_round))) - 1
+    # a round starting at or after an arrival adds that job first; one starting at or
+    # after a due reset recomputes the allocation
+    for event_s in (nxt.arrival_s if nxt is not None else math.inf, mech.next_reset_s()):
+        if event_s < math.inf:
+            whole = min(whole, max(0, math.ceil((event_s - now) / round_s)))
+    return max(0, whole)
