@@ -17,11 +17,13 @@ class SuanliError(Exception):
 class UnknownNameError(SuanliError, KeyError):
     """A catalog name that does not exist; the message lists the nearest names."""
 
-    def __init__(self, kind: str, name: str, known: Iterable[str]) -> None:
+    def __init__(
+        self, kind: str, name: str, known: Iterable[str], listing: str | None = None
+    ) -> None:
         known_list = sorted(known)
         near = difflib.get_close_matches(name.lower(), known_list, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(near)}?" if near else ""
-        msg = f"unknown {kind} {name!r}{hint} (see `suanli catalog list {kind}s`)"
+        msg = f"unknown {kind} {name!r}{hint} (see `suanli catalog list {listing or kind + 's'}`)"
         super().__init__(msg)
         self.kind = kind
         self.name = name

@@ -23,6 +23,7 @@ from suanli.catalog.types import (
     Interconnect,
     ModelArch,
     MoE,
+    StorageTier,
     Topology,
 )
 from suanli.errors import CatalogFileError, UnknownNameError
@@ -40,6 +41,18 @@ _SOURCED_ACCEL_FIELDS = (
     "tdp_w",
     "idle_w",
     "price_usd_per_hour",
+)
+
+
+#: Storage-tier fields that are facts and so need a citation in ``sources``.
+_SOURCED_STORAGE_FIELDS = (
+    "write_gbs_per_node",
+    "read_gbs_per_node",
+    "latency_ms",
+    "aggregate_gbs",
+    "aggregate_read_gbs",
+    "aggregate_gbs_per_tib",
+    "usd_per_gb_month",
 )
 
 
@@ -131,6 +144,41 @@ def _topology(entry: dict[str, Any], where: str) -> Topology:
     return rec
 
 
+def _storage_tier(entry: dict[str, Any], where: str) -> StorageTier:
+    rec = build_record(StorageTier, entry, where)
+    ints: dict[str, Any] = {
+        n: float(v)
+        for n in _SOURCED_STORAGE_FIELDS
+        if isinstance(v := getattr(rec, n), int) and not isinstance(v, bool)
+    }
+    rec = dataclasses.replace(rec, **ints)  # `float | None` fields: 80 -> 80.0
+    if rec.kind not in ("local", "parallel-fs", "object"):
+        raise CatalogFileError(f"{where}: kind must be local/parallel-fs/object")
+    for name in _SOURCED_STORAGE_FIELDS:
+        value = getattr(rec, name)
+        if value is not None and (isinstance(value, bool) or not value > 0):
+            raise CatalogFileError(f"{where}: {name} must be a positive number, got {value!r}")
+    if rec.aggregate_gbs is not None and rec.aggregate_gbs_per_tib is not None:
+        raise CatalogFileError(f"{where}: give aggregate_gbs or aggregate_gbs_per_tib, not both")
+    if rec.aggregate_read_gbs is not None and rec.aggregate_gbs is None:
+        raise CatalogFileError(
+            f"{where}: aggregate_read_gbs needs aggregate_gbs (the write figure)"
+        )
+    if (
+        rec.kind == "parallel-fs"
+        and rec.aggregate_gbs is None
+        and rec.aggregate_gbs_per_tib is None
+    ):
+        raise CatalogFileError(
+            f"{where}: a parallel file system needs aggregate_gbs or aggregate_gbs_per_tib"
+        )
+    for k in rec.disputed:
+        if k not in _SOURCED_STORAGE_FIELDS:
+            raise CatalogFileError(f"{where}: disputed names unknown field {k!r}")
+    _check_sources(rec, _SOURCED_STORAGE_FIELDS, where)
+    return rec
+
+
 @functools.cache
 def accelerators() -> dict[str, Accelerator]:
     """All accelerators by name."""
@@ -147,6 +195,12 @@ def interconnects() -> dict[str, Interconnect]:
 def topologies() -> dict[str, Topology]:
     """All network topologies by name."""
     return _load_table("topologies.yaml", _topology, lambda r: r.name)
+
+
+@functools.cache
+def storage_tiers() -> dict[str, StorageTier]:
+    """All storage tiers (checkpoint targets) by name."""
+    return _load_table("storage.yaml", _storage_tier, lambda r: r.name)
 
 
 def model_from_mapping(entry: dict[str, Any], where: str) -> ModelArch:
@@ -192,6 +246,15 @@ def get_topology(name: str) -> Topology:
     key = name.strip().lower()
     if key not in table:
         raise UnknownNameError("network", name, [*table, *interconnects()])
+    return table[key]
+
+
+def get_storage_tier(name: str) -> StorageTier:
+    """The storage tier called ``name`` (case-insensitive), or an error naming near ones."""
+    table = storage_tiers()
+    key = name.strip().lower()
+    if key not in table:
+        raise UnknownNameError("storage tier", name, table, listing="storage")
     return table[key]
 
 

@@ -188,6 +188,43 @@ class Topology:
     notes: str = ""
 
 
+StorageKind = Literal["local", "parallel-fs", "object"]
+
+
+@dataclass(frozen=True, slots=True)
+class StorageTier:
+    """Where a job writes its checkpoint and reads it back: a node's own drive, a
+    parallel file system or an object store.
+
+    ``write_gbs_per_node`` / ``read_gbs_per_node`` are what one client node sustains;
+    ``aggregate_gbs`` is what the whole tier sustains (for writes, and for reads unless
+    ``aggregate_read_gbs`` is given). Where throughput scales with the capacity bought,
+    ``aggregate_gbs`` is None and ``aggregate_gbs_per_tib`` gives it per TiB provisioned;
+    where both are None nothing caps the sum (each node writes its own drive).
+    ``latency_ms`` is the first-byte latency, paid once per checkpoint or restore.
+    """
+
+    name: str
+    display_name: str
+    kind: StorageKind
+    write_gbs_per_node: float
+    read_gbs_per_node: float
+    latency_ms: float
+    sources: dict[str, str]
+    aggregate_gbs: float | None = None
+    aggregate_read_gbs: float | None = None
+    aggregate_gbs_per_tib: float | None = None
+    usd_per_gb_month: float | None = None
+    disputed: dict[str, str] = field(default_factory=dict)
+    notes: str = ""
+
+    @property
+    def shared(self) -> bool:
+        """Whether other nodes can read what one node wrote (false for node-local
+        drives: a job restarted elsewhere cannot restore from them)."""
+        return self.kind != "local"
+
+
 @dataclass(frozen=True, slots=True)
 class MLA:
     """Multi-head latent attention shapes (DeepSeek-V2/V3)."""

@@ -23,6 +23,7 @@ class Kind(StrEnum):
     accelerators = "accelerators"
     models = "models"
     networks = "networks"
+    storage = "storage"
 
 
 def _accel_table() -> Table:
@@ -99,26 +100,57 @@ def _network_table() -> Table:
     return t
 
 
+def _storage_table() -> Table:
+    t = Table(title="Storage tiers (where moved and preempted jobs keep checkpoints)")
+    for col in (
+        "name",
+        "kind",
+        "write GB/s/node",
+        "read GB/s/node",
+        "aggregate GB/s",
+        "latency ms",
+    ):
+        t.add_column(col)
+    for st in loader.storage_tiers().values():
+        agg = (
+            fmt(st.aggregate_gbs)
+            if st.aggregate_gbs is not None
+            else (f"{fmt(st.aggregate_gbs_per_tib)} per TiB" if st.aggregate_gbs_per_tib else "—")
+        )
+        t.add_row(
+            st.name,
+            st.kind,
+            fmt(st.write_gbs_per_node),
+            fmt(st.read_gbs_per_node),
+            agg,
+            fmt(st.latency_ms),
+        )
+    return t
+
+
 @catalog_app.command("list")
 def list_cmd(
     kind: Annotated[Kind, typer.Argument(help="What to list.")] = Kind.accelerators,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """List accelerators, models or networks."""
+    """List accelerators, models, networks or storage tiers."""
     if json_out:
         tables: dict[Kind, dict[str, Any]] = {
             Kind.accelerators: dict(loader.accelerators()),
             Kind.models: dict(loader.models()),
             Kind.networks: {**loader.interconnects(), **loader.topologies()},
+            Kind.storage: dict(loader.storage_tiers()),
         }
         table = tables[kind]
         print_json([_record(v) for v in table.values()])
         return
-    console.print(
-        {Kind.accelerators: _accel_table, Kind.models: _model_table, Kind.networks: _network_table}[
-            kind
-        ]()
-    )
+    tables_of = {
+        Kind.accelerators: _accel_table,
+        Kind.models: _model_table,
+        Kind.networks: _network_table,
+        Kind.storage: _storage_table,
+    }
+    console.print(tables_of[kind]())
 
 
 def _record(rec: Any) -> dict[str, Any]:
@@ -142,6 +174,7 @@ def show_cmd(
         loader.models(),
         loader.interconnects(),
         loader.topologies(),
+        loader.storage_tiers(),
     ]
     for table in tables:
         if key in table:
