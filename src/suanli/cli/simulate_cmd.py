@@ -17,7 +17,8 @@ from suanli.cli.output import console, print_json
 from suanli.cli.simulate_gavel_cmd import gavel_cmd
 from suanli.cli.simulate_market_cmd import market_cmd
 from suanli.errors import UsageError
-from suanli.sched.policies import PluginContext, build, load_policy
+from suanli.sched.policies import NAMED, PluginContext, build, load_policy
+from suanli.sched.round_action import DEFAULT_STORAGE, Rounds, checkpoint_costs
 from suanli.sim.openb import run_openb
 from suanli.sim.replay import run_replay
 from suanli.sim.spec import SpecError, perf_workload, read_cluster_yaml
@@ -74,6 +75,13 @@ def simulate_cmd(
     seeds: Annotated[int, typer.Option("--seeds", help="How many seeds.")] = 1,
     json_out: Annotated[bool, typer.Option("--json")] = False,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write PNG plots here.")] = None,
+    storage: Annotated[
+        str,
+        typer.Option(
+            "--storage",
+            help="Storage tier (catalog) where jobs the rounds move save their checkpoints.",
+        ),
+    ] = DEFAULT_STORAGE,
 ) -> None:
     """Replay a trace through a scheduling policy and report what it achieved.
 
@@ -92,18 +100,20 @@ def simulate_cmd(
     if seeds < 1:
         raise UsageError("--seeds must be >= 1")
     t0 = time.perf_counter()
-    if policy.startswith("gavel-"):
+    if policy.startswith("gavel-") and policy not in NAMED:
         raise UsageError(
             f"--policy {policy}: Gavel's policies run on Gavel's protocol in "
             "`suanli simulate gavel` (--rate N or --trace FILE, --cluster with `gavel:`); "
             "see `suanli simulate gavel --help`"
         )
     config = load_policy(policy)
+    if config.rounds is not None:
+        checkpoint_costs(storage)  # an unknown or node-local tier is refused before any run
     nodes, sites = _cluster(cluster)
     if mode is Mode.openb:
         out = _openb(nodes, workload, config, seed, seeds, plot, json_out)
     else:
-        out = _replay(nodes, sites, workload, config, seed, seeds, plot)
+        out = _replay(nodes, sites, workload, config, seed, seeds, plot, storage)
     out["wall_s"] = time.perf_counter() - t0
     if json_out:
         print_json(out)
@@ -178,6 +188,7 @@ def _replay(
     seed: int,
     seeds: int,
     plot: Path | None,
+    storage: str = DEFAULT_STORAGE,
 ) -> dict[str, Any]:
     types = sorted({n.gpu_type for n in nodes if n.gpu_count})
     as_yaml = _is_workload_yaml(workload)
@@ -193,6 +204,9 @@ def _replay(
             if s == seed and any(t.gpu_request_milli for t in tasks):
                 _has_gpus(nodes, "replay")
         fw = build(config, PluginContext(workload=tasks, throughput=thr))
+        rounds = None
+        if config.rounds is not None:
+            rounds = Rounds(types, thr, config.rounds, checkpoint_s=checkpoint_costs(storage))
         res = run_replay(
             nodes,
             tasks,
@@ -202,8 +216,12 @@ def _replay(
             actions=config.actions,
             ordering=config.ordering,
             throughput=thr,
+            rounds=rounds,
+            checkpoint_s=rounds.checkpoint_s if rounds is not None else None,
         )
         summary = res.summary()
+        if rounds is not None:
+            summary["round_moves"] = rounds.moves
         cost, energy = cost_and_energy(nodes, res.gpu_seconds_by_type)
         summary.update(
             cost_usd=cost,

@@ -53,13 +53,14 @@ from suanli.sched.plugins_score import (
     Spread,
     Topology,
 )
+from suanli.sched.round_action import MODES, RoundsConfig
 
 
 class PolicyFileError(SuanliError, ValueError):
     """A policy name or file that cannot be used; names every problem."""
 
 
-ACTIONS = ("enqueue", "allocate", "backfill", "preempt", "reclaim")
+ACTIONS = ("enqueue", "allocate", "backfill", "preempt", "reclaim", "rounds")
 FILTERS = ("resource-fit", "region", "node-selector")
 SCORERS = (
     "random",
@@ -89,6 +90,7 @@ class PolicyConfig:
     ordering: list[str] = field(default_factory=list)
     device_picker: str = "best-fit-gpu"
     tie_break: str = "random"
+    rounds: RoundsConfig | None = None  # the ``rounds`` action's settings
 
 
 #: Named policies (what ``--policy NAME`` means).
@@ -142,6 +144,35 @@ NAMED: dict[str, PolicyConfig] = {
         ["resource-fit"],
         [("best-fit", 1)],
         ordering=["drf", "gang"],
+    ),
+    # Gavel's heterogeneity-aware max-min, realised in 6-minute time slices (jobs
+    # take turns); placement within a chip type by best fit
+    "gavel-rounds": PolicyConfig(
+        "gavel-rounds",
+        ["enqueue", "rounds", "allocate", "backfill"],
+        ["resource-fit"],
+        [("best-fit", 1)],
+        ordering=["priority", "gang"],
+        rounds=RoundsConfig(),
+    ),
+    # comparative advantage without time slices: Gavel's max-total-throughput shares
+    # choose each job's chip type; jobs run on and move when the move pays
+    "hetero": PolicyConfig(
+        "hetero",
+        ["enqueue", "rounds", "allocate", "backfill"],
+        ["resource-fit"],
+        [("best-fit", 1)],
+        ordering=["priority", "gang"],
+        rounds=RoundsConfig(policy="gavel-max-throughput", mode="moves"),
+    ),
+    # the same, with max-min fair shares
+    "hetero-fair": PolicyConfig(
+        "hetero-fair",
+        ["enqueue", "rounds", "allocate", "backfill"],
+        ["resource-fit"],
+        [("best-fit", 1)],
+        ordering=["priority", "gang"],
+        rounds=RoundsConfig(policy="gavel-max-min", mode="moves"),
     ),
     "perf-affinity": PolicyConfig(
         "perf-affinity",
@@ -253,7 +284,7 @@ def parse_policy(doc: Any, source: str = "<policy>") -> PolicyConfig:
     problems: list[str] = []
     if not isinstance(doc, dict):
         raise PolicyFileError(f"{source}: expected a mapping with actions and tiers")
-    unknown_keys = set(doc) - {"name", "actions", "tiers", "tie_break", "device_picker"}
+    unknown_keys = set(doc) - {"name", "actions", "tiers", "tie_break", "device_picker", "rounds"}
     problems += [f"{k}: unknown key" for k in sorted(unknown_keys)]
     actions = doc.get("actions") or ["allocate"]
     if not isinstance(actions, list):
@@ -309,8 +340,53 @@ def parse_policy(doc: Any, source: str = "<policy>") -> PolicyConfig:
         problems.append("tiers: at least one scoring plugin is needed")
     if "resource-fit" not in filters:
         filters.insert(0, "resource-fit")  # fitting is not optional
+    rounds = _rounds_config(doc.get("rounds"), "rounds" in actions, problems)
     if problems:
         raise PolicyFileError(f"{source}: " + "; ".join(problems))
     return PolicyConfig(
-        doc.get("name", Path(source).stem), list(actions), filters, scorers, ordering, picker, tie
+        doc.get("name", Path(source).stem),
+        list(actions),
+        filters,
+        scorers,
+        ordering,
+        picker,
+        tie,
+        rounds,
+    )
+
+
+def _rounds_config(raw: Any, wanted: bool, problems: list[str]) -> RoundsConfig | None:
+    """``rounds: {policy: gavel-max-min, round_s: 360, reset_every_s: 1920}``."""
+    from suanli.sched.gavel import POLICIES
+
+    if raw is None:
+        return RoundsConfig() if wanted else None
+    if not wanted:
+        problems.append("rounds: settings given, but 'rounds' is not among the actions")
+    if not isinstance(raw, dict):
+        problems.append("rounds: expected a mapping {policy, round_s, reset_every_s}")
+        return None
+    keys = ("policy", "round_s", "reset_every_s", "mode")
+    extra = set(raw) - set(keys)
+    problems += [f"rounds.{k}: unknown key ({', '.join(keys)})" for k in sorted(extra)]
+    policy = raw.get("policy", RoundsConfig.policy)
+    if policy not in POLICIES:
+        problems.append(f"rounds.policy: unknown {policy!r}; one of {', '.join(POLICIES)}")
+    mode = raw.get("mode", RoundsConfig.mode)
+    if mode not in MODES:
+        problems.append(f"rounds.mode: unknown {mode!r}; one of {', '.join(MODES)}")
+    seconds = {}
+    for key in ("round_s", "reset_every_s"):
+        value = raw.get(key, getattr(RoundsConfig, key))
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            problems.append(f"rounds.{key}: a number of seconds >= 0")
+        else:
+            seconds[key] = float(value)
+    if seconds.get("round_s") == 0:
+        problems.append("rounds.round_s: must be > 0")
+    return RoundsConfig(
+        str(policy),
+        seconds.get("round_s", RoundsConfig.round_s),
+        seconds.get("reset_every_s", RoundsConfig.reset_every_s),
+        str(mode),
     )

@@ -197,6 +197,17 @@ class RoundScheduler:
         self.solves += 1
         self.share[:n] = x
 
+    def refresh(
+        self,
+        now_s: float,
+        *,
+        remaining_steps: Callable[[list[Hashable]], np.ndarray] | None = None,
+    ) -> None:
+        """Recompute the allocation if jobs came or went and the reset interval has passed."""
+        due = self._last_reset_s is None or now_s - self._last_reset_s >= self.reset_every_s
+        if self._dirty and due:
+            self._reset(now_s, remaining_steps)
+
     def next_reset_s(self) -> float:
         """When the allocation will next be recomputed (inf: no job arrived or left)."""
         if not self._dirty:
@@ -233,9 +244,7 @@ class RoundScheduler:
         fits: Callable[[Hashable, int, np.ndarray], bool] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """`plan` as (rows, types) arrays; ``self.keys[row]`` names the job."""
-        due = self._last_reset_s is None or now_s - self._last_reset_s >= self.reset_every_s
-        if self._dirty and due:
-            self._reset(now_s, remaining_steps)
+        self.refresh(now_s, remaining_steps=remaining_steps)
         n = len(self.keys)
         self.settled = False
         if not n:

@@ -16,6 +16,9 @@ behaviour is the list of actions the policy configures, run in order:
   with a grace period so they can checkpoint; services preempt training.
 * **reclaim** — a queue below its deserved share takes back capacity lent to
   queues above theirs (reclaimable queues only).
+* **rounds** — heterogeneity-aware time shares realised in rounds (Gavel's
+  mechanism; `suanli.sched.round_action`): preemptible device jobs run where and
+  when their share says, and move between chip types with a checkpoint.
 
 Evictions are returned as decisions (job, grace); the executor delivers them.
 The same session runs live and in simulation.
@@ -24,12 +27,16 @@ The same session runs live and in simulation.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from suanli.cluster.state import ClusterState
 from suanli.cluster.task import Task
 from suanli.sched.framework import Framework, Placement, Statement
+
+if TYPE_CHECKING:
+    from suanli.sched.round_action import Rounds
 
 DEFAULT_GRACE_S = 30.0
 
@@ -96,6 +103,7 @@ class Session:
         *,
         aging_per_hour: float = 1.0,
         rng: np.random.Generator | None = None,
+        rounds: Rounds | None = None,
     ) -> None:
         self.state = state
         self.fw = framework
@@ -105,6 +113,7 @@ class Session:
         self.now = now_s
         self.aging = aging_per_hour
         self.rng = rng or np.random.default_rng(0)
+        self.rounds = rounds
         self.result = SessionResult()
         self.admitted: list[Job] = []
         self._enqueued = False  # without an enqueue action every pending job is admitted
@@ -249,12 +258,20 @@ class Session:
     def _backfill(self) -> None:
         self._allocate(borrow=True)
 
-    def _evict(self, name: str, reason: str, by: str = "") -> None:
+    def evict(self, name: str, reason: str, by: str = "", grace_s: float | None = None) -> None:
+        """Stop a running job (its devices are free in this session at once)."""
         job, binds = self.running.pop(name)
         self._used = None
         for task, p in binds:
             self.fw.unbind(self.state, task, p)
-        self.result.evicted.append(Eviction(name, job.grace_s, reason, by))
+        grace = job.grace_s if grace_s is None else grace_s
+        self.result.evicted.append(Eviction(name, grace, reason, by))
+
+    _evict = evict
+
+    def _rounds(self) -> None:
+        if self.rounds is not None:
+            self.rounds.act(self)
 
     def _could_run(self, job: Job) -> bool:
         """Whether the job's queue quotas leave room for it at all (else no victim helps)."""

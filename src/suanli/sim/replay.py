@@ -11,6 +11,11 @@ as the preemptor's — optimistic for the preemptor by at most the grace.)
 A task's run time is its trace duration, or — when it carries ``work`` and the
 run has a throughput table — its work divided by its throughput on the chip it
 landed on.
+
+With ``rounds`` (the ``rounds`` action of `suanli.sched.round_action`) a session
+also runs at every round boundary. A job the rounds move or pause saves its
+checkpoint in its grace period and reads it back when it starts again, each
+taking ``checkpoint_s(job, write)`` of its time.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import heapq
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,9 +33,11 @@ from suanli.cluster.state import ClusterState, NodeSpec
 from suanli.cluster.task import Task
 from suanli.sched.framework import CycleState, Framework, Placement, Statement
 from suanli.sched.plugins_fit import ResourceFit
+from suanli.sched.round_action import ROUND as BY_ROUND
+from suanli.sched.round_action import Rounds
 from suanli.sched.session import Job, Queue, Session
 
-ARRIVE, DEPART, REQUEUE = 1, 0, 2
+ARRIVE, DEPART, REQUEUE, ROUND = 1, 0, 2, 3
 
 
 @dataclass
@@ -106,6 +114,8 @@ def run_replay(
     ordering: list[str] | None = None,
     queues: list[Queue] | None = None,
     throughput: dict[tuple[str, str], float] | None = None,
+    rounds: Rounds | None = None,
+    checkpoint_s: Callable[[Job, bool], float] | None = None,
 ) -> ReplayResult:
     """Replay ``tasks`` on ``nodes`` through sessions running ``actions``."""
     actions = actions or ["enqueue", "allocate", "backfill"]
@@ -122,6 +132,9 @@ def run_replay(
     events: list[tuple[float, int, str, int]] = []  # (time, kind, job, generation)
     for j in jobs.values():
         heapq.heappush(events, (j.arrival_s, ARRIVE, j.name, 0))
+    if rounds is not None and jobs:
+        heapq.heappush(events, (min(j.arrival_s for j in jobs.values()), ROUND, "", 0))
+    restore: dict[str, float] = {}  # a moved job's checkpoint read, paid at its next start
     pending: dict[str, Job] = {}
     running: dict[str, tuple[Job, list[tuple[Task, Placement]]]] = {}
     generation: dict[str, int] = {}
@@ -161,24 +174,30 @@ def run_replay(
     used_now = used_by_type()
     while events:
         t, kind, name, gen = heapq.heappop(events)
-        if gen != generation.get(name, 0):
+        if kind != ROUND and gen != generation.get(name, 0):
             continue  # a departure cancelled by an eviction
         busy += used_now * (t - last_t)
         last_t = t
-        job = jobs[name]
-        if kind == DEPART:
+        if kind == ROUND:
+            assert rounds is not None
+            if pending or running or any(e[1] != ROUND for e in events):
+                heapq.heappush(events, (t + rounds.config.round_s, ROUND, "", 0))
+        elif kind == DEPART:
+            job = jobs[name]
             _, binds = running.pop(name)
+            restore.pop(name, None)
             for task, p in binds:
                 framework.unbind(state, task, p)
             account(job, binds, t - started[name])
             jct.append(t - job.arrival_s)
         elif kind == ARRIVE:
+            job = jobs[name]
             if _fits_empty(empty, framework, job, rng, fits_empty):
                 pending[name] = job
             else:
                 unplaceable += 1
         else:  # REQUEUE after an eviction's grace period
-            pending[name] = job
+            pending[name] = jobs[name]
         session = Session(
             state,
             framework,
@@ -188,6 +207,7 @@ def run_replay(
             t,
             aging_per_hour=aging,
             rng=rng,
+            rounds=rounds,
         )
         result = session.run(actions)
         decisions += sum(len(j.tasks) for j in pending.values())
@@ -196,24 +216,27 @@ def run_replay(
                 continue  # the session never evicts what it bound itself; defensive
             victim = jobs[ev.job]
             binds = running.pop(ev.job)[1]
-            ran = t - started[ev.job]
-            account(victim, binds, ran)
+            ran = max(0.0, t - started[ev.job] - restore.pop(ev.job, 0.0))
+            account(victim, binds, t - started[ev.job])
             # it checkpoints in its grace period, so the work done so far is kept
             left[ev.job] = max(0.0, left.get(ev.job, 1.0) - ran / max(full[ev.job], 1e-9))
+            if ev.by == BY_ROUND and checkpoint_s is not None:
+                restore[ev.job] = checkpoint_s(victim, False)
             generation[ev.job] = generation.get(ev.job, 0) + 1
             heapq.heappush(events, (t + ev.grace_s, REQUEUE, ev.job, generation[ev.job]))
             preemptions += 1
-        for jname in {jn for jn, _, _ in result.bound}:
+        for jname in sorted({jn for jn, _, _ in result.bound}):
             job = pending.pop(jname)
             binds = session.running[jname][1]
             running[jname] = (job, binds)
             started[jname] = t
+            job.started_s = t
             if jname not in first_start:
                 first_start[jname] = t
                 wait.append(t - job.arrival_s)
             # run time on the chips it got this time (a restart may land on other chips)
             full[jname] = max(_duration(task, state, p, throughput) for task, p in binds)
-            done_at = t + left.get(jname, 1.0) * full[jname]
+            done_at = t + restore.get(jname, 0.0) + left.get(jname, 1.0) * full[jname]
             heapq.heappush(events, (done_at, DEPART, jname, generation.get(jname, 0)))
         used_now = used_by_type()
     unfinished = len(pending) + len(running)

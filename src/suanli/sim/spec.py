@@ -181,6 +181,8 @@ class JobGroup(BaseModel):
     seq_len: int = Field(default=4096, ge=1)
     cpu: Number | None = Field(default=None, gt=0)  # cores; default 4 per device
     memory_gib: Number | None = Field(default=None, gt=0)  # default 16 per device
+    #: checkpoints when stopped, so a scheduler may preempt or move it (the rounds do)
+    preemptible: bool = False
 
     @field_validator("model")
     @classmethod
@@ -403,7 +405,8 @@ def perf_workload(
                     arrival_s=t,
                     work=float(job.tokens),
                     kind="train",
-                    labels={"workload": name},
+                    preemptible=job.preemptible,
+                    labels={"workload": name, "model": model.name},
                 )
             )
     return tasks, thr
