@@ -96,6 +96,21 @@ def up_cmd(
     spot_interval_s: Annotated[
         float, typer.Option("--spot-interval-s", min=1.0, help="Spot auctions this often.")
     ] = 60.0,
+    policy: Annotated[
+        str,
+        typer.Option(
+            "--policy",
+            help="Scheduling policy: a name (priority, hetero, gavel-rounds, ...) or a YAML file.",
+        ),
+    ] = "priority",
+    cpu_slices: Annotated[
+        str | None,
+        typer.Option(
+            "--cpu-slices",
+            help="Pseudo-devices of CPU threads, e.g. fast:2,slow:1 (try heterogeneous "
+            "scheduling without accelerators; they share this machine's cores).",
+        ),
+    ] = None,
 ) -> None:
     """Start the API, the scheduling loop and an executor (stop with Ctrl-C)."""
     from suanli.market.controller import GRANULARITY_S, MarketConfig
@@ -110,6 +125,17 @@ def up_cmd(
         spot_interval_s=spot_interval_s,
     )
 
+    from suanli.run.devices import cpu_slices as parse_slices
+    from suanli.sched.policies import load_policy
+
+    config = load_policy(policy)  # a bad name or file is refused before anything starts
+    if cpu_slices is not None:
+        if executor != "local":
+            raise typer.BadParameter("--cpu-slices: only with --executor local")
+        try:
+            parse_slices(cpu_slices)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
     serve(
         host,
         port,
@@ -121,6 +147,8 @@ def up_cmd(
         db_file=db_file,
         single_user=single_user,
         market=market,
+        policy=config,
+        cpu_slices=cpu_slices,
     )
 
 

@@ -21,6 +21,7 @@ from suanli.jobs.spec import JobSpec, Resources
 from suanli.perf.shape import shape_of
 
 HEADROOM = 0.9  # share of device memory weights may take
+CPU_SLICE = "cpu-slice"  # suanli.run.devices.CPU_SLICE_VENDOR (jobs sits below run)
 BF16_BYTES = 2
 
 
@@ -42,6 +43,10 @@ def eligible_types(r: Resources, available: Iterable[str]) -> frozenset[str]:
     out = set()
     for name in available:
         acc = catalog.get(name)
+        if name.startswith(CPU_SLICE + "-"):  # pseudo-devices of CPU threads, by vendor only
+            if r.vendor and r.vendor.lower() == CPU_SLICE and not (r.min_memory_gb or r.model):
+                out.add(name)
+            continue
         if acc is None:
             continue  # a chip the catalog does not know satisfies no constraint
         if r.vendor and acc.vendor.lower() != r.vendor.lower():

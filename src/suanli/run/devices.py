@@ -27,6 +27,7 @@ class Device:
     accelerator: str  # catalog name, or the tool's model string when unknown
     memory_mib: int
     visible_env: str  # e.g. CUDA_VISIBLE_DEVICES
+    threads: int = 0  # > 0: a CPU slice (see `cpu_slices`), run with this many threads
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,38 @@ def detect_hygon() -> list[Device]:
         Device(int(m.group(1)), catalog_name(m.group(2), "hygon"), 0, "HIP_VISIBLE_DEVICES")
         for m in re.finditer(r"^\s*(\d+)\s+.*?(Z100|K100\w*)", text, re.M)
     ]
+
+
+#: CPU slices are pseudo-devices: a job asks for them with ``vendor: cpu-slice``
+CPU_SLICE_VENDOR = "cpu-slice"
+CPU_SLICE_ENV = "SUANLI_CPU_SLICE"
+
+
+def cpu_slices(spec: str, *, first_index: int = 0) -> tuple[Device, ...]:
+    """Pseudo-devices of different speeds carved from this machine's CPU, for trying
+    heterogeneity-aware scheduling where no accelerator is: ``"fast:2,slow:1"`` is a
+    device of type ``cpu-slice-fast`` whose jobs run 2 math threads and one of type
+    ``cpu-slice-slow`` with 1 (``NAME:THREADS[xCOUNT]``). They are not isolated
+    hardware: slices share the machine's cores and memory, stated as such wherever
+    they show (their type name says ``cpu-slice``)."""
+    out: list[Device] = []
+    for part in (p.strip() for p in spec.split(",")):
+        m = re.fullmatch(r"([a-z][a-z0-9-]{0,30}):(\d{1,3})(?:x(\d{1,3}))?", part)
+        if not m or int(m.group(2)) < 1 or (m.group(3) and int(m.group(3)) < 1):
+            raise ValueError(
+                f"--cpu-slices: {part!r} is not NAME:THREADS[xCOUNT] (e.g. fast:2,slow:1x2)"
+            )
+        for _ in range(int(m.group(3) or 1)):
+            out.append(
+                Device(
+                    first_index + len(out),
+                    f"{CPU_SLICE_VENDOR}-{m.group(1)}",
+                    0,
+                    CPU_SLICE_ENV,
+                    threads=int(m.group(2)),
+                )
+            )
+    return tuple(out)
 
 
 DETECTORS: dict[str, Callable[[], list[Device]]] = {

@@ -84,6 +84,7 @@ class DeviceInfo:
     memory_mib: int
     visible_env: str = ""  # how to pin a process to it (CUDA_VISIBLE_DEVICES, ...)
     healthy: bool = True
+    threads: int = 0  # > 0: a CPU slice (suanli.run.devices.cpu_slices)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,12 @@ TORCHRUN = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "L
 JOB_ID = "SUANLI_JOB_ID"
 #: visibility variables of vendors whose devices may sit in a node even where the catalog
 #: names none of them (container runtimes read NVIDIA_VISIBLE_DEVICES)
-EXTRA_PINNING = ("NVIDIA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL")
+EXTRA_PINNING = (
+    "NVIDIA_VISIBLE_DEVICES",
+    "ROCR_VISIBLE_DEVICES",
+    "GPU_DEVICE_ORDINAL",
+    "SUANLI_CPU_SLICE",  # suanli.run.devices.CPU_SLICE_ENV: pseudo-devices of CPU threads
+)
 
 
 @functools.cache

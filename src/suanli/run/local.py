@@ -34,7 +34,7 @@ from pathlib import Path
 import psutil
 
 from suanli.run import jobenv
-from suanli.run.devices import Inventory
+from suanli.run.devices import Device, Inventory
 from suanli.run.executor import DeviceInfo, Handle, Launch, NodeInfo
 from suanli.run.limits import Limits
 
@@ -77,6 +77,7 @@ class LocalExecutor:
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self.inventory = inventory
+        self._slices: dict[str, list[Device]] = {}  # pseudo-node -> its CPU slices
         self.accounts = accounts
         self.limits = limits
         # cgroup names carry this data dir's mark: two services on one machine never clash
@@ -98,14 +99,39 @@ class LocalExecutor:
         return {"suanli.io/isolation": who, "suanli.io/limits": how}
 
     def nodes(self) -> list[NodeInfo]:
-        """This machine, as one node (no inventory: no node to run on)."""
+        """This machine, as one node (no inventory: no node to run on).
+
+        CPU slices (`suanli.run.devices.cpu_slices`) show as one more node per slice
+        type, since a node has one device type: pseudo-nodes of this same machine,
+        whose cores and memory they share (a label says so)."""
         inv = self.inventory
         if inv is None:
             return []
         devs = [
-            DeviceInfo(d.index, d.accelerator, d.memory_mib, d.visible_env) for d in inv.devices
+            DeviceInfo(d.index, d.accelerator, d.memory_mib, d.visible_env)
+            for d in inv.devices
+            if not d.threads
         ]
-        return [NodeInfo("local", inv.cpu_cores, inv.memory_mib, devs, labels=self.isolation())]
+        out = [NodeInfo("local", inv.cpu_cores, inv.memory_mib, devs, labels=self.isolation())]
+        self._slices = {}
+        for d in inv.devices:
+            if d.threads:
+                self._slices.setdefault(f"local-{d.accelerator}", []).append(d)
+        pseudo = {"suanli.io/pseudo": "CPU slices: threads of this machine's cores"}
+        for name, group in self._slices.items():
+            slots = [
+                DeviceInfo(i, d.accelerator, 0, d.visible_env, threads=d.threads)
+                for i, d in enumerate(group)
+            ]
+            cores = max(1, sum(d.threads for d in group))
+            labels = {**self.isolation(), **pseudo}
+            out.append(NodeInfo(name, cores, inv.memory_mib, slots, labels=labels))
+        return out
+
+    def _slice_threads(self, launch: Launch) -> int:
+        """Math threads of the CPU slices the member was given (0: none)."""
+        group = self._slices.get(launch.node, [])
+        return sum(group[i].threads for i in launch.devices if 0 <= i < len(group))
 
     def terminate(self, h: Handle) -> None:
         """SIGTERM the member's process group (it may checkpoint in its grace)."""
@@ -171,6 +197,9 @@ class LocalExecutor:
             torchrun,
             cpu_cores=launch.cpu,
         )
+        threads = self._slice_threads(launch)
+        if threads:  # a CPU slice is its thread count: the job's own env may not change it
+            env.update({k: str(threads) for k in jobenv.THREADS})
         out = self.log_dir / f"{stem}.out"
         err = self.log_dir / f"{stem}.err"
         code_file = self.log_dir / f"{stem}.exit"
@@ -192,7 +221,8 @@ class LocalExecutor:
         if self.limits is not None:
             group = self.group_prefix + stem
             self.limits.kill(group)  # a member of an earlier attempt the service lost
-            joins = self.limits.prepare(group, launch.cpu, memory_bytes)
+            # a CPU slice's threads are its speed: its quota is at least that many cores
+            joins = self.limits.prepare(group, max(launch.cpu, float(threads)), memory_bytes)
             for f in joins:
                 opts += ["--join", f]
             if self.limits.kind == "rlimit":
@@ -217,7 +247,7 @@ class LocalExecutor:
             start,
             str(out),
             str(err),
-            "local",
+            launch.node or "local",
             launch.rank,
             launch.devices,
             group=group,

@@ -135,6 +135,8 @@ class Rounds:
         self.assigned: dict[str, int] = {}  # job -> type index for the current round
         self.moves = 0
         self.rounds = 0
+        #: relative speed of each type for a job no rate is known for (default: alike)
+        self.type_speed: dict[str, float] = {}
         self._free = np.zeros(len(self.types))
 
     # --- what the rounds manage ------------------------------------------------
@@ -149,7 +151,9 @@ class Rounds:
         known = np.array([self.throughput.get((key, t), 0.0) for t in self.types])
         if known.any():
             return known * np.array(allowed)
-        return np.array(allowed, dtype=float)  # nothing known: type-blind
+        # nothing known of the job: the types' own speeds, else type-blind
+        speed = np.array([self.type_speed.get(t, 1.0) for t in self.types])
+        return speed * np.array(allowed)
 
     @staticmethod
     def devices(job: Job) -> float:

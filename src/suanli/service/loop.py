@@ -55,7 +55,8 @@ from suanli.run.executor import (
 from suanli.run.local import free_port
 from suanli.sched.explain import why_unschedulable
 from suanli.sched.framework import Placement
-from suanli.sched.policies import NAMED, build
+from suanli.sched.policies import PolicyConfig, build, load_policy
+from suanli.sched.round_action import ROUND, Rounds
 from suanli.sched.session import Job, Queue, Session, SessionResult
 from suanli.service.controllers import Controller, run_controllers
 from suanli.store.db import Store
@@ -87,7 +88,7 @@ class Loop:
         self,
         store: Store,
         executor: Executor,
-        policy: str = "priority",
+        policy: str | PolicyConfig = "priority",
         tick_s: float = 0.2,
         grace_s: float = GRACE_S,
         data_dir: Path | None = None,
@@ -101,12 +102,16 @@ class Loop:
         self.executor = executor
         self.data_dir = data_dir  # where measured device profiles are (None: the default)
         self.calibrate_new_nodes = calibrate_new_nodes
-        config = NAMED[policy]
+        config = load_policy(policy) if isinstance(policy, str) else policy
+        self.actions = list(config.actions)
         # a job's allowed regions and node selector bind live, whatever the policy says
         extra = [f for f in ("region", "node-selector") if f not in config.filters]
         config = replace(config, filters=[*config.filters, *extra])
         self.framework = build(config)
-        self.actions = list(NAMED[policy].actions)
+        #: the ``rounds`` action's state, across ticks (made when the device types are known)
+        self.round_config = config.rounds
+        self.rounds: Rounds | None = None
+        self._round_rates: dict[tuple[str, str], float] = {}
         self.tick_s = tick_s
         self.grace_s = grace_s
         self._stop = threading.Event()
@@ -335,7 +340,15 @@ class Loop:
             row.state, row.exit_code = "preempted", None
             row.attempts = max(0, row.attempts - 1)
             by = reason.split(":", 1)[1]
-            what = row.preempt_reason if by == LEASE else f"by job {by}"
+            what = (
+                row.preempt_reason
+                if by == LEASE
+                else (
+                    "by the scheduling round (moved or its turn ended)"
+                    if by == ROUND
+                    else f"by job {by}"
+                )
+            )
             row.preempt_reason = row.preempt_grace_s = None
             self.store.event(s, row.id, "preempted", f"{what}; exit {code}")
         elif reason.startswith("member-failed:"):
@@ -388,7 +401,8 @@ class Loop:
                 self.store.event(s, row.id, "failed", f"its stored spec is refused now: {msg}")
         queued_ids = {row.id for row in queued}  # what ended or started says nothing more
         self._why = {k: v for k, v in self._why.items() if k in queued_ids}
-        if not queued:
+        round_due = self.rounds is not None and self.rounds.due(time.time())
+        if not queued and not round_due:
             return {}
         running = list(s.scalars(select(JobRow).where(JobRow.state == "running")))
         state, index = self._state()
@@ -454,7 +468,8 @@ class Loop:
                 self._say_why(s, row.id, why)
             else:
                 self._say_why(s, row.id, f"waiting for a lease of market order {order}")
-        self._affinity(s, [self._spec(r) for r in queued], types)
+        self._affinity(s, [self._spec(r) for r in queued + running], types)
+        rounds = self._rounds(types)
         stored = {
             q.name: Queue(q.name, q.weight, dict(q.quota_milli), q.reclaimable)
             for q in s.scalars(select(QueueRow))
@@ -465,6 +480,7 @@ class Loop:
             jobs: list[Job],
             on: dict[str, tuple[Job, list[tuple[Task, Placement]]]],
             queues: dict[str, Queue],
+            rounds: Rounds | None = None,
         ) -> SessionResult:
             names = {j.queue for j in jobs} | {j.queue for j, _ in on.values()}
             session = Session(
@@ -475,12 +491,13 @@ class Loop:
                 on,
                 time.time(),
                 rng=np.random.default_rng(0),
+                rounds=rounds,
             )
             result = session.run(self.actions)
             self._explain(s, jobs, result, st)
             return result
 
-        result = run(state, pending, held, stored)
+        result = run(state, pending, held, stored, rounds)
         evicted = list(result.evicted)
         bound_all = [(j, p) for j, _, p in result.bound]
         for order, jobs in pending_in.items():
@@ -742,11 +759,24 @@ class Loop:
         s.flush()
         self._fixes = feedback.stored_corrections(s)  # only this loop writes records
 
+    def _rounds(self, types: list[str]) -> Rounds | None:
+        """The rounds' state for these device types (new types: a new allocation)."""
+        if self.round_config is None:
+            return None
+        if self.rounds is None or self.rounds.types != types:
+            self.rounds = Rounds(types, self._round_rates, self.round_config)
+        # CPU slices differ by their threads; the rounds know no better rate for a job
+        # that names no catalog model
+        self.rounds.type_speed = {
+            d.accelerator: float(d.threads) for n in self.nodes for d in n.devices if d.threads
+        }
+        return self.rounds
+
     def _affinity(self, s: DbSession, specs: list[JobSpec], types: list[str]) -> None:
-        """Feed perf x correction to a performance-affinity scorer, if the policy has one."""
+        """Feed perf x correction to a performance-affinity scorer and to the rounds."""
         plugin = next((p for p, _ in self.framework.scorers if p.name == "perf-affinity"), None)
         models = {sp.resources.model for sp in specs if sp.resources.model}
-        if plugin is None or not models:
+        if (plugin is None and self.round_config is None) or not models:
             return
         if self._fixes is None:  # first use: what earlier runs of the service learned
             self._fixes = feedback.stored_corrections(s)
@@ -755,7 +785,10 @@ class Loop:
             for chip in types:
                 rate = feedback.throughput(model, chip, fixes)
                 if rate:
-                    plugin.throughput[(feedback.family_of(model), chip)] = rate  # type: ignore[attr-defined]
+                    key = (feedback.family_of(model), chip)
+                    self._round_rates[key] = rate
+                    if plugin is not None:
+                        plugin.throughput[key] = rate  # type: ignore[attr-defined]
 
     # --- helpers -------------------------------------------------------------------
     def _finish(self, s: DbSession, row: JobRow, code: int | None, why: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import uvicorn
@@ -18,10 +19,11 @@ from sqlalchemy.engine import make_url
 
 from suanli.api import create_app
 from suanli.market.controller import MarketConfig, MarketController
-from suanli.run import accounts, limits
+from suanli.run import accounts, devices, limits
 from suanli.run.devices import detect
 from suanli.run.executor import Executor
 from suanli.run.local import LocalExecutor
+from suanli.sched.policies import PolicyConfig
 from suanli.service.loop import Loop
 from suanli.store.db import Store
 
@@ -29,12 +31,20 @@ PRIVATE_UMASK = 0o077
 
 
 def make_executor(
-    kind: str, ray_address: str | None, data_dir: Path, single_user: bool = False
+    kind: str,
+    ray_address: str | None,
+    data_dir: Path,
+    single_user: bool = False,
+    cpu_slices: str | None = None,
 ) -> Executor:
     if kind == "local":
+        inventory = detect()
+        if cpu_slices:
+            extra = devices.cpu_slices(cpu_slices, first_index=len(inventory.devices))
+            inventory = replace(inventory, devices=inventory.devices + extra)
         return LocalExecutor(
             data_dir / "logs",
-            detect(),
+            inventory,
             jobs_dir=data_dir / "jobs",
             accounts=accounts.can_switch_users() and not single_user,
             limits=limits.detect(),
@@ -107,12 +117,14 @@ def serve(
     db_file: Path | None = None,
     single_user: bool = False,
     market: MarketConfig | None = None,
+    policy: PolicyConfig | None = None,
+    cpu_slices: str | None = None,
 ) -> None:
     os.umask(PRIVATE_UMASK)
     url = database_url(db_url, db_file)
     data_dir.mkdir(parents=True, exist_ok=True)
     make_private(data_dir)  # one made before umask 077, too (its files from then as well)
-    ex = make_executor(executor, ray_address, data_dir, single_user)
+    ex = make_executor(executor, ray_address, data_dir, single_user, cpu_slices)
     store = Store(url) if url else Store.sqlite(data_dir)
     token_file = data_dir / "admin.token"
     if not store.has_admin():
@@ -133,7 +145,12 @@ def serve(
     )
     controllers = [MarketController(store, market)]
     loop = Loop(
-        store, ex, data_dir=data_dir, calibrate_new_nodes=calibrate, controllers=controllers
+        store,
+        ex,
+        policy=policy or "priority",
+        data_dir=data_dir,
+        calibrate_new_nodes=calibrate,
+        controllers=controllers,
     )
     nodes = ex.nodes()
     thread = threading.Thread(target=loop.run_forever, name="suanli-loop", daemon=True)
