@@ -250,9 +250,16 @@ def _classes(*columns: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     key = np.column_stack(
         [np.asarray(c, dtype=float).reshape(len(columns[0]), -1) for c in columns]
     )
+    # a 1-D fingerprint sorts far faster than rows; should two different rows share
+    # one (checked, not assumed), the rows themselves are compared
+    weights = 1.0 + 0.6180339887498949 * np.arange(key.shape[1])
     _, reps, inverse, counts = np.unique(
-        key, axis=0, return_index=True, return_inverse=True, return_counts=True
+        key @ weights, return_index=True, return_inverse=True, return_counts=True
     )
+    if not np.array_equal(key[reps][inverse], key):
+        _, reps, inverse, counts = np.unique(
+            key, axis=0, return_index=True, return_inverse=True, return_counts=True
+        )
     return reps, inverse.ravel(), counts
 
 
@@ -327,7 +334,10 @@ def _maxmin(
     coef = -t_c / (w[reps] * np.maximum(norm[reps], 1e-12) * cnt)[:, None]
     y = _run(_class_lp(q, cnt, coef, np.zeros(classes), c, True), "maxmin")
     x = y[:-1].reshape(classes, types)
-    if polish:
+    # polishing maximises the total of each job's throughput over its best; when every
+    # job already runs all the time at its best rate there is nothing left to gain
+    at_best = (t_c * x).sum(axis=1) >= cnt * t_c.max(axis=1) * (1 - 1e-9)
+    if polish and not at_best.all():
         x = _polish(q, x, t_c, cnt)
     return x[inv] / cnt[inv, None]
 

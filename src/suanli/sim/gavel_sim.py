@@ -372,12 +372,22 @@ def simulate_gavel_rounds(
             mech.remove(i)
         now += float(run_s.max())
         bulk = _settled_rounds(mech, remaining[ids], thr * round_s, run_s, round_s, now, nxt)
-        if bulk:  # the same plan again and again: run those rounds at once (exact)
-            remaining[ids] -= bulk * thr * round_s
-            np.add.at(busy, ks, bulk * round_s * scales)
-            mech.record_rows(rows, ks, np.full(len(rows), bulk * round_s))
-            now += bulk * round_s
-            rounds += bulk
+        while bulk:  # the same plan again and again: run those rounds at once (exact)
+            until_reset = mech.next_reset_s()
+            run = bulk
+            if until_reset < math.inf:
+                run = min(bulk, max(0, math.ceil((until_reset - now) / round_s)))
+            if run == 0:
+                # a reset is due at this round's start: recompute the allocation as
+                # plan_rows would; a settled plan does not depend on it
+                mech.refresh(now, remaining_steps=remaining_of)
+                continue
+            remaining[ids] -= run * thr * round_s
+            np.add.at(busy, ks, run * round_s * scales)
+            mech.record_rows(rows, ks, np.full(len(rows), run * round_s))
+            now += run * round_s
+            rounds += run
+            bulk -= run
         if progress is not None:
             progress(window_done, hi - lo)
     window_jct = [jct[i] for i in range(lo, hi) if i in jct]
@@ -416,9 +426,8 @@ def _settled_rounds(
         return 0
     # rounds each job can still run whole, with steps left over after them
     whole = int(np.min(np.ceil(remaining / steps_per_round))) - 1
-    # a round starting at or after an arrival adds that job first; one starting at or
-    # after a due reset recomputes the allocation
-    for event_s in (nxt.arrival_s if nxt is not None else math.inf, mech.next_reset_s()):
-        if event_s < math.inf:
-            whole = min(whole, max(0, math.ceil((event_s - now) / round_s)))
+    # a round starting at or after an arrival adds that job first (a reset of the
+    # allocation in between leaves a settled plan as it is: the caller does it in place)
+    if nxt is not None:
+        whole = min(whole, max(0, math.ceil((nxt.arrival_s - now) / round_s)))
     return max(0, whole)
