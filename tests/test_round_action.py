@@ -127,6 +127,9 @@ def test_policy_files_set_the_rounds_and_refuse_what_is_wrong() -> None:
         assert says in str(err.value)
     with pytest.raises(PolicyFileError, match="not among the actions"):
         parse_policy(dict(doc, actions=["allocate"]))
+    # a live job does not report its remaining work: policies that need it are refused
+    with pytest.raises(PolicyFileError, match="needs each job's remaining work"):
+        parse_policy(dict(doc, rounds={"policy": "gavel-min-makespan"}))
 
 
 def test_a_node_local_drive_cannot_hold_a_checkpoint_that_moves() -> None:

@@ -53,7 +53,7 @@ from suanli.sched.plugins_score import (
     Spread,
     Topology,
 )
-from suanli.sched.round_action import MODES, RoundsConfig
+from suanli.sched.round_action import MODES, ROUND_POLICIES, RoundsConfig
 
 
 class PolicyFileError(SuanliError, ValueError):
@@ -370,8 +370,11 @@ def _rounds_config(raw: Any, wanted: bool, problems: list[str]) -> RoundsConfig 
     extra = set(raw) - set(keys)
     problems += [f"rounds.{k}: unknown key ({', '.join(keys)})" for k in sorted(extra)]
     policy = raw.get("policy", RoundsConfig.policy)
-    if policy not in POLICIES:
-        problems.append(f"rounds.policy: unknown {policy!r}; one of {', '.join(POLICIES)}")
+    if policy not in ROUND_POLICIES:
+        why = "needs each job's remaining work; " if policy in POLICIES else ""
+        problems.append(
+            f"rounds.policy: {policy!r} {why or 'unknown; '}one of {', '.join(ROUND_POLICIES)}"
+        )
     mode = raw.get("mode", RoundsConfig.mode)
     if mode not in MODES:
         problems.append(f"rounds.mode: unknown {mode!r}; one of {', '.join(MODES)}")

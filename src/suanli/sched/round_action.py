@@ -44,6 +44,14 @@ if TYPE_CHECKING:
 
 ROUND = "round"  # the `by` of an eviction the rounds decided
 MODES = ("slices", "moves")
+#: the whole-cluster policies the rounds can run: the others need each job's remaining
+#: work, which a live job does not report
+ROUND_POLICIES = (
+    "gavel-max-min",
+    "gavel-max-min-agnostic",
+    "gavel-max-throughput",
+    "gavel-cost-throughput",
+)
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,19 @@ def checkpoint_costs(
     return cost
 
 
+def _prices(types: Sequence[str]) -> np.ndarray:
+    """Reference USD per device-hour of each type (the catalog's; 1 where it has none)."""
+    from suanli.catalog.loader import accelerators
+
+    acc = accelerators()
+    return np.array(
+        [
+            acc[t].price_usd_per_hour if t in acc and acc[t].price_usd_per_hour else 1.0
+            for t in types
+        ]
+    )
+
+
 class Rounds:
     """State of the rounds across sessions (a `Session` lives for one decision)."""
 
@@ -127,7 +148,7 @@ class Rounds:
             POLICIES[config.policy],
             round_s=config.round_s,
             reset_every_s=config.reset_every_s,
-            price_usd_per_hour=np.ones(len(self.types)),
+            price_usd_per_hour=_prices(self.types),
         )
         self.checkpoint_s = checkpoint_s
         self.next_round_s: float | None = None
