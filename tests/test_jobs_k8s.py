@@ -66,6 +66,16 @@ def test_every_problem_is_named_with_its_path() -> None:
         ),
         ({"resources": {"accelerator": "ascend-910b", "devices": 4}}, "huawei.com/Ascend910", "4"),
         ({"resources": {"accelerator": "mlu370-x8", "devices": 2}}, None, "2"),
+        (
+            {
+                "resources": {"accelerator": "h100-sxm", "devices": 8},
+                "gang": 4,
+                "min_gang": 2,
+                "preemptible": True,
+            },
+            "nvidia.com/gpu",
+            "8",
+        ),
     ],
 )
 def test_volcano_jobs_validate_against_the_crd(
@@ -88,7 +98,8 @@ def test_volcano_jobs_validate_against_the_crd(
     pod = obj["spec"]["tasks"][0]["template"]["spec"]
     assert pod["nodeSelector"] == {"kubernetes.io/hostname": "n1"}  # suanli names its nodes
     assert obj["kind"] == "Job" and obj["spec"]["queue"] == "research"
-    assert obj["spec"]["minAvailable"] == (spec.gang or 1)
+    assert obj["spec"]["minAvailable"] == (spec.min_gang or spec.gang or 1)
+    assert obj["spec"]["tasks"][0]["replicas"] == (spec.gang or 1)
     limits = obj["spec"]["tasks"][0]["template"]["spec"]["containers"][0]["resources"]["limits"]
     from suanli.catalog import get_accelerator
 

@@ -155,3 +155,56 @@ def _wait_exit(ex: LocalExecutor, h) -> None:  # type: ignore[no-untyped-def]
     while ex.poll(h) is None:
         assert time.monotonic() < end, "the member never exited"
         time.sleep(0.05)
+
+
+def test_an_elastic_job_starts_with_what_fits_and_grows_at_a_round(tmp_path: Path) -> None:
+    store = Store.sqlite(tmp_path)
+    two = Inventory(cpu_cores=2, memory_mib=8192, devices=cpu_slices("a:1x2"))
+    ex = LocalExecutor(tmp_path / "logs", two)
+    loop = Loop(store, ex, policy=POLICY, tick_s=0.05, grace_s=60.0)
+    try:
+        release = tmp_path / "release"
+        wait = f"import os, time\nwhile not os.path.exists({str(release)!r}): time.sleep(0.05)"
+        blocker = submit(store, {"command": [PY, "-c", wait], "resources": SLICE})
+        run_until(loop, store, blocker, {"running"})
+        cfg = tmp_path / "tiny.json"
+        cfg.write_text(json.dumps(TINY))
+        train = [PY, "-m", "suanli.workloads.train_lm", "--model", str(cfg)]
+        train += ["--steps", "1000000", "--seq-len", "32", "--micro-batch", "2"]
+        train += ["--precision", "fp32", "--ckpt-dir", str(tmp_path / "ckpt")]
+        spec = {"command": train, "preemptible": True, "gang": 2, "min_gang": 1}
+        job = submit(store, {**spec, "resources": SLICE})
+        run_until(loop, store, job, {"running"})
+        assert len(get(store, job).members or []) == 1  # one device is taken: it starts small
+        _until(loop, lambda: "step" in logs(get(store, job)))
+        release.touch()
+        _until(loop, lambda: any("grows from 1 to 2" in e.message for e in store.events(job)))
+        _until(
+            loop,
+            lambda: (
+                get(store, job).state == "running"
+                and len(get(store, job).members or []) == 2
+                and "resumed" in logs(get(store, job))
+            ),
+        )
+        # a member's log is named by its rank and the world size: read both runs'
+        text = "".join(f.read_text() for f in sorted((tmp_path / "logs").glob(f"{job}*.out")))
+        saved = re.findall(r"checkpoint at step (\d+) after SIGTERM", text)
+        resumed = re.findall(r"resumed from .* at step (\d+)", text)
+        assert saved and resumed and resumed[-1] == saved[-1], text[-2000:]
+    finally:
+        reap(ex)
+
+
+def test_an_elastic_spec_says_what_it_needs() -> None:
+    from suanli.jobs.spec import parse_job_spec
+
+    base = {"name": "e", "command": ["true"], "resources": SLICE}
+    for bad, says in (
+        ({"min_gang": 2}, "give gang"),
+        ({"gang": 2, "min_gang": 3}, "min_gang <= gang"),
+        ({"gang": 2, "min_gang": 1}, "must be preemptible"),
+    ):
+        with pytest.raises(ValueError, match=says):
+            parse_job_spec({**base, **bad})
+    assert parse_job_spec({**base, "gang": 4, "min_gang": 2, "preemptible": True}).min_gang == 2

@@ -140,6 +140,9 @@ class JobSpec(BaseModel):
     priority: int = Field(default=0, ge=-INT32, le=INT32)
     preemptible: bool = False
     gang: int | None = Field(default=None, ge=1, le=MAX_GANG)  # members started together
+    # elastic: the job may start with as few as min_gang members and be resized between
+    # runs (it resumes from its checkpoint at the new world size); preemptible jobs only
+    min_gang: int | None = Field(default=None, ge=1, le=MAX_GANG)
     replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS)  # Kubernetes export; see RUNS_REPLICAS
     max_runtime_s: float | None = Field(default=None, gt=0, le=MAX_RUNTIME_S)
     retries: int = Field(default=0, ge=0, le=MAX_RETRIES)
@@ -160,6 +163,14 @@ class JobSpec(BaseModel):
             raise ValueError("resources.fraction: a share is of one device; set devices: 1")
         if self.kind == "serve" and self.gang:
             raise ValueError("gang: services scale by replicas, not gangs")
+        if self.min_gang is not None:
+            if not self.gang or self.min_gang > self.gang:
+                raise ValueError("min_gang: give gang (the most members) and min_gang <= gang")
+            if not self.preemptible:
+                raise ValueError(
+                    "min_gang: an elastic job is resized by stopping it, so it must be "
+                    "preemptible (checkpoint on SIGTERM, resume when started again)"
+                )
         return self
 
     @field_validator("env")

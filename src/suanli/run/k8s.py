@@ -115,7 +115,8 @@ def render_volcano_job(spec: JobSpec) -> dict[str, Any]:
         "spec": {
             "schedulerName": "volcano",
             "queue": spec.queue,
-            "minAvailable": members,
+            # an elastic job (min_gang) runs once that many of its pods are placed
+            "minAvailable": spec.min_gang or members,
             "maxRetry": spec.retries,
             "plugins": {"env": [], "svc": []},  # rank env vars and a headless service for gangs
             "policies": [{"event": "PodEvicted", "action": "RestartJob"}],

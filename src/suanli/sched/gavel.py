@@ -329,6 +329,14 @@ def _maxmin(
     q = _reduced(p, reps)
     t_c = t[reps]
     classes = len(reps)
+    best = t_c.argmax(axis=1)
+    demand = np.bincount(best, weights=cnt * q.scale, minlength=types)
+    if polish and (t_c.max(axis=1) > 0).all() and (demand <= q.capacity + 1e-9).all():
+        # every job can run all the time on its fastest type at once: that is the
+        # optimum of both LPs (no job can do better), found without solving them
+        x = np.zeros((classes, types))
+        x[np.arange(classes), best] = cnt
+        return x[inv] / cnt[inv, None]
     c = np.zeros(classes * types + 1)
     c[-1] = -1.0
     coef = -t_c / (w[reps] * np.maximum(norm[reps], 1e-12) * cnt)[:, None]

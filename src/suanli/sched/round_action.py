@@ -14,6 +14,9 @@ live service and the replay simulator run:
   of that type (fractional devices and node shapes included); a running job
   that stays on its type keeps its own nodes when they are still free (Gavel's
   lease extension), so only real moves cost a checkpoint.
+* An elastic job (``min_gang``: `Job.min_available` below its members) starts
+  with the members that fit and, in "moves" mode, grows at a round when all of
+  them fit on its type and the extra members repay the checkpoint.
 * Jobs that lose their turn or move to another type are evicted with a grace
   period to checkpoint (``checkpoint_s(job, write=True)`` when given: the time
   to save it to the storage tier); a moved job is then started on its new type as soon as
@@ -33,6 +36,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from suanli.cluster.state import ClusterState
 from suanli.cluster.task import MILLI, Task
 from suanli.errors import SuanliError
 from suanli.sched.framework import Placement, Statement
@@ -368,7 +372,7 @@ class Rounds:
         return sorted(ks, key=lambda k: (-share[k], -rates[k]))
 
     def _place(self, session: Session, job: Job, k: int) -> bool:
-        need = job.gpu_milli
+        need = job.gpu_milli * job.gang_size / max(1, len(job.tasks))  # elastic: its least
         if self._free[k] < need:  # not enough free on the whole type: no node search
             return False
         typ = frozenset({self.types[k]})
@@ -376,6 +380,50 @@ class Rounds:
             self._free[k] -= need
             return True
         return False
+
+    def _grow(
+        self,
+        session: Session,
+        running: dict[str, tuple[Job, list[tuple[Task, Placement]]]],
+        trial: ClusterState,
+    ) -> None:
+        """An elastic job running with fewer members than it may have grows when all of
+        them fit on its chip type now and the extra members' work over one round repays
+        the checkpoint (it restarts at the larger world size, from its checkpoint)."""
+        for name, (job, binds) in sorted(running.items()):
+            have, most = len(binds), len(job.tasks)
+            if have >= most or not binds:
+                continue
+            here = self._type_of(session, binds[0][1])
+            cost = 0.0
+            if self.checkpoint_s is not None:
+                cost = self.checkpoint_s(job, True) + self.checkpoint_s(job, False)
+            if (most / have - 1.0) * self.config.round_s <= cost or here < 0:
+                continue
+            st = Statement(trial)
+            for task, p in binds:  # its own members' room counts toward the larger gang
+                trial.release(p.node, task.cpu_milli, task.memory_mib, p.gpus, task.gpu_mem_mib)
+            typ = frozenset({self.types[here]})
+            placed = 0
+            for task in job.tasks:
+                res = session.fw.place(trial, replace(task, gpu_spec=typ), session.rng)
+                if not isinstance(res, Placement):
+                    break
+                st.allocate(task, res)
+                placed += 1
+            if placed < most:
+                st.discard()
+                for task, p in binds:
+                    trial.allocate(
+                        p.node, task.cpu_milli, task.memory_mib, list(p.gpus), task.gpu_mem_mib
+                    )
+                continue
+            st.commit()
+            self.assigned[name] = here
+            self.moves += 1
+            grace = self.checkpoint_s(job, True) if self.checkpoint_s is not None else None
+            why = f"round: grows from {have} to {most} members on {self.types[here]}"
+            session.evict(name, why, ROUND, grace_s=grace)
 
     def _migrate(
         self, session: Session, running: dict[str, tuple[Job, list[tuple[Task, Placement]]]]
@@ -385,7 +433,10 @@ class Rounds:
         one round."""
         shares = self.mech.shares()
         trial = session.state.copy()
+        self._grow(session, running, trial)
         for name, (job, binds) in sorted(running.items()):
+            if name not in session.running:
+                continue  # stopped to grow
             share = shares.get(name)
             if share is None or not share.any() or not binds:
                 continue

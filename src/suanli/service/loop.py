@@ -598,6 +598,7 @@ class Loop:
             [replace(task, name=f"{row.id}/{i}") for i in range(members)],
             queue=spec.queue,
             priority=spec.priority,
+            min_available=spec.min_gang or 0,  # elastic: runs with what fits, down to this
             preemptible=spec.preemptible,
             kind=spec.kind,
             arrival_s=row.created_at,

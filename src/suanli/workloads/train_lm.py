@@ -212,9 +212,14 @@ def main(argv: list[str] | None = None) -> int:
         else None
     )
     step = 0
+    # DDP's wrapper prefixes every key ("module."): the checkpoint holds the bare model's,
+    # so a job resumes at another world size (1 <-> N members: an elastic job resized)
+    bare: nn.Module = (
+        model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    )
     if ckpt is not None and ckpt.exists():
         state = torch.load(ckpt, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
+        bare.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step = int(state["step"])
         if rank == 0:
@@ -225,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             return
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         if args.parallel == "fsdp" or rank == 0:  # FSDP: each rank its own shard
-            _save(ckpt, {"model": model.state_dict(), "opt": opt.state_dict(), "step": step})
+            _save(ckpt, {"model": bare.state_dict(), "opt": opt.state_dict(), "step": step})
         if world > 1:
             dist.barrier()
 
