@@ -32,9 +32,8 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from suanli.cli.simulate_cmd import cost_and_energy
-from suanli.sched.policies import NAMED, PluginContext, build
-from suanli.sched.round_action import Rounds, checkpoint_costs
-from suanli.sim.replay import run_replay
+from suanli.sched.policies import NAMED
+from suanli.sim.replay import replay_policy
 from suanli.sim.spec import perf_workload, read_cluster_yaml
 
 SPECS = Path(__file__).resolve().parent / "specs"
@@ -56,22 +55,7 @@ def main() -> int:
             config = NAMED[policy]
             for seed in seeds:
                 tasks, thr = perf_workload(SPECS / "mixed_workload.yaml", types, seed)
-                fw = build(config, PluginContext(workload=tasks, throughput=thr))
-                rounds = None
-                if config.rounds is not None:
-                    rounds = Rounds(types, thr, config.rounds, checkpoint_s=checkpoint_costs())
-                r = run_replay(
-                    nodes,
-                    tasks,
-                    fw,
-                    policy,
-                    seed,
-                    actions=config.actions,
-                    ordering=config.ordering,
-                    throughput=thr,
-                    rounds=rounds,
-                    checkpoint_s=rounds.checkpoint_s if rounds else None,
-                )
+                r, rounds = replay_policy(nodes, tasks, config, seed, throughput=thr)
                 s = r.summary()
                 cost, energy = cost_and_energy(nodes, r.gpu_seconds_by_type)
                 runs.setdefault(policy, []).append(

@@ -12,9 +12,9 @@ import pytest
 
 from suanli.cluster.state import NodeSpec
 from suanli.cluster.task import MILLI, Task
-from suanli.sched.policies import NAMED, PluginContext, PolicyFileError, build, parse_policy
-from suanli.sched.round_action import Rounds, RoundsConfig, checkpoint_costs
-from suanli.sim.replay import run_replay
+from suanli.sched.policies import NAMED, PolicyFileError, parse_policy
+from suanli.sched.round_action import RoundsConfig, checkpoint_costs
+from suanli.sim.replay import replay_policy
 
 FAST, SLOW = "h800-sxm", "mlu370-x8"
 
@@ -54,22 +54,10 @@ THROUGHPUT = {("big", FAST): 6.0, ("big", SLOW): 1.0, ("small", FAST): 1.5, ("sm
 
 def _replay(policy: str, tasks: list[Task], *, storage: str = "ddn-ai400x2-turbo", **kw):  # type: ignore[no-untyped-def]
     config = NAMED[policy]
-    rounds = None
-    if config.rounds is not None:
-        cfg = replace(config.rounds, **kw)
-        rounds = Rounds([FAST, SLOW], dict(THROUGHPUT), cfg, checkpoint_s=checkpoint_costs(storage))
-    fw = build(config, PluginContext(workload=tasks, throughput=THROUGHPUT))
-    res = run_replay(
-        _cluster(),
-        tasks,
-        fw,
-        policy,
-        0,
-        actions=config.actions,
-        ordering=config.ordering,
-        throughput=THROUGHPUT,
-        rounds=rounds,
-        checkpoint_s=rounds.checkpoint_s if rounds else None,
+    if kw and config.rounds is not None:
+        config = replace(config, rounds=replace(config.rounds, **kw))
+    res, rounds = replay_policy(
+        _cluster(), tasks, config, 0, throughput=THROUGHPUT, storage=storage
     )
     return res, rounds
 

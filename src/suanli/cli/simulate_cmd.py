@@ -18,9 +18,9 @@ from suanli.cli.simulate_gavel_cmd import gavel_cmd
 from suanli.cli.simulate_market_cmd import market_cmd
 from suanli.errors import UsageError
 from suanli.sched.policies import NAMED, PluginContext, build, load_policy
-from suanli.sched.round_action import DEFAULT_STORAGE, Rounds, checkpoint_costs
+from suanli.sched.round_action import DEFAULT_STORAGE, checkpoint_costs
 from suanli.sim.openb import run_openb
-from suanli.sim.replay import run_replay
+from suanli.sim.replay import replay_policy
 from suanli.sim.spec import SpecError, perf_workload, read_cluster_yaml
 from suanli.sim.traces import OPENB_PODS, read_nodes, read_openb_pods, sniff
 
@@ -203,22 +203,7 @@ def _replay(
             tasks, thr = pods, {}
             if s == seed and any(t.gpu_request_milli for t in tasks):
                 _has_gpus(nodes, "replay")
-        fw = build(config, PluginContext(workload=tasks, throughput=thr))
-        rounds = None
-        if config.rounds is not None:
-            rounds = Rounds(types, thr, config.rounds, checkpoint_s=checkpoint_costs(storage))
-        res = run_replay(
-            nodes,
-            tasks,
-            fw,
-            config.name,
-            s,
-            actions=config.actions,
-            ordering=config.ordering,
-            throughput=thr,
-            rounds=rounds,
-            checkpoint_s=rounds.checkpoint_s if rounds is not None else None,
-        )
+        res, rounds = replay_policy(nodes, tasks, config, s, throughput=thr, storage=storage)
         summary = res.summary()
         if rounds is not None:
             summary["round_moves"] = rounds.moves

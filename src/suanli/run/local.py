@@ -77,7 +77,12 @@ class LocalExecutor:
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self.inventory = inventory
-        self._slices: dict[str, list[Device]] = {}  # pseudo-node -> its CPU slices
+        # pseudo-node -> its CPU slices (fixed with the inventory: `start` needs them even
+        # before anyone asked for the nodes)
+        self._slices: dict[str, list[Device]] = {}
+        for d in inventory.devices if inventory is not None else ():
+            if d.threads:
+                self._slices.setdefault(f"local-{d.accelerator}", []).append(d)
         self.accounts = accounts
         self.limits = limits
         # cgroup names carry this data dir's mark: two services on one machine never clash
@@ -113,10 +118,6 @@ class LocalExecutor:
             if not d.threads
         ]
         out = [NodeInfo("local", inv.cpu_cores, inv.memory_mib, devs, labels=self.isolation())]
-        self._slices = {}
-        for d in inv.devices:
-            if d.threads:
-                self._slices.setdefault(f"local-{d.accelerator}", []).append(d)
         pseudo = {"suanli.io/pseudo": "CPU slices: threads of this machine's cores"}
         for name, group in self._slices.items():
             slots = [

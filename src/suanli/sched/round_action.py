@@ -233,6 +233,34 @@ class Rounds:
                         name, rates, math.ceil(self.devices(job) - 1e-9), arrival_s=job.arrival_s
                     )
 
+    def _save_s(self, job: Job) -> float | None:
+        """Seconds to save the job's checkpoint (None: the job's own grace)."""
+        return self.checkpoint_s(job, True) if self.checkpoint_s is not None else None
+
+    def _move_cost_s(self, job: Job) -> float:
+        """Seconds a stop costs the job: saving its checkpoint and reading it back."""
+        if self.checkpoint_s is None:
+            return 0.0
+        return self.checkpoint_s(job, True) + self.checkpoint_s(job, False)
+
+    @staticmethod
+    def _release(trial: ClusterState, binds: list[tuple[Task, Placement]]) -> None:
+        for task, p in binds:
+            trial.release(p.node, task.cpu_milli, task.memory_mib, p.gpus, task.gpu_mem_mib)
+
+    def _gang_on(self, session: Session, trial: ClusterState, job: Job, k: int) -> bool:
+        """Place every member of ``job`` on type ``k`` in ``trial`` (all or none)."""
+        st = Statement(trial)
+        typ = frozenset({self.types[k]})
+        for task in job.tasks:
+            res = session.fw.place(trial, replace(task, gpu_spec=typ), session.rng)
+            if not isinstance(res, Placement):
+                st.discard()
+                return False
+            st.allocate(task, res)
+        st.commit()
+        return True
+
     def _type_of(self, session: Session, p: Placement) -> int:
         g = session.state.gpu_type[p.node]
         return self.types.index(session.state.types[g]) if g >= 0 else -1
@@ -254,37 +282,25 @@ class Rounds:
         self.mech.capacity = self._capacity(session, running)
         trial = state.copy()
         for _, binds in running.values():
-            for task, p in binds:
-                trial.release(p.node, task.cpu_milli, task.memory_mib, p.gpus, task.gpu_mem_mib)
+            self._release(trial, binds)
         jobs = {**waiting, **{n: j for n, (j, _) in running.items()}}
         kept: set[str] = set()
 
         def fits(key: object, k: int, left: np.ndarray) -> bool:
             name = str(key)
-            job = jobs[name]
-            st = Statement(trial)
-            if name in running:
-                binds = running[name][1]
-                if binds and all(self._type_of(session, p) == k for _, p in binds):
-                    try:
-                        for task, p in binds:
-                            st.allocate(task, p)
-                    except ValueError:
-                        st.discard()
-                        st = Statement(trial)
-                    else:
-                        st.commit()
-                        kept.add(name)
-                        return True
-            typ = frozenset({self.types[k]})
-            for task in job.tasks:
-                res = session.fw.place(trial, replace(task, gpu_spec=typ), session.rng)
-                if not isinstance(res, Placement):
+            binds = running[name][1] if name in running else []
+            if binds and all(self._type_of(session, p) == k for _, p in binds):
+                st = Statement(trial)  # it stays where it is if its own nodes are still free
+                try:
+                    for task, p in binds:
+                        st.allocate(task, p)
+                except ValueError:
                     st.discard()
-                    return False
-                st.allocate(task, res)
-            st.commit()
-            return True
+                else:
+                    st.commit()
+                    kept.add(name)
+                    return True
+            return self._gang_on(session, trial, jobs[name], k)
 
         plan = self.mech.plan(now, fits=fits)
         self.assigned = {str(k): t for k, t in plan.items() if str(k) not in kept}
@@ -300,8 +316,7 @@ class Rounds:
             else:
                 why = f"round: its time share moves it to {self.types[to]}"
                 self.moves += 1
-            grace = self.checkpoint_s(job, True) if self.checkpoint_s is not None else None
-            session.evict(name, why, ROUND, grace_s=grace)
+            session.evict(name, why, ROUND, grace_s=self._save_s(job))
 
     def _free_milli(self, session: Session) -> np.ndarray:
         """Device-milli free on each type now."""
@@ -395,35 +410,19 @@ class Rounds:
             if have >= most or not binds:
                 continue
             here = self._type_of(session, binds[0][1])
-            cost = 0.0
-            if self.checkpoint_s is not None:
-                cost = self.checkpoint_s(job, True) + self.checkpoint_s(job, False)
-            if (most / have - 1.0) * self.config.round_s <= cost or here < 0:
+            if here < 0 or (most / have - 1.0) * self.config.round_s <= self._move_cost_s(job):
                 continue
-            st = Statement(trial)
-            for task, p in binds:  # its own members' room counts toward the larger gang
-                trial.release(p.node, task.cpu_milli, task.memory_mib, p.gpus, task.gpu_mem_mib)
-            typ = frozenset({self.types[here]})
-            placed = 0
-            for task in job.tasks:
-                res = session.fw.place(trial, replace(task, gpu_spec=typ), session.rng)
-                if not isinstance(res, Placement):
-                    break
-                st.allocate(task, res)
-                placed += 1
-            if placed < most:
-                st.discard()
+            self._release(trial, binds)  # its own members' room counts toward the larger gang
+            if not self._gang_on(session, trial, job, here):
                 for task, p in binds:
                     trial.allocate(
                         p.node, task.cpu_milli, task.memory_mib, list(p.gpus), task.gpu_mem_mib
                     )
                 continue
-            st.commit()
             self.assigned[name] = here
             self.moves += 1
-            grace = self.checkpoint_s(job, True) if self.checkpoint_s is not None else None
             why = f"round: grows from {have} to {most} members on {self.types[here]}"
-            session.evict(name, why, ROUND, grace_s=grace)
+            session.evict(name, why, ROUND, grace_s=self._save_s(job))
 
     def _migrate(
         self, session: Session, running: dict[str, tuple[Job, list[tuple[Task, Placement]]]]
@@ -446,30 +445,16 @@ class Rounds:
             if not best or best[0] == here or here < 0 or rates[here] <= 0:
                 continue
             to = best[0]
-            cost = 0.0
-            if self.checkpoint_s is not None:
-                cost = self.checkpoint_s(job, True) + self.checkpoint_s(job, False)
             gain = (rates[to] / rates[here] - 1.0) * self.config.round_s
-            if gain <= cost or share[to] <= share[here]:
+            if gain <= self._move_cost_s(job) or share[to] <= share[here]:
                 continue
-            st = Statement(trial)
-            typ = frozenset({self.types[to]})
-            ok = True
-            for task in job.tasks:
-                res = session.fw.place(trial, replace(task, gpu_spec=typ), session.rng)
-                if not isinstance(res, Placement):
-                    ok = False
-                    break
-                st.allocate(task, res)
-            if not ok:
-                st.discard()
+            # placed in the trial: the room is spoken for, the next mover does not count it
+            if not self._gang_on(session, trial, job, to):
                 continue
-            st.commit()  # the room is spoken for: the next mover does not count it again
             self.assigned[name] = to
             self.moves += 1
-            grace = self.checkpoint_s(job, True) if self.checkpoint_s is not None else None
             why = (
                 f"round: moves to {self.types[to]}, {rates[to] / rates[here]:.2f}x its speed "
                 f"on {self.types[here]}, where its share is larger"
             )
-            session.evict(name, why, ROUND, grace_s=grace)
+            session.evict(name, why, ROUND, grace_s=self._save_s(job))

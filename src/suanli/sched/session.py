@@ -267,8 +267,6 @@ class Session:
         grace = job.grace_s if grace_s is None else grace_s
         self.result.evicted.append(Eviction(name, grace, reason, by))
 
-    _evict = evict
-
     def _rounds(self) -> None:
         if self.rounds is not None:
             self.rounds.act(self)
@@ -318,7 +316,7 @@ class Session:
             if not victims:
                 continue
             for v in victims:
-                self._evict(v.name, f"preempted by {job.name} (priority {job.priority})", job.name)
+                self.evict(v.name, f"preempted by {job.name} (priority {job.priority})", job.name)
             self._try_job(job)
 
     def _reclaim(self) -> None:
@@ -340,5 +338,5 @@ class Session:
             if not victims:
                 continue
             for v in victims:
-                self._evict(v.name, f"reclaimed by queue {job.queue}", job.name)
+                self.evict(v.name, f"reclaimed by queue {job.queue}", job.name)
             self._try_job(job)

@@ -15,7 +15,7 @@ landed on.
 With ``rounds`` (the ``rounds`` action of `suanli.sched.round_action`) a session
 also runs at every round boundary. A job the rounds move or pause saves its
 checkpoint in its grace period and reads it back when it starts again, each
-taking ``checkpoint_s(job, write)`` of its time.
+taking the rounds' ``checkpoint_s(job, write)`` of its time.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,8 +32,9 @@ from suanli.cluster.state import ClusterState, NodeSpec
 from suanli.cluster.task import Task
 from suanli.sched.framework import CycleState, Framework, Placement, Statement
 from suanli.sched.plugins_fit import ResourceFit
+from suanli.sched.policies import PluginContext, PolicyConfig, build
+from suanli.sched.round_action import DEFAULT_STORAGE, Rounds, checkpoint_costs
 from suanli.sched.round_action import ROUND as BY_ROUND
-from suanli.sched.round_action import Rounds
 from suanli.sched.session import Job, Queue, Session
 
 ARRIVE, DEPART, REQUEUE, ROUND = 1, 0, 2, 3
@@ -115,7 +115,6 @@ def run_replay(
     queues: list[Queue] | None = None,
     throughput: dict[tuple[str, str], float] | None = None,
     rounds: Rounds | None = None,
-    checkpoint_s: Callable[[Job, bool], float] | None = None,
 ) -> ReplayResult:
     """Replay ``tasks`` on ``nodes`` through sessions running ``actions``."""
     actions = actions or ["enqueue", "allocate", "backfill"]
@@ -220,8 +219,8 @@ def run_replay(
             account(victim, binds, t - started[ev.job])
             # it checkpoints in its grace period, so the work done so far is kept
             left[ev.job] = max(0.0, left.get(ev.job, 1.0) - ran / max(full[ev.job], 1e-9))
-            if ev.by == BY_ROUND and checkpoint_s is not None:
-                restore[ev.job] = checkpoint_s(victim, False)
+            if ev.by == BY_ROUND and rounds is not None and rounds.checkpoint_s is not None:
+                restore[ev.job] = rounds.checkpoint_s(victim, False)
             generation[ev.job] = generation.get(ev.job, 0) + 1
             heapq.heappush(events, (t + ev.grace_s, REQUEUE, ev.job, generation[ev.job]))
             preemptions += 1
@@ -260,6 +259,37 @@ def run_replay(
         preemptions,
         unfinished,
     )
+
+
+def replay_policy(
+    nodes: list[NodeSpec],
+    tasks: list[Task],
+    config: PolicyConfig,
+    seed: int = 0,
+    *,
+    throughput: dict[tuple[str, str], float] | None = None,
+    storage: str = DEFAULT_STORAGE,
+) -> tuple[ReplayResult, Rounds | None]:
+    """`run_replay` under a policy as the live service runs it: its plugins, actions,
+    ordering and, when it has them, its rounds (moved jobs' checkpoints on ``storage``)."""
+    thr = throughput or {}
+    fw = build(config, PluginContext(workload=tasks, throughput=thr))
+    rounds = None
+    if config.rounds is not None:
+        types = sorted({n.gpu_type for n in nodes if n.gpu_count})
+        rounds = Rounds(types, thr, config.rounds, checkpoint_s=checkpoint_costs(storage))
+    res = run_replay(
+        nodes,
+        tasks,
+        fw,
+        config.name,
+        seed,
+        actions=config.actions,
+        ordering=config.ordering,
+        throughput=thr,
+        rounds=rounds,
+    )
+    return res, rounds
 
 
 def _fits_empty(
