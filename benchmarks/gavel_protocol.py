@@ -13,6 +13,12 @@ aware max-min 17.0 / 19.2 / 29.4 h at 2.0 / 4.8 / 5.6 jobs/h, agnostic/aware
 the fastest of those runs (168 s), so it is a lower bound.
 
     python benchmarks/gavel_protocol.py [--rates 2.0,4.8,5.6] [--seeds 3] [--window 4000,5000]
+    python benchmarks/gavel_protocol.py --slo [--rates 4.8] [--window 1000,2000]
+
+With ``--slo`` every job gets a deadline as Gavel's ``--assign_SLOs`` draws them
+(1.2x, 2x or 10x its V100 duration), and every policy that runs without a job's
+remaining work is compared on SLO attainment, mean JCT and the cost of the
+window's device time at on-demand prices (`GAVEL_PRICES_USD_PER_HOUR`).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from suanli.sim.gavel_sim import (
+    GAVEL_PRICES_USD_PER_HOUR,
     gavel_job_stream,
     read_gavel_throughputs,
     simulate_gavel_rounds,
@@ -46,6 +53,7 @@ def main() -> int:
     ap.add_argument("--rates", default="2.0,4.8,5.6")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--window", default="4000,5000")
+    ap.add_argument("--slo", action="store_true", help="deadlines and the cost policies")
     args = ap.parse_args()
     console = Console()
     data = shared_data_dir()
@@ -55,6 +63,8 @@ def main() -> int:
     table = read_gavel_throughputs(data / "gavel_simulation_throughputs.json", complete_only=False)
     rates = [float(r) for r in args.rates.split(",")]
     lo, hi = (int(x) for x in args.window.split(","))
+    if args.slo:
+        return _slo(console, table, rates, args.seeds, (lo, hi))
     out = Table(title=f"Gavel's protocol in rounds: mean JCT (h) of jobs {lo}-{hi - 1}")
     for col in (
         "jobs/h",
@@ -117,6 +127,54 @@ def main() -> int:
             )
     console.print(out)
     console.print(f"slowest run: {worst_speedup:.0f}x faster than Gavel's fastest (168 s)")
+    return 0
+
+
+SLO_POLICIES = (
+    "gavel-min-cost-slo",
+    "gavel-max-min",
+    "gavel-cost-throughput",
+    "gavel-max-throughput",
+    "gavel-max-min-agnostic",
+)
+
+
+def _slo(
+    console: Console,
+    table: dict[tuple[str, int], dict[str, float]],
+    rates: list[float],
+    seeds: int,
+    window: tuple[int, int],
+) -> int:
+    prices = ", ".join(f"{t} ${p:.2f}/h" for t, p in GAVEL_PRICES_USD_PER_HOUR.items())
+    out = Table(title=f"Deadlines (Gavel's SLOs), jobs {window[0]}-{window[1] - 1}; {prices}")
+    for col in ("jobs/h", "seed", "policy", "SLOs met", "mean JCT (h)", "cost ($)", "wall (s)"):
+        out.add_column(col, justify="right")
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("runs", total=len(rates) * seeds * len(SLO_POLICIES))
+        for rate in rates:
+            for seed in range(seeds):
+                for policy in SLO_POLICIES:
+                    r = simulate_gavel_rounds(
+                        gavel_job_stream(table, rate, seed, slo=True),
+                        table,
+                        CLUSTER,
+                        policy,
+                        window=window,
+                        seed=seed,
+                    )
+                    bar.advance(task)
+                    out.add_row(
+                        f"{rate:g}",
+                        str(seed),
+                        policy,
+                        f"{r.slo_attainment:.1%}",
+                        f"{r.mean_jct_s / 3600:.2f}",
+                        f"{r.cost_usd:,.0f}",
+                        f"{r.wall_s:.1f}",
+                        end_section=policy == SLO_POLICIES[-1],
+                    )
+    console.print(out)
     return 0
 
 

@@ -374,6 +374,14 @@ def test_simulate_replay_and_gavel(shared_dir, tmp_path) -> None:  # type: ignor
     out = run("simulate", "gavel", "--rate", "3", "--window", "0,30", "--plot", str(tmp_path))
     assert out.returncode == 0, out.stderr
     assert "gavel-max-min" in out.stdout and (tmp_path / "gavel_jct_cdf.png").stat().st_size > 0
+    # deadlines (Gavel's --assign_SLOs) and the policy that meets them at least cost
+    out = run(
+        "simulate", "gavel", "--rate", "3", "--window", "0,30", "--slo",
+        "--policy", "gavel-min-cost-slo", "--json",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    seed0 = json.loads(out.stdout)["per_seed"][0]["gavel-min-cost-slo"]
+    assert 0 < seed0["slo_attainment"] <= 1 and seed0["cost_usd"] > 0
     # inputs the mode cannot use are refused, with the line and what to do
     typo = tmp_path / "typo.yaml"
     typo.write_text("gavel:\n  v100: 4\n  p100s: 4\n")
@@ -384,6 +392,8 @@ def test_simulate_replay_and_gavel(shared_dir, tmp_path) -> None:  # type: ignor
         (("--trace", str(garbage)), "garbage.trace line 1"),
         (("--trace", str(shared_dir / "data" / "openb_pod_list_default.csv")), "openb pod list"),
         (("--rate", "2", "--trace", str(trace)), "either --rate"),
+        (("--rate", "2", "--policy", "gavel-min-cost-slo"), "add --slo"),
+        (("--trace", str(trace), "--slo"), "not --trace"),
     ):
         bad = run("simulate", "gavel", *args)
         assert bad.returncode == 2 and says in bad.stderr, (args, bad.stderr)

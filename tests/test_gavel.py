@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from suanli.sched.gavel import (
     AllocationProblem,
+    PolicyError,
     cost_normalized_throughput,
     max_min_agnostic,
     max_min_fairness,
     max_throughput,
+    min_cost_slo,
     min_makespan,
 )
 from suanli.sim.gavel_sim import read_gavel_throughputs, simulate_gavel, synthetic_jobs
@@ -55,6 +59,46 @@ def test_cost_normalised_throughput_prefers_cheap_useful_capacity() -> None:
     # normalised throughput per dollar: job 1 on type 0 gives 1 per $1 — the best ratio
     assert x[1, 0] == pytest.approx(1.0)
     assert (x.sum(axis=1) <= 1 + 1e-9).all()
+
+
+def test_min_cost_slo_meets_deadlines_on_the_cheapest_types_that_do() -> None:
+    # one device of each type at $1 and $3; job 0 needs 50 steps in 10 s: 5 steps/s is
+    # more than the $1 type gives it (1), so it must use the $3 type at least half the time
+    p = AllocationProblem(
+        throughput=np.array([[1.0, 10.0], [1.0, 1.0]]),
+        scale=np.array([1, 1]),
+        capacity=np.array([1, 1]),
+        remaining_steps=np.array([50.0, 100.0]),
+        price_usd_per_hour=np.array([1.0, 3.0]),
+        deadline_left_s=np.array([10.0, np.inf]),
+    )
+    x = min_cost_slo(p)
+    rates = (x * p.throughput).sum(axis=1)
+    assert rates[0] >= 5.0 - 1e-6  # the deadline holds
+    assert x[1, 0] == pytest.approx(1.0)  # the job without one runs where it is cheapest
+    # without the deadline, job 0's best value for money is still the $3 type (10/3 > 1)
+    relaxed = min_cost_slo(replace(p, deadline_left_s=None))
+    assert (relaxed.sum(axis=1) <= 1 + 1e-9).all()
+
+
+def test_min_cost_slo_shares_what_there_is_when_deadlines_cannot_all_hold() -> None:
+    # two jobs each need the one fast device all the time: each gets the same
+    # fraction of its need instead of one getting everything
+    p = AllocationProblem(
+        throughput=np.array([[10.0], [10.0]]),
+        scale=np.array([1, 1]),
+        capacity=np.array([1]),
+        remaining_steps=np.array([100.0, 100.0]),
+        price_usd_per_hour=np.array([2.0]),
+        deadline_left_s=np.array([10.0, 10.0]),
+    )
+    rates = (min_cost_slo(p) * p.throughput).sum(axis=1)
+    assert rates == pytest.approx([5.0, 5.0])
+    # a deadline already missed asks for full speed, which is what is left
+    late = replace(p, deadline_left_s=np.array([-5.0, np.inf]))
+    assert (min_cost_slo(late) * p.throughput).sum(axis=1)[0] == pytest.approx(10.0)
+    with pytest.raises(PolicyError, match="price"):
+        min_cost_slo(replace(p, price_usd_per_hour=None))
 
 
 def test_capacity_and_time_constraints_hold() -> None:

@@ -154,6 +154,21 @@ def test_migration_costs_time(table) -> None:  # type: ignore[no-untyped-def]
     assert paid.mean_jct_s > free.mean_jct_s
 
 
+def test_min_cost_slo_meets_the_deadlines_max_min_misses(table) -> None:  # type: ignore[no-untyped-def]
+    cap = {"v100": 8, "p100": 8, "k80": 8}
+    jobs = [j for _, j in zip(range(120), gavel_job_stream(table, 1.2, 3, slo=True), strict=False)]
+    assert {round(j.deadline_s - j.arrival_s) > 0 for j in jobs} == {True}
+    runs = {
+        p: simulate_gavel_rounds(jobs, table, cap, p)
+        for p in ("gavel-max-min", "gavel-min-cost-slo")
+    }
+    fair, slo = runs["gavel-max-min"], runs["gavel-min-cost-slo"]
+    assert fair.slo_jobs == slo.slo_jobs == 120
+    # at this load every deadline can be met, and the SLO policy meets them all
+    assert fair.slo_met < slo.slo_met == 120
+    assert slo.cost_usd > 0 and fair.cost_usd > 0
+
+
 def test_a_job_that_fits_nowhere_is_refused(table) -> None:  # type: ignore[no-untyped-def]
     job = GavelJob("ResNet-18 (batch size 16)", 8, 1000.0, 0.0)
     with pytest.raises(Exception, match="fits no type"):

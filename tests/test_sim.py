@@ -201,6 +201,20 @@ def test_replay_places_a_gang_whole_or_not_at_all() -> None:
     assert sorted(r.jct_s) == [5.0, 14.0]
 
 
+def test_an_elastic_job_with_fewer_members_runs_longer() -> None:
+    def elastic() -> list[Task]:
+        return [
+            Task(f"e{i}", num_gpu=1, gpu_milli=1000, job="e", min_available=1, duration_s=10.0)
+            for i in range(2)
+        ]
+
+    one = [NodeSpec("n", 8000, 8192, 1, "T4")]
+    two = [NodeSpec("n", 8000, 8192, 2, "T4")]
+    # the full gang (2 members) takes 10 s; on one device it starts anyway, at half speed
+    assert run_replay(two, elastic(), build(NAMED["best-fit"]), "best-fit").jct_s == [10.0]
+    assert run_replay(one, elastic(), build(NAMED["best-fit"]), "best-fit").jct_s == [20.0]
+
+
 def test_sia_readers(shared_dir: Path) -> None:
     from suanli.sim.traces import (
         read_sia_peak_throughput,

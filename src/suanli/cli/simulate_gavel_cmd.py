@@ -31,6 +31,7 @@ class GavelPolicy(StrEnum):
     min_makespan = "gavel-min-makespan"
     finish_time_fairness = "gavel-finish-time-fairness"
     cost_throughput = "gavel-cost-throughput"
+    min_cost_slo = "gavel-min-cost-slo"
 
 
 def _window(text: str | None) -> tuple[int, int] | None:
@@ -91,6 +92,14 @@ def gavel_cmd(
     multi_gpu: Annotated[
         bool, typer.Option("--multi-gpu", help="Scale factors 1/2/4/8 as in Gavel's -m.")
     ] = False,
+    slo: Annotated[
+        bool,
+        typer.Option(
+            "--slo",
+            help="Give each generated job a deadline of 1.2x, 2x or 10x its V100 duration "
+            "(Gavel's --assign_SLOs); SLO attainment is reported.",
+        ),
+    ] = False,
     round_s: Annotated[float, typer.Option("--round-s", help="Seconds per round.")] = 360.0,
     reset_every_s: Annotated[
         float,
@@ -138,6 +147,12 @@ def gavel_cmd(
         raise UsageError("--round-s must be > 0; --reset-every-s and --migration-s >= 0")
     if fluid and trace is None:
         raise UsageError("--fluid runs a finite job list: give --trace")
+    if slo and (trace is not None or fluid):
+        raise UsageError(
+            "--slo draws deadlines for generated jobs: use it with --rate, not --trace"
+        )
+    if policy is GavelPolicy.min_cost_slo and not slo:
+        raise UsageError("gavel-min-cost-slo meets deadlines: add --slo so that the jobs have some")
     data = shared_data_dir()
     if data is None or not (data / THROUGHPUTS).exists():
         raise SpecError(
@@ -174,7 +189,9 @@ def gavel_cmd(
                     jobs = (
                         listed
                         if listed is not None
-                        else gavel_job_stream(table, float(rate or 0), s, multi_gpu=multi_gpu)
+                        else gavel_job_stream(
+                            table, float(rate or 0), s, multi_gpu=multi_gpu, slo=slo
+                        )
                     )
                     res = simulate_gavel_rounds(
                         jobs,
@@ -194,6 +211,8 @@ def gavel_cmd(
                         "rounds": res.rounds,
                         "lp_solves": res.lp_solves,
                         "migrations": res.migrations,
+                        "cost_usd": res.cost_usd,
+                        "slo_attainment": res.slo_attainment if res.slo_jobs else None,
                         "jobs_simulated": res.jobs_simulated,
                         "wall_s": res.wall_s,
                     }
@@ -246,6 +265,14 @@ def _print(out: dict[str, Any], policies: list[str]) -> None:
     t.add_column("seed", justify="right")
     for pol in policies:
         t.add_column(f"{pol} mean JCT (h)", justify="right")
+    rounds = "rounds" in out["per_seed"][0][policies[0]]
+    if rounds:
+        for pol in policies:
+            t.add_column(f"{pol} cost ($)", justify="right")
+    slo = rounds and out["per_seed"][0][policies[0]].get("slo_attainment") is not None
+    if slo:
+        for pol in policies:
+            t.add_column(f"{pol} SLOs met", justify="right")
     t.add_column("rounds", justify="right")
     t.add_column("LP solves", justify="right")
     t.add_column("wall (s)", justify="right")
@@ -254,6 +281,8 @@ def _print(out: dict[str, Any], policies: list[str]) -> None:
         t.add_row(
             str(row["seed"]),
             *(fmt(row[p]["mean_jct_h"]) for p in policies),
+            *((f"{row[p]['cost_usd']:,.0f}" for p in policies) if rounds else ()),
+            *((f"{row[p]['slo_attainment']:.1%}" for p in policies) if slo else ()),
             fmt(first.get("rounds")),
             fmt(first.get("lp_solves")),
             fmt(sum(row[p].get("wall_s", 0.0) for p in policies)),

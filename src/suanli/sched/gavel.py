@@ -42,6 +42,7 @@ class AllocationProblem:
     remaining_steps: np.ndarray | None = None
     elapsed_s: np.ndarray | None = None  # since arrival (finish-time fairness)
     price_usd_per_hour: np.ndarray | None = None  # per device of each type
+    deadline_left_s: np.ndarray | None = None  # until each job's SLO (inf: none)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -421,33 +422,86 @@ def finish_time_fairness(p: AllocationProblem) -> np.ndarray:
 
 
 def cost_normalized_throughput(p: AllocationProblem) -> np.ndarray:
-    """Maximise normalised throughput per dollar (Charnes-Cooper form of the ratio)."""
+    """Maximise normalised work per dollar: Gavel's ThroughputNormalizedByCostSum.
+
+    The objective is the sum over jobs and types of (throughput over the job's
+    best) / price, linear in the shares: each job leans to the type where its
+    work is cheapest, and every device is used where some job still gains. (A
+    ratio of total work to total cost instead would be met by one job on one
+    cheap device: it does not grow with the allocation, and in rounds it starved
+    every other job.)
+    """
     if p.price_usd_per_hour is None:
         raise PolicyError("cost-normalised throughput needs a price per device type")
-    jobs, types = p.shape
-    n = jobs * types
-    a_sparse, b, bounds = _base(p, 1)  # trailing variable: the Charnes-Cooper scale s >= 0
-    a = a_sparse.toarray()
-    a[:, -1] = -b  # A y <= b s
-    bounds[-1] = (0.0, None)
-    bounds[:n] = [(0.0, None if t > 0 else 0.0) for t in p.throughput.ravel()]
-    cap = np.zeros((n, n + 1))  # y_jk <= s
-    cap[np.arange(n), np.arange(n)] = 1.0
-    cap[:, -1] = -1.0
-    eq = np.zeros((1, n + 1))
-    eq[0, :n] = (p.scale[:, None] * p.price_usd_per_hour[None, :]).ravel()
-    c = np.zeros(n + 1)
-    c[:n] = -(p.throughput / np.maximum(p.throughput.max(axis=1, keepdims=True), 1e-12)).ravel()
-    y = _solve(
-        c,
-        np.vstack([a, cap]),
-        np.concatenate([np.zeros(len(b)), np.zeros(n)]),
-        bounds,
-        eq,
-        np.array([1.0]),
+    return _per_dollar(p, np.zeros(p.shape[0]))
+
+
+def min_cost_slo(p: AllocationProblem) -> np.ndarray:
+    """Gavel's "minimise cost subject to SLOs" (its ThroughputNormalizedByCostSum_PerfSLOs).
+
+    A job with a deadline must get at least the rate that finishes its remaining
+    steps by then (at most its best type's rate: a late job asks for full speed);
+    within that, time goes where it buys the most normalised work per dollar, as
+    in `cost_normalized_throughput`, so deadline jobs sit on the cheapest types
+    that still meet their deadlines. Where the deadlines cannot all be met, Gavel
+    drops them all; here every deadline job instead gets the same largest
+    attainable fraction of its required rate.
+    """
+    if p.price_usd_per_hour is None:
+        raise PolicyError("min cost under SLOs needs a price per device type")
+    if p.remaining_steps is None:
+        raise PolicyError("min cost under SLOs needs remaining steps per job")
+    best = p.throughput.max(axis=1)
+    left = (
+        np.full(p.shape[0], np.inf)
+        if p.deadline_left_s is None
+        else np.asarray(p.deadline_left_s, dtype=float)
     )
-    s = y[-1]
-    return (y[:n] / s).reshape(jobs, types) if s > 1e-12 else np.zeros(p.shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        need = np.where(left > 0, p.remaining_steps / left, np.inf)
+    return _per_dollar(p, np.where(np.isfinite(left), np.minimum(need, best), 0.0))
+
+
+def _per_dollar(p: AllocationProblem, need: np.ndarray) -> np.ndarray:
+    """Max normalised work per dollar with job ``j`` at >= ``z * need[j]`` steps/s.
+
+    ``z`` (at most 1) is maximised first, by one LP, when some job needs a rate;
+    the cost objective is then optimised at that ``z`` by a second.
+    """
+    assert p.price_usd_per_hour is not None
+    jobs, types = p.shape
+    if jobs == 0:
+        return np.zeros(p.shape)
+    t = p.throughput
+    slo = np.flatnonzero(need > 0)
+    n = jobs * types
+    a_base, b, bounds = _base(p, 1)
+    # per job with a need: need_j * z - sum_k t[j, k] x[j, k] <= 0
+    rows = np.repeat(np.arange(len(slo)), types)
+    cols = (slo[:, None] * types + np.arange(types)[None, :]).ravel()
+    a_need = sparse.csr_array(
+        (
+            np.concatenate([-t[slo].ravel(), need[slo]]),
+            (
+                np.concatenate([rows, np.arange(len(slo))]),
+                np.concatenate([cols, np.full(len(slo), n)]),
+            ),
+        ),
+        shape=(len(slo), n + 1),
+    )
+    a = sparse.vstack([a_base, a_need]).tocsr()
+    b_all = np.concatenate([b, np.zeros(len(slo))])
+    z = 0.0
+    if len(slo):
+        c = np.zeros(n + 1)
+        c[-1] = -1.0
+        bounds[-1] = (0.0, 1.0)
+        z = max(0.0, float(_solve(c, a, b_all, bounds, warm="need-z")[-1]) * (1 - 1e-7))
+    bounds[-1] = (z, z)
+    value = t / np.maximum(t.max(axis=1), 1e-12)[:, None]
+    value = value / np.maximum(p.price_usd_per_hour, 1e-12)[None, :]
+    y = _solve(np.append(-value.ravel(), 0.0), a, b_all, bounds, warm="per-dollar")
+    return y[:n].reshape(jobs, types)
 
 
 POLICIES: dict[str, Callable[[AllocationProblem], np.ndarray]] = {
@@ -457,4 +511,5 @@ POLICIES: dict[str, Callable[[AllocationProblem], np.ndarray]] = {
     "gavel-min-makespan": min_makespan,
     "gavel-finish-time-fairness": finish_time_fairness,
     "gavel-cost-throughput": cost_normalized_throughput,
+    "gavel-min-cost-slo": min_cost_slo,
 }

@@ -80,6 +80,7 @@ class RoundScheduler:
         self.scale = np.zeros(64, dtype=np.int64)
         self.weight = np.ones(64)
         self.arrival_s = np.zeros(64)
+        self.deadline_s = np.full(64, np.inf)  # when each job's SLO falls due (inf: none)
         self.received_s = np.zeros((64, k))  # time run on each type since the last reset
         self.deficit_s = np.zeros((64, k))
         self.share = np.zeros((64, k))  # the allocation X (0 for jobs that arrived since)
@@ -120,6 +121,7 @@ class RoundScheduler:
         weight: float = 1.0,
         arrival_s: float = 0.0,
         ident: int = -1,
+        deadline_s: float = math.inf,
     ) -> None:
         thr = np.asarray(throughput, dtype=float)
         if thr.shape != (len(self.types),):
@@ -134,6 +136,7 @@ class RoundScheduler:
         self.scale[i] = int(scale)
         self.weight[i] = weight
         self.arrival_s[i] = arrival_s
+        self.deadline_s[i] = deadline_s
         self.received_s[i] = self.round_s / 2
         self.deficit_s[i] = 0.0
         self.share[i] = 0.0
@@ -191,6 +194,7 @@ class RoundScheduler:
             else None,
             elapsed_s=now_s - self.arrival_s[:n],
             price_usd_per_hour=self._price,
+            deadline_left_s=self.deadline_s[:n] - now_s,
         )
         with warm_starts(self._bases):
             x = np.clip(self.policy(problem), 0.0, 1.0)
@@ -302,4 +306,14 @@ class RoundScheduler:
         return np.array(out_rows, dtype=np.int64), np.array(out_types, dtype=np.int64)
 
 
-_ARRAYS = ("thr", "scale", "weight", "arrival_s", "received_s", "deficit_s", "share", "ident")
+_ARRAYS = (
+    "thr",
+    "scale",
+    "weight",
+    "arrival_s",
+    "deadline_s",
+    "received_s",
+    "deficit_s",
+    "share",
+    "ident",
+)

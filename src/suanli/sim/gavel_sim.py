@@ -47,6 +47,26 @@ class GavelJob:
     scale: int
     steps: float
     arrival_s: float
+    #: when the job should be done (Gavel's SLO: arrival + factor x duration on a V100)
+    deadline_s: float = math.inf
+
+
+#: On-demand list prices per GPU-hour, to price Gavel's cluster (the cost policies and
+#: the cost reported). V100: AWS EC2 p3.2xlarge (1x V100 16 GB), us-east-1, $3.06/h;
+#: K80: AWS EC2 p2.xlarge (1x K80 GPU), us-east-1, $0.90/h; P100: Google Cloud
+#: GPU pricing, NVIDIA P100 on-demand, us-central1, $1.46/GPU-hour (each vendor's
+#: pricing page, as listed 2020-2024; Gavel priced its cost policies from the same clouds).
+GAVEL_PRICES_USD_PER_HOUR = {"v100": 3.06, "p100": 1.46, "k80": 0.90}
+
+
+def _gavel_slo_factor(rng: random.Random) -> float:
+    """Gavel's SLO factor (``utils.generate_job``): 1.2, 2 or 10 times the V100 duration."""
+    r = rng.uniform(0, 1)
+    if r < 0.33:
+        return 1.2
+    if r < 0.67:
+        return 2.0
+    return 10.0
 
 
 def read_gavel_throughputs(
@@ -218,6 +238,7 @@ def gavel_job_stream(
     seed: int,
     *,
     multi_gpu: bool = False,
+    slo: bool = False,
 ) -> Iterator[GavelJob]:
     """Gavel's continuous workload, draw for draw (``utils.generate_job``, ``simulate``).
 
@@ -226,9 +247,12 @@ def gavel_job_stream(
     ``random.Random(seed + 3)`` with exponential gaps, the first job at 0 s. The
     scale factor is drawn even for single-GPU workloads, as Gavel does, so a
     single-GPU stream is Gavel's to the last draw. Steps = duration x V100 rate.
+    With ``slo``, each job gets a deadline as Gavel's ``--assign_SLOs`` does: from
+    ``random.Random(seed + 6)``, a factor of 1.2, 2 or 10 times its V100 duration.
     """
     job_rng = random.Random(seed + 2)
     gap_rng = random.Random(seed + 3)
+    slo_rng = random.Random(seed + 6)
     mean_gap_s = 3600.0 / jobs_per_hour
     t = 0.0
     while True:
@@ -243,7 +267,8 @@ def gavel_job_stream(
         rates = table.get((name, scale))
         if rates is None:
             raise TraceError(f"Gavel's table has no rates for {name!r} on {scale} GPU(s)")
-        yield GavelJob(name, scale, duration * rates["v100"], t)
+        deadline = t + _gavel_slo_factor(slo_rng) * duration if slo else math.inf
+        yield GavelJob(name, scale, duration * rates["v100"], t, deadline)
         t += -math.log(1.0 - gap_rng.random()) * mean_gap_s
 
 
@@ -261,10 +286,19 @@ class RoundsResult:
     wall_s: float
     migrations: int
     busy_device_s: dict[str, float] = field(default_factory=dict)
+    #: what the device time of the window's jobs cost at the run's prices
+    cost_usd: float = 0.0
+    #: jobs of the window that had a deadline, and how many of them finished by it
+    slo_jobs: int = 0
+    slo_met: int = 0
 
     @property
     def mean_jct_s(self) -> float:
         return float(np.mean(self.jct_s)) if self.jct_s else math.nan
+
+    @property
+    def slo_attainment(self) -> float:
+        return self.slo_met / self.slo_jobs if self.slo_jobs else math.nan
 
 
 #: Type-blind policies see every type as alike; Gavel shuffles the type order for them.
@@ -282,6 +316,7 @@ def simulate_gavel_rounds(
     reset_every_s: float = DEFAULT_RESET_EVERY_S,
     migration_s: float = 0.0,
     seed: int = 0,
+    price_usd_per_hour: dict[str, float] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> RoundsResult:
     """Run a Gavel workload in rounds until every job of ``window`` (ids, end exclusive) ends.
@@ -289,6 +324,8 @@ def simulate_gavel_rounds(
     With ``window=None`` every job of a finite list runs to completion. A job that
     changes device type between rounds loses ``migration_s`` of its next round to
     saving and restoring its checkpoint (Gavel's simulator charges nothing: 0 s).
+    Devices are priced at ``price_usd_per_hour`` (`GAVEL_PRICES_USD_PER_HOUR` by
+    default) for the cost policies and the cost reported.
     """
     t0 = time.perf_counter()
     if policy not in POLICIES:
@@ -299,6 +336,8 @@ def simulate_gavel_rounds(
     if window is None and total is None:
         raise ValueError("an endless job stream needs a window of job ids")
     cap = np.array([capacity.get(t, 0) for t in TYPES], dtype=float)
+    prices = GAVEL_PRICES_USD_PER_HOUR if price_usd_per_hour is None else price_usd_per_hour
+    price = np.array([prices.get(t, 0.0) for t in TYPES])
     mech = RoundScheduler(
         TYPES,
         cap,
@@ -307,7 +346,7 @@ def simulate_gavel_rounds(
         reset_every_s=reset_every_s,
         shuffle_types=policy in _TYPE_BLIND,
         seed=seed + 5,
-        price_usd_per_hour=np.ones(len(TYPES)),
+        price_usd_per_hour=price,
     )
     arrivals: list[GavelJob] = []
     # per job id, grown as jobs arrive
@@ -315,6 +354,7 @@ def simulate_gavel_rounds(
     remaining = np.zeros(1024)
     last_type = np.full(1024, -1)
     scale_of = np.zeros(1024, dtype=np.int64)
+    spent_usd = np.zeros(1024)
     jct: dict[int, float] = {}
     busy = np.zeros(len(TYPES))
     nxt = next(stream, None)
@@ -332,13 +372,16 @@ def simulate_gavel_rounds(
                 remaining = np.concatenate([remaining, np.zeros_like(remaining)])
                 last_type = np.concatenate([last_type, np.full_like(last_type, -1)])
                 scale_of = np.concatenate([scale_of, np.zeros_like(scale_of)])
+                spent_usd = np.concatenate([spent_usd, np.zeros_like(spent_usd)])
             arrivals.append(nxt)
             rates[i] = [table[(nxt.job_type, nxt.scale)][t] for t in TYPES]
             if not ((rates[i] > 0) & (cap >= nxt.scale)).any():
                 raise TraceError(f"job {i} ({nxt.job_type}, {nxt.scale} GPUs) fits no type here")
             remaining[i] = nxt.steps
             scale_of[i] = nxt.scale
-            mech.add(i, rates[i], nxt.scale, arrival_s=nxt.arrival_s, ident=i)
+            mech.add(
+                i, rates[i], nxt.scale, arrival_s=nxt.arrival_s, ident=i, deadline_s=nxt.deadline_s
+            )
             nxt = next(stream, None) if total is None or len(arrivals) < total else None
         if window_done >= hi - lo:
             break
@@ -362,6 +405,7 @@ def simulate_gavel_rounds(
         remaining[ids] -= steps
         scales = scale_of[ids]
         np.add.at(busy, ks, run_s * scales)
+        spent_usd[ids] += run_s * scales * price[ks] / 3600
         mech.record_rows(rows, ks, run_s)
         for n in np.flatnonzero(remaining[ids] <= 1e-9 * (steps + remaining[ids])).tolist():
             i = int(ids[n])
@@ -384,6 +428,7 @@ def simulate_gavel_rounds(
                 continue
             remaining[ids] -= run * thr * round_s
             np.add.at(busy, ks, run * round_s * scales)
+            spent_usd[ids] += run * round_s * scales * price[ks] / 3600
             mech.record_rows(rows, ks, np.full(len(rows), run * round_s))
             now += run * round_s
             rounds += run
@@ -391,6 +436,10 @@ def simulate_gavel_rounds(
         if progress is not None:
             progress(window_done, hi - lo)
     window_jct = [jct[i] for i in range(lo, hi) if i in jct]
+    slo = [i for i in range(lo, min(hi, len(arrivals))) if math.isfinite(arrivals[i].deadline_s)]
+    met = sum(
+        1 for i in slo if i in jct and arrivals[i].arrival_s + jct[i] <= arrivals[i].deadline_s
+    )
     return RoundsResult(
         policy,
         (lo, hi),
@@ -402,6 +451,9 @@ def simulate_gavel_rounds(
         time.perf_counter() - t0,
         migrations,
         {t: float(b) for t, b in zip(TYPES, busy, strict=True)},
+        float(spent_usd[lo : min(hi, len(arrivals))].sum()),
+        len(slo),
+        met,
     )
 
 

@@ -10,7 +10,9 @@ preemptor at the notice: the victim's grace is modelled as its own delay, not
 as the preemptor's — optimistic for the preemptor by at most the grace.)
 A task's run time is its trace duration, or — when it carries ``work`` and the
 run has a throughput table — its work divided by its throughput on the chip it
-landed on.
+landed on. An elastic job (``min_available`` below its members) that starts
+with fewer members runs that much longer: its duration or rate is the full
+gang's, and data parallelism is taken as linear in members.
 
 With ``rounds`` (the ``rounds`` action of `suanli.sched.round_action`) a session
 also runs at every round boundary. A job the rounds move or pause saves its
@@ -233,8 +235,11 @@ def run_replay(
             if jname not in first_start:
                 first_start[jname] = t
                 wait.append(t - job.arrival_s)
-            # run time on the chips it got this time (a restart may land on other chips)
+            # run time on the chips it got this time (a restart may land on other chips);
+            # an elastic job that started with fewer members than it has runs slower in
+            # proportion (data parallel, linear in members: its rate is the full gang's)
             full[jname] = max(_duration(task, state, p, throughput) for task, p in binds)
+            full[jname] *= len(job.tasks) / max(1, len(binds))
             done_at = t + restore.get(jname, 0.0) + left.get(jname, 1.0) * full[jname]
             heapq.heappush(events, (done_at, DEPART, jname, generation.get(jname, 0)))
         used_now = used_by_type()
