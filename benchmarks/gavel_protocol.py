@@ -167,7 +167,7 @@ def _slo(
                     out.add_row(
                         f"{rate:g}",
                         str(seed),
-                        policy,
+                        policy.removeprefix("gavel-"),
                         f"{r.slo_attainment:.1%}",
                         f"{r.mean_jct_s / 3600:.2f}",
                         f"{r.cost_usd:,.0f}",

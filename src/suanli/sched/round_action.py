@@ -190,7 +190,7 @@ class Rounds:
     # --- the action ------------------------------------------------------------
     def act(self, session: Session) -> None:
         now = session.now
-        pool = session.admitted if session._enqueued else session.pending
+        pool = session.candidates
         waiting = {j.name: j for j in pool if self.manages(j) and j.name not in session.running}
         running = {n: jb for n, jb in session.running.items() if self.manages(jb[0])}
         self._sync(waiting, running)
@@ -358,7 +358,7 @@ class Rounds:
         shares = self.mech.shares()
         self._free = self._free_milli(session)  # kept as jobs land
         unplaced = []
-        for job in session._ordered(list(waiting.values())):
+        for job in session.ordered(list(waiting.values())):
             share = shares.get(job.name)
             rates = self.rates(job)
             want = self.assigned.pop(job.name, None)
@@ -391,7 +391,7 @@ class Rounds:
         if self._free[k] < need:  # not enough free on the whole type: no node search
             return False
         typ = frozenset({self.types[k]})
-        if session._try_job(replace(job, tasks=[replace(t, gpu_spec=typ) for t in job.tasks])):
+        if session.try_job(replace(job, tasks=[replace(t, gpu_spec=typ) for t in job.tasks])):
             self._free[k] -= need
             return True
         return False

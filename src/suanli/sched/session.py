@@ -200,13 +200,22 @@ class Session:
             else:
                 self.result.unschedulable[job.name] = f"queue {job.queue} quota exhausted"
 
-    def _ordered(self, jobs: list[Job]) -> list[Job]:
+    @property
+    def candidates(self) -> list[Job]:
+        """Jobs that may be placed: those admitted, or every pending one without an
+        enqueue action."""
+        return self.admitted if self._enqueued else self.pending
+
+    def ordered(self, jobs: list[Job]) -> list[Job]:
+        """Jobs in the order this session serves them: fair share of the queue, priority
+        (with aging), arrival."""
         return sorted(
             jobs,
             key=lambda j: (self.share(j.queue), -self._effective_priority(j), j.arrival_s, j.name),
         )
 
-    def _try_job(self, job: Job) -> bool:
+    def try_job(self, job: Job) -> bool:
+        """Place the whole job (its gang) now, or nothing; say whether it was placed."""
         q = self.queues.get(job.queue)
         cap = q.quota_milli.get("*") if q else None
         if cap is not None and sum(self.used_milli(job.queue).values()) + job.gpu_milli > cap:
@@ -246,14 +255,14 @@ class Session:
     def _allocate(self, borrow: bool = False) -> None:
         if not self._enqueued:
             self.admitted = list(self.pending)
-        for job in self._ordered(self.admitted):
+        for job in self.ordered(self.admitted):
             if job.name in self.running:
                 continue
             over = self.share(job.queue) >= 1.0 and len(self.queues) > 1
             if over and not (borrow and job.preemptible):
                 self.result.unschedulable[job.name] = f"queue {job.queue} at its deserved share"
                 continue
-            self._try_job(job)
+            self.try_job(job)
 
     def _backfill(self) -> None:
         self._allocate(borrow=True)
@@ -302,8 +311,8 @@ class Session:
         return None
 
     def _preempt(self) -> None:
-        pool = self.admitted if self._enqueued else self.pending
-        waiting = [j for j in self._ordered(pool) if j.name not in self.running]
+        pool = self.candidates
+        waiting = [j for j in self.ordered(pool) if j.name not in self.running]
         for job in sorted(waiting, key=lambda j: -self._effective_priority(j)):
             if not self._could_run(job):
                 continue  # evicting others would not help: its queue has no quota left
@@ -317,12 +326,12 @@ class Session:
                 continue
             for v in victims:
                 self.evict(v.name, f"preempted by {job.name} (priority {job.priority})", job.name)
-            self._try_job(job)
+            self.try_job(job)
 
     def _reclaim(self) -> None:
-        pool = self.admitted if self._enqueued else self.pending
+        pool = self.candidates
         waiting = [j for j in pool if j.name not in self.running]
-        for job in self._ordered(waiting):
+        for job in self.ordered(waiting):
             if self.share(job.queue) >= 1.0 or not self._could_run(job):
                 continue
             cands = [
@@ -339,4 +348,4 @@ class Session:
                 continue
             for v in victims:
                 self.evict(v.name, f"reclaimed by queue {job.queue}", job.name)
-            self._try_job(job)
+            self.try_job(job)
