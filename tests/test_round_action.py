@@ -12,9 +12,12 @@ import pytest
 
 from suanli.cluster.state import NodeSpec
 from suanli.cluster.task import MILLI, Task
+from suanli.run.local import LocalExecutor
 from suanli.sched.policies import NAMED, PolicyFileError, parse_policy
 from suanli.sched.round_action import RoundsConfig, checkpoint_costs
+from suanli.service.loop import Loop
 from suanli.sim.replay import replay_policy
+from suanli.store import Store
 
 FAST, SLOW = "h800-sxm", "mlu370-x8"
 
@@ -52,8 +55,8 @@ def _jobs(n: int, gap_s: float, *, preemptible: bool = True) -> list[Task]:
 THROUGHPUT = {("big", FAST): 6.0, ("big", SLOW): 1.0, ("small", FAST): 1.5, ("small", SLOW): 1.0}
 
 
-def _replay(policy: str, tasks: list[Task], *, storage: str = "ddn-ai400x2-turbo", **kw):  # type: ignore[no-untyped-def]
-    config = NAMED[policy]
+def _replay(named: str, tasks: list[Task], *, storage: str = "ddn-ai400x2-turbo", **kw):  # type: ignore[no-untyped-def]
+    config = NAMED[named]
     if kw and config.rounds is not None:
         config = replace(config, rounds=replace(config.rounds, **kw))
     res, rounds = replay_policy(
@@ -100,7 +103,7 @@ def test_jobs_that_do_not_checkpoint_are_left_to_the_ordinary_actions() -> None:
     assert rounds is not None and len(rounds.mech) == 0
 
 
-def test_policy_files_set_the_rounds_and_refuse_what_is_wrong() -> None:
+def test_policy_files_set_the_rounds_and_refuse_what_is_wrong(tmp_path: Path) -> None:
     doc = {
         "actions": ["enqueue", "rounds", "allocate"],
         "rounds": {"policy": "gavel-max-min", "round_s": 60, "mode": "moves"},
@@ -115,9 +118,26 @@ def test_policy_files_set_the_rounds_and_refuse_what_is_wrong() -> None:
         assert says in str(err.value)
     with pytest.raises(PolicyFileError, match="not among the actions"):
         parse_policy(dict(doc, actions=["allocate"]))
-    # a live job does not report its remaining work: policies that need it are refused
+    # no job spec has a deadline, so the SLO policy has nothing to meet
+    with pytest.raises(PolicyFileError, match="needs each job's deadline"):
+        parse_policy(dict(doc, rounds={"policy": "gavel-min-cost-slo"}))
+    # a live job does not report its remaining work: the service refuses policies that
+    # need it (the replay knows it: below)
+    makespan = parse_policy(dict(doc, rounds={"policy": "gavel-min-makespan"}))
     with pytest.raises(PolicyFileError, match="needs each job's remaining work"):
-        parse_policy(dict(doc, rounds={"policy": "gavel-min-makespan"}))
+        Loop(Store.sqlite(tmp_path), LocalExecutor(tmp_path / "runs"), policy=makespan)
+
+
+def test_policies_that_need_remaining_work_run_in_the_replay() -> None:
+    tasks = [replace(t, work=t.work * (1 + i % 3)) for i, t in enumerate(_jobs(10, 300.0))]
+    out = {}
+    for policy in ("gavel-max-min", "gavel-min-makespan", "gavel-finish-time-fairness"):
+        res, rounds = _replay("gavel-rounds", tasks, policy=policy)
+        assert len(res.jct_s) == 10 and res.unfinished == 0
+        assert rounds is not None and rounds.mech.solves > 0
+        out[policy] = res
+    # in time slices, the makespan policy ends the last job first
+    assert out["gavel-min-makespan"].makespan_s < out["gavel-max-min"].makespan_s
 
 
 def test_a_node_local_drive_cannot_hold_a_checkpoint_that_moves() -> None:

@@ -371,7 +371,7 @@ def _rounds_config(raw: Any, wanted: bool, problems: list[str]) -> RoundsConfig 
     problems += [f"rounds.{k}: unknown key ({', '.join(keys)})" for k in sorted(extra)]
     policy = raw.get("policy", RoundsConfig.policy)
     if policy not in ROUND_POLICIES:
-        why = "needs each job's remaining work; " if policy in POLICIES else ""
+        why = "needs each job's deadline; " if policy in POLICIES else ""
         problems.append(
             f"rounds.policy: {policy!r} {why or 'unknown; '}one of {', '.join(ROUND_POLICIES)}"
         )

@@ -30,7 +30,7 @@ anywhere is taken as equally fast on every type it may use (type-blind).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -48,14 +48,18 @@ if TYPE_CHECKING:
 
 ROUND = "round"  # the `by` of an eviction the rounds decided
 MODES = ("slices", "moves")
-#: the whole-cluster policies the rounds can run: the others need each job's remaining
-#: work, which a live job does not report
+#: the whole-cluster policies the rounds can run
 ROUND_POLICIES = (
     "gavel-max-min",
     "gavel-max-min-agnostic",
     "gavel-max-throughput",
     "gavel-cost-throughput",
+    "gavel-min-makespan",
+    "gavel-finish-time-fairness",
 )
+#: those that need each job's remaining work: the replay knows it, a live job does not
+#: report it (so the live service refuses them)
+NEEDS_REMAINING = ("gavel-min-makespan", "gavel-finish-time-fairness")
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,15 @@ class RoundsConfig:
     #: shares choose each job's chip type, jobs run on, and move only when a
     #: faster type pays back the checkpoint within a round
     mode: str = "slices"
+
+
+def live_refusal(config: RoundsConfig) -> str:
+    return (
+        f"round policy {config.policy!r} needs each job's remaining work, which running "
+        "jobs do not report to the service; it runs in the simulator's replay "
+        f"(`suanli simulate --mode replay`). Live, use one of "
+        f"{', '.join(p for p in ROUND_POLICIES if p not in NEEDS_REMAINING)}"
+    )
 
 
 DEFAULT_STORAGE = "ddn-ai400x2-turbo"
@@ -136,6 +149,7 @@ class Rounds:
         config: RoundsConfig = RoundsConfig(),
         *,
         checkpoint_s: Callable[[Job, bool], float] | None = None,
+        remaining: Callable[[str], float] | None = None,
     ) -> None:
         if config.mode not in MODES:
             raise ValueError(f"unknown rounds mode {config.mode!r}; one of {', '.join(MODES)}")
@@ -155,6 +169,9 @@ class Rounds:
             price_usd_per_hour=_prices(self.types),
         )
         self.checkpoint_s = checkpoint_s
+        #: work a job has left, in the units of its throughput (for makespan and
+        #: finish-time fairness); given by the replay
+        self.remaining = remaining
         self.next_round_s: float | None = None
         self.last_round_s: float | None = None
         self.assigned: dict[str, int] = {}  # job -> type index for the current round
@@ -302,7 +319,7 @@ class Rounds:
                     return True
             return self._gang_on(session, trial, jobs[name], k)
 
-        plan = self.mech.plan(now, fits=fits)
+        plan = self.mech.plan(now, fits=fits, remaining_steps=self._remaining())
         self.assigned = {str(k): t for k, t in plan.items() if str(k) not in kept}
         self.next_round_s = now + self.config.round_s
         self.last_round_s = now
@@ -317,6 +334,14 @@ class Rounds:
                 why = f"round: its time share moves it to {self.types[to]}"
                 self.moves += 1
             session.evict(name, why, ROUND, grace_s=self._save_s(job))
+
+    def _remaining(self) -> Callable[[list[Hashable]], np.ndarray] | None:
+        if self.remaining is None:
+            if self.config.policy in NEEDS_REMAINING:
+                raise ValueError(live_refusal(self.config))
+            return None
+        left = self.remaining
+        return lambda keys: np.array([max(left(str(k)), 0.0) for k in keys])
 
     def _free_milli(self, session: Session) -> np.ndarray:
         """Device-milli free on each type now."""
@@ -350,7 +375,7 @@ class Rounds:
         now = session.now
         if self.due(now):
             self.mech.capacity = self._capacity(session, running)
-            self.mech.refresh(now)
+            self.mech.refresh(now, remaining_steps=self._remaining())
             self.next_round_s = now + self.config.round_s
             self.last_round_s = now
             self.rounds += 1

@@ -55,8 +55,8 @@ from suanli.run.executor import (
 from suanli.run.local import free_port
 from suanli.sched.explain import why_unschedulable
 from suanli.sched.framework import Placement
-from suanli.sched.policies import PolicyConfig, build, load_policy
-from suanli.sched.round_action import ROUND, Rounds
+from suanli.sched.policies import PolicyConfig, PolicyFileError, build, load_policy
+from suanli.sched.round_action import NEEDS_REMAINING, ROUND, Rounds, live_refusal
 from suanli.sched.session import Job, Queue, Session, SessionResult
 from suanli.service.controllers import Controller, run_controllers
 from suanli.store.db import Store
@@ -110,6 +110,8 @@ class Loop:
         self.framework = build(config)
         #: the ``rounds`` action's state, across ticks (made when the device types are known)
         self.round_config = config.rounds
+        if config.rounds is not None and config.rounds.policy in NEEDS_REMAINING:
+            raise PolicyFileError(live_refusal(config.rounds))
         self.rounds: Rounds | None = None
         self._round_rates: dict[tuple[str, str], float] = {}
         self.tick_s = tick_s

@@ -172,6 +172,21 @@ def run_replay(
             key = (state.sites[state.site[p.node]].name, typ)
             site_sec[key] = site_sec.get(key, 0.0) + dev_s
 
+    def work_left(name: str) -> float:
+        """The job's work still to do, in the units of its rate (tokens, or seconds of
+        its trace duration at rate 1), now: for the rounds' makespan and finish-time
+        fairness, which need it (a live service does not know it)."""
+        job = jobs[name]
+        share = left.get(name, 1.0)
+        if name in running:
+            ran = max(0.0, t - started[name] - restore.get(name, 0.0))
+            share -= ran / max(full[name], 1e-9)
+        work = max((task.work if task.work > 0 else task.duration_s) for task in job.tasks)
+        return max(0.0, share) * work
+
+    if rounds is not None:
+        rounds.remaining = work_left
+    t = first_t
     used_now = used_by_type()
     while events:
         t, kind, name, gen = heapq.heappop(events)
