@@ -155,12 +155,19 @@ def serve(
     nodes = ex.nodes()
     thread = threading.Thread(target=loop.run_forever, name="suanli-loop", daemon=True)
     thread.start()
-    cores = sum(n.cpu_cores for n in nodes)
+    # CPU slices are pseudo-nodes made of this machine's own cores: not more cores
+    real = [n for n in nodes if "suanli.io/pseudo" not in n.labels]
+    cores = sum(n.cpu_cores for n in real)
     devices = sum(len(n.devices) for n in nodes)
     isolation: dict[str, str] = getattr(ex, "isolation", dict)()
     print(
         f"suanli API on http://{host}:{port}  (data: {data_dir}; {ex.name} executor: "
-        f"{len(nodes)} node(s), {cores} CPU cores, {devices} devices)"
+        f"{len(real)} node(s), {cores} CPU cores, {devices} devices"
+        + (
+            f", {len(nodes) - len(real)} CPU-slice pseudo-node(s))"
+            if len(real) < len(nodes)
+            else ")"
+        )
         + "".join(f"\n  {k.split('/')[-1]}: {v}" for k, v in isolation.items()),
         flush=True,
     )
