@@ -7,10 +7,10 @@ The smallest valid spec::
     resources: {accelerator: cpu, devices: 1}
 
 Everything else has a default: kind (train/serve/batch), env, working_dir,
-image (for Kubernetes), queue, priority, preemptible, gang (minimum members
-placed together), replicas (services), max_runtime_s, retries, regions, and
-resource constraints instead of a named chip (vendor, min_memory_gb, or a
-model the chip must be able to run).
+image (none: Kubernetes export requires one), queue, priority, preemptible, gang
+(minimum members placed together), replicas (services), max_runtime_s, retries,
+regions, and resource constraints instead of a named chip (vendor, min_memory_gb,
+or a model the chip must be able to run).
 """
 
 from __future__ import annotations
@@ -135,7 +135,9 @@ class JobSpec(BaseModel):
     resources: Resources = Field(default_factory=Resources)
     env: dict[str, str] = Field(default_factory=dict)
     working_dir: str | None = Field(default=None, min_length=1, max_length=4096)
-    image: str = Field(default="python:3.11-slim", max_length=512)
+    # Kubernetes export only, where it is required: no published image holds suanli and
+    # torch, so none is assumed (the README shows a Dockerfile that builds one)
+    image: str | None = Field(default=None, min_length=1, max_length=512, pattern=r"^\S+$")
     queue: str = Field(default="default", max_length=63)
     priority: int = Field(default=0, ge=-INT32, le=INT32)
     preemptible: bool = False
