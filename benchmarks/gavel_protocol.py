@@ -54,6 +54,8 @@ GAVEL_RATIO = {2.0: 1.39, 4.8: 1.98, 5.6: 3.34}
 GAVEL_CPU_S = {
     (2.0, "gavel-max-min"): 352.5,
     (2.0, "gavel-max-min-agnostic"): 498.1,
+    (4.8, "gavel-max-min"): 391.3,
+    (4.8, "gavel-max-min-agnostic"): 629.7,
     (5.6, "gavel-max-min"): 503.7,
     (5.6, "gavel-max-min-agnostic"): 1460.0,
 }
