@@ -121,3 +121,15 @@ def stop_service(svc: subprocess.Popen[bytes], timeout_s: float = 15) -> None:
     except subprocess.TimeoutExpired:
         svc.kill()
         svc.wait()
+
+
+def suanli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The real CLI, in a subprocess with no stdin (as CI runs it)."""
+    return subprocess.run(
+        [sys.executable, "-m", "suanli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )

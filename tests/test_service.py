@@ -12,7 +12,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,32 +24,13 @@ from fastapi.testclient import TestClient
 from suanli.api import create_app
 from suanli.store import Base, Store
 from suanli.store.models import NodeRow
-from tests.helpers import start_service, stop_service, wait_state
+from tests.helpers import start_service, stop_service, suanli, wait_state
 
 HELLO = {
     "name": "hello",
     "command": ["python3", "-c", "print('hello')"],
     "resources": {"accelerator": "cpu", "devices": 1},
 }
-
-
-PG_URL = os.environ.get("SUANLI_TEST_PG_URL")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path: Path):  # type: ignore[no-untyped-def]
-    """The API suite runs on both databases; .ci/run starts a throwaway PostgreSQL."""
-    if request.param == "sqlite":
-        yield Store.sqlite(tmp_path)
-        return
-    if not PG_URL:
-        pytest.skip("SUANLI_TEST_PG_URL is not set (.ci/run starts a PostgreSQL server for it)")
-    s = Store(PG_URL)
-    yield s
-    Base.metadata.drop_all(s.engine)
-    with s.engine.begin() as conn:
-        conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
-    s.engine.dispose()
 
 
 @pytest.fixture()
@@ -181,7 +161,9 @@ def test_queues_are_admin_managed_and_checked_at_submit(api) -> None:  # type: i
     assert (
         client.put("/v1/queues/x", json={**q, "weight": 0}, headers=who["admin"]).status_code == 422
     )
-    assert client.get("/v1/queues", headers=who["alice"]).json()[0]["quota_milli"] == {"*": 4000}
+    listed = {r["name"]: r for r in client.get("/v1/queues", headers=who["alice"]).json()}
+    assert listed["research"]["quota_milli"] == {"*": 4000}
+    assert listed["default"]["quota_milli"] == {}  # implicit, listed all the same
     ok = client.post(
         "/v1/jobs", json={"spec": {**HELLO, "queue": "research"}}, headers=who["alice"]
     )
@@ -590,14 +572,7 @@ def test_the_command_line_reads_job_files_within_limits_and_manages_tokens(
     }
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "suanli", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            stdin=subprocess.DEVNULL,
-        )
+        return suanli(*args, env=env)
 
     try:
         bomb = tmp_path / "bomb.yaml"

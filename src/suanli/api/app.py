@@ -2,7 +2,6 @@
 
 import os
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
@@ -16,7 +15,9 @@ from sqlalchemy.orm import Session as DbSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from suanli.api import logs as job_logs
 from suanli.api.market import add_market_routes, owner_key
+from suanli.api.metrics import Metrics, add_metrics
 from suanli.catalog.loader import accelerators
 from suanli.cluster.state import ClusterState, NodeSpec, Site
 from suanli.errors import SuanliError
@@ -28,7 +29,6 @@ from suanli.jobs.spec import (
 )
 from suanli.market.controller import MarketConfig
 from suanli.run.executor import NODE_LABEL
-from suanli.run.local import tail
 from suanli.store.db import OwnerRoleError, Store
 from suanli.store.models import JobRow, NodeRow, OrderRow, QueueRow, SiteRow, TokenRow
 
@@ -301,15 +301,18 @@ def create_app(
     multi_tenant: bool = True,
     max_body_bytes: int | None = None,
     market: MarketConfig | None = None,
+    metrics: Metrics | None = None,
 ) -> FastAPI:
     """``multi_tenant`` False: jobs would run as the service's own user (it is not root
     and was not started ``--single-user``), so only admin tokens are issued.
     ``max_body_bytes``: larger request bodies get 413 (default 1 MiB, or
-    ``SUANLI_MAX_BODY_BYTES``)."""
+    ``SUANLI_MAX_BODY_BYTES``). ``metrics``: what ``GET /metrics`` exports, shared with the
+    loop (default: one of the app's own, reading the store)."""
     limit = max_body_bytes or int(os.environ.get("SUANLI_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
     app = FastAPI(title="suanli", version="0.1.0", responses=ERRORS)
 
     app.add_middleware(Guard, limit=limit)
+    add_metrics(app, metrics or Metrics(store))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -452,18 +455,30 @@ def create_app(
         job_id: JobId,
         who: Caller,
         tail_bytes: Annotated[int, Query(ge=1, le=MAX_LOG_BYTES)] = DEFAULT_LOG_BYTES,
-    ) -> str:
+        offset: Annotated[
+            str | None, Query(max_length=4096, description="X-Log-Offset of an earlier answer")
+        ] = None,
+        tail: Annotated[int | None, Query(ge=1, le=100_000, description="last N lines")] = None,
+    ) -> PlainTextResponse:
         """The end of each member's output, at most ``tail_bytes`` of each file (a job may
-        write gigabytes: the service never reads a whole log into memory)."""
-        row = visible_job(job_id, who)
-        text, seen = "", set()
-        for m in row.members or []:
-            for key in ("stdout", "stderr"):
-                path = str(m.get(key) or "")
-                if path and path not in seen:  # a Ray gang's members share one
-                    seen.add(path)
-                    text += tail(Path(path), tail_bytes)
-        return text
+        write gigabytes: the service never reads a whole log into memory); with ``offset``
+        what was written since (at most ``tail_bytes`` of each file), with ``tail`` the last
+        lines. ``X-Log-Offset`` is where the answer ends (see ``suanli.api.logs``)."""
+        row = visible_job(job_id, who)  # another tenant's log stays a 404, whatever is asked
+        if offset is not None and tail is not None:
+            raise HTTPException(422, detail="offset and tail: pass one of them, not both")
+        try:
+            cursor = None if offset is None else job_logs.parse_cursor(offset)
+        except job_logs.CursorError as exc:
+            raise HTTPException(422, detail=str(exc)) from None
+        paths = job_logs.log_files(row.members)
+        if cursor is not None:
+            text, after = job_logs.read_from(paths, cursor, tail_bytes)
+        elif tail is not None:
+            text, after = job_logs.last_lines(paths, tail, tail_bytes)
+        else:
+            text, after = job_logs.last_bytes(paths, tail_bytes)
+        return PlainTextResponse(text, headers=job_logs.cursor_header(after))
 
     # --- sites and nodes: providers manage their own, admins all, users read ------------
     def may_manage(who: TokenRow, owner: str | None, what: str) -> None:
@@ -585,16 +600,20 @@ def create_app(
 
     @app.get("/v1/queues")
     def queues(who: Caller) -> list[dict[str, Any]]:
+        """Every queue; ``default`` too while it was never set (jobs naming no queue run
+        in it, with the scheduler's defaults: weight 1, no quota, reclaimable)."""
         with store.tx() as s:
-            return [
-                {
+            rows = {
+                q.name: {
                     "name": q.name,
                     "weight": q.weight,
                     "quota_milli": q.quota_milli,
                     "reclaimable": q.reclaimable,
                 }
-                for q in s.scalars(select(QueueRow).order_by(QueueRow.name))
-            ]
+                for q in s.scalars(select(QueueRow))
+            }
+        rows.setdefault("default", {**QueueBody().model_dump(), "name": "default"})
+        return [rows[name] for name in sorted(rows)]
 
     @app.put("/v1/queues/{name}")
     def put_queue(name: Name, body: QueueBody, who: Caller) -> dict[str, Any]:
@@ -611,6 +630,32 @@ def create_app(
             )
             s.add(row)
         return {**body.model_dump(), "name": name}
+
+    @app.delete("/v1/queues/{name}")
+    def delete_queue(name: Name, who: Caller) -> dict[str, str]:
+        if who.role != "admin":
+            raise HTTPException(403, detail="only an admin manages queues")
+        if name == "default":
+            raise HTTPException(
+                409, detail="the default queue cannot be deleted: jobs naming no queue run in it"
+            )
+        with store.tx() as s:
+            row = s.get(QueueRow, name)
+            if row is None:
+                raise HTTPException(404, detail=f"no queue {name}")
+            live = [
+                j.id
+                for j in s.scalars(select(JobRow).where(JobRow.state.in_(LIVE_STATES)))
+                if j.spec.get("queue", "default") == name
+            ]
+            if live:
+                raise HTTPException(
+                    409,
+                    detail=f"queue {name} has {len(live)} job(s) waiting or running "
+                    f"({', '.join(map(str, live[:10]))}); cancel them or let them end first",
+                )
+            s.delete(row)
+        return {"deleted": name}
 
     @app.post("/v1/tokens", status_code=201)
     def token(body: TokenBody, who: Caller) -> dict[str, str]:

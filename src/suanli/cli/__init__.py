@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 
@@ -12,6 +13,7 @@ from suanli.cli.estimate_cmd import estimate_app
 from suanli.cli.export_cmd import export_app
 from suanli.cli.market_cmd import invoice_cmd, ledger_app, market_app
 from suanli.cli.plan_cmd import plan_app
+from suanli.cli.queue_cmd import queue_app, queues_cmd
 from suanli.cli.service_cmd import (
     cancel_cmd,
     corrections_cmd,
@@ -19,7 +21,6 @@ from suanli.cli.service_cmd import (
     jobs_cmd,
     logs_cmd,
     nodes_cmd,
-    queues_cmd,
     submit_cmd,
     token_app,
     up_cmd,
@@ -35,6 +36,29 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"suanli {version('suanli')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            typer.echo("suanli (not installed: no package metadata)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", callback=_version),
+    ] = False,
+) -> None:
+    """Plan, schedule and run large-model work on heterogeneous accelerators."""
+
+
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(estimate_app, name="estimate")
 app.add_typer(plan_app, name="plan")
@@ -49,6 +73,7 @@ app.command("logs")(logs_cmd)
 app.command("cancel")(cancel_cmd)
 app.command("nodes")(nodes_cmd)
 app.command("queues")(queues_cmd)
+app.add_typer(queue_app, name="queue")
 app.command("corrections")(corrections_cmd)
 app.add_typer(token_app, name="token")
 app.add_typer(market_app, name="market")

@@ -7,9 +7,8 @@ import uuid
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from suanli.cli.output import console, print_json
+from suanli.cli.output import console, print_json, table
 from suanli.cli.service_cmd import Json, _call
 
 market_app = typer.Typer(help="The compute market: offers, orders, leases.", no_args_is_help=True)
@@ -24,15 +23,6 @@ Key = Annotated[
 
 def _when(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
-
-
-def _table(title: str, cols: list[str], rows: list[list[Any]]) -> None:
-    t = Table(title=title, title_justify="left")
-    for c in cols:
-        t.add_column(c)
-    for r in rows:
-        t.add_row(*[str(x) for x in r])
-    console.print(t)
 
 
 @market_app.command("offer")
@@ -118,7 +108,7 @@ def offers_cmd(
     if json_out:
         print_json(rows)
         return
-    _table(
+    table(
         "offers",
         ["id", "accelerator", "region", "mode", "USD/unit-h", "free / count", "until", "state"],
         [
@@ -144,7 +134,7 @@ def orders_cmd(json_out: Json = False) -> None:
     if json_out:
         print_json(rows)
         return
-    _table(
+    table(
         "orders",
         ["id", "buyer", "accelerator", "count", "mode", "max USD/unit-h", "hours", "state"],
         [
@@ -170,7 +160,7 @@ def leases_cmd(json_out: Json = False) -> None:
     if json_out:
         print_json(rows)
         return
-    _table(
+    table(
         "leases",
         [
             "id",
@@ -221,7 +211,7 @@ def book_cmd(
         asks = ", ".join(f"{a['units']} @ {a['price_usd_per_hour']}" for a in m["asks"]) or "-"
         bids = ", ".join(f"{b['units']} @ {b['price_usd_per_hour']}" for b in m["bids"]) or "-"
         lines.append([m["accelerator"], m["region"], m["mode"], asks, bids])
-    _table(
+    table(
         "order book (units @ USD/unit-h)", ["accelerator", "region", "mode", "asks", "bids"], lines
     )
 
@@ -257,7 +247,7 @@ def ledger_cmd(
     if json_out:
         print_json(out)
         return
-    _table(
+    table(
         f"ledger ({out['entries']} entries)",
         ["account", "balance USD", "credit limit USD", "available USD"],
         [
@@ -307,7 +297,7 @@ def invoice_cmd(
         return
     console.print(f"invoice: {out['account']}, {out['period']}")
     console.print(f"opening balance {out['opening_balance_usd']} USD")
-    _table(
+    table(
         "lines",
         ["for", "kind", "USD"],
         [[x["ref"], x["kind"], x["amount_usd"]] for x in out["lines"]],

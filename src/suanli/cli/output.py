@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -57,3 +58,56 @@ def kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
     for k, v in rows:
         table.add_row(k, fmt(v))
     return table
+
+
+def age(seconds: float) -> str:
+    """A duration for people: ``42s``, ``27m``, ``3h12m``, ``2d4h`` (two units at most)."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        h, m = divmod(s // 60, 60)
+        return f"{h}h{m}m" if m else f"{h}h"
+    d, h = divmod(s // 3600, 24)
+    return f"{d}d{h}h" if h else f"{d}d"
+
+
+def exit_status(code: int | None) -> str:
+    """A job's exit for people: ``-`` before there is one, the number, or the signal that
+    ended it (a negative code is a signal's number: -15 is ``SIGTERM``)."""
+    if code is None:
+        return "-"
+    if code < 0:
+        import signal
+
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal {-code}"
+    return str(code)
+
+
+def table(title: str, cols: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Print rows as a table (cells as text)."""
+    t = Table(title=title, title_justify="left")
+    for c in cols:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*[str(x) for x in r])
+    console.print(t)
+
+
+def listing(
+    rows: list[dict[str, Any]],
+    json_out: bool,
+    title: str,
+    cols: Sequence[str],
+    cells: Callable[[dict[str, Any]], Sequence[Any]],
+) -> None:
+    """What a list command prints: the API's rows as JSON, or a table of ``cells(row)``."""
+    if json_out:
+        print_json(rows)
+    else:
+        table(title, cols, (cells(r) for r in rows))

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from suanli.cli.output import console, print_json
+from suanli.cli.output import age, console, exit_status, listing, print_json
 from suanli.errors import SuanliError
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
@@ -33,6 +33,12 @@ def _client() -> Any:
 
 
 def _call(method: str, path: str, **kw: Any) -> Any:
+    r = _send(method, path, **kw)
+    return r.json() if r.headers.get("content-type", "").startswith("application/json") else r.text
+
+
+def _send(method: str, path: str, **kw: Any) -> Any:
+    """The service's answer (an ``httpx.Response``); an error answer raises ApiError."""
     import httpx
 
     try:
@@ -50,7 +56,7 @@ def _call(method: str, path: str, **kw: Any) -> Any:
         except ValueError:
             detail = r.text
         raise ApiError(f"{r.status_code}: {detail}")
-    return r.json() if r.headers.get("content-type", "").startswith("application/json") else r.text
+    return r
 
 
 def up_cmd(
@@ -111,12 +117,18 @@ def up_cmd(
             "scheduling without accelerators; they share this machine's cores).",
         ),
     ] = None,
+    log_format: Annotated[
+        str,
+        typer.Option("--log-format", help="Service log: text, or json (one object per line)."),
+    ] = "text",
 ) -> None:
     """Start the API, the scheduling loop and an executor (stop with Ctrl-C)."""
     from suanli.market.controller import GRANULARITY_S, MarketConfig
     from suanli.paths import default_data_dir
     from suanli.service.up import serve
 
+    if log_format not in ("text", "json"):
+        raise typer.BadParameter(f"--log-format {log_format!r}: text or json")
     if billing not in GRANULARITY_S:
         raise typer.BadParameter(f"--billing {billing!r}: one of {', '.join(GRANULARITY_S)}")
     market = MarketConfig(
@@ -149,6 +161,7 @@ def up_cmd(
         market=market,
         policy=config,
         cpu_slices=cpu_slices,
+        log_format=log_format,
     )
 
 
@@ -171,24 +184,21 @@ def submit_cmd(
 
 def jobs_cmd(json_out: Json = False) -> None:
     """List jobs (yours; all for an admin)."""
-    rows = _call("GET", "/v1/jobs")
-    if json_out:
-        print_json(rows)
-        return
-    t = Table(title="jobs", title_justify="left")
-    for col in ("id", "name", "owner", "state", "exit", "attempts", "age"):
-        t.add_column(col)
-    for r in rows:
-        t.add_row(
-            str(r["id"]),
+    listing(
+        _call("GET", "/v1/jobs"),
+        json_out,
+        "jobs",
+        ("id", "name", "owner", "state", "exit", "attempts", "age"),
+        lambda r: [
+            r["id"],
             r["name"],
             r["owner"],
             r["state"],
-            str(r["exit_code"]),
-            str(r["attempts"]),
-            f"{time.time() - r['created_at']:.0f}s",
-        )
-    console.print(t)
+            exit_status(r["exit_code"]),
+            r["attempts"],
+            age(time.time() - r["created_at"]),
+        ],
+    )
 
 
 def job_cmd(job_id: int, json_out: Json = False) -> None:
@@ -197,23 +207,57 @@ def job_cmd(job_id: int, json_out: Json = False) -> None:
     if json_out:
         print_json(row)
         return
-    console.print(f"job {row['id']} {row['name']}: {row['state']} (exit {row['exit_code']})")
+    console.print(
+        f"job {row['id']} {row['name']}: {row['state']} (exit {exit_status(row['exit_code'])})"
+    )
     for e in row["events"]:
         console.print(
             f"  {time.strftime('%H:%M:%S', time.localtime(e['at']))} {e['kind']}: {e['message']}"
         )
 
 
-def logs_cmd(job_id: int, follow: Annotated[bool, typer.Option("-f", "--follow")] = False) -> None:
-    """A job's output (-f: keep printing until it ends)."""
-    shown = 0
-    while True:
-        text = _call("GET", f"/v1/jobs/{job_id}/logs")
-        print(text[shown:], end="", flush=True)
-        shown = len(text)
-        if not follow or _call("GET", f"/v1/jobs/{job_id}")["state"] not in ("queued", "running"):
+LIVE_STATES = ("queued", "preempted", "running")
+
+
+def logs_cmd(
+    job_id: int,
+    follow: Annotated[
+        bool, typer.Option("-f", "--follow", help="Keep printing what it writes until it ends.")
+    ] = False,
+    tail: Annotated[
+        int | None, typer.Option("--tail", min=1, help="Only its last N lines first.")
+    ] = None,
+    json_out: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print JSON {id, text, offset} (with -f one line per new part)."
+        ),
+    ] = False,
+) -> None:
+    """A job's output (-f: keep printing until it ends, asking only for what is new)."""
+    import json
+
+    def show(text: str, cursor: str) -> None:
+        if json_out:
+            out = {"id": job_id, "text": text, "offset": cursor}
+            print(json.dumps(out) if follow else json.dumps(out, indent=2), flush=True)
+        else:
+            print(text, end="", flush=True)
+
+    path = f"/v1/jobs/{job_id}/logs"
+    r = _send("GET", path, params={"tail": tail} if tail else {})
+    cursor = r.headers.get("X-Log-Offset", "")
+    show(r.text, cursor)
+    while follow:
+        ended = _call("GET", f"/v1/jobs/{job_id}")["state"] not in LIVE_STATES
+        r = _send("GET", path, params={"offset": cursor})  # only bytes not yet shown
+        cursor = r.headers.get("X-Log-Offset", cursor)
+        if r.text:
+            show(r.text, cursor)
+        elif ended:  # it had ended before this read: everything it wrote is shown
             return
-        time.sleep(0.5)
+        if not ended:
+            time.sleep(0.5)
 
 
 def cancel_cmd(job_id: int, json_out: Json = False) -> None:
@@ -251,26 +295,10 @@ def nodes_cmd(json_out: Json = False) -> None:
             str(n["cpu_cores"]),
             f"{n['memory_mib'] / 1024:.0f}",
             devs + (f" (unhealthy: {','.join(sick)})" if sick else ""),
-            f"{n['heartbeat_age_s']:.0f} s ago",
+            f"{age(n['heartbeat_age_s'])} ago",
             " / ".join(
                 n["labels"].get(k, "-") for k in ("suanli.io/isolation", "suanli.io/limits")
             ),
-        )
-    console.print(t)
-
-
-def queues_cmd(json_out: Json = False) -> None:
-    """Queues: weight, quota per device type, reclaimable."""
-    rows = _call("GET", "/v1/queues")
-    if json_out:
-        print_json(rows)
-        return
-    t = Table(title="queues", title_justify="left")
-    for col in ("name", "weight", "quota (GPU-milli)", "reclaimable"):
-        t.add_column(col)
-    for q in rows:
-        t.add_row(
-            q["name"], f"{q['weight']:g}", str(q["quota_milli"] or "—"), str(q["reclaimable"])
         )
     console.print(t)
 
@@ -291,33 +319,31 @@ def token_create(
 
 def corrections_cmd(json_out: Json = False) -> None:
     """Measured / predicted step time per (model family, chip), from finished jobs."""
-    rows = _call("GET", "/v1/corrections")
-    if json_out:
-        print_json(rows)
-        return
-    t = Table(title="perf corrections (measured / predicted)", title_justify="left")
-    for col in ("family", "chip", "factor", "runs"):
-        t.add_column(col)
-    for r in rows:
-        t.add_row(r["family"], r["chip"], f"{r['factor']:.3f}", str(r["runs"]))
-    console.print(t)
+    listing(
+        _call("GET", "/v1/corrections"),
+        json_out,
+        "perf corrections (measured / predicted)",
+        ("family", "chip", "factor", "runs"),
+        lambda r: [r["family"], r["chip"], f"{r['factor']:.3f}", r["runs"]],
+    )
 
 
 @token_app.command("list")
 def token_list(json_out: Json = False) -> None:
     """Tokens by id, role and owner (yours; all for an admin). Secrets are never shown:
     only their hashes are stored."""
-    rows = _call("GET", "/v1/tokens")
-    if json_out:
-        print_json(rows)
-        return
-    t = Table(title="tokens", title_justify="left")
-    for col in ("id", "role", "owner", "created"):
-        t.add_column(col)
-    for r in rows:
-        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created_at"]))
-        t.add_row(str(r["id"]), r["role"], r["owner"], created)
-    console.print(t)
+    listing(
+        _call("GET", "/v1/tokens"),
+        json_out,
+        "tokens",
+        ("id", "role", "owner", "created"),
+        lambda r: [
+            r["id"],
+            r["role"],
+            r["owner"],
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created_at"])),
+        ],
+    )
 
 
 @token_app.command("revoke")

@@ -38,6 +38,7 @@ import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session as DbSession
 
+from suanli.api.metrics import Metrics
 from suanli.calibration import feedback
 from suanli.cluster.state import ClusterState, NodeSpec, Site
 from suanli.cluster.task import MILLI, Task
@@ -59,6 +60,7 @@ from suanli.sched.policies import PolicyConfig, PolicyFileError, build, load_pol
 from suanli.sched.round_action import NEEDS_REMAINING, ROUND, Rounds, live_refusal
 from suanli.sched.session import Job, Queue, Session, SessionResult
 from suanli.service.controllers import Controller, run_controllers
+from suanli.service.logs import Outage, transition
 from suanli.store.db import Store
 from suanli.store.models import SYSTEM_OWNER, JobRow, NodeRow, QueueRow, SiteRow
 
@@ -94,8 +96,14 @@ class Loop:
         data_dir: Path | None = None,
         calibrate_new_nodes: bool = False,
         controllers: Sequence[Controller] = (),
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        #: what it counts for ``GET /metrics`` (``suanli up`` shares it with the app)
+        self.metrics = metrics or Metrics()
+        self.metrics.executor(executor.name)
+        self.outage = Outage(executor.name, log)  # its executor's outage, told once
+        self._tick_error: str | None = None  # the error of failing ticks, logged once
         #: the other resource kinds' controllers (the market), run at the start of each tick
         self.controllers = list(controllers)
         self._failing: dict[str, str] = {}  # controller -> the error last logged
@@ -124,17 +132,34 @@ class Loop:
         self._unavailable: dict[int, int] = {}  # job -> starts refused by an absent executor
         self._why: dict[int, str] = {}  # job -> the unschedulable reason last reported
         self._nodes_at = 0.0
+        self._decided = False  # whether this tick's `_decide` ran a session
         self.recover()
 
     # --- lifecycle -----------------------------------------------------------------
     def run_forever(self) -> None:
         while not self._stop.is_set():
-            try:
-                self.tick()
-            except Exception:  # a bad tick (database away, executor error) must not end the loop
-                log.exception("scheduling tick failed; retrying")
+            if not self.safe_tick():
                 self._stop.wait(1.0)
             self._stop.wait(self.tick_s)
+
+    def safe_tick(self) -> bool:
+        """A tick that never raises: False when it failed. An absent executor is told as
+        an outage (`Outage`); any other error (the database away) is logged with its
+        traceback once, then again only when it changes, and its end is said."""
+        try:
+            self.tick()
+        except _ExecutorAway:
+            return False
+        except Exception as exc:  # a bad tick must not end the loop
+            said = f"{type(exc).__name__}: {exc}"
+            if said != self._tick_error:
+                self._tick_error = said
+                log.exception("scheduling tick failed; retrying (logged once until it changes)")
+            return False
+        if self._tick_error is not None:
+            log.info("scheduling ticks succeed again after: %s", self._tick_error)
+            self._tick_error = None
+        return True
 
     def stop(self) -> None:
         self._stop.set()
@@ -189,32 +214,41 @@ class Loop:
             s.flush()
             # a cancel the API asked for while the job was being requeued (a retry, a
             # preemption) ends it here: a queued job is never claimed while cancel_requested
-            cancelled = s.scalars(
-                update(JobRow)
-                .where(JobRow.state.in_(("queued", "preempted")), JobRow.cancel_requested)
-                .values(state="cancelled", updated_at=now, not_before=None)
-                .returning(JobRow.id),
-                execution_options={"synchronize_session": False},
-            ).all()
-            for job_id in cancelled:
-                self._specs.pop(job_id, None)
-                self.store.event(s, job_id, "cancelled", "by request, before it ran again")
+            for old in ("queued", "preempted"):  # one state at a time, so the log says which
+                cancelled = s.execute(
+                    update(JobRow)
+                    .where(JobRow.state == old, JobRow.cancel_requested)
+                    .values(state="cancelled", updated_at=now, not_before=None)
+                    .returning(JobRow.id, JobRow.spec),
+                    execution_options={"synchronize_session": False},
+                ).all()
+                for job_id, spec in cancelled:
+                    self._specs.pop(job_id, None)
+                    why = "by request, before it ran again"
+                    self.store.event(s, job_id, "cancelled", why)
+                    transition(log, job_id, _queue(spec), old, "cancelled", why)
             # the sweep above ended every job with a cancel request; one the API writes from
             # here on finds the job preempted or queued, and cancels it itself
-            requeued = s.scalars(
+            requeued = s.execute(
                 update(JobRow)
                 .where(JobRow.state == "preempted")
                 .values(state="queued", updated_at=now)
-                .returning(JobRow.id),
+                .returning(JobRow.id, JobRow.spec),
                 execution_options={"synchronize_session": False},
             ).all()
-            for job_id in requeued:
+            for job_id, spec in requeued:
                 self.store.event(s, job_id, "requeued", "after preemption")
+                transition(log, job_id, _queue(spec), "preempted", "queued", "after preemption")
         self._schedule()
 
     def _sync_nodes(self, now: float) -> None:
         """Record the executor's nodes; a device an admin marked unhealthy stays so."""
-        reported = self.executor.nodes()
+        try:
+            reported = self.executor.nodes()
+        except Exception as exc:  # Ray's dashboard away: the tick ends here, told as an outage
+            self.outage.failed(f"{type(exc).__name__}: {exc}", "nodes")
+            raise _ExecutorAway(str(exc)) from exc
+        self.outage.answered("nodes")
         self.nodes = []
         self.node_sites = {}
         self._nodes_at = now
@@ -327,6 +361,7 @@ class Loop:
         row.stop_reason, row.stop_deadline = reason, time.time() + grace
         row.updated_at = time.time()
         self.store.event(s, row.id, "stopping", why)
+        self._moved(row, "running", why, to="stopping")
 
     def _settle_stop(self, s: DbSession, row: JobRow, codes: list[int | None], now: float) -> None:
         reason = row.stop_reason or ""
@@ -337,6 +372,7 @@ class Loop:
             row.state, row.exit_code = "cancelled", code
             self._specs.pop(row.id, None)
             self.store.event(s, row.id, "cancelled", f"exit {code}")
+            self._moved(row, "running", f"{reason}; exit {code}")
         elif reason.startswith(PREEMPT):
             # a preemption is not the job's failure: it does not use up a retry
             row.state, row.exit_code = "preempted", None
@@ -353,6 +389,7 @@ class Loop:
             )
             row.preempt_reason = row.preempt_grace_s = None
             self.store.event(s, row.id, "preempted", f"{what}; exit {code}")
+            self._moved(row, "running", f"{what}; exit {code}")
         elif reason.startswith("member-failed:"):
             self._finish(s, row, int(reason.split(":", 1)[1]), "a gang member failed")
         else:
@@ -361,6 +398,8 @@ class Loop:
             row.state, row.exit_code = "failed", code
             self._specs.pop(row.id, None)
             self.store.event(s, row.id, "failed", f"exceeded max_runtime_s; exit {code}")
+            self._moved(row, "running", f"exceeded max_runtime_s; exit {code}")
+            self.metrics.job_failures.labels(executor=self.executor.name).inc()
 
     # --- scheduling ----------------------------------------------------------------
     def _schedule(self) -> None:
@@ -373,8 +412,11 @@ class Loop:
         """
         if not self.nodes:
             return
+        start, self._decided = time.perf_counter(), False
         with self.store.tx() as s:
             bound = self._decide(s)
+        if self._decided:  # a session ran (not a tick with nothing to decide)
+            self.metrics.schedule_cycle.observe(time.perf_counter() - start)
         for job_id, placements in bound.items():
             try:
                 self._launch(job_id, placements)
@@ -401,11 +443,13 @@ class Loop:
                 row.state, row.updated_at = "failed", time.time()
                 msg = " ".join(str(exc).split())[:500]
                 self.store.event(s, row.id, "failed", f"its stored spec is refused now: {msg}")
+                self._moved(row, "queued", f"its stored spec is refused now: {msg}")
         queued_ids = {row.id for row in queued}  # what ended or started says nothing more
         self._why = {k: v for k, v in self._why.items() if k in queued_ids}
         round_due = self.rounds is not None and self.rounds.due(time.time())
         if not queued and not round_due:
             return {}
+        self._decided = True
         running = list(s.scalars(select(JobRow).where(JobRow.state == "running")))
         state, index = self._state()
         types = [t for t in state.types if t]
@@ -544,6 +588,7 @@ class Loop:
         if self._why.get(job_id) != why:
             self._why[job_id] = why
             self.store.event(s, job_id, "unschedulable", why)
+            self.metrics.placement_failed(why)
 
     def _state(self) -> tuple[ClusterState, dict[str, int]]:
         specs = []
@@ -653,6 +698,9 @@ class Loop:
                 )[:64]
                 where = ", ".join(f"rank {h.rank} {h.node}/{h.ref or h.pid}" for h in handles)
                 self.store.event(s, job_id, "started", f"{where} devices [{row.devices}]")
+                self._moved(row, "queued", f"devices [{row.devices}]")
+            self.metrics.job_starts.labels(executor=self.executor.name).inc()
+            self.outage.answered()
         except Exception:
             # members nobody knows of would run on devices the scheduler thinks free: stop
             # them; the row (running, no members) is settled as lost by the next tick
@@ -666,6 +714,8 @@ class Loop:
         bad working_dir, a command that does not exist) fails or retries this job only."""
         now = time.time()
         tries = self._unavailable.pop(job_id, 0) + 1
+        if isinstance(exc, ExecutorUnavailable):
+            self.outage.failed(str(exc), "start")
         with self.store.tx() as s:
             row = s.get(JobRow, job_id, populate_existing=True)
             assert row is not None
@@ -678,6 +728,7 @@ class Loop:
             row.not_before, row.updated_at = now + wait_s, now
             why = f"executor unavailable ({tries} of {MAX_UNAVAILABLE_STARTS}): {exc}"
             self.store.event(s, job_id, "requeued", f"{why}; again in {wait_s:g} s")
+            self._moved(row, "running", f"{why}; again in {wait_s:g} s")
         self._unavailable[job_id] = tries
 
     def _kill_all(self, handles: list[Handle]) -> None:
@@ -797,6 +848,7 @@ class Loop:
     def _finish(self, s: DbSession, row: JobRow, code: int | None, why: str) -> None:
         spec = self._spec(row)
         now = time.time()
+        old = row.state
         row.exit_code, row.updated_at = code, now
         row.stop_reason = row.stop_deadline = None
         row.preempt_reason = row.preempt_grace_s = None
@@ -814,6 +866,22 @@ class Loop:
         if row.state != "queued":
             self._specs.pop(row.id, None)  # over: its spec is not needed again
         self.store.event(s, row.id, row.state, why)
+        self._moved(row, old, why)
+        if code != 0 and row.state != "cancelled":  # a retried attempt counts too
+            self.metrics.job_failures.labels(executor=self.executor.name).inc()
+
+    def _moved(self, row: JobRow, old: str, why: str, to: str | None = None) -> None:
+        """One log line for the job's move from ``old`` to its state (or ``to``)."""
+        nodes = dict.fromkeys(str(m["node"]) for m in row.members or [] if m.get("node"))
+        transition(log, row.id, _queue(row.spec), old, to or row.state, why, ",".join(nodes))
+
+
+def _queue(spec: dict[str, object] | None) -> str:
+    return str((spec or {}).get("queue") or "default")
+
+
+class _ExecutorAway(Exception):
+    """The executor did not answer this tick (already told as an outage)."""
 
 
 def _key(h: Handle) -> str:

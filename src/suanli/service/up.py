@@ -9,7 +9,9 @@ the service's own user, and ``--single-user`` must say that is intended.
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -18,16 +20,44 @@ import uvicorn
 from sqlalchemy.engine import make_url
 
 from suanli.api import create_app
+from suanli.api.metrics import Metrics
+from suanli.errors import SuanliError
 from suanli.market.controller import MarketConfig, MarketController
 from suanli.run import accounts, devices, limits
 from suanli.run.devices import detect
 from suanli.run.executor import Executor
 from suanli.run.local import LocalExecutor
 from suanli.sched.policies import PolicyConfig
+from suanli.service import logs
 from suanli.service.loop import Loop
 from suanli.store.db import Store
 
 PRIVATE_UMASK = 0o077
+
+
+class PortInUseError(SuanliError):
+    """The address ``suanli up`` was asked to listen on is taken or cannot be had."""
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Bind ``host:port`` before anything is printed or started, so a clash is the one
+    line said (the socket is handed to uvicorn: nothing can take the port between)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUseError(
+                f"port {port} on {host} is in use: stop what holds it or pass --port"
+            ) from None
+        raise PortInUseError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}; pass another --host or --port"
+        ) from None
+    return sock
 
 
 def make_executor(
@@ -119,7 +149,10 @@ def serve(
     market: MarketConfig | None = None,
     policy: PolicyConfig | None = None,
     cpu_slices: str | None = None,
+    log_format: str = "text",
 ) -> None:
+    sock = listen(host, port)  # a clash is said before anything else
+    logs.setup(log_format)  # job transitions and executor outages, one line each
     os.umask(PRIVATE_UMASK)
     url = database_url(db_url, db_file)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -140,8 +173,12 @@ def serve(
             flush=True,
         )
     market = market or MarketConfig()
+    metrics = Metrics(store)  # one registry: what the loop counts, the app exports
     app = create_app(
-        store, multi_tenant=per_owner or single_user or executor != "local", market=market
+        store,
+        multi_tenant=per_owner or single_user or executor != "local",
+        market=market,
+        metrics=metrics,
     )
     controllers = [MarketController(store, market)]
     loop = Loop(
@@ -151,6 +188,7 @@ def serve(
         data_dir=data_dir,
         calibrate_new_nodes=calibrate,
         controllers=controllers,
+        metrics=metrics,
     )
     nodes = ex.nodes()
     thread = threading.Thread(target=loop.run_forever, name="suanli-loop", daemon=True)
@@ -172,7 +210,8 @@ def serve(
         flush=True,
     )
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning")
+        uvicorn.Server(config).run(sockets=[sock])
     finally:  # uvicorn returns on SIGTERM/SIGINT: stop the loop cleanly
         loop.stop()
         thread.join(timeout=5)
