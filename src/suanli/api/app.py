@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from suanli.api import logs as job_logs
+from suanli.api.docs import add_docs
 from suanli.api.market import add_market_routes, owner_key
 from suanli.api.metrics import Metrics, add_metrics
 from suanli.catalog.loader import accelerators
@@ -309,7 +310,9 @@ def create_app(
     ``SUANLI_MAX_BODY_BYTES``). ``metrics``: what ``GET /metrics`` exports, shared with the
     loop (default: one of the app's own, reading the store)."""
     limit = max_body_bytes or int(os.environ.get("SUANLI_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
-    app = FastAPI(title="suanli", version="0.1.0", responses=ERRORS)
+    # /docs from this process, not a CDN (see suanli.api.docs); no ReDoc (it would load one)
+    app = FastAPI(title="suanli", version="0.1.0", responses=ERRORS, docs_url=None, redoc_url=None)
+    add_docs(app)
 
     app.add_middleware(Guard, limit=limit)
     add_metrics(app, metrics or Metrics(store))
