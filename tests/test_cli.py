@@ -359,6 +359,14 @@ def test_simulate_replay_and_gavel(shared_dir, tmp_path) -> None:  # type: ignor
     res = json.loads(out.stdout)
     assert set(res["jct_s"]) == {"mean", "p50", "p99"} and res["makespan_s"] > 0
     assert set(res["utilization"]) == {"a100-80gb", "ascend-910b"}
+    # the table reads as people write: hours, kWh, dollars, no Python dicts
+    human = run(
+        "simulate", "--cluster", str(cluster), "--workload", str(work),
+        "--policy", "perf-affinity", "--mode", "replay",
+    )  # fmt: skip
+    assert human.returncode == 0, human.stderr
+    assert "jct mean" in human.stdout and "kWh" in human.stdout and "$" in human.stdout
+    assert "{" not in human.stdout and "utilization a100-80gb" in human.stdout
     gcl = tmp_path / "g.yaml"
     gcl.write_text("gavel: {v100: 4, p100: 4, k80: 4}\n")
     trace = shared_dir / "data" / "gavel_physical_artifact_evaluation.trace"

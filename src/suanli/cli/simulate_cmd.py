@@ -13,7 +13,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from suanli.catalog.loader import accelerators
-from suanli.cli.output import console, print_json
+from suanli.cli.output import console, fmt, print_json
 from suanli.cli.simulate_gavel_cmd import gavel_cmd
 from suanli.cli.simulate_market_cmd import market_cmd
 from suanli.errors import UsageError
@@ -121,10 +121,46 @@ def simulate_cmd(
     table = Table(
         title=f"simulate {policy} ({out['mode']})", show_header=False, title_justify="left"
     )
-    for k, v in out.items():
-        if k not in ("per_seed",):
-            table.add_row(k, str(v))
+    for k, v in _readable(out):
+        table.add_row(k, v)
     console.print(table)
+
+
+def _readable(out: dict[str, Any]) -> list[tuple[str, str]]:
+    """A result as people read it: nested figures on their own rows, each in the unit its
+    name ends with made readable (hours, kWh, dollars); `--json` keeps the raw numbers."""
+    rows: list[tuple[str, str]] = []
+
+    def value(name: str, v: Any) -> str:
+        if isinstance(v, list):
+            return ", ".join(fmt(x) for x in v)
+        if not isinstance(v, int | float) or isinstance(v, bool):
+            return fmt(v)
+        if name.endswith("_per_s"):
+            return f"{fmt(v)}/s"
+        if name.endswith("_s"):
+            return f"{v / 3600:,.2f} h" if abs(v) >= 3600 else f"{v:.3g} s"
+        if name.endswith("_j"):
+            return f"{v / 3.6e6:,.1f} kWh"
+        if name.endswith("_usd"):
+            return f"${v:,.2f}"
+        if name.endswith("_kg"):
+            return f"{fmt(float(v))} kg"
+        return fmt(v)
+
+    for k, v in out.items():
+        if k == "per_seed":
+            continue
+        label = k.removesuffix("_per_s")
+        if label == k:
+            for unit in ("_s", "_j", "_usd", "_kg"):
+                label = label.removesuffix(unit)
+        if isinstance(v, dict):
+            for sub, x in v.items():
+                rows.append((f"{label} {sub}".replace("_", " "), value(k, x)))
+        else:
+            rows.append((label.replace("_", " "), value(k, v)))
+    return rows
 
 
 def _openb(
