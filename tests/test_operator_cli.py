@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from fastapi.testclient import TestClient
 from suanli.api import create_app
 from suanli.cli.output import age, exit_status
 from suanli.store import Store
-from suanli.store.models import JobRow
+from suanli.store.models import SYSTEM_OWNER, JobRow, NodeRow
 from tests.helpers import start_service, stop_service, suanli, wait_state
 
 HELLO = {
@@ -265,6 +266,22 @@ def test_the_operator_manages_queues_and_follows_logs_from_the_command_line(
         )
         kept = suanli("queue", "delete", "default", env=env)
         assert kept.returncode == 2 and "default queue cannot be deleted" in kept.stderr
+        # a node no one reports any more (a Ray node that died) is lost, and not listed
+        with Store.sqlite(tmp_path).tx() as s:
+            s.add(
+                NodeRow(
+                    name="gone-node", owner=SYSTEM_OWNER, site=None, executor="ray",
+                    cpu_cores=8, memory_mib=1024, devices=[], labels={},
+                    heartbeat_at=time.time() - 3600,
+                )
+            )  # fmt: skip
+        nodes = {
+            n["name"]: n["state"] for n in json.loads(suanli("nodes", "--json", env=env).stdout)
+        }
+        assert nodes["gone-node"] == "lost" and nodes["local"] == "ready"
+        shown = suanli("nodes", env=env).stdout
+        assert "gone-node" not in shown and "1 lost node(s) not shown" in shown
+        assert "gone-node" in suanli("nodes", "--all", env=env).stdout
     finally:
         go.touch()
         if follow is not None and follow.poll() is None:

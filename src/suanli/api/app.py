@@ -199,7 +199,14 @@ def site_view(r: SiteRow) -> dict[str, Any]:
     }
 
 
+#: a node not heard of for this long is reported "lost": the loop refreshes an executor's
+#: nodes every few seconds, so one it stopped reporting (a Ray node that died) ages past
+#: this within a minute; a provider's own agent must heartbeat at least this often
+NODE_LOST_S = 60.0
+
+
 def node_view(r: NodeRow) -> dict[str, Any]:
+    heard_s = time.time() - r.heartbeat_at
     return {
         "name": r.name,
         "owner": r.owner,
@@ -210,7 +217,8 @@ def node_view(r: NodeRow) -> dict[str, Any]:
         "devices": r.devices,
         "labels": r.labels,
         "heartbeat_at": r.heartbeat_at,
-        "heartbeat_age_s": round(time.time() - r.heartbeat_at, 1),
+        "heartbeat_age_s": round(heard_s, 1),
+        "state": "lost" if heard_s > NODE_LOST_S else "ready",
     }
 
 

@@ -271,14 +271,27 @@ def cancel_cmd(job_id: int, json_out: Json = False) -> None:
         )
 
 
-def nodes_cmd(json_out: Json = False) -> None:
-    """Nodes: who runs them, their devices and health, and when they were last heard of."""
+def nodes_cmd(
+    json_out: Json = False,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Also nodes not heard of for a minute (lost).")
+    ] = False,
+) -> None:
+    """Nodes: who runs them, their devices and health, and when they were last heard of.
+
+    A node its executor stopped reporting (a Ray node that died) or whose agent stopped
+    heartbeating is "lost" after a minute, and hidden unless --all (--json has them all).
+    """
     rows = _call("GET", "/v1/nodes")
     if json_out:
         print_json(rows)
         return
+    lost = [n for n in rows if n.get("state") == "lost"]
+    if not show_all:
+        rows = [n for n in rows if n.get("state") != "lost"]
     t = Table(title="nodes", title_justify="left")
-    for col in ("name", "executor", "site", "owner", "CPU", "memory GiB", "devices", "heartbeat"):
+    cols = ("name", "state", "executor", "site", "owner", "CPU", "memory GiB", "devices")
+    for col in (*cols, "heartbeat"):
         t.add_column(col)
     t.add_column("isolation / limits")
     for n in rows:
@@ -289,6 +302,7 @@ def nodes_cmd(json_out: Json = False) -> None:
         devs = ", ".join(f"{len(v)}x {k}" for k, v in kinds.items()) or "-"
         t.add_row(
             n["name"],
+            n.get("state", "-"),
             n["executor"],
             n["site"] or "-",
             n["owner"],
@@ -301,6 +315,8 @@ def nodes_cmd(json_out: Json = False) -> None:
             ),
         )
     console.print(t)
+    if lost and not show_all:
+        console.print(f"{len(lost)} lost node(s) not shown (--all shows them)")
 
 
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
