@@ -13,7 +13,7 @@ from suanli.market.controller import MarketConfig, MarketController
 from suanli.store import Store
 from suanli.store.models import IdlePolicyRow, JobRow, OfferRow
 from tests.test_market import T0, node
-from tests.test_service import api, store  # noqa: F401  (fixtures: both databases)
+from tests.test_service import api  # noqa: F401  (the fixture; `store`, both databases, is in conftest)
 
 GPUS = [{"index": i, "accelerator": "a100-80gb"} for i in range(4)]
 
