@@ -38,7 +38,7 @@ from sqlalchemy import func, select
 from starlette.routing import Match
 
 from suanli.store.db import Store
-from suanli.store.models import JOB_STATES, JobRow, NodeRow, QueueRow
+from suanli.store.models import JOB_STATES, JobRow, NodeRow, QueueRow, held_devices
 
 #: the placement-failure reasons a waiting job is counted under (never the free text)
 REASONS = (
@@ -174,11 +174,7 @@ class StoreCollector(Collector):
                 )
             }
             queues = list(s.scalars(select(QueueRow.name)))
-            held: set[tuple[str, int]] = set()
-            for members in s.scalars(select(JobRow.members).where(JobRow.state == "running")):
-                for m in members or []:
-                    for d in m.get("devices") or []:  # type: ignore[attr-defined]
-                        held.add((str(m.get("node")), int(d)))
+            held = held_devices(s.scalars(select(JobRow.members).where(JobRow.state == "running")))
             nodes = [
                 (name, devs) for name, devs in s.execute(select(NodeRow.name, NodeRow.devices))
             ]

@@ -36,6 +36,7 @@ from suanli.store.models import (
     OfferRow,
     OrderRow,
     PriceRow,
+    held_devices,
 )
 
 log = logging.getLogger("suanli.market")
@@ -84,12 +85,7 @@ def units_in_use(lease: LeaseRow, jobs: list[JobRow]) -> int:
                     per_node[str(m["node"])] += cpu
         have = defaultdict(int, {n: sum(1 for u in mine if u.node == n) for n in nodes})
         return sum(min(have[n], math.ceil(c)) for n, c in per_node.items())
-    held = {
-        Unit(str(m.get("node")), int(d))
-        for row in jobs
-        for m in row.members or []
-        for d in m.get("devices") or []  # type: ignore[attr-defined]
-    }
+    held = {Unit(node, d) for node, d in held_devices(row.members for row in jobs)}
     return len(held & set(mine))
 
 
@@ -449,12 +445,8 @@ class MarketController:
         running = list(s.scalars(select(JobRow).where(JobRow.state == "running")))
         queued = list(s.scalars(select(JobRow).where(JobRow.state == "queued")))
         busy: set[Unit] = set(book.taken_units(s, now, now + 1))
-        busy_nodes: set[str] = set()
-        for row in running:
-            for m in row.members or []:
-                busy_nodes.add(str(m.get("node")))
-                for d in m.get("devices") or []:  # type: ignore[attr-defined]
-                    busy.add(Unit(str(m.get("node")), int(d)))
+        busy |= {Unit(node, d) for node, d in held_devices(row.members for row in running)}
+        busy_nodes = {str(m.get("node")) for row in running for m in row.members or []}
         where = book.node_regions(s)
         for pol in policies:
             wants = [r for r in queued if r.owner == pol.provider and not r.spec.get("order")]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -51,6 +53,17 @@ class JobRow(Base):
     # the jobs controller begins it, with this grace, as it does the scheduler's own
     preempt_reason: Mapped[str | None] = mapped_column(String(128), nullable=True)
     preempt_grace_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+def held_devices(members: Iterable[list[dict[str, object]] | None]) -> set[tuple[str, int]]:
+    """(node, device index) pairs the given jobs' members hold (``JobRow.members`` of
+    each job), for what is busy now: the market's free units, the metrics' allocation."""
+    return {
+        (str(m.get("node")), int(d))
+        for ms in members
+        for m in ms or []
+        for d in m.get("devices") or []  # type: ignore[attr-defined]
+    }
 
 
 class JobEventRow(Base):
