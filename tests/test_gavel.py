@@ -76,9 +76,11 @@ def test_min_cost_slo_meets_deadlines_on_the_cheapest_types_that_do() -> None:
     rates = (x * p.throughput).sum(axis=1)
     assert rates[0] >= 5.0 - 1e-6  # the deadline holds
     assert x[1, 0] == pytest.approx(1.0)  # the job without one runs where it is cheapest
-    # without the deadline, job 0's best value for money is still the $3 type (10/3 > 1)
+    # without the deadline: work per dollar, normalised by each job's best rate, is
+    # job 0: 0.1/$1 or 1/$3; job 1: 1/$1 or 1/$3; the optimum 1/3 + 1 puts each on one type
     relaxed = min_cost_slo(replace(p, deadline_left_s=None))
-    assert (relaxed.sum(axis=1) <= 1 + 1e-9).all()
+    assert relaxed == pytest.approx(np.array([[0.0, 1.0], [1.0, 0.0]]), abs=1e-9)
+    assert relaxed == pytest.approx(cost_normalized_throughput(p), abs=1e-9)
 
 
 def test_min_cost_slo_shares_what_there_is_when_deadlines_cannot_all_hold() -> None:

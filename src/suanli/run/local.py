@@ -40,6 +40,8 @@ from suanli.run.limits import Limits
 
 log = logging.getLogger("suanli.local")
 #: the wrapper's own environment (it runs as root beside a tenant's code: nothing of theirs)
+#: the label of a pseudo-node (CPU slices): this machine's own cores, not more of them
+PSEUDO_LABEL = "suanli.io/pseudo"
 WRAPPER_ENV = {"PATH": jobenv.SYSTEM_PATH, "LANG": "C.UTF-8"}
 #: processes one account may have at once, all its jobs together (RLIMIT_NPROC)
 ACCOUNT_NPROC = 8192
@@ -118,7 +120,7 @@ class LocalExecutor:
             if not d.threads
         ]
         out = [NodeInfo("local", inv.cpu_cores, inv.memory_mib, devs, labels=self.isolation())]
-        pseudo = {"suanli.io/pseudo": "CPU slices: threads of this machine's cores"}
+        pseudo = {PSEUDO_LABEL: "CPU slices: threads of this machine's cores"}
         for name, group in self._slices.items():
             slots = [
                 DeviceInfo(i, d.accelerator, 0, d.visible_env, threads=d.threads)

@@ -26,7 +26,7 @@ from suanli.market.controller import MarketConfig, MarketController
 from suanli.run import accounts, devices, limits
 from suanli.run.devices import detect
 from suanli.run.executor import Executor
-from suanli.run.local import LocalExecutor
+from suanli.run.local import PSEUDO_LABEL, LocalExecutor
 from suanli.sched.policies import PolicyConfig
 from suanli.service import logs
 from suanli.service.loop import Loop
@@ -194,7 +194,7 @@ def serve(
     thread = threading.Thread(target=loop.run_forever, name="suanli-loop", daemon=True)
     thread.start()
     # CPU slices are pseudo-nodes made of this machine's own cores: not more cores
-    real = [n for n in nodes if "suanli.io/pseudo" not in n.labels]
+    real = [n for n in nodes if PSEUDO_LABEL not in n.labels]
     cores = sum(n.cpu_cores for n in real)
     devices = sum(len(n.devices) for n in nodes)
     isolation: dict[str, str] = getattr(ex, "isolation", dict)()
