@@ -360,8 +360,7 @@ class Loop:
         grace = self.grace_s if grace_s is None else grace_s
         row.stop_reason, row.stop_deadline = reason, time.time() + grace
         row.updated_at = time.time()
-        self.store.event(s, row.id, "stopping", why)
-        self._moved(row, "running", why, to="stopping")
+        self._moved(s, row, "running", "stopping", why, to="stopping")
 
     def _settle_stop(self, s: DbSession, row: JobRow, codes: list[int | None], now: float) -> None:
         reason = row.stop_reason or ""
@@ -371,8 +370,9 @@ class Loop:
         if reason.startswith(CANCEL) or row.cancel_requested:
             row.state, row.exit_code = "cancelled", code
             self._specs.pop(row.id, None)
-            self.store.event(s, row.id, "cancelled", f"exit {code}")
-            self._moved(row, "running", f"{reason}; exit {code}")
+            self._moved(
+                s, row, "running", "cancelled", f"exit {code}", said=f"{reason}; exit {code}"
+            )
         elif reason.startswith(PREEMPT):
             # a preemption is not the job's failure: it does not use up a retry
             row.state, row.exit_code = "preempted", None
@@ -388,8 +388,7 @@ class Loop:
                 )
             )
             row.preempt_reason = row.preempt_grace_s = None
-            self.store.event(s, row.id, "preempted", f"{what}; exit {code}")
-            self._moved(row, "running", f"{what}; exit {code}")
+            self._moved(s, row, "running", "preempted", f"{what}; exit {code}")
         elif reason.startswith("member-failed:"):
             self._finish(s, row, int(reason.split(":", 1)[1]), "a gang member failed")
         else:
@@ -397,8 +396,7 @@ class Loop:
             # activeDeadlineSeconds), and failed even if the job exited 0 on SIGTERM
             row.state, row.exit_code = "failed", code
             self._specs.pop(row.id, None)
-            self.store.event(s, row.id, "failed", f"exceeded max_runtime_s; exit {code}")
-            self._moved(row, "running", f"exceeded max_runtime_s; exit {code}")
+            self._moved(s, row, "running", "failed", f"exceeded max_runtime_s; exit {code}")
             self.metrics.job_failures.labels(executor=self.executor.name).inc()
 
     # --- scheduling ----------------------------------------------------------------
@@ -442,8 +440,7 @@ class Loop:
                 queued.remove(row)
                 row.state, row.updated_at = "failed", time.time()
                 msg = " ".join(str(exc).split())[:500]
-                self.store.event(s, row.id, "failed", f"its stored spec is refused now: {msg}")
-                self._moved(row, "queued", f"its stored spec is refused now: {msg}")
+                self._moved(s, row, "queued", "failed", f"its stored spec is refused now: {msg}")
         queued_ids = {row.id for row in queued}  # what ended or started says nothing more
         self._why = {k: v for k, v in self._why.items() if k in queued_ids}
         round_due = self.rounds is not None and self.rounds.due(time.time())
@@ -697,8 +694,8 @@ class Loop:
                     for h in handles
                 )[:64]
                 where = ", ".join(f"rank {h.rank} {h.node}/{h.ref or h.pid}" for h in handles)
-                self.store.event(s, job_id, "started", f"{where} devices [{row.devices}]")
-                self._moved(row, "queued", f"devices [{row.devices}]")
+                why = f"{where} devices [{row.devices}]"
+                self._moved(s, row, "queued", "started", why, said=f"devices [{row.devices}]")
             self.metrics.job_starts.labels(executor=self.executor.name).inc()
             self.outage.answered()
         except Exception:
@@ -727,8 +724,7 @@ class Loop:
             row.attempts = max(0, row.attempts - 1)
             row.not_before, row.updated_at = now + wait_s, now
             why = f"executor unavailable ({tries} of {MAX_UNAVAILABLE_STARTS}): {exc}"
-            self.store.event(s, job_id, "requeued", f"{why}; again in {wait_s:g} s")
-            self._moved(row, "running", f"{why}; again in {wait_s:g} s")
+            self._moved(s, row, "running", "requeued", f"{why}; again in {wait_s:g} s")
         self._unavailable[job_id] = tries
 
     def _kill_all(self, handles: list[Handle]) -> None:
@@ -865,15 +861,27 @@ class Loop:
             row.state = "failed"
         if row.state != "queued":
             self._specs.pop(row.id, None)  # over: its spec is not needed again
-        self.store.event(s, row.id, row.state, why)
-        self._moved(row, old, why)
+        self._moved(s, row, old, row.state, why)
         if code != 0 and row.state != "cancelled":  # a retried attempt counts too
             self.metrics.job_failures.labels(executor=self.executor.name).inc()
 
-    def _moved(self, row: JobRow, old: str, why: str, to: str | None = None) -> None:
-        """One log line for the job's move from ``old`` to its state (or ``to``)."""
+    def _moved(
+        self,
+        s: DbSession,
+        row: JobRow,
+        old: str,
+        event: str,
+        why: str,
+        *,
+        to: str | None = None,
+        said: str | None = None,
+    ) -> None:
+        """The job moved from ``old`` to its state (or ``to``): its ``event`` in the store
+        and one log line (``said``, when the log needs other words than the event)."""
+        self.store.event(s, row.id, event, why)
         nodes = dict.fromkeys(str(m["node"]) for m in row.members or [] if m.get("node"))
-        transition(log, row.id, _queue(row.spec), old, to or row.state, why, ",".join(nodes))
+        where = ",".join(nodes)
+        transition(log, row.id, _queue(row.spec), old, to or row.state, said or why, where)
 
 
 def _queue(spec: dict[str, object] | None) -> str:
