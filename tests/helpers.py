@@ -133,3 +133,16 @@ def suanli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
         timeout=120,
         stdin=subprocess.DEVNULL,
     )
+
+
+#: a train_lm model small enough to train a few hundred steps a second on a CPU
+TINY = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "intermediate_size": 128,
+    "vocab_size": 256,
+    "max_position_embeddings": 128,
+}

@@ -296,3 +296,51 @@ def test_version_comes_from_the_package_metadata() -> None:
 
     out = suanli("--version")
     assert out.returncode == 0 and out.stdout == f"suanli {version('suanli')}\n"
+
+
+def test_a_site_with_an_engine_is_checked_and_its_address_shown_only_to_its_owner(api) -> None:  # type: ignore[no-untyped-def]
+    client, store, who = api
+    prov = {"Authorization": f"Bearer {store.create_token('provider', 'acme')}"}
+    url = "/v1/sites/west"
+    bad = client.put(url, json={"region": "cn-west", "engine": "ray"}, headers=prov)
+    assert bad.status_code == 422 and "HOST:PORT" in bad.text
+    bad = client.put(url, json={"region": "cn-west", "address": "10.0.0.5:8265"}, headers=prov)
+    assert bad.status_code == 422 and "need an engine" in bad.text
+    bad = client.put(
+        url,
+        json={"region": "cn-west", "engine": "ray", "address": "h:1", "python": "py; rm"},
+        headers=prov,
+    )
+    assert bad.status_code == 422  # an absolute path, nothing a shell would act on
+    body = {"region": "cn-west", "engine": "ray", "address": "10.0.0.5:8265", "grace_s": 60.0}
+    assert client.put(url, json=body, headers=who["alice"]).status_code == 403
+    made = client.put(url, json=body, headers=prov)
+    assert made.status_code == 200 and made.json()["status"] == "attaching"
+    assert client.get(url, headers=who["admin"]).json()["address"] == "10.0.0.5:8265"
+    seen = client.get(url, headers=who["alice"]).json()
+    assert "address" not in seen and seen["engine"] == "ray" and seen["grace_s"] == 60.0
+    assert all("address" not in s for s in client.get("/v1/sites", headers=who["bob"]).json())
+    # a learned node goes with its engine's site; a running job there keeps the site
+    with store.tx() as s:
+        s.add(
+            NodeRow(
+                name="ray-1",
+                owner=SYSTEM_OWNER,
+                site="west",
+                executor="ray",
+                cpu_cores=2,
+                memory_mib=1024,
+                devices=[],
+                labels={},
+                heartbeat_at=0.0,
+            )
+        )
+        row = store.add_job(s, {**HELLO, "queue": "default"}, "alice")
+        row.state, row.members = "running", [{"node": "ray-1", "site": "west"}]
+    busy = client.delete(url, headers=prov)
+    assert busy.status_code == 409 and "cancel them" in busy.text, busy.text
+    with store.tx() as s:
+        s.get(JobRow, row.id).state = "succeeded"  # type: ignore[union-attr]
+    assert client.delete(url, headers=prov).json() == {"deleted": "west"}
+    with store.tx() as s:
+        assert s.get(NodeRow, "ray-1") is None

@@ -22,7 +22,7 @@ from suanli.run.local import LocalExecutor
 from suanli.sched.policies import parse_policy
 from suanli.service.loop import Loop
 from suanli.store import Store
-from tests.helpers import get, logs, reap, run_until, submit
+from tests.helpers import TINY, get, logs, reap, run_until, submit
 
 PY = sys.executable
 SLICES = Inventory(cpu_cores=2, memory_mib=8192, devices=cpu_slices("fast:2,slow:1"))
@@ -41,16 +41,6 @@ POLICY = parse_policy(
     }
 )
 SLICE = {"vendor": "cpu-slice", "devices": 1, "cpu": 1, "memory_gb": 1}
-TINY = {
-    "model_type": "llama",
-    "hidden_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 4,
-    "intermediate_size": 128,
-    "vocab_size": 256,
-    "max_position_embeddings": 128,
-}
 
 
 def _device(store: Store, jid: int) -> str:

@@ -34,6 +34,25 @@ def test_gang_is_all_or_nothing() -> None:
     assert len(res.bound) == 2 and st.allocated_gpu_milli() == 8000
 
 
+def test_a_gang_never_spans_sites_and_tries_each_site_whole() -> None:
+    from suanli.cluster.state import Site
+
+    nodes = [
+        NodeSpec("east-0", 64_000, 262_144, 1, "A100", site="east"),
+        NodeSpec("west-0", 64_000, 262_144, 1, "A100", site="west"),
+        NodeSpec("west-1", 64_000, 262_144, 1, "A100", site="west"),
+    ]
+    st = ClusterState(nodes, [Site("east", "cn-east"), Site("west", "cn-west")])
+    two = Job("two", gpu_tasks("two", 2))
+    res = session(st, [two]).run(["enqueue", "allocate"])
+    assert {st.specs[p.node].site for _, _, p in res.bound} == {"west"}
+    # three devices are free across sites, but no one site has three: nothing starts
+    st = ClusterState(nodes, [Site("east", "cn-east"), Site("west", "cn-west")])
+    res = session(st, [Job("three", gpu_tasks("three", 3))]).run(["enqueue", "allocate"])
+    assert res.bound == [] and "never spans sites" in res.unschedulable["three"]
+    assert st.allocated_gpu_milli() == 0
+
+
 def test_preemption_evicts_the_cheapest_victims_with_grace() -> None:
     st = state(nodes=1, gpus=4)
     s0 = session(

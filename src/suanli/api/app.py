@@ -8,7 +8,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi import Path as Path_
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DbSession
@@ -19,14 +19,13 @@ from suanli.api import logs as job_logs
 from suanli.api.docs import add_docs
 from suanli.api.market import add_market_routes, owner_key
 from suanli.api.metrics import Metrics, add_metrics
-from suanli.catalog.loader import accelerators
+from suanli.api.sites import add_site_routes
 from suanli.cluster.state import ClusterState, NodeSpec, Site
 from suanli.errors import SuanliError
 from suanli.jobs import resolve
 from suanli.jobs.spec import (
     REPLICAS_REFUSED,
     JobSpec,
-    catalog_enum,
 )
 from suanli.market.controller import MarketConfig
 from suanli.run.executor import NODE_LABEL
@@ -70,60 +69,6 @@ class QueueBody(BaseModel):
 DNS_LABEL = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 CANCEL_TRIES = 5  # compare-and-set rounds; each lost round means the loop moved the job
 LIVE_STATES = ("queued", "preempted", "running")
-
-
-class SiteBody(BaseModel):
-    model_config = STRICT
-    region: str = Field(min_length=1, max_length=63)
-    pue: float = Field(default=1.3, ge=1.0, le=3.0)  # power usage effectiveness
-    carbon_g_per_kwh: float = Field(default=0.0, ge=0, le=5000)
-    power_price_per_kwh: float = Field(default=0.0, ge=0, le=100)
-
-
-class DeviceBody(BaseModel):
-    model_config = STRICT
-    index: int = Field(ge=0, le=4095)
-    accelerator: str = Field(max_length=63, json_schema_extra=catalog_enum(accelerators))
-    memory_mib: int | None = Field(default=None, ge=0, le=INT32)  # default: the catalog's
-    healthy: bool = True
-
-    @field_validator("accelerator")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        if v.lower() not in accelerators():
-            raise ValueError(f"unknown accelerator {v!r} (see `suanli catalog list`)")
-        return v.lower()
-
-
-class NodeBody(BaseModel):
-    model_config = STRICT
-    site: str | None = Field(default=None, max_length=63)
-    cpu_cores: int = Field(ge=1, le=1_000_000)
-    memory_mib: int = Field(ge=1, le=INT32)
-    devices: list[DeviceBody] = Field(default_factory=list, max_length=4096)
-    labels: dict[Annotated[str, Field(max_length=253)], Annotated[str, Field(max_length=63)]] = (
-        Field(default_factory=dict, max_length=64)
-    )
-
-    @field_validator("devices")
-    @classmethod
-    def _unique(cls, v: list[DeviceBody]) -> list[DeviceBody]:
-        seen = [d.index for d in v]
-        if len(set(seen)) != len(seen):
-            raise ValueError("device indexes must be unique")
-        return v
-
-
-class NodeSiteBody(BaseModel):
-    model_config = STRICT
-    site: str | None = Field(max_length=63)
-
-
-class HeartbeatBody(BaseModel):
-    model_config = STRICT
-    unhealthy: list[Annotated[int, Field(ge=0, le=4095)]] = Field(
-        default_factory=list, max_length=4096
-    )  # device indexes now failing
 
 
 class TokenBody(BaseModel):
@@ -183,42 +128,10 @@ def job_view(row: JobRow) -> dict[str, Any]:
         "created_at": row.created_at,
         "updated_at": row.updated_at,
         "devices": row.devices,
+        # where its members run (or last ran): the sites of their engines
+        "sites": sorted({str(m["site"]) for m in row.members or [] if m.get("site")}),
         "cancel_requested": row.cancel_requested,
         "spec": row.spec,
-    }
-
-
-def site_view(r: SiteRow) -> dict[str, Any]:
-    return {
-        "name": r.name,
-        "owner": r.owner,
-        "region": r.region,
-        "pue": r.pue,
-        "carbon_g_per_kwh": r.carbon_g_per_kwh,
-        "power_price_per_kwh": r.power_price_per_kwh,
-    }
-
-
-#: a node not heard of for this long is reported "lost": the loop refreshes an executor's
-#: nodes every few seconds, so one it stopped reporting (a Ray node that died) ages past
-#: this within a minute; a provider's own agent must heartbeat at least this often
-NODE_LOST_S = 60.0
-
-
-def node_view(r: NodeRow) -> dict[str, Any]:
-    heard_s = time.time() - r.heartbeat_at
-    return {
-        "name": r.name,
-        "owner": r.owner,
-        "site": r.site,
-        "executor": r.executor,
-        "cpu_cores": r.cpu_cores,
-        "memory_mib": r.memory_mib,
-        "devices": r.devices,
-        "labels": r.labels,
-        "heartbeat_at": r.heartbeat_at,
-        "heartbeat_age_s": round(heard_s, 1),
-        "state": "lost" if heard_s > NODE_LOST_S else "ready",
     }
 
 
@@ -491,123 +404,7 @@ def create_app(
             text, after = job_logs.last_bytes(paths, tail_bytes)
         return PlainTextResponse(text, headers=job_logs.cursor_header(after))
 
-    # --- sites and nodes: providers manage their own, admins all, users read ------------
-    def may_manage(who: TokenRow, owner: str | None, what: str) -> None:
-        if who.role == "user":
-            raise HTTPException(403, detail=f"users cannot manage {what}; use a provider token")
-        if owner is not None and who.role != "admin" and owner != who.owner:
-            raise HTTPException(403, detail=f"{what} belongs to another provider")
-
-    def check_site(s: DbSession, who: TokenRow, name: str | None) -> None:
-        """A node may be placed only in an existing site its owner manages."""
-        if name is None:
-            return
-        site = s.get(SiteRow, name)
-        if site is None:
-            raise HTTPException(422, detail=f"site: no site {name!r} (PUT /v1/sites first)")
-        may_manage(who, site.owner, f"site {name}")
-
-    @app.get("/v1/sites")
-    def list_sites(who: Caller) -> list[dict[str, Any]]:
-        with store.tx() as s:
-            return [site_view(r) for r in s.scalars(select(SiteRow).order_by(SiteRow.name))]
-
-    @app.put("/v1/sites/{name}")
-    def put_site(name: Name, body: SiteBody, who: Caller) -> dict[str, Any]:
-        with store.tx() as s:
-            row = s.get(SiteRow, name)
-            may_manage(who, row.owner if row else None, f"site {name}")
-            row = row or SiteRow(name=name, owner=who.owner)
-            for k, v in body.model_dump().items():
-                setattr(row, k, v)
-            row.updated_at = time.time()
-            s.add(row)
-            return site_view(row)
-
-    @app.delete("/v1/sites/{name}")
-    def delete_site(name: Name, who: Caller) -> dict[str, str]:
-        with store.tx() as s:
-            row = s.get(SiteRow, name)
-            if row is None:
-                raise HTTPException(404, detail=f"no site {name}")
-            may_manage(who, row.owner, f"site {name}")
-            if s.scalar(select(NodeRow).where(NodeRow.site == name).limit(1)) is not None:
-                raise HTTPException(409, detail=f"site {name} still has nodes; delete them first")
-            s.delete(row)
-        return {"deleted": name}
-
-    @app.get("/v1/nodes")
-    def list_nodes(who: Caller) -> list[dict[str, Any]]:
-        with store.tx() as s:
-            return [node_view(r) for r in s.scalars(select(NodeRow).order_by(NodeRow.name))]
-
-    @app.put("/v1/nodes/{name}")
-    def put_node(name: Name, body: NodeBody, who: Caller) -> dict[str, Any]:
-        catalog = accelerators()
-        with store.tx() as s:
-            row = s.get(NodeRow, name)
-            may_manage(who, row.owner if row else None, f"node {name}")
-            if row is not None and row.executor != "agent":
-                raise HTTPException(
-                    409,
-                    detail=f"node {name} is reported by the {row.executor} executor; "
-                    f"only its site can be set (PUT /v1/nodes/{name}/site)",
-                )
-            check_site(s, who, body.site)
-            row = row or NodeRow(name=name, owner=who.owner, executor="agent")
-            row.site, row.cpu_cores, row.memory_mib = body.site, body.cpu_cores, body.memory_mib
-            row.devices = [
-                {
-                    "index": d.index,
-                    "accelerator": d.accelerator,
-                    "memory_mib": d.memory_mib
-                    if d.memory_mib is not None
-                    else catalog[d.accelerator].memory_mib,
-                    "healthy": d.healthy,
-                }
-                for d in body.devices
-            ]
-            row.labels, row.heartbeat_at = body.labels, time.time()
-            s.add(row)
-            return node_view(row)
-
-    @app.put("/v1/nodes/{name}/site")
-    def put_node_site(name: Name, body: NodeSiteBody, who: Caller) -> dict[str, Any]:
-        """Place a node in a site (its region, power price, carbon) — executor nodes too."""
-        with store.tx() as s:
-            row = s.get(NodeRow, name)
-            if row is None:
-                raise HTTPException(404, detail=f"no node {name}")
-            may_manage(who, row.owner, f"node {name}")
-            check_site(s, who, body.site)
-            row.site = body.site
-            return node_view(row)
-
-    @app.post("/v1/nodes/{name}/heartbeat")
-    def heartbeat(name: Name, body: HeartbeatBody, who: Caller) -> dict[str, Any]:
-        with store.tx() as s:
-            row = s.get(NodeRow, name)
-            if row is None:
-                raise HTTPException(404, detail=f"no node {name}")
-            may_manage(who, row.owner, f"node {name}")
-            known = {int(str(d["index"])) for d in row.devices}
-            if not set(body.unhealthy) <= known:
-                raise HTTPException(
-                    422, detail=f"unhealthy: node {name} has devices {sorted(known)}"
-                )
-            row.devices = [{**d, "healthy": d["index"] not in body.unhealthy} for d in row.devices]
-            row.heartbeat_at = time.time()
-            return node_view(row)
-
-    @app.delete("/v1/nodes/{name}")
-    def delete_node(name: Name, who: Caller) -> dict[str, str]:
-        with store.tx() as s:
-            row = s.get(NodeRow, name)
-            if row is None:
-                raise HTTPException(404, detail=f"no node {name}")
-            may_manage(who, row.owner, f"node {name}")
-            s.delete(row)
-        return {"deleted": name}
+    add_site_routes(app, store, caller)
 
     @app.get("/v1/queues")
     def queues(who: Caller) -> list[dict[str, Any]]:

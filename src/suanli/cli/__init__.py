@@ -26,6 +26,7 @@ from suanli.cli.service_cmd import (
     up_cmd,
 )
 from suanli.cli.simulate_cmd import simulate_app
+from suanli.cli.site_cmd import site_app, sites_cmd
 from suanli.errors import SuanliError
 from suanli.plan.common import InfeasibleError
 
@@ -74,6 +75,8 @@ app.command("cancel")(cancel_cmd)
 app.command("nodes")(nodes_cmd)
 app.command("queues")(queues_cmd)
 app.add_typer(queue_app, name="queue")
+app.command("sites")(sites_cmd)
+app.add_typer(site_app, name="site")
 app.command("corrections")(corrections_cmd)
 app.add_typer(token_app, name="token")
 app.add_typer(market_app, name="market")

@@ -207,8 +207,12 @@ def job_cmd(job_id: int, json_out: Json = False) -> None:
     if json_out:
         print_json(row)
         return
+    where = f" on {row['devices']}" if row.get("devices") else ""
+    if row.get("sites"):
+        where += f" (site {', '.join(row['sites'])})"
     console.print(
-        f"job {row['id']} {row['name']}: {row['state']} (exit {exit_status(row['exit_code'])})"
+        f"job {row['id']} {row['name']}: {row['state']}{where} "
+        f"(exit {exit_status(row['exit_code'])})"
     )
     for e in row["events"]:
         console.print(

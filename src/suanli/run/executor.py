@@ -64,6 +64,7 @@ class Handle:
     devices: tuple[int, ...] = ()
     ref: str = ""  # the executor's own id (Ray submission id); empty for local processes
     group: str = ""  # the local member's cgroup (empty where none was made)
+    site: str = ""  # the site whose engine runs it (`suanli.run.sites`); empty: the only one
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -74,6 +74,18 @@ def _devices(resources: dict[str, float], labels: dict[str, str]) -> list[Device
     return out
 
 
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+#: Ray's own log lines: "2026-12-03 19:40:01,123\tINFO worker.py:1821 -- Connecting to ..."
+RAY_INFO = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\s+(?:INFO|DEBUG)\s+\S+:\d+ -- ")
+
+
+def clean_log(text: str) -> str:
+    """A Ray job's log as the job wrote it: without colour codes and without Ray's own
+    INFO lines (a gang's driver connecting, its placement group); warnings stay."""
+    lines = ANSI.sub("", text).splitlines(keepends=True)
+    return "".join(line for line in lines if not RAY_INFO.match(line))
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -86,8 +98,16 @@ class RayExecutor:
     name = "ray"
     gang_native = True  # a gang is started by one call (one Ray job, one placement group)
 
-    def __init__(self, address: str, log_dir: Path) -> None:
+    def __init__(
+        self, address: str, log_dir: Path, python: str | None = None, service: str = ""
+    ) -> None:
         from ray.job_submission import JobSubmissionClient
+
+        #: the Python a job's ``python`` means on this cluster's nodes (default: this one's,
+        #: right where the cluster runs from the same install, as on one machine)
+        self.python = python or sys.executable
+        #: which suanli service submitted a Ray job (its metadata): `strays` stops only ours
+        self.service = service
 
         self.address = address if "://" in address else f"http://{address}"
         self.log_dir = Path(log_dir)
@@ -149,6 +169,10 @@ class RayExecutor:
             per_member[chip] = len(launch.devices) * launch.share
         env = {
             **launch.env,
+            # a spec means the same on every site: its ``python`` is the one with suanli and
+            # the workloads (the local executor puts that venv first on PATH too); Ray expands
+            # ${PATH} on the node, so the rest of the node's PATH stays
+            "PATH": f"{Path(self.python).parent}:${{PATH}}",
             "SUANLI_JOB_ID": launch.job_id,
             # Ray's own SIGTERM-to-SIGKILL wait, so a member gets its full grace to checkpoint
             "RAY_JOB_STOP_WAIT_TIME_S": str(int(launch.grace_s) + 5),  # Ray wants an int
@@ -165,7 +189,7 @@ class RayExecutor:
                 "grace_s": launch.grace_s,
             }
             env["SUANLI_GANG"] = json.dumps(gang)
-            entrypoint = shlex.join([sys.executable, "-m", "suanli.run.ray_gang"])
+            entrypoint = shlex.join([self.python, "-m", "suanli.run.ray_gang"])
             kwargs: dict[str, Any] = {"entrypoint_num_cpus": 0}
         else:
             cmd = shlex.join(launch.argv)
@@ -184,7 +208,7 @@ class RayExecutor:
                 submission_id=sid,
                 runtime_env={"env_vars": env},
                 entrypoint_label_selector={NODE_ID_LABEL: node_id},
-                metadata={"suanli_job": launch.job_id},
+                metadata={"suanli_job": launch.job_id, "suanli_service": self.service},
                 **kwargs,
             )
         except requests.RequestException as exc:
@@ -274,7 +298,7 @@ class RayExecutor:
         if not text:
             return False
         # Ray keeps one log per Ray job (= attempt); the job's log file is all of them
-        _atomic_write(self.log_dir / f"{h.ref}.log", text)
+        _atomic_write(self.log_dir / f"{h.ref}.log", clean_log(text))
         parts = sorted(
             self.log_dir.glob(f"suanli-{h.job_id}-*.log"), key=lambda f: f.stat().st_mtime
         )
@@ -291,6 +315,26 @@ class RayExecutor:
 
     def kill(self, h: Handle) -> None:
         self.terminate(h)  # Ray escalates to SIGKILL itself (RAY_JOB_STOP_WAIT_TIME_S)
+
+    def strays(self, known: set[str]) -> list[str]:
+        """This service's Ray jobs still pending or running whose submission id no running
+        job's member holds: a job requeued while this cluster was away, or started by a
+        service that crashed before it stored the start."""
+        found = []
+        for job in self.client.list_jobs():  # the state API's list leaves metadata out
+            meta = job.metadata or {}
+            sid = job.submission_id or ""
+            status = str(getattr(job.status, "value", job.status))
+            if (
+                status in ("PENDING", "RUNNING")
+                and meta.get("suanli_service") == self.service
+                and sid not in known
+            ):
+                found.append(sid)
+        return found
+
+    def stop_ref(self, ref: str) -> None:
+        self.client.stop_job(ref)
 
     def is_alive(self, h: Handle) -> bool:
         return self.poll(h) is None

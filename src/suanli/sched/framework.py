@@ -125,10 +125,16 @@ class Framework:
     listeners: Sequence[BindListener] = ()
 
     def place(
-        self, state: ClusterState, task: Task, rng: np.random.Generator
+        self,
+        state: ClusterState,
+        task: Task,
+        rng: np.random.Generator,
+        within: np.ndarray | None = None,
     ) -> Placement | Status:
+        """The best node and devices for ``task``; ``within`` (a node mask) narrows the
+        search first (a gang's members, to one site)."""
         cycle = CycleState()
-        mask = np.ones(state.num_nodes, dtype=bool)
+        mask = np.ones(state.num_nodes, dtype=bool) if within is None else within.copy()
         reasons: dict[str, int] = {}
         for f in self.filters:
             m = f.filter(state, task, cycle)

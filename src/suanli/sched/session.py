@@ -215,12 +215,31 @@ class Session:
         )
 
     def try_job(self, job: Job) -> bool:
-        """Place the whole job (its gang) now, or nothing; say whether it was placed."""
+        """Place the whole job (its gang) now, or nothing; say whether it was placed.
+
+        A gang never spans sites: its members talk over a fast fabric, and one engine
+        starts them together. With several sites, the site where its first member would
+        go is tried first, then the others in turn."""
         q = self.queues.get(job.queue)
         cap = q.quota_milli.get("*") if q else None
         if cap is not None and sum(self.used_milli(job.queue).values()) + job.gpu_milli > cap:
             self.result.unschedulable[job.name] = f"queue {job.queue} quota exhausted"
             return False
+        sites = np.unique(self.state.site)
+        if len(job.tasks) < 2 or sites.size < 2:
+            return self._try_within(job, None)
+        first = self.fw.place(self.state, job.tasks[0], self.rng)
+        order = [int(self.state.site[first.node])] if isinstance(first, Placement) else []
+        order += [int(i) for i in sites if int(i) not in order]
+        for site in order:
+            if self._try_within(job, self.state.site == site):
+                return True
+        self.result.unschedulable[job.name] = (
+            f"gang: no one site fits {job.gang_size} members (a gang never spans sites)"
+        )
+        return False
+
+    def _try_within(self, job: Job, within: np.ndarray | None) -> bool:
         st = Statement(self.state)
         binds: list[tuple[Task, Placement]] = []
         extra: dict[str, int] = {}  # this job's tentative use per type
@@ -228,7 +247,7 @@ class Session:
             limited = self._within_type_quota(job, task, extra)
             if limited is None:
                 continue
-            res = self.fw.place(self.state, limited, self.rng)
+            res = self.fw.place(self.state, limited, self.rng, within)
             if isinstance(res, Placement):
                 st.allocate(task, res)
                 binds.append((task, res))

@@ -54,6 +54,7 @@ from suanli.run.executor import (
     NodeInfo,
 )
 from suanli.run.local import free_port
+from suanli.run.sites import SITE_LABEL
 from suanli.sched.explain import why_unschedulable
 from suanli.sched.framework import Placement
 from suanli.sched.policies import PolicyConfig, PolicyFileError, build, load_policy
@@ -268,7 +269,11 @@ class Loop:
                     ],
                 )
                 self.nodes.append(n)
-                site = sites.get(row.site or "")  # an admin places executor nodes in sites
+                # a site's engine places its own nodes; an admin places the others
+                engine_site = n.labels.get(SITE_LABEL, "")
+                if engine_site in sites:
+                    row.site = engine_site
+                site = sites.get(row.site or "")
                 if site is not None:
                     self.node_sites[n.name] = Site(
                         site.name,
@@ -277,7 +282,9 @@ class Loop:
                         site.carbon_g_per_kwh,
                         site.power_price_per_kwh,
                     )
-                row.executor = self.executor.name
+                row.executor = getattr(self.executor, "kind_of", lambda _n: self.executor.name)(
+                    n.name
+                )
                 row.cpu_cores, row.memory_mib = n.cpu_cores, n.memory_mib
                 row.devices = [
                     {
@@ -600,7 +607,7 @@ class Loop:
                     n.memory_mib,
                     len(n.devices),
                     typ,
-                    site=site.name if site else "default",
+                    site=site.name if site else n.labels.get(SITE_LABEL, "default"),
                     labels={**n.labels, NODE_LABEL: n.name},
                 )
             )
@@ -743,7 +750,12 @@ class Loop:
         world = len(placements)
         master = self.nodes[placements[0].node]
         port = free_port() if world > 1 else None  # local gangs; a Ray gang picks on rank 0
-        gang_native = bool(getattr(self.executor, "gang_native", False))
+        native_at = getattr(self.executor, "gang_native_at", None)  # several sites: per node
+        gang_native = (
+            bool(native_at(master.name))
+            if native_at is not None
+            else bool(getattr(self.executor, "gang_native", False))
+        )
         names = [self.nodes[p.node].name for p in placements]
         milli = granted_milli(spec.resources)
         for rank, p in enumerate(placements):

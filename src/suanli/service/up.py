@@ -10,9 +10,11 @@ the service's own user, and ``--single-user`` must say that is intended.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,10 +29,14 @@ from suanli.run import accounts, devices, limits
 from suanli.run.devices import detect
 from suanli.run.executor import Executor
 from suanli.run.local import PSEUDO_LABEL, LocalExecutor
+from suanli.run.sites import SiteExecutors
 from suanli.sched.policies import PolicyConfig
 from suanli.service import logs
+from suanli.service.controllers import Controller
 from suanli.service.loop import Loop
+from suanli.service.sites import SiteController
 from suanli.store.db import Store
+from suanli.store.models import SiteRow
 
 PRIVATE_UMASK = 0o077
 
@@ -66,7 +72,9 @@ def make_executor(
     data_dir: Path,
     single_user: bool = False,
     cpu_slices: str | None = None,
+    service: str = "",
 ) -> Executor:
+    """The engine of the site ``suanli up`` starts with: this machine, or one Ray cluster."""
     if kind == "local":
         inventory = detect()
         if cpu_slices:
@@ -80,15 +88,39 @@ def make_executor(
             limits=limits.detect(),
         )
     if kind == "ray":
-        try:
-            from suanli.run.ray_exec import RayExecutor
-        except ImportError as exc:
-            raise SystemExit(
-                "error: the Ray executor needs Ray: pip install 'suanli[ray]'"
-            ) from exc
         address = ray_address or os.environ.get("RAY_DASHBOARD_ADDRESS") or "127.0.0.1:8265"
-        return RayExecutor(address, data_dir / "logs")
+        return ray_executor(address, data_dir / "logs", service=service)
     raise SystemExit(f"error: unknown executor {kind!r}; use local or ray")
+
+
+def ray_executor(
+    address: str, log_dir: Path, python: str | None = None, service: str = ""
+) -> Executor:
+    try:
+        from suanli.run.ray_exec import RayExecutor
+    except ImportError as exc:
+        raise SystemExit("error: the Ray executor needs Ray: pip install 'suanli[ray]'") from exc
+    return RayExecutor(address, log_dir, python=python, service=service)
+
+
+def site_factory(log_dir: Path, service: str) -> Callable[[SiteRow], Executor]:
+    """How the sites controller connects to an attached site's engine."""
+
+    def make(row: SiteRow) -> Executor:
+        if row.engine != "ray" or not row.address:
+            raise SuanliError(f"site {row.name}: engine {row.engine!r} cannot run jobs here")
+        from suanli.run.ray_exec import RayExecutor
+
+        return RayExecutor(row.address, log_dir, python=row.python, service=service)
+
+    return make
+
+
+def service_id(store: Store) -> str:
+    """Which service submitted a job to a shared engine: the same across restarts (it
+    names the database), different between services (their databases differ)."""
+    url = store.engine.url.render_as_string(hide_password=True)
+    return hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
 def database_url(db_url: str | None, db_file: Path | None) -> str | None:
@@ -157,8 +189,14 @@ def serve(
     url = database_url(db_url, db_file)
     data_dir.mkdir(parents=True, exist_ok=True)
     make_private(data_dir)  # one made before umask 077, too (its files from then as well)
-    ex = make_executor(executor, ray_address, data_dir, single_user, cpu_slices)
     store = Store(url) if url else Store.sqlite(data_dir)
+    first = make_executor(
+        executor, ray_address, data_dir, single_user, cpu_slices, service_id(store)
+    )
+    # every site behind one executor: this machine (or the one Ray cluster) under its
+    # engine's name, and the sites attached through the API (the sites controller)
+    ex = SiteExecutors()
+    ex.attach(first.name, first, remote=executor != "local")
     token_file = data_dir / "admin.token"
     if not store.has_admin():
         token = store.create_token("admin", "admin")
@@ -180,7 +218,10 @@ def serve(
         market=market,
         metrics=metrics,
     )
-    controllers = [MarketController(store, market)]
+    controllers: list[Controller] = [
+        SiteController(store, ex, site_factory(data_dir / "logs", service_id(store))),
+        MarketController(store, market),
+    ]
     loop = Loop(
         store,
         ex,
@@ -199,7 +240,7 @@ def serve(
     devices = sum(len(n.devices) for n in nodes)
     isolation: dict[str, str] = getattr(ex, "isolation", dict)()
     print(
-        f"suanli API on http://{host}:{port}  (data: {data_dir}; {ex.name} executor: "
+        f"suanli API on http://{host}:{port}  (data: {data_dir}; {first.name} executor: "
         f"{len(real)} node(s), {cores} CPU cores, {devices} devices"
         + (
             f", {len(nodes) - len(real)} CPU-slice pseudo-node(s))"

@@ -96,6 +96,16 @@ class SiteRow(Base):
     carbon_g_per_kwh: Mapped[float] = mapped_column(Float)
     power_price_per_kwh: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
+    #: the engine suanli runs jobs with there (``ray``); None: a place only, whose nodes an
+    #: admin places in it or a provider registers
+    engine: Mapped[str | None] = mapped_column(String(16), nullable=True, default=None)
+    address: Mapped[str | None] = mapped_column(String(255), nullable=True, default=None)
+    python: Mapped[str | None] = mapped_column(String(255), nullable=True, default=None)
+    #: how long it may be unreachable before its running jobs are requeued elsewhere
+    grace_s: Mapped[float] = mapped_column(Float, default=300.0)
+    seen_at: Mapped[float | None] = mapped_column(Float, nullable=True, default=None)
+    away_since: Mapped[float | None] = mapped_column(Float, nullable=True, default=None)
+    status: Mapped[str | None] = mapped_column(String(255), nullable=True, default=None)
 
 
 class NodeRow(Base):

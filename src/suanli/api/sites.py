@@ -1,0 +1,300 @@
+"""Sites and nodes: providers manage their own, admins all, users read.
+
+A site is a place with power (region, PUE, carbon, price) and, where it has
+an engine, a cluster suanli runs jobs on (`suanli.service.sites`); its
+engine's address is shown only to its owner and admins. Nodes are learned from
+engines, or registered by providers (``executor: agent``) with a heartbeat.
+"""
+
+import re
+import time
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Path as Path_
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from sqlalchemy import select
+from sqlalchemy.orm import Session as DbSession
+
+from suanli.catalog.loader import accelerators
+from suanli.jobs.spec import catalog_enum
+from suanli.store.db import Store
+from suanli.store.models import JobRow, NodeRow, SiteRow, TokenRow
+
+STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+INT32 = 2**31 - 1  # integer columns on PostgreSQL
+Name = Annotated[str, Path_(pattern="^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")]
+
+
+class SiteBody(BaseModel):
+    model_config = STRICT
+    region: str = Field(min_length=1, max_length=63)
+    pue: float = Field(default=1.3, ge=1.0, le=3.0)  # power usage effectiveness
+    carbon_g_per_kwh: float = Field(default=0.0, ge=0, le=5000)
+    power_price_per_kwh: float = Field(default=0.0, ge=0, le=100)
+    #: an engine suanli runs jobs with (a Ray cluster's dashboard at ``address``), or none
+    engine: Literal["ray"] | None = None
+    address: str | None = Field(default=None, max_length=255)
+    #: the Python a job's ``python`` means on that cluster's nodes (default: the service's)
+    python: str | None = Field(default=None, max_length=255, pattern=r"^/[^\s;&|$`]*$")
+    grace_s: float = Field(default=300.0, ge=1.0, le=7 * 86_400)
+
+    @model_validator(mode="after")
+    def _engine_needs_address(self) -> "SiteBody":
+        if self.engine is None and (self.address or self.python):
+            raise ValueError("address and python need an engine (engine: ray)")
+        if self.engine == "ray" and not RAY_ADDRESS.fullmatch(self.address or ""):
+            raise ValueError(
+                "address: a Ray cluster's dashboard as HOST:PORT (or http[s]://HOST:PORT), "
+                "e.g. 10.0.0.5:8265"
+            )
+        return self
+
+
+class DeviceBody(BaseModel):
+    model_config = STRICT
+    index: int = Field(ge=0, le=4095)
+    accelerator: str = Field(max_length=63, json_schema_extra=catalog_enum(accelerators))
+    memory_mib: int | None = Field(default=None, ge=0, le=INT32)  # default: the catalog's
+    healthy: bool = True
+
+    @field_validator("accelerator")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v.lower() not in accelerators():
+            raise ValueError(f"unknown accelerator {v!r} (see `suanli catalog list`)")
+        return v.lower()
+
+
+class NodeBody(BaseModel):
+    model_config = STRICT
+    site: str | None = Field(default=None, max_length=63)
+    cpu_cores: int = Field(ge=1, le=1_000_000)
+    memory_mib: int = Field(ge=1, le=INT32)
+    devices: list[DeviceBody] = Field(default_factory=list, max_length=4096)
+    labels: dict[Annotated[str, Field(max_length=253)], Annotated[str, Field(max_length=63)]] = (
+        Field(default_factory=dict, max_length=64)
+    )
+
+    @field_validator("devices")
+    @classmethod
+    def _unique(cls, v: list["DeviceBody"]) -> list["DeviceBody"]:
+        seen = [d.index for d in v]
+        if len(set(seen)) != len(seen):
+            raise ValueError("device indexes must be unique")
+        return v
+
+
+class NodeSiteBody(BaseModel):
+    model_config = STRICT
+    site: str | None = Field(max_length=63)
+
+
+class HeartbeatBody(BaseModel):
+    model_config = STRICT
+    unhealthy: list[Annotated[int, Field(ge=0, le=4095)]] = Field(
+        default_factory=list, max_length=4096
+    )  # device indexes now failing
+
+
+RAY_ADDRESS = re.compile(r"(https?://)?[A-Za-z0-9.\-\[\]:]+:\d{1,5}")
+
+
+def site_view(r: SiteRow, full: bool = True) -> dict[str, Any]:
+    """A site as the API shows it; where its engine is (``address``, ``python``) only to
+    its owner and admins (``full``)."""
+    out: dict[str, Any] = {
+        "name": r.name,
+        "owner": r.owner,
+        "region": r.region,
+        "pue": r.pue,
+        "carbon_g_per_kwh": r.carbon_g_per_kwh,
+        "power_price_per_kwh": r.power_price_per_kwh,
+        "engine": r.engine,
+        "grace_s": r.grace_s,
+        "status": r.status,
+        "seen_at": r.seen_at,
+        "away_since": r.away_since,
+    }
+    if full:
+        out["address"], out["python"] = r.address, r.python
+    return out
+
+
+#: a node not heard of for this long is reported "lost": the loop refreshes an executor's
+#: nodes every few seconds, so one it stopped reporting (a Ray node that died) ages past
+#: this within a minute; a provider's own agent must heartbeat at least this often
+NODE_LOST_S = 60.0
+
+
+def node_view(r: NodeRow) -> dict[str, Any]:
+    heard_s = time.time() - r.heartbeat_at
+    return {
+        "name": r.name,
+        "owner": r.owner,
+        "site": r.site,
+        "executor": r.executor,
+        "cpu_cores": r.cpu_cores,
+        "memory_mib": r.memory_mib,
+        "devices": r.devices,
+        "labels": r.labels,
+        "heartbeat_at": r.heartbeat_at,
+        "heartbeat_age_s": round(heard_s, 1),
+        "state": "lost" if heard_s > NODE_LOST_S else "ready",
+    }
+
+
+def add_site_routes(app: FastAPI, store: Store, caller: Callable[..., TokenRow]) -> None:
+    Caller = Annotated[TokenRow, Depends(caller)]
+
+    # --- sites and nodes: providers manage their own, admins all, users read ------------
+    def may_manage(who: TokenRow, owner: str | None, what: str) -> None:
+        if who.role == "user":
+            raise HTTPException(403, detail=f"users cannot manage {what}; use a provider token")
+        if owner is not None and who.role != "admin" and owner != who.owner:
+            raise HTTPException(403, detail=f"{what} belongs to another provider")
+
+    def check_site(s: DbSession, who: TokenRow, name: str | None) -> None:
+        """A node may be placed only in an existing site its owner manages."""
+        if name is None:
+            return
+        site = s.get(SiteRow, name)
+        if site is None:
+            raise HTTPException(422, detail=f"site: no site {name!r} (PUT /v1/sites first)")
+        may_manage(who, site.owner, f"site {name}")
+
+    def sees_engine(who: TokenRow, row: SiteRow) -> bool:
+        return who.role == "admin" or row.owner == who.owner
+
+    @app.get("/v1/sites")
+    def list_sites(who: Caller) -> list[dict[str, Any]]:
+        with store.tx() as s:
+            rows = s.scalars(select(SiteRow).order_by(SiteRow.name))
+            return [site_view(r, sees_engine(who, r)) for r in rows]
+
+    @app.get("/v1/sites/{name}")
+    def get_site(name: Name, who: Caller) -> dict[str, Any]:
+        with store.tx() as s:
+            row = s.get(SiteRow, name)
+            if row is None:
+                raise HTTPException(404, detail=f"no site {name}")
+            out = site_view(row, sees_engine(who, row))
+            nodes = s.scalars(select(NodeRow).where(NodeRow.site == name).order_by(NodeRow.name))
+            out["nodes"] = [n.name for n in nodes]
+            return out
+
+    @app.put("/v1/sites/{name}")
+    def put_site(name: Name, body: SiteBody, who: Caller) -> dict[str, Any]:
+        with store.tx() as s:
+            row = s.get(SiteRow, name)
+            may_manage(who, row.owner if row else None, f"site {name}")
+            row = row or SiteRow(name=name, owner=who.owner)
+            for k, v in body.model_dump().items():
+                setattr(row, k, v)
+            if body.engine is None:
+                row.status = row.seen_at = row.away_since = None
+            elif row.status is None:
+                row.status = "attaching"  # the sites controller connects within a tick
+            row.updated_at = time.time()
+            s.add(row)
+            return site_view(row)
+
+    @app.delete("/v1/sites/{name}")
+    def delete_site(name: Name, who: Caller) -> dict[str, str]:
+        with store.tx() as s:
+            row = s.get(SiteRow, name)
+            if row is None:
+                raise HTTPException(404, detail=f"no site {name}")
+            may_manage(who, row.owner, f"site {name}")
+            nodes = list(s.scalars(select(NodeRow).where(NodeRow.site == name)))
+            if row.engine is None and nodes:
+                raise HTTPException(409, detail=f"site {name} still has nodes; delete them first")
+            if row.engine is not None:  # its engine's nodes are learned: they go with it
+                held = {n.name for n in nodes}
+                running = [
+                    j.id
+                    for j in s.scalars(select(JobRow).where(JobRow.state == "running"))
+                    if any(m.get("site") == name or m.get("node") in held for m in j.members or [])
+                ]
+                if running:
+                    raise HTTPException(
+                        409,
+                        detail=f"site {name} runs jobs {running[:10]}; cancel them or wait "
+                        "for them to end, then detach it",
+                    )
+                for n in nodes:
+                    s.delete(n)
+            s.delete(row)
+        return {"deleted": name}
+
+    @app.get("/v1/nodes")
+    def list_nodes(who: Caller) -> list[dict[str, Any]]:
+        with store.tx() as s:
+            return [node_view(r) for r in s.scalars(select(NodeRow).order_by(NodeRow.name))]
+
+    @app.put("/v1/nodes/{name}")
+    def put_node(name: Name, body: NodeBody, who: Caller) -> dict[str, Any]:
+        catalog = accelerators()
+        with store.tx() as s:
+            row = s.get(NodeRow, name)
+            may_manage(who, row.owner if row else None, f"node {name}")
+            if row is not None and row.executor != "agent":
+                raise HTTPException(
+                    409,
+                    detail=f"node {name} is reported by the {row.executor} executor; "
+                    f"only its site can be set (PUT /v1/nodes/{name}/site)",
+                )
+            check_site(s, who, body.site)
+            row = row or NodeRow(name=name, owner=who.owner, executor="agent")
+            row.site, row.cpu_cores, row.memory_mib = body.site, body.cpu_cores, body.memory_mib
+            row.devices = [
+                {
+                    "index": d.index,
+                    "accelerator": d.accelerator,
+                    "memory_mib": d.memory_mib
+                    if d.memory_mib is not None
+                    else catalog[d.accelerator].memory_mib,
+                    "healthy": d.healthy,
+                }
+                for d in body.devices
+            ]
+            row.labels, row.heartbeat_at = body.labels, time.time()
+            s.add(row)
+            return node_view(row)
+
+    def managed_node(s: DbSession, who: TokenRow, name: str) -> NodeRow:
+        row = s.get(NodeRow, name)
+        if row is None:
+            raise HTTPException(404, detail=f"no node {name}")
+        may_manage(who, row.owner, f"node {name}")
+        return row
+
+    @app.put("/v1/nodes/{name}/site")
+    def put_node_site(name: Name, body: NodeSiteBody, who: Caller) -> dict[str, Any]:
+        """Place a node in a site (its region, power price, carbon) — executor nodes too."""
+        with store.tx() as s:
+            row = managed_node(s, who, name)
+            check_site(s, who, body.site)
+            row.site = body.site
+            return node_view(row)
+
+    @app.post("/v1/nodes/{name}/heartbeat")
+    def heartbeat(name: Name, body: HeartbeatBody, who: Caller) -> dict[str, Any]:
+        with store.tx() as s:
+            row = managed_node(s, who, name)
+            known = {int(str(d["index"])) for d in row.devices}
+            if not set(body.unhealthy) <= known:
+                raise HTTPException(
+                    422, detail=f"unhealthy: node {name} has devices {sorted(known)}"
+                )
+            row.devices = [{**d, "healthy": d["index"] not in body.unhealthy} for d in row.devices]
+            row.heartbeat_at = time.time()
+            return node_view(row)
+
+    @app.delete("/v1/nodes/{name}")
+    def delete_node(name: Name, who: Caller) -> dict[str, str]:
+        with store.tx() as s:
+            row = managed_node(s, who, name)
+            s.delete(row)
+        return {"deleted": name}

@@ -1,0 +1,215 @@
+"""``suanli sites`` and ``suanli site create|attach|set|show|delete``: the places with
+power, and the clusters among them suanli runs jobs on.
+
+``attach`` is how a provider brings its own Ray cluster: the service connects to
+the cluster's dashboard, learns its nodes and chips, and schedules on them; a
+site that stays unreachable past ``--grace`` has its jobs requeued elsewhere.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import typer
+
+from suanli.cli.output import age, console, listing, print_json
+from suanli.cli.service_cmd import ApiError, Json, _call
+
+site_app = typer.Typer(
+    help="Create, attach, change and delete sites (admin or provider).", no_args_is_help=True
+)
+
+Region = Annotated[str | None, typer.Option("--region", help="Its region, e.g. cn-west.")]
+Pue = Annotated[
+    float | None, typer.Option("--pue", min=1.0, max=3.0, help="Power usage effectiveness.")
+]
+Carbon = Annotated[
+    float | None,
+    typer.Option("--carbon", min=0.0, help="Grid carbon intensity there, g CO2 per kWh."),
+]
+Price = Annotated[
+    float | None, typer.Option("--power-price", min=0.0, help="Electricity, $ per kWh.")
+]
+Grace = Annotated[
+    float | None,
+    typer.Option(
+        "--grace",
+        min=1.0,
+        help="Seconds it may be unreachable before its running jobs are requeued (300).",
+    ),
+]
+FIELDS = ("region", "pue", "carbon_g_per_kwh", "power_price_per_kwh")
+ENGINE_FIELDS = ("engine", "address", "python", "grace_s")
+
+
+def _state(site: dict[str, Any]) -> str:
+    if site.get("engine") is None:
+        return "-"
+    if site.get("away_since"):
+        return f"away {age(time.time() - float(site['away_since']))}"
+    return str(site.get("status") or "-").split(":", 1)[0]
+
+
+def sites_cmd(json_out: Json = False) -> None:
+    """Sites: region, power, and the engine suanli runs jobs with there (if any)."""
+
+    def cells(s: dict[str, Any]) -> list[str]:
+        engine = s.get("engine") or "-"
+        if s.get("address"):
+            engine += f" {s['address']}"
+        return [
+            s["name"],
+            s["region"],
+            s["owner"],
+            engine,
+            _state(s),
+            f"{s['pue']:g}",
+            f"{s['carbon_g_per_kwh']:g}",
+            f"{s['power_price_per_kwh']:g}",
+        ]
+
+    listing(
+        _call("GET", "/v1/sites"),
+        json_out,
+        "sites",
+        ("name", "region", "owner", "engine", "state", "PUE", "g CO2/kWh", "$/kWh"),
+        cells,
+    )
+
+
+def _find(name: str) -> dict[str, Any] | None:
+    return next((s for s in _call("GET", "/v1/sites") if s["name"] == name), None)
+
+
+def _put(name: str, body: dict[str, Any], json_out: bool, verb: str) -> None:
+    out = _call("PUT", f"/v1/sites/{name}", json=body)
+    if json_out:
+        print_json(out)
+        return
+    engine = f"; {out['engine']} at {out.get('address')}" if out.get("engine") else ""
+    console.print(f"{verb} site {name} in {out['region']}{engine}")
+    if out.get("engine"):
+        console.print(f"  see it come up: suanli site show {name}")
+
+
+def _body(row: dict[str, Any], **given: Any) -> dict[str, Any]:
+    body = {k: row[k] for k in (*FIELDS, *ENGINE_FIELDS) if row.get(k) is not None}
+    body.update({k: v for k, v in given.items() if v is not None})
+    return body
+
+
+@site_app.command("create")
+def site_create(
+    name: Annotated[str, typer.Argument(help="A DNS label: a-z, 0-9 and '-'.")],
+    region: Region = None,
+    pue: Pue = None,
+    carbon: Carbon = None,
+    power_price: Price = None,
+    json_out: Json = False,
+) -> None:
+    """A site without an engine: a place nodes are placed in (`PUT /v1/nodes/N/site`)."""
+    if region is None:
+        raise ApiError("--region is required, e.g. --region cn-east")
+    if _find(name) is not None:
+        raise ApiError(f"site {name} exists; change it with `suanli site set {name}`")
+    body = _body(
+        {}, region=region, pue=pue, carbon_g_per_kwh=carbon, power_price_per_kwh=power_price
+    )
+    _put(name, body, json_out, "created")
+
+
+@site_app.command("attach")
+def site_attach(
+    name: Annotated[str, typer.Argument(help="A DNS label: a-z, 0-9 and '-'.")],
+    ray_address: Annotated[
+        str,
+        typer.Option("--ray-address", help="The cluster's Ray dashboard, HOST:PORT."),
+    ],
+    region: Region = None,
+    pue: Pue = None,
+    carbon: Carbon = None,
+    power_price: Price = None,
+    grace: Grace = None,
+    python: Annotated[
+        str | None,
+        typer.Option(
+            "--python",
+            help="The Python with suanli and the workloads on the cluster's nodes "
+            "(default: the service's own).",
+        ),
+    ] = None,
+    json_out: Json = False,
+) -> None:
+    """Attach a Ray cluster as a site: suanli learns its nodes and runs jobs there."""
+    row = _find(name) or {}
+    if region is None and "region" not in row:
+        raise ApiError("--region is required for a new site, e.g. --region cn-west")
+    body = _body(
+        row,
+        region=region,
+        pue=pue,
+        carbon_g_per_kwh=carbon,
+        power_price_per_kwh=power_price,
+        engine="ray",
+        address=ray_address,
+        python=python,
+        grace_s=grace,
+    )
+    _put(name, body, json_out, "attached")
+
+
+@site_app.command("set")
+def site_set(
+    name: str,
+    region: Region = None,
+    pue: Pue = None,
+    carbon: Carbon = None,
+    power_price: Price = None,
+    grace: Grace = None,
+    json_out: Json = False,
+) -> None:
+    """Change a site: only what is given changes."""
+    row = _find(name)
+    if row is None:
+        raise ApiError(f"no site {name}; make it with `suanli site create` or `attach`")
+    body = _body(
+        row,
+        region=region,
+        pue=pue,
+        carbon_g_per_kwh=carbon,
+        power_price_per_kwh=power_price,
+        grace_s=grace,
+    )
+    if body.get("engine") is None:
+        body.pop("grace_s", None)
+    _put(name, body, json_out, "set")
+
+
+@site_app.command("show")
+def site_show(name: str, json_out: Json = False) -> None:
+    """One site: its engine, whether it answers, and its nodes."""
+    out = _call("GET", f"/v1/sites/{name}")
+    if json_out:
+        print_json(out)
+        return
+    console.print(f"[bold]site {out['name']}[/bold]  region {out['region']}, owner {out['owner']}")
+    console.print(
+        f"  PUE {out['pue']:g}, {out['carbon_g_per_kwh']:g} g CO2/kWh, "
+        f"${out['power_price_per_kwh']:g}/kWh"
+    )
+    if out.get("engine"):
+        where = f" at {out['address']}" if out.get("address") else ""
+        console.print(f"  engine {out['engine']}{where}; state {_state(out)}")
+        console.print(f"  status: {out.get('status') or '-'}")
+        if out.get("seen_at"):
+            console.print(f"  last answered {age(time.time() - float(out['seen_at']))} ago")
+        console.print(f"  grace {out['grace_s']:g} s before its running jobs are requeued")
+    console.print(f"  nodes: {', '.join(out.get('nodes') or []) or '-'}")
+
+
+@site_app.command("delete")
+def site_delete(name: str, json_out: Json = False) -> None:
+    """Delete a site (an attached cluster is detached; refused while jobs run there)."""
+    out = _call("DELETE", f"/v1/sites/{name}")
+    print_json(out) if json_out else console.print(f"deleted site {out['deleted']}")
