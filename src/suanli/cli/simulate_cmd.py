@@ -16,12 +16,13 @@ from suanli.catalog.loader import accelerators
 from suanli.cli.output import console, fmt, print_json
 from suanli.cli.simulate_gavel_cmd import gavel_cmd
 from suanli.cli.simulate_market_cmd import market_cmd
+from suanli.cluster.wan import Wan
 from suanli.errors import UsageError
 from suanli.sched.policies import NAMED, PluginContext, build, load_policy
 from suanli.sched.round_action import DEFAULT_STORAGE, checkpoint_costs
 from suanli.sim.openb import run_openb
 from suanli.sim.replay import replay_policy
-from suanli.sim.spec import SpecError, perf_workload, read_cluster_yaml
+from suanli.sim.spec import SpecError, perf_workload, read_cluster
 from suanli.sim.traces import OPENB_PODS, read_nodes, read_openb_pods, sniff
 
 
@@ -40,11 +41,11 @@ def _kind(path: Path) -> str | None:
     return seen[0] if seen is not None else None
 
 
-def _cluster(path: Path) -> tuple[list[Any], list[Any]]:
+def _cluster(path: Path) -> tuple[list[Any], list[Any], Wan]:
     """--cluster: our cluster YAML, or a node list CSV (openb, Alibaba v2026)."""
     if path.suffix in (".yaml", ".yml") or _kind(path) == "a cluster YAML":
-        return read_cluster_yaml(path)
-    return read_nodes(path), []
+        return read_cluster(path)
+    return read_nodes(path), [], Wan()
 
 
 def _is_workload_yaml(path: Path) -> bool:
@@ -109,11 +110,11 @@ def simulate_cmd(
     config = load_policy(policy)
     if config.rounds is not None:
         checkpoint_costs(storage)  # an unknown or node-local tier is refused before any run
-    nodes, sites = _cluster(cluster)
+    nodes, sites, wan = _cluster(cluster)
     if mode is Mode.openb:
         out = _openb(nodes, workload, config, seed, seeds, plot, json_out)
     else:
-        out = _replay(nodes, sites, workload, config, seed, seeds, plot, storage)
+        out = _replay(nodes, sites, workload, config, seed, seeds, plot, storage, wan)
     out["wall_s"] = time.perf_counter() - t0
     if json_out:
         print_json(out)
@@ -225,6 +226,7 @@ def _replay(
     seeds: int,
     plot: Path | None,
     storage: str = DEFAULT_STORAGE,
+    wan: Wan | None = None,
 ) -> dict[str, Any]:
     types = sorted({n.gpu_type for n in nodes if n.gpu_count})
     as_yaml = _is_workload_yaml(workload)
@@ -239,7 +241,9 @@ def _replay(
             tasks, thr = pods, {}
             if s == seed and any(t.gpu_request_milli for t in tasks):
                 _has_gpus(nodes, "replay")
-        res, rounds = replay_policy(nodes, tasks, config, s, throughput=thr, storage=storage)
+        res, rounds = replay_policy(
+            nodes, tasks, config, s, throughput=thr, storage=storage, sites=sites, wan=wan
+        )
         summary = res.summary()
         if rounds is not None:
             summary["round_moves"] = rounds.moves
@@ -271,6 +275,7 @@ def _replay(
         "cost_usd": statistics.mean(p["cost_usd"] for p in per_seed),
         "energy_j": statistics.mean(p["energy_j"] for p in per_seed),
         "carbon_kg": statistics.mean(p["carbon_kg"] for p in per_seed),
+        "moved_gb": statistics.mean(p["moved_gb"] for p in per_seed),
         "decisions_per_s": first["decisions_per_s"],
         "per_seed": per_seed,
     }

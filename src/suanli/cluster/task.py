@@ -39,6 +39,8 @@ class Task:
     duration_s: float = 0.0
     work: float = 0.0  # abstract work units (e.g. steps) when duration depends on the chip
     regions: frozenset[str] = frozenset()
+    data_region: str = ""  # where its dataset (or checkpoint) is; "" = nowhere in particular
+    data_gb: float = 0.0  # how much of it must reach the node's region before it runs
     labels: dict[str, str] = field(default_factory=dict)
     node_selector: dict[str, str] = field(default_factory=dict)  # labels a node must carry
 

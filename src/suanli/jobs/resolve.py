@@ -95,6 +95,8 @@ def member_task(spec: JobSpec, types: Iterable[str], name: str) -> Task:
         queue=spec.queue,
         regions=frozenset(spec.regions),
         node_selector=dict(spec.node_selector),
+        data_region=spec.data.region if spec.data else "",
+        data_gb=spec.data.size_gb if spec.data else 0.0,
     )
 
 

@@ -119,6 +119,15 @@ class Resources(BaseModel):
         return v.lower() if v else v
 
 
+class DataSpec(BaseModel):
+    """Where the job's input (a dataset, a checkpoint to resume) is, and how big: the
+    scheduler weighs moving it over the WAN against running where it is."""
+
+    model_config = STRICT
+    region: str = Field(min_length=1, max_length=63)
+    size_gb: float = Field(ge=0, le=1e7)
+
+
 class JobSpec(BaseModel):
     model_config = STRICT
     name: str = Field(max_length=63, json_schema_extra={"pattern": NAME.pattern})
@@ -156,6 +165,7 @@ class JobSpec(BaseModel):
     node_selector: dict[
         Annotated[str, Field(max_length=253)], Annotated[str, Field(max_length=63)]
     ] = Field(default_factory=dict, max_length=64)
+    data: DataSpec | None = None
     # run on the capacity a market order of yours leased, and only there (see docs/market.md)
     order: int | None = Field(default=None, ge=1, le=INT32)
 

@@ -101,6 +101,24 @@ class LoadAware:
         return -np.array([self.utilization.get(int(n), 0.0) for n in nodes])
 
 
+def per_work(
+    state: ClusterState,
+    task: Task,
+    nodes: np.ndarray,
+    per_kwh: np.ndarray,
+    power_w: dict[str, float],
+    throughput: dict[tuple[str, str], float],
+) -> np.ndarray:
+    """``per_kwh`` (a value per site: grams, dollars) x PUE x chip power / chip throughput:
+    what one unit of the task's work costs on each node's site and chip."""
+    site_factor = (per_kwh * np.array([s.pue for s in state.sites]))[state.site[nodes]]
+    key = task.labels.get("workload", task.job or task.name)
+    watts = np.array([power_w.get(t, 300.0) for t in state.types] + [150.0])
+    speed = np.array([throughput.get((key, t), 1.0) for t in state.types] + [1.0])
+    types = state.gpu_type[nodes]
+    return site_factor * watts[types] / np.maximum(speed[types], 1e-9)
+
+
 @dataclass
 class EnergyAware:
     """Prefer low-carbon, efficient sites: grams of CO2 per unit of the task's work.
@@ -116,9 +134,5 @@ class EnergyAware:
     def score(
         self, state: ClusterState, task: Task, nodes: np.ndarray, cycle: CycleState
     ) -> np.ndarray:
-        intensity = np.array([s.carbon_g_per_kwh * s.pue for s in state.sites])[state.site[nodes]]
-        key = task.labels.get("workload", task.job or task.name)
-        watts = np.array([self.power_w.get(t, 300.0) for t in state.types] + [150.0])
-        speed = np.array([self.throughput.get((key, t), 1.0) for t in state.types] + [1.0])
-        types = state.gpu_type[nodes]
-        return -intensity * watts[types] / np.maximum(speed[types], 1e-9)
+        grams = np.array([s.carbon_g_per_kwh for s in state.sites])
+        return -per_work(state, task, nodes, grams, self.power_w, self.throughput)

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from suanli.cluster.task import Task
+from suanli.cluster.wan import Wan
 from suanli.errors import SuanliError
 from suanli.sched.framework import Framework
 from suanli.sched.plugins_fit import (
@@ -53,6 +54,7 @@ from suanli.sched.plugins_score import (
     Spread,
     Topology,
 )
+from suanli.sched.plugins_sites import DataLocality, DataRegion, PowerCost, SiteCost
 from suanli.sched.round_action import MODES, ROUND_POLICIES, RoundsConfig
 
 
@@ -61,7 +63,7 @@ class PolicyFileError(SuanliError, ValueError):
 
 
 ACTIONS = ("enqueue", "allocate", "backfill", "preempt", "reclaim", "rounds")
-FILTERS = ("resource-fit", "region", "node-selector")
+FILTERS = ("resource-fit", "region", "node-selector", "data-region")
 SCORERS = (
     "random",
     "best-fit",
@@ -76,6 +78,9 @@ SCORERS = (
     "perf-affinity",
     "load-aware",
     "energy-aware",
+    "power-cost",
+    "data-locality",
+    "site-cost",
 )
 ORDERING = ("priority", "gang", "drf", "proportion", "fifo")
 PICKERS = ("best-fit-gpu", "random-gpu", "frag-gpu")
@@ -174,6 +179,30 @@ NAMED: dict[str, PolicyConfig] = {
         ordering=["priority", "gang"],
         rounds=RoundsConfig(policy="gavel-max-min", mode="moves"),
     ),
+    # Site choice (issue 17's comparison): where the data is, only; the cheapest work,
+    # wherever the data is; and ours, cost and carbon per unit of work against the
+    # time to move the data there, in dollars (carbon and fit break near-ties)
+    "nearest-site": PolicyConfig(
+        "nearest-site",
+        ["enqueue", "allocate", "backfill"],
+        ["resource-fit", "region", "data-region"],
+        [("best-fit", 1)],
+        ordering=["priority", "gang"],
+    ),
+    "cheapest-site": PolicyConfig(
+        "cheapest-site",
+        ["enqueue", "allocate", "backfill"],
+        ["resource-fit", "region"],
+        [("power-cost", 10), ("best-fit", 1)],
+        ordering=["priority", "gang"],
+    ),
+    "site-aware": PolicyConfig(
+        "site-aware",
+        ["enqueue", "allocate", "backfill"],
+        ["resource-fit", "region"],
+        [("site-cost", 10), ("energy-aware", 1), ("best-fit", 1)],
+        ordering=["priority", "gang"],
+    ),
     "perf-affinity": PolicyConfig(
         "perf-affinity",
         ["enqueue", "allocate"],
@@ -193,6 +222,7 @@ class PluginContext:
     power_w: dict[str, float] = field(default_factory=dict)
     type_vendor: dict[str, str] = field(default_factory=dict)
     type_memory_gb: dict[str, float] = field(default_factory=dict)
+    wan: Wan = field(default_factory=Wan)  # between regions, for data-locality
 
 
 class _Random:
@@ -215,8 +245,12 @@ def build(config: PolicyConfig, ctx: PluginContext | None = None) -> Framework:
                     type_vendor=ctx.type_vendor or None, type_memory_gb=ctx.type_memory_gb or None
                 )
             )
+        elif name == "region":
+            filters.append(RegionConstraint())
+        elif name == "data-region":
+            filters.append(DataRegion())
         else:
-            filters.append(RegionConstraint() if name == "region" else NodeSelector())
+            filters.append(NodeSelector())
     scorers: list[tuple[Any, float]] = []
     listeners: list[Any] = []
     frag: FragmentationScore | None = None
@@ -248,6 +282,14 @@ def build(config: PolicyConfig, ctx: PluginContext | None = None) -> Framework:
             plugin = LoadAware()
         elif name == "energy-aware":
             plugin = EnergyAware(power_w=dict(ctx.power_w), throughput=dict(ctx.throughput))
+        elif name == "power-cost":
+            plugin = PowerCost(power_w=dict(ctx.power_w), throughput=dict(ctx.throughput))
+        elif name == "data-locality":
+            plugin = DataLocality(wan=ctx.wan)
+        elif name == "site-cost":
+            plugin = SiteCost(
+                power_w=dict(ctx.power_w), throughput=dict(ctx.throughput), wan=ctx.wan
+            )
         else:
             raise PolicyFileError(f"unknown scorer {name!r}; one of {', '.join(SCORERS)}")
         scorers.append((plugin, weight))

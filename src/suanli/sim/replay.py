@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from suanli.cluster.state import ClusterState, NodeSpec
+from suanli.cluster.state import ClusterState, NodeSpec, Site
 from suanli.cluster.task import Task
+from suanli.cluster.wan import Wan
 from suanli.sched.framework import CycleState, Framework, Placement, Statement
 from suanli.sched.plugins_fit import ResourceFit
 from suanli.sched.policies import PluginContext, PolicyConfig, build
@@ -57,6 +58,8 @@ class ReplayResult:
     gpu_seconds_by_site_type: dict[tuple[str, str], float] = field(default_factory=dict)
     preemptions: int = 0
     unfinished: int = 0  # jobs still waiting or running when the events ran out
+    moved_gb: float = 0.0  # data moved over the WAN to where jobs ran
+    moving_s: float = 0.0  # job-seconds spent waiting for data to arrive (devices held)
 
     def summary(self) -> dict[str, Any]:
         jct = np.array(self.jct_s) if self.jct_s else np.array([math.nan])
@@ -75,6 +78,7 @@ class ReplayResult:
             "unplaceable": self.unplaceable,
             "preemptions": self.preemptions,
             "unfinished": self.unfinished,
+            "moved_gb": self.moved_gb,
             "decisions": self.decisions,
             "wall_s": self.wall_s,
             "decisions_per_s": self.decisions / self.wall_s if self.wall_s else math.nan,
@@ -117,13 +121,22 @@ def run_replay(
     queues: list[Queue] | None = None,
     throughput: dict[tuple[str, str], float] | None = None,
     rounds: Rounds | None = None,
+    sites: list[Site] | None = None,
+    wan: Wan | None = None,
 ) -> ReplayResult:
-    """Replay ``tasks`` on ``nodes`` through sessions running ``actions``."""
+    """Replay ``tasks`` on ``nodes`` through sessions running ``actions``.
+
+    A job whose data (``data_region``, ``data_gb``) is in another region than the site
+    it starts on waits for it to arrive over ``wan``, holding its devices; the data
+    (and its checkpoints) are there from then on."""
     actions = actions or ["enqueue", "allocate", "backfill"]
     ordering = ordering or []
     aging = 0.0 if "fifo" in ordering else 1.0
-    state = ClusterState(nodes)
-    empty = ClusterState(nodes)
+    state = ClusterState(nodes, sites or ())
+    empty = ClusterState(nodes, sites or ())
+    wan = wan or Wan()
+    data_at: dict[str, str] = {}  # job -> the region its data is in now
+    moved_gb = moving_s = 0.0
     fits_empty = ResourceFit()  # can the job run at all, on an empty cluster?
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
@@ -255,6 +268,16 @@ def run_replay(
             # proportion (data parallel, linear in members: its rate is the full gang's)
             full[jname] = max(_duration(task, state, p, throughput) for task, p in binds)
             full[jname] *= len(job.tasks) / max(1, len(binds))
+            first_task, first_p = binds[0]
+            here = state.sites[state.site[first_p.node]].region
+            there = data_at.get(jname, first_task.data_region)
+            move_s = wan.transfer_s(first_task.data_gb, there, here)
+            if move_s > 0:
+                moved_gb += first_task.data_gb
+                moving_s += move_s
+                restore[jname] = restore.get(jname, 0.0) + move_s
+            if first_task.data_region:
+                data_at[jname] = here
             done_at = t + restore.get(jname, 0.0) + left.get(jname, 1.0) * full[jname]
             heapq.heappush(events, (done_at, DEPART, jname, generation.get(jname, 0)))
         used_now = used_by_type()
@@ -278,6 +301,8 @@ def run_replay(
         site_sec,
         preemptions,
         unfinished,
+        moved_gb,
+        moving_s,
     )
 
 
@@ -289,11 +314,13 @@ def replay_policy(
     *,
     throughput: dict[tuple[str, str], float] | None = None,
     storage: str = DEFAULT_STORAGE,
+    sites: list[Site] | None = None,
+    wan: Wan | None = None,
 ) -> tuple[ReplayResult, Rounds | None]:
     """`run_replay` under a policy as the live service runs it: its plugins, actions,
     ordering and, when it has them, its rounds (moved jobs' checkpoints on ``storage``)."""
     thr = throughput or {}
-    fw = build(config, PluginContext(workload=tasks, throughput=thr))
+    fw = build(config, PluginContext(workload=tasks, throughput=thr, wan=wan or Wan()))
     rounds = None
     if config.rounds is not None:
         types = sorted({n.gpu_type for n in nodes if n.gpu_count})
@@ -308,6 +335,8 @@ def replay_policy(
         ordering=config.ordering,
         throughput=thr,
         rounds=rounds,
+        sites=sites,
+        wan=wan,
     )
     return res, rounds
 

@@ -26,7 +26,15 @@ each chip type; a job runs only on chips its model fits; ``cpu`` cores and
 A job group's keys: ``name`` (default ``job<i>``), ``count`` (default 1), ``model``
 (a catalog model or a Hugging Face config.json), ``tokens``, ``gpus`` (default 8),
 ``arrival_rate_per_hour`` (default 1), ``seq_len`` (default 4096), ``cpu`` and
-``memory_gib``.
+``memory_gib``; ``data_region`` and ``data_gb`` (where its data is, and how much:
+moved over the cluster's ``wan:`` table when it runs in another region).
+
+A cluster's ``wan:`` (optional)::
+
+    wan:
+      default: {gbps: 10, rtt_ms: 60, source: "..."}
+      links:
+        - {a: us-east, b: us-west, gbps: 10, rtt_ms: 62, source: "..."}
 
 Unknown keys (a typo such as ``gpu:`` for ``gpus:``), values of the wrong type
 and values out of range are errors: `SpecError` lists each with the file, its
@@ -55,6 +63,7 @@ from suanli.calibration.profile import resolve_accelerator as get_accelerator
 from suanli.catalog.loader import get_model
 from suanli.cluster.state import NodeSpec, Site
 from suanli.cluster.task import MILLI, Task
+from suanli.cluster.wan import Wan, WanSpec
 from suanli.errors import SuanliError
 from suanli.perf import TrainLayout, estimate_train, make_system
 from suanli.sim.traces import sniff
@@ -147,6 +156,8 @@ class NodeGroup(BaseModel):
 class ClusterSpec(SpecFile):
     sites: list[SiteSpec] | None = None
     nodes: list[NodeGroup] = Field(min_length=1)
+    #: bandwidth and round trip between regions, each with its source (`suanli.cluster.wan`)
+    wan: WanSpec | None = None
 
     def cross_checks(self) -> list[tuple[tuple[Any, ...], str]]:
         out: list[tuple[tuple[Any, ...], str]] = []
@@ -183,6 +194,9 @@ class JobGroup(BaseModel):
     memory_gib: Number | None = Field(default=None, gt=0)  # default 16 per device
     #: checkpoints when stopped, so a scheduler may preempt or move it (the rounds do)
     preemptible: bool = False
+    #: where its data is and how big (moved over ``wan:`` when it runs elsewhere)
+    data_region: str | None = Field(default=None, min_length=1)
+    data_gb: Number = Field(default=0.0, ge=0)
 
     @field_validator("model")
     @classmethod
@@ -324,6 +338,12 @@ def _validate(path: Path, model: type[Spec], what: str, key: str) -> Spec:
 
 
 def read_cluster_yaml(path: Path) -> tuple[list[NodeSpec], list[Site]]:
+    nodes, sites, _wan = read_cluster(path)
+    return nodes, sites
+
+
+def read_cluster(path: Path) -> tuple[list[NodeSpec], list[Site], Wan]:
+    """Nodes, sites and the WAN between their regions (empty where none is given)."""
     spec = _validate(path, ClusterSpec, "a cluster YAML", "nodes")
     sites = [Site(**s.model_dump()) for s in spec.sites or []]
     nodes: list[NodeSpec] = []
@@ -347,7 +367,7 @@ def read_cluster_yaml(path: Path) -> tuple[list[NodeSpec], list[Site]]:
                     labels=labels,
                 )
             )
-    return nodes, sites
+    return nodes, sites, spec.wan.wan() if spec.wan else Wan()
 
 
 def read_workload_yaml(path: Path) -> WorkloadSpec:
@@ -407,6 +427,8 @@ def perf_workload(
                     kind="train",
                     preemptible=job.preemptible,
                     labels={"workload": name, "model": model.name},
+                    data_region=job.data_region or "",
+                    data_gb=float(job.data_gb),
                 )
             )
     return tasks, thr
