@@ -344,3 +344,50 @@ def test_a_site_with_an_engine_is_checked_and_its_address_shown_only_to_its_owne
     assert client.delete(url, headers=prov).json() == {"deleted": "west"}
     with store.tx() as s:
         assert s.get(NodeRow, "ray-1") is None
+
+
+def test_help_shows_no_value_for_a_flag() -> None:
+    out = suanli("queue", "create", "--help")
+    assert out.returncode == 0 and "--json" in out.stdout and "--no-reclaimable" in out.stdout
+    assert "<bool>" not in out.stdout and "<float range>" in out.stdout  # values keep theirs
+
+
+def test_nodes_say_who_holds_each_device_and_never_whose_to_another_tenant(api) -> None:  # type: ignore[no-untyped-def]
+    client, store, who = api
+    with store.tx() as s:
+        devices = [{"index": i, "accelerator": "a100-80gb", "memory_mib": 81920} for i in (0, 1)]
+        s.add(
+            NodeRow(
+                name="n1",
+                owner=SYSTEM_OWNER,
+                site=None,
+                executor="local",
+                cpu_cores=8,
+                memory_mib=65536,
+                devices=devices,
+                labels={},
+                heartbeat_at=time.time(),
+            )
+        )
+        row = store.add_job(s, {**HELLO, "queue": "default"}, "alice")
+        row.state, row.members = "running", [{"node": "n1", "devices": [1]}]
+        jid = row.id
+
+    def held(as_: str) -> list[dict[str, Any]]:
+        (node,) = client.get("/v1/nodes", headers=who[as_]).json()
+        return list(node["allocation"])
+
+    assert held("alice") == [{"index": 1, "jobs": [str(jid)]}]
+    assert held("admin") == [{"index": 1, "jobs": [str(jid)]}]
+    assert held("bob") == [{"index": 1, "jobs": ["other"]}]  # taken, but not whose
+
+
+def test_the_held_column_reads_device_by_device() -> None:
+    from suanli.cli.service_cmd import _held
+
+    node = {
+        "devices": [{"index": 0}, {"index": 1}, {"index": 2}],
+        "allocation": [{"index": 0, "jobs": ["7"]}, {"index": 2, "jobs": ["7", "other"]}],
+    }
+    assert _held(node) == "0:j7 1:- 2:j7,other"
+    assert _held({"devices": [], "allocation": []}) == "-"

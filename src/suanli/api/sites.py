@@ -128,8 +128,26 @@ def site_view(r: SiteRow, full: bool = True) -> dict[str, Any]:
 NODE_LOST_S = 60.0
 
 
-def node_view(r: NodeRow) -> dict[str, Any]:
+Held = dict[str, dict[int, list[str]]]  # node -> device index -> the jobs holding it
+
+
+def holders(s: DbSession, who: TokenRow) -> Held:
+    """Who holds each device now: the running jobs' members. Another tenant's job is shown
+    as ``other`` (a user sees that a device is taken, never whose job takes it)."""
+    held: Held = {}
+    for job in s.scalars(select(JobRow).where(JobRow.state == "running")):
+        mine = who.role == "admin" or job.owner == who.owner
+        for m in job.members or []:
+            per = held.setdefault(str(m.get("node", "")), {})
+            devices: list[int] = list(m.get("devices") or [])  # type: ignore[call-overload]
+            for d in devices:
+                per.setdefault(int(d), []).append(str(job.id) if mine else "other")
+    return held
+
+
+def node_view(r: NodeRow, held: Held | None = None) -> dict[str, Any]:
     heard_s = time.time() - r.heartbeat_at
+    taken = (held or {}).get(r.name, {})
     return {
         "name": r.name,
         "owner": r.owner,
@@ -142,6 +160,8 @@ def node_view(r: NodeRow) -> dict[str, Any]:
         "heartbeat_at": r.heartbeat_at,
         "heartbeat_age_s": round(heard_s, 1),
         "state": "lost" if heard_s > NODE_LOST_S else "ready",
+        # device index -> jobs holding it (a shared device: several), for the free ones none
+        "allocation": [{"index": i, "jobs": taken[i]} for i in sorted(taken)],
     }
 
 
@@ -231,7 +251,9 @@ def add_site_routes(app: FastAPI, store: Store, caller: Callable[..., TokenRow])
     @app.get("/v1/nodes")
     def list_nodes(who: Caller) -> list[dict[str, Any]]:
         with store.tx() as s:
-            return [node_view(r) for r in s.scalars(select(NodeRow).order_by(NodeRow.name))]
+            held = holders(s, who)
+            rows = s.scalars(select(NodeRow).order_by(NodeRow.name))
+            return [node_view(r, held) for r in rows]
 
     @app.put("/v1/nodes/{name}")
     def put_node(name: Name, body: NodeBody, who: Caller) -> dict[str, Any]:

@@ -30,6 +30,23 @@ from suanli.cli.site_cmd import site_app, sites_cmd
 from suanli.errors import SuanliError
 from suanli.plan.common import InfeasibleError
 
+
+def _flags_take_no_value() -> None:
+    """Typer's help lists a type beside every option, flags too (``--json <bool>``), which
+    reads as if a flag wanted a value: a flag shows none (`TyperOption.display_type_rich`
+    is where Typer draws it)."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display(self: TyperOption, ctx: object) -> str | None:
+        return None if self.is_flag else shown(self, ctx)  # type: ignore[arg-type]
+
+    TyperOption.display_type_rich = display  # type: ignore[method-assign]
+
+
+_flags_take_no_value()
+
 app = typer.Typer(
     name="suanli",
     help="Plan, schedule and run large-model work on heterogeneous accelerators.",
