@@ -230,7 +230,10 @@ def test_each_site_reports_its_own_nodes_and_a_job_pinned_to_a_region_runs_there
         assert rig.site_of(jid) == {site}
         ref = str((get(rig.store, jid).members or [])[0]["ref"])
         assert ref in rig.clusters[site].ray_jobs()  # the site's own Ray ran it
-        assert f"suanli from {PY}" in rig.log(jid), rig.log(jid)
+        text = rig.log(jid)
+        ran = re.search(r"suanli from (\S+)", text)
+        assert ran and Path(ran.group(1)).parent == Path(PY).parent, text  # this venv's
+        assert not text.startswith("Running entrypoint"), text  # Ray's own line is left out
 
 
 def test_a_gang_never_spans_sites(rig: Rig) -> None:
@@ -298,8 +301,11 @@ def test_attach_schedule_outage_requeue_and_resume_through_the_cli_against_suanl
             )
             assert f"attached site {name} in cn-{name}; ray at {c.address}" in said
         _wait(lambda: all(s["status"] == "ready" for s in sites().values()), "both ready")
-        nodes = json.loads(cli("nodes", "--json"))
-        assert sorted(n["site"] or "-" for n in nodes) == ["-", "east", "west"]  # + local
+
+        def node_sites() -> list[str]:
+            return sorted(n["site"] or "-" for n in json.loads(cli("nodes", "--json")))
+
+        _wait(lambda: node_sites() == ["-", "east", "west"], "their nodes, and this machine's")
         spec = tmp_path / "train.yaml"
         spec.write_text(
             json.dumps(
@@ -384,3 +390,18 @@ def test_a_partitioned_site_gets_its_job_requeued_and_stopped_there_when_it_answ
         "the site answers again and its copy is stopped",
     )
     assert rig.state(job) == "running"  # the requeued one runs on
+
+
+def test_a_ray_log_reads_as_the_job_wrote_it() -> None:
+    from suanli.run.ray_exec import clean_log
+
+    raw = (
+        "Running entrypoint for job suanli-3-ab12cd34: python train.py\n"
+        "2026-12-03 19:40:01,123\tINFO worker.py:1821 -- Connecting to existing Ray cluster\n"
+        "\x1b[36m(run_member pid=77)\x1b[0m step 1 loss 2.5\n"
+        "2026-12-03 19:40:02,456\tWARNING util.py:12 -- a warning the job may care about\n"
+    )
+    assert clean_log(raw) == (
+        "(run_member pid=77) step 1 loss 2.5\n"
+        "2026-12-03 19:40:02,456\tWARNING util.py:12 -- a warning the job may care about\n"
+    )

@@ -79,11 +79,18 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 RAY_INFO = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\s+(?:INFO|DEBUG)\s+\S+:\d+ -- ")
 
 
+#: the line Ray's job supervisor writes before the entrypoint's own output
+RAY_ENTRYPOINT = re.compile(r"^Running entrypoint for job \S+: ")
+
+
 def clean_log(text: str) -> str:
     """A Ray job's log as the job wrote it: without colour codes and without Ray's own
-    INFO lines (a gang's driver connecting, its placement group); warnings stay."""
+    INFO lines (a gang's driver connecting, its placement group, the supervisor's
+    "Running entrypoint" line); warnings stay."""
     lines = ANSI.sub("", text).splitlines(keepends=True)
-    return "".join(line for line in lines if not RAY_INFO.match(line))
+    return "".join(
+        line for line in lines if not RAY_INFO.match(line) and not RAY_ENTRYPOINT.match(line)
+    )
 
 
 def _atomic_write(path: Path, text: str) -> None:

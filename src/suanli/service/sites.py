@@ -82,7 +82,10 @@ class SiteController:
                     self._unswept.add(name)
                 row.seen_at = link.seen_at or row.seen_at
                 row.away_since = link.away_since
-                row.status = f"away: {link.error}"[:255] if link.away else "ready"
+                if link.away:
+                    row.status = f"away: {link.error}"[:255]
+                elif link.seen_at:  # ready once its nodes were listed, not on attaching
+                    row.status = "ready"
                 if link.away_since is not None and now - link.away_since > row.grace_s:
                     self._requeue_from(s, row, now - link.away_since, now)
         for name in sorted(self._unswept):
