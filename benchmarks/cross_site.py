@@ -20,7 +20,10 @@ reads (``--data-gb``) and what one transfer gets between two regions
 undisclosed G1-G3 and the pods that only accept them.
 
     python benchmarks/cross_site.py [--pods 2000] [--data-gb 10,100,1000] [--gbps 1,10]
-                                    [--plot benchmarks/out/cross_site.png]
+                                    [--speedup 1] [--plot benchmarks/out/cross_site.png]
+
+``--speedup N`` compresses the trace's arrivals N-fold (run times unchanged) to load
+the cluster: at 1 it is mostly idle and a job rarely waits for a device.
 
 For each setting it prints mean JCT, cost (device-hours x the region's price),
 carbon (device-hours x chip TDP x PUE x the region's intensity) and data moved,
@@ -94,15 +97,18 @@ def inventory(data: Path, seed: int) -> tuple[list[NodeSpec], list[Site]]:
     return out, sites
 
 
-def workload(data: Path, count: int, data_gb: float) -> list[Task]:
-    """The first ``count`` GPU pods (with run times) that our chips can run."""
+def workload(data: Path, count: int, data_gb: float, speedup: float) -> list[Task]:
+    """The first ``count`` GPU pods (with run times) that our chips can run, arriving
+    ``speedup`` times faster than in the trace (1: as recorded)."""
     out = []
     for p in read_openb_pods(data / "openb_pod_list_default.csv"):
         if not p.num_gpu or p.duration_s <= 0:
             continue
         if p.gpu_spec and not (p.gpu_spec & set(CHIP)):
             continue
-        out.append(replace(p, data_region=DATA_REGION, data_gb=data_gb))
+        out.append(
+            replace(p, data_region=DATA_REGION, data_gb=data_gb, arrival_s=p.arrival_s / speedup)
+        )
         if len(out) == count:
             break
     return out
@@ -168,6 +174,12 @@ def main() -> None:
     ap.add_argument("--data-gb", default="10,100,1000")
     ap.add_argument("--gbps", default="1,10")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--speedup",
+        type=float,
+        default=1.0,
+        help="arrivals this many times faster than the trace's (load; 1 = as recorded)",
+    )
     ap.add_argument("--plot", type=Path, default=Path("benchmarks/out/cross_site.png"))
     args = ap.parse_args()
     console = Console()
@@ -184,13 +196,15 @@ def main() -> None:
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("runs", total=len(sizes) * len(rates) * len(POLICIES))
         for gb in sizes:
-            tasks = workload(data, args.pods, gb)
+            tasks = workload(data, args.pods, gb, args.speedup)
             for gbps in rates:
                 wan = Wan(default=Link(gbps, 0.0, "swept: not a published figure"))
                 for policy in POLICIES:
                     rows.append((gb, gbps, policy, measure(nodes, sites, tasks, wan, policy)))
                     bar.advance(task)
-    table = Table(title=f"{args.pods} openb GPU pods, data in {DATA_REGION}")
+    table = Table(
+        title=f"{args.pods} openb GPU pods, data in {DATA_REGION}, arrivals x{args.speedup:g}"
+    )
     for col in (
         "data/job",
         "WAN",

@@ -186,7 +186,7 @@ NAMED: dict[str, PolicyConfig] = {
         "nearest-site",
         ["enqueue", "allocate", "backfill"],
         ["resource-fit", "region", "data-region"],
-        [("best-fit", 1)],
+        [("power-cost", 10), ("best-fit", 1)],  # the cheapest work there, as the others
         ordering=["priority", "gang"],
     ),
     "cheapest-site": PolicyConfig(
