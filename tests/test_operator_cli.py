@@ -249,6 +249,11 @@ def test_the_operator_manages_queues_and_follows_logs_from_the_command_line(
             watchdog.cancel()
         jobs = suanli("jobs", env=env).stdout
         assert "None" not in jobs and "talk" in jobs
+        top = suanli("top", "--once", env=env)  # the running job, its queue, this node
+        assert top.returncode == 0, top.stderr
+        assert "1 running, 0 queued" in top.stdout and "local" in top.stdout, top.stdout
+        row = next(line for line in top.stdout.splitlines() if line.startswith(f"│ {jid} "))
+        assert "talk" in row and "research" in row, top.stdout
         go.touch()
         rest, err = follow.communicate(timeout=120)
         assert follow.returncode == 0, err

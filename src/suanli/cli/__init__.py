@@ -27,6 +27,7 @@ from suanli.cli.service_cmd import (
 )
 from suanli.cli.simulate_cmd import simulate_app
 from suanli.cli.site_cmd import site_app, sites_cmd
+from suanli.cli.top_cmd import top_cmd
 from suanli.errors import SuanliError
 from suanli.plan.common import InfeasibleError
 
@@ -93,6 +94,7 @@ app.command("nodes")(nodes_cmd)
 app.command("queues")(queues_cmd)
 app.add_typer(queue_app, name="queue")
 app.command("sites")(sites_cmd)
+app.command("top")(top_cmd)
 app.add_typer(site_app, name="site")
 app.command("corrections")(corrections_cmd)
 app.add_typer(token_app, name="token")
