@@ -8,6 +8,8 @@ comparison run the same jobs: long ones with little data and short ones with muc
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -113,3 +115,30 @@ def test_three_policies_trade_cost_time_and_bytes_moved() -> None:
     assert ours[2] == 4 * 10  # the long jobs go west; the short ones stay by their data
     assert ours[0] < near[0] and ours[1] < near[1]  # cheaper and sooner than staying put
     assert ours[0] <= cheap[0] and ours[1] < cheap[1]  # and than moving everything
+
+
+def test_a_member_stored_before_sites_is_polled_on_the_site_up_started_with(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """At start-up no node has been listed yet, and a member recorded by an older
+    version names no site: it belongs to the first site attached, not to none (which
+    would leave it 'running' for ever)."""
+    import sys
+    from dataclasses import replace
+
+    from suanli.run.executor import Launch
+    from suanli.run.local import LocalExecutor
+    from suanli.run.sites import SiteExecutors
+    from tests.helpers import A100, reap
+
+    local = LocalExecutor(tmp_path / "logs", A100)
+    sites = SiteExecutors()
+    sites.attach("local", local, remote=False)
+    try:
+        old = replace(
+            local.start(Launch("1", [sys.executable, "-c", "raise SystemExit(3)"])), site=""
+        )
+        end = time.monotonic() + 60
+        while sites.poll(old) is None and time.monotonic() < end:
+            time.sleep(0.05)
+        assert sites.poll(old) == 3
+    finally:
+        reap(local)

@@ -154,7 +154,10 @@ class SiteExecutors:
         link.away_since, link.error, link.seen_at = None, "", self.clock()
 
     def _link(self, h: Handle | Launch) -> SiteLink:
-        name = getattr(h, "site", "") or self._site_of.get(h.node, "")
+        """The site of a member: its own record, else its node's site, else (a member
+        stored before sites, whose node is not listed yet at start-up) the first site
+        attached — the one ``suanli up`` started with, the only one there was then."""
+        name = getattr(h, "site", "") or self._site_of.get(h.node, "") or next(iter(self.links), "")
         link = self.links.get(name)
         if link is None:
             raise SiteAway(f"node {h.node} is in no attached site")
@@ -235,26 +238,30 @@ class SiteExecutors:
         return out.read_text(errors="replace") if out.exists() else ""
 
     # --- what only some engines have -----------------------------------------------------
+    def _local(self, what: str) -> Any | None:
+        """This machine's engine, where it has ``what`` (cgroups, exit files, isolation)."""
+        return next(
+            (
+                link.executor
+                for link in self.links.values()
+                if not link.remote and hasattr(link.executor, what)
+            ),
+            None,
+        )
+
     def orphans(self, known: set[str]) -> list[str]:
         """Processes of this machine's executor that no stored job knows (its cgroups)."""
-        return [
-            key
-            for link in self.links.values()
-            if not link.remote and hasattr(link.executor, "orphans")
-            for key in link.executor.orphans(known)
-        ]
+        local = self._local("orphans")
+        return list(local.orphans(known)) if local is not None else []
 
     def stop_orphan(self, key: str) -> None:
-        for link in self.links.values():
-            if not link.remote and hasattr(link.executor, "stop_orphan"):
-                link.executor.stop_orphan(key)
+        local = self._local("stop_orphan")
+        if local is not None:
+            local.stop_orphan(key)
 
     def exit_codes(self, job_id: str, world: int, since: float) -> list[int | None]:
-        for link in self.links.values():
-            if not link.remote and hasattr(link.executor, "exit_codes"):
-                codes: list[int | None] = link.executor.exit_codes(job_id, world, since)
-                return codes
-        return [None]
+        local = self._local("exit_codes")
+        return list(local.exit_codes(job_id, world, since)) if local is not None else [None]
 
     def strays(self, site: str, known: set[str]) -> list[str]:
         """What ``site`` runs for this service that no running job's member is (a job
@@ -273,11 +280,8 @@ class SiteExecutors:
             self._call(link, stop, ref)
 
     def isolation(self) -> dict[str, str]:
-        for link in self.links.values():
-            if not link.remote and hasattr(link.executor, "isolation"):
-                found: dict[str, str] = link.executor.isolation()
-                return found
-        return {}
+        local = self._local("isolation")
+        return dict(local.isolation()) if local is not None else {}
 
     @property
     def accounts(self) -> bool:
