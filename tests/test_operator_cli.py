@@ -388,7 +388,7 @@ def test_nodes_say_who_holds_each_device_and_never_whose_to_another_tenant(api) 
 
 
 def test_the_held_column_reads_device_by_device() -> None:
-    from suanli.cli.service_cmd import _held
+    from suanli.cli.output import held_devices as _held
 
     node = {
         "devices": [{"index": 0}, {"index": 1}, {"index": 2}],

@@ -193,12 +193,16 @@ def add_site_routes(app: FastAPI, store: Store, caller: Callable[..., TokenRow])
             rows = s.scalars(select(SiteRow).order_by(SiteRow.name))
             return [site_view(r, sees_engine(who, r)) for r in rows]
 
+    def site_or_404(s: DbSession, name: str) -> SiteRow:
+        row = s.get(SiteRow, name)
+        if row is None:
+            raise HTTPException(404, detail=f"no site {name}")
+        return row
+
     @app.get("/v1/sites/{name}")
     def get_site(name: Name, who: Caller) -> dict[str, Any]:
         with store.tx() as s:
-            row = s.get(SiteRow, name)
-            if row is None:
-                raise HTTPException(404, detail=f"no site {name}")
+            row = site_or_404(s, name)
             out = site_view(row, sees_engine(who, row))
             nodes = s.scalars(select(NodeRow).where(NodeRow.site == name).order_by(NodeRow.name))
             out["nodes"] = [n.name for n in nodes]
@@ -223,9 +227,7 @@ def add_site_routes(app: FastAPI, store: Store, caller: Callable[..., TokenRow])
     @app.delete("/v1/sites/{name}")
     def delete_site(name: Name, who: Caller) -> dict[str, str]:
         with store.tx() as s:
-            row = s.get(SiteRow, name)
-            if row is None:
-                raise HTTPException(404, detail=f"no site {name}")
+            row = site_or_404(s, name)
             may_manage(who, row.owner, f"site {name}")
             nodes = list(s.scalars(select(NodeRow).where(NodeRow.site == name)))
             if row.engine is None and nodes:

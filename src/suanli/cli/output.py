@@ -111,3 +111,15 @@ def listing(
         print_json(rows)
     else:
         table(title, cols, (cells(r) for r in rows))
+
+
+def held_devices(node: dict[str, Any]) -> str:
+    """``0:j7 1:j7 2:-``: each device and the jobs holding it (``other``: not yours)."""
+    taken = {a["index"]: a["jobs"] for a in node.get("allocation") or []}
+    if not node["devices"]:
+        return "-"
+
+    def who(jobs: list[str]) -> str:
+        return ",".join(j if j == "other" else f"j{j}" for j in jobs) or "-"
+
+    return " ".join(f"{d['index']}:{who(taken.get(d['index'], []))}" for d in node["devices"])

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from suanli.cli.output import age, console, exit_status, listing, print_json
+from suanli.cli.output import age, console, exit_status, held_devices, listing, print_json
 from suanli.errors import SuanliError
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
@@ -313,7 +313,7 @@ def nodes_cmd(
             str(n["cpu_cores"]),
             f"{n['memory_mib'] / 1024:.0f}",
             devs + (f" (unhealthy: {','.join(sick)})" if sick else ""),
-            _held(n),
+            held_devices(n),
             f"{age(n['heartbeat_age_s'])} ago",
             " / ".join(
                 n["labels"].get(k, "-") for k in ("suanli.io/isolation", "suanli.io/limits")
@@ -322,18 +322,6 @@ def nodes_cmd(
     console.print(t)
     if lost and not show_all:
         console.print(f"{len(lost)} lost node(s) not shown (--all shows them)")
-
-
-def _held(node: dict[str, Any]) -> str:
-    """``0:j7 1:j7 2:-``: each device and the jobs holding it (``other``: not yours)."""
-    taken = {a["index"]: a["jobs"] for a in node.get("allocation") or []}
-    if not node["devices"]:
-        return "-"
-
-    def who(jobs: list[str]) -> str:
-        return ",".join(j if j == "other" else f"j{j}" for j in jobs) or "-"
-
-    return " ".join(f"{d['index']}:{who(taken.get(d['index'], []))}" for d in node["devices"])
 
 
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)

@@ -18,8 +18,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from suanli.cli.output import age, console
-from suanli.cli.service_cmd import _call, _held
+from suanli.cli.output import age, console, held_devices
+from suanli.cli.service_cmd import _call
 
 MAX_NODES = 40  # rows of the node panel; the rest are counted
 MAX_JOBS = 40
@@ -50,7 +50,7 @@ def frame() -> Group:
     for col in ("node", "site", "executor", "held (device:job)"):
         node_t.add_column(col)
     for n in nodes[:MAX_NODES]:
-        node_t.add_row(n["name"], n["site"] or "-", n["executor"], _held(n))
+        node_t.add_row(n["name"], n["site"] or "-", n["executor"], held_devices(n))
     if len(nodes) > MAX_NODES:
         node_t.caption = f"and {len(nodes) - MAX_NODES} more (suanli nodes)"
     queue_t = Table(title="queues", title_justify="left")

@@ -112,11 +112,21 @@ def per_work(
     """``per_kwh`` (a value per site: grams, dollars) x PUE x chip power / chip throughput:
     what one unit of the task's work costs on each node's site and chip."""
     site_factor = (per_kwh * np.array([s.pue for s in state.sites]))[state.site[nodes]]
-    key = task.labels.get("workload", task.job or task.name)
     watts = np.array([power_w.get(t, 300.0) for t in state.types] + [150.0])
+    return site_factor * watts[state.gpu_type[nodes]] / speed_on(state, task, nodes, throughput)
+
+
+def speed_on(
+    state: ClusterState,
+    task: Task,
+    nodes: np.ndarray,
+    throughput: dict[tuple[str, str], float],
+) -> np.ndarray:
+    """The task's throughput on each node's chip (1 where the table has none; a CPU node,
+    type -1, takes the last entry)."""
+    key = task.labels.get("workload", task.job or task.name)
     speed = np.array([throughput.get((key, t), 1.0) for t in state.types] + [1.0])
-    types = state.gpu_type[nodes]
-    return site_factor * watts[types] / np.maximum(speed[types], 1e-9)
+    return np.maximum(speed[state.gpu_type[nodes]], 1e-9)
 
 
 @dataclass

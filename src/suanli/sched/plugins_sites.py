@@ -30,19 +30,13 @@ from suanli.cluster.state import ClusterState
 from suanli.cluster.task import Task
 from suanli.cluster.wan import Wan
 from suanli.sched.framework import CycleState
-from suanli.sched.plugins_score import per_work
+from suanli.sched.plugins_score import per_work, speed_on
 
 PRICE_LABEL = "usd_per_gpu_hour"
 
 
 #: a live job says nothing of how long it runs: its cost is ranked over this much work
 HORIZON_S = 3600.0
-
-
-def _speed(state: ClusterState, task: Task, node: int, thr: dict[tuple[str, str], float]) -> float:
-    k = state.gpu_type[node]
-    key = task.labels.get("workload", task.job or task.name)
-    return thr.get((key, state.types[k]), 1.0) if k >= 0 else 1.0
 
 
 def usd_per_device_hour(
@@ -54,6 +48,16 @@ def usd_per_device_hour(
     power = per_work(state, task, nodes, usd_per_kwh, power_w, {}) / 1000.0  # W -> kW
     labels = [state.specs[n].labels.get(PRICE_LABEL) for n in nodes]
     return np.array([power[i] if p is None else float(p) for i, p in enumerate(labels)])
+
+
+def move_s(state: ClusterState, task: Task, nodes: np.ndarray, wan: Wan) -> np.ndarray:
+    """Seconds for the task's data to reach each node's region (one figure per site)."""
+    if task.data_gb <= 0 or not task.data_region:
+        return np.zeros(nodes.size)
+    per_site = np.array(
+        [wan.transfer_s(task.data_gb, task.data_region, s.region) for s in state.sites]
+    )
+    return per_site[state.site[nodes]]
 
 
 @dataclass
@@ -68,8 +72,7 @@ class PowerCost:
         self, state: ClusterState, task: Task, nodes: np.ndarray, cycle: CycleState
     ) -> np.ndarray:
         rate = usd_per_device_hour(state, task, nodes, self.power_w)
-        speed = np.array([_speed(state, task, int(n), self.throughput) for n in nodes])
-        return -rate / np.maximum(speed, 1e-9)
+        return -rate / speed_on(state, task, nodes, self.throughput)
 
 
 @dataclass
@@ -86,14 +89,11 @@ class SiteCost:
         self, state: ClusterState, task: Task, nodes: np.ndarray, cycle: CycleState
     ) -> np.ndarray:
         rate = usd_per_device_hour(state, task, nodes, self.power_w)
-        out = np.empty(nodes.size)
-        for i, n in enumerate(nodes):
-            speed = _speed(state, task, int(n), self.throughput)
-            run_s = task.work / max(speed, 1e-9) if task.work > 0 else task.duration_s
-            region = state.sites[state.site[n]].region
-            move_s = self.wan.transfer_s(task.data_gb, task.data_region, region)
-            out[i] = ((run_s or HORIZON_S) + move_s) / 3600.0 * rate[i]
-        return -out
+        if task.work > 0:
+            run_s = task.work / speed_on(state, task, nodes, self.throughput)
+        else:
+            run_s = np.full(nodes.size, task.duration_s or HORIZON_S)
+        return -(run_s + move_s(state, task, nodes, self.wan)) / 3600.0 * rate
 
 
 @dataclass
@@ -104,12 +104,7 @@ class DataLocality:
     def score(
         self, state: ClusterState, task: Task, nodes: np.ndarray, cycle: CycleState
     ) -> np.ndarray:
-        if task.data_gb <= 0 or not task.data_region:
-            return np.zeros(nodes.size)
-        per_site = np.array(
-            [self.wan.transfer_s(task.data_gb, task.data_region, s.region) for s in state.sites]
-        )
-        return -per_site[state.site[nodes]]
+        return -move_s(state, task, nodes, self.wan)
 
 
 @dataclass

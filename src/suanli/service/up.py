@@ -190,9 +190,8 @@ def serve(
     data_dir.mkdir(parents=True, exist_ok=True)
     make_private(data_dir)  # one made before umask 077, too (its files from then as well)
     store = Store(url) if url else Store.sqlite(data_dir)
-    first = make_executor(
-        executor, ray_address, data_dir, single_user, cpu_slices, service_id(store)
-    )
+    service = service_id(store)  # names this service's jobs on engines it shares
+    first = make_executor(executor, ray_address, data_dir, single_user, cpu_slices, service)
     # every site behind one executor: this machine (or the one Ray cluster) under its
     # engine's name, and the sites attached through the API (the sites controller)
     ex = SiteExecutors()
@@ -219,7 +218,7 @@ def serve(
         metrics=metrics,
     )
     controllers: list[Controller] = [
-        SiteController(store, ex, site_factory(data_dir / "logs", service_id(store))),
+        SiteController(store, ex, site_factory(data_dir / "logs", service)),
         MarketController(store, market),
     ]
     loop = Loop(
