@@ -9,33 +9,28 @@ a waiting request at the next step, not when the whole batch is done), and
 optional int8 weight-only quantization (weights stored in int8 with one scale
 per output channel: half the bytes a decode step must read).
 
-``POST /v1/completions`` takes ``{"prompt", "max_tokens", "temperature"}`` and
-answers in OpenAI's ``text_completion`` shape; tokens are bytes, as in
-training. ``GET /metrics`` reports what an autoscaler needs: queue length,
-in-flight requests, KV-cache use, and decode tokens/s over the last seconds.
+Tokens are bytes, as in training. The HTTP side (OpenAI's completions, chat
+completions and models, Prometheus metrics) is ``suanli.workloads.openai_api``;
+this module is the engine and the command line.
 """
 
 from __future__ import annotations
 
 import argparse
-import codecs
 import contextlib
-import json
 import logging
 import os
 import queue
 import threading
 import time
-import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
 from torch import nn
 
 from suanli.catalog.loader import get_model
@@ -101,15 +96,54 @@ def _decode_attention(
 
 @dataclass
 class Request:
+    """One sequence to generate, with OpenAI's sampling parameters.
+
+    ``done`` resolves to the request itself once it finished (``finish`` says why):
+    the HTTP layer shapes the answer, the engine only decodes.
+    """
+
     prompt: list[int]
     max_tokens: int
     temperature: float
-    done: Future[dict[str, Any]] = field(default_factory=Future)
+    top_p: float = 1.0
+    stop: tuple[bytes, ...] = ()  # generation ends *before* any of these byte strings
+    logprobs: int | None = None  # None: none; k: the chosen token's and the k most likely
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    done: Future[Request] = field(default_factory=Future)
     out: list[int] = field(default_factory=list)
+    #: per generated token: (its log-probability, {token: log-probability} of the top k)
+    token_logprobs: list[tuple[float, dict[int, float]]] = field(default_factory=list)
+    finish: str = "length"  # or "stop": a stop string ended it
     slot: int = -1
     length: int = 0  # tokens in the cache
     on_token: Callable[[int], None] | None = None  # streaming: called with each new token
     arrived: float = field(default_factory=time.monotonic)
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    _gen: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        if self.seed is not None:  # the same seed gives the same sample, as OpenAI's `seed`
+            self._gen = torch.Generator().manual_seed(self.seed)
+
+    @property
+    def greedy(self) -> bool:
+        """Argmax over the raw logits is the whole of sampling (the batched fast path)."""
+        return (
+            self.temperature < MIN_TEMPERATURE
+            and self.logprobs is None
+            and not (self.presence_penalty or self.frequency_penalty or self.logit_bias)
+        )
+
+    @property
+    def stopped(self) -> bool:
+        return self.finish == "stop"
+
+    def text_bytes(self) -> bytes:
+        return bytes(t % 256 for t in self.out)
 
 
 class Engine:
@@ -135,6 +169,8 @@ class Engine:
         # (time, tokens) of recent decode steps; bounded whether or not /metrics is read
         self.decoded: deque[tuple[float, int]] = deque(maxlen=4096)
         self.requests_total = 0
+        #: called in the engine thread with each request that finished (metrics)
+        self.on_finish: list[Callable[[Request], None]] = []
         self._stop = threading.Event()
 
     # --- the model with a cache ----------------------------------------------------
@@ -183,13 +219,52 @@ class Engine:
         logits: torch.Tensor = m.head(m.norm(x))
         return logits
 
-    def _sample(self, logits: torch.Tensor, temperature: float) -> int:
-        if temperature < MIN_TEMPERATURE:  # below it sampling is argmax, and 1/T overflows
-            return int(logits.argmax())
-        probs = torch.softmax(logits.float() / temperature, dim=-1)
-        if not bool(torch.isfinite(probs).all()):
-            return int(logits.argmax())
-        return int(torch.multinomial(probs, 1))
+    def _sample(self, logits: torch.Tensor, r: Request) -> int:
+        """One token for ``r`` from its row of logits: penalties and bias, temperature,
+        nucleus (``top_p``), its own generator when seeded; log-probabilities recorded
+        from the model's distribution (before temperature), as OpenAI reports them."""
+        logits = logits.float()
+        if r.presence_penalty or r.frequency_penalty:
+            seen = torch.bincount(
+                torch.tensor(r.out, dtype=torch.long), minlength=logits.shape[-1]
+            ).to(logits.device, logits.dtype)[: logits.shape[-1]]
+            logits = logits - r.frequency_penalty * seen - r.presence_penalty * (seen > 0)
+        for tok, bias in r.logit_bias.items():
+            logits[tok] += bias
+        if r.temperature < MIN_TEMPERATURE:  # below it sampling is argmax, and 1/T overflows
+            tok = int(logits.argmax())
+        else:
+            probs = torch.softmax(logits / r.temperature, dim=-1)
+            if r.top_p < 1.0:  # keep the smallest set of tokens holding top_p of the mass
+                sorted_p, order = probs.sort(descending=True)
+                outside = (sorted_p.cumsum(-1) - sorted_p) >= r.top_p
+                probs = probs.scatter(-1, order, sorted_p.masked_fill(outside, 0.0))
+            if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0:
+                tok = int(logits.argmax())
+            else:
+                tok = int(torch.multinomial(probs.cpu(), 1, generator=r._gen))
+        if r.logprobs is not None:
+            logp = torch.log_softmax(logits, dim=-1)
+            top = logp.topk(min(r.logprobs, logp.shape[-1])) if r.logprobs else None
+            alts = dict(zip(top.indices.tolist(), top.values.tolist(), strict=True)) if top else {}
+            r.token_logprobs.append((float(logp[tok]), alts))
+        return tok
+
+    def _push(self, r: Request, tok: int) -> None:
+        """Append ``tok``; end the request at a stop string (trimmed off, never streamed:
+        a token is one byte, so a stop string completes exactly at its last token)."""
+        if r.first_token_at is None:
+            r.first_token_at = time.monotonic()
+        r.out.append(tok)
+        tail = r.text_bytes()[-max((len(s) for s in r.stop), default=0) :]
+        for s in r.stop:
+            if tail.endswith(s):
+                del r.out[len(r.out) - len(s) :]
+                del r.token_logprobs[len(r.out) :]
+                r.finish = "stop"
+                return
+        if r.on_token:
+            r.on_token(tok)
 
     def _prefill(self, r: Request, slot: int) -> None:
         """Run the prompt through the model into ``slot``'s cache; sample its first token."""
@@ -198,9 +273,7 @@ class Engine:
         pos = torch.arange(len(prompt), device=self.device)[None]
         logits = self._layers(self.model.embed(ids).to(self.dtype), pos, [slot])
         r.slot, r.length = slot, len(prompt)
-        r.out.append(self._sample(logits[0, -1], r.temperature))
-        if r.on_token:
-            r.on_token(r.out[-1])
+        self._push(r, self._sample(logits[0, -1], r))
 
     # --- the loop ------------------------------------------------------------------
     @torch.inference_mode()
@@ -224,7 +297,8 @@ class Engine:
         if not self.active:
             return 0
         reqs = sorted(
-            (r for r in self.active.values() if len(r.out) < r.max_tokens), key=lambda r: r.slot
+            (r for r in self.active.values() if len(r.out) < r.max_tokens and not r.stopped),
+            key=lambda r: r.slot,
         )
         if reqs:
             ids = torch.tensor([[r.out[-1]] for r in reqs], device=self.device)
@@ -233,42 +307,24 @@ class Engine:
             greedy = logits[:, -1].float().argmax(-1).tolist()  # one pass for all rows
             for j, r in enumerate(reqs):
                 r.length += 1
-                tok = (
-                    greedy[j]
-                    if r.temperature < MIN_TEMPERATURE
-                    else self._sample(logits[j, -1], r.temperature)
-                )
-                r.out.append(tok)
-                if r.on_token:
-                    r.on_token(tok)
+                self._push(r, greedy[j] if r.greedy else self._sample(logits[j, -1], r))
             self.decoded.append((time.monotonic(), len(reqs)))
         for r in list(self.active.values()):
-            if len(r.out) >= r.max_tokens or r.length + 1 >= self.max_len:
-                del self.active[r.slot]
-                self.requests_total += 1
-                with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
-                    r.done.set_result(self._answer(r))
+            if r.stopped or len(r.out) >= r.max_tokens or r.length + 1 >= self.max_len:
+                self._finish(r)
         return len(reqs)
 
-    def _answer(self, r: Request) -> dict[str, Any]:
-        return {
-            "id": "cmpl-" + uuid.uuid4().hex[:12],
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": self.arch.name,
-            "choices": [
-                {
-                    "index": 0,
-                    "text": bytes(t % 256 for t in r.out).decode("utf-8", errors="replace"),
-                    "finish_reason": "length",
-                }
-            ],
-            "usage": {
-                "prompt_tokens": len(r.prompt),
-                "completion_tokens": len(r.out),
-                "total_tokens": len(r.prompt) + len(r.out),
-            },
-        }
+    def _finish(self, r: Request) -> None:
+        del self.active[r.slot]
+        self.requests_total += 1
+        r.finished_at = time.monotonic()
+        for hook in self.on_finish:
+            try:
+                hook(r)
+            except Exception:  # a metrics hook never fails a request
+                log.exception("on_finish hook failed")
+        with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
+            r.done.set_result(r)
 
     def run_forever(self) -> None:
         while not self._stop.is_set():
@@ -325,88 +381,6 @@ def build(args: argparse.Namespace) -> Engine:
     return Engine(model, arch, args.slots, args.max_len, dtype, device)
 
 
-class Completion(BaseModel):
-    """The OpenAI completions request fields this server honours."""
-
-    model: str | None = None
-    prompt: str = Field(max_length=100_000)
-    max_tokens: int = Field(default=16, ge=1, le=4096)
-    temperature: float = Field(default=0.0, ge=0.0, le=5.0)
-    stream: bool = False  # server-sent events, a chunk per token, then [DONE]
-
-
-async def _stream(engine: Engine, r: Request) -> AsyncIterator[str]:
-    """OpenAI's streamed completion: one ``text_completion`` chunk per token (bytes
-    decoded incrementally, so a character split over tokens arrives whole), a last
-    chunk with the finish reason, then ``[DONE]``. A client that goes away cancels
-    its request, and the engine gives its slot to the next."""
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    tokens: asyncio.Queue[int | None] = asyncio.Queue()
-
-    def push(tok: int | None) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
-            loop.call_soon_threadsafe(tokens.put_nowait, tok)
-
-    r.on_token = push
-    r.done.add_done_callback(lambda _: push(None))
-    engine.waiting.put(r)
-    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    head: dict[str, Any] = {"id": "cmpl-" + uuid.uuid4().hex[:12], "object": "text_completion"}
-    head |= {"created": int(time.time()), "model": engine.arch.name}
-
-    def chunk(text: str, finish: str | None) -> str:
-        body = {**head, "choices": [{"index": 0, "text": text, "finish_reason": finish}]}
-        return f"data: {json.dumps(body)}\n\n"
-
-    try:
-        while (tok := await tokens.get()) is not None:
-            text = utf8.decode(bytes([tok % 256]))
-            if text:
-                yield chunk(text, None)
-        if r.done.exception() is not None:
-            err = {"error": {"message": f"decoding failed: {r.done.exception()}"}}
-            yield f"data: {json.dumps(err)}\n\n"
-        else:
-            yield chunk(utf8.decode(b"", final=True), "length")
-        yield "data: [DONE]\n\n"
-    finally:
-        r.done.cancel()  # no-op once done; frees the slot when the client left early
-
-
-def app_for(engine: Engine) -> Any:
-    from fastapi import FastAPI
-    from fastapi.responses import JSONResponse, StreamingResponse
-
-    app = FastAPI(title="suanli serve_lm")
-
-    @app.post("/v1/completions")
-    async def complete(body: Completion) -> Any:
-        import asyncio
-
-        max_tokens = min(body.max_tokens, engine.max_len - 1)
-        r = Request(list(body.prompt.encode()), max_tokens, body.temperature)
-        if body.stream:
-            return StreamingResponse(_stream(engine, r), media_type="text/event-stream")
-        engine.waiting.put(r)
-        try:
-            return await asyncio.wrap_future(r.done)
-        except Exception as exc:  # the engine failed this batch; it goes on with the next
-            body_ = {"error": {"message": f"decoding failed: {exc}", "type": "server_error"}}
-            return JSONResponse(body_, status_code=500)
-
-    @app.get("/metrics")
-    def metrics() -> dict[str, Any]:
-        return engine.metrics()
-
-    @app.get("/healthz")
-    def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    return app
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="tiny-llama-40m")
@@ -426,13 +400,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="cpu, or cuda[:N] where a GPU is")
+    ap.add_argument(
+        "--served-model-name",
+        default=None,
+        help="the name clients ask for in `model` (default: --model as given)",
+    )
+    ap.add_argument(
+        "--max-queue",
+        type=int,
+        default=256,
+        help="requests waiting for a slot beyond which new ones get 429 with Retry-After",
+    )
     args = ap.parse_args(argv)
     import uvicorn
 
+    from suanli.workloads.serve_app import app_for
+
     engine = build(args)
     threading.Thread(target=engine.run_forever, name="engine", daemon=True).start()
-    print(f"serve_lm {args.model} on http://{args.host}:{args.port}", flush=True)
-    uvicorn.run(app_for(engine), host=args.host, port=args.port, log_level="warning")
+    name = args.served_model_name or args.model
+    print(f"serve_lm {name} on http://{args.host}:{args.port}", flush=True)
+    app = app_for(engine, name, max_queue=args.max_queue)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 
