@@ -1,0 +1,75 @@
+"""Kubernetes' HPA (autoscaling/v2) as a pure function.
+
+``desired = ceil(ready × metric / target)`` per signal, each within a 10% tolerance of
+the current count left alone, the largest over signals taken; then the behaviour's
+stabilisation windows: a scale-up goes to the *smallest* recommendation of the up
+window (default 0 s: at once), a scale-down to the *largest* of the down window
+(default 300 s), so one quiet minute does not drop replicas that the next burst needs.
+Sources: kubernetes.io, "Horizontal Pod Autoscaling" (algorithm details, tolerance
+0.1, stabilizationWindowSeconds defaults 0 up and 300 down), and
+pkg/controller/podautoscaler/horizontal.go ``stabilizeRecommendationWithBehaviors``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from suanli.autoscale.signals import Observation, Targets, clamp, per_signal_replicas
+
+
+@dataclass(frozen=True, slots=True)
+class HpaSpec:
+    targets: Targets
+    min_replicas: int = 1
+    max_replicas: int = 10
+    tolerance: float = 0.1
+    up_window_s: float = 0.0
+    down_window_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """``desired`` replicas now; ``recommendation`` is what the caller keeps (with
+    ``t_s``) and passes back as history next time; ``why`` names the deciding signal."""
+
+    desired: int
+    recommendation: int
+    why: str
+
+
+def recommend(spec: HpaSpec, obs: Observation) -> tuple[int, str]:
+    """The raw recommendation, before stabilisation: the largest over signals."""
+    per = per_signal_replicas(obs, spec.targets, spec.tolerance)
+    if not per:
+        return obs.ready, "no signal"
+    why = max(per, key=lambda k: per[k])
+    return clamp(per[why], spec.min_replicas, spec.max_replicas), why
+
+
+def stabilise(
+    rec: int,
+    current: int,
+    now_s: float,
+    history: Sequence[tuple[float, int]],
+    up_window_s: float,
+    down_window_s: float,
+) -> int:
+    """The HPA's behaviour: never above the least recent-up-window recommendation,
+    never below the greatest recent-down-window one."""
+    up = min([r for t, r in history if now_s - t < up_window_s] + [rec])
+    down = max([r for t, r in history if now_s - t < down_window_s] + [rec])
+    if current < up:
+        return up
+    if current > down:
+        return down
+    return current
+
+
+def hpa(
+    spec: HpaSpec, obs: Observation, current: int, history: Sequence[tuple[float, int]]
+) -> Decision:
+    """Desired replicas for a service with ``current`` replicas (ready and starting)."""
+    rec, why = recommend(spec, obs)
+    desired = stabilise(rec, current, obs.t_s, history, spec.up_window_s, spec.down_window_s)
+    return Decision(clamp(desired, spec.min_replicas, spec.max_replicas), rec, why)

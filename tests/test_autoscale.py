@@ -1,0 +1,138 @@
+"""The autoscalers as tables: observed load in, desired replicas out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from suanli.autoscale.hpa import HpaSpec, hpa
+from suanli.autoscale.kpa import KpaSpec, KpaState, kpa
+from suanli.autoscale.predictive import PredictiveSpec, forecast, predictive
+from suanli.autoscale.signals import Observation, Targets
+
+SPEC = HpaSpec(Targets(concurrency=4, kv_use=0.8, tokens_per_s=500), 1, 20)
+
+
+@pytest.mark.parametrize(
+    ("obs", "current", "history", "desired", "why"),
+    [
+        # ceil(ready x metric / target): 3 replicas carrying 24 requests want 6
+        (Observation(0, ready=3, running=24), 3, [], 6, "concurrency"),
+        # within the 10% tolerance: hold (4.2 / 4 = 1.05)
+        (Observation(0, ready=5, running=21), 5, [], 5, "concurrency"),
+        # the largest over signals: KV use 0.96 / 0.8 x 5 = 6, tokens 5000 / 500 = 10
+        (
+            Observation(0, ready=5, running=20, kv_use=0.96, tokens_per_s=5000),
+            5,
+            [],
+            10,
+            "tokens_per_s",
+        ),
+        # replicas still starting are out of the averages, in the current count: hold at 6
+        (Observation(0, ready=3, starting=3, running=24), 6, [], 6, "concurrency"),
+        # a scale-down waits for the largest recommendation of the last 300 s
+        (Observation(400, ready=6, running=4), 6, [(50, 6), (350, 4)], 4, "concurrency"),
+        (Observation(400, ready=6, running=4), 6, [(50, 6)], 1, "concurrency"),
+        # bounded by min and max
+        (Observation(0, ready=10, running=400), 10, [], 20, "concurrency"),
+        (Observation(0, ready=2, running=0), 2, [], 1, "concurrency"),
+        # from zero: any load asks for one replica
+        (Observation(0, ready=0, waiting=3), 0, [], 1, "activation"),
+    ],
+)
+def test_hpa(
+    obs: Observation, current: int, history: list[tuple[float, int]], desired: int, why: str
+) -> None:
+    d = hpa(SPEC, obs, current, history)
+    assert (d.desired, d.why) == (desired, why)
+
+
+def test_hpa_at_zero_load_reaches_the_minimum_once_the_window_passed() -> None:
+    spec = HpaSpec(Targets(concurrency=4), min_replicas=0, max_replicas=8, down_window_s=60)
+    history: list[tuple[float, int]] = []
+    current = 8
+    for t in range(0, 200, 15):
+        d = hpa(spec, Observation(t, ready=current, running=0), current, history)
+        history.append((t, d.recommendation))
+        current = d.desired
+    assert current == 0
+
+
+def test_targets_are_checked() -> None:
+    with pytest.raises(ValueError, match="at least one target"):
+        Targets()
+    with pytest.raises(ValueError, match="must be > 0"):
+        Targets(concurrency=0)
+
+
+KSPEC = KpaSpec(target_concurrency=10, min_replicas=0, max_replicas=50)
+
+
+def _run_kpa(load: list[tuple[float, float]], ready: int) -> list[int]:
+    """Feed one-second samples; decide every 2 s; replicas become ready at once."""
+    state, out, samples = KpaState(), [], []
+    for t, c in load:
+        samples.append((t, c))
+        if t % 2 == 0:
+            ready, state = kpa(KSPEC, samples, t, ready, state)
+            out.append(ready)
+    return out
+
+
+def test_kpa_stable_mode_follows_the_minute_average() -> None:
+    # 35 requests in flight steadily: 35 / (10 x 0.7) = 5 replicas
+    out = _run_kpa([(t, 35.0) for t in range(120)], ready=5)
+    assert set(out) == {5}
+
+
+def test_kpa_panics_on_a_burst_and_holds_until_a_calm_window() -> None:
+    calm = [(t, 7.0) for t in range(60)]  # one replica's worth
+    burst = [(t, 70.0) for t in range(60, 70)]  # ten times that, for ten seconds
+    after = [(t, 7.0) for t in range(70, 200)]
+    out = _run_kpa(calm + burst + after, ready=1)
+    ts = [t for t, _ in calm + burst + after if t % 2 == 0]
+    at = dict(zip(ts, out, strict=True))
+    assert at[58] == 1
+    assert at[66] >= 8  # the panic window saw the burst within seconds
+    # the threshold was last crossed at 62 (3 ready, 6+ wanted): no scale-down for 60 s
+    assert min(v for t, v in at.items() if 66 <= t < 122) >= at[66]
+    assert at[122] < at[66] and at[124] <= at[122] / 2 + 1  # then down, at most halving
+    assert at[198] == 1  # back to the stable count
+
+
+def test_kpa_scales_to_zero_after_the_grace_period_and_back() -> None:
+    load = [(t, 5.0) for t in range(30)] + [(t, 0.0) for t in range(30, 200)]
+    out = _run_kpa(load, ready=1)
+    ts = [t for t, _ in load if t % 2 == 0]
+    at = dict(zip(ts, out, strict=True))
+    assert at[28] == 1 and at[100] == 1  # the minute average still sees the load
+    zero = min(t for t, v in at.items() if v == 0)
+    last_load_leaves_window = 30 + 60
+    assert last_load_leaves_window + KSPEC.scale_to_zero_grace_s <= zero < 200
+    # and a request wakes it: a sample with load asks for a replica from zero
+    d, _ = kpa(KSPEC, [(300.0, 1.0)], 300.0, 0, KpaState())
+    assert d == 1
+
+
+def test_forecast_follows_a_trend_and_a_flat_series() -> None:
+    ramp = np.arange(60, dtype=float) * 0.5 + 3
+    f = forecast(ramp, 4)
+    assert f.mean[0] == pytest.approx(33.0, abs=1.0) and f.mean[-1] > f.mean[0]
+    flat = forecast([2.0] * 20, 3)
+    assert list(flat.mean) == [2.0, 2.0, 2.0] and flat.sigma == 0.0
+    assert list(forecast([], 2).mean) == [0.0, 0.0]
+
+
+def test_predictive_scales_ahead_of_a_ramp_that_reactive_would_meet_late() -> None:
+    reactive = HpaSpec(Targets(concurrency=8), min_replicas=1, max_replicas=40)
+    spec = PredictiveSpec(capacity_rps=1.0, cold_start_s=120, period_s=15, reactive=reactive)
+    rates = list(np.linspace(2, 10, 40))  # 2 -> 10 requests/s over ten minutes, still rising
+    obs = Observation(600, ready=10, running=60, arrivals_per_s=10)
+    d = predictive(spec, rates, obs, 10, [])
+    # reactive alone: 60 in flight / 8 = 8; the ramp reaches ~12/s within the cold start
+    assert d.why == "forecast" and d.desired >= 12
+    # a fall is followed down once its short hold passed
+    falling = list(np.linspace(10, 1, 40))
+    quiet = Observation(900, ready=12, running=4, arrivals_per_s=1)
+    d2 = predictive(spec, falling, quiet, 12, [(800, 12)])
+    assert d2.desired < 12
