@@ -23,6 +23,7 @@ from suanli.autoscale.hpa import Decision, HpaSpec, recommend, stabilise
 from suanli.autoscale.signals import Observation, clamp
 
 MIN_FIT_POINTS = 8  # fewer than this and the last rate is the forecast
+MAX_RISE = 1.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +66,10 @@ def forecast(rates: Sequence[float], steps: int, season_steps: int | None = None
             seasonal_periods=season_steps if seasonal else None,
             initialization_method="estimated",
         ).fit()
-        mean = np.maximum(np.asarray(fit.forecast(steps), dtype=float), 0.0)
+        mean = np.asarray(fit.forecast(steps), dtype=float)
+    # a trend fitted on a burst's rising edge extrapolates to many times any rate seen;
+    # no forecast goes past the history's highest rate by more than MAX_RISE
+    mean = np.clip(mean, 0.0, MAX_RISE * float(y.max()))
     resid = y - np.asarray(fit.fittedvalues, dtype=float)
     return Forecast(mean, float(np.std(resid)))
 

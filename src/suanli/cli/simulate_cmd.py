@@ -16,6 +16,7 @@ from suanli.catalog.loader import accelerators
 from suanli.cli.output import console, fmt, print_json
 from suanli.cli.simulate_gavel_cmd import gavel_cmd
 from suanli.cli.simulate_market_cmd import market_cmd
+from suanli.cli.simulate_serve_cmd import serve_cmd
 from suanli.cluster.wan import Wan
 from suanli.errors import UsageError
 from suanli.sched.policies import NAMED, PluginContext, build, load_policy
@@ -392,3 +393,4 @@ simulate_app = typer.Typer(
 simulate_app.callback(invoke_without_command=True)(simulate_cmd)
 simulate_app.command("market")(market_cmd)
 simulate_app.command("gavel")(gavel_cmd)
+simulate_app.command("serve")(serve_cmd)

@@ -1,0 +1,138 @@
+"""The policies as controllers: each keeps the little history its pure function needs
+and answers, at each decision, how many replicas of each kind the service should have.
+The serving simulator and the live services controller call these same objects."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from suanli.autoscale.hpa import HpaSpec, hpa
+from suanli.autoscale.kpa import KpaSpec, KpaState, kpa
+from suanli.autoscale.mix import Mix, ReplicaKind, cheapest_mix
+from suanli.autoscale.predictive import PredictiveSpec, forecast, predictive
+from suanli.autoscale.signals import Observation
+
+
+@dataclass
+class Window:
+    """What the control loop has observed: now, arrival rates per decision period
+    (oldest first), concurrency samples, and the sizes of recent requests."""
+
+    obs: Observation
+    rates: list[float] = field(default_factory=list)
+    concurrency: list[tuple[float, float]] = field(default_factory=list)
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+
+
+class Scaler(Protocol):
+    name: str
+    period_s: float
+
+    def decide(self, w: Window, current: dict[str, int]) -> dict[str, int]: ...
+
+
+@dataclass
+class Static:
+    """Provisioned once for the peak; never changes."""
+
+    counts: dict[str, int]
+    name: str = "static"
+    period_s: float = math.inf
+
+    def decide(self, w: Window, current: dict[str, int]) -> dict[str, int]:
+        return dict(self.counts)
+
+
+@dataclass
+class Hpa:
+    kind: str
+    spec: HpaSpec
+    name: str = "hpa"
+    period_s: float = 15.0  # the HPA controller's sync period
+    history: list[tuple[float, int]] = field(default_factory=list)
+
+    def decide(self, w: Window, current: dict[str, int]) -> dict[str, int]:
+        d = hpa(self.spec, w.obs, current.get(self.kind, 0), self.history)
+        self.history = [(t, r) for t, r in self.history if w.obs.t_s - t < 3600]
+        self.history.append((w.obs.t_s, d.recommendation))
+        return {self.kind: d.desired}
+
+
+@dataclass
+class Kpa:
+    kind: str
+    spec: KpaSpec
+    name: str = "kpa"
+    period_s: float = 2.0  # Knative's tick
+    state: KpaState = field(default_factory=KpaState)
+
+    def decide(self, w: Window, current: dict[str, int]) -> dict[str, int]:
+        desired, self.state = kpa(self.spec, w.concurrency, w.obs.t_s, w.obs.ready, self.state)
+        return {self.kind: desired}
+
+
+@dataclass
+class Predictive:
+    kind: str
+    spec: PredictiveSpec
+    name: str = "predictive"
+    period_s: float = 15.0
+    history: list[tuple[float, int]] = field(default_factory=list)
+    history_points: int = 120  # the last 30 minutes at 15 s
+
+    def decide(self, w: Window, current: dict[str, int]) -> dict[str, int]:
+        rates = w.rates[-self.history_points :]
+        d = predictive(self.spec, rates, w.obs, current.get(self.kind, 0), self.history)
+        self.history = [(t, r) for t, r in self.history if w.obs.t_s - t < 3600]
+        self.history.append((w.obs.t_s, d.recommendation))
+        return {self.kind: d.desired}
+
+
+@dataclass
+class Optimizer:
+    """Mélange's mix, re-solved each period for the forecast peak of the coming start
+    time and the size distribution of the recent requests. ``kinds`` gives each kind's
+    capacity for the bucket representatives; ``bucket_of`` maps a request to its bucket."""
+
+    kinds: Sequence[ReplicaKind]
+    bucket_of: Callable[[int, int], int]
+    buckets: int
+    cold_start_s: float
+    name: str = "optimizer"
+    period_s: float = 15.0
+    z: float = 2.33
+    down_window_s: float = 60.0
+    recent: int = 2000  # requests whose sizes make the distribution
+    max_spot_share: float = 1.0
+    #: plan replicas to run at this share of their SLO capacity: at 100% every burst
+    #: between decisions misses the SLO (Knative's default target is 70%)
+    target_utilization: float = 0.8
+    mix: Mix | None = None
+    peaks: list[tuple[float, float]] = field(default_factory=list)
+
+    def decide(self, w: Window, current: dict[str, int]) -> dict[str, int]:
+        steps = max(1, math.ceil((self.cold_start_s + self.period_s) / self.period_s))
+        peak = float(forecast(w.rates[-120:], steps).upper(self.z).max())
+        peak = max(peak, w.obs.arrivals_per_s, 1e-3 if w.obs.concurrency > 0 else 0.0)
+        # a scale-down waits for the hold window: plan for its highest peak, so the mix
+        # (a function of the load) does not swap kinds back and forth as load wobbles
+        now = w.obs.t_s
+        self.peaks = [(t, p) for t, p in self.peaks if now - t < self.down_window_s]
+        self.peaks.append((now, peak))
+        peak = max(p for _, p in self.peaks)
+        sizes = w.sizes[-self.recent :]
+        if not sizes:  # no request seen yet: keep what runs (the service was sized for it)
+            return {k.name: current.get(k.name, 0) for k in self.kinds}
+        if peak <= 0:
+            return {k.name: 0 for k in self.kinds}
+        share = [0.0] * self.buckets
+        for i, o in sizes:
+            share[self.bucket_of(i, o)] += 1.0 / len(sizes)
+        load = peak / self.target_utilization
+        self.mix = cheapest_mix(
+            [load * s for s in share], self.kinds, max_spot_share=self.max_spot_share
+        )
+        return dict(self.mix.counts)

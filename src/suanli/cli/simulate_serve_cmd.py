@@ -1,0 +1,103 @@
+"""``suanli simulate serve``: a service's replicas under an autoscaler, on a real trace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import Progress
+
+from suanli.cli.output import console, fmt, kv_table, print_json
+from suanli.errors import SuanliError, UsageError
+
+
+def serve_cmd(
+    trace: Annotated[
+        Path, typer.Option("--trace", help="Request trace CSV (Azure LLM inference format).")
+    ],
+    model: Annotated[str, typer.Option("--model", help="Catalog model served.")] = "llama-3.1-8b",
+    accelerator: Annotated[
+        list[str] | None,
+        typer.Option("--accelerator", help="Chip a replica may use (repeat for several)."),
+    ] = None,
+    pool: Annotated[
+        Path | None, typer.Option("--pool", help="Pool file: chips with prices (see plan).")
+    ] = None,
+    autoscaler: Annotated[
+        str, typer.Option("--autoscaler", help="static, hpa, kpa, predictive or optimizer.")
+    ] = "hpa",
+    ttft_slo_s: Annotated[float, typer.Option("--ttft-slo-s", help="TTFT SLO.")] = 2.0,
+    tpot_slo_s: Annotated[float, typer.Option("--tpot-slo-s", help="TPOT SLO.")] = 0.1,
+    tp: Annotated[int, typer.Option("--tp", help="Devices per replica (tensor parallel).")] = 1,
+    rate_scale: Annotated[
+        int, typer.Option("--rate-scale", help="Each request k times (same time axis).")
+    ] = 1,
+    time_scale: Annotated[
+        float, typer.Option("--time-scale", help="Divide arrival times by this.")
+    ] = 1.0,
+    duration_s: Annotated[
+        float | None, typer.Option("--duration-s", help="Only this much of the trace.")
+    ] = None,
+    utilization: Annotated[
+        float, typer.Option("--utilization", help="Target share of a replica's SLO capacity.")
+    ] = 0.7,
+    max_replicas: Annotated[int, typer.Option("--max-replicas")] = 64,
+    storage: Annotated[
+        str, typer.Option("--storage", help="Storage tier weights load from (cold start).")
+    ] = "local-nvme",
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="PNG: load and replicas over time.")
+    ] = None,
+) -> None:
+    """Replay a request trace through a service's replicas (continuous-batching engines
+    costed by perf) behind a router, under an autoscaler; print SLO attainment,
+    device-hours and cost."""
+    from suanli.plan.pool import load_pool, pool_from_accelerators
+    from suanli.sim.serving.fleet import simulate_serving
+    from suanli.sim.serving.plot import plot_runs
+    from suanli.sim.serving.setup import make_kinds, make_setup
+    from suanli.sim.serving.trace import read_trace
+
+    try:
+        if pool is not None and accelerator:
+            raise UsageError("give --pool or --accelerator, not both")
+        if ttft_slo_s <= 0 or tpot_slo_s <= 0:
+            raise UsageError("--ttft-slo-s and --tpot-slo-s must be > 0")
+        entries = (
+            load_pool(pool) if pool else pool_from_accelerators(accelerator or ["a100-80gb"], 1)
+        )
+        reqs = read_trace(trace, duration_s=duration_s, time_scale=time_scale,
+                          rate_scale=rate_scale)  # fmt: skip
+        kinds = make_kinds(model, entries, tp=tp, storage=storage)
+        setup = make_setup(autoscaler, kinds, reqs, tpot_slo_s=tpot_slo_s,
+                           ttft_slo_s=ttft_slo_s, max_replicas=max_replicas,
+                           utilization=utilization)  # fmt: skip
+        end = reqs[-1].arrival_s
+        with Progress(console=console, transient=True, disable=json_out) as bar:
+            task = bar.add_task(f"{autoscaler}: simulated seconds", total=end)
+            res = simulate_serving(
+                reqs, setup.kinds, setup.scaler, ttft_slo_s=ttft_slo_s, tpot_slo_s=tpot_slo_s,
+                initial=setup.initial, progress=lambda t: bar.update(task, completed=t),
+            )  # fmt: skip
+    except (SuanliError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if plot is not None:
+        plot_runs([res], plot, f"{model} on {', '.join(kinds)}: {trace.name}")
+    out = res.to_dict() | {
+        "model": model,
+        "kinds": {k: {"usd_per_hour": v.usd_per_hour, "cold_start_s": v.cold_start_s,
+                      "capacity_rps": setup.capacity_rps[k]} for k, v in kinds.items()},
+        "best_single": setup.best_single,
+    }  # fmt: skip
+    if json_out:
+        print_json(out)
+        return
+    rows = [(k, fmt(v)) for k, v in res.to_dict().items()]
+    rows += [("best single kind", setup.best_single)]
+    rows += [(f"capacity {k} (req/s/replica)", fmt(v)) for k, v in setup.capacity_rps.items()]
+    console.print(kv_table(f"simulate serve: {model}, {autoscaler}", rows))
+    if plot is not None:
+        console.print(f"plot: {plot}")

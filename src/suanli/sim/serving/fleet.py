@@ -1,0 +1,280 @@
+"""A service in simulation: a trace's requests through a router to continuous-batching
+replicas that an autoscaler starts and drains, and what it cost.
+
+The router sends each request to the ready replica with the fewest outstanding
+requests (among the kinds the optimizer's mix assigns its size to, when there is a
+mix). With no ready replica it buffers up to a bound while one starts (scale from
+zero); past the bound a request is refused (the live router's 429), and counts as
+missing its SLO. Replicas cost from the moment they are asked for (a cold start is
+paid for) until drained empty. The control loop samples every ``tick_s`` and asks the
+scaler at its own period.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from suanli.autoscale.mix import SizeBuckets
+from suanli.autoscale.scalers import Optimizer, Scaler, Window
+from suanli.autoscale.signals import Observation
+from suanli.perf.batching import StepTime
+from suanli.sim.serving.replica import Replica, Seq
+from suanli.sim.serving.trace import TraceRequest
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of replica the service may start: a chip, its layout, price and start time."""
+
+    name: str
+    steps: StepTime
+    tp: int
+    usd_per_hour: float  # one replica, all its devices
+    cold_start_s: float
+    spot: bool = False
+
+
+@dataclass
+class ServeResult:
+    autoscaler: str
+    requests: int
+    slo_attainment: float  # the share of requests within both SLOs
+    ttft_p50_s: float
+    ttft_p99_s: float
+    tpot_p50_s: float
+    tpot_p99_s: float
+    refused: int
+    preemptions: int
+    device_hours: float
+    cost_usd: float
+    max_replicas: int
+    wall_s: float
+    #: (t_s, arrivals/s, replicas by kind asked for, ready replicas, requests in system)
+    timeline: list[tuple[float, float, dict[str, int], int, float]] = field(default_factory=list)
+
+    def to_dict(self, with_timeline: bool = False) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "timeline"}
+        if with_timeline:
+            d["timeline"] = [
+                {"t_s": t, "arrivals_per_s": a, "replicas": r, "ready": n, "in_system": c}
+                for t, a, r, n, c in self.timeline
+            ]
+        return d
+
+
+class Fleet:
+    """The replicas of one service and the router in front of them."""
+
+    def __init__(self, kinds: dict[str, Kind], buffer_max: int, seed: int = 0) -> None:
+        self.kinds, self.buffer_max = kinds, buffer_max
+        self.replicas: list[Replica] = []
+        self.retired: list[Replica] = []
+        self.buffer: deque[Seq] = deque()
+        self.refused = 0
+        self.rng = random.Random(seed)
+        #: bucket -> [(kind, share)] from the optimizer; None routes by load alone
+        self.route_shares: list[list[tuple[str, float]]] | None = None
+        self.buckets = SizeBuckets()
+
+    def live(self, kind: str) -> list[Replica]:
+        return [r for r in self.replicas if r.kind == kind and not r.draining]
+
+    def ready(self, now: float) -> list[Replica]:
+        return [r for r in self.replicas if r.ready_s <= now and not r.draining]
+
+    def counts(self) -> dict[str, int]:
+        return {k: len(self.live(k)) for k in self.kinds}
+
+    def route(self, seq: Seq, now: float) -> None:
+        ready = [r for r in self.ready(now) if r.fits(seq.prompt, seq.output)]
+        if not ready:
+            coming = not self.replicas or any(r.fits(seq.prompt, seq.output) for r in self.replicas)
+            if coming and len(self.buffer) < self.buffer_max:
+                self.buffer.append(seq)
+            else:
+                self.refused += 1
+            return
+        if self.route_shares is not None:
+            shares = self.route_shares[self.buckets.of(seq.prompt, seq.asked)]
+            kinds = {r.kind for r in ready}
+            options = [(k, s) for k, s in shares if k in kinds and s > 0]
+            if options:
+                pick = self.rng.choices([k for k, _ in options], [s for _, s in options])[0]
+                ready = [r for r in ready if r.kind == pick]
+        min(ready, key=lambda r: r.outstanding).submit(seq)
+
+    def flush(self, now: float) -> None:
+        """Requests buffered while no replica was ready go out once one is."""
+        n = len(self.buffer)
+        for _ in range(n):
+            if not self.ready(now):
+                return
+            self.route(self.buffer.popleft(), now)
+
+    def scale_to(self, want: dict[str, int], now: float) -> None:
+        for name, kind in self.kinds.items():
+            n = max(0, want.get(name, 0))
+            live = self.live(name)
+            for r in [r for r in self.replicas if r.kind == name and r.draining]:
+                if len(live) >= n:
+                    break
+                r.draining = False  # cheaper to keep one that is still warm
+                live.append(r)
+            while len(live) < n:
+                r = Replica(name, kind.steps, start_s=now, ready_s=now + kind.cold_start_s)
+                r.clock = r.ready_s
+                self.replicas.append(r)
+                live.append(r)
+            surplus = len(live) - n
+            # the ones not yet ready go first (nothing to drain), then the least loaded
+            for r in sorted(live, key=lambda r: (r.ready_s <= now, r.outstanding))[:surplus]:
+                r.draining = True
+        self.reap(now)
+
+    def reap(self, now: float) -> None:
+        for r in [
+            r for r in self.replicas if r.draining and (r.ready_s > now or not r.outstanding)
+        ]:
+            r.stop_s = now
+            self.replicas.remove(r)
+            self.retired.append(r)
+
+
+def simulate_serving(
+    trace: Sequence[TraceRequest],
+    kinds: dict[str, Kind],
+    scaler: Scaler,
+    *,
+    ttft_slo_s: float,
+    tpot_slo_s: float,
+    initial: dict[str, int] | None = None,
+    tick_s: float = 2.0,
+    buffer_max: int = 1000,
+    drain_limit_s: float = 3600.0,
+    progress: Callable[[float], None] | None = None,
+) -> ServeResult:
+    """Replay ``trace`` through a fleet that ``scaler`` controls; ``initial`` replicas are
+    ready at time 0 (a service already running when the trace starts)."""
+    wall0 = time.perf_counter()
+    fleet = Fleet(kinds, buffer_max)
+    for name, n in (initial or {}).items():
+        for _ in range(n):
+            fleet.replicas.append(Replica(name, kinds[name].steps, start_s=0.0, ready_s=0.0))
+    seqs = [Seq(i, r.arrival_s, r.prompt, r.output, asked=r.output) for i, r in enumerate(trace)]
+    end = trace[-1].arrival_s if trace else 0.0
+    window = Window(Observation(0.0, 0))
+    next_tick, next_decision, i = 0.0, 0.0, 0
+    arrivals_since, period_arrivals = 0, 0
+    last_period_t = 0.0
+    tokens_before = 0
+    timeline: list[tuple[float, float, dict[str, int], int, float]] = []
+    max_replicas = sum((initial or {}).values())
+    done = 0
+    while True:
+        t_arr = seqs[i].arrival_s if i < len(seqs) else math.inf
+        if t_arr < next_tick:
+            for r in fleet.replicas:
+                r.run_until(t_arr)
+            fleet.route(seqs[i], t_arr)
+            window.sizes.append((seqs[i].prompt, seqs[i].asked))
+            i += 1
+            arrivals_since += 1
+            period_arrivals += 1
+            continue
+        now = next_tick
+        next_tick += tick_s
+        for r in fleet.replicas:
+            r.run_until(now)
+        fleet.flush(now)
+        fleet.reap(now)
+        ready = fleet.ready(now)
+        tokens = sum(r.tokens_out for r in fleet.replicas + fleet.retired)
+        obs = Observation(
+            t_s=now,
+            ready=len(ready),
+            starting=sum(1 for r in fleet.replicas if r.ready_s > now and not r.draining),
+            waiting=len(fleet.buffer) + sum(len(r.waiting) for r in fleet.replicas),
+            running=sum(len(r.running) for r in fleet.replicas),
+            kv_use=float(np.mean([r.kv_use() for r in ready])) if ready else 0.0,
+            tokens_per_s=(tokens - tokens_before) / tick_s,
+            arrivals_per_s=arrivals_since / tick_s,
+        )
+        tokens_before, arrivals_since = tokens, 0
+        window.obs = obs
+        window.concurrency.append((now, obs.concurrency))
+        window.concurrency = window.concurrency[-64:]  # Knative's windows need 60 s
+        if now >= next_decision:
+            span = max(now - last_period_t, tick_s)
+            window.rates.append(period_arrivals / span)
+            period_arrivals, last_period_t = 0, now
+            want = scaler.decide(window, fleet.counts())
+            fleet.scale_to(want, now)
+            next_decision = now + scaler.period_s if math.isfinite(scaler.period_s) else math.inf
+            if isinstance(scaler, Optimizer) and scaler.mix is not None:
+                fleet.route_shares = [
+                    [(k, scaler.mix.shares[k][b]) for k in kinds]
+                    for b in range(fleet.buckets.count)
+                ]
+        counts = fleet.counts()
+        max_replicas = max(max_replicas, sum(counts.values()))
+        timeline.append((now, obs.arrivals_per_s, counts, obs.ready, obs.concurrency))
+        done = sum(len(r.finished) for r in fleet.replicas + fleet.retired)
+        if progress is not None:
+            progress(min(now, end))
+        if i >= len(seqs) and done + fleet.refused >= len(seqs):
+            break
+        if now > end + drain_limit_s:
+            break
+    return _result(scaler.name, seqs, fleet, kinds, now, ttft_slo_s, tpot_slo_s,
+                   max_replicas, timeline, time.perf_counter() - wall0)  # fmt: skip
+
+
+def _result(
+    name: str,
+    seqs: list[Seq],
+    fleet: Fleet,
+    kinds: dict[str, Kind],
+    now: float,
+    ttft_slo_s: float,
+    tpot_slo_s: float,
+    max_replicas: int,
+    timeline: list[tuple[float, float, dict[str, int], int, float]],
+    wall_s: float,
+) -> ServeResult:
+    finished = [s for s in seqs if s.done_s >= 0]
+    ttft = np.array([s.first_s - s.arrival_s for s in finished])
+    tpot = np.array([(s.done_s - s.first_s) / max(1, s.asked - 1) for s in finished])
+    met = int(np.sum((ttft <= ttft_slo_s) & (tpot <= tpot_slo_s))) if finished else 0
+    device_s = cost = 0.0
+    for r in fleet.replicas + fleet.retired:
+        up = (r.stop_s if r.stop_s is not None else now) - r.start_s
+        device_s += up * kinds[r.kind].tp
+        cost += up / 3600 * kinds[r.kind].usd_per_hour
+
+    def pct(a: np.ndarray, q: float) -> float:
+        return float(np.percentile(a, q)) if len(a) else math.nan
+
+    return ServeResult(
+        autoscaler=name,
+        requests=len(seqs),
+        slo_attainment=met / len(seqs) if seqs else 1.0,
+        ttft_p50_s=pct(ttft, 50),
+        ttft_p99_s=pct(ttft, 99),
+        tpot_p50_s=pct(tpot, 50),
+        tpot_p99_s=pct(tpot, 99),
+        refused=fleet.refused,
+        preemptions=sum(s.preemptions for s in seqs),
+        device_hours=device_s / 3600,
+        cost_usd=cost,
+        max_replicas=max_replicas,
+        wall_s=wall_s,
+        timeline=timeline,
+    )

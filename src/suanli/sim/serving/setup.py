@@ -1,0 +1,181 @@
+"""From names to a serving simulation: replica kinds from the catalog (or a pool file),
+each kind's capacity at the SLO, and the autoscaler configured the way an operator
+would configure it from the service's recent past.
+
+Every autoscaler sizes itself from the same history, the first ``history_s`` of the
+trace: its size distribution gives a replica's capacity, and its busiest minute the
+fleet that is running (ready) when the trace starts. ``static`` provisions for the
+trace's peak minute: the usual baseline, which knows the peak in advance.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from suanli.autoscale.capacity import (
+    best_effort_rps,
+    capacity_rps,
+    concurrency_at,
+    mix_capacity_rps,
+)
+from suanli.autoscale.coldstart import cold_start
+from suanli.autoscale.hpa import HpaSpec
+from suanli.autoscale.kpa import KpaSpec
+from suanli.autoscale.mix import ReplicaKind, SizeBuckets
+from suanli.autoscale.predictive import PredictiveSpec
+from suanli.autoscale.scalers import Hpa, Kpa, Optimizer, Predictive, Scaler, Static
+from suanli.autoscale.signals import Targets
+from suanli.catalog.loader import get_model, get_storage_tier, interconnects
+from suanli.errors import UsageError
+from suanli.perf.batching import StepTime
+from suanli.perf.serve import check_serve
+from suanli.plan.pool import PoolEntry
+from suanli.sim.serving.fleet import Kind
+from suanli.sim.serving.trace import TraceRequest
+
+AUTOSCALERS = ("static", "hpa", "kpa", "predictive", "optimizer")
+
+
+@dataclass(frozen=True)
+class Setup:
+    kinds: dict[str, Kind]
+    scaler: Scaler
+    initial: dict[str, int]
+    capacity_rps: dict[str, float]  # per replica of each kind, for the history's sizes
+    best_single: str  # the kind with the lowest cost per request served
+    concurrency_target: float  # the HPA's, per replica of the best kind
+
+
+def make_kinds(
+    model_name: str,
+    pool: Sequence[PoolEntry],
+    *,
+    tp: int = 1,
+    weight_dtype: str = "bf16",
+    storage: str = "local-nvme",
+    host_link: str = "pcie4",
+) -> dict[str, Kind]:
+    model = get_model(model_name)
+    tier = get_storage_tier(storage)
+    links = interconnects()
+    if host_link not in links:
+        raise UsageError(f"--host-link {host_link!r}: not in the catalog ({', '.join(links)})")
+    check_serve(model, tp, tp, weight_dtype, "bf16", 1, 1, 1)
+    kinds = {}
+    for entry in pool:
+        price = entry.price_usd_per_hour
+        if price is None:
+            raise UsageError(
+                f"{entry.name}: no price in the catalog; give one in a pool file "
+                "(usd_per_device_hour) so cost can be compared"
+            )
+        steps = StepTime(model, entry.system, tp=tp, weight_dtype=weight_dtype)
+        if steps.kv_capacity_tokens() <= 0:
+            continue  # the weights alone do not fit: not a kind this model can use
+        start = cold_start(model, tier, links[host_link], tp=tp, weight_dtype=weight_dtype)
+        kinds[entry.name] = Kind(entry.name, steps, tp, price * tp, start.total_s)
+    if not kinds:
+        raise UsageError(
+            f"{model_name} does not fit on any of {', '.join(e.name for e in pool)} at tp {tp}: "
+            "raise --tp or allow a chip with more memory"
+        )
+    return kinds
+
+
+def _shares(sizes: Sequence[TraceRequest], buckets: SizeBuckets) -> list[float]:
+    share = [0.0] * buckets.count
+    for r in sizes:
+        share[buckets.of(r.prompt, r.output)] += 1.0 / len(sizes)
+    return share
+
+
+def _per_minute(trace: Sequence[TraceRequest]) -> list[float]:
+    """Arrivals per second in each minute of the trace."""
+    counts: dict[int, int] = {}
+    for r in trace:
+        counts[int(r.arrival_s // 60)] = counts.get(int(r.arrival_s // 60), 0) + 1
+    return [n / 60.0 for n in counts.values()] or [0.0]
+
+
+def _bucket_table(
+    kinds: dict[str, Kind], buckets: SizeBuckets, tpot_slo_s: float, ttft_slo_s: float
+) -> dict[str, list[float]]:
+    """Each kind's capacity per size bucket; a bucket no kind serves within the SLO gets
+    every kind's one-at-a-time rate (served, and missing the SLO)."""
+    table = {k: [0.0] * buckets.count for k in kinds}
+    for b in range(buckets.count):
+        size = buckets.representative(b)
+        for k, kind in kinds.items():
+            table[k][b] = capacity_rps(kind.steps, *size, tpot_slo_s, ttft_slo_s)
+        if not any(table[k][b] for k in kinds):
+            for k, kind in kinds.items():
+                table[k][b] = best_effort_rps(kind.steps, *size)
+    return table
+
+
+def make_setup(
+    autoscaler: str,
+    kinds: dict[str, Kind],
+    trace: Sequence[TraceRequest],
+    *,
+    tpot_slo_s: float,
+    ttft_slo_s: float,
+    history_s: float = 600.0,
+    min_replicas: int = 0,
+    max_replicas: int = 64,
+    utilization: float = 0.7,
+) -> Setup:
+    """``utilization``: the share of a replica's SLO capacity the reactive policies aim
+    to run it at (their concurrency target), and the optimizer's planning headroom."""
+    if autoscaler not in AUTOSCALERS:
+        raise UsageError(f"--autoscaler {autoscaler!r}: one of {', '.join(AUTOSCALERS)}")
+    if not 0 < utilization <= 1:
+        raise UsageError(f"--utilization must be in (0, 1], got {utilization}")
+    buckets = SizeBuckets()
+    past = [r for r in trace if r.arrival_s < history_s] or list(trace[:100])
+    share = _shares(past, buckets)
+    mix = [(*buckets.representative(b), s) for b, s in enumerate(share) if s > 0]
+    cap = {k: mix_capacity_rps(kind.steps, mix, tpot_slo_s) for k, kind in kinds.items()}
+    usable = {k: c for k, c in cap.items() if c > 0}
+    if not usable:
+        raise UsageError(
+            f"no replica kind meets a TPOT of {tpot_slo_s * 1e3:.0f} ms for this trace's "
+            "requests: relax --tpot-slo-s, raise --tp, or allow a faster chip"
+        )
+    best = min(usable, key=lambda k: kinds[k].usd_per_hour / usable[k])
+    c = usable[best]
+    # the service has been running: every policy starts with what its history's busiest
+    # minute needed on the best single kind, ready
+    start = {best: max(1, math.ceil(max(_per_minute(past)) / c))}
+    # what one replica carries at ``utilization`` of its SLO capacity, for the mean
+    # request: the HPA's concurrency target; the KPA's is full capacity (it applies its
+    # own 70% on top)
+    mean_in = sum(r.prompt for r in past) / len(past)
+    mean_out = sum(r.output for r in past) / len(past)
+    steps = kinds[best].steps
+    conc = max(1.0, concurrency_at(steps, mean_in, mean_out, utilization * c))
+    full = max(1.0, concurrency_at(steps, mean_in, mean_out, c))
+    reactive = HpaSpec(Targets(concurrency=conc), max(1, min_replicas), max_replicas)
+    seeded = [(0.0, start[best])]  # the service ran at this size before the trace starts
+    scaler: Scaler
+    if autoscaler == "static":
+        start = {best: max(1, math.ceil(max(_per_minute(trace)) / c))}
+        scaler = Static(start)
+    elif autoscaler == "hpa":
+        scaler = Hpa(best, reactive, history=list(seeded))
+    elif autoscaler == "kpa":
+        scaler = Kpa(best, KpaSpec(full, min_replicas, max_replicas))
+    elif autoscaler == "predictive":
+        spec = PredictiveSpec(c, kinds[best].cold_start_s, 15.0, reactive)
+        scaler = Predictive(best, spec, history=list(seeded))
+    else:
+        table = _bucket_table(kinds, buckets, tpot_slo_s, ttft_slo_s)
+        rk = [
+            ReplicaKind(k, kind.usd_per_hour, tuple(table[k]), available=max_replicas)
+            for k, kind in kinds.items()
+        ]
+        cold = max(k.cold_start_s for k in kinds.values())
+        scaler = Optimizer(rk, buckets.of, buckets.count, cold, target_utilization=utilization)
+    return Setup(kinds, scaler, start, cap, best, conc)

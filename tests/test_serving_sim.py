@@ -1,0 +1,157 @@
+"""The serving simulator: the continuous-batching replica, the fleet and router, the mix
+ILP, and ``suanli simulate serve`` on a slice of the real Azure trace."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from suanli.autoscale.capacity import capacity_rps, concurrency_at
+from suanli.autoscale.mix import NoMixError, ReplicaKind, SizeBuckets, cheapest_mix
+from suanli.autoscale.scalers import Static
+from suanli.catalog.loader import get_accelerator, get_model
+from suanli.cli import app
+from suanli.perf.batching import StepTime
+from suanli.perf.system import make_system
+from suanli.sim.serving.fleet import Kind, simulate_serving
+from suanli.sim.serving.replica import Replica, Seq
+from suanli.sim.serving.trace import TraceFileError, TraceRequest, read_trace
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CONV = DATA / "azure_llm_inference_2023_conv.csv"
+
+
+@pytest.fixture(scope="module")
+def steps() -> StepTime:
+    return StepTime(get_model("llama-3.1-8b"), make_system(get_accelerator("a100-80gb")))
+
+
+def _run(steps: StepTime, seqs: list[Seq], stretch: bool = True) -> Replica:
+    r = Replica("a", steps, start_s=0.0, ready_s=0.0)
+    if not stretch:  # every step one at a time: the closed form must agree with it
+        r._decode_stretch = lambda t_end: r._step()  # type: ignore[method-assign]
+    for s in seqs:
+        r.submit(s)
+    r.run_until(1e9)
+    return r
+
+
+def test_one_request_alone_costs_a_prefill_then_decode_steps(steps: StepTime) -> None:
+    s = Seq(0, 0.0, prompt=512, output=100, asked=100)
+    _run(steps, [s])
+    assert s.first_s == pytest.approx(steps.step_s(0, 0, 512))
+    # each decode step reads one more cached token than the last
+    decode = sum(steps.decode_s(1, 512 + k) for k in range(1, 100))
+    assert s.done_s - s.first_s == pytest.approx(decode, rel=1e-9)
+
+
+def test_decode_stretches_equal_steps_and_batching_is_continuous(steps: StepTime) -> None:
+    def seqs() -> list[Seq]:
+        return [Seq(i, 0.0, 200 + 50 * i, 20 + 37 * i, asked=20 + 37 * i) for i in range(8)]
+
+    fast, slow = seqs(), seqs()
+    _run(steps, fast)
+    _run(steps, slow, stretch=False)
+    for a, b in zip(fast, slow, strict=True):
+        assert a.done_s == pytest.approx(b.done_s, rel=1e-9)
+        assert a.first_s == pytest.approx(b.first_s, rel=1e-9)
+    # the short ones left first; all eight prefilled in the same first step (budget 8192)
+    assert [s.rid for s in sorted(fast, key=lambda s: s.done_s)] == list(range(8))
+    assert len({s.first_s for s in fast}) == 1
+
+
+def test_a_full_cache_preempts_and_recomputes(
+    steps: StepTime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(StepTime, "kv_capacity_tokens", lambda self: 3000)
+    seqs = [Seq(i, 0.0, 600, 400, asked=400) for i in range(4)]  # 4 x 1000 > 3000 tokens
+    r = _run(steps, seqs)
+    assert sum(s.preemptions for s in seqs) >= 1
+    assert all(s.done_s > 0 for s in seqs) and r.used == 0 and not r.running
+    assert sorted(s.rid for s in r.finished) == [0, 1, 2, 3]
+
+
+def test_from_zero_requests_wait_for_the_cold_start_and_overflow_is_refused(
+    steps: StepTime,
+) -> None:
+    kind = Kind("a", steps, 1, 1.79, cold_start_s=40.0)
+    trace = [TraceRequest(0.5 * i, 100, 10) for i in range(10)]
+
+    class FromZero:
+        name, period_s = "from-zero", 2.0
+
+        def decide(self, w, current):  # type: ignore[no-untyped-def]
+            return {"a": 1 if w.obs.concurrency > 0 or current.get("a") else 0}
+
+    res = simulate_serving(trace, {"a": kind}, FromZero(), ttft_slo_s=2.0, tpot_slo_s=0.1,
+                           buffer_max=6)  # fmt: skip
+    assert res.refused == 4  # six buffered while the replica started, the rest refused
+    assert res.ttft_p50_s > 35  # the buffered ones waited for the start
+    assert res.slo_attainment == 0.0 and res.max_replicas == 1
+    # a replica is paid for from the moment it was asked for
+    assert res.cost_usd == pytest.approx(res.device_hours * 1.79)
+    static = simulate_serving(trace, {"a": kind}, Static({"a": 1}), ttft_slo_s=2.0,
+                              tpot_slo_s=0.1, initial={"a": 1})  # fmt: skip
+    assert static.slo_attainment == 1.0 and static.refused == 0
+
+
+def test_capacity_and_concurrency(steps: StepTime) -> None:
+    tight, loose = capacity_rps(steps, 1000, 200, 0.02), capacity_rps(steps, 1000, 200, 0.1)
+    assert 0 < tight < loose
+    assert capacity_rps(steps, 10**7, 10, 0.1) == 0.0  # does not fit in the cache
+    assert capacity_rps(steps, 8000, 200, 0.1, ttft_slo_s=0.01) == 0.0  # prefill too long
+    assert concurrency_at(steps, 1000, 200, 0.5 * loose) < concurrency_at(steps, 1000, 200, loose)
+
+
+def test_the_mix_ilp_beats_every_single_kind_when_sizes_differ() -> None:
+    small = ReplicaKind("small", 1.0, (10.0, 0.0))  # cheap, short requests only
+    big = ReplicaKind("big", 4.0, (20.0, 5.0))
+    mix = cheapest_mix([30.0, 10.0], [small, big])
+    assert mix.counts == {"small": 3, "big": 2} and mix.usd_per_hour == 11.0
+    only_big = cheapest_mix([30.0, 10.0], [big])
+    assert only_big.usd_per_hour > mix.usd_per_hour  # 30/20 + 10/5 = 3.5 -> 4 replicas
+    with pytest.raises(NoMixError, match="meets the SLO on none of small"):
+        cheapest_mix([0.0, 1.0], [small])
+    spot = ReplicaKind("spot", 0.3, (10.0, 5.0), spot=True)
+    capped = cheapest_mix([30.0, 10.0], [small, big, spot], max_spot_share=0.5)
+    served_on_spot = sum(r * x for r, x in zip([30.0, 10.0], capped.shares["spot"], strict=True))
+    assert served_on_spot <= 20.0 + 1e-6
+    b = SizeBuckets()
+    assert b.of(100, 10) == 0 and b.of(20000, 5000) == b.count - 1
+
+
+def test_trace_reader_says_what_is_wrong(tmp_path: Path) -> None:
+    bad = tmp_path / "t.csv"
+    bad.write_text("when,tokens\n1,2\n")
+    with pytest.raises(TraceFileError, match="no column TIMESTAMP or arrival_s"):
+        read_trace(bad)
+    bad.write_text("arrival_s,prompt_tokens,output_tokens\n0,10,5\n1,x,5\n")
+    with pytest.raises(TraceFileError, match=r"t.csv:3: cannot read this request"):
+        read_trace(bad)
+    good = tmp_path / "g.csv"
+    good.write_text("arrival_s,prompt_tokens,output_tokens\n10,10,5\n12,20,0\n")
+    reqs = read_trace(good, rate_scale=3)
+    assert len(reqs) == 6 and reqs[0].arrival_s >= 0 and min(r.output for r in reqs) == 1
+
+
+@pytest.mark.skipif(not CONV.is_file(), reason=f"the Azure trace is not at {CONV}")
+def test_simulate_serve_on_the_azure_trace(tmp_path: Path) -> None:
+    png = tmp_path / "serve.png"
+    args = ["simulate", "serve", "--trace", str(CONV), "--duration-s", "900", "--json",
+            "--accelerator", "a100-80gb", "--accelerator", "h100-sxm"]  # fmt: skip
+    runs = {}
+    for scaler in ("static", "hpa", "optimizer"):
+        extra = ["--plot", str(png)] if scaler == "hpa" else []
+        res = CliRunner().invoke(app, [*args, "--autoscaler", scaler, *extra])
+        assert res.exit_code == 0, res.output
+        runs[scaler] = json.loads(res.output)
+    for r in runs.values():
+        assert r["requests"] > 3000 and 0 <= r["slo_attainment"] <= 1
+        assert r["device_hours"] > 0 and r["cost_usd"] > 0 and r["max_replicas"] >= 1
+    assert runs["static"]["best_single"] in ("a100-80gb", "h100-sxm")
+    assert png.stat().st_size > 10_000
+    bad = CliRunner().invoke(app, [*args, "--autoscaler", "magic"])
+    assert bad.exit_code == 2 and "one of static, hpa, kpa" in bad.output
