@@ -37,9 +37,9 @@ from rich.table import Table
 from suanli.autoscale.capacity import capacity_rps
 from suanli.autoscale.mix import ReplicaKind, SizeBuckets, cheapest_mix
 from suanli.plan.pool import pool_from_accelerators
-from suanli.sim.serving.fleet import ServeResult, simulate_serving
+from suanli.sim.serving.fleet import ServeResult
 from suanli.sim.serving.plot import plot_runs
-from suanli.sim.serving.setup import make_kinds, make_setup
+from suanli.sim.serving.setup import make_kinds, run_policy
 from suanli.sim.serving.trace import TraceRequest, read_trace
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -56,10 +56,9 @@ console = Console(width=150)
 
 
 def run(policy: str, trace: list[TraceRequest], kinds: dict, utilization: float) -> ServeResult:  # type: ignore[type-arg]
-    setup = make_setup(policy, kinds, trace, tpot_slo_s=TPOT_S, ttft_slo_s=TTFT_S,
-                       utilization=utilization)  # fmt: skip
-    return simulate_serving(trace, setup.kinds, setup.scaler, ttft_slo_s=TTFT_S,
-                            tpot_slo_s=TPOT_S, initial=setup.initial)  # fmt: skip
+    return run_policy(
+        policy, kinds, trace, ttft_slo_s=TTFT_S, tpot_slo_s=TPOT_S, utilization=utilization
+    )[1]
 
 
 def planned(trace: list[TraceRequest], kinds: dict) -> list[dict]:  # type: ignore[type-arg]
@@ -86,12 +85,16 @@ def planned(trace: list[TraceRequest], kinds: dict) -> list[dict]:  # type: igno
             except ValueError:
                 continue  # this kind alone cannot serve some size within the SLO
         best = min(singles, key=lambda k: singles[k])
-        rows.append({
-            "rate_rps": rate, "mix": {k: n for k, n in mix.counts.items() if n},
-            "mix_usd_h": mix.usd_per_hour, "best_single": best,
-            "best_single_usd_h": singles[best],
-            "saving": 1 - mix.usd_per_hour / singles[best],
-        })  # fmt: skip
+        rows.append(
+            {
+                "rate_rps": rate,
+                "mix": {k: n for k, n in mix.counts.items() if n},
+                "mix_usd_h": mix.usd_per_hour,
+                "best_single": best,
+                "best_single_usd_h": singles[best],
+                "saving": 1 - mix.usd_per_hour / singles[best],
+            }
+        )
     return rows
 
 
@@ -119,18 +122,35 @@ def main(argv: list[str] | None = None) -> int:
             results[(name, policy, u)] = run(policy, traces[name], kinds, u)
             bar.advance(task)
     for name in traces:
-        t = Table(title=f"{name}: {len(traces[name])} requests, {MODEL}, TTFT {TTFT_S} s, "
-                  f"TPOT {TPOT_S * 1e3:.0f} ms")  # fmt: skip
-        for col in ("policy", "SLO met", "TTFT p99 s", "TPOT p99 ms", "device-h", "cost $",
-                    "max replicas", "sim wall s"):  # fmt: skip
+        t = Table(
+            title=f"{name}: {len(traces[name])} requests, {MODEL}, TTFT {TTFT_S} s, "
+            f"TPOT {TPOT_S * 1e3:.0f} ms"
+        )
+        for col in (
+            "policy",
+            "SLO met",
+            "TTFT p99 s",
+            "TPOT p99 ms",
+            "device-h",
+            "cost $",
+            "max replicas",
+            "sim wall s",
+        ):
             t.add_column(col, justify="right")
         for (n, policy, u), r in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][2])):
             if n != name:
                 continue
             label = policy if policy != "hpa" else f"hpa (util {u})"
-            t.add_row(label, f"{r.slo_attainment:.2%}", f"{r.ttft_p99_s:.2f}",
-                      f"{r.tpot_p99_s * 1e3:.0f}", f"{r.device_hours:.2f}", f"{r.cost_usd:.2f}",
-                      str(r.max_replicas), f"{r.wall_s:.1f}")  # fmt: skip
+            t.add_row(
+                label,
+                f"{r.slo_attainment:.2%}",
+                f"{r.ttft_p99_s:.2f}",
+                f"{r.tpot_p99_s * 1e3:.0f}",
+                f"{r.device_hours:.2f}",
+                f"{r.cost_usd:.2f}",
+                str(r.max_replicas),
+                f"{r.wall_s:.1f}",
+            )
         console.print(t)
         pred = results[(name, "predictive", 0.7)]
         hpas = [r for (n, p, _), r in results.items() if n == name and p == "hpa"]
@@ -163,22 +183,37 @@ def main(argv: list[str] | None = None) -> int:
         png = args.out / f"serve_autoscale_{name}.png"
         plot_runs(runs, png, f"{name} trace x{args.rate_scale}, {MODEL}")
         console.print(f"plot: {png}")
-        report[name] = {"runs": {f"{p}@{u}": r.to_dict() for (n, p, u), r in results.items()
-                                 if n == name}, **line}  # fmt: skip
+        report[name] = {
+            "runs": {f"{p}@{u}": r.to_dict() for (n, p, u), r in results.items() if n == name},
+            **line,
+        }
     traces["mixed"] = sorted(traces["conversation"] + traces["code"], key=lambda r: r.arrival_s)
     t = Table(title="Mélange's comparison: planned $/h, cheapest mix vs cheapest single kind")
-    for col in ("requests", "rate req/s", "mix", "mix $/h", "best single", "single $/h",
-                "saving", "Mélange (up to)"):  # fmt: skip
+    for col in (
+        "requests",
+        "rate req/s",
+        "mix",
+        "mix $/h",
+        "best single",
+        "single $/h",
+        "saving",
+        "Mélange (up to)",
+    ):
         t.add_column(col, justify="right")
     for name, trace in traces.items():
         rows = planned(trace, kinds)
         report.setdefault(name, {})["planned"] = rows
         for row in rows:
-            t.add_row(name, f"{row['rate_rps']:.0f}",
-                      ", ".join(f"{k} {n}" for k, n in row["mix"].items()),
-                      f"{row['mix_usd_h']:.2f}", row["best_single"],
-                      f"{row['best_single_usd_h']:.2f}", f"{row['saving']:.0%}",
-                      f"{MELANGE[name]:.0%}")  # fmt: skip
+            t.add_row(
+                name,
+                f"{row['rate_rps']:.0f}",
+                ", ".join(f"{k} {n}" for k, n in row["mix"].items()),
+                f"{row['mix_usd_h']:.2f}",
+                row["best_single"],
+                f"{row['best_single_usd_h']:.2f}",
+                f"{row['saving']:.0%}",
+                f"{MELANGE[name]:.0%}",
+            )
     console.print(t)
     (args.out / "serve_autoscale.json").write_text(json.dumps(report, indent=1, default=str))
     return 0

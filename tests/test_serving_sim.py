@@ -86,15 +86,17 @@ def test_from_zero_requests_wait_for_the_cold_start_and_overflow_is_refused(
         def decide(self, w, current):  # type: ignore[no-untyped-def]
             return {"a": 1 if w.obs.concurrency > 0 or current.get("a") else 0}
 
-    res = simulate_serving(trace, {"a": kind}, FromZero(), ttft_slo_s=2.0, tpot_slo_s=0.1,
-                           buffer_max=6)  # fmt: skip
+    res = simulate_serving(
+        trace, {"a": kind}, FromZero(), ttft_slo_s=2.0, tpot_slo_s=0.1, buffer_max=6
+    )
     assert res.refused == 4  # six buffered while the replica started, the rest refused
     assert res.ttft_p50_s > 35  # the buffered ones waited for the start
     assert res.slo_attainment == 0.0 and res.max_replicas == 1
     # a replica is paid for from the moment it was asked for
     assert res.cost_usd == pytest.approx(res.device_hours * 1.79)
-    static = simulate_serving(trace, {"a": kind}, Static({"a": 1}), ttft_slo_s=2.0,
-                              tpot_slo_s=0.1, initial={"a": 1})  # fmt: skip
+    static = simulate_serving(
+        trace, {"a": kind}, Static({"a": 1}), ttft_slo_s=2.0, tpot_slo_s=0.1, initial={"a": 1}
+    )
     assert static.slo_attainment == 1.0 and static.refused == 0
 
 
@@ -140,8 +142,19 @@ def test_trace_reader_says_what_is_wrong(tmp_path: Path) -> None:
 @pytest.mark.skipif(not CONV.is_file(), reason=f"the Azure trace is not at {CONV}")
 def test_simulate_serve_on_the_azure_trace(tmp_path: Path) -> None:
     png = tmp_path / "serve.png"
-    args = ["simulate", "serve", "--trace", str(CONV), "--duration-s", "900", "--json",
-            "--accelerator", "a100-80gb", "--accelerator", "h100-sxm"]  # fmt: skip
+    args = [
+        "simulate",
+        "serve",
+        "--trace",
+        str(CONV),
+        "--duration-s",
+        "900",
+        "--json",
+        "--accelerator",
+        "a100-80gb",
+        "--accelerator",
+        "h100-sxm",
+    ]
     runs = {}
     for scaler in ("static", "hpa", "optimizer"):
         extra = ["--plot", str(png)] if scaler == "hpa" else []

@@ -19,6 +19,8 @@ from suanli.api import logs as job_logs
 from suanli.api.docs import add_docs
 from suanli.api.market import add_market_routes, owner_key
 from suanli.api.metrics import Metrics, add_metrics
+from suanli.api.router import add_router_routes
+from suanli.api.services import add_service_routes
 from suanli.api.sites import add_site_routes
 from suanli.cluster.state import ClusterState, NodeSpec, Site
 from suanli.errors import SuanliError
@@ -29,6 +31,7 @@ from suanli.jobs.spec import (
 )
 from suanli.market.controller import MarketConfig
 from suanli.run.executor import NODE_LABEL
+from suanli.service.replicas import ReplicaBook
 from suanli.store.db import OwnerRoleError, Store
 from suanli.store.models import JobRow, NodeRow, OrderRow, QueueRow, SiteRow, TokenRow
 
@@ -224,12 +227,14 @@ def create_app(
     max_body_bytes: int | None = None,
     market: MarketConfig | None = None,
     metrics: Metrics | None = None,
+    book: ReplicaBook | None = None,
 ) -> FastAPI:
     """``multi_tenant`` False: jobs would run as the service's own user (it is not root
     and was not started ``--single-user``), so only admin tokens are issued.
     ``max_body_bytes``: larger request bodies get 413 (default 1 MiB, or
     ``SUANLI_MAX_BODY_BYTES``). ``metrics``: what ``GET /metrics`` exports, shared with the
-    loop (default: one of the app's own, reading the store)."""
+    loop (default: one of the app's own, reading the store). ``book``: the services'
+    replicas, shared with the services controller that fills it."""
     limit = max_body_bytes or int(os.environ.get("SUANLI_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
     # /docs from this process, not a CDN (see suanli.api.docs); no ReDoc (it would load one)
     app = FastAPI(title="suanli", version="0.1.0", responses=ERRORS, docs_url=None, redoc_url=None)
@@ -405,6 +410,9 @@ def create_app(
         return PlainTextResponse(text, headers=job_logs.cursor_header(after))
 
     add_site_routes(app, store, caller)
+    book = book if book is not None else ReplicaBook()  # `suanli up` shares its controller's
+    add_service_routes(app, store, caller, book, admission_problem)
+    add_router_routes(app, store, book)
 
     @app.get("/v1/queues")
     def queues(who: Caller) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ from suanli.cli.service_cmd import (
     token_app,
     up_cmd,
 )
+from suanli.cli.services_cmd import scale_cmd, serve_cmd, service_cmd, services_cmd
 from suanli.cli.simulate_cmd import simulate_app
 from suanli.cli.site_cmd import site_app, sites_cmd
 from suanli.cli.top_cmd import top_cmd
@@ -95,6 +96,10 @@ app.command("queues")(queues_cmd)
 app.add_typer(queue_app, name="queue")
 app.command("sites")(sites_cmd)
 app.command("top")(top_cmd)
+app.command("serve")(serve_cmd)
+app.command("services")(services_cmd)
+app.command("service")(service_cmd)
+app.command("scale")(scale_cmd)
 app.add_typer(site_app, name="site")
 app.command("corrections")(corrections_cmd)
 app.add_typer(token_app, name="token")

@@ -55,9 +55,8 @@ def serve_cmd(
     costed by perf) behind a router, under an autoscaler; print SLO attainment,
     device-hours and cost."""
     from suanli.plan.pool import load_pool, pool_from_accelerators
-    from suanli.sim.serving.fleet import simulate_serving
     from suanli.sim.serving.plot import plot_runs
-    from suanli.sim.serving.setup import make_kinds, make_setup
+    from suanli.sim.serving.setup import make_kinds, run_policy
     from suanli.sim.serving.trace import read_trace
 
     try:
@@ -68,19 +67,23 @@ def serve_cmd(
         entries = (
             load_pool(pool) if pool else pool_from_accelerators(accelerator or ["a100-80gb"], 1)
         )
-        reqs = read_trace(trace, duration_s=duration_s, time_scale=time_scale,
-                          rate_scale=rate_scale)  # fmt: skip
+        reqs = read_trace(
+            trace, duration_s=duration_s, time_scale=time_scale, rate_scale=rate_scale
+        )
         kinds = make_kinds(model, entries, tp=tp, storage=storage)
-        setup = make_setup(autoscaler, kinds, reqs, tpot_slo_s=tpot_slo_s,
-                           ttft_slo_s=ttft_slo_s, max_replicas=max_replicas,
-                           utilization=utilization)  # fmt: skip
         end = reqs[-1].arrival_s
         with Progress(console=console, transient=True, disable=json_out) as bar:
             task = bar.add_task(f"{autoscaler}: simulated seconds", total=end)
-            res = simulate_serving(
-                reqs, setup.kinds, setup.scaler, ttft_slo_s=ttft_slo_s, tpot_slo_s=tpot_slo_s,
-                initial=setup.initial, progress=lambda t: bar.update(task, completed=t),
-            )  # fmt: skip
+            setup, res = run_policy(
+                autoscaler,
+                kinds,
+                reqs,
+                ttft_slo_s=ttft_slo_s,
+                tpot_slo_s=tpot_slo_s,
+                utilization=utilization,
+                max_replicas=max_replicas,
+                progress=lambda t: bar.update(task, completed=t),
+            )
     except (SuanliError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -88,10 +91,16 @@ def serve_cmd(
         plot_runs([res], plot, f"{model} on {', '.join(kinds)}: {trace.name}")
     out = res.to_dict() | {
         "model": model,
-        "kinds": {k: {"usd_per_hour": v.usd_per_hour, "cold_start_s": v.cold_start_s,
-                      "capacity_rps": setup.capacity_rps[k]} for k, v in kinds.items()},
+        "kinds": {
+            k: {
+                "usd_per_hour": v.usd_per_hour,
+                "cold_start_s": v.cold_start_s,
+                "capacity_rps": setup.capacity_rps[k],
+            }
+            for k, v in kinds.items()
+        },
         "best_single": setup.best_single,
-    }  # fmt: skip
+    }
     if json_out:
         print_json(out)
         return

@@ -53,9 +53,15 @@ class StepTime:
         self.weight_dtype, self.kv_dtype = weight_dtype, kv_dtype
         self.eff = eff if eff is not None else default_efficiency()
         probe = decode_parts(
-            model, system, batch=1, context=PROBE_CONTEXT, tp=tp,
-            weight_dtype=weight_dtype, kv_dtype=kv_dtype, eff=self.eff,
-        )  # fmt: skip
+            model,
+            system,
+            batch=1,
+            context=PROBE_CONTEXT,
+            tp=tp,
+            weight_dtype=weight_dtype,
+            kv_dtype=kv_dtype,
+            eff=self.eff,
+        )
         self.attn_s_per_token = probe["attention"] / PROBE_CONTEXT
         self._decode = lru_cache(maxsize=None)(self._decode_uncached)
         self._prefill = lru_cache(maxsize=None)(self._prefill_uncached)
@@ -64,9 +70,16 @@ class StepTime:
         """Tokens of KV cache that fit beside the weights, activations and workspace."""
         s = shape_of(self.model)
         fixed = serve_memory(
-            s, self.system, self.tp, self.weight_dtype, self.kv_dtype, 1,
-            PREFILL_CHUNK_TOKENS, 0, self.eff,
-        )  # fmt: skip
+            s,
+            self.system,
+            self.tp,
+            self.weight_dtype,
+            self.kv_dtype,
+            1,
+            PREFILL_CHUNK_TOKENS,
+            0,
+            self.eff,
+        )
         free = self.system.accelerator.memory_gb * GB - sum(
             v for k, v in fixed.items() if k != "kv_cache"
         )
@@ -76,16 +89,27 @@ class StepTime:
     def _decode_uncached(self, batch: int) -> tuple[float, float, float]:
         """(seconds at no context, of which weight streaming, of which fixed costs)."""
         p = decode_parts(
-            self.model, self.system, batch=batch, context=0.0, tp=self.tp,
-            weight_dtype=self.weight_dtype, kv_dtype=self.kv_dtype, eff=self.eff,
-        )  # fmt: skip
+            self.model,
+            self.system,
+            batch=batch,
+            context=0.0,
+            tp=self.tp,
+            weight_dtype=self.weight_dtype,
+            kv_dtype=self.kv_dtype,
+            eff=self.eff,
+        )
         return sum(p.values()), p["weights_gemm"], p["layer_overhead"] + p["step_overhead"]
 
     def _prefill_uncached(self, tokens: int) -> tuple[float, float, float]:
         p = prefill_parts(
-            self.model, self.system, tp=self.tp, batch=1, input_len=tokens,
-            weight_dtype=self.weight_dtype, eff=self.eff,
-        )  # fmt: skip
+            self.model,
+            self.system,
+            tp=self.tp,
+            batch=1,
+            input_len=tokens,
+            weight_dtype=self.weight_dtype,
+            eff=self.eff,
+        )
         return sum(p.values()), p["weights_gemm"], p["layer_overhead"] + p["step_overhead"]
 
     def decode_s(self, batch: int, ctx_tokens: float) -> float:

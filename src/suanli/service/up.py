@@ -34,6 +34,8 @@ from suanli.sched.policies import PolicyConfig
 from suanli.service import logs
 from suanli.service.controllers import Controller
 from suanli.service.loop import Loop
+from suanli.service.replicas import ReplicaBook
+from suanli.service.services import ServicesController
 from suanli.service.sites import SiteController
 from suanli.store.db import Store
 from suanli.store.models import SiteRow
@@ -211,16 +213,20 @@ def serve(
         )
     market = market or MarketConfig()
     metrics = Metrics(store)  # one registry: what the loop counts, the app exports
+    book = ReplicaBook()  # the services' replicas: the controller fills it, the router reads
     app = create_app(
         store,
         multi_tenant=per_owner or single_user or executor != "local",
         market=market,
         metrics=metrics,
+        book=book,
     )
     controllers: list[Controller] = [
         SiteController(store, ex, site_factory(data_dir / "logs", service)),
         MarketController(store, market),
+        ServicesController(store, book),
     ]
+    book.start()
     loop = Loop(
         store,
         ex,
@@ -255,3 +261,4 @@ def serve(
     finally:  # uvicorn returns on SIGTERM/SIGINT: stop the loop cleanly
         loop.stop()
         thread.join(timeout=5)
+        book.stop()

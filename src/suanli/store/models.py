@@ -53,6 +53,8 @@ class JobRow(Base):
     # the jobs controller begins it, with this grace, as it does the scheduler's own
     preempt_reason: Mapped[str | None] = mapped_column(String(128), nullable=True)
     preempt_grace_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: the service this job is a replica of (set by the services controller only)
+    service: Mapped[str | None] = mapped_column(String(63), nullable=True, index=True)
 
 
 def held_devices(members: Iterable[list[dict[str, object]] | None]) -> set[tuple[str, int]]:
@@ -64,6 +66,24 @@ def held_devices(members: Iterable[list[dict[str, object]] | None]) -> set[tuple
         for m in ms or []
         for d in m.get("devices") or []  # type: ignore[attr-defined]
     }
+
+
+class ServiceRow(Base):
+    """An endpoint with replicas: its spec (``suanli.autoscale.spec.ServiceSpec``), the
+    count a person pinned (``suanli scale``) or the autoscaler wants, and what it saw."""
+
+    __tablename__ = "services"
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    spec: Mapped[dict[str, object]] = mapped_column(JSON)
+    pinned: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
+    desired: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str | None] = mapped_column(String(255), nullable=True, default=None)
+    observed: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True, default=None)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)  # replicas' time so far
+    device_s: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
 
 
 class JobEventRow(Base):

@@ -233,8 +233,18 @@ def simulate_serving(
             break
         if now > end + drain_limit_s:
             break
-    return _result(scaler.name, seqs, fleet, kinds, now, ttft_slo_s, tpot_slo_s,
-                   max_replicas, timeline, time.perf_counter() - wall0)  # fmt: skip
+    return _result(
+        scaler.name,
+        seqs,
+        fleet,
+        kinds,
+        now,
+        ttft_slo_s,
+        tpot_slo_s,
+        max_replicas,
+        timeline,
+        time.perf_counter() - wall0,
+    )
 
 
 def _result(

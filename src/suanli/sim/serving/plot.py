@@ -31,8 +31,7 @@ def plot_runs(results: Sequence[ServeResult], path: str | Path, title: str = "")
             ys = [float(p[2].get(k, 0)) for p in r.timeline]
             if any(ys):
                 top = [b + y for b, y in zip(bottom, ys, strict=True)]
-                ax2.fill_between(t, bottom, top, step="post", alpha=0.45, color=colours[k],
-                                 label=k)  # fmt: skip
+                ax2.fill_between(t, bottom, top, step="post", alpha=0.45, color=colours[k], label=k)
                 bottom = top
         ax2.set_ylabel("replicas")
         ax2.set_ylim(bottom=0)

@@ -11,7 +11,7 @@ trace's peak minute: the usual baseline, which knows the peak in advance.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from suanli.autoscale.capacity import (
@@ -32,7 +32,7 @@ from suanli.errors import UsageError
 from suanli.perf.batching import StepTime
 from suanli.perf.serve import check_serve
 from suanli.plan.pool import PoolEntry
-from suanli.sim.serving.fleet import Kind
+from suanli.sim.serving.fleet import Kind, ServeResult, simulate_serving
 from suanli.sim.serving.trace import TraceRequest
 
 AUTOSCALERS = ("static", "hpa", "kpa", "predictive", "optimizer")
@@ -179,3 +179,36 @@ def make_setup(
         cold = max(k.cold_start_s for k in kinds.values())
         scaler = Optimizer(rk, buckets.of, buckets.count, cold, target_utilization=utilization)
     return Setup(kinds, scaler, start, cap, best, conc)
+
+
+def run_policy(
+    autoscaler: str,
+    kinds: dict[str, Kind],
+    trace: Sequence[TraceRequest],
+    *,
+    ttft_slo_s: float,
+    tpot_slo_s: float,
+    utilization: float = 0.7,
+    max_replicas: int = 64,
+    progress: Callable[[float], None] | None = None,
+) -> tuple[Setup, ServeResult]:
+    """Set a policy up from the trace's history and replay the whole trace under it."""
+    setup = make_setup(
+        autoscaler,
+        kinds,
+        trace,
+        tpot_slo_s=tpot_slo_s,
+        ttft_slo_s=ttft_slo_s,
+        max_replicas=max_replicas,
+        utilization=utilization,
+    )
+    res = simulate_serving(
+        trace,
+        setup.kinds,
+        setup.scaler,
+        ttft_slo_s=ttft_slo_s,
+        tpot_slo_s=tpot_slo_s,
+        initial=setup.initial,
+        progress=progress,
+    )
+    return setup, res

@@ -1,0 +1,296 @@
+"""One OpenAI endpoint per service: ``/s/NAME/v1/completions``, ``/s/NAME/v1/chat/
+completions`` and ``/s/NAME/v1/models`` (an OpenAI client's ``base_url`` is
+``http://HOST:PORT/s/NAME/v1``).
+
+Each request goes to the ready replica with the fewest outstanding requests. A replica
+that refuses the connection, drops it, or answers 5xx before anything reached the
+client is marked down and the request is sent to another; a stream that already
+began cannot be replayed, so its client gets an OpenAI error event instead. With no
+ready replica (scale from zero, or all failed) requests wait, up to the service's
+``router.buffer`` of them for ``router.wait_s``; beyond, a 429 with ``Retry-After``:
+an overloaded service says "later", never a 5xx. Errors are OpenAI's shape; a token
+sees only its owner's services (another tenant's is a 404, as if absent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from suanli.autoscale.service_spec import ServiceSpec
+from suanli.service.replicas import Replica, ReplicaBook, ServiceTraffic
+from suanli.store.db import Store
+from suanli.store.models import ServiceRow
+
+POLL_S = 0.05
+CONNECT_TIMEOUT_S = 2.0
+MAX_TRIES = 4
+
+
+def oai_error(
+    status: int,
+    message: str,
+    type_: str,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def add_router_routes(app: FastAPI, store: Store, book: ReplicaBook) -> None:
+    client: dict[str, httpx.AsyncClient] = {}
+
+    def http() -> httpx.AsyncClient:
+        if "c" not in client:  # made inside the server's event loop, on first use
+            client["c"] = httpx.AsyncClient(
+                timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT_S),
+                limits=httpx.Limits(max_connections=2000, max_keepalive_connections=200),
+            )
+        return client["c"]
+
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(a: Any) -> AsyncIterator[Any]:
+        async with inner(a) as state:
+            try:
+                yield state
+            finally:  # the server stops: close the connections to replicas
+                if "c" in client:
+                    await client.pop("c").aclose()
+
+    app.router.lifespan_context = lifespan
+
+    def service_for(request: Request, name: str) -> tuple[ServiceSpec, str] | JSONResponse:
+        auth = request.headers.get("authorization", "")
+        tok = store.find_token(auth.removeprefix("Bearer ").strip()) if auth else None
+        if tok is None:
+            return oai_error(
+                401,
+                "missing or unknown bearer token (an API token of suanli)",
+                "invalid_request_error",
+                "invalid_api_key",
+            )
+        with store.tx() as s:
+            row = s.get(ServiceRow, name)
+            if row is None or (tok.role != "admin" and row.owner != tok.owner):
+                return oai_error(
+                    404, f"no service {name!r}", "invalid_request_error", "service_not_found"
+                )
+            return ServiceSpec.model_validate(row.spec), row.owner
+
+    @app.get("/s/{name}/v1/models", include_in_schema=False)
+    def models(name: str, request: Request) -> Any:
+        found = service_for(request, name)
+        if isinstance(found, JSONResponse):
+            return found
+        spec, owner = found
+        card = {
+            "id": spec.name,
+            "object": "model",
+            "created": 0,
+            "owned_by": owner,
+            "root": spec.model,
+            "engine": spec.engine,
+        }
+        return {"object": "list", "data": [card]}
+
+    async def proxy(name: str, path: str, request: Request) -> Any:
+        found = service_for(request, name)
+        if isinstance(found, JSONResponse):
+            return found
+        spec, _ = found
+        arrived = time.monotonic()
+        traffic = book.traffic_of(name)
+        traffic.arrived(time.time())
+        body = await request.body()
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return _answer(
+                traffic, oai_error(400, "the body is not valid JSON", "invalid_request_error")
+            )
+        if not isinstance(payload, dict):
+            return _answer(
+                traffic, oai_error(400, "the body must be a JSON object", "invalid_request_error")
+            )
+        if payload.get("model") != spec.name:
+            return _answer(
+                traffic,
+                oai_error(
+                    404,
+                    f"model {payload.get('model')!r}: this endpoint serves {spec.name!r}",
+                    "invalid_request_error",
+                    "model_not_found",
+                ),
+            )
+        stream = bool(payload.get("stream"))
+        tried: set[int] = set()
+        deadline = arrived + spec.router.wait_s
+        while True:
+            rep = book.pick(name, tried)
+            if rep is None:
+                if len(tried) >= MAX_TRIES:
+                    return _answer(traffic, _busy("replicas failed one after another", 5))
+                waited = await _wait_for_replica(book, traffic, name, tried, spec, deadline)
+                if waited is not None:
+                    return _answer(traffic, waited)
+                continue
+            url = f"http://{rep.address}/v1/{path}"
+            try:
+                headers = {"content-type": "application/json"}
+                req = http().build_request("POST", url, content=body, headers=headers)
+                resp = await http().send(req, stream=True)
+            except httpx.TransportError:
+                book.release(rep, failed=True)
+                tried.add(rep.job_id)
+                traffic.retries.inc()
+                continue
+            if resp.status_code >= 500:  # the replica failed it: another one may not
+                await resp.aclose()
+                book.release(rep, failed=True)
+                tried.add(rep.job_id)
+                traffic.retries.inc()
+                continue
+            if not stream or resp.status_code != 200:
+                try:
+                    content = await resp.aread()
+                except httpx.TransportError:  # died before it answered: send it again
+                    book.release(rep, failed=True)
+                    tried.add(rep.job_id)
+                    traffic.retries.inc()
+                    continue
+                finally:
+                    await resp.aclose()
+                book.release(rep, failed=False)
+                _judge(traffic, spec, arrived, content, resp.status_code)
+                traffic.requests.labels(code=str(resp.status_code)).inc()
+                headers = {
+                    k: v
+                    for k, v in resp.headers.items()
+                    if k.lower() in ("content-type", "retry-after")
+                }
+                return Response(content, status_code=resp.status_code, headers=headers)
+            traffic.requests.labels(code="200").inc()
+            return StreamingResponse(
+                _relay(resp, rep, book, traffic, spec, arrived), media_type="text/event-stream"
+            )
+
+    @app.post("/s/{name}/v1/completions", include_in_schema=False)
+    async def completions(name: str, request: Request) -> Any:
+        return await proxy(name, "completions", request)
+
+    @app.post("/s/{name}/v1/chat/completions", include_in_schema=False)
+    async def chat(name: str, request: Request) -> Any:
+        return await proxy(name, "chat/completions", request)
+
+
+def _busy(why: str, retry_s: int) -> JSONResponse:
+    return oai_error(
+        429,
+        f"the service is busy ({why}); retry in {retry_s} s",
+        "rate_limit_exceeded",
+        "rate_limit_exceeded",
+        headers={"Retry-After": str(retry_s)},
+    )
+
+
+def _answer(traffic: ServiceTraffic, resp: JSONResponse) -> JSONResponse:
+    traffic.requests.labels(code=str(resp.status_code)).inc()
+    if resp.status_code == 429:
+        traffic.judge(False)
+    return resp
+
+
+async def _wait_for_replica(
+    book: ReplicaBook,
+    traffic: ServiceTraffic,
+    name: str,
+    tried: set[int],
+    spec: ServiceSpec,
+    deadline: float,
+) -> JSONResponse | None:
+    """Hold the request until a replica it has not tried is ready (None), or say 429."""
+    if traffic.buffered >= spec.router.buffer:
+        return _busy(f"{traffic.buffered} requests already wait for a replica", 2)
+    traffic.buffered += 1  # the controller sees it and starts a replica from zero
+    try:
+        while time.monotonic() < deadline:
+            if any(r.ready and r.job_id not in tried for r in book.of(name)):
+                return None
+            await asyncio.sleep(POLL_S)
+    finally:
+        traffic.buffered -= 1
+    return _busy(f"no replica became ready within {spec.router.wait_s:.0f} s", 10)
+
+
+def _judge(
+    traffic: ServiceTraffic, spec: ServiceSpec, arrived: float, content: bytes, status: int
+) -> None:
+    """An answer whole at once: within the SLO if it came by the time its first token
+    and the rest at the TPOT would have (it cannot show when the first token was)."""
+    if status != 200:
+        return
+    took = time.monotonic() - arrived
+    traffic.ttft.observe(took)
+    try:
+        tokens = int(json.loads(content)["usage"]["completion_tokens"])
+    except (ValueError, KeyError, TypeError):
+        tokens = 1
+    traffic.judge(took <= spec.slo.ttft_s + max(0, tokens - 1) * spec.slo.tpot_s)
+
+
+async def _relay(
+    resp: httpx.Response,
+    rep: Replica,
+    book: ReplicaBook,
+    traffic: ServiceTraffic,
+    spec: ServiceSpec,
+    arrived: float,
+) -> AsyncIterator[bytes]:
+    """The replica's events as they come; TTFT and TPOT measured on the way."""
+    first: float | None = None
+    chunks = 0
+    failed = False
+    try:
+        async for piece in resp.aiter_raw():
+            now = time.monotonic()
+            if first is None:
+                first = now
+            chunks += piece.count(b"data: ")
+            yield piece
+    except httpx.TransportError as exc:  # the replica died mid-stream: say so, OpenAI's way
+        failed = True
+        err = {
+            "error": {
+                "message": f"the replica serving this stream failed ({exc}); "
+                "send the request again",
+                "type": "server_error",
+                "param": None,
+                "code": "replica_failed",
+            }
+        }
+        yield f"data: {json.dumps(err)}\n\ndata: [DONE]\n\n".encode()
+    finally:
+        await resp.aclose()
+        book.release(rep, failed=failed)
+        end = time.monotonic()
+        if first is not None and not failed:
+            ttft = first - arrived
+            traffic.ttft.observe(ttft)
+            tokens = max(1, chunks - 1)  # less [DONE]
+            tpot = (end - first) / max(1, tokens - 1)
+            if tokens > 1:
+                traffic.tpot.observe(tpot)
+            traffic.judge(ttft <= spec.slo.ttft_s and (tokens <= 1 or tpot <= spec.slo.tpot_s))
+        else:
+            traffic.judge(False)

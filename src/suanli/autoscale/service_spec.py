@@ -1,0 +1,156 @@
+"""A service's spec (``suanli serve SPEC.yaml``, ``POST /v1/services``) and the command
+line each engine's replica runs.
+
+::
+
+    name: chat
+    model: tiny-llama-40m           # serve_lm: a catalog name or a HF config.json;
+                                    # vllm/sglang: what their --model takes (an HF id)
+    engine: serve_lm                # serve_lm | vllm | sglang
+    engine_args: [--quantize, int8]
+    slo: {ttft_s: 2.0, tpot_s: 0.1}
+    replicas: {min: 0, max: 3}
+    resources: {accelerator: cpu, cpu: 1, memory_gb: 2}   # each replica, as a job's
+    autoscaler: {policy: kpa, target_concurrency: 4}
+    queue: default
+    priority: 10                    # replicas may preempt best-effort (preemptible) jobs
+    router: {buffer: 64, wait_s: 120}
+    budget_usd_per_hour: 20         # optional: replicas x price never above it
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from suanli.jobs.spec import NAME, Resources
+
+STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+ENGINES = ("serve_lm", "vllm", "sglang")
+POLICIES = ("static", "hpa", "kpa", "predictive")
+
+
+class Slo(BaseModel):
+    model_config = STRICT
+    ttft_s: float = Field(default=2.0, gt=0, le=3600)
+    tpot_s: float = Field(default=0.1, gt=0, le=60)
+
+
+class ReplicaBounds(BaseModel):
+    model_config = STRICT
+    min: int = Field(default=1, ge=0, le=256)
+    max: int = Field(default=4, ge=1, le=256)
+
+    @model_validator(mode="after")
+    def _order(self) -> ReplicaBounds:
+        if self.min > self.max:
+            raise ValueError(f"replicas: min {self.min} is above max {self.max}")
+        return self
+
+
+class AutoscalerSpec(BaseModel):
+    """``static`` holds ``replicas.min``; ``hpa``/``kpa`` scale on requests in flight per
+    replica (``target_concurrency``); ``predictive`` forecasts arrivals and needs what one
+    replica serves (``capacity_rps``) and how long one takes to start (``cold_start_s``)."""
+
+    model_config = STRICT
+    policy: Literal["static", "hpa", "kpa", "predictive", "optimizer"] = "hpa"
+    target_concurrency: float = Field(default=4.0, gt=0, le=4096)
+    capacity_rps: float | None = Field(default=None, gt=0, le=1e6)
+    cold_start_s: float = Field(default=60.0, ge=0, le=3600)
+    period_s: float | None = Field(default=None, gt=0, le=3600)  # default: the policy's own
+    down_window_s: float = Field(default=300.0, ge=0, le=86_400)
+    stable_window_s: float = Field(default=60.0, gt=0, le=3600)  # KPA's
+    scale_to_zero_grace_s: float = Field(default=30.0, ge=0, le=86_400)
+
+    @model_validator(mode="after")
+    def _needs(self) -> AutoscalerSpec:
+        if self.policy == "predictive" and self.capacity_rps is None:
+            raise ValueError(
+                "autoscaler.capacity_rps: predictive scaling needs what one replica serves "
+                "(requests/s within the SLO; `suanli simulate serve` prints it per chip)"
+            )
+        if self.policy == "optimizer":
+            raise ValueError(
+                "autoscaler.policy optimizer: the chip-mix optimizer runs in `suanli simulate "
+                "serve` for now; live services scale one kind (static, hpa, kpa, predictive)"
+            )
+        return self
+
+
+class RouterSpec(BaseModel):
+    model_config = STRICT
+    #: requests held while no replica is ready (scale from zero); beyond: 429
+    buffer: int = Field(default=64, ge=0, le=100_000)
+    wait_s: float = Field(default=300.0, gt=0, le=3600)  # how long one may wait for a replica
+
+
+class ServiceSpec(BaseModel):
+    model_config = STRICT
+    name: str = Field(max_length=63, pattern=NAME.pattern)
+    model: str = Field(min_length=1, max_length=512, pattern=r"^[^\s;&|$`]+$")
+    engine: Literal["serve_lm", "vllm", "sglang"] = "serve_lm"
+    engine_args: list[str] = Field(default_factory=list, max_length=64)
+    slo: Slo = Field(default_factory=Slo)
+    replicas: ReplicaBounds = Field(default_factory=ReplicaBounds)
+    resources: Resources = Field(default_factory=Resources)
+    autoscaler: AutoscalerSpec = Field(default_factory=AutoscalerSpec)
+    queue: str = Field(default="default", max_length=63)
+    priority: int = Field(default=0, ge=-(2**31 - 1), le=2**31 - 1)
+    router: RouterSpec = Field(default_factory=RouterSpec)
+    budget_usd_per_hour: float | None = Field(default=None, gt=0, le=1e7)
+    tp: int = Field(default=1, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _args(self) -> ServiceSpec:
+        for a in self.engine_args:
+            if not a or len(a) > 512 or any(c in a for c in "\n\r\0"):
+                raise ValueError("engine_args: each a non-empty single-line string")
+            if a.split("=")[0] in OWNED_FLAGS:
+                raise ValueError(
+                    f"engine_args: {a.split('=')[0]} is set by suanli (port, name, model)"
+                )
+        return self
+
+
+#: flags the controller sets itself: a spec cannot point a replica elsewhere
+OWNED_FLAGS = {
+    "--port",
+    "--host",
+    "--served-model-name",
+    "--model",
+    "--model-path",
+    "--tensor-parallel-size",
+    "--tp",
+}
+
+
+def replica_command(spec: ServiceSpec, port: int) -> list[str]:
+    """The command one replica runs, listening on 127.0.0.1:``port`` under the service's
+    name (what clients put in ``model``). vLLM and SGLang start their own OpenAI servers
+    (``vllm serve``, ``python -m sglang.launch_server``) where they are installed."""
+    if spec.engine == "serve_lm":
+        head = [sys.executable, "-m", "suanli.workloads.serve_lm", "--model", spec.model]
+        head += ["--max-queue", str(max(1, spec.router.buffer))]
+    elif spec.engine == "vllm":
+        head = ["vllm", "serve", spec.model, "--tensor-parallel-size", str(spec.tp)]
+    else:
+        head = [sys.executable, "-m", "sglang.launch_server", "--model-path", spec.model]
+        head += ["--tp", str(spec.tp)]
+    return [
+        *head,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--served-model-name",
+        spec.name,
+        *spec.engine_args,
+    ]
+
+
+def command_line(cmd: list[str]) -> str:
+    return shlex.join(cmd)

@@ -1,0 +1,201 @@
+"""What the services controller and the router share about each service's replicas:
+where each listens, whether it answers (probed in a thread, never in the loop or a
+request), its engine's load, and the router's own counts.
+
+One process holds it (``suanli up`` runs the loop and the API together); a lock
+guards it, since the loop thread, the prober thread and the API's event loop all
+touch it. Nothing here is stored: a restart probes again within a second.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+PROBE_PERIOD_S = 0.5
+PROBE_TIMEOUT_S = 1.0
+ARRIVAL_WINDOW_S = 60.0
+LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+TPOT_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+@dataclass
+class Replica:
+    job_id: int
+    service: str
+    address: str  # host:port
+    ready: bool = False
+    stats: dict[str, Any] = field(default_factory=dict)  # the engine's /stats
+    inflight: int = 0  # requests the router has sent and not had back
+    down_at: float | None = None  # the router saw it fail; probing brings it back
+
+
+class ServiceTraffic:
+    """The router's view of one service: arrivals, what waits, what it answered. Its
+    Prometheus series are the service's own (``GET /v1/services/NAME/metrics``), never
+    in the shared ``/metrics``, which must not name another tenant's service."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.arrivals: deque[float] = deque()
+        self.buffered = 0
+        self.met = 0
+        self.judged = 0
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "suanli_service_requests", "Requests answered, by HTTP status.", ["code"], registry=r
+        )
+        self.retries = Counter(
+            "suanli_service_retries", "Requests sent again after a replica failed.", registry=r
+        )
+        self.queue = Gauge(
+            "suanli_service_queue", "Requests waiting: at the router and on replicas.", registry=r
+        )
+        self.in_flight = Gauge("suanli_service_in_flight", "Requests at replicas.", registry=r)
+        self.kv_use = Gauge(
+            "suanli_service_kv_cache_usage_ratio",
+            "Mean KV-cache use of ready replicas.",
+            registry=r,
+        )
+        self.tokens = Gauge(
+            "suanli_service_tokens_per_second", "Tokens/s over all replicas.", registry=r
+        )
+        self.replicas = Gauge(
+            "suanli_service_replicas", "Replicas by state.", ["state"], registry=r
+        )
+        self.ttft = Histogram(
+            "suanli_service_time_to_first_token_seconds",
+            "Router-measured: arrival to the first byte of a stream, or to the whole answer.",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "suanli_service_time_per_output_token_seconds",
+            "Router-measured: time between streamed chunks after the first.",
+            buckets=TPOT_BUCKETS_S,
+            registry=r,
+        )
+
+    def arrived(self, now: float) -> None:
+        self.arrivals.append(now)
+        while self.arrivals and now - self.arrivals[0] > ARRIVAL_WINDOW_S:
+            self.arrivals.popleft()
+
+    def rate(self, now: float, window_s: float) -> float:
+        return sum(1 for t in self.arrivals if now - t <= window_s) / window_s
+
+    def judge(self, met: bool) -> None:
+        self.judged += 1
+        self.met += int(met)
+
+    @property
+    def attainment(self) -> float | None:
+        return self.met / self.judged if self.judged else None
+
+
+class ReplicaBook:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.replicas: dict[int, Replica] = {}
+        self.traffic: dict[str, ServiceTraffic] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- the controller ---------------------------------------------------------------
+    def sync(self, service: str, running: dict[int, str]) -> None:
+        """The replicas of ``service`` that run now (job id -> address)."""
+        with self.lock:
+            for jid, r in list(self.replicas.items()):
+                if r.service == service and jid not in running:
+                    del self.replicas[jid]
+            for jid, addr in running.items():
+                if jid not in self.replicas:
+                    self.replicas[jid] = Replica(jid, service, addr)
+            self.traffic.setdefault(service, ServiceTraffic(service))
+
+    def forget(self, service: str) -> None:
+        with self.lock:
+            for jid in [j for j, r in self.replicas.items() if r.service == service]:
+                del self.replicas[jid]
+            self.traffic.pop(service, None)
+
+    def of(self, service: str) -> list[Replica]:
+        with self.lock:
+            return [r for r in self.replicas.values() if r.service == service]
+
+    def traffic_of(self, service: str) -> ServiceTraffic:
+        with self.lock:
+            return self.traffic.setdefault(service, ServiceTraffic(service))
+
+    # --- the router -------------------------------------------------------------------
+    def pick(self, service: str, avoid: set[int]) -> Replica | None:
+        """The ready replica with the fewest outstanding requests (the router's own count
+        and the engine's queue), and take one of its slots."""
+        with self.lock:
+            ready = [
+                r
+                for r in self.replicas.values()
+                if r.service == service and r.ready and r.job_id not in avoid
+            ]
+            if not ready:
+                return None
+            best = min(
+                ready, key=lambda r: (r.inflight + int(r.stats.get("queue_length", 0)), r.job_id)
+            )
+            best.inflight += 1
+            return best
+
+    def release(self, replica: Replica, failed: bool) -> None:
+        with self.lock:
+            replica.inflight = max(0, replica.inflight - 1)
+            if failed:  # not sent anything more until a probe sees it answer again
+                replica.ready = False
+                replica.down_at = time.time()
+
+    # --- the prober -------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._probe_forever, name="replica-probe", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def probe_once(self, client: httpx.Client) -> None:
+        with self.lock:
+            targets = [(r.job_id, r.address) for r in self.replicas.values()]
+        for jid, addr in targets:
+            stats: dict[str, Any] | None
+            try:  # serve_lm's /stats has the load; vLLM and SGLang answer /health
+                resp = client.get(f"http://{addr}/stats", timeout=PROBE_TIMEOUT_S)
+                if resp.status_code == 404:
+                    resp = client.get(f"http://{addr}/health", timeout=PROBE_TIMEOUT_S)
+                    stats = {} if resp.status_code == 200 else None
+                else:
+                    stats = resp.json() if resp.status_code == 200 else None
+            except (httpx.HTTPError, ValueError):
+                stats = None
+            with self.lock:
+                r = self.replicas.get(jid)
+                if r is not None:
+                    r.ready = stats is not None
+                    r.stats = stats or {}
+                    if r.ready:
+                        r.down_at = None
+
+    def _probe_forever(self) -> None:
+        with httpx.Client() as client:
+            while not self._stop.is_set():
+                self.probe_once(client)
+                self._stop.wait(PROBE_PERIOD_S)

@@ -1,0 +1,262 @@
+"""The services controller: each service's replicas are jobs of the one scheduler; this
+keeps their number where the autoscaler (or a person's ``suanli scale``) wants it.
+
+At each tick, for every service: the replica jobs that live are listed; the running
+ones go to the replica book (the prober checks they answer, the router sends them
+requests); the load is observed (router buffer, engines' queues and KV use, arrival
+rate); at the policy's period the scaler decides; missing replicas are submitted as
+jobs (their queue and priority are the service's, so a burst may preempt best-effort
+training, with the jobs controller's grace) and surplus ones cancelled, queued ones
+first, then the least loaded. A replica that dies is simply missing at the next tick
+and is replaced. Replicas' device time is charged to the service as it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from suanli.autoscale.hpa import HpaSpec
+from suanli.autoscale.kpa import KpaSpec
+from suanli.autoscale.predictive import PredictiveSpec
+from suanli.autoscale.scalers import Hpa, Kpa, Predictive, Scaler, Static, Window
+from suanli.autoscale.service_spec import ServiceSpec, replica_command
+from suanli.autoscale.signals import Observation, Targets
+from suanli.catalog.loader import accelerators
+from suanli.jobs.spec import parse_job_spec
+from suanli.run.local import free_port
+from suanli.service.replicas import ReplicaBook
+from suanli.store.db import Store
+from suanli.store.models import JobRow, ServiceRow
+
+log = logging.getLogger("suanli.services")
+LIVE = ("queued", "running", "preempted")
+HISTORY_POINTS = 240
+
+
+def make_scaler(spec: ServiceSpec) -> Scaler:
+    a, b = spec.autoscaler, spec.replicas
+    targets = Targets(concurrency=a.target_concurrency)
+    hpa_spec = HpaSpec(targets, b.min, b.max, down_window_s=a.down_window_s)
+    scaler: Scaler
+    if a.policy == "static":
+        scaler = Static({spec.name: b.min})
+    elif a.policy == "hpa":
+        scaler = Hpa(spec.name, hpa_spec)
+    elif a.policy == "kpa":
+        kpa = KpaSpec(
+            a.target_concurrency,
+            b.min,
+            b.max,
+            stable_window_s=a.stable_window_s,
+            scale_to_zero_grace_s=a.scale_to_zero_grace_s,
+        )
+        scaler = Kpa(spec.name, kpa)
+    else:
+        assert a.capacity_rps is not None  # the spec's validator says so
+        period = a.period_s or 15.0
+        scaler = Predictive(
+            spec.name, PredictiveSpec(a.capacity_rps, a.cold_start_s, period, hpa_spec)
+        )
+    if a.period_s is not None and not isinstance(scaler, Static):
+        scaler.period_s = a.period_s
+    return scaler
+
+
+def replica_address(job: JobRow) -> str:
+    env = job.spec.get("env")
+    return str(env.get("SUANLI_REPLICA_ADDRESS", "")) if isinstance(env, dict) else ""
+
+
+def price_per_replica_hour(spec: ServiceSpec) -> float:
+    """The catalog price of a replica's devices (0 where the chip has none, or CPUs)."""
+    acc = accelerators().get(spec.resources.accelerator or "")
+    price = acc.price_usd_per_hour if acc is not None else None
+    return (price or 0.0) * max(1, spec.resources.devices)
+
+
+@dataclass
+class _State:
+    spec: dict[str, Any]
+    scaler: Scaler
+    window: Window
+    next_decision: float = 0.0
+    last_tick: float | None = None
+    period_arrivals_from: float = 0.0
+    decided: int = 0
+    history: list[tuple[float, int]] = field(default_factory=list)
+
+
+class ServicesController:
+    name = "services"
+
+    def __init__(self, store: Store, book: ReplicaBook, host: str = "127.0.0.1") -> None:
+        self.store, self.book, self.host = store, book, host
+        self._state: dict[str, _State] = {}
+
+    def reconcile(self, now: float) -> None:
+        with self.store.tx() as s:
+            rows = {r.name: r for r in s.scalars(select(ServiceRow))}
+            for gone in set(self._state) - set(rows):
+                self._state.pop(gone)
+                self.book.forget(gone)
+            # replicas of services deleted: stop them (the API deletes the row first)
+            orphans = s.scalars(
+                select(JobRow).where(
+                    JobRow.service.is_not(None),
+                    JobRow.service.not_in(list(rows) or [""]),
+                    JobRow.state.in_(LIVE),
+                )
+            )
+            for job in orphans:
+                self._cancel(s, job, "its service was deleted", now)
+            for row in rows.values():
+                self._reconcile_one(s, row, now)
+
+    def _reconcile_one(self, s: Session, row: ServiceRow, now: float) -> None:
+        spec = ServiceSpec.model_validate(row.spec)
+        st = self._state.get(row.name)
+        if st is None or st.spec != row.spec:  # new, or its spec changed: a fresh scaler
+            st = _State(row.spec, make_scaler(spec), Window(Observation(now, 0)))
+            st.period_arrivals_from = now
+            self._state[row.name] = st
+        jobs = list(
+            s.scalars(select(JobRow).where(JobRow.service == row.name, JobRow.state.in_(LIVE)))
+        )
+        running = {j.id: replica_address(j) for j in jobs if j.state == "running"}
+        self.book.sync(row.name, running)
+        replicas = self.book.of(row.name)
+        traffic = self.book.traffic_of(row.name)
+        ready = [r for r in replicas if r.ready]
+        kv = [float(r.stats.get("kv_cache_utilization", 0)) for r in ready]
+        kv_use = sum(kv) / len(kv) if kv else 0.0
+        obs = Observation(
+            t_s=now,
+            ready=len(ready),
+            starting=len(jobs) - len(ready),
+            waiting=traffic.buffered + sum(float(r.stats.get("queue_length", 0)) for r in ready),
+            running=sum(max(r.inflight, int(r.stats.get("in_flight", 0))) for r in ready),
+            kv_use=kv_use,
+            tokens_per_s=sum(float(r.stats.get("decode_tokens_per_s", 0)) for r in ready),
+            arrivals_per_s=traffic.rate(now, 10.0),
+        )
+        st.window.obs = obs
+        st.window.concurrency.append((now, obs.concurrency))
+        st.window.concurrency = st.window.concurrency[-256:]
+        desired = row.desired
+        if row.pinned is not None:
+            desired = row.pinned
+        elif now >= st.next_decision:
+            span = max(now - st.period_arrivals_from, 1e-3)
+            st.window.rates.append(traffic.rate(now, min(span, 60.0)))
+            st.window.rates = st.window.rates[-HISTORY_POINTS:]
+            st.period_arrivals_from = now
+            desired = st.scaler.decide(st.window, {row.name: len(jobs)}).get(row.name, 0)
+            st.next_decision = now + (
+                st.scaler.period_s if math.isfinite(st.scaler.period_s) else 1e12
+            )
+        desired = max(spec.replicas.min, min(spec.replicas.max, desired))
+        if obs.ready == 0 and traffic.buffered > 0:
+            desired = max(desired, 1)  # a request waits at the router: wake the service now
+        price = price_per_replica_hour(spec)
+        if spec.budget_usd_per_hour is not None and price > 0:
+            desired = min(desired, int(spec.budget_usd_per_hour // price))
+        self._act(s, row, spec, jobs, desired, now)
+        # charge the running replicas' time since the last tick
+        if st.last_tick is not None:
+            held = sum(1 for j in jobs if j.state == "running") * (now - st.last_tick)
+            row.device_s += held * max(1, spec.resources.devices)
+            row.cost_usd += held / 3600 * price
+        st.last_tick = now
+        row.desired = desired
+        row.status = f"{len(ready)}/{desired} ready" + (
+            f", {traffic.buffered} waiting at the router" if traffic.buffered else ""
+        )
+        row.observed = {
+            "at": now,
+            "ready": obs.ready,
+            "starting": obs.starting,
+            "waiting": obs.waiting,
+            "running": obs.running,
+            "kv_use": obs.kv_use,
+            "tokens_per_s": obs.tokens_per_s,
+            "arrivals_per_s": obs.arrivals_per_s,
+            "slo_attainment": traffic.attainment,
+            "requests_judged": traffic.judged,
+        }
+        row.updated_at = now
+        traffic.queue.set(obs.waiting)
+        traffic.in_flight.set(obs.running)
+        traffic.kv_use.set(obs.kv_use)
+        traffic.tokens.set(obs.tokens_per_s)
+        traffic.replicas.labels(state="ready").set(obs.ready)
+        traffic.replicas.labels(state="starting").set(obs.starting)
+
+    def _act(
+        self,
+        s: Session,
+        row: ServiceRow,
+        spec: ServiceSpec,
+        jobs: list[JobRow],
+        desired: int,
+        now: float,
+    ) -> None:
+        live = [j for j in jobs if not j.cancel_requested]
+        for _ in range(desired - len(live)):
+            self._start(s, row, spec)
+        surplus = len(live) - desired
+        if surplus <= 0:
+            return
+        load = {r.job_id: r.inflight for r in self.book.of(row.name)}
+        # queued ones first (nothing to drain), then the least loaded
+        order = sorted(live, key=lambda j: (j.state == "running", load.get(j.id, 0), -j.id))
+        for job in order[:surplus]:
+            self._cancel(s, job, f"scaled down to {desired}", now)
+
+    def _start(self, s: Session, row: ServiceRow, spec: ServiceSpec) -> None:
+        port = free_port()
+        address = f"{self.host}:{port}"
+        job = parse_job_spec(
+            {
+                "name": f"{row.name}-replica"[:63],
+                "kind": "serve",
+                "command": replica_command(spec, port),
+                "resources": spec.resources.model_dump(exclude_none=True),
+                "queue": spec.queue,
+                "priority": spec.priority,
+                "env": {"SUANLI_REPLICA_ADDRESS": address},
+            }
+        )
+        new = self.store.add_job(s, job.model_dump(), row.owner)
+        new.service = row.name
+        self.store.event(s, new.id, "replica", f"of service {row.name}, on {address}")
+        log.info(
+            "service %s: replica job %d on %s", row.name, new.id, address, extra={"job": new.id}
+        )
+
+    def _cancel(self, s: Session, job: JobRow, why: str, now: float) -> None:
+        sync = {"synchronize_session": False}
+        ended = s.execute(
+            update(JobRow)
+            .where(JobRow.id == job.id, JobRow.state.in_(("queued", "preempted")))
+            .values(state="cancelled", updated_at=now),
+            execution_options=sync,
+        )
+        if not ended.rowcount:  # type: ignore[attr-defined]
+            s.execute(
+                update(JobRow)
+                .where(JobRow.id == job.id, JobRow.state == "running")
+                .values(cancel_requested=True, updated_at=now),
+                execution_options=sync,
+            )
+        self.store.event(s, job.id, "cancel-requested", why)
+
+
+def wall_now() -> float:
+    return time.time()

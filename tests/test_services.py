@@ -1,0 +1,341 @@
+"""Services: the controller against a store and a fake clock, engines' command lines, and
+the whole path for real (`suanli up`, the router, serve_lm replicas as jobs, the
+official openai client): scale from zero, streaming, a replica killed under load with
+no 5xx, 429 beyond the buffer, tenants apart, scale to zero, delete."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from suanli.autoscale.service_spec import ServiceSpec, replica_command
+from suanli.run.local import free_port
+from suanli.service.replicas import ReplicaBook
+from suanli.service.services import ServicesController
+from suanli.store.db import Store
+from suanli.store.models import JobRow, ServiceRow
+from tests.helpers import TINY, start_service, stop_service
+
+openai = pytest.importorskip("openai")
+
+
+def _spec(tmp: Path, name: str = "chat", **over: Any) -> dict[str, Any]:
+    cfg = tmp / "tiny.json"
+    cfg.write_text(json.dumps(TINY))
+    spec: dict[str, Any] = {
+        "name": name,
+        "model": str(cfg),
+        "engine_args": ["--dtype", "fp32", "--max-len", "128", "--slots", "1"],
+        "replicas": {"min": 0, "max": 2},
+        "resources": {"accelerator": "cpu", "cpu": 0.5, "memory_gb": 1},
+        "autoscaler": {
+            "policy": "kpa",
+            "target_concurrency": 2,
+            "stable_window_s": 4,
+            "scale_to_zero_grace_s": 2,
+        },
+        "router": {"buffer": 32, "wait_s": 120},
+    }
+    spec.update(over)
+    return spec
+
+
+# --- the controller, with a store and a fake clock -------------------------------------
+def test_the_controller_wakes_replaces_pins_caps_and_sleeps(tmp_path: Path) -> None:
+    store = Store.sqlite(tmp_path)
+    store.migrate()
+    spec = ServiceSpec.model_validate(_spec(tmp_path))
+    with store.tx() as s:
+        s.add(
+            ServiceRow(name="chat", owner="ann", spec=spec.model_dump(), created_at=0, updated_at=0)
+        )
+    book = ReplicaBook()
+    ctl = ServicesController(store, book)
+
+    def tick(t: float) -> tuple[int, list[JobRow]]:
+        ctl.reconcile(t)
+        with store.tx() as s:  # what the jobs controller would do with them
+            jobs = list(s.query(JobRow).order_by(JobRow.id))
+            for j in jobs:
+                if j.cancel_requested and j.state == "running":
+                    j.state = "cancelled"
+                elif j.state == "queued":
+                    j.state = "running"
+            row = s.get(ServiceRow, "chat")
+            desired = row.desired if row is not None else -1
+            s.expunge_all()
+        for r in book.of("chat"):
+            r.ready = True
+        return desired, jobs
+
+    assert tick(0)[0] == 0  # no load, min 0: nothing runs
+    book.traffic_of("chat").buffered = 1  # a request waits at the router
+    desired, jobs = tick(1)
+    assert desired == 1 and len(jobs) == 1 and jobs[0].service == "chat"
+    assert jobs[0].owner == "ann" and jobs[0].spec["kind"] == "serve"
+    assert "--served-model-name" in jobs[0].spec["command"]
+    book.traffic_of("chat").buffered = 0
+    # the replica dies: it is replaced at the next tick
+    with store.tx() as s:
+        s.get(JobRow, jobs[0].id).state = "failed"  # type: ignore[union-attr]
+    _, jobs = tick(2)
+    assert [j.state for j in jobs] == ["failed", "running"]
+    # idle past the stable window and the grace: back to zero
+    for t in range(3, 12):
+        desired, jobs = tick(t)
+    assert desired == 0 and all(j.state in ("failed", "cancelled") for j in jobs)
+    # a person pins two; a budget of one replica's price caps it (a100: $1.79/h)
+    with store.tx() as s:
+        row = s.get(ServiceRow, "chat")
+        assert row is not None
+        row.pinned = 2
+        row.spec = spec.model_copy(
+            update={
+                "resources": spec.resources.model_copy(update={"accelerator": "a100-80gb"}),
+                "budget_usd_per_hour": 2.0,
+            }
+        ).model_dump()
+    desired, jobs = tick(20)
+    assert desired == 1 and sum(j.state == "running" for j in jobs) == 1
+    tick(21)
+    with store.tx() as s:
+        assert s.get(ServiceRow, "chat").cost_usd > 0  # type: ignore[union-attr]
+        s.delete(s.get(ServiceRow, "chat"))
+    _, jobs = tick(22)  # its replicas are orphans now: stopped
+    assert all(j.state in ("failed", "cancelled") for j in jobs)
+
+
+def test_engines_render_their_own_servers_and_a_stand_in_vllm_serves(tmp_path: Path) -> None:
+    spec = ServiceSpec.model_validate(_spec(tmp_path, engine="vllm", tp=2, engine_args=[]))
+    cmd = replica_command(spec, 9000)
+    assert cmd[:5] == ["vllm", "serve", spec.model, "--tensor-parallel-size", "2"]
+    assert cmd[-4:] == ["--port", "9000", "--served-model-name", "chat"]
+    sg = replica_command(spec.model_copy(update={"engine": "sglang"}), 9001)
+    assert sg[1:5] == ["-m", "sglang.launch_server", "--model-path", spec.model]
+    with pytest.raises(ValueError, match="--port is set by suanli"):
+        ServiceSpec.model_validate(_spec(tmp_path, engine_args=["--port=1"]))
+    # NOT vLLM: a stand-in `vllm` that takes vLLM's flags and serves with serve_lm, so the
+    # rendered line is run for real; a GPU machine with vLLM runs the real one
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stand_in = bin_dir / "vllm"
+    stand_in.write_text(
+        textwrap.dedent(f"""\
+        #!{sys.executable}
+        import argparse, os, sys
+        ap = argparse.ArgumentParser()
+        ap.add_argument("verb", choices=["serve"])
+        ap.add_argument("model")
+        ap.add_argument("--tensor-parallel-size", type=int, required=True)
+        ap.add_argument("--host", required=True)
+        ap.add_argument("--port", required=True)
+        ap.add_argument("--served-model-name", required=True)
+        a = ap.parse_args()
+        os.execv(sys.executable, [sys.executable, "-m", "suanli.workloads.serve_lm",
+                 "--model", a.model, "--host", a.host, "--port", a.port,
+                 "--served-model-name", a.served_model_name, "--dtype", "fp32",
+                 "--max-len", "128"])
+        """)
+    )
+    stand_in.chmod(0o755)
+    port = free_port()
+    one = spec.model_copy(update={"tp": 1})
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.Popen(
+        replica_command(one, port), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        with httpx.Client(transport=httpx.HTTPTransport(retries=60)) as c:
+            assert c.get(f"http://127.0.0.1:{port}/health", timeout=60).status_code == 200
+        with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x") as oc:
+            assert [m.id for m in oc.models.list().data] == ["chat"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+# --- for real, through suanli up -------------------------------------------------------
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
+    port = free_port()
+    data = tmp_path / "data"
+    svc = start_service(data, port, "--single-user")
+    try:
+        yield f"http://127.0.0.1:{port}", (data / "admin.token").read_text().strip(), tmp_path
+    finally:
+        stop_service(svc)
+        # replicas are jobs, and jobs outlive the service by design: stop them here
+        subprocess.run(["pkill", "-9", "-f", "--", f"--model {tmp_path}/tiny.json"], check=False)
+
+
+def _wait(pred: Any, what: str, timeout_s: float = 120) -> Any:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"never: {what}")
+
+
+def test_a_service_end_to_end(up: tuple[str, str, Path]) -> None:
+    with contextlib.ExitStack() as stack:
+        _end_to_end(stack, *up)
+
+
+def _end_to_end(stack: contextlib.ExitStack, url: str, token: str, tmp: Path) -> None:
+    api = stack.enter_context(
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    )
+    spec_file = tmp / "chat.yaml"
+    spec_file.write_text(yaml.safe_dump(_spec(tmp)))
+    env = {**os.environ, "SUANLI_URL": url, "SUANLI_TOKEN": token}
+    out = subprocess.run(
+        [sys.executable, "-m", "suanli", "serve", str(spec_file)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0 and f"{url}/s/chat/v1" in out.stdout, out.stderr
+    client = openai.OpenAI(base_url=f"{url}/s/chat/v1", api_key=token, max_retries=0, timeout=120)
+    assert [m.id for m in client.models.list().data] == ["chat"]  # no replica needed
+
+    # from zero: the request waits at the router while a replica starts
+    r = client.completions.create(model="chat", prompt="hello", max_tokens=8, temperature=0)
+    assert r.usage.completion_tokens == 8
+    chunks = list(
+        client.chat.completions.create(
+            model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=6, stream=True
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    with pytest.raises(openai.NotFoundError, match="this endpoint serves 'chat'"):
+        client.completions.create(model="gpt-4", prompt="x", max_tokens=2)
+
+    # two replicas, pinned; one is SIGKILLed while it holds requests: no client sees a 5xx
+    api.post("/v1/services/chat/scale", json={"replicas": 2}).raise_for_status()
+    view = _wait(
+        lambda: (
+            (v := api.get("/v1/services/chat").json())
+            and sum(x["ready"] for x in v["replicas"]) == 2
+            and v
+        ),
+        "two ready replicas",
+    )
+    victim = view["replicas"][0]["job"]
+    address = api.get(f"/v1/jobs/{victim}").json()["spec"]["env"]["SUANLI_REPLICA_ADDRESS"]
+    results: list[int] = []
+
+    def ask(i: int) -> None:
+        try:
+            client.completions.create(model="chat", prompt=f"load {i}", max_tokens=100)
+            results.append(200)
+        except openai.APIStatusError as exc:
+            results.append(exc.status_code)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    _wait(
+        lambda: (
+            httpx.get(f"http://{address}/stats").json()["in_flight"] >= 1
+            and httpx.get(f"http://{address}/stats").json()["queue_length"] >= 1
+        ),
+        "the victim holding requests",
+    )
+    port = address.split(":")[1]
+    subprocess.run(["pkill", "-9", "-f", "--", f"--port {port} "], check=True)
+    for t in threads:
+        t.join(timeout=120)
+    assert results == [200] * 8, results
+    metrics = api.get("/v1/services/chat/metrics").text
+    assert "suanli_service_retries_total" in metrics
+    retries = [ln for ln in metrics.splitlines() if ln.startswith("suanli_service_retries_total")]
+    assert float(retries[0].split()[-1]) >= 1
+    # the dead replica is replaced
+    _wait(
+        lambda: (
+            sum(x["ready"] for x in api.get("/v1/services/chat").json()["replicas"]) == 2
+            and victim not in [x["job"] for x in api.get("/v1/services/chat").json()["replicas"]]
+        ),
+        "a replacement replica",
+    )
+
+    # another tenant sees nothing and reaches nothing
+    bob = api.post("/v1/tokens", json={"role": "user", "owner": "bob"}).json()["token"]
+    bob_api = stack.enter_context(
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {bob}"})
+    )
+    assert bob_api.get("/v1/services").json() == []
+    assert bob_api.get("/v1/services/chat").status_code == 404
+    with (
+        openai.OpenAI(base_url=f"{url}/s/chat/v1", api_key=bob, max_retries=0) as bc,
+        pytest.raises(openai.NotFoundError),
+    ):
+        bc.models.list()
+
+    # back to the autoscaler: idle, it goes to zero
+    api.post("/v1/services/chat/scale", json={"replicas": None}).raise_for_status()
+    _wait(lambda: not api.get("/v1/services/chat").json()["replicas"], "scale to zero")
+    shown = subprocess.run(
+        [sys.executable, "-m", "suanli", "service", "chat"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0 and "SLO attainment" in shown.stdout
+    assert api.delete("/v1/services/chat").json()["deleted"] == "chat"
+
+
+def test_beyond_the_buffer_is_429_with_retry_after(up: tuple[str, str, Path]) -> None:
+    url, token, tmp = up
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as api:
+        _beyond_the_buffer(api, url, token, tmp)
+
+
+def _beyond_the_buffer(api: httpx.Client, url: str, token: str, tmp: Path) -> None:
+    spec = _spec(tmp, name="idle", router={"buffer": 1, "wait_s": 1})
+    assert api.post("/v1/services", json=spec).status_code == 201
+    api.post("/v1/services/idle/scale", json={"replicas": 0}).raise_for_status()
+    body = {"model": "idle", "prompt": "x", "max_tokens": 2}
+    hdr = {"Authorization": f"Bearer {token}"}
+    answers: list[httpx.Response] = []
+    first = threading.Thread(
+        target=lambda: answers.append(
+            httpx.post(f"{url}/s/idle/v1/completions", json=body, headers=hdr, timeout=60)
+        )
+    )
+    first.start()
+    _wait(
+        lambda: (
+            "suanli_service_queue 1.0" in api.get("/v1/services/idle/metrics").text
+            or api.get("/v1/services/idle").json()["observed"].get("waiting") == 1
+        ),
+        "the first request waiting at the router",
+    )
+    second = httpx.post(f"{url}/s/idle/v1/completions", json=body, headers=hdr, timeout=60)
+    first.join(timeout=60)
+    for resp in (second, answers[0]):  # the buffer was full; then no replica came in time
+        assert resp.status_code == 429 and resp.headers["retry-after"]
+        assert resp.json()["error"]["code"] == "rate_limit_exceeded"
+    bad = api.post("/v1/services", json={**spec, "name": "x", "queue": "nope"})
+    assert bad.status_code == 422 and "no queue 'nope'" in bad.text
+    bad = api.post(
+        "/v1/services", json={**spec, "name": "y", "autoscaler": {"policy": "predictive"}}
+    )
+    assert bad.status_code == 422 and "capacity_rps" in bad.text
