@@ -56,12 +56,18 @@ class Replica:
         ready_s: float,
         budget: int = TOKEN_BUDGET,
         max_seqs: int = MAX_SEQS,
+        serial_prefill: bool = False,
     ) -> None:
+        """``serial_prefill``: serve_lm's scheduler instead of vLLM's: each step prefills
+        the newly admitted prompts one pass each, whole, then decodes every active
+        sequence (the newcomers too) in one pass; a sequence holds a slot of the cache
+        for its whole length, so nothing is preempted."""
         self.kind, self.steps = kind, steps
         self.start_s, self.ready_s, self.clock = start_s, ready_s, ready_s
         self.stop_s: float | None = None
         self.budget, self.max_seqs = budget, max_seqs
         self.kv_cap = steps.kv_capacity_tokens()
+        self.serial_prefill = serial_prefill
         self.waiting: deque[Seq] = deque()
         self.running: list[Seq] = []
         self.used = 0  # KV tokens held
@@ -115,7 +121,32 @@ class Replica:
         self.waiting.appendleft(v)
         return int(decoding)
 
+    def _step_serial(self) -> None:
+        start, pre = self.clock, 0.0
+        while self.waiting and len(self.running) < self.max_seqs:
+            s = self.waiting.popleft()
+            pre += self.steps.step_s(0, 0.0, s.prompt)
+            s.prefilled, s.generated = s.prompt, 1
+            if s.first_s < 0:
+                s.first_s = start + pre
+            self.running.append(s)
+            self.tokens_out += 1
+            self.used += s.cached
+        decoding = [s for s in self.running if s.generated < s.output]
+        # serve_lm's decode attends over the batch's longest context for every row (a
+        # dense cache, masked), not each row's own: what it reads is rows x the longest
+        ctx = len(decoding) * max((s.cached for s in decoding), default=0)
+        self.clock += pre + (self.steps.decode_s(len(decoding), ctx) if decoding else 0.0)
+        for s in decoding:
+            s.generated += 1
+        self.used += len(decoding)
+        self.tokens_out += len(decoding)
+        self._retire()
+
     def _step(self) -> None:
+        if self.serial_prefill:
+            self._step_serial()
+            return
         decoding = sum(1 for s in self.running if s.prefilled >= s.prompt)
         self._preempt_for(decoding)
         decoding = sum(1 for s in self.running if s.prefilled >= s.prompt)
