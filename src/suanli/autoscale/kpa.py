@@ -18,13 +18,15 @@ from dataclasses import dataclass
 
 from suanli.autoscale.signals import clamp
 
+KPA_TARGET_UTILIZATION = 0.7  # Knative: container-concurrency-target-percentage 70
+
 
 @dataclass(frozen=True, slots=True)
 class KpaSpec:
     target_concurrency: float  # requests one replica serves at once (containerConcurrency)
     min_replicas: int = 0
     max_replicas: int = 10
-    target_utilization: float = 0.7
+    target_utilization: float = KPA_TARGET_UTILIZATION
     stable_window_s: float = 60.0
     panic_window_pct: float = 10.0
     panic_threshold: float = 2.0

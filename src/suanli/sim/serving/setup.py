@@ -22,7 +22,7 @@ from suanli.autoscale.capacity import (
 )
 from suanli.autoscale.coldstart import cold_start
 from suanli.autoscale.hpa import HpaSpec
-from suanli.autoscale.kpa import KpaSpec
+from suanli.autoscale.kpa import KPA_TARGET_UTILIZATION, KpaSpec
 from suanli.autoscale.mix import ReplicaKind, SizeBuckets
 from suanli.autoscale.predictive import PredictiveSpec
 from suanli.autoscale.scalers import Hpa, Kpa, Optimizer, Predictive, Scaler, Static
@@ -150,13 +150,13 @@ def make_setup(
     # minute needed on the best single kind, ready
     start = {best: max(1, math.ceil(max(_per_minute(past)) / c))}
     # what one replica carries at ``utilization`` of its SLO capacity, for the mean
-    # request: the HPA's concurrency target; the KPA's is full capacity (it applies its
-    # own 70% on top)
+    # request: the HPA's concurrency target, and the KPA's after its own 70%
     mean_in = sum(r.prompt for r in past) / len(past)
     mean_out = sum(r.output for r in past) / len(past)
     steps = kinds[best].steps
     conc = max(1.0, concurrency_at(steps, mean_in, mean_out, utilization * c))
-    full = max(1.0, concurrency_at(steps, mean_in, mean_out, c))
+    # the KPA aims at 70% of its target: given conc / 0.7 it aims where the HPA does
+    kpa_target = conc / KPA_TARGET_UTILIZATION
     reactive = HpaSpec(Targets(concurrency=conc), max(1, min_replicas), max_replicas)
     seeded = [(0.0, start[best])]  # the service ran at this size before the trace starts
     scaler: Scaler
@@ -166,7 +166,7 @@ def make_setup(
     elif autoscaler == "hpa":
         scaler = Hpa(best, reactive, history=list(seeded))
     elif autoscaler == "kpa":
-        scaler = Kpa(best, KpaSpec(full, min_replicas, max_replicas))
+        scaler = Kpa(best, KpaSpec(kpa_target, min_replicas, max_replicas))
     elif autoscaler == "predictive":
         spec = PredictiveSpec(c, kinds[best].cold_start_s, 15.0, reactive)
         scaler = Predictive(best, spec, history=list(seeded))
