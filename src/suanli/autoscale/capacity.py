@@ -3,9 +3,11 @@
 The steady state of a continuously batched replica serving requests of ``I`` prompt
 and ``O`` output tokens with ``B`` of them in flight: every step decodes ``B`` tokens
 and, on average, prefills ``B / O`` prompts (each request is prefilled once per ``O``
-steps), so a step lasts ``decode(B, B (I + O/2)) + B / O × prefill(I)`` and that is
-the TPOT a client sees. The largest ``B`` whose TPOT meets the SLO and whose caches fit
-gives the replica's throughput ``B / (O × TPOT)``. This is how Mélange profiles a GPU
+steps), so a step lasts ``decode(B, B (I + O/2)) + B / O × prefill(I)`` on average,
+and the replica serves ``B / (O × step)`` requests/s. A client's TPOT is the steps
+after its first token: they carry the other ``B - 1`` requests' prefills, not its own
+(that one is in its TTFT), so TPOT is ``decode + (B - 1) / O × prefill(I)``. The
+largest ``B`` whose TPOT meets the SLO and whose caches fit gives the throughput. This is how Mélange profiles a GPU
 per request size (Griggs et al. 2024, Sec. 5.2: the highest load meeting the TPOT SLO),
 here from perf's roofline instead of a profiling run.
 """
@@ -19,13 +21,20 @@ def prefill_s(steps: StepTime, input_len: float) -> float:
     return steps.step_s(0, 0.0, max(1, round(input_len)))
 
 
+def step_s(steps: StepTime, batch: int, input_len: float, output_len: float) -> float:
+    """A step's mean length with ``batch`` requests in flight: the decode, and the
+    prefills that fall to it on average."""
+    return steps.decode_s(batch, batch * (input_len + output_len / 2)) + (
+        batch / max(output_len, 1.0)
+    ) * prefill_s(steps, input_len)
+
+
 def tpot_s(steps: StepTime, batch: int, input_len: float, output_len: float) -> float:
-    """The time between a client's tokens with ``batch`` requests in flight."""
-    prefill = steps.step_s(0, 0.0, max(1, round(input_len)))
-    return (
-        steps.decode_s(batch, batch * (input_len + output_len / 2))
-        + (batch / max(output_len, 1.0)) * prefill
-    )
+    """The time between a client's tokens with ``batch`` requests in flight: the decode
+    and the other requests' prefills."""
+    return steps.decode_s(batch, batch * (input_len + output_len / 2)) + (
+        (batch - 1) / max(output_len, 1.0)
+    ) * prefill_s(steps, input_len)
 
 
 def capacity_rps(
@@ -51,7 +60,7 @@ def capacity_rps(
             lo = mid
         else:
             hi = mid - 1
-    return lo / (output_len * tpot_s(steps, lo, input_len, output_len))
+    return lo / (output_len * step_s(steps, lo, input_len, output_len))
 
 
 def best_effort_rps(steps: StepTime, input_len: float, output_len: float) -> float:
@@ -59,7 +68,7 @@ def best_effort_rps(steps: StepTime, input_len: float, output_len: float) -> flo
     still served, and misses it); 0 when it does not fit at all."""
     if input_len + output_len > steps.kv_capacity_tokens():
         return 0.0
-    return 1.0 / (output_len * tpot_s(steps, 1, input_len, output_len))
+    return 1.0 / (output_len * step_s(steps, 1, input_len, output_len))
 
 
 def mix_capacity_rps(
@@ -85,6 +94,6 @@ def concurrency_at(steps: StepTime, input_len: float, output_len: float, rps: fl
     if rps <= 0:
         return 0.0
     for b in range(1, MAX_SEQS + 1):
-        if b / (output_len * tpot_s(steps, b, input_len, output_len)) >= rps:
+        if b / (output_len * step_s(steps, b, input_len, output_len)) >= rps:
             return float(b)
     return float(MAX_SEQS)
