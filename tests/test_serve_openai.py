@@ -160,7 +160,7 @@ def test_chat_completions_use_a_template_and_stream(client: Any) -> None:
     assert choice.finish_reason in ("length", "stop") and "<|im_end|>" not in choice.message.content
     assert len(choice.logprobs.content) == chat.usage.completion_tokens
     # the prompt is the ChatML rendering of the messages
-    from suanli.workloads.openai_api import Message, chat_prompt
+    from suanli.workloads.openai_types import Message, chat_prompt
 
     rendered = chat_prompt([Message(**m) for m in messages])
     assert chat.usage.prompt_tokens == len(rendered.encode())

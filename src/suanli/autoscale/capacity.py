@@ -7,9 +7,10 @@ steps), so a step lasts ``decode(B, B (I + O/2)) + B / O × prefill(I)`` on aver
 and the replica serves ``B / (O × step)`` requests/s. A client's TPOT is the steps
 after its first token: they carry the other ``B - 1`` requests' prefills, not its own
 (that one is in its TTFT), so TPOT is ``decode + (B - 1) / O × prefill(I)``. The
-largest ``B`` whose TPOT meets the SLO and whose caches fit gives the throughput. This is how Mélange profiles a GPU
-per request size (Griggs et al. 2024, Sec. 5.2: the highest load meeting the TPOT SLO),
-here from perf's roofline instead of a profiling run.
+largest ``B`` whose TPOT meets the SLO and whose caches fit gives the throughput.
+This is how Mélange profiles a GPU per request size (Griggs et al. 2024, Sec. 5.2:
+the highest load meeting the TPOT SLO), here from perf's roofline instead of a
+profiling run.
 """
 
 from __future__ import annotations

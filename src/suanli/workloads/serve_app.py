@@ -15,7 +15,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from suanli.workloads.openai_api import ChatBody, CompletionBody, OpenAIError, Server
+from suanli.workloads.openai_api import Server
+from suanli.workloads.openai_types import ChatBody, CompletionBody, OpenAIError
 from suanli.workloads.serve_lm import Engine, Request
 
 #: seconds: from tens of ms (a small model here) to a minute (a 70B prefill under load)
