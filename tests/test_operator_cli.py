@@ -396,3 +396,56 @@ def test_the_held_column_reads_device_by_device() -> None:
     }
     assert _held(node) == "0:j7 1:- 2:j7,other"
     assert _held({"devices": [], "allocation": []}) == "-"
+
+
+def test_a_provider_registers_and_manages_a_node_from_the_command_line(tmp_path: Path) -> None:
+    port = free_port()
+    svc = start_service(tmp_path, port)
+    url = f"http://127.0.0.1:{port}"
+    admin = (tmp_path / "admin.token").read_text().strip()
+    try:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin}"}) as c:
+            prov = c.post("/v1/tokens", json={"role": "provider", "owner": "dc1"}).json()["token"]
+            user = c.post("/v1/tokens", json={"role": "user", "owner": "ann"}).json()["token"]
+        env = {**os.environ, "SUANLI_URL": url, "SUANLI_TOKEN": prov}
+        made = suanli(
+            "node",
+            "register",
+            "gpu-1",
+            "--cpu",
+            "32",
+            "--memory-gb",
+            "256",
+            "--device",
+            "a100-80gb:2",
+            "--device",
+            "t4",
+            "--label",
+            "zone=a",
+            env=env,
+        )
+        assert made.returncode == 0, made.stderr
+        assert "registered node gpu-1: 32 cores, 3 device(s) (a100-80gb, t4)" in made.stdout
+        shown = suanli("node", "show", "gpu-1", env=env)
+        assert "0:a100-80gb, 1:a100-80gb, 2:t4" in shown.stdout and "zone=a" in shown.stdout
+        beat = suanli("node", "heartbeat", "gpu-1", "--unhealthy", "2", env=env)
+        assert beat.returncode == 0 and "unhealthy devices [2]" in beat.stdout
+        assert "2:t4 (unhealthy)" in suanli("node", "show", "gpu-1", env=env).stdout
+
+        def register(name: str, *extra: str, token: str = prov) -> Any:
+            small = ("--cpu", "1", "--memory-gb", "1")
+            return suanli(
+                "node", "register", name, *small, *extra, env={**env, "SUANLI_TOKEN": token}
+            )
+
+        bad = register("gpu-2", "--device", "a100-80gb:x")
+        assert bad.returncode == 2 and "CHIP or CHIP:COUNT" in bad.stderr
+        typo = register("gpu-2", "--device", "a100")
+        assert typo.returncode == 2 and "unknown accelerator 'a100'" in typo.stderr
+        theirs = register("gpu-3", token=user)
+        assert theirs.returncode == 2 and "users cannot manage node gpu-3" in theirs.stderr
+        assert suanli("node", "delete", "gpu-1", env=env).returncode == 0
+        gone = suanli("node", "show", "gpu-1", env=env)
+        assert gone.returncode == 2 and "no node gpu-1" in gone.stderr
+    finally:
+        stop_service(svc)

@@ -12,6 +12,7 @@ from suanli.cli.catalog_cmd import catalog_app
 from suanli.cli.estimate_cmd import estimate_app
 from suanli.cli.export_cmd import export_app
 from suanli.cli.market_cmd import invoice_cmd, ledger_app, market_app
+from suanli.cli.node_cmd import node_app
 from suanli.cli.plan_cmd import plan_app
 from suanli.cli.queue_cmd import queue_app, queues_cmd
 from suanli.cli.service_cmd import (
@@ -94,6 +95,7 @@ app.command("cancel")(cancel_cmd)
 app.command("nodes")(nodes_cmd)
 app.command("queues")(queues_cmd)
 app.add_typer(queue_app, name="queue")
+app.add_typer(node_app, name="node")
 app.command("sites")(sites_cmd)
 app.command("top")(top_cmd)
 app.command("serve")(serve_cmd)
