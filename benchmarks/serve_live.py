@@ -36,6 +36,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from kill_restart import start  # `suanli up` as a process, once it answers
 from suanli.run.local import free_port
 from suanli.sim.serving.trace import read_trace
 
@@ -48,27 +49,6 @@ console = Console(width=140)
 def pcts(values: list[float], scale: float, digits: int) -> str:
     p50, p99 = (scale * float(np.percentile(values, q)) for q in (50, 99))
     return f"{p50:.{digits}f} / {p99:.{digits}f}"
-
-
-def start_up(data: Path, port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "suanli",
-            "up",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data),
-            "--single-user",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    with httpx.Client(transport=httpx.HTTPTransport(retries=100)) as c:
-        c.get(f"http://127.0.0.1:{port}/healthz", timeout=120).raise_for_status()
-    return proc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     tmp = Path(tempfile.mkdtemp(prefix="serve-live-"))
     port = free_port()
-    up = start_up(tmp / "data", port)
+    up = start(tmp / "data", port, "--single-user")
     url = f"http://127.0.0.1:{port}"
     token = (tmp / "data" / "admin.token").read_text().strip()
     api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60)

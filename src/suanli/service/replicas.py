@@ -10,7 +10,6 @@ touch it. Nothing here is stored: a restart probes again within a second.
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +32,6 @@ class Replica:
     ready: bool = False
     stats: dict[str, Any] = field(default_factory=dict)  # the engine's /stats
     inflight: int = 0  # requests the router has sent and not had back
-    down_at: float | None = None  # the router saw it fail; probing brings it back
 
 
 class ServiceTraffic:
@@ -157,7 +155,6 @@ class ReplicaBook:
             replica.inflight = max(0, replica.inflight - 1)
             if failed:  # not sent anything more until a probe sees it answer again
                 replica.ready = False
-                replica.down_at = time.time()
 
     # --- the prober -------------------------------------------------------------------
     def start(self) -> None:
@@ -191,8 +188,6 @@ class ReplicaBook:
                 if r is not None:
                     r.ready = stats is not None
                     r.stats = stats or {}
-                    if r.ready:
-                        r.down_at = None
 
     def _probe_forever(self) -> None:
         with httpx.Client() as client:

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
@@ -89,8 +88,6 @@ class _State:
     next_decision: float = 0.0
     last_tick: float | None = None
     period_arrivals_from: float = 0.0
-    decided: int = 0
-    history: list[tuple[float, int]] = field(default_factory=list)
 
 
 class ServicesController:
@@ -256,7 +253,3 @@ class ServicesController:
                 execution_options=sync,
             )
         self.store.event(s, job.id, "cancel-requested", why)
-
-
-def wall_now() -> float:
-    return time.time()

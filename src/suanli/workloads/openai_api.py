@@ -258,15 +258,11 @@ def _token(t: int) -> str:
 def _completion_logprobs(r: Request, a: int, b: int) -> dict[str, Any]:
     rows = r.token_logprobs[a:b]
     toks = r.out[a:b]
-    offsets, at = [], len(r.text_bytes()[:a])
-    for t in toks:
-        offsets.append(at)
-        at += len(_token(t))
     return {
         "tokens": [_token(t) for t in toks],
         "token_logprobs": [lp for lp, _ in rows],
         "top_logprobs": [{_token(k): v for k, v in alts.items()} for _, alts in rows],
-        "text_offset": offsets,
+        "text_offset": list(range(a, a + len(toks))),  # in bytes: a token is one
     }
 
 

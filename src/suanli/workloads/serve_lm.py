@@ -256,7 +256,8 @@ class Engine:
         if r.first_token_at is None:
             r.first_token_at = time.monotonic()
         r.out.append(tok)
-        tail = r.text_bytes()[-max((len(s) for s in r.stop), default=0) :]
+        longest = max((len(s) for s in r.stop), default=0)
+        tail = bytes(t % 256 for t in r.out[-longest:]) if longest else b""
         for s in r.stop:
             if tail.endswith(s):
                 del r.out[len(r.out) - len(s) :]

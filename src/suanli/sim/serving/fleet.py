@@ -39,7 +39,6 @@ class Kind:
     tp: int
     usd_per_hour: float  # one replica, all its devices
     cold_start_s: float
-    spot: bool = False
 
 
 @dataclass

@@ -45,7 +45,6 @@ class Setup:
     initial: dict[str, int]
     capacity_rps: dict[str, float]  # per replica of each kind, for the history's sizes
     best_single: str  # the kind with the lowest cost per request served
-    concurrency_target: float  # the HPA's, per replica of the best kind
 
 
 def make_kinds(
@@ -178,7 +177,7 @@ def make_setup(
         ]
         cold = max(k.cold_start_s for k in kinds.values())
         scaler = Optimizer(rk, buckets.of, buckets.count, cold, target_utilization=utilization)
-    return Setup(kinds, scaler, start, cap, best, conc)
+    return Setup(kinds, scaler, start, cap, best)
 
 
 def run_policy(
