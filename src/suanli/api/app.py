@@ -7,9 +7,9 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi import Path as Path_
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DbSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -22,6 +22,7 @@ from suanli.api.metrics import Metrics, add_metrics
 from suanli.api.router import add_router_routes
 from suanli.api.services import add_service_routes
 from suanli.api.sites import add_site_routes
+from suanli.catalog.loader import accelerators
 from suanli.cluster.state import ClusterState, NodeSpec, Site
 from suanli.errors import SuanliError
 from suanli.jobs import resolve
@@ -33,7 +34,17 @@ from suanli.market.controller import MarketConfig
 from suanli.run.executor import NODE_LABEL
 from suanli.service.replicas import ReplicaBook
 from suanli.store.db import OwnerRoleError, Store
-from suanli.store.models import JobRow, NodeRow, OrderRow, QueueRow, SiteRow, TokenRow
+from suanli.store.models import (
+    JOB_STATES,
+    JobRow,
+    NodeRow,
+    OrderRow,
+    PerfRecordRow,
+    QueueRow,
+    SiteRow,
+    TokenRow,
+)
+from suanli.web import add_console, error_page
 
 #: request bodies: unknown fields refused, no coercion (``true`` is not 1.0), finite numbers
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
@@ -100,7 +111,9 @@ def admission_problem(spec: JobSpec, s: DbSession, owner: str | None = None) -> 
 def never_fits(spec: JobSpec, s: DbSession) -> str | None:
     """Why no node the executor runs could ever host the job (None: one could, or no node
     has been reported yet). Registered inventory (``executor: agent``) runs nothing yet."""
-    rows = [n for n in s.scalars(select(NodeRow)) if n.executor != "agent"]
+    # filtered in SQL: a provider's 1,500 registered nodes would otherwise be read and
+    # decoded on every submission (55 ms each, measured by benchmarks/console_render.py)
+    rows = list(s.scalars(select(NodeRow).where(NodeRow.executor != "agent")))
     if not rows:
         return None
     regions = {r.name: r.region for r in s.scalars(select(SiteRow))}
@@ -120,6 +133,38 @@ def never_fits(spec: JobSpec, s: DbSession) -> str | None:
     return resolve.never_fits(spec, ClusterState(specs, sites))
 
 
+def job_usage(s: DbSession, row: JobRow) -> dict[str, Any]:
+    """What the job's current (or last) attempt has held: device-seconds, and their cost
+    at the catalog's list price per chip (a market job pays its leases instead: see
+    ``/v1/ledger``). Earlier attempts are not counted: only the last one's start is kept."""
+    if row.started_at is None or not row.members:
+        return {"device_s": 0.0, "cost_usd": None, "basis": "not started"}
+    if not any(m.get("devices") for m in row.members):
+        return {"device_s": 0.0, "cost_usd": None, "basis": "no devices held (CPU only)"}
+    end = time.time() if row.state == "running" else row.updated_at
+    held_s = max(0.0, end - row.started_at)
+    chips = accelerators()
+    device_s, cost, priced = 0.0, 0.0, True
+    for m in row.members:
+        node = s.get(NodeRow, str(m.get("node")))
+        by_index = (
+            {int(str(d["index"])): str(d["accelerator"]) for d in node.devices} if node else {}
+        )
+        for d in m.get("devices") or []:  # type: ignore[attr-defined]
+            device_s += held_s
+            chip = chips.get(by_index.get(int(d), ""))
+            price = chip.price_usd_per_hour if chip else None
+            if price is None:
+                priced = False
+            else:
+                cost += held_s / 3600 * price
+    return {
+        "device_s": device_s,
+        "cost_usd": cost if priced and device_s else None,
+        "basis": "catalog list price, this attempt" if priced else "no list price for a chip",
+    }
+
+
 def job_view(row: JobRow) -> dict[str, Any]:
     return {
         "id": row.id,
@@ -130,6 +175,7 @@ def job_view(row: JobRow) -> dict[str, Any]:
         "attempts": row.attempts,
         "created_at": row.created_at,
         "updated_at": row.updated_at,
+        "started_at": row.started_at,
         "devices": row.devices,
         # where its members run (or last ran): the sites of their engines
         "sites": sorted({str(m["site"]) for m in row.members or [] if m.get("site")}),
@@ -244,12 +290,14 @@ def create_app(
     add_metrics(app, metrics or Metrics(store))
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         problems = [
             f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: "
             + e["msg"].removeprefix("Value error, ")
             for e in exc.errors()
         ]
+        if request.url.path.startswith("/ui/"):  # a person at a browser: a page, not JSON
+            return error_page(request, 422, problems)
         return error(422, "invalid request", problems)
 
     @app.exception_handler(StarletteHTTPException)
@@ -316,20 +364,41 @@ def create_app(
             return JSONResponse({"id": old.id, "duplicate": True}, status_code=200)
         return JSONResponse({"id": job_id}, status_code=201)
 
+    def own(q: Any, who: TokenRow) -> Any:
+        return q if who.role == "admin" else q.where(JobRow.owner == who.owner)
+
     @app.get("/v1/jobs")
     def list_jobs(
         who: Caller,
+        response: Response,
         state: Annotated[
             str | None, Query(pattern="^(queued|running|preempted|succeeded|failed|cancelled)$")
         ] = None,
+        limit: Annotated[int | None, Query(ge=1, le=10_000, description="at most N jobs")] = None,
+        offset: Annotated[int, Query(ge=0, le=INT32, description="skip the first N")] = 0,
+        newest_first: Annotated[bool, Query(description="highest id first")] = False,
     ) -> list[dict[str, Any]]:
+        """The caller's jobs (an admin's: everyone's) by id, a page of them with ``limit``
+        and ``offset``; ``X-Total-Count`` is how many match, all pages together."""
         with store.tx() as s:
-            q = select(JobRow).order_by(JobRow.id)
-            if who.role != "admin":
-                q = q.where(JobRow.owner == who.owner)
+            q = own(select(JobRow), who)
             if state:
                 q = q.where(JobRow.state == state)
+            total = s.scalar(select(func.count()).select_from(q.subquery()))
+            q = q.order_by(JobRow.id.desc() if newest_first else JobRow.id).offset(offset)
+            if limit is not None:
+                q = q.limit(limit)
+            response.headers["X-Total-Count"] = str(total)
             return [job_view(r) for r in s.scalars(q)]
+
+    @app.get("/v1/jobs/counts")
+    def job_counts(who: Caller) -> dict[str, int]:
+        """How many of the caller's jobs (an admin's: all) are in each state."""
+        with store.tx() as s:
+            q = own(select(JobRow.state, func.count()), who).group_by(JobRow.state)
+            counts = {state: 0 for state in JOB_STATES}
+            counts.update({str(k): int(n) for k, n in s.execute(q)})
+            return counts
 
     @app.get("/v1/jobs/{job_id}")
     def get_job(job_id: JobId, who: Caller) -> dict[str, Any]:
@@ -337,6 +406,14 @@ def create_app(
         view["events"] = [
             {"at": e.at, "kind": e.kind, "message": e.message} for e in store.events(job_id)
         ]
+        with store.tx() as s:
+            row = s.get(JobRow, job_id)
+            assert row is not None
+            view["usage"] = job_usage(s, row)
+            view["perf"] = [
+                {"chip": p.chip, "measured_step_s": p.measured_s, "predicted_step_s": p.predicted_s}
+                for p in s.scalars(select(PerfRecordRow).where(PerfRecordRow.job_id == job_id))
+            ]
         return view
 
     @app.post("/v1/jobs/{job_id}/cancel")
@@ -540,4 +617,5 @@ def create_app(
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    add_console(app, store)  # the pages at /ui, a client of the routes above
     return app

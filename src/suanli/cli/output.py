@@ -10,6 +10,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from suanli.readable import age as age  # the CLI modules import them from here
+from suanli.readable import exit_status as exit_status
+
 console = Console()
 if not console.is_terminal:  # piped or captured: do not squeeze tables to 80 columns
     console = Console(width=140)
@@ -58,35 +61,6 @@ def kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
     for k, v in rows:
         table.add_row(k, fmt(v))
     return table
-
-
-def age(seconds: float) -> str:
-    """A duration for people: ``42s``, ``27m``, ``3h12m``, ``2d4h`` (two units at most)."""
-    s = max(0, int(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m"
-    if s < 86400:
-        h, m = divmod(s // 60, 60)
-        return f"{h}h{m}m" if m else f"{h}h"
-    d, h = divmod(s // 3600, 24)
-    return f"{d}d{h}h" if h else f"{d}d"
-
-
-def exit_status(code: int | None) -> str:
-    """A job's exit for people: ``-`` before there is one, the number, or the signal that
-    ended it (a negative code is a signal's number: -15 is ``SIGTERM``)."""
-    if code is None:
-        return "-"
-    if code < 0:
-        import signal
-
-        try:
-            return signal.Signals(-code).name
-        except ValueError:
-            return f"signal {-code}"
-    return str(code)
 
 
 def table(title: str, cols: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
