@@ -157,7 +157,7 @@ def test_submit_cancel_and_tenants_through_the_forms(
     job_path = made.headers["location"]
     job_id = int(job_path.rsplit("/", 1)[1])
     for bad, said in (
-        ("name: [unclosed", "not YAML"),
+        ("name: [unclosed", "not valid YAML"),
         ("- a list", "YAML mapping"),
         ("name: x\nresources: {devices: -1}\n", "resources.devices"),
     ):
@@ -216,3 +216,71 @@ def test_the_jobs_list_pages_and_counts_follow_the_tenant(
     counts = c.get("/v1/jobs/counts", headers=auth["admin"]).json()
     assert counts["queued"] == 10 and counts["running"] == 0 and set(counts) >= {"failed"}
     assert c.get("/v1/jobs", params={"limit": 0}, headers=auth["bob"]).status_code == 422
+
+
+def test_the_split_planner_and_the_simulator_pages(tmp_path: Any, shared_dir: Any) -> None:
+    # one database is enough: these pages read no store (and a simulation takes seconds)
+    store = Store.sqlite(tmp_path)
+    c = signed_in(TestClient(create_app(store)), store.create_token("user", "alice"))
+    split = c.get(
+        "/ui/plan",
+        params={"kind": "split", "run": "true", "model": "llama-3.1-8b", "uplink_mbps": "50"},
+    )
+    assert split.status_code == 200 and "split after layer" in split.text
+    assert '"kind":"bars"' in split.text  # latency by split layer, for the chart
+    bad = c.get("/ui/plan", params={"kind": "split", "run": "true", "edge": "no-such-chip"})
+    assert bad.status_code == 400 and "no-such-chip" in bad.text
+    no_times = c.get(
+        "/ui/simulate",
+        params={"run": "true", "mode": "jct", "pods": "multigpu50", "policy": "fgd"},
+    )
+    assert no_times.status_code == 400 and "no run times" in no_times.text
+    ran = c.get("/ui/simulate", params={"run": "true", "policy": "best-fit", "pods": "default"})
+    assert ran.status_code == 200 and "1,213 nodes" in ran.text
+    row = ran.text.split('id="sim-results"')[1].split("</table>")[0]
+    assert "best-fit" in row and "%" in row
+
+
+def test_forms_from_other_sites_and_odd_input_are_refused_as_pages(
+    console: tuple[TestClient, dict[str, str]],
+) -> None:
+    c, tok = console
+    for headers in ({"origin": "http://evil.example"}, {"sec-fetch-site": "cross-site"}):
+        r = c.post("/ui/signin", data={"token": tok["alice"]}, headers=headers)
+        assert (
+            r.status_code == 403
+            and "another site" in r.text
+            and COOKIE not in r.headers.get("set-cookie", "")
+        )
+    signed_in(c, tok["alice"])
+    assert c.post("/ui/signout", data={"csrf": "é"}).status_code == 403  # not a 500
+    for spec, said in (
+        ("name: 2024-01-01\ncommand: [x]\n", "name: a YAML date; quote it"),
+        ("a: &a [*a]\n", "aliases are expanded"),
+        ("name: x\nenv: !!set {A}\n", "env: a YAML set"),
+    ):
+        r = c.post("/ui/jobs", data={"spec": spec, "csrf": csrf_for(tok["alice"])})
+        assert r.status_code == 422 and said in r.text, spec
+    missing = c.get("/ui/no-such-page")
+    assert missing.status_code == 404 and missing.headers["content-type"].startswith("text/html")
+    # a viewer whose token was revoked can still sign out
+    admin = {"Authorization": f"Bearer {tok['admin']}"}
+    alices = [t for t in c.get("/v1/tokens", headers=admin).json() if t["owner"] == "alice"]
+    assert c.delete(f"/v1/tokens/{alices[0]['id']}", headers=admin).status_code == 200
+    out = c.post("/ui/signout", data={"csrf": csrf_for(tok["alice"])}, follow_redirects=False)
+    assert out.status_code == 303
+
+
+def test_a_busy_planner_says_so_rather_than_queueing() -> None:
+    import anyio
+
+    from suanli.web.planner import Busy, in_worker
+
+    async def main() -> None:
+        limiter = anyio.CapacityLimiter(1)
+        assert await in_worker(limiter, sum, [1, 2]) == 3
+        async with limiter:
+            with pytest.raises(Busy):
+                await in_worker(limiter, sum, [1, 2])
+
+    anyio.run(main)

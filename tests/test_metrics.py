@@ -26,7 +26,7 @@ from suanli.service import loop as loop_module
 from suanli.service.logs import JsonFormatter
 from suanli.service.loop import Loop
 from suanli.store import Store
-from suanli.store.models import JobRow
+from suanli.store.models import JobRow, PriceRow
 from tests.helpers import A100, reap, run_until
 
 PY = sys.executable
@@ -294,3 +294,32 @@ def test_store_series_read_the_same_on_sqlite_and_postgresql(store: Store) -> No
     assert value(samples, "suanli_queue_pending_jobs", queue="research") == 2
     assert value(samples, "suanli_queue_pending_jobs", queue="default") == 1
     assert value(samples, "suanli_jobs", state="queued") == 3
+
+
+def test_the_market_and_services_are_exported_without_names(store: Store) -> None:
+    c = TestClient(create_app(store))
+    auth = {
+        who: {"Authorization": f"Bearer {store.create_token(role, who)}"}
+        for who, role in (("admin", "admin"), ("dc1", "provider"), ("alice", "user"))
+    }
+    gpus = [{"index": i, "accelerator": "a100-80gb"} for i in range(4)]
+    node = {"cpu_cores": 32, "memory_mib": 256_000, "devices": gpus}
+    assert c.put("/v1/nodes/n1", json=node, headers=auth["dc1"]).status_code == 200
+    offer = {"accelerator": "a100-80gb", "count": 2, "price_usd_per_hour": 2.5, "hours": 10}
+    assert c.post("/v1/market/offers", json=offer, headers=auth["dc1"]).status_code == 201
+    dep = {"account": "alice", "amount_usd": 100.0, "idempotency_key": "d1"}
+    assert c.post("/v1/ledger/deposits", json=dep, headers=auth["admin"]).status_code == 201
+    low = {"accelerator": "a100-80gb", "count": 1, "max_price_usd_per_hour": 1, "hours": 1}
+    assert c.post("/v1/market/orders", json=low, headers=auth["alice"]).status_code == 201
+    with store.tx() as s:  # what the spot auction writes when it clears
+        s.add(PriceRow(accelerator="a100-80gb", region="default", price_micro=1_750_000,
+                       volume=2, at=1.0))  # fmt: skip
+        s.add(
+            PriceRow(accelerator="a100-80gb", region="default", price_micro=None, volume=0, at=2.0)
+        )  # fmt: skip  (no sale: the last price stands)
+    text = c.get("/metrics").text
+    assert 'suanli_market_open_offers{chip="a100-80gb",mode="on-demand"} 1.0' in text
+    assert 'suanli_market_open_orders{chip="a100-80gb",mode="on-demand"} 1.0' in text
+    assert 'suanli_market_spot_price_usd_per_hour{chip="a100-80gb",region="default"} 1.75' in text
+    assert "suanli_services 0.0" in text and 'suanli_service_replicas{state="running"} 0.0' in text
+    assert "alice" not in text and "dc1" not in text and "n1" not in text

@@ -275,6 +275,18 @@ def _end_to_end(stack: contextlib.ExitStack, url: str, token: str, tmp: Path) ->
         "a replacement replica",
     )
 
+    # the history behind the console's chart: replicas and load, sampled by the controller
+    _wait(
+        lambda: any(h["ready"] == 2 for h in api.get("/v1/services/chat").json()["history"]),
+        "a history sample with both replicas ready",
+    )
+    history = api.get("/v1/services/chat").json()["history"]
+    assert set(history[0]) == {"at", "ready", "desired", "arrivals_per_s", "in_flight", "waiting"}
+    assert max(h["desired"] for h in history) == 2
+    token = api.headers["Authorization"].removeprefix("Bearer ")
+    console = httpx.get(f"{url}/ui/services", cookies={"suanli_console": token})
+    assert console.status_code == 200 and "replicas and load, the last hour" in console.text
+
     # another tenant sees nothing and reaches nothing
     bob = api.post("/v1/tokens", json={"role": "user", "owner": "bob"}).json()["token"]
     bob_api = stack.enter_context(

@@ -56,3 +56,25 @@ def expanded_size(data: Any, budget: int) -> int:
         elif isinstance(item, list):
             stack.extend(item)
     return count
+
+
+JSON_TYPES = (str, int, float, bool, type(None))
+
+
+def not_json(data: Any) -> tuple[str, str] | None:
+    """The first value JSON cannot hold (a date, a set, bytes, a non-string key) as
+    (its dotted path, its type's name); None when the whole document is JSON-shaped.
+    Call it after ``expanded_size``: a document that refers to itself never ends."""
+    stack: list[tuple[tuple[Any, ...], Any]] = [((), data)]
+    while stack:
+        loc, item = stack.pop()
+        if isinstance(item, dict):
+            for k, v in item.items():
+                if not isinstance(k, str):
+                    return dotted(loc), f"{type(k).__name__} key ({k!r})"
+                stack.append(((*loc, k), v))
+        elif isinstance(item, list):
+            stack.extend(((*loc, i), v) for i, v in enumerate(item))
+        elif not isinstance(item, JSON_TYPES):
+            return dotted(loc), type(item).__name__
+    return None

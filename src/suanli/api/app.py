@@ -301,7 +301,7 @@ def create_app(
         return error(422, "invalid request", problems)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         headers = dict(exc.headers or {})
         if exc.status_code == 405:  # every method any route of this path takes, not one's
             methods: set[str] = set()
@@ -310,6 +310,8 @@ def create_app(
                 if match != Match.NONE:
                     methods |= set(getattr(route, "methods", None) or ())
             headers["Allow"] = ", ".join(sorted(methods))
+        if request.url.path.startswith("/ui/"):  # a console address: a page
+            return error_page(request, exc.status_code, [str(exc.detail)], headers)
         return error(exc.status_code, str(exc.detail), headers=headers)
 
     @app.exception_handler(SuanliError)

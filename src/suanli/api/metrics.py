@@ -7,7 +7,8 @@ type, executor, a fixed placement-failure reason, or an HTTP method, route
 
 Two kinds of series:
 
-* what the store holds (queue depth, jobs by state, devices allocated and free)
+* what the store holds (queue depth, jobs by state, devices allocated and free, the
+  market's open offers, orders, leases and last spot prices, the services' replicas)
   is read from the store at each scrape (`StoreCollector`), so it is right after
   a restart and whoever wrote the rows;
 * what happens (scheduling cycles, placement failures, job starts and failures,
@@ -38,7 +39,18 @@ from sqlalchemy import func, select
 from starlette.routing import Match
 
 from suanli.store.db import Store
-from suanli.store.models import JOB_STATES, JobRow, NodeRow, QueueRow, held_devices
+from suanli.store.models import (
+    JOB_STATES,
+    JobRow,
+    LeaseRow,
+    NodeRow,
+    OfferRow,
+    OrderRow,
+    PriceRow,
+    QueueRow,
+    ServiceRow,
+    held_devices,
+)
 
 #: the placement-failure reasons a waiting job is counted under (never the free text)
 REASONS = (
@@ -199,6 +211,75 @@ class StoreCollector(Collector):
         yield pending
         yield jobs
         yield devices
+        yield from self.market_and_services()
+
+    def market_and_services(self) -> Iterator[Metric]:
+        """The market's book and spot prices by chip, region and mode, and the services'
+        replicas in all: aggregates that name no provider, buyer or service."""
+        offers = GaugeMetricFamily(
+            "suanli_market_open_offers",
+            "Open market offers, by chip and mode",
+            labels=["chip", "mode"],
+        )
+        orders = GaugeMetricFamily(
+            "suanli_market_open_orders",
+            "Open market orders, by chip and mode",
+            labels=["chip", "mode"],
+        )
+        leases = GaugeMetricFamily(
+            "suanli_market_leases",
+            "Leases not yet ended (active or being reclaimed), by chip and mode",
+            labels=["chip", "mode", "state"],
+        )
+        price = GaugeMetricFamily(
+            "suanli_market_spot_price_usd_per_hour",
+            "The last spot clearing price per unit-hour, by chip and region",
+            labels=["chip", "region"],
+        )
+        services = GaugeMetricFamily("suanli_services", "Services (LLM endpoints)")
+        desired = GaugeMetricFamily(
+            "suanli_service_replicas_desired", "Replicas the autoscalers (or pins) want, in all"
+        )
+        replicas = GaugeMetricFamily(
+            "suanli_service_replicas",
+            "Replica jobs of all services, by job state",
+            labels=["state"],
+        )
+        with self.store.tx() as s:
+            for model, family in ((OfferRow, offers), (OrderRow, orders)):
+                q = (
+                    select(model.accelerator, model.mode, func.count())
+                    .where(model.state == "open")
+                    .group_by(model.accelerator, model.mode)
+                )
+                for chip, mode, n in s.execute(q):
+                    family.add_metric([chip, mode], n)
+            q2 = (
+                select(LeaseRow.accelerator, LeaseRow.mode, LeaseRow.state, func.count())
+                .where(LeaseRow.state != "ended")
+                .group_by(LeaseRow.accelerator, LeaseRow.mode, LeaseRow.state)
+            )
+            for chip, mode, state, n in s.execute(q2):
+                leases.add_metric([chip, mode, state], n)
+            last = (
+                select(func.max(PriceRow.id))
+                .where(PriceRow.price_micro.is_not(None))
+                .group_by(PriceRow.accelerator, PriceRow.region)
+            )
+            for row in s.scalars(select(PriceRow).where(PriceRow.id.in_(last))):
+                price.add_metric([row.accelerator, row.region], (row.price_micro or 0) / 1e6)
+            services.add_metric([], s.scalar(select(func.count()).select_from(ServiceRow)) or 0)
+            desired.add_metric([], s.scalar(select(func.sum(ServiceRow.desired))) or 0)
+            by_state = dict(
+                s.execute(
+                    select(JobRow.state, func.count())
+                    .where(JobRow.service.is_not(None))
+                    .group_by(JobRow.state)
+                ).all()
+            )
+        for state in ("queued", "running"):
+            replicas.add_metric([state], by_state.get(state, 0))
+        yield from (offers, orders, leases, price, services, desired, replicas)
 
 
 class RequestTimer:

@@ -35,6 +35,9 @@ class ScaleBody(BaseModel):
     replicas: int | None = Field(ge=0, le=256)
 
 
+HISTORY_FIELDS = ("at", "ready", "desired", "arrivals_per_s", "in_flight", "waiting")
+
+
 def service_view(row: ServiceRow, book: ReplicaBook, jobs: list[JobRow]) -> dict[str, Any]:
     spec = ServiceSpec.model_validate(row.spec)
     probed = {r.job_id: r for r in book.of(row.name)}
@@ -71,6 +74,11 @@ def service_view(row: ServiceRow, book: ReplicaBook, jobs: list[JobRow]) -> dict
         "replicas": replicas,
         "spec": row.spec,
         "created_at": row.created_at,
+        # the last hour, one sample per 5 s, since this process started (in memory)
+        "history": [
+            dict(zip(HISTORY_FIELDS, h, strict=True))
+            for h in list(book.traffic_of(row.name).history)
+        ],
     }
 
 

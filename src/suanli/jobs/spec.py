@@ -31,7 +31,7 @@ from pydantic import (
 
 from suanli.catalog.loader import accelerators, models
 from suanli.errors import SuanliError
-from suanli.yamlfile import dotted, expanded_size
+from suanli.yamlfile import dotted, expanded_size, not_json
 
 NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a Kubernetes DNS label
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -266,15 +266,30 @@ def read_yaml(path: str | Path) -> Any:
     if len(raw) > MAX_FILE_BYTES:
         raise JobSpecError(str(p), [f"larger than {MAX_FILE_BYTES} bytes; a job spec is small"])
     try:
-        data = yaml.safe_load(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise JobSpecError(str(p), [f"not UTF-8 text ({exc.reason})"]) from exc
+    return parse_yaml(text, str(p))
+
+
+def parse_yaml(text: str, source: str = "<job>") -> Any:
+    """A job spec's YAML text as JSON-shaped data (what the API takes), within the same
+    limits as a file: a date, a set or bytes is refused with its path (JSON has none of
+    them), and so is a document whose aliases expand past 100,000 values."""
+    if len(text) > MAX_FILE_BYTES:
+        raise JobSpecError(source, [f"larger than {MAX_FILE_BYTES} bytes; a job spec is small"])
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise JobSpecError(str(p), [" ".join(f"not valid YAML: {exc}".split())]) from exc
+        raise JobSpecError(source, [" ".join(f"not valid YAML: {exc}".split())]) from exc
     except RecursionError as exc:
-        raise JobSpecError(str(p), ["nested too deeply"]) from exc
+        raise JobSpecError(source, ["nested too deeply"]) from exc
     if expanded_size(data, MAX_NODES) > MAX_NODES:
-        raise JobSpecError(str(p), [f"more than {MAX_NODES} values once its aliases are expanded"])
+        raise JobSpecError(source, [f"more than {MAX_NODES} values once its aliases are expanded"])
+    foreign = not_json(data)
+    if foreign is not None:
+        where, kind = foreign
+        raise JobSpecError(source, [f"{where or 'the document'}: a YAML {kind}; quote it as text"])
     return data
 
 

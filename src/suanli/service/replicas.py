@@ -34,6 +34,10 @@ class Replica:
     inflight: int = 0  # requests the router has sent and not had back
 
 
+HISTORY = 720  # samples: an hour at one each 5 s
+HISTORY_EVERY_S = 5.0
+
+
 class ServiceTraffic:
     """The router's view of one service: arrivals, what waits, what it answered. Its
     Prometheus series are the service's own (``GET /v1/services/NAME/metrics``), never
@@ -45,6 +49,9 @@ class ServiceTraffic:
         self.buffered = 0
         self.met = 0
         self.judged = 0
+        #: (at, ready, desired, arrivals/s, in flight, waiting) every HISTORY_EVERY_S, for
+        #: the console's chart of replicas and load; in memory: a restart starts it anew
+        self.history: deque[tuple[float, int, int, float, float, float]] = deque(maxlen=HISTORY)
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -96,6 +103,21 @@ class ServiceTraffic:
     @property
     def attainment(self) -> float | None:
         return self.met / self.judged if self.judged else None
+
+
+def record(
+    traffic: ServiceTraffic,
+    at: float,
+    ready: int,
+    desired: int,
+    arrivals_per_s: float,
+    running: float,
+    waiting: float,
+) -> None:
+    """One sample of a service's history, at most one per ``HISTORY_EVERY_S``."""
+    h = traffic.history
+    if not h or at - h[-1][0] >= HISTORY_EVERY_S:
+        h.append((at, ready, desired, arrivals_per_s, running, waiting))
 
 
 class ReplicaBook:

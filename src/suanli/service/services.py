@@ -30,7 +30,7 @@ from suanli.autoscale.signals import Observation, Targets
 from suanli.catalog.loader import accelerators
 from suanli.jobs.spec import parse_job_spec
 from suanli.run.local import free_port
-from suanli.service.replicas import ReplicaBook
+from suanli.service.replicas import ReplicaBook, record
 from suanli.store.db import Store
 from suanli.store.models import JobRow, ServiceRow
 
@@ -188,6 +188,7 @@ class ServicesController:
             "requests_judged": traffic.judged,
         }
         row.updated_at = now
+        record(traffic, now, obs.ready, desired, obs.arrivals_per_s, obs.running, obs.waiting)
         traffic.queue.set(obs.waiting)
         traffic.in_flight.set(obs.running)
         traffic.kv_use.set(obs.kv_use)

@@ -8,11 +8,12 @@ import time
 from typing import Annotated, Any
 from urllib.parse import quote
 
-import yaml
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 
+from suanli.jobs.spec import JobSpecError, parse_yaml
 from suanli.store.db import Store
 from suanli.web import views
 from suanli.web.client import Api, ApiError
@@ -88,7 +89,7 @@ def add_console(app: FastAPI, store: Store) -> None:
         fields = await form(request)
         token = fields.get("token", "").strip()
         target = safe_next(fields.get("next", "/ui/cluster"))
-        if not token or store.find_token(token) is None:
+        if not token or await run_in_threadpool(store.find_token, token) is None:
             return page(
                 request,
                 "signin.html",
@@ -109,8 +110,11 @@ def add_console(app: FastAPI, store: Store) -> None:
         return out
 
     @app.post("/ui/signout", include_in_schema=False)
-    async def signout(request: Request, who: Who) -> Response:
-        check_form(who, await form(request))
+    async def signout(request: Request) -> Response:
+        """Forget the cookie; it needs the form token of the cookie's token, not a live
+        one, so that a viewer whose token was revoked can sign out too."""
+        token = request.cookies.get(COOKIE, "")
+        check_form(Viewer(token, "", ""), await form(request))
         out = RedirectResponse("/ui/signin", status_code=303)
         out.delete_cookie(COOKIE, path="/ui")
         return out
@@ -187,10 +191,10 @@ def add_console(app: FastAPI, store: Store) -> None:
         check_form(who, fields)
         text = fields.get("spec", "")
         problems: list[str] = []
-        try:
-            spec = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            problems = [f"the spec is not YAML: {exc}"]
+        try:  # in a thread: a large spec is parsed off the loop that serves everyone
+            spec = await run_in_threadpool(parse_yaml, text, "spec")
+        except JobSpecError as exc:
+            problems = exc.problems
         else:
             if not isinstance(spec, dict):
                 problems = ["the spec must be a YAML mapping (name:, command:, resources: ...)"]
@@ -236,8 +240,26 @@ def add_console(app: FastAPI, store: Store) -> None:
     async def services(request: Request, who: Who) -> HTMLResponse:
         async with api(who) as a:
             rows = await a.get("/v1/services")
+        now = time.time()
         for s in rows:
             s["chip_mix"] = chip_mix(s)
+            h = s.get("history") or []
+            s["chart"] = {
+                "kind": "lines",
+                "title": "replicas and load, the last hour",
+                "x_title": "minutes before now",
+                "y_title": "replicas / requests",
+                "series": {
+                    name: [{"x": round((p["at"] - now) / 60, 2), "y": p[key]} for p in h]
+                    for name, key in (
+                        ("ready replicas", "ready"),
+                        ("desired", "desired"),
+                        ("arrivals/s", "arrivals_per_s"),
+                        ("in flight", "in_flight"),
+                        ("waiting", "waiting"),
+                    )
+                },
+            }
         return page(request, "services.html", who=who, title="Services", services=rows)
 
     @app.get("/ui/market", include_in_schema=False)
@@ -273,9 +295,13 @@ def add_console(app: FastAPI, store: Store) -> None:
     add_planner(app, Who)
 
 
-def error_page(request: Request, status: int, problems: list[str]) -> HTMLResponse:
-    """A console page's bad input (a page number that is not one), said as a page."""
-    return page(request, "error.html", status, who=None, title="Not understood", problems=problems)
+def error_page(
+    request: Request, status: int, problems: list[str], headers: dict[str, str] | None = None
+) -> HTMLResponse:
+    """A console address's error (a page number that is not one, no such page), as a page."""
+    out = page(request, "error.html", status, who=None, title="Not understood", problems=problems)
+    out.headers.update(headers or {})
+    return out
 
 
 def chip_mix(service: dict[str, Any]) -> str:

@@ -45,11 +45,20 @@ def csrf_for(token: str) -> str:
 
 
 async def form(request: Request) -> dict[str, str]:
-    """An urlencoded form's fields (the last value of each); no multipart is accepted."""
+    """An urlencoded form's fields (the last value of each); no multipart is accepted.
+    A form a browser posts from another site is refused here, the sign-in form too
+    (else a site could sign a visitor in as its own tenant and read what they submit)."""
+    site = request.headers.get("sec-fetch-site")
+    origin = request.headers.get("origin")
+    own = f"{request.url.scheme}://{request.url.netloc}"
+    if (site is not None and site not in ("same-origin", "none")) or (
+        origin is not None and origin != own
+    ):
+        raise BadForm("this form came from another site; open the console and post it there")
     body = (await request.body())[:MAX_FORM_BYTES].decode("utf-8", "replace")
     return {k: v[-1] for k, v in parse_qs(body, keep_blank_values=True).items()}
 
 
 def check_form(viewer: Viewer, fields: dict[str, str]) -> None:
-    if not hmac.compare_digest(fields.get("csrf", ""), viewer.csrf):
+    if not hmac.compare_digest(fields.get("csrf", "").encode(), viewer.csrf.encode()):
         raise BadForm("this form is stale or came from another site; reload the page")

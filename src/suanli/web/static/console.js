@@ -37,7 +37,8 @@
       case "lines":
         return {type: "scatter", data: {datasets: series(d.series, "scatter")},
           options: {plugins: {title: title(d.title)},
-            scales: {x: {title: {display: true, text: d.x_title}}, y: {title: {display: true, text: d.y_title}}}}};
+            scales: {x: {type: d.x_log ? "logarithmic" : "linear", title: {display: true, text: d.x_title}},
+                     y: {title: {display: true, text: d.y_title}}}}};
       case "prices": {
         const now = Date.now() / 1000;
         const named = {};
