@@ -57,6 +57,9 @@ def test_the_cluster_view_counts_free_held_down_and_stranded_devices() -> None:
     assert cells[1]["jobs"] == ["other"]
     assert v["nodes"][0].summary == "node a: 4 h100-sxm; 2 held"
     assert views.chip_classes(nodes) == {"a10": "chip-0", "h100-sxm": "chip-1"}
+    cpu = views.cluster([node("0-cpu", [], {}, site="bj")], sites)["nodes"]
+    assert [n.name for n in views.ordered(v["nodes"] + cpu)] == ["a", "b", "0-cpu", "c", "d"]
+    assert [n.name for n in views.ordered(v["nodes"], "a10")] == ["c", "d"]
 
 
 def test_pages_frontier_placements_and_queue_use() -> None:

@@ -223,11 +223,43 @@ def test_plan_training_and_see_the_charts(session: Any) -> None:
     expect(s.page.get_by_role("alert")).to_contain_text("no-such-model")
 
 
-def test_every_page_renders_without_errors(session: Any) -> None:
+def seed_market(service: dict[str, Any]) -> None:
+    """A provider's machine, its offer, a buyer's money and an order below the ask: what
+    the cluster and market pages draw."""
+    admin = {"Authorization": f"Bearer {service['admin']}"}
+    with httpx.Client(base_url=service["url"], headers=admin) as c:
+        made = c.post("/v1/tokens", json={"role": "provider", "owner": "dc1"})
+        prov = {"Authorization": f"Bearer {made.json()['token']}"}
+        site = {"region": "north", "pue": 1.2, "carbon_g_per_kwh": 500, "power_price_per_kwh": 0.1}
+        assert c.put("/v1/sites/bj1", json=site, headers=prov).status_code == 200
+        gpus = [{"index": i, "accelerator": "a100-80gb"} for i in range(8)]
+        node = {"site": "bj1", "cpu_cores": 64, "memory_mib": 512_000, "devices": gpus}
+        assert c.put("/v1/nodes/gpu-1", json=node, headers=prov).status_code == 200
+        offer = {"accelerator": "a100-80gb", "count": 4, "price_usd_per_hour": 2.5, "hours": 10}
+        assert c.post("/v1/market/offers", json=offer, headers=prov).status_code == 201
+        dep = {"account": "alice", "amount_usd": 50.0, "idempotency_key": "browser"}
+        assert c.post("/v1/ledger/deposits", json=dep).status_code == 201
+    alice = {"Authorization": f"Bearer {service['alice']}"}
+    with httpx.Client(base_url=service["url"], headers=alice) as c:
+        bid = {"accelerator": "a100-80gb", "count": 1, "max_price_usd_per_hour": 1, "hours": 1}
+        assert c.post("/v1/market/orders", json=bid).status_code == 201
+
+
+def test_every_page_renders_without_errors(session: Any, service: dict[str, Any]) -> None:
+    seed_market(service)
     s = session("admin")
     for name in ("cluster", "jobs", "services", "market", "simulate"):
         s.page.goto(f"{s.url}/ui/{name}")
         expect(s.page.locator("h1")).to_be_visible()
         s.shot(name)
+    s.page.goto(f"{s.url}/ui/cluster")
+    expect(s.page.locator(".devs[aria-label*='gpu-1']")).to_have_attribute(
+        "aria-label", "node gpu-1: 8 a100-80gb; 0 held"
+    )
     s.page.keyboard.press("Tab")  # the first stop is the skip link
     expect(s.page.locator(".skip")).to_be_focused()
+    alice = session("alice")
+    alice.page.goto(f"{alice.url}/ui/market")
+    expect(alice.page.locator("main")).to_contain_text("$2.50 × 4")  # the ask, no provider
+    expect(alice.page.locator("main")).not_to_contain_text("dc1")
+    alice.shot("market-alice")

@@ -122,15 +122,21 @@ def add_console(app: FastAPI, store: Store) -> None:
     # --- the cluster ----------------------------------------------------------------------
     @app.get("/ui/cluster", include_in_schema=False)
     async def cluster(
-        request: Request, who: Who, page_no: Annotated[int, Query(alias="page", ge=1)] = 1
+        request: Request,
+        who: Who,
+        page_no: Annotated[int, Query(alias="page", ge=1, le=1_000_000)] = 1,
+        chip: Annotated[str | None, Query(max_length=63)] = None,
     ) -> HTMLResponse:
+        """The summary counts every node; the list shows one chip's nodes with ``chip``,
+        nodes with devices first, a page at a time."""
         t0 = time.perf_counter()
         async with api(who) as a:
             nodes = await a.get("/v1/nodes")
             sites = await a.get("/v1/sites")
         view = views.cluster(nodes, sites)
-        pages = views.Pages.of(page_no, views.NODES_PER_PAGE, len(view["nodes"]))
-        shown = view["nodes"][pages.offset : pages.offset + pages.per_page]
+        listed = views.ordered(view["nodes"], chip)
+        pages = views.Pages.of(page_no, views.NODES_PER_PAGE, len(listed))
+        shown = listed[pages.offset : pages.offset + pages.per_page]
         by_site: dict[str, list[views.NodeCells]] = {}
         for n in shown:
             by_site.setdefault(n.site, []).append(n)
@@ -143,6 +149,7 @@ def add_console(app: FastAPI, store: Store) -> None:
             sites=sites,
             by_site=by_site,
             pages=pages,
+            chip=chip,
             chips=views.chip_classes(nodes),
             built_ms=(time.perf_counter() - t0) * 1000,
         )

@@ -128,6 +128,14 @@ def cluster(nodes: list[dict[str, Any]], sites: list[dict[str, Any]]) -> dict[st
     }
 
 
+def ordered(nodes: list[NodeCells], chip: str | None = None) -> list[NodeCells]:
+    """Nodes as the list shows them: by site, those with devices first, then by name;
+    with ``chip``, only the nodes that have one of it."""
+    if chip:
+        nodes = [n for n in nodes if any(c["chip"] == chip for c in n.cells)]
+    return sorted(nodes, key=lambda n: (n.site, not n.cells, n.name))
+
+
 def queue_usage(
     queues: list[dict[str, Any]], running: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
