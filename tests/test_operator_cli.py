@@ -357,6 +357,15 @@ def test_help_shows_no_value_for_a_flag() -> None:
     assert "<bool>" not in out.stdout and "<float range>" in out.stdout  # values keep theirs
 
 
+def test_simulate_help_names_every_policy_within_80_columns() -> None:
+    from suanli.sched.policies import NAMED
+
+    out = suanli("simulate", "--help", env={**os.environ, "COLUMNS": "80"})
+    flat = " ".join(ln.strip("│ ") for ln in out.stdout.splitlines())
+    assert out.returncode == 0 and all(f" {name}," in flat or f" {name} " in flat for name in NAMED)
+    assert max(len(ln) for ln in out.stdout.splitlines()) <= 80
+
+
 def test_nodes_say_who_holds_each_device_and_never_whose_to_another_tenant(api) -> None:  # type: ignore[no-untyped-def]
     client, store, who = api
     with store.tx() as s:

@@ -70,7 +70,13 @@ def simulate_cmd(
         Path | None, typer.Option("--workload", help="Pod list CSV or workload YAML.")
     ] = None,
     policy: Annotated[
-        str | None, typer.Option("--policy", help="Policy name or YAML file.")
+        str | None,
+        typer.Option(
+            "--policy",
+            help="A policy YAML file, or one of: "
+            + ", ".join(NAMED)
+            + " (Gavel's policies run in `suanli simulate gavel`).",
+        ),
     ] = None,
     mode: Annotated[Mode, typer.Option("--mode")] = Mode.openb,
     seed: Annotated[int, typer.Option("--seed", help="First seed.")] = 42,
