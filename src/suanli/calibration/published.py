@@ -34,6 +34,7 @@ from pathlib import Path
 
 from suanli.catalog.loader import get_accelerator, get_model, models
 from suanli.catalog.types import ModelArch, MoE
+from suanli.perf.engines import get_engine
 from suanli.perf.layout import TrainLayout
 from suanli.perf.system import System, make_system
 
@@ -77,6 +78,7 @@ class InferenceCase:
     source: str
     kv_dtype: str
     gqa_kv_reuse: bool
+    engine: str  # NAME@VERSION (``suanli.perf.engines``): what it could do decides the two above
 
 
 def _rows(path: Path) -> tuple[str, list[dict[str, str]]]:
@@ -213,6 +215,10 @@ def _arch_from_shape(name: str, f: dict[str, str]) -> ModelArch:
     )
 
 
+#: the engine (and version) each kind of row was measured with, as the header says
+ENGINE_OF_KIND = {"static_batch": "tensorrt-llm@0.5", "single_stream": "gpt-fast"}
+
+
 def load_inference_cases(directory: Path) -> list[InferenceCase]:
     """Every row of ``inference_published.csv`` as a case."""
     header, rows = _rows(directory / "inference_published.csv")
@@ -223,9 +229,11 @@ def load_inference_cases(directory: Path) -> list[InferenceCase]:
         model = get_model(name) if name in models() else _arch_from_shape(name, shapes[name])
         acc = get_accelerator(row["accelerator"])
         trt = row["kind"] == "static_batch"
-        # TRT-LLM's FP8 runs keep an FP8 KV cache (a 7B model at batch 64 x 2,176 tokens
-        # only fits in 80 GB that way); gpt-fast keeps KV in bf16 whatever the weights.
-        kv_dtype = "fp8" if trt and row["weight_dtype"] == "fp8" else "bf16"
+        # each row's engine, from its publication (the file's header): its profile says
+        # what KV cache it kept (TRT-LLM: FP8 with FP8 weights; gpt-fast: bf16 always) and
+        # how its decode read a GQA model's KV heads (neither reused them then)
+        engine = get_engine(ENGINE_OF_KIND[row["kind"]])
+        kv_dtype = engine.default_kv(row["weight_dtype"])
         cases.append(
             InferenceCase(
                 id=row["id"],
@@ -241,7 +249,8 @@ def load_inference_cases(directory: Path) -> list[InferenceCase]:
                 measured_output_tokens_per_s=float(row["measured_output_tokens_per_s"]),
                 source="TensorRT-LLM v0.5.0" if trt else "gpt-fast",
                 kv_dtype=kv_dtype,
-                gqa_kv_reuse=False,
+                gqa_kv_reuse=engine.gqa_kv_reuse(),
+                engine=engine.label,
             )
         )
     return cases

@@ -12,6 +12,7 @@ from rich.table import Table
 from suanli.catalog import loader
 from suanli.cli.output import console, fmt, print_json
 from suanli.errors import UnknownNameError
+from suanli.perf.engines import engines
 from suanli.perf.shape import shape_of
 
 catalog_app = typer.Typer(
@@ -24,6 +25,7 @@ class Kind(StrEnum):
     models = "models"
     networks = "networks"
     storage = "storage"
+    engines = "engines"
 
 
 def _accel_table() -> Table:
@@ -100,6 +102,34 @@ def _network_table() -> Table:
     return t
 
 
+def _engine_table() -> Table:
+    """Each engine version's capabilities; "?" where no source states one."""
+    t = Table(title="Serving engines (estimate serve / plan serve --engine NAME\\[@VERSION])")
+    for col in ("engine", "since", "vendors", "GQA reuse", "weights", "KV", "published on"):
+        t.add_column(col)
+
+    def said(v: Any) -> str:
+        if v is None:
+            return "?"
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        return ", ".join(v) if isinstance(v, tuple) else str(v)
+
+    for e in engines().values():
+        for p in e.versions:
+            t.add_row(
+                e.name,
+                p.since,
+                ", ".join(e.vendors),
+                said(p.gqa_kv_reuse),
+                said(p.weight_dtypes),
+                said(p.kv_dtypes),
+                said(p.published) if p.published else "-",
+            )
+    t.caption = "Sources: src/suanli/perf/data/engines.yaml (--json prints them)"
+    return t
+
+
 def _storage_table() -> Table:
     t = Table(title="Storage tiers (where moved and preempted jobs keep checkpoints)")
     for col in (
@@ -133,22 +163,24 @@ def list_cmd(
     kind: Annotated[Kind, typer.Argument(help="What to list.")] = Kind.accelerators,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """List accelerators, models, networks or storage tiers."""
+    """List accelerators, models, networks, storage tiers or serving engines."""
     if json_out:
         tables: dict[Kind, dict[str, Any]] = {
             Kind.accelerators: dict(loader.accelerators()),
             Kind.models: dict(loader.models()),
             Kind.networks: {**loader.interconnects(), **loader.topologies()},
             Kind.storage: dict(loader.storage_tiers()),
+            Kind.engines: {n: e.model_dump() for n, e in engines().items()},
         }
         table = tables[kind]
-        print_json([_record(v) for v in table.values()])
+        print_json([v if isinstance(v, dict) else _record(v) for v in table.values()])
         return
     tables_of = {
         Kind.accelerators: _accel_table,
         Kind.models: _model_table,
         Kind.networks: _network_table,
         Kind.storage: _storage_table,
+        Kind.engines: _engine_table,
     }
     console.print(tables_of[kind]())
 

@@ -16,6 +16,7 @@ from suanli.catalog import get_model
 from suanli.cli.output import console, fmt, kv_table, print_json
 from suanli.errors import InvalidLayoutError
 from suanli.perf import TrainLayout, estimate_serve, estimate_train, make_system
+from suanli.perf.engines import for_estimate
 
 estimate_app = typer.Typer(
     help="Estimate time, memory, energy and cost of one workload.", no_args_is_help=True
@@ -64,6 +65,14 @@ InterGbps = Annotated[
 ]
 Network = Annotated[str, typer.Option("--network", help="Topology name (catalog list networks).")]
 Pue = Annotated[float, typer.Option("--pue", help="Site power usage effectiveness.")]
+EngineOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--engine",
+        help="NAME\\[@VERSION]: vllm, sglang, tensorrt-llm, gpt-fast, vllm-ascend, onnxruntime, "
+        "openvino, serve_lm (default: the chip's usual one, where the request fits it).",
+    ),
+]
 Price = Annotated[
     float | None,
     typer.Option(
@@ -225,6 +234,7 @@ def serve_cmd(
         ),
     ] = None,
     kv_dtype: Annotated[ServeDtype | None, typer.Option("--kv-dtype")] = None,
+    engine: EngineOpt = None,
     devices_per_node: DevicesPerNode = None,
     pue: Pue = 1.3,
     price_usd_per_hour: Price = None,
@@ -237,6 +247,8 @@ def serve_cmd(
     system = make_system(
         acc, devices_per_node=devices_per_node, pue=pue, price_usd_per_hour=price_usd_per_hour
     )
+    kvd = kv_dtype.value if kv_dtype else None
+    eng, said = for_estimate(engine, acc, wdt, kvd)
     est = estimate_serve(
         arch,
         system,
@@ -246,8 +258,10 @@ def serve_cmd(
         input_len=input_len,
         output_len=output_len,
         weight_dtype=wdt,
-        kv_dtype=kv_dtype.value if kv_dtype else None,
+        kv_dtype=kvd,
+        engine=eng,
     )
+    notes = [*said, *est.notes]
     if json_out:
         out = est.to_dict()
         out.update(
@@ -260,12 +274,14 @@ def serve_cmd(
             output_len=output_len,
             weight_dtype=wdt,
             kv_dtype=kv_dtype.value if kv_dtype else None,
+            notes=notes,
         )
         print_json(out)
         return
     title = (
         f"{arch.name} on {num_devices} x {acc.name} (tp {tp}, replicas {est.replicas}), "
-        f"{wdt} weights, batch {batch}, {input_len} in / {output_len} out"
+        f"{wdt} weights, batch {batch}, {input_len} in / {output_len} out, "
+        f"engine {est.engine or 'idealised'}"
     )
     console.print(
         kv_table(
@@ -289,3 +305,5 @@ def serve_cmd(
             list(est.memory_gb.items()),
         )
     )
+    for note in notes:
+        console.print(f"note: {note}")

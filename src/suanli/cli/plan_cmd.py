@@ -23,6 +23,7 @@ from suanli.catalog import get_model
 from suanli.cli.output import console, fmt, print_json
 from suanli.errors import UsageError
 from suanli.perf import make_system
+from suanli.perf.engines import get_engine
 from suanli.plan.common import PlanResult
 from suanli.plan.common import Progress as ProgressFn
 from suanli.plan.pool import PoolEntry, load_pool, pool_from_accelerators
@@ -308,6 +309,14 @@ def serve_cmd(
     output_len: Annotated[int, typer.Option("--output-len")],
     ttft_slo_s: Annotated[float | None, typer.Option("--ttft-slo-s", help="p99 TTFT.")] = None,
     tpot_slo_s: Annotated[float | None, typer.Option("--tpot-slo-s", help="p99 TPOT.")] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            "--engine",
+            help="NAME\\[@VERSION] every replica runs (precisions, GQA reuse); default: the "
+            "idealised engine.",
+        ),
+    ] = None,
     pool: PoolOpt = None,
     accelerator: Accels = None,
     top: Top = 5,
@@ -336,9 +345,15 @@ def serve_cmd(
         ttft_slo_s=ttft_slo_s,
         tpot_slo_s=tpot_slo_s,
         top=top,
+        engine=get_engine(engine) if engine else None,
     )
     with _progress(not json_out, "sizing serving layouts") as progress:
         result = plan_serve(req, progress=progress)
+    result.notes.append(
+        f"engine {req.engine.label} on every replica"
+        if req.engine
+        else "engine: the idealised one (name one with --engine)"
+    )
     if market:
         result.notes += _weighed(
             req.pool,

@@ -30,6 +30,14 @@ def serve_cmd(
     ttft_slo_s: Annotated[float, typer.Option("--ttft-slo-s", help="TTFT SLO.")] = 2.0,
     tpot_slo_s: Annotated[float, typer.Option("--tpot-slo-s", help="TPOT SLO.")] = 0.1,
     tp: Annotated[int, typer.Option("--tp", help="Devices per replica (tensor parallel).")] = 1,
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            "--engine",
+            help="NAME\\[@VERSION] the replicas run (its chips, GQA reuse); default: the "
+            "idealised engine.",
+        ),
+    ] = None,
     rate_scale: Annotated[
         int, typer.Option("--rate-scale", help="Each request k times (same time axis).")
     ] = 1,
@@ -54,6 +62,7 @@ def serve_cmd(
     """Replay a request trace through a service's replicas (continuous-batching engines
     costed by perf) behind a router, under an autoscaler; print SLO attainment,
     device-hours and cost."""
+    from suanli.perf.engines import get_engine
     from suanli.plan.pool import load_pool, pool_from_accelerators
     from suanli.sim.serving.plot import plot_runs
     from suanli.sim.serving.setup import make_kinds, run_policy
@@ -70,7 +79,13 @@ def serve_cmd(
         reqs = read_trace(
             trace, duration_s=duration_s, time_scale=time_scale, rate_scale=rate_scale
         )
-        kinds = make_kinds(model, entries, tp=tp, storage=storage)
+        kinds = make_kinds(
+            model,
+            entries,
+            tp=tp,
+            storage=storage,
+            engine=get_engine(engine) if engine else None,
+        )
         end = reqs[-1].arrival_s
         with Progress(console=console, transient=True, disable=json_out) as bar:
             task = bar.add_task(f"{autoscaler}: simulated seconds", total=end)

@@ -48,9 +48,11 @@ class StepTime:
         weight_dtype: str = "bf16",
         kv_dtype: str = "bf16",
         eff: Efficiency | None = None,
+        gqa_kv_reuse: bool = True,
     ) -> None:
         self.model, self.system, self.tp = model, system, tp
         self.weight_dtype, self.kv_dtype = weight_dtype, kv_dtype
+        self.gqa_kv_reuse = gqa_kv_reuse  # as the engine decodes (`suanli.perf.engines`)
         self.eff = eff if eff is not None else default_efficiency()
         probe = decode_parts(
             model,
@@ -60,6 +62,7 @@ class StepTime:
             tp=tp,
             weight_dtype=weight_dtype,
             kv_dtype=kv_dtype,
+            gqa_kv_reuse=gqa_kv_reuse,
             eff=self.eff,
         )
         self.attn_s_per_token = probe["attention"] / PROBE_CONTEXT
@@ -96,6 +99,7 @@ class StepTime:
             tp=self.tp,
             weight_dtype=self.weight_dtype,
             kv_dtype=self.kv_dtype,
+            gqa_kv_reuse=self.gqa_kv_reuse,
             eff=self.eff,
         )
         return sum(p.values()), p["weights_gemm"], p["layer_overhead"] + p["step_overhead"]

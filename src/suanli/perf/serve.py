@@ -25,6 +25,7 @@ from suanli.catalog.types import ModelArch
 from suanli.errors import InvalidLayoutError
 from suanli.perf import collectives as coll
 from suanli.perf.efficiency import Efficiency, default_efficiency
+from suanli.perf.engines import Engine
 from suanli.perf.shape import ModelShape, shape_of
 from suanli.perf.system import System
 from suanli.perf.train import gemm_time
@@ -60,9 +61,13 @@ class ServeEstimate:
     replicas: int
     energy_j_per_output_token: float
     cost_usd_per_million_output_tokens: float | None
+    engine: str | None = None  # NAME[@VERSION], or None: the idealised engine
+    notes: tuple[str, ...] = ()  # what the estimate could not take from the engine
 
     def to_dict(self) -> dict[str, object]:
         return {
+            "engine": self.engine,
+            "notes": list(self.notes),
             "ttft_s": self.ttft_s,
             "tpot_s": self.tpot_s,
             "output_tokens_per_s": self.output_tokens_per_s,
@@ -349,8 +354,18 @@ def estimate_serve(
     kv_dtype: str | None = None,
     gqa_kv_reuse: bool = True,
     eff: Efficiency | None = None,
+    engine: Engine | None = None,
 ) -> ServeEstimate:
-    """Estimate a static batch on ``num_devices / tp`` replicas (see `decode_parts`)."""
+    """Estimate a static batch on ``num_devices / tp`` replicas (see `decode_parts`).
+
+    ``engine``: what it can do decides the GQA reuse and the default KV precision, and
+    a precision it has no kernels for is refused (`suanli.perf.engines`)."""
+    notes: tuple[str, ...] = ()
+    if engine is not None:
+        engine.check(system.accelerator, weight_dtype, kv_dtype)
+        kv_dtype = kv_dtype or engine.default_kv(weight_dtype)
+        gqa_kv_reuse = engine.gqa_kv_reuse()
+        notes = tuple(engine.caveats(system.accelerator))
     kv_dtype = kv_dtype or ("bf16" if weight_dtype in ("int8", "int4") else weight_dtype)
     check_serve(model, num_devices, tp, weight_dtype, kv_dtype, batch, input_len, output_len)
     e = eff if eff is not None else default_efficiency()
@@ -404,4 +419,6 @@ def estimate_serve(
         replicas=replicas,
         energy_j_per_output_token=energy / tokens_out,
         cost_usd_per_million_output_tokens=cost,
+        engine=engine.label if engine is not None else None,
+        notes=notes,
     )

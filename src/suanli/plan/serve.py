@@ -24,6 +24,7 @@ from typing import Any
 
 from suanli.catalog.types import ModelArch
 from suanli.perf.efficiency import Efficiency, default_efficiency
+from suanli.perf.engines import Engine
 from suanli.perf.serve import (
     decode_parts,
     kv_bytes_per_token_device,
@@ -51,6 +52,8 @@ class ServeRequest:
     target_attainment: float = 0.99
     disaggregation: bool = True
     top: int = 5
+    #: the engine every replica runs: its precisions and GQA reuse (None: the idealised one)
+    engine: Engine | None = None
 
 
 @dataclass(frozen=True)
@@ -75,14 +78,26 @@ def _curve(xs: list[float], ys: list[float]) -> Callable[[float], float]:
     return f
 
 
-def _formats(entry: PoolEntry) -> list[tuple[str, str]]:
+def _formats(entry: PoolEntry, engine: Engine | None = None) -> list[tuple[str, str]]:
+    """(weights, KV cache) precisions to weigh on a chip: those it runs natively, cut to
+    what the engine has kernels for (its KV cache in a precision it keeps)."""
     acc = entry.system.accelerator
     fp8 = acc.native("fp8")
     out = [("bf16", "bf16")]
     if fp8:
         out += [("fp8", "fp8")]
     out += [("int8", "fp8" if fp8 else "int8"), ("int4", "fp8" if fp8 else "int8")]
-    return out
+    if engine is None:
+        return out
+    p = engine.profile
+    kept = []
+    for wd, kvd in out:
+        if wd not in p.weight_dtypes:
+            continue
+        if p.kv_dtypes is not None and kvd not in p.kv_dtypes:
+            kvd = engine.default_kv(wd)
+        kept.append((wd, kvd))
+    return kept
 
 
 def _configs(req: ServeRequest, entry: PoolEntry, e: Efficiency) -> list[_Config]:
@@ -92,7 +107,11 @@ def _configs(req: ServeRequest, entry: PoolEntry, e: Efficiency) -> list[_Config
     ctx = req.input_len + req.output_len / 2
     dpn = entry.system.devices_per_node
     out = []
-    for wd, kvd in _formats(entry):
+    engine = req.engine
+    if engine is not None and entry.system.accelerator.vendor.lower() not in engine.vendors:
+        return []
+    gqa = engine.gqa_kv_reuse() if engine is not None else True
+    for wd, kvd in _formats(entry, engine):
         for tp in divisors(dpn):
             if model.heads % tp or tp > entry.count:
                 continue
@@ -125,6 +144,7 @@ def _configs(req: ServeRequest, entry: PoolEntry, e: Efficiency) -> list[_Config
                         context=ctx,
                         weight_dtype=wd,
                         kv_dtype=kvd,
+                        gqa_kv_reuse=gqa,
                         eff=e,
                     ).values()
                 )
@@ -189,7 +209,10 @@ def plan_serve(
         if progress:
             progress(i, len(req.pool) + 1)
         configs = _configs(req, entry, e)
-        if not configs:
+        vendor = entry.system.accelerator.vendor.lower()
+        if req.engine is not None and vendor not in req.engine.vendors:
+            rejected[f"engine: {req.engine.label} does not run on {vendor} chips"] += 1
+        elif not configs:
             rejected["memory: weights do not fit even at int4 with the largest TP"] += 1
         all_configs += configs
         for c in configs:

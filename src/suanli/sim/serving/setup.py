@@ -30,6 +30,7 @@ from suanli.autoscale.signals import Targets
 from suanli.catalog.loader import get_model, get_storage_tier, interconnects
 from suanli.errors import UsageError
 from suanli.perf.batching import StepTime
+from suanli.perf.engines import Engine, EngineError
 from suanli.perf.serve import check_serve
 from suanli.plan.pool import PoolEntry
 from suanli.sim.serving.fleet import Kind, ServeResult, simulate_serving
@@ -55,7 +56,10 @@ def make_kinds(
     weight_dtype: str = "bf16",
     storage: str = "local-nvme",
     host_link: str = "pcie4",
+    engine: Engine | None = None,
 ) -> dict[str, Kind]:
+    """A replica kind per chip of the pool that holds the model; with ``engine``, the
+    chips it runs on only, each replica decoding as the engine does (GQA reuse, KV)."""
     model = get_model(model_name)
     tier = get_storage_tier(storage)
     links = interconnects()
@@ -70,11 +74,30 @@ def make_kinds(
                 f"{entry.name}: no price in the catalog; give one in a pool file "
                 "(usd_per_device_hour) so cost can be compared"
             )
-        steps = StepTime(model, entry.system, tp=tp, weight_dtype=weight_dtype)
+        kv = "bf16"
+        if engine is not None:
+            try:
+                engine.check(entry.system.accelerator, weight_dtype, None)
+            except EngineError:
+                continue  # another vendor's chip, or no kernels for these weights
+            kv = engine.default_kv(weight_dtype)
+        steps = StepTime(
+            model,
+            entry.system,
+            tp=tp,
+            weight_dtype=weight_dtype,
+            kv_dtype=kv,
+            gqa_kv_reuse=engine.gqa_kv_reuse() if engine is not None else True,
+        )
         if steps.kv_capacity_tokens() <= 0:
             continue  # the weights alone do not fit: not a kind this model can use
         start = cold_start(model, tier, links[host_link], tp=tp, weight_dtype=weight_dtype)
         kinds[entry.name] = Kind(entry.name, steps, tp, price * tp, start.total_s)
+    if not kinds and engine is not None:
+        raise UsageError(
+            f"--engine {engine.label} runs none of {', '.join(e.name for e in pool)} with "
+            f"{weight_dtype} weights (see `suanli catalog list engines`)"
+        )
     if not kinds:
         raise UsageError(
             f"{model_name} does not fit on any of {', '.join(e.name for e in pool)} at tp {tp}: "

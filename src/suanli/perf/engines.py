@@ -1,0 +1,181 @@
+"""Serving engines as an input of the performance model (``data/engines.yaml``).
+
+The same chip and model serve at very different speeds under different engines and
+versions: before TensorRT-LLM's XQA kernel (v0.7) a GQA model's decode read each KV
+head once per *query* head, several times the KV traffic of an engine that reads it
+once per group. So an estimate names its engine, ``NAME[@VERSION]``, and takes from
+the engine's profile what the model computes with (GQA reuse, KV and weight
+precisions) and what it refuses (a precision the engine has no kernels for, a chip of
+a vendor it does not run on). A capability no source states is not assumed: the
+estimate keeps the idealised engine's behaviour for it and says so in its notes.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+from suanli.catalog.types import Accelerator
+from suanli.errors import SuanliError
+
+DATA = Path(__file__).parent / "data" / "engines.yaml"
+
+
+class EngineError(SuanliError):
+    """An engine that is not known, a version before its first profile, or a request
+    the engine cannot serve (a weight precision without kernels, another vendor's chip)."""
+
+
+class Profile(BaseModel):
+    """What one engine can do from version ``since`` on, and where that is stated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    since: str
+    gqa_kv_reuse: bool | None = None
+    kv_dtypes: tuple[str, ...] | None = None
+    weight_dtypes: tuple[str, ...]
+    paged_kv_block: int | None = None
+    chunked_prefill: bool | None = None
+    graph_capture: bool | None = None
+    published: tuple[str, ...] = ()
+    source: str
+
+
+class EngineEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    vendors: tuple[str, ...]
+    default_for: tuple[str, ...] = ()
+    versions: tuple[Profile, ...]
+
+
+class EngineFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    engines: list[EngineEntry]
+
+
+def version_key(v: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in v.split("."))
+    except ValueError:
+        raise EngineError(f"version {v!r}: give numbers separated by dots, e.g. 0.7") from None
+
+
+@functools.cache
+def engines() -> dict[str, EngineEntry]:
+    data = EngineFile.model_validate(yaml.safe_load(DATA.read_text()))
+    return {e.name: e for e in data.engines}
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One engine at one version (``version`` None: its newest profile)."""
+
+    name: str
+    version: str | None
+    profile: Profile
+    vendors: tuple[str, ...]
+    notes: list[str] = field(default_factory=list, compare=False)
+
+    @property
+    def label(self) -> str:
+        return self.name + (f"@{self.version}" if self.version else "")
+
+    def gqa_kv_reuse(self) -> bool:
+        """As stated, or the idealised engine's (reuse) where no source states it."""
+        return True if self.profile.gqa_kv_reuse is None else self.profile.gqa_kv_reuse
+
+    def default_kv(self, weight_dtype: str) -> str:
+        """The KV cache follows the weights where the engine keeps KV in that precision
+        (fp8 weights, fp8 KV), else bf16, else the engine's first KV precision."""
+        follow = weight_dtype if weight_dtype in ("fp32", "fp16", "bf16", "fp8") else "bf16"
+        allowed = self.profile.kv_dtypes
+        if allowed is None or follow in allowed:
+            return follow
+        return "bf16" if "bf16" in allowed else allowed[0]
+
+    def check(self, accelerator: Accelerator, weight_dtype: str, kv_dtype: str | None) -> None:
+        p = self.profile
+        vendor = accelerator.vendor.lower()
+        if vendor not in self.vendors:
+            raise EngineError(
+                f"--engine {self.label} runs on {', '.join(self.vendors)} chips, not "
+                f"{accelerator.name} ({vendor}); see `suanli catalog list engines`"
+            )
+        if weight_dtype not in p.weight_dtypes:
+            raise EngineError(
+                f"--engine {self.label} has no {weight_dtype} weight kernels "
+                f"(it has {', '.join(p.weight_dtypes)}); pick one with --weight-dtype"
+            )
+        if kv_dtype is not None and p.kv_dtypes is not None and kv_dtype not in p.kv_dtypes:
+            raise EngineError(
+                f"--engine {self.label} keeps no {kv_dtype} KV cache "
+                f"(it keeps {', '.join(p.kv_dtypes)}); pick one with --kv-dtype"
+            )
+
+    def caveats(self, accelerator: Accelerator) -> list[str]:
+        """What the estimate cannot take from this engine's profile, in words."""
+        out = []
+        if self.profile.gqa_kv_reuse is None:
+            out.append(
+                f"{self.label}: no source states whether its decode reads a KV head once per "
+                "group; assumed it does (the idealised engine)"
+            )
+        if accelerator.name not in self.profile.published:
+            out.append(
+                f"no published throughput of {self.label} on {accelerator.name}: the model's "
+                "efficiency is fitted to other engines' figures (see `suanli calibrate`)"
+            )
+        return out
+
+
+def get_engine(spec: str) -> Engine:
+    """``NAME`` (its newest profile) or ``NAME@VERSION`` (the profile in force then)."""
+    name, _, version = spec.strip().lower().partition("@")
+    entry = engines().get(name)
+    if entry is None:
+        raise EngineError(f"unknown engine {name!r}; known: {', '.join(sorted(engines()))}")
+    profiles = sorted(entry.versions, key=lambda p: version_key(p.since))
+    if not version:
+        return Engine(name, None, profiles[-1], entry.vendors)
+    asked = version_key(version)
+    fit = [p for p in profiles if version_key(p.since) <= asked]
+    if not fit:
+        raise EngineError(
+            f"{name}@{version}: the first profile of {name} is from {profiles[0].since}"
+        )
+    return Engine(name, version, fit[-1], entry.vendors)
+
+
+def default_engine(accelerator: Accelerator) -> Engine | None:
+    """The engine users of this chip's vendor run first, or None (the idealised one)."""
+    vendor = accelerator.vendor.lower()
+    for entry in engines().values():
+        if vendor in entry.default_for:
+            return get_engine(entry.name)
+    return None
+
+
+def for_estimate(
+    spec: str | None, accelerator: Accelerator, weight_dtype: str, kv_dtype: str | None
+) -> tuple[Engine | None, list[str]]:
+    """The engine an estimate uses: the one named (checked strictly: a precision it has no
+    kernels for is an error), else the chip's default engine where the request fits it,
+    else the idealised engine, with a note that says which and why."""
+    if spec:
+        return get_engine(spec), []
+    engine = default_engine(accelerator)
+    if engine is None:
+        return None, [
+            f"no engine named and none is the default for {accelerator.vendor} chips: "
+            "the idealised engine (name one with --engine)"
+        ]
+    try:
+        engine.check(accelerator, weight_dtype, kv_dtype)
+    except EngineError as exc:
+        return None, [f"the default engine does not fit ({exc}): the idealised engine"]
+    return engine, [f"engine {engine.label}: the default for {accelerator.vendor} chips"]

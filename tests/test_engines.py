@@ -1,0 +1,160 @@
+"""Serving engines as an input of the estimate (``suanli.perf.engines``): what a profile
+changes, what it refuses, which engine a chip gets by default, and that the calibration
+rows take their KV precision and GQA reuse from their engine's profile."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from suanli.catalog.loader import get_accelerator
+from suanli.perf import estimate_serve
+from suanli.perf.engines import EngineError, engines, for_estimate, get_engine
+from suanli.plan.pool import pool_from_accelerators
+from suanli.plan.serve import ServeRequest, plan_serve
+from tests.conftest import model, system
+from tests.helpers import suanli
+
+RUN = {"num_devices": 4, "tp": 4, "batch": 64, "input_len": 2048, "output_len": 2048}
+
+
+def test_a_version_picks_the_profile_in_force_then() -> None:
+    old, new = get_engine("tensorrt-llm@0.5"), get_engine("tensorrt-llm")
+    assert (old.profile.since, old.gqa_kv_reuse()) == ("0.5", False)
+    assert (new.profile.since, new.gqa_kv_reuse(), new.label) == ("0.7", True, "tensorrt-llm")
+    assert get_engine("TensorRT-LLM@0.9.1").profile.since == "0.7"
+    for bad, said in (
+        ("nope", "unknown engine 'nope'; known: gpt-fast"),
+        ("tensorrt-llm@0.4", "first profile of tensorrt-llm is from 0.5"),
+        ("vllm@latest", "give numbers separated by dots"),
+    ):
+        with pytest.raises(EngineError, match=said):
+            get_engine(bad)
+    for entry in engines().values():  # every profile says where it comes from
+        assert all(len(p.source) > 40 for p in entry.versions), entry.name
+
+
+def test_gqa_reuse_is_what_separates_trt_llm_0_5_from_0_7() -> None:
+    h100 = system("h100-sxm")
+    gqa, mha = model("llama-3.1-70b"), model("llama-2-7b")  # 64/8 heads; 32/32
+    trt05, trt = get_engine("tensorrt-llm@0.5"), get_engine("tensorrt-llm")
+    before = estimate_serve(gqa, h100, weight_dtype="fp8", engine=trt05, **RUN)
+    after = estimate_serve(gqa, h100, weight_dtype="fp8", engine=trt, **RUN)
+    assert before.kv_cache_gb == after.kv_cache_gb  # the same FP8 cache, read 8x as often
+    assert before.decode_breakdown_s["attention"] == pytest.approx(
+        8 * after.decode_breakdown_s["attention"], rel=0.05
+    )
+    assert before.output_tokens_per_s < 0.6 * after.output_tokens_per_s
+    assert (before.engine, after.engine) == ("tensorrt-llm@0.5", "tensorrt-llm")
+    one = {**RUN, "num_devices": 1, "tp": 1, "input_len": 128, "output_len": 128}
+    a = estimate_serve(mha, h100, weight_dtype="fp8", engine=trt05, **one)
+    b = estimate_serve(mha, h100, weight_dtype="fp8", engine=trt, **one)
+    assert a.tpot_s == pytest.approx(b.tpot_s)  # no groups: nothing to reuse
+
+
+def test_what_an_engine_cannot_run_is_refused_with_what_it_can() -> None:
+    llama, h100 = model("llama-3.1-8b"), system("h100-sxm")
+    one = {**RUN, "num_devices": 1, "tp": 1}
+    with pytest.raises(
+        EngineError, match=r"gpt-fast has no fp8 weight kernels \(it has bf16, int8, int4\)"
+    ):
+        estimate_serve(llama, h100, weight_dtype="fp8", engine=get_engine("gpt-fast"), **one)
+    with pytest.raises(EngineError, match="vllm keeps no int8 KV cache"):
+        estimate_serve(llama, h100, weight_dtype="int8", kv_dtype="int8",
+                       engine=get_engine("vllm"), **one)  # fmt: skip
+    with pytest.raises(EngineError, match="runs on nvidia, amd chips, not ascend-910b"):
+        estimate_serve(llama, system("ascend-910b"), engine=get_engine("vllm"), **one)
+    # gpt-fast keeps its KV cache in bf16 whatever the weights
+    est = estimate_serve(llama, h100, weight_dtype="int8", engine=get_engine("gpt-fast"), **one)
+    assert est.memory_gb["kv_cache"] == pytest.approx(
+        estimate_serve(llama, h100, weight_dtype="bf16", **one).memory_gb["kv_cache"]
+    )
+
+
+def test_each_chip_gets_its_users_engine_or_says_it_has_none() -> None:
+    eng, said = for_estimate(None, get_accelerator("h100-sxm"), "bf16", None)
+    assert eng is not None and eng.label == "vllm" and "default for nvidia" in said[0]
+    eng, _ = for_estimate(None, get_accelerator("ascend-910b"), "bf16", None)
+    assert eng is not None and eng.label == "vllm-ascend"
+    eng, said = for_estimate(None, get_accelerator("mlu590"), "bf16", None)
+    assert eng is None and "idealised" in said[0]
+    eng, said = for_estimate(None, get_accelerator("xeon-8480"), "bf16", None)
+    assert eng is None and "onnxruntime has no bf16 weight kernels" in said[0]
+    one = {**RUN, "num_devices": 1, "tp": 1}
+    ascend = system("ascend-910b")
+    est = estimate_serve(model("llama-3.1-8b"), ascend, engine=get_engine("vllm-ascend"), **one)
+    assert any("no source states whether its decode reads a KV head" in n for n in est.notes)
+    assert any("no published throughput of vllm-ascend on ascend-910b" in n for n in est.notes)
+
+
+def test_the_planner_weighs_only_what_the_engine_runs() -> None:
+    req = ServeRequest(
+        model=model("llama-3.1-70b"),
+        rate=5,
+        input_len=2048,
+        output_len=512,
+        pool=pool_from_accelerators(["h100-sxm", "ascend-910b"], 64),
+        tpot_slo_s=0.1,
+        top=20,
+    )
+    ideal = plan_serve(req)
+    gpt_fast = plan_serve(ServeRequest(**{**req.__dict__, "engine": get_engine("gpt-fast")}))
+    assert any(o["weight_dtype"] == "fp8" for o in ideal.options)
+    assert gpt_fast.options and all(
+        o["weight_dtype"] in ("bf16", "int8", "int4") and o["kv_dtype"] == "bf16"
+        for o in gpt_fast.options
+    )
+    assert all("ascend" not in o["pool"] for o in gpt_fast.options)
+    assert gpt_fast.rejected["engine: gpt-fast does not run on huawei chips"] == 1
+
+
+def test_calibration_rows_take_kv_and_gqa_from_their_engine(shared_dir: object) -> None:
+    from suanli.calibration.published import load_inference_cases, shared_calibration_dir
+
+    directory = shared_calibration_dir()
+    assert directory is not None
+    cases = load_inference_cases(directory)
+    assert {c.engine for c in cases} == {"tensorrt-llm@0.5", "gpt-fast"}
+    for c in cases:
+        eng = get_engine(c.engine)
+        assert c.gqa_kv_reuse is eng.gqa_kv_reuse() is False
+        assert c.kv_dtype == (
+            "fp8" if c.engine.startswith("tensorrt") and c.weight_dtype == "fp8" else "bf16"
+        )
+        assert c.system.accelerator.name in eng.profile.published
+
+
+def test_the_command_line_names_the_engine() -> None:
+    args = ["estimate", "serve", "--model", "llama-3.1-70b", "--accelerator", "h100-sxm",
+            "--num-devices", "4", "--tp", "4", "--batch", "64", "--input-len", "2048",
+            "--output-len", "2048", "--weight-dtype", "fp8"]  # fmt: skip
+    old = json.loads(suanli(*args, "--engine", "tensorrt-llm@0.5", "--json").stdout)
+    new = json.loads(suanli(*args, "--json").stdout)
+    assert old["engine"] == "tensorrt-llm@0.5" and new["engine"] == "vllm"
+    assert old["output_tokens_per_s"] < 0.6 * new["output_tokens_per_s"]
+    assert any("default for nvidia" in n for n in new["notes"])
+    bad = suanli(*args, "--engine", "gpt-fast")
+    assert bad.returncode == 2 and "gpt-fast has no fp8 weight kernels" in bad.stderr
+    listed = json.loads(suanli("catalog", "list", "engines", "--json").stdout)
+    assert {e["name"] for e in listed} == set(engines())
+    assert all(v["source"] for e in listed for v in e["versions"])
+
+
+def test_the_serving_simulator_runs_replicas_as_the_engine_does() -> None:
+    from suanli.errors import UsageError
+    from suanli.perf import make_system
+    from suanli.plan.pool import PoolEntry
+    from suanli.sim.serving.setup import make_kinds
+
+    # an Ascend chip at a price (the catalog has none for it), beside an H100
+    ascend = PoolEntry("ascend-910b", make_system(get_accelerator("ascend-910b"),
+                                                  price_usd_per_hour=2.0), 1)  # fmt: skip
+    pool = [*pool_from_accelerators(["h100-sxm"], 1), ascend]
+    ideal = make_kinds("llama-3.1-8b", pool)
+    old = make_kinds("llama-3.1-8b", pool, engine=get_engine("tensorrt-llm@0.5"))
+    assert set(ideal) == {"h100-sxm", "ascend-910b"} and set(old) == {"h100-sxm"}
+    ctx = 32 * 4096.0  # 32 sequences of 4k tokens: decode is bound by reading the KV cache
+    assert old["h100-sxm"].steps.decode_s(32, ctx) > 2 * ideal["h100-sxm"].steps.decode_s(32, ctx)
+    with pytest.raises(UsageError, match="--engine vllm runs none of ascend-910b"):
+        make_kinds("llama-3.1-8b", [ascend], engine=get_engine("vllm"))
