@@ -252,7 +252,9 @@ def serve(
             if len(real) < len(nodes)
             else ")"
         )
-        + "".join(f"\n  {k.split('/')[-1]}: {v}" for k, v in isolation.items()),
+        + "".join(f"\n  {k.split('/')[-1]}: {v}" for k, v in isolation.items())
+        + f"\nconsole on http://{host}:{port}/ (sign in with an API token; the admin's is in "
+        f"{token_file})",
         flush=True,
     )
     try:
