@@ -24,7 +24,11 @@ def test_a_version_picks_the_profile_in_force_then() -> None:
     assert (old.profile.since, old.gqa_kv_reuse()) == ("0.5", False)
     assert (new.profile.since, new.gqa_kv_reuse(), new.label) == ("0.7", True, "tensorrt-llm")
     assert get_engine("TensorRT-LLM@0.9.1").profile.since == "0.7"
+    for text, since in (("vllm@0.5.0rc1", "0.5"), ("vllm@v0.4.2", "0.2"), (" vllm @ 0.6 ", "0.5"),
+                        ("vllm@0.5.post1", "0.5")):  # fmt: skip
+        assert get_engine(text).profile.since == since, text
     for bad, said in (
+        ("vllm@", "a version after @"),
         ("nope", "unknown engine 'nope'; known: gpt-fast"),
         ("tensorrt-llm@0.4", "first profile of tensorrt-llm is from 0.5"),
         ("vllm@latest", "give numbers separated by dots"),
@@ -80,12 +84,34 @@ def test_each_chip_gets_its_users_engine_or_says_it_has_none() -> None:
     eng, said = for_estimate(None, get_accelerator("mlu590"), "bf16", None)
     assert eng is None and "idealised" in said[0]
     eng, said = for_estimate(None, get_accelerator("xeon-8480"), "bf16", None)
-    assert eng is None and "onnxruntime has no bf16 weight kernels" in said[0]
+    assert eng is not None and eng.label == "openvino"
+    eng, said = for_estimate(None, get_accelerator("h100-sxm"), "fp32", None)
+    assert eng is None and "vllm has no fp32 weight kernels" in said[0]
+    # the default engines change no number the idealised engine gave
+    llama = model("llama-3.1-8b")
+    one = {**RUN, "num_devices": 1, "tp": 1}
+    for chip, wd in (("h100-sxm", "fp8"), ("mi300x", "bf16"), ("ascend-910b", "int8"),
+                     ("xeon-8480", "bf16"), ("a100-80gb", "int4")):  # fmt: skip
+        acc = get_accelerator(chip)
+        eng, _ = for_estimate(None, acc, wd, None)
+        with_engine = estimate_serve(llama, system(chip), weight_dtype=wd, engine=eng, **one)
+        without = estimate_serve(llama, system(chip), weight_dtype=wd, **one)
+        assert with_engine.output_tokens_per_s == pytest.approx(without.output_tokens_per_s)
+        assert with_engine.kv_dtype == without.kv_dtype, chip
     one = {**RUN, "num_devices": 1, "tp": 1}
     ascend = system("ascend-910b")
     est = estimate_serve(model("llama-3.1-8b"), ascend, engine=get_engine("vllm-ascend"), **one)
     assert any("no source states whether its decode reads a KV head" in n for n in est.notes)
     assert any("no published throughput of vllm-ascend on ascend-910b" in n for n in est.notes)
+
+
+def test_the_planner_keeps_kv_as_the_estimate_does_where_the_engine_states_none() -> None:
+    from suanli.plan.serve import _formats
+
+    ascend = pool_from_accelerators(["ascend-910b"], 8)[0]
+    formats = _formats(ascend, get_engine("vllm-ascend"))  # KV precisions not stated
+    assert ("int4", "int8") not in formats and ("int8", "bf16") in formats
+    assert all(kv == get_engine("vllm-ascend").default_kv(w) for w, kv in formats)
 
 
 def test_the_planner_weighs_only_what_the_engine_runs() -> None:

@@ -273,7 +273,7 @@ def serve_cmd(
             input_len=input_len,
             output_len=output_len,
             weight_dtype=wdt,
-            kv_dtype=kv_dtype.value if kv_dtype else None,
+            kv_dtype=est.kv_dtype,
             notes=notes,
         )
         print_json(out)

@@ -13,6 +13,7 @@ estimate keeps the idealised engine's behaviour for it and says so in its notes.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,11 +59,16 @@ class EngineFile(BaseModel):
     engines: list[EngineEntry]
 
 
+VERSION = re.compile(r"^v?(\d+(?:\.\d+)*)")
+
+
 def version_key(v: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(p) for p in v.split("."))
-    except ValueError:
-        raise EngineError(f"version {v!r}: give numbers separated by dots, e.g. 0.7") from None
+    """``0.7``, ``v0.4.2``, ``0.4.0rc1`` or ``0.4.post1`` as numbers (a suffix is the
+    release it leads to or follows: its profile is the same)."""
+    m = VERSION.match(v.strip())
+    if m is None:
+        raise EngineError(f"version {v!r}: give numbers separated by dots, e.g. 0.7")
+    return tuple(int(p) for p in m.group(1).split("."))
 
 
 @functools.cache
@@ -135,7 +141,9 @@ class Engine:
 
 def get_engine(spec: str) -> Engine:
     """``NAME`` (its newest profile) or ``NAME@VERSION`` (the profile in force then)."""
-    name, _, version = spec.strip().lower().partition("@")
+    name, at, version = (part.strip() for part in spec.strip().lower().partition("@"))
+    if at and not version:
+        raise EngineError(f"--engine {spec!r}: a version after @, or none (its newest)")
     entry = engines().get(name)
     if entry is None:
         raise EngineError(f"unknown engine {name!r}; known: {', '.join(sorted(engines()))}")

@@ -62,11 +62,13 @@ class ServeEstimate:
     energy_j_per_output_token: float
     cost_usd_per_million_output_tokens: float | None
     engine: str | None = None  # NAME[@VERSION], or None: the idealised engine
+    kv_dtype: str | None = None  # the KV cache's precision the estimate used
     notes: tuple[str, ...] = ()  # what the estimate could not take from the engine
 
     def to_dict(self) -> dict[str, object]:
         return {
             "engine": self.engine,
+            "kv_dtype": self.kv_dtype,
             "notes": list(self.notes),
             "ttft_s": self.ttft_s,
             "tpot_s": self.tpot_s,
@@ -358,8 +360,9 @@ def estimate_serve(
 ) -> ServeEstimate:
     """Estimate a static batch on ``num_devices / tp`` replicas (see `decode_parts`).
 
-    ``engine``: what it can do decides the GQA reuse and the default KV precision, and
-    a precision it has no kernels for is refused (`suanli.perf.engines`)."""
+    ``engine``: what it can do decides the GQA reuse (over ``gqa_kv_reuse``) and the
+    default KV precision, and a precision it has no kernels for is refused
+    (`suanli.perf.engines`)."""
     notes: tuple[str, ...] = ()
     if engine is not None:
         engine.check(system.accelerator, weight_dtype, kv_dtype)
@@ -420,5 +423,6 @@ def estimate_serve(
         energy_j_per_output_token=energy / tokens_out,
         cost_usd_per_million_output_tokens=cost,
         engine=engine.label if engine is not None else None,
+        kv_dtype=kv_dtype,
         notes=notes,
     )

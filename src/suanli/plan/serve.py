@@ -94,8 +94,8 @@ def _formats(entry: PoolEntry, engine: Engine | None = None) -> list[tuple[str, 
     for wd, kvd in out:
         if wd not in p.weight_dtypes:
             continue
-        if p.kv_dtypes is not None and kvd not in p.kv_dtypes:
-            kvd = engine.default_kv(wd)
+        if p.kv_dtypes is None or kvd not in p.kv_dtypes:
+            kvd = engine.default_kv(wd)  # as `estimate serve` would: nothing unstated assumed
         kept.append((wd, kvd))
     return kept
 
@@ -212,6 +212,10 @@ def plan_serve(
         vendor = entry.system.accelerator.vendor.lower()
         if req.engine is not None and vendor not in req.engine.vendors:
             rejected[f"engine: {req.engine.label} does not run on {vendor} chips"] += 1
+        elif not configs and req.engine is not None:
+            have = ", ".join(req.engine.profile.weight_dtypes)
+            rejected[f"memory: weights do not fit in any precision of {req.engine.label} "
+                     f"({have}) with the largest TP"] += 1  # fmt: skip
         elif not configs:
             rejected["memory: weights do not fit even at int4 with the largest TP"] += 1
         all_configs += configs
