@@ -1,6 +1,7 @@
 """Which device types can serve a job's request: a named chip, or constraints.
 
-A request may name a chip (``accelerator: h100-sxm``) or describe one: a vendor,
+A request may name a chip (``accelerator: h100-sxm``), several it accepts
+(``accelerators: [a100-80gb, h100-sxm]``), or describe one: a vendor,
 a minimum memory, or "any chip that can run model M". Constraints resolve
 against the chips the cluster actually has, through the catalog, so a new
 node type becomes eligible without touching any job. "Can run M" means M's
@@ -29,7 +30,7 @@ def wants_devices(r: Resources) -> bool:
     """Whether the job needs accelerators at all (else it runs on CPU cores)."""
     if r.accelerator == "cpu" or r.devices == 0:
         return False
-    return bool(r.accelerator or r.vendor or r.min_memory_gb or r.model)
+    return bool(r.accelerator or r.accelerators or r.vendor or r.min_memory_gb or r.model)
 
 
 def eligible_types(r: Resources, available: Iterable[str]) -> frozenset[str]:
@@ -40,8 +41,11 @@ def eligible_types(r: Resources, available: Iterable[str]) -> frozenset[str]:
     need_bytes = 0.0
     if r.model:
         need_bytes = shape_of(get_model(r.model)).total_params * BF16_BYTES
+    allowed = set(r.accelerators) if r.accelerators else None
     out = set()
     for name in available:
+        if allowed is not None and name not in allowed:
+            continue
         acc = catalog.get(name)
         if name.startswith(CPU_SLICE + "-"):  # pseudo-devices of CPU threads, by vendor only
             if r.vendor and r.vendor.lower() == CPU_SLICE and not (r.min_memory_gb or r.model):
@@ -69,7 +73,8 @@ def describe(r: Resources) -> str:
     waiting job's reason says no node has."""
     if r.accelerator:
         return r.accelerator
-    parts = [f"vendor {r.vendor}"] if r.vendor else []
+    parts = [f"one of {', '.join(r.accelerators)}"] if r.accelerators else []
+    parts += [f"vendor {r.vendor}"] if r.vendor else []
     parts += [f">= {r.min_memory_gb:g} GB"] if r.min_memory_gb else []
     parts += [f"able to run {r.model}"] if r.model else []
     return "chip " + ", ".join(parts) if parts else "accelerator"

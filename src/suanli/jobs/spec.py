@@ -93,6 +93,10 @@ class Resources(BaseModel):
     accelerator: str | None = Field(
         default=None, min_length=1, max_length=63, json_schema_extra=catalog_enum(_chips)
     )
+    #: any one of these chips (a service whose replicas may land on several types)
+    accelerators: list[Annotated[str, Field(min_length=1, max_length=63)]] | None = Field(
+        default=None, min_length=1, max_length=32
+    )
     vendor: str | None = Field(default=None, min_length=1, max_length=63)
     min_memory_gb: float | None = Field(default=None, gt=0, le=MAX_MEMORY_GB)
     model: str | None = Field(  # any chip that can run this catalog model
@@ -110,6 +114,30 @@ class Resources(BaseModel):
         if v is not None and v.lower() != "cpu" and v.lower() not in accelerators():
             raise ValueError(f"unknown accelerator {v!r} (see `suanli catalog list`, or cpu)")
         return v.lower() if v else v
+
+    @field_validator("accelerators")
+    @classmethod
+    def _all_known(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        out: list[str] = []
+        for chip in (c.lower() for c in v):
+            if chip == "cpu" or chip not in accelerators():
+                raise ValueError(
+                    f"unknown accelerator {chip!r} (see `suanli catalog list`; a list names "
+                    "devices, and cpu is not one)"
+                )
+            if chip not in out:
+                out.append(chip)
+        return out
+
+    @model_validator(mode="after")
+    def _one_way_to_name_chips(self) -> Resources:
+        if self.accelerator and self.accelerators:
+            raise ValueError(
+                "resources: give accelerator (one chip) or accelerators (any of several), not both"
+            )
+        return self
 
     @field_validator("model")
     @classmethod

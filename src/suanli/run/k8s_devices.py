@@ -53,7 +53,7 @@ def device_request(spec: JobSpec, notes: Notes) -> Devices:
     if not wants_devices(r):
         return none
     # the field a message is about: the chip's name, else the first constraint given
-    keys = ("accelerator", "vendor", "model", "min_memory_gb")
+    keys = ("accelerator", "accelerators", "vendor", "model", "min_memory_gb")
     where = next((f"resources.{k}" for k in keys if getattr(r, k)), "resources")
     if not r.accelerator and r.vendor and r.vendor.lower() == CPU_SLICE:
         notes.problems.append(

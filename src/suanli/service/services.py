@@ -32,7 +32,7 @@ from suanli.jobs.spec import parse_job_spec
 from suanli.run.local import free_port
 from suanli.service.replicas import ReplicaBook, record
 from suanli.store.db import Store
-from suanli.store.models import JobRow, ServiceRow
+from suanli.store.models import JobRow, NodeRow, ServiceRow
 
 log = logging.getLogger("suanli.services")
 LIVE = ("queued", "running", "preempted")
@@ -73,11 +73,32 @@ def replica_address(job: JobRow) -> str:
     return str(env.get("SUANLI_REPLICA_ADDRESS", "")) if isinstance(env, dict) else ""
 
 
-def price_per_replica_hour(spec: ServiceSpec) -> float:
-    """The catalog price of a replica's devices (0 where the chip has none, or CPUs)."""
-    acc = accelerators().get(spec.resources.accelerator or "")
+def chip_price(chip: str | None, devices: int) -> float:
+    """The catalog price of ``devices`` of a chip per hour (0: no price, or a CPU)."""
+    acc = accelerators().get(chip or "")
     price = acc.price_usd_per_hour if acc is not None else None
-    return (price or 0.0) * max(1, spec.resources.devices)
+    return (price or 0.0) * max(1, devices)
+
+
+def price_per_replica_hour(spec: ServiceSpec) -> float:
+    """What a replica may cost per hour: its chip's price, or with several allowed chips
+    the dearest one's (so that a budget is never exceeded whichever the scheduler picks)."""
+    r = spec.resources
+    chips: list[str | None] = [*r.accelerators] if r.accelerators else [r.accelerator]
+    return max(chip_price(c, r.devices) for c in chips)
+
+
+def replica_price(s: Session, spec: ServiceSpec, job: JobRow) -> float:
+    """What a running replica costs per hour: the price of the chip it landed on (its
+    first member's first device), else the spec's bound."""
+    members = job.members or []
+    devices = list(members[0].get("devices") or []) if members else []  # type: ignore[call-overload]
+    node = s.get(NodeRow, str(members[0].get("node"))) if members and devices else None
+    if node is not None:
+        chips = {int(str(d["index"])): str(d["accelerator"]) for d in node.devices}
+        if int(devices[0]) in chips:
+            return chip_price(chips[int(devices[0])], spec.resources.devices)
+    return price_per_replica_hour(spec)
 
 
 @dataclass
@@ -167,9 +188,10 @@ class ServicesController:
         self._act(s, row, spec, jobs, desired, now)
         # charge the running replicas' time since the last tick
         if st.last_tick is not None:
-            held = sum(1 for j in jobs if j.state == "running") * (now - st.last_tick)
-            row.device_s += held * max(1, spec.resources.devices)
-            row.cost_usd += held / 3600 * price
+            dt = now - st.last_tick
+            live = [j for j in jobs if j.state == "running"]
+            row.device_s += len(live) * dt * max(1, spec.resources.devices)
+            row.cost_usd += sum(replica_price(s, spec, j) for j in live) * dt / 3600
         st.last_tick = now
         row.desired = desired
         row.status = f"{len(ready)}/{desired} ready" + (
