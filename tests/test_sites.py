@@ -42,6 +42,16 @@ RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 GRACE_S = 4.0  # a site away this long has its jobs requeued (300 s by default)
 
 
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -58,8 +68,23 @@ class Cluster:
     dash: int = 0
 
     def start(self) -> None:
+        """Start the head; a restart keeps its dashboard port (the site's address), so it
+        waits until the killed head has let that port go, and tries again on fresh other
+        ports if ``ray start`` still fails (saying why, once it gives up)."""
         ray = shutil.which("ray", path=str(Path(PY).parent)) or "ray"
         self.dash = self.dash or _port()
+        _wait(lambda: _free(self.dash), f"port {self.dash} free for {self.name}'s head", 60)
+        env = {**os.environ, **RAY_ENV}
+        for _ in range(3):
+            done = subprocess.run(
+                self._argv(ray), env=env, capture_output=True, text=True, timeout=180
+            )
+            if done.returncode == 0:
+                return
+            self.kill()  # what the failed start left of this cluster only (not `ray stop`)
+        raise AssertionError(f"ray start failed for {self.name}: {done.stderr[-3000:]}")
+
+    def _argv(self, ray: str) -> list[str]:
         base = random.randrange(20_000, 40_000, 200)  # a worker port range nobody else has
         argv = [ray, "start", "--head", f"--port={_port()}", f"--dashboard-port={self.dash}"]
         argv += ["--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1", "--num-cpus=2"]
@@ -76,8 +101,7 @@ class Cluster:
             "runtime-env-agent",
         ):
             argv.append(f"--{flag}-port={_port()}")
-        env = {**os.environ, **RAY_ENV}
-        subprocess.run(argv, env=env, check=True, capture_output=True, timeout=180)
+        return argv
 
     @property
     def address(self) -> str:
