@@ -7,13 +7,14 @@ import time
 
 import pytest
 
+from suanli.api.app import job_usage
 from suanli.autoscale.service_spec import ServiceSpec
 from suanli.jobs.resolve import describe, eligible_types, wants_devices
 from suanli.jobs.spec import JobSpecError, parse_job_spec
 from suanli.run.k8s_devices import Notes, device_request
 from suanli.service.services import price_per_replica_hour, replica_price
 from suanli.store import Store
-from suanli.store.models import NodeRow
+from suanli.store.models import NodeRow, member_chips
 
 BASE = {"name": "j", "command": ["true"]}
 
@@ -63,5 +64,12 @@ def test_a_replica_is_charged_for_the_chip_it_landed_on(store: Store) -> None:
         job.state, job.members = "running", [{"node": "n1", "devices": [0]}]
         s.flush()
         assert replica_price(s, svc, job) == pytest.approx(0.75)  # an A10, not an A100
+        job.started_at, job.members = now - 3600, [{"node": "n1", "devices": [0]},
+                                                   {"node": "gone", "devices": [3]}]  # fmt: skip
+        assert member_chips(s, job.members) == ["a10", None]
+        usage = job_usage(s, job)  # a device on a node no longer known: no price for it
+        assert usage["device_s"] == pytest.approx(7200, rel=0.01) and usage["cost_usd"] is None
+        job.members = [{"node": "n1", "devices": [0]}]
+        assert job_usage(s, job)["cost_usd"] == pytest.approx(0.75, rel=0.01)
         job.members = []
         assert replica_price(s, svc, job) == pytest.approx(1.79)  # unknown: the bound

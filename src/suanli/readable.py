@@ -1,4 +1,8 @@
-"""Durations and exits as people read them, the same in the terminal and the console."""
+"""Durations, exits and numbers as people (and JSON readers) take them, the same in the
+terminal and the console."""
+
+import math
+from typing import Any
 
 
 def age(seconds: float) -> str:
@@ -28,3 +32,15 @@ def exit_status(code: int | None) -> str:
         except ValueError:
             return f"signal {-code}"
     return str(code)
+
+
+def finite(data: Any) -> Any:
+    """NaN and infinities as None, all the way down: JSON has no such numbers (Python
+    writes ``NaN``, which a browser's ``JSON.parse`` and most tools refuse)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: finite(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [finite(v) for v in data]
+    return data

@@ -43,6 +43,7 @@ from suanli.store.models import (
     QueueRow,
     SiteRow,
     TokenRow,
+    member_chips,
 )
 from suanli.web import add_console, error_page
 
@@ -139,28 +140,17 @@ def job_usage(s: DbSession, row: JobRow) -> dict[str, Any]:
     ``/v1/ledger``). Earlier attempts are not counted: only the last one's start is kept."""
     if row.started_at is None or not row.members:
         return {"device_s": 0.0, "cost_usd": None, "basis": "not started"}
-    if not any(m.get("devices") for m in row.members):
+    held = member_chips(s, row.members)
+    if not held:
         return {"device_s": 0.0, "cost_usd": None, "basis": "no devices held (CPU only)"}
     end = time.time() if row.state == "running" else row.updated_at
     held_s = max(0.0, end - row.started_at)
-    chips = accelerators()
-    device_s, cost, priced = 0.0, 0.0, True
-    for m in row.members:
-        node = s.get(NodeRow, str(m.get("node")))
-        by_index = (
-            {int(str(d["index"])): str(d["accelerator"]) for d in node.devices} if node else {}
-        )
-        for d in m.get("devices") or []:  # type: ignore[attr-defined]
-            device_s += held_s
-            chip = chips.get(by_index.get(int(d), ""))
-            price = chip.price_usd_per_hour if chip else None
-            if price is None:
-                priced = False
-            else:
-                cost += held_s / 3600 * price
+    catalog = accelerators()
+    prices = [catalog[c].price_usd_per_hour if c in catalog else None for c in held]
+    priced = all(p is not None for p in prices)
     return {
-        "device_s": device_s,
-        "cost_usd": cost if priced and device_s else None,
+        "device_s": held_s * len(held),
+        "cost_usd": held_s / 3600 * sum(p or 0.0 for p in prices) if priced else None,
         "basis": "catalog list price, this attempt" if priced else "no list price for a chip",
     }
 

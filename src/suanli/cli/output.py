@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -12,25 +11,16 @@ from rich.table import Table
 
 from suanli.readable import age as age  # the CLI modules import them from here
 from suanli.readable import exit_status as exit_status
+from suanli.readable import finite
 
 console = Console()
 if not console.is_terminal:  # piped or captured: do not squeeze tables to 80 columns
     console = Console(width=140)
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, float):
-        return None if math.isnan(value) or math.isinf(value) else value
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
-
-
 def print_json(obj: Any) -> None:
     """One JSON object on stdout (no Rich markup, so scripts can parse it)."""
-    print(json.dumps(_clean(obj), indent=2, sort_keys=False))
+    print(json.dumps(finite(obj), indent=2, sort_keys=False))
 
 
 def fmt(value: Any, digits: int = 3) -> str:

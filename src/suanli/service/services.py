@@ -32,7 +32,7 @@ from suanli.jobs.spec import parse_job_spec
 from suanli.run.local import free_port
 from suanli.service.replicas import ReplicaBook, record
 from suanli.store.db import Store
-from suanli.store.models import JobRow, NodeRow, ServiceRow
+from suanli.store.models import JobRow, ServiceRow, member_chips
 
 log = logging.getLogger("suanli.services")
 LIVE = ("queued", "running", "preempted")
@@ -91,13 +91,9 @@ def price_per_replica_hour(spec: ServiceSpec) -> float:
 def replica_price(s: Session, spec: ServiceSpec, job: JobRow) -> float:
     """What a running replica costs per hour: the price of the chip it landed on (its
     first member's first device), else the spec's bound."""
-    members = job.members or []
-    devices = list(members[0].get("devices") or []) if members else []  # type: ignore[call-overload]
-    node = s.get(NodeRow, str(members[0].get("node"))) if members and devices else None
-    if node is not None:
-        chips = {int(str(d["index"])): str(d["accelerator"]) for d in node.devices}
-        if int(devices[0]) in chips:
-            return chip_price(chips[int(devices[0])], spec.resources.devices)
+    chips = member_chips(s, job.members)
+    if chips and chips[0] is not None:
+        return chip_price(chips[0], spec.resources.devices)
     return price_per_replica_hour(spec)
 
 

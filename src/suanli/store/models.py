@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, Text, UniqueConstraint
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "preempted")
 #: the owner of what the service itself creates (executor nodes, calibration jobs); the
@@ -146,6 +146,17 @@ class NodeRow(Base):
     devices: Mapped[list[dict[str, object]]] = mapped_column(JSON)
     labels: Mapped[dict[str, str]] = mapped_column(JSON)
     heartbeat_at: Mapped[float] = mapped_column(Float)
+
+
+def member_chips(s: Session, members: list[dict[str, object]] | None) -> list[str | None]:
+    """The chip of each device a job's members hold, member by member and in order (None
+    where the node or device is no longer registered): what its time is priced by."""
+    out: list[str | None] = []
+    for m in members or []:
+        node = s.get(NodeRow, str(m.get("node")))
+        chips = {int(str(d["index"])): str(d["accelerator"]) for d in node.devices} if node else {}
+        out += [chips.get(int(d)) for d in m.get("devices") or []]  # type: ignore[attr-defined]
+    return out
 
 
 class PerfRecordRow(Base):

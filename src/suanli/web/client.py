@@ -27,7 +27,6 @@ class Api:
             base_url="http://console.internal",
             headers={"Authorization": f"Bearer {token}"},
         )
-        self.total: int | None = None  # X-Total-Count of the last list read
 
     async def __aenter__(self) -> Api:
         return self
@@ -43,8 +42,6 @@ class Api:
             except ValueError:
                 body = {"error": r.text[:500]}
             raise ApiError(r.status_code, body)
-        total = r.headers.get("x-total-count")
-        self.total = int(total) if total is not None else None
         if r.headers.get("content-type", "").startswith("application/json"):
             return r.json()
         return r.text

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -69,22 +68,10 @@ def as_yaml(v: Any) -> str:
     return yaml.safe_dump(v, sort_keys=False, allow_unicode=True, default_flow_style=False)
 
 
-def finite(data: Any) -> Any:
-    """NaN and infinities as null: JSON.parse refuses them, and one would stop every
-    chart on the page."""
-    if isinstance(data, float) and not math.isfinite(data):
-        return None
-    if isinstance(data, dict):
-        return {k: finite(v) for k, v in data.items()}
-    if isinstance(data, list | tuple):
-        return [finite(v) for v in data]
-    return data
-
-
 def chart(data: Any) -> Markup:
     """A chart's data for console.js, in a JSON script element (never run: its type is
     not JavaScript); ``<`` is escaped so that no string in it can close the element."""
-    text = json.dumps(finite(data), separators=(",", ":")).replace("<", "\\u003c")
+    text = json.dumps(readable.finite(data), separators=(",", ":")).replace("<", "\\u003c")
     return Markup(f'<script type="application/json" class="chart-data">{text}</script>')
 
 
