@@ -159,7 +159,16 @@ def test_fp8_is_faster_than_bf16_where_the_chip_has_it() -> None:
             TrainLayout(tp=2, sequence_parallel=False, vpp=2, global_batch=8, seq_len=2048),
             "vpp > 1",
         ),
-        (TrainLayout(pp=2, zero=3, global_batch=8, seq_len=2048), "ZeRO stage 2/3"),
+        (TrainLayout(zero=1, fsdp_reshard="never", global_batch=8, seq_len=2048), "--zero 3"),
+        (TrainLayout(first_stage_layers=4, global_batch=8, seq_len=2048), "need pp > 1"),
+        (
+            TrainLayout(pp=4, first_stage_layers=20, global_batch=8, seq_len=2048),
+            "split evenly over the other 3",
+        ),
+        (
+            TrainLayout(pp=2, first_stage_layers=40, last_stage_layers=40, global_batch=8),
+            "must equal the 96 layers",
+        ),
         (TrainLayout(cp=3, global_batch=8, seq_len=2048), "cp 3"),
     ],
 )

@@ -45,6 +45,12 @@ class RecomputeMode(StrEnum):
     full = "full"
 
 
+class FsdpReshard(StrEnum):
+    default = "default"
+    always = "always"
+    never = "never"
+
+
 class Attention(StrEnum):
     fused = "fused"
     unfused = "unfused"
@@ -98,6 +104,29 @@ def train_cmd(
     ep: Annotated[int, typer.Option("--ep", help="Expert-parallel size (MoE).")] = 1,
     vpp: Annotated[int, typer.Option("--vpp", help="Interleaved stages per device.")] = 1,
     zero: Annotated[int, typer.Option("--zero", help="ZeRO stage 0-3.")] = 0,
+    fsdp_reshard: Annotated[
+        FsdpReshard,
+        typer.Option(
+            "--fsdp-reshard",
+            help="ZeRO-3 only (TorchTitan's policy): default keeps a pipeline stage's "
+            "parameters gathered across its micro-batches and reshards after each forward "
+            "without a pipeline; always / never force either.",
+        ),
+    ] = FsdpReshard.default,
+    first_stage_layers: Annotated[
+        int | None,
+        typer.Option(
+            "--first-stage-layers",
+            help="Layers on the first pipeline stage (default: an even split).",
+        ),
+    ] = None,
+    last_stage_layers: Annotated[
+        int | None,
+        typer.Option(
+            "--last-stage-layers",
+            help="Layers on the last pipeline stage, which also runs the output head and loss.",
+        ),
+    ] = None,
     micro_batch: Annotated[
         int, typer.Option("--micro-batch", help="Sequences per micro-batch.")
     ] = 1,
@@ -148,6 +177,9 @@ def train_cmd(
         ep=ep,
         vpp=vpp,
         zero=zero,
+        fsdp_reshard=fsdp_reshard.value,
+        first_stage_layers=first_stage_layers,
+        last_stage_layers=last_stage_layers,
         micro_batch=micro_batch,
         global_batch=global_batch,
         seq_len=seq_len,
@@ -179,6 +211,11 @@ def train_cmd(
         f"{arch.name} on {num_devices} x {acc.name}: tp {tp} pp {pp} dp {dp} cp {cp} "
         f"ep {ep} vpp {vpp} zero {zero}, mb {micro_batch}, gb {global_batch}, seq {seq_len}"
     )
+    if layout.uneven:
+        first, mid, last = layout.stage_split(arch.layers)
+        title += f", stages {first}/{mid}/{last} layers (first/others/last)"
+    if zero == 3 and layout.pp > 1:
+        title += ", params " + ("kept gathered" if layout.keeps_params_gathered else "resharded")
     console.print(
         kv_table(
             title,

@@ -5,7 +5,22 @@ TP group sits inside a node whenever tp <= devices per node, and the members of
 a DP group are ``tp * cp`` ranks apart. Expert parallelism is carved out of
 the data-parallel ranks (ep divides dp * cp), as in Megatron-Core. Layers need
 not divide evenly into stages (DeepSeek-V3's 61 layers on 16 stages): the
-heaviest stage holds ``stage_layers`` of them and paces the pipeline.
+heaviest stage holds ``stage_layers`` of them and paces the pipeline. The first and
+last stages may hold fewer (Megatron-Core's ``--decoder-first-pipeline-num-layers``
+and ``--decoder-last-pipeline-num-layers``; Llama 3 405B's recipe): the last one
+also runs the output head and the loss, the first one keeps the most micro-batches'
+activations.
+
+Sharded data parallelism composes with pipelines as TorchTitan runs it (FSDP2 under
+``torch.distributed.pipelining``): a stage's parameters are gathered before its first
+micro-batch and kept gathered until the last one's backward, and gradients accumulate
+unsharded and are reduce-scattered once, after the last backward ("never" reshard,
+TorchTitan's default when pp > 1: in memory and traffic that is ZeRO-1's bill, with
+the gather before the step rather than after it). ``fsdp_reshard="always"`` keeps
+weights and gradients sharded between uses instead: every micro-batch gathers the
+parameters for its forward and backward and reduce-scatters its gradients, which is
+ZeRO-3 memory at ``m`` times the traffic. ZeRO-2 with a pipeline likewise
+reduce-scatters each micro-batch's gradients (that is what keeps them sharded).
 """
 
 from __future__ import annotations
@@ -17,6 +32,8 @@ from suanli.catalog.types import ModelArch
 from suanli.errors import InvalidLayoutError
 
 Recompute = Literal["none", "selective", "full"]
+FsdpReshard = Literal["default", "always", "never"]
+FSDP_RESHARD = ("default", "always", "never")
 TRAIN_DTYPES = ("bf16", "fp16", "fp8", "fp32")  # fp32: where 16 bits are emulated
 
 
@@ -61,6 +78,14 @@ class TrainLayout:
     #: PyTorch autocast over fp32 weights (no bf16 copy kept): every micro-batch casts
     #: each weight to bf16 in the forward and its gradient back to fp32 in the backward
     autocast_weights: bool = False
+    #: ZeRO-3 only, TorchTitan's ``reshard_after_forward_policy``: "default" reshards
+    #: after each forward without a pipeline and keeps a stage's parameters gathered
+    #: across its micro-batches with one (see the module docstring)
+    fsdp_reshard: FsdpReshard = "default"
+    #: layers on the first / last pipeline stage where they differ from the others;
+    #: the rest are split evenly over the other stages (None: an even split)
+    first_stage_layers: int | None = None
+    last_stage_layers: int | None = None
 
     @property
     def num_devices(self) -> int:
@@ -82,11 +107,44 @@ class TrainLayout:
             "dtype": self.dtype,
             "recompute": self.recompute,
             "sequence_parallel": self.sequence_parallel,
+            "fsdp_reshard": self.fsdp_reshard,
+            "first_stage_layers": self.first_stage_layers,
+            "last_stage_layers": self.last_stage_layers,
         }
+
+    @property
+    def uneven(self) -> bool:
+        """Whether the first or last stage was given its own layer count."""
+        return self.pp > 1 and (
+            self.first_stage_layers is not None or self.last_stage_layers is not None
+        )
+
+    def stage_split(self, layers: int) -> tuple[int, int, int]:
+        """Layers on the (first, each middle, last) stage; an even split gives the
+        heaviest stage's count for all three (the remainder may land anywhere)."""
+        if not self.uneven:
+            even = -(-layers // (self.pp * self.vpp)) * self.vpp
+            return even, even, even
+        first, last = self.first_stage_layers, self.last_stage_layers
+        others = self.pp - (first is not None) - (last is not None)
+        rest = layers - (first or 0) - (last or 0)
+        mid = rest // others if others > 0 else 0
+        return (mid if first is None else first, mid, mid if last is None else last)
 
     def stage_layers(self, layers: int) -> int:
         """Layers on the heaviest pipeline stage (all its virtual stages together)."""
-        return -(-layers // (self.pp * self.vpp)) * self.vpp
+        if self.first_stage_layers is None and self.last_stage_layers is None:
+            return -(-layers // (self.pp * self.vpp)) * self.vpp  # the planner's hot path
+        return max(self.stage_split(layers))
+
+    @property
+    def keeps_params_gathered(self) -> bool:
+        """ZeRO-3 keeping parameters gathered between forward and backward (no reshard)."""
+        if self.zero != 3:
+            return False
+        if self.fsdp_reshard == "default":
+            return self.pp > 1
+        return self.fsdp_reshard == "never"
 
     @property
     def num_microbatches(self) -> int:
@@ -151,8 +209,39 @@ def check_layout(model: ModelArch, layout: TrainLayout, num_devices: int | None 
         )
     if lay.sequence_parallel and lay.tp == 1:
         raise InvalidLayoutError("sequence parallelism needs tp > 1")
-    if lay.zero >= 2 and lay.pp > 1:
+    if lay.fsdp_reshard not in FSDP_RESHARD:
+        raise InvalidLayoutError(f"fsdp_reshard must be one of {', '.join(FSDP_RESHARD)}")
+    if lay.fsdp_reshard != "default" and lay.zero != 3:
         raise InvalidLayoutError(
-            "ZeRO stage 2/3 with pipeline parallelism is not supported by Megatron or DeepSpeed; "
-            "use zero 0 or 1 with pp > 1"
+            f"fsdp_reshard {lay.fsdp_reshard} applies to ZeRO-3 (FSDP) only; use --zero 3"
+        )
+    _check_split(model, lay)
+
+
+def _check_split(model: ModelArch, lay: TrainLayout) -> None:
+    """Uneven first/last stages: each holds a layer, and the rest divide the others."""
+    first, last = lay.first_stage_layers, lay.last_stage_layers
+    if first is None and last is None:
+        return
+    if lay.pp == 1:
+        raise InvalidLayoutError("first/last stage layers need pp > 1")
+    if lay.vpp > 1:
+        raise InvalidLayoutError(
+            "uneven first/last stages with interleaved stages are not modelled; use vpp 1"
+        )
+    for name, n in (("first", first), ("last", last)):
+        if n is not None and n < 1:
+            raise InvalidLayoutError(f"{name} stage layers must be >= 1, got {n}")
+    others = lay.pp - (first is not None) - (last is not None)
+    rest = model.layers - (first or 0) - (last or 0)
+    if others == 0 and rest != 0:
+        raise InvalidLayoutError(
+            f"first + last stage layers = {first} + {last} must equal the {model.layers} "
+            f"layers of {model.name} with pp 2"
+        )
+    if others > 0 and (rest < others or rest % others):
+        raise InvalidLayoutError(
+            f"the {rest} layers left after the first/last stages must split evenly over the "
+            f"other {others} stages (at least one each); change --first-stage-layers or "
+            "--last-stage-layers"
         )

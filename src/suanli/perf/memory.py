@@ -51,22 +51,42 @@ def act_scale(lay: TrainLayout) -> float:
 
 
 def model_state_bytes(
-    params: float, zero: int, shards: int, dtype: str = "bf16"
+    params: float,
+    zero: int,
+    shards: int,
+    dtype: str = "bf16",
+    *,
+    sharded: tuple[bool, bool, bool] | None = None,
 ) -> tuple[float, float, float]:
-    """(weights, gradients, optimizer) bytes per device for ``params`` under ZeRO ``zero``."""
+    """(weights, gradients, optimizer) bytes per device for ``params`` under ZeRO ``zero``.
+
+    ``sharded`` (weights, gradients, optimizer) overrides what the stage shards, for
+    layouts whose peak holds more than the stage's name says (`state_sharding`).
+    """
     wb, gb, ob = (
         FP32_STATE_BYTES if dtype == "fp32" else (WEIGHT_BYTES, GRAD_BYTES, OPTIMIZER_BYTES)
     )
-    w = wb * params
-    g = gb * params
-    o = ob * params
-    if zero >= 1:
-        o /= shards
-    if zero >= 2:
-        g /= shards
-    if zero >= 3:
-        w /= shards
-    return w, g, o
+    w_sh, g_sh, o_sh = sharded if sharded is not None else (zero >= 3, zero >= 2, zero >= 1)
+    return (
+        wb * params / (shards if w_sh else 1),
+        gb * params / (shards if g_sh else 1),
+        ob * params / (shards if o_sh else 1),
+    )
+
+
+def state_sharding(lay: TrainLayout) -> tuple[bool, bool, bool]:
+    """Whether (weights, gradients, optimizer states) stay sharded at the step's peak.
+
+    ZeRO-3 that keeps parameters gathered holds a stage's whole weights through the
+    micro-batches; under a pipeline it also accumulates whole gradients until the last
+    backward (TorchTitan's default), which is ZeRO-1's memory.
+    """
+    keep = lay.keeps_params_gathered
+    return (
+        lay.zero >= 3 and not keep,
+        lay.zero >= 2 and not (keep and lay.pp > 1),
+        lay.zero >= 1,
+    )
 
 
 def stage_ends(s: ModelShape, lay: TrainLayout) -> float:
@@ -77,22 +97,26 @@ def stage_ends(s: ModelShape, lay: TrainLayout) -> float:
     return float(embed + head if lay.pp == 1 else max(embed, head))
 
 
-def stage_params(s: ModelShape, lay: TrainLayout) -> tuple[float, float]:
-    """(non-expert, expert) parameters held by one device of the heaviest stage."""
+def layer_params(s: ModelShape, lay: TrainLayout, layers: float) -> tuple[float, float]:
+    """(non-expert, expert) parameters of ``layers`` layers on one device (after TP/EP)."""
     a = s.arch
-    tp = lay.tp
     per_layer = s.attn_params + s.norm_bias_params_per_layer
-    share = lay.stage_layers(a.layers) / a.layers  # of all layers, on the heaviest stage
-    layer_params = (
+    share = layers / a.layers  # of all layers
+    dense = (
         s.num_dense_layers * (per_layer + s.dense_mlp_params)
         + s.num_moe_layers * (per_layer + s.shared_expert_params + s.router_params)
     ) * share
-    dense = (layer_params + stage_ends(s, lay)) / tp
     moe = a.moe
     expert = 0.0
     if moe is not None:
-        expert = s.num_moe_layers * share * moe.num_experts * s.expert_params / (tp * lay.ep)
-    return dense, expert
+        expert = s.num_moe_layers * share * moe.num_experts * s.expert_params / (lay.tp * lay.ep)
+    return dense / lay.tp, expert
+
+
+def stage_params(s: ModelShape, lay: TrainLayout) -> tuple[float, float]:
+    """(non-expert, expert) parameters held by one device of the heaviest stage."""
+    dense, expert = layer_params(s, lay, lay.stage_layers(s.arch.layers))
+    return dense + stage_ends(s, lay) / lay.tp, expert
 
 
 def activation_bytes_per_layer(s: ModelShape, lay: TrainLayout, moe_layer: bool) -> float:
@@ -119,19 +143,71 @@ def activation_bytes_per_layer(s: ModelShape, lay: TrainLayout, moe_layer: bool)
     return act_scale(lay) * tokens * per_token
 
 
-def train_memory(
-    s: ModelShape, lay: TrainLayout, workspace_gb: float, pipeline_depth: int | None = None
-) -> TrainMemory:
-    """Memory per device of the heaviest stage (first stage for activations)."""
-    dense, expert = stage_params(s, lay)
-    shards = lay.dp * lay.cp
-    wd, gd, od = model_state_bytes(dense, lay.zero, shards, lay.dtype)
-    we, ge, oe = model_state_bytes(expert, lay.zero, max(1, shards // lay.ep), lay.dtype)
-    layers_per_stage = lay.stage_layers(s.arch.layers)
+def _per_layer_activations(s: ModelShape, lay: TrainLayout) -> float:
+    """Activation bytes of one layer and micro-batch, MoE and dense layers blended."""
     moe_frac = s.num_moe_layers / s.arch.layers
     per_layer = (1 - moe_frac) * activation_bytes_per_layer(s, lay, False)
     if moe_frac:
         per_layer += moe_frac * activation_bytes_per_layer(s, lay, True)
+    return per_layer
+
+
+def _recompute_buffer(s: ModelShape, lay: TrainLayout) -> float:
+    """Full recompute rebuilds one layer's activations at a time in the backward pass."""
+    if lay.recompute != "full":
+        return 0.0
+    full = TrainLayout(
+        tp=lay.tp,
+        cp=lay.cp,
+        micro_batch=lay.micro_batch,
+        seq_len=lay.seq_len,
+        sequence_parallel=lay.sequence_parallel,
+        fused_attention=lay.fused_attention,
+        dtype=lay.dtype,
+    )
+    return activation_bytes_per_layer(s, full, s.num_moe_layers / s.arch.layers > 0.5)
+
+
+def _logit_bytes(s: ModelShape, lay: TrainLayout) -> float:
+    return lay.micro_batch * lay.seq_len / lay.cp * s.arch.vocab / lay.tp * LOGIT_BYTES
+
+
+def _states(
+    s: ModelShape, lay: TrainLayout, dense: float, expert: float
+) -> tuple[float, float, float]:
+    """(weights, gradients, optimizer) bytes of a device holding these parameters."""
+    shards = lay.dp * lay.cp
+    how = state_sharding(lay)
+    wd, gd, od = model_state_bytes(dense, lay.zero, shards, lay.dtype, sharded=how)
+    we, ge, oe = model_state_bytes(
+        expert, lay.zero, max(1, shards // lay.ep), lay.dtype, sharded=how
+    )
+    return wd + we, gd + ge, od + oe
+
+
+def train_memory(
+    s: ModelShape, lay: TrainLayout, workspace_gb: float, pipeline_depth: int | None = None
+) -> TrainMemory:
+    """Memory per device of the heaviest stage (first stage for activations)."""
+    if lay.uneven:
+        return _uneven_memory(s, lay, workspace_gb)
+    dense, expert = stage_params(s, lay)
+    weights, grads, opt = _states(s, lay, dense, expert)
+    act = stage_activations(s, lay, pipeline_depth)
+    return TrainMemory(
+        weights=weights,
+        gradients=grads,
+        optimizer=opt,
+        activations=act,
+        workspace=workspace_gb * 1e9,
+    )
+
+
+def stage_activations(s: ModelShape, lay: TrainLayout, pipeline_depth: int | None = None) -> float:
+    """Activation bytes of the fullest stage of an even split: the part of `train_memory`
+    that recompute changes (the planner tries recompute modes on the same states)."""
+    layers_per_stage = lay.stage_layers(s.arch.layers)
+    per_layer = _per_layer_activations(s, lay)
     m = lay.num_microbatches
     # 1F1B keeps as many micro-batches in flight on the first stage as the pipeline is deep;
     # ``pipeline_depth`` says so when these layers are the head of a longer pipeline
@@ -140,29 +216,38 @@ def train_memory(
     if lay.vpp > 1:
         in_flight = in_flight * (1 + (lay.pp - 1) / (lay.pp * lay.vpp))
     act = per_layer * layers_per_stage * in_flight
-    extra = 0.0
-    if lay.recompute == "full":
-        # One layer's activations are rebuilt at a time during the backward pass.
-        full = TrainLayout(
-            tp=lay.tp,
-            cp=lay.cp,
-            micro_batch=lay.micro_batch,
-            seq_len=lay.seq_len,
-            sequence_parallel=lay.sequence_parallel,
-            fused_attention=lay.fused_attention,
-            dtype=lay.dtype,
-        )
-        extra = activation_bytes_per_layer(s, full, moe_frac > 0.5)
-    tokens = lay.micro_batch * lay.seq_len / lay.cp
-    logits = tokens * s.arch.vocab / lay.tp * LOGIT_BYTES
+    extra = _recompute_buffer(s, lay)
+    logits = _logit_bytes(s, lay)
     if lay.pp == 1:
-        act += extra + logits
-    else:  # first stage: most micro-batches in flight; last stage: one, plus the logits
-        act = max(act + extra, per_layer * layers_per_stage + extra + logits)
-    return TrainMemory(
-        weights=wd + we,
-        gradients=gd + ge,
-        optimizer=od + oe,
-        activations=act,
-        workspace=workspace_gb * 1e9,
-    )
+        return act + extra + logits
+    # first stage: most micro-batches in flight; last stage: one, plus the logits
+    return max(act + extra, per_layer * layers_per_stage + extra + logits)
+
+
+def _uneven_memory(s: ModelShape, lay: TrainLayout, workspace_gb: float) -> TrainMemory:
+    """The fullest of the first, second and last stages when they hold different layers.
+
+    Stage ``i`` of a 1F1B pipeline keeps ``min(pp - i, m)`` micro-batches' activations;
+    the first also holds the embedding, the last the output head and the logits.
+    """
+    first, mid, last = lay.stage_split(s.arch.layers)
+    per_layer = _per_layer_activations(s, lay)
+    extra = _recompute_buffer(s, lay)
+    m = lay.num_microbatches
+    embed = s.embedding_params
+    head = s.head_params or embed  # a tied head is a copy on the last stage
+    second = mid if lay.pp > 2 else last
+    stages = [
+        (first, embed, min(lay.pp, m) * first * per_layer),
+        (second, head if lay.pp == 2 else 0, min(lay.pp - 1, m) * second * per_layer),
+        (last, head, last * per_layer + _logit_bytes(s, lay)),
+    ]
+    best: TrainMemory | None = None
+    for layers, ends, act in stages:
+        dense, expert = layer_params(s, lay, layers)
+        weights, grads, opt = _states(s, lay, dense + ends / lay.tp, expert)
+        mem = TrainMemory(weights, grads, opt, act + extra, workspace_gb * 1e9)
+        if best is None or mem.total > best.total:
+            best = mem
+    assert best is not None
+    return best

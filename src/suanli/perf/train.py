@@ -16,7 +16,11 @@ How a step is costed (per device, on the slowest pipeline stage):
 3. Data parallelism adds the gradient reduction (all-reduce, or ZeRO's
    reduce-scatter + all-gather; ZeRO-3 adds per-tensor parameter gathers in
    forward and backward), hidden behind compute by ``overlap_eff`` when the
-   framework overlaps it.
+   framework overlaps it. Under a pipeline, ZeRO-2 and resharding ZeRO-3
+   reduce-scatter every micro-batch (and ZeRO-3 gathers every micro-batch);
+   ZeRO-3 keeping a stage's parameters gathered (TorchTitan) does both once
+   (see `suanli.perf.layout`). Uneven first/last stages: the slowest stage
+   paces the pipeline.
 
 FLOP conventions: MFU counts model FLOPs only — 6 x matmul parameters a token
 touches (incl. the LM head) + 3 x the full (non-causal) attention score and
@@ -314,6 +318,18 @@ def estimate_train(
         t_loss = logits * LOSS_BYTES_PER_LOGIT / mem_bw
     dense_params, expert_params = stage_params(s, lay)
     t_cast = _autocast_s(s, lay, dense_params + expert_params, elem_bw, mem_bw)
+    layer_s = (gemm_l + elem_l + attn_l + comm_l + a2a_l + over_l) / layers_stage
+    if lay.uneven:  # the slowest of first, middle and last (which runs the head) paces
+        first, mid, last = lay.stage_split(a.layers)
+        loads = [(first * layer_s, first, False), (last * layer_s + t_head + t_loss, last, True)]
+        if pp > 2:
+            loads.append((mid * layer_s, mid, False))
+        _, pacing, head_on = max(loads)
+        scale = pacing / layers_stage
+        gemm_l, elem_l, attn_l = gemm_l * scale, elem_l * scale, attn_l * scale
+        comm_l, a2a_l, over_l = comm_l * scale, a2a_l * scale, over_l * scale
+        if not head_on:
+            t_head = t_loss = 0.0
     t_stage = gemm_l + elem_l + attn_l + comm_l + a2a_l + over_l + t_head + t_loss + t_cast
 
     # --- 2. pipeline ----------------------------------------------------------------
@@ -334,30 +350,42 @@ def estimate_train(
     fp32 = lay.grad_reduce_dtype == "fp32" or lay.dtype == "fp32"
     reduce_bytes = 4.0 if fp32 else GRAD_BYTES
     grad_bytes = dense_params * reduce_bytes
+    weight_bytes = 4.0 if lay.dtype == "fp32" else WEIGHT_BYTES
+    keep = lay.keeps_params_gathered
+    # under a pipeline, sharded gradients are reduce-scattered every micro-batch (ZeRO-2,
+    # ZeRO-3 resharding); TorchTitan's ZeRO-3 accumulates them whole and reduces once
+    grad_rounds = m if pp > 1 and lay.zero >= 2 and not keep else 1
     t_dp = 0.0
     if shards > 1:
         if lay.zero == 0:
             t_dp = coll.all_reduce_s(grad_bytes, shards, ranks_per_node, system, e)
         elif lay.zero < 3:  # reduce-scatter grads, all-gather the updated parameters
-            t_dp = 2 * coll.all_gather_s(grad_bytes, shards, ranks_per_node, system, e)
+            rs = coll.reduce_scatter_s(grad_bytes, shards, ranks_per_node, system, e)
+            t_dp = grad_rounds * rs + coll.all_gather_s(
+                grad_bytes, shards, ranks_per_node, system, e
+            )
         else:  # ZeRO-3 keeps parameters sharded: only the gradient reduce-scatter
-            t_dp = coll.reduce_scatter_s(grad_bytes, shards, ranks_per_node, system, e)
+            t_dp = grad_rounds * coll.reduce_scatter_s(
+                grad_bytes, shards, ranks_per_node, system, e
+            )
     if expert_params and shards // ep > 1:
         t_dp += coll.all_reduce_s(expert_params * reduce_bytes, shards // ep, 1, system, e)
     t_zero3 = 0.0
     if lay.zero == 3 and shards > 1:
-        gathers = 3 if lay.recompute == "full" else 2  # forward, (recompute), backward
-        weight_bytes = 4.0 if lay.dtype == "fp32" else WEIGHT_BYTES
-        per_layer = dense_params * weight_bytes / max(1, a.layers)
+        # gathers per micro-batch: forward, (recompute), backward; kept parameters are
+        # gathered once per micro-batch, or once per step for a pipeline stage
+        gathers = 1 if keep else (3 if lay.recompute == "full" else 2)
+        rounds = 1 if keep and pp > 1 else m
+        per_layer = dense_params * weight_bytes / max(1, layers_stage)
         n_tensors = s.tensors_per_layer
         one = coll.all_gather_s(per_layer / n_tensors, shards, ranks_per_node, system, e)
-        t_zero3 = gathers * a.layers * n_tensors * one * m
+        t_zero3 = gathers * layers_stage * n_tensors * one * rounds
     dp_total = t_dp + t_zero3
     # a CPU's collectives run on the cores that compute (gloo): nothing hides them
     if (lay.overlap_grad_reduce or lay.zero == 3) and acc.kind != "cpu":
         # Gradients are reduced bucket by bucket during the backward pass; ZeRO-3
         # prefetches the next layer's parameters during this one's compute.
-        window = t_compute if lay.zero == 3 else t_compute * 2 / 3
+        window = t_compute if lay.zero == 3 and not (keep and pp > 1) else t_compute * 2 / 3
         t_dp_exposed = dp_total - e.overlap_eff * min(dp_total, window)
     else:
         t_dp_exposed = dp_total
@@ -428,7 +456,7 @@ def estimate_train(
         extra={
             "stage_s": t_stage,  # one micro-batch through the heaviest stage (fwd + bwd)
             # the output head and the loss run once per stage, on the last one
-            "layer_s": (t_stage - t_head - t_loss) / layers_stage,
+            "layer_s": layer_s + t_cast / layers_stage,
             "head_s": t_head + t_loss,
             "microbatches": float(m),
         },
