@@ -11,8 +11,10 @@ The search, per accelerator type on offer and per device count:
    Dominated choices are not costed: sequence parallelism is always on with
    tp > 1 (less memory and elementwise work, same traffic); ZeRO-1 (pp > 1) or
    ZeRO-2 (pp = 1) dominate stage 0 (same traffic, less memory), ZeRO-3 is
-   tried where it must; recompute is the least that fits (none, then
-   selective, then full).
+   tried where it must (under a pipeline: resharding each micro-batch, where
+   ZeRO-1 does not fit); recompute is the least that fits (none, then
+   selective, then full). Pipelines also get the split that balances the
+   output head on the last stage (`balanced_split`), where it paces faster.
 4. Each surviving candidate gets a memory check and, if it fits, a full
    `perf.estimate_train`; options are ranked by the objective within the
    deadline and budget. Heterogeneous pools also get two-type pipelines
@@ -31,8 +33,8 @@ from typing import Any
 from suanli.catalog.types import ModelArch
 from suanli.perf import TrainLayout, estimate_train
 from suanli.perf.efficiency import Efficiency, default_efficiency
-from suanli.perf.memory import train_memory
-from suanli.perf.shape import shape_of
+from suanli.perf.memory import stage_activations, train_memory
+from suanli.perf.shape import ModelShape, shape_of
 from suanli.plan.common import InfeasibleError, PlanResult, Progress, divisors
 from suanli.plan.pool import PoolEntry
 from suanli.units import GB
@@ -137,6 +139,7 @@ def plan_train(
         raise InfeasibleError(f"objective must be one of {', '.join(OBJECTIVES)}")
     model = req.model
     s = shape_of(model)
+    splits: dict[int, tuple[int, int] | None] = {}  # pp -> balanced (first, last) layers
     rejected: Counter[str] = Counter()
     options: list[dict[str, Any]] = []
     evaluated = 0
@@ -189,23 +192,21 @@ def plan_train(
                                 dtype=req.dtype,
                                 sequence_parallel=tp > 1,
                             )
-                            chosen = None
-                            for rc in ("none", "selective", "full"):
-                                lay = dataclasses.replace(base, recompute=rc)
-                                if train_memory(s, lay, e.workspace_gb).total <= cap:
-                                    chosen = lay
-                                    break
-                            if chosen is None:
-                                rejected["memory: does not fit even with full recompute"] += 1
-                                continue
-                            evaluated += 1
-                            est = estimate_train(model, sys_, chosen, e, check=False)
-                            opt = _option(req, entry, n, chosen, est)
-                            reason = _violates(req, opt)
-                            if reason:
-                                rejected[reason] += 1
-                                continue
-                            options.append(opt)
+                            if pp not in splits:
+                                splits[pp] = balanced_split(model, pp)
+                            variants = _fitting_variants(s, base, splits[pp], cap, e)
+                            for chosen in variants:
+                                if chosen is None:
+                                    rejected["memory: does not fit even with full recompute"] += 1
+                                    continue
+                                evaluated += 1
+                                est = estimate_train(model, sys_, chosen, e, check=False)
+                                opt = _option(req, entry, n, chosen, est)
+                                reason = _violates(req, opt)
+                                if reason:
+                                    rejected[reason] += 1
+                                    continue
+                                options.append(opt)
     if progress:
         progress(len(work), len(work))
     result = PlanResult(options=[], rejected=rejected)
@@ -228,6 +229,81 @@ def plan_train(
     if not result.options:
         result.infeasible = explain_infeasible(req, rejected, e)
     return result
+
+
+def balanced_split(model: ModelArch, pp: int) -> tuple[int, int] | None:
+    """(first, last) stage layers that give the last stage's output head the place of
+    ``k`` layers, ``k`` the head's matmul weights in layers' (Llama 3 405B's recipe put
+    fewer layers on its first and last stages); None where the head is under half a
+    layer, or no split paces the pipeline faster than the even one would."""
+    s = shape_of(model)
+    head = model.vocab * model.hidden
+    layer = (s.matmul_params_per_token() - head) / model.layers
+    k = round(head / layer)
+    layers = model.layers
+    if pp < 2 or k < 1:
+        return None
+    best: tuple[int, int, int] | None = None  # (pace in layers, first, last)
+    for mid in {(layers + k) // pp, -(-(layers + k) // pp)}:
+        last = mid - k
+        first = layers - last - (pp - 2) * mid
+        if pp == 2:
+            first, last = layers - last, last
+        if last < 1 or first < 1 or (pp > 2 and first > mid):
+            continue
+        pace = max(first, last + k, mid if pp > 2 else 0)
+        if best is None or pace < best[0]:
+            best = (pace, first, last)
+    even_pace = -(-layers // pp) + k
+    if best is None or best[0] >= even_pace:
+        return None
+    return best[1], best[2]
+
+
+def _least_recompute(
+    s: ModelShape, base: TrainLayout, cap: float, e: Efficiency
+) -> TrainLayout | None:
+    """The layout with the least recompute that fits in ``cap`` bytes, or None.
+
+    Recompute changes only the activations: under an even split the states are
+    counted once (the planner's hot path)."""
+    lay = dataclasses.replace(base, recompute="none")
+    mem = train_memory(s, lay, e.workspace_gb)
+    if mem.total <= cap:
+        return lay
+    rest = mem.total - mem.activations
+    for rc in ("selective", "full"):
+        lay = dataclasses.replace(base, recompute=rc)
+        if lay.uneven:
+            total = train_memory(s, lay, e.workspace_gb).total
+        else:
+            total = rest + stage_activations(s, lay)
+        if total <= cap:
+            return lay
+    return None
+
+
+def _fitting_variants(
+    s: ModelShape, base: TrainLayout, split: tuple[int, int] | None, cap: float, e: Efficiency
+) -> list[TrainLayout | None]:
+    """``base`` with the least recompute that fits, and the variants worth costing beside
+    it under a pipeline: a split that balances the output head; ZeRO-3 resharding each
+    micro-batch where ZeRO-1 does not fit even with full recompute (it pays the stage's
+    gathers every micro-batch; ZeRO-3 keeping parameters gathered costs what ZeRO-1
+    costs, so it is not costed twice). None: does not fit."""
+    bases = [base]
+    if split is not None and base.pp > 1 and base.vpp == 1:
+        first, last = split
+        bases.append(dataclasses.replace(base, first_stage_layers=first, last_stage_layers=last))
+    out: list[TrainLayout | None] = []
+    for b in bases:
+        chosen = _least_recompute(s, b, cap, e)
+        out.append(chosen)
+        if chosen is None and b.pp > 1 and b.zero == 1:
+            out[-1] = _least_recompute(
+                s, dataclasses.replace(b, zero=3, fsdp_reshard="always"), cap, e
+            )
+    return out
 
 
 def _key(opt: dict[str, Any], objective: str) -> tuple[bool, float, float]:
@@ -318,7 +394,12 @@ def explain_option(est: Any, lay: TrainLayout) -> str:
     if lay.recompute != "none":
         why += f" with {lay.recompute} recompute to fit"
     if lay.zero == 3:
-        why += ", ZeRO-3 to fit"
+        why += ", ZeRO-3 to fit" + (" (resharded each micro-batch)" if lay.pp > 1 else "")
+    if lay.uneven:
+        why += (
+            f"; first/last stages hold {lay.first_stage_layers}/{lay.last_stage_layers} "
+            "layers to balance the output head"
+        )
     if parts:
         why += "; largest overheads: " + ", ".join(parts)
     return why
