@@ -4,6 +4,7 @@ from suanli.calibration.evaluate import Case, measured, predict, relative_error
 from suanli.calibration.published import (
     InferenceCase,
     TrainingCase,
+    load_heldout_training_cases,
     load_inference_cases,
     load_training_cases,
     shared_calibration_dir,
@@ -13,6 +14,7 @@ __all__ = [
     "Case",
     "InferenceCase",
     "TrainingCase",
+    "load_heldout_training_cases",
     "load_inference_cases",
     "load_training_cases",
     "measured",

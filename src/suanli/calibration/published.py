@@ -60,6 +60,10 @@ class TrainingCase:
     measured_tflops_per_device: float
     convention: str
     source: str
+    #: peak memory per device the source reports (GiB), where it does
+    measured_memory_gib: float | None = None
+    #: what the row ran that the perf model has no input for (torch.compile, ...)
+    unmodelled: str = ""
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,65 @@ def load_training_cases(directory: Path) -> list[TrainingCase]:
                 measured_tflops_per_device=measured,
                 convention=row["flops_convention"],
                 source="Narayanan et al. SC'21" if legacy else "Megatron-Core README 2024",
+            )
+        )
+    return cases
+
+
+HELDOUT_DIR = Path(__file__).resolve().parent / "data"
+
+
+def load_heldout_training_cases(directory: Path = HELDOUT_DIR) -> list[TrainingCase]:
+    """TorchTitan's Dec 2024 runs (``data/training_torchtitan.csv``): FSDP2 alone, with
+    context parallelism, with TP, and with TP and pipelines. Never fitted: they say how
+    the model predicts layouts and a stack it was not fitted on. The file's header
+    holds the per-source rules; the throughput is tokens/s per GPU, turned into the
+    model-FLOP convention (``mfu``) the perf model reports."""
+    from suanli.perf.shape import shape_of
+    from suanli.perf.train import model_flops_per_token
+
+    _, rows = _rows(directory / "training_torchtitan.csv")
+    cases = []
+    for row in rows:
+        model = get_model(row["model"])
+        n = int(row["num_devices"])
+        tp, pp, dp, cp, vpp = (int(row[k]) for k in ("tp", "pp", "dp", "cp", "vpp"))
+        local, seq = int(row["local_batch"]), int(row["seq_len"])
+        micro = local // pp  # torchtitan: as many micro-batches as stages, none without PP
+        first, last = row["first_stage_layers"], row["last_stage_layers"]
+        layout = TrainLayout(
+            tp=tp,
+            pp=pp,
+            dp=dp,
+            cp=cp,
+            vpp=vpp,
+            zero=3,
+            micro_batch=micro,
+            global_batch=local * dp,
+            seq_len=seq,
+            dtype="fp8" if row["float8"] == "1" else "bf16",
+            recompute=row["recompute"],  # type: ignore[arg-type]
+            sequence_parallel=tp > 1,
+            overlap_tp_comm=row["async_tp"] == "1",
+            grad_reduce_dtype="fp32",
+            first_stage_layers=int(first) if first else None,
+            last_stage_layers=int(last) if last else None,
+        )
+        assert layout.num_devices == n, row["id"]
+        tps = float(row["tps_per_gpu"])
+        tokens = layout.global_batch * seq
+        cases.append(
+            TrainingCase(
+                id=row["id"],
+                model=model,
+                system=make_system(get_accelerator("h100-sxm")),
+                layout=layout,
+                measured_step_s=tokens / (tps * n),
+                measured_tflops_per_device=model_flops_per_token(shape_of(model), seq) * tps / 1e12,
+                convention="mfu",
+                source=f"TorchTitan 2024-12 {row['table']}",
+                measured_memory_gib=float(row["memory_gib"]),
+                unmodelled="torch.compile" if row["compile"] == "1" else "",
             )
         )
     return cases
