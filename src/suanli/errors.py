@@ -37,6 +37,10 @@ class InvalidLayoutError(SuanliError, ValueError):
     """A parallel or serving layout that cannot exist (names the broken constraint)."""
 
 
+class InvalidCompressionError(SuanliError, ValueError):
+    """A pruning ratio or a distillation teacher that cannot be applied."""
+
+
 class CatalogFileError(SuanliError, ValueError):
     """A catalog or model file that cannot be read (names the file and the field)."""
 

@@ -12,11 +12,20 @@ import typer
 from rich.table import Table
 
 from suanli.calibration.profile import resolve_accelerator as get_accelerator
-from suanli.catalog import get_model
+from suanli.cli.compress_opts import (
+    DistillFrom,
+    Prune,
+    PruneAxis,
+    PruneAxisOpt,
+    pruned_model,
+    teacher_model,
+)
 from suanli.cli.output import console, fmt, kv_table, print_json
 from suanli.errors import InvalidLayoutError
 from suanli.perf import TrainLayout, estimate_serve, estimate_train, make_system
+from suanli.perf.compress import distill
 from suanli.perf.engines import for_estimate
+from suanli.perf.shape import shape_of
 
 estimate_app = typer.Typer(
     help="Estimate time, memory, energy and cost of one workload.", no_args_is_help=True
@@ -157,10 +166,14 @@ def train_cmd(
     network: Network = "fat-tree-2tier",
     pue: Pue = 1.3,
     price_usd_per_hour: Price = None,
+    prune_ratio: Prune = None,
+    prune_axis: PruneAxis = PruneAxisOpt.width,
+    distill_from: DistillFrom = None,
     json_out: Json = False,
 ) -> None:
     """Estimate one training step (time with a breakdown, memory, MFU, energy, cost)."""
-    arch = get_model(model)
+    arch = pruned_model(model, prune_ratio, prune_axis)
+    teacher = teacher_model(distill_from)
     acc = get_accelerator(accelerator)
     if dp is None:
         denom = tp * pp * cp
@@ -202,9 +215,14 @@ def train_cmd(
         price_usd_per_hour=price_usd_per_hour,
     )
     est = estimate_train(arch, system, layout)
+    if teacher is not None:
+        est = distill(est, layout, teacher, system)
     if json_out:
         out = est.to_dict()
         out.update(model=arch.name, accelerator=acc.name, layout=layout.to_dict())
+        out.update(params_b=shape_of(arch).total_params / 1e9)
+        if teacher is not None:
+            out["distill_from"] = teacher.name
         print_json(out)
         return
     title = (
@@ -216,6 +234,10 @@ def train_cmd(
         title += f", stages {first}/{mid}/{last} layers (first/others/last)"
     if zero == 3 and layout.pp > 1:
         title += ", params " + ("kept gathered" if layout.keeps_params_gathered else "resharded")
+    if prune_ratio is not None:
+        title += f"; {arch.display_name}: {shape_of(arch).total_params / 1e9:.2f}B parameters"
+    if teacher is not None:
+        title += f"; distilled from {teacher.name} (its forward pass every step)"
     console.print(
         kv_table(
             title,
@@ -275,10 +297,12 @@ def serve_cmd(
     devices_per_node: DevicesPerNode = None,
     pue: Pue = 1.3,
     price_usd_per_hour: Price = None,
+    prune_ratio: Prune = None,
+    prune_axis: PruneAxis = PruneAxisOpt.width,
     json_out: Json = False,
 ) -> None:
     """Estimate serving a static batch: TTFT, TPOT, throughput, KV cache, largest batch."""
-    arch = get_model(model)
+    arch = pruned_model(model, prune_ratio, prune_axis)
     acc = get_accelerator(accelerator)
     wdt = weight_dtype.value if weight_dtype else (acc.compute_dtype or "bf16")
     system = make_system(

@@ -20,6 +20,14 @@ from rich.table import Table
 
 from suanli.calibration.profile import resolve_accelerator as get_accelerator
 from suanli.catalog import get_model
+from suanli.cli.compress_opts import (
+    DistillFrom,
+    Prune,
+    PruneAxis,
+    PruneAxisOpt,
+    pruned_model,
+    teacher_model,
+)
 from suanli.cli.output import console, fmt, print_json
 from suanli.errors import UsageError
 from suanli.perf import make_system
@@ -191,6 +199,9 @@ def train_cmd(
     ] = None,
     market: MarketOpt = False,
     order: OrderOpt = False,
+    prune_ratio: Prune = None,
+    prune_axis: PruneAxis = PruneAxisOpt.width,
+    distill_from: DistillFrom = None,
     json_out: Json = False,
 ) -> None:
     """Best chips, device count and parallel layout to train on T tokens (with --market:
@@ -209,7 +220,7 @@ def train_cmd(
         deadline_hours=deadline_hours,
         budget_usd=budget_usd,
     )
-    arch = get_model(model)
+    arch = pruned_model(model, prune_ratio, prune_axis)
     count = num_devices or max_devices or 4096
     entries, skipped = _market_or_pool(market, order, pool, accelerator, count)
     if market and objective == "time" and deadline_hours is not None:
@@ -229,6 +240,7 @@ def train_cmd(
         # two-type pipelines need a real pool with stock limits
         hetero=pool is not None or market,
         corrections=_corrections(corrections, arch.family or arch.name),
+        teacher=teacher_model(distill_from),
     )
     with _progress(not json_out, "searching layouts") as progress:
         result = plan_train(req, progress=progress)
@@ -323,6 +335,8 @@ def serve_cmd(
     market: MarketOpt = False,
     order: OrderOpt = False,
     hours: Annotated[float, typer.Option("--hours", help="With --order: how long to serve.")] = 1,
+    prune_ratio: Prune = None,
+    prune_axis: PruneAxis = PruneAxisOpt.width,
     json_out: Json = False,
 ) -> None:
     """Cheapest serving layouts that sustain a request rate within the SLOs (with --market:
@@ -335,7 +349,7 @@ def serve_cmd(
         ttft_slo_s=ttft_slo_s,
         tpot_slo_s=tpot_slo_s,
     )
-    arch = get_model(model)
+    arch = pruned_model(model, prune_ratio, prune_axis)
     req = ServeRequest(
         model=arch,
         rate=rate,

@@ -31,10 +31,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from suanli.catalog.types import ModelArch
+from suanli.errors import InvalidLayoutError
 from suanli.perf import TrainLayout, estimate_train
+from suanli.perf.compress import distill, teacher_bytes, teacher_layout
 from suanli.perf.efficiency import Efficiency, default_efficiency
 from suanli.perf.memory import stage_activations, train_memory
 from suanli.perf.shape import ModelShape, shape_of
+from suanli.perf.system import System
+from suanli.perf.train import TrainEstimate
 from suanli.plan.common import InfeasibleError, PlanResult, Progress, divisors
 from suanli.plan.pool import PoolEntry
 from suanli.units import GB
@@ -63,6 +67,8 @@ class TrainRequest:
     #: measured / predicted step time per chip for this model's family, from finished jobs
     #: (``GET /v1/corrections``); a chip without one is taken as predicted
     corrections: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: distillation: a frozen teacher whose forward pass every step also runs
+    teacher: ModelArch | None = None
 
 
 def device_counts(
@@ -194,13 +200,27 @@ def plan_train(
                             )
                             if pp not in splits:
                                 splits[pp] = balanced_split(model, pp)
-                            variants = _fitting_variants(s, base, splits[pp], cap, e)
+                            room = cap
+                            if req.teacher is not None:  # the teacher's share first
+                                try:
+                                    lay_t = teacher_layout(req.teacher, base)
+                                except InvalidLayoutError:
+                                    rejected["the teacher cannot run on this layout"] += 1
+                                    continue
+                                room -= teacher_bytes(req.teacher, lay_t)
+                            variants = _fitting_variants(s, base, splits[pp], room, e)
                             for chosen in variants:
                                 if chosen is None:
                                     rejected["memory: does not fit even with full recompute"] += 1
                                     continue
                                 evaluated += 1
                                 est = estimate_train(model, sys_, chosen, e, check=False)
+                                if req.teacher is not None:
+                                    why = _with_teacher(req.teacher, est, chosen, sys_, e)
+                                    if isinstance(why, str):
+                                        rejected[why] += 1
+                                        continue
+                                    est = why
                                 opt = _option(req, entry, n, chosen, est)
                                 reason = _violates(req, opt)
                                 if reason:
@@ -229,6 +249,19 @@ def plan_train(
     if not result.options:
         result.infeasible = explain_infeasible(req, rejected, e)
     return result
+
+
+def _with_teacher(
+    teacher: ModelArch, est: TrainEstimate, lay: TrainLayout, sys_: System, e: Efficiency
+) -> TrainEstimate | str:
+    """The step with the teacher's forward pass, or why this layout cannot have it."""
+    try:
+        out = distill(est, lay, teacher, sys_, e)
+    except InvalidLayoutError:
+        return "the teacher cannot run on this layout"
+    if not out.fits_in_memory:
+        return "memory: the teacher does not fit beside the student"
+    return out
 
 
 def balanced_split(model: ModelArch, pp: int) -> tuple[int, int] | None:
