@@ -35,6 +35,7 @@ from torch import nn
 
 from suanli.catalog.loader import get_model
 from suanli.device import choose_precision
+from suanli.workloads.onnx_lm import MASKED, ONNX_ENGINES, OnnxEngine, Runner, runner_for
 from suanli.workloads.train_lm import GPT, Block, _rope
 
 log = logging.getLogger("suanli.serve_lm")
@@ -157,8 +158,11 @@ class Engine:
         max_len: int,
         dtype: torch.dtype,
         device: str | torch.device = "cpu",
+        backend: Runner | None = None,
     ) -> None:
         self.model, self.arch, self.dtype = model, arch, dtype
+        #: ONNX Runtime or OpenVINO running the exported model; None: eager PyTorch
+        self.backend = backend
         self.device = torch.device(device)
         self.slots, self.max_len = slots, max_len
         shape = (arch.layers, slots, arch.kv_heads, max_len, arch.head_dim)
@@ -219,6 +223,33 @@ class Engine:
         logits: torch.Tensor = m.head(m.norm(x))
         return logits
 
+    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, slots: list[int]) -> torch.Tensor:
+        """Logits [B, T, vocab] for new tokens ``ids`` at ``pos`` [B, T], through the
+        slots' caches: eager PyTorch, or the exported graph under the backend."""
+        if self.backend is None:
+            return self._layers(self.model.embed(ids).to(self.dtype), pos, slots)
+        b, t = ids.shape
+        start = pos[:, 0]
+        past = int(start.max())  # each sequence's cached positions are 0 .. start - 1
+        idx = torch.tensor(slots)
+        past_k = self.k[:, idx, :, :past].contiguous()
+        past_v = self.v[:, idx, :, :past].contiguous()
+        valid_past = torch.arange(past)[None, :] < start[:, None]  # [B, P]
+        causal = torch.ones(t, t, dtype=torch.bool).tril()
+        valid = torch.cat(
+            [valid_past[:, None, :].expand(b, t, past), causal[None].expand(b, t, t)], dim=-1
+        )
+        mask = torch.where(valid, 0.0, MASKED).to(torch.float32)[:, None]
+        logits, new_k, new_v = self.backend.run(
+            ids.numpy(), pos.numpy(), past_k.numpy(), past_v.numpy(), mask.numpy()
+        )
+        k, v = torch.from_numpy(new_k), torch.from_numpy(new_v)  # [L, B, KV, T, hd]
+        for j, s in enumerate(slots):
+            p0 = int(start[j])
+            self.k[:, s, :, p0 : p0 + t] = k[:, j]
+            self.v[:, s, :, p0 : p0 + t] = v[:, j]
+        return torch.from_numpy(logits)
+
     def _sample(self, logits: torch.Tensor, r: Request) -> int:
         """One token for ``r`` from its row of logits: penalties and bias, temperature,
         nucleus (``top_p``), its own generator when seeded; log-probabilities recorded
@@ -272,7 +303,7 @@ class Engine:
         prompt = r.prompt[-(self.max_len - r.max_tokens) :] or [0]
         ids = torch.tensor([prompt], device=self.device)
         pos = torch.arange(len(prompt), device=self.device)[None]
-        logits = self._layers(self.model.embed(ids).to(self.dtype), pos, [slot])
+        logits = self._forward(ids, pos, [slot])
         r.slot, r.length = slot, len(prompt)
         self._push(r, self._sample(logits[0, -1], r))
 
@@ -304,7 +335,7 @@ class Engine:
         if reqs:
             ids = torch.tensor([[r.out[-1]] for r in reqs], device=self.device)
             pos = torch.tensor([[r.length] for r in reqs], device=self.device)
-            logits = self._layers(self.model.embed(ids).to(self.dtype), pos, [r.slot for r in reqs])
+            logits = self._forward(ids, pos, [r.slot for r in reqs])
             greedy = logits[:, -1].float().argmax(-1).tolist()  # one pass for all rows
             for j, r in enumerate(reqs):
                 r.length += 1
@@ -371,10 +402,22 @@ def build(args: argparse.Namespace) -> Engine:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"--device {device}: no CUDA device here (try --device cpu)")
     precision = getattr(args, "precision", None) or getattr(args, "dtype", "auto")
+    engine = getattr(args, "engine", "torch") or "torch"
+    if engine != "torch" and precision == "auto":
+        precision = "fp32"  # what the export runs
     if precision == "auto":
         chosen = choose_precision(device)
         precision = chosen.dtype
         print(f"precision {chosen.dtype}: {chosen.reason}", flush=True)
+    if engine != "torch":  # the exported graph runs fp32 on the CPU, its weights its own
+        if device != "cpu":
+            raise SystemExit(f"--engine {engine} runs on the CPU here; use --device cpu")
+        if precision == "bf16":
+            raise SystemExit(f"--engine {engine} serves the fp32 export; use --precision fp32")
+        model = model.float().eval()
+        backend = runner_for(model, cast(OnnxEngine, engine), args.quantize)
+        print(f"engine {engine} {backend.version}, weights {args.quantize}", flush=True)
+        return Engine(model, arch, args.slots, args.max_len, torch.float32, device, backend)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     model = model.to(device=device, dtype=dtype).eval()
     if args.quantize == "int8":
@@ -394,6 +437,13 @@ def main(argv: list[str] | None = None) -> int:
         choices=["auto", "bf16", "fp32"],
         default="auto",
         help="auto: bf16 where this device runs it faster than fp32 (measured), else fp32",
+    )
+    ap.add_argument(
+        "--engine",
+        choices=["torch", *ONNX_ENGINES],
+        default="torch",
+        help="torch: eager PyTorch; onnxruntime / openvino: the model exported to ONNX "
+        "and run by that engine (CPU, fp32 or int8 weights)",
     )
     ap.add_argument("--slots", type=int, default=8, help="sequences decoded together")
     ap.add_argument("--max-len", type=int, default=512, help="tokens per sequence (cache)")

@@ -1,0 +1,257 @@
+"""train_lm's GPT exported to ONNX with a KV cache, run by ONNX Runtime or OpenVINO.
+
+On CPUs and edge devices people serve through ONNX Runtime or OpenVINO, not eager
+PyTorch; serve_lm's ``--engine onnxruntime|openvino`` runs the same network through
+them so their rates can be measured, predicted and compared.
+
+One graph does both phases (`CachedStep`): ``ids`` and ``pos`` [B, T] are the new
+tokens and their positions, ``past_k``/``past_v`` [layers, B, KV heads, P, head dim]
+the cache of the P positions before them, ``mask`` [B, 1, T, P + T] an additive
+mask (0 or -1e9: padding of shorter sequences in a batch, and causality among the
+new tokens). It returns the logits and the new positions' keys and values, which
+the caller writes into its cache: prefill is B = 1, P = 0, T = the prompt; decode
+is T = 1 for every active sequence.
+
+int8 is weight-only, as serve_lm's own: ONNX Runtime's dynamic quantization
+(``quantize_dynamic``: int8 weights per output channel, activations quantized on the
+fly by ``DynamicQuantizeLinear``) and OpenVINO's through NNCF (``compress_weights``,
+INT8_SYM per output channel, decompressed inside the matmul). Both leave the output
+projection in fp32, as serve_lm does.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import numpy as np
+import torch
+from torch import nn
+
+from suanli.workloads.train_lm import GPT, Block, _rope
+
+OnnxEngine = Literal["onnxruntime", "openvino"]
+ONNX_ENGINES: tuple[str, ...] = ("onnxruntime", "openvino")
+MASKED = -1e9  # additive mask: exp() of it is 0 in fp32, and no row is all masked
+OPSET = 18
+
+
+class EngineUnavailableError(RuntimeError):
+    """The engine's Python package is not installed here."""
+
+
+class CachedStep(nn.Module):
+    """One cached forward step of a `GPT` (the module docstring's signature)."""
+
+    def __init__(self, gpt: GPT) -> None:
+        super().__init__()
+        self.gpt = gpt
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        pos: torch.Tensor,
+        past_k: torch.Tensor,
+        past_v: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        m = self.gpt
+        x = m.embed(ids)
+        b, t = ids.shape[0], ids.shape[1]
+        ang = pos.to(torch.float32)[..., None] * m.inv_freq  # type: ignore[operator]
+        cos, sin = ang.cos()[:, None], ang.sin()[:, None]  # [B, 1, T, hd/2]
+        new_k, new_v = [], []
+        for i, blk in enumerate(cast(list[Block], list(m.blocks))):
+            y = _rms(blk.norm1, x)
+            q = blk.q(y).reshape(b, t, blk.nh, blk.hd).transpose(1, 2)
+            kv = blk.kv(y).reshape(b, t, 2, blk.nkv, blk.hd)
+            k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+            q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+            new_k.append(k)
+            new_v.append(v)
+            kc = torch.cat([past_k[i], k], dim=2)  # [B, KV, P+T, hd]
+            vc = torch.cat([past_v[i], v], dim=2)
+            group = blk.nh // blk.nkv  # GQA: each KV head serves a group of query heads
+            qg = q.reshape(b, blk.nkv, group * t, blk.hd)
+            scores = qg @ kc.transpose(-1, -2) * blk.hd**-0.5  # [B, KV, group*T, S]
+            scores = scores.reshape(b, blk.nh, t, -1) + mask
+            att = torch.softmax(scores, dim=-1).reshape(b, blk.nkv, group * t, -1) @ vc
+            att = att.reshape(b, blk.nh, t, blk.hd).transpose(1, 2).reshape(b, t, -1)
+            x = x + blk.o(att)
+            u = blk.up(_rms(blk.norm2, x))
+            if blk.gated:
+                g, u = u.chunk(2, dim=-1)
+                u = torch.nn.functional.silu(g) * u
+            else:
+                u = torch.nn.functional.gelu(u)
+            x = x + blk.down(u)
+        logits: torch.Tensor = m.head(_rms(m.norm, x))
+        return logits, torch.stack(new_k), torch.stack(new_v)
+
+
+def _rms(norm: nn.RMSNorm, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` spelled out: the TorchScript exporter has no ``aten::rms_norm``."""
+    eps = norm.eps if norm.eps is not None else torch.finfo(x.dtype).eps
+    y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return y * norm.weight if norm.weight is not None else y
+
+
+def example_inputs(gpt: GPT, batch: int = 2, new: int = 3, past: int = 4) -> tuple[Any, ...]:
+    """Inputs of the shapes `CachedStep` takes (for export and for tests)."""
+    blk = cast(Block, gpt.blocks[0])
+    layers = len(gpt.blocks)
+    ids = torch.randint(0, gpt.embed.num_embeddings, (batch, new))
+    pos = (past + torch.arange(new))[None].repeat(batch, 1)
+    cache = (layers, batch, blk.nkv, past, blk.hd)
+    causal = torch.ones(new, past + new).tril(past) > 0
+    mask = torch.where(causal, 0.0, MASKED)[None, None].repeat(batch, 1, 1, 1)
+    return ids, pos, torch.randn(cache), torch.randn(cache), mask
+
+
+def export(gpt: GPT, path: Path) -> Path:
+    """Write `CachedStep` of ``gpt`` (fp32) to ``path`` with batch, new and past
+    lengths dynamic."""
+    step = CachedStep(gpt.float().eval())
+    names_in = ["ids", "pos", "past_k", "past_v", "mask"]
+    axes: dict[str, dict[int, str]] = {
+        "ids": {0: "batch", 1: "new"},
+        "pos": {0: "batch", 1: "new"},
+        "past_k": {1: "batch", 3: "past"},
+        "past_v": {1: "batch", 3: "past"},
+        "mask": {0: "batch", 2: "new", 3: "total"},
+        "logits": {0: "batch", 1: "new"},
+        "new_k": {1: "batch", 3: "new"},
+        "new_v": {1: "batch", 3: "new"},
+    }
+    with torch.no_grad(), warnings.catch_warnings():
+        # the tracer's notes on shapes turned Python ints, and the exporter's on dynamo
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            step,
+            example_inputs(gpt),
+            str(path),
+            input_names=names_in,
+            output_names=["logits", "new_k", "new_v"],
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,  # the TorchScript exporter: seconds, where dynamo's takes ~20 s
+        )
+    return path
+
+
+def quantize_onnxruntime(src: Path, dst: Path) -> Path:
+    """int8 weights, symmetric per block of 128 input channels (``MatMulNBits``, bits=8:
+    weight-only, the activations stay fp32); the output head stays fp32."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    model = onnx.load(str(src))
+    matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul"]
+    head = [n for n in matmuls if "head" in n] or matmuls[-1:]
+    quant = MatMulNBitsQuantizer(
+        model, bits=8, block_size=128, is_symmetric=True, nodes_to_exclude=head
+    )
+    quant.process()
+    quant.model.save_model_to_file(str(dst), use_external_data_format=False)
+    return dst
+
+
+def _threads() -> int:
+    return torch.get_num_threads()
+
+
+class Runner:
+    """One exported step under an engine: ``run(ids, pos, past_k, past_v, mask)``."""
+
+    def __init__(self, engine: OnnxEngine, path: Path, quantize: str = "none") -> None:
+        self.engine, self.quantize = engine, quantize
+        if engine == "onnxruntime":
+            try:
+                import onnxruntime as ort
+            except ImportError as err:
+                raise EngineUnavailableError("onnxruntime is not installed") from err
+            if quantize == "int8":
+                path = quantize_onnxruntime(path, path.with_suffix(".int8.onnx"))
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = _threads()
+            opts.inter_op_num_threads = 1
+            opts.log_severity_level = 3
+            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self.version = ort.__version__
+            self._run: Callable[[dict[str, np.ndarray]], list[np.ndarray]] = lambda feed: sess.run(
+                None, feed
+            )
+        elif engine == "openvino":
+            try:
+                import openvino as ov
+            except ImportError as err:
+                raise EngineUnavailableError("openvino is not installed") from err
+            core = ov.Core()
+            model = core.read_model(str(path))
+            if quantize == "int8":
+                model = _compress_openvino(model)
+            config = {
+                "INFERENCE_NUM_THREADS": _threads(),
+                # f32, as the graph was exported: a bf16-capable CPU would otherwise
+                # switch precision under our feet
+                "INFERENCE_PRECISION_HINT": "f32",
+                "PERFORMANCE_HINT": "LATENCY",
+            }
+            compiled = core.compile_model(model, "CPU", config)
+            request = compiled.create_infer_request()
+            self.version = ov.__version__ if hasattr(ov, "__version__") else ov.get_version()
+
+            def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+                out = request.infer(feed)
+                return [out[o] for o in compiled.outputs]
+
+            self._run = run
+        else:
+            raise ValueError(f"engine must be one of {', '.join(ONNX_ENGINES)}")
+
+    def run(
+        self,
+        ids: np.ndarray,
+        pos: np.ndarray,
+        past_k: np.ndarray,
+        past_v: np.ndarray,
+        mask: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        feed = {"ids": ids, "pos": pos, "past_k": past_k, "past_v": past_v, "mask": mask}
+        logits, k, v = self._run(feed)
+        return logits, k, v
+
+
+def _compress_openvino(model: Any) -> Any:
+    """NNCF weight compression: int8 per output channel, the output head left alone."""
+    try:
+        import nncf
+    except ImportError as err:
+        raise EngineUnavailableError(
+            "nncf (OpenVINO's int8 weight compression) is not installed"
+        ) from err
+    nncf.set_log_level(logging.ERROR)  # its statistics table and progress bar
+    head = [  # OpenVINO names the op that yields an output after the output
+        op.get_friendly_name()
+        for op in model.get_ordered_ops()
+        if op.get_type_name() == "MatMul" and op.get_friendly_name() in ("logits", "/head/MatMul")
+    ]
+    return nncf.compress_weights(
+        model,
+        mode=nncf.CompressWeightsMode.INT8_SYM,
+        ignored_scope=nncf.IgnoredScope(names=head) if head else None,
+    )
+
+
+def runner_for(gpt: GPT, engine: OnnxEngine, quantize: str = "none") -> Runner:
+    """Export ``gpt`` to a private temporary directory and load it under ``engine``."""
+    tmp = Path(tempfile.mkdtemp(prefix="suanli-onnx-"))
+    try:
+        return Runner(engine, export(gpt, tmp / "step.onnx"), quantize)
+    finally:  # both engines hold the graph in memory once loaded
+        shutil.rmtree(tmp, ignore_errors=True)
