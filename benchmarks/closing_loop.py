@@ -8,7 +8,9 @@
 2. ``suanli.workloads.train_lm`` trains the model for real: one process, then
    two processes with DDP (the torchrun environment the executor sets).
 3. ``suanli.workloads.serve_lm``'s engine decodes 8 sequences at once (16-bit
-   weights — fp32 where bf16 is emulated — then int8), and perf predicts its decode tokens/s.
+   weights — fp32 where bf16 is emulated — then int8), and perf predicts its decode tokens/s;
+   where ONNX Runtime and OpenVINO are installed, again through each (fp32 and int8
+   weights), predicted from the figures ``calibrate --engine`` measured through it.
 4. The perf model predicts every case from the measured profiles alone (no
    parameter is fitted to these runs) and the benchmark prints measured vs
    predicted with the error, plus where the measured step went (PyTorch's
@@ -32,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -74,43 +75,44 @@ def train(model: str, steps: int, mb: int, seq: int, world: int) -> dict[str, An
 
 
 def serve(
-    model: str, batch: int, prompt_len: int, out_len: int, quantize: str, dtype: str
+    model: str,
+    batch: int,
+    prompt_len: int,
+    out_len: int,
+    quantize: str,
+    dtype: str,
+    engine: str = "torch",
 ) -> float:
     """Measured decode tokens/s of serve_lm's engine with ``batch`` sequences in flight."""
     import argparse
-    import time
 
-    from suanli.workloads.serve_lm import Request, build
+    from suanli.workloads.serve_lm import build, decode_rate
 
     ns = argparse.Namespace(
         model=model,
         ckpt=None,
         quantize=quantize,
-        precision=dtype,  # what serve_lm's auto picks here, as calibrate measured it
+        precision=dtype if engine == "torch" else "fp32",  # auto's pick; an export's fp32
+        engine=engine,
         slots=batch,
         max_len=prompt_len + out_len + 1,
         seed=0,
     )
-    eng = build(ns)
-    rates = []
-    for _ in range(3):  # the median of three rounds: this shared machine's steps vary by 10%
-        reqs = [Request([i % 200 + 32] * prompt_len, out_len, 0.0) for i in range(batch)]
-        for r in reqs:
-            eng.waiting.put(r)
-        eng.step()  # admission: every prompt is prefilled, then decode alone is timed
-        tokens, t0 = 0, time.perf_counter()
-        while not all(r.done.done() for r in reqs):
-            tokens += eng.step()
-        rates.append(tokens / (time.perf_counter() - t0))
-    return statistics.median(rates)
+    return decode_rate(build(ns), batch, prompt_len, out_len)[0]
 
 
 def predict_serve(
-    model: str, profile: dict[str, Any], batch: int, prompt_len: int, out_len: int, wdt: str
+    model: str,
+    profile: dict[str, Any],
+    batch: int,
+    prompt_len: int,
+    out_len: int,
+    wdt: str,
+    engine: str = "torch",
 ) -> float:
     from suanli.perf import estimate_serve
 
-    acc = measured_accelerator(profile)
+    acc = _through(measured_accelerator(profile), engine)
     est = estimate_serve(
         get_model(model),
         make_system(acc),
@@ -124,13 +126,24 @@ def predict_serve(
     return batch / est.tpot_s
 
 
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _through(acc: Any, engine: str) -> Any:
+    """The measured device as serve_lm runs through ``engine`` (eager PyTorch: itself)."""
+    return acc if engine == "torch" else acc.engine_variants[engine]
+
+
 def decode_breakdown(
-    model: str, profile: dict[str, Any], batch: int, context: float, wdt: str
+    model: str, profile: dict[str, Any], batch: int, context: float, wdt: str, engine: str
 ) -> dict[str, float]:
     """perf's decode step by part, at the mean context, so an error has a place to look."""
     from suanli.perf.serve import decode_parts
 
-    sys_ = make_system(measured_accelerator(profile))
+    sys_ = make_system(_through(measured_accelerator(profile), engine))
     parts = decode_parts(
         get_model(model), sys_, tp=1, batch=batch, context=context, weight_dtype=wdt
     )
@@ -225,14 +238,17 @@ def main() -> int:
 
     console = Console()
     cores = os.cpu_count() or 1
+    engines = tuple(e for e in ("onnxruntime", "openvino") if _installed(e))
     rows = []
     with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("calibrate, train, serve", total=6)
+        task = bar.add_task("calibrate, train, serve", total=6 + 2 * len(engines))
         profiles = {}
         for world in (1, 2):
             torch.set_num_threads(max(1, cores // world))
             # a rank of a 2-process job is measured while its peer runs: they share the CPU
-            profiles[world] = micro.calibrate("cpu", args.quick, processes=world).to_dict()
+            profiles[world] = micro.calibrate(
+                "cpu", args.quick, processes=world, engines=engines if world == 1 else ()
+            ).to_dict()
             bar.advance(task)
         for world in (1, 2):
             # the run of median step time of three: on this shared machine a noisy minute
@@ -270,12 +286,15 @@ def main() -> int:
             bar.advance(task)
         torch.set_num_threads(cores)
         compute = profiles[1].get("compute_dtype", "bf16")  # fp32 where bf16 is emulated
-        for quantize, wdt in (("none", compute), ("int8", "int8")):
-            got_tps = serve(args.model, 8, 64, 64, quantize, compute)
-            pred_tps = predict_serve(args.model, profiles[1], 8, 64, 64, wdt)
+        cases = [("torch", q, w) for q, w in (("none", compute), ("int8", "int8"))]
+        cases += [(e, q, w) for e in engines for q, w in (("none", "fp32"), ("int8", "int8"))]
+        for engine, quantize, wdt in cases:
+            got_tps = serve(args.model, 8, 64, 64, quantize, compute, engine)
+            pred_tps = predict_serve(args.model, profiles[1], 8, 64, 64, wdt, engine)
             rows.append(
                 {
-                    "case": f"serve_lm decode, batch 8, {wdt} weights",
+                    "case": f"serve_lm decode, batch 8, {wdt} weights"
+                    + ("" if engine == "torch" else f", {engine}"),
                     "threads_per_process": profiles[1]["threads"],
                     "measured_tokens_per_s": round(got_tps, 1),
                     "predicted_tokens_per_s": round(pred_tps, 1),
@@ -284,7 +303,7 @@ def main() -> int:
                     "measured_step_s": round(8 / got_tps, 5),
                     "predicted_step_s": round(8 / pred_tps, 5),
                     "predicted_breakdown_s": decode_breakdown(
-                        args.model, profiles[1], 8, 64 + 32, wdt
+                        args.model, profiles[1], 8, 64 + 32, wdt, engine
                     ),
                 }
             )

@@ -598,3 +598,64 @@ def test_cuda_calibration_and_training_run_on_the_gpu(tmp_path: Path) -> None:
             eng.step()
         assert [len(r.done.result().out) for r in reqs] == [12, 5]
     assert prof["fixed_us"]["layer"] > 0 and prof["decode_attention_gbs"] > 0
+
+
+def test_calibrate_measures_an_engine_and_perf_predicts_through_it(
+    calibrated: tuple[Path, dict[str, Any]],
+) -> None:
+    """`calibrate --engine` figures (a shrunk sweep) become the measured device's variant
+    for that engine, and `estimate serve --engine` on the device takes them."""
+    pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed (the onnx extra)")
+    from suanli.calibration.engines import engine_profile
+    from suanli.calibration.profile import measured_accelerator
+    from suanli.calibration.timing import Plan
+    from suanli.catalog.loader import get_model
+    from suanli.perf import estimate_serve, make_system
+    from suanli.perf.engines import get_engine
+    from suanli.perf.serve import decode_parts
+
+    plan = Plan((64,), ("fp32",), 8, (64,), (1.0,), 0.01, 1.0)
+    fig = engine_profile("onnxruntime", plan, k_sizes=(256,), sweep_total=2**21)
+    assert fig["version"] and set(fig["gemv_gbs_by_k"]) == {"fp32", "int8"}
+    assert fig["gemv_gbs_by_k"]["fp32"]["256"] > 0 and fig["gemv_gbs_by_k"]["int8"]["256"] > 0
+    assert fig["decode_attention_gbs"] > 0
+    assert set(fig["fixed_us"]) == {"layer", "step"}
+    prof = {**calibrated[1], "engines": {"onnxruntime": fig}}
+    acc = measured_accelerator(prof)
+    ort = (acc.engine_variants or {})["onnxruntime"]
+    assert ort.decode_attention_gbs == fig["decode_attention_gbs"]
+    assert ort.step_overhead_us == (fig["fixed_us"]["step"] or None)
+    assert ort.compute_dtype == "fp32" and "onnxruntime" in ort.sources["gemv_bandwidth_by_k"]
+    model, sys_ = get_model("tiny-llama-40m"), make_system(acc)
+    kw = dict(num_devices=1, tp=1, batch=8, input_len=64, output_len=64, weight_dtype="fp32")
+    through = estimate_serve(model, sys_, engine=get_engine("onnxruntime"), **kw)  # type: ignore[arg-type]
+    parts = decode_parts(model, make_system(ort), tp=1, batch=8, context=96, weight_dtype="fp32")
+    eager = estimate_serve(model, sys_, **kw)  # type: ignore[arg-type]
+    assert through.tpot_s != eager.tpot_s
+    assert any("measured on this device" in n for n in through.notes)
+    assert parts["step_overhead"] == pytest.approx((ort.step_overhead_us or 0) * 1e-6)
+    # the planners choose the engine where this device was measured through one
+    from suanli.catalog.loader import get_accelerator
+    from suanli.plan.pool import PoolEntry
+    from suanli.plan.serve import ServeRequest, plan_serve
+    from suanli.plan.split import SplitRequest, plan_split
+
+    pool = [PoolEntry("here", sys_, 1)]
+    serve_plan = plan_serve(
+        ServeRequest(model=model, rate=0.5, input_len=64, output_len=64, pool=pool, top=20)
+    )
+    engines = {o.get("engine") for o in serve_plan.options}
+    assert "onnxruntime" in engines, serve_plan.rejected
+    chosen = next(o for o in serve_plan.options if o.get("engine") == "onnxruntime")
+    assert chosen["weight_dtype"] in ("fp32", "int8") and "through onnxruntime" in chosen["why"]
+    split = plan_split(
+        SplitRequest(
+            model=model,
+            edge=sys_,
+            cloud=make_system(get_accelerator("a100-80gb")),
+            uplink_mbps=20.0,
+        )
+    )
+    through = [o for o in split.options if o["edge_engine"] == "onnxruntime"]
+    assert through and all(o["edge_layers"] > 0 for o in through)
+    assert {o["edge_weight_dtype"] for o in through} == {"int8"}  # int4 asked: int8 served

@@ -64,6 +64,9 @@ class Profile:
     gemv_gbs_by_k: dict[str, dict[str, float]] = field(default_factory=dict)
     decode_attention_gbs: float = 0.0  # K/V bytes a decode step's attention reads per second
     fixed_us: dict[str, float] = field(default_factory=dict)  # per decoder layer, per step
+    #: serve_lm through ONNX Runtime / OpenVINO: name -> the decode figures above, measured
+    #: through that engine (`suanli.calibration.engines`)
+    engines: dict[str, dict[str, Any]] = field(default_factory=dict)
     threads: int = 0
     processes: int = 1  # measured as one of this many processes sharing the CPU
     torch_version: str = ""
@@ -79,6 +82,7 @@ def calibrate(
     quick: bool = False,
     progress: Callable[[str], None] | None = None,
     processes: int = 1,
+    engines: tuple[str, ...] = (),
 ) -> Profile:
     """Run every microbenchmark on ``device`` ("cpu", "cuda:0", ...).
 
@@ -114,6 +118,18 @@ def calibrate(
     if progress:
         progress("all-reduce")
     prof.allreduce_gbs = allreduce(device, plan)  # the ranks' own traffic: measured alone
+    for engine in engines:  # serving engines: measured alone, as a server runs
+        if device != "cpu":
+            raise SuanliError(f"--engine {engine} is measured on the CPU (--device cpu)")
+        if progress:
+            progress(f"engine {engine}")
+        from suanli.calibration.engines import engine_profile
+        from suanli.workloads.onnx_lm import EngineUnavailableError
+
+        try:
+            prof.engines[engine] = engine_profile(engine, plan)
+        except EngineUnavailableError as err:
+            raise SuanliError(f"--engine {engine}: {err} (pip install 'suanli[onnx]')") from None
     prof.processes = processes
     prof.wall_s = round(time.perf_counter() - start, 2)
     return prof

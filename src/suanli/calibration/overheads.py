@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any
+from typing import Any, cast
 
 from suanli.calibration.timing import DTYPES, Budget, Plan, sync_for, timed, torch_module
 
@@ -106,8 +106,11 @@ def counted_elementwise_bytes(arch: Any, seq: int, batch: int, dtype: str = "bf1
     return (est.breakdown_s["elementwise"] + est.breakdown_s["weight_casts"]) * 1e9 * e.mem_bw_eff
 
 
-def fixed_costs_us(device: str, plan: Plan, dtype: str = "bf16") -> dict[str, float]:
-    """The fixed cost of serve_lm's decode in ``dtype``, per layer and per step, in µs.
+def fixed_costs_us(
+    device: str, plan: Plan, dtype: str = "bf16", engine: str | None = None
+) -> dict[str, float]:
+    """The fixed cost of serve_lm's decode in ``dtype``, per layer and per step, in µs
+    (``engine``: through ONNX Runtime or OpenVINO instead of eager PyTorch, in fp32).
 
     Eager PyTorch pays per operator (dispatch, a GEMM's set-up, the engine's own
     Python) whatever the tensor sizes; on a CPU that is a large share of a small
@@ -140,7 +143,12 @@ def fixed_costs_us(device: str, plan: Plan, dtype: str = "bf16") -> dict[str, fl
         )
         torch.manual_seed(0)
         model = GPT(arch).to(device=device, dtype=dt).eval()
-        engines[layers] = Engine(model, arch, 8, 512, dt, device)
+        backend = None
+        if engine is not None:
+            from suanli.workloads.onnx_lm import OnnxEngine, runner_for
+
+            backend = runner_for(model.float(), cast(OnnxEngine, engine))
+        engines[layers] = Engine(model, arch, 8, 512, dt, device, backend)
     rounds: dict[int, list[float]] = {2: [], 6: []}
     budget = Budget(plan.probe_budget_s)
     for i in range(3 if plan.min_time_s < 0.3 else 7):  # alternated: drift hits both alike

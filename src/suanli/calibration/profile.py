@@ -15,6 +15,7 @@ as fast as the cores it is given.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -109,7 +110,7 @@ def measured_accelerator(
     compute = str(profile.get("compute_dtype") or "bf16")  # profiles before it: bf16
     gemv16 = (profile.get("gemv_gbs") or {}).get(compute)  # serve_lm's weights: compute dtype
     memory_gb = psutil.virtual_memory().total / 1e9 if is_cpu else (base.memory_gb if base else 0.0)
-    return Accelerator(
+    acc = Accelerator(
         name=name,
         display_name=f"{profile['device_name']} (measured)",
         vendor=base.vendor if base else ("cpu" if is_cpu else "unknown"),
@@ -181,6 +182,42 @@ def measured_accelerator(
             else ""
         ),
     )
+    return _engine_variants(acc, profile, e)
+
+
+def _engine_variants(acc: Accelerator, profile: dict[str, Any], e: Efficiency) -> Accelerator:
+    """``acc`` with a variant per engine measured through `suanli calibrate --engine`: the
+    decode figures replaced by the engine's (fp32 and int8 weights; it computes in fp32)."""
+    figures = profile.get("engines") or {}
+    if not figures:
+        return acc
+    variants = {}
+    for engine, fig in figures.items():
+        when = f"suanli calibrate --engine {engine} ({engine} {fig.get('version', '?')})"
+        by_k = {
+            dt: {int(k): v / e.mem_bw_eff for k, v in rates.items()}
+            for dt, rates in fig["gemv_gbs_by_k"].items()
+        }
+        variants[engine] = dataclasses.replace(
+            acc,
+            name=f"{acc.name}+{engine}",
+            display_name=f"{acc.display_name} through {engine}",
+            gemv_bandwidth_by_k=by_k or None,
+            gemv_bandwidth_gbs=None,
+            decode_attention_gbs=fig.get("decode_attention_gbs") or None,
+            layer_overhead_us=fig["fixed_us"].get("layer") or None,
+            step_overhead_us=fig["fixed_us"].get("step") or None,
+            compute_dtype="fp32",
+            sources={
+                **acc.sources,
+                "gemv_bandwidth_by_k": f"measured decode GEMMs through {engine}, {when}",
+                "decode_attention_gbs": f"measured gather + attention through {engine}, {when}",
+                "layer_overhead_us": f"serve_lm decode through {engine}, 6- minus 2-layer, {when}",
+                "step_overhead_us": f"serve_lm decode through {engine}, 2-layer probe, {when}",
+            },
+            engine_variants=None,
+        )
+    return dataclasses.replace(acc, engine_variants=variants)
 
 
 def get_measured(name: str, data_dir: Path | None = None) -> Accelerator:

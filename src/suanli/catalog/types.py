@@ -83,6 +83,9 @@ class Accelerator:
     #: measured only: dtypes the device computes on a slow path (bf16 on a CPU without
     #: bf16 instructions: ~100x slower than fp32); their peaks are the measured rates
     emulated_dtypes: tuple[str, ...] = ()
+    #: measured only: this device as serve_lm runs through another engine (ONNX Runtime,
+    #: OpenVINO): engine name -> this record with that engine's measured decode figures
+    engine_variants: dict[str, Accelerator] | None = None
     disputed: dict[str, str] = field(default_factory=dict)
     notes: str = ""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,11 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from suanli.cli.output import console, fmt, print_json
+
+
+class CalibEngine(StrEnum):
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
 
 
 def calibrate_cmd(
@@ -32,6 +38,14 @@ def calibrate_cmd(
     save: Annotated[
         bool, typer.Option("--save", help="Store the profile; perf reads it as NAME@measured.")
     ] = False,
+    engines: Annotated[
+        list[CalibEngine] | None,
+        typer.Option(
+            "--engine",
+            help="Also measure serve_lm's decode through this engine (repeatable): "
+            "onnxruntime, openvino; estimate serve --engine NAME on the profile uses it.",
+        ),
+    ] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -64,6 +78,7 @@ def calibrate_cmd(
             quick,
             lambda step: bar.update(task, description=f"measuring {step}"),
             processes=processes,
+            engines=tuple(dict.fromkeys(e.value for e in engines or [])),
         ).to_dict()
     name = profile_name(prof)
     prof["name"] = name
@@ -124,6 +139,14 @@ def calibrate_cmd(
         t.add_row("decode attention K/V GB/s", fmt(prof["decode_attention_gbs"]), "")
     for part, us in prof.get("fixed_us", {}).items():
         t.add_row(f"serve_lm decode fixed cost per {part} (µs)", fmt(us), "")
+    for eng, fig in prof.get("engines", {}).items():
+        label = f"{eng} {fig['version']}"
+        for dt, by_k in fig["gemv_gbs_by_k"].items():
+            for k, gbs in by_k.items():
+                t.add_row(f"{label}: decode GEMV {dt}, K={k}, GB/s", fmt(gbs), "")
+        t.add_row(f"{label}: decode attention K/V GB/s", fmt(fig["decode_attention_gbs"]), "")
+        for part, us in fig["fixed_us"].items():
+            t.add_row(f"{label}: serve_lm decode fixed cost per {part} (µs)", fmt(us), "")
     t.add_row("wall time (s)", fmt(prof["wall_s"]), "")
     console.print(t)
     if save:

@@ -407,7 +407,8 @@ def serve_cmd(
                 o["pool"],
                 f"{o['num_devices']:,}",
                 shape,
-                f"{o['weight_dtype']}/{o['kv_dtype']}",
+                f"{o['weight_dtype']}/{o['kv_dtype']}"
+                + (f" ({o['engine']})" if o.get("engine") else ""),
                 str(o["max_batch"]),
                 fmt(o["usd_per_million_output_tokens"]),
                 f"{o['ttft_p50_s']:.2f}/{o['ttft_p99_s']:.2f}",
@@ -485,7 +486,12 @@ def split_cmd(
             t.add_column(col, justify="right")
         for o in res.options:
             t.add_row(
-                str(o["split_after_layer"]),
+                str(o["split_after_layer"])
+                + (
+                    f" ({o['edge_engine']}, {o['edge_weight_dtype']})"
+                    if o.get("edge_engine")
+                    else ""
+                ),
                 f"{o['edge_layers']}/{o['cloud_layers']}",
                 o["activation_dtype"] or "—",
                 fmt(o["latency_s"]),

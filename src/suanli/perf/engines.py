@@ -104,10 +104,18 @@ class Engine:
             return follow
         return "bf16" if "bf16" in allowed else allowed[0]
 
+    def measured_on(self, accelerator: Accelerator) -> bool:
+        """Whether ``accelerator`` is a device as measured running this engine."""
+        return accelerator.name.endswith(f"+{self.name}")
+
+    def runs_on(self, accelerator: Accelerator) -> bool:
+        """A chip of a vendor it supports, or a device it was measured running on."""
+        return accelerator.vendor.lower() in self.vendors or self.measured_on(accelerator)
+
     def check(self, accelerator: Accelerator, weight_dtype: str, kv_dtype: str | None) -> None:
         p = self.profile
         vendor = accelerator.vendor.lower()
-        if vendor not in self.vendors:
+        if not self.runs_on(accelerator):
             raise EngineError(
                 f"--engine {self.label} runs on {', '.join(self.vendors)} chips, not "
                 f"{accelerator.name} ({vendor}); see `suanli catalog list engines`"
@@ -131,7 +139,12 @@ class Engine:
                 f"{self.label}: no source states whether its decode reads a KV head once per "
                 "group; assumed it does (the idealised engine)"
             )
-        if accelerator.name not in self.profile.published:
+        if self.measured_on(accelerator):
+            out.append(
+                f"{self.label}'s decode rates measured on this device by `suanli calibrate "
+                f"--engine {self.name}`; prefill takes the device's own GEMM rates"
+            )
+        elif accelerator.name not in self.profile.published:
             out.append(
                 f"no published throughput of {self.label} on {accelerator.name}: the model's "
                 "efficiency is fitted to other engines' figures (see `suanli calibrate`)"

@@ -19,6 +19,7 @@ tokens over prefill + decode time, times the number of replicas.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from suanli.catalog.types import ModelArch
@@ -217,7 +218,10 @@ def _pass_time(
     a = s.arch
     acc = system.accelerator
     # fp32 weights: the whole model computes in fp32 (activations, head, attention)
-    wide = "fp32" if weight_dtype == "fp32" else "bf16"
+    # (and int8/int4 weights on a device measured to compute in fp32: their activations
+    # and output head are fp32 there)
+    narrow = weight_dtype in ("int8", "int4") and acc.compute_dtype == "fp32"
+    wide = "fp32" if weight_dtype == "fp32" or narrow else "bf16"
     compute_dtype = "fp8" if weight_dtype == "fp8" and acc.native("fp8") else wide
     peak = acc.peak(compute_dtype) * 1e12
     peak16 = acc.peak(wide) * 1e12
@@ -365,6 +369,9 @@ def estimate_serve(
     (`suanli.perf.engines`)."""
     notes: tuple[str, ...] = ()
     if engine is not None:
+        measured = (system.accelerator.engine_variants or {}).get(engine.name)
+        if measured is not None:  # this device's rates through this engine
+            system = dataclasses.replace(system, accelerator=measured)
         engine.check(system.accelerator, weight_dtype, kv_dtype)
         kv_dtype = kv_dtype or engine.default_kv(weight_dtype)
         gqa_kv_reuse = engine.gqa_kv_reuse()

@@ -15,6 +15,7 @@ interpolated, so sizing a configuration costs a handful of perf calls.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 import time
 from collections import Counter
@@ -24,7 +25,7 @@ from typing import Any
 
 from suanli.catalog.types import ModelArch
 from suanli.perf.efficiency import Efficiency, default_efficiency
-from suanli.perf.engines import Engine
+from suanli.perf.engines import Engine, get_engine
 from suanli.perf.serve import (
     decode_parts,
     kv_bytes_per_token_device,
@@ -65,6 +66,8 @@ class _Config:
     max_batch: int
     prefill_s: float
     tpot: Callable[[float], float]
+    #: the engine the replica runs where the planner chose it (a measured device's)
+    engine: str | None = None
 
 
 def _curve(xs: list[float], ys: list[float]) -> Callable[[float], float]:
@@ -100,18 +103,48 @@ def _formats(entry: PoolEntry, engine: Engine | None = None) -> list[tuple[str, 
     return kept
 
 
+#: what serve_lm's ONNX exports run: fp32, or int8 weights; the KV cache in fp32
+EXPORT_FORMATS = [("fp32", "fp32"), ("int8", "fp32")]
+
+
 def _configs(req: ServeRequest, entry: PoolEntry, e: Efficiency) -> list[_Config]:
+    """Layouts for ``entry`` under the request's engine, and, with none asked for, under
+    each engine this device was measured through (`suanli calibrate --engine`): the
+    planner chooses the engine where the rates to choose by exist."""
+    variants = entry.system.accelerator.engine_variants or {}
+
+    def through(name: str) -> PoolEntry:
+        acc = variants[name]
+        return dataclasses.replace(entry, system=dataclasses.replace(entry.system, accelerator=acc))
+
+    if req.engine is not None:
+        if req.engine.name in variants:  # the engine asked for, as measured on this device
+            return _engine_configs(req, through(req.engine.name), e, req.engine, EXPORT_FORMATS)
+        return _engine_configs(req, entry, e, req.engine, _formats(entry, req.engine))
+    out = _engine_configs(req, entry, e, None, _formats(entry))
+    for name in variants:
+        out += _engine_configs(req, through(name), e, get_engine(name), EXPORT_FORMATS)
+    return out
+
+
+def _engine_configs(
+    req: ServeRequest,
+    entry: PoolEntry,
+    e: Efficiency,
+    engine: Engine | None,
+    formats: list[tuple[str, str]],
+) -> list[_Config]:
     model = req.model
     s = shape_of(model)
     seq = req.input_len + req.output_len
     ctx = req.input_len + req.output_len / 2
     dpn = entry.system.devices_per_node
     out = []
-    engine = req.engine
-    if engine is not None and entry.system.accelerator.vendor.lower() not in engine.vendors:
+    if engine is not None and not engine.runs_on(entry.system.accelerator):
         return []
     gqa = engine.gqa_kv_reuse() if engine is not None else True
-    for wd, kvd in _formats(entry, engine):
+    label = engine.label if engine is not None and engine is not req.engine else None
+    for wd, kvd in formats:
         for tp in divisors(dpn):
             if model.heads % tp or tp > entry.count:
                 continue
@@ -150,7 +183,7 @@ def _configs(req: ServeRequest, entry: PoolEntry, e: Efficiency) -> list[_Config
                 )
                 for b in xs
             ]
-            out.append(_Config(entry, wd, kvd, tp, mb, pre, _curve(xs, ys)))
+            out.append(_Config(entry, wd, kvd, tp, mb, pre, _curve(xs, ys), label))
             if tp * 2 > dpn:
                 break
     return out
@@ -260,7 +293,7 @@ def _top(options: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
     seen: set[tuple[Any, ...]] = set()
     out = []
     for o in options:
-        sig = (o["accelerator"], o["weight_dtype"], o["tp"], o["disaggregated"])
+        sig = (o["accelerator"], o["weight_dtype"], o["tp"], o["disaggregated"], o.get("engine"))
         if sig not in seen:
             seen.add(sig)
             out.append(o)
@@ -302,6 +335,7 @@ def _colocated(
         "replicas": n,
         "weight_dtype": c.weight_dtype,
         "kv_dtype": c.kv_dtype,
+        "engine": c.engine or (req.engine.label if req.engine is not None else None),
         "max_batch": limit,
         "disaggregated": False,
         "usd_per_million_output_tokens": _usd_per_m(req, usd_h),
@@ -317,8 +351,9 @@ def _colocated(
 
 
 def _why(c: _Config, ld: ReplicaLoad, price: float | None) -> str:
+    through = f" through {c.engine} (measured here)" if c.engine else ""
     text = (
-        f"{c.weight_dtype} weights, {c.kv_dtype} KV on tp {c.tp}; prefill "
+        f"{c.weight_dtype} weights, {c.kv_dtype} KV on tp {c.tp}{through}; prefill "
         f"{1e3 * c.prefill_s:.0f} ms/request keeps devices {100 * ld.rho_prefill:.0f}% busy "
         f"prefilling; mean decode batch {ld.mean_batch:.1f}"
     )

@@ -14,6 +14,7 @@ Edge energy counts the edge's compute at its TDP, the radio while sending
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -131,6 +132,18 @@ def evaluate_split(
     }
 
 
+def edge_engines(req: SplitRequest) -> list[tuple[str | None, SplitRequest]]:
+    """The edge as asked, and as it runs through each engine it was measured through
+    (`suanli calibrate --engine`): the split then chooses the engine too. Those engines
+    serve an fp32 export or int8 weights; a request for other weights takes int8."""
+    out: list[tuple[str | None, SplitRequest]] = [(None, req)]
+    for name, acc in (req.edge.accelerator.engine_variants or {}).items():
+        wd = req.edge_weight_dtype if req.edge_weight_dtype in ("fp32", "int8") else "int8"
+        edge = dataclasses.replace(req.edge, accelerator=acc)
+        out.append((name, dataclasses.replace(req, edge=edge, edge_weight_dtype=wd)))
+    return out
+
+
 def plan_split(req: SplitRequest, eff: Efficiency | None = None) -> PlanResult:
     """Every split point, ranked by latency, with the energy-optimal one marked."""
     t0 = time.perf_counter()
@@ -139,15 +152,21 @@ def plan_split(req: SplitRequest, eff: Efficiency | None = None) -> PlanResult:
     s = shape_of(model)
     rejected: Counter[str] = Counter()
     edge_mem = req.edge.accelerator.memory_gb * GB - e.workspace_gb * GB * 0.25
-    full_edge = weight_bytes_per_device(s, 1, req.edge_weight_dtype)
     options: list[dict[str, Any]] = []
-    for k in range(model.layers + 1):
-        need = full_edge * k / model.layers
-        if need > edge_mem:
-            rejected["edge memory: its layers' weights do not fit"] += 1
-            continue
-        for act in ("fp16", "int8") if 0 < k < model.layers else ("fp16",):
-            options.append(evaluate_split(req, k, act, req.uplink_mbps, e))
+    for engine, sub in edge_engines(req):
+        full_edge = weight_bytes_per_device(s, 1, sub.edge_weight_dtype)
+        for k in range(model.layers + 1):
+            if engine is not None and k == 0:
+                continue  # all-cloud runs nothing on the edge: once is enough
+            need = full_edge * k / model.layers
+            if need > edge_mem:
+                rejected["edge memory: its layers' weights do not fit"] += 1
+                continue
+            for act in ("fp16", "int8") if 0 < k < model.layers else ("fp16",):
+                opt = evaluate_split(sub, k, act, req.uplink_mbps, e)
+                opt["edge_engine"] = engine
+                opt["edge_weight_dtype"] = sub.edge_weight_dtype if k else None
+                options.append(opt)
     result = PlanResult(options=[], rejected=rejected, candidates_evaluated=len(options))
     if not options:
         result.infeasible = "no split point fits: the edge cannot hold even one layer"
@@ -160,6 +179,11 @@ def plan_split(req: SplitRequest, eff: Efficiency | None = None) -> PlanResult:
         f"lowest latency: split after layer {by_latency[0]['split_after_layer']} "
         f"({by_latency[0]['latency_s']:.3f} s); lowest edge energy: split after layer "
         f"{best_energy['split_after_layer']} ({best_energy['edge_energy_j']:.2f} J)"
+        + (
+            f"; the edge through {by_latency[0]['edge_engine']} (measured here)"
+            if by_latency[0]["edge_engine"]
+            else ""
+        )
     )
     result.wall_s = time.perf_counter() - t0
     return result

@@ -21,6 +21,8 @@ projection in fp32, as serve_lm does.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import shutil
 import tempfile
@@ -74,15 +76,8 @@ class CachedStep(nn.Module):
             q, k = _rope(q, cos, sin), _rope(k, cos, sin)
             new_k.append(k)
             new_v.append(v)
-            kc = torch.cat([past_k[i], k], dim=2)  # [B, KV, P+T, hd]
-            vc = torch.cat([past_v[i], v], dim=2)
-            group = blk.nh // blk.nkv  # GQA: each KV head serves a group of query heads
-            qg = q.reshape(b, blk.nkv, group * t, blk.hd)
-            scores = qg @ kc.transpose(-1, -2) * blk.hd**-0.5  # [B, KV, group*T, S]
-            scores = scores.reshape(b, blk.nh, t, -1) + mask
-            att = torch.softmax(scores, dim=-1).reshape(b, blk.nkv, group * t, -1) @ vc
-            att = att.reshape(b, blk.nh, t, blk.hd).transpose(1, 2).reshape(b, t, -1)
-            x = x + blk.o(att)
+            att = attend(q, k, v, past_k[i], past_v[i], mask)
+            x = x + blk.o(att.transpose(1, 2).reshape(b, t, -1))
             u = blk.up(_rms(blk.norm2, x))
             if blk.gated:
                 g, u = u.chunk(2, dim=-1)
@@ -92,6 +87,28 @@ class CachedStep(nn.Module):
             x = x + blk.down(u)
         logits: torch.Tensor = m.head(_rms(m.norm, x))
         return logits, torch.stack(new_k), torch.stack(new_v)
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    past_k: torch.Tensor,
+    past_v: torch.Tensor,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """Attention of the new queries [B, heads, T, hd] over the cache and the new keys and
+    values [B, KV heads, P or T, hd]: [B, heads, T, hd]. Each KV head is read once for
+    its group of query heads (GQA reuse, as serve_lm's own decode kernel)."""
+    b, nh, t, hd = q.shape[0], q.shape[1], q.shape[2], q.shape[3]
+    nkv = k.shape[1]
+    kc = torch.cat([past_k, k], dim=2)  # [B, KV, P+T, hd]
+    vc = torch.cat([past_v, v], dim=2)
+    qg = q.reshape(b, nkv, (nh // nkv) * t, hd)
+    scores = qg @ kc.transpose(-1, -2) * hd**-0.5  # [B, KV, group*T, S]
+    scores = scores.reshape(b, nh, t, -1) + mask
+    att = torch.softmax(scores, dim=-1).reshape(b, nkv, (nh // nkv) * t, -1) @ vc
+    return att.reshape(b, nh, t, hd)
 
 
 def _rms(norm: nn.RMSNorm, x: torch.Tensor) -> torch.Tensor:
@@ -144,21 +161,106 @@ def export(gpt: GPT, path: Path) -> Path:
     return path
 
 
-def quantize_onnxruntime(src: Path, dst: Path) -> Path:
+#: MatMulNBits computes with int8 activations (4; 0: dequantize to fp32 first), the
+#: setting ONNX Runtime documents for CPU speed
+ACCURACY_LEVEL = 4
+HEAD_NAMES = ("/head/MatMul", "logits")  # the output projection, as each engine names it
+
+
+def quantize_onnxruntime(src: Path, dst: Path, keep_head: bool = True) -> Path:
     """int8 weights, symmetric per block of 128 input channels (``MatMulNBits``, bits=8:
     weight-only, the activations stay fp32); the output head stays fp32."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)  # a line a node
     model = onnx.load(str(src))
-    matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul"]
-    head = [n for n in matmuls if "head" in n] or matmuls[-1:]
+    head = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name in HEAD_NAMES]
     quant = MatMulNBitsQuantizer(
-        model, bits=8, block_size=128, is_symmetric=True, nodes_to_exclude=head
+        model,
+        bits=8,
+        block_size=128,
+        is_symmetric=True,
+        accuracy_level=ACCURACY_LEVEL,
+        nodes_to_exclude=head if keep_head else [],
     )
     quant.process()
     quant.model.save_model_to_file(str(dst), use_external_data_format=False)
     return dst
+
+
+def _compress_openvino(model: Any, keep_head: bool = True) -> Any:
+    """NNCF weight compression: int8 per output channel, the output head left alone."""
+    try:
+        import nncf
+    except ImportError as err:
+        raise EngineUnavailableError(
+            "nncf (OpenVINO's int8 weight compression) is not installed"
+        ) from err
+    nncf.set_log_level(logging.ERROR)  # its statistics table and progress bar
+    head = [  # OpenVINO names the op that yields an output after the output
+        op.get_friendly_name()
+        for op in model.get_ordered_ops()
+        if op.get_type_name() == "MatMul" and op.get_friendly_name() in HEAD_NAMES
+    ]
+    with contextlib.redirect_stdout(io.StringIO()):  # its progress bar has no off switch
+        return nncf.compress_weights(
+            model,
+            mode=nncf.CompressWeightsMode.INT8_SYM,
+            ignored_scope=nncf.IgnoredScope(names=head) if head and keep_head else None,
+        )
+
+
+Session = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+
+
+def load_graph(
+    engine: OnnxEngine, path: Path, quantize: str = "none", keep_head: bool = True
+) -> tuple[Session, str]:
+    """An ONNX file under ``engine`` on this CPU with torch's thread count, fp32 (or int8
+    weights by the engine's own compression): a call from feeds to outputs, and the
+    engine's version."""
+    if engine == "onnxruntime":
+        try:
+            import onnxruntime as ort
+        except ImportError as err:
+            raise EngineUnavailableError("onnxruntime is not installed") from err
+        if quantize == "int8":
+            path = quantize_onnxruntime(path, path.with_suffix(".int8.onnx"), keep_head)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = _threads()
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        # idle pool threads would spin-wait for work, taking the cores serve_lm's own
+        # thread (and any other engine in the process) needs between graph runs
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return (lambda feed: sess.run(None, feed)), str(ort.__version__)
+    if engine == "openvino":
+        try:
+            import openvino as ov
+        except ImportError as err:
+            raise EngineUnavailableError("openvino is not installed") from err
+        core = ov.Core()
+        model = core.read_model(str(path))
+        if quantize == "int8":
+            model = _compress_openvino(model, keep_head)
+        config = {
+            "INFERENCE_NUM_THREADS": _threads(),
+            # f32, as the graph was exported: a bf16-capable CPU would otherwise switch
+            # precision under our feet
+            "INFERENCE_PRECISION_HINT": "f32",
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        compiled = core.compile_model(model, "CPU", config)
+        request = compiled.create_infer_request()
+
+        def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+            out = request.infer(feed)
+            return [out[o] for o in compiled.outputs]
+
+        return run, str(ov.get_version())
+    raise ValueError(f"engine must be one of {', '.join(ONNX_ENGINES)}")
 
 
 def _threads() -> int:
@@ -170,49 +272,7 @@ class Runner:
 
     def __init__(self, engine: OnnxEngine, path: Path, quantize: str = "none") -> None:
         self.engine, self.quantize = engine, quantize
-        if engine == "onnxruntime":
-            try:
-                import onnxruntime as ort
-            except ImportError as err:
-                raise EngineUnavailableError("onnxruntime is not installed") from err
-            if quantize == "int8":
-                path = quantize_onnxruntime(path, path.with_suffix(".int8.onnx"))
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = _threads()
-            opts.inter_op_num_threads = 1
-            opts.log_severity_level = 3
-            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-            self.version = ort.__version__
-            self._run: Callable[[dict[str, np.ndarray]], list[np.ndarray]] = lambda feed: sess.run(
-                None, feed
-            )
-        elif engine == "openvino":
-            try:
-                import openvino as ov
-            except ImportError as err:
-                raise EngineUnavailableError("openvino is not installed") from err
-            core = ov.Core()
-            model = core.read_model(str(path))
-            if quantize == "int8":
-                model = _compress_openvino(model)
-            config = {
-                "INFERENCE_NUM_THREADS": _threads(),
-                # f32, as the graph was exported: a bf16-capable CPU would otherwise
-                # switch precision under our feet
-                "INFERENCE_PRECISION_HINT": "f32",
-                "PERFORMANCE_HINT": "LATENCY",
-            }
-            compiled = core.compile_model(model, "CPU", config)
-            request = compiled.create_infer_request()
-            self.version = ov.__version__ if hasattr(ov, "__version__") else ov.get_version()
-
-            def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-                out = request.infer(feed)
-                return [out[o] for o in compiled.outputs]
-
-            self._run = run
-        else:
-            raise ValueError(f"engine must be one of {', '.join(ONNX_ENGINES)}")
+        self._run, self.version = load_graph(engine, path, quantize)
 
     def run(
         self,
@@ -225,27 +285,6 @@ class Runner:
         feed = {"ids": ids, "pos": pos, "past_k": past_k, "past_v": past_v, "mask": mask}
         logits, k, v = self._run(feed)
         return logits, k, v
-
-
-def _compress_openvino(model: Any) -> Any:
-    """NNCF weight compression: int8 per output channel, the output head left alone."""
-    try:
-        import nncf
-    except ImportError as err:
-        raise EngineUnavailableError(
-            "nncf (OpenVINO's int8 weight compression) is not installed"
-        ) from err
-    nncf.set_log_level(logging.ERROR)  # its statistics table and progress bar
-    head = [  # OpenVINO names the op that yields an output after the output
-        op.get_friendly_name()
-        for op in model.get_ordered_ops()
-        if op.get_type_name() == "MatMul" and op.get_friendly_name() in ("logits", "/head/MatMul")
-    ]
-    return nncf.compress_weights(
-        model,
-        mode=nncf.CompressWeightsMode.INT8_SYM,
-        ignored_scope=nncf.IgnoredScope(names=head) if head else None,
-    )
 
 
 def runner_for(gpt: GPT, engine: OnnxEngine, quantize: str = "none") -> Runner:

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import queue
+import statistics
 import threading
 import time
 from collections import deque
@@ -389,6 +390,26 @@ class Engine:
             "decode_tokens_per_s": sum(n for _, n in recent[1:]) / span if span else 0.0,
             "requests_total": self.requests_total,
         }
+
+
+def decode_rate(
+    eng: Engine, batch: int, prompt_len: int, out_len: int, rounds: int = 3
+) -> tuple[float, list[list[int]]]:
+    """Measured decode tokens/s of ``eng`` with ``batch`` greedy sequences in flight (every
+    prompt prefilled first, then decode alone timed): the median of ``rounds`` rounds, as
+    a shared machine's steps vary by 10%; and the last round's tokens."""
+    rates, outs = [], []
+    for _ in range(rounds):
+        reqs = [Request([i % 200 + 32] * prompt_len, out_len, 0.0) for i in range(batch)]
+        for r in reqs:
+            eng.waiting.put(r)
+        eng.step()  # admission: every prompt is prefilled
+        tokens, t0 = 0, time.perf_counter()
+        while not all(r.done.done() for r in reqs):
+            tokens += eng.step()
+        rates.append(tokens / (time.perf_counter() - t0))
+        outs = [r.out for r in reqs]
+    return statistics.median(rates), outs
 
 
 def build(args: argparse.Namespace) -> Engine:

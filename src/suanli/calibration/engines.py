@@ -1,0 +1,182 @@
+"""What serve_lm reaches through ONNX Runtime and OpenVINO on this device.
+
+``suanli calibrate --engine onnxruntime --engine openvino`` measures, per engine,
+the figures perf's decode model reads for eager PyTorch, so that
+``estimate serve --engine NAME`` on ``CHIP@measured`` predicts that engine:
+
+* decode GEMMs over many distinct matrices, fp32 and int8 weights by the engine's
+  own compression (`suanli.workloads.onnx_lm`), by inner size K: one exported graph
+  of as many [8, K] x [K, rows] products as fill twice the last-level cache, as
+  `memory.gemv_by_k` does for PyTorch;
+* decode attention, K/V bytes per second, with serve_lm's path around it: the cache
+  gathered into a contiguous array, then the exported `onnx_lm.attend`
+  (Llama-3-8B's geometry, as `attention.decode_attention_gbs`);
+* the fixed cost per decoder layer and per step: serve_lm decoding probe models
+  too small to cost bytes or FLOPs, with 2 and 6 layers, through the engine
+  (`overheads.fixed_costs_us`). The per-step cost holds serve_lm's own work around
+  the graph (the cache gather, the mask, the copies in and out).
+
+Everything runs in fp32: the export's precision (ONNX Runtime has no bf16 kernels
+for these ops on CPUs; OpenVINO is held to f32 so it measures what it serves).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import warnings
+from functools import partial
+from pathlib import Path
+from typing import Any, cast
+
+from suanli.calibration.memory import sweep_bytes
+from suanli.calibration.overheads import fixed_costs_us
+from suanli.calibration.timing import Budget, Plan, sweep, timed, torch_module
+
+K_SIZES = (512, 1024, 4096)
+TOKENS = 8
+
+
+def engine_profile(
+    engine: str, plan: Plan, k_sizes: tuple[int, ...] = K_SIZES, sweep_total: int | None = None
+) -> dict[str, Any]:
+    """Every figure of one engine (the module docstring); raises if it is not installed.
+    ``k_sizes`` and ``sweep_total`` (bytes of distinct matrices per K; default twice the
+    last-level cache) shrink the GEMM sweep for a quick look."""
+    from suanli.workloads.onnx_lm import ONNX_ENGINES, OnnxEngine, load_graph
+
+    if engine not in ONNX_ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ONNX_ENGINES)}")
+    eng = cast(OnnxEngine, engine)
+    tmp = Path(tempfile.mkdtemp(prefix="suanli-calibrate-"))
+    try:
+        version = load_graph(eng, _attention_graph(tmp / "probe.onnx", 1))[1]
+        return {
+            "version": version,
+            "gemv_gbs_by_k": _gemv_by_k(eng, plan, tmp, k_sizes, sweep_total),
+            "decode_attention_gbs": _decode_attention_gbs(eng, plan, tmp),
+            "fixed_us": fixed_costs_us("cpu", plan, "fp32", engine=eng),
+        }
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _export(module: Any, inputs: tuple[Any, ...], path: Path, names: list[str]) -> Path:
+    torch = torch_module()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, inputs, str(path), input_names=names, opset_version=18, dynamo=False
+        )
+    return path
+
+
+def _gemv_by_k(
+    engine: Any, plan: Plan, tmp: Path, k_sizes: tuple[int, ...], total: int | None
+) -> dict[str, dict[str, float]]:
+    """fp32 and int8 weights streamed by decode-shaped products, GB/s by K (weight bytes:
+    4 per fp32 weight, 1 per int8 one)."""
+    from suanli.workloads.onnx_lm import load_graph
+
+    torch = torch_module()
+    total = total or sweep_bytes("cpu", plan)
+    budget = Budget(plan.probe_budget_s)
+    out: dict[str, dict[str, float]] = {"fp32": {}, "int8": {}}
+
+    class Stack(torch.nn.Module):  # type: ignore[name-defined,misc]
+        def __init__(self, count: int, rows: int, k: int) -> None:
+            super().__init__()
+            self.ws = torch.nn.ModuleList(
+                torch.nn.Linear(k, rows, bias=False) for _ in range(count)
+            )
+            # filled, not random (a GEMM's speed is not its values), but each with its own
+            # value: the exporter folds equal initializers into one, read over and over
+            for i, w in enumerate(self.ws):
+                torch.nn.init.constant_(w.weight, 0.01 * (i + 1))
+
+        def forward(self, x: Any) -> Any:
+            return torch.cat([w(x) for w in self.ws], dim=-1)
+
+    def call_s(k: int) -> float:
+        rows = min(4 * k, 4 * 2**20 // k)  # at most 16 MB an fp32 matrix
+        count = max(2, total // (rows * k * 4))
+        x = torch.randn(TOKENS, k)
+        path = _export(Stack(count, rows, k).eval(), (x,), tmp / f"gemv{k}.onnx", ["x"])
+        spent = 0.0
+        feed = {"x": x.numpy()}
+        for dtype, size in (("fp32", 4), ("int8", 1)):
+            run, _ = load_graph(engine, path, dtype.replace("fp32", "none"), keep_head=False)
+            t = timed(partial(run, feed), lambda: None, plan.min_time_s, budget)
+            out[dtype][str(k)] = round(count * rows * k * size / t / 1e9, 2)
+            spent += t
+        return spent
+
+    sweep(k_sizes, call_s, lambda k, t: t, lambda k: 1.0, budget)
+    return out
+
+
+def _attention_graph(path: Path, span: int) -> Path:
+    """`onnx_lm.attend` alone, exported for decode: one new token per sequence."""
+    from suanli.workloads.onnx_lm import attend
+
+    torch = torch_module()
+
+    class Attend(torch.nn.Module):  # type: ignore[name-defined,misc]
+        def forward(self, *args: Any) -> Any:
+            return attend(*args)
+
+    b, kv, group, hd = 4, 8, 4, 128
+    inputs = (
+        torch.randn(b, kv * group, 1, hd),
+        torch.randn(b, kv, 1, hd),
+        torch.randn(b, kv, 1, hd),
+        torch.randn(b, kv, span, hd),
+        torch.randn(b, kv, span, hd),
+        torch.zeros(b, 1, 1, span + 1),
+    )
+    names = ["q", "k", "v", "past_k", "past_v", "mask"]
+    torch_onnx_axes = {"past_k": {2: "past"}, "past_v": {2: "past"}, "mask": {3: "total"}}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            Attend().eval(),
+            inputs,
+            str(path),
+            input_names=names,
+            dynamic_axes=torch_onnx_axes,
+            opset_version=18,
+            dynamo=False,
+        )
+    return path
+
+
+def _decode_attention_gbs(engine: Any, plan: Plan, tmp: Path) -> float:
+    """K/V bytes per second: serve_lm's gather of the cache, then the engine's attention."""
+    from suanli.workloads.onnx_lm import load_graph
+
+    torch = torch_module()
+    b, kv, group, hd, span = 4, 8, 4, 128, 1024
+    run, _ = load_graph(engine, _attention_graph(tmp / "attend.onnx", span))
+    cache_k = torch.randn(1, 2 * b, kv, 2 * span, hd)  # as serve_lm keeps it: slots, max_len
+    cache_v = torch.randn(1, 2 * b, kv, 2 * span, hd)
+    idx = torch.arange(b)
+    q = torch.randn(b, kv * group, 1, hd).numpy()
+    new = torch.randn(b, kv, 1, hd).numpy()
+    mask = torch.zeros(b, 1, 1, span + 1).numpy()
+
+    def step() -> None:
+        past_k = cache_k[:, idx, :, :span].contiguous()[0]
+        past_v = cache_v[:, idx, :, :span].contiguous()[0]
+        run(
+            {
+                "q": q,
+                "k": new,
+                "v": new,
+                "past_k": past_k.numpy(),
+                "past_v": past_v.numpy(),
+                "mask": mask,
+            }
+        )
+
+    t = timed(step, lambda: None, plan.min_time_s, Budget(plan.probe_budget_s))
+    return round(2 * b * kv * span * hd * 4 / t / 1e9, 2)
