@@ -71,6 +71,33 @@ def test_preemption_evicts_the_cheapest_victims_with_grace() -> None:
     assert {name for name, _, _ in res.bound} == {"svc"}
 
 
+def test_preemption_for_a_gang_evicts_within_the_one_site_that_will_hold_it() -> None:
+    """Three devices free across two sites hold no gang of three. Evicting the cheapest
+    victim (in the small site) would free three across sites and start nothing; the
+    victim must be the one whose site then holds the whole gang."""
+    from suanli.cluster.state import Site
+
+    nodes = [
+        NodeSpec("east-0", 64_000, 262_144, 2, "A100", site="east"),
+        NodeSpec("west-0", 64_000, 262_144, 4, "A100", site="west"),
+    ]
+    st = ClusterState(nodes, [Site("east", "cn-east"), Site("west", "cn-west")])
+    s0 = session(
+        st,
+        [
+            Job("cheap", gpu_tasks("cheap", 1, gpus=2), priority=0, preemptible=True),
+            Job("dear", gpu_tasks("dear", 3), priority=1, preemptible=True),
+        ],
+    )
+    s0.run(["allocate"])
+    where = {name: st.specs[p.node].site for name, _, p in s0.result.bound}
+    assert where == {"cheap": "east", "dear": "west"}
+    gang = Job("gang", gpu_tasks("gang", 3), priority=10)
+    res = session(st, [gang], s0.running).run(["allocate", "preempt"])
+    assert [e.job for e in res.evicted] == ["dear"]
+    assert {st.specs[p.node].site for name, _, p in res.bound if name == "gang"} == {"west"}
+
+
 def test_non_preemptible_jobs_are_never_victims() -> None:
     st = state(nodes=1, gpus=2)
     s0 = session(st, [Job("train", gpu_tasks("train", 2), priority=1, preemptible=False)])

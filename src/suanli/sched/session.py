@@ -308,7 +308,31 @@ class Session:
         return all(self._within_type_quota(job, t, {}) is not None for t in job.tasks)
 
     def _victims_for(self, job: Job, candidates: list[Job]) -> list[Job] | None:
-        """Cheapest set of ``candidates`` whose eviction lets ``job`` fit (tried on a copy)."""
+        """Cheapest set of ``candidates`` whose eviction lets ``job`` fit (tried on a copy).
+
+        A gang never spans sites, so with several sites the victims come from one site,
+        the one that then holds the whole gang: evictions that free enough devices only
+        across sites would stop work and start nothing. Of the sites that would do, the
+        one with the fewest victims (then the lowest priorities) is chosen."""
+        sites = np.unique(self.state.site)
+        if len(job.tasks) < 2 or sites.size < 2:
+            return self._victims_within(job, candidates, None)
+        best: list[Job] | None = None
+        for site in sites:
+            within = self.state.site == site
+            here = [
+                v for v in candidates if any(within[p.node] for _, p in self.running[v.name][1])
+            ]
+            chosen = self._victims_within(job, here, within) if here else None
+            if chosen is not None and (best is None or _victim_cost(chosen) < _victim_cost(best)):
+                best = chosen
+        return best
+
+    def _victims_within(
+        self, job: Job, candidates: list[Job], within: np.ndarray | None
+    ) -> list[Job] | None:
+        """The greedy: lowest priority, then the most recently started, until ``job`` fits
+        (on the nodes ``within`` marks, or anywhere)."""
         order = sorted(candidates, key=lambda v: (v.priority, -(v.started_s or 0.0), v.name))
         trial = self.state.copy()
         chosen: list[Job] = []
@@ -320,7 +344,7 @@ class Session:
             st = Statement(trial)
             placed = 0
             for task in job.tasks:
-                res = self.fw.place(trial, task, self.rng)
+                res = self.fw.place(trial, task, self.rng, within)
                 if isinstance(res, Placement):
                     st.allocate(task, res)
                     placed += 1
@@ -368,3 +392,8 @@ class Session:
             for v in victims:
                 self.evict(v.name, f"reclaimed by queue {job.queue}", job.name)
             self.try_job(job)
+
+
+def _victim_cost(victims: list[Job]) -> tuple[int, int]:
+    """Fewer evictions first, then lower priorities."""
+    return len(victims), sum(v.priority for v in victims)
