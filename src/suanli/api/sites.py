@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from sqlalchemy import select
 from sqlalchemy.orm import Session as DbSession
 
+from suanli.api import site_address
 from suanli.catalog.loader import accelerators
 from suanli.jobs.spec import catalog_enum
 from suanli.store.db import Store
@@ -210,6 +211,11 @@ def add_site_routes(app: FastAPI, store: Store, caller: Callable[..., TokenRow])
 
     @app.put("/v1/sites/{name}")
     def put_site(name: Name, body: SiteBody, who: Caller) -> dict[str, Any]:
+        if body.address and who.role != "admin":  # the service will call it: no SSRF
+            try:
+                site_address.check(body.address)
+            except site_address.AddressRefused as err:
+                raise HTTPException(422, detail=str(err)) from None
         with store.tx() as s:
             row = s.get(SiteRow, name)
             may_manage(who, row.owner if row else None, f"site {name}")

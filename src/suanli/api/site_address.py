@@ -1,0 +1,85 @@
+"""Where a provider may point the service: the networks a site's engine may be on.
+
+Attaching a Ray site makes the service itself send HTTP requests to the address a
+provider gave. Unchecked, a provider could aim them at the cloud's metadata service
+(169.254.169.254), at link-local or multicast addresses, or, on a locked-down
+deployment, at any internal host the service can reach (server-side request
+forgery). So an address from a provider must resolve only into the allowed
+networks:
+
+* never link-local (IPv4 169.254.0.0/16 — the metadata endpoints — and IPv6
+  fe80::/10), multicast, unspecified or reserved addresses, whatever is allowed;
+* within ``SUANLI_SITE_NETWORKS`` (comma-separated CIDRs) where the operator sets
+  it, e.g. ``10.0.0.0/8,192.168.0.0/16`` (loopback is then refused unless listed);
+  unset, any other address, as a compute network spans public sites.
+
+Admins attach where they like: the operator trusts their own hands. A host name is
+checked by what it resolves to when the site is saved; the controller connects by
+name later, so a name re-pointed after the check (DNS rebinding) is not caught
+here: where that matters, list the networks and give addresses, not names.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from urllib.parse import urlsplit
+
+ENV = "SUANLI_SITE_NETWORKS"
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class AddressRefused(ValueError):
+    """The address is outside what a provider may attach; the message says why."""
+
+
+def allowed_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None:
+    """The operator's list, or None (any address that is not refused outright)."""
+    text = os.environ.get(ENV, "").strip()
+    if not text:
+        return None
+    try:
+        return [ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",")]
+    except ValueError as err:
+        raise AddressRefused(
+            f"{ENV} is not a list of CIDRs ({err}); fix the service's setting"
+        ) from None
+
+
+def host_of(address: str) -> str:
+    """The host of ``HOST:PORT`` or ``http[s]://HOST:PORT`` (IPv6 in brackets)."""
+    return urlsplit(address if "://" in address else f"http://{address}").hostname or ""
+
+
+def check(address: str) -> None:
+    """Raise `AddressRefused` unless every address ``address``'s host resolves to may be
+    attached by a provider."""
+    host = host_of(address)
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError):
+        raise AddressRefused(f"address: {host!r} does not resolve here") from None
+    nets = allowed_networks()
+    for info in infos:
+        ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        why = _refused(ip)
+        if why:
+            raise AddressRefused(f"address: {host} is {ip}, {why}; a provider cannot attach it")
+        if nets is not None and not any(ip in n for n in nets):
+            raise AddressRefused(
+                f"address: {host} is {ip}, outside the networks this service attaches "
+                f"({', '.join(str(n) for n in nets)})"
+            )
+
+
+def _refused(ip: Address) -> str | None:
+    if ip.is_link_local:
+        return "link-local (cloud metadata services live there)"
+    if ip.is_multicast:
+        return "multicast"
+    if ip.is_unspecified:
+        return "unspecified"
+    if ip.is_reserved:
+        return "reserved"
+    return None
