@@ -58,6 +58,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "link_eff": (0.6, 0.95),
     "nic_eff": (0.6, 0.95),
     "latency_scale": (0.3, 5.0),
+    "intra_latency_scale": (0.3, 5.0),
     "overlap_eff": (0.0, 1.0),
     "tp_overlap_eff": (0.0, 1.0),
     "layer_overhead_us": (0.0, 200.0),

@@ -30,7 +30,9 @@ def _inter_bw(sys: System, eff: Efficiency, nodes: int) -> float:
 
 
 def _lat(sys: System, eff: Efficiency, nodes: int) -> float:
-    return (sys.inter_latency_s if nodes > 1 else sys.intra_latency_s) * eff.latency_scale
+    if nodes > 1:
+        return sys.inter_latency_s * eff.latency_scale
+    return sys.intra_latency_s * eff.intra_latency_scale
 
 
 def all_reduce_s(size: float, n: int, r: int, sys: System, eff: Efficiency) -> float:
@@ -85,4 +87,4 @@ def p2p_s(size: float, inter_node: bool, sys: System, eff: Efficiency) -> float:
         return 0.0
     if inter_node:
         return sys.inter_latency_s * eff.latency_scale + size / (sys.inter_bw * eff.nic_eff)
-    return sys.intra_latency_s * eff.latency_scale + size / (sys.intra_bw * eff.link_eff)
+    return sys.intra_latency_s * eff.intra_latency_scale + size / (sys.intra_bw * eff.link_eff)

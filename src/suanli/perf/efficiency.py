@@ -31,7 +31,10 @@ class Efficiency:
     mem_bw_eff: float = 0.80  # fraction of HBM/DRAM bandwidth streaming kernels reach
     link_eff: float = 0.75  # fraction of the intra-node link a collective reaches
     nic_eff: float = 0.80  # fraction of the NIC line rate a collective reaches
-    latency_scale: float = 1.0  # multiplies the catalog's per-hop latencies
+    latency_scale: float = 1.0  # multiplies the catalog's per-hop network latencies
+    #: multiplies the catalog's device-link latency (NVLink, HCCS, PCIe): a step of a
+    #: collective inside a node is another path, with other software, than one between
+    intra_latency_scale: float = 1.0
     overlap_eff: float = 0.80  # fraction of DP/ZeRO communication hidden behind compute
     tp_overlap_eff: float = 0.80  # fraction of TP collectives hidden when pipelined with GEMMs
     layer_overhead_us: float = 20.0  # fixed cost per layer per forward pass
@@ -52,6 +55,7 @@ FITTED: tuple[str, ...] = (
     "link_eff",
     "nic_eff",
     "latency_scale",
+    "intra_latency_scale",
     "overlap_eff",
     "tp_overlap_eff",
     "layer_overhead_us",
