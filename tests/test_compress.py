@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -14,6 +12,7 @@ from suanli.perf import TrainLayout, estimate_serve, estimate_train
 from suanli.perf.compress import distill, prune
 from suanli.perf.shape import shape_of
 from tests.conftest import model, system
+from tests.test_cli import run
 
 
 def test_width_pruning_drops_channels_and_query_heads_within_kv_groups() -> None:
@@ -85,10 +84,6 @@ def test_a_teacher_that_cannot_take_the_layout_is_named() -> None:
 
 
 def test_cli_and_planner_take_pruning_and_a_teacher() -> None:
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "suanli", *args]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-
     common = ["--model", "llama-3.1-8b", "--prune", "0.5", "--accelerator", "h100-sxm"]
     res = run(
         "estimate",

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -13,6 +11,7 @@ from suanli.perf import TrainLayout, estimate_train
 from suanli.perf.memory import train_memory
 from suanli.perf.shape import shape_of
 from tests.conftest import model, system
+from tests.test_cli import run
 
 #: Llama 3.1 405B on 512 H100 as TorchTitan's 3D benchmark lays it out (TP 8, PP 8, FSDP 8)
 BASE = TrainLayout(
@@ -112,10 +111,6 @@ def test_uneven_memory_is_the_fullest_stage() -> None:
 
 
 def test_estimate_train_cli_takes_sharded_pipelines_and_stage_sizes() -> None:
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "suanli", *args]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-
     args = [
         "estimate",
         "train",

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import warnings
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
@@ -43,14 +42,12 @@ def engine_profile(
     """Every figure of one engine (the module docstring); raises if it is not installed.
     ``k_sizes`` and ``sweep_total`` (bytes of distinct matrices per K; default twice the
     last-level cache) shrink the GEMM sweep for a quick look."""
-    from suanli.workloads.onnx_lm import ONNX_ENGINES, OnnxEngine, load_graph
+    from suanli.workloads.onnx_lm import OnnxEngine, engine_version
 
-    if engine not in ONNX_ENGINES:
-        raise ValueError(f"engine must be one of {', '.join(ONNX_ENGINES)}")
+    version = engine_version(engine)  # refuses an engine unknown or not installed
     eng = cast(OnnxEngine, engine)
     tmp = Path(tempfile.mkdtemp(prefix="suanli-calibrate-"))
     try:
-        version = load_graph(eng, _attention_graph(tmp / "probe.onnx", 1))[1]
         return {
             "version": version,
             "gemv_gbs_by_k": _gemv_by_k(eng, plan, tmp, k_sizes, sweep_total),
@@ -61,22 +58,12 @@ def engine_profile(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _export(module: Any, inputs: tuple[Any, ...], path: Path, names: list[str]) -> Path:
-    torch = torch_module()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module, inputs, str(path), input_names=names, opset_version=18, dynamo=False
-        )
-    return path
-
-
 def _gemv_by_k(
     engine: Any, plan: Plan, tmp: Path, k_sizes: tuple[int, ...], total: int | None
 ) -> dict[str, dict[str, float]]:
     """fp32 and int8 weights streamed by decode-shaped products, GB/s by K (weight bytes:
     4 per fp32 weight, 1 per int8 one)."""
-    from suanli.workloads.onnx_lm import load_graph
+    from suanli.workloads.onnx_lm import export_module, load_graph
 
     torch = torch_module()
     total = total or sweep_bytes("cpu", plan)
@@ -101,11 +88,11 @@ def _gemv_by_k(
         rows = min(4 * k, 4 * 2**20 // k)  # at most 16 MB an fp32 matrix
         count = max(2, total // (rows * k * 4))
         x = torch.randn(TOKENS, k)
-        path = _export(Stack(count, rows, k).eval(), (x,), tmp / f"gemv{k}.onnx", ["x"])
+        path = export_module(Stack(count, rows, k).eval(), (x,), tmp / f"gemv{k}.onnx", ["x"])
         spent = 0.0
         feed = {"x": x.numpy()}
         for dtype, size in (("fp32", 4), ("int8", 1)):
-            run, _ = load_graph(engine, path, dtype.replace("fp32", "none"), keep_head=False)
+            run = load_graph(engine, path, dtype.replace("fp32", "none"), keep_head=False)
             t = timed(partial(run, feed), lambda: None, plan.min_time_s, budget)
             out[dtype][str(k)] = round(count * rows * k * size / t / 1e9, 2)
             spent += t
@@ -115,9 +102,10 @@ def _gemv_by_k(
     return out
 
 
-def _attention_graph(path: Path, span: int) -> Path:
-    """`onnx_lm.attend` alone, exported for decode: one new token per sequence."""
-    from suanli.workloads.onnx_lm import attend
+def _decode_attention_gbs(engine: Any, plan: Plan, tmp: Path) -> float:
+    """K/V bytes per second: serve_lm's gather of the cache, then the engine's
+    `onnx_lm.attend` (one new token per sequence, Llama-3-8B's geometry)."""
+    from suanli.workloads.onnx_lm import attend, export_module, load_graph
 
     torch = torch_module()
 
@@ -125,58 +113,26 @@ def _attention_graph(path: Path, span: int) -> Path:
         def forward(self, *args: Any) -> Any:
             return attend(*args)
 
-    b, kv, group, hd = 4, 8, 4, 128
-    inputs = (
-        torch.randn(b, kv * group, 1, hd),
-        torch.randn(b, kv, 1, hd),
-        torch.randn(b, kv, 1, hd),
-        torch.randn(b, kv, span, hd),
-        torch.randn(b, kv, span, hd),
-        torch.zeros(b, 1, 1, span + 1),
-    )
-    names = ["q", "k", "v", "past_k", "past_v", "mask"]
-    torch_onnx_axes = {"past_k": {2: "past"}, "past_v": {2: "past"}, "mask": {3: "total"}}
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            Attend().eval(),
-            inputs,
-            str(path),
-            input_names=names,
-            dynamic_axes=torch_onnx_axes,
-            opset_version=18,
-            dynamo=False,
-        )
-    return path
-
-
-def _decode_attention_gbs(engine: Any, plan: Plan, tmp: Path) -> float:
-    """K/V bytes per second: serve_lm's gather of the cache, then the engine's attention."""
-    from suanli.workloads.onnx_lm import load_graph
-
-    torch = torch_module()
     b, kv, group, hd, span = 4, 8, 4, 128, 1024
-    run, _ = load_graph(engine, _attention_graph(tmp / "attend.onnx", span))
     cache_k = torch.randn(1, 2 * b, kv, 2 * span, hd)  # as serve_lm keeps it: slots, max_len
     cache_v = torch.randn(1, 2 * b, kv, 2 * span, hd)
     idx = torch.arange(b)
-    q = torch.randn(b, kv * group, 1, hd).numpy()
-    new = torch.randn(b, kv, 1, hd).numpy()
-    mask = torch.zeros(b, 1, 1, span + 1).numpy()
+    feed = {
+        "q": torch.randn(b, kv * group, 1, hd).numpy(),
+        "k": torch.randn(b, kv, 1, hd).numpy(),
+        "v": torch.randn(b, kv, 1, hd).numpy(),
+        "past_k": cache_k[0, :b, :, :span].numpy(),
+        "past_v": cache_v[0, :b, :, :span].numpy(),
+        "mask": torch.zeros(b, 1, 1, span + 1).numpy(),
+    }
+    names = list(feed)
+    inputs = tuple(torch.from_numpy(feed[n].copy()) for n in names)
+    run = load_graph(engine, export_module(Attend().eval(), inputs, tmp / "attend.onnx", names))
 
     def step() -> None:
-        past_k = cache_k[:, idx, :, :span].contiguous()[0]
-        past_v = cache_v[:, idx, :, :span].contiguous()[0]
-        run(
-            {
-                "q": q,
-                "k": new,
-                "v": new,
-                "past_k": past_k.numpy(),
-                "past_v": past_v.numpy(),
-                "mask": mask,
-            }
-        )
+        feed["past_k"] = cache_k[:, idx, :, :span].contiguous()[0].numpy()
+        feed["past_v"] = cache_v[:, idx, :, :span].contiguous()[0].numpy()
+        run(feed)
 
     t = timed(step, lambda: None, plan.min_time_s, Budget(plan.probe_budget_s))
     return round(2 * b * kv * span * hd * 4 / t / 1e9, 2)

@@ -216,6 +216,7 @@ def _engine_variants(acc: Accelerator, profile: dict[str, Any], e: Efficiency) -
                 "step_overhead_us": f"serve_lm decode through {engine}, 2-layer probe, {when}",
             },
             engine_variants=None,
+            measured_engine=engine,
         )
     return dataclasses.replace(acc, engine_variants=variants)
 

@@ -86,6 +86,9 @@ class Accelerator:
     #: measured only: this device as serve_lm runs through another engine (ONNX Runtime,
     #: OpenVINO): engine name -> this record with that engine's measured decode figures
     engine_variants: dict[str, Accelerator] | None = None
+    #: measured only, on such a variant: the serving engine its decode figures were
+    #: measured through
+    measured_engine: str | None = None
     disputed: dict[str, str] = field(default_factory=dict)
     notes: str = ""
 

@@ -106,7 +106,7 @@ class Engine:
 
     def measured_on(self, accelerator: Accelerator) -> bool:
         """Whether ``accelerator`` is a device as measured running this engine."""
-        return accelerator.name.endswith(f"+{self.name}")
+        return accelerator.measured_engine == self.name
 
     def runs_on(self, accelerator: Accelerator) -> bool:
         """A chip of a vendor it supports, or a device it was measured running on."""

@@ -123,7 +123,7 @@ class TrainLayout:
         """Layers on the (first, each middle, last) stage; an even split gives the
         heaviest stage's count for all three (the remainder may land anywhere)."""
         if not self.uneven:
-            even = -(-layers // (self.pp * self.vpp)) * self.vpp
+            even = self.stage_layers(layers)
             return even, even, even
         first, last = self.first_stage_layers, self.last_stage_layers
         others = self.pp - (first is not None) - (last is not None)
@@ -133,8 +133,8 @@ class TrainLayout:
 
     def stage_layers(self, layers: int) -> int:
         """Layers on the heaviest pipeline stage (all its virtual stages together)."""
-        if self.first_stage_layers is None and self.last_stage_layers is None:
-            return -(-layers // (self.pp * self.vpp)) * self.vpp  # the planner's hot path
+        if not self.uneven:
+            return -(-layers // (self.pp * self.vpp)) * self.vpp
         return max(self.stage_split(layers))
 
     @property

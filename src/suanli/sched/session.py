@@ -225,19 +225,27 @@ class Session:
         if cap is not None and sum(self.used_milli(job.queue).values()) + job.gpu_milli > cap:
             self.result.unschedulable[job.name] = f"queue {job.queue} quota exhausted"
             return False
-        sites = np.unique(self.state.site)
-        if len(job.tasks) < 2 or sites.size < 2:
+        masks = self._site_masks(job)
+        if masks == [None]:
             return self._try_within(job, None)
         first = self.fw.place(self.state, job.tasks[0], self.rng)
-        order = [int(self.state.site[first.node])] if isinstance(first, Placement) else []
-        order += [int(i) for i in sites if int(i) not in order]
-        for site in order:
-            if self._try_within(job, self.state.site == site):
+        if isinstance(first, Placement):  # its first member's best site first
+            masks.sort(key=lambda m: m is None or not m[first.node])
+        for within in masks:
+            if self._try_within(job, within):
                 return True
         self.result.unschedulable[job.name] = (
             f"gang: no one site fits {job.gang_size} members (a gang never spans sites)"
         )
         return False
+
+    def _site_masks(self, job: Job) -> list[np.ndarray | None]:
+        """Where the job may be placed whole: one mask of nodes per site for a gang on
+        several sites (a gang never spans sites), else [None] (anywhere)."""
+        sites = np.unique(self.state.site)
+        if len(job.tasks) < 2 or sites.size < 2:
+            return [None]
+        return [self.state.site == s for s in sites]
 
     def _try_within(self, job: Job, within: np.ndarray | None) -> bool:
         st = Statement(self.state)
@@ -314,12 +322,12 @@ class Session:
         the one that then holds the whole gang: evictions that free enough devices only
         across sites would stop work and start nothing. Of the sites that would do, the
         one with the fewest victims (then the lowest priorities) is chosen."""
-        sites = np.unique(self.state.site)
-        if len(job.tasks) < 2 or sites.size < 2:
+        masks = self._site_masks(job)
+        if masks == [None]:
             return self._victims_within(job, candidates, None)
         best: list[Job] | None = None
-        for site in sites:
-            within = self.state.site == site
+        for within in masks:
+            assert within is not None
             here = [
                 v for v in candidates if any(within[p.node] for _, p in self.running[v.name][1])
             ]

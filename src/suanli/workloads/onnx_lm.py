@@ -22,6 +22,7 @@ projection in fp32, as serve_lm does.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import logging
 import shutil
@@ -130,11 +131,35 @@ def example_inputs(gpt: GPT, batch: int = 2, new: int = 3, past: int = 4) -> tup
     return ids, pos, torch.randn(cache), torch.randn(cache), mask
 
 
+def export_module(
+    module: nn.Module,
+    inputs: tuple[Any, ...],
+    path: Path,
+    input_names: list[str],
+    output_names: list[str] | None = None,
+    dynamic_axes: dict[str, dict[int, str]] | None = None,
+) -> Path:
+    """``module`` traced on ``inputs`` into an ONNX file: the TorchScript exporter, whose
+    seconds beat the dynamo exporter's ~20 s, at opset 18."""
+    with torch.no_grad(), warnings.catch_warnings():
+        # the tracer's notes on shapes turned Python ints, and the exporter's on dynamo
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            inputs,
+            str(path),
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    return path
+
+
 def export(gpt: GPT, path: Path) -> Path:
     """Write `CachedStep` of ``gpt`` (fp32) to ``path`` with batch, new and past
     lengths dynamic."""
-    step = CachedStep(gpt.float().eval())
-    names_in = ["ids", "pos", "past_k", "past_v", "mask"]
     axes: dict[str, dict[int, str]] = {
         "ids": {0: "batch", 1: "new"},
         "pos": {0: "batch", 1: "new"},
@@ -145,20 +170,14 @@ def export(gpt: GPT, path: Path) -> Path:
         "new_k": {1: "batch", 3: "new"},
         "new_v": {1: "batch", 3: "new"},
     }
-    with torch.no_grad(), warnings.catch_warnings():
-        # the tracer's notes on shapes turned Python ints, and the exporter's on dynamo
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            step,
-            example_inputs(gpt),
-            str(path),
-            input_names=names_in,
-            output_names=["logits", "new_k", "new_v"],
-            dynamic_axes=axes,
-            opset_version=OPSET,
-            dynamo=False,  # the TorchScript exporter: seconds, where dynamo's takes ~20 s
-        )
-    return path
+    return export_module(
+        CachedStep(gpt.float().eval()),
+        example_inputs(gpt),
+        path,
+        ["ids", "pos", "past_k", "past_v", "mask"],
+        ["logits", "new_k", "new_v"],
+        axes,
+    )
 
 
 #: MatMulNBits computes with int8 activations (4; 0: dequantize to fp32 first), the
@@ -214,17 +233,29 @@ def _compress_openvino(model: Any, keep_head: bool = True) -> Any:
 Session = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 
+def _package(engine: str) -> Any:
+    """The engine's Python package (its import name is the engine's name)."""
+    if engine not in ONNX_ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ONNX_ENGINES)}")
+    try:
+        return importlib.import_module(engine)
+    except ImportError as err:
+        raise EngineUnavailableError(f"{engine} is not installed") from err
+
+
+def engine_version(engine: str) -> str:
+    """The installed engine's version; `EngineUnavailableError` if it is not installed."""
+    pkg = _package(engine)
+    return str(pkg.get_version() if engine == "openvino" else pkg.__version__)
+
+
 def load_graph(
     engine: OnnxEngine, path: Path, quantize: str = "none", keep_head: bool = True
-) -> tuple[Session, str]:
+) -> Session:
     """An ONNX file under ``engine`` on this CPU with torch's thread count, fp32 (or int8
-    weights by the engine's own compression): a call from feeds to outputs, and the
-    engine's version."""
+    weights by the engine's own compression): a call from feeds to outputs."""
     if engine == "onnxruntime":
-        try:
-            import onnxruntime as ort
-        except ImportError as err:
-            raise EngineUnavailableError("onnxruntime is not installed") from err
+        ort = _package(engine)
         if quantize == "int8":
             path = quantize_onnxruntime(path, path.with_suffix(".int8.onnx"), keep_head)
         opts = ort.SessionOptions()
@@ -235,32 +266,27 @@ def load_graph(
         # thread (and any other engine in the process) needs between graph runs
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        return (lambda feed: sess.run(None, feed)), str(ort.__version__)
-    if engine == "openvino":
-        try:
-            import openvino as ov
-        except ImportError as err:
-            raise EngineUnavailableError("openvino is not installed") from err
-        core = ov.Core()
-        model = core.read_model(str(path))
-        if quantize == "int8":
-            model = _compress_openvino(model, keep_head)
-        config = {
-            "INFERENCE_NUM_THREADS": _threads(),
-            # f32, as the graph was exported: a bf16-capable CPU would otherwise switch
-            # precision under our feet
-            "INFERENCE_PRECISION_HINT": "f32",
-            "PERFORMANCE_HINT": "LATENCY",
-        }
-        compiled = core.compile_model(model, "CPU", config)
-        request = compiled.create_infer_request()
+        return lambda feed: sess.run(None, feed)
+    ov = _package(engine)
+    core = ov.Core()
+    model = core.read_model(str(path))
+    if quantize == "int8":
+        model = _compress_openvino(model, keep_head)
+    config = {
+        "INFERENCE_NUM_THREADS": _threads(),
+        # f32, as the graph was exported: a bf16-capable CPU would otherwise switch
+        # precision under our feet
+        "INFERENCE_PRECISION_HINT": "f32",
+        "PERFORMANCE_HINT": "LATENCY",
+    }
+    compiled = core.compile_model(model, "CPU", config)
+    request = compiled.create_infer_request()
 
-        def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-            out = request.infer(feed)
-            return [out[o] for o in compiled.outputs]
+    def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        out = request.infer(feed)
+        return [out[o] for o in compiled.outputs]
 
-        return run, str(ov.get_version())
-    raise ValueError(f"engine must be one of {', '.join(ONNX_ENGINES)}")
+    return run
 
 
 def _threads() -> int:
@@ -272,7 +298,7 @@ class Runner:
 
     def __init__(self, engine: OnnxEngine, path: Path, quantize: str = "none") -> None:
         self.engine, self.quantize = engine, quantize
-        self._run, self.version = load_graph(engine, path, quantize)
+        self._run, self.version = load_graph(engine, path, quantize), engine_version(engine)
 
     def run(
         self,
