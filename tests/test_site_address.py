@@ -14,6 +14,8 @@ from tests.test_service import api  # noqa: F401  (the API with admin, users and
         ("169.254.169.254:80", "link-local"),
         ("http://169.254.169.254:8265", "link-local"),
         ("[fe80::1]:8265", "link-local"),
+        ("100.100.100.200:80", "metadata"),
+        ("[fd00:ec2::254]:80", "metadata"),
         ("224.0.0.1:8265", "multicast"),
         ("0.0.0.0:8265", "unspecified"),
         ("no-such-host.invalid:8265", "does not resolve"),
@@ -46,6 +48,9 @@ def test_a_providers_site_at_the_metadata_service_is_a_422_and_nothing_is_stored
 ) -> None:  # type: ignore[no-untyped-def]
     client, who = api
     site = {"region": "r", "engine": "ray", "address": "169.254.169.254:80"}
+    # a caller who may not manage the site learns nothing of the address
+    r = client.put("/v1/sites/meta", json=site, headers=who["alice"])
+    assert r.status_code == 403 and "169.254" not in r.text
     r = client.put("/v1/sites/meta", json=site, headers=who["provider"])
     assert r.status_code == 422 and "link-local" in r.json()["error"]
     assert client.get("/v1/sites/meta", headers=who["admin"]).status_code == 404

@@ -7,8 +7,9 @@ deployment, at any internal host the service can reach (server-side request
 forgery). So an address from a provider must resolve only into the allowed
 networks:
 
-* never link-local (IPv4 169.254.0.0/16 — the metadata endpoints — and IPv6
-  fe80::/10), multicast, unspecified or reserved addresses, whatever is allowed;
+* never link-local (IPv4 169.254.0.0/16 — AWS, GCP and Azure's metadata endpoints
+  — and IPv6 fe80::/10), the metadata endpoints outside it (`METADATA`), multicast,
+  unspecified or reserved addresses, whatever is allowed;
 * within ``SUANLI_SITE_NETWORKS`` (comma-separated CIDRs) where the operator sets
   it, e.g. ``10.0.0.0/8,192.168.0.0/16`` (loopback is then refused unless listed);
   unset, any other address, as a compute network spans public sites.
@@ -28,6 +29,11 @@ from urllib.parse import urlsplit
 
 ENV = "SUANLI_SITE_NETWORKS"
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+#: cloud metadata services not on link-local addresses: Alibaba Cloud's (its ECS docs,
+#: "Instance metadata") and AWS's IPv6 one (EC2 docs, "Access instance metadata")
+METADATA = frozenset(map(ipaddress.ip_address, ("100.100.100.200", "fd00:ec2::254")))
 
 
 class AddressRefused(ValueError):
@@ -74,6 +80,8 @@ def check(address: str) -> None:
 
 
 def _refused(ip: Address) -> str | None:
+    if ip in METADATA:
+        return "a cloud metadata service"
     if ip.is_link_local:
         return "link-local (cloud metadata services live there)"
     if ip.is_multicast:

@@ -167,6 +167,7 @@ def node_view(r: NodeRow, held: Held | None = None) -> dict[str, Any]:
 
 
 def add_site_routes(app: FastAPI, store: Store, caller: Callable[..., TokenRow]) -> None:
+    site_address.allowed_networks()  # a wrong SUANLI_SITE_NETWORKS stops the start, not a PUT
     Caller = Annotated[TokenRow, Depends(caller)]
 
     # --- sites and nodes: providers manage their own, admins all, users read ------------
@@ -211,14 +212,16 @@ def add_site_routes(app: FastAPI, store: Store, caller: Callable[..., TokenRow])
 
     @app.put("/v1/sites/{name}")
     def put_site(name: Name, body: SiteBody, who: Caller) -> dict[str, Any]:
-        if body.address and who.role != "admin":  # the service will call it: no SSRF
-            try:
-                site_address.check(body.address)
-            except site_address.AddressRefused as err:
-                raise HTTPException(422, detail=str(err)) from None
         with store.tx() as s:
             row = s.get(SiteRow, name)
             may_manage(who, row.owner if row else None, f"site {name}")
+            # the service will call the address: no SSRF (checked only for those who may
+            # manage the site, so the resolver's answers reach no one else)
+            if body.address and who.role != "admin":
+                try:
+                    site_address.check(body.address)
+                except site_address.AddressRefused as err:
+                    raise HTTPException(422, detail=str(err)) from None
             row = row or SiteRow(name=name, owner=who.owner)
             for k, v in body.model_dump().items():
                 setattr(row, k, v)

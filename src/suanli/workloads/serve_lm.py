@@ -413,32 +413,31 @@ def decode_rate(
 
 
 def build(args: argparse.Namespace) -> Engine:
+    device = getattr(args, "device", "cpu")
+    precision = getattr(args, "precision", None) or getattr(args, "dtype", "auto")
+    engine = getattr(args, "engine", "torch") or "torch"
+    if engine != "torch":  # the exported graph runs fp32 on the CPU, its weights its own
+        if device != "cpu":
+            raise SystemExit(f"--engine {engine} runs on the CPU here; use --device cpu")
+        if precision == "bf16":
+            raise SystemExit(f"--engine {engine} serves the fp32 export; use --precision fp32")
+        precision = "fp32"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {device}: no CUDA device here (try --device cpu)")
     arch = get_model(args.model)
     torch.manual_seed(args.seed)
     model = GPT(arch)
     if args.ckpt:
         state = torch.load(args.ckpt, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
-    device = getattr(args, "device", "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"--device {device}: no CUDA device here (try --device cpu)")
-    precision = getattr(args, "precision", None) or getattr(args, "dtype", "auto")
-    engine = getattr(args, "engine", "torch") or "torch"
-    if engine != "torch" and precision == "auto":
-        precision = "fp32"  # what the export runs
+    if engine != "torch":
+        backend = runner_for(model.float().eval(), cast(OnnxEngine, engine), args.quantize)
+        print(f"engine {engine} {backend.version}, weights {args.quantize}", flush=True)
+        return Engine(model, arch, args.slots, args.max_len, torch.float32, device, backend)
     if precision == "auto":
         chosen = choose_precision(device)
         precision = chosen.dtype
         print(f"precision {chosen.dtype}: {chosen.reason}", flush=True)
-    if engine != "torch":  # the exported graph runs fp32 on the CPU, its weights its own
-        if device != "cpu":
-            raise SystemExit(f"--engine {engine} runs on the CPU here; use --device cpu")
-        if precision == "bf16":
-            raise SystemExit(f"--engine {engine} serves the fp32 export; use --precision fp32")
-        model = model.float().eval()
-        backend = runner_for(model, cast(OnnxEngine, engine), args.quantize)
-        print(f"engine {engine} {backend.version}, weights {args.quantize}", flush=True)
-        return Engine(model, arch, args.slots, args.max_len, torch.float32, device, backend)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     model = model.to(device=device, dtype=dtype).eval()
     if args.quantize == "int8":
