@@ -85,6 +85,5 @@ def p2p_s(size: float, inter_node: bool, sys: System, eff: Efficiency) -> float:
     """One point-to-point send of ``size`` bytes (pipeline stage boundary)."""
     if size <= 0:
         return 0.0
-    if inter_node:
-        return sys.inter_latency_s * eff.latency_scale + size / (sys.inter_bw * eff.nic_eff)
-    return sys.intra_latency_s * eff.intra_latency_scale + size / (sys.intra_bw * eff.link_eff)
+    bw = sys.inter_bw * eff.nic_eff if inter_node else sys.intra_bw * eff.link_eff
+    return _lat(sys, eff, 2 if inter_node else 1) + size / bw

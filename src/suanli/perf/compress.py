@@ -24,13 +24,14 @@ stretched by the pipeline's fill and drain like the student's stages.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Literal
 
 from suanli.catalog.types import ModelArch, MoE
 from suanli.errors import InvalidCompressionError, InvalidLayoutError
 from suanli.perf.efficiency import Efficiency
 from suanli.perf.layout import TrainLayout, check_layout
-from suanli.perf.memory import WEIGHT_BYTES, layer_params, stage_ends
+from suanli.perf.memory import WEIGHT_BYTES, logit_bytes, stage_params
 from suanli.perf.shape import shape_of
 from suanli.perf.system import System
 from suanli.perf.train import TrainEstimate, estimate_train, model_flops_per_token
@@ -40,7 +41,6 @@ PruneAxis = Literal["width", "depth"]
 PRUNE_AXES = ("width", "depth")
 #: MLP widths stay multiples of this (tensor-core tiles; Minitron's widths are)
 CHANNEL_MULTIPLE = 64
-LOGIT_BYTES = 4.0
 
 
 def prune(model: ModelArch, sparsity: float, axis: PruneAxis = "width") -> ModelArch:
@@ -120,27 +120,24 @@ def teacher_layout(teacher: ModelArch, layout: TrainLayout) -> TrainLayout:
     return lay
 
 
-def teacher_bytes(teacher: ModelArch, layout: TrainLayout) -> float:
-    """The teacher's weights on one device of its heaviest stage, and one micro-batch's
-    logits (fp32) for the distillation loss."""
-    s = shape_of(teacher)
-    dense, expert = layer_params(s, layout, layout.stage_layers(teacher.layers))
-    weights = WEIGHT_BYTES * (dense + stage_ends(s, layout) / layout.tp + expert)
-    logits = layout.micro_batch * layout.seq_len / layout.cp * teacher.vocab / layout.tp
-    return weights + logits * LOGIT_BYTES
+@dataclass(frozen=True, slots=True)
+class TeacherCost:
+    """What a teacher adds to a student's step on one layout: computed once per layout
+    (the planner costs several variants of a layout that the teacher runs alike)."""
+
+    name: str
+    forward_s: float  # its forward over a step's micro-batches, the pipeline's fill included
+    memory_bytes: float  # its weights on one device of the heaviest stage, and the logits
+    flops_per_token: float  # forward only, in the MFU convention
 
 
-def distill(
-    student: TrainEstimate,
-    layout: TrainLayout,
-    teacher: ModelArch,
-    system: System,
-    eff: Efficiency | None = None,
-) -> TrainEstimate:
-    """``student``'s step with ``teacher``'s forward pass added (see the module docstring)."""
+def teacher_cost(
+    teacher: ModelArch, layout: TrainLayout, system: System, eff: Efficiency | None = None
+) -> TeacherCost:
+    """The forward share of the teacher's own training estimate on the student's layout,
+    and the memory it takes (see the module docstring)."""
     lay = teacher_layout(teacher, layout)
-    t_est = estimate_train(teacher, system, lay, eff, check=False)
-    bd = t_est.breakdown_s
+    bd = estimate_train(teacher, system, lay, eff, check=False).breakdown_s
     attn_share = 1 / 3.5 if layout.fused_attention else 1 / 3
     forward = (
         (bd["gemm"] + bd["elementwise"] + bd["layer_overhead"]) / 3
@@ -150,17 +147,37 @@ def distill(
     m = max(1, layout.num_microbatches)
     if layout.pp > 1:  # its stages fill and drain with the student's
         forward *= (m + (layout.pp - 1) / layout.vpp) / m
+    return TeacherCost(
+        teacher.name,
+        forward,
+        teacher_memory_bytes(teacher, lay),
+        model_flops_per_token(shape_of(teacher), layout.seq_len) / 3,
+    )
+
+
+def teacher_memory_bytes(teacher: ModelArch, lay: TrainLayout) -> float:
+    """The teacher's weights on one device of its heaviest stage (in the layout's
+    precision), and one micro-batch's logits; ``lay`` from `teacher_layout`."""
+    s = shape_of(teacher)
+    weights = WEIGHT_BYTES * sum(stage_params(s, lay))
+    return weights + logit_bytes(s, lay)
+
+
+def with_teacher(
+    student: TrainEstimate, layout: TrainLayout, teacher: TeacherCost, system: System
+) -> TrainEstimate:
+    """``student``'s step with the teacher's forward pass and memory added. Power stays
+    the student's (the teacher's forward is compute alike, so the busy share, and the
+    energy, are if anything slightly understated)."""
+    forward = teacher.forward_s
     step = student.step_time_s + forward
     scale = student.step_time_s / step
-    s = shape_of(teacher)
     memory = dict(student.memory_gb)
-    memory["teacher"] = teacher_bytes(teacher, lay) / GB
+    memory["teacher"] = teacher.memory_bytes / GB
     memory["total"] = student.memory_gb["total"] + memory["teacher"]
     tokens = layout.global_batch * layout.seq_len
-    n = student.num_devices
-    teacher_tflops = model_flops_per_token(s, layout.seq_len) / 3 * tokens / (step * n) / 1e12
+    teacher_tflops = teacher.flops_per_token * tokens / (step * student.num_devices) / 1e12
     hw = student.hardware_tflops_per_device * scale + teacher_tflops
-    fits = memory["total"] <= system.accelerator.memory_gb
     return dataclasses.replace(
         student,
         step_time_s=step,
@@ -171,9 +188,20 @@ def distill(
         mfu=student.mfu * scale,
         hfu=student.hfu * hw / max(student.hardware_tflops_per_device, 1e-30),
         memory_gb=memory,
-        fits_in_memory=fits,
+        fits_in_memory=memory["total"] <= system.accelerator.memory_gb,
         breakdown_s={**student.breakdown_s, "teacher_forward": forward},
         energy_j=student.energy_j / scale,
         cost_usd=student.cost_usd / scale,
         extra={**student.extra, "teacher_forward_s": forward},
     )
+
+
+def distill(
+    student: TrainEstimate,
+    layout: TrainLayout,
+    teacher: ModelArch,
+    system: System,
+    eff: Efficiency | None = None,
+) -> TrainEstimate:
+    """``student``'s step with ``teacher``'s forward pass added (see the module docstring)."""
+    return with_teacher(student, layout, teacher_cost(teacher, layout, system, eff), system)

@@ -93,8 +93,14 @@ def stage_ends(s: ModelShape, lay: TrainLayout) -> float:
     """Embedding and output-head parameters on the heaviest stage (before TP): both on
     one stage without a pipeline; with one, the larger (a tied head is a copy there)."""
     embed = s.embedding_params
-    head = s.head_params if s.head_params else (embed if lay.pp > 1 else 0)
-    return float(embed + head if lay.pp == 1 else max(embed, head))
+    if lay.pp == 1:
+        return float(embed + s.head_params)
+    return float(max(embed, _head_on_last_stage(s)))
+
+
+def _head_on_last_stage(s: ModelShape) -> int:
+    """The output head's parameters under a pipeline: a tied head is a copy there."""
+    return s.head_params or s.embedding_params
 
 
 def layer_params(s: ModelShape, lay: TrainLayout, layers: float) -> tuple[float, float]:
@@ -168,7 +174,8 @@ def _recompute_buffer(s: ModelShape, lay: TrainLayout) -> float:
     return activation_bytes_per_layer(s, full, s.num_moe_layers / s.arch.layers > 0.5)
 
 
-def _logit_bytes(s: ModelShape, lay: TrainLayout) -> float:
+def logit_bytes(s: ModelShape, lay: TrainLayout) -> float:
+    """One micro-batch's fp32 logits on a device of the last stage."""
     return lay.micro_batch * lay.seq_len / lay.cp * s.arch.vocab / lay.tp * LOGIT_BYTES
 
 
@@ -217,7 +224,7 @@ def stage_activations(s: ModelShape, lay: TrainLayout, pipeline_depth: int | Non
         in_flight = in_flight * (1 + (lay.pp - 1) / (lay.pp * lay.vpp))
     act = per_layer * layers_per_stage * in_flight
     extra = _recompute_buffer(s, lay)
-    logits = _logit_bytes(s, lay)
+    logits = logit_bytes(s, lay)
     if lay.pp == 1:
         return act + extra + logits
     # first stage: most micro-batches in flight; last stage: one, plus the logits
@@ -234,14 +241,12 @@ def _uneven_memory(s: ModelShape, lay: TrainLayout, workspace_gb: float) -> Trai
     per_layer = _per_layer_activations(s, lay)
     extra = _recompute_buffer(s, lay)
     m = lay.num_microbatches
-    embed = s.embedding_params
-    head = s.head_params or embed  # a tied head is a copy on the last stage
-    second = mid if lay.pp > 2 else last
     stages = [
-        (first, embed, min(lay.pp, m) * first * per_layer),
-        (second, head if lay.pp == 2 else 0, min(lay.pp - 1, m) * second * per_layer),
-        (last, head, last * per_layer + _logit_bytes(s, lay)),
+        (first, s.embedding_params, min(lay.pp, m) * first * per_layer),
+        (last, _head_on_last_stage(s), last * per_layer + logit_bytes(s, lay)),
     ]
+    if lay.pp > 2:  # the second stage, the fullest of the middle ones
+        stages.append((mid, 0, min(lay.pp - 1, m) * mid * per_layer))
     best: TrainMemory | None = None
     for layers, ends, act in stages:
         dense, expert = layer_params(s, lay, layers)

@@ -33,12 +33,15 @@ from typing import Any
 from suanli.catalog.types import ModelArch
 from suanli.errors import InvalidLayoutError
 from suanli.perf import TrainLayout, estimate_train
-from suanli.perf.compress import distill, teacher_bytes, teacher_layout
+from suanli.perf.compress import (
+    teacher_cost,
+    teacher_layout,
+    teacher_memory_bytes,
+    with_teacher,
+)
 from suanli.perf.efficiency import Efficiency, default_efficiency
 from suanli.perf.memory import stage_activations, train_memory
 from suanli.perf.shape import ModelShape, shape_of
-from suanli.perf.system import System
-from suanli.perf.train import TrainEstimate
 from suanli.plan.common import InfeasibleError, PlanResult, Progress, divisors
 from suanli.plan.pool import PoolEntry
 from suanli.units import GB
@@ -172,6 +175,8 @@ def plan_train(
         for gb in global_batches(req.seq_len, req.global_batch):
             for tp, pp, cp, ep in _layout_family(model, n, sys_.devices_per_node, req.seq_len):
                 dp = n // (tp * pp * cp)
+                if pp not in splits:
+                    splits[pp] = balanced_split(model, pp)
                 zeros = [0] if dp * cp == 1 else ([1] if pp > 1 else [2, 3])
                 for zero in zeros:
                     for mb in MICRO_BATCHES:
@@ -198,16 +203,14 @@ def plan_train(
                                 dtype=req.dtype,
                                 sequence_parallel=tp > 1,
                             )
-                            if pp not in splits:
-                                splits[pp] = balanced_split(model, pp)
-                            room = cap
+                            room, teacher = cap, None
                             if req.teacher is not None:  # the teacher's share first
                                 try:
                                     lay_t = teacher_layout(req.teacher, base)
                                 except InvalidLayoutError:
                                     rejected["the teacher cannot run on this layout"] += 1
                                     continue
-                                room -= teacher_bytes(req.teacher, lay_t)
+                                room -= teacher_memory_bytes(req.teacher, lay_t)
                             variants = _fitting_variants(s, base, splits[pp], room, e)
                             for chosen in variants:
                                 if chosen is None:
@@ -215,12 +218,9 @@ def plan_train(
                                     continue
                                 evaluated += 1
                                 est = estimate_train(model, sys_, chosen, e, check=False)
-                                if req.teacher is not None:
-                                    why = _with_teacher(req.teacher, est, chosen, sys_, e)
-                                    if isinstance(why, str):
-                                        rejected[why] += 1
-                                        continue
-                                    est = why
+                                if req.teacher is not None:  # costed once for the variants
+                                    teacher = teacher or teacher_cost(req.teacher, base, sys_, e)
+                                    est = with_teacher(est, chosen, teacher, sys_)
                                 opt = _option(req, entry, n, chosen, est)
                                 reason = _violates(req, opt)
                                 if reason:
@@ -251,19 +251,6 @@ def plan_train(
     return result
 
 
-def _with_teacher(
-    teacher: ModelArch, est: TrainEstimate, lay: TrainLayout, sys_: System, e: Efficiency
-) -> TrainEstimate | str:
-    """The step with the teacher's forward pass, or why this layout cannot have it."""
-    try:
-        out = distill(est, lay, teacher, sys_, e)
-    except InvalidLayoutError:
-        return "the teacher cannot run on this layout"
-    if not out.fits_in_memory:
-        return "memory: the teacher does not fit beside the student"
-    return out
-
-
 def balanced_split(model: ModelArch, pp: int) -> tuple[int, int] | None:
     """(first, last) stage layers that give the last stage's output head the place of
     ``k`` layers, ``k`` the head's matmul weights in layers' (Llama 3 405B's recipe put
@@ -280,8 +267,6 @@ def balanced_split(model: ModelArch, pp: int) -> tuple[int, int] | None:
     for mid in {(layers + k) // pp, -(-(layers + k) // pp)}:
         last = mid - k
         first = layers - last - (pp - 2) * mid
-        if pp == 2:
-            first, last = layers - last, last
         if last < 1 or first < 1 or (pp > 2 and first > mid):
             continue
         pace = max(first, last + k, mid if pp > 2 else 0)
@@ -427,7 +412,8 @@ def explain_option(est: Any, lay: TrainLayout) -> str:
     if lay.recompute != "none":
         why += f" with {lay.recompute} recompute to fit"
     if lay.zero == 3:
-        why += ", ZeRO-3 to fit" + (" (resharded each micro-batch)" if lay.pp > 1 else "")
+        resharded = lay.pp > 1 and not lay.keeps_params_gathered
+        why += ", ZeRO-3 to fit" + (" (resharded each micro-batch)" if resharded else "")
     if lay.uneven:
         why += (
             f"; first/last stages hold {lay.first_stage_layers}/{lay.last_stage_layers} "
