@@ -31,7 +31,7 @@ from suanli.catalog.types import ModelArch, MoE
 from suanli.errors import InvalidCompressionError, InvalidLayoutError
 from suanli.perf.efficiency import Efficiency
 from suanli.perf.layout import TrainLayout, check_layout
-from suanli.perf.memory import WEIGHT_BYTES, logit_bytes, stage_params
+from suanli.perf.memory import logit_bytes, model_state_bytes, stage_params
 from suanli.perf.shape import shape_of
 from suanli.perf.system import System
 from suanli.perf.train import TrainEstimate, estimate_train, model_flops_per_token
@@ -159,7 +159,7 @@ def teacher_memory_bytes(teacher: ModelArch, lay: TrainLayout) -> float:
     """The teacher's weights on one device of its heaviest stage (in the layout's
     precision), and one micro-batch's logits; ``lay`` from `teacher_layout`."""
     s = shape_of(teacher)
-    weights = WEIGHT_BYTES * sum(stage_params(s, lay))
+    weights = model_state_bytes(sum(stage_params(s, lay)), 0, 1, lay.dtype)[0]
     return weights + logit_bytes(s, lay)
 
 

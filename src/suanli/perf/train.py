@@ -41,6 +41,7 @@ from suanli.perf.memory import (
     act_scale,
     stage_ends,
     stage_params,
+    state_sharding,
     train_memory,
 )
 from suanli.perf.shape import ModelShape, shape_of
@@ -352,22 +353,21 @@ def estimate_train(
     grad_bytes = dense_params * reduce_bytes
     weight_bytes = 4.0 if lay.dtype == "fp32" else WEIGHT_BYTES
     keep = lay.keeps_params_gathered
-    # under a pipeline, sharded gradients are reduce-scattered every micro-batch (ZeRO-2,
-    # ZeRO-3 resharding); TorchTitan's ZeRO-3 accumulates them whole and reduces once
-    grad_rounds = m if pp > 1 and lay.zero >= 2 and not keep else 1
+    # gradients kept sharded (ZeRO-2, resharding ZeRO-3: as `train_memory` counts them)
+    # are reduce-scattered every micro-batch; held whole (ZeRO-0/1, TorchTitan's ZeRO-3
+    # under a pipeline), they are reduced once a step
+    grad_rounds = m if state_sharding(lay)[1] else 1
     t_dp = 0.0
     if shards > 1:
         if lay.zero == 0:
             t_dp = coll.all_reduce_s(grad_bytes, shards, ranks_per_node, system, e)
-        elif lay.zero < 3:  # reduce-scatter grads, all-gather the updated parameters
-            rs = coll.reduce_scatter_s(grad_bytes, shards, ranks_per_node, system, e)
-            t_dp = grad_rounds * rs + coll.all_gather_s(
-                grad_bytes, shards, ranks_per_node, system, e
-            )
-        else:  # ZeRO-3 keeps parameters sharded: only the gradient reduce-scatter
+        else:  # reduce-scatter grads; ZeRO-3 gathers parameters as layers need them (below)
             t_dp = grad_rounds * coll.reduce_scatter_s(
                 grad_bytes, shards, ranks_per_node, system, e
             )
+        if 0 < lay.zero < 3:  # all-gather the updated parameters
+            params = dense_params * weight_bytes
+            t_dp += coll.all_gather_s(params, shards, ranks_per_node, system, e)
     if expert_params and shards // ep > 1:
         t_dp += coll.all_reduce_s(expert_params * reduce_bytes, shards // ep, 1, system, e)
     t_zero3 = 0.0

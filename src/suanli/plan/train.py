@@ -230,7 +230,8 @@ def plan_train(
     if progress:
         progress(len(work), len(work))
     result = PlanResult(options=[], rejected=rejected)
-    if req.hetero and len(req.pool) > 1 and req.num_devices is None:
+    # two-type pipelines do not cost a teacher: with one, only single types are planned
+    if req.hetero and len(req.pool) > 1 and req.num_devices is None and req.teacher is None:
         from suanli.plan.hetero import plan_hetero
 
         hetero, n_eval, rej = plan_hetero(req, e)
