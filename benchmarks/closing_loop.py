@@ -48,6 +48,7 @@ from suanli.calibration.profile import measured_accelerator
 from suanli.catalog.loader import get_model
 from suanli.perf import make_system
 from suanli.run.local import free_port
+from suanli.workloads.onnx_lm import ONNX_ENGINES
 
 OUT = Path(__file__).parent / "out"
 TARGET = 0.20
@@ -112,10 +113,10 @@ def predict_serve(
 ) -> float:
     from suanli.perf import estimate_serve
 
-    acc = _through(measured_accelerator(profile), engine)
+    system = _system(profile, engine)
     est = estimate_serve(
         get_model(model),
-        make_system(acc),
+        system,
         num_devices=1,
         tp=1,
         batch=batch,
@@ -126,15 +127,23 @@ def predict_serve(
     return batch / est.tpot_s
 
 
-def _installed(module: str) -> bool:
-    import importlib.util
+def _installed(engine: str) -> bool:
+    """Whether the engine and its int8 path can run here."""
+    from suanli.workloads.onnx_lm import EngineUnavailableError, check_installed
 
-    return importlib.util.find_spec(module) is not None
+    try:
+        check_installed(engine)
+    except EngineUnavailableError:
+        return False
+    return True
 
 
-def _through(acc: Any, engine: str) -> Any:
+def _system(profile: dict[str, Any], engine: str) -> Any:
     """The measured device as serve_lm runs through ``engine`` (eager PyTorch: itself)."""
-    return acc if engine == "torch" else acc.engine_variants[engine]
+    from suanli.perf.engines import through
+
+    system = make_system(measured_accelerator(profile))
+    return system if engine == "torch" else through(system, engine)
 
 
 def decode_breakdown(
@@ -143,7 +152,7 @@ def decode_breakdown(
     """perf's decode step by part, at the mean context, so an error has a place to look."""
     from suanli.perf.serve import decode_parts
 
-    sys_ = make_system(_through(measured_accelerator(profile), engine))
+    sys_ = _system(profile, engine)
     parts = decode_parts(
         get_model(model), sys_, tp=1, batch=batch, context=context, weight_dtype=wdt
     )
@@ -238,7 +247,7 @@ def main() -> int:
 
     console = Console()
     cores = os.cpu_count() or 1
-    engines = tuple(e for e in ("onnxruntime", "openvino") if _installed(e))
+    engines = tuple(e for e in ONNX_ENGINES if _installed(e))
     rows = []
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("calibrate, train, serve", total=6 + 2 * len(engines))

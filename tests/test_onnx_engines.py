@@ -78,7 +78,8 @@ def test_serve_lm_decodes_the_same_tokens_through_each_engine(gpt: GPT, engine: 
     request admitted while others decode: the same greedy tokens as eager PyTorch."""
 
     def run(backend: object | None) -> list[list[int]]:
-        eng = Engine(gpt, ARCH, 3, 64, torch.float32, "cpu", backend)  # type: ignore[arg-type]
+        model = gpt if backend is None else None
+        eng = Engine(model, ARCH, 3, 64, torch.float32, "cpu", backend)  # type: ignore[arg-type]
         reqs = [Request(list(range(5, 5 + n)), 6, 0.0) for n in (3, 11, 7)]
         late = Request([40, 41, 42, 43], 5, 0.0)
         eng.waiting.put(reqs[0])

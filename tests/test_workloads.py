@@ -633,6 +633,14 @@ def test_calibrate_measures_an_engine_and_perf_predicts_through_it(
     eager = estimate_serve(model, sys_, **kw)  # type: ignore[arg-type]
     assert through.tpot_s != eager.tpot_s
     assert any("measured on this device" in n for n in through.notes)
+    # what was measured is what it serves: serve_lm's export, fp32 or int8, fp32 KV
+    assert through.kv_dtype == "fp32"
+    from suanli.perf.engines import EngineError
+
+    with pytest.raises(EngineError, match="fp32 or int8"):
+        estimate_serve(
+            model, sys_, engine=get_engine("onnxruntime"), **{**kw, "weight_dtype": "int4"}
+        )  # type: ignore[arg-type]
     assert parts["step_overhead"] == pytest.approx((ort.step_overhead_us or 0) * 1e-6)
     # the planners choose the engine where this device was measured through one
     from suanli.catalog.loader import get_accelerator

@@ -97,6 +97,20 @@ def calibrate(
     """
     if processes > 1 and device != "cpu":
         raise SuanliError("--processes is for CPUs: each GPU rank has a device of its own")
+    if engines:  # refused before minutes of measuring, not after
+        if device != "cpu" or processes > 1:
+            raise SuanliError(
+                "--engine is measured on the CPU, alone (--device cpu, no --processes)"
+            )
+        from suanli.workloads.onnx_lm import EngineUnavailableError, check_installed
+
+        for engine in engines:
+            try:
+                check_installed(engine)
+            except (EngineUnavailableError, ValueError) as err:
+                raise SuanliError(
+                    f"--engine {engine}: {err} (pip install 'suanli[onnx]')"
+                ) from None
     torch = torch_module()
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SuanliError(f"--device {device}: no CUDA device here (try --device cpu)")
@@ -119,17 +133,11 @@ def calibrate(
         progress("all-reduce")
     prof.allreduce_gbs = allreduce(device, plan)  # the ranks' own traffic: measured alone
     for engine in engines:  # serving engines: measured alone, as a server runs
-        if device != "cpu":
-            raise SuanliError(f"--engine {engine} is measured on the CPU (--device cpu)")
         if progress:
             progress(f"engine {engine}")
         from suanli.calibration.engines import engine_profile
-        from suanli.workloads.onnx_lm import EngineUnavailableError
 
-        try:
-            prof.engines[engine] = engine_profile(engine, plan)
-        except EngineUnavailableError as err:
-            raise SuanliError(f"--engine {engine}: {err} (pip install 'suanli[onnx]')") from None
+        prof.engines[engine] = engine_profile(engine, plan)
     prof.processes = processes
     prof.wall_s = round(time.perf_counter() - start, 2)
     return prof

@@ -143,12 +143,13 @@ def fixed_costs_us(
         )
         torch.manual_seed(0)
         model = GPT(arch).to(device=device, dtype=dt).eval()
-        backend = None
-        if engine is not None:
+        if engine is None:
+            engines[layers] = Engine(model, arch, 8, 512, dt, device)
+        else:
             from suanli.workloads.onnx_lm import OnnxEngine, runner_for
 
-            backend = runner_for(model.float(), cast(OnnxEngine, engine))
-        engines[layers] = Engine(model, arch, 8, 512, dt, device, backend)
+            backend = runner_for(model, cast(OnnxEngine, engine))
+            engines[layers] = Engine(None, arch, 8, 512, torch.float32, device, backend)
     rounds: dict[int, list[float]] = {2: [], 6: []}
     budget = Budget(plan.probe_budget_s)
     for i in range(3 if plan.min_time_s < 0.3 else 7):  # alternated: drift hits both alike

@@ -149,14 +149,7 @@ def measured_accelerator(
         gemv_bandwidth_gbs=(gemv16 / e.mem_bw_eff if gemv16 else None),
         idle_w=base.idle_w if base else None,
         loss_logits_per_s=profile.get("loss_logits_per_s") or None,
-        gemv_bandwidth_by_k={
-            dt: {int(k): v / e.mem_bw_eff for k, v in by_k.items()}
-            for dt, by_k in (profile.get("gemv_gbs_by_k") or {}).items()
-        }
-        or None,
-        layer_overhead_us=(profile.get("fixed_us") or {}).get("layer") or None,
-        step_overhead_us=(profile.get("fixed_us") or {}).get("step") or None,
-        decode_attention_gbs=profile.get("decode_attention_gbs") or None,
+        **_decode_figures(profile, e),
         gemm_tflops_by_size={
             dt: {int(size): tf for size, tf in by_size.items()}
             for dt, by_size in profile["gemm_tflops"].items()
@@ -185,6 +178,23 @@ def measured_accelerator(
     return _engine_variants(acc, profile, e)
 
 
+def _decode_figures(figures: dict[str, Any], e: Efficiency) -> dict[str, Any]:
+    """The decode fields of an accelerator record from a profile's (or an engine's)
+    measured figures: weight rates by K (divided by ``mem_bw_eff``, which perf
+    multiplies back), K/V rate, and the fixed costs, a measured 0 µs kept as 0."""
+    fixed = figures.get("fixed_us") or {}
+    by_k = {
+        dt: {int(k): v / e.mem_bw_eff for k, v in rates.items()}
+        for dt, rates in (figures.get("gemv_gbs_by_k") or {}).items()
+    }
+    return {
+        "gemv_bandwidth_by_k": by_k or None,
+        "decode_attention_gbs": figures.get("decode_attention_gbs") or None,
+        "layer_overhead_us": fixed.get("layer"),
+        "step_overhead_us": fixed.get("step"),
+    }
+
+
 def _engine_variants(acc: Accelerator, profile: dict[str, Any], e: Efficiency) -> Accelerator:
     """``acc`` with a variant per engine measured through `suanli calibrate --engine`: the
     decode figures replaced by the engine's (fp32 and int8 weights; it computes in fp32)."""
@@ -194,20 +204,13 @@ def _engine_variants(acc: Accelerator, profile: dict[str, Any], e: Efficiency) -
     variants = {}
     for engine, fig in figures.items():
         when = f"suanli calibrate --engine {engine} ({engine} {fig.get('version', '?')})"
-        by_k = {
-            dt: {int(k): v / e.mem_bw_eff for k, v in rates.items()}
-            for dt, rates in fig["gemv_gbs_by_k"].items()
-        }
         variants[engine] = dataclasses.replace(
             acc,
             name=f"{acc.name}+{engine}",
             display_name=f"{acc.display_name} through {engine}",
-            gemv_bandwidth_by_k=by_k or None,
             gemv_bandwidth_gbs=None,
-            decode_attention_gbs=fig.get("decode_attention_gbs") or None,
-            layer_overhead_us=fig["fixed_us"].get("layer") or None,
-            step_overhead_us=fig["fixed_us"].get("step") or None,
             compute_dtype="fp32",
+            **_decode_figures(fig, e),
             sources={
                 **acc.sources,
                 "gemv_bandwidth_by_k": f"measured decode GEMMs through {engine}, {when}",

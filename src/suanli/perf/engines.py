@@ -12,6 +12,7 @@ estimate keeps the idealised engine's behaviour for it and says so in its notes.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from suanli.catalog.types import Accelerator
 from suanli.errors import SuanliError
+from suanli.perf.system import System
 
 DATA = Path(__file__).parent / "data" / "engines.yaml"
 
@@ -95,9 +97,12 @@ class Engine:
         """As stated, or the idealised engine's (reuse) where no source states it."""
         return True if self.profile.gqa_kv_reuse is None else self.profile.gqa_kv_reuse
 
-    def default_kv(self, weight_dtype: str) -> str:
+    def default_kv(self, weight_dtype: str, accelerator: Accelerator | None = None) -> str:
         """The KV cache follows the weights where the engine keeps KV in that precision
-        (fp8 weights, fp8 KV), else bf16, else the engine's first KV precision."""
+        (fp8 weights, fp8 KV), else bf16, else the engine's first KV precision; on a
+        device measured through it, what serve_lm's export keeps (fp32)."""
+        if accelerator is not None and self.measured_on(accelerator):
+            return MEASURED_KV_DTYPE
         follow = weight_dtype if weight_dtype in ("fp32", "fp16", "bf16", "fp8") else "bf16"
         allowed = self.profile.kv_dtypes
         if allowed is None or follow in allowed:
@@ -120,6 +125,16 @@ class Engine:
                 f"--engine {self.label} runs on {', '.join(self.vendors)} chips, not "
                 f"{accelerator.name} ({vendor}); see `suanli catalog list engines`"
             )
+        if self.measured_on(accelerator):  # what was measured: serve_lm's export
+            if weight_dtype not in MEASURED_WEIGHT_DTYPES or kv_dtype not in (
+                None,
+                MEASURED_KV_DTYPE,
+            ):
+                raise EngineError(
+                    f"{accelerator.name} was measured through {self.name} serving fp32 or "
+                    f"int8 weights with an fp32 KV cache; pick --weight-dtype fp32 or int8"
+                )
+            return
         if weight_dtype not in p.weight_dtypes:
             raise EngineError(
                 f"--engine {self.label} has no {weight_dtype} weight kernels "
@@ -150,6 +165,20 @@ class Engine:
                 "efficiency is fitted to other engines' figures (see `suanli calibrate`)"
             )
         return out
+
+
+#: the engines serve_lm runs its ONNX export through, so `suanli calibrate` can measure them
+EXPORT_ENGINES: tuple[str, ...] = ("onnxruntime", "openvino")
+#: what a device measured through an engine was measured serving (serve_lm's ONNX export)
+MEASURED_WEIGHT_DTYPES = ("fp32", "int8")
+MEASURED_KV_DTYPE = "fp32"
+
+
+def through(system: System, engine: str) -> System | None:
+    """``system`` as measured running ``engine`` (`suanli calibrate --engine`), or None
+    where it was not."""
+    measured = (system.accelerator.engine_variants or {}).get(engine)
+    return None if measured is None else dataclasses.replace(system, accelerator=measured)
 
 
 def get_engine(spec: str) -> Engine:

@@ -19,14 +19,13 @@ tokens over prefill + decode time, times the number of replicas.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from suanli.catalog.types import ModelArch
 from suanli.errors import InvalidLayoutError
 from suanli.perf import collectives as coll
 from suanli.perf.efficiency import Efficiency, default_efficiency
-from suanli.perf.engines import Engine
+from suanli.perf.engines import Engine, through
 from suanli.perf.shape import ModelShape, shape_of
 from suanli.perf.system import System
 from suanli.perf.train import gemm_time
@@ -280,7 +279,8 @@ def _pass_time(
         else 0.0
     )
     # fixed costs: the global per-layer one, or what the device's engine was measured at
-    t_over = layers * (acc.layer_overhead_us or e.layer_overhead_us) * 1e-6
+    fixed_us = e.layer_overhead_us if acc.layer_overhead_us is None else acc.layer_overhead_us
+    t_over = layers * fixed_us * 1e-6
     return {
         "weights_gemm": t_weights,
         "attention": t_attn,
@@ -369,11 +369,9 @@ def estimate_serve(
     (`suanli.perf.engines`)."""
     notes: tuple[str, ...] = ()
     if engine is not None:
-        measured = (system.accelerator.engine_variants or {}).get(engine.name)
-        if measured is not None:  # this device's rates through this engine
-            system = dataclasses.replace(system, accelerator=measured)
+        system = through(system, engine.name) or system  # its rates measured here
         engine.check(system.accelerator, weight_dtype, kv_dtype)
-        kv_dtype = kv_dtype or engine.default_kv(weight_dtype)
+        kv_dtype = kv_dtype or engine.default_kv(weight_dtype, system.accelerator)
         gqa_kv_reuse = engine.gqa_kv_reuse()
         notes = tuple(engine.caveats(system.accelerator))
     kv_dtype = kv_dtype or ("bf16" if weight_dtype in ("int8", "int4") else weight_dtype)

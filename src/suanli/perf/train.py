@@ -240,7 +240,8 @@ def estimate_train(
         # dispatch, which any framework's training pays alike; a GPU's training stack
         # (fused kernels, CUDA graphs) is another engine, so there the fitted figure stands
         fixed_us = acc.layer_overhead_us if acc.kind == "cpu" else None
-        elem_bw, overhead = mem_bw, (fixed_us or e.layer_overhead_us) * 1e-6
+        elem_bw = mem_bw
+        overhead = (e.layer_overhead_us if fixed_us is None else fixed_us) * 1e-6
     # Passes over a layer per micro-batch: forward + backward (2x) (+ forward again
     # under full recompute). Selective recompute redoes only the attention core.
     full = lay.recompute == "full"

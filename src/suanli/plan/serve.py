@@ -25,7 +25,13 @@ from typing import Any
 
 from suanli.catalog.types import ModelArch
 from suanli.perf.efficiency import Efficiency, default_efficiency
-from suanli.perf.engines import Engine, get_engine
+from suanli.perf.engines import (
+    MEASURED_KV_DTYPE,
+    MEASURED_WEIGHT_DTYPES,
+    Engine,
+    get_engine,
+    through,
+)
 from suanli.perf.serve import (
     decode_parts,
     kv_bytes_per_token_device,
@@ -103,27 +109,27 @@ def _formats(entry: PoolEntry, engine: Engine | None = None) -> list[tuple[str, 
     return kept
 
 
-#: what serve_lm's ONNX exports run: fp32, or int8 weights; the KV cache in fp32
-EXPORT_FORMATS = [("fp32", "fp32"), ("int8", "fp32")]
+#: what a device measured through an engine serves there (serve_lm's ONNX export)
+MEASURED_FORMATS = [(wd, MEASURED_KV_DTYPE) for wd in MEASURED_WEIGHT_DTYPES]
 
 
 def _configs(req: ServeRequest, entry: PoolEntry, e: Efficiency) -> list[_Config]:
     """Layouts for ``entry`` under the request's engine, and, with none asked for, under
     each engine this device was measured through (`suanli calibrate --engine`): the
     planner chooses the engine where the rates to choose by exist."""
-    variants = entry.system.accelerator.engine_variants or {}
 
-    def through(name: str) -> PoolEntry:
-        acc = variants[name]
-        return dataclasses.replace(entry, system=dataclasses.replace(entry.system, accelerator=acc))
+    def on(engine: Engine) -> list[_Config]:
+        system = through(entry.system, engine.name)
+        if system is None:
+            return _engine_configs(req, entry, e, engine, _formats(entry, engine))
+        here = dataclasses.replace(entry, system=system)
+        return _engine_configs(req, here, e, engine, MEASURED_FORMATS)
 
     if req.engine is not None:
-        if req.engine.name in variants:  # the engine asked for, as measured on this device
-            return _engine_configs(req, through(req.engine.name), e, req.engine, EXPORT_FORMATS)
-        return _engine_configs(req, entry, e, req.engine, _formats(entry, req.engine))
+        return on(req.engine)
     out = _engine_configs(req, entry, e, None, _formats(entry))
-    for name in variants:
-        out += _engine_configs(req, through(name), e, get_engine(name), EXPORT_FORMATS)
+    for name in entry.system.accelerator.engine_variants or {}:
+        out += on(get_engine(name))
     return out
 
 
@@ -143,7 +149,7 @@ def _engine_configs(
     if engine is not None and not engine.runs_on(entry.system.accelerator):
         return []
     gqa = engine.gqa_kv_reuse() if engine is not None else True
-    label = engine.label if engine is not None and engine is not req.engine else None
+    label = engine.label if engine is not None else None
     for wd, kvd in formats:
         for tp in divisors(dpn):
             if model.heads % tp or tp > entry.count:
@@ -243,7 +249,10 @@ def plan_serve(
             progress(i, len(req.pool) + 1)
         configs = _configs(req, entry, e)
         vendor = entry.system.accelerator.vendor.lower()
-        if req.engine is not None and vendor not in req.engine.vendors:
+        runs = req.engine is None or req.engine.runs_on(
+            (through(entry.system, req.engine.name) or entry.system).accelerator
+        )
+        if not runs and req.engine is not None:
             rejected[f"engine: {req.engine.label} does not run on {vendor} chips"] += 1
         elif not configs and req.engine is not None:
             have = ", ".join(req.engine.profile.weight_dtypes)
@@ -335,7 +344,7 @@ def _colocated(
         "replicas": n,
         "weight_dtype": c.weight_dtype,
         "kv_dtype": c.kv_dtype,
-        "engine": c.engine or (req.engine.label if req.engine is not None else None),
+        "engine": c.engine,
         "max_batch": limit,
         "disaggregated": False,
         "usd_per_million_output_tokens": _usd_per_m(req, usd_h),
@@ -351,7 +360,8 @@ def _colocated(
 
 
 def _why(c: _Config, ld: ReplicaLoad, price: float | None) -> str:
-    through = f" through {c.engine} (measured here)" if c.engine else ""
+    measured = c.entry.system.accelerator.measured_engine
+    through = f" through {measured} (measured here)" if measured else ""
     text = (
         f"{c.weight_dtype} weights, {c.kv_dtype} KV on tp {c.tp}{through}; prefill "
         f"{1e3 * c.prefill_s:.0f} ms/request keeps devices {100 * ld.rho_prefill:.0f}% busy "
@@ -371,9 +381,9 @@ def _disaggregated(
     evaluated = 0
     # per chip and weight format: the prefill config with the cheapest prefill-seconds,
     # and every decode config (few per chip)
-    best_prefill: dict[tuple[str, str], _Config] = {}
+    best_prefill: dict[tuple[str, str, str | None], _Config] = {}
     for c in configs:
-        key = (c.entry.name, c.weight_dtype)
+        key = (c.entry.name, c.weight_dtype, c.engine)
         cost = c.prefill_s * c.tp * (_price(c.entry) or 1.0)
         if key not in best_prefill or cost < best_prefill[key].prefill_s * best_prefill[key].tp * (
             _price(best_prefill[key].entry) or 1.0
@@ -381,8 +391,8 @@ def _disaggregated(
             best_prefill[key] = c
     for p in best_prefill.values():
         for d in configs:
-            if d.weight_dtype != p.weight_dtype or d.kv_dtype != p.kv_dtype:
-                continue
+            if (d.weight_dtype, d.kv_dtype, d.engine) != (p.weight_dtype, p.kv_dtype, p.engine):
+                continue  # the KV cache passes between pools of one format and one engine
             evaluated += 1
             kv_bytes = req.input_len * kv_bytes_per_token_device(s, 1, d.kv_dtype)
             link = min(p.entry.system.inter_bw * p.tp, d.entry.system.inter_bw * d.tp)
@@ -454,6 +464,7 @@ def _disaggregated(
                     "replicas": n_d,
                     "weight_dtype": d.weight_dtype,
                     "kv_dtype": d.kv_dtype,
+                    "engine": d.engine,
                     "max_batch": limit,
                     "disaggregated": True,
                     "prefill": {

@@ -22,6 +22,7 @@ from typing import Any
 
 from suanli.catalog.types import ModelArch
 from suanli.perf.efficiency import Efficiency, default_efficiency
+from suanli.perf.engines import MEASURED_KV_DTYPE, MEASURED_WEIGHT_DTYPES, through
 from suanli.perf.serve import decode_parts, prefill_parts, weight_bytes_per_device
 from suanli.perf.shape import shape_of
 from suanli.perf.system import System
@@ -55,6 +56,8 @@ def _side_times(req: SplitRequest, frac: float, where: str, e: Efficiency) -> tu
     system = req.edge if where == "edge" else req.cloud
     wd = req.edge_weight_dtype if where == "edge" else req.cloud_weight_dtype
     kv = "int8" if wd in ("int8", "int4") else wd
+    if system.accelerator.measured_engine:  # as the engine was measured: serve_lm's export
+        kv = MEASURED_KV_DTYPE
     head = where == "cloud" or frac >= 1.0
     pre = prefill_parts(
         req.model,
@@ -137,9 +140,10 @@ def edge_engines(req: SplitRequest) -> list[tuple[str | None, SplitRequest]]:
     (`suanli calibrate --engine`): the split then chooses the engine too. Those engines
     serve an fp32 export or int8 weights; a request for other weights takes int8."""
     out: list[tuple[str | None, SplitRequest]] = [(None, req)]
-    for name, acc in (req.edge.accelerator.engine_variants or {}).items():
-        wd = req.edge_weight_dtype if req.edge_weight_dtype in ("fp32", "int8") else "int8"
-        edge = dataclasses.replace(req.edge, accelerator=acc)
+    wd = req.edge_weight_dtype if req.edge_weight_dtype in MEASURED_WEIGHT_DTYPES else "int8"
+    for name in req.edge.accelerator.engine_variants or {}:
+        edge = through(req.edge, name)
+        assert edge is not None
         out.append((name, dataclasses.replace(req, edge=edge, edge_weight_dtype=wd)))
     return out
 

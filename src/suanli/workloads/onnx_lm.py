@@ -12,17 +12,18 @@ new tokens). It returns the logits and the new positions' keys and values, which
 the caller writes into its cache: prefill is B = 1, P = 0, T = the prompt; decode
 is T = 1 for every active sequence.
 
-int8 is weight-only, as serve_lm's own: ONNX Runtime's dynamic quantization
-(``quantize_dynamic``: int8 weights per output channel, activations quantized on the
-fly by ``DynamicQuantizeLinear``) and OpenVINO's through NNCF (``compress_weights``,
-INT8_SYM per output channel, decompressed inside the matmul). Both leave the output
-projection in fp32, as serve_lm does.
+int8 weights are stored by each engine's own compression: ONNX Runtime's
+``MatMulNBits`` (8 bits, symmetric blocks of 128 input channels; at accuracy level
+4 it quantizes the activations on the fly and multiplies in int8) and OpenVINO's
+NNCF (``compress_weights``, INT8_SYM per output channel, decompressed inside the
+matmul). Both leave the output projection in fp32, as serve_lm does.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import io
 import logging
 import shutil
@@ -36,10 +37,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from suanli.perf.engines import EXPORT_ENGINES
 from suanli.workloads.train_lm import GPT, Block, _rope
 
 OnnxEngine = Literal["onnxruntime", "openvino"]
-ONNX_ENGINES: tuple[str, ...] = ("onnxruntime", "openvino")
+ONNX_ENGINES = EXPORT_ENGINES
 MASKED = -1e9  # additive mask: exp() of it is 0 in fp32, and no row is all masked
 OPSET = 18
 
@@ -187,8 +189,8 @@ HEAD_NAMES = ("/head/MatMul", "logits")  # the output projection, as each engine
 
 
 def quantize_onnxruntime(src: Path, dst: Path, keep_head: bool = True) -> Path:
-    """int8 weights, symmetric per block of 128 input channels (``MatMulNBits``, bits=8:
-    weight-only, the activations stay fp32); the output head stays fp32."""
+    """int8 weights, symmetric per block of 128 input channels (``MatMulNBits``, bits=8,
+    int8 products at `ACCURACY_LEVEL`); the output head stays fp32."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -249,6 +251,20 @@ def engine_version(engine: str) -> str:
     return str(pkg.get_version() if engine == "openvino" else pkg.__version__)
 
 
+#: what each engine's int8 path imports beyond the engine
+INT8_NEEDS = {"onnxruntime": ("onnx", "onnx_ir"), "openvino": ("nncf",)}
+
+
+def check_installed(engine: str) -> str:
+    """The engine's version, once it and what its int8 path needs are importable;
+    `EngineUnavailableError` naming what is missing otherwise."""
+    version = engine_version(engine)
+    for module in INT8_NEEDS[engine]:
+        if importlib.util.find_spec(module) is None:
+            raise EngineUnavailableError(f"{module} ({engine}'s int8 path) is not installed")
+    return version
+
+
 def load_graph(
     engine: OnnxEngine, path: Path, quantize: str = "none", keep_head: bool = True
 ) -> Session:
@@ -283,7 +299,7 @@ def load_graph(
     request = compiled.create_infer_request()
 
     def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        out = request.infer(feed)
+        out = request.infer(feed, share_inputs=True)  # no copy of the cache going in
         return [out[o] for o in compiled.outputs]
 
     return run
@@ -297,7 +313,6 @@ class Runner:
     """One exported step under an engine: ``run(ids, pos, past_k, past_v, mask)``."""
 
     def __init__(self, engine: OnnxEngine, path: Path, quantize: str = "none") -> None:
-        self.engine, self.quantize = engine, quantize
         self._run, self.version = load_graph(engine, path, quantize), engine_version(engine)
 
     def run(

@@ -153,7 +153,7 @@ class Engine:
 
     def __init__(
         self,
-        model: GPT,
+        model: GPT | None,
         arch: Any,
         slots: int,
         max_len: int,
@@ -161,7 +161,11 @@ class Engine:
         device: str | torch.device = "cpu",
         backend: Runner | None = None,
     ) -> None:
-        self.model, self.arch, self.dtype = model, arch, dtype
+        if (model is None) == (backend is None):
+            raise ValueError("an Engine runs either the PyTorch model or a backend")
+        self.arch, self.dtype = arch, dtype
+        #: the PyTorch model; None where a backend holds its own copy of the weights
+        self.model = model
         #: ONNX Runtime or OpenVINO running the exported model; None: eager PyTorch
         self.backend = backend
         self.device = torch.device(device)
@@ -182,6 +186,7 @@ class Engine:
     def _layers(self, x: torch.Tensor, pos: torch.Tensor, slots: list[int]) -> torch.Tensor:
         """x: [B, T, h] at positions pos [B, T]; reads and writes the slots' caches."""
         m = self.model
+        assert m is not None  # the eager path
         ang = pos.float()[..., None] * m.inv_freq  # type: ignore[operator]
         cos, sin = ang.cos()[:, None], ang.sin()[:, None]
         b, t, _ = x.shape
@@ -228,6 +233,7 @@ class Engine:
         """Logits [B, T, vocab] for new tokens ``ids`` at ``pos`` [B, T], through the
         slots' caches: eager PyTorch, or the exported graph under the backend."""
         if self.backend is None:
+            assert self.model is not None
             return self._layers(self.model.embed(ids).to(self.dtype), pos, slots)
         b, t = ids.shape
         start = pos[:, 0]
@@ -431,9 +437,10 @@ def build(args: argparse.Namespace) -> Engine:
         state = torch.load(args.ckpt, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
     if engine != "torch":
-        backend = runner_for(model.float().eval(), cast(OnnxEngine, engine), args.quantize)
+        backend = runner_for(model, cast(OnnxEngine, engine), args.quantize)
         print(f"engine {engine} {backend.version}, weights {args.quantize}", flush=True)
-        return Engine(model, arch, args.slots, args.max_len, torch.float32, device, backend)
+        # the engine holds the weights now: the PyTorch copy goes
+        return Engine(None, arch, args.slots, args.max_len, torch.float32, device, backend)
     if precision == "auto":
         chosen = choose_precision(device)
         precision = chosen.dtype
