@@ -10,7 +10,7 @@ import pytest
 from suanli.api.app import job_usage
 from suanli.autoscale.service_spec import ServiceSpec
 from suanli.jobs.resolve import describe, eligible_types, wants_devices
-from suanli.jobs.spec import JobSpecError, parse_job_spec
+from suanli.jobs.spec import JobSpec, JobSpecError, parse_job_spec
 from suanli.run.k8s_devices import Notes, device_request
 from suanli.service.services import price_per_replica_hour, replica_price
 from suanli.store import Store
@@ -19,16 +19,16 @@ from suanli.store.models import NodeRow, member_chips
 BASE = {"name": "j", "command": ["true"]}
 
 
-def spec(**resources: object) -> object:
+def spec(**resources: object) -> JobSpec:
     return parse_job_spec({**BASE, "resources": resources})
 
 
 def test_a_list_of_chips_is_checked_and_resolved_like_one_chip() -> None:
-    r = spec(accelerators=["A100-80GB", "h100-sxm", "a100-80gb"]).resources  # type: ignore[attr-defined]
+    r = spec(accelerators=["A100-80GB", "h100-sxm", "a100-80gb"]).resources
     assert r.accelerators == ["a100-80gb", "h100-sxm"] and wants_devices(r)
     have = ["a100-80gb", "a10", "h100-sxm", "cpu-slice-fast"]
     assert eligible_types(r, have) == {"a100-80gb", "h100-sxm"}
-    narrowed = spec(accelerators=["a100-40gb", "a100-80gb"], min_memory_gb=60).resources  # type: ignore[attr-defined]
+    narrowed = spec(accelerators=["a100-40gb", "a100-80gb"], min_memory_gb=60).resources
     assert eligible_types(narrowed, ["a100-40gb", "a100-80gb"]) == {"a100-80gb"}
     assert describe(narrowed) == "chip one of a100-40gb, a100-80gb, >= 60 GB"
     for bad, said in (
@@ -43,10 +43,10 @@ def test_a_list_of_chips_is_checked_and_resolved_like_one_chip() -> None:
 
 def test_kubernetes_export_asks_for_the_plugin_and_narrows_to_the_listed_chips() -> None:
     notes = Notes()
-    got = device_request(spec(accelerators=["a100-80gb", "h100-sxm"], devices=2), notes)  # type: ignore[arg-type]
+    got = device_request(spec(accelerators=["a100-80gb", "h100-sxm"], devices=2), notes)
     assert got.limits == {"nvidia.com/gpu": "2"} and not notes.problems and got.node_match
     mixed = Notes()
-    device_request(spec(accelerators=["a100-80gb", "ascend-910b"]), mixed)  # type: ignore[arg-type]
+    device_request(spec(accelerators=["a100-80gb", "ascend-910b"]), mixed)
     assert mixed.problems and mixed.problems[0].startswith("resources.accelerators:")
 
 

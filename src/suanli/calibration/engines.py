@@ -28,7 +28,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
-from suanli.calibration.memory import sweep_bytes
+from suanli.calibration.memory import decode_rows, sweep_bytes
 from suanli.calibration.overheads import fixed_costs_us
 from suanli.calibration.timing import Budget, Plan, sweep, timed, torch_module
 
@@ -73,8 +73,8 @@ def _gemv_by_k(
     class Stack(torch.nn.Module):  # type: ignore[name-defined,misc]
         def __init__(self, count: int, rows: int, k: int) -> None:
             super().__init__()
-            self.ws = torch.nn.ModuleList(
-                torch.nn.Linear(k, rows, bias=False) for _ in range(count)
+            self.ws = torch.nn.ModuleList(  # no random fill: a GB of it takes seconds
+                torch.nn.utils.skip_init(torch.nn.Linear, k, rows, bias=False) for _ in range(count)
             )
             # filled, not random (a GEMM's speed is not its values), but each with its own
             # value: the exporter folds equal initializers into one, read over and over
@@ -85,7 +85,7 @@ def _gemv_by_k(
             return torch.cat([w(x) for w in self.ws], dim=-1)
 
     def call_s(k: int) -> float:
-        rows = min(4 * k, 4 * 2**20 // k)  # at most 16 MB an fp32 matrix
+        rows = decode_rows(k)  # the shapes PyTorch's sweep measures (memory.gemv_by_k)
         count = max(2, total // (rows * k * 4))
         x = torch.randn(TOKENS, k)
         path = export_module(Stack(count, rows, k).eval(), (x,), tmp / f"gemv{k}.onnx", ["x"])

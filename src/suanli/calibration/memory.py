@@ -76,6 +76,12 @@ def sweep_bytes(device: str, plan: Plan) -> int:
     return int(min(cap, max(floor, 2 * last_level_cache_bytes())))
 
 
+def decode_rows(k: int) -> int:
+    """Output rows of a decode-GEMM probe matrix of inner size ``k``: a layer's shape
+    (4k), at most 16 MB in 16 bits."""
+    return min(4 * k, 16 * 2**20 // (2 * k))
+
+
 def gemv_by_k(
     device: str, plan: Plan, dtype: str = "bf16", tokens: int = 8
 ) -> dict[str, dict[str, float]]:
@@ -100,7 +106,7 @@ def gemv_by_k(
     out: dict[str, dict[str, float]] = {dtype: {}, **({"int8": {}} if int8 else {})}
 
     def call_s(k: int) -> float:
-        rows = min(4 * k, 16 * 2**20 // (2 * k))  # at most 16 MB a 16-bit matrix
+        rows = decode_rows(k)
         count = max(2, total // (rows * k * size))
         x = torch.randn(tokens, k, dtype=dt, device=device)
         # filled, not random: a GB of randn takes seconds, and a GEMM's speed is not the values'

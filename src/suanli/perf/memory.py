@@ -197,6 +197,7 @@ def train_memory(
 ) -> TrainMemory:
     """Memory per device of the heaviest stage (first stage for activations)."""
     if lay.uneven:
+        assert pipeline_depth is None, "a longer pipeline's head stages are split evenly"
         return _uneven_memory(s, lay, workspace_gb)
     dense, expert = stage_params(s, lay)
     weights, grads, opt = _states(s, lay, dense, expert)

@@ -89,11 +89,11 @@ def price_per_replica_hour(spec: ServiceSpec) -> float:
 
 
 def replica_price(s: Session, spec: ServiceSpec, job: JobRow) -> float:
-    """What a running replica costs per hour: the price of the chip it landed on (its
-    first member's first device), else the spec's bound."""
+    """What a running replica costs per hour: the devices it holds, each at its own
+    chip's price (as `api.app.job_usage` counts a job), else the spec's bound."""
     chips = member_chips(s, job.members)
-    if chips and chips[0] is not None:
-        return chip_price(chips[0], spec.resources.devices)
+    if chips and all(c is not None for c in chips):
+        return sum(chip_price(c, 1) for c in chips)
     return price_per_replica_hour(spec)
 
 
