@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -146,3 +147,23 @@ TINY = {
     "vocab_size": 256,
     "max_position_embeddings": 128,
 }
+
+
+def cli(env: dict[str, str], *args: str) -> Any:
+    """``suanli ARGS`` as a user with ``env``; its JSON when ``--json`` is among them."""
+    out = subprocess.run(
+        [sys.executable, "-m", "suanli", *args], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr + out.stdout
+    return json.loads(out.stdout) if "--json" in args else out.stdout
+
+
+def until(what: str, check: Any, timeout: float = 60) -> Any:
+    """Poll ``check`` until it returns something true (a cap only for a hang)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"never: {what}")

@@ -5,37 +5,15 @@ its notice: SIGTERM, the job's checkpoint handler, requeue."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from suanli.run.local import free_port
-from tests.helpers import start_service, stop_service, wait_state
-
-
-def cli(env: dict[str, str], *args: str) -> Any:
-    out = subprocess.run(
-        [sys.executable, "-m", "suanli", *args], env=env, capture_output=True, text=True
-    )
-    assert out.returncode == 0, out.stderr + out.stdout
-    return json.loads(out.stdout) if "--json" in args else out.stdout
-
-
-def until(what: str, check: Any, timeout: float = 60) -> Any:
-    """Poll ``check`` until it returns something true (a cap only for a hang)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"never: {what}")
+from tests.helpers import cli, start_service, stop_service, until, wait_state
 
 
 def test_offer_order_lease_run_meter_bill_invoice_and_reclaim(tmp_path: Path) -> None:

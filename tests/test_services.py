@@ -12,7 +12,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from suanli.service.replicas import ReplicaBook
 from suanli.service.services import ServicesController
 from suanli.store.db import Store
 from suanli.store.models import JobRow, ServiceRow
-from tests.helpers import TINY, start_service, stop_service
+from tests.helpers import TINY, start_service, stop_service, until
 
 openai = pytest.importorskip("openai")
 
@@ -182,13 +181,7 @@ def up(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
 
 
 def _wait(pred: Any, what: str, timeout_s: float = 120) -> Any:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"never: {what}")
+    return until(what, pred, timeout_s)
 
 
 def test_a_service_end_to_end(up: tuple[str, str, Path]) -> None:

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session as DbSession
 from suanli.autoscale.service_spec import ServiceSpec, replica_command
 from suanli.jobs.spec import JobSpecError, parse_job_spec
 from suanli.service.replicas import ReplicaBook
+from suanli.service.spot import is_spot, leaving, order_problem
 from suanli.store.db import Store
 from suanli.store.models import JobRow, ServiceRow, TokenRow
 
@@ -48,7 +49,9 @@ def service_view(row: ServiceRow, book: ReplicaBook, jobs: list[JobRow]) -> dict
             {
                 "job": j.id,
                 "state": j.state,
-                "stopping": j.cancel_requested,
+                "stopping": leaving(j),
+                "capacity": "spot" if is_spot(j, spec.spot) else "on-demand",
+                "reclaimed": bool(j.preempt_reason),
                 "ready": bool(r and r.ready),
                 "in_flight": r.inflight if r else 0,
                 "queue": (r.stats.get("queue_length") if r else None),
@@ -118,9 +121,12 @@ def add_service_routes(
             )
         problem = admission(job, s, who.owner)
         if problem is not None:
+            problem = f"replicas: {problem}"
+        elif spec.spot is not None:
+            problem = order_problem(s, spec.spot, spec.resources, who.owner)
+        if problem is not None:
             return JSONResponse(
-                {"error": "invalid service spec", "problems": [f"replicas: {problem}"]},
-                status_code=422,
+                {"error": "invalid service spec", "problems": [problem]}, status_code=422
             )
         return None
 

@@ -16,6 +16,7 @@ line each engine's replica runs.
     priority: 10                    # replicas may preempt best-effort (preemptible) jobs
     router: {buffer: 64, wait_s: 120}
     budget_usd_per_hour: 20         # optional: replicas x price never above it
+    spot: {order: 12, base_ondemand: 1, fallback: true}   # optional: see SpotSpec
 """
 
 from __future__ import annotations
@@ -81,6 +82,24 @@ class AutoscalerSpec(BaseModel):
         return self
 
 
+class SpotSpec(BaseModel):
+    """Replicas on spot capacity: the leases of one of the owner's spot market orders
+    (``suanli market order --mode spot``), SkyServe's spot policy on our market.
+
+    ``base_ondemand`` replicas always run on demand, so that a reclaim never takes the
+    whole service (SkyServe's ``base_ondemand_fallback_replicas``). With ``fallback``
+    (SkyServe's ``dynamic_ondemand_fallback``), what the order's live leases cannot hold
+    runs on demand: a replica whose lease is reclaimed is replaced on demand at once,
+    within the lease's notice, and when the order wins a lease again a spot replica
+    starts and the on-demand one it replaces is drained once the spot one is ready.
+    Without it, replicas wait for spot capacity."""
+
+    model_config = STRICT
+    order: int = Field(ge=1, le=2**31 - 1)
+    base_ondemand: int = Field(default=0, ge=0, le=256)
+    fallback: bool = True
+
+
 class RouterSpec(BaseModel):
     model_config = STRICT
     #: requests held while no replica is ready (scale from zero); beyond: 429
@@ -103,6 +122,7 @@ class ServiceSpec(BaseModel):
     router: RouterSpec = Field(default_factory=RouterSpec)
     budget_usd_per_hour: float | None = Field(default=None, gt=0, le=1e7)
     tp: int = Field(default=1, ge=1, le=64)
+    spot: SpotSpec | None = None
 
     @model_validator(mode="after")
     def _args(self) -> ServiceSpec:

@@ -56,6 +56,16 @@ def _ready(row: dict[str, Any]) -> str:
     return f"{ready}/{row['desired']}" + (" (pinned)" if row["pinned"] is not None else "")
 
 
+def _spot(row: dict[str, Any]) -> str:
+    spot = row["spec"]["spot"]
+    on = sum(r["capacity"] == "spot" and not r["stopping"] for r in row["replicas"])
+    return (
+        f"{on} on the leases of market order {spot['order']}, "
+        f"{spot['base_ondemand']} always on demand"
+        + (", on-demand fallback" if spot["fallback"] else ", no fallback")
+    )
+
+
 def _attainment(row: dict[str, Any]) -> str:
     a = row["observed"].get("slo_attainment")
     return "-" if a is None else f"{a:.1%}"
@@ -116,6 +126,7 @@ def service_cmd(
                     + (f", pinned at {row['pinned']}" if row["pinned"] is not None else ""),
                 ),
                 ("replicas ready / wanted", _ready(row)),
+                *([("spot", _spot(row))] if row["spec"].get("spot") is not None else []),
                 ("status", row["status"] or "-"),
                 ("requests/s (last 10 s)", fmt(o.get("arrivals_per_s", 0))),
                 ("waiting / in flight", f"{fmt(o.get('waiting', 0))} / {fmt(o.get('running', 0))}"),
@@ -135,11 +146,13 @@ def service_cmd(
     )
     table(
         f"replicas of {row['name']}",
-        ["job", "state", "ready", "in flight", "queue", "KV use"],
+        ["job", "capacity", "state", "ready", "in flight", "queue", "KV use"],
         [
             [
                 r["job"],
-                r["state"] + (" (stopping)" if r["stopping"] else ""),
+                r["capacity"],
+                r["state"]
+                + (" (reclaimed)" if r["reclaimed"] else " (stopping)" if r["stopping"] else ""),
                 "yes" if r["ready"] else "no",
                 r["in_flight"],
                 fmt(r["queue"]),

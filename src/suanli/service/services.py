@@ -31,6 +31,14 @@ from suanli.catalog.loader import accelerators
 from suanli.jobs.spec import parse_job_spec
 from suanli.run.local import free_port
 from suanli.service.replicas import ReplicaBook, record
+from suanli.service.spot import (
+    is_spot,
+    lease_price_per_hour,
+    leaving,
+    live_leases,
+    split,
+    spot_slots,
+)
 from suanli.store.db import Store
 from suanli.store.models import JobRow, ServiceRow, member_chips
 
@@ -89,8 +97,13 @@ def price_per_replica_hour(spec: ServiceSpec) -> float:
 
 
 def replica_price(s: Session, spec: ServiceSpec, job: JobRow) -> float:
-    """What a running replica costs per hour: the devices it holds, each at its own
-    chip's price (as `api.app.job_usage` counts a job), else the spec's bound."""
+    """What a running replica costs per hour: a spot one its lease's price; otherwise the
+    devices it holds, each at its own chip's price (as `api.app.job_usage` counts a job),
+    else the spec's bound."""
+    if is_spot(job, spec.spot):
+        paid = lease_price_per_hour(s, job, spec.resources)
+        if paid is not None:
+            return paid
     chips = member_chips(s, job.members)
     if chips and all(c is not None for c in chips):
         return sum(chip_price(c, 1) for c in chips)
@@ -223,19 +236,49 @@ class ServicesController:
         desired: int,
         now: float,
     ) -> None:
-        live = [j for j in jobs if not j.cancel_requested]
-        for _ in range(desired - len(live)):
-            self._start(s, row, spec)
-        surplus = len(live) - desired
+        live = [j for j in jobs if not leaving(j)]
+        if spec.spot is None:
+            why = f"scaled down to {desired}"
+            self._converge(s, row, spec, live, desired, desired, now, None, why)
+            return
+        slots = spot_slots(live_leases(s, spec.spot.order), spec.resources)
+        want = split(desired, spec.spot, slots)
+        on_spot = [j for j in live if is_spot(j, spec.spot)]
+        on_demand = [j for j in live if not is_spot(j, spec.spot)]
+        ready = {r.job_id for r in self.book.of(row.name) if r.ready}
+        spot_ready = sum(j.id in ready for j in on_spot)
+        why = f"{want.spot} spot replicas wanted (the order's live leases hold {slots})"
+        self._converge(s, row, spec, on_spot, want.spot, want.spot, now, spec.spot.order, why)
+        # an on-demand replica a spot one replaces is drained once that one is ready
+        keep = max(want.on_demand, min(len(on_demand), desired - spot_ready))
+        why = f"{keep} on-demand replicas kept ({spot_ready} spot replicas ready)"
+        self._converge(s, row, spec, on_demand, want.on_demand, keep, now, None, why)
+
+    def _converge(
+        self,
+        s: Session,
+        row: ServiceRow,
+        spec: ServiceSpec,
+        live: list[JobRow],
+        want: int,
+        keep: int,
+        now: float,
+        order: int | None,
+        why: str,
+    ) -> None:
+        """Start replicas up to ``want`` (on ``order``'s leases, or on demand) and stop
+        those beyond ``keep``: queued ones first (nothing to drain), then the least loaded."""
+        for _ in range(want - len(live)):
+            self._start(s, row, spec, order)
+        surplus = len(live) - keep
         if surplus <= 0:
             return
         load = {r.job_id: r.inflight for r in self.book.of(row.name)}
-        # queued ones first (nothing to drain), then the least loaded
-        order = sorted(live, key=lambda j: (j.state == "running", load.get(j.id, 0), -j.id))
-        for job in order[:surplus]:
-            self._cancel(s, job, f"scaled down to {desired}", now)
+        by = sorted(live, key=lambda j: (j.state == "running", load.get(j.id, 0), -j.id))
+        for job in by[:surplus]:
+            self._cancel(s, job, why, now)
 
-    def _start(self, s: Session, row: ServiceRow, spec: ServiceSpec) -> None:
+    def _start(self, s: Session, row: ServiceRow, spec: ServiceSpec, order: int | None) -> None:
         port = free_port()
         address = f"{self.host}:{port}"
         job = parse_job_spec(
@@ -247,13 +290,20 @@ class ServicesController:
                 "queue": spec.queue,
                 "priority": spec.priority,
                 "env": {"SUANLI_REPLICA_ADDRESS": address},
+                **({"order": order} if order is not None else {}),
             }
         )
         new = self.store.add_job(s, job.model_dump(), row.owner)
         new.service = row.name
-        self.store.event(s, new.id, "replica", f"of service {row.name}, on {address}")
+        where = f"spot, on the leases of market order {order}" if order else "on demand"
+        self.store.event(s, new.id, "replica", f"of service {row.name}, on {address} ({where})")
         log.info(
-            "service %s: replica job %d on %s", row.name, new.id, address, extra={"job": new.id}
+            "service %s: replica job %d on %s (%s)",
+            row.name,
+            new.id,
+            address,
+            where,
+            extra={"job": new.id},
         )
 
     def _cancel(self, s: Session, job: JobRow, why: str, now: float) -> None:

@@ -1,0 +1,116 @@
+"""Spot replicas for a service: how many the spot order's leases hold, how the desired
+count splits between spot and on demand, and what a spot replica costs.
+
+SkyServe's spot policy (Mao et al., "SkyServe: Serving AI Models across Regions and
+Clouds with Spot Instances", EuroSys 2025; its ``base_ondemand_fallback_replicas`` and
+``dynamic_ondemand_fallback``) on suanli's own market: the spot capacity is what the
+service owner's spot order leased, and a reclaim arrives as the lease's notice (the
+market controller marks the replica's job with ``preempt_reason``; the jobs controller
+sends SIGTERM and gives the notice as grace). A replica under that notice no longer
+counts as live, so its on-demand replacement is submitted at the same tick.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from suanli.autoscale.service_spec import SpotSpec
+from suanli.jobs.spec import Resources
+from suanli.market.book import CPU, units_of
+from suanli.store.models import JobRow, LeaseRow, OrderRow
+
+
+def is_spot(job: JobRow, spot: SpotSpec | None) -> bool:
+    return spot is not None and (job.spec or {}).get("order") == spot.order
+
+
+def leaving(job: JobRow) -> bool:
+    """Asked to stop (scaled down, reclaimed with notice, or preempted): it serves out
+    its grace but is no longer counted, so its replacement starts now."""
+    return bool(job.cancel_requested or job.preempt_reason or job.stop_reason)
+
+
+def units_per_replica(resources: Resources, accelerator: str) -> int:
+    """Units of a lease one replica takes: devices, or whole cores on a CPU lease."""
+    if accelerator == CPU:
+        return max(1, math.ceil(resources.cpu))
+    return max(1, resources.devices)
+
+
+def live_leases(s: Session, order_id: int) -> list[LeaseRow]:
+    """The order's leases that are neither ended nor under a reclaim notice."""
+    q = select(LeaseRow).where(LeaseRow.order_id == order_id, LeaseRow.state == "active")
+    return list(s.scalars(q))
+
+
+def spot_slots(leases: list[LeaseRow], resources: Resources) -> int:
+    """How many replicas the leases hold, node by node (a replica never spans nodes)."""
+    slots = 0
+    for lease in leases:
+        need = units_per_replica(resources, lease.accelerator)
+        per_node = Counter(u.node for u in units_of(lease))
+        slots += sum(n // need for n in per_node.values())
+    return slots
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    spot: int
+    on_demand: int
+
+
+def split(desired: int, spot: SpotSpec, slots: int) -> Split:
+    """Spot replicas where the order's leases hold them, the rest on demand (with
+    ``fallback``) or waiting for spot (without); ``base_ondemand`` always on demand."""
+    base = min(spot.base_ondemand, desired)
+    want_spot = desired - base
+    on_spot = min(want_spot, slots) if spot.fallback else want_spot
+    return Split(on_spot, desired - on_spot)
+
+
+def lease_price_per_hour(s: Session, job: JobRow, resources: Resources) -> float | None:
+    """What a spot replica costs per hour: its lease's price per unit-hour times the units
+    it takes (None: no lease of its order holds the nodes it runs on)."""
+    order_id = (job.spec or {}).get("order")
+    if not isinstance(order_id, int):
+        return None
+    nodes = {str(m.get("node")) for m in job.members or []}
+    q = select(LeaseRow).where(LeaseRow.order_id == order_id, LeaseRow.state != "ended")
+    for lease in s.scalars(q):
+        if nodes & {u.node for u in units_of(lease)}:
+            units = units_per_replica(resources, lease.accelerator)
+            return lease.price_micro * units / 1e6
+    return None
+
+
+def order_problem(s: Session, spot: SpotSpec, resources: Resources, owner: str) -> str | None:
+    """Why the spot order cannot carry this service's replicas (None: it can)."""
+    order = s.get(OrderRow, spot.order)
+    if order is None or order.buyer != owner:
+        return f"spot.order: no market order {spot.order} of yours (see `suanli market orders`)"
+    if order.mode != "spot":
+        return (
+            f"spot.order: market order {spot.order} is {order.mode}, not spot: place one "
+            "with `suanli market order --mode spot`"
+        )
+    if order.state not in ("open", "filled"):
+        return f"spot.order: market order {spot.order} is {order.state}: place a new one"
+    if order.accelerator == CPU:
+        if resources.accelerator != CPU:
+            return (
+                f"spot.order: market order {spot.order} buys cores: give the replicas "
+                "resources.accelerator: cpu"
+            )
+        return None
+    chips = resources.accelerators or ([resources.accelerator] if resources.accelerator else [])
+    if chips and order.accelerator not in chips:
+        return (
+            f"spot.order: market order {spot.order} buys {order.accelerator}, which the "
+            f"replicas' resources do not allow ({', '.join(chips)})"
+        )
+    return None
