@@ -98,19 +98,31 @@ def planned(trace: list[TraceRequest], kinds: dict) -> list[dict]:  # type: igno
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+Setting = tuple[argparse.Namespace, dict, dict[str, list[TraceRequest]]]  # type: ignore[type-arg]
+
+
+def setting(argv: list[str] | None, doc: str) -> Setting | None:
+    """The command line, the replica kinds and the traces (None: the traces are absent)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--rate-scale", type=int, default=8)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out"))
     args = ap.parse_args(argv)
     missing = [str(p) for p in TRACES.values() if not p.is_file()]
     if missing:
         print(f"skipped: the Azure traces are not in ../shared/data ({', '.join(missing)})")
-        return 0
+        return None
     args.out.mkdir(parents=True, exist_ok=True)
     kinds = make_kinds(MODEL, pool_from_accelerators(CHIPS, 1))
-    report: dict = {"model": MODEL, "chips": CHIPS, "rate_scale": args.rate_scale}  # type: ignore[type-arg]
     traces = {n: read_trace(p, rate_scale=args.rate_scale) for n, p in TRACES.items()}
+    return args, kinds, traces
+
+
+def main(argv: list[str] | None = None) -> int:
+    got = setting(argv, __doc__ or "")
+    if got is None:
+        return 0
+    args, kinds, traces = got
+    report: dict = {"model": MODEL, "chips": CHIPS, "rate_scale": args.rate_scale}  # type: ignore[type-arg]
     jobs = [
         (n, p, 0.7) for n in traces for p in ("static", "hpa", "kpa", "predictive", "optimizer")
     ]

@@ -16,8 +16,9 @@ from suanli.catalog.loader import get_accelerator, get_model
 from suanli.cli import app
 from suanli.perf.batching import StepTime
 from suanli.perf.system import make_system
-from suanli.sim.serving.fleet import Kind, simulate_serving
+from suanli.sim.serving.fleet import Fleet, Kind, simulate_serving
 from suanli.sim.serving.replica import Replica, Seq
+from suanli.sim.serving.spot import SpotTerms, with_spot_twins
 from suanli.sim.serving.trace import TraceFileError, TraceRequest, read_trace
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -168,3 +169,63 @@ def test_simulate_serve_on_the_azure_trace(tmp_path: Path) -> None:
     assert png.stat().st_size > 10_000
     bad = CliRunner().invoke(app, [*args, "--autoscaler", "magic"])
     assert bad.exit_code == 2 and "one of static, hpa, kpa" in bad.output
+
+
+def test_a_reclaimed_spot_replica_falls_back_to_on_demand_within_its_notice(
+    steps: StepTime,
+) -> None:
+    terms = SpotTerms(0.35, reclaims_per_hour=1e9, notice_s=20.0, unavailable_s=1e9)
+    kinds = with_spot_twins({"a": Kind("a", steps, 1, 2.0, cold_start_s=10.0)}, terms)
+    assert kinds["a:spot"].usd_per_hour == pytest.approx(0.7)
+    fleet = Fleet(kinds, buffer_max=100, spot=terms)
+    spot = Replica("a:spot", steps, start_s=0.0, ready_s=0.0)
+    fleet.replicas.append(spot)
+    seqs = [Seq(i, 0.0, 2000, 4000, asked=4000) for i in range(3)]
+    for s in seqs:
+        fleet.route(s, 0.0)
+    spot.run_until(1.0)
+    fleet.reclaim(1.0, 2.0)  # certain at this rate
+    assert fleet.reclaims == 1 and spot.draining and spot.reclaim_end_s == 21.0
+    fallback = [r for r in fleet.replicas if r.kind == "a"]
+    assert len(fallback) == 1 and fallback[0].start_s == 1.0  # started at the reclaim
+    # the autoscaler still wants one spot replica: it runs on demand while spot is gone
+    fleet.scale_to({"a:spot": 1}, 2.0)
+    assert fleet.counts() == {"a": 1, "a:spot": 0}
+    for t in (11.0, 21.0):
+        for r in fleet.replicas:
+            r.run_until(t)
+        fleet.reap(t)
+    # the notice ran out with the long requests unfinished: sent to the fallback, as a
+    # preemption leaves them (what they generated joins their prompt)
+    assert spot not in fleet.replicas and spot.stop_s == 21.0
+    assert all(s.kind == "a" and s.preemptions == 1 and s.done_s < 0 for s in seqs)
+    fallback[0].run_until(1e6)
+    assert all(s.done_s > 21.0 for s in seqs)
+
+
+def test_spot_runs_through_the_simulator_and_its_cli() -> None:
+    if not CONV.exists():
+        pytest.skip(f"the Azure trace is not at {CONV} (../shared/data)")
+    args = [
+        *("simulate", "serve", "--trace", str(CONV), "--duration-s", "600", "--json"),
+        *("--accelerator", "a100-80gb", "--accelerator", "h100-sxm"),
+    ]
+    base = CliRunner().invoke(app, [*args, "--autoscaler", "optimizer"])
+    spot = CliRunner().invoke(
+        app,
+        [
+            *args,
+            *("--autoscaler", "optimizer", "--spot-price-ratio", "0.35"),
+            *("--spot-reclaims-per-hour", "30", "--spot-notice-s", "30"),
+        ],
+    )
+    assert base.exit_code == 0 and spot.exit_code == 0, spot.output
+    b, s = json.loads(base.output), json.loads(spot.output)
+    assert b["reclaims"] == 0 and b["spot_device_hours"] == 0
+    assert s["reclaims"] > 0 and 0 < s["spot_device_hours"] < s["device_hours"]
+    assert {"a100-80gb:spot", "h100-sxm:spot"} <= set(s["kinds"])
+    assert s["cost_usd"] < b["cost_usd"] and s["refused"] == 0
+    bad = CliRunner().invoke(app, [*args, "--autoscaler", "hpa", "--spot-price-ratio", "0.3"])
+    assert bad.exit_code == 2 and "chosen by the optimizer" in bad.output
+    bad = CliRunner().invoke(app, [*args, "--autoscaler", "optimizer", "--spot-price-ratio", "1.5"])
+    assert bad.exit_code == 2 and "--spot-price-ratio must be in (0, 1]" in bad.output

@@ -54,6 +54,31 @@ def serve_cmd(
     storage: Annotated[
         str, typer.Option("--storage", help="Storage tier weights load from (cold start).")
     ] = "local-nvme",
+    spot_price_ratio: Annotated[
+        float | None,
+        typer.Option(
+            "--spot-price-ratio",
+            help="Let the optimizer also run each chip on spot at this share of its "
+            "on-demand price (a scenario input: no spot prices are in the catalog).",
+        ),
+    ] = None,
+    spot_reclaims_per_hour: Annotated[
+        float,
+        typer.Option("--spot-reclaims-per-hour", help="Reclaims per spot replica-hour."),
+    ] = 0.5,
+    spot_notice_s: Annotated[
+        float, typer.Option("--spot-notice-s", help="Notice before a reclaim (AWS: 120).")
+    ] = 120.0,
+    spot_unavailable_s: Annotated[
+        float,
+        typer.Option(
+            "--spot-unavailable-s",
+            help="After a reclaim, no spot replica of that chip starts for this long.",
+        ),
+    ] = 0.0,
+    spot_max_share: Annotated[
+        float, typer.Option("--spot-max-share", help="At most this share of load on spot.")
+    ] = 1.0,
     json_out: Annotated[bool, typer.Option("--json")] = False,
     plot: Annotated[
         Path | None, typer.Option("--plot", help="PNG: load and replicas over time.")
@@ -66,6 +91,7 @@ def serve_cmd(
     from suanli.plan.pool import load_pool, pool_from_accelerators
     from suanli.sim.serving.plot import plot_runs
     from suanli.sim.serving.setup import make_kinds, run_policy
+    from suanli.sim.serving.spot import SpotTerms
     from suanli.sim.serving.trace import read_trace
 
     try:
@@ -86,6 +112,17 @@ def serve_cmd(
             storage=storage,
             engine=get_engine(engine) if engine else None,
         )
+        spot = (
+            SpotTerms(
+                spot_price_ratio,
+                spot_reclaims_per_hour,
+                notice_s=spot_notice_s,
+                unavailable_s=spot_unavailable_s,
+                max_share=spot_max_share,
+            )
+            if spot_price_ratio is not None
+            else None
+        )
         end = reqs[-1].arrival_s
         with Progress(console=console, transient=True, disable=json_out) as bar:
             task = bar.add_task(f"{autoscaler}: simulated seconds", total=end)
@@ -97,6 +134,7 @@ def serve_cmd(
                 tpot_slo_s=tpot_slo_s,
                 utilization=utilization,
                 max_replicas=max_replicas,
+                spot=spot,
                 progress=lambda t: bar.update(task, completed=t),
             )
     except (SuanliError, ValueError) as exc:
@@ -112,7 +150,7 @@ def serve_cmd(
                 "cold_start_s": v.cold_start_s,
                 "capacity_rps": setup.capacity_rps[k],
             }
-            for k, v in kinds.items()
+            for k, v in setup.kinds.items()
         },
         "best_single": setup.best_single,
     }
@@ -122,6 +160,8 @@ def serve_cmd(
     rows = [(k, fmt(v)) for k, v in res.to_dict().items()]
     rows += [("best single kind", setup.best_single)]
     rows += [(f"capacity {k} (req/s/replica)", fmt(v)) for k, v in setup.capacity_rps.items()]
+    if spot is not None:
+        rows += [("spot terms", str(spot))]
     console.print(kv_table(f"simulate serve: {model}, {autoscaler}", rows))
     if plot is not None:
         console.print(f"plot: {plot}")

@@ -27,6 +27,7 @@ from suanli.autoscale.scalers import Optimizer, Scaler, Window
 from suanli.autoscale.signals import Observation
 from suanli.perf.batching import StepTime
 from suanli.sim.serving.replica import Replica, Seq
+from suanli.sim.serving.spot import SpotTerms
 from suanli.sim.serving.trace import TraceRequest
 
 
@@ -39,6 +40,8 @@ class Kind:
     tp: int
     usd_per_hour: float  # one replica, all its devices
     cold_start_s: float
+    spot: bool = False  # may be reclaimed (`suanli.sim.serving.spot`)
+    on_demand: str | None = None  # a spot kind: its on-demand twin, the fallback
 
 
 @dataclass
@@ -56,6 +59,8 @@ class ServeResult:
     cost_usd: float
     max_replicas: int
     wall_s: float
+    reclaims: int = 0  # spot replicas taken back
+    spot_device_hours: float = 0.0
     #: (t_s, arrivals/s, replicas by kind asked for, ready replicas, requests in system)
     timeline: list[tuple[float, float, dict[str, int], int, float]] = field(default_factory=list)
 
@@ -72,8 +77,17 @@ class ServeResult:
 class Fleet:
     """The replicas of one service and the router in front of them."""
 
-    def __init__(self, kinds: dict[str, Kind], buffer_max: int, seed: int = 0) -> None:
-        self.kinds, self.buffer_max = kinds, buffer_max
+    def __init__(
+        self,
+        kinds: dict[str, Kind],
+        buffer_max: int,
+        seed: int = 0,
+        spot: SpotTerms | None = None,
+    ) -> None:
+        self.kinds, self.buffer_max, self.spot = kinds, buffer_max, spot
+        self.spot_rng = random.Random(spot.seed if spot is not None else 0)
+        self.spot_gone_until: dict[str, float] = {}
+        self.reclaims = 0
         self.replicas: list[Replica] = []
         self.retired: list[Replica] = []
         self.buffer: deque[Seq] = deque()
@@ -102,12 +116,16 @@ class Fleet:
                 self.refused += 1
             return
         if self.route_shares is not None:
-            shares = self.route_shares[self.buckets.of(seq.prompt, seq.asked)]
-            kinds = {r.kind for r in ready}
-            options = [(k, s) for k, s in shares if k in kinds and s > 0]
+            # by chip: an on-demand replica standing in for a reclaimed spot one takes
+            # the spot kind's share
+            shares: dict[str, float] = {}
+            for k, s in self.route_shares[self.buckets.of(seq.prompt, seq.asked)]:
+                shares[self.chip(k)] = shares.get(self.chip(k), 0.0) + s
+            chips = {self.chip(r.kind) for r in ready}
+            options = [(k, s) for k, s in shares.items() if k in chips and s > 0]
             if options:
                 pick = self.rng.choices([k for k, _ in options], [s for _, s in options])[0]
-                ready = [r for r in ready if r.kind == pick]
+                ready = [r for r in ready if self.chip(r.kind) == pick]
         min(ready, key=lambda r: r.outstanding).submit(seq)
 
     def flush(self, now: float) -> None:
@@ -118,33 +136,94 @@ class Fleet:
                 return
             self.route(self.buffer.popleft(), now)
 
-    def scale_to(self, want: dict[str, int], now: float) -> None:
+    def chip(self, kind: str) -> str:
+        """The on-demand kind a kind stands for (a spot kind's twin; itself otherwise)."""
+        return self.kinds[kind].on_demand or kind
+
+    def _start(self, name: str, now: float) -> Replica:
+        kind = self.kinds[name]
+        r = Replica(name, kind.steps, start_s=now, ready_s=now + kind.cold_start_s)
+        r.clock = r.ready_s
+        self.replicas.append(r)
+        return r
+
+    def _fall_back(self, want: dict[str, int], now: float) -> dict[str, int]:
+        """What the autoscaler wants on a chip whose spot capacity is gone runs on demand."""
+        want = dict(want)
         for name, kind in self.kinds.items():
+            if kind.on_demand is not None and self.spot_gone_until.get(name, -1.0) > now:
+                have = len(self.live(name))
+                extra = max(0, want.get(name, 0) - have)
+                want[name] = min(want.get(name, 0), have)
+                want[kind.on_demand] = want.get(kind.on_demand, 0) + extra
+        return want
+
+    def scale_to(self, want: dict[str, int], now: float) -> None:
+        """Start and drain replicas toward ``want``, making before breaking: surplus
+        replicas still starting go at once, but ready ones are drained only while the
+        ready count stays at what is wanted (a mix that swaps kinds, or an on-demand
+        replica standing in for a reclaimed spot one, keeps serving until the replicas
+        replacing it are ready; a later decision drains it)."""
+        want = self._fall_back(want, now)
+        ready_now = len(self.ready(now))
+        surplus_ready: list[Replica] = []
+        for name in self.kinds:
             n = max(0, want.get(name, 0))
             live = self.live(name)
-            for r in [r for r in self.replicas if r.kind == name and r.draining]:
+            warm = [r for r in self.replicas if r.kind == name and r.draining]
+            for r in [r for r in warm if r.reclaim_end_s is None]:
                 if len(live) >= n:
                     break
                 r.draining = False  # cheaper to keep one that is still warm
                 live.append(r)
             while len(live) < n:
-                r = Replica(name, kind.steps, start_s=now, ready_s=now + kind.cold_start_s)
-                r.clock = r.ready_s
-                self.replicas.append(r)
-                live.append(r)
+                live.append(self._start(name, now))
             surplus = len(live) - n
             # the ones not yet ready go first (nothing to drain), then the least loaded
             for r in sorted(live, key=lambda r: (r.ready_s <= now, r.outstanding))[:surplus]:
-                r.draining = True
+                if r.ready_s > now:
+                    r.draining = True
+                else:
+                    surplus_ready.append(r)
+        budget = max(0, ready_now - sum(max(0, n) for n in want.values()))
+        for r in sorted(surplus_ready, key=lambda r: r.outstanding)[:budget]:
+            r.draining = True
         self.reap(now)
 
+    def reclaim(self, now: float, dt_s: float) -> None:
+        """Spot replicas taken back over the last ``dt_s``: each stops taking requests,
+        is gone when the notice runs out, and an on-demand replica of its chip starts now."""
+        terms = self.spot
+        if terms is None or terms.reclaims_per_hour <= 0:
+            return
+        p = 1.0 - math.exp(-terms.reclaims_per_hour * dt_s / 3600.0)
+        for r in list(self.replicas):
+            twin = self.kinds[r.kind].on_demand
+            if twin is None or r.draining or self.spot_rng.random() >= p:
+                continue
+            r.draining, r.reclaim_end_s = True, now + terms.notice_s
+            self.reclaims += 1
+            self.spot_gone_until[r.kind] = now + terms.unavailable_s
+            self._start(twin, now)
+
     def reap(self, now: float) -> None:
-        for r in [
-            r for r in self.replicas if r.draining and (r.ready_s > now or not r.outstanding)
-        ]:
+        gone = [
+            r
+            for r in self.replicas
+            if r.draining
+            and (
+                r.ready_s > now
+                or not r.outstanding
+                or (r.reclaim_end_s is not None and now >= r.reclaim_end_s)
+            )
+        ]
+        for r in gone:
+            moved = r.evacuate() if r.ready_s <= now else []
             r.stop_s = now
             self.replicas.remove(r)
             self.retired.append(r)
+            for seq in moved:  # the notice ran out before they finished: sent elsewhere
+                self.route(seq, now)
 
 
 def simulate_serving(
@@ -155,6 +234,7 @@ def simulate_serving(
     ttft_slo_s: float,
     tpot_slo_s: float,
     initial: dict[str, int] | None = None,
+    spot: SpotTerms | None = None,
     tick_s: float = 2.0,
     buffer_max: int = 1000,
     drain_limit_s: float = 3600.0,
@@ -163,7 +243,7 @@ def simulate_serving(
     """Replay ``trace`` through a fleet that ``scaler`` controls; ``initial`` replicas are
     ready at time 0 (a service already running when the trace starts)."""
     wall0 = time.perf_counter()
-    fleet = Fleet(kinds, buffer_max)
+    fleet = Fleet(kinds, buffer_max, spot=spot)
     for name, n in (initial or {}).items():
         for _ in range(n):
             fleet.replicas.append(Replica(name, kinds[name].steps, start_s=0.0, ready_s=0.0))
@@ -192,6 +272,7 @@ def simulate_serving(
         next_tick += tick_s
         for r in fleet.replicas:
             r.run_until(now)
+        fleet.reclaim(now, tick_s)
         fleet.flush(now)
         fleet.reap(now)
         ready = fleet.ready(now)
@@ -262,10 +343,11 @@ def _result(
     ttft = np.array([s.first_s - s.arrival_s for s in finished])
     tpot = np.array([(s.done_s - s.first_s) / max(1, s.asked - 1) for s in finished])
     met = int(np.sum((ttft <= ttft_slo_s) & (tpot <= tpot_slo_s))) if finished else 0
-    device_s = cost = 0.0
+    device_s = cost = spot_s = 0.0
     for r in fleet.replicas + fleet.retired:
         up = (r.stop_s if r.stop_s is not None else now) - r.start_s
         device_s += up * kinds[r.kind].tp
+        spot_s += up * kinds[r.kind].tp if kinds[r.kind].spot else 0.0
         cost += up / 3600 * kinds[r.kind].usd_per_hour
 
     def pct(a: np.ndarray, q: float) -> float:
@@ -285,5 +367,7 @@ def _result(
         cost_usd=cost,
         max_replicas=max_replicas,
         wall_s=wall_s,
+        reclaims=fleet.reclaims,
+        spot_device_hours=spot_s / 3600,
         timeline=timeline,
     )

@@ -73,6 +73,7 @@ class Replica:
         self.used = 0  # KV tokens held
         self.partial = 0  # running sequences whose prompt is not all prefilled
         self.draining = False
+        self.reclaim_end_s: float | None = None  # spot: reclaimed, gone at this time
         self.finished: list[Seq] = []
         self.tokens_out = 0
 
@@ -120,6 +121,17 @@ class Replica:
         v.preemptions += 1
         self.waiting.appendleft(v)
         return int(decoding)
+
+    def evacuate(self) -> list[Seq]:
+        """The replica is gone (a spot reclaim's notice ran out): its unfinished requests,
+        each left as a preemption leaves it (generated tokens join the prompt), for the
+        router to send elsewhere."""
+        while self.running:
+            self._evict_newest()
+        out = list(self.waiting)
+        self.waiting.clear()
+        self.used = self.partial = 0
+        return out
 
     def _step_serial(self) -> None:
         start, pre = self.clock, 0.0

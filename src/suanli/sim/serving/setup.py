@@ -34,6 +34,7 @@ from suanli.perf.engines import Engine, EngineError
 from suanli.perf.serve import check_serve
 from suanli.plan.pool import PoolEntry
 from suanli.sim.serving.fleet import Kind, ServeResult, simulate_serving
+from suanli.sim.serving.spot import SpotTerms, with_spot_twins
 from suanli.sim.serving.trace import TraceRequest
 
 AUTOSCALERS = ("static", "hpa", "kpa", "predictive", "optimizer")
@@ -148,11 +149,18 @@ def make_setup(
     min_replicas: int = 0,
     max_replicas: int = 64,
     utilization: float = 0.7,
+    spot: SpotTerms | None = None,
 ) -> Setup:
     """``utilization``: the share of a replica's SLO capacity the reactive policies aim
-    to run it at (their concurrency target), and the optimizer's planning headroom."""
+    to run it at (their concurrency target), and the optimizer's planning headroom.
+    ``spot``: the optimizer may also choose each chip's spot twin."""
     if autoscaler not in AUTOSCALERS:
         raise UsageError(f"--autoscaler {autoscaler!r}: one of {', '.join(AUTOSCALERS)}")
+    if spot is not None and autoscaler != "optimizer":
+        raise UsageError(
+            "spot replicas are chosen by the optimizer (--autoscaler optimizer): the "
+            "single-kind policies scale on-demand replicas"
+        )
     if not 0 < utilization <= 1:
         raise UsageError(f"--utilization must be in (0, 1], got {utilization}")
     buckets = SizeBuckets()
@@ -194,12 +202,26 @@ def make_setup(
         scaler = Predictive(best, spec, history=list(seeded))
     else:
         table = _bucket_table(kinds, buckets, tpot_slo_s, ttft_slo_s)
+        if spot is not None:  # each chip's spot twin serves what the chip serves
+            kinds = with_spot_twins(kinds, spot)
+            for k, kind in kinds.items():
+                if kind.on_demand is not None:
+                    table[k], cap[k] = table[kind.on_demand], cap[kind.on_demand]
         rk = [
-            ReplicaKind(k, kind.usd_per_hour, tuple(table[k]), available=max_replicas)
+            ReplicaKind(
+                k, kind.usd_per_hour, tuple(table[k]), available=max_replicas, spot=kind.spot
+            )
             for k, kind in kinds.items()
         ]
         cold = max(k.cold_start_s for k in kinds.values())
-        scaler = Optimizer(rk, buckets.of, buckets.count, cold, target_utilization=utilization)
+        scaler = Optimizer(
+            rk,
+            buckets.of,
+            buckets.count,
+            cold,
+            target_utilization=utilization,
+            max_spot_share=spot.max_share if spot is not None else 1.0,
+        )
     return Setup(kinds, scaler, start, cap, best)
 
 
@@ -212,6 +234,7 @@ def run_policy(
     tpot_slo_s: float,
     utilization: float = 0.7,
     max_replicas: int = 64,
+    spot: SpotTerms | None = None,
     progress: Callable[[float], None] | None = None,
 ) -> tuple[Setup, ServeResult]:
     """Set a policy up from the trace's history and replay the whole trace under it."""
@@ -223,6 +246,7 @@ def run_policy(
         ttft_slo_s=ttft_slo_s,
         max_replicas=max_replicas,
         utilization=utilization,
+        spot=spot,
     )
     res = simulate_serving(
         trace,
@@ -231,6 +255,7 @@ def run_policy(
         ttft_slo_s=ttft_slo_s,
         tpot_slo_s=tpot_slo_s,
         initial=setup.initial,
+        spot=spot,
         progress=progress,
     )
     return setup, res
