@@ -35,11 +35,12 @@ from rich.progress import Progress
 from rich.table import Table
 
 from suanli.autoscale.capacity import capacity_rps
+from suanli.autoscale.kinds import make_kinds
 from suanli.autoscale.mix import ReplicaKind, SizeBuckets, cheapest_mix
 from suanli.plan.pool import pool_from_accelerators
 from suanli.sim.serving.fleet import ServeResult
 from suanli.sim.serving.plot import plot_runs
-from suanli.sim.serving.setup import make_kinds, run_policy
+from suanli.sim.serving.setup import run_policy
 from suanli.sim.serving.trace import TraceRequest, read_trace
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

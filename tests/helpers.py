@@ -167,3 +167,27 @@ def until(what: str, check: Any, timeout: float = 60) -> Any:
             return got
         time.sleep(0.1)
     raise AssertionError(f"never: {what}")
+
+
+def replicas_step(
+    store: Store,
+    book: Any,
+    service: str,
+    ready: set[int] | None = None,
+    members: list[dict[str, Any]] | None = None,
+) -> list[JobRow]:
+    """What the jobs controller and the prober would do after a services-controller
+    tick: queued replicas start (on ``members``), those asked to stop end; the replicas
+    in ``ready`` answer (all of them when None). Returns every job, as it was read."""
+    with store.tx() as s:
+        jobs = list(s.query(JobRow).order_by(JobRow.id))
+        for j in jobs:
+            if j.cancel_requested and j.state == "running":
+                j.state = "cancelled"
+            elif j.state == "queued":
+                j.state, j.members = "running", members
+        s.flush()
+        s.expunge_all()
+    for r in book.of(service):
+        r.ready = ready is None or r.job_id in ready
+    return jobs

@@ -168,10 +168,10 @@ def test_the_command_line_names_the_engine() -> None:
 
 
 def test_the_serving_simulator_runs_replicas_as_the_engine_does() -> None:
+    from suanli.autoscale.kinds import make_kinds
     from suanli.errors import UsageError
     from suanli.perf import make_system
     from suanli.plan.pool import PoolEntry
-    from suanli.sim.serving.setup import make_kinds
 
     # an Ascend chip at a price (the catalog has none for it), beside an H100
     ascend = PoolEntry("ascend-910b", make_system(get_accelerator("ascend-910b"),

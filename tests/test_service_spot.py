@@ -25,7 +25,7 @@ from suanli.service.services import ServicesController, replica_price
 from suanli.service.spot import split, spot_slots
 from suanli.store.db import Store
 from suanli.store.models import JobRow, LeaseRow, OfferRow, OrderRow, ServiceRow
-from tests.helpers import TINY, cli, start_service, stop_service, until
+from tests.helpers import TINY, cli, replicas_step, start_service, stop_service, until
 
 
 def _units(*cores: tuple[str, int]) -> list[dict[str, object]]:
@@ -121,21 +121,8 @@ def test_a_reclaimed_spot_replica_falls_back_to_on_demand_and_back(tmp_path: Pat
     ready: set[int] = set()
 
     def tick(t: float) -> list[JobRow]:
-        """The controller, then what the jobs controller would do: start queued replicas,
-        end those asked to stop; the prober finds the ones in ``ready`` answering."""
         ctl.reconcile(t)
-        with store.tx() as s:
-            jobs = list(s.query(JobRow).order_by(JobRow.id))
-            for j in jobs:
-                if j.cancel_requested and j.state == "running":
-                    j.state = "cancelled"
-                elif j.state == "queued":
-                    j.state, j.members = "running", [{"node": "n1"}]
-            s.flush()
-            s.expunge_all()
-        for r in book.of("chat"):
-            r.ready = r.job_id in ready
-        return jobs
+        return replicas_step(store, book, "chat", ready, [{"node": "n1"}])
 
     def live(jobs: list[JobRow]) -> tuple[list[int], list[int]]:
         on = [j for j in jobs if j.state in ("queued", "running") and not j.cancel_requested]

@@ -26,7 +26,7 @@ from suanli.service.replicas import ReplicaBook
 from suanli.service.services import ServicesController
 from suanli.store.db import Store
 from suanli.store.models import JobRow, ServiceRow
-from tests.helpers import TINY, start_service, stop_service, until
+from tests.helpers import TINY, replicas_step, start_service, stop_service, until
 
 openai = pytest.importorskip("openai")
 
@@ -66,19 +66,10 @@ def test_the_controller_wakes_replaces_pins_caps_and_sleeps(tmp_path: Path) -> N
 
     def tick(t: float) -> tuple[int, list[JobRow]]:
         ctl.reconcile(t)
-        with store.tx() as s:  # what the jobs controller would do with them
-            jobs = list(s.query(JobRow).order_by(JobRow.id))
-            for j in jobs:
-                if j.cancel_requested and j.state == "running":
-                    j.state = "cancelled"
-                elif j.state == "queued":
-                    j.state = "running"
+        with store.tx() as s:
             row = s.get(ServiceRow, "chat")
             desired = row.desired if row is not None else -1
-            s.expunge_all()
-        for r in book.of("chat"):
-            r.ready = True
-        return desired, jobs
+        return desired, replicas_step(store, book, "chat")
 
     assert tick(0)[0] == 0  # no load, min 0: nothing runs
     book.traffic_of("chat").buffered = 1  # a request waits at the router

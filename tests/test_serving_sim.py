@@ -10,13 +10,14 @@ import pytest
 from typer.testing import CliRunner
 
 from suanli.autoscale.capacity import capacity_rps, concurrency_at
+from suanli.autoscale.kinds import Kind
 from suanli.autoscale.mix import NoMixError, ReplicaKind, SizeBuckets, cheapest_mix
 from suanli.autoscale.scalers import Static
 from suanli.catalog.loader import get_accelerator, get_model
 from suanli.cli import app
 from suanli.perf.batching import StepTime
 from suanli.perf.system import make_system
-from suanli.sim.serving.fleet import Fleet, Kind, simulate_serving
+from suanli.sim.serving.fleet import Fleet, simulate_serving
 from suanli.sim.serving.replica import Replica, Seq
 from suanli.sim.serving.spot import SpotTerms, with_spot_twins
 from suanli.sim.serving.trace import TraceFileError, TraceRequest, read_trace

@@ -134,10 +134,11 @@ def add_router_routes(app: FastAPI, store: Store, book: ReplicaBook) -> None:
                 ),
             )
         stream = bool(payload.get("stream"))
+        size = request_size(payload)
         tried: set[int] = set()
         deadline = arrived + spec.router.wait_s
         while True:
-            rep = book.pick(name, tried)
+            rep = book.pick(name, tried, size)
             if rep is None:
                 if len(tried) >= MAX_TRIES:
                     return _answer(traffic, _busy("replicas failed one after another", 5))
@@ -172,7 +173,7 @@ def add_router_routes(app: FastAPI, store: Store, book: ReplicaBook) -> None:
                 finally:
                     await resp.aclose()
                 book.release(rep, failed=False)
-                _judge(traffic, spec, arrived, content, resp.status_code)
+                _judge(traffic, spec, arrived, content, resp.status_code, size)
                 traffic.requests.labels(code=str(resp.status_code)).inc()
                 headers = {
                     k: v
@@ -182,7 +183,8 @@ def add_router_routes(app: FastAPI, store: Store, book: ReplicaBook) -> None:
                 return Response(content, status_code=resp.status_code, headers=headers)
             traffic.requests.labels(code="200").inc()
             return StreamingResponse(
-                _relay(resp, rep, book, traffic, spec, arrived), media_type="text/event-stream"
+                _relay(resp, rep, book, traffic, spec, arrived, size),
+                media_type="text/event-stream",
             )
 
     @app.post("/s/{name}/v1/completions", include_in_schema=False)
@@ -233,8 +235,38 @@ async def _wait_for_replica(
     return _busy(f"no replica became ready within {spec.router.wait_s:.0f} s", 10)
 
 
+def request_size(payload: dict[str, Any]) -> tuple[int, int]:
+    """A request's (prompt, output) tokens before it is served: the prompt at about four
+    characters a token (OpenAI's rule of thumb for English), the output at what it asks
+    for (``max_tokens``, serve_lm's default 16). Only the chip-mix routing and the size
+    distribution of streamed requests rest on it; usage replaces it where an answer has
+    one."""
+    parts: list[Any] = []
+    prompt = payload.get("prompt")
+    parts += prompt if isinstance(prompt, list) else [prompt]
+    messages = payload.get("messages")
+    for m in messages if isinstance(messages, list) else []:
+        content = m.get("content") if isinstance(m, dict) else None
+        parts += content if isinstance(content, list) else [content]
+    chars = sum(len(_text(p)) for p in parts)
+    asked = payload.get("max_tokens") or payload.get("max_completion_tokens")
+    return max(1, chars // 4), max(1, asked if isinstance(asked, int) else 16)
+
+
+def _text(part: Any) -> str:
+    """A prompt, or a message's text part (``{"type": "text", "text": ...}``)."""
+    if isinstance(part, str):
+        return part
+    return str(part.get("text", "")) if isinstance(part, dict) else ""
+
+
 def _judge(
-    traffic: ServiceTraffic, spec: ServiceSpec, arrived: float, content: bytes, status: int
+    traffic: ServiceTraffic,
+    spec: ServiceSpec,
+    arrived: float,
+    content: bytes,
+    status: int,
+    size: tuple[int, int],
 ) -> None:
     """An answer whole at once: within the SLO if it came by the time its first token
     and the rest at the TPOT would have (it cannot show when the first token was)."""
@@ -243,9 +275,12 @@ def _judge(
     took = time.monotonic() - arrived
     traffic.ttft.observe(took)
     try:
-        tokens = int(json.loads(content)["usage"]["completion_tokens"])
+        usage = json.loads(content)["usage"]
+        tokens = int(usage["completion_tokens"])
+        size = (int(usage["prompt_tokens"]), tokens)
     except (ValueError, KeyError, TypeError):
         tokens = 1
+    traffic.sizes.append(size)
     traffic.judge(took <= spec.slo.ttft_s + max(0, tokens - 1) * spec.slo.tpot_s)
 
 
@@ -256,6 +291,7 @@ async def _relay(
     traffic: ServiceTraffic,
     spec: ServiceSpec,
     arrived: float,
+    size: tuple[int, int],
 ) -> AsyncIterator[bytes]:
     """The replica's events as they come; TTFT and TPOT measured on the way."""
     first: float | None = None
@@ -288,6 +324,7 @@ async def _relay(
             ttft = first - arrived
             traffic.ttft.observe(ttft)
             tokens = max(1, chunks - 1)  # less [DONE]
+            traffic.sizes.append((size[0], tokens))
             tpot = (end - first) / max(1, tokens - 1)
             if tokens > 1:
                 traffic.tpot.observe(tpot)

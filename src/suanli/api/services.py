@@ -20,8 +20,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session as DbSession
 
 from suanli.autoscale.service_spec import ServiceSpec, replica_command
+from suanli.errors import SuanliError
 from suanli.jobs.spec import JobSpecError, parse_job_spec
+from suanli.service.mix import chip_of
 from suanli.service.replicas import ReplicaBook
+from suanli.service.services import make_scaler
 from suanli.service.spot import is_spot, leaving, order_problem
 from suanli.store.db import Store
 from suanli.store.models import JobRow, ServiceRow, TokenRow
@@ -51,6 +54,7 @@ def service_view(row: ServiceRow, book: ReplicaBook, jobs: list[JobRow]) -> dict
                 "state": j.state,
                 "stopping": leaving(j),
                 "capacity": "spot" if is_spot(j, spec.spot) else "on-demand",
+                "chip": chip_of(j) or None,
                 "reclaimed": bool(j.preempt_reason),
                 "ready": bool(r and r.ready),
                 "in_flight": r.inflight if r else 0,
@@ -124,6 +128,11 @@ def add_service_routes(
             problem = f"replicas: {problem}"
         elif spec.spot is not None:
             problem = order_problem(s, spec.spot, spec.resources, who.owner)
+        elif spec.autoscaler.policy == "optimizer":
+            try:  # the chips must hold the model and meet the SLO: said now, not at a tick
+                make_scaler(spec)
+            except (SuanliError, ValueError) as exc:
+                problem = f"autoscaler.policy optimizer: {exc}"
         if problem is not None:
             return JSONResponse(
                 {"error": "invalid service spec", "problems": [problem]}, status_code=422

@@ -55,7 +55,9 @@ class ReplicaBounds(BaseModel):
 class AutoscalerSpec(BaseModel):
     """``static`` holds ``replicas.min``; ``hpa``/``kpa`` scale on requests in flight per
     replica (``target_concurrency``); ``predictive`` forecasts arrivals and needs what one
-    replica serves (``capacity_rps``) and how long one takes to start (``cold_start_s``)."""
+    replica serves (``capacity_rps``) and how long one takes to start (``cold_start_s``);
+    ``optimizer`` chooses the cheapest mix of the chips ``resources.accelerators`` allows
+    for the recent request sizes (Mélange), each chip's capacity from perf."""
 
     model_config = STRICT
     policy: Literal["static", "hpa", "kpa", "predictive", "optimizer"] = "hpa"
@@ -66,6 +68,8 @@ class AutoscalerSpec(BaseModel):
     down_window_s: float = Field(default=300.0, ge=0, le=86_400)
     stable_window_s: float = Field(default=60.0, gt=0, le=3600)  # KPA's
     scale_to_zero_grace_s: float = Field(default=30.0, ge=0, le=86_400)
+    #: optimizer: plan replicas to run at this share of their SLO capacity
+    utilization: float = Field(default=0.7, gt=0, le=1)
 
     @model_validator(mode="after")
     def _needs(self) -> AutoscalerSpec:
@@ -73,11 +77,6 @@ class AutoscalerSpec(BaseModel):
             raise ValueError(
                 "autoscaler.capacity_rps: predictive scaling needs what one replica serves "
                 "(requests/s within the SLO; `suanli simulate serve` prints it per chip)"
-            )
-        if self.policy == "optimizer":
-            raise ValueError(
-                "autoscaler.policy optimizer: the chip-mix optimizer runs in `suanli simulate "
-                "serve` for now; live services scale one kind (static, hpa, kpa, predictive)"
             )
         return self
 
@@ -123,6 +122,27 @@ class ServiceSpec(BaseModel):
     budget_usd_per_hour: float | None = Field(default=None, gt=0, le=1e7)
     tp: int = Field(default=1, ge=1, le=64)
     spot: SpotSpec | None = None
+
+    def chips(self) -> list[str]:
+        """The catalog chips a replica may run on (empty: any, or a CPU)."""
+        r = self.resources
+        return list(r.accelerators or ([r.accelerator] if r.accelerator else []))
+
+    @model_validator(mode="after")
+    def _mix(self) -> ServiceSpec:
+        if self.autoscaler.policy == "optimizer":
+            r = self.resources
+            if not self.chips() or r.accelerator == "cpu":
+                raise ValueError(
+                    "autoscaler.policy optimizer chooses among catalog chips: list them in "
+                    "resources.accelerators (e.g. [a10, a100-80gb])"
+                )
+            if self.spot is not None:
+                raise ValueError(
+                    "spot: a spot order is of one chip; the optimizer's mix is not combined "
+                    "with it yet (use hpa, kpa, predictive or static with spot)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _args(self) -> ServiceSpec:

@@ -146,10 +146,11 @@ def service_cmd(
     )
     table(
         f"replicas of {row['name']}",
-        ["job", "capacity", "state", "ready", "in flight", "queue", "KV use"],
+        ["job", "chip", "capacity", "state", "ready", "in flight", "queue", "KV use"],
         [
             [
                 r["job"],
+                r["chip"] or "-",
                 r["capacity"],
                 r["state"]
                 + (" (reclaimed)" if r["reclaimed"] else " (stopping)" if r["stopping"] else ""),

@@ -87,10 +87,11 @@ def serve_cmd(
     """Replay a request trace through a service's replicas (continuous-batching engines
     costed by perf) behind a router, under an autoscaler; print SLO attainment,
     device-hours and cost."""
+    from suanli.autoscale.kinds import make_kinds
     from suanli.perf.engines import get_engine
     from suanli.plan.pool import load_pool, pool_from_accelerators
     from suanli.sim.serving.plot import plot_runs
-    from suanli.sim.serving.setup import make_kinds, run_policy
+    from suanli.sim.serving.setup import run_policy
     from suanli.sim.serving.spot import SpotTerms
     from suanli.sim.serving.trace import read_trace
 

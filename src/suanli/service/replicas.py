@@ -9,6 +9,7 @@ touch it. Nothing here is stored: a restart probes again within a second.
 
 from __future__ import annotations
 
+import random
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -17,6 +18,9 @@ from typing import Any
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from suanli.autoscale.mix import SizeBuckets
+
+BUCKETS = SizeBuckets()
 PROBE_PERIOD_S = 0.5
 PROBE_TIMEOUT_S = 1.0
 ARRIVAL_WINDOW_S = 60.0
@@ -32,9 +36,11 @@ class Replica:
     ready: bool = False
     stats: dict[str, Any] = field(default_factory=dict)  # the engine's /stats
     inflight: int = 0  # requests the router has sent and not had back
+    chip: str = ""  # the chip it was asked on (a chip-mix service's kind)
 
 
 HISTORY = 720  # samples: an hour at one each 5 s
+SIZES_KEPT = 2000  # the optimizer's recent requests (`autoscale.scalers.Optimizer.recent`)
 HISTORY_EVERY_S = 5.0
 
 
@@ -49,6 +55,10 @@ class ServiceTraffic:
         self.buffered = 0
         self.met = 0
         self.judged = 0
+        #: (prompt, output) tokens of recent requests: the optimizer's size distribution
+        self.sizes: deque[tuple[int, int]] = deque(maxlen=SIZES_KEPT)
+        #: a chip-mix service: per size bucket, the share of it each chip serves
+        self.shares: list[dict[str, float]] | None = None
         #: (at, ready, desired, arrivals/s, in flight, waiting) every HISTORY_EVERY_S, for
         #: the console's chart of replicas and load; in memory: a restart starts it anew
         self.history: deque[tuple[float, int, int, float, float, float]] = deque(maxlen=HISTORY)
@@ -127,17 +137,22 @@ class ReplicaBook:
         self.traffic: dict[str, ServiceTraffic] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.rng = random.Random(0)
 
     # --- the controller ---------------------------------------------------------------
-    def sync(self, service: str, running: dict[int, str]) -> None:
-        """The replicas of ``service`` that run now (job id -> address)."""
+    def sync(
+        self, service: str, running: dict[int, str], chips: dict[int, str] | None = None
+    ) -> None:
+        """The replicas of ``service`` that run now (job id -> address, and chip)."""
         with self.lock:
             for jid, r in list(self.replicas.items()):
                 if r.service == service and jid not in running:
                     del self.replicas[jid]
             for jid, addr in running.items():
                 if jid not in self.replicas:
-                    self.replicas[jid] = Replica(jid, service, addr)
+                    self.replicas[jid] = Replica(
+                        jid, service, addr, chip=(chips or {}).get(jid, "")
+                    )
             self.traffic.setdefault(service, ServiceTraffic(service))
 
     def forget(self, service: str) -> None:
@@ -155,9 +170,13 @@ class ReplicaBook:
             return self.traffic.setdefault(service, ServiceTraffic(service))
 
     # --- the router -------------------------------------------------------------------
-    def pick(self, service: str, avoid: set[int]) -> Replica | None:
+    def pick(
+        self, service: str, avoid: set[int], size: tuple[int, int] | None = None
+    ) -> Replica | None:
         """The ready replica with the fewest outstanding requests (the router's own count
-        and the engine's queue), and take one of its slots."""
+        and the engine's queue), and take one of its slots. For a chip-mix service, among
+        the replicas of a chip drawn by the share of the request's size bucket the mix
+        gives each chip (Mélange's routing); any ready replica when none of those is."""
         with self.lock:
             ready = [
                 r
@@ -166,6 +185,14 @@ class ReplicaBook:
             ]
             if not ready:
                 return None
+            traffic = self.traffic.get(service)
+            if traffic is not None and traffic.shares is not None and size is not None:
+                share = traffic.shares[BUCKETS.of(*size)]
+                chips = {r.chip for r in ready}
+                options = [(c, s) for c, s in share.items() if c in chips and s > 0]
+                if options:
+                    chip = self.rng.choices([c for c, _ in options], [s for _, s in options])[0]
+                    ready = [r for r in ready if r.chip == chip]
             best = min(
                 ready, key=lambda r: (r.inflight + int(r.stats.get("queue_length", 0)), r.job_id)
             )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,15 +23,18 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from suanli.autoscale.hpa import HpaSpec
+from suanli.autoscale.kinds import chip_optimizer
 from suanli.autoscale.kpa import KpaSpec
 from suanli.autoscale.predictive import PredictiveSpec
-from suanli.autoscale.scalers import Hpa, Kpa, Predictive, Scaler, Static, Window
+from suanli.autoscale.scalers import Hpa, Kpa, Optimizer, Predictive, Scaler, Static, Window
 from suanli.autoscale.service_spec import ServiceSpec, replica_command
 from suanli.autoscale.signals import Observation, Targets
 from suanli.catalog.loader import accelerators
+from suanli.errors import SuanliError
 from suanli.jobs.spec import parse_job_spec
 from suanli.run.local import free_port
-from suanli.service.replicas import ReplicaBook, record
+from suanli.service.mix import cheapest, chip_of, rescale, shares_by_bucket, within_budget
+from suanli.service.replicas import BUCKETS, ReplicaBook, ServiceTraffic, record
 from suanli.service.spot import (
     is_spot,
     lease_price_per_hour,
@@ -56,6 +60,16 @@ def make_scaler(spec: ServiceSpec) -> Scaler:
         scaler = Static({spec.name: b.min})
     elif a.policy == "hpa":
         scaler = Hpa(spec.name, hpa_spec)
+    elif a.policy == "optimizer":
+        _, scaler = chip_optimizer(
+            spec.model,
+            spec.chips(),
+            tp=spec.tp,
+            ttft_slo_s=spec.slo.ttft_s,
+            tpot_slo_s=spec.slo.tpot_s,
+            utilization=a.utilization,
+            max_replicas=spec.replicas.max,
+        )
     elif a.policy == "kpa":
         kpa = KpaSpec(
             a.target_concurrency,
@@ -118,6 +132,7 @@ class _State:
     next_decision: float = 0.0
     last_tick: float | None = None
     period_arrivals_from: float = 0.0
+    mix_want: dict[str, int] | None = None  # a chip-mix service: the optimizer's last word
 
 
 class ServicesController:
@@ -150,14 +165,19 @@ class ServicesController:
         spec = ServiceSpec.model_validate(row.spec)
         st = self._state.get(row.name)
         if st is None or st.spec != row.spec:  # new, or its spec changed: a fresh scaler
-            st = _State(row.spec, make_scaler(spec), Window(Observation(now, 0)))
+            try:
+                scaler = make_scaler(spec)
+            except (SuanliError, ValueError) as exc:  # the catalog changed under it
+                row.status = f"cannot scale: {exc}"[:255]
+                return
+            st = _State(row.spec, scaler, Window(Observation(now, 0)))
             st.period_arrivals_from = now
             self._state[row.name] = st
         jobs = list(
             s.scalars(select(JobRow).where(JobRow.service == row.name, JobRow.state.in_(LIVE)))
         )
         running = {j.id: replica_address(j) for j in jobs if j.state == "running"}
-        self.book.sync(row.name, running)
+        self.book.sync(row.name, running, {j.id: chip_of(j) for j in jobs})
         replicas = self.book.of(row.name)
         traffic = self.book.traffic_of(row.name)
         ready = [r for r in replicas if r.ready]
@@ -176,25 +196,24 @@ class ServicesController:
         st.window.obs = obs
         st.window.concurrency.append((now, obs.concurrency))
         st.window.concurrency = st.window.concurrency[-256:]
-        desired = row.desired
-        if row.pinned is not None:
-            desired = row.pinned
-        elif now >= st.next_decision:
-            span = max(now - st.period_arrivals_from, 1e-3)
-            st.window.rates.append(traffic.rate(now, min(span, 60.0)))
-            st.window.rates = st.window.rates[-HISTORY_POINTS:]
-            st.period_arrivals_from = now
-            desired = st.scaler.decide(st.window, {row.name: len(jobs)}).get(row.name, 0)
-            st.next_decision = now + (
-                st.scaler.period_s if math.isfinite(st.scaler.period_s) else 1e12
-            )
-        desired = max(spec.replicas.min, min(spec.replicas.max, desired))
-        if obs.ready == 0 and traffic.buffered > 0:
-            desired = max(desired, 1)  # a request waits at the router: wake the service now
-        price = price_per_replica_hour(spec)
-        if spec.budget_usd_per_hour is not None and price > 0:
-            desired = min(desired, int(spec.budget_usd_per_hour // price))
-        self._act(s, row, spec, jobs, desired, now)
+        if isinstance(st.scaler, Optimizer):
+            want = self._decide_mix(row, spec, st, st.scaler, jobs, traffic, now)
+            desired = sum(want.values())
+            self._act_mix(s, row, spec, jobs, want, now)
+        else:
+            desired = row.desired
+            if row.pinned is not None:
+                desired = row.pinned
+            elif now >= st.next_decision:
+                self._period(st, traffic, now)
+                desired = st.scaler.decide(st.window, {row.name: len(jobs)}).get(row.name, 0)
+            desired = max(spec.replicas.min, min(spec.replicas.max, desired))
+            if obs.ready == 0 and traffic.buffered > 0:
+                desired = max(desired, 1)  # a request waits at the router: wake it now
+            price = price_per_replica_hour(spec)
+            if spec.budget_usd_per_hour is not None and price > 0:
+                desired = min(desired, int(spec.budget_usd_per_hour // price))
+            self._act(s, row, spec, jobs, desired, now)
         # charge the running replicas' time since the last tick
         if st.last_tick is not None:
             dt = now - st.last_tick
@@ -226,6 +245,79 @@ class ServicesController:
         traffic.tokens.set(obs.tokens_per_s)
         traffic.replicas.labels(state="ready").set(obs.ready)
         traffic.replicas.labels(state="starting").set(obs.starting)
+
+    def _period(self, st: _State, traffic: ServiceTraffic, now: float) -> None:
+        """A decision is due: the arrival rate of the period that ends, and the next."""
+        span = max(now - st.period_arrivals_from, 1e-3)
+        st.window.rates.append(traffic.rate(now, min(span, 60.0)))
+        st.window.rates = st.window.rates[-HISTORY_POINTS:]
+        st.period_arrivals_from = now
+        period = st.scaler.period_s
+        st.next_decision = now + (period if math.isfinite(period) else 1e12)
+
+    def _decide_mix(
+        self,
+        row: ServiceRow,
+        spec: ServiceSpec,
+        st: _State,
+        opt: Optimizer,
+        jobs: list[JobRow],
+        traffic: ServiceTraffic,
+        now: float,
+    ) -> dict[str, int]:
+        """Replicas per chip: the optimizer's mix at its period, for the sizes the router
+        saw; then a pin, the spec's min/max and the budget, in the mix's proportions."""
+        current = Counter(chip_of(j) for j in jobs if not leaving(j))
+        if st.mix_want is None:  # a new controller (or spec): what runs is where it starts
+            st.mix_want = {c: current.get(c, 0) for c in spec.chips()}
+        if row.pinned is None and now >= st.next_decision:
+            self._period(st, traffic, now)
+            st.window.sizes = list(traffic.sizes)
+            st.mix_want = opt.decide(st.window, dict(current))
+            if opt.mix is not None:
+                traffic.shares = shares_by_bucket(opt.mix, BUCKETS)
+        want = dict(st.mix_want)
+        total = row.pinned if row.pinned is not None else sum(want.values())
+        total = max(spec.replicas.min, min(spec.replicas.max, total))
+        if st.window.obs.ready == 0 and traffic.buffered > 0:
+            total = max(total, 1)  # a request waits at the router: wake it now
+        want = rescale(want, total, cheapest(opt.kinds))
+        if spec.budget_usd_per_hour is not None:
+            price = {c: chip_price(c, spec.resources.devices) for c in want}
+            want = within_budget(want, price, spec.budget_usd_per_hour)
+        return want
+
+    def _act_mix(
+        self,
+        s: Session,
+        row: ServiceRow,
+        spec: ServiceSpec,
+        jobs: list[JobRow],
+        want: dict[str, int],
+        now: float,
+    ) -> None:
+        """Each chip's replicas toward ``want``, making before breaking: a surplus replica
+        still queued or starting goes at once, a ready one only while the service keeps
+        as many ready replicas as it wants (a mix that swaps chips serves meanwhile)."""
+        live = [j for j in jobs if not leaving(j)]
+        ready = {r.job_id for r in self.book.of(row.name) if r.ready}
+        budget = max(0, sum(j.id in ready for j in live) - sum(want.values()))
+        load = {r.job_id: r.inflight for r in self.book.of(row.name)}
+        surplus_ready: list[JobRow] = []
+        for chip in sorted(set(want) | {chip_of(j) for j in live}):
+            mine = [j for j in live if chip_of(j) == chip]
+            for _ in range(want.get(chip, 0) - len(mine)):
+                self._start(s, row, spec, None, chip)
+            by = sorted(mine, key=lambda j: (j.id in ready, load.get(j.id, 0), -j.id))
+            for job in by[: max(0, len(mine) - want.get(chip, 0))]:
+                if job.id in ready:
+                    surplus_ready.append(job)
+                else:
+                    self._cancel(s, job, f"the mix wants {want.get(chip, 0)} on {chip}", now)
+        for job in sorted(surplus_ready, key=lambda j: load.get(j.id, 0))[:budget]:
+            self._cancel(
+                s, job, f"the mix wants {want.get(chip_of(job), 0)} on {chip_of(job)}", now
+            )
 
     def _act(
         self,
@@ -278,15 +370,26 @@ class ServicesController:
         for job in by[:surplus]:
             self._cancel(s, job, why, now)
 
-    def _start(self, s: Session, row: ServiceRow, spec: ServiceSpec, order: int | None) -> None:
+    def _start(
+        self,
+        s: Session,
+        row: ServiceRow,
+        spec: ServiceSpec,
+        order: int | None,
+        chip: str | None = None,
+    ) -> None:
         port = free_port()
         address = f"{self.host}:{port}"
+        resources = spec.resources.model_dump(exclude_none=True)
+        if chip is not None:  # a chip-mix replica: on this chip only
+            resources.pop("accelerators", None)
+            resources["accelerator"] = chip
         job = parse_job_spec(
             {
                 "name": f"{row.name}-replica"[:63],
                 "kind": "serve",
                 "command": replica_command(spec, port),
-                "resources": spec.resources.model_dump(exclude_none=True),
+                "resources": resources,
                 "queue": spec.queue,
                 "priority": spec.priority,
                 "env": {"SUANLI_REPLICA_ADDRESS": address},
@@ -296,6 +399,7 @@ class ServicesController:
         new = self.store.add_job(s, job.model_dump(), row.owner)
         new.service = row.name
         where = f"spot, on the leases of market order {order}" if order else "on demand"
+        where += f", on {chip}" if chip else ""
         self.store.event(s, new.id, "replica", f"of service {row.name}, on {address} ({where})")
         log.info(
             "service %s: replica job %d on %s (%s)",

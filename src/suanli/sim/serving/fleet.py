@@ -22,26 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from suanli.autoscale.kinds import Kind
 from suanli.autoscale.mix import SizeBuckets
 from suanli.autoscale.scalers import Optimizer, Scaler, Window
 from suanli.autoscale.signals import Observation
-from suanli.perf.batching import StepTime
 from suanli.sim.serving.replica import Replica, Seq
 from suanli.sim.serving.spot import SpotTerms
 from suanli.sim.serving.trace import TraceRequest
-
-
-@dataclass(frozen=True)
-class Kind:
-    """A kind of replica the service may start: a chip, its layout, price and start time."""
-
-    name: str
-    steps: StepTime
-    tp: int
-    usd_per_hour: float  # one replica, all its devices
-    cold_start_s: float
-    spot: bool = False  # may be reclaimed (`suanli.sim.serving.spot`)
-    on_demand: str | None = None  # a spot kind: its on-demand twin, the fallback
 
 
 @dataclass

@@ -15,25 +15,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from suanli.autoscale.capacity import (
-    best_effort_rps,
-    capacity_rps,
     concurrency_at,
     mix_capacity_rps,
 )
-from suanli.autoscale.coldstart import cold_start
 from suanli.autoscale.hpa import HpaSpec
+from suanli.autoscale.kinds import Kind, bucket_table, mix_optimizer
 from suanli.autoscale.kpa import KPA_TARGET_UTILIZATION, KpaSpec
-from suanli.autoscale.mix import ReplicaKind, SizeBuckets
+from suanli.autoscale.mix import SizeBuckets
 from suanli.autoscale.predictive import PredictiveSpec
-from suanli.autoscale.scalers import Hpa, Kpa, Optimizer, Predictive, Scaler, Static
+from suanli.autoscale.scalers import Hpa, Kpa, Predictive, Scaler, Static
 from suanli.autoscale.signals import Targets
-from suanli.catalog.loader import get_model, get_storage_tier, interconnects
 from suanli.errors import UsageError
-from suanli.perf.batching import StepTime
-from suanli.perf.engines import Engine, EngineError
-from suanli.perf.serve import check_serve
-from suanli.plan.pool import PoolEntry
-from suanli.sim.serving.fleet import Kind, ServeResult, simulate_serving
+from suanli.sim.serving.fleet import ServeResult, simulate_serving
 from suanli.sim.serving.spot import SpotTerms, with_spot_twins
 from suanli.sim.serving.trace import TraceRequest
 
@@ -49,64 +42,6 @@ class Setup:
     best_single: str  # the kind with the lowest cost per request served
 
 
-def make_kinds(
-    model_name: str,
-    pool: Sequence[PoolEntry],
-    *,
-    tp: int = 1,
-    weight_dtype: str = "bf16",
-    storage: str = "local-nvme",
-    host_link: str = "pcie4",
-    engine: Engine | None = None,
-) -> dict[str, Kind]:
-    """A replica kind per chip of the pool that holds the model; with ``engine``, the
-    chips it runs on only, each replica decoding as the engine does (GQA reuse, KV)."""
-    model = get_model(model_name)
-    tier = get_storage_tier(storage)
-    links = interconnects()
-    if host_link not in links:
-        raise UsageError(f"--host-link {host_link!r}: not in the catalog ({', '.join(links)})")
-    check_serve(model, tp, tp, weight_dtype, "bf16", 1, 1, 1)
-    kinds = {}
-    for entry in pool:
-        price = entry.price_usd_per_hour
-        if price is None:
-            raise UsageError(
-                f"{entry.name}: no price in the catalog; give one in a pool file "
-                "(usd_per_device_hour) so cost can be compared"
-            )
-        kv = "bf16"
-        if engine is not None:
-            try:
-                engine.check(entry.system.accelerator, weight_dtype, None)
-            except EngineError:
-                continue  # another vendor's chip, or no kernels for these weights
-            kv = engine.default_kv(weight_dtype)
-        steps = StepTime(
-            model,
-            entry.system,
-            tp=tp,
-            weight_dtype=weight_dtype,
-            kv_dtype=kv,
-            gqa_kv_reuse=engine.gqa_kv_reuse() if engine is not None else True,
-        )
-        if steps.kv_capacity_tokens() <= 0:
-            continue  # the weights alone do not fit: not a kind this model can use
-        start = cold_start(model, tier, links[host_link], tp=tp, weight_dtype=weight_dtype)
-        kinds[entry.name] = Kind(entry.name, steps, tp, price * tp, start.total_s)
-    if not kinds and engine is not None:
-        raise UsageError(
-            f"--engine {engine.label} runs none of {', '.join(e.name for e in pool)} with "
-            f"{weight_dtype} weights (see `suanli catalog list engines`)"
-        )
-    if not kinds:
-        raise UsageError(
-            f"{model_name} does not fit on any of {', '.join(e.name for e in pool)} at tp {tp}: "
-            "raise --tp or allow a chip with more memory"
-        )
-    return kinds
-
-
 def _shares(sizes: Sequence[TraceRequest], buckets: SizeBuckets) -> list[float]:
     share = [0.0] * buckets.count
     for r in sizes:
@@ -120,22 +55,6 @@ def _per_minute(trace: Sequence[TraceRequest]) -> list[float]:
     for r in trace:
         counts[int(r.arrival_s // 60)] = counts.get(int(r.arrival_s // 60), 0) + 1
     return [n / 60.0 for n in counts.values()] or [0.0]
-
-
-def _bucket_table(
-    kinds: dict[str, Kind], buckets: SizeBuckets, tpot_slo_s: float, ttft_slo_s: float
-) -> dict[str, list[float]]:
-    """Each kind's capacity per size bucket; a bucket no kind serves within the SLO gets
-    every kind's one-at-a-time rate (served, and missing the SLO)."""
-    table = {k: [0.0] * buckets.count for k in kinds}
-    for b in range(buckets.count):
-        size = buckets.representative(b)
-        for k, kind in kinds.items():
-            table[k][b] = capacity_rps(kind.steps, *size, tpot_slo_s, ttft_slo_s)
-        if not any(table[k][b] for k in kinds):
-            for k, kind in kinds.items():
-                table[k][b] = best_effort_rps(kind.steps, *size)
-    return table
 
 
 def make_setup(
@@ -201,26 +120,19 @@ def make_setup(
         spec = PredictiveSpec(c, kinds[best].cold_start_s, 15.0, reactive)
         scaler = Predictive(best, spec, history=list(seeded))
     else:
-        table = _bucket_table(kinds, buckets, tpot_slo_s, ttft_slo_s)
+        table = bucket_table(kinds, buckets, tpot_slo_s, ttft_slo_s)
         if spot is not None:  # each chip's spot twin serves what the chip serves
             kinds = with_spot_twins(kinds, spot)
             for k, kind in kinds.items():
                 if kind.on_demand is not None:
                     table[k], cap[k] = table[kind.on_demand], cap[kind.on_demand]
-        rk = [
-            ReplicaKind(
-                k, kind.usd_per_hour, tuple(table[k]), available=max_replicas, spot=kind.spot
-            )
-            for k, kind in kinds.items()
-        ]
-        cold = max(k.cold_start_s for k in kinds.values())
-        scaler = Optimizer(
-            rk,
-            buckets.of,
-            buckets.count,
-            cold,
-            target_utilization=utilization,
+        scaler = mix_optimizer(
+            kinds,
+            table,
+            utilization=utilization,
+            max_replicas=max_replicas,
             max_spot_share=spot.max_share if spot is not None else 1.0,
+            buckets=buckets,
         )
     return Setup(kinds, scaler, start, cap, best)
 

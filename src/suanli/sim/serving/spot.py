@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from suanli.errors import UsageError
 
 if TYPE_CHECKING:
-    from suanli.sim.serving.fleet import Kind
+    from suanli.autoscale.kinds import Kind
 
 AWS_NOTICE_S = 120.0
 SPOT_SUFFIX = ":spot"

@@ -1,0 +1,155 @@
+"""Replica kinds: a chip (and layout) a service's replica may run on, with what one
+replica serves there. The serving simulator and the live services controller build the
+chip-mix optimizer from the same kinds, so a plan tried in simulation is the plan run.
+
+Each kind's capacity per request-size bucket is what one replica serves within the
+SLOs (`suanli.autoscale.capacity`), from perf's step times on the chip; its price is
+the catalog's (or a pool file's); its cold start the weights' read from storage over
+the host link plus the engine's start (`suanli.autoscale.coldstart`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from suanli.autoscale.capacity import best_effort_rps, capacity_rps
+from suanli.autoscale.coldstart import cold_start
+from suanli.autoscale.mix import ReplicaKind, SizeBuckets
+from suanli.autoscale.scalers import Optimizer
+from suanli.catalog.loader import get_model, get_storage_tier, interconnects
+from suanli.errors import UsageError
+from suanli.perf.batching import StepTime
+from suanli.perf.engines import Engine, EngineError
+from suanli.perf.serve import check_serve
+from suanli.plan.pool import PoolEntry, pool_from_accelerators
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of replica the service may start: a chip, its layout, price and start time."""
+
+    name: str
+    steps: StepTime
+    tp: int
+    usd_per_hour: float  # one replica, all its devices
+    cold_start_s: float
+    spot: bool = False  # may be reclaimed (`suanli.sim.serving.spot`)
+    on_demand: str | None = None  # a spot kind: its on-demand twin, the fallback
+
+
+def make_kinds(
+    model_name: str,
+    pool: Sequence[PoolEntry],
+    *,
+    tp: int = 1,
+    weight_dtype: str = "bf16",
+    storage: str = "local-nvme",
+    host_link: str = "pcie4",
+    engine: Engine | None = None,
+) -> dict[str, Kind]:
+    """A replica kind per chip of the pool that holds the model; with ``engine``, the
+    chips it runs on only, each replica decoding as the engine does (GQA reuse, KV)."""
+    model = get_model(model_name)
+    tier = get_storage_tier(storage)
+    links = interconnects()
+    if host_link not in links:
+        raise UsageError(f"--host-link {host_link!r}: not in the catalog ({', '.join(links)})")
+    check_serve(model, tp, tp, weight_dtype, "bf16", 1, 1, 1)
+    kinds = {}
+    for entry in pool:
+        price = entry.price_usd_per_hour
+        if price is None:
+            raise UsageError(
+                f"{entry.name}: no price in the catalog; give one in a pool file "
+                "(usd_per_device_hour) so cost can be compared"
+            )
+        kv = "bf16"
+        if engine is not None:
+            try:
+                engine.check(entry.system.accelerator, weight_dtype, None)
+            except EngineError:
+                continue  # another vendor's chip, or no kernels for these weights
+            kv = engine.default_kv(weight_dtype)
+        steps = StepTime(
+            model,
+            entry.system,
+            tp=tp,
+            weight_dtype=weight_dtype,
+            kv_dtype=kv,
+            gqa_kv_reuse=engine.gqa_kv_reuse() if engine is not None else True,
+        )
+        if steps.kv_capacity_tokens() <= 0:
+            continue  # the weights alone do not fit: not a kind this model can use
+        start = cold_start(model, tier, links[host_link], tp=tp, weight_dtype=weight_dtype)
+        kinds[entry.name] = Kind(entry.name, steps, tp, price * tp, start.total_s)
+    if not kinds and engine is not None:
+        raise UsageError(
+            f"--engine {engine.label} runs none of {', '.join(e.name for e in pool)} with "
+            f"{weight_dtype} weights (see `suanli catalog list engines`)"
+        )
+    if not kinds:
+        raise UsageError(
+            f"{model_name} does not fit on any of {', '.join(e.name for e in pool)} at tp {tp}: "
+            "raise --tp or allow a chip with more memory"
+        )
+    return kinds
+
+
+def bucket_table(
+    kinds: dict[str, Kind], buckets: SizeBuckets, tpot_slo_s: float, ttft_slo_s: float
+) -> dict[str, list[float]]:
+    """Each kind's capacity per size bucket; a bucket no kind serves within the SLO gets
+    every kind's one-at-a-time rate (served, and missing the SLO)."""
+    table = {k: [0.0] * buckets.count for k in kinds}
+    for b in range(buckets.count):
+        size = buckets.representative(b)
+        for k, kind in kinds.items():
+            table[k][b] = capacity_rps(kind.steps, *size, tpot_slo_s, ttft_slo_s)
+        if not any(table[k][b] for k in kinds):
+            for k, kind in kinds.items():
+                table[k][b] = best_effort_rps(kind.steps, *size)
+    return table
+
+
+def mix_optimizer(
+    kinds: dict[str, Kind],
+    table: dict[str, list[float]],
+    *,
+    utilization: float,
+    max_replicas: int,
+    max_spot_share: float = 1.0,
+    buckets: SizeBuckets | None = None,
+) -> Optimizer:
+    """Mélange's optimizer over ``kinds``, each with its capacity per size bucket."""
+    buckets = buckets or SizeBuckets()
+    rk = [
+        ReplicaKind(k, kind.usd_per_hour, tuple(table[k]), available=max_replicas, spot=kind.spot)
+        for k, kind in kinds.items()
+    ]
+    cold = max(k.cold_start_s for k in kinds.values())
+    return Optimizer(
+        rk,
+        buckets.of,
+        buckets.count,
+        cold,
+        target_utilization=utilization,
+        max_spot_share=max_spot_share,
+    )
+
+
+def chip_optimizer(
+    model: str,
+    chips: Sequence[str],
+    *,
+    tp: int,
+    ttft_slo_s: float,
+    tpot_slo_s: float,
+    utilization: float,
+    max_replicas: int,
+) -> tuple[dict[str, Kind], Optimizer]:
+    """The live service's optimizer: one kind per allowed chip at its catalog price."""
+    kinds = make_kinds(model, pool_from_accelerators(list(chips), tp), tp=tp)
+    table = bucket_table(kinds, SizeBuckets(), tpot_slo_s, ttft_slo_s)
+    opt = mix_optimizer(kinds, table, utilization=utilization, max_replicas=max_replicas)
+    return kinds, opt

@@ -1,0 +1,60 @@
+"""A chip-mix service live: the replicas the optimizer wants on each chip, held within
+the spec's bounds and budget, and the share of each request size the router gives
+each chip.
+
+The optimizer (`suanli.autoscale.scalers.Optimizer`, Mélange's ILP over perf's
+capacities per chip) is the same object the serving simulator runs; what is here is
+only what a live fleet adds: a person's pin or the spec's min/max/budget applied to a
+mix (keeping its proportions), and which chip a replica job runs on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from suanli.autoscale.mix import Mix, ReplicaKind, SizeBuckets
+from suanli.store.models import JobRow
+
+
+def chip_of(job: JobRow) -> str:
+    """The chip a replica job was asked on (``resources.accelerator``)."""
+    res = (job.spec or {}).get("resources") or {}
+    return str(res.get("accelerator") or "") if isinstance(res, dict) else ""
+
+
+def rescale(want: dict[str, int], total: int, fallback: str) -> dict[str, int]:
+    """``want`` resized to ``total`` replicas in its proportions (largest remainders);
+    all on ``fallback`` when ``want`` is empty."""
+    have = sum(want.values())
+    if have == total:
+        return dict(want)
+    if have == 0:
+        return {**{c: 0 for c in want}, fallback: total}
+    exact = {c: n * total / have for c, n in want.items()}
+    out = {c: math.floor(x) for c, x in exact.items()}
+    left = total - sum(out.values())
+    for c in sorted(exact, key=lambda c: (out[c] - exact[c], c))[:left]:
+        out[c] += 1
+    return out
+
+
+def within_budget(want: dict[str, int], price: dict[str, float], budget: float) -> dict[str, int]:
+    """Replicas of the dearest chips dropped, one at a time, until the mix costs at most
+    ``budget`` per hour."""
+    out = dict(want)
+    while sum(n * price.get(c, 0.0) for c, n in out.items()) > budget + 1e-9:
+        dearest = max((c for c, n in out.items() if n > 0), key=lambda c: price.get(c, 0.0))
+        out[dearest] -= 1
+    return out
+
+
+def cheapest(kinds: Sequence[ReplicaKind]) -> str:
+    """The chip a service wakes on from zero: the cheapest that serves anything."""
+    serving = [k for k in kinds if any(c > 0 for c in k.capacity_rps)] or list(kinds)
+    return min(serving, key=lambda k: (k.usd_per_hour, k.name)).name
+
+
+def shares_by_bucket(mix: Mix, buckets: SizeBuckets) -> list[dict[str, float]]:
+    """Per size bucket, the share of it each chip serves in the mix (the router's draw)."""
+    return [{c: s[b] for c, s in mix.shares.items()} for b in range(buckets.count)]

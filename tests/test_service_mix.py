@@ -1,0 +1,165 @@
+"""A chip-mix service live: the services controller runs the same Mélange optimizer as
+the simulator (perf's capacities per chip, HiGHS) on the sizes the router saw, pins
+each replica to a chip, applies a pin, the bounds and the budget in the mix's
+proportions, swaps chips making before breaking, and the router draws a chip per
+request size from the mix's shares. Against a store and a fake clock: no chip of the
+catalog is on this machine, so replicas are jobs the test moves as the jobs
+controller would."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import ValidationError
+
+from suanli.api.app import create_app
+from suanli.api.router import request_size
+from suanli.autoscale.scalers import Optimizer
+from suanli.autoscale.service_spec import ServiceSpec
+from suanli.service.mix import chip_of, rescale, within_budget
+from suanli.service.replicas import BUCKETS, ReplicaBook
+from suanli.service.services import ServicesController
+from suanli.store.db import Store
+from suanli.store.models import JobRow, ServiceRow
+from tests.helpers import replicas_step
+
+CHIPS = ["a10", "a100-80gb"]
+
+
+def _spec(**over: object) -> ServiceSpec:
+    spec = {
+        "name": "mix",
+        "model": "llama-3.1-8b",
+        "replicas": {"min": 0, "max": 12},
+        "resources": {"accelerators": CHIPS, "devices": 1, "cpu": 1, "memory_gb": 4},
+        "autoscaler": {"policy": "optimizer", "period_s": 3600},
+        "slo": {"ttft_s": 2.0, "tpot_s": 0.1},
+    }
+    spec.update(over)
+    return ServiceSpec.model_validate(spec)
+
+
+def test_rescale_and_budget_keep_the_mix() -> None:
+    assert rescale({"a": 2, "b": 1}, 6, "a") == {"a": 4, "b": 2}
+    assert rescale({"a": 2, "b": 1}, 2, "a") in ({"a": 1, "b": 1}, {"a": 2, "b": 0})
+    assert sum(rescale({"a": 3, "b": 3, "c": 1}, 4, "a").values()) == 4
+    assert rescale({"a": 0, "b": 0}, 1, "b") == {"a": 0, "b": 1}
+    price = {"a": 1.0, "b": 3.0}
+    assert within_budget({"a": 2, "b": 2}, price, 5.0) == {"a": 2, "b": 1}
+    assert within_budget({"a": 2, "b": 2}, price, 100.0) == {"a": 2, "b": 2}
+
+
+def test_the_spec_says_what_the_optimizer_needs() -> None:
+    with pytest.raises(ValidationError, match=r"list them in resources\.accelerators"):
+        _spec(resources={"accelerator": "cpu", "cpu": 1, "memory_gb": 1})
+    with pytest.raises(ValidationError, match=r"list them in resources\.accelerators"):
+        _spec(resources={"cpu": 1, "memory_gb": 1})
+    with pytest.raises(ValidationError, match="spot order is of one chip"):
+        _spec(spot={"order": 1})
+
+
+def test_request_sizes_the_router_guesses() -> None:
+    assert request_size({"prompt": "x" * 400, "max_tokens": 50}) == (100, 50)
+    chat = {"messages": [{"role": "user", "content": [{"type": "text", "text": "y" * 80}]}]}
+    assert request_size(chat) == (20, 16)
+    assert request_size({"messages": 7, "prompt": [1, 2], "max_tokens": "many"}) == (1, 16)
+
+
+def test_a_chip_mix_service_follows_the_optimizer(tmp_path: Path) -> None:
+    store = Store.sqlite(tmp_path)
+    store.migrate()
+    spec = _spec()
+    with store.tx() as s:
+        s.add(
+            ServiceRow(name="mix", owner="ann", spec=spec.model_dump(), created_at=0, updated_at=0)
+        )
+    book = ReplicaBook()
+    ctl = ServicesController(store, book)
+    ready: set[int] = set()
+
+    def tick(t: float) -> list[JobRow]:
+        ctl.reconcile(t)
+        jobs = replicas_step(store, book, "mix", ready)
+        return [j for j in jobs if j.state in ("queued", "running") and not j.cancel_requested]
+
+    traffic = book.traffic_of("mix")
+    for i in range(2400):  # 40 requests/s over the last minute
+        traffic.arrived(i / 40)
+    # short chats and long documents, as the router records them
+    traffic.sizes.extend([(100, 50)] * 800 + [(6000, 500)] * 200)
+    live = tick(60.0)
+    opt = ctl._state["mix"].scaler
+    assert isinstance(opt, Optimizer) and opt.mix is not None
+    planned = {c: n for c, n in opt.mix.counts.items() if n}
+    assert set(planned) == set(CHIPS) and sum(planned.values()) <= 12, planned  # a real mix
+    assert Counter(chip_of(j) for j in live) == Counter(planned)
+    for j in live:  # each replica on one chip
+        assert j.spec["resources"]["accelerator"] in CHIPS
+        assert not j.spec["resources"].get("accelerators")
+    assert traffic.shares is not None and len(traffic.shares) == BUCKETS.count
+    ready.update(j.id for j in live)
+    tick(61.0)
+
+    # the router draws a chip per size from the mix's shares
+    for size in ((100, 50), (6000, 500)):
+        share = traffic.shares[BUCKETS.of(*size)]
+        for _ in range(20):
+            rep = book.pick("mix", set(), size)
+            assert rep is not None and share.get(rep.chip, 0) > 0
+            book.release(rep, failed=False)
+
+    # a person pins 2: the mix's proportions, 2 replicas
+    with store.tx() as s:
+        row = s.get(ServiceRow, "mix")
+        assert row is not None
+        row.pinned = 2
+    tick(62.0)
+    live = tick(63.0)
+    assert len(live) == 2 and {chip_of(j) for j in live} <= set(planned)
+
+    # the mix swaps chips: the new replicas start, the old serve until they are ready
+    old = {j.id for j in live}
+    other = next(c for c in CHIPS if c not in {chip_of(j) for j in live})
+    with store.tx() as s:
+        row = s.get(ServiceRow, "mix")
+        assert row is not None
+        row.pinned = None
+    ctl._state["mix"].mix_want = {other: 2}
+    live = tick(64.0)
+    assert old <= {j.id for j in live} and sum(chip_of(j) == other for j in live) == 2
+    ready.update(j.id for j in live)
+    tick(65.0)
+    live = tick(66.0)
+    assert {chip_of(j) for j in live} == {other} and len(live) == 2
+
+    # a budget below the mix drops the dearest replicas first
+    h100 = spec.model_copy(update={"budget_usd_per_hour": 1.0})
+    with store.tx() as s:
+        row = s.get(ServiceRow, "mix")
+        assert row is not None
+        row.spec = h100.model_dump()
+    ctl.reconcile(70.0)  # a fresh scaler for the changed spec
+    ctl._state["mix"].mix_want = {"a10": 1, "a100-80gb": 1}
+    live = tick(71.0)
+    with store.tx() as s:
+        row = s.get(ServiceRow, "mix")
+        assert row is not None and row.desired == 1  # a10 alone fits $1/h
+
+
+def test_the_api_refuses_a_mix_the_chips_cannot_serve(tmp_path: Path) -> None:
+    store = Store.sqlite(tmp_path)
+    store.migrate()
+    token = store.create_token("user", "ann")
+    api = TestClient(create_app(store))
+    api.headers["Authorization"] = f"Bearer {token}"
+    big = _spec(model="llama-3-70b", resources={"accelerators": ["a10"], "memory_gb": 4})
+    bad = api.post("/v1/services", json=big.model_dump())
+    assert bad.status_code == 422
+    assert "autoscaler.policy optimizer" in bad.json()["problems"][0]
+    assert "llama-3-70b" in bad.json()["problems"][0]
+    ok = api.post("/v1/services", json=_spec().model_dump())
+    assert ok.status_code == 201, ok.text
+    assert api.get("/v1/services").json()[0]["policy"] == "optimizer"
