@@ -175,6 +175,30 @@ def test_chat_completions_use_a_template_and_stream(client: Any) -> None:
     assert stream[-1].choices[0].finish_reason == choice.finish_reason
 
 
+def test_a_chat_goes_on_from_the_assistants_last_message(client: Any) -> None:
+    """vLLM's continue_final_message, which the router uses to resume a cut stream."""
+    from suanli.workloads.openai_types import Message, chat_prompt
+
+    messages = [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hel"}]
+    extra = {"continue_final_message": True, "add_generation_prompt": False}
+    chat = client.chat.completions.create(
+        model="tiny", messages=messages, max_tokens=5, temperature=0, extra_body=extra
+    )
+    rendered = chat_prompt([Message(**m) for m in messages], continue_final=True)
+    assert rendered.endswith("<|im_start|>assistant\nHel")  # the turn left open
+    assert chat.usage.prompt_tokens == len(rendered.encode())
+    with pytest.raises(openai.BadRequestError, match="needs add_generation_prompt: false"):
+        client.chat.completions.create(
+            model="tiny", messages=messages, extra_body={"continue_final_message": True}
+        )
+    with pytest.raises(openai.BadRequestError, match="must be the assistant's"):
+        client.chat.completions.create(model="tiny", messages=messages[:1], extra_body=extra)
+    with pytest.raises(openai.BadRequestError, match="only for continue_final_message"):
+        client.chat.completions.create(
+            model="tiny", messages=messages, extra_body={"add_generation_prompt": False}
+        )
+
+
 @pytest.mark.parametrize(
     ("kwargs", "param", "says"),
     [

@@ -18,13 +18,15 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from suanli.api.resume import MAX_RESUMES, StreamLog, continuation, rewrite
 from suanli.autoscale.service_spec import ServiceSpec
 from suanli.service.replicas import Replica, ReplicaBook, ServiceTraffic
 from suanli.store.db import Store
@@ -44,6 +46,20 @@ def oai_error(
 ) -> JSONResponse:
     body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+Reopened = tuple[httpx.Response, Replica]
+
+
+@dataclass(frozen=True)
+class Resume:
+    """What a stream needs to go on elsewhere: its request, its kind, whether the engine
+    counts a token a byte, and how to send a continuation to another replica."""
+
+    payload: dict[str, Any]
+    chat: bool
+    byte_tokens: bool
+    reopen: Callable[[dict[str, Any], int], Awaitable[Reopened | None]]
 
 
 def add_router_routes(app: FastAPI, store: Store, book: ReplicaBook) -> None:
@@ -182,8 +198,41 @@ def add_router_routes(app: FastAPI, store: Store, book: ReplicaBook) -> None:
                 }
                 return Response(content, status_code=resp.status_code, headers=headers)
             traffic.requests.labels(code="200").inc()
+
+            async def reopen(cont: dict[str, Any], dead: int) -> Reopened | None:
+                """Send ``cont`` to a ready replica not tried yet (waiting for one as a
+                request from zero would); None when none takes it."""
+                tried.add(dead)
+                body = json.dumps(cont).encode()
+                until = time.monotonic() + spec.router.wait_s
+                while len(tried) < MAX_TRIES + MAX_RESUMES:
+                    other = book.pick(name, tried, size)
+                    if other is None:
+                        if await _wait_for_replica(book, traffic, name, tried, spec, until):
+                            return None
+                        continue
+                    try:
+                        headers = {"content-type": "application/json"}
+                        url = f"http://{other.address}/v1/{path}"
+                        req = http().build_request("POST", url, content=body, headers=headers)
+                        got = await http().send(req, stream=True)
+                    except httpx.TransportError:
+                        book.release(other, failed=True)
+                        tried.add(other.job_id)
+                        continue
+                    if got.status_code != 200:
+                        await got.aclose()
+                        book.release(other, failed=got.status_code >= 500)
+                        tried.add(other.job_id)
+                        if got.status_code < 500:
+                            return None  # it refused the continuation: not worth another
+                        continue
+                    return got, other
+                return None
+
+            resume = Resume(payload, path == "chat/completions", spec.engine == "serve_lm", reopen)
             return StreamingResponse(
-                _relay(resp, rep, book, traffic, spec, arrived, size),
+                _relay(resp, rep, book, traffic, spec, arrived, size, resume),
                 media_type="text/event-stream",
             )
 
@@ -292,33 +341,66 @@ async def _relay(
     spec: ServiceSpec,
     arrived: float,
     size: tuple[int, int],
+    resume: Resume,
 ) -> AsyncIterator[bytes]:
-    """The replica's events as they come; TTFT and TPOT measured on the way."""
+    """The replica's events as they come; TTFT and TPOT measured on the way. A replica
+    that dies mid-stream is replaced where the stream can go on (`suanli.api.resume`)."""
     first: float | None = None
     chunks = 0
     failed = False
+    log = StreamLog(chat=resume.chat)
+    resumes = 0
     try:
-        async for piece in resp.aiter_raw():
-            now = time.monotonic()
-            if first is None:
-                first = now
-            chunks += piece.count(b"data: ")
-            yield piece
-    except httpx.TransportError as exc:  # the replica died mid-stream: say so, OpenAI's way
-        failed = True
-        err = {
-            "error": {
-                "message": f"the replica serving this stream failed ({exc}); "
-                "send the request again",
-                "type": "server_error",
-                "param": None,
-                "code": "replica_failed",
-            }
-        }
-        yield f"data: {json.dumps(err)}\n\ndata: [DONE]\n\n".encode()
+        while True:
+            try:
+                if resumes == 0:  # the first replica's bytes, as they come
+                    async for piece in resp.aiter_raw():
+                        first = first or time.monotonic()
+                        chunks += piece.count(b"data: ")
+                        log.feed(piece)
+                        yield piece
+                else:  # a replacement's events, made the first stream's
+                    buf = b""
+                    async for piece in resp.aiter_raw():
+                        buf += piece
+                        while b"\n\n" in buf:
+                            raw, buf = buf.split(b"\n\n", 1)
+                            out = rewrite(raw, log)
+                            if out is not None:
+                                first = first or time.monotonic()
+                                chunks += 1
+                                log.feed(out)
+                                yield out
+                break
+            except httpx.TransportError as exc:  # the replica died mid-stream
+                await resp.aclose()
+                book.release(rep, failed=True)
+                cont = continuation(resume.payload, log, resume.byte_tokens)
+                got = (
+                    await resume.reopen(cont, rep.job_id)
+                    if cont and resumes < MAX_RESUMES
+                    else None
+                )
+                if got is None:  # say so, OpenAI's way
+                    failed = True
+                    err = {
+                        "error": {
+                            "message": f"the replica serving this stream failed ({exc}); "
+                            "send the request again",
+                            "type": "server_error",
+                            "param": None,
+                            "code": "replica_failed",
+                        }
+                    }
+                    yield f"data: {json.dumps(err)}\n\ndata: [DONE]\n\n".encode()
+                    return
+                resp, rep = got
+                resumes += 1
+                traffic.resumed.inc()
     finally:
-        await resp.aclose()
-        book.release(rep, failed=failed)
+        if not failed:
+            await resp.aclose()
+            book.release(rep, failed=False)
         end = time.monotonic()
         if first is not None and not failed:
             ttft = first - arrived

@@ -70,6 +70,11 @@ class ServiceTraffic:
         self.retries = Counter(
             "suanli_service_retries", "Requests sent again after a replica failed.", registry=r
         )
+        self.resumed = Counter(
+            "suanli_service_resumed_streams",
+            "Streams a dying replica cut, resumed on another.",
+            registry=r,
+        )
         self.queue = Gauge(
             "suanli_service_queue", "Requests waiting: at the router and on replicas.", registry=r
         )

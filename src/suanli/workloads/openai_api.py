@@ -56,7 +56,7 @@ class Server:
             raise OpenAIError(400, f"logit_bias token ids lie in [0, {vocab})", param="logit_bias")
         stops = tuple(s.encode() for s in body.stop or [])
         if isinstance(body, ChatBody):
-            prompts = [list(chat_prompt(body.messages).encode())]
+            prompts = [list(chat_prompt(body.messages, body.continue_final_message).encode())]
             max_tokens = body.max_completion_tokens or body.max_tokens
             stops += (CHAT_END.encode(),)
             logprobs = (body.top_logprobs or 0) if body.logprobs else None

@@ -14,8 +14,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 CHAT_END = "<|im_end|>"
 
 
-def chat_prompt(messages: list[Message]) -> str:
-    """The messages in ChatML, ending with the assistant's open turn."""
+def chat_prompt(messages: list[Message], continue_final: bool = False) -> str:
+    """The messages in ChatML, ending with the assistant's open turn; with
+    ``continue_final`` (vLLM's ``continue_final_message``), the last message is that
+    turn, left open so the answer goes on from its text (how a stream cut by a dying
+    replica is resumed on another)."""
+    if continue_final:
+        *before, last = messages
+        turns = [f"<|im_start|>{m.role}\n{m.text()}{CHAT_END}\n" for m in before]
+        return "".join(turns) + f"<|im_start|>assistant\n{last.text()}"
     turns = [f"<|im_start|>{m.role}\n{m.text()}{CHAT_END}\n" for m in messages]
     return "".join(turns) + "<|im_start|>assistant\n"
 
@@ -131,6 +138,9 @@ class ChatBody(Sampling):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=5)
+    # vLLM's extensions: go on from a last assistant message instead of opening a turn
+    continue_final_message: bool = False
+    add_generation_prompt: bool = True
     # refused below when used: a byte-level GPT has no tools or JSON mode
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
@@ -153,6 +163,24 @@ def refuse_unsupported(body: CompletionBody | ChatBody) -> None:
         if body.response_format and body.response_format.get("type") != "text":
             raise OpenAIError(
                 400, "only response_format {type: text} is supported", param="response_format"
+            )
+        if body.continue_final_message and body.add_generation_prompt:
+            raise OpenAIError(
+                400,
+                "continue_final_message needs add_generation_prompt: false (vLLM's rule)",
+                param="continue_final_message",
+            )
+        if body.continue_final_message and body.messages[-1].role != "assistant":
+            raise OpenAIError(
+                400,
+                "continue_final_message: the last message must be the assistant's",
+                param="messages",
+            )
+        if not body.continue_final_message and not body.add_generation_prompt:
+            raise OpenAIError(
+                400,
+                "add_generation_prompt: false is only for continue_final_message: true",
+                param="add_generation_prompt",
             )
         if body.top_logprobs is not None and not body.logprobs:
             raise OpenAIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")

@@ -1,0 +1,184 @@
+"""The router's stream resume, piece by piece: what it reads of the events it relays,
+the request that goes on from there, and the replacement's events made the first
+stream's. The whole path (a replica killed under streams) is in test_services.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+from fastapi.testclient import TestClient
+
+from suanli.api.app import create_app
+from suanli.api.resume import StreamLog, continuation, rewrite
+from suanli.autoscale.service_spec import ServiceSpec
+from suanli.run.local import free_port
+from suanli.service.replicas import ReplicaBook
+from suanli.store.db import Store
+from suanli.store.models import ServiceRow
+from tests.helpers import until
+
+
+def _event(obj: object) -> bytes:
+    return f"data: {json.dumps(obj)}\n\n".encode()
+
+
+def test_the_log_reads_events_split_anywhere() -> None:
+    raw = b"".join(
+        _event({"id": "cmpl-1", "choices": [{"index": 0, "text": t, "finish_reason": None}]})
+        for t in ("Hel", "lo, ", "wor")
+    )
+    log = StreamLog(chat=False)
+    for i in range(0, len(raw), 7):  # pieces that cut events and lines anywhere
+        log.feed(raw[i : i + 7])
+    assert (log.text, log.events, log.id, log.ended) == ("Hello, wor", 3, "cmpl-1", False)
+    assert log.tokens(byte_tokens=True) == 10 and log.tokens(byte_tokens=False) == 3
+    log.feed(b"data: [DONE]\n\n")
+    assert log.ended and continuation({"prompt": "x"}, log, True) is None
+
+
+def test_a_completion_goes_on_with_what_was_sent_and_what_is_owed() -> None:
+    log = StreamLog(chat=False, text="Hello", events=5)
+    cont = continuation({"prompt": ["Say: "], "max_tokens": 8, "stream": True}, log, True)
+    assert cont == {"prompt": "Say: Hello", "max_tokens": 3, "stream": True}
+    assert continuation({"prompt": "x"}, log, True) is not None  # default 16 owed
+    for payload in (
+        {"prompt": "x", "n": 2},
+        {"prompt": "x", "logprobs": 1},
+        {"prompt": "x", "echo": True},
+        {"prompt": [[1, 2, 3]]},
+        {"prompt": "x", "max_tokens": 5},  # all five were sent; only the end was missing
+    ):
+        assert continuation(payload, log, True) is None, payload
+
+
+def test_a_chat_goes_on_as_the_assistants_open_message() -> None:
+    log = StreamLog(chat=True, text="Hi th", events=2)
+    msgs = [{"role": "user", "content": "hi"}]
+    cont = continuation({"messages": msgs, "max_completion_tokens": 10}, log, False)
+    assert cont is not None
+    assert cont["messages"] == [*msgs, {"role": "assistant", "content": "Hi th"}]
+    assert cont["continue_final_message"] is True and cont["add_generation_prompt"] is False
+    assert cont["max_completion_tokens"] == 8  # one token an event on vLLM
+    assert "max_tokens" not in cont  # nothing asked, nothing bounded
+
+
+def test_a_replacements_events_read_as_the_first_streams() -> None:
+    log = StreamLog(chat=True, id="chatcmpl-first")
+    role_only = _event(
+        {
+            "id": "x",
+            "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}],
+        }
+    )
+    assert rewrite(role_only.rstrip(b"\n"), log) is None  # no second role header
+    both = {"id": "x", "choices": [{"index": 0, "delta": {"role": "assistant", "content": "e"}}]}
+    out = rewrite(_event(both).rstrip(b"\n"), log)
+    assert out is not None
+    got = json.loads(out[6:])
+    assert got["id"] == "chatcmpl-first" and got["choices"][0]["delta"] == {"content": "e"}
+    assert rewrite(b"data: [DONE]", log) == b"data: [DONE]\n\n"
+
+
+# --- the router, for real, with two stand-in replicas -----------------------------------
+#: A stand-in replica, NOT serve_lm: an HTTP server that streams OpenAI completion events
+#: in chunked encoding. ``die`` sends three events and breaks the connection mid-body (a
+#: replica killed mid-stream, deterministically); otherwise it writes the request it got
+#: to ``log`` and streams its prompt's last word back, then [DONE].
+STAND_IN = r"""
+import json, socket, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+port, mode, log = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.send_header("content-length", "2"); self.end_headers()
+        self.wfile.write(b"{}")
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        def event(text, finish=None):
+            e = {"id": f"cmpl-{mode}", "object": "text_completion", "choices": [
+                {"index": 0, "text": text, "finish_reason": finish}]}
+            data = f"data: {json.dumps(e)}\n\n".encode()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data)); self.wfile.flush()
+        if mode == "die":
+            for t in ("one ", "two ", "three "):
+                event(t)
+            self.connection.shutdown(socket.SHUT_RDWR)  # no last chunk: a broken body
+            return
+        with open(log, "a") as f:
+            f.write(json.dumps(body) + "\n")
+        event("four", "length")
+        data = b"data: [DONE]\n\n"
+        self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data)); self.wfile.flush()
+
+    def log_message(self, *a):
+        pass
+
+HTTPServer(("127.0.0.1", port), H).serve_forever()
+"""
+
+
+def test_the_router_resumes_a_cut_stream_on_another_replica(tmp_path: Path) -> None:
+    store = Store.sqlite(tmp_path)
+    store.migrate()
+    token = store.create_token("user", "ann")
+    spec = ServiceSpec.model_validate(
+        {"name": "chat", "model": "tiny-llama-40m", "replicas": {"min": 0, "max": 2}}
+    )
+    with store.tx() as s:
+        s.add(
+            ServiceRow(name="chat", owner="ann", spec=spec.model_dump(), created_at=0, updated_at=0)
+        )
+    log = tmp_path / "got.jsonl"
+    ports = {"die": free_port(), "live": free_port()}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", STAND_IN, str(p), mode, str(log)])
+        for mode, p in ports.items()
+    ]
+    book = ReplicaBook()
+    try:
+        for p in ports.values():
+            until(f"the stand-in on {p}", lambda p=p: _answers(p))
+        # the dying one first: equal load, the lower job id is picked
+        book.sync("chat", {1: f"127.0.0.1:{ports['die']}", 2: f"127.0.0.1:{ports['live']}"})
+        for r in book.of("chat"):
+            r.ready = True
+        with TestClient(create_app(store, book=book)) as api:
+            got = api.post(
+                "/s/chat/v1/completions",
+                headers={"Authorization": f"Bearer {token}"},
+                json={"model": "chat", "prompt": "Count: ", "max_tokens": 20, "stream": True},
+            )
+            metrics = api.get(
+                "/v1/services/chat/metrics", headers={"Authorization": f"Bearer {token}"}
+            ).text
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    events = [json.loads(x[6:]) for x in got.text.split("\n\n") if x.startswith("data: {")]
+    assert "".join(e["choices"][0]["text"] for e in events) == "one two three four"
+    assert {e["id"] for e in events} == {"cmpl-die"}  # one stream, under its first id
+    assert events[-1]["choices"][0]["finish_reason"] == "length"
+    assert got.text.endswith("data: [DONE]\n\n") and "replica_failed" not in got.text
+    sent = json.loads(log.read_text())
+    assert sent["prompt"] == "Count: one two three "  # what the client had, appended
+    assert sent["max_tokens"] == 20 - len("one two three ")  # bytes are tokens in serve_lm
+    assert "suanli_service_resumed_streams_total 1.0" in metrics
+
+
+def _answers(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
