@@ -23,7 +23,7 @@ import yaml
 from suanli.autoscale.service_spec import ServiceSpec, replica_command
 from suanli.run.local import free_port
 from suanli.service.replicas import ReplicaBook
-from suanli.service.services import ServicesController
+from suanli.service.services import ServicesController, replica_env
 from suanli.store.db import Store
 from suanli.store.models import JobRow, ServiceRow
 from tests.helpers import TINY, replicas_step, start_service, stop_service, until
@@ -143,14 +143,23 @@ def test_engines_render_their_own_servers_and_a_stand_in_vllm_serves(tmp_path: P
     stand_in.chmod(0o755)
     port = free_port()
     one = spec.model_copy(update={"tp": 1})
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    own = replica_env(one, f"127.0.0.1:{port}")  # the token in the env, not on the line
+    assert own["VLLM_API_KEY"] == own["SUANLI_REPLICA_TOKEN"]
+    assert own["VLLM_API_KEY"] not in " ".join(replica_command(one, port))
+    env = {**os.environ, **own, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.Popen(
         replica_command(one, port), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         with httpx.Client(transport=httpx.HTTPTransport(retries=60)) as c:
             assert c.get(f"http://127.0.0.1:{port}/health", timeout=60).status_code == 200
-        with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x") as oc:
+        with (
+            openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x") as oc,
+            pytest.raises(openai.AuthenticationError, match="Incorrect API key"),
+        ):
+            oc.models.list()  # another tenant's process on this machine
+        key = own["VLLM_API_KEY"]
+        with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key) as oc:
             assert [m.id for m in oc.models.list().data] == ["chat"]
     finally:
         proc.terminate()
@@ -221,7 +230,16 @@ def _end_to_end(stack: contextlib.ExitStack, url: str, token: str, tmp: Path) ->
         "two ready replicas",
     )
     victim = view["replicas"][0]["job"]
-    address = api.get(f"/v1/jobs/{victim}").json()["spec"]["env"]["SUANLI_REPLICA_ADDRESS"]
+    env_of = api.get(f"/v1/jobs/{victim}").json()["spec"]["env"]
+    address = env_of["SUANLI_REPLICA_ADDRESS"]
+    # only the router, with the replica's own token, gets an answer from it
+    direct = {"model": "chat", "prompt": "x", "max_tokens": 2}
+    stranger = httpx.post(f"http://{address}/v1/completions", json=direct, timeout=60)
+    assert stranger.status_code == 401 and stranger.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(f"http://{address}/stats", timeout=60).status_code == 200  # the prober's
+    bearer = {"authorization": f"Bearer {env_of['SUANLI_REPLICA_TOKEN']}"}
+    ok = httpx.post(f"http://{address}/v1/completions", json=direct, headers=bearer, timeout=60)
+    assert ok.status_code == 200
     results: list[int] = []
 
     def ask(i: int) -> None:

@@ -164,7 +164,7 @@ def add_router_routes(app: FastAPI, store: Store, book: ReplicaBook) -> None:
                 continue
             url = f"http://{rep.address}/v1/{path}"
             try:
-                headers = {"content-type": "application/json"}
+                headers = _headers(rep)
                 req = http().build_request("POST", url, content=body, headers=headers)
                 resp = await http().send(req, stream=True)
             except httpx.TransportError:
@@ -212,7 +212,7 @@ def add_router_routes(app: FastAPI, store: Store, book: ReplicaBook) -> None:
                             return None
                         continue
                     try:
-                        headers = {"content-type": "application/json"}
+                        headers = _headers(other)
                         url = f"http://{other.address}/v1/{path}"
                         req = http().build_request("POST", url, content=body, headers=headers)
                         got = await http().send(req, stream=True)
@@ -243,6 +243,14 @@ def add_router_routes(app: FastAPI, store: Store, book: ReplicaBook) -> None:
     @app.post("/s/{name}/v1/chat/completions", include_in_schema=False)
     async def chat(name: str, request: Request) -> Any:
         return await proxy(name, "chat/completions", request)
+
+
+def _headers(rep: Replica) -> dict[str, str]:
+    """What the router sends a replica: JSON, and the replica's own token."""
+    out = {"content-type": "application/json"}
+    if rep.token:
+        out["authorization"] = f"Bearer {rep.token}"
+    return out
 
 
 def _busy(why: str, retry_s: int) -> JSONResponse:

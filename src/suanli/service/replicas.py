@@ -37,6 +37,7 @@ class Replica:
     stats: dict[str, Any] = field(default_factory=dict)  # the engine's /stats
     inflight: int = 0  # requests the router has sent and not had back
     chip: str = ""  # the chip it was asked on (a chip-mix service's kind)
+    token: str = ""  # the bearer token it requires of the router
 
 
 HISTORY = 720  # samples: an hour at one each 5 s
@@ -146,18 +147,21 @@ class ReplicaBook:
 
     # --- the controller ---------------------------------------------------------------
     def sync(
-        self, service: str, running: dict[int, str], chips: dict[int, str] | None = None
+        self,
+        service: str,
+        running: dict[int, str],
+        chips: dict[int, str] | None = None,
+        tokens: dict[int, str] | None = None,
     ) -> None:
-        """The replicas of ``service`` that run now (job id -> address, and chip)."""
+        """The replicas of ``service`` that run now (job id -> address, chip, token)."""
         with self.lock:
             for jid, r in list(self.replicas.items()):
                 if r.service == service and jid not in running:
                     del self.replicas[jid]
             for jid, addr in running.items():
                 if jid not in self.replicas:
-                    self.replicas[jid] = Replica(
-                        jid, service, addr, chip=(chips or {}).get(jid, "")
-                    )
+                    chip, token = (chips or {}).get(jid, ""), (tokens or {}).get(jid, "")
+                    self.replicas[jid] = Replica(jid, service, addr, chip=chip, token=token)
             self.traffic.setdefault(service, ServiceTraffic(service))
 
     def forget(self, service: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,7 @@ from suanli.service.spot import (
 )
 from suanli.store.db import Store
 from suanli.store.models import JobRow, ServiceRow, member_chips
+from suanli.workloads.serve_app import REPLICA_TOKEN_ENV
 
 log = logging.getLogger("suanli.services")
 LIVE = ("queued", "running", "preempted")
@@ -95,11 +97,32 @@ def replica_address(job: JobRow) -> str:
     return str(env.get("SUANLI_REPLICA_ADDRESS", "")) if isinstance(env, dict) else ""
 
 
+def replica_token(job: JobRow) -> str:
+    """The bearer token the replica requires of the router (empty: an older replica)."""
+    env = job.spec.get("env")
+    return str(env.get(REPLICA_TOKEN_ENV, "")) if isinstance(env, dict) else ""
+
+
 def chip_price(chip: str | None, devices: int) -> float:
     """The catalog price of ``devices`` of a chip per hour (0: no price, or a CPU)."""
     acc = accelerators().get(chip or "")
     price = acc.price_usd_per_hour if acc is not None else None
     return (price or 0.0) * max(1, devices)
+
+
+def replica_env(spec: ServiceSpec, address: str) -> dict[str, str]:
+    """Where the replica listens, and a token of its own it requires of the router: a
+    replica listens on this machine, where another tenant's job could otherwise reach it
+    and use the service for free. serve_lm reads ``SUANLI_REPLICA_TOKEN``, vLLM
+    ``VLLM_API_KEY``; neither is on the command line, which any local user can read.
+    SGLang takes its key only as ``--api-key``, so its replicas are not guarded."""
+    token = secrets.token_urlsafe(24)
+    env = {"SUANLI_REPLICA_ADDRESS": address}
+    if spec.engine == "serve_lm":
+        env[REPLICA_TOKEN_ENV] = token
+    elif spec.engine == "vllm":
+        env[REPLICA_TOKEN_ENV] = env["VLLM_API_KEY"] = token
+    return env
 
 
 def price_per_replica_hour(spec: ServiceSpec) -> float:
@@ -177,7 +200,12 @@ class ServicesController:
             s.scalars(select(JobRow).where(JobRow.service == row.name, JobRow.state.in_(LIVE)))
         )
         running = {j.id: replica_address(j) for j in jobs if j.state == "running"}
-        self.book.sync(row.name, running, {j.id: chip_of(j) for j in jobs})
+        self.book.sync(
+            row.name,
+            running,
+            {j.id: chip_of(j) for j in jobs},
+            {j.id: replica_token(j) for j in jobs},
+        )
         replicas = self.book.of(row.name)
         traffic = self.book.traffic_of(row.name)
         ready = [r for r in replicas if r.ready]
@@ -392,7 +420,7 @@ class ServicesController:
                 "resources": resources,
                 "queue": spec.queue,
                 "priority": spec.priority,
-                "env": {"SUANLI_REPLICA_ADDRESS": address},
+                "env": replica_env(spec, address),
                 **({"order": order} if order is not None else {}),
             }
         )

@@ -9,6 +9,7 @@ for one reads the other with a rename.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
 from typing import Any
 
@@ -95,7 +96,17 @@ def metrics_registry(engine: Engine, name: str) -> CollectorRegistry:
     return reg
 
 
-def app_for(engine: Engine, name: str | None = None, max_queue: int = 256) -> Any:
+#: the bearer token a replica requires (set by the services controller in its job's env)
+REPLICA_TOKEN_ENV = "SUANLI_REPLICA_TOKEN"
+
+
+def app_for(
+    engine: Engine, name: str | None = None, max_queue: int = 256, api_key: str | None = None
+) -> Any:
+    """``api_key``: requests under ``/v1/`` must carry it as a bearer token (a service's
+    replica gets one from the services controller, so that only the router, not another
+    tenant's process on the machine, can use it); ``/health``, ``/stats`` and
+    ``/metrics`` stay open to the prober."""
     from fastapi import FastAPI
     from fastapi import Request as HTTPRequest
     from fastapi.exceptions import RequestValidationError
@@ -105,6 +116,19 @@ def app_for(engine: Engine, name: str | None = None, max_queue: int = 256) -> An
     server = Server(engine, name or engine.arch.name, max_queue)
     registry = metrics_registry(engine, server.name)
     app = FastAPI(title="suanli serve_lm", docs_url=None, redoc_url=None)
+
+    @app.middleware("http")
+    async def bearer(request: HTTPRequest, call_next: Any) -> Any:
+        if api_key is not None and request.url.path.startswith("/v1/"):
+            got = request.headers.get("authorization", "")
+            if not hmac.compare_digest(got.encode(), f"Bearer {api_key}".encode()):
+                err = OpenAIError(
+                    401,
+                    "Incorrect API key provided: this replica answers its service's router",
+                    code="invalid_api_key",
+                )
+                return JSONResponse(err.body(), status_code=401)
+        return await call_next(request)
 
     @app.exception_handler(OpenAIError)
     async def openai_error(_: HTTPRequest, exc: OpenAIError) -> JSONResponse:

@@ -492,13 +492,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import uvicorn
 
-    from suanli.workloads.serve_app import app_for
+    from suanli.workloads.serve_app import REPLICA_TOKEN_ENV, app_for
 
     engine = build(args)
     threading.Thread(target=engine.run_forever, name="engine", daemon=True).start()
     name = args.served_model_name or args.model
     print(f"serve_lm {name} on http://{args.host}:{args.port}", flush=True)
-    app = app_for(engine, name, max_queue=args.max_queue)
+    token = os.environ.get(REPLICA_TOKEN_ENV) or None
+    app = app_for(engine, name, max_queue=args.max_queue, api_key=token)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
