@@ -70,8 +70,9 @@ def test_calibrate_measures_and_perf_uses_the_measured_rates(
     assert set(prof["gemm_tflops"]) == {"fp32", "bf16"}
     assert all(v > 0 for by_size in prof["gemm_tflops"].values() for v in by_size.values())
     assert prof["allreduce_gbs"]["16"] > 0  # two real gloo processes
-    for seq in ("256", "1024"):
-        by = prof["attention"]["by_seq"][seq]
+    by_seq = prof["attention"]["by_seq"]
+    assert "256" in by_seq  # the shortest always, longer ones as the budget affords
+    for by in by_seq.values():
         assert by["fused_tflops"] > 0 and by["unfused_tflops"] > 0 and by["train_tflops"] > 0
     acc = resolve_accelerator(prof["use_as"])
     e = default_efficiency()
@@ -84,7 +85,10 @@ def test_calibrate_measures_and_perf_uses_the_measured_rates(
     assert acc.loss_logits_per_s == prof["loss_logits_per_s"] > 0
     for dt in (prof["compute_dtype"], "int8"):
         by_k = {int(k): v for k, v in prof["gemv_gbs_by_k"][dt].items()}
-        assert set(by_k) == {512, 1024, 4096} and all(v > 0 for v in by_k.values())
+        # the smallest K always; the larger ones as the time budget affords them, which
+        # depends on the machine's load (CI once measured 512 alone)
+        assert 512 in by_k and set(by_k) <= {512, 1024, 4096}, by_k
+        assert all(v > 0 for v in by_k.values())
         assert acc.gemv_rate_gbs(512, dt) * e.mem_bw_eff == pytest.approx(by_k[512])
     assert prof["fixed_us"]["layer"] > 0 and acc.layer_overhead_us == prof["fixed_us"]["layer"]
     assert acc.decode_attention_gbs == prof["decode_attention_gbs"] > 0
