@@ -226,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     ok = [r for r in results if r["code"] == 200]
     met = sum(1 for r in results if r["met"])
     retries = [ln for ln in metrics.splitlines() if ln.startswith("suanli_service_retries_total")]
+    resumed = [
+        ln for ln in metrics.splitlines() if ln.startswith("suanli_service_resumed_streams_total")
+    ]
     t = Table(title="live service: serve_lm replicas behind the router")
     t.add_column("figure")
     t.add_column("value", justify="right")
@@ -257,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{killed.get('in_flight')} in flight",
         ),
         ("router retries", retries[0].split()[-1] if retries else "0"),
+        ("streams resumed on another replica", resumed[0].split()[-1] if resumed else "0"),
         ("most replicas ready", max(p["ready"] for p in timeline)),
         ("idle to zero replicas (s)", f"{zero_after:.1f}"),
         ("from zero to an answer (s)", f"{wake_s:.1f}"),
