@@ -36,7 +36,7 @@ from rich.table import Table
 
 from suanli.autoscale.capacity import capacity_rps
 from suanli.autoscale.kinds import make_kinds
-from suanli.autoscale.mix import ReplicaKind, SizeBuckets, cheapest_mix
+from suanli.autoscale.mix import NoMixError, ReplicaKind, SizeBuckets, cheapest_mix
 from suanli.plan.pool import pool_from_accelerators
 from suanli.sim.serving.fleet import ServeResult
 from suanli.sim.serving.plot import plot_runs
@@ -116,6 +116,33 @@ def setting(argv: list[str] | None, doc: str) -> Setting | None:
     kinds = make_kinds(MODEL, pool_from_accelerators(CHIPS, 1))
     traces = {n: read_trace(p, rate_scale=args.rate_scale) for n, p in TRACES.items()}
     return args, kinds, traces
+
+
+def singles(
+    traces: dict[str, list[TraceRequest]],
+    kinds: dict,  # type: ignore[type-arg]
+    results: dict[tuple[str, str, float], ServeResult],
+    report: dict,  # type: ignore[type-arg]
+) -> None:
+    """The heterogeneity on its own: the same optimizer (forecast, headroom, period)
+    given one chip at a time, against the mix of all four."""
+    t = Table(title="The optimizer on the mix of chips and on each chip alone (same policy)")
+    for col in ("trace", "chips", "SLO met", "cost $", "device-h", "mix / this"):
+        t.add_column(col, justify="right")
+    for name, trace in traces.items():
+        mix = results[(name, "optimizer", 0.7)]
+        t.add_row(name, "all four", f"{mix.slo_attainment:.2%}", f"{mix.cost_usd:.2f}",
+                  f"{mix.device_hours:.2f}", "1.00")  # fmt: skip
+        for chip in kinds:
+            try:
+                r = run("optimizer", trace, {chip: kinds[chip]}, 0.7)
+            except NoMixError as exc:  # one chip cannot carry the peak at any count
+                t.add_row(name, chip, "-", "-", "-", f"cannot: {str(exc)[:40]}")
+                continue
+            t.add_row(name, chip, f"{r.slo_attainment:.2%}", f"{r.cost_usd:.2f}",
+                      f"{r.device_hours:.2f}", f"{mix.cost_usd / r.cost_usd:.2f}")  # fmt: skip
+            report.setdefault(name, {}).setdefault("single_chip_optimizer", {})[chip] = r.to_dict()
+    console.print(t)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             "runs": {f"{p}@{u}": r.to_dict() for (n, p, u), r in results.items() if n == name},
             **line,
         }
+    singles(traces, kinds, results, report)
     traces["mixed"] = sorted(traces["conversation"] + traces["code"], key=lambda r: r.arrival_s)
     t = Table(title="Mélange's comparison: planned $/h, cheapest mix vs cheapest single kind")
     for col in (
