@@ -66,6 +66,7 @@ class Cluster:
     chips: int
     temp: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="ray", dir="/tmp"))
     dash: int = 0
+    token: str | None = None  # Ray's token auth on (RAY_AUTH_MODE=token) with this token
 
     def start(self) -> None:
         """Start the head; a restart keeps its dashboard port (the site's address), so it
@@ -75,6 +76,8 @@ class Cluster:
         self.dash = self.dash or _port()
         _wait(lambda: _free(self.dash), f"port {self.dash} free for {self.name}'s head", 60)
         env = {**os.environ, **RAY_ENV}
+        if self.token:
+            env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token)
         for _ in range(3):
             done = subprocess.run(
                 self._argv(ray), env=env, capture_output=True, text=True, timeout=180

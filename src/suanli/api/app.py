@@ -45,6 +45,7 @@ from suanli.store.models import (
     TokenRow,
     member_chips,
 )
+from suanli.store.vault import Vault
 from suanli.web import add_console, error_page
 
 #: request bodies: unknown fields refused, no coercion (``true`` is not 1.0), finite numbers
@@ -264,13 +265,15 @@ def create_app(
     market: MarketConfig | None = None,
     metrics: Metrics | None = None,
     book: ReplicaBook | None = None,
+    vault: Vault | None = None,
 ) -> FastAPI:
     """``multi_tenant`` False: jobs would run as the service's own user (it is not root
     and was not started ``--single-user``), so only admin tokens are issued.
     ``max_body_bytes``: larger request bodies get 413 (default 1 MiB, or
     ``SUANLI_MAX_BODY_BYTES``). ``metrics``: what ``GET /metrics`` exports, shared with the
     loop (default: one of the app's own, reading the store). ``book``: the services'
-    replicas, shared with the services controller that fills it."""
+    replicas, shared with the services controller that fills it. ``vault``: what seals
+    the tokens of attached sites' engines (None: tokens are refused)."""
     limit = max_body_bytes or int(os.environ.get("SUANLI_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
     # /docs from this process, not a CDN (see suanli.api.docs); no ReDoc (it would load one)
     app = FastAPI(title="suanli", version="0.1.0", responses=ERRORS, docs_url=None, redoc_url=None)
@@ -478,7 +481,7 @@ def create_app(
             text, after = job_logs.last_bytes(paths, tail_bytes)
         return PlainTextResponse(text, headers=job_logs.cursor_header(after))
 
-    add_site_routes(app, store, caller)
+    add_site_routes(app, store, caller, vault)
     book = book if book is not None else ReplicaBook()  # `suanli up` shares its controller's
     add_service_routes(app, store, caller, book, admission_problem)
     add_router_routes(app, store, book)

@@ -22,6 +22,7 @@ from suanli.catalog.loader import accelerators
 from suanli.jobs.spec import catalog_enum
 from suanli.store.db import Store
 from suanli.store.models import JobRow, NodeRow, SiteRow, TokenRow
+from suanli.store.vault import Vault
 
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 INT32 = 2**31 - 1  # integer columns on PostgreSQL
@@ -40,11 +41,20 @@ class SiteBody(BaseModel):
     #: the Python a job's ``python`` means on that cluster's nodes (default: the service's)
     python: str | None = Field(default=None, max_length=255, pattern=r"^/[^\s;&|$`]*$")
     grace_s: float = Field(default=300.0, ge=1.0, le=7 * 86_400)
+    #: the engine's token (a Ray cluster started with RAY_AUTH_MODE=token): sealed before
+    #: it is stored, never shown; or ``token_env``, the service's environment variable
+    #: that holds it. Neither given: the credential stored before stays.
+    token: str | None = Field(default=None, min_length=1, max_length=512, pattern=r"^\S+$")
+    token_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]{0,63}$")
 
     @model_validator(mode="after")
     def _engine_needs_address(self) -> "SiteBody":
         if self.engine is None and (self.address or self.python):
             raise ValueError("address and python need an engine (engine: ray)")
+        if self.engine is None and (self.token or self.token_env):
+            raise ValueError("token and token_env are an engine's (engine: ray)")
+        if self.token and self.token_env:
+            raise ValueError("give token or token_env, not both")
         if self.engine == "ray" and not RAY_ADDRESS.fullmatch(self.address or ""):
             raise ValueError(
                 "address: a Ray cluster's dashboard as HOST:PORT (or http[s]://HOST:PORT), "
@@ -120,6 +130,10 @@ def site_view(r: SiteRow, full: bool = True) -> dict[str, Any]:
     }
     if full:
         out["address"], out["python"] = r.address, r.python
+        # what kind of credential there is, never the credential
+        out["credential"] = (
+            "sealed" if r.credential else f"env {r.credential_env}" if r.credential_env else None
+        )
     return out
 
 
@@ -166,7 +180,10 @@ def node_view(r: NodeRow, held: Held | None = None) -> dict[str, Any]:
     }
 
 
-def add_site_routes(app: FastAPI, store: Store, caller: Callable[..., TokenRow]) -> None:
+def add_site_routes(
+    app: FastAPI, store: Store, caller: Callable[..., TokenRow], vault: Vault | None = None
+) -> None:
+    """``vault``: what seals an engine's token (None: tokens are refused, say so)."""
     site_address.allowed_networks()  # a wrong SUANLI_SITE_NETWORKS stops the start, not a PUT
     Caller = Annotated[TokenRow, Depends(caller)]
 
@@ -223,9 +240,18 @@ def add_site_routes(app: FastAPI, store: Store, caller: Callable[..., TokenRow])
                 except site_address.AddressRefused as err:
                     raise HTTPException(422, detail=str(err)) from None
             row = row or SiteRow(name=name, owner=who.owner)
-            for k, v in body.model_dump().items():
+            for k, v in body.model_dump(exclude={"token", "token_env"}).items():
                 setattr(row, k, v)
+            if body.token is not None:
+                if vault is None:
+                    raise HTTPException(
+                        422, detail="token: this service keeps no secrets (no vault key)"
+                    )
+                row.credential, row.credential_env = vault.seal(body.token), None
+            elif body.token_env is not None:
+                row.credential, row.credential_env = None, body.token_env
             if body.engine is None:
+                row.credential = row.credential_env = None
                 row.status = row.seen_at = row.away_since = None
             elif row.status is None:
                 row.status = "attaching"  # the sites controller connects within a tick

@@ -9,6 +9,7 @@ site that stays unreachable past ``--grace`` has its jobs requeued elsewhere.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -139,10 +140,34 @@ def site_attach(
             "(default: the service's own).",
         ),
     ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-file",
+            help="A file holding the cluster's token (Ray started with RAY_AUTH_MODE=token): "
+            "sent once, sealed by the service, never shown.",
+        ),
+    ] = None,
+    token_env: Annotated[
+        str | None,
+        typer.Option(
+            "--token-env",
+            help="Or the name of the service's environment variable that holds the token.",
+        ),
+    ] = None,
     json_out: Json = False,
 ) -> None:
-    """Attach a Ray cluster as a site: suanli learns its nodes and runs jobs there."""
+    """Attach a Ray cluster as a site: suanli learns its nodes and runs jobs there. A
+    token is read from a file, never taken on the command line (which others can read)."""
     row = _find(name) or {}
+    token = None
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            raise ApiError(f"--token-file {token_file}: {exc.strerror}") from None
+        if not token:
+            raise ApiError(f"--token-file {token_file} is empty")
     if region is None and "region" not in row:
         raise ApiError("--region is required for a new site, e.g. --region cn-west")
     body = _body(
@@ -155,6 +180,8 @@ def site_attach(
         address=ray_address,
         python=python,
         grace_s=grace,
+        token=token,
+        token_env=token_env,
     )
     _put(name, body, json_out, "attached")
 
@@ -202,6 +229,8 @@ def site_show(name: str, json_out: Json = False) -> None:
         where = f" at {out['address']}" if out.get("address") else ""
         console.print(f"  engine {out['engine']}{where}; state {_state(out)}")
         console.print(f"  status: {out.get('status') or '-'}")
+        if out.get("credential"):
+            console.print(f"  token: {out['credential']} (never shown)")
         if out.get("seen_at"):
             console.print(f"  last answered {age(time.time() - float(out['seen_at']))} ago")
         console.print(f"  grace {out['grace_s']:g} s before its running jobs are requeued")

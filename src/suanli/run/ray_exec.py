@@ -30,7 +30,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from suanli.catalog.loader import accelerators
 from suanli.run.executor import DeviceInfo, ExecutorUnavailable, Handle, Launch, NodeInfo
@@ -106,8 +106,15 @@ class RayExecutor:
     gang_native = True  # a gang is started by one call (one Ray job, one placement group)
 
     def __init__(
-        self, address: str, log_dir: Path, python: str | None = None, service: str = ""
+        self,
+        address: str,
+        log_dir: Path,
+        python: str | None = None,
+        service: str = "",
+        token: str | None = None,
     ) -> None:
+        """``token``: the cluster's (one started with ``RAY_AUTH_MODE=token``), sent as a
+        bearer token on every Jobs and State API call."""
         from ray.job_submission import JobSubmissionClient
 
         #: the Python a job's ``python`` means on this cluster's nodes (default: this one's,
@@ -117,10 +124,11 @@ class RayExecutor:
         self.service = service
 
         self.address = address if "://" in address else f"http://{address}"
+        self.headers = {"Authorization": f"Bearer {token}"} if token else None
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         try:
-            self.client = JobSubmissionClient(self.address)
+            self.client = JobSubmissionClient(self.address, headers=self.headers)
         except Exception as exc:
             raise RayUnavailable(
                 f"cannot reach the Ray dashboard at {self.address} ({exc}); "
@@ -136,11 +144,19 @@ class RayExecutor:
 
     # --- nodes ---------------------------------------------------------------------
     def nodes(self) -> list[NodeInfo]:
-        from ray.util.state import list_nodes
+        from ray.util.state.api import StateApiClient
+        from ray.util.state.common import ListApiOptions, NodeState, StateResource
 
         self.stop_unanswered()
         out = []
-        for n in list_nodes(address=self.address, detail=True, raise_on_missing_output=False):
+        state = StateApiClient(self.address, headers=self.headers)
+        listed = cast(
+            "list[NodeState]",
+            state.list(
+                StateResource.NODES, ListApiOptions(detail=True), raise_on_missing_output=False
+            ),
+        )
+        for n in listed:
             if n.state != "ALIVE":
                 continue
             total = dict(n.resources_total or {})

@@ -56,8 +56,8 @@ class SiteController:
     ) -> None:
         self.store, self.sites, self.make = store, sites, make
         self.connect_timeout_s = connect_timeout_s
-        self._wanted: dict[str, tuple[str, str, str]] = {}  # attached: (engine, address, python)
-        self._connecting: dict[str, tuple[tuple[str, str, str], cf.Future[Executor]]] = {}
+        self._wanted: dict[str, tuple[str, ...]] = {}  # attached: what `_key` says
+        self._connecting: dict[str, tuple[tuple[str, ...], cf.Future[Executor]]] = {}
         self._unswept: set[str] = set()  # attached sites whose strays are not yet stopped
         self._pool = cf.ThreadPoolExecutor(2, thread_name_prefix="site-connect")
 
@@ -105,6 +105,8 @@ class SiteController:
                 engine=row.engine,
                 address=row.address,
                 python=row.python,
+                credential=row.credential,
+                credential_env=row.credential_env,
             )
             self._connecting[row.name] = (key, self._pool.submit(self.make, detached))
             row.status = "connecting"
@@ -166,5 +168,7 @@ class SiteController:
         self._unswept.discard(site)
 
 
-def _key(row: SiteRow) -> tuple[str, str, str]:
-    return (row.engine or "", row.address or "", row.python or "")
+def _key(row: SiteRow) -> tuple[str, ...]:
+    """What the connection depends on: a change of any (a new token too) reconnects."""
+    cred = (row.credential or "", row.credential_env or "")
+    return (row.engine or "", row.address or "", row.python or "", *cred)

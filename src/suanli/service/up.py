@@ -39,6 +39,7 @@ from suanli.service.services import ServicesController
 from suanli.service.sites import SiteController
 from suanli.store.db import Store
 from suanli.store.models import SiteRow
+from suanli.store.vault import Vault
 
 PRIVATE_UMASK = 0o077
 
@@ -105,17 +106,38 @@ def ray_executor(
     return RayExecutor(address, log_dir, python=python, service=service)
 
 
-def site_factory(log_dir: Path, service: str) -> Callable[[SiteRow], Executor]:
-    """How the sites controller connects to an attached site's engine."""
+def site_factory(
+    log_dir: Path, service: str, vault: Vault | None = None
+) -> Callable[[SiteRow], Executor]:
+    """How the sites controller connects to an attached site's engine, with its token
+    (opened from the vault, or read from the service's environment) where it has one."""
 
     def make(row: SiteRow) -> Executor:
         if row.engine != "ray" or not row.address:
             raise SuanliError(f"site {row.name}: engine {row.engine!r} cannot run jobs here")
         from suanli.run.ray_exec import RayExecutor
 
-        return RayExecutor(row.address, log_dir, python=row.python, service=service)
+        return RayExecutor(
+            row.address, log_dir, python=row.python, service=service, token=site_token(row, vault)
+        )
 
     return make
+
+
+def site_token(row: SiteRow, vault: Vault | None) -> str | None:
+    if row.credential:
+        if vault is None:
+            raise SuanliError(f"site {row.name}: its token is sealed and no vault key is here")
+        return vault.open(row.credential)
+    if row.credential_env:
+        token = os.environ.get(row.credential_env)
+        if not token:
+            raise SuanliError(
+                f"site {row.name}: its token is referenced as ${row.credential_env}, which "
+                "this service's environment lacks; set it and restart, or attach with a token"
+            )
+        return token
+    return None
 
 
 def service_id(store: Store) -> str:
@@ -214,15 +236,17 @@ def serve(
     market = market or MarketConfig()
     metrics = Metrics(store)  # one registry: what the loop counts, the app exports
     book = ReplicaBook()  # the services' replicas: the controller fills it, the router reads
+    vault = Vault.for_service(data_dir)  # sites' tokens, sealed at rest
     app = create_app(
         store,
         multi_tenant=per_owner or single_user or executor != "local",
         market=market,
         metrics=metrics,
         book=book,
+        vault=vault,
     )
     controllers: list[Controller] = [
-        SiteController(store, ex, site_factory(data_dir / "logs", service)),
+        SiteController(store, ex, site_factory(data_dir / "logs", service, vault)),
         MarketController(store, market),
         ServicesController(store, book),
     ]

@@ -126,6 +126,10 @@ class SiteRow(Base):
     seen_at: Mapped[float | None] = mapped_column(Float, nullable=True, default=None)
     away_since: Mapped[float | None] = mapped_column(Float, nullable=True, default=None)
     status: Mapped[str | None] = mapped_column(String(255), nullable=True, default=None)
+    #: the engine's token, sealed by the service's vault (`suanli.store.vault`), or the
+    #: name of the service's environment variable holding it; never shown
+    credential: Mapped[str | None] = mapped_column(Text, nullable=True, default=None)
+    credential_env: Mapped[str | None] = mapped_column(String(64), nullable=True, default=None)
 
 
 class NodeRow(Base):
