@@ -163,3 +163,29 @@ def test_the_api_refuses_a_mix_the_chips_cannot_serve(tmp_path: Path) -> None:
     ok = api.post("/v1/services", json=_spec().model_dump())
     assert ok.status_code == 201, ok.text
     assert api.get("/v1/services").json()[0]["policy"] == "optimizer"
+
+
+def test_a_load_beyond_max_runs_max_and_says_so(tmp_path: Path) -> None:
+    """More load than ``replicas.max`` can serve: the ILP has no answer; the service runs
+    its max on the strongest chip and says why, and nothing else is held up."""
+    store = Store.sqlite(tmp_path)
+    store.migrate()
+    with store.tx() as s:
+        for name in ("busy", "calm"):
+            spec = _spec(name=name, replicas={"min": 0, "max": 1})
+            s.add(ServiceRow(name=name, owner="ann", spec=spec.model_dump(), created_at=0,
+                             updated_at=0))  # fmt: skip
+    book = ReplicaBook()
+    ctl = ServicesController(store, book)
+    traffic = book.traffic_of("busy")
+    for i in range(24_000):  # 400 requests/s
+        traffic.arrived(i / 400)
+    traffic.sizes.extend([(6000, 500)] * 100)
+    ctl.reconcile(60.0)
+    with store.tx() as s:
+        busy, calm = s.get(ServiceRow, "busy"), s.get(ServiceRow, "calm")
+        assert busy is not None and calm is not None
+        assert busy.desired == 1 and "exceeds what replicas.max serve" in (busy.status or "")
+        assert calm.status is not None and "controller error" not in calm.status
+        jobs = list(s.query(JobRow).filter(JobRow.service == "busy"))
+        assert [chip_of(j) for j in jobs] == ["a100-80gb"]

@@ -61,10 +61,17 @@ def test_a_token_is_sealed_kept_and_never_shown(tmp_path: Path) -> None:
     # a change without a token keeps the sealed one; a reference replaces it
     again = api.put("/v1/sites/west", json={**body, "token": None, "region": "cn-west-2"})
     assert again.json()["credential"] == "sealed"
-    ref = api.put("/v1/sites/west", json={**body, "token": None, "token_env": "WEST_RAY_TOKEN"})
-    assert ref.json()["credential"] == "env WEST_RAY_TOKEN"
+    ref = {**body, "token": None, "token_env": "SUANLI_SITE_TOKEN_WEST"}
+    assert api.put("/v1/sites/west", json=ref).json()["credential"] == "env SUANLI_SITE_TOKEN_WEST"
+    # no other variable of the service's (the vault's key, a password) can be sent out
+    for name in ("SUANLI_SECRET_KEY", "PGPASSWORD"):
+        bad = api.put("/v1/sites/west", json={**body, "token": None, "token_env": name})
+        assert bad.status_code == 422, name
+    # a credential goes only where it was given for: a new address drops it
+    moved = api.put("/v1/sites/west", json={**body, "token": None, "address": "127.0.0.1:2"})
+    assert moved.json()["credential"] is None
     assert "s3cret" not in api.get("/v1/sites").text + api.get("/v1/sites/west").text
-    both = api.put("/v1/sites/west", json={**body, "token_env": "X"})
+    both = api.put("/v1/sites/west", json={**body, "token_env": "SUANLI_SITE_TOKEN_X"})
     assert both.status_code == 422 and "not both" in both.text
     plain = TestClient(create_app(store))  # an app with no vault refuses to take one
     plain.headers["Authorization"] = f"Bearer {admin}"

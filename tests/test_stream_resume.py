@@ -13,7 +13,13 @@ import httpx
 from fastapi.testclient import TestClient
 
 from suanli.api.app import create_app
-from suanli.api.resume import StreamLog, continuation, rewrite
+from suanli.api.resume import (
+    MAX_PENDING_BYTES,
+    MAX_TEXT_CHARS,
+    StreamLog,
+    continuation,
+    rewrite,
+)
 from suanli.autoscale.service_spec import ServiceSpec
 from suanli.run.local import free_port
 from suanli.service.replicas import ReplicaBook
@@ -38,6 +44,20 @@ def test_the_log_reads_events_split_anywhere() -> None:
     assert log.tokens(byte_tokens=True) == 10 and log.tokens(byte_tokens=False) == 3
     log.feed(b"data: [DONE]\n\n")
     assert log.ended and continuation({"prompt": "x"}, log, True) is None
+
+
+def test_only_whole_events_go_out_and_a_flood_ends_the_parsing() -> None:
+    log = StreamLog(chat=False)
+    event = _event({"id": "c", "choices": [{"index": 0, "text": "ab", "finish_reason": None}]})
+    assert log.take(event[:10]) == [] and log.take(event[10:]) == [event]
+    assert log.text == "ab"
+    flood = log.take(b"data: " + b"x" * (MAX_PENDING_BYTES + 1))  # no end of event, ever
+    assert flood and log.raw and log.take(b"more") == [b"more"]
+    assert continuation({"prompt": "p"}, log, True) is None  # not resumable any more
+    long = StreamLog(chat=False)
+    many = _event({"choices": [{"index": 0, "text": "y" * 4096}]}) * (MAX_TEXT_CHARS // 4096 + 1)
+    long.take(many)
+    assert long.raw and long.text == ""  # what it kept is let go
 
 
 def test_a_completion_goes_on_with_what_was_sent_and_what_is_owed() -> None:
@@ -113,7 +133,9 @@ class H(BaseHTTPRequestHandler):
         if mode == "die":
             for t in ("one ", "two ", "three "):
                 event(t)
-            self.connection.shutdown(socket.SHUT_RDWR)  # no last chunk: a broken body
+            half = b'data: {"id": "cmpl-die", "choices": [{"index": 0, "te'
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(half), half)); self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)  # mid-event, no last chunk
             return
         with open(log, "a") as f:
             f.write(json.dumps(body) + "\n")
@@ -166,6 +188,7 @@ def test_the_router_resumes_a_cut_stream_on_another_replica(tmp_path: Path) -> N
         for proc in procs:
             proc.kill()
             proc.wait()
+    # whole events only: the half event the dying replica sent never reached the client
     events = [json.loads(x[6:]) for x in got.text.split("\n\n") if x.startswith("data: {")]
     assert "".join(e["choices"][0]["text"] for e in events) == "one two three four"
     assert {e["id"] for e in events} == {"cmpl-die"}  # one stream, under its first id

@@ -26,36 +26,77 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MAX_RESUMES = 3
+#: an event longer than this (a replica is a tenant's own code) ends the parsing: the
+#: rest is relayed as it comes, and the stream is no longer resumable
+MAX_PENDING_BYTES = 64 * 1024
+MAX_TEXT_CHARS = 1 << 20  # text kept for a continuation; beyond, not resumable
 
 
 @dataclass
 class StreamLog:
-    """What the client has been sent of one stream: parsed from the raw bytes."""
+    """What the client has been sent of one stream, parsed event by event."""
 
     chat: bool
     text: str = ""
     events: int = 0  # events that carried text: tokens, for engines that send one each
     id: str | None = None
     ended: bool = False  # a finish reason or [DONE] went out
-    _buf: bytes = field(default=b"", repr=False)
+    raw: bool = False  # parsing given up (an over-long event, or too much text)
+    _buf: bytearray = field(default_factory=bytearray, repr=False)
+
+    def take(self, piece: bytes) -> list[bytes]:
+        """The complete events that ``piece`` finishes, each with its blank line (what
+        is relayed, so a client never holds half an event when a replica dies)."""
+        if self.raw:
+            return [piece] if piece else []
+        start = max(0, len(self._buf) - 1)  # only the new bytes are searched
+        self._buf += piece
+        out = []
+        while (i := self._buf.find(b"\n\n", start)) >= 0:
+            event = bytes(self._buf[: i + 2])
+            del self._buf[: i + 2]
+            start = 0
+            self.note(event)
+            out.append(event)
+        if len(self._buf) > MAX_PENDING_BYTES:
+            self.raw = True
+            out.append(bytes(self._buf))
+            self._buf.clear()
+        return out
+
+    def rest(self) -> bytes:
+        """What is left unfinished when the stream ends."""
+        out = bytes(self._buf)
+        self._buf.clear()
+        return out
 
     def feed(self, piece: bytes) -> None:
-        self._buf += piece
-        while b"\n\n" in self._buf:
-            raw, self._buf = self._buf.split(b"\n\n", 1)
-            event = parse(raw)
-            if event == "[DONE]":
-                self.ended = True
-            if not isinstance(event, dict):
+        self.take(piece)
+
+    def note(self, raw: bytes) -> None:
+        """One whole event, as sent to the client."""
+        event = parse(raw)
+        if event == "[DONE]":
+            self.ended = True
+        if not isinstance(event, dict):
+            return
+        self.id = self.id or event.get("id")
+        for c in event.get("choices") or []:
+            if not isinstance(c, dict):
                 continue
-            self.id = self.id or event.get("id")
-            for c in event.get("choices") or []:
-                piece_text = (c.get("delta") or {}).get("content") if self.chat else c.get("text")
-                if piece_text:
-                    self.text += piece_text
-                    self.events += 1
-                if c.get("finish_reason"):
-                    self.ended = True
+            delta = c.get("delta")
+            piece_text = (
+                (delta.get("content") if isinstance(delta, dict) else None)
+                if self.chat
+                else c.get("text")
+            )
+            if isinstance(piece_text, str) and piece_text:
+                self.text += piece_text
+                self.events += 1
+                if len(self.text) > MAX_TEXT_CHARS:
+                    self.raw, self.text = True, ""
+            if c.get("finish_reason"):
+                self.ended = True
 
     def tokens(self, byte_tokens: bool) -> int:
         """Tokens already sent: exact for a byte-level model (serve_lm), else one per
@@ -82,7 +123,9 @@ def continuation(
     payload: dict[str, Any], log: StreamLog, byte_tokens: bool
 ) -> dict[str, Any] | None:
     """The request that goes on from what ``log`` says was sent (None: not resumable)."""
-    if log.ended or payload.get("n", 1) != 1 or payload.get("logprobs") or payload.get("echo"):
+    if log.raw or log.ended:
+        return None
+    if payload.get("n", 1) != 1 or payload.get("logprobs") or payload.get("echo"):
         return None
     if payload.get("top_logprobs"):
         return None
@@ -119,7 +162,7 @@ def rewrite(raw: bytes, log: StreamLog) -> bytes | None:
     if log.id is not None and "id" in event:
         event["id"] = log.id
     for c in event.get("choices") or []:
-        delta = c.get("delta")
+        delta = c.get("delta") if isinstance(c, dict) else None
         if not isinstance(delta, dict) or delta.pop("role", None) is None:
             continue
         if not delta and c.get("finish_reason") is None and not c.get("logprobs"):

@@ -220,6 +220,9 @@ def add_router_routes(app: FastAPI, store: Store, book: ReplicaBook) -> None:
                         book.release(other, failed=True)
                         tried.add(other.job_id)
                         continue
+                    except BaseException:  # the client left meanwhile: give the slot back
+                        book.release(other, failed=False)
+                        raise
                     if got.status_code != 200:
                         await got.aclose()
                         book.release(other, failed=got.status_code >= 500)
@@ -335,7 +338,7 @@ def _judge(
         usage = json.loads(content)["usage"]
         tokens = int(usage["completion_tokens"])
         size = (int(usage["prompt_tokens"]), tokens)
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, OverflowError):  # a replica is a tenant's code
         tokens = 1
     traffic.sizes.append(size)
     traffic.judge(took <= spec.slo.ttft_s + max(0, tokens - 1) * spec.slo.tpot_s)
@@ -358,37 +361,34 @@ async def _relay(
     failed = False
     log = StreamLog(chat=resume.chat)
     resumes = 0
+    held = True  # ``rep`` holds one of the router's slots until released
     try:
         while True:
+            # the first replica's events go out whole as they complete; a replacement's
+            # are made the first stream's (its id, no second role header) on the way
+            sub = log if resumes == 0 else StreamLog(chat=resume.chat)
             try:
-                if resumes == 0:  # the first replica's bytes, as they come
-                    async for piece in resp.aiter_raw():
+                async for piece in resp.aiter_raw():
+                    for event in sub.take(piece):
+                        out = event if sub is log or sub.raw else rewrite(event[:-2], log)
+                        if out is None:
+                            continue
+                        if sub is not log:
+                            log.note(out)
                         first = first or time.monotonic()
-                        chunks += piece.count(b"data: ")
-                        log.feed(piece)
-                        yield piece
-                else:  # a replacement's events, made the first stream's
-                    buf = b""
-                    async for piece in resp.aiter_raw():
-                        buf += piece
-                        while b"\n\n" in buf:
-                            raw, buf = buf.split(b"\n\n", 1)
-                            out = rewrite(raw, log)
-                            if out is not None:
-                                first = first or time.monotonic()
-                                chunks += 1
-                                log.feed(out)
-                                yield out
+                        chunks += out.count(b"data: ")
+                        yield out
+                tail = sub.rest()
+                if tail:
+                    yield tail
                 break
             except httpx.TransportError as exc:  # the replica died mid-stream
                 await resp.aclose()
                 book.release(rep, failed=True)
+                held = False
                 cont = continuation(resume.payload, log, resume.byte_tokens)
-                got = (
-                    await resume.reopen(cont, rep.job_id)
-                    if cont and resumes < MAX_RESUMES
-                    else None
-                )
+                can = cont is not None and resumes < MAX_RESUMES
+                got = await resume.reopen(cont, rep.job_id) if can and cont else None
                 if got is None:  # say so, OpenAI's way
                     failed = True
                     err = {
@@ -403,10 +403,11 @@ async def _relay(
                     yield f"data: {json.dumps(err)}\n\ndata: [DONE]\n\n".encode()
                     return
                 resp, rep = got
+                held = True
                 resumes += 1
                 traffic.resumed.inc()
     finally:
-        if not failed:
+        if held:
             await resp.aclose()
             book.release(rep, failed=False)
         end = time.monotonic()

@@ -45,7 +45,9 @@ class SiteBody(BaseModel):
     #: it is stored, never shown; or ``token_env``, the service's environment variable
     #: that holds it. Neither given: the credential stored before stays.
     token: str | None = Field(default=None, min_length=1, max_length=512, pattern=r"^\S+$")
-    token_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]{0,63}$")
+    #: only variables named SUANLI_SITE_TOKEN_*: any other (the vault's key, a database
+    #: password) would be sent to an address the attacher chose
+    token_env: str | None = Field(default=None, pattern=r"^SUANLI_SITE_TOKEN_[A-Z0-9_]{1,46}$")
 
     @model_validator(mode="after")
     def _engine_needs_address(self) -> "SiteBody":
@@ -240,8 +242,12 @@ def add_site_routes(
                 except site_address.AddressRefused as err:
                     raise HTTPException(422, detail=str(err)) from None
             row = row or SiteRow(name=name, owner=who.owner)
+            moved = row.address is not None and body.address != row.address
             for k, v in body.model_dump(exclude={"token", "token_env"}).items():
                 setattr(row, k, v)
+            if moved and body.token is None and body.token_env is None:
+                # a credential goes only where it was given for: a new address, a new token
+                row.credential = row.credential_env = None
             if body.token is not None:
                 if vault is None:
                     raise HTTPException(

@@ -55,6 +55,12 @@ def cheapest(kinds: Sequence[ReplicaKind]) -> str:
     return min(serving, key=lambda k: (k.usd_per_hour, k.name)).name
 
 
+def strongest(kinds: Sequence[ReplicaKind]) -> str:
+    """The chip whose replica serves the most (summed over the size buckets): where a
+    load beyond ``replicas.max`` is best met."""
+    return max(kinds, key=lambda k: (sum(k.capacity_rps), -k.usd_per_hour)).name
+
+
 def shares_by_bucket(mix: Mix, buckets: SizeBuckets) -> list[dict[str, float]]:
     """Per size bucket, the share of it each chip serves in the mix (the router's draw)."""
     return [{c: s[b] for c, s in mix.shares.items()} for b in range(buckets.count)]

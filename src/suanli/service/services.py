@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from suanli.autoscale.hpa import HpaSpec
 from suanli.autoscale.kinds import chip_optimizer
 from suanli.autoscale.kpa import KpaSpec
+from suanli.autoscale.mix import NoMixError
 from suanli.autoscale.predictive import PredictiveSpec
 from suanli.autoscale.scalers import Hpa, Kpa, Optimizer, Predictive, Scaler, Static, Window
 from suanli.autoscale.service_spec import ServiceSpec, replica_command
@@ -34,7 +35,14 @@ from suanli.catalog.loader import accelerators
 from suanli.errors import SuanliError
 from suanli.jobs.spec import parse_job_spec
 from suanli.run.local import free_port
-from suanli.service.mix import cheapest, chip_of, rescale, shares_by_bucket, within_budget
+from suanli.service.mix import (
+    cheapest,
+    chip_of,
+    rescale,
+    shares_by_bucket,
+    strongest,
+    within_budget,
+)
 from suanli.service.replicas import BUCKETS, ReplicaBook, ServiceTraffic, record
 from suanli.service.spot import (
     is_spot,
@@ -156,6 +164,7 @@ class _State:
     last_tick: float | None = None
     period_arrivals_from: float = 0.0
     mix_want: dict[str, int] | None = None  # a chip-mix service: the optimizer's last word
+    note: str = ""  # what the status adds (a load beyond the bounds)
 
 
 class ServicesController:
@@ -181,8 +190,20 @@ class ServicesController:
             )
             for job in orphans:
                 self._cancel(s, job, "its service was deleted", now)
-            for row in rows.values():
-                self._reconcile_one(s, row, now)
+        # each service in its own transaction: one's failure (a bug, a catalog change) is
+        # its own status, and the others' replicas are still started, stopped and charged
+        for name in sorted(rows):
+            try:
+                with self.store.tx() as s:
+                    row = s.get(ServiceRow, name)
+                    if row is not None:
+                        self._reconcile_one(s, row, now)
+            except Exception as exc:
+                log.exception("service %s: reconcile failed", name)
+                with self.store.tx() as s:
+                    row = s.get(ServiceRow, name)
+                    if row is not None:
+                        row.status = f"controller error: {exc}"[:255]
 
     def _reconcile_one(self, s: Session, row: ServiceRow, now: float) -> None:
         spec = ServiceSpec.model_validate(row.spec)
@@ -229,6 +250,7 @@ class ServicesController:
             desired = sum(want.values())
             self._act_mix(s, row, spec, jobs, want, now)
         else:
+            traffic.shares = None  # routed by load alone (a spec that left the optimizer)
             desired = row.desired
             if row.pinned is not None:
                 desired = row.pinned
@@ -250,8 +272,10 @@ class ServicesController:
             row.cost_usd += sum(replica_price(s, spec, j) for j in live) * dt / 3600
         st.last_tick = now
         row.desired = desired
-        row.status = f"{len(ready)}/{desired} ready" + (
-            f", {traffic.buffered} waiting at the router" if traffic.buffered else ""
+        row.status = (
+            f"{len(ready)}/{desired} ready"
+            + (f", {traffic.buffered} waiting at the router" if traffic.buffered else "")
+            + (f"; {st.note}" if st.note else "")
         )
         row.observed = {
             "at": now,
@@ -301,7 +325,11 @@ class ServicesController:
         if row.pinned is None and now >= st.next_decision:
             self._period(st, traffic, now)
             st.window.sizes = list(traffic.sizes)
-            st.mix_want = opt.decide(st.window, dict(current))
+            try:
+                st.mix_want, st.note = opt.decide(st.window, dict(current)), ""
+            except NoMixError:  # more load than max replicas serve: as many as allowed
+                st.mix_want = {strongest(opt.kinds): spec.replicas.max}
+                st.note = "the load exceeds what replicas.max serve within the SLO"
             if opt.mix is not None:
                 traffic.shares = shares_by_bucket(opt.mix, BUCKETS)
         want = dict(st.mix_want)

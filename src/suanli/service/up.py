@@ -117,11 +117,20 @@ def site_factory(
             raise SuanliError(f"site {row.name}: engine {row.engine!r} cannot run jobs here")
         from suanli.run.ray_exec import RayExecutor
 
-        return RayExecutor(
-            row.address, log_dir, python=row.python, service=service, token=site_token(row, vault)
-        )
+        token = site_token(row, vault)
+        try:
+            return RayExecutor(
+                row.address, log_dir, python=row.python, service=service, token=token
+            )
+        except Exception as exc:  # its text goes to the site's status: never the token
+            raise SuanliError(scrub(str(exc), token)) from None
 
     return make
+
+
+def scrub(text: str, secret: str | None) -> str:
+    """``text`` without ``secret`` (an error a client raised may quote its headers)."""
+    return text.replace(secret, "[token]") if secret else text
 
 
 def site_token(row: SiteRow, vault: Vault | None) -> str | None:
@@ -131,6 +140,8 @@ def site_token(row: SiteRow, vault: Vault | None) -> str | None:
         return vault.open(row.credential)
     if row.credential_env:
         token = os.environ.get(row.credential_env)
+        if token and any(c.isspace() for c in token):
+            raise SuanliError(f"site {row.name}: ${row.credential_env} must hold one word")
         if not token:
             raise SuanliError(
                 f"site {row.name}: its token is referenced as ${row.credential_env}, which "
