@@ -116,3 +116,18 @@ def test_one_rule_picks_the_precision_for_workloads_and_calibration(
     got = judge("cpu", bf16, fp32)
     assert got.dtype == picked and f"bf16 {bf16:.3g} vs fp32 {fp32:.3g}" in got.reason
     assert (BF16_ENV in got.reason) == forced
+
+
+def test_the_service_runs_without_pytorch() -> None:
+    """`pip install -e .` has no PyTorch (an extra), and `suanli up` must start: the
+    service, its API, controllers and CLI import no torch (the replica does, in its own
+    process)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, suanli.service.up, suanli.api.app, suanli.cli, suanli.service.services\n"
+        "print([m for m in ('torch', 'onnxruntime', 'openvino') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -205,3 +205,26 @@ def _answers(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_a_process_on_a_replicas_port_is_not_taken_for_the_replica(tmp_path: Path) -> None:
+    """Another tenant's process that took a serve_lm replica's port first answers /stats
+    but cannot prove the replica's token: the prober never marks it ready, so the router
+    sends it no request and no token. Engines that cannot prove (vLLM) are taken as
+    they answer."""
+    port = free_port()
+    squatter = subprocess.Popen(
+        [sys.executable, "-c", STAND_IN, str(port), "live", str(tmp_path / "x")]
+    )
+    book = ReplicaBook()
+    try:
+        until("the squatter answers", lambda: _answers(port))
+        book.sync("chat", {1: f"127.0.0.1:{port}"}, tokens={1: "t0k"}, proves=True)
+        book.sync("vllm", {2: f"127.0.0.1:{port}"}, tokens={2: "t0k"}, proves=False)
+        with httpx.Client() as client:
+            book.probe_once(client)
+        assert [r.ready for r in book.of("chat")] == [False]
+        assert [r.ready for r in book.of("vllm")] == [True]
+    finally:
+        squatter.kill()
+        squatter.wait()

@@ -9,7 +9,9 @@ touch it. Nothing here is stored: a restart probes again within a second.
 
 from __future__ import annotations
 
+import hmac
 import random
+import secrets
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from suanli.autoscale.mix import SizeBuckets
+from suanli.workloads.replica_auth import token_proof
 
 BUCKETS = SizeBuckets()
 PROBE_PERIOD_S = 0.5
@@ -38,6 +41,7 @@ class Replica:
     inflight: int = 0  # requests the router has sent and not had back
     chip: str = ""  # the chip it was asked on (a chip-mix service's kind)
     token: str = ""  # the bearer token it requires of the router
+    proves: bool = False  # answers the prober's challenge (serve_lm): an impostor cannot
 
 
 HISTORY = 720  # samples: an hour at one each 5 s
@@ -152,6 +156,7 @@ class ReplicaBook:
         running: dict[int, str],
         chips: dict[int, str] | None = None,
         tokens: dict[int, str] | None = None,
+        proves: bool = False,
     ) -> None:
         """The replicas of ``service`` that run now (job id -> address, chip, token)."""
         with self.lock:
@@ -161,7 +166,9 @@ class ReplicaBook:
             for jid, addr in running.items():
                 if jid not in self.replicas:
                     chip, token = (chips or {}).get(jid, ""), (tokens or {}).get(jid, "")
-                    self.replicas[jid] = Replica(jid, service, addr, chip=chip, token=token)
+                    self.replicas[jid] = Replica(
+                        jid, service, addr, chip=chip, token=token, proves=proves and bool(token)
+                    )
             self.traffic.setdefault(service, ServiceTraffic(service))
 
     def forget(self, service: str) -> None:
@@ -229,16 +236,28 @@ class ReplicaBook:
 
     def probe_once(self, client: httpx.Client) -> None:
         with self.lock:
-            targets = [(r.job_id, r.address) for r in self.replicas.values()]
-        for jid, addr in targets:
+            targets = [
+                (r.job_id, r.address, r.token if r.proves else "") for r in self.replicas.values()
+            ]
+        for jid, addr, token in targets:
             stats: dict[str, Any] | None
+            challenge = secrets.token_hex(16)
             try:  # serve_lm's /stats has the load; vLLM and SGLang answer /health
-                resp = client.get(f"http://{addr}/stats", timeout=PROBE_TIMEOUT_S)
-                if resp.status_code == 404:
+                resp = client.get(
+                    f"http://{addr}/stats", params={"challenge": challenge}, timeout=PROBE_TIMEOUT_S
+                )
+                if resp.status_code == 404 and not token:
                     resp = client.get(f"http://{addr}/health", timeout=PROBE_TIMEOUT_S)
                     stats = {} if resp.status_code == 200 else None
                 else:
                     stats = resp.json() if resp.status_code == 200 else None
+                    if not isinstance(stats, dict):
+                        stats = None
+                    elif token and not hmac.compare_digest(
+                        str(stats.get("proof", "")), token_proof(token, challenge)
+                    ):
+                        # whoever answers there is not the replica: its port was taken
+                        stats = None
             except (httpx.HTTPError, ValueError):
                 stats = None
             with self.lock:

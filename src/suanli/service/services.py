@@ -54,7 +54,7 @@ from suanli.service.spot import (
 )
 from suanli.store.db import Store
 from suanli.store.models import JobRow, ServiceRow, member_chips
-from suanli.workloads.serve_app import REPLICA_TOKEN_ENV
+from suanli.workloads.replica_auth import REPLICA_TOKEN_ENV
 
 log = logging.getLogger("suanli.services")
 LIVE = ("queued", "running", "preempted")
@@ -226,6 +226,7 @@ class ServicesController:
             running,
             {j.id: chip_of(j) for j in jobs},
             {j.id: replica_token(j) for j in jobs},
+            proves=spec.engine == "serve_lm",
         )
         replicas = self.book.of(row.name)
         traffic = self.book.traffic_of(row.name)

@@ -18,6 +18,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from suanli.workloads.openai_api import Server
 from suanli.workloads.openai_types import ChatBody, CompletionBody, OpenAIError
+from suanli.workloads.replica_auth import token_proof
 from suanli.workloads.serve_lm import Engine, Request
 
 #: seconds: from tens of ms (a small model here) to a minute (a 70B prefill under load)
@@ -94,10 +95,6 @@ def metrics_registry(engine: Engine, name: str) -> CollectorRegistry:
 
     engine.on_finish.append(observe)
     return reg
-
-
-#: the bearer token a replica requires (set by the services controller in its job's env)
-REPLICA_TOKEN_ENV = "SUANLI_REPLICA_TOKEN"
 
 
 def app_for(
@@ -210,8 +207,11 @@ def app_for(
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/stats")
-    def stats() -> dict[str, Any]:
-        return engine.metrics()
+    def stats(challenge: str | None = None) -> dict[str, Any]:
+        out = dict(engine.metrics())
+        if challenge is not None and api_key is not None:
+            out["proof"] = token_proof(api_key, challenge[:128])
+        return out
 
     @app.get("/health")
     @app.get("/healthz")

@@ -492,7 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import uvicorn
 
-    from suanli.workloads.serve_app import REPLICA_TOKEN_ENV, app_for
+    from suanli.workloads.replica_auth import REPLICA_TOKEN_ENV
+    from suanli.workloads.serve_app import app_for
 
     engine = build(args)
     threading.Thread(target=engine.run_forever, name="engine", daemon=True).start()
