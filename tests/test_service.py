@@ -56,12 +56,12 @@ def test_schema_comes_from_migrations_that_match_the_models(store: Store) -> Non
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    assert store.revision() == "0008"
+    assert store.revision() == "0009"
     with store.engine.connect() as conn:
         diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diffs == []
     store.migrate()  # idempotent: a restart upgrades nothing
-    assert store.revision() == "0008"
+    assert store.revision() == "0009"
 
 
 def test_upgrade_keeps_a_running_job_attached(tmp_path: Path) -> None:
@@ -89,7 +89,7 @@ def test_upgrade_keeps_a_running_job_attached(tmp_path: Path) -> None:
         )
     engine.dispose()
     store = Store(url)
-    assert store.revision() == "0008"
+    assert store.revision() == "0009"
     with store.tx() as s:
         from suanli.store.models import JobRow
 

@@ -64,6 +64,9 @@ def test_the_split_and_the_slots() -> None:
     lease = _lease(1, _units(("a", 0), ("a", 1), ("a", 2), ("b", 0)))
     assert spot_slots([lease], Resources(accelerator="cpu", cpu=2, memory_gb=1)) == 1
     assert spot_slots([lease], Resources(accelerator="cpu", cpu=0.5, memory_gb=1)) == 4
+    # the owner's other job on the order holds two of node a's cores: one replica fewer
+    other = JobRow(spec={"order": 1, "resources": {"cpu": 2}}, members=[{"node": "a"}])
+    assert spot_slots([lease], Resources(accelerator="cpu", cpu=0.5, memory_gb=1), [other]) == 2
     with pytest.raises(ValidationError):
         SpotSpec(order=0)
 

@@ -49,6 +49,7 @@ from suanli.service.spot import (
     lease_price_per_hour,
     leaving,
     live_leases,
+    order_jobs_elsewhere,
     split,
     spot_slots,
 )
@@ -358,7 +359,7 @@ class ServicesController:
         as many ready replicas as it wants (a mix that swaps chips serves meanwhile)."""
         live = [j for j in jobs if not leaving(j)]
         ready = {r.job_id for r in self.book.of(row.name) if r.ready}
-        budget = max(0, sum(j.id in ready for j in live) - sum(want.values()))
+        drain = max(0, sum(j.id in ready for j in live) - sum(want.values()))
         load = {r.job_id: r.inflight for r in self.book.of(row.name)}
         surplus_ready: list[JobRow] = []
         for chip in sorted(set(want) | {chip_of(j) for j in live}):
@@ -371,7 +372,20 @@ class ServicesController:
                     surplus_ready.append(job)
                 else:
                     self._cancel(s, job, f"the mix wants {want.get(chip, 0)} on {chip}", now)
-        for job in sorted(surplus_ready, key=lambda j: load.get(j.id, 0))[:budget]:
+        surplus_ready.sort(key=lambda j: load.get(j.id, 0))
+        if spec.budget_usd_per_hour is not None:  # kept replicas never break the budget
+
+            def price(chip: str) -> float:
+                return chip_price(chip, spec.resources.devices)
+
+            planned = sum(price(c) * n for c, n in want.items())
+            while (
+                drain < len(surplus_ready)
+                and planned + sum(price(chip_of(j)) for j in surplus_ready[drain:])
+                > spec.budget_usd_per_hour + 1e-9
+            ):
+                drain += 1
+        for job in surplus_ready[:drain]:
             self._cancel(
                 s, job, f"the mix wants {want.get(chip_of(job), 0)} on {chip_of(job)}", now
             )
@@ -390,7 +404,8 @@ class ServicesController:
             why = f"scaled down to {desired}"
             self._converge(s, row, spec, live, desired, desired, now, None, why)
             return
-        slots = spot_slots(live_leases(s, spec.spot.order), spec.resources)
+        others = order_jobs_elsewhere(s, spec.spot.order, row.name)
+        slots = spot_slots(live_leases(s, spec.spot.order), spec.resources, others)
         want = split(desired, spec.spot, slots)
         on_spot = [j for j in live if is_spot(j, spec.spot)]
         on_demand = [j for j in live if not is_spot(j, spec.spot)]

@@ -48,14 +48,33 @@ def live_leases(s: Session, order_id: int) -> list[LeaseRow]:
     return list(s.scalars(q))
 
 
-def spot_slots(leases: list[LeaseRow], resources: Resources) -> int:
-    """How many replicas the leases hold, node by node (a replica never spans nodes)."""
+def spot_slots(
+    leases: list[LeaseRow], resources: Resources, others: list[JobRow] | None = None
+) -> int:
+    """How many replicas the leases hold, node by node (a replica never spans nodes),
+    less what ``others`` (the owner's other running jobs on the same order) hold there."""
+    used: Counter[str] = Counter()
+    for job in others or []:
+        res = (job.spec or {}).get("resources") or {}
+        for m in job.members or []:
+            devices = m.get("devices")
+            devices = devices if isinstance(devices, list) else []
+            cores = math.ceil(float(res.get("cpu", 1.0))) if isinstance(res, dict) else 1
+            used[str(m.get("node"))] += len(devices) if devices else cores
     slots = 0
     for lease in leases:
         need = units_per_replica(resources, lease.accelerator)
         per_node = Counter(u.node for u in units_of(lease))
-        slots += sum(n // need for n in per_node.values())
+        slots += sum(max(0, n - used[node]) // need for node, n in per_node.items())
     return slots
+
+
+def order_jobs_elsewhere(s: Session, order_id: int, service: str) -> list[JobRow]:
+    """The owner's running jobs on the order that are not this service's replicas."""
+    q = select(JobRow).where(JobRow.state == "running")
+    return [
+        j for j in s.scalars(q) if (j.spec or {}).get("order") == order_id and j.service != service
+    ]
 
 
 @dataclass(frozen=True, slots=True)
