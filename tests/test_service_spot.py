@@ -165,10 +165,10 @@ def test_a_reclaimed_spot_replica_falls_back_to_on_demand_and_back(tmp_path: Pat
         victim = s.get(JobRow, spot_ids[0])
         assert victim is not None
         victim.state, victim.preempt_reason, victim.members = "queued", None, []
-    ctl.reconcile(3)
+    ready.add(fallback)  # the fallback has started meanwhile
+    tick(3)
     with store.tx() as s:
         assert s.get(JobRow, spot_ids[0]).state == "cancelled"  # type: ignore[union-attr]
-    ready.add(fallback)
 
     # the order wins a lease again: a spot replica starts; the fallback waits for it
     with store.tx() as s:

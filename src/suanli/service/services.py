@@ -156,6 +156,32 @@ def replica_price(s: Session, spec: ServiceSpec, job: JobRow) -> float:
     return price_per_replica_hour(spec)
 
 
+@dataclass(frozen=True)
+class Group:
+    """Replicas of one kind (a chip, spot or on demand) and how many of it are wanted."""
+
+    jobs: list[JobRow]
+    want: int
+    why: str  # said on a replica stopped as surplus
+    usd_per_hour: float  # one replica's
+    order: int | None = None  # on this market order's leases
+    chip: str | None = None  # on this chip only
+
+
+def mix_groups(spec: ServiceSpec, live: list[JobRow], want: dict[str, int]) -> list[Group]:
+    """A chip-mix service's replicas, chip by chip (a chip no longer wanted included)."""
+    return [
+        Group(
+            [j for j in live if chip_of(j) == chip],
+            want.get(chip, 0),
+            f"the mix wants {want.get(chip, 0)} on {chip}",
+            chip_price(chip, spec.resources.devices),
+            chip=chip,
+        )
+        for chip in sorted(set(want) | {chip_of(j) for j in live})
+    ]
+
+
 @dataclass
 class _State:
     spec: dict[str, Any]
@@ -250,7 +276,8 @@ class ServicesController:
         if isinstance(st.scaler, Optimizer):
             want = self._decide_mix(row, spec, st, st.scaler, jobs, traffic, now)
             desired = sum(want.values())
-            self._act_mix(s, row, spec, jobs, want, now)
+            live = [j for j in jobs if not leaving(j)]
+            self._converge(s, row, spec, mix_groups(spec, live, want), now)
         else:
             traffic.shares = None  # routed by load alone (a spec that left the optimizer)
             desired = row.desired
@@ -265,7 +292,7 @@ class ServicesController:
             price = price_per_replica_hour(spec)
             if spec.budget_usd_per_hour is not None and price > 0:
                 desired = min(desired, int(spec.budget_usd_per_hour // price))
-            self._act(s, row, spec, jobs, desired, now)
+            self._converge(s, row, spec, self._groups(s, row, spec, jobs, desired), now)
         # charge the running replicas' time since the last tick
         if st.last_tick is not None:
             dt = now - st.last_tick
@@ -345,102 +372,60 @@ class ServicesController:
             want = within_budget(want, price, spec.budget_usd_per_hour)
         return want
 
-    def _act_mix(
-        self,
-        s: Session,
-        row: ServiceRow,
-        spec: ServiceSpec,
-        jobs: list[JobRow],
-        want: dict[str, int],
-        now: float,
-    ) -> None:
-        """Each chip's replicas toward ``want``, making before breaking: a surplus replica
-        still queued or starting goes at once, a ready one only while the service keeps
-        as many ready replicas as it wants (a mix that swaps chips serves meanwhile)."""
+    def _groups(
+        self, s: Session, row: ServiceRow, spec: ServiceSpec, jobs: list[JobRow], desired: int
+    ) -> list[Group]:
+        """One kind of replica, or with ``spot`` two: on the order's leases where they
+        hold them, on demand otherwise (`suanli.service.spot`)."""
         live = [j for j in jobs if not leaving(j)]
-        ready = {r.job_id for r in self.book.of(row.name) if r.ready}
-        drain = max(0, sum(j.id in ready for j in live) - sum(want.values()))
-        load = {r.job_id: r.inflight for r in self.book.of(row.name)}
-        surplus_ready: list[JobRow] = []
-        for chip in sorted(set(want) | {chip_of(j) for j in live}):
-            mine = [j for j in live if chip_of(j) == chip]
-            for _ in range(want.get(chip, 0) - len(mine)):
-                self._start(s, row, spec, None, chip)
-            by = sorted(mine, key=lambda j: (j.id in ready, load.get(j.id, 0), -j.id))
-            for job in by[: max(0, len(mine) - want.get(chip, 0))]:
-                if job.id in ready:
-                    surplus_ready.append(job)
-                else:
-                    self._cancel(s, job, f"the mix wants {want.get(chip, 0)} on {chip}", now)
-        surplus_ready.sort(key=lambda j: load.get(j.id, 0))
-        if spec.budget_usd_per_hour is not None:  # kept replicas never break the budget
-
-            def price(chip: str) -> float:
-                return chip_price(chip, spec.resources.devices)
-
-            planned = sum(price(c) * n for c, n in want.items())
-            while (
-                drain < len(surplus_ready)
-                and planned + sum(price(chip_of(j)) for j in surplus_ready[drain:])
-                > spec.budget_usd_per_hour + 1e-9
-            ):
-                drain += 1
-        for job in surplus_ready[:drain]:
-            self._cancel(
-                s, job, f"the mix wants {want.get(chip_of(job), 0)} on {chip_of(job)}", now
-            )
-
-    def _act(
-        self,
-        s: Session,
-        row: ServiceRow,
-        spec: ServiceSpec,
-        jobs: list[JobRow],
-        desired: int,
-        now: float,
-    ) -> None:
-        live = [j for j in jobs if not leaving(j)]
+        price = price_per_replica_hour(spec)
         if spec.spot is None:
-            why = f"scaled down to {desired}"
-            self._converge(s, row, spec, live, desired, desired, now, None, why)
-            return
+            return [Group(live, desired, f"scaled down to {desired}", price)]
         others = order_jobs_elsewhere(s, spec.spot.order, row.name)
         slots = spot_slots(live_leases(s, spec.spot.order), spec.resources, others)
         want = split(desired, spec.spot, slots)
         on_spot = [j for j in live if is_spot(j, spec.spot)]
         on_demand = [j for j in live if not is_spot(j, spec.spot)]
-        ready = {r.job_id for r in self.book.of(row.name) if r.ready}
-        spot_ready = sum(j.id in ready for j in on_spot)
         why = f"{want.spot} spot replicas wanted (the order's live leases hold {slots})"
-        self._converge(s, row, spec, on_spot, want.spot, want.spot, now, spec.spot.order, why)
-        # an on-demand replica a spot one replaces is drained once that one is ready
-        keep = max(want.on_demand, min(len(on_demand), desired - spot_ready))
-        why = f"{keep} on-demand replicas kept ({spot_ready} spot replicas ready)"
-        self._converge(s, row, spec, on_demand, want.on_demand, keep, now, None, why)
+        return [
+            Group(on_spot, want.spot, why, price, order=spec.spot.order),
+            Group(on_demand, want.on_demand, f"{want.on_demand} on-demand replicas wanted", price),
+        ]
 
     def _converge(
-        self,
-        s: Session,
-        row: ServiceRow,
-        spec: ServiceSpec,
-        live: list[JobRow],
-        want: int,
-        keep: int,
-        now: float,
-        order: int | None,
-        why: str,
+        self, s: Session, row: ServiceRow, spec: ServiceSpec, groups: list[Group], now: float
     ) -> None:
-        """Start replicas up to ``want`` (on ``order``'s leases, or on demand) and stop
-        those beyond ``keep``: queued ones first (nothing to drain), then the least loaded."""
-        for _ in range(want - len(live)):
-            self._start(s, row, spec, order)
-        surplus = len(live) - keep
-        if surplus <= 0:
-            return
-        load = {r.job_id: r.inflight for r in self.book.of(row.name)}
-        by = sorted(live, key=lambda j: (j.state == "running", load.get(j.id, 0), -j.id))
-        for job in by[:surplus]:
-            self._cancel(s, job, why, now)
+        """Each group's replicas toward its ``want``, making before breaking: a surplus
+        replica still queued or starting goes at once, a ready one only while the service
+        keeps as many ready replicas as it wants in all (a mix that swaps chips, an
+        on-demand replica standing in until spot is ready, serves meanwhile), and never
+        past the budget."""
+        replicas = self.book.of(row.name)
+        ready = {r.job_id for r in replicas if r.ready}
+        load = {r.job_id: r.inflight for r in replicas}
+        have = sum(j.id in ready for g in groups for j in g.jobs)
+        drain = max(0, have - sum(g.want for g in groups))
+        surplus: list[tuple[JobRow, Group]] = []
+        for g in groups:
+            for _ in range(g.want - len(g.jobs)):
+                self._start(s, row, spec, g.order, g.chip)
+            by = sorted(g.jobs, key=lambda j: (j.id in ready, load.get(j.id, 0), -j.id))
+            for job in by[: max(0, len(g.jobs) - g.want)]:
+                if job.id in ready:
+                    surplus.append((job, g))
+                else:
+                    self._cancel(s, job, g.why, now)
+        surplus.sort(key=lambda p: load.get(p[0].id, 0))
+        if spec.budget_usd_per_hour is not None:  # kept replicas never break the budget
+            planned = sum(g.usd_per_hour * g.want for g in groups)
+            while (
+                drain < len(surplus)
+                and planned + sum(g.usd_per_hour for _, g in surplus[drain:])
+                > spec.budget_usd_per_hour + 1e-9
+            ):
+                drain += 1
+        for job, g in surplus[:drain]:
+            self._cancel(s, job, g.why, now)
 
     def _start(
         self,
