@@ -39,10 +39,10 @@ def test_the_log_reads_events_split_anywhere() -> None:
     )
     log = StreamLog(chat=False)
     for i in range(0, len(raw), 7):  # pieces that cut events and lines anywhere
-        log.feed(raw[i : i + 7])
+        log.take(raw[i : i + 7])
     assert (log.text, log.events, log.id, log.ended) == ("Hello, wor", 3, "cmpl-1", False)
     assert log.tokens(byte_tokens=True) == 10 and log.tokens(byte_tokens=False) == 3
-    log.feed(b"data: [DONE]\n\n")
+    log.take(b"data: [DONE]\n\n")
     assert log.ended and continuation({"prompt": "x"}, log, True) is None
 
 

@@ -25,6 +25,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from suanli.workloads.openai_types import COMPLETION_MAX_TOKENS
+
 MAX_RESUMES = 3
 #: an event longer than this (a replica is a tenant's own code) ends the parsing: the
 #: rest is relayed as it comes, and the stream is no longer resumable
@@ -69,9 +71,6 @@ class StreamLog:
         out = bytes(self._buf)
         self._buf.clear()
         return out
-
-    def feed(self, piece: bytes) -> None:
-        self.take(piece)
 
     def note(self, raw: bytes) -> None:
         """One whole event, as sent to the client."""
@@ -131,7 +130,8 @@ def continuation(
         return None
     sent = log.tokens(byte_tokens)
     out = dict(payload)
-    for key, default in (("max_tokens", None if log.chat else 16), ("max_completion_tokens", None)):
+    first = None if log.chat else COMPLETION_MAX_TOKENS
+    for key, default in (("max_tokens", first), ("max_completion_tokens", None)):
         asked = payload.get(key, default)
         if isinstance(asked, int):
             if asked - sent < 1:

@@ -31,6 +31,7 @@ from suanli.autoscale.service_spec import ServiceSpec
 from suanli.service.replicas import Replica, ReplicaBook, ServiceTraffic
 from suanli.store.db import Store
 from suanli.store.models import ServiceRow
+from suanli.workloads.openai_types import COMPLETION_MAX_TOKENS
 
 POLL_S = 0.05
 CONNECT_TIMEOUT_S = 2.0
@@ -298,7 +299,7 @@ async def _wait_for_replica(
 def request_size(payload: dict[str, Any]) -> tuple[int, int]:
     """A request's (prompt, output) tokens before it is served: the prompt at about four
     characters a token (OpenAI's rule of thumb for English), the output at what it asks
-    for (``max_tokens``, serve_lm's default 16). Only the chip-mix routing and the size
+    for (``max_tokens``, OpenAI's default 16). Only the chip-mix routing and the size
     distribution of streamed requests rest on it; usage replaces it where an answer has
     one."""
     parts: list[Any] = []
@@ -310,7 +311,7 @@ def request_size(payload: dict[str, Any]) -> tuple[int, int]:
         parts += content if isinstance(content, list) else [content]
     chars = sum(len(_text(p)) for p in parts)
     asked = payload.get("max_tokens") or payload.get("max_completion_tokens")
-    return max(1, chars // 4), max(1, asked if isinstance(asked, int) else 16)
+    return max(1, chars // 4), max(1, asked if isinstance(asked, int) else COMPLETION_MAX_TOKENS)
 
 
 def _text(part: Any) -> str:

@@ -10,6 +10,7 @@ the host link plus the engine's start (`suanli.autoscale.coldstart`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -148,8 +149,18 @@ def chip_optimizer(
     utilization: float,
     max_replicas: int,
 ) -> tuple[dict[str, Kind], Optimizer]:
-    """The live service's optimizer: one kind per allowed chip at its catalog price."""
-    kinds = make_kinds(model, pool_from_accelerators(list(chips), tp), tp=tp)
-    table = bucket_table(kinds, SizeBuckets(), tpot_slo_s, ttft_slo_s)
+    """The live service's optimizer: one kind per allowed chip at its catalog price (a
+    fresh one each time: an optimizer keeps its history)."""
+    kinds, table = _chip_table(model, tuple(chips), tp, ttft_slo_s, tpot_slo_s)
     opt = mix_optimizer(kinds, table, utilization=utilization, max_replicas=max_replicas)
     return kinds, opt
+
+
+@functools.lru_cache(maxsize=32)
+def _chip_table(
+    model: str, chips: tuple[str, ...], tp: int, ttft_slo_s: float, tpot_slo_s: float
+) -> tuple[dict[str, Kind], dict[str, list[float]]]:
+    """Kinds and their capacities per size bucket, built once per service shape: the
+    API checks a spec with them and the controller then runs it (read, never changed)."""
+    kinds = make_kinds(model, pool_from_accelerators(list(chips), tp), tp=tp)
+    return kinds, bucket_table(kinds, SizeBuckets(), tpot_slo_s, ttft_slo_s)

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+#: OpenAI's default ``max_tokens`` for completions (chat has none: the context bounds it)
+COMPLETION_MAX_TOKENS = 16
 #: ChatML, the template of Qwen and many others: plain text, so byte tokens carry it
 CHAT_END = "<|im_end|>"
 
@@ -102,7 +104,7 @@ class Sampling(BaseModel):
 
 class CompletionBody(Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int = Field(default=16, ge=1)
+    max_tokens: int = Field(default=COMPLETION_MAX_TOKENS, ge=1)
     logprobs: int | None = Field(default=None, ge=0, le=5)
     echo: bool = False
     best_of: int | None = Field(default=None, ge=1)
