@@ -191,3 +191,12 @@ def replicas_step(
     for r in book.of(service):
         r.ready = ready is None or r.job_id in ready
     return jobs
+
+
+def cpu_order(env: dict[str, str], price: str, hours: str, mode: str = "on-demand") -> Any:
+    """``suanli market order`` for one CPU core, as the user of ``env``; its JSON."""
+    return cli(
+        env,
+        *("market", "order", "--accelerator", "cpu", "--count", "1", "--mode", mode),
+        *("--max-price-usd-per-hour", price, "--hours", hours, "--json"),
+    )

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from suanli.run.local import free_port
-from tests.helpers import cli, start_service, stop_service, until, wait_state
+from tests.helpers import cli, cpu_order, start_service, stop_service, until, wait_state
 
 
 def test_offer_order_lease_run_meter_bill_invoice_and_reclaim(tmp_path: Path) -> None:
@@ -54,20 +54,7 @@ def test_offer_order_lease_run_meter_bill_invoice_and_reclaim(tmp_path: Path) ->
             "1",
             "--json",
         )
-        order = cli(
-            users["alice"],
-            "market",
-            "order",
-            "--accelerator",
-            "cpu",
-            "--count",
-            "1",
-            "--max-price-usd-per-hour",
-            "1",
-            "--hours",
-            "0.003",
-            "--json",
-        )
+        order = cpu_order(users["alice"], "1", "0.003")
         lease = until(
             "a lease",
             lambda: [
@@ -122,22 +109,7 @@ def test_offer_order_lease_run_meter_bill_invoice_and_reclaim(tmp_path: Path) ->
             "1",
             "--json",
         )
-        low = cli(
-            users["alice"],
-            "market",
-            "order",
-            "--accelerator",
-            "cpu",
-            "--count",
-            "1",
-            "--mode",
-            "spot",
-            "--max-price-usd-per-hour",
-            "0.2",
-            "--hours",
-            "0.5",
-            "--json",
-        )
+        low = cpu_order(users["alice"], "0.2", "0.5", mode="spot")
         until(
             "a spot lease",
             lambda: [
@@ -160,22 +132,7 @@ def test_offer_order_lease_run_meter_bill_invoice_and_reclaim(tmp_path: Path) ->
         sid = alice.post("/v1/jobs", json={"spec": spot_spec}).json()["id"]
         wait_state(alice, sid, {"running"})
         until("the job works", lambda: "working" in alice.get(f"/v1/jobs/{sid}/logs").text)
-        cli(
-            users["bob"],
-            "market",
-            "order",
-            "--accelerator",
-            "cpu",
-            "--count",
-            "1",
-            "--mode",
-            "spot",
-            "--max-price-usd-per-hour",
-            "1",
-            "--hours",
-            "0.01",
-            "--json",
-        )
+        cpu_order(users["bob"], "1", "0.01", mode="spot")
         until(
             "preempted",
             lambda: any(

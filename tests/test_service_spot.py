@@ -25,7 +25,15 @@ from suanli.service.services import ServicesController, replica_price
 from suanli.service.spot import split, spot_slots
 from suanli.store.db import Store
 from suanli.store.models import JobRow, LeaseRow, OfferRow, OrderRow, ServiceRow
-from tests.helpers import TINY, cli, replicas_step, start_service, stop_service, until
+from tests.helpers import (
+    TINY,
+    cli,
+    cpu_order,
+    replicas_step,
+    start_service,
+    stop_service,
+    until,
+)
 
 
 def _units(*cores: tuple[str, int]) -> list[dict[str, object]]:
@@ -189,25 +197,6 @@ def test_a_reclaimed_spot_replica_falls_back_to_on_demand_and_back(tmp_path: Pat
         assert s.get(ServiceRow, "chat").cost_usd > 0  # type: ignore[union-attr]
 
 
-def _order(env: dict[str, str], price: str, hours: str, mode: str = "spot") -> Any:
-    return cli(
-        env,
-        "market",
-        "order",
-        "--accelerator",
-        "cpu",
-        "--count",
-        "1",
-        "--mode",
-        mode,
-        "--max-price-usd-per-hour",
-        price,
-        "--hours",
-        hours,
-        "--json",
-    )
-
-
 def test_a_live_service_outbid_on_spot_keeps_answering_on_demand(tmp_path: Path) -> None:
     openai = pytest.importorskip("openai")
     port = free_port()
@@ -244,8 +233,8 @@ def _live(stack: contextlib.ExitStack, openai: Any, url: str, tmp: Path) -> None
         *("--price-usd-per-hour", "0.1", "--notice-s", "20", "--hours", "1", "--json"),
     ]
     cli(admin, *offer)
-    low = _order(users["alice"], "0.2", "0.5")
-    on_demand = _order(users["alice"], "1", "0.5", mode="on-demand")
+    low = cpu_order(users["alice"], "0.2", "0.5", mode="spot")
+    on_demand = cpu_order(users["alice"], "1", "0.5")
     cfg = tmp / "tiny.json"
     cfg.write_text(json.dumps(TINY))
     spec: dict[str, Any] = {
@@ -290,7 +279,7 @@ def _live(stack: contextlib.ExitStack, openai: Any, url: str, tmp: Path) -> None
     spot_job = view["replicas"][0]["job"]
 
     # bob outbids alice: her lease is reclaimed with a 20 s notice
-    _order(users["bob"], "1", "0.01")
+    cpu_order(users["bob"], "1", "0.01", mode="spot")
     until(
         "the reclaim",
         lambda: any(

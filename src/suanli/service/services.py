@@ -59,6 +59,7 @@ from suanli.workloads.replica_auth import REPLICA_TOKEN_ENV
 
 log = logging.getLogger("suanli.services")
 LIVE = ("queued", "running", "preempted")
+ADDRESS_ENV = "SUANLI_REPLICA_ADDRESS"  # where a replica listens (host:port)
 HISTORY_POINTS = 240
 
 
@@ -101,15 +102,11 @@ def make_scaler(spec: ServiceSpec) -> Scaler:
     return scaler
 
 
-def replica_address(job: JobRow) -> str:
+def replica_env_of(job: JobRow, name: str) -> str:
+    """A variable the controller gave the replica: ``SUANLI_REPLICA_ADDRESS``, or its
+    token (``REPLICA_TOKEN_ENV``; empty for a replica from before tokens)."""
     env = job.spec.get("env")
-    return str(env.get("SUANLI_REPLICA_ADDRESS", "")) if isinstance(env, dict) else ""
-
-
-def replica_token(job: JobRow) -> str:
-    """The bearer token the replica requires of the router (empty: an older replica)."""
-    env = job.spec.get("env")
-    return str(env.get(REPLICA_TOKEN_ENV, "")) if isinstance(env, dict) else ""
+    return str(env.get(name, "")) if isinstance(env, dict) else ""
 
 
 def chip_price(chip: str | None, devices: int) -> float:
@@ -126,7 +123,7 @@ def replica_env(spec: ServiceSpec, address: str) -> dict[str, str]:
     ``VLLM_API_KEY``; neither is on the command line, which any local user can read.
     SGLang takes its key only as ``--api-key``, so its replicas are not guarded."""
     token = secrets.token_urlsafe(24)
-    env = {"SUANLI_REPLICA_ADDRESS": address}
+    env = {ADDRESS_ENV: address}
     if spec.engine == "serve_lm":
         env[REPLICA_TOKEN_ENV] = token
     elif spec.engine == "vllm":
@@ -247,12 +244,12 @@ class ServicesController:
         jobs = list(
             s.scalars(select(JobRow).where(JobRow.service == row.name, JobRow.state.in_(LIVE)))
         )
-        running = {j.id: replica_address(j) for j in jobs if j.state == "running"}
+        running = {j.id: replica_env_of(j, ADDRESS_ENV) for j in jobs if j.state == "running"}
         self.book.sync(
             row.name,
             running,
             {j.id: chip_of(j) for j in jobs},
-            {j.id: replica_token(j) for j in jobs},
+            {j.id: replica_env_of(j, REPLICA_TOKEN_ENV) for j in jobs},
             proves=spec.engine == "serve_lm",
         )
         replicas = self.book.of(row.name)
