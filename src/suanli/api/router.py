@@ -121,6 +121,48 @@ def add_router_routes(app: FastAPI, store: Store, book: ReplicaBook) -> None:
         }
         return {"object": "list", "data": [card]}
 
+    async def open_stream(
+        name: str,
+        path: str,
+        body: bytes,
+        spec: ServiceSpec,
+        tried: set[int],
+        size: tuple[int, int],
+        deadline: float,
+        max_tries: int,
+    ) -> Reopened | JSONResponse:
+        """``body`` sent to the least loaded ready replica not tried yet, its answer
+        opened as a stream (waiting for a replica as a request from zero does). A replica
+        that refuses the connection or answers 5xx is marked down and another is tried;
+        a JSONResponse (429) when none is left."""
+        traffic = book.traffic_of(name)
+        while True:
+            rep = book.pick(name, tried, size)
+            if rep is None:
+                if len(tried) >= max_tries:
+                    return _busy("replicas failed one after another", 5)
+                waited = await _wait_for_replica(book, traffic, name, tried, spec, deadline)
+                if waited is not None:
+                    return waited
+                continue
+            resp: httpx.Response | None
+            try:
+                url = f"http://{rep.address}/v1/{path}"
+                req = http().build_request("POST", url, content=body, headers=_headers(rep))
+                resp = await http().send(req, stream=True)
+            except httpx.TransportError:
+                resp = None
+            except BaseException:  # the client left meanwhile: give the slot back
+                book.release(rep, failed=False)
+                raise
+            if resp is not None and resp.status_code < 500:
+                return resp, rep
+            if resp is not None:  # the replica failed it: another one may not
+                await resp.aclose()
+            book.release(rep, failed=True)
+            tried.add(rep.job_id)
+            traffic.retries.inc()
+
     async def proxy(name: str, path: str, request: Request) -> Any:
         found = service_for(request, name)
         if isinstance(found, JSONResponse):
@@ -155,30 +197,10 @@ def add_router_routes(app: FastAPI, store: Store, book: ReplicaBook) -> None:
         tried: set[int] = set()
         deadline = arrived + spec.router.wait_s
         while True:
-            rep = book.pick(name, tried, size)
-            if rep is None:
-                if len(tried) >= MAX_TRIES:
-                    return _answer(traffic, _busy("replicas failed one after another", 5))
-                waited = await _wait_for_replica(book, traffic, name, tried, spec, deadline)
-                if waited is not None:
-                    return _answer(traffic, waited)
-                continue
-            url = f"http://{rep.address}/v1/{path}"
-            try:
-                headers = _headers(rep)
-                req = http().build_request("POST", url, content=body, headers=headers)
-                resp = await http().send(req, stream=True)
-            except httpx.TransportError:
-                book.release(rep, failed=True)
-                tried.add(rep.job_id)
-                traffic.retries.inc()
-                continue
-            if resp.status_code >= 500:  # the replica failed it: another one may not
-                await resp.aclose()
-                book.release(rep, failed=True)
-                tried.add(rep.job_id)
-                traffic.retries.inc()
-                continue
+            opened = await open_stream(name, path, body, spec, tried, size, deadline, MAX_TRIES)
+            if isinstance(opened, JSONResponse):
+                return _answer(traffic, opened)
+            resp, rep = opened
             if not stream or resp.status_code != 200:
                 try:
                     content = await resp.aread()
@@ -201,38 +223,20 @@ def add_router_routes(app: FastAPI, store: Store, book: ReplicaBook) -> None:
             traffic.requests.labels(code="200").inc()
 
             async def reopen(cont: dict[str, Any], dead: int) -> Reopened | None:
-                """Send ``cont`` to a ready replica not tried yet (waiting for one as a
-                request from zero would); None when none takes it."""
+                """``cont`` sent to a replica not tried yet; None when none takes it."""
                 tried.add(dead)
-                body = json.dumps(cont).encode()
                 until = time.monotonic() + spec.router.wait_s
-                while len(tried) < MAX_TRIES + MAX_RESUMES:
-                    other = book.pick(name, tried, size)
-                    if other is None:
-                        if await _wait_for_replica(book, traffic, name, tried, spec, until):
-                            return None
-                        continue
-                    try:
-                        headers = _headers(other)
-                        url = f"http://{other.address}/v1/{path}"
-                        req = http().build_request("POST", url, content=body, headers=headers)
-                        got = await http().send(req, stream=True)
-                    except httpx.TransportError:
-                        book.release(other, failed=True)
-                        tried.add(other.job_id)
-                        continue
-                    except BaseException:  # the client left meanwhile: give the slot back
-                        book.release(other, failed=False)
-                        raise
-                    if got.status_code != 200:
-                        await got.aclose()
-                        book.release(other, failed=got.status_code >= 500)
-                        tried.add(other.job_id)
-                        if got.status_code < 500:
-                            return None  # it refused the continuation: not worth another
-                        continue
-                    return got, other
-                return None
+                cap = MAX_TRIES + MAX_RESUMES
+                got = await open_stream(
+                    name, path, json.dumps(cont).encode(), spec, tried, size, until, cap
+                )
+                if isinstance(got, JSONResponse):
+                    return None
+                if got[0].status_code != 200:  # it refused the continuation: not another
+                    await got[0].aclose()
+                    book.release(got[1], failed=False)
+                    return None
+                return got
 
             resume = Resume(payload, path == "chat/completions", spec.engine == "serve_lm", reopen)
             return StreamingResponse(

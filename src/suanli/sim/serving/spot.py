@@ -23,12 +23,9 @@ ready.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
+from suanli.autoscale.kinds import Kind
 from suanli.errors import UsageError
-
-if TYPE_CHECKING:
-    from suanli.autoscale.kinds import Kind
 
 AWS_NOTICE_S = 120.0
 SPOT_SUFFIX = ":spot"
