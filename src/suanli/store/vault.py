@@ -45,13 +45,18 @@ class Vault:
         path = Path(data_dir) / KEY_FILE
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            try:  # O_EXCL: two processes starting at once make one key, not two
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            # written whole under another name, then linked into place: two processes
+            # starting at once make one key, and neither reads a half-written file
+            tmp = path.with_name(f".{KEY_FILE}.{os.getpid()}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(Fernet.generate_key())
+            try:
+                os.link(tmp, path)
             except FileExistsError:
                 pass
-            else:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(Fernet.generate_key())
+            finally:
+                tmp.unlink()
         return cls(path.read_bytes().strip())
 
     def seal(self, secret: str) -> str:
