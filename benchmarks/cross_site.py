@@ -70,17 +70,25 @@ REGIONS: dict[str, tuple[float, dict[str, float]]] = {
 }
 CHIP = {"T4": "T4", "V100M16": "V100", "V100M32": "V100"}  # openb model -> priced chip
 TDP_OF = {"T4": "t4", "V100": "v100-32gb"}  # priced chip -> catalog entry (its TDP)
-POLICIES = ("nearest-site", "cheapest-site", "site-aware")
+#: ours also without its queueing delay (``site-wait``): what waiting for a busy site adds
+NO_WAIT = "site-aware, no wait"
+POLICIES = ("nearest-site", "cheapest-site", NO_WAIT, "site-aware")
+CONFIGS = {p: NAMED[p] for p in POLICIES if p in NAMED} | {
+    NO_WAIT: replace(
+        NAMED["site-aware"], filters=[f for f in NAMED["site-aware"].filters if f != "site-wait"]
+    )
+}
 
 
-def inventory(data: Path, seed: int) -> tuple[list[NodeSpec], list[Site]]:
-    """openb's T4 and V100 nodes dealt round-robin (shuffled, seeded) to the regions
-    that offer their chip, each labelled with its region's price."""
+def inventory(data: Path, seed: int, share: float = 1.0) -> tuple[list[NodeSpec], list[Site]]:
+    """openb's T4 and V100 nodes (a seeded ``share`` of them) dealt round-robin
+    (shuffled, seeded) to the regions that offer their chip, each labelled with its
+    region's price."""
     rng = np.random.default_rng(seed)
     nodes = [
         n for n in read_openb_nodes(data / "openb_node_list_gpu_node.csv") if n.gpu_type in CHIP
     ]
-    order = rng.permutation(len(nodes))
+    order = rng.permutation(len(nodes))[: max(1, round(share * len(nodes)))]
     where: dict[str, list[str]] = {
         chip: [r for r, (_, prices) in REGIONS.items() if chip in prices] for chip in TDP_OF
     }
@@ -117,7 +125,7 @@ def workload(data: Path, count: int, data_gb: float, speedup: float) -> list[Tas
 def measure(
     nodes: list[NodeSpec], sites: list[Site], tasks: list[Task], wan: Wan, policy: str
 ) -> dict[str, float]:
-    res, _ = replay_policy(nodes, tasks, NAMED[policy], 0, sites=sites, wan=wan)
+    res, _ = replay_policy(nodes, tasks, CONFIGS[policy], 0, sites=sites, wan=wan)
     price = {n.site: {} for n in nodes}  # type: dict[str, dict[str, float]]
     for n in nodes:
         price[n.site][n.gpu_type] = float(n.labels["usd_per_gpu_hour"])
@@ -129,6 +137,8 @@ def measure(
         kg += sec / 3600 * tdp[typ] / 1000 * PUE * intensity[site] / 1000
     return {
         "jct_h": statistics.mean(res.jct_s) / 3600 if res.jct_s else float("nan"),
+        "jct_p50_h": statistics.median(res.jct_s) / 3600 if res.jct_s else float("nan"),
+        "wait_h": statistics.mean(res.wait_s) / 3600 if res.wait_s else float("nan"),
         "cost_usd": dollars,
         "carbon_kg": kg,
         "moved_tb": res.moved_gb / 1000,
@@ -180,14 +190,20 @@ def main() -> None:
         default=1.0,
         help="arrivals this many times faster than the trace's (load; 1 = as recorded)",
     )
+    ap.add_argument(
+        "--node-share",
+        type=float,
+        default=1.0,
+        help="keep this share of the inventory (seeded): fewer devices, longer queues",
+    )
     ap.add_argument("--plot", type=Path, default=Path("benchmarks/out/cross_site.png"))
     args = ap.parse_args()
-    console = Console()
+    console = Console(width=170)
     data = shared_data_dir()
     if data is None or not (data / "openb_node_list_gpu_node.csv").exists():
         console.print("skipped: ../shared/data (the openb traces) is absent")
         return
-    nodes, sites = inventory(data, args.seed)
+    nodes, sites = inventory(data, args.seed, args.node_share)
     by_site = {s.name: sum(n.gpu_count for n in nodes if n.site == s.name) for s in sites}
     console.print(f"{len(nodes)} nodes, {sum(by_site.values())} GPUs: {by_site}")
     sizes = [float(x) for x in args.data_gb.split(",")]
@@ -210,6 +226,8 @@ def main() -> None:
         "WAN",
         "policy",
         "mean JCT h",
+        "median JCT h",
+        "mean wait h",
         "cost $",
         "carbon kg",
         "moved TB",
@@ -222,6 +240,8 @@ def main() -> None:
             f"{gbps:g} Gb/s",
             policy,
             f"{m['jct_h']:.2f}",
+            f"{m['jct_p50_h']:.3f}",
+            f"{m['wait_h']:.3f}",
             f"{m['cost_usd']:,.0f}",
             f"{m['carbon_kg']:,.0f}",
             f"{m['moved_tb']:.2f}",

@@ -21,6 +21,7 @@ from suanli.jobs.spec import JobSpec
 from suanli.sched.framework import CycleState
 from suanli.sched.plugins_sites import DataRegion, SiteCost
 from suanli.sched.policies import NAMED
+from suanli.sched.session import Job, Queue, Session
 from suanli.sim.replay import replay_policy
 
 SITES = [Site("east", "us-east", carbon_g_per_kwh=500.0), Site("west", "us-west", 80.0)]
@@ -142,3 +143,63 @@ def test_a_member_stored_before_sites_is_polled_on_the_site_up_started_with(tmp_
         assert sites.poll(old) == 3
     finally:
         reap(local)
+
+
+def _session_with_east_busy(ends_by_s: float | None) -> tuple[Session, Job]:
+    """East's two devices run jobs (one ends at ``ends_by_s``, one never says); a short
+    job with 1,000 GB of data in the east arrives at t = 0."""
+    from suanli.sched.framework import Placement
+    from suanli.sched.policies import PluginContext, build
+
+    state = ClusterState(nodes(), SITES)
+    running = {}
+    for i, end in enumerate((ends_by_s, None)):
+        task = job(f"busy{i}", 5.0, 0.0)
+        p = Placement(i, ((0, MILLI),))  # nodes 0 and 1 are the east's
+        state.allocate(p.node, task.cpu_milli, task.memory_mib, list(p.gpus))
+        running[task.name] = (Job(task.name, [task], started_s=0.0, ends_by_s=end), [(task, p)])
+    short = job("short", 0.1, 1000.0)
+    fw = build(NAMED["site-aware"], PluginContext(wan=WAN))
+    pending = [Job("short", [short])]
+    return Session(state, fw, [Queue("default")], pending, running, 0.0), pending[0]
+
+
+def test_a_job_waits_for_its_datas_site_when_that_is_sooner_than_moving_the_data() -> None:
+    """East frees a device in 100 s; moving the data west takes 800 s. Both priced at
+    the devices' rate: $0.13 to wait by the data against $0.16 to move it."""
+    session, _ = _session_with_east_busy(100.0)
+    result = session.run(["enqueue", "allocate"])
+    assert result.bound == []
+    why = result.unschedulable["short"]
+    assert "waiting for site east" in why and "100 s" in why
+
+
+def test_a_job_moves_when_its_datas_site_frees_too_late_or_never_says() -> None:
+    for ends_by in (3000.0, None):  # an hour's wait, or a job with no max_runtime_s
+        session, _ = _session_with_east_busy(ends_by)
+        result = session.run(["enqueue", "allocate"])
+        assert [(name, session.state.specs[p.node].site) for name, _, p in result.bound] == [
+            ("short", "west")
+        ], ends_by
+
+
+def test_queueing_for_a_busy_site_shortens_the_job_and_moves_no_bytes_in_replay() -> None:
+    """The same choice in the simulator: two jobs bound to the east hold its devices
+    until t = 100 s; the short data-heavy job arriving at t = 1 waits for it instead of moving
+    1,000 GB west; without the wait (``site-aware`` less ``site-wait``) it moves them."""
+    from dataclasses import replace
+
+    tasks = [
+        replace(job(f"first{i}", 100 / 3600, 0.0), regions=frozenset({"us-east"})) for i in range(2)
+    ]
+    tasks.append(job("short", 0.1, 1000.0, arrival_s=1.0))
+    ours = NAMED["site-aware"]
+    no_wait = replace(ours, filters=[f for f in ours.filters if f != "site-wait"])
+    got = {}
+    for policy in (ours, no_wait):
+        res, _ = replay_policy(nodes(), tasks, policy, 0, sites=SITES, wan=WAN)
+        assert res.unfinished == 0
+        got[len(policy.filters)] = (max(res.jct_s), res.moved_gb)
+    waited, moved = got[len(ours.filters)], got[len(no_wait.filters)]
+    assert moved[1] == 1000.0 and waited[1] == 0.0
+    assert waited[0] == pytest.approx(99 + 360) and moved[0] == pytest.approx(360 + 800.06)

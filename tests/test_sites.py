@@ -24,17 +24,22 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
 pytest.importorskip("ray.job_submission", reason="sites on Ray need `pip install suanli[ray]`")
+from suanli.jobs.spec import parse_job_spec
+from suanli.market import book, ledger
+from suanli.market.controller import MarketConfig, MarketController
+from suanli.market.money import to_micro
 from suanli.run.sites import SITE_LABEL, SiteExecutors
 from suanli.service.loop import Loop
 from suanli.service.sites import SiteController
 from suanli.service.up import site_factory
 from suanli.store import Store
-from suanli.store.models import JobRow, NodeRow, SiteRow
+from suanli.store.models import JobRow, LeaseRow, NodeRow, SiteRow
 from tests.helpers import TINY, get, start_service, stop_service, suanli, submit
 
 PY = sys.executable
@@ -193,19 +198,28 @@ class Rig:
         return [f"{e.kind}: {e.message}" for e in self.store.events(jid)]
 
 
-@pytest.fixture()
-def rig(clusters: dict[str, Cluster], tmp_path: Path) -> Iterator[Rig]:
+def _rig(
+    clusters: dict[str, Cluster],
+    tmp_path: Path,
+    policy: str,
+    owners: dict[str, str] | None = None,
+    market: bool = False,
+) -> Iterator[Rig]:
     store = Store.sqlite(tmp_path)
     sites = SiteExecutors(timeout_s=5.0)
     service = f"test-{tmp_path.name}"  # strays are this store's jobs only
-    controller = SiteController(store, sites, site_factory(tmp_path / "logs", service))
-    loop = Loop(store, sites, tick_s=0.1, grace_s=3.0, controllers=[controller])
+    controllers: list[Any] = [
+        SiteController(store, sites, site_factory(tmp_path / "logs", service))
+    ]
+    if market:
+        controllers.append(MarketController(store, MarketConfig(every_s=0.0)))
+    loop = Loop(store, sites, policy, tick_s=0.1, grace_s=3.0, controllers=controllers)
     with store.tx() as s:
         for name, c in clusters.items():
             s.add(
                 SiteRow(
                     name=name,
-                    owner="admin",
+                    owner=(owners or {}).get(name, "admin"),
                     region=f"cn-{name}",
                     pue=1.2,
                     carbon_g_per_kwh=500.0 if name == "east" else 100.0,
@@ -225,6 +239,23 @@ def rig(clusters: dict[str, Cluster], tmp_path: Path) -> Iterator[Rig]:
             assert row is not None
             row.cancel_requested = True
     rig.until(lambda: not _live(store), "every job ended", timeout=60)
+
+
+@pytest.fixture()
+def rig(clusters: dict[str, Cluster], tmp_path: Path) -> Iterator[Rig]:
+    yield from _rig(clusters, tmp_path, "priority")
+
+
+@pytest.fixture()
+def provider_rig(clusters: dict[str, Cluster], tmp_path: Path) -> Iterator[Rig]:
+    """West attached by its provider ``prov``, with the market running."""
+    yield from _rig(clusters, tmp_path, "priority", owners={"west": "prov"}, market=True)
+
+
+@pytest.fixture()
+def site_aware(clusters: dict[str, Cluster], tmp_path: Path) -> Iterator[Rig]:
+    """The two sites under the ``site-aware`` policy (cost, data and queueing delay)."""
+    yield from _rig(clusters, tmp_path, "site-aware")
 
 
 def _nodes(store: Store) -> dict[str, NodeRow]:
@@ -278,6 +309,79 @@ def test_a_gang_never_spans_sites(rig: Rig) -> None:
     )
     rig.until(lambda: any("never spans sites" in e for e in rig.events(three)), "the gang's reason")
     assert rig.state(three) == "queued"
+
+
+def test_a_provider_sells_its_attached_sites_device_and_the_buyers_job_runs_there(
+    provider_rig: Rig,
+) -> None:
+    """The attached site's nodes are its provider's: ``prov`` offers a west device on
+    the market, alice's order leases it, and her job for the order runs on the west's
+    Ray; the east (the operator's, attached by the admin) is not ``prov``'s to sell."""
+    rig = provider_rig
+    owners = {n.site: n.owner for n in _nodes(rig.store).values()}
+    assert owners == {"west": "prov", "east": "admin"}
+    with rig.store.tx() as s:
+        ledger.transfer(
+            s, "dep", ledger.DEPOSITS, "alice", to_micro(10), "deposit", "d", time.time()
+        )
+        offer = book.create_offer(s, "prov", "a100-80gb", 2, to_micro(2.0), "on-demand", 2)
+        assert {u["node"] for u in offer.units} == {
+            n for n, row in _nodes(rig.store).items() if row.site == "west"
+        }
+        with pytest.raises(book.MarketError):  # three devices: only west's two are prov's
+            book.create_offer(s, "prov", "a100-80gb", 1, to_micro(2.0), "on-demand", 1)
+        order = book.create_order(
+            s, "alice", "a100-80gb", 1, to_micro(3.0), "on-demand", 1.0, [], 1.0
+        ).id
+    rig.until(lambda: _leases(rig.store) == [("prov", "alice", "active")], "the lease")
+    spec = parse_job_spec(
+        {"name": "bought", "command": [PY, "-c", "print('on a leased device')"], "order": order,
+         "resources": {"accelerator": "a100-80gb"}}
+    ).model_dump()  # fmt: skip
+    with rig.store.tx() as s:
+        jid = rig.store.add_job(s, spec, "alice").id
+    rig.until(lambda: rig.state(jid) == "succeeded", "the buyer's job ran")
+    assert rig.site_of(jid) == {"west"} and "on a leased device" in rig.log(jid)
+
+
+def _leases(store: Store) -> list[tuple[str, str, str]]:
+    with store.tx() as s:
+        return [(r.provider, r.buyer, r.state) for r in s.query(LeaseRow)]
+
+
+def test_a_job_queues_for_the_busy_site_by_its_data_rather_than_move_it(
+    site_aware: Rig,
+) -> None:
+    """East's one device runs a job bound there for at most 60 s; a job whose 5 TB are
+    in the east would take 11 hours to move them west, where two devices are free: it
+    waits for the east, says so, and runs there once the device frees."""
+    rig = site_aware
+    a100 = {"accelerator": "a100-80gb"}
+    sleep = [PY, "-c", "import time; time.sleep(600)"]
+    first = submit(
+        rig.store,
+        {"command": sleep, "regions": ["cn-east"], "resources": a100, "max_runtime_s": 60},
+    )
+    rig.until(lambda: rig.state(first) == "running", "the east's device taken")
+    heavy = submit(
+        rig.store,
+        {
+            "command": [PY, "-c", "print('by its data')"],
+            "resources": a100,
+            "data": {"region": "cn-east", "size_gb": 5000},
+        },
+    )
+    rig.until(
+        lambda: any("waiting for site east" in e for e in rig.events(heavy)),
+        "the heavy job's reason",
+    )
+    assert rig.state(heavy) == "queued"  # while the west's two devices stand free
+    with rig.store.tx() as s:
+        row = s.get(JobRow, first)
+        assert row is not None
+        row.cancel_requested = True
+    rig.until(lambda: rig.state(heavy) == "succeeded", "the heavy job ran")
+    assert rig.site_of(heavy) == {"east"}
 
 
 def _train(tmp: Path, steps: int) -> list[str]:

@@ -43,6 +43,7 @@ class Status:
     code: str = SUCCESS
     reasons: dict[str, int] = field(default_factory=dict)
     plugin: str = ""
+    message: str = ""  # a filter's own words for why (``CycleState[WHY]``), if it left any
 
     @property
     def ok(self) -> bool:
@@ -57,6 +58,19 @@ class Placement:
 
 class CycleState(dict[str, Any]):
     """Per-cycle data, keyed by plugin name: computed once (pre-score), read by many."""
+
+
+#: the key under which a filter that rejects every node may leave a sentence saying why
+WHY = "why"
+
+
+class SessionPlugin(Protocol):
+    """Plugins that look at the whole snapshot once per session (Kubernetes' PreFilter
+    sees one pod; these see the jobs): running jobs and when they end, for one."""
+
+    def begin(
+        self, state: ClusterState, pending: Sequence[Any], running: dict[str, Any], now_s: float
+    ) -> None: ...
 
 
 class FilterPlugin(Protocol):
@@ -144,7 +158,7 @@ class Framework:
             mask &= m
         nodes = np.flatnonzero(mask)
         if nodes.size == 0:
-            return Status(UNSCHEDULABLE, reasons, plugin="filter")
+            return Status(UNSCHEDULABLE, reasons, plugin="filter", message=cycle.get(WHY, ""))
         if self.sample_nodes and nodes.size > self.sample_nodes:
             nodes = np.sort(rng.choice(nodes, self.sample_nodes, replace=False))
         if len(self.scorers) == 1 and self.scorers[0][1] > 0:
@@ -158,6 +172,14 @@ class Framework:
         pick = best[0] if self.tie_break == "first" or best.size == 1 else rng.choice(best)
         node = int(nodes[pick])
         return Placement(node, self.picker.pick(state, task, node, cycle, rng))
+
+    def begin(
+        self, state: ClusterState, pending: Sequence[Any], running: dict[str, Any], now_s: float
+    ) -> None:
+        """Tell the plugins that look at the whole snapshot that a session starts."""
+        for plugin in [*self.filters, *(p for p, _ in self.scorers)]:
+            if hasattr(plugin, "begin"):
+                plugin.begin(state, pending, running, now_s)
 
     def bind(self, state: ClusterState, task: Task, placement: Placement) -> None:
         """Commit a placement to the state and tell the plugins that keep their own view."""

@@ -15,21 +15,33 @@ business, the same code live and in the simulator:
   — one figure in one unit, so a long job with little data goes where work is
   cheap and a short job with much data stays by it;
 * ``data-region`` (a filter): only the sites in the region of the task's data
-  ("nearest site only", the baseline that never moves bytes).
+  ("nearest site only", the baseline that never moves bytes);
+* ``site-wait`` (a filter): the queueing delay. A task may wait for a busy site rather
+  than start now on another: it is held when the best site, counting how long the task
+  would queue there, costs less than the best node free now. A delay before the start is
+  priced as ``site-cost`` prices a data transfer — time at the rate of the devices it
+  will run on — so waiting wins when it is cheaper work or an earlier start than moving
+  the data. The wait is read from when the running jobs end (``Job.ends_by_s``: the
+  simulator knows it, live it is their start plus ``max_runtime_s``, an upper bound);
+  a device whose job gives no end is busy for good.
 
 Carbon per unit of work is ``energy-aware`` (`plugins_score`).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from suanli.cluster.state import ClusterState
 from suanli.cluster.task import Task
 from suanli.cluster.wan import Wan
-from suanli.sched.framework import CycleState
+from suanli.sched.framework import WHY, CycleState
+from suanli.sched.plugins_fit import RegionConstraint, ResourceFit
 from suanli.sched.plugins_score import per_work, speed_on
 
 PRICE_LABEL = "usd_per_gpu_hour"
@@ -88,12 +100,109 @@ class SiteCost:
     def score(
         self, state: ClusterState, task: Task, nodes: np.ndarray, cycle: CycleState
     ) -> np.ndarray:
-        rate = usd_per_device_hour(state, task, nodes, self.power_w)
-        if task.work > 0:
-            run_s = task.work / speed_on(state, task, nodes, self.throughput)
+        return -task_usd(state, task, nodes, self.power_w, self.throughput, self.wan)
+
+
+def task_usd(
+    state: ClusterState,
+    task: Task,
+    nodes: np.ndarray,
+    power_w: dict[str, float],
+    throughput: dict[tuple[str, str], float],
+    wan: Wan,
+    delay_s: np.ndarray | float = 0.0,
+) -> np.ndarray:
+    """The task's dollars on each node: (delay before it starts + time for its data to
+    arrive + its run time there) x the node's rate."""
+    rate = usd_per_device_hour(state, task, nodes, power_w)
+    if task.work > 0:
+        run_s = task.work / speed_on(state, task, nodes, throughput)
+    else:
+        run_s = np.full(nodes.size, task.duration_s or HORIZON_S)
+    return (delay_s + run_s + move_s(state, task, nodes, wan)) / 3600.0 * rate
+
+
+@dataclass
+class SiteWait:
+    """Hold a task for a busy site when queueing there costs less than starting now
+    elsewhere (module docstring). A share of a device is counted free when the whole
+    device is (an upper bound on its wait); a gang's members never wait (they are
+    placed one by one within one site, and a held member would only roll the gang
+    back)."""
+
+    name: str = "site-wait"
+    power_w: dict[str, float] = field(default_factory=dict)
+    throughput: dict[tuple[str, str], float] = field(default_factory=dict)
+    wan: Wan = field(default_factory=Wan)
+    fit: ResourceFit = field(default_factory=ResourceFit)
+    #: waiting must save more than this share: the estimates are not finer than that
+    margin: float = 0.05
+    _now_s: float = 0.0
+    _ends: np.ndarray | None = None  # [node, k]: busy devices' expected ends, ascending
+    _gang: set[int] = field(default_factory=set)  # id() of the tasks of gangs
+    _empty: ClusterState | None = None
+
+    def begin(
+        self, state: ClusterState, pending: Sequence[Any], running: dict[str, Any], now_s: float
+    ) -> None:
+        self._now_s = now_s
+        self._gang = {id(t) for job in pending if len(job.tasks) > 1 for t in job.tasks}
+        end = np.full(state.gpu_free.shape, -math.inf)
+        for job, binds in running.values():
+            ends_by = math.inf if job.ends_by_s is None else job.ends_by_s
+            for _, p in binds:
+                for d, _milli in p.gpus:
+                    end[p.node, d] = max(end[p.node, d], ends_by)
+        busy = state.gpu_free < state.gpu_cap
+        # a free device is counted as free (full_free); a busy one no running job
+        # accounts for (a market's blocked units) frees never
+        end = np.where(busy & (end > -math.inf), end, math.inf)
+        self._ends = np.sort(end, axis=1)
+        if self._empty is None or self._empty.specs != state.specs:
+            self._empty = ClusterState(state.specs, state.sites)
+
+    def filter(self, state: ClusterState, task: Task, cycle: CycleState) -> np.ndarray:
+        everywhere = np.ones(state.num_nodes, dtype=bool)
+        if self._ends is None or self._empty is None or task.num_gpu == 0 or id(task) in self._gang:
+            return everywhere
+        region = RegionConstraint().filter(state, task, cycle)
+        nodes = np.flatnonzero(self.fit.filter(self._empty, task, cycle) & region)
+        now = self.fit.filter(state, task, cycle)[nodes]
+        if nodes.size == 0 or not now.any() or now.all():
+            return everywhere  # it waits anyway, or nothing is busy that it could wait for
+        delay = self._delay_s(state, task, nodes, now)
+        usd = task_usd(state, task, nodes, self.power_w, self.throughput, self.wan, delay)
+        best_now = float(usd[now].min())
+        later = np.flatnonzero(~now & np.isfinite(delay))
+        if later.size == 0:
+            return everywhere
+        best = later[np.argmin(usd[later])]
+        if usd[best] >= best_now * (1 - self.margin):
+            return everywhere
+        site = state.sites[state.site[nodes[best]]]
+        cycle[WHY] = (
+            f"waiting for site {site.name} ({site.region}), where a node frees in about "
+            f"{delay[best]:.0f} s: ${usd[best]:.2f} there against ${best_now:.2f} to start "
+            "now elsewhere (the data's transfer and the wait counted at the devices' rate)"
+        )
+        return np.zeros(state.num_nodes, dtype=bool)
+
+    def _delay_s(
+        self, state: ClusterState, task: Task, nodes: np.ndarray, now: np.ndarray
+    ) -> np.ndarray:
+        """Seconds until each node has the task's devices free: when the running job
+        whose end frees the last device it needs ends (inf: never known to)."""
+        assert self._ends is not None
+        if task.shares_gpu:  # a device to itself frees when all its tenants end (a bound)
+            need = np.where(state.full_free[nodes] > 0, 0, 1)
         else:
-            run_s = np.full(nodes.size, task.duration_s or HORIZON_S)
-        return -(run_s + move_s(state, task, nodes, self.wan)) / 3600.0 * rate
+            need = task.num_gpu - state.full_free[nodes]  # devices still to free
+        k = np.clip(need - 1, 0, self._ends.shape[1] - 1)
+        at = self._ends[nodes, k]
+        delay = np.where(need > self._ends.shape[1], math.inf, at - self._now_s)
+        # the devices are free but CPU or memory is not: when it frees is not tracked
+        delay = np.where(need <= 0, math.inf, np.maximum(delay, 0.0))
+        return np.where(now, 0.0, delay)
 
 
 @dataclass

@@ -54,7 +54,7 @@ from suanli.sched.plugins_score import (
     Spread,
     Topology,
 )
-from suanli.sched.plugins_sites import DataLocality, DataRegion, PowerCost, SiteCost
+from suanli.sched.plugins_sites import DataLocality, DataRegion, PowerCost, SiteCost, SiteWait
 from suanli.sched.round_action import MODES, ROUND_POLICIES, RoundsConfig
 
 
@@ -63,7 +63,7 @@ class PolicyFileError(SuanliError, ValueError):
 
 
 ACTIONS = ("enqueue", "allocate", "backfill", "preempt", "reclaim", "rounds")
-FILTERS = ("resource-fit", "region", "node-selector", "data-region")
+FILTERS = ("resource-fit", "region", "node-selector", "data-region", "site-wait")
 SCORERS = (
     "random",
     "best-fit",
@@ -181,7 +181,8 @@ NAMED: dict[str, PolicyConfig] = {
     ),
     # Site choice (issue 17's comparison): where the data is, only; the cheapest work,
     # wherever the data is; and ours, cost and carbon per unit of work against the
-    # time to move the data there, in dollars (carbon and fit break near-ties)
+    # time to move the data there and to queue for a busy site, in dollars (carbon and
+    # fit break near-ties)
     "nearest-site": PolicyConfig(
         "nearest-site",
         ["enqueue", "allocate", "backfill"],
@@ -199,7 +200,7 @@ NAMED: dict[str, PolicyConfig] = {
     "site-aware": PolicyConfig(
         "site-aware",
         ["enqueue", "allocate", "backfill"],
-        ["resource-fit", "region"],
+        ["resource-fit", "region", "site-wait"],
         [("site-cost", 10), ("energy-aware", 1), ("best-fit", 1)],
         ordering=["priority", "gang"],
     ),
@@ -238,11 +239,19 @@ def build(config: PolicyConfig, ctx: PluginContext | None = None) -> Framework:
     """A `Framework` for a policy configuration."""
     ctx = ctx or PluginContext()
     filters: list[Any] = []
+    fit = ResourceFit(
+        type_vendor=ctx.type_vendor or None, type_memory_gb=ctx.type_memory_gb or None
+    )
     for name in config.filters:
         if name == "resource-fit":
+            filters.append(fit)
+        elif name == "site-wait":
             filters.append(
-                ResourceFit(
-                    type_vendor=ctx.type_vendor or None, type_memory_gb=ctx.type_memory_gb or None
+                SiteWait(
+                    power_w=dict(ctx.power_w),
+                    throughput=dict(ctx.throughput),
+                    wan=ctx.wan,
+                    fit=fit,
                 )
             )
         elif name == "region":

@@ -63,6 +63,9 @@ class Job:
     arrival_s: float = 0.0
     started_s: float | None = None
     grace_s: float = DEFAULT_GRACE_S
+    #: when a running job will have ended (the simulator knows; live, its start plus its
+    #: max_runtime_s); None: unknown. What a site's queueing delay is estimated from
+    ends_by_s: float | None = None
 
     @property
     def gang_size(self) -> int:
@@ -104,7 +107,10 @@ class Session:
         aging_per_hour: float = 1.0,
         rng: np.random.Generator | None = None,
         rounds: Rounds | None = None,
+        stopping: dict[str, tuple[Job, list[tuple[Task, Placement]]]] | None = None,
     ) -> None:
+        """``stopping``: jobs given their stop, still holding devices until ``ends_by_s``
+        (neither candidates nor victims; what frees when, for the plugins that ask)."""
         self.state = state
         self.fw = framework
         self.queues = {q.name: q for q in queues} or {"default": Queue("default")}
@@ -118,6 +124,7 @@ class Session:
         self.admitted: list[Job] = []
         self._enqueued = False  # without an enqueue action every pending job is admitted
         self._used: dict[str, dict[str, int]] | None = None  # memo of used_milli
+        framework.begin(state, self.pending, {**(stopping or {}), **self.running}, now_s)
         self._bound_now: set[str] = set()  # jobs started in this session: never victims
         self._admitted_milli: dict[str, int] = {}  # per queue, admitted but not yet running
 
@@ -251,6 +258,7 @@ class Session:
         st = Statement(self.state)
         binds: list[tuple[Task, Placement]] = []
         extra: dict[str, int] = {}  # this job's tentative use per type
+        said = ""  # a filter's own account of why a member waits (a site it waits for)
         for task in job.tasks:
             limited = self._within_type_quota(job, task, extra)
             if limited is None:
@@ -261,9 +269,11 @@ class Session:
                 binds.append((task, res))
                 typ = self._type_of(res)
                 extra[typ] = extra.get(typ, 0) + task.gpu_request_milli
+            elif res.message:
+                said = res.message
         if len(binds) < job.gang_size:
             st.discard()
-            self.result.unschedulable[job.name] = (
+            self.result.unschedulable[job.name] = said or (
                 f"gang: {len(binds)} of {job.gang_size} members fit"
             )
             return False

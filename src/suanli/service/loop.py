@@ -257,8 +257,15 @@ class Loop:
             sites = {r.name: r for r in s.scalars(select(SiteRow))}
             for n in reported:
                 row = s.get(NodeRow, n.name)
+                # a site's engine places its own nodes; an admin places the others
+                engine_site = n.labels.get(SITE_LABEL, "")
                 if row is None:
-                    row = NodeRow(name=n.name, owner=SYSTEM_OWNER, site=None)
+                    # an attached site's nodes are its provider's (to run on, and to sell
+                    # on the market); the executor's own, the operator's
+                    site = sites.get(engine_site)
+                    attached = site is not None and bool(site.address)
+                    owner = site.owner if site is not None and attached else SYSTEM_OWNER
+                    row = NodeRow(name=n.name, owner=owner, site=None)
                     if self.calibrate_new_nodes:
                         self._calibration_job(s, n)
                 sick = {d["index"] for d in row.devices or [] if not d.get("healthy", True)}
@@ -269,8 +276,6 @@ class Loop:
                     ],
                 )
                 self.nodes.append(n)
-                # a site's engine places its own nodes; an admin places the others
-                engine_site = n.labels.get(SITE_LABEL, "")
                 if engine_site in sites:
                     row.site = engine_site
                 site = sites.get(row.site or "")
@@ -465,6 +470,7 @@ class Loop:
             for o, cap in caps.items()
         }
         held: dict[str, tuple[Job, list[tuple[Task, Placement]]]] = {}
+        stopping: dict[str, tuple[Job, list[tuple[Task, Placement]]]] = {}
         held_in: dict[int, dict[str, tuple[Job, list[tuple[Task, Placement]]]]] = defaultdict(dict)
         waiting_for_victims = set()
         for row in running:
@@ -496,6 +502,9 @@ class Loop:
             if row.stop_reason:
                 if PREEMPT in row.stop_reason:  # "preempt:<by>", or "cancel+preempt:<by>"
                     waiting_for_victims.add(row.stop_reason.split(PREEMPT, 1)[1])
+                if not in_lease:  # its devices free by its stop's deadline
+                    job.ends_by_s = row.stop_deadline
+                    stopping[job.name] = (job, binds)
             elif in_lease:
                 held_in[order][job.name] = (job, binds)  # type: ignore[index]
             else:
@@ -531,6 +540,7 @@ class Loop:
             on: dict[str, tuple[Job, list[tuple[Task, Placement]]]],
             queues: dict[str, Queue],
             rounds: Rounds | None = None,
+            ending: dict[str, tuple[Job, list[tuple[Task, Placement]]]] | None = None,
         ) -> SessionResult:
             names = {j.queue for j in jobs} | {j.queue for j, _ in on.values()}
             session = Session(
@@ -542,12 +552,13 @@ class Loop:
                 time.time(),
                 rng=np.random.default_rng(0),
                 rounds=rounds,
+                stopping=ending,
             )
             result = session.run(self.actions)
             self._explain(s, jobs, result, st)
             return result
 
-        result = run(state, pending, held, stored, rounds)
+        result = run(state, pending, held, stored, rounds, stopping)
         evicted = list(result.evicted)
         bound_all = [(j, p) for j, _, p in result.bound]
         for order, jobs in pending_in.items():
@@ -655,6 +666,11 @@ class Loop:
             arrival_s=row.created_at,
             started_s=row.started_at,
             grace_s=self.grace_s,
+            ends_by_s=(
+                row.started_at + spec.max_runtime_s
+                if row.started_at is not None and spec.max_runtime_s
+                else None
+            ),
         )
 
     def _launch(self, job_id: int, placements: list[Placement]) -> None:

@@ -279,6 +279,7 @@ def run_replay(
             if first_task.data_region:
                 data_at[jname] = here
             done_at = t + restore.get(jname, 0.0) + left.get(jname, 1.0) * full[jname]
+            job.ends_by_s = done_at  # the trace's run time: what a site's queue is read from
             heapq.heappush(events, (done_at, DEPART, jname, generation.get(jname, 0)))
         used_now = used_by_type()
     unfinished = len(pending) + len(running)
