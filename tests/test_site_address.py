@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+from pathlib import Path
+
 import pytest
 
-from suanli.api.site_address import ENV, AddressRefused, check, host_of
+from suanli.api.site_address import ENV, AddressRefused, check, host_of, pin
 from tests.test_service import api  # noqa: F401  (the API with admin, users and a provider)
 
 
@@ -58,3 +61,79 @@ def test_a_providers_site_at_the_metadata_service_is_a_422_and_nothing_is_stored
     assert client.put("/v1/sites/here", json=ok, headers=who["provider"]).status_code == 200
     # the operator attaches where they like
     assert client.put("/v1/sites/meta", json=site, headers=who["admin"]).status_code == 200
+
+
+def test_pinning_keeps_an_address_and_replaces_a_name_by_what_it_resolves_to() -> None:
+    assert pin("127.0.0.1:8265") == "127.0.0.1:8265"
+    assert pin("localhost:8265") == "127.0.0.1:8265"
+    assert pin("http://localhost:8265") == "http://127.0.0.1:8265"
+    assert pin("https://localhost:8265") == "https://localhost:8265"  # a certificate's name
+    with pytest.raises(AddressRefused, match="link-local"):
+        pin("169.254.169.254:8265")
+
+
+def _resolving(monkeypatch: pytest.MonkeyPatch, name: str, ip: str) -> None:
+    """``name`` resolves to ``ip`` (a DNS server cannot run here: only the lookup of this
+    one test name is replaced, every other goes to the real resolver)."""
+    import socket
+
+    real = socket.getaddrinfo
+
+    def lookup(host: str, *args: object, **kw: object) -> object:
+        if host == name:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, 0))]
+        return real(host, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+
+
+def test_a_providers_site_name_is_checked_again_and_pinned_where_the_service_connects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DNS rebinding: the name passed the check when saved, then points at the metadata
+    service when the controller connects. The connection is refused and said on the
+    site; while the name is good the engine is reached at the checked address, not by
+    name; an admin's site is taken as given."""
+    from suanli.run.executor import Executor
+    from suanli.run.sites import SiteExecutors
+    from suanli.service.sites import SiteController
+    from suanli.store import Store
+    from suanli.store.models import SiteRow, TokenRow
+
+    store = Store.sqlite(tmp_path)
+    given: list[str] = []
+
+    def make(row: SiteRow) -> Executor:
+        given.append(str(row.address))
+        raise ConnectionError("no engine in this test")
+
+    with store.tx() as s:
+        s.add(TokenRow(token_hash="h", role="admin", owner="root", created_at=0.0))
+        for name, owner in (("prov-site", "prov"), ("admin-site", "root")):
+            s.add(
+                SiteRow(
+                    name=name, owner=owner, region="r", engine="ray", pue=1.1,
+                    carbon_g_per_kwh=0.0, power_price_per_kwh=0.0,
+                    address="rebind.test:8265", updated_at=0.0,
+                )
+            )  # fmt: skip
+    controller = SiteController(store, SiteExecutors(timeout_s=1.0), make)
+
+    def status() -> dict[str, str]:
+        controller.reconcile(0.0)  # a tick starts the connections (threads), the next reads them
+        cf.wait([future for _, future in controller._connecting.values()])
+        controller.reconcile(0.0)
+        with store.tx() as s:
+            return {r.name: str(r.status) for r in s.query(SiteRow)}
+
+    _resolving(monkeypatch, "rebind.test", "10.0.0.5")
+    status()
+    assert sorted(given) == ["10.0.0.5:8265", "rebind.test:8265"]  # pinned; the admin's as is
+    given.clear()
+    _resolving(monkeypatch, "rebind.test", "169.254.169.254")
+    with store.tx() as s:  # a changed row reconnects: both try again
+        for row in s.query(SiteRow):
+            row.address = "rebind.test:8266"
+    got = status()
+    assert given == ["rebind.test:8266"]  # only the admin's reached the factory
+    assert "link-local" in got["prov-site"] and got["prov-site"].startswith("cannot attach")

@@ -15,9 +15,12 @@ networks:
   unset, any other address, as a compute network spans public sites.
 
 Admins attach where they like: the operator trusts their own hands. A host name is
-checked by what it resolves to when the site is saved; the controller connects by
-name later, so a name re-pointed after the check (DNS rebinding) is not caught
-here: where that matters, list the networks and give addresses, not names.
+checked by what it resolves to when the site is saved, and again when the sites
+controller connects (`pin`): it resolves the name once, checks every address, and
+connects to the checked address itself, so a name re-pointed after either check (DNS
+rebinding) does not move the service's requests. An ``https://`` address keeps its
+name (its certificate is for the name): it is checked at connect time, and a
+rebinding between that check and the client's own lookup is not caught.
 """
 
 from __future__ import annotations
@@ -77,6 +80,25 @@ def check(address: str) -> None:
                 f"address: {host} is {ip}, outside the networks this service attaches "
                 f"({', '.join(str(n) for n in nets)})"
             )
+
+
+def pin(address: str) -> str:
+    """``address`` with its host replaced by the first address it resolves to, after
+    `check` passed every one of them (``https`` keeps its name: see the module)."""
+    check(address)
+    host = host_of(address)
+    split = urlsplit(address if "://" in address else f"http://{address}")
+    if split.scheme == "https":
+        return address
+    ip = ipaddress.ip_address(
+        str(socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)[0][4][0]).split("%")[0]
+    )
+    if str(ip) == host:
+        return address
+    literal = f"[{ip}]" if ip.version == 6 else str(ip)
+    netloc = literal + (f":{split.port}" if split.port is not None else "")
+    pinned = split._replace(netloc=netloc).geturl()
+    return pinned if "://" in address else pinned.removeprefix("http://")
 
 
 def _refused(ip: Address) -> str | None:

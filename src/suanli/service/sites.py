@@ -31,11 +31,12 @@ from collections.abc import Callable
 from sqlalchemy import select
 from sqlalchemy.orm import Session as DbSession
 
+from suanli.api import site_address
 from suanli.run.executor import Executor, Handle
 from suanli.run.sites import SiteExecutors
 from suanli.service.logs import transition
 from suanli.store.db import Store
-from suanli.store.models import JobRow, SiteRow
+from suanli.store.models import JobRow, SiteRow, TokenRow
 
 log = logging.getLogger("suanli.sites")
 CONNECT_TIMEOUT_S = 10.0
@@ -72,9 +73,12 @@ class SiteController:
                     del self._wanted[name]
                     self._unswept.discard(name)
                     log.info("site %s detached", name, extra={"site": name})
+            # sites attached by an admin are trusted; a provider's address is checked
+            # again, and pinned, where the service connects (DNS rebinding)
+            admins = set(s.scalars(select(TokenRow.owner).where(TokenRow.role == "admin")))
             for name, row in rows.items():
                 if name not in self._wanted:
-                    self._connect(row)
+                    self._connect(row, trusted=row.owner in admins)
                     continue
                 link = self.sites.links[name]
                 if link.returned:
@@ -93,8 +97,9 @@ class SiteController:
             if ready is not None and not ready.away and ready.seen_at:
                 self._sweep(name)
 
-    def _connect(self, row: SiteRow) -> None:
-        """Attach the site once its engine answers; the connection is made in a thread."""
+    def _connect(self, row: SiteRow, trusted: bool) -> None:
+        """Attach the site once its engine answers; the connection is made in a thread
+        (a provider's address first re-checked and pinned to what it resolves to)."""
         key = _key(row)
         pending = self._connecting.get(row.name)
         if pending is None or pending[0] != key:
@@ -108,7 +113,7 @@ class SiteController:
                 credential=row.credential,
                 credential_env=row.credential_env,
             )
-            self._connecting[row.name] = (key, self._pool.submit(self.make, detached))
+            self._connecting[row.name] = (key, self._pool.submit(self._make, detached, trusted))
             row.status = "connecting"
             return
         future = pending[1]
@@ -123,6 +128,11 @@ class SiteController:
             return
         self.sites.attach(row.name, executor, row.region)
         self._wanted[row.name] = key
+
+    def _make(self, row: SiteRow, trusted: bool) -> Executor:
+        if not trusted and row.address:
+            row.address = site_address.pin(row.address)  # AddressRefused: said on the site
+        return self.make(row)
         self._unswept.add(row.name)
         row.status = "attached"
         log.info("site %s attached (%s at %s)", row.name, row.engine, row.address)
