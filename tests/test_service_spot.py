@@ -196,6 +196,15 @@ def test_a_reclaimed_spot_replica_falls_back_to_on_demand_and_back(tmp_path: Pat
         assert drained and all(j.spec.get("order") is None for j in drained)
         assert s.get(ServiceRow, "chat").cost_usd > 0  # type: ignore[union-attr]
 
+    # the owner cancels the order: the service says so where its owner looks
+    with store.tx() as s:
+        s.get(OrderRow, oid).state = "cancelled"  # type: ignore[union-attr]
+    tick(8)
+    with store.tx() as s:
+        status = str(s.get(ServiceRow, "chat").status)  # type: ignore[union-attr]
+    assert f"market order {oid} is cancelled" in status, status
+    assert "spot replicas run on demand (fallback)" in status, status
+
 
 def test_a_live_service_outbid_on_spot_keeps_answering_on_demand(tmp_path: Path) -> None:
     openai = pytest.importorskip("openai")

@@ -50,6 +50,7 @@ from suanli.service.spot import (
     leaving,
     live_leases,
     order_jobs_elsewhere,
+    order_problem,
     split,
     spot_slots,
 )
@@ -378,6 +379,19 @@ class ServicesController:
         price = price_per_replica_hour(spec)
         if spec.spot is None:
             return [Group(live, desired, f"scaled down to {desired}", price)]
+        # an order cancelled or lapsed since the spec was accepted leases nothing again:
+        # say so where the owner looks (`suanli service NAME`), not only on each replica
+        problem = order_problem(s, spec.spot, spec.resources, row.owner)
+        self._state[row.name].note = (
+            problem
+            + (
+                "; its spot replicas run on demand (fallback)"
+                if spec.spot.fallback
+                else "; its spot replicas cannot start (no fallback)"
+            )
+            if problem
+            else ""
+        )
         others = order_jobs_elsewhere(s, spec.spot.order, row.name)
         slots = spot_slots(live_leases(s, spec.spot.order), spec.resources, others)
         want = split(desired, spec.spot, slots)
