@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from suanli.autoscale.service_spec import ServiceSpec, replica_command
+from suanli.run.executor import NODE_ADDRESS_ENV
 from suanli.run.local import free_port
 from suanli.service.replicas import ReplicaBook
 from suanli.service.services import ServicesController, replica_env
@@ -353,3 +354,50 @@ def _beyond_the_buffer(api: httpx.Client, url: str, token: str, tmp: Path) -> No
         "/v1/services", json={**spec, "name": "y", "autoscaler": {"policy": "predictive"}}
     )
     assert bad.status_code == 422 and "capacity_rps" in bad.text
+
+
+def test_a_replica_is_reached_at_its_nodes_address_wherever_it_was_placed(
+    tmp_path: Path,
+) -> None:
+    """serve_lm listens on the address its executor gives it (``SUANLI_NODE_ADDRESS``):
+    on a Ray site's node that node's IP, so the router must dial that, not the service's
+    loopback. Two real Ray clusters on one machine share 127.0.0.1, so the node's address
+    is what this checks, from the rows the loop stores."""
+    from suanli.run.executor import ADDRESS_LABEL
+    from suanli.service.services import ADDRESS_ENV, replica_address
+    from suanli.store.models import JobRow, NodeRow
+
+    store = Store.sqlite(tmp_path)
+    with store.tx() as s:
+        for name, address in (("far", "10.1.2.3"), ("v6", "fd00::7"), ("old", None)):
+            labels = {ADDRESS_LABEL: address} if address else {}
+            s.add(
+                NodeRow(
+                    name=name, owner="op", site=None, executor="ray", cpu_cores=4,
+                    memory_mib=1024, devices=[], labels=labels, heartbeat_at=0.0,
+                )
+            )  # fmt: skip
+
+        def job(node: str) -> JobRow:
+            return JobRow(spec={"env": {ADDRESS_ENV: "127.0.0.1:9100"}}, members=[{"node": node}])
+
+        assert replica_address(s, job("far"), "serve_lm") == "10.1.2.3:9100"
+        assert replica_address(s, job("v6"), "serve_lm") == "[fd00::7]:9100"
+        assert replica_address(s, job("old"), "serve_lm") == "127.0.0.1:9100"  # no address kept
+        assert replica_address(s, job("far"), "vllm") == "127.0.0.1:9100"  # on loopback
+    # and serve_lm listens on the address it is given (127.0.0.2, another loopback
+    # address, stands for a node's IP), with no --host of its own on the line
+    spec = ServiceSpec.model_validate(_spec(tmp_path))
+    port = free_port()
+    cmd = replica_command(spec, port)
+    assert "--host" not in cmd
+    env = {**os.environ, **replica_env(spec, f"127.0.0.1:{port}"), NODE_ADDRESS_ENV: "127.0.0.2"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with httpx.Client(transport=httpx.HTTPTransport(retries=60)) as c:
+            assert c.get(f"http://127.0.0.2:{port}/health", timeout=60).status_code == 200
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)  # not the loopback
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -26,20 +26,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 import pytest
 
 pytest.importorskip("ray.job_submission", reason="sites on Ray need `pip install suanli[ray]`")
+from suanli.autoscale.service_spec import ServiceSpec
 from suanli.jobs.spec import parse_job_spec
 from suanli.market import book, ledger
 from suanli.market.controller import MarketConfig, MarketController
 from suanli.market.money import to_micro
+from suanli.run.executor import ADDRESS_LABEL
 from suanli.run.sites import SITE_LABEL, SiteExecutors
 from suanli.service.loop import Loop
+from suanli.service.replicas import ReplicaBook
+from suanli.service.services import ServicesController
 from suanli.service.sites import SiteController
 from suanli.service.up import site_factory
 from suanli.store import Store
-from suanli.store.models import JobRow, LeaseRow, NodeRow, SiteRow
+from suanli.store.models import JobRow, LeaseRow, NodeRow, ServiceRow, SiteRow
 from tests.helpers import TINY, get, start_service, stop_service, suanli, submit
 
 PY = sys.executable
@@ -174,6 +179,7 @@ class Rig:
     loop: Loop
     sites: SiteExecutors
     clusters: dict[str, Cluster]
+    book: ReplicaBook | None = None
 
     def until(self, done: Callable[[], bool], what: str, timeout: float = 120) -> None:
         end = time.monotonic() + timeout
@@ -204,6 +210,7 @@ def _rig(
     policy: str,
     owners: dict[str, str] | None = None,
     market: bool = False,
+    book: ReplicaBook | None = None,
 ) -> Iterator[Rig]:
     store = Store.sqlite(tmp_path)
     sites = SiteExecutors(timeout_s=5.0)
@@ -213,6 +220,8 @@ def _rig(
     ]
     if market:
         controllers.append(MarketController(store, MarketConfig(every_s=0.0)))
+    if book is not None:
+        controllers.append(ServicesController(store, book))
     loop = Loop(store, sites, policy, tick_s=0.1, grace_s=3.0, controllers=controllers)
     with store.tx() as s:
         for name, c in clusters.items():
@@ -253,6 +262,15 @@ def provider_rig(clusters: dict[str, Cluster], tmp_path: Path) -> Iterator[Rig]:
 
 
 @pytest.fixture()
+def with_services(clusters: dict[str, Cluster], tmp_path: Path) -> Iterator[Rig]:
+    """The two sites with the services controller (its replica book in ``rig.book``)."""
+    book = ReplicaBook()
+    for rig in _rig(clusters, tmp_path, "priority", book=book):
+        rig.book = book
+        yield rig
+
+
+@pytest.fixture()
 def site_aware(clusters: dict[str, Cluster], tmp_path: Path) -> Iterator[Rig]:
     """The two sites under the ``site-aware`` policy (cost, data and queueing delay)."""
     yield from _rig(clusters, tmp_path, "site-aware")
@@ -277,8 +295,10 @@ def test_each_site_reports_its_own_nodes_and_a_job_pinned_to_a_region_runs_there
     assert all(n.executor == "ray" for n in nodes.values())
     assert {n.site: len(n.devices) for n in nodes.values()} == {"east": 1, "west": 2}
     assert {n.labels[SITE_LABEL] for n in nodes.values()} == {"east", "west"}
+    address = {n.site: n.labels[ADDRESS_LABEL] for n in nodes.values()}  # Ray's node IPs
     # `python` is resolved on the site as it is here: the service's Python, with suanli
-    cmd = ["python", "-c", "import suanli, sys; print('suanli from', sys.executable)"]
+    cmd = ["python", "-c", "import os, suanli, sys; print('suanli from', sys.executable, "
+           "'on', os.environ['SUANLI_NODE_ADDRESS'])"]  # fmt: skip
     jobs = {
         region: submit(rig.store, {"command": cmd, "regions": [f"cn-{region}"]})
         for region in ("west", "east")
@@ -289,8 +309,9 @@ def test_each_site_reports_its_own_nodes_and_a_job_pinned_to_a_region_runs_there
         ref = str((get(rig.store, jid).members or [])[0]["ref"])
         assert ref in rig.clusters[site].ray_jobs()  # the site's own Ray ran it
         text = rig.log(jid)
-        ran = re.search(r"suanli from (\S+)", text)
+        ran = re.search(r"suanli from (\S+) on (\S+)", text)
         assert ran and Path(ran.group(1)).parent == Path(PY).parent, text  # this venv's
+        assert ran.group(2) == address[site], text  # where a replica there would listen
         assert not text.startswith("Running entrypoint"), text  # Ray's own line is left out
 
 
@@ -347,6 +368,46 @@ def test_a_provider_sells_its_attached_sites_device_and_the_buyers_job_runs_ther
 def _leases(store: Store) -> list[tuple[str, str, str]]:
     with store.tx() as s:
         return [(r.provider, r.buyer, r.state) for r in s.query(LeaseRow)]
+
+
+def test_a_service_replica_on_a_ray_site_is_reached_at_its_nodes_address(
+    with_services: Rig, tmp_path: Path
+) -> None:
+    """A serve_lm replica placed on a Ray site listens on that node's address (Ray's
+    node IP here, not the loopback the service runs on), and the prober reaches it
+    there and gets the replica's proof: the router can send it requests."""
+    rig = with_services
+    assert rig.book is not None
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(TINY))
+    spec = ServiceSpec.model_validate(
+        {
+            "name": "chat",
+            "model": str(cfg),
+            "engine_args": ["--dtype", "fp32", "--max-len", "64", "--slots", "1"],
+            "replicas": {"min": 1, "max": 1},
+            "resources": {"accelerator": "cpu", "cpu": 0.5, "memory_gb": 1},
+            "autoscaler": {"policy": "static"},
+        }
+    )
+    with rig.store.tx() as s:
+        s.add(ServiceRow(name="chat", owner="admin", spec=spec.model_dump(), created_at=0,
+                         updated_at=0))  # fmt: skip
+    book = rig.book
+    nodes = {n.name: n.labels[ADDRESS_LABEL] for n in _nodes(rig.store).values()}
+
+    def ready() -> bool:
+        with httpx.Client() as client:
+            book.probe_once(client)
+        return any(r.ready for r in book.of("chat"))
+
+    rig.until(ready, "the replica answers the prober", timeout=180)
+    (replica,) = book.of("chat")
+    host = replica.address.rsplit(":", 1)[0]
+    assert host in nodes.values(), (replica.address, nodes)
+    assert replica.stats.get("proof")  # serve_lm itself, not whatever holds the port
+    with rig.store.tx() as s:  # its replica goes with it (the rig then waits for that)
+        s.delete(s.get(ServiceRow, "chat"))
 
 
 def test_a_job_queues_for_the_busy_site_by_its_data_rather_than_move_it(

@@ -169,21 +169,23 @@ OWNED_FLAGS = {
 
 
 def replica_command(spec: ServiceSpec, port: int) -> list[str]:
-    """The command one replica runs, listening on 127.0.0.1:``port`` under the service's
-    name (what clients put in ``model``). vLLM and SGLang start their own OpenAI servers
-    (``vllm serve``, ``python -m sglang.launch_server``) where they are installed."""
+    """The command one replica runs, listening on ``port`` under the service's name
+    (what clients put in ``model``). ``serve_lm`` listens on its node's address (the
+    executor gives it), so a replica on another site's node is reached there; vLLM and
+    SGLang start their own OpenAI servers (``vllm serve``, ``python -m
+    sglang.launch_server``) where they are installed, on 127.0.0.1: this machine's
+    nodes only."""
     if spec.engine == "serve_lm":
         head = [sys.executable, "-m", "suanli.workloads.serve_lm", "--model", spec.model]
         head += ["--max-queue", str(max(1, spec.router.buffer))]
     elif spec.engine == "vllm":
         head = ["vllm", "serve", spec.model, "--tensor-parallel-size", str(spec.tp)]
+        head += ["--host", "127.0.0.1"]
     else:
         head = [sys.executable, "-m", "sglang.launch_server", "--model-path", spec.model]
-        head += ["--tp", str(spec.tp)]
+        head += ["--tp", str(spec.tp), "--host", "127.0.0.1"]
     return [
         *head,
-        "--host",
-        "127.0.0.1",
         "--port",
         str(port),
         "--served-model-name",

@@ -88,6 +88,13 @@ class DeviceInfo:
     threads: int = 0  # > 0: a CPU slice (suanli.run.devices.cpu_slices)
 
 
+#: where a member's node is reachable from the service (the node's address): what a
+#: service replica listens on, so the router reaches it wherever it was placed
+NODE_ADDRESS_ENV = "SUANLI_NODE_ADDRESS"
+#: the node's address among its labels, as stored (a label: read where rows are read)
+ADDRESS_LABEL = "suanli.io/address"
+
+
 @dataclass(frozen=True)
 class NodeInfo:
     """A node an executor can run on, as the scheduler sees it."""

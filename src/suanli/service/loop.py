@@ -46,6 +46,8 @@ from suanli.jobs.resolve import granted_milli, member_task
 from suanli.jobs.spec import JobSpec, Resources
 from suanli.market import capacity
 from suanli.run.executor import (
+    ADDRESS_LABEL,
+    NODE_ADDRESS_ENV,
     NODE_LABEL,
     Executor,
     ExecutorUnavailable,
@@ -300,7 +302,7 @@ class Loop:
                     }
                     for d in n.devices
                 ]
-                row.labels = dict(n.labels)
+                row.labels = {**n.labels, ADDRESS_LABEL: n.address}
                 row.heartbeat_at = now
                 s.add(row)
 
@@ -786,7 +788,7 @@ class Loop:
             launch = Launch(
                 str(job_id),
                 spec.argv,
-                dict(spec.env),
+                {**spec.env, NODE_ADDRESS_ENV: node.address},
                 spec.working_dir,
                 visible if devices else None,
                 devices,

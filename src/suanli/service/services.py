@@ -34,6 +34,7 @@ from suanli.autoscale.signals import Observation, Targets
 from suanli.catalog.loader import accelerators
 from suanli.errors import SuanliError
 from suanli.jobs.spec import parse_job_spec
+from suanli.run.executor import ADDRESS_LABEL
 from suanli.run.local import free_port
 from suanli.service.mix import (
     cheapest,
@@ -55,7 +56,7 @@ from suanli.service.spot import (
     spot_slots,
 )
 from suanli.store.db import Store
-from suanli.store.models import JobRow, ServiceRow, member_chips
+from suanli.store.models import JobRow, NodeRow, ServiceRow, member_chips
 from suanli.workloads.replica_auth import REPLICA_TOKEN_ENV
 
 log = logging.getLogger("suanli.services")
@@ -108,6 +109,22 @@ def replica_env_of(job: JobRow, name: str) -> str:
     token (``REPLICA_TOKEN_ENV``; empty for a replica from before tokens)."""
     env = job.spec.get("env")
     return str(env.get(name, "")) if isinstance(env, dict) else ""
+
+
+def replica_address(s: Session, job: JobRow, engine: str) -> str:
+    """Where the router reaches a running replica: ``serve_lm`` listens on its node's
+    address (a Ray site's node has its own), at the port it was given; the others on
+    the loopback address they were given."""
+    given = replica_env_of(job, ADDRESS_ENV)
+    members = job.members or []
+    if engine != "serve_lm" or not members or ":" not in given:
+        return given
+    node = s.get(NodeRow, str(members[0].get("node")))
+    host = (node.labels or {}).get(ADDRESS_LABEL) if node is not None else None
+    if not host:
+        return given  # a node recorded before addresses were
+    port = given.rsplit(":", 1)[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def chip_price(chip: str | None, devices: int) -> float:
@@ -245,7 +262,7 @@ class ServicesController:
         jobs = list(
             s.scalars(select(JobRow).where(JobRow.service == row.name, JobRow.state.in_(LIVE)))
         )
-        running = {j.id: replica_env_of(j, ADDRESS_ENV) for j in jobs if j.state == "running"}
+        running = {j.id: replica_address(s, j, spec.engine) for j in jobs if j.state == "running"}
         self.book.sync(
             row.name,
             running,

@@ -36,6 +36,7 @@ from torch import nn
 
 from suanli.catalog.loader import get_model
 from suanli.device import choose_precision
+from suanli.run.executor import NODE_ADDRESS_ENV
 from suanli.workloads.onnx_lm import MASKED, ONNX_ENGINES, OnnxEngine, Runner, runner_for
 from suanli.workloads.train_lm import GPT, Block, _rope
 
@@ -474,7 +475,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--slots", type=int, default=8, help="sequences decoded together")
     ap.add_argument("--max-len", type=int, default=512, help="tokens per sequence (cache)")
-    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument(
+        "--host",
+        # a service replica listens on its node's address, where the router reaches it
+        # (loopback on this machine; the node's IP on a Ray site)
+        default=os.environ.get(NODE_ADDRESS_ENV) or "127.0.0.1",
+    )
     ap.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="cpu, or cuda[:N] where a GPU is")
