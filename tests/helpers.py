@@ -200,3 +200,19 @@ def cpu_order(env: dict[str, str], price: str, hours: str, mode: str = "on-deman
         *("market", "order", "--accelerator", "cpu", "--count", "1", "--mode", mode),
         *("--max-price-usd-per-hour", price, "--hours", hours, "--json"),
     )
+
+
+def tiny_service(tmp: Path, **over: Any) -> dict[str, Any]:
+    """A service spec of one serve_lm replica of the tiny model on half a core (its config
+    written under ``tmp``), for tests that need a replica that really serves."""
+    cfg = tmp / "tiny.json"
+    cfg.write_text(json.dumps(TINY))
+    spec: dict[str, Any] = {
+        "name": "chat",
+        "model": str(cfg),
+        "engine_args": ["--dtype", "fp32", "--max-len", "128", "--slots", "1"],
+        "replicas": {"min": 1, "max": 1},
+        "resources": {"accelerator": "cpu", "cpu": 0.5, "memory_gb": 1},
+        "autoscaler": {"policy": "static"},
+    }
+    return {**spec, **over}

@@ -7,7 +7,6 @@ answering from the on-demand replica started within the notice."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 from pathlib import Path
@@ -26,12 +25,12 @@ from suanli.service.spot import split, spot_slots
 from suanli.store.db import Store
 from suanli.store.models import JobRow, LeaseRow, OfferRow, OrderRow, ServiceRow
 from tests.helpers import (
-    TINY,
     cli,
     cpu_order,
     replicas_step,
     start_service,
     stop_service,
+    tiny_service,
     until,
 )
 
@@ -244,17 +243,7 @@ def _live(stack: contextlib.ExitStack, openai: Any, url: str, tmp: Path) -> None
     cli(admin, *offer)
     low = cpu_order(users["alice"], "0.2", "0.5", mode="spot")
     on_demand = cpu_order(users["alice"], "1", "0.5")
-    cfg = tmp / "tiny.json"
-    cfg.write_text(json.dumps(TINY))
-    spec: dict[str, Any] = {
-        "name": "chat",
-        "model": str(cfg),
-        "engine_args": ["--dtype", "fp32", "--max-len", "128", "--slots", "1"],
-        "replicas": {"min": 1, "max": 1},
-        "resources": {"accelerator": "cpu", "cpu": 0.5, "memory_gb": 1},
-        "autoscaler": {"policy": "static"},
-        "router": {"buffer": 32, "wait_s": 120},
-    }
+    spec = tiny_service(tmp, router={"buffer": 32, "wait_s": 120})
     # a spot order that is not spot, or not yours, or of another chip: said, not stored
     bad = alice.post("/v1/services", json={**spec, "spot": {"order": on_demand["id"]}})
     assert bad.status_code == 422 and "not spot" in bad.json()["problems"][0]

@@ -45,7 +45,7 @@ from suanli.service.sites import SiteController
 from suanli.service.up import site_factory
 from suanli.store import Store
 from suanli.store.models import JobRow, LeaseRow, NodeRow, ServiceRow, SiteRow
-from tests.helpers import TINY, get, start_service, stop_service, suanli, submit
+from tests.helpers import TINY, get, start_service, stop_service, suanli, submit, tiny_service
 
 PY = sys.executable
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -378,18 +378,7 @@ def test_a_service_replica_on_a_ray_site_is_reached_at_its_nodes_address(
     there and gets the replica's proof: the router can send it requests."""
     rig = with_services
     assert rig.book is not None
-    cfg = tmp_path / "tiny.json"
-    cfg.write_text(json.dumps(TINY))
-    spec = ServiceSpec.model_validate(
-        {
-            "name": "chat",
-            "model": str(cfg),
-            "engine_args": ["--dtype", "fp32", "--max-len", "64", "--slots", "1"],
-            "replicas": {"min": 1, "max": 1},
-            "resources": {"accelerator": "cpu", "cpu": 0.5, "memory_gb": 1},
-            "autoscaler": {"policy": "static"},
-        }
-    )
+    spec = ServiceSpec.model_validate(tiny_service(tmp_path))
     with rig.store.tx() as s:
         s.add(ServiceRow(name="chat", owner="admin", spec=spec.model_dump(), created_at=0,
                          updated_at=0))  # fmt: skip
