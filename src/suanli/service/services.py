@@ -485,12 +485,13 @@ class ServicesController:
         new.service = row.name
         where = f"spot, on the leases of market order {order}" if order else "on demand"
         where += f", on {chip}" if chip else ""
-        self.store.event(s, new.id, "replica", f"of service {row.name}, on {address} ({where})")
+        # serve_lm listens on whatever node it lands on (`replica_address`), at this port
+        self.store.event(s, new.id, "replica", f"of service {row.name}, port {port} ({where})")
         log.info(
-            "service %s: replica job %d on %s (%s)",
+            "service %s: replica job %d, port %d (%s)",
             row.name,
             new.id,
-            address,
+            port,
             where,
             extra={"job": new.id},
         )
