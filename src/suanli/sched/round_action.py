@@ -232,7 +232,7 @@ class Rounds:
                 typ = frozenset({self.types[k]})
                 allowed[name] = replace(job, tasks=[replace(t, gpu_spec=typ) for t in job.tasks])
         session.admitted = [allowed.get(j.name, j) for j in session.admitted if j.name not in held]
-        session.pending = [allowed.get(j.name, j) for j in session.pending if j.name not in held]
+        session.set_pending([allowed.get(j.name, j) for j in session.pending if j.name not in held])
 
     def _sync(
         self, waiting: dict[str, Job], running: dict[str, tuple[Job, list[tuple[Task, Placement]]]]
@@ -400,7 +400,7 @@ class Rounds:
                 session.result.unschedulable.setdefault(job.name, "no chip type has room")
         done = set(waiting)
         session.admitted = [j for j in session.admitted if j.name not in done]
-        session.pending = [j for j in session.pending if j.name not in done]
+        session.set_pending([j for j in session.pending if j.name not in done])
 
     @staticmethod
     def _by_share(share: np.ndarray | None, rates: np.ndarray) -> list[int]:

@@ -124,9 +124,15 @@ class Session:
         self.admitted: list[Job] = []
         self._enqueued = False  # without an enqueue action every pending job is admitted
         self._used: dict[str, dict[str, int]] | None = None  # memo of used_milli
+        self._active: set[str] | None = None  # memo: the queues with work (deserved_milli)
         framework.begin(state, self.pending, {**(stopping or {}), **self.running}, now_s)
         self._bound_now: set[str] = set()  # jobs started in this session: never victims
         self._admitted_milli: dict[str, int] = {}  # per queue, admitted but not yet running
+
+    def set_pending(self, jobs: list[Job]) -> None:
+        """Replace the pending jobs (an action that holds some back or finishes them)."""
+        self.pending = jobs
+        self._active = None
 
     # --- accounting ------------------------------------------------------------
     def _type_of(self, p: Placement) -> str:
@@ -147,8 +153,10 @@ class Session:
 
     def deserved_milli(self, queue: str) -> float:
         """Capacity x weight / sum of weights of queues with work (proportion plugin)."""
-        active = {j.queue for j in self.pending} | {j.queue for j, _ in self.running.values()}
-        active.add(queue)
+        if self._active is None:  # the ordering asks once per job: not rebuilt each time
+            self._active = {j.queue for j in self.pending}
+            self._active |= {j.queue for j, _ in self.running.values()}
+        active = self._active | {queue}
         total_w = sum(self.queues[q].weight for q in active if q in self.queues)
         share = self.queues[queue].weight / total_w if total_w else 1.0
         return share * self.state.total_gpu_milli
@@ -285,7 +293,7 @@ class Session:
         job.started_s = self.now
         self.running[job.name] = (job, binds)
         self._bound_now.add(job.name)
-        self._used = None
+        self._used = self._active = None
         self.result.unschedulable.pop(job.name, None)
         return True
 
@@ -307,7 +315,7 @@ class Session:
     def evict(self, name: str, reason: str, by: str = "", grace_s: float | None = None) -> None:
         """Stop a running job (its devices are free in this session at once)."""
         job, binds = self.running.pop(name)
-        self._used = None
+        self._used = self._active = None
         for task, p in binds:
             self.fw.unbind(self.state, task, p)
         grace = job.grace_s if grace_s is None else grace_s
