@@ -70,6 +70,7 @@ def test_pinning_keeps_an_address_and_replaces_a_name_by_what_it_resolves_to() -
     assert pin("https://localhost:8265") == "https://localhost:8265"  # a certificate's name
     with pytest.raises(AddressRefused, match="link-local"):
         pin("169.254.169.254:8265")
+    assert pin("http://[::1]:8265") == "http://[::1]:8265"  # loopback, as 127.0.0.1 is
 
 
 def _resolving(monkeypatch: pytest.MonkeyPatch, name: str, ip: str) -> None:

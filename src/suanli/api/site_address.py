@@ -110,6 +110,8 @@ def _refused(ip: Address) -> str | None:
         return "multicast"
     if ip.is_unspecified:
         return "unspecified"
+    if ip.is_loopback:  # ::1 is in ::/8, which Python counts as reserved: it is loopback
+        return None
     if ip.is_reserved:
         return "reserved"
     return None
