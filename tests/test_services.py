@@ -112,7 +112,9 @@ def test_the_controller_wakes_replaces_pins_caps_and_sleeps(tmp_path: Path) -> N
 def test_engines_render_their_own_servers_and_a_stand_in_vllm_serves(tmp_path: Path) -> None:
     spec = ServiceSpec.model_validate(_spec(tmp_path, engine="vllm", tp=2, engine_args=[]))
     cmd = replica_command(spec, 9000)
-    assert cmd[:5] == ["vllm", "serve", spec.model, "--tensor-parallel-size", "2"]
+    # a shell adds --host with the node's address (vLLM reads no variable for it)
+    assert cmd[:2] == ["sh", "-c"] and "SUANLI_NODE_ADDRESS" in cmd[2]
+    assert cmd[4:9] == ["vllm", "serve", spec.model, "--tensor-parallel-size", "2"]
     assert cmd[-4:] == ["--port", "9000", "--served-model-name", "chat"]
     sg = replica_command(spec.model_copy(update={"engine": "sglang"}), 9001)
     assert sg[1:5] == ["-m", "sglang.launch_server", "--model-path", spec.model]
@@ -148,19 +150,20 @@ def test_engines_render_their_own_servers_and_a_stand_in_vllm_serves(tmp_path: P
     assert own["VLLM_API_KEY"] == own["SUANLI_REPLICA_TOKEN"]
     assert own["VLLM_API_KEY"] not in " ".join(replica_command(one, port))
     env = {**os.environ, **own, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env[NODE_ADDRESS_ENV] = "127.0.0.2"  # the node's address, which the line passes as --host
     proc = subprocess.Popen(
         replica_command(one, port), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         with httpx.Client(transport=httpx.HTTPTransport(retries=60)) as c:
-            assert c.get(f"http://127.0.0.1:{port}/health", timeout=60).status_code == 200
+            assert c.get(f"http://127.0.0.2:{port}/health", timeout=60).status_code == 200
         with (
-            openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x") as oc,
+            openai.OpenAI(base_url=f"http://127.0.0.2:{port}/v1", api_key="x") as oc,
             pytest.raises(openai.AuthenticationError, match="Incorrect API key"),
         ):
             oc.models.list()  # another tenant's process on this machine
         key = own["VLLM_API_KEY"]
-        with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key) as oc:
+        with openai.OpenAI(base_url=f"http://127.0.0.2:{port}/v1", api_key=key) as oc:
             assert [m.id for m in oc.models.list().data] == ["chat"]
     finally:
         proc.terminate()
@@ -384,7 +387,8 @@ def test_a_replica_is_reached_at_its_nodes_address_wherever_it_was_placed(
         assert replica_address(s, job("far"), "serve_lm") == "10.1.2.3:9100"
         assert replica_address(s, job("v6"), "serve_lm") == "[fd00::7]:9100"
         assert replica_address(s, job("old"), "serve_lm") == "127.0.0.1:9100"  # no address kept
-        assert replica_address(s, job("far"), "vllm") == "127.0.0.1:9100"  # on loopback
+        assert replica_address(s, job("far"), "vllm") == "10.1.2.3:9100"
+        assert replica_address(s, job("far"), "sglang") == "127.0.0.1:9100"  # on loopback
     # and serve_lm listens on the address it is given (127.0.0.2, another loopback
     # address, stands for a node's IP), with no --host of its own on the line
     spec = ServiceSpec.model_validate(_spec(tmp_path))

@@ -28,6 +28,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from suanli.jobs.spec import NAME, Resources
+from suanli.run.executor import NODE_ADDRESS_ENV
 
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 ENGINES = ("serve_lm", "vllm", "sglang")
@@ -170,17 +171,19 @@ OWNED_FLAGS = {
 
 def replica_command(spec: ServiceSpec, port: int) -> list[str]:
     """The command one replica runs, listening on ``port`` under the service's name
-    (what clients put in ``model``). ``serve_lm`` listens on its node's address (the
-    executor gives it), so a replica on another site's node is reached there; vLLM and
-    SGLang start their own OpenAI servers (``vllm serve``, ``python -m
-    sglang.launch_server``) where they are installed, on 127.0.0.1: this machine's
-    nodes only."""
+    (what clients put in ``model``). ``serve_lm`` and vLLM listen on their node's
+    address (the executor gives it as ``SUANLI_NODE_ADDRESS``), so a replica on another
+    site's node is reached there; vLLM takes it only as ``--host``, so a POSIX shell
+    adds it. vLLM and SGLang start their own OpenAI servers (``vllm serve``, ``python
+    -m sglang.launch_server``) where they are installed; SGLang, which cannot be given
+    its key but on the command line, stays on 127.0.0.1: this machine's nodes only."""
     if spec.engine == "serve_lm":
         head = [sys.executable, "-m", "suanli.workloads.serve_lm", "--model", spec.model]
         head += ["--max-queue", str(max(1, spec.router.buffer))]
     elif spec.engine == "vllm":
-        head = ["vllm", "serve", spec.model, "--tensor-parallel-size", str(spec.tp)]
-        head += ["--host", "127.0.0.1"]
+        on_node = f'exec "$@" --host "${{{NODE_ADDRESS_ENV}:-127.0.0.1}}"'
+        head = ["sh", "-c", on_node, "vllm-on-node", "vllm", "serve", spec.model]
+        head += ["--tensor-parallel-size", str(spec.tp)]
     else:
         head = [sys.executable, "-m", "sglang.launch_server", "--model-path", spec.model]
         head += ["--tp", str(spec.tp), "--host", "127.0.0.1"]

@@ -112,12 +112,12 @@ def replica_env_of(job: JobRow, name: str) -> str:
 
 
 def replica_address(s: Session, job: JobRow, engine: str) -> str:
-    """Where the router reaches a running replica: ``serve_lm`` listens on its node's
-    address (a Ray site's node has its own), at the port it was given; the others on
-    the loopback address they were given."""
+    """Where the router reaches a running replica: serve_lm and vLLM listen on their
+    node's address (a Ray site's node has its own), at the port they were given; SGLang
+    on the loopback address it was given."""
     given = replica_env_of(job, ADDRESS_ENV)
     members = job.members or []
-    if engine != "serve_lm" or not members or ":" not in given:
+    if engine not in ("serve_lm", "vllm") or not members or ":" not in given:
         return given
     node = s.get(NodeRow, str(members[0].get("node")))
     host = (node.labels or {}).get(ADDRESS_LABEL) if node is not None else None
