@@ -168,7 +168,8 @@ def plot(rows: list[tuple[float, float, str, dict[str, float]]], path: Path) -> 
             ]
             ax.bar(np.arange(len(settings)) + k * width, ys, width, label=policy)
         ax.set_xticks(
-            np.arange(len(settings)) + width, [f"{g:g} GB\n{b:g} Gb/s" for g, b in settings]
+            np.arange(len(settings)) + width * (len(POLICIES) - 1) / 2,
+            [f"{g:g} GB\n{b:g} Gb/s" for g, b in settings],
         )
         ax.set_title(label)
     axes[0].legend()
