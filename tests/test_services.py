@@ -372,7 +372,8 @@ def test_a_replica_is_reached_at_its_nodes_address_wherever_it_was_placed(
 
     store = Store.sqlite(tmp_path)
     with store.tx() as s:
-        for name, address in (("far", "10.1.2.3"), ("v6", "fd00::7"), ("old", None)):
+        nodes = (("far", "10.1.2.3"), ("v6", "fd00::7"), ("old", None), ("meta", "169.254.169.254"))
+        for name, address in nodes:
             labels = {ADDRESS_LABEL: address} if address else {}
             s.add(
                 NodeRow(
@@ -387,6 +388,8 @@ def test_a_replica_is_reached_at_its_nodes_address_wherever_it_was_placed(
         assert replica_address(s, job("far"), "serve_lm") == "10.1.2.3:9100"
         assert replica_address(s, job("v6"), "serve_lm") == "[fd00::7]:9100"
         assert replica_address(s, job("old"), "serve_lm") == "127.0.0.1:9100"  # no address kept
+        # a provider's engine cannot aim the router (and the replica's token) at metadata
+        assert replica_address(s, job("meta"), "serve_lm") == "127.0.0.1:9100"
         assert replica_address(s, job("far"), "vllm") == "10.1.2.3:9100"
         assert replica_address(s, job("far"), "sglang") == "127.0.0.1:9100"  # on loopback
     # and serve_lm listens on the address it is given (127.0.0.2, another loopback

@@ -73,15 +73,18 @@ def test_pinning_keeps_an_address_and_replaces_a_name_by_what_it_resolves_to() -
     assert pin("http://[::1]:8265") == "http://[::1]:8265"  # loopback, as 127.0.0.1 is
 
 
-def _resolving(monkeypatch: pytest.MonkeyPatch, name: str, ip: str) -> None:
-    """``name`` resolves to ``ip`` (a DNS server cannot run here: only the lookup of this
-    one test name is replaced, every other goes to the real resolver)."""
+def _resolving(monkeypatch: pytest.MonkeyPatch, name: str, *ips: str) -> None:
+    """``name`` resolves to ``ips`` in turn, the last one from then on (a DNS server
+    cannot run here: only the lookup of this one test name is replaced, every other goes
+    to the real resolver)."""
     import socket
 
     real = socket.getaddrinfo
+    answers = list(ips)
 
     def lookup(host: str, *args: object, **kw: object) -> object:
         if host == name:
+            ip = answers.pop(0) if len(answers) > 1 else answers[0]
             return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, 0))]
         return real(host, *args, **kw)  # type: ignore[arg-type]
 
@@ -127,6 +130,10 @@ def test_a_providers_site_name_is_checked_again_and_pinned_where_the_service_con
         with store.tx() as s:
             return {r.name: str(r.status) for r in s.query(SiteRow)}
 
+    # a name that answers a good address to the check and the metadata service next:
+    # the address pinned is the one checked, whatever a second lookup would say
+    _resolving(monkeypatch, "flip.test", "10.0.0.5", "169.254.169.254")
+    assert pin("flip.test:8265") == "10.0.0.5:8265"
     _resolving(monkeypatch, "rebind.test", "10.0.0.5")
     status()
     assert sorted(given) == ["10.0.0.5:8265", "rebind.test:8265"]  # pinned; the admin's as is
@@ -138,3 +145,36 @@ def test_a_providers_site_name_is_checked_again_and_pinned_where_the_service_con
     got = status()
     assert given == ["rebind.test:8266"]  # only the admin's reached the factory
     assert "link-local" in got["prov-site"] and got["prov-site"].startswith("cannot attach")
+
+
+def test_a_stored_site_cannot_take_the_name_of_the_services_own_engine(tmp_path: Path) -> None:
+    """A site named like the service's own engine (``local``, ``ray``) would replace it,
+    and the operator's nodes would be recorded as the site owner's: it is refused."""
+    from suanli.run.executor import Executor
+    from suanli.run.sites import SiteExecutors
+    from suanli.service.sites import SiteController
+    from suanli.store import Store
+    from suanli.store.models import SiteRow
+
+    store = Store.sqlite(tmp_path)
+    sites = SiteExecutors(timeout_s=1.0)
+    sites.own.add("local")
+    made: list[str] = []
+
+    def make(row: SiteRow) -> Executor:
+        made.append(str(row.name))
+        raise ConnectionError("no engine in this test")
+
+    with store.tx() as s:
+        s.add(
+            SiteRow(
+                name="local", owner="prov", region="r", engine="ray", pue=1.1,
+                carbon_g_per_kwh=0.0, power_price_per_kwh=0.0,
+                address="127.0.0.1:8265", updated_at=0.0,
+            )
+        )  # fmt: skip
+    SiteController(store, sites, make).reconcile(0.0)
+    with store.tx() as s:
+        status = str(s.get(SiteRow, "local").status)  # type: ignore[union-attr]
+    assert status.startswith("cannot attach: local is the name of the service's own engine")
+    assert made == []

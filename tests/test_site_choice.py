@@ -145,9 +145,13 @@ def test_a_member_stored_before_sites_is_polled_on_the_site_up_started_with(tmp_
         reap(local)
 
 
-def _session_with_east_busy(ends_by_s: float | None) -> tuple[Session, Job]:
+def _session_with_east_busy(
+    ends_by_s: float | None, filters: tuple[str, ...] = (), **short_task: object
+) -> tuple[Session, Job]:
     """East's two devices run jobs (one ends at ``ends_by_s``, one never says); a short
-    job with 1,000 GB of data in the east arrives at t = 0."""
+    job with 1,000 GB of data in the east arrives at t = 0 (with ``short_task`` set)."""
+    from dataclasses import replace
+
     from suanli.sched.framework import Placement
     from suanli.sched.policies import PluginContext, build
 
@@ -158,8 +162,9 @@ def _session_with_east_busy(ends_by_s: float | None) -> tuple[Session, Job]:
         p = Placement(i, ((0, MILLI),))  # nodes 0 and 1 are the east's
         state.allocate(p.node, task.cpu_milli, task.memory_mib, list(p.gpus))
         running[task.name] = (Job(task.name, [task], started_s=0.0, ends_by_s=end), [(task, p)])
-    short = job("short", 0.1, 1000.0)
-    fw = build(NAMED["site-aware"], PluginContext(wan=WAN))
+    short = replace(job("short", 0.1, 1000.0), **short_task)  # type: ignore[arg-type]
+    config = NAMED["site-aware"]
+    fw = build(replace(config, filters=[*config.filters, *filters]), PluginContext(wan=WAN))
     pending = [Job("short", [short])]
     return Session(state, fw, [Queue("default")], pending, running, 0.0), pending[0]
 
@@ -175,12 +180,23 @@ def test_a_job_waits_for_its_datas_site_when_that_is_sooner_than_moving_the_data
 
 
 def test_a_job_moves_when_its_datas_site_frees_too_late_or_never_says() -> None:
-    for ends_by in (3000.0, None):  # an hour's wait, or a job with no max_runtime_s
+    # an hour's wait, a job with no max_runtime_s, or one past its end and not yet gone
+    for ends_by in (3000.0, None, -10.0):
         session, _ = _session_with_east_busy(ends_by)
         result = session.run(["enqueue", "allocate"])
         assert [(name, session.state.specs[p.node].site) for name, _, p in result.bound] == [
             ("short", "west")
         ], ends_by
+
+
+def test_a_job_never_waits_for_a_site_its_other_constraints_rule_out() -> None:
+    """The same job limited to the west's nodes by a node selector (the live loop adds
+    that filter to every policy): the east freeing soon is no reason to wait."""
+    session, _ = _session_with_east_busy(
+        100.0, ("node-selector",), node_selector={"usd_per_gpu_hour": "0.5"}
+    )
+    result = session.run(["enqueue", "allocate"])
+    assert [session.state.specs[p.node].site for _, _, p in result.bound] == ["west"]
 
 
 def test_queueing_for_a_busy_site_shortens_the_job_and_moves_no_bytes_in_replay() -> None:

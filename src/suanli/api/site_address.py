@@ -61,17 +61,19 @@ def host_of(address: str) -> str:
     return urlsplit(address if "://" in address else f"http://{address}").hostname or ""
 
 
-def check(address: str) -> None:
+def check(address: str) -> list[Address]:
     """Raise `AddressRefused` unless every address ``address``'s host resolves to may be
-    attached by a provider."""
+    attached by a provider; the addresses checked, in the resolver's order."""
     host = host_of(address)
     try:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError):
         raise AddressRefused(f"address: {host!r} does not resolve here") from None
     nets = allowed_networks()
+    checked: list[Address] = []
     for info in infos:
         ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        checked.append(ip)
         why = _refused(ip)
         if why:
             raise AddressRefused(f"address: {host} is {ip}, {why}; a provider cannot attach it")
@@ -80,25 +82,33 @@ def check(address: str) -> None:
                 f"address: {host} is {ip}, outside the networks this service attaches "
                 f"({', '.join(str(n) for n in nets)})"
             )
+    return checked
 
 
 def pin(address: str) -> str:
     """``address`` with its host replaced by the first address it resolves to, after
     `check` passed every one of them (``https`` keeps its name: see the module)."""
-    check(address)
+    checked = check(address)  # one lookup: the address pinned is one of those checked
     host = host_of(address)
     split = urlsplit(address if "://" in address else f"http://{address}")
     if split.scheme == "https":
         return address
-    ip = ipaddress.ip_address(
-        str(socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)[0][4][0]).split("%")[0]
-    )
+    ip = checked[0]
     if str(ip) == host:
         return address
     literal = f"[{ip}]" if ip.version == 6 else str(ip)
     netloc = literal + (f":{split.port}" if split.port is not None else "")
     pinned = split._replace(netloc=netloc).geturl()
     return pinned if "://" in address else pinned.removeprefix("http://")
+
+
+def refused(host: str) -> str | None:
+    """Why no request of the service's may go to ``host``, an address a site's engine
+    reported for one of its nodes (None: it may): the metadata service and the like."""
+    try:
+        return _refused(ipaddress.ip_address(host.split("%")[0]))
+    except ValueError:
+        return "not an address"
 
 
 def _refused(ip: Address) -> str | None:

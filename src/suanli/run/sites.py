@@ -84,9 +84,21 @@ class SiteExecutors:
         self.clock = clock
         self.links: dict[str, SiteLink] = {}
         self._site_of: dict[str, str] = {}  # node name -> site name
+        #: the service's own engine(s) (``suanli up``'s machine or Ray cluster): the
+        #: operator's, never a provider's, whatever a stored site of that name says
+        self.own: set[str] = set()
 
     # --- attaching ---------------------------------------------------------------------
-    def attach(self, name: str, executor: Executor, region: str = "", remote: bool = True) -> None:
+    def attach(
+        self,
+        name: str,
+        executor: Executor,
+        region: str = "",
+        remote: bool = True,
+        own: bool = False,
+    ) -> None:
+        if own:
+            self.own.add(name)
         self.detach(name)
         self.links[name] = SiteLink(name, executor, region, remote)
 

@@ -134,22 +134,29 @@ class SiteWait:
     power_w: dict[str, float] = field(default_factory=dict)
     throughput: dict[tuple[str, str], float] = field(default_factory=dict)
     wan: Wan = field(default_factory=Wan)
-    fit: ResourceFit = field(default_factory=ResourceFit)
+    #: the policy's other filters (`policies.build` sets them): a site is waited for only
+    #: where they let the task run (its region, node selector, the data's region)
+    others: Sequence[Any] = ()
     #: waiting must save more than this share: the estimates are not finer than that
     margin: float = 0.05
     _now_s: float = 0.0
     _ends: np.ndarray | None = None  # [node, k]: busy devices' expected ends, ascending
-    _gang: set[int] = field(default_factory=set)  # id() of the tasks of gangs
+    _gang: set[str] = field(default_factory=set)  # names of the tasks of gangs
+    _specs: Sequence[Any] | None = None  # the cluster `begin` saw (its copies share it)
     _empty: ClusterState | None = None
 
     def begin(
         self, state: ClusterState, pending: Sequence[Any], running: dict[str, Any], now_s: float
     ) -> None:
         self._now_s = now_s
-        self._gang = {id(t) for job in pending if len(job.tasks) > 1 for t in job.tasks}
+        self._gang = {t.name for job in pending if len(job.tasks) > 1 for t in job.tasks}
+        self._specs = state.specs
         end = np.full(state.gpu_free.shape, -math.inf)
         for job, binds in running.values():
-            ends_by = math.inf if job.ends_by_s is None else job.ends_by_s
+            # no end said, or one already past (a stop the site has not carried out): the
+            # devices free at some unknown time, which is never as far as waiting goes
+            late = job.ends_by_s is None or job.ends_by_s < now_s
+            ends_by = math.inf if late else job.ends_by_s
             for _, p in binds:
                 for d, _milli in p.gpus:
                     end[p.node, d] = max(end[p.node, d], ends_by)
@@ -163,11 +170,23 @@ class SiteWait:
 
     def filter(self, state: ClusterState, task: Task, cycle: CycleState) -> np.ndarray:
         everywhere = np.ones(state.num_nodes, dtype=bool)
-        if self._ends is None or self._empty is None or task.num_gpu == 0 or id(task) in self._gang:
+        if (
+            self._ends is None
+            or self._empty is None
+            or state.specs is not self._specs  # another cluster (an empty one, a lease's)
+            or task.num_gpu == 0
+            or task.min_available > 1
+            or task.name in self._gang
+        ):
             return everywhere
-        region = RegionConstraint().filter(state, task, cycle)
-        nodes = np.flatnonzero(self.fit.filter(self._empty, task, cycle) & region)
-        now = self.fit.filter(state, task, cycle)[nodes]
+        others = self.others or (ResourceFit(), RegionConstraint())
+        ever = np.ones(state.num_nodes, dtype=bool)
+        now_all = np.ones(state.num_nodes, dtype=bool)
+        for f in others:
+            ever &= f.filter(self._empty, task, cycle)
+            now_all &= f.filter(state, task, cycle)
+        nodes = np.flatnonzero(ever)
+        now = now_all[nodes]
         if nodes.size == 0 or not now.any() or now.all():
             return everywhere  # it waits anyway, or nothing is busy that it could wait for
         delay = self._delay_s(state, task, nodes, now)

@@ -251,7 +251,6 @@ def build(config: PolicyConfig, ctx: PluginContext | None = None) -> Framework:
                     power_w=dict(ctx.power_w),
                     throughput=dict(ctx.throughput),
                     wan=ctx.wan,
-                    fit=fit,
                 )
             )
         elif name == "region":
@@ -260,6 +259,9 @@ def build(config: PolicyConfig, ctx: PluginContext | None = None) -> Framework:
             filters.append(DataRegion())
         else:
             filters.append(NodeSelector())
+    for f in filters:  # the wait compares only the places the other filters allow
+        if isinstance(f, SiteWait):
+            f.others = [g for g in filters if g is not f]
     scorers: list[tuple[Any, float]] = []
     listeners: list[Any] = []
     frag: FragmentationScore | None = None

@@ -265,7 +265,8 @@ class Loop:
                     # an attached site's nodes are its provider's (to run on, and to sell
                     # on the market); the executor's own, the operator's
                     site = sites.get(engine_site)
-                    attached = site is not None and bool(site.address)
+                    own = engine_site in getattr(self.executor, "own", ())
+                    attached = site is not None and bool(site.address) and not own
                     owner = site.owner if site is not None and attached else SYSTEM_OWNER
                     row = NodeRow(name=n.name, owner=owner, site=None)
                     if self.calibrate_new_nodes:

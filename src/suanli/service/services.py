@@ -123,6 +123,11 @@ def replica_address(s: Session, job: JobRow, engine: str) -> str:
     host = (node.labels or {}).get(ADDRESS_LABEL) if node is not None else None
     if not host:
         return given  # a node recorded before addresses were
+    from suanli.api.site_address import refused  # here: the API imports this module
+
+    if refused(host):  # a site's engine said its node is the metadata service
+        log.warning("node %s reports address %s: not dialled", node.name, host)  # type: ignore[union-attr]
+        return given
     port = given.rsplit(":", 1)[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 

@@ -77,6 +77,12 @@ class SiteController:
             # again, and pinned, where the service connects (DNS rebinding)
             admins = set(s.scalars(select(TokenRow.owner).where(TokenRow.role == "admin")))
             for name, row in rows.items():
+                if name in self.sites.own:
+                    row.status = (
+                        f"cannot attach: {name} is the name of the service's own engine; "
+                        "attach the cluster under another name"
+                    )
+                    continue
                 if name not in self._wanted:
                     self._connect(row, trusted=row.owner in admins)
                     continue
@@ -128,14 +134,16 @@ class SiteController:
             return
         self.sites.attach(row.name, executor, row.region)
         self._wanted[row.name] = key
-
-    def _make(self, row: SiteRow, trusted: bool) -> Executor:
-        if not trusted and row.address:
-            row.address = site_address.pin(row.address)  # AddressRefused: said on the site
-        return self.make(row)
         self._unswept.add(row.name)
         row.status = "attached"
         log.info("site %s attached (%s at %s)", row.name, row.engine, row.address)
+
+    def _make(self, row: SiteRow, trusted: bool) -> Executor:
+        """The engine's executor, in the connect thread; a provider's address is resolved
+        once, checked, and the connection made to that checked address."""
+        if not trusted and row.address:
+            row.address = site_address.pin(row.address)  # AddressRefused: said on the site
+        return self.make(row)
 
     def _requeue_from(self, s: DbSession, site: SiteRow, away_s: float, now: float) -> None:
         """Every running job with a member on ``site`` goes back to the queue (a cancel

@@ -230,7 +230,7 @@ def serve(
     # every site behind one executor: this machine (or the one Ray cluster) under its
     # engine's name, and the sites attached through the API (the sites controller)
     ex = SiteExecutors()
-    ex.attach(first.name, first, remote=executor != "local")
+    ex.attach(first.name, first, remote=executor != "local", own=True)
     token_file = data_dir / "admin.token"
     if not store.has_admin():
         token = store.create_token("admin", "admin")

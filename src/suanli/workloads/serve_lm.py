@@ -38,6 +38,7 @@ from suanli.catalog.loader import get_model
 from suanli.device import choose_precision
 from suanli.run.executor import NODE_ADDRESS_ENV
 from suanli.workloads.onnx_lm import MASKED, ONNX_ENGINES, OnnxEngine, Runner, runner_for
+from suanli.workloads.replica_auth import REPLICA_TOKEN_ENV
 from suanli.workloads.train_lm import GPT, Block, _rope
 
 log = logging.getLogger("suanli.serve_lm")
@@ -477,9 +478,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-len", type=int, default=512, help="tokens per sequence (cache)")
     ap.add_argument(
         "--host",
-        # a service replica listens on its node's address, where the router reaches it
-        # (loopback on this machine; the node's IP on a Ray site)
-        default=os.environ.get(NODE_ADDRESS_ENV) or "127.0.0.1",
+        # a service's replica (it requires the router's token) listens on its node's
+        # address, where the router reaches it (loopback on this machine; the node's IP
+        # on a Ray site); anything else, unguarded, stays on loopback
+        default=(os.environ.get(NODE_ADDRESS_ENV) if os.environ.get(REPLICA_TOKEN_ENV) else None)
+        or "127.0.0.1",
     )
     ap.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     ap.add_argument("--seed", type=int, default=0)
@@ -498,7 +501,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import uvicorn
 
-    from suanli.workloads.replica_auth import REPLICA_TOKEN_ENV
     from suanli.workloads.serve_app import app_for
 
     engine = build(args)
