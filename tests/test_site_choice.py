@@ -180,8 +180,8 @@ def test_a_job_waits_for_its_datas_site_when_that_is_sooner_than_moving_the_data
 
 
 def test_a_job_moves_when_its_datas_site_frees_too_late_or_never_says() -> None:
-    # an hour's wait, a job with no max_runtime_s, or one past its end and not yet gone
-    for ends_by in (3000.0, None, -10.0):
+    # an hour's wait, a job with no max_runtime_s, or one long past its end and not gone
+    for ends_by in (3000.0, None, -100.0):
         session, _ = _session_with_east_busy(ends_by)
         result = session.run(["enqueue", "allocate"])
         assert [(name, session.state.specs[p.node].site) for name, _, p in result.bound] == [

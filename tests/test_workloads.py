@@ -95,7 +95,9 @@ def test_calibrate_measures_and_perf_uses_the_measured_rates(
     # training attention and GEMMs at the measured rate of their length and size
     train_attn = {int(s): v["train_tflops"] for s, v in prof["attention"]["by_seq"].items()}
     assert acc.attention_train_rate(256) == train_attn[256]
-    assert acc.attention_train_rate(8192) == train_attn[1024]  # clamped, not extrapolated
+    # clamped to the longest length measured (how many the budget afforded depends on the
+    # machine's load: CI under load once measured 256 alone), not extrapolated
+    assert acc.attention_train_rate(8192) == train_attn[max(train_attn)]
     assert acc.gemm_tflops_by_size is not None
     assert acc.gemm_tflops_by_size["bf16"][256] == prof["gemm_tflops"]["bf16"]["256"]
     # the first hidden size always; the larger one where the probe's budget affords it

@@ -49,6 +49,9 @@ PRICE_LABEL = "usd_per_gpu_hour"
 
 #: a live job says nothing of how long it runs: its cost is ranked over this much work
 HORIZON_S = 3600.0
+#: a running job this long past its end is not ending (its site does not carry out the
+#: stop): when its devices free is unknown
+LATE_S = 60.0
 
 
 def usd_per_device_hour(
@@ -153,9 +156,10 @@ class SiteWait:
         self._specs = state.specs
         end = np.full(state.gpu_free.shape, -math.inf)
         for job, binds in running.values():
-            # no end said, or one already past (a stop the site has not carried out): the
-            # devices free at some unknown time, which is never as far as waiting goes
-            late = job.ends_by_s is None or job.ends_by_s < now_s
+            # no end said, or one long past (a stop the site has not carried out: it is
+            # away): the devices free at some unknown time, never as far as waiting goes;
+            # an end just past is a stop being carried out (the next tick's kill)
+            late = job.ends_by_s is None or job.ends_by_s < now_s - LATE_S
             ends_by = math.inf if late else job.ends_by_s
             for _, p in binds:
                 for d, _milli in p.gpus:
