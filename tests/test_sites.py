@@ -399,6 +399,28 @@ def test_a_service_replica_on_a_ray_site_is_reached_at_its_nodes_address(
         s.delete(s.get(ServiceRow, "chat"))
 
 
+def test_a_restarted_service_stops_what_a_site_still_ran_for_it(
+    clusters: dict[str, Cluster], tmp_path: Path
+) -> None:
+    """A service that crashed after starting a Ray job but before storing the start
+    comes back: once it attaches the site, what the site runs for this service that no
+    stored job holds is stopped (the first sweep), and nothing else there is touched."""
+    from ray.job_submission import JobSubmissionClient
+
+    east = JobSubmissionClient(f"http://{clusters['east'].address}")
+    sleep = f"{PY} -c 'import time; time.sleep(600)'"
+    stray = east.submit_job(entrypoint=sleep, metadata={"suanli_service": f"test-{tmp_path.name}"})
+    other = east.submit_job(entrypoint=sleep, metadata={"suanli_service": "another-service"})
+    rigs = _rig(clusters, tmp_path, "priority")
+    rig = next(rigs)  # the service starts: the sites attach
+    try:
+        rig.until(lambda: "STOPPED" in clusters["east"].ray_jobs()[stray], "the stray stopped")
+        assert "RUNNING" in clusters["east"].ray_jobs()[other]  # another service's: kept
+    finally:
+        east.stop_job(other)
+        next(rigs, None)
+
+
 def test_a_job_queues_for_the_busy_site_by_its_data_rather_than_move_it(
     site_aware: Rig,
 ) -> None:
