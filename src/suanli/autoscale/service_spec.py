@@ -32,6 +32,9 @@ from suanli.run.executor import NODE_ADDRESS_ENV
 
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 ENGINES = ("serve_lm", "vllm", "sglang")
+#: the engines whose replicas listen on their node's address (`replica_command`); SGLang
+#: stays on loopback
+ON_NODE_ENGINES = frozenset({"serve_lm", "vllm"})
 POLICIES = ("static", "hpa", "kpa", "predictive")
 
 

@@ -64,15 +64,6 @@ class CycleState(dict[str, Any]):
 WHY = "why"
 
 
-class SessionPlugin(Protocol):
-    """Plugins that look at the whole snapshot once per session (Kubernetes' PreFilter
-    sees one pod; these see the jobs): running jobs and when they end, for one."""
-
-    def begin(
-        self, state: ClusterState, pending: Sequence[Any], running: dict[str, Any], now_s: float
-    ) -> None: ...
-
-
 class FilterPlugin(Protocol):
     name: str
 
@@ -176,7 +167,9 @@ class Framework:
     def begin(
         self, state: ClusterState, pending: Sequence[Any], running: dict[str, Any], now_s: float
     ) -> None:
-        """Tell the plugins that look at the whole snapshot that a session starts."""
+        """Tell the plugins that look at the whole snapshot that a session starts: those
+        with a ``begin`` method (Kubernetes' PreFilter sees one pod; these see the jobs,
+        running ones and when they end, as `plugins_sites.SiteWait` needs)."""
         for plugin in [*self.filters, *(p for p, _ in self.scorers)]:
             if hasattr(plugin, "begin"):
                 plugin.begin(state, pending, running, now_s)
