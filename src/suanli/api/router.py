@@ -393,7 +393,7 @@ async def _relay(
                 held = False
                 cont = continuation(resume.payload, log, resume.byte_tokens)
                 can = cont is not None and resumes < MAX_RESUMES
-                got = await resume.reopen(cont, rep.job_id) if can and cont else None
+                got = await resume.reopen(cont, rep.job_id) if cont is not None and can else None
                 if got is None:  # say so, OpenAI's way
                     failed = True
                     err = {

@@ -148,12 +148,11 @@ def chip_optimizer(
     tpot_slo_s: float,
     utilization: float,
     max_replicas: int,
-) -> tuple[dict[str, Kind], Optimizer]:
+) -> Optimizer:
     """The live service's optimizer: one kind per allowed chip at its catalog price (a
     fresh one each time: an optimizer keeps its history)."""
     kinds, table = _chip_table(model, tuple(chips), tp, ttft_slo_s, tpot_slo_s)
-    opt = mix_optimizer(kinds, table, utilization=utilization, max_replicas=max_replicas)
-    return kinds, opt
+    return mix_optimizer(kinds, table, utilization=utilization, max_replicas=max_replicas)
 
 
 @functools.lru_cache(maxsize=32)

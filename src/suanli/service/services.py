@@ -75,7 +75,7 @@ def make_scaler(spec: ServiceSpec) -> Scaler:
     elif a.policy == "hpa":
         scaler = Hpa(spec.name, hpa_spec)
     elif a.policy == "optimizer":
-        _, scaler = chip_optimizer(
+        scaler = chip_optimizer(
             spec.model,
             spec.chips(),
             tp=spec.tp,

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from suanli.autoscale.service_spec import SpotSpec
 from suanli.jobs.spec import Resources
 from suanli.market.book import CPU, units_of
+from suanli.market.controller import jobs_by_order
 from suanli.store.models import JobRow, LeaseRow, OrderRow
 
 
@@ -71,10 +72,7 @@ def spot_slots(
 
 def order_jobs_elsewhere(s: Session, order_id: int, service: str) -> list[JobRow]:
     """The owner's running jobs on the order that are not this service's replicas."""
-    q = select(JobRow).where(JobRow.state == "running")
-    return [
-        j for j in s.scalars(q) if (j.spec or {}).get("order") == order_id and j.service != service
-    ]
+    return [j for j in jobs_by_order(s).get(order_id, []) if j.service != service]
 
 
 @dataclass(frozen=True, slots=True)

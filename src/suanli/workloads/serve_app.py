@@ -208,7 +208,7 @@ def app_for(
 
     @app.get("/stats")
     def stats(challenge: str | None = None) -> dict[str, Any]:
-        out = dict(engine.metrics())
+        out = engine.metrics()  # built fresh on each call
         if challenge is not None and api_key is not None:
             out["proof"] = token_proof(api_key, challenge[:128])
         return out
