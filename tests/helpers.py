@@ -124,6 +124,20 @@ def stop_service(svc: subprocess.Popen[bytes], timeout_s: float = 15) -> None:
         svc.wait()
 
 
+def admin_cli(data: Path, port: int) -> tuple[dict[str, str], Any]:
+    """The environment that points the CLI at the `suanli up` on ``port`` as the admin of
+    its data directory, and ``cli(*args)``: the CLI's output, asserting it succeeded."""
+    token = (data / "admin.token").read_text().strip()
+    env = {**os.environ, "SUANLI_URL": f"http://127.0.0.1:{port}", "SUANLI_TOKEN": token}
+
+    def cli(*args: str) -> str:
+        out = suanli(*args, env=env)
+        assert out.returncode == 0, out
+        return out.stdout
+
+    return env, cli
+
+
 def suanli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The real CLI, in a subprocess with no stdin (as CI runs it)."""
     return subprocess.run(

@@ -6,7 +6,6 @@ the cluster carry; a wrong one is said in the site's status. The vault on its ow
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 import stat
@@ -21,7 +20,7 @@ from suanli.api.app import create_app
 from suanli.store import Store
 from suanli.store.models import SiteRow
 from suanli.store.vault import KEY_ENV, Vault, VaultError
-from tests.helpers import start_service, stop_service, suanli
+from tests.helpers import admin_cli, start_service, stop_service
 from tests.test_sites import Cluster, _port, _wait
 
 
@@ -86,13 +85,7 @@ def test_a_token_cluster_attached_with_its_token_runs_jobs(tmp_path: Path) -> No
     port, data = _port(), tmp_path / "data"
     svc = start_service(data, port, "--single-user")
     try:
-        admin = (data / "admin.token").read_text().strip()
-        env = {**os.environ, "SUANLI_URL": f"http://127.0.0.1:{port}", "SUANLI_TOKEN": admin}
-
-        def cli(*args: str) -> str:
-            out = suanli(*args, env=env)
-            assert out.returncode == 0, out
-            return out.stdout
+        _, cli = admin_cli(data, port)
 
         def site(name: str) -> dict[str, object]:
             return dict(json.loads(cli("site", "show", name, "--json")))

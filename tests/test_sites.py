@@ -45,7 +45,16 @@ from suanli.service.sites import SiteController
 from suanli.service.up import site_factory
 from suanli.store import Store
 from suanli.store.models import JobRow, LeaseRow, NodeRow, ServiceRow, SiteRow
-from tests.helpers import TINY, get, start_service, stop_service, suanli, submit, tiny_service
+from tests.helpers import (
+    TINY,
+    admin_cli,
+    get,
+    start_service,
+    stop_service,
+    suanli,
+    submit,
+    tiny_service,
+)
 
 PY = sys.executable
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -473,13 +482,7 @@ def test_attach_schedule_outage_requeue_and_resume_through_the_cli_against_suanl
     port, data = _port(), tmp_path / "data"
     svc = start_service(data, port, "--single-user")
     try:
-        token = (data / "admin.token").read_text().strip()
-        env = {**os.environ, "SUANLI_URL": f"http://127.0.0.1:{port}", "SUANLI_TOKEN": token}
-
-        def cli(*args: str) -> str:
-            out = suanli(*args, env=env)
-            assert out.returncode == 0, out
-            return out.stdout
+        env, cli = admin_cli(data, port)
 
         def sites() -> dict[str, dict[str, object]]:
             return {s["name"]: s for s in json.loads(cli("sites", "--json"))}

@@ -35,26 +35,37 @@ class SiteBody(BaseModel):
     pue: float = Field(default=1.3, ge=1.0, le=3.0)  # power usage effectiveness
     carbon_g_per_kwh: float = Field(default=0.0, ge=0, le=5000)
     power_price_per_kwh: float = Field(default=0.0, ge=0, le=100)
-    #: an engine suanli runs jobs with (a Ray cluster's dashboard at ``address``), or none
-    engine: Literal["ray"] | None = None
+    #: an engine suanli runs jobs with, or none: a Ray cluster (its dashboard at
+    #: ``address``) or a Kubernetes cluster with Volcano (its API server at ``address``)
+    engine: Literal["ray", "kubernetes"] | None = None
     address: str | None = Field(default=None, max_length=255)
-    #: the Python a job's ``python`` means on that cluster's nodes (default: the service's)
+    #: the Python a job's ``python`` means on a Ray cluster's nodes (default: the service's)
     python: str | None = Field(default=None, max_length=255, pattern=r"^/[^\s;&|$`]*$")
     grace_s: float = Field(default=300.0, ge=1.0, le=7 * 86_400)
-    #: the engine's token (a Ray cluster started with RAY_AUTH_MODE=token): sealed before
-    #: it is stored, never shown; or ``token_env``, the service's environment variable
-    #: that holds it. Neither given: the credential stored before stays.
-    token: str | None = Field(default=None, min_length=1, max_length=512, pattern=r"^\S+$")
+    #: the engine's token (a Ray cluster started with RAY_AUTH_MODE=token, a Kubernetes
+    #: service account's): sealed before it is stored, never shown; or ``token_env``, the
+    #: service's environment variable that holds it. Neither given: the credential stored
+    #: before stays.
+    token: str | None = Field(default=None, min_length=1, max_length=8192, pattern=r"^\S+$")
     #: only variables named SUANLI_SITE_TOKEN_*: any other (the vault's key, a database
     #: password) would be sent to an address the attacher chose
     token_env: str | None = Field(default=None, pattern=r"^SUANLI_SITE_TOKEN_[A-Z0-9_]{1,46}$")
+    #: Kubernetes only: the namespace suanli's Volcano Jobs go to ("default")
+    namespace: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    #: Kubernetes only, and needed there: the image a job runs in unless its spec names one
+    #: (one holding suanli and the workloads: the README's Dockerfile builds it)
+    image: str | None = Field(default=None, max_length=255, pattern=r"^[^\s]+$")
+    #: Kubernetes only: the API server's CA certificate, PEM (default: the system's CAs)
+    ca_cert: str | None = Field(
+        default=None, max_length=16_384, pattern=r"^\s*-----BEGIN CERTIFICATE-----"
+    )
 
     @model_validator(mode="after")
     def _engine_needs_address(self) -> "SiteBody":
         if self.engine is None and (self.address or self.python):
-            raise ValueError("address and python need an engine (engine: ray)")
+            raise ValueError("address and python need an engine (engine: ray or kubernetes)")
         if self.engine is None and (self.token or self.token_env):
-            raise ValueError("token and token_env are an engine's (engine: ray)")
+            raise ValueError("token and token_env are an engine's (engine: ray or kubernetes)")
         if self.token and self.token_env:
             raise ValueError("give token or token_env, not both")
         if self.engine == "ray" and not RAY_ADDRESS.fullmatch(self.address or ""):
@@ -62,6 +73,25 @@ class SiteBody(BaseModel):
                 "address: a Ray cluster's dashboard as HOST:PORT (or http[s]://HOST:PORT), "
                 "e.g. 10.0.0.5:8265"
             )
+        k8s = ("namespace", "image", "ca_cert")
+        if self.engine != "kubernetes" and any(getattr(self, k) for k in k8s):
+            raise ValueError("namespace, image and ca_cert are a Kubernetes site's")
+        if self.engine == "kubernetes":
+            address = self.address or ""
+            if not address.startswith(("https://", "http://")) or not RAY_ADDRESS.fullmatch(
+                address
+            ):
+                raise ValueError(
+                    "address: the cluster's API server as https://HOST:PORT, "
+                    "e.g. https://10.0.0.5:6443"
+                )
+            if self.python:
+                raise ValueError("python is a Ray site's; a Kubernetes job runs in its image")
+            if not self.image:
+                raise ValueError(
+                    "image: a Kubernetes site needs the image jobs run in unless they name "
+                    "their own (one with suanli and the workloads; the README's Dockerfile)"
+                )
         return self
 
 
@@ -132,6 +162,9 @@ def site_view(r: SiteRow, full: bool = True) -> dict[str, Any]:
     }
     if full:
         out["address"], out["python"] = r.address, r.python
+        if r.engine == "kubernetes":
+            out["namespace"], out["image"] = r.namespace, r.image
+            out["ca_cert"] = "given" if r.ca_cert else None
         # what kind of credential there is, never the credential
         out["credential"] = (
             "sealed" if r.credential else f"env {r.credential_env}" if r.credential_env else None
@@ -243,8 +276,11 @@ def add_site_routes(
                     raise HTTPException(422, detail=str(err)) from None
             row = row or SiteRow(name=name, owner=who.owner)
             moved = row.address is not None and body.address != row.address
+            # a CA stays with its address unless another is given (`site set` sends none)
+            keep_ca = body.ca_cert is None and not moved and body.engine == row.engine
             for k, v in body.model_dump(exclude={"token", "token_env"}).items():
-                setattr(row, k, v)
+                if not (k == "ca_cert" and keep_ca):
+                    setattr(row, k, v)
             if moved and body.token is None and body.token_env is None:
                 # a credential goes only where it was given for: a new address, a new token
                 row.credential = row.credential_env = None

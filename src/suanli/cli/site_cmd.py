@@ -1,9 +1,10 @@
 """``suanli sites`` and ``suanli site create|attach|set|show|delete``: the places with
 power, and the clusters among them suanli runs jobs on.
 
-``attach`` is how a provider brings its own Ray cluster: the service connects to
-the cluster's dashboard, learns its nodes and chips, and schedules on them; a
-site that stays unreachable past ``--grace`` has its jobs requeued elsewhere.
+``attach`` is how a provider brings its own Ray cluster (its dashboard) or
+Kubernetes cluster with Volcano (a kubeconfig): the service connects to it,
+learns its nodes and chips, and schedules on them; a site that stays unreachable
+past ``--grace`` has its jobs requeued elsewhere.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import typer
 
 from suanli.cli.output import age, console, listing, print_json
 from suanli.cli.service_cmd import ApiError, Json, _call
+from suanli.run.kubeconfig import TOKEN_ADVICE, KubeconfigError, read_kubeconfig
 
 site_app = typer.Typer(
     help="Create, attach, change and delete sites (admin or provider).", no_args_is_help=True
@@ -41,7 +43,9 @@ Grace = Annotated[
     ),
 ]
 FIELDS = ("region", "pue", "carbon_g_per_kwh", "power_price_per_kwh")
-ENGINE_FIELDS = ("engine", "address", "python", "grace_s")
+ENGINE_FIELDS = ("engine", "address", "python", "grace_s", "namespace", "image")
+#: what belongs to one engine only: dropped from a body that attaches the other
+ONLY = {"ray": ("namespace", "image"), "kubernetes": ("python",)}
 
 
 def _state(site: dict[str, Any]) -> str:
@@ -124,9 +128,33 @@ def site_create(
 def site_attach(
     name: Annotated[str, typer.Argument(help="A DNS label: a-z, 0-9 and '-'.")],
     ray_address: Annotated[
-        str,
-        typer.Option("--ray-address", help="The cluster's Ray dashboard, HOST:PORT."),
-    ],
+        str | None,
+        typer.Option("--ray-address", help="A Ray cluster: its dashboard, HOST:PORT."),
+    ] = None,
+    kubeconfig: Annotated[
+        Path | None,
+        typer.Option(
+            "--kubeconfig",
+            help="A Kubernetes cluster with Volcano: its API server, CA, token and namespace "
+            "are read from this kubeconfig's context (a service account's token; exec "
+            "plugins and client certificates are refused).",
+        ),
+    ] = None,
+    context: Annotated[
+        str | None, typer.Option("--context", help="The kubeconfig context (its current one).")
+    ] = None,
+    image: Annotated[
+        str | None,
+        typer.Option(
+            "--image",
+            help="Kubernetes: the image jobs run in unless they name one (with suanli and "
+            "the workloads: the README's Dockerfile).",
+        ),
+    ] = None,
+    namespace: Annotated[
+        str | None,
+        typer.Option("--namespace", help="Kubernetes: where its Volcano Jobs go (the context's)."),
+    ] = None,
     region: Region = None,
     pue: Pue = None,
     carbon: Carbon = None,
@@ -157,8 +185,17 @@ def site_attach(
     ] = None,
     json_out: Json = False,
 ) -> None:
-    """Attach a Ray cluster as a site: suanli learns its nodes and runs jobs there. A
-    token is read from a file, never taken on the command line (which others can read)."""
+    """Attach a Ray or Kubernetes cluster as a site: suanli learns its nodes and runs jobs
+    there. A token is read from a file, never taken on the command line (which others can
+    read)."""
+    if (ray_address is None) == (kubeconfig is None):
+        raise ApiError(
+            "give one of --ray-address HOST:PORT (Ray) or --kubeconfig FILE (Kubernetes)"
+        )
+    if ray_address is not None and (context or image or namespace):
+        raise ApiError("--context, --image and --namespace are for --kubeconfig")
+    if kubeconfig is not None and python:
+        raise ApiError("--python is for --ray-address; a Kubernetes job runs in its --image")
     row = _find(name) or {}
     token = None
     if token_file is not None:
@@ -170,19 +207,36 @@ def site_attach(
             raise ApiError(f"--token-file {token_file} is empty")
     if region is None and "region" not in row:
         raise ApiError("--region is required for a new site, e.g. --region cn-west")
+    engine: dict[str, Any] = {"engine": "ray", "address": ray_address, "python": python}
+    if kubeconfig is not None:
+        try:
+            target = read_kubeconfig(kubeconfig, context)
+        except KubeconfigError as exc:
+            raise ApiError(str(exc)) from None
+        if token is None and token_env is None:
+            token = target.token
+        if token is None and token_env is None and "credential" not in row:
+            raise ApiError(f"--kubeconfig {kubeconfig}: its user has no token; {TOKEN_ADVICE}")
+        engine = {
+            "engine": "kubernetes",
+            "address": target.server,
+            "namespace": namespace or target.namespace or row.get("namespace"),
+            "image": image or row.get("image"),
+            "ca_cert": target.ca_cert,
+        }
     body = _body(
         row,
         region=region,
         pue=pue,
         carbon_g_per_kwh=carbon,
         power_price_per_kwh=power_price,
-        engine="ray",
-        address=ray_address,
-        python=python,
+        **engine,
         grace_s=grace,
         token=token,
         token_env=token_env,
     )
+    for k in ONLY[engine["engine"]]:
+        body.pop(k, None)
     _put(name, body, json_out, "attached")
 
 
@@ -231,6 +285,12 @@ def site_show(name: str, json_out: Json = False) -> None:
         console.print(f"  status: {out.get('status') or '-'}")
         if out.get("credential"):
             console.print(f"  token: {out['credential']} (never shown)")
+        if out.get("engine") == "kubernetes" and "image" in out:
+            ca = "its own CA" if out.get("ca_cert") else "the system's CAs"
+            console.print(
+                f"  namespace {out.get('namespace') or 'default'}, image {out['image']}, "
+                f"TLS checked against {ca}"
+            )
         if out.get("seen_at"):
             console.print(f"  last answered {age(time.time() - float(out['seen_at']))} ago")
         console.print(f"  grace {out['grace_s']:g} s before its running jobs are requeued")

@@ -48,6 +48,7 @@ class Launch:
     grace_s: float = 10.0  # between SIGTERM and SIGKILL, for executors that stop themselves
     owner: str = ""  # whose job: the local executor runs it as that owner's OS account
     memory_mib: int = 4096  # what the job asked for, enforced where the kernel allows
+    image: str | None = None  # the spec's container image, for executors that run containers
 
 
 @dataclass(frozen=True)

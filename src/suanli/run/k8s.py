@@ -81,7 +81,7 @@ class Rendering:
     warnings: tuple[str, ...]
 
 
-def _literal(text: str) -> str:
+def literal(text: str) -> str:
     """``text`` as Kubernetes must be given it to pass it on unchanged: it expands
     ``$(VAR)`` in command, args and env values and turns ``$$`` into ``$``, so a ``$``
     before ``(`` or ``$`` is doubled (a spec's ``echo $(date)`` stays a shell's)."""
@@ -201,7 +201,7 @@ def _env(spec: JobSpec) -> list[dict[str, str]]:
             "LOCAL_RANK": "0",
             "LOCAL_WORLD_SIZE": "1",
         }
-    return [{"name": k, "value": _literal(v)} for k, v in env.items()]
+    return [{"name": k, "value": literal(v)} for k, v in env.items()]
 
 
 def _container(spec: JobSpec, devices: Devices) -> dict[str, Any]:
@@ -216,7 +216,7 @@ def _container(spec: JobSpec, devices: Devices) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": "main",
         "image": spec.image,
-        "command": [_literal(a) for a in argv],
+        "command": [literal(a) for a in argv],
         "env": _env(spec),
         "resources": {"requests": requests, "limits": requests | devices.limits},
         # an untrusted tenant's code: never root, never more privilege than it started with

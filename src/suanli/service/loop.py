@@ -807,6 +807,7 @@ class Loop:
                 local_rank=names[:rank].count(node.name),
                 owner=owner,
                 memory_mib=int(spec.resources.memory_gb * 1024),
+                image=spec.image,
             )
             handles.append(self.executor.start(launch))
 

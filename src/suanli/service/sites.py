@@ -1,8 +1,8 @@
 """The sites controller: attached engines follow the stored sites, and a site that goes
 away gives its jobs back to the queue.
 
-Desired state is the ``sites`` table: a row with an engine (``ray``) and an
-address is a cluster suanli runs jobs on. Each tick this controller
+Desired state is the ``sites`` table: a row with an engine (``ray`` or
+``kubernetes``) and an address is a cluster suanli runs jobs on. Each tick this controller
 
 1. attaches every such site to the loop's `SiteExecutors` (connecting in a
    worker thread, so an address that hangs costs the loop nothing), and
@@ -40,7 +40,7 @@ from suanli.store.models import JobRow, SiteRow, TokenRow
 
 log = logging.getLogger("suanli.sites")
 CONNECT_TIMEOUT_S = 10.0
-ENGINES = ("ray",)
+ENGINES = ("ray", "kubernetes")
 
 Factory = Callable[[SiteRow], Executor]
 
@@ -118,6 +118,9 @@ class SiteController:
                 python=row.python,
                 credential=row.credential,
                 credential_env=row.credential_env,
+                namespace=row.namespace,
+                image=row.image,
+                ca_cert=row.ca_cert,
             )
             self._connecting[row.name] = (key, self._pool.submit(self._make, detached, trusted))
             row.status = "connecting"
@@ -189,4 +192,5 @@ class SiteController:
 def _key(row: SiteRow) -> tuple[str, ...]:
     """What the connection depends on: a change of any (a new token too) reconnects."""
     cred = (row.credential or "", row.credential_env or "")
-    return (row.engine or "", row.address or "", row.python or "", *cred)
+    k8s = (row.namespace or "", row.image or "", row.ca_cert or "")
+    return (row.engine or "", row.address or "", row.python or "", *cred, *k8s)

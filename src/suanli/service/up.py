@@ -113,12 +113,25 @@ def site_factory(
     (opened from the vault, or read from the service's environment) where it has one."""
 
     def make(row: SiteRow) -> Executor:
-        if row.engine != "ray" or not row.address:
+        if row.engine not in ("ray", "kubernetes") or not row.address:
             raise SuanliError(f"site {row.name}: engine {row.engine!r} cannot run jobs here")
-        from suanli.run.ray_exec import RayExecutor
-
         token = site_token(row, vault)
         try:
+            if row.engine == "kubernetes":
+                from suanli.run.k8s_exec import KubernetesExecutor
+
+                return KubernetesExecutor(
+                    row.address,
+                    log_dir,
+                    token=token,
+                    image=row.image or "",
+                    namespace=row.namespace or "default",
+                    ca_cert=row.ca_cert,
+                    service=service,
+                    prefix=f"{row.name}-",
+                )
+            from suanli.run.ray_exec import RayExecutor
+
             return RayExecutor(
                 row.address, log_dir, python=row.python, service=service, token=token
             )

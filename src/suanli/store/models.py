@@ -130,6 +130,11 @@ class SiteRow(Base):
     #: name of the service's environment variable holding it; never shown
     credential: Mapped[str | None] = mapped_column(Text, nullable=True, default=None)
     credential_env: Mapped[str | None] = mapped_column(String(64), nullable=True, default=None)
+    #: a Kubernetes site's: the namespace its Volcano Jobs go to, the image they run in
+    #: unless a job names its own, and the API server's CA certificate (PEM; public)
+    namespace: Mapped[str | None] = mapped_column(String(63), nullable=True, default=None)
+    image: Mapped[str | None] = mapped_column(String(255), nullable=True, default=None)
+    ca_cert: Mapped[str | None] = mapped_column(Text, nullable=True, default=None)
 
 
 class NodeRow(Base):

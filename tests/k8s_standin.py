@@ -1,0 +1,228 @@
+"""A stand-in for a Kubernetes API server with Volcano: NOT the real thing.
+
+No API server can run on these machines (kind, k3s and envtest need downloads or Docker),
+so the Kubernetes executor's calls are driven against this: an HTTP server answering the
+few endpoints the executor uses, with the real ``kubernetes`` client on the other end. It
+checks what a real server would check of what it is sent — the bearer token, and every
+Volcano Job against Volcano's own CRD schema (``../shared/schemas``) — and keeps Jobs and
+their pods in memory. Nothing runs: a test says how a Job ends (`StandIn.finish`), as a
+kubelet would report it. What this cannot show is how a real Volcano schedules, evicts or
+restarts; that is said in the executor's docstring and the closing notes.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import jsonschema
+import yaml
+
+JOBS = "/apis/batch.volcano.sh/v1alpha1/namespaces/"
+
+
+def volcano_schema(shared: Path) -> dict[str, Any]:
+    crd = yaml.safe_load((shared / "schemas" / "batch.volcano.sh_jobs.yaml").read_text())
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1")
+    schema: dict[str, Any] = version["schema"]["openAPIV3Schema"]
+    return schema
+
+
+def gpu_node(name: str, gpus: int, product: str = "NVIDIA-A100-SXM4-80GB") -> dict[str, Any]:
+    """A Ready node as the API server lists it, GPUs from NVIDIA's device plugin and GFD."""
+    return {
+        "metadata": {
+            "name": name,
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "topology.kubernetes.io/region": "cn-k8s",
+                "nvidia.com/gpu.product": product,
+            },
+        },
+        "spec": {},
+        "status": {
+            "allocatable": {"cpu": "7910m", "memory": "64Gi", "nvidia.com/gpu": str(gpus)},
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "addresses": [{"type": "InternalIP", "address": "10.1.0.7"}],
+        },
+    }
+
+
+def _selected(labels: dict[str, str], selector: str) -> bool:
+    pairs = [p.split("=", 1) for p in selector.split(",") if p]
+    return all(labels.get(k) == v for k, v in pairs)
+
+
+class StandIn:
+    """The server, on 127.0.0.1 at a free port (``url``), in a thread."""
+
+    def __init__(
+        self,
+        shared: Path,
+        token: str,
+        nodes: list[dict[str, Any]],
+        namespace: str = "suanli",
+        volcano: bool = True,
+    ) -> None:
+        self.schema = volcano_schema(shared)
+        self.token, self.nodes, self.namespace, self.volcano = token, nodes, namespace, volcano
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.logs: dict[str, str] = {}
+        self.calls: list[str] = []  # "METHOD path", each request
+        self.lock = threading.Lock()
+        standin = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _answer(self, code: int, body: Any, text: bool = False) -> None:
+                data = body.encode() if text else json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "text/plain" if text else "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _handle(self, method: str) -> None:
+                url = urlsplit(self.path)
+                query = {k: v[0] for k, v in parse_qs(url.query).items()}
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
+                with standin.lock:
+                    standin.calls.append(f"{method} {url.path}")
+                    if self.headers.get("Authorization") != f"Bearer {standin.token}":
+                        self._answer(401, _status(401, "Unauthorized", "bad token"))
+                        return
+                    code, out, text = standin.route(method, url.path, query, body)
+                self._answer(code, out, text)
+
+            def do_GET(self) -> None:
+                self._handle("GET")
+
+            def do_POST(self) -> None:
+                self._handle("POST")
+
+            def do_DELETE(self) -> None:
+                self._handle("DELETE")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    # --- what a kubelet and Volcano would report ------------------------------------
+    def finish(self, job: str, codes: list[int], log: str = "") -> None:
+        """Job ``job``'s pods end with ``codes`` (one per pod, in name order), and Volcano
+        reports the Job Completed (all 0) or Failed."""
+        with self.lock:
+            pods = sorted(n for n, p in self.pods.items() if p["job"] == job)
+            for name, code in zip(pods, codes, strict=True):
+                state = {"terminated": {"exitCode": code}}
+                self.pods[name]["obj"]["status"] = {
+                    "phase": "Succeeded" if code == 0 else "Failed",
+                    "containerStatuses": [{"name": "main", "state": state}],
+                }
+                self.logs[name] = log
+            phase = "Completed" if not any(codes) else "Failed"
+            self.jobs[job]["status"] = {"state": {"phase": phase}}
+
+    # --- the API --------------------------------------------------------------------
+    def route(
+        self, method: str, path: str, query: dict[str, str], body: Any
+    ) -> tuple[int, Any, bool]:
+        if path == "/api/v1/nodes" and method == "GET":
+            return 200, {"kind": "NodeList", "apiVersion": "v1", "items": self.nodes}, False
+        if path.startswith(JOBS):
+            if not self.volcano:
+                return 404, _status(404, "NotFound", "the server could not find it"), False
+            ns, _, rest = path[len(JOBS) :].partition("/")
+            if ns != self.namespace:
+                return 403, _status(403, "Forbidden", f"no access to namespace {ns}"), False
+            return self._jobs(method, rest.removeprefix("jobs").strip("/"), query, body)
+        pods = f"/api/v1/namespaces/{self.namespace}/pods"
+        if path == pods and method == "GET":
+            items = [
+                p["obj"]
+                for p in self.pods.values()
+                if _selected(p["obj"]["metadata"]["labels"], query.get("labelSelector", ""))
+            ]
+            return 200, {"kind": "PodList", "apiVersion": "v1", "items": items}, False
+        if path == pods and method == "DELETE":
+            for name, p in list(self.pods.items()):
+                if _selected(p["obj"]["metadata"]["labels"], query.get("labelSelector", "")):
+                    del self.pods[name]
+            return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}, False
+        if path.startswith(pods + "/") and path.endswith("/log") and method == "GET":
+            name = path[len(pods) + 1 : -len("/log")]
+            if name not in self.pods:
+                return 404, _status(404, "NotFound", f"pod {name} not found"), False
+            return 200, self.logs.get(name, ""), True
+        return 404, _status(404, "NotFound", f"{method} {path}: not served here"), False
+
+    def _jobs(
+        self, method: str, name: str, query: dict[str, str], body: Any
+    ) -> tuple[int, Any, bool]:
+        if not name and method == "GET":
+            items = [
+                j
+                for j in self.jobs.values()
+                if _selected(j["metadata"].get("labels", {}), query.get("labelSelector", ""))
+            ]
+            return (
+                200,
+                {"kind": "JobList", "apiVersion": "batch.volcano.sh/v1alpha1", "items": items},
+                False,
+            )
+        if not name and method == "POST":
+            try:
+                jsonschema.validate(body, self.schema)
+            except jsonschema.ValidationError as exc:
+                return 422, _status(422, "Invalid", exc.message), False
+            job = str(body["metadata"]["name"])
+            if job in self.jobs:
+                return 409, _status(409, "AlreadyExists", f"jobs {job} already exists"), False
+            body["status"] = {"state": {"phase": "Running"}}
+            self.jobs[job] = body
+            for task in body["spec"]["tasks"]:
+                for i in range(int(task.get("replicas", 1))):
+                    pod = f"{job}-{task['name']}-{i}"
+                    labels = {**task["template"]["metadata"]["labels"], "volcano.sh/job-name": job}
+                    obj = {
+                        "metadata": {"name": pod, "labels": labels},
+                        "spec": task["template"]["spec"],
+                        "status": {"phase": "Running"},
+                    }
+                    self.pods[pod] = {"job": job, "obj": obj}
+            return 201, body, False
+        if name not in self.jobs:
+            return 404, _status(404, "NotFound", f"jobs {name} not found"), False
+        if method == "GET":
+            return 200, self.jobs[name], False
+        if method == "DELETE":  # its pods go with it (owner references)
+            del self.jobs[name]
+            for pod, p in list(self.pods.items()):
+                if p["job"] == name:
+                    del self.pods[pod]
+            return 200, _status(200, "Success", "deleted"), False
+        return 405, _status(405, "MethodNotAllowed", method), False
+
+
+def _status(code: int, reason: str, message: str) -> dict[str, Any]:
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure" if code >= 400 else "Success",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }

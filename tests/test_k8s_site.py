@@ -1,0 +1,364 @@
+"""Kubernetes clusters with Volcano as sites: Volcano Jobs applied with the real
+``kubernetes`` client.
+
+No API server can run here, so two things are tested, and said so: every Volcano Job
+the executor renders is checked against Volcano's CRD schema (``../shared/schemas``),
+and the executor, the sites controller and the loop are driven against a stand-in API
+server (`tests.k8s_standin`, NOT a real cluster) that checks the token and the schema
+and reports how each Job ends as a test tells it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from suanli.api.app import create_app
+from suanli.run.executor import Launch
+from suanli.run.k8s_exec import (
+    SERVICE_LABEL,
+    KubernetesExecutor,
+    node_name,
+    volcano_job,
+)
+from suanli.run.kubeconfig import KubeconfigError, read_kubeconfig
+from suanli.run.sites import SITE_LABEL, SiteExecutors
+from suanli.service.loop import Loop
+from suanli.service.sites import SiteController
+from suanli.service.up import site_factory
+from suanli.store import Store
+from suanli.store.models import JobRow, NodeRow, SiteRow
+from suanli.store.vault import Vault
+from tests.helpers import admin_cli, get, start_service, stop_service, suanli, submit
+from tests.k8s_standin import StandIn, gpu_node, volcano_schema
+
+TOKEN = "k8s-sa-token-abc123"
+PEM = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
+
+
+def _until(tick: Callable[[], None], done: Callable[[], bool], what: str) -> None:
+    end = time.monotonic() + 60  # a cap for a hang only: each step waits for an event
+    while time.monotonic() < end:
+        tick()
+        if done():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not reached: {what}")
+
+
+def test_a_launch_renders_as_a_volcano_job_the_crd_accepts(shared_dir: Path) -> None:
+    schema = volcano_schema(shared_dir)
+    gang = Launch(
+        "7",
+        [sys.executable, "-m", "suanli.workloads.train_lm", "--echo", "$(HOME)"],
+        {"A": "1"},
+        cwd="/work",
+        devices=(0,),
+        share=0.5,
+        cpu=2.5,
+        gang=2,
+        member_nodes=("east-a", "east-b"),
+        grace_s=12,
+        memory_mib=2048,
+    )
+    job = volcano_job(gang, "suanli-7-abc", "reg/suanli:1", ["a", "b"], "nvidia.com/gpu", "svc")
+    jsonschema.validate(job, schema)
+    spec = job["spec"]
+    assert spec["minAvailable"] == 2 and spec["maxRetry"] == 1  # placed whole, no restarts
+    assert spec["plugins"] == {"svc": ["--publish-not-ready-addresses=true"]}
+    assert job["metadata"]["labels"][SERVICE_LABEL] == "svc"
+    for rank, (task, host) in enumerate(zip(spec["tasks"], ["a", "b"], strict=True)):
+        pod = task["template"]["spec"]
+        assert pod["nodeSelector"] == {"kubernetes.io/hostname": host}  # suanli's choice
+        assert pod["terminationGracePeriodSeconds"] == 12
+        assert pod["automountServiceAccountToken"] is False
+        (c,) = pod["containers"]
+        env = {e["name"]: e["value"] for e in c["env"]}
+        assert env["RANK"] == str(rank) and env["WORLD_SIZE"] == "2"
+        assert env["MASTER_ADDR"] == "suanli-7-abc-m0-0.suanli-7-abc"  # the svc plugin's name
+        assert env["A"] == "1" and env["OMP_NUM_THREADS"] == "2"
+        # the service's own Python is the image's there; a $( ) stays the program's
+        assert c["command"][0] == "python" and c["command"][-1] == "$$(HOME)"
+        assert c["image"] == "reg/suanli:1" and c["workingDir"] == "/work"
+        # half a GPU is HAMi's share, as `suanli export k8s` renders it
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert c["resources"]["limits"]["nvidia.com/gpumem-percentage"] == "50"
+        assert c["resources"]["requests"] == {"cpu": "2500m", "memory": "2048Mi"}
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    one = volcano_job(
+        Launch("8", ["true"], devices=(0, 1)), "j", "i", ["a"], "huawei.com/Ascend910", ""
+    )
+    jsonschema.validate(one, schema)
+    assert "plugins" not in one["spec"] and len(one["spec"]["tasks"]) == 1
+    (c,) = one["spec"]["tasks"][0]["template"]["spec"]["containers"]
+    assert c["resources"]["limits"]["huawei.com/Ascend910"] == "2"
+    assert "RANK" not in {e["name"] for e in c["env"]}
+    assert len(node_name("s-", "n" * 100)) == 63 != len(node_name("s-", "m" * 100)) - 1
+
+
+def test_nodes_are_learned_with_their_chips(shared_dir: Path, tmp_path: Path) -> None:
+    ascend = gpu_node("npu-1", 0)
+    ascend["status"]["allocatable"] = {"cpu": "192", "memory": "1Ti", "huawei.com/Ascend910": "8"}
+    ascend["metadata"]["labels"] = {"suanli.io/accelerator": "ascend-910b3"}
+    unlabelled = json.loads(json.dumps(ascend))
+    unlabelled["metadata"] = {"name": "npu-2", "labels": {}}
+    cordoned = gpu_node("gpu-3", 8)
+    cordoned["spec"] = {"unschedulable": True}
+    down = gpu_node("gpu-4", 8)
+    down["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
+    nodes = [gpu_node("gpu-1", 4, "NVIDIA-H100-80GB-HBM3"), ascend, unlabelled, cordoned, down]
+    standin = StandIn(shared_dir, TOKEN, nodes)
+    try:
+        ex = KubernetesExecutor(
+            standin.url, tmp_path, token=TOKEN, image="i", namespace="suanli", prefix="k-"
+        )
+        got = {n.name: n for n in ex.nodes()}
+        assert sorted(got) == ["k-gpu-1", "k-npu-1", "k-npu-2"]  # cordoned and NotReady out
+        gpu = got["k-gpu-1"]
+        assert [d.accelerator for d in gpu.devices] == ["h100-sxm"] * 4  # GFD's product label
+        assert gpu.cpu_cores == 7 and gpu.memory_mib == 64 * 1024 and gpu.address == "10.1.0.7"
+        assert gpu.labels["topology.kubernetes.io/region"] == "cn-k8s"
+        assert [d.accelerator for d in got["k-npu-1"].devices] == ["ascend-910b3"] * 8
+        assert got["k-npu-2"].devices == []  # which 910 it is cannot be told: not offered
+        with pytest.raises(Exception, match=r"bad token|401"):
+            KubernetesExecutor(standin.url, tmp_path, token="wrong", image="i", namespace="suanli")
+        standin.volcano = False
+        with pytest.raises(Exception, match="no Volcano Jobs API"):
+            KubernetesExecutor(standin.url, tmp_path, token=TOKEN, image="i", namespace="suanli")
+    finally:
+        standin.close()
+
+
+@pytest.fixture()
+def k8s(shared_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """One Kubernetes site (two nodes of two A100s) behind the stand-in, driven by a loop,
+    with a stray of this service's and a job of another service's already there."""
+    standin = StandIn(shared_dir, TOKEN, [gpu_node("a", 2), gpu_node("b", 2)])
+    store = Store.sqlite(tmp_path)
+    service = "svc-test"
+    for name, svc in (("stray", service), ("others", "another")):
+        labels = {SERVICE_LABEL: svc, "suanli.io/job": "1"}
+        standin.jobs[name] = {
+            "metadata": {"name": name, "labels": labels},
+            "status": {"state": {"phase": "Running"}},
+        }
+    monkeypatch.setenv("SUANLI_SITE_TOKEN_K8S", TOKEN)
+    sites = SiteExecutors(timeout_s=5.0)
+    ctrl = SiteController(store, sites, site_factory(tmp_path / "logs", service))
+    loop = Loop(store, sites, "priority", tick_s=0.1, grace_s=3.0, controllers=[ctrl])
+    with store.tx() as s:
+        s.add(
+            SiteRow(
+                name="kube",
+                owner="admin",
+                region="cn-k8s",
+                pue=1.2,
+                carbon_g_per_kwh=300.0,
+                power_price_per_kwh=0.1,
+                updated_at=time.time(),
+                engine="kubernetes",
+                address=standin.url,
+                credential_env="SUANLI_SITE_TOKEN_K8S",
+                namespace="suanli",
+                image="reg.example/suanli:0.1",
+            )
+        )
+
+    def nodes() -> list[NodeRow]:
+        with store.tx() as s:
+            return list(s.query(NodeRow))
+
+    _until(loop.tick, lambda: len(nodes()) == 2, "the site attached and its nodes learned")
+    yield standin, store, loop, nodes
+    standin.close()
+
+
+def _volcano_of(standin: StandIn, store: Store, jid: int) -> dict[str, Any]:
+    ref = str((get(store, jid).members or [])[0]["ref"])
+    return standin.jobs[ref]
+
+
+def test_jobs_run_fail_and_stop_on_a_kubernetes_site_through_the_loop(k8s: Any) -> None:
+    standin, store, loop, nodes = k8s
+    rows = nodes()
+    assert {n.site for n in rows} == {"kube"} and {n.executor for n in rows} == {"kubernetes"}
+    assert all(n.labels[SITE_LABEL] == "kube" and len(n.devices) == 2 for n in rows)
+    # what the site still ran for this service is stopped once it attaches; not others'
+    _until(loop.tick, lambda: "stray" not in standin.jobs, "this service's stray stopped")
+    assert "others" in standin.jobs
+
+    def state(jid: int) -> str:
+        return get(store, jid).state
+
+    gpu = {"accelerator": "a100-80gb", "devices": 1}
+    one = submit(store, {"command": ["python", "-c", "print(1)"], "resources": gpu})
+    _until(loop.tick, lambda: state(one) == "running", "the job started")
+    job = _volcano_of(standin, store, one)  # the stand-in checked it against the CRD
+    (task,) = job["spec"]["tasks"]
+    pod = task["template"]["spec"]
+    assert pod["containers"][0]["image"] == "reg.example/suanli:0.1"  # the site's default
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["nodeSelector"]["kubernetes.io/hostname"] in ("a", "b")
+    standin.finish(job["metadata"]["name"], [0], "hello from the pod\n")
+    _until(loop.tick, lambda: state(one) == "succeeded", "the job succeeded")
+    member = (get(store, one).members or [])[0]
+    assert "hello from the pod" in Path(str(member["stdout"])).read_text()
+
+    # a gang of two whole nodes: one Volcano Job, a task per member on its own node
+    both = {"accelerator": "a100-80gb", "devices": 2}
+    gang = submit(store, {"command": ["python", "-c", "1"], "gang": 2, "resources": both})
+    _until(loop.tick, lambda: state(gang) == "running", "the gang started")
+    job = _volcano_of(standin, store, gang)
+    hosts = [
+        t["template"]["spec"]["nodeSelector"]["kubernetes.io/hostname"]
+        for t in job["spec"]["tasks"]
+    ]
+    assert sorted(hosts) == ["a", "b"] and job["spec"]["minAvailable"] == 2
+    standin.finish(job["metadata"]["name"], [0, 3])  # rank 1 exits 3
+    _until(loop.tick, lambda: state(gang) == "failed", "the gang failed")
+    assert get(store, gang).exit_code == 3
+
+    # a cancel deletes the Volcano Job (its pods get their grace from Kubernetes)
+    stop = submit(store, {"command": ["sleep", "1000"], "resources": gpu})
+    _until(loop.tick, lambda: state(stop) == "running", "the third job started")
+    ref = str((get(store, stop).members or [])[0]["ref"])
+    with store.tx() as s:
+        row = s.get(JobRow, stop)
+        assert row is not None
+        row.cancel_requested = True
+    _until(loop.tick, lambda: state(stop) == "cancelled", "the job cancelled")
+    assert ref not in standin.jobs and not any(p["job"] == ref for p in standin.pods.values())
+
+
+def _kubeconfig(path: Path, user: dict[str, Any], server: str = "https://10.0.0.5:6443") -> Path:
+    ca = base64.b64encode(PEM.encode()).decode()
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "prod",
+        "clusters": [
+            {"name": "c", "cluster": {"server": server, "certificate-authority-data": ca}}
+        ],
+        "users": [{"name": "u", "user": user}],
+        "contexts": [{"name": "prod", "context": {"cluster": "c", "user": "u", "namespace": "ml"}}],
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_a_kubeconfig_gives_server_ca_token_and_namespace_or_says_why_not(tmp_path: Path) -> None:
+    got = read_kubeconfig(_kubeconfig(tmp_path / "ok", {"token": "t0k"}))
+    assert (got.server, got.token, got.ca_cert, got.namespace) == (
+        "https://10.0.0.5:6443",
+        "t0k",
+        PEM,
+        "ml",
+    )
+    (tmp_path / "tok").write_text("from-file\n")
+    assert read_kubeconfig(_kubeconfig(tmp_path / "f", {"tokenFile": "tok"})).token == "from-file"
+    refused = {
+        "running a program": {"exec": {"command": "/bin/sh", "args": ["-c", "curl evil"]}},
+        "client certificates": {"client-certificate-data": "eA==", "client-key-data": "eA=="},
+    }
+    for why, user in refused.items():
+        with pytest.raises(KubeconfigError, match=why) as err:
+            read_kubeconfig(_kubeconfig(tmp_path / "bad", user))
+        assert "kubectl -n NS create token" in str(err.value)  # and what to do instead
+    with pytest.raises(KubeconfigError, match="no context 'dev' \\(contexts: prod\\)"):
+        read_kubeconfig(_kubeconfig(tmp_path / "ok", {"token": "t"}), "dev")
+    with pytest.raises(KubeconfigError, match="not YAML"):
+        (tmp_path / "junk").write_text("a: [")
+        read_kubeconfig(tmp_path / "junk")
+
+
+def test_the_api_takes_a_kubernetes_site_and_never_shows_its_token(tmp_path: Path) -> None:
+    store = Store.sqlite(tmp_path)
+    store.migrate()
+    admin = store.create_token("admin", "admin")
+    api = TestClient(create_app(store, vault=Vault.for_service(tmp_path)))
+    api.headers["Authorization"] = f"Bearer {admin}"
+    body = {
+        "region": "cn-k8s",
+        "engine": "kubernetes",
+        "address": "https://10.0.0.5:6443",
+        "token": "sa-token-xyz",
+        "namespace": "ml",
+        "image": "reg/suanli:1",
+        "ca_cert": PEM,
+    }
+    put = api.put("/v1/sites/kube", json=body)
+    assert put.status_code == 200, put.text
+    view = put.json()
+    assert (view["engine"], view["namespace"], view["image"]) == (
+        "kubernetes",
+        "ml",
+        "reg/suanli:1",
+    )
+    assert view["credential"] == "sealed" and view["ca_cert"] == "given"
+    assert "sa-token-xyz" not in put.text + api.get("/v1/sites/kube").text
+    # a change that names no CA keeps it (as `suanli site set` sends none)
+    again = api.put("/v1/sites/kube", json={**body, "ca_cert": None, "token": None})
+    assert again.json()["ca_cert"] == "given" and again.json()["credential"] == "sealed"
+    for bad, why in (
+        ({"image": None}, "needs the image"),
+        ({"address": "10.0.0.5:6443"}, "https://HOST:PORT"),
+        ({"python": "/usr/bin/python3"}, "python is a Ray site's"),
+        ({"ca_cert": "not a pem"}, "ca_cert"),
+    ):
+        refused = api.put("/v1/sites/kube", json={**body, **bad})
+        assert refused.status_code == 422 and why in refused.text, (bad, refused.text)
+    ray = {"region": "r", "engine": "ray", "address": "127.0.0.1:8265", "image": "x"}
+    refused = api.put("/v1/sites/ray", json=ray)
+    assert refused.status_code == 422 and "a Kubernetes site's" in refused.text
+
+
+def test_a_kubernetes_site_attached_through_the_cli_against_suanli_up(
+    shared_dir: Path, tmp_path: Path
+) -> None:
+    """``suanli site attach --kubeconfig`` against a real `suanli up` and the stand-in."""
+    standin = StandIn(shared_dir, TOKEN, [gpu_node("gpu-1", 2)], namespace="ml")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = tmp_path / "data"
+    svc = start_service(data, port, "--single-user")
+    try:
+        env, cli = admin_cli(data, port)
+
+        bad = _kubeconfig(tmp_path / "exec", {"exec": {"command": "aws"}}, standin.url)
+        refused = suanli("site", "attach", "kube", "--kubeconfig", str(bad), "--region", "cn-k8s",
+                         "--image", "reg/suanli:1", env=env)  # fmt: skip
+        assert refused.returncode != 0 and "running a program" in refused.stderr + refused.stdout
+        good = _kubeconfig(tmp_path / "kc", {"token": TOKEN}, standin.url)
+        said = cli("site", "attach", "kube", "--kubeconfig", str(good), "--region", "cn-k8s",
+                   "--image", "reg/suanli:1")  # fmt: skip
+        assert TOKEN not in said
+
+        def site() -> dict[str, Any]:
+            return dict(json.loads(cli("site", "show", "kube", "--json")))
+
+        end = time.monotonic() + 60
+        while not (site()["status"] == "ready" and site()["nodes"]):
+            assert time.monotonic() < end, site()
+            time.sleep(0.2)
+        shown = site()
+        assert shown["namespace"] == "ml" and shown["nodes"] == ["kube-gpu-1"]
+        text = cli("site", "show", "kube")
+        assert "namespace ml, image reg/suanli:1, TLS checked against its own CA" in text
+        assert "GET /api/v1/nodes" in standin.calls
+        for f in data.glob("*.db*"):  # sealed at rest
+            assert TOKEN.encode() not in f.read_bytes(), f
+    finally:
+        stop_service(svc)
+        standin.close()
