@@ -74,6 +74,14 @@ def test_the_split_and_the_slots() -> None:
     # the owner's other job on the order holds two of node a's cores: one replica fewer
     other = JobRow(spec={"order": 1, "resources": {"cpu": 2}}, members=[{"node": "a"}])
     assert spot_slots([lease], Resources(accelerator="cpu", cpu=0.5, memory_gb=1), [other]) == 2
+    # two leases on one node: a job holding one device there costs one slot, not two
+    first = _lease(2, _units(("g", 0), ("g", 1)))
+    second = _lease(2, _units(("g", 2), ("g", 3)))
+    first.accelerator = second.accelerator = "a100-80gb"
+    holder = JobRow(spec={"order": 2}, members=[{"node": "g", "devices": [0]}])
+    one = Resources(accelerator="a100-80gb", devices=1, memory_gb=1)
+    assert spot_slots([first, second], one, [holder]) == 3
+    assert spot_slots([first, second], one) == 4
     with pytest.raises(ValidationError):
         SpotSpec(order=0)
 

@@ -53,7 +53,11 @@ def spot_slots(
     leases: list[LeaseRow], resources: Resources, others: list[JobRow] | None = None
 ) -> int:
     """How many replicas the leases hold, node by node (a replica never spans nodes),
-    less what ``others`` (the owner's other running jobs on the same order) hold there."""
+    less what ``others`` (the owner's other running jobs on the same order) hold there.
+
+    A node's units are pooled over the order's leases before ``others`` are taken away:
+    a job on the order may use any of them, and two leases on one node must not each
+    lose what the job holds (that counted its devices twice)."""
     used: Counter[str] = Counter()
     for job in others or []:
         res = (job.spec or {}).get("resources") or {}
@@ -62,12 +66,12 @@ def spot_slots(
             devices = devices if isinstance(devices, list) else []
             cores = math.ceil(float(res.get("cpu", 1.0))) if isinstance(res, dict) else 1
             used[str(m.get("node"))] += len(devices) if devices else cores
-    slots = 0
-    for lease in leases:
-        need = units_per_replica(resources, lease.accelerator)
-        per_node = Counter(u.node for u in units_of(lease))
-        slots += sum(max(0, n - used[node]) // need for node, n in per_node.items())
-    return slots
+    if not leases:
+        return 0
+    # one order, one accelerator: every lease of it takes the same units per replica
+    need = units_per_replica(resources, leases[0].accelerator)
+    per_node = Counter(u.node for lease in leases for u in set(units_of(lease)))
+    return sum(max(0, n - used[node]) // need for node, n in per_node.items())
 
 
 def order_jobs_elsewhere(s: Session, order_id: int, service: str) -> list[JobRow]:
