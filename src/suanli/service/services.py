@@ -450,12 +450,10 @@ class ServicesController:
                     self._cancel(s, job, g.why, now)
         surplus.sort(key=lambda p: load.get(p[0].id, 0))
         if spec.budget_usd_per_hour is not None:  # kept replicas never break the budget
-            planned = sum(g.usd_per_hour * g.want for g in groups)
-            while (
-                drain < len(surplus)
-                and planned + sum(g.usd_per_hour for _, g in surplus[drain:])
-                > spec.budget_usd_per_hour + 1e-9
-            ):
+            kept = sum(g.usd_per_hour * g.want for g in groups)
+            kept += sum(g.usd_per_hour for _, g in surplus[drain:])
+            while drain < len(surplus) and kept > spec.budget_usd_per_hour + 1e-9:
+                kept -= surplus[drain][1].usd_per_hour  # one pass, not a sum per step
                 drain += 1
         for job, g in surplus[:drain]:
             self._cancel(s, job, g.why, now)
