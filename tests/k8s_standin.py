@@ -73,7 +73,9 @@ class StandIn:
         self.jobs: dict[str, dict[str, Any]] = {}
         self.pods: dict[str, dict[str, Any]] = {}
         self.logs: dict[str, str] = {}
-        self.calls: list[str] = []  # "METHOD path", each request
+        self.calls: list[str] = []  # "METHOD path?query", each request
+        #: a path fragment -> the answer every request to it gets instead (a test's fault)
+        self.faults: dict[str, tuple[int, Any, bool]] = {}
         self.lock = threading.Lock()
         standin = self
 
@@ -95,11 +97,15 @@ class StandIn:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length)) if length else None
                 with standin.lock:
-                    standin.calls.append(f"{method} {url.path}")
+                    standin.calls.append(f"{method} {url.path}?{url.query}")
                     if self.headers.get("Authorization") != f"Bearer {standin.token}":
                         self._answer(401, _status(401, "Unauthorized", "bad token"))
                         return
-                    code, out, text = standin.route(method, url.path, query, body)
+                    fault = next((f for p, f in standin.faults.items() if p in url.path), None)
+                    if fault is not None:  # what an overloaded or broken server answers
+                        code, out, text = fault
+                    else:
+                        code, out, text = standin.route(method, url.path, query, body)
                 self._answer(code, out, text)
 
             def do_GET(self) -> None:
@@ -136,6 +142,41 @@ class StandIn:
             phase = "Completed" if not any(codes) else "Failed"
             self.jobs[job]["status"] = {"state": {"phase": phase}}
 
+    def fail_pod(self, pod: str, code: int) -> None:
+        """One pod's container exits ``code``; the Job's phase is left as it was (a Volcano
+        that has not acted on it yet)."""
+        with self.lock:
+            state = {"terminated": {"exitCode": code}}
+            self.pods[pod]["obj"]["status"] = {
+                "phase": "Failed",
+                "containerStatuses": [{"name": "main", "state": state}],
+            }
+
+    def waiting(self, job: str, reason: str, message: str) -> None:
+        """Every pod of ``job`` waits to start, for ``reason`` (ErrImagePull, ...)."""
+        with self.lock:
+            for p in self.pods.values():
+                if p["job"] == job:
+                    state = {"waiting": {"reason": reason, "message": message}}
+                    p["obj"]["status"] = {
+                        "phase": "Pending",
+                        "containerStatuses": [{"name": "main", "state": state}],
+                    }
+
+    def reap(self, job: str) -> None:
+        """The pods of ``job`` being deleted have served their grace and are gone, and
+        with them a Job deleted in the foreground."""
+        with self.lock:
+            for name, p in list(self.pods.items()):
+                if p["job"] == job and p["obj"]["metadata"].get("deletionTimestamp"):
+                    del self.pods[name]
+            self._settle(job)
+
+    def _settle(self, job: str) -> None:
+        meta = self.jobs.get(job, {}).get("metadata", {})
+        if meta.get("deletionTimestamp") and not any(p["job"] == job for p in self.pods.values()):
+            del self.jobs[job]
+
     # --- the API --------------------------------------------------------------------
     def route(
         self, method: str, path: str, query: dict[str, str], body: Any
@@ -158,15 +199,27 @@ class StandIn:
             ]
             return 200, {"kind": "PodList", "apiVersion": "v1", "items": items}, False
         if path == pods and method == "DELETE":
+            jobs = set()
             for name, p in list(self.pods.items()):
                 if _selected(p["obj"]["metadata"]["labels"], query.get("labelSelector", "")):
-                    del self.pods[name]
+                    if query.get("gracePeriodSeconds") == "0":
+                        del self.pods[name]
+                        jobs.add(p["job"])
+                    else:
+                        p["obj"]["metadata"]["deletionTimestamp"] = "2026-12-04T00:00:00Z"
+            for job in jobs:
+                self._settle(job)
             return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}, False
         if path.startswith(pods + "/") and path.endswith("/log") and method == "GET":
             name = path[len(pods) + 1 : -len("/log")]
             if name not in self.pods:
                 return 404, _status(404, "NotFound", f"pod {name} not found"), False
-            return 200, self.logs.get(name, ""), True
+            if query.get("container") != "main":
+                why = "a container name must be specified for pod with sidecars"
+                return 400, _status(400, "BadRequest", why), False
+            text = self.logs.get(name, "")
+            limit = int(query.get("limitBytes", "0") or 0)
+            return 200, text.encode()[:limit].decode(errors="ignore") if limit else text, True
         return 404, _status(404, "NotFound", f"{method} {path}: not served here"), False
 
     def _jobs(
@@ -208,11 +261,18 @@ class StandIn:
             return 404, _status(404, "NotFound", f"jobs {name} not found"), False
         if method == "GET":
             return 200, self.jobs[name], False
-        if method == "DELETE":  # its pods go with it (owner references)
-            del self.jobs[name]
-            for pod, p in list(self.pods.items()):
+        if method == "DELETE":
+            # its pods go with it (owner references), after their grace (`reap`); in the
+            # foreground the Job stays, marked, until they are gone; else it goes at once
+            stamp = "2026-12-04T00:00:00Z"
+            for p in self.pods.values():
                 if p["job"] == name:
-                    del self.pods[pod]
+                    p["obj"]["metadata"]["deletionTimestamp"] = stamp
+            if query.get("propagationPolicy") == "Foreground":
+                self.jobs[name]["metadata"]["deletionTimestamp"] = stamp
+                self._settle(name)
+            else:
+                del self.jobs[name]
             return 200, _status(200, "Success", "deleted"), False
         return 405, _status(405, "MethodNotAllowed", method), False
 

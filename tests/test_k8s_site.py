@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
 import sys
 import time
@@ -104,7 +105,25 @@ def test_a_launch_renders_as_a_volcano_job_the_crd_accepts(shared_dir: Path) -> 
     (c,) = one["spec"]["tasks"][0]["template"]["spec"]["containers"]
     assert c["resources"]["limits"]["huawei.com/Ascend910"] == "2"
     assert "RANK" not in {e["name"] for e in c["env"]}
-    assert len(node_name("s-", "n" * 100)) == 63 != len(node_name("s-", "m" * 100)) - 1
+    assert one["spec"]["policies"] == [  # a member's failure ends the gang, not a hang
+        {"event": "PodFailed", "action": "TerminateJob"},
+        {"event": "PodEvicted", "action": "TerminateJob"},
+    ]
+    assert one["spec"]["ttlSecondsAfterFinished"] == 3600
+    no_gpu = volcano_job(Launch("9", ["true"]), "j", "i", ["a"], None, "")
+    (c,) = no_gpu["spec"]["tasks"][0]["template"]["spec"]["containers"]
+    assert {"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"} in c["env"]  # sees no GPU
+    assert "NVIDIA_VISIBLE_DEVICES" not in {e["name"] for e in gang_env(job)}
+    # our names for a cluster's nodes: DNS labels, one per (site, node)
+    pairs = [("s-", "n" * 100), ("a-", "b-x"), ("a-b-", "x"), ("s-", "ip-10-0-1-5"),
+             ("s-", "ip-10-0-1-5.ec2.internal")]  # fmt: skip
+    names = [node_name(prefix, node) for prefix, node in pairs]
+    assert len(set(names)) == len(names)
+    assert all(re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", n) for n in names), names
+
+
+def gang_env(job: dict[str, Any]) -> list[dict[str, str]]:
+    return list(job["spec"]["tasks"][0]["template"]["spec"]["containers"][0]["env"])
 
 
 def test_nodes_are_learned_with_their_chips(shared_dir: Path, tmp_path: Path) -> None:
@@ -117,20 +136,33 @@ def test_nodes_are_learned_with_their_chips(shared_dir: Path, tmp_path: Path) ->
     cordoned["spec"] = {"unschedulable": True}
     down = gpu_node("gpu-4", 8)
     down["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
-    nodes = [gpu_node("gpu-1", 4, "NVIDIA-H100-80GB-HBM3"), ascend, unlabelled, cordoned, down]
+    tainted = gpu_node("master", 0)
+    tainted["spec"] = {"taints": [{"key": "node-role.kubernetes.io/control-plane",
+                                   "effect": "NoSchedule"}]}  # fmt: skip
+    huge = gpu_node("huge", 10**9)  # a stranger's report: must not build 10^9 devices
+    cores = gpu_node("cores", 1)
+    cores["status"]["allocatable"]["cpu"] = "1e30"
+    junk = {"metadata": {"name": "junk"}, "status": {"allocatable": {"cpu": "many"},
+            "conditions": [{"type": "Ready", "status": "True"}]}}  # fmt: skip
+    dotted = gpu_node("ip-10-0-1-5.ec2.internal", 1)
+    nodes = [gpu_node("gpu-1", 4, "NVIDIA-H100-80GB-HBM3"), ascend, unlabelled, cordoned, down,
+             tainted, huge, cores, junk, dotted, "not a node"]  # fmt: skip
     standin = StandIn(shared_dir, TOKEN, nodes)
     try:
         ex = KubernetesExecutor(
             standin.url, tmp_path, token=TOKEN, image="i", namespace="suanli", prefix="k-"
         )
-        got = {n.name: n for n in ex.nodes()}
-        assert sorted(got) == ["k-gpu-1", "k-npu-1", "k-npu-2"]  # cordoned and NotReady out
-        gpu = got["k-gpu-1"]
+        got = {n.labels["kubernetes.io/hostname"]: n for n in ex.nodes()}
+        # cordoned, NotReady, tainted, out of bounds and unreadable nodes are left out
+        assert sorted(got) == ["gpu-1", "ip-10-0-1-5.ec2.internal", "npu-1", "npu-2"]
+        assert got["gpu-1"].name.startswith("k-gpu-1-")
+        assert got["ip-10-0-1-5.ec2.internal"].name.startswith("k-ip-10-0-1-5-ec2-internal-")
+        gpu = got["gpu-1"]
         assert [d.accelerator for d in gpu.devices] == ["h100-sxm"] * 4  # GFD's product label
         assert gpu.cpu_cores == 7 and gpu.memory_mib == 64 * 1024 and gpu.address == "10.1.0.7"
         assert gpu.labels["topology.kubernetes.io/region"] == "cn-k8s"
-        assert [d.accelerator for d in got["k-npu-1"].devices] == ["ascend-910b3"] * 8
-        assert got["k-npu-2"].devices == []  # which 910 it is cannot be told: not offered
+        assert [d.accelerator for d in got["npu-1"].devices] == ["ascend-910b3"] * 8
+        assert got["npu-2"].devices == []  # which 910 it is cannot be told: not offered
         with pytest.raises(Exception, match=r"bad token|401"):
             KubernetesExecutor(standin.url, tmp_path, token="wrong", image="i", namespace="suanli")
         standin.volcano = False
@@ -237,8 +269,74 @@ def test_jobs_run_fail_and_stop_on_a_kubernetes_site_through_the_loop(k8s: Any) 
         row = s.get(JobRow, stop)
         assert row is not None
         row.cancel_requested = True
+
+    def deleting() -> bool:
+        return bool(standin.jobs.get(ref, {}).get("metadata", {}).get("deletionTimestamp"))
+
+    _until(loop.tick, deleting, "the Volcano Job deleted in the foreground")
+    assert any("propagationPolicy=Foreground" in c for c in standin.calls)
+    for _ in range(5):  # its pods serve their grace: the stop is not over, the devices held
+        loop.tick()
+        assert state(stop) == "running"
+    standin.reap(ref)
     _until(loop.tick, lambda: state(stop) == "cancelled", "the job cancelled")
     assert ref not in standin.jobs and not any(p["job"] == ref for p in standin.pods.values())
+
+
+def test_a_member_that_fails_stops_its_gang_and_a_broken_cluster_stops_nothing(
+    k8s: Any,
+) -> None:
+    """A gang member exits 3 while Volcano has not ended the Job: the executor deletes the
+    Job (the others would wait in their collectives) and reports 3 once its pods are gone.
+    A container that cannot start fails its job, saying why. A server that answers 429 or
+    nonsense leaves the job running as far as anyone knows, and the loop goes on."""
+    standin, store, loop, _ = k8s
+
+    def state(jid: int) -> str:
+        return get(store, jid).state
+
+    both = {"accelerator": "a100-80gb", "devices": 2}
+    gang = submit(store, {"command": ["python", "-c", "1"], "gang": 2, "resources": both})
+    _until(loop.tick, lambda: state(gang) == "running", "the gang started")
+    ref = _volcano_of(standin, store, gang)["metadata"]["name"]
+    standin.fail_pod(f"{ref}-m1-0", 3)
+    _until(loop.tick, lambda: ref not in standin.jobs or "deletionTimestamp" in
+           standin.jobs[ref]["metadata"], "the gang's Job deleted")  # fmt: skip
+    assert state(gang) == "running"  # rank 0 is still stopping
+    standin.reap(ref)
+    _until(loop.tick, lambda: state(gang) == "failed", "the gang failed")
+    assert get(store, gang).exit_code == 3
+
+    gpu = {"accelerator": "a100-80gb", "devices": 1}
+    pull = submit(store, {"command": ["true"], "image": "reg/nope:1", "resources": gpu})
+    _until(loop.tick, lambda: state(pull) == "running", "the job started")
+    job = _volcano_of(standin, store, pull)
+    assert job["spec"]["tasks"][0]["template"]["spec"]["containers"][0]["image"] == "reg/nope:1"
+    standin.waiting(job["metadata"]["name"], "ErrImagePull", "manifest for reg/nope:1 not found")
+    _until(loop.tick, lambda: bool(standin.jobs.get(job["metadata"]["name"], {}).get(
+        "metadata", {}).get("deletionTimestamp")), "the job's Job deleted")  # fmt: skip
+    standin.reap(job["metadata"]["name"])
+    _until(loop.tick, lambda: state(pull) == "failed", "the job failed")
+    assert get(store, pull).exit_code == 125
+    member = (get(store, pull).members or [])[0]
+    assert (
+        "ErrImagePull: manifest for reg/nope:1 not found" in Path(str(member["stdout"])).read_text()
+    )
+
+    # a JSON line is logged as the program wrote it; 429s and nonsense are not ended
+    talk = submit(store, {"command": ["python", "-c", "1"], "resources": gpu})
+    _until(loop.tick, lambda: state(talk) == "running", "the third job started")
+    name = _volcano_of(standin, store, talk)["metadata"]["name"]
+    standin.faults["/pods"] = (429, {"kind": "Status", "code": 429}, False)
+    standin.faults[f"/jobs/{name}"] = (200, "this is not JSON", True)
+    for _ in range(5):
+        loop.tick()
+    assert state(talk) == "running"
+    standin.faults.clear()
+    standin.finish(name, [0], '{"loss": 1.5, "ok": true}\n')
+    _until(loop.tick, lambda: state(talk) == "succeeded", "the third job succeeded")
+    member = (get(store, talk).members or [])[0]
+    assert Path(str(member["stdout"])).read_text() == '{"loss": 1.5, "ok": true}\n'
 
 
 def _kubeconfig(path: Path, user: dict[str, Any], server: str = "https://10.0.0.5:6443") -> Path:
@@ -312,12 +410,24 @@ def test_the_api_takes_a_kubernetes_site_and_never_shows_its_token(tmp_path: Pat
     assert again.json()["ca_cert"] == "given" and again.json()["credential"] == "sealed"
     for bad, why in (
         ({"image": None}, "needs the image"),
-        ({"address": "10.0.0.5:6443"}, "https://HOST:PORT"),
+        ({"address": "10.0.0.5:6443"}, "https://HOST[:PORT]"),
+        ({"address": "https://10.0.0.5:99999"}, "https://HOST[:PORT]"),
         ({"python": "/usr/bin/python3"}, "python is a Ray site's"),
         ({"ca_cert": "not a pem"}, "ca_cert"),
     ):
         refused = api.put("/v1/sites/kube", json={**body, **bad})
         assert refused.status_code == 422 and why in refused.text, (bad, refused.text)
+    no_port = api.put("/v1/sites/eks", json={**body, "address": "https://x.eks.amazonaws.com"})
+    assert no_port.status_code == 200, no_port.text  # EKS and GKE give no port
+    # a provider: a malformed address is a 422 (never a 500), and the service's own
+    # environment (another site's token variable) is not its to name
+    prov = TestClient(create_app(store, vault=Vault.for_service(tmp_path)))
+    prov.headers["Authorization"] = f"Bearer {store.create_token('provider', 'prov')}"
+    bad = prov.put("/v1/sites/p", json={**body, "address": "https://[::1:6443"})
+    assert bad.status_code == 422, bad.text
+    other = {**body, "token": None, "token_env": "SUANLI_SITE_TOKEN_KUBE"}
+    stolen = prov.put("/v1/sites/p", json=other)
+    assert stolen.status_code == 403 and "only an admin" in stolen.text
     ray = {"region": "r", "engine": "ray", "address": "127.0.0.1:8265", "image": "x"}
     refused = api.put("/v1/sites/ray", json=ray)
     assert refused.status_code == 422 and "a Kubernetes site's" in refused.text
@@ -353,10 +463,11 @@ def test_a_kubernetes_site_attached_through_the_cli_against_suanli_up(
             assert time.monotonic() < end, site()
             time.sleep(0.2)
         shown = site()
-        assert shown["namespace"] == "ml" and shown["nodes"] == ["kube-gpu-1"]
+        assert shown["namespace"] == "ml" and len(shown["nodes"]) == 1
+        assert shown["nodes"][0].startswith("kube-gpu-1-")
         text = cli("site", "show", "kube")
         assert "namespace ml, image reg/suanli:1, TLS checked against its own CA" in text
-        assert "GET /api/v1/nodes" in standin.calls
+        assert "GET /api/v1/nodes?" in standin.calls
         for f in data.glob("*.db*"):  # sealed at rest
             assert TOKEN.encode() not in f.read_bytes(), f
     finally:

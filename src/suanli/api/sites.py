@@ -77,12 +77,9 @@ class SiteBody(BaseModel):
         if self.engine != "kubernetes" and any(getattr(self, k) for k in k8s):
             raise ValueError("namespace, image and ca_cert are a Kubernetes site's")
         if self.engine == "kubernetes":
-            address = self.address or ""
-            if not address.startswith(("https://", "http://")) or not RAY_ADDRESS.fullmatch(
-                address
-            ):
+            if not K8S_ADDRESS.fullmatch(self.address or ""):
                 raise ValueError(
-                    "address: the cluster's API server as https://HOST:PORT, "
+                    "address: the cluster's API server as https://HOST[:PORT], "
                     "e.g. https://10.0.0.5:6443"
                 )
             if self.python:
@@ -141,7 +138,10 @@ class HeartbeatBody(BaseModel):
     )  # device indexes now failing
 
 
-RAY_ADDRESS = re.compile(r"(https?://)?[A-Za-z0-9.\-\[\]:]+:\d{1,5}")
+PORT = r"(6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3})"
+RAY_ADDRESS = re.compile(r"(https?://)?[A-Za-z0-9.\-\[\]:]+:" + PORT)
+#: an API server: EKS and GKE give no port (443)
+K8S_ADDRESS = re.compile(r"https?://([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(:" + PORT + ")?")
 
 
 def site_view(r: SiteRow, full: bool = True) -> dict[str, Any]:
@@ -274,6 +274,16 @@ def add_site_routes(
                     site_address.check(body.address)
                 except site_address.AddressRefused as err:
                     raise HTTPException(422, detail=str(err)) from None
+                except ValueError as err:  # urlsplit's: "Invalid IPv6 URL" and the like
+                    raise HTTPException(422, detail=f"address: {err}") from None
+            if body.token_env is not None and who.role != "admin":
+                # the service's environment is its operator's: a provider naming another
+                # site's variable would have that site's token sent to its own address
+                raise HTTPException(
+                    403,
+                    detail="token_env names the service's own environment, which only an "
+                    "admin may; give the token itself (it is sealed): --token-file",
+                )
             row = row or SiteRow(name=name, owner=who.owner)
             moved = row.address is not None and body.address != row.address
             # a CA stays with its address unless another is given (`site set` sends none)

@@ -11,6 +11,7 @@ re-attach to members the old one started.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -94,6 +95,28 @@ class DeviceInfo:
 NODE_ADDRESS_ENV = "SUANLI_NODE_ADDRESS"
 #: the node's address among its labels, as stored (a label: read where rows are read)
 ADDRESS_LABEL = "suanli.io/address"
+
+
+#: what a node may report and still be scheduled on: an attached cluster's answers are a
+#: stranger's, and 10^9 devices or 10^30 cores must not exhaust the service or overflow a
+#: database column (the API's own bounds for a registered node)
+MAX_DEVICES = 4096
+MAX_CORES = 1_000_000
+MAX_MEMORY_MIB = 2**31 - 1
+
+
+def node_problem(n: NodeInfo) -> str | None:
+    """Why the scheduler cannot take node ``n`` as reported (None: it can)."""
+    if not DNS_LABEL.fullmatch(n.name):
+        return f"its name {n.name[:80]!r} is not a DNS label"
+    if not (0 <= n.cpu_cores <= MAX_CORES and 0 <= n.memory_mib <= MAX_MEMORY_MIB):
+        return f"{n.cpu_cores} cores and {n.memory_mib} MiB are out of bounds"
+    if len(n.devices) > MAX_DEVICES:
+        return f"{len(n.devices)} devices are more than {MAX_DEVICES}"
+    return None
+
+
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 @dataclass(frozen=True)

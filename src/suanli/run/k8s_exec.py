@@ -29,21 +29,27 @@ against a real cluster here.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
 import math
-import os
+import re
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from suanli.catalog.loader import accelerators
 from suanli.errors import SuanliError
+from suanli.run.attempt_log import save_attempt
 from suanli.run.devices import catalog_name
 from suanli.run.executor import (
+    MAX_CORES,
+    MAX_DEVICES,
+    MAX_MEMORY_MIB,
     NODE_LABEL,
     DeviceInfo,
     ExecutorUnavailable,
@@ -65,7 +71,29 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 JOB_LABEL = "suanli.io/job"  # the suanli job a Volcano Job runs a member (or gang) of
 SERVICE_LABEL = "suanli.io/service"  # which suanli service submitted it: strays are ours
 TIMEOUT_S = (5.0, 10.0)  # connect, read: one call; the site layer times out the rest
-LOG_REFRESH_S = 1.0
+LOG_REFRESH_S = 5.0  # a running job's pod logs are read at most this often
+#: the first this much of each pod's log (one tenant's flood must not make the site's
+#: calls time out; the rest is there for kubectl logs)
+LOG_LIMIT_BYTES = 4 << 20
+#: a container that will never start: the job's failure, said in its log
+CANNOT_START = {
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+}
+#: what a container that could not run ends with (as ``docker run`` says it)
+CONTAINER_CANNOT_RUN = 125
+#: every read asks for the raw answer: it is parsed here, where nonsense is caught
+RAW: dict[str, Any] = {"_preload_content": False, "_request_timeout": TIMEOUT_S}
+#: what the token's role must allow (namespaced, but nodes need a ClusterRole)
+RBAC_NEEDED = (
+    "a ClusterRole allowing nodes: list, and a Role in the namespace allowing pods: get, "
+    "list, delete, deletecollection; pods/log: get; jobs.batch.volcano.sh: create, get, "
+    "list, delete"
+)
+TTL_S = 3600  # a finished Volcano Job is kept this long, then deleted by Kubernetes
 ENDED = {"Completed", "Failed", "Terminated", "Aborted"}
 UNFINISHED = {"Pending", "Running", "Restarting", "Completing", "Aborting", "Terminating"}
 
@@ -94,7 +122,9 @@ def chip_of(resource: str, labels: dict[str, str]) -> str | None:
 
 def node_info(node: dict[str, Any], prefix: str) -> NodeInfo | None:
     """A Kubernetes node (as the API server's JSON) as the scheduler sees it; None for a
-    node that is not Ready or is cordoned."""
+    node that is not Ready, is cordoned, repels pods with a taint (a control-plane node, a
+    reserved pool: a pod without the toleration would stay Pending), or reports numbers
+    no node has (a cluster's answer is a stranger's: it may not exhaust the service)."""
     from kubernetes.utils import parse_quantity
 
     meta, spec, status = node.get("metadata", {}), node.get("spec", {}), node.get("status", {})
@@ -102,7 +132,8 @@ def node_info(node: dict[str, Any], prefix: str) -> NodeInfo | None:
         c.get("type") == "Ready" and c.get("status") == "True"
         for c in status.get("conditions") or []
     )
-    if not ready or spec.get("unschedulable"):
+    repels = any(t.get("effect") in ("NoSchedule", "NoExecute") for t in spec.get("taints") or [])
+    if not ready or spec.get("unschedulable") or repels:
         return None
     labels = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
     allocatable = status.get("allocatable") or {}
@@ -121,33 +152,39 @@ def node_info(node: dict[str, Any], prefix: str) -> NodeInfo | None:
                 CHIP_LABEL,
             )
             continue
+        count = int(parse_quantity(amount))
+        if not 0 <= count <= MAX_DEVICES - len(devices):
+            return None  # checked before any is made: a count of 1e9 makes none
         visible = "CUDA_VISIBLE_DEVICES" if key == NVIDIA_GPU else ""
-        for _ in range(int(parse_quantity(amount))):
+        for _ in range(count):
             devices.append(DeviceInfo(len(devices), chip, catalog[chip].memory_mib, visible))
-    name = node_name(prefix, str(meta.get("name", "")))
+    cores = int(parse_quantity(allocatable.get("cpu", "0")))
+    memory_mib = int(parse_quantity(allocatable.get("memory", "0")) / 2**20)
+    if not (0 <= cores <= MAX_CORES and 0 <= memory_mib <= MAX_MEMORY_MIB):
+        return None
+    host = str(meta.get("name", ""))
+    name = node_name(prefix, host)
     labels[NODE_LABEL] = name
-    labels.setdefault(HOSTNAME_LABEL, str(meta.get("name", "")))
+    labels.setdefault(HOSTNAME_LABEL, host)
     address = next(
-        (a["address"] for a in status.get("addresses") or [] if a.get("type") == "InternalIP"),
+        (
+            str(a.get("address", ""))
+            for a in status.get("addresses") or []
+            if a.get("type") == "InternalIP"
+        ),
         "",
     )
-    return NodeInfo(
-        name,
-        int(parse_quantity(allocatable.get("cpu", "0"))),
-        int(parse_quantity(allocatable.get("memory", "0")) / 2**20),
-        devices,
-        labels,
-        address,
-    )
+    return NodeInfo(name, cores, memory_mib, devices, labels, address)
 
 
 def node_name(prefix: str, node: str) -> str:
-    """Our name for a cluster's node: its site's prefix before it, within the 63
-    characters a node's name (and a label value) may have."""
-    name = prefix + node
-    if len(name) <= 63:
-        return name
-    return f"{name[:54]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    """Our name for a cluster's node: a DNS label (``/v1/nodes/NAME`` and job names take
+    it), the site's prefix, the node's name in the characters a label allows, and a
+    digest of both, so that no two (site, node) pairs share one (``a-`` + ``b-x`` and
+    ``a-b-`` + ``x`` differ, as do ``ip-10-0-1-5.ec2.internal`` and ``ip-10-0-1-5``)."""
+    digest = hashlib.sha256(f"{prefix}\0{node}".encode()).hexdigest()[:8]
+    readable = re.sub(r"[^a-z0-9-]+", "-", (prefix + node).lower()).strip("-")
+    return f"{readable[:54].rstrip('-')}-{digest}"
 
 
 def volcano_job(
@@ -160,9 +197,12 @@ def volcano_job(
 ) -> dict[str, Any]:
     """The Volcano Job that runs ``launch``: one task per member, each pinned to its node.
 
-    ``maxRetry: 1`` and no restart policies: a member that fails ends the Job, and the
-    service's loop — which knows the job's retries, checkpoints and other sites — decides
-    what comes next, as it does on every other engine."""
+    A member that fails or is evicted terminates the whole Job (``TerminateJob``: without
+    a policy Volcano only syncs, and the other members of a gang would wait in their
+    collectives holding devices), and ``maxRetry: 1`` allows no restart: the service's
+    loop, which knows the job's retries, checkpoints and other sites, decides what comes
+    next, as on every other engine. A finished Job is deleted by Kubernetes after
+    ``TTL_S`` (its pods, PodGroup and Service with it), long after the loop read its end."""
     members = max(1, launch.gang)
     argv = list(launch.argv)
     if argv and argv[0] == sys.executable:  # the service's own Python: the image's here
@@ -189,6 +229,10 @@ def volcano_job(
             "memory": f"{launch.memory_mib}Mi",
         }
         limits = dict(requests)
+        if not (resource and launch.devices):
+            # no device asked: none seen, even where the image sets NVIDIA_VISIBLE_DEVICES
+            # =all (CUDA images do) and NVIDIA's runtime is the node's default
+            env["NVIDIA_VISIBLE_DEVICES"] = "void"
         if resource and launch.devices:
             if launch.share < 1 and resource == NVIDIA_GPU:
                 limits[resource] = "1"  # a share of one GPU is HAMi's, as `suanli export k8s`
@@ -231,6 +275,11 @@ def volcano_job(
             "schedulerName": "volcano",
             "minAvailable": members,
             "maxRetry": 1,
+            "ttlSecondsAfterFinished": TTL_S,
+            "policies": [
+                {"event": "PodFailed", "action": "TerminateJob"},
+                {"event": "PodEvicted", "action": "TerminateJob"},
+            ],
             "tasks": tasks,
         },
     }
@@ -239,9 +288,26 @@ def volcano_job(
     return job
 
 
+class Refused(SuanliError):
+    """The API server refused a request as malformed or not allowed for it (a 4xx other
+    than the credential's or the server's load): the request's fault, not the site's."""
+
+
+class _NotFound(Exception):
+    """The API server has no such object (404)."""
+
+
+#: a malformed answer (a hostile or broken server): the site's fault, never a crash
+MALFORMED = (KeyError, TypeError, ValueError, AttributeError, ArithmeticError)
+
+
 class KubernetesExecutor:
     """Runs members as Volcano Jobs in ``namespace`` of the cluster whose API server is at
-    ``address``, in ``image`` (one with suanli and the workloads) unless a job names its own."""
+    ``address``, in ``image`` (one with suanli and the workloads) unless a job names its own.
+
+    Every answer is a stranger's: a failure to reach the server, an overloaded one (429)
+    or one that answers nonsense makes the site away for the sites layer, never an error
+    that stops the loop for other sites."""
 
     name = "kubernetes"
     gang_native = True  # a gang is started by one call (one Volcano Job, placed whole)
@@ -258,7 +324,7 @@ class KubernetesExecutor:
         service: str = "",
         prefix: str = "",
     ) -> None:
-        """``prefix`` goes before every node's name (its site's), so two clusters' nodes of
+        """``prefix`` goes into every node's name (its site's), so two clusters' nodes of
         the same name stay apart. Raises `KubernetesUnavailable` when the API server does
         not answer and `ExecutorUnavailable` when Volcano is not installed there."""
         from kubernetes import client
@@ -269,7 +335,7 @@ class KubernetesExecutor:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         cfg = client.Configuration()
         cfg.host = self.address
-        cfg.retries = False  # one try: a site that fails is the site layer's to handle
+        cfg.retries = False  # one try (and no redirect followed): failures are the site's
         if token:
             cfg.api_key = {"authorization": token}
             cfg.api_key_prefix = {"authorization": "Bearer"}
@@ -287,57 +353,74 @@ class KubernetesExecutor:
         self._hostname: dict[str, str] = {}  # our node name -> its kubernetes.io/hostname
         self._resource: dict[str, str] = {}  # our node name -> its chips' resource name
         self._stopped: set[str] = set()  # Volcano Jobs this process deleted
+        self._failed: dict[str, int] = {}  # Jobs deleted because a member failed: its code
         self._logs_at: dict[str, float] = {}
-        from kubernetes.client.exceptions import ApiException
-
         try:
-            self._call(
+            self._json(
                 lambda: self.custom.list_namespaced_custom_object(
-                    GROUP, VERSION, namespace, PLURAL, limit=1, _request_timeout=TIMEOUT_S
+                    GROUP, VERSION, namespace, PLURAL, limit=1, **RAW
                 ),
                 f"list Volcano Jobs in namespace {namespace}",
             )
-        except ApiException as exc:
-            if exc.status != 404:
-                raise ExecutorUnavailable(f"{self.address}: {exc.status} {exc.reason}") from None
+        except _NotFound:
             raise ExecutorUnavailable(
                 f"{self.address}: no Volcano Jobs API ({GROUP}/{VERSION}) in namespace "
                 f"{namespace}: install Volcano (https://volcano.sh/en/docs/installation/) "
                 "or name the namespace it serves"
             ) from None
+        except Refused as exc:
+            raise ExecutorUnavailable(str(exc)) from None
 
-    def _call(self, fn: Any, what: str) -> Any:
-        """``fn()``, its failures said as the site's: unreachable, refused credentials or a
-        5xx is an outage (`ExecutorUnavailable`); any other 4xx is raised as it is."""
+    # --- calls ---------------------------------------------------------------------
+    def _call(self, fn: Callable[[], Any], what: str) -> Any:
+        """``fn()``; a 404 is `_NotFound`, a refused credential, an overloaded or failing
+        server and no answer are `ExecutorUnavailable` (the site's), any other 4xx is
+        `Refused` (the request's)."""
         import urllib3
         from kubernetes.client.exceptions import ApiException
 
         try:
             return fn()
         except ApiException as exc:
-            if exc.status in (401, 403):
+            status = exc.status or 0
+            if status == 404:
+                raise _NotFound(what) from None
+            if status in (401, 403):
                 raise ExecutorUnavailable(
-                    f"{self.address} refused to {what} ({exc.status} {exc.reason}): the token "
-                    "needs a role allowing it (nodes: list; pods and pods/log: get, list, "
-                    f"delete; jobs.batch.volcano.sh: create, get, list, delete in {self.namespace})"
+                    f"{self.address} refused to {what} ({status} {exc.reason}): the token "
+                    f"needs {RBAC_NEEDED}"
                 ) from None
-            if exc.status is not None and exc.status < 500:
-                raise
-            raise KubernetesUnavailable(
-                f"{self.address}: {what}: {exc.status} {exc.reason}"
-            ) from None
+            if 400 <= status < 500 and status not in (408, 429):
+                raise Refused(f"{what}: {status} {exc.reason}: {_message(exc)}") from None
+            raise KubernetesUnavailable(f"{self.address}: {what}: {status} {exc.reason}") from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise KubernetesUnavailable(f"cannot reach {self.address} to {what}: {exc}") from None
 
+    def _json(self, fn: Callable[[], Any], what: str) -> dict[str, Any]:
+        """``fn()`` (a call made with ``_preload_content=False``) read as a JSON object."""
+        raw = self._call(fn, what)
+        try:
+            data = json.loads(raw.data)
+        except (ValueError, UnicodeDecodeError, AttributeError, TypeError):
+            data = None
+        if not isinstance(data, dict):
+            raise KubernetesUnavailable(f"{self.address}: {what}: the answer is not JSON")
+        return data
+
+    def _items(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        items = data.get("items")
+        return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+
     # --- nodes ---------------------------------------------------------------------
     def nodes(self) -> list[NodeInfo]:
-        listed = self._call(
-            lambda: self.core.list_node(_request_timeout=TIMEOUT_S, _preload_content=False),
-            "list nodes",
-        )
+        listed = self._json(lambda: self.core.list_node(**RAW), "list nodes")
         out = []
-        for item in json.loads(listed.data).get("items", []):
-            info = node_info(item, self.prefix)
+        for item in self._items(listed):
+            try:
+                info = node_info(item, self.prefix)
+            except MALFORMED as exc:  # one node's nonsense leaves that node out
+                log.warning("%s: a node could not be read (%s): left out", self.address, exc)
+                continue
             if info is None:
                 continue
             self._hostname[info.name] = info.labels[HOSTNAME_LABEL]
@@ -349,8 +432,6 @@ class KubernetesExecutor:
 
     # --- members -------------------------------------------------------------------
     def start(self, launch: Launch) -> Handle:
-        from kubernetes.client.exceptions import ApiException
-
         nodes = list(launch.member_nodes) or [launch.node]
         missing = [n for n in nodes if n not in self._hostname]
         if missing:
@@ -367,20 +448,21 @@ class KubernetesExecutor:
         try:
             self._call(
                 lambda: self.custom.create_namespaced_custom_object(
-                    GROUP, VERSION, self.namespace, PLURAL, body, _request_timeout=TIMEOUT_S
+                    GROUP, VERSION, self.namespace, PLURAL, body, **RAW
                 ),
                 f"create Volcano Job {name}",
             )
-        except KubernetesUnavailable:
+        except ExecutorUnavailable:
             # the server may have taken it without saying so: stopped if it did
             with contextlib.suppress(Exception):
-                self.stop_ref(name)
+                self._stop(name)
             raise
-        except ApiException as exc:  # a 4xx: the cluster refused this job, the job's failure
-            raise SuanliError(
-                f"{self.address} refused Volcano Job {name}: {exc.status} {exc.reason}: "
-                f"{_message(exc)}"
+        except _NotFound:  # the namespace or Volcano went away: the site's trouble
+            raise KubernetesUnavailable(
+                f"{self.address}: no Volcano Jobs in namespace {self.namespace} any more"
             ) from None
+        except Refused as exc:  # the cluster refused this job (an invalid image name...)
+            raise SuanliError(f"{self.address} refused the job: {exc}") from None
         out = self.log_dir / f"{launch.job_id}.out"
         err = self.log_dir / f"{launch.job_id}.err"
         err.touch()
@@ -388,105 +470,144 @@ class KubernetesExecutor:
             launch.job_id, 0, time.time(), str(out), str(err), launch.node, 0, launch.devices, name
         )
 
-    def _job(self, ref: str) -> dict[str, Any] | None:
-        """The Volcano Job; None when the API server says there is none (404)."""
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            got: dict[str, Any] = self._call(
-                lambda: self.custom.get_namespaced_custom_object(
-                    GROUP, VERSION, self.namespace, PLURAL, ref, _request_timeout=TIMEOUT_S
-                ),
-                f"read Volcano Job {ref}",
-            )
-            return got
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise KubernetesUnavailable(f"{self.address}: read {ref}: {exc.status}") from None
-
-    def _pods(self, ref: str) -> list[dict[str, Any]]:
-        got = self._call(
-            lambda: self.core.list_namespaced_pod(
-                self.namespace,
-                label_selector=f"volcano.sh/job-name={ref}",
-                _request_timeout=TIMEOUT_S,
-                _preload_content=False,
-            ),
-            f"list the pods of {ref}",
-        )
-        items: list[dict[str, Any]] = json.loads(got.data).get("items", [])
-        return items
-
     def poll(self, h: Handle) -> int | None:
+        """The Job's end once Kubernetes has carried it out: a Job being deleted (a stop,
+        whose pods serve their grace) has not ended, and neither has one whose pods are
+        still there after it is gone. Unknown (the site unreachable, an answer that makes
+        no sense) is not ended either: asked again next tick."""
         try:
-            job = self._job(h.ref)
-        except KubernetesUnavailable as exc:  # unknown is not ended: ask again next tick
+            return self._poll(h)
+        except (ExecutorUnavailable, Refused) as exc:
             log.warning("%s", exc)
-            return None
-        if job is None:  # deleted: by our stop, or by someone else
+        except MALFORMED as exc:
+            log.warning("%s: the state of %s makes no sense (%s)", self.address, h.ref, exc)
+        return None
+
+    def _poll(self, h: Handle) -> int | None:
+        try:
+            job = self._json(
+                lambda: self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, PLURAL, h.ref, **RAW
+                ),
+                f"read Volcano Job {h.ref}",
+            )
+        except _NotFound:
+            if self._pods(h.ref):
+                return None  # deleted, its pods still in their grace
+            if h.ref in self._failed:
+                return self._failed.pop(h.ref)
             return -15 if h.ref in self._stopped else -9
+        if (job.get("metadata") or {}).get("deletionTimestamp"):
+            return None  # being deleted (foreground): its pods are still stopping
         phase = str(((job.get("status") or {}).get("state") or {}).get("phase") or "Pending")
+        pods = self._pods(h.ref)
+        ended = phase in ENDED
         now = time.monotonic()
-        done = phase in ENDED
-        if done or now - self._logs_at.get(h.ref, 0.0) > LOG_REFRESH_S:
-            with contextlib.suppress(ExecutorUnavailable):
-                self._save_logs(h)
+        if ended or now - self._logs_at.get(h.ref, 0.0) > LOG_REFRESH_S:
+            self._save_logs(h, pods)
             self._logs_at[h.ref] = now
-        if not done:
+        states = [
+            c.get("state") or {}
+            for pod in pods
+            for c in (pod.get("status") or {}).get("containerStatuses") or []
+        ]
+        codes = [int((s.get("terminated") or {}).get("exitCode", 0)) for s in states]
+        failed = next((c for c in codes if c), None)
+        stuck = next(
+            (
+                s["waiting"]
+                for s in states
+                if (s.get("waiting") or {}).get("reason") in CANNOT_START
+            ),
+            None,
+        )
+        if not ended and (failed is not None or stuck is not None):
+            # a member failed (or cannot start) and Volcano has not ended the Job yet: its
+            # other members would wait in their collectives holding devices; stop them all
+            if stuck is not None:
+                failed = CONTAINER_CANNOT_RUN
+                note = f"\n[suanli] the container cannot start: {stuck.get('reason')}: "
+                note += f"{str(stuck.get('message', ''))[:500]}\n"
+                with Path(h.stdout).open("a") as f:
+                    f.write(note)
+            self._failed[h.ref] = int(failed or 1)
+            self._stop(h.ref)
+            return None
+        if not ended:
             return None
         self._logs_at.pop(h.ref, None)
         if phase == "Completed":
             return 0
-        codes = [
-            int(((c.get("state") or {}).get("terminated") or {}).get("exitCode", 0))
-            for pod in self._safe_pods(h.ref)
-            for c in (pod.get("status") or {}).get("containerStatuses") or []
-        ]
-        failed = next((c for c in codes if c), None)
         if failed is not None:
             return failed
-        return -15 if phase in ("Terminated", "Aborted") else 1
+        if h.ref in self._stopped:
+            return -15
+        return 1 if phase == "Failed" else -9  # ended by the cluster (an eviction, a drain)
 
-    def _safe_pods(self, ref: str) -> list[dict[str, Any]]:
-        try:
-            return self._pods(ref)
-        except ExecutorUnavailable:
-            return []
+    def _pods(self, ref: str) -> list[dict[str, Any]]:
+        listed = self._json(
+            lambda: self.core.list_namespaced_pod(
+                self.namespace, label_selector=f"volcano.sh/job-name={ref}", **RAW
+            ),
+            f"list the pods of {ref}",
+        )
+        return self._items(listed)
 
-    def _save_logs(self, h: Handle) -> None:
-        """Every member's pod log, rank order, into the job's log file."""
-        from kubernetes.client.exceptions import ApiException
-
+    def _save_logs(self, h: Handle, pods: list[dict[str, Any]]) -> None:
+        """Every member's pod log, in rank order, as this attempt's log; the job's log file
+        is all its attempts (`save_attempt`). At most the first ``LOG_LIMIT_BYTES`` of each."""
         texts = []
-        for pod in sorted(self._pods(h.ref), key=lambda p: str(p["metadata"]["name"])):
-            pod_name = str(pod["metadata"]["name"])
+        for pod in sorted(pods, key=_rank):
+            pod_name = str((pod.get("metadata") or {}).get("name", ""))
             try:
-                text = self._call(
-                    lambda n=pod_name: self.core.read_namespaced_pod_log(
-                        n, self.namespace, _request_timeout=TIMEOUT_S
+                raw = self._call(
+                    functools.partial(
+                        self.core.read_namespaced_pod_log,
+                        pod_name,
+                        self.namespace,
+                        container="main",
+                        limit_bytes=LOG_LIMIT_BYTES,
+                        **RAW,
                     ),
                     f"read the log of {pod_name}",
                 )
-            except ApiException:  # a pod not started yet has no log
+                text = bytes(raw.data).decode(errors="replace")
+            except (_NotFound, Refused, *MALFORMED):  # not started yet: no log
                 continue
-            texts.append(str(text or ""))
+            if len(text.encode()) >= LOG_LIMIT_BYTES:
+                text += f"\n[suanli] {pod_name}'s log is longer than {LOG_LIMIT_BYTES} bytes\n"
+            texts.append(text)
         if texts:
-            path = Path(h.stdout)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(texts))
-            os.replace(tmp, path)  # a reader sees the old or the new text, never half
+            save_attempt(self.log_dir, h.job_id, h.ref, "".join(texts), Path(h.stdout))
+
+    def _stop(self, ref: str) -> None:
+        """Delete the Volcano Job in the foreground: it stays, marked for deletion, until
+        its pods have served their grace (`poll` waits for that)."""
+        self._stopped.add(ref)
+        with contextlib.suppress(_NotFound, Refused):  # already gone (or going) is stopped
+            self._call(
+                lambda: self.custom.delete_namespaced_custom_object(
+                    GROUP,
+                    VERSION,
+                    self.namespace,
+                    PLURAL,
+                    ref,
+                    propagation_policy="Foreground",
+                    _request_timeout=TIMEOUT_S,
+                ),
+                f"delete Volcano Job {ref}",
+            )
 
     def terminate(self, h: Handle) -> None:
         """Deleting the Volcano Job deletes its pods: SIGTERM, then SIGKILL after their
         ``terminationGracePeriodSeconds``. If the server is unreachable now, the loop asks
         again when the grace is over (``kill``)."""
         with contextlib.suppress(ExecutorUnavailable):
-            self.stop_ref(h.ref)
+            self._stop(h.ref)
 
     def kill(self, h: Handle) -> None:
         """Its pods are deleted at once (grace 0), then the Job."""
-        with contextlib.suppress(ExecutorUnavailable):
+        with contextlib.suppress(ExecutorUnavailable, _NotFound, Refused):
             self._call(
                 lambda: self.core.delete_collection_namespaced_pod(
                     self.namespace,
@@ -499,40 +620,32 @@ class KubernetesExecutor:
         self.terminate(h)
 
     def stop_ref(self, ref: str) -> None:
-        from kubernetes.client.exceptions import ApiException
-
-        self._stopped.add(ref)
-        try:
-            self._call(
-                lambda: self.custom.delete_namespaced_custom_object(
-                    GROUP, VERSION, self.namespace, PLURAL, ref, _request_timeout=TIMEOUT_S
-                ),
-                f"delete Volcano Job {ref}",
-            )
-        except ApiException as exc:
-            if exc.status != 404:  # already gone is stopped
-                raise
+        self._stop(ref)
 
     def strays(self, known: set[str]) -> list[str]:
-        """This service's Volcano Jobs not yet ended that no running job's member holds: a
-        job requeued while this cluster was away, or started by a service that crashed
-        before it stored the start."""
-        listed = self._call(
-            lambda: self.custom.list_namespaced_custom_object(
-                GROUP,
-                VERSION,
-                self.namespace,
-                PLURAL,
-                label_selector=f"{SERVICE_LABEL}={self.service}",
-                _request_timeout=TIMEOUT_S,
-            ),
-            "list Volcano Jobs",
-        )
+        """This service's Volcano Jobs not yet ended (nor being deleted) that no running
+        job's member holds: a job requeued while this cluster was away, or started by a
+        service that crashed before it stored the start."""
+        try:
+            listed = self._json(
+                lambda: self.custom.list_namespaced_custom_object(
+                    GROUP,
+                    VERSION,
+                    self.namespace,
+                    PLURAL,
+                    label_selector=f"{SERVICE_LABEL}={self.service}",
+                    **RAW,
+                ),
+                "list Volcano Jobs",
+            )
+        except (_NotFound, Refused) as exc:
+            raise KubernetesUnavailable(f"{self.address}: {exc}") from None
         found = []
-        for job in listed.get("items", []):
-            name = str(job["metadata"]["name"])
+        for job in self._items(listed):
+            meta = job.get("metadata") or {}
+            name = str(meta.get("name", ""))
             phase = ((job.get("status") or {}).get("state") or {}).get("phase") or "Pending"
-            if phase not in ENDED and name not in known:
+            if phase not in ENDED and not meta.get("deletionTimestamp") and name not in known:
                 found.append(name)
         return found
 
@@ -540,9 +653,16 @@ class KubernetesExecutor:
         return self.poll(h) is None
 
     def logs(self, h: Handle) -> str:
-        with contextlib.suppress(ExecutorUnavailable):
-            self._save_logs(h)
+        with contextlib.suppress(ExecutorUnavailable, Refused, _NotFound, *MALFORMED):
+            self._save_logs(h, self._pods(h.ref))
         return Path(h.stdout).read_text(errors="replace") if Path(h.stdout).exists() else ""
+
+
+def _rank(pod: dict[str, Any]) -> tuple[int, str]:
+    """A pod's member rank from its name ``<job>-m<rank>-0`` (m10 after m2)."""
+    name = str((pod.get("metadata") or {}).get("name", ""))
+    found = re.search(r"-m(\d+)-\d+$", name)
+    return (int(found.group(1)) if found else 0, name)
 
 
 def _message(exc: Any) -> str:

@@ -26,8 +26,9 @@ from suanli.errors import SuanliError
 TOKEN_ADVICE = (
     "make a service account and a token for suanli, e.g. `kubectl -n NS create "
     "serviceaccount suanli` and `kubectl -n NS create token suanli --duration=8760h`, bind it "
-    "a role (nodes: list; pods, pods/log: get, list, delete; jobs.batch.volcano.sh: create, "
-    "get, list, delete), and give it as `token:` in the kubeconfig or with --token-file"
+    "a ClusterRole allowing nodes: list and a Role in NS allowing pods: get, list, delete, "
+    "deletecollection; pods/log: get; jobs.batch.volcano.sh: create, get, list, delete, and "
+    "give it as `token:` in the kubeconfig or with --token-file"
 )
 
 
@@ -152,7 +153,7 @@ def read_kubeconfig(path: Path, context: str | None = None) -> KubeTarget:
         ca = _read(Path(cluster.ca_file), path, where, "certificate-authority")
     if ca is not None and "-----BEGIN CERTIFICATE-----" not in ca:
         raise KubeconfigError(f"{where}: the certificate authority is not a PEM certificate")
-    return KubeTarget(cluster.server, token or None, ca, ctx.namespace)
+    return KubeTarget(cluster.server.rstrip("/"), token or None, ca, ctx.namespace)
 
 
 def _read(file: Path, config: Path, where: str, field: str) -> str:

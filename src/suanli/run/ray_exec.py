@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
 import shlex
 import sys
@@ -33,7 +32,15 @@ from pathlib import Path
 from typing import Any, cast
 
 from suanli.catalog.loader import accelerators
-from suanli.run.executor import DeviceInfo, ExecutorUnavailable, Handle, Launch, NodeInfo
+from suanli.run.attempt_log import save_attempt
+from suanli.run.executor import (
+    MAX_DEVICES,
+    DeviceInfo,
+    ExecutorUnavailable,
+    Handle,
+    Launch,
+    NodeInfo,
+)
 
 NODE_ID_LABEL = "ray.io/node-id"
 LOG_REFRESH_S = 1.0
@@ -53,8 +60,9 @@ def _http_status(exc: RuntimeError) -> int:
     return int(found.group(1)) if found else 0
 
 
-def _devices(resources: dict[str, float], labels: dict[str, str]) -> list[DeviceInfo]:
-    """Chips a Ray node offers: custom resources named after catalog chips, and GPUs."""
+def _devices(resources: dict[str, float], labels: dict[str, str]) -> list[DeviceInfo] | None:
+    """Chips a Ray node offers: custom resources named after catalog chips, and GPUs; None
+    for a count no node has (an attached cluster's report: 10^9 must not exhaust us)."""
     catalog = accelerators()
     out: list[DeviceInfo] = []
     for key, amount in sorted(resources.items()):
@@ -67,6 +75,8 @@ def _devices(resources: dict[str, float], labels: dict[str, str]) -> list[Device
         ):
             continue
         mem = catalog[name].memory_mib if name in catalog else 0
+        if not 0 <= amount <= MAX_DEVICES - len(out):  # checked before any is made
+            return None
         for _ in range(int(amount)):
             out.append(
                 DeviceInfo(len(out), name, mem, "CUDA_VISIBLE_DEVICES" if key == "GPU" else "")
@@ -91,12 +101,6 @@ def clean_log(text: str) -> str:
     return "".join(
         line for line in lines if not RAY_INFO.match(line) and not RAY_ENTRYPOINT.match(line)
     )
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)  # a reader sees the old or the new text, never half
 
 
 class RayExecutor:
@@ -163,6 +167,9 @@ class RayExecutor:
             labels = {str(k): str(v) for k, v in (n.labels or {}).items()}
             name = "ray-" + n.node_id[:12]
             devices = _devices(total, labels)
+            if devices is None:
+                log.warning("Ray node %s reports more devices than a node has", n.node_id)
+                continue
             self._node_ids[name] = n.node_id
             chips = [k for k in total if k == "GPU" or k.lower() in accelerators()]
             if chips:
@@ -321,11 +328,7 @@ class RayExecutor:
         if not text:
             return False
         # Ray keeps one log per Ray job (= attempt); the job's log file is all of them
-        _atomic_write(self.log_dir / f"{h.ref}.log", clean_log(text))
-        parts = sorted(
-            self.log_dir.glob(f"suanli-{h.job_id}-*.log"), key=lambda f: f.stat().st_mtime
-        )
-        _atomic_write(Path(h.stdout), "".join(f.read_text(errors="replace") for f in parts))
+        save_attempt(self.log_dir, h.job_id, h.ref, clean_log(text), Path(h.stdout))
         return True
 
     def terminate(self, h: Handle) -> None:

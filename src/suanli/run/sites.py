@@ -27,11 +27,18 @@ import concurrent.futures as cf
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from suanli.run.executor import Executor, ExecutorUnavailable, Handle, Launch, NodeInfo
+from suanli.run.executor import (
+    Executor,
+    ExecutorUnavailable,
+    Handle,
+    Launch,
+    NodeInfo,
+    node_problem,
+)
 
 log = logging.getLogger("suanli.sites")
 #: every node carries the name of its site, and its site's region, under these labels
@@ -60,6 +67,7 @@ class SiteLink:
     worker: cf.ThreadPoolExecutor | None = None
     stuck: cf.Future[Any] | None = None  # a call that timed out and has not returned
     failures: int = 0  # failed calls in the outage under way
+    refused: set[tuple[str, str]] = field(default_factory=set)  # nodes left out, and why
 
     def __post_init__(self) -> None:
         if self.remote:
@@ -180,6 +188,7 @@ class SiteExecutors:
         """Every answering site's nodes, each labelled with its site and region. A site
         that fails is left out (and marked away), never the whole list."""
         out: list[NodeInfo] = []
+        claimed: dict[str, str] = {}  # node name -> the site that listed it first
         for link in list(self.links.values()):
             try:
                 found = self._call(link, link.executor.nodes)
@@ -189,12 +198,34 @@ class SiteExecutors:
                 continue
             self._answered(link)
             for n in found:
+                # a remote site's nodes are a stranger's report: one out of bounds, or
+                # named as another site's node (whose work would go to this site), is
+                # left out, never the site's other nodes
+                why = node_problem(n) if link.remote else None
+                if why is None and claimed.setdefault(n.name, link.name) != link.name:
+                    why = f"site {claimed[n.name]} has a node of that name"
+                if why is not None:
+                    self._refused(link, n.name, why)
+                    continue
                 labels = {**n.labels, SITE_LABEL: link.name}
                 if link.region:
                     labels[REGION_LABEL] = link.region
                 self._site_of[n.name] = link.name
                 out.append(replace(n, labels=labels))
         return out
+
+    def _refused(self, link: SiteLink, node: str, why: str) -> None:
+        """One warning per node and reason, not one per listing."""
+        key = (node[:80], why)
+        if key not in link.refused:
+            link.refused.add(key)
+            log.warning(
+                "site %s: node %s left out: %s",
+                link.name,
+                node[:80],
+                why,
+                extra={"site": link.name},
+            )
 
     def start(self, launch: Launch) -> Handle:
         link = self._link(launch)

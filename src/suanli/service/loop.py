@@ -269,7 +269,10 @@ class Loop:
                     attached = site is not None and bool(site.address) and not own
                     owner = site.owner if site is not None and attached else SYSTEM_OWNER
                     row = NodeRow(name=n.name, owner=owner, site=None)
-                    if self.calibrate_new_nodes:
+                    # measured where the job can write to this service's data directory:
+                    # not in a Kubernetes pod, whose filesystem is its own
+                    kind = getattr(self.executor, "kind_of", lambda _: "")(n.name)
+                    if self.calibrate_new_nodes and kind != "kubernetes":
                         self._calibration_job(s, n)
                 sick = {d["index"] for d in row.devices or [] if not d.get("healthy", True)}
                 n = replace(
