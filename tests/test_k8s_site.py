@@ -282,6 +282,12 @@ def test_jobs_run_fail_and_stop_on_a_kubernetes_site_through_the_loop(k8s: Any) 
     _until(loop.tick, lambda: state(stop) == "cancelled", "the job cancelled")
     assert ref not in standin.jobs and not any(p["job"] == ref for p in standin.pods.values())
 
+    # a service replica is not placed where the router cannot reach it (a pod's network)
+    replica = submit(store, {"kind": "serve", "command": ["sleep", "1"], "resources": gpu})
+    said = lambda: " ".join(e.message or "" for e in store.events(replica))  # noqa: E731
+    _until(loop.tick, lambda: "cannot be reached by the router" in said(), "the reason said")
+    assert state(replica) == "queued"
+
 
 def test_a_member_that_fails_stops_its_gang_and_a_broken_cluster_stops_nothing(
     k8s: Any,

@@ -20,6 +20,11 @@ import numpy as np
 from suanli.cluster.task import MILLI
 from suanli.errors import SuanliError
 
+#: "true" on a node where a service replica cannot be reached at the node's address (a
+#: Kubernetes pod listens on its own network, not its node's): the scheduler places no
+#: ``kind: serve`` job there
+NO_REPLICAS_LABEL = "suanli.io/no-replicas"
+
 
 class ClusterError(SuanliError, ValueError):
     """A cluster description that cannot be a cluster (empty, negative capacities)."""

@@ -102,6 +102,7 @@ def member_task(spec: JobSpec, types: Iterable[str], name: str) -> Task:
         node_selector=dict(spec.node_selector),
         data_region=spec.data.region if spec.data else "",
         data_gb=spec.data.size_gb if spec.data else 0.0,
+        kind=spec.kind,
     )
 
 

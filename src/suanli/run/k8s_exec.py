@@ -50,6 +50,7 @@ from suanli.run.executor import (
     MAX_CORES,
     MAX_DEVICES,
     MAX_MEMORY_MIB,
+    NO_REPLICAS_LABEL,
     NODE_LABEL,
     DeviceInfo,
     ExecutorUnavailable,
@@ -166,6 +167,7 @@ def node_info(node: dict[str, Any], prefix: str) -> NodeInfo | None:
     name = node_name(prefix, host)
     labels[NODE_LABEL] = name
     labels.setdefault(HOSTNAME_LABEL, host)
+    labels[NO_REPLICAS_LABEL] = "true"  # a replica's pod is not reached at its node's address
     address = next(
         (
             str(a.get("address", ""))

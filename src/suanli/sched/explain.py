@@ -14,7 +14,7 @@ from collections import Counter
 
 import numpy as np
 
-from suanli.cluster.state import ClusterState
+from suanli.cluster.state import NO_REPLICAS_LABEL, ClusterState
 from suanli.cluster.task import MILLI, Task
 
 
@@ -22,6 +22,8 @@ def _node_reason(state: ClusterState, task: Task, i: int, capacity: bool) -> str
     spec = state.specs[i]
     if task.regions and state.sites[state.site[i]].region not in task.regions:
         return f"not in region {' or '.join(sorted(task.regions))}"
+    if task.kind == "serve" and spec.labels.get(NO_REPLICAS_LABEL) == "true":
+        return "cannot be reached by the router (a Kubernetes pod listens on its own network)"
     if task.node_selector and any(spec.labels.get(k) != v for k, v in task.node_selector.items()):
         return "do not match the node selector"
     if task.num_gpu:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from suanli.cluster.state import ClusterState
+from suanli.cluster.state import NO_REPLICAS_LABEL, ClusterState
 from suanli.cluster.task import MILLI, Task
 from suanli.sched.framework import CycleState
 
@@ -68,12 +68,18 @@ class NodeSelector:
 
     def filter(self, state: ClusterState, task: Task, cycle: CycleState) -> np.ndarray:
         want = task.node_selector
-        if not want:
+        serve = task.kind == "serve"
+        if not want and not serve:
             return np.ones(state.num_nodes, dtype=bool)
-        return np.array(
-            [all(spec.labels.get(k) == v for k, v in want.items()) for spec in state.specs],
-            dtype=bool,
-        )
+        return np.array([selects(task, spec.labels) for spec in state.specs], dtype=bool)
+
+
+def selects(task: Task, labels: dict[str, str]) -> bool:
+    """Whether a node with ``labels`` may take ``task``: every label its selector asks
+    for, and, for a service replica, a node where the router can reach it."""
+    if task.kind == "serve" and labels.get(NO_REPLICAS_LABEL) == "true":
+        return False
+    return all(labels.get(k) == v for k, v in task.node_selector.items())
 
 
 def _share_fits(state: ClusterState, task: Task, node: int) -> np.ndarray:
