@@ -97,6 +97,10 @@ def test_a_launch_renders_as_a_volcano_job_the_crd_accepts(shared_dir: Path) -> 
         assert c["resources"]["limits"]["nvidia.com/gpumem-percentage"] == "50"
         assert c["resources"]["requests"] == {"cpu": "2500m", "memory": "2048Mi"}
         assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    whole = volcano_job(gang, "j", "i", ["a", "b"], "nvidia.com/gpu", "svc", shares=False)
+    (c,) = whole["spec"]["tasks"][0]["template"]["spec"]["containers"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"  # no HAMi: the whole device
+    assert "nvidia.com/gpumem-percentage" not in c["resources"]["limits"]
     one = volcano_job(
         Launch("8", ["true"], devices=(0, 1)), "j", "i", ["a"], "huawei.com/Ascend910", ""
     )

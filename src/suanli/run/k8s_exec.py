@@ -69,6 +69,8 @@ HOSTNAME_LABEL = "kubernetes.io/hostname"
 CHIP_LABEL = "suanli.io/accelerator"
 #: NVIDIA GPU Feature Discovery's product label, e.g. "NVIDIA-H100-80GB-HBM3"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+#: "hami" on a node offering HAMi's share-of-a-GPU resource
+SHARES_LABEL = "suanli.io/gpu-shares"
 JOB_LABEL = "suanli.io/job"  # the suanli job a Volcano Job runs a member (or gang) of
 SERVICE_LABEL = "suanli.io/service"  # which suanli service submitted it: strays are ours
 TIMEOUT_S = (5.0, 10.0)  # connect, read: one call; the site layer times out the rest
@@ -168,6 +170,8 @@ def node_info(node: dict[str, Any], prefix: str) -> NodeInfo | None:
     labels[NODE_LABEL] = name
     labels.setdefault(HOSTNAME_LABEL, host)
     labels[NO_REPLICAS_LABEL] = "true"  # a replica's pod is not reached at its node's address
+    if HAMI_MEMORY_PERCENT in allocatable:
+        labels[SHARES_LABEL] = "hami"
     address = next(
         (
             str(a.get("address", ""))
@@ -196,6 +200,7 @@ def volcano_job(
     hostnames: list[str],
     resource: str | None,
     service: str,
+    shares: bool = True,
 ) -> dict[str, Any]:
     """The Volcano Job that runs ``launch``: one task per member, each pinned to its node.
 
@@ -204,7 +209,8 @@ def volcano_job(
     collectives holding devices), and ``maxRetry: 1`` allows no restart: the service's
     loop, which knows the job's retries, checkpoints and other sites, decides what comes
     next, as on every other engine. A finished Job is deleted by Kubernetes after
-    ``TTL_S`` (its pods, PodGroup and Service with it), long after the loop read its end."""
+    ``TTL_S`` (its pods, PodGroup and Service with it), long after the loop read its end.
+    ``shares``: the node offers HAMi's share of a GPU (else a share takes the device)."""
     members = max(1, launch.gang)
     argv = list(launch.argv)
     if argv and argv[0] == sys.executable:  # the service's own Python: the image's here
@@ -236,10 +242,11 @@ def volcano_job(
             # =all (CUDA images do) and NVIDIA's runtime is the node's default
             env["NVIDIA_VISIBLE_DEVICES"] = "void"
         if resource and launch.devices:
-            if launch.share < 1 and resource == NVIDIA_GPU:
+            if launch.share < 1 and resource == NVIDIA_GPU and shares:
                 limits[resource] = "1"  # a share of one GPU is HAMi's, as `suanli export k8s`
                 limits[HAMI_MEMORY_PERCENT] = str(math.ceil(launch.share * 100))
-            else:
+            else:  # without HAMi a share is a whole device (a pod asking HAMi's resource
+                # there would stay Pending); another share's pod waits for it
                 limits[resource] = str(len(launch.devices))
         container: dict[str, Any] = {
             "name": "main",
@@ -354,6 +361,7 @@ class KubernetesExecutor:
         self.custom = client.CustomObjectsApi(self.api)
         self._hostname: dict[str, str] = {}  # our node name -> its kubernetes.io/hostname
         self._resource: dict[str, str] = {}  # our node name -> its chips' resource name
+        self._shares: dict[str, bool] = {}  # our node name -> it offers HAMi's shares
         self._stopped: set[str] = set()  # Volcano Jobs this process deleted
         self._failed: dict[str, int] = {}  # Jobs deleted because a member failed: its code
         self._logs_at: dict[str, float] = {}
@@ -426,6 +434,7 @@ class KubernetesExecutor:
             if info is None:
                 continue
             self._hostname[info.name] = info.labels[HOSTNAME_LABEL]
+            self._shares[info.name] = info.labels.get(SHARES_LABEL) == "hami"
             if info.devices:
                 chip = accelerators()[info.devices[0].accelerator]
                 self._resource[info.name] = chip.k8s_resource
@@ -446,6 +455,7 @@ class KubernetesExecutor:
             [self._hostname[n] for n in nodes],
             self._resource.get(launch.node),
             self.service,
+            shares=self._shares.get(launch.node, False),
         )
         try:
             self._call(
