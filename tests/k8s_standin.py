@@ -12,6 +12,7 @@ restarts; that is said in the executor's docstring and the closing notes.
 
 from __future__ import annotations
 
+import datetime
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -206,7 +207,7 @@ class StandIn:
                         del self.pods[name]
                         jobs.add(p["job"])
                     else:
-                        p["obj"]["metadata"]["deletionTimestamp"] = "2026-12-04T00:00:00Z"
+                        _deleting(p["obj"])
             for job in jobs:
                 self._settle(job)
             return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}, False
@@ -264,17 +265,28 @@ class StandIn:
         if method == "DELETE":
             # its pods go with it (owner references), after their grace (`reap`); in the
             # foreground the Job stays, marked, until they are gone; else it goes at once
-            stamp = "2026-12-04T00:00:00Z"
             for p in self.pods.values():
                 if p["job"] == name:
-                    p["obj"]["metadata"]["deletionTimestamp"] = stamp
+                    _deleting(p["obj"])
             if query.get("propagationPolicy") == "Foreground":
-                self.jobs[name]["metadata"]["deletionTimestamp"] = stamp
+                self.jobs[name]["metadata"]["deletionTimestamp"] = _now()
                 self._settle(name)
             else:
                 del self.jobs[name]
             return 200, _status(200, "Success", "deleted"), False
         return 405, _status(405, "MethodNotAllowed", method), False
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _deleting(pod: dict[str, Any]) -> None:
+    """Marked for deletion now, with its grace, as the API server marks a pod."""
+    if not pod["metadata"].get("deletionTimestamp"):
+        pod["metadata"]["deletionTimestamp"] = _now()
+        grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
+        pod["metadata"]["deletionGracePeriodSeconds"] = grace
 
 
 def _status(code: int, reason: str, message: str) -> dict[str, Any]:

@@ -113,7 +113,7 @@ def test_a_launch_renders_as_a_volcano_job_the_crd_accepts(shared_dir: Path) -> 
         {"event": "PodFailed", "action": "TerminateJob"},
         {"event": "PodEvicted", "action": "TerminateJob"},
     ]
-    assert one["spec"]["ttlSecondsAfterFinished"] == 3600
+    assert one["spec"]["ttlSecondsAfterFinished"] == 8 * 86_400  # a backstop: see TTL_S
     no_gpu = volcano_job(Launch("9", ["true"]), "j", "i", ["a"], None, "")
     (c,) = no_gpu["spec"]["tasks"][0]["template"]["spec"]["containers"]
     assert {"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"} in c["env"]  # sees no GPU
@@ -291,6 +291,12 @@ def test_jobs_run_fail_and_stop_on_a_kubernetes_site_through_the_loop(k8s: Any) 
     said = lambda: " ".join(e.message or "" for e in store.events(replica))  # noqa: E731
     _until(loop.tick, lambda: "cannot be reached by the router" in said(), "the reason said")
     assert state(replica) == "queued"
+    # nor a share of a GPU on a node without HAMi (the pod would hold a whole device)
+    half = {"accelerator": "a100-80gb", "devices": 1, "fraction": 0.5}
+    share = submit(store, {"command": ["true"], "resources": half})
+    told = lambda: " ".join(e.message or "" for e in store.events(share))  # noqa: E731
+    _until(loop.tick, lambda: "cannot share a device" in told(), "the share's reason said")
+    assert state(share) == "queued"
 
 
 def test_a_member_that_fails_stops_its_gang_and_a_broken_cluster_stops_nothing(
@@ -309,20 +315,29 @@ def test_a_member_that_fails_stops_its_gang_and_a_broken_cluster_stops_nothing(
     gang = submit(store, {"command": ["python", "-c", "1"], "gang": 2, "resources": both})
     _until(loop.tick, lambda: state(gang) == "running", "the gang started")
     ref = _volcano_of(standin, store, gang)["metadata"]["name"]
+    standin.logs[f"{ref}-m1-0"] = "Traceback: boom\n"  # its last words
     standin.fail_pod(f"{ref}-m1-0", 3)
     _until(loop.tick, lambda: ref not in standin.jobs or "deletionTimestamp" in
            standin.jobs[ref]["metadata"], "the gang's Job deleted")  # fmt: skip
     assert state(gang) == "running"  # rank 0 is still stopping
-    standin.reap(ref)
+    # its node never confirms the deletion: past the grace the pods are deleted at once
+    for p in standin.pods.values():
+        if p["job"] == ref:
+            p["obj"]["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     _until(loop.tick, lambda: state(gang) == "failed", "the gang failed")
     assert get(store, gang).exit_code == 3
+    member = (get(store, gang).members or [])[0]
+    assert "Traceback: boom" in Path(str(member["stdout"])).read_text()
+    assert any("gracePeriodSeconds=0" in c for c in standin.calls)
 
     gpu = {"accelerator": "a100-80gb", "devices": 1}
     pull = submit(store, {"command": ["true"], "image": "reg/nope:1", "resources": gpu})
     _until(loop.tick, lambda: state(pull) == "running", "the job started")
     job = _volcano_of(standin, store, pull)
     assert job["spec"]["tasks"][0]["template"]["spec"]["containers"][0]["image"] == "reg/nope:1"
-    standin.waiting(job["metadata"]["name"], "ErrImagePull", "manifest for reg/nope:1 not found")
+    standin.waiting(
+        job["metadata"]["name"], "ImagePullBackOff", "manifest for reg/nope:1 not found"
+    )
     _until(loop.tick, lambda: bool(standin.jobs.get(job["metadata"]["name"], {}).get(
         "metadata", {}).get("deletionTimestamp")), "the job's Job deleted")  # fmt: skip
     standin.reap(job["metadata"]["name"])
@@ -330,7 +345,8 @@ def test_a_member_that_fails_stops_its_gang_and_a_broken_cluster_stops_nothing(
     assert get(store, pull).exit_code == 125
     member = (get(store, pull).members or [])[0]
     assert (
-        "ErrImagePull: manifest for reg/nope:1 not found" in Path(str(member["stdout"])).read_text()
+        "ImagePullBackOff: manifest for reg/nope:1 not found"
+        in Path(str(member["stdout"])).read_text()
     )
 
     # a JSON line is logged as the program wrote it; 429s and nonsense are not ended
@@ -338,6 +354,9 @@ def test_a_member_that_fails_stops_its_gang_and_a_broken_cluster_stops_nothing(
     _until(loop.tick, lambda: state(talk) == "running", "the third job started")
     name = _volcano_of(standin, store, talk)["metadata"]["name"]
     standin.faults["/pods"] = (429, {"kind": "Status", "code": 429}, False)
+    for _ in range(3):
+        loop.tick()
+    standin.faults["/pods"] = (404, {"kind": "Status", "code": 404}, False)
     standin.faults[f"/jobs/{name}"] = (200, "this is not JSON", True)
     for _ in range(5):
         loop.tick()
@@ -347,6 +366,7 @@ def test_a_member_that_fails_stops_its_gang_and_a_broken_cluster_stops_nothing(
     _until(loop.tick, lambda: state(talk) == "succeeded", "the third job succeeded")
     member = (get(store, talk).members or [])[0]
     assert Path(str(member["stdout"])).read_text() == '{"loss": 1.5, "ok": true}\n'
+    assert name not in standin.jobs  # its end read, the Job is deleted (the TTL a backstop)
 
 
 def _kubeconfig(path: Path, user: dict[str, Any], server: str = "https://10.0.0.5:6443") -> Path:
@@ -482,4 +502,34 @@ def test_a_kubernetes_site_attached_through_the_cli_against_suanli_up(
             assert TOKEN.encode() not in f.read_bytes(), f
     finally:
         stop_service(svc)
+        standin.close()
+
+
+def test_a_providers_stored_token_variable_is_not_used(
+    shared_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A provider's site stored with ``credential_env`` (before only admins could name
+    the service's environment) is not connected: that variable may hold another site's
+    token, and the provider chose the address it would be sent to."""
+    standin = StandIn(shared_dir, TOKEN, [gpu_node("a", 1)])
+    monkeypatch.setenv("SUANLI_SITE_TOKEN_K8S", TOKEN)
+    store = Store.sqlite(tmp_path)
+    sites = SiteExecutors(timeout_s=5.0)
+    ctrl = SiteController(store, sites, site_factory(tmp_path / "logs", "svc"))
+    with store.tx() as s:
+        s.add(SiteRow(name="theirs", owner="prov", region="r", pue=1.2, carbon_g_per_kwh=0.0,
+                      power_price_per_kwh=0.0, updated_at=0.0, engine="kubernetes",
+                      address=standin.url, credential_env="SUANLI_SITE_TOKEN_K8S",
+                      image="i"))  # fmt: skip
+
+    def status() -> str:
+        with store.tx() as s:
+            row = s.get(SiteRow, "theirs")
+            return str(row.status if row else "")
+
+    try:
+        _until(lambda: ctrl.reconcile(time.time()), lambda: "cannot attach" in status(), "said")
+        assert "only an admin" in status() and "theirs" not in sites.links
+        assert not any("/api/v1/nodes" in c for c in standin.calls)  # the token never went
+    finally:
         standin.close()

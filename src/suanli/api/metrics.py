@@ -77,6 +77,8 @@ _PATTERNS = (  # checked in order; the scheduler's own reason comes first in the
     ("lease", "lease"),
     ("not in region", "region"),
     ("node selector", "node_selector"),
+    ("reached by the router", "node_selector"),  # a node's label keeps replicas off it
+    ("cannot share a device", "node_selector"),  # and shares
     ("cpu cores", "cpu"),
     ("memory", "memory"),
     ("have 0 ", "devices"),

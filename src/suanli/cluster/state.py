@@ -24,6 +24,9 @@ from suanli.errors import SuanliError
 #: Kubernetes pod listens on its own network, not its node's): the scheduler places no
 #: ``kind: serve`` job there
 NO_REPLICAS_LABEL = "suanli.io/no-replicas"
+#: "none" on a node whose devices cannot be shared (a Kubernetes node without HAMi: a pod
+#: asking for a share gets a whole device there): the scheduler places no share there
+SHARES_LABEL = "suanli.io/gpu-shares"
 
 
 class ClusterError(SuanliError, ValueError):

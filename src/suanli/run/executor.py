@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from suanli.cluster.state import NO_REPLICAS_LABEL as NO_REPLICAS_LABEL
+from suanli.cluster.state import SHARES_LABEL as SHARES_LABEL
 from suanli.errors import SuanliError
 
 #: every node carries its own name under this label (as Kubernetes' kubernetes.io/hostname),

@@ -29,6 +29,7 @@ against a real cluster here.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import hashlib
 import json
@@ -52,6 +53,7 @@ from suanli.run.executor import (
     MAX_MEMORY_MIB,
     NO_REPLICAS_LABEL,
     NODE_LABEL,
+    SHARES_LABEL,
     DeviceInfo,
     ExecutorUnavailable,
     Handle,
@@ -69,8 +71,6 @@ HOSTNAME_LABEL = "kubernetes.io/hostname"
 CHIP_LABEL = "suanli.io/accelerator"
 #: NVIDIA GPU Feature Discovery's product label, e.g. "NVIDIA-H100-80GB-HBM3"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
-#: "hami" on a node offering HAMi's share-of-a-GPU resource
-SHARES_LABEL = "suanli.io/gpu-shares"
 JOB_LABEL = "suanli.io/job"  # the suanli job a Volcano Job runs a member (or gang) of
 SERVICE_LABEL = "suanli.io/service"  # which suanli service submitted it: strays are ours
 TIMEOUT_S = (5.0, 10.0)  # connect, read: one call; the site layer times out the rest
@@ -79,13 +79,16 @@ LOG_REFRESH_S = 5.0  # a running job's pod logs are read at most this often
 #: calls time out; the rest is there for kubectl logs)
 LOG_LIMIT_BYTES = 4 << 20
 #: a container that will never start: the job's failure, said in its log
+#: (not ErrImagePull or CreateContainerError: a first failed pull, a registry's 429 or a
+#: slow runtime pass; the kubelet's back-off after them is the lasting state)
 CANNOT_START = {
-    "ErrImagePull",
     "ImagePullBackOff",
     "InvalidImageName",
+    "ErrImageNeverPull",
     "CreateContainerConfigError",
-    "CreateContainerError",
 }
+#: a pod still there this long past its grace is deleted at once (a NotReady node)
+OVERDUE_S = 60.0
 #: what a container that could not run ends with (as ``docker run`` says it)
 CONTAINER_CANNOT_RUN = 125
 #: every read asks for the raw answer: it is parsed here, where nonsense is caught
@@ -96,7 +99,9 @@ RBAC_NEEDED = (
     "list, delete, deletecollection; pods/log: get; jobs.batch.volcano.sh: create, get, "
     "list, delete"
 )
-TTL_S = 3600  # a finished Volcano Job is kept this long, then deleted by Kubernetes
+#: a finished Volcano Job is deleted by the executor once it has read its end; this is
+#: the backstop (a site may be away for up to 7 days, its grace, and still report)
+TTL_S = 8 * 86_400
 ENDED = {"Completed", "Failed", "Terminated", "Aborted"}
 UNFINISHED = {"Pending", "Running", "Restarting", "Completing", "Aborting", "Terminating"}
 
@@ -170,8 +175,10 @@ def node_info(node: dict[str, Any], prefix: str) -> NodeInfo | None:
     labels[NODE_LABEL] = name
     labels.setdefault(HOSTNAME_LABEL, host)
     labels[NO_REPLICAS_LABEL] = "true"  # a replica's pod is not reached at its node's address
-    if HAMI_MEMORY_PERCENT in allocatable:
-        labels[SHARES_LABEL] = "hami"
+    # a share of a GPU needs HAMi, which its operator says with this label (HAMi's own
+    # resource is not a node resource Kubernetes lists); without it, no shares here
+    if labels.get(SHARES_LABEL) != "hami":
+        labels[SHARES_LABEL] = "none"
     address = next(
         (
             str(a.get("address", ""))
@@ -365,6 +372,9 @@ class KubernetesExecutor:
         self._stopped: set[str] = set()  # Volcano Jobs this process deleted
         self._failed: dict[str, int] = {}  # Jobs deleted because a member failed: its code
         self._logs_at: dict[str, float] = {}
+        self._capped: set[tuple[str, str]] = set()  # (Job, pod) whose log passed the cap
+        self._capped_text: dict[tuple[str, str], str] = {}
+        self._notes: dict[str, str] = {}  # Job -> what the service says in its log
         try:
             self._json(
                 lambda: self.custom.list_namespaced_custom_object(
@@ -484,16 +494,23 @@ class KubernetesExecutor:
 
     def poll(self, h: Handle) -> int | None:
         """The Job's end once Kubernetes has carried it out: a Job being deleted (a stop,
-        whose pods serve their grace) has not ended, and neither has one whose pods are
-        still there after it is gone. Unknown (the site unreachable, an answer that makes
-        no sense) is not ended either: asked again next tick."""
+        whose pods serve their grace) has not ended, and neither has one whose pods still
+        run after it is gone. Unknown (the site unreachable, an answer that makes no sense)
+        is not ended either: asked again next tick."""
         try:
-            return self._poll(h)
-        except (ExecutorUnavailable, Refused) as exc:
-            log.warning("%s", exc)
+            code = self._poll(h)
+        except (ExecutorUnavailable, Refused, _NotFound) as exc:
+            log.warning("%s: %s", self.address, exc)
+            return None
         except MALFORMED as exc:
             log.warning("%s: the state of %s makes no sense (%s)", self.address, h.ref, exc)
-        return None
+            return None
+        if code is not None:  # ended: nothing of it is needed here any more
+            self._stopped.discard(h.ref)
+            self._logs_at.pop(h.ref, None)
+            self._capped = {k for k in self._capped if k[0] != h.ref}
+            self._notes.pop(h.ref, None)
+        return code
 
     def _poll(self, h: Handle) -> int | None:
         try:
@@ -504,73 +521,93 @@ class KubernetesExecutor:
                 f"read Volcano Job {h.ref}",
             )
         except _NotFound:
-            if self._pods(h.ref):
-                return None  # deleted, its pods still in their grace
+            # deleted (by a stop, or by someone else): ended once no pod of it still runs
+            pods = [p for p in self._pods(h.ref) if not _finished(p)]
+            if pods:
+                self._refresh_logs(h, pods)
+                self._force_overdue(h.ref, pods)
+                return None
             if h.ref in self._failed:
                 return self._failed.pop(h.ref)
             return -15 if h.ref in self._stopped else -9
-        if (job.get("metadata") or {}).get("deletionTimestamp"):
-            return None  # being deleted (foreground): its pods are still stopping
-        phase = str(((job.get("status") or {}).get("state") or {}).get("phase") or "Pending")
+        meta = job.get("metadata") or {}
         pods = self._pods(h.ref)
+        if meta.get("deletionTimestamp"):  # being deleted (foreground): pods still stopping
+            self._refresh_logs(h, pods)
+            self._force_overdue(h.ref, pods)
+            return None
+        phase = str(((job.get("status") or {}).get("state") or {}).get("phase") or "Pending")
         ended = phase in ENDED
-        now = time.monotonic()
-        if ended or now - self._logs_at.get(h.ref, 0.0) > LOG_REFRESH_S:
-            self._save_logs(h, pods)
-            self._logs_at[h.ref] = now
         states = [
             c.get("state") or {}
             for pod in pods
             for c in (pod.get("status") or {}).get("containerStatuses") or []
         ]
         codes = [int((s.get("terminated") or {}).get("exitCode", 0)) for s in states]
-        failed = next((c for c in codes if c), None)
-        stuck = next(
-            (
-                s["waiting"]
-                for s in states
-                if (s.get("waiting") or {}).get("reason") in CANNOT_START
-            ),
-            None,
-        )
+        # the member that failed, not a sibling stopped for it (SIGTERM 143, SIGKILL 137)
+        failed = next((c for c in codes if c not in (0, 137, 143)), None)
+        failed = failed if failed is not None else next((c for c in codes if c), None)
+        waiting = [s.get("waiting") or {} for s in states]
+        stuck = next((w for w in waiting if w.get("reason") in CANNOT_START), None)
+        if stuck is not None and not ended:
+            note = f"\n[suanli] the container cannot start: {stuck.get('reason')}: "
+            self._notes[h.ref] = note + f"{str(stuck.get('message', ''))[:500]}\n"
+        self._refresh_logs(h, pods, now=ended or failed is not None or stuck is not None)
         if not ended and (failed is not None or stuck is not None):
             # a member failed (or cannot start) and Volcano has not ended the Job yet: its
             # other members would wait in their collectives holding devices; stop them all
             if stuck is not None:
                 failed = CONTAINER_CANNOT_RUN
-                note = f"\n[suanli] the container cannot start: {stuck.get('reason')}: "
-                note += f"{str(stuck.get('message', ''))[:500]}\n"
-                with Path(h.stdout).open("a") as f:
-                    f.write(note)
             self._failed[h.ref] = int(failed or 1)
             self._stop(h.ref)
             return None
         if not ended:
             return None
-        self._logs_at.pop(h.ref, None)
-        if phase == "Completed":
-            return 0
-        if failed is not None:
-            return failed
-        if h.ref in self._stopped:
-            return -15
-        return 1 if phase == "Failed" else -9  # ended by the cluster (an eviction, a drain)
+        code = self._failed.pop(h.ref, None)
+        if code is None and phase == "Completed":
+            code = 0
+        if code is None:
+            code = failed
+        if code is None:
+            # ended by the cluster (an eviction, a drain) or by our stop
+            code = -15 if h.ref in self._stopped else (1 if phase == "Failed" else -9)
+        self._delete_ended(h.ref)
+        return code
 
     def _pods(self, ref: str) -> list[dict[str, Any]]:
-        listed = self._json(
-            lambda: self.core.list_namespaced_pod(
-                self.namespace, label_selector=f"volcano.sh/job-name={ref}", **RAW
-            ),
-            f"list the pods of {ref}",
-        )
+        try:
+            listed = self._json(
+                lambda: self.core.list_namespaced_pod(
+                    self.namespace, label_selector=f"volcano.sh/job-name={ref}", **RAW
+                ),
+                f"list the pods of {ref}",
+            )
+        except _NotFound:  # the namespace itself is gone
+            raise KubernetesUnavailable(
+                f"{self.address}: namespace {self.namespace} is gone"
+            ) from None
         return self._items(listed)
+
+    def _refresh_logs(self, h: Handle, pods: list[dict[str, Any]], now: bool = False) -> None:
+        """The pods' logs, at most every ``LOG_REFRESH_S`` (``now``: at once, as before a
+        stop, so a failed member's last lines are kept)."""
+        t = time.monotonic()
+        if now or t - self._logs_at.get(h.ref, 0.0) > LOG_REFRESH_S:
+            self._save_logs(h, pods)
+            self._logs_at[h.ref] = t
 
     def _save_logs(self, h: Handle, pods: list[dict[str, Any]]) -> None:
         """Every member's pod log, in rank order, as this attempt's log; the job's log file
-        is all its attempts (`save_attempt`). At most the first ``LOG_LIMIT_BYTES`` of each."""
+        is all its attempts (`save_attempt`). At most the first ``LOG_LIMIT_BYTES`` of
+        each, read as a capped stream (a server ignoring ``limitBytes`` sends no more), and
+        a pod past the cap is not read again."""
         texts = []
         for pod in sorted(pods, key=_rank):
             pod_name = str((pod.get("metadata") or {}).get("name", ""))
+            key = (h.ref, pod_name)
+            if key in self._capped:
+                texts.append(self._capped_text.get(key, ""))
+                continue
             try:
                 raw = self._call(
                     functools.partial(
@@ -583,56 +620,86 @@ class KubernetesExecutor:
                     ),
                     f"read the log of {pod_name}",
                 )
-                text = bytes(raw.data).decode(errors="replace")
+                data = raw.read(LOG_LIMIT_BYTES + 1)
+                raw.release_conn()
+                text = bytes(data[:LOG_LIMIT_BYTES]).decode(errors="replace")
             except (_NotFound, Refused, *MALFORMED):  # not started yet: no log
                 continue
-            if len(text.encode()) >= LOG_LIMIT_BYTES:
+            if len(data) >= LOG_LIMIT_BYTES:
                 text += f"\n[suanli] {pod_name}'s log is longer than {LOG_LIMIT_BYTES} bytes\n"
+                self._capped.add(key)
+                self._capped_text[key] = text
             texts.append(text)
-        if texts:
-            save_attempt(self.log_dir, h.job_id, h.ref, "".join(texts), Path(h.stdout))
+        note = self._notes.get(h.ref, "")  # why it could not start, after what it wrote
+        if texts or note:
+            save_attempt(self.log_dir, h.job_id, h.ref, "".join(texts) + note, Path(h.stdout))
+
+    def _delete(self, ref: str, policy: str) -> None:
+        with contextlib.suppress(_NotFound, Refused):  # already gone (or going)
+            self._call(
+                lambda: self.custom.delete_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, PLURAL, ref, propagation_policy=policy, **RAW
+                ),
+                f"delete Volcano Job {ref}",
+            )
 
     def _stop(self, ref: str) -> None:
         """Delete the Volcano Job in the foreground: it stays, marked for deletion, until
-        its pods have served their grace (`poll` waits for that)."""
+        its pods have served their grace (`poll` waits for that, and forces pods still
+        there past it)."""
         self._stopped.add(ref)
-        with contextlib.suppress(_NotFound, Refused):  # already gone (or going) is stopped
+        self._delete(ref, "Foreground")
+
+    def _delete_ended(self, ref: str) -> None:
+        """An ended Job, its end read, is deleted (its pods with it): the TTL is only the
+        backstop for a service gone for days, whose Job must still say how it ended."""
+        with contextlib.suppress(ExecutorUnavailable):
+            self._delete(ref, "Background")
+
+    def _force_overdue(self, ref: str, pods: list[dict[str, Any]]) -> None:
+        """Pods still there well past their grace (a node gone NotReady never confirms a
+        deletion) are deleted at once, whoever began the stop."""
+        now = datetime.datetime.now(datetime.UTC)
+        for pod in pods:
+            meta = pod.get("metadata") or {}
+            stamp = meta.get("deletionTimestamp")
+            if not stamp:
+                continue
+            grace = float(meta.get("deletionGracePeriodSeconds") or 0)
+            since = datetime.datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+            if (now - since).total_seconds() > grace + OVERDUE_S:
+                self._kill_pods(ref)
+                return
+
+    def _kill_pods(self, ref: str) -> None:
+        with contextlib.suppress(ExecutorUnavailable, _NotFound, Refused, *MALFORMED):
             self._call(
-                lambda: self.custom.delete_namespaced_custom_object(
-                    GROUP,
-                    VERSION,
+                lambda: self.core.delete_collection_namespaced_pod(
                     self.namespace,
-                    PLURAL,
-                    ref,
-                    propagation_policy="Foreground",
-                    _request_timeout=TIMEOUT_S,
+                    label_selector=f"volcano.sh/job-name={ref}",
+                    grace_period_seconds=0,
+                    **RAW,
                 ),
-                f"delete Volcano Job {ref}",
+                f"delete the pods of {ref}",
             )
 
     def terminate(self, h: Handle) -> None:
         """Deleting the Volcano Job deletes its pods: SIGTERM, then SIGKILL after their
         ``terminationGracePeriodSeconds``. If the server is unreachable now, the loop asks
         again when the grace is over (``kill``)."""
-        with contextlib.suppress(ExecutorUnavailable):
+        with contextlib.suppress(ExecutorUnavailable, *MALFORMED):
             self._stop(h.ref)
 
     def kill(self, h: Handle) -> None:
-        """Its pods are deleted at once (grace 0), then the Job."""
-        with contextlib.suppress(ExecutorUnavailable, _NotFound, Refused):
-            self._call(
-                lambda: self.core.delete_collection_namespaced_pod(
-                    self.namespace,
-                    label_selector=f"volcano.sh/job-name={h.ref}",
-                    grace_period_seconds=0,
-                    _request_timeout=TIMEOUT_S,
-                ),
-                f"delete the pods of {h.ref}",
-            )
+        """The Job is deleted first (so Volcano makes no new pod), then its pods at once."""
         self.terminate(h)
+        self._kill_pods(h.ref)
 
     def stop_ref(self, ref: str) -> None:
-        self._stop(ref)
+        try:
+            self._stop(ref)
+        except MALFORMED as exc:
+            raise KubernetesUnavailable(f"{self.address}: delete {ref}: {exc}") from None
 
     def strays(self, known: set[str]) -> list[str]:
         """This service's Volcano Jobs not yet ended (nor being deleted) that no running
@@ -654,10 +721,14 @@ class KubernetesExecutor:
             raise KubernetesUnavailable(f"{self.address}: {exc}") from None
         found = []
         for job in self._items(listed):
-            meta = job.get("metadata") or {}
-            name = str(meta.get("name", ""))
-            phase = ((job.get("status") or {}).get("state") or {}).get("phase") or "Pending"
-            if phase not in ENDED and not meta.get("deletionTimestamp") and name not in known:
+            try:
+                meta = job.get("metadata") or {}
+                name = str(meta.get("name", ""))
+                phase = ((job.get("status") or {}).get("state") or {}).get("phase") or "Pending"
+                gone = meta.get("deletionTimestamp")
+            except MALFORMED:  # one nonsensical entry is not a stray of ours
+                continue
+            if phase not in ENDED and not gone and name and name not in known:
                 found.append(name)
         return found
 
@@ -668,6 +739,10 @@ class KubernetesExecutor:
         with contextlib.suppress(ExecutorUnavailable, Refused, _NotFound, *MALFORMED):
             self._save_logs(h, self._pods(h.ref))
         return Path(h.stdout).read_text(errors="replace") if Path(h.stdout).exists() else ""
+
+
+def _finished(pod: dict[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
 
 
 def _rank(pod: dict[str, Any]) -> tuple[int, str]:

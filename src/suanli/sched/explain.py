@@ -14,7 +14,7 @@ from collections import Counter
 
 import numpy as np
 
-from suanli.cluster.state import NO_REPLICAS_LABEL, ClusterState
+from suanli.cluster.state import NO_REPLICAS_LABEL, SHARES_LABEL, ClusterState
 from suanli.cluster.task import MILLI, Task
 
 
@@ -24,6 +24,8 @@ def _node_reason(state: ClusterState, task: Task, i: int, capacity: bool) -> str
         return f"not in region {' or '.join(sorted(task.regions))}"
     if task.kind == "serve" and spec.labels.get(NO_REPLICAS_LABEL) == "true":
         return "cannot be reached by the router (a Kubernetes pod listens on its own network)"
+    if 0 < task.gpu_milli < MILLI and spec.labels.get(SHARES_LABEL) == "none":
+        return "cannot share a device (a Kubernetes node without HAMi)"
     if task.node_selector and any(spec.labels.get(k) != v for k, v in task.node_selector.items()):
         return "do not match the node selector"
     if task.num_gpu:

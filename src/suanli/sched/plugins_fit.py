@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from suanli.cluster.state import NO_REPLICAS_LABEL, ClusterState
+from suanli.cluster.state import NO_REPLICAS_LABEL, SHARES_LABEL, ClusterState
 from suanli.cluster.task import MILLI, Task
 from suanli.sched.framework import CycleState
 
@@ -68,16 +68,19 @@ class NodeSelector:
 
     def filter(self, state: ClusterState, task: Task, cycle: CycleState) -> np.ndarray:
         want = task.node_selector
-        serve = task.kind == "serve"
-        if not want and not serve:
+        special = task.kind == "serve" or 0 < task.gpu_milli < MILLI
+        if not want and not special:
             return np.ones(state.num_nodes, dtype=bool)
         return np.array([selects(task, spec.labels) for spec in state.specs], dtype=bool)
 
 
 def selects(task: Task, labels: dict[str, str]) -> bool:
     """Whether a node with ``labels`` may take ``task``: every label its selector asks
-    for, and, for a service replica, a node where the router can reach it."""
+    for; for a service replica, a node where the router can reach it; for a share of a
+    device, a node whose devices can be shared."""
     if task.kind == "serve" and labels.get(NO_REPLICAS_LABEL) == "true":
+        return False
+    if 0 < task.gpu_milli < MILLI and labels.get(SHARES_LABEL) == "none":
         return False
     return all(labels.get(k) == v for k, v in task.node_selector.items())
 

@@ -32,6 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session as DbSession
 
 from suanli.api import site_address
+from suanli.errors import SuanliError
 from suanli.run.executor import Executor, Handle
 from suanli.run.sites import SiteExecutors
 from suanli.service.logs import transition
@@ -144,6 +145,13 @@ class SiteController:
     def _make(self, row: SiteRow, trusted: bool) -> Executor:
         """The engine's executor, in the connect thread; a provider's address is resolved
         once, checked, and the connection made to that checked address."""
+        if not trusted and row.credential_env:
+            # stored before only admins could name the service's environment: another
+            # site's token must not go to a provider's address
+            raise SuanliError(
+                "token_env names the service's environment, which only an admin may; "
+                "attach again with the token itself (--token-file)"
+            )
         if not trusted and row.address:
             row.address = site_address.pin(row.address)  # AddressRefused: said on the site
         return self.make(row)
