@@ -182,6 +182,7 @@ def k8s(shared_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> It
     with a stray of this service's and a job of another service's already there."""
     standin = StandIn(shared_dir, TOKEN, [gpu_node("a", 2), gpu_node("b", 2)])
     store = Store.sqlite(tmp_path)
+    store.create_token("admin", "admin")  # the site is an admin's: its token_env is trusted
     service = "svc-test"
     for name, svc in (("stray", service), ("others", "another")):
         labels = {SERVICE_LABEL: svc, "suanli.io/job": "1"}
@@ -208,6 +209,7 @@ def k8s(shared_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> It
                 credential_env="SUANLI_SITE_TOKEN_K8S",
                 namespace="suanli",
                 image="reg.example/suanli:0.1",
+                preemption_notice_s=1.0,  # less than the loop's 3 s grace
             )
         )
 
@@ -246,6 +248,7 @@ def test_jobs_run_fail_and_stop_on_a_kubernetes_site_through_the_loop(k8s: Any) 
     assert pod["containers"][0]["image"] == "reg.example/suanli:0.1"  # the site's default
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert pod["nodeSelector"]["kubernetes.io/hostname"] in ("a", "b")
+    assert pod["terminationGracePeriodSeconds"] == 1  # the site's notice, not the 3 s grace
     standin.finish(job["metadata"]["name"], [0], "hello from the pod\n")
     _until(loop.tick, lambda: state(one) == "succeeded", "the job succeeded")
     member = (get(store, one).members or [])[0]
@@ -278,6 +281,8 @@ def test_jobs_run_fail_and_stop_on_a_kubernetes_site_through_the_loop(k8s: Any) 
         return bool(standin.jobs.get(ref, {}).get("metadata", {}).get("deletionTimestamp"))
 
     _until(loop.tick, deleting, "the Volcano Job deleted in the foreground")
+    assert any("cut to 1 s: the site's preemption notice" in (e.message or "")
+               for e in store.events(stop))  # fmt: skip
     assert any("propagationPolicy=Foreground" in c for c in standin.calls)
     for _ in range(5):  # its pods serve their grace: the stop is not over, the devices held
         loop.tick()
@@ -424,6 +429,7 @@ def test_the_api_takes_a_kubernetes_site_and_never_shows_its_token(tmp_path: Pat
         "namespace": "ml",
         "image": "reg/suanli:1",
         "ca_cert": PEM,
+        "preemption_notice_s": 30.0,
     }
     put = api.put("/v1/sites/kube", json=body)
     assert put.status_code == 200, put.text
@@ -434,6 +440,7 @@ def test_the_api_takes_a_kubernetes_site_and_never_shows_its_token(tmp_path: Pat
         "reg/suanli:1",
     )
     assert view["credential"] == "sealed" and view["ca_cert"] == "given"
+    assert view["preemption_notice_s"] == 30.0
     assert "sa-token-xyz" not in put.text + api.get("/v1/sites/kube").text
     # a change that names no CA keeps it (as `suanli site set` sends none)
     again = api.put("/v1/sites/kube", json={**body, "ca_cert": None, "token": None})
@@ -482,7 +489,7 @@ def test_a_kubernetes_site_attached_through_the_cli_against_suanli_up(
         assert refused.returncode != 0 and "running a program" in refused.stderr + refused.stdout
         good = _kubeconfig(tmp_path / "kc", {"token": TOKEN}, standin.url)
         said = cli("site", "attach", "kube", "--kubeconfig", str(good), "--region", "cn-k8s",
-                   "--image", "reg/suanli:1")  # fmt: skip
+                   "--image", "reg/suanli:1", "--notice", "30")  # fmt: skip
         assert TOKEN not in said
 
         def site() -> dict[str, Any]:
@@ -497,6 +504,7 @@ def test_a_kubernetes_site_attached_through_the_cli_against_suanli_up(
         assert shown["nodes"][0].startswith("kube-gpu-1-")
         text = cli("site", "show", "kube")
         assert "namespace ml, image reg/suanli:1, TLS checked against its own CA" in text
+        assert "preemption notice 30 s" in text
         assert "GET /api/v1/nodes?" in standin.calls
         for f in data.glob("*.db*"):  # sealed at rest
             assert TOKEN.encode() not in f.read_bytes(), f

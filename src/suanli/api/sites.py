@@ -42,6 +42,9 @@ class SiteBody(BaseModel):
     #: the Python a job's ``python`` means on a Ray cluster's nodes (default: the service's)
     python: str | None = Field(default=None, max_length=255, pattern=r"^/[^\s;&|$`]*$")
     grace_s: float = Field(default=300.0, ge=1.0, le=7 * 86_400)
+    #: warning the site gives before it takes capacity back: stops there give at most
+    #: this much grace (None: the service's own)
+    preemption_notice_s: float | None = Field(default=None, ge=0, le=86_400)
     #: the engine's token (a Ray cluster started with RAY_AUTH_MODE=token, a Kubernetes
     #: service account's): sealed before it is stored, never shown; or ``token_env``, the
     #: service's environment variable that holds it. Neither given: the credential stored
@@ -156,6 +159,7 @@ def site_view(r: SiteRow, full: bool = True) -> dict[str, Any]:
         "power_price_per_kwh": r.power_price_per_kwh,
         "engine": r.engine,
         "grace_s": r.grace_s,
+        "preemption_notice_s": r.preemption_notice_s,
         "status": r.status,
         "seen_at": r.seen_at,
         "away_since": r.away_since,

@@ -34,6 +34,15 @@ Carbon = Annotated[
 Price = Annotated[
     float | None, typer.Option("--power-price", min=0.0, help="Electricity, $ per kWh.")
 ]
+Notice = Annotated[
+    float | None,
+    typer.Option(
+        "--notice",
+        min=0.0,
+        help="Seconds of warning the site gives before it takes capacity back: a stop "
+        "there gives a job at most this grace to checkpoint.",
+    ),
+]
 Grace = Annotated[
     float | None,
     typer.Option(
@@ -42,7 +51,7 @@ Grace = Annotated[
         help="Seconds it may be unreachable before its running jobs are requeued (300).",
     ),
 ]
-FIELDS = ("region", "pue", "carbon_g_per_kwh", "power_price_per_kwh")
+FIELDS = ("region", "pue", "carbon_g_per_kwh", "power_price_per_kwh", "preemption_notice_s")
 ENGINE_FIELDS = ("engine", "address", "python", "grace_s", "namespace", "image")
 #: what belongs to one engine only: dropped from a body that attaches the other
 ONLY = {"ray": ("namespace", "image"), "kubernetes": ("python",)}
@@ -111,6 +120,7 @@ def site_create(
     pue: Pue = None,
     carbon: Carbon = None,
     power_price: Price = None,
+    notice: Notice = None,
     json_out: Json = False,
 ) -> None:
     """A site without an engine: a place nodes are placed in (`PUT /v1/nodes/N/site`)."""
@@ -119,7 +129,12 @@ def site_create(
     if _find(name) is not None:
         raise ApiError(f"site {name} exists; change it with `suanli site set {name}`")
     body = _body(
-        {}, region=region, pue=pue, carbon_g_per_kwh=carbon, power_price_per_kwh=power_price
+        {},
+        region=region,
+        pue=pue,
+        carbon_g_per_kwh=carbon,
+        power_price_per_kwh=power_price,
+        preemption_notice_s=notice,
     )
     _put(name, body, json_out, "created")
 
@@ -159,6 +174,7 @@ def site_attach(
     pue: Pue = None,
     carbon: Carbon = None,
     power_price: Price = None,
+    notice: Notice = None,
     grace: Grace = None,
     python: Annotated[
         str | None,
@@ -230,6 +246,7 @@ def site_attach(
         pue=pue,
         carbon_g_per_kwh=carbon,
         power_price_per_kwh=power_price,
+        preemption_notice_s=notice,
         **engine,
         grace_s=grace,
         token=token,
@@ -247,6 +264,7 @@ def site_set(
     pue: Pue = None,
     carbon: Carbon = None,
     power_price: Price = None,
+    notice: Notice = None,
     grace: Grace = None,
     json_out: Json = False,
 ) -> None:
@@ -260,6 +278,7 @@ def site_set(
         pue=pue,
         carbon_g_per_kwh=carbon,
         power_price_per_kwh=power_price,
+        preemption_notice_s=notice,
         grace_s=grace,
     )
     if body.get("engine") is None:
@@ -279,6 +298,8 @@ def site_show(name: str, json_out: Json = False) -> None:
         f"  PUE {out['pue']:g}, {out['carbon_g_per_kwh']:g} g CO2/kWh, "
         f"${out['power_price_per_kwh']:g}/kWh"
     )
+    if out.get("preemption_notice_s") is not None:
+        console.print(f"  preemption notice {out['preemption_notice_s']:g} s")
     if out.get("engine"):
         where = f" at {out['address']}" if out.get("address") else ""
         console.print(f"  engine {out['engine']}{where}; state {_state(out)}")

@@ -130,6 +130,8 @@ class Loop:
         self._stop = threading.Event()
         self.nodes: list[NodeInfo] = []
         self.node_sites: dict[str, Site] = {}
+        #: node -> its site's preemption notice: a stop there gives at most this much grace
+        self.node_notice: dict[str, float] = {}
         self._specs: dict[int, JobSpec] = {}
         self._fixes: dict[tuple[str, str], dict[str, object]] | None = None  # corrections
         self._unavailable: dict[int, int] = {}  # job -> starts refused by an absent executor
@@ -254,6 +256,7 @@ class Loop:
         self.outage.answered("nodes")
         self.nodes = []
         self.node_sites = {}
+        self.node_notice = {}
         self._nodes_at = now
         with self.store.tx() as s:
             sites = {r.name: r for r in s.scalars(select(SiteRow))}
@@ -285,6 +288,8 @@ class Loop:
                 if engine_site in sites:
                     row.site = engine_site
                 site = sites.get(row.site or "")
+                if site is not None and site.preemption_notice_s is not None:
+                    self.node_notice[n.name] = site.preemption_notice_s
                 if site is not None:
                     self.node_sites[n.name] = Site(
                         site.name,
@@ -375,10 +380,18 @@ class Loop:
     ) -> None:
         members = _members(row)
         self._each(members, [None] * len(members), self.executor.terminate)
-        grace = self.grace_s if grace_s is None else grace_s
+        asked = self.grace_s if grace_s is None else grace_s
+        grace = self._grace_on([h.node for h in members], asked)
+        if grace < asked:
+            why += f" (cut to {grace:g} s: the site's preemption notice)"
         row.stop_reason, row.stop_deadline = reason, time.time() + grace
         row.updated_at = time.time()
         self._moved(s, row, "running", "stopping", why, to="stopping")
+
+    def _grace_on(self, nodes: list[str], grace_s: float) -> float:
+        """``grace_s``, or less where a node's site gives less notice before it takes its
+        capacity back: a job there must checkpoint within the site's notice."""
+        return min([grace_s, *(self.node_notice[n] for n in nodes if n in self.node_notice)])
 
     def _settle_stop(self, s: DbSession, row: JobRow, codes: list[int | None], now: float) -> None:
         reason = row.stop_reason or ""
@@ -806,7 +819,7 @@ class Loop:
                 accelerator=node.devices[0].accelerator if devices else None,
                 gang=world if gang_native else 1,
                 member_nodes=tuple(names),
-                grace_s=self.grace_s,
+                grace_s=self._grace_on(names, self.grace_s),
                 local_rank=names[:rank].count(node.name),
                 owner=owner,
                 memory_mib=int(spec.resources.memory_gb * 1024),

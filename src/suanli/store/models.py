@@ -123,6 +123,9 @@ class SiteRow(Base):
     python: Mapped[str | None] = mapped_column(String(255), nullable=True, default=None)
     #: how long it may be unreachable before its running jobs are requeued elsewhere
     grace_s: Mapped[float] = mapped_column(Float, default=300.0)
+    #: how much warning the site gives before it takes capacity back (a spot pool's, a
+    #: provider's reclaim): a stop there gives a job at most this grace; None: no limit
+    preemption_notice_s: Mapped[float | None] = mapped_column(Float, nullable=True, default=None)
     seen_at: Mapped[float | None] = mapped_column(Float, nullable=True, default=None)
     away_since: Mapped[float | None] = mapped_column(Float, nullable=True, default=None)
     status: Mapped[str | None] = mapped_column(String(255), nullable=True, default=None)

@@ -1,5 +1,6 @@
 """Kubernetes sites: the namespace suanli's Volcano Jobs go to, the image they run in
-unless a job names its own, and the API server's CA certificate (public, not sealed).
+unless a job names its own, and the API server's CA certificate (public, not sealed);
+and every site's preemption notice.
 
 Revision ID: 0010
 Revises: 0009
@@ -19,10 +20,12 @@ def upgrade() -> None:
         batch.add_column(sa.Column("namespace", sa.String(63), nullable=True))
         batch.add_column(sa.Column("image", sa.String(255), nullable=True))
         batch.add_column(sa.Column("ca_cert", sa.Text, nullable=True))
+        batch.add_column(sa.Column("preemption_notice_s", sa.Float, nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("sites") as batch:
+        batch.drop_column("preemption_notice_s")
         batch.drop_column("ca_cert")
         batch.drop_column("image")
         batch.drop_column("namespace")
