@@ -26,7 +26,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 from suanli.api.app import create_app
-from suanli.run.executor import Launch
+from suanli.run.executor import Handle, Launch
 from suanli.run.k8s_exec import (
     SERVICE_LABEL,
     KubernetesExecutor,
@@ -222,6 +222,12 @@ def k8s(shared_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> It
     standin.close()
 
 
+def sites_of(loop: Loop) -> SiteExecutors:
+    executor = loop.executor
+    assert isinstance(executor, SiteExecutors)
+    return executor
+
+
 def _volcano_of(standin: StandIn, store: Store, jid: int) -> dict[str, Any]:
     ref = str((get(store, jid).members or [])[0]["ref"])
     return standin.jobs[ref]
@@ -372,6 +378,8 @@ def test_a_member_that_fails_stops_its_gang_and_a_broken_cluster_stops_nothing(
     member = (get(store, talk).members or [])[0]
     assert Path(str(member["stdout"])).read_text() == '{"loss": 1.5, "ok": true}\n'
     assert name not in standin.jobs  # its end read, the Job is deleted (the TTL a backstop)
+    ref_handle = Handle.from_dict((get(store, talk).members or [])[0])
+    assert sites_of(loop).poll(ref_handle) == 0  # asked again (a restart's check): the same
 
 
 def _kubeconfig(path: Path, user: dict[str, Any], server: str = "https://10.0.0.5:6443") -> Path:

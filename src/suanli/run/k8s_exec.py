@@ -87,6 +87,8 @@ CANNOT_START = {
     "ErrImageNeverPull",
     "CreateContainerConfigError",
 }
+#: ends remembered after their Jobs are deleted (a second poll answers the same)
+ENDED_KEPT = 10_000
 #: a pod still there this long past its grace is deleted at once (a NotReady node)
 OVERDUE_S = 60.0
 #: what a container that could not run ends with (as ``docker run`` says it)
@@ -375,6 +377,7 @@ class KubernetesExecutor:
         self._capped: set[tuple[str, str]] = set()  # (Job, pod) whose log passed the cap
         self._capped_text: dict[tuple[str, str], str] = {}
         self._notes: dict[str, str] = {}  # Job -> what the service says in its log
+        self._ended: dict[str, int] = {}  # Job -> how it ended, as read (then deleted)
         try:
             self._json(
                 lambda: self.custom.list_namespaced_custom_object(
@@ -497,6 +500,8 @@ class KubernetesExecutor:
         whose pods serve their grace) has not ended, and neither has one whose pods still
         run after it is gone. Unknown (the site unreachable, an answer that makes no sense)
         is not ended either: asked again next tick."""
+        if h.ref in self._ended:  # read before, and its Job deleted since: the same answer
+            return self._ended[h.ref]
         try:
             code = self._poll(h)
         except (ExecutorUnavailable, Refused, _NotFound) as exc:
@@ -506,6 +511,9 @@ class KubernetesExecutor:
             log.warning("%s: the state of %s makes no sense (%s)", self.address, h.ref, exc)
             return None
         if code is not None:  # ended: nothing of it is needed here any more
+            self._ended[h.ref] = code
+            while len(self._ended) > ENDED_KEPT:
+                self._ended.pop(next(iter(self._ended)))
             self._stopped.discard(h.ref)
             self._logs_at.pop(h.ref, None)
             self._capped = {k for k in self._capped if k[0] != h.ref}
