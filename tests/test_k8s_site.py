@@ -331,6 +331,12 @@ def test_a_member_that_fails_stops_its_gang_and_a_broken_cluster_stops_nothing(
     _until(loop.tick, lambda: ref not in standin.jobs or "deletionTimestamp" in
            standin.jobs[ref]["metadata"], "the gang's Job deleted")  # fmt: skip
     assert state(gang) == "running"  # rank 0 is still stopping
+    # the failed member's pod is removed while rank 0 stops: its last lines stay
+    standin.logs[f"{ref}-m0-0"] = "rank0 working\n"
+    del standin.pods[f"{ref}-m1-0"]
+    handle = Handle.from_dict((get(store, gang).members or [])[0])
+    text = sites_of(loop).logs(handle)
+    assert text.index("rank0 working") < text.index("Traceback: boom"), text
     # its node never confirms the deletion: past the grace the pods are deleted at once
     for p in standin.pods.values():
         if p["job"] == ref:

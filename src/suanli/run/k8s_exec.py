@@ -375,7 +375,7 @@ class KubernetesExecutor:
         self._failed: dict[str, int] = {}  # Jobs deleted because a member failed: its code
         self._logs_at: dict[str, float] = {}
         self._capped: set[tuple[str, str]] = set()  # (Job, pod) whose log passed the cap
-        self._capped_text: dict[tuple[str, str], str] = {}
+        self._pod_text: dict[str, dict[str, str]] = {}  # Job -> pod -> its log, last read
         self._notes: dict[str, str] = {}  # Job -> what the service says in its log
         self._ended: dict[str, int] = {}  # Job -> how it ended, as read (then deleted)
         try:
@@ -517,6 +517,7 @@ class KubernetesExecutor:
             self._stopped.discard(h.ref)
             self._logs_at.pop(h.ref, None)
             self._capped = {k for k in self._capped if k[0] != h.ref}
+            self._pod_text.pop(h.ref, None)
             self._notes.pop(h.ref, None)
         return code
 
@@ -530,10 +531,11 @@ class KubernetesExecutor:
             )
         except _NotFound:
             # deleted (by a stop, or by someone else): ended once no pod of it still runs
-            pods = [p for p in self._pods(h.ref) if not _finished(p)]
-            if pods:
+            pods = self._pods(h.ref)
+            running = [p for p in pods if not _finished(p)]
+            if running:
                 self._refresh_logs(h, pods)
-                self._force_overdue(h.ref, pods)
+                self._force_overdue(h.ref, running)
                 return None
             if h.ref in self._failed:
                 return self._failed.pop(h.ref)
@@ -551,9 +553,18 @@ class KubernetesExecutor:
             for pod in pods
             for c in (pod.get("status") or {}).get("containerStatuses") or []
         ]
-        codes = [int((s.get("terminated") or {}).get("exitCode", 0)) for s in states]
-        # the member that failed, not a sibling stopped for it (SIGTERM 143, SIGKILL 137)
-        failed = next((c for c in codes if c not in (0, 137, 143)), None)
+        ends = [s.get("terminated") or {} for s in states]
+        codes = [int(e.get("exitCode", 0)) for e in ends]
+        # the member that failed, not a sibling stopped for it (SIGTERM 143, SIGKILL 137),
+        # though a member the kernel killed for memory is the one that failed
+        failed = next(
+            (
+                int(e.get("exitCode", 0))
+                for e in ends
+                if e.get("exitCode") not in (None, 0, 137, 143) or e.get("reason") == "OOMKilled"
+            ),
+            None,
+        )
         failed = failed if failed is not None else next((c for c in codes if c), None)
         waiting = [s.get("waiting") or {} for s in states]
         stuck = next((w for w in waiting if w.get("reason") in CANNOT_START), None)
@@ -606,15 +617,16 @@ class KubernetesExecutor:
 
     def _save_logs(self, h: Handle, pods: list[dict[str, Any]]) -> None:
         """Every member's pod log, in rank order, as this attempt's log; the job's log file
-        is all its attempts (`save_attempt`). At most the first ``LOG_LIMIT_BYTES`` of
-        each, read as a capped stream (a server ignoring ``limitBytes`` sends no more), and
-        a pod past the cap is not read again."""
-        texts = []
-        for pod in sorted(pods, key=_rank):
+        is all its attempts (`save_attempt`). A pod gone or unreadable keeps the text last
+        read from it (a failed member's pod may be removed while its siblings stop). At
+        most the first ``LOG_LIMIT_BYTES`` of each, read as a capped stream (a server
+        ignoring ``limitBytes`` sends no more), and a pod past the cap is not read again."""
+        import urllib3
+
+        seen = self._pod_text.setdefault(h.ref, {})
+        for pod in pods:
             pod_name = str((pod.get("metadata") or {}).get("name", ""))
-            key = (h.ref, pod_name)
-            if key in self._capped:
-                texts.append(self._capped_text.get(key, ""))
+            if (h.ref, pod_name) in self._capped:
                 continue
             try:
                 raw = self._call(
@@ -628,17 +640,24 @@ class KubernetesExecutor:
                     ),
                     f"read the log of {pod_name}",
                 )
-                data = raw.read(LOG_LIMIT_BYTES + 1)
-                raw.release_conn()
-                text = bytes(data[:LOG_LIMIT_BYTES]).decode(errors="replace")
-            except (_NotFound, Refused, *MALFORMED):  # not started yet: no log
+            except (_NotFound, Refused, *MALFORMED):  # not started yet, or gone: as last read
                 continue
+            try:
+                data = bytes(raw.read(LOG_LIMIT_BYTES + 1))
+            except (urllib3.exceptions.HTTPError, OSError, *MALFORMED):
+                raw.close()
+                continue
+            if len(data) > LOG_LIMIT_BYTES:
+                raw.close()  # unread data stays behind: not a connection to hand back
+            else:
+                raw.release_conn()
+            text = data[:LOG_LIMIT_BYTES].decode(errors="replace")
             if len(data) >= LOG_LIMIT_BYTES:
                 text += f"\n[suanli] {pod_name}'s log is longer than {LOG_LIMIT_BYTES} bytes\n"
-                self._capped.add(key)
-                self._capped_text[key] = text
-            texts.append(text)
+                self._capped.add((h.ref, pod_name))
+            seen[pod_name] = text
         note = self._notes.get(h.ref, "")  # why it could not start, after what it wrote
+        texts = [seen[n] for n in sorted(seen, key=_rank_of)]
         if texts or note:
             save_attempt(self.log_dir, h.job_id, h.ref, "".join(texts) + note, Path(h.stdout))
 
@@ -744,8 +763,9 @@ class KubernetesExecutor:
         return self.poll(h) is None
 
     def logs(self, h: Handle) -> str:
-        with contextlib.suppress(ExecutorUnavailable, Refused, _NotFound, *MALFORMED):
-            self._save_logs(h, self._pods(h.ref))
+        if h.ref not in self._ended:  # an ended Job's logs were saved as it ended
+            with contextlib.suppress(ExecutorUnavailable, Refused, _NotFound, *MALFORMED):
+                self._save_logs(h, self._pods(h.ref))
         return Path(h.stdout).read_text(errors="replace") if Path(h.stdout).exists() else ""
 
 
@@ -753,9 +773,8 @@ def _finished(pod: dict[str, Any]) -> bool:
     return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
 
 
-def _rank(pod: dict[str, Any]) -> tuple[int, str]:
+def _rank_of(name: str) -> tuple[int, str]:
     """A pod's member rank from its name ``<job>-m<rank>-0`` (m10 after m2)."""
-    name = str((pod.get("metadata") or {}).get("name", ""))
     found = re.search(r"-m(\d+)-\d+$", name)
     return (int(found.group(1)) if found else 0, name)
 
