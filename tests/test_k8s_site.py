@@ -149,8 +149,10 @@ def test_nodes_are_learned_with_their_chips(shared_dir: Path, tmp_path: Path) ->
     junk = {"metadata": {"name": "junk"}, "status": {"allocatable": {"cpu": "many"},
             "conditions": [{"type": "Ready", "status": "True"}]}}  # fmt: skip
     dotted = gpu_node("ip-10-0-1-5.ec2.internal", 1)
+    hami = gpu_node("hami", 40)  # HAMi: 4 cards split 10 ways, GFD counts the cards
+    hami["metadata"]["labels"] |= {"nvidia.com/gpu.count": "4", "suanli.io/gpu-shares": "hami"}
     nodes = [gpu_node("gpu-1", 4, "NVIDIA-H100-80GB-HBM3"), ascend, unlabelled, cordoned, down,
-             tainted, huge, cores, junk, dotted, "not a node"]  # fmt: skip
+             tainted, huge, cores, junk, dotted, hami, "not a node"]  # fmt: skip
     standin = StandIn(shared_dir, TOKEN, nodes)
     try:
         ex = KubernetesExecutor(
@@ -158,7 +160,11 @@ def test_nodes_are_learned_with_their_chips(shared_dir: Path, tmp_path: Path) ->
         )
         got = {n.labels["kubernetes.io/hostname"]: n for n in ex.nodes()}
         # cordoned, NotReady, tainted, out of bounds and unreadable nodes are left out
-        assert sorted(got) == ["gpu-1", "ip-10-0-1-5.ec2.internal", "npu-1", "npu-2"]
+        assert sorted(got) == ["gpu-1", "hami", "ip-10-0-1-5.ec2.internal", "npu-1", "npu-2"]
+        assert (
+            len(got["hami"].devices) == 4 and got["hami"].labels["suanli.io/gpu-shares"] == "hami"
+        )
+        assert got["gpu-1"].labels["suanli.io/gpu-shares"] == "none"  # no HAMi said: no shares
         assert got["gpu-1"].name.startswith("k-gpu-1-")
         assert got["ip-10-0-1-5.ec2.internal"].name.startswith("k-ip-10-0-1-5-ec2-internal-")
         gpu = got["gpu-1"]

@@ -69,6 +69,8 @@ GROUP, VERSION, PLURAL = "batch.volcano.sh", "v1alpha1", "jobs"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 #: the catalog chip of a node's devices, set by the cluster's operator; wins over guesses
 CHIP_LABEL = "suanli.io/accelerator"
+#: NVIDIA GPU Feature Discovery's count of the node's physical GPUs
+GPU_COUNT_LABEL = "nvidia.com/gpu.count"
 #: NVIDIA GPU Feature Discovery's product label, e.g. "NVIDIA-H100-80GB-HBM3"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 JOB_LABEL = "suanli.io/job"  # the suanli job a Volcano Job runs a member (or gang) of
@@ -163,6 +165,11 @@ def node_info(node: dict[str, Any], prefix: str) -> NodeInfo | None:
             )
             continue
         count = int(parse_quantity(amount))
+        physical = labels.get(GPU_COUNT_LABEL, "")
+        if key == NVIDIA_GPU and physical.isdigit() and int(physical) < count:
+            # HAMi lists each GPU as its split count of virtual ones (10 by default); GFD's
+            # label counts the cards, which is what the scheduler places devices on
+            count = int(physical)
         if not 0 <= count <= MAX_DEVICES - len(devices):
             return None  # checked before any is made: a count of 1e9 makes none
         visible = "CUDA_VISIBLE_DEVICES" if key == NVIDIA_GPU else ""
