@@ -23,6 +23,7 @@ from suanli.catalog import accelerators
 from suanli.jobs import JobSpecError, load_job_spec, parse_job_spec
 from suanli.jobs.spec import JobSpec
 from suanli.run.k8s import MASTER_PORT, K8sExportError, Rendering, render, rendering
+from tests.k8s_standin import volcano_schema
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 #: a placeholder reference: rendering never pulls it
@@ -33,13 +34,6 @@ SMALLEST = {
     "command": ["python3", "-c", "print('hello')"],
     "resources": {"accelerator": "cpu", "devices": 1},
 }
-
-
-def volcano_schema(shared: Path) -> dict[str, Any]:
-    crd = yaml.safe_load((shared / "schemas" / "batch.volcano.sh_jobs.yaml").read_text())
-    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1")
-    schema: dict[str, Any] = version["schema"]["openAPIV3Schema"]
-    return schema
 
 
 def deserialize(obj: dict[str, Any], kind: str) -> Any:

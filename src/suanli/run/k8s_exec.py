@@ -40,6 +40,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -326,6 +327,18 @@ class _NotFound(Exception):
 MALFORMED = (KeyError, TypeError, ValueError, AttributeError, ArithmeticError)
 
 
+@dataclass
+class _Tracked:
+    """What this process knows of one Volcano Job until it has read the Job's end."""
+
+    stopped: bool = False  # deleted by this process
+    failed: int | None = None  # deleted because a member failed or cannot start: its code
+    logs_at: float = 0.0  # monotonic time the pods' logs were last read
+    pod_text: dict[str, str] = field(default_factory=dict)  # pod -> its log, last read
+    capped: set[str] = field(default_factory=set)  # pods whose log passed the cap
+    note: str = ""  # what the service adds to the log (why a container cannot start)
+
+
 class KubernetesExecutor:
     """Runs members as Volcano Jobs in ``namespace`` of the cluster whose API server is at
     ``address``, in ``image`` (one with suanli and the workloads) unless a job names its own.
@@ -378,12 +391,7 @@ class KubernetesExecutor:
         self._hostname: dict[str, str] = {}  # our node name -> its kubernetes.io/hostname
         self._resource: dict[str, str] = {}  # our node name -> its chips' resource name
         self._shares: dict[str, bool] = {}  # our node name -> it offers HAMi's shares
-        self._stopped: set[str] = set()  # Volcano Jobs this process deleted
-        self._failed: dict[str, int] = {}  # Jobs deleted because a member failed: its code
-        self._logs_at: dict[str, float] = {}
-        self._capped: set[tuple[str, str]] = set()  # (Job, pod) whose log passed the cap
-        self._pod_text: dict[str, dict[str, str]] = {}  # Job -> pod -> its log, last read
-        self._notes: dict[str, str] = {}  # Job -> what the service says in its log
+        self._jobs: dict[str, _Tracked] = {}  # Volcano Job -> what is known of it here
         self._ended: dict[str, int] = {}  # Job -> how it ended, as read (then deleted)
         try:
             self._json(
@@ -502,6 +510,9 @@ class KubernetesExecutor:
             launch.job_id, 0, time.time(), str(out), str(err), launch.node, 0, launch.devices, name
         )
 
+    def _track(self, ref: str) -> _Tracked:
+        return self._jobs.setdefault(ref, _Tracked())
+
     def poll(self, h: Handle) -> int | None:
         """The Job's end once Kubernetes has carried it out: a Job being deleted (a stop,
         whose pods serve their grace) has not ended, and neither has one whose pods still
@@ -521,11 +532,7 @@ class KubernetesExecutor:
             self._ended[h.ref] = code
             while len(self._ended) > ENDED_KEPT:
                 self._ended.pop(next(iter(self._ended)))
-            self._stopped.discard(h.ref)
-            self._logs_at.pop(h.ref, None)
-            self._capped = {k for k in self._capped if k[0] != h.ref}
-            self._pod_text.pop(h.ref, None)
-            self._notes.pop(h.ref, None)
+            self._jobs.pop(h.ref, None)
         return code
 
     def _poll(self, h: Handle) -> int | None:
@@ -544,9 +551,10 @@ class KubernetesExecutor:
                 self._refresh_logs(h, pods)
                 self._force_overdue(h.ref, running)
                 return None
-            if h.ref in self._failed:
-                return self._failed.pop(h.ref)
-            return -15 if h.ref in self._stopped else -9
+            known = self._jobs.get(h.ref, _Tracked())
+            if known.failed is not None:
+                return known.failed
+            return -15 if known.stopped else -9
         meta = job.get("metadata") or {}
         pods = self._pods(h.ref)
         if meta.get("deletionTimestamp"):  # being deleted (foreground): pods still stopping
@@ -577,26 +585,27 @@ class KubernetesExecutor:
         stuck = next((w for w in waiting if w.get("reason") in CANNOT_START), None)
         if stuck is not None and not ended:
             note = f"\n[suanli] the container cannot start: {stuck.get('reason')}: "
-            self._notes[h.ref] = note + f"{str(stuck.get('message', ''))[:500]}\n"
+            self._track(h.ref).note = note + f"{str(stuck.get('message', ''))[:500]}\n"
         self._refresh_logs(h, pods, now=ended or failed is not None or stuck is not None)
         if not ended and (failed is not None or stuck is not None):
             # a member failed (or cannot start) and Volcano has not ended the Job yet: its
             # other members would wait in their collectives holding devices; stop them all
             if stuck is not None:
                 failed = CONTAINER_CANNOT_RUN
-            self._failed[h.ref] = int(failed or 1)
+            self._track(h.ref).failed = int(failed or 1)
             self._stop(h.ref)
             return None
         if not ended:
             return None
-        code = self._failed.pop(h.ref, None)
+        known = self._jobs.get(h.ref, _Tracked())
+        code = known.failed
         if code is None and phase == "Completed":
             code = 0
         if code is None:
             code = failed
         if code is None:
             # ended by the cluster (an eviction, a drain) or by our stop
-            code = -15 if h.ref in self._stopped else (1 if phase == "Failed" else -9)
+            code = -15 if known.stopped else (1 if phase == "Failed" else -9)
         self._delete_ended(h.ref)
         return code
 
@@ -618,9 +627,10 @@ class KubernetesExecutor:
         """The pods' logs, at most every ``LOG_REFRESH_S`` (``now``: at once, as before a
         stop, so a failed member's last lines are kept)."""
         t = time.monotonic()
-        if now or t - self._logs_at.get(h.ref, 0.0) > LOG_REFRESH_S:
+        known = self._track(h.ref)
+        if now or t - known.logs_at > LOG_REFRESH_S:
             self._save_logs(h, pods)
-            self._logs_at[h.ref] = t
+            known.logs_at = t
 
     def _save_logs(self, h: Handle, pods: list[dict[str, Any]]) -> None:
         """Every member's pod log, in rank order, as this attempt's log; the job's log file
@@ -630,10 +640,11 @@ class KubernetesExecutor:
         ignoring ``limitBytes`` sends no more), and a pod past the cap is not read again."""
         import urllib3
 
-        seen = self._pod_text.setdefault(h.ref, {})
+        known = self._track(h.ref)
+        seen = known.pod_text
         for pod in pods:
             pod_name = str((pod.get("metadata") or {}).get("name", ""))
-            if (h.ref, pod_name) in self._capped:
+            if pod_name in known.capped:
                 continue
             try:
                 raw = self._call(
@@ -661,9 +672,9 @@ class KubernetesExecutor:
             text = data[:LOG_LIMIT_BYTES].decode(errors="replace")
             if len(data) >= LOG_LIMIT_BYTES:
                 text += f"\n[suanli] {pod_name}'s log is longer than {LOG_LIMIT_BYTES} bytes\n"
-                self._capped.add((h.ref, pod_name))
+                known.capped.add(pod_name)
             seen[pod_name] = text
-        note = self._notes.get(h.ref, "")  # why it could not start, after what it wrote
+        note = known.note  # why it could not start, after what it wrote
         texts = [seen[n] for n in sorted(seen, key=_rank_of)]
         if texts or note:
             save_attempt(self.log_dir, h.job_id, h.ref, "".join(texts) + note, Path(h.stdout))
@@ -681,7 +692,7 @@ class KubernetesExecutor:
         """Delete the Volcano Job in the foreground: it stays, marked for deletion, until
         its pods have served their grace (`poll` waits for that, and forces pods still
         there past it)."""
-        self._stopped.add(ref)
+        self._track(ref).stopped = True
         self._delete(ref, "Foreground")
 
     def _delete_ended(self, ref: str) -> None:

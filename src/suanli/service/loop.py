@@ -264,6 +264,7 @@ class Loop:
                 row = s.get(NodeRow, n.name)
                 # a site's engine places its own nodes; an admin places the others
                 engine_site = n.labels.get(SITE_LABEL, "")
+                kind = getattr(self.executor, "kind_of", lambda _n: self.executor.name)(n.name)
                 if row is None:
                     # an attached site's nodes are its provider's (to run on, and to sell
                     # on the market); the executor's own, the operator's
@@ -274,7 +275,6 @@ class Loop:
                     row = NodeRow(name=n.name, owner=owner, site=None)
                     # measured where the job can write to this service's data directory:
                     # not in a Kubernetes pod, whose filesystem is its own
-                    kind = getattr(self.executor, "kind_of", lambda _: "")(n.name)
                     if self.calibrate_new_nodes and kind != "kubernetes":
                         self._calibration_job(s, n)
                 sick = {d["index"] for d in row.devices or [] if not d.get("healthy", True)}
@@ -298,9 +298,7 @@ class Loop:
                         site.carbon_g_per_kwh,
                         site.power_price_per_kwh,
                     )
-                row.executor = getattr(self.executor, "kind_of", lambda _n: self.executor.name)(
-                    n.name
-                )
+                row.executor = kind
                 row.cpu_cores, row.memory_mib = n.cpu_cores, n.memory_mib
                 row.devices = [
                     {
