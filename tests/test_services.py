@@ -20,6 +20,7 @@ import httpx
 import pytest
 import yaml
 
+from suanli.autoscale.kinds import token_budget
 from suanli.autoscale.service_spec import ServiceSpec, replica_command
 from suanli.run.executor import NODE_ADDRESS_ENV
 from suanli.run.local import free_port
@@ -116,6 +117,15 @@ def test_engines_render_their_own_servers_and_a_stand_in_vllm_serves(tmp_path: P
     assert cmd[:2] == ["sh", "-c"] and "SUANLI_NODE_ADDRESS" in cmd[2]
     assert cmd[4:9] == ["vllm", "serve", spec.model, "--tensor-parallel-size", "2"]
     assert cmd[-4:] == ["--port", "9000", "--served-model-name", "chat"]
+    # a replica on a known chip runs the token budget the simulator plans with
+    sized = replica_command(spec, 9000, 1024)
+    assert sized[9:11] == ["--max-num-batched-tokens", "1024"]
+    own_budget = spec.model_copy(update={"engine_args": ["--max-num-batched-tokens=512"]})
+    assert replica_command(own_budget, 9000, 1024).count("--max-num-batched-tokens") == 0
+    assert "--max-num-batched-tokens=512" in replica_command(own_budget, 9000, 1024)
+    assert token_budget("llama-3.1-8b", "h100-sxm", 1, 0.1) == 2048  # 4096 takes 108 ms
+    assert token_budget("llama-3.1-8b", "a100-80gb", 1, 0.1) == 1024
+    assert token_budget("meta-llama/Llama-3.1-8B", "h100-sxm", 1, 0.1) is None  # an HF id
     sg = replica_command(spec.model_copy(update={"engine": "sglang"}), 9001)
     assert sg[1:5] == ["-m", "sglang.launch_server", "--model-path", spec.model]
     with pytest.raises(ValueError, match="--port is set by suanli"):
@@ -136,6 +146,7 @@ def test_engines_render_their_own_servers_and_a_stand_in_vllm_serves(tmp_path: P
         ap.add_argument("--host", required=True)
         ap.add_argument("--port", required=True)
         ap.add_argument("--served-model-name", required=True)
+        ap.add_argument("--max-num-batched-tokens", type=int)
         a = ap.parse_args()
         os.execv(sys.executable, [sys.executable, "-m", "suanli.workloads.serve_lm",
                  "--model", a.model, "--host", a.host, "--port", a.port,
@@ -152,7 +163,10 @@ def test_engines_render_their_own_servers_and_a_stand_in_vllm_serves(tmp_path: P
     env = {**os.environ, **own, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     env[NODE_ADDRESS_ENV] = "127.0.0.2"  # the node's address, which the line passes as --host
     proc = subprocess.Popen(
-        replica_command(one, port), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        replica_command(one, port, 2048),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         with httpx.Client(transport=httpx.HTTPTransport(retries=60)) as c:

@@ -15,7 +15,7 @@ from suanli.autoscale.mix import NoMixError, ReplicaKind, SizeBuckets, cheapest_
 from suanli.autoscale.scalers import Static
 from suanli.catalog.loader import get_accelerator, get_model
 from suanli.cli import app
-from suanli.perf.batching import StepTime
+from suanli.perf.batching import MIN_TOKEN_BUDGET, TOKEN_BUDGET, StepTime, slo_token_budget
 from suanli.perf.system import make_system
 from suanli.sim.serving.fleet import Fleet, simulate_serving
 from suanli.sim.serving.replica import Replica, Seq
@@ -63,6 +63,36 @@ def test_decode_stretches_equal_steps_and_batching_is_continuous(steps: StepTime
     # the short ones left first; all eight prefilled in the same first step (budget 8192)
     assert [s.rid for s in sorted(fast, key=lambda s: s.done_s)] == list(range(8))
     assert len({s.first_s for s in fast}) == 1
+
+
+def test_the_token_budget_follows_the_tpot_slo(steps: StepTime) -> None:
+    """Sarathi-Serve's rule: the largest power-of-two budget whose step of prompt tokens
+    meets the SLO; never under vLLM's floor, never over its default."""
+    budgets = [slo_token_budget(steps, slo) for slo in (0.001, 0.05, 0.1, 0.3, 10.0)]
+    assert budgets[0] == MIN_TOKEN_BUDGET and budgets[-1] == TOKEN_BUDGET
+    assert budgets == sorted(budgets) and len(set(budgets)) >= 3
+    for slo, b in zip((0.05, 0.1, 0.3), budgets[1:4], strict=True):
+        assert steps.step_s(0, 0.0, b) <= slo < steps.step_s(0, 0.0, 2 * b)
+
+
+def test_an_slo_sized_budget_keeps_a_short_answer_within_tpot(steps: StepTime) -> None:
+    """A two-token answer decoding when a 7k-token prompt arrives: under vLLM's 8,192 the
+    prompt's one chunk holds its second token for the whole step (0.7 s on an A100); a
+    budget sized to a 100 ms TPOT spreads the prompt over steps that each meet it."""
+
+    def tpot(budget: int) -> float:
+        short = Seq(0, 0.0, prompt=100, output=2, asked=2)
+        long = Seq(1, 1e-6, prompt=7000, output=50, asked=50)
+        r = Replica("a", steps, start_s=0.0, ready_s=0.0, budget=budget)
+        r.submit(short)
+        r.run_until(1e-6)  # the short one prefilled and sampled its first token
+        r.submit(long)
+        r.run_until(1e9)
+        return short.done_s - short.first_s
+
+    slo = 0.1
+    assert tpot(TOKEN_BUDGET) > slo
+    assert tpot(slo_token_budget(steps, slo)) <= slo
 
 
 def test_a_full_cache_preempts_and_recomputes(

@@ -19,8 +19,8 @@ from suanli.autoscale.coldstart import cold_start
 from suanli.autoscale.mix import ReplicaKind, SizeBuckets
 from suanli.autoscale.scalers import Optimizer
 from suanli.catalog.loader import get_model, get_storage_tier, interconnects
-from suanli.errors import UsageError
-from suanli.perf.batching import StepTime
+from suanli.errors import SuanliError, UsageError
+from suanli.perf.batching import StepTime, slo_token_budget
 from suanli.perf.engines import Engine, EngineError
 from suanli.perf.serve import check_serve
 from suanli.plan.pool import PoolEntry, pool_from_accelerators
@@ -163,3 +163,17 @@ def _chip_table(
     API checks a spec with them and the controller then runs it (read, never changed)."""
     kinds = make_kinds(model, pool_from_accelerators(list(chips), tp), tp=tp)
     return kinds, bucket_table(kinds, SizeBuckets(), tpot_slo_s, ttft_slo_s)
+
+
+@functools.lru_cache(maxsize=64)
+def token_budget(model: str, chip: str, tp: int, tpot_slo_s: float) -> int | None:
+    """The token budget a replica of ``model`` on ``chip`` runs with for the TPOT SLO
+    (`slo_token_budget`), as the simulator runs it; None where the catalog cannot say
+    (a model it does not know, such as an HF id only vLLM resolves, or a chip that does
+    not hold the model)."""
+    try:
+        kinds = make_kinds(model, pool_from_accelerators([chip], tp), tp=tp)
+    except (SuanliError, ValueError):
+        return None
+    kind = kinds.get(chip)
+    return slo_token_budget(kind.steps, tpot_slo_s) if kind is not None else None

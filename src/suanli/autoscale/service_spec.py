@@ -172,14 +172,18 @@ OWNED_FLAGS = {
 }
 
 
-def replica_command(spec: ServiceSpec, port: int) -> list[str]:
+def replica_command(spec: ServiceSpec, port: int, token_budget: int | None = None) -> list[str]:
     """The command one replica runs, listening on ``port`` under the service's name
     (what clients put in ``model``). ``serve_lm`` and vLLM listen on their node's
     address (the executor gives it as ``SUANLI_NODE_ADDRESS``), so a replica on another
     site's node is reached there; vLLM takes it only as ``--host``, so a POSIX shell
     adds it. vLLM and SGLang start their own OpenAI servers (``vllm serve``, ``python
     -m sglang.launch_server``) where they are installed; SGLang, which cannot be given
-    its key but on the command line, stays on 127.0.0.1: this machine's nodes only."""
+    its key but on the command line, stays on 127.0.0.1: this machine's nodes only.
+
+    ``token_budget`` (vLLM): ``--max-num-batched-tokens`` sized to the TPOT SLO for the
+    replica's chip (`suanli.autoscale.kinds.token_budget`), the budget the simulator
+    plans with; the spec's own ``engine_args`` value, if it gives one, wins."""
     if spec.engine == "serve_lm":
         head = [sys.executable, "-m", "suanli.workloads.serve_lm", "--model", spec.model]
         head += ["--max-queue", str(max(1, spec.router.buffer))]
@@ -187,6 +191,9 @@ def replica_command(spec: ServiceSpec, port: int) -> list[str]:
         on_node = f'exec "$@" --host "${{{NODE_ADDRESS_ENV}:-127.0.0.1}}"'
         head = ["sh", "-c", on_node, "vllm-on-node", "vllm", "serve", spec.model]
         head += ["--tensor-parallel-size", str(spec.tp)]
+        given = {a.split("=")[0] for a in spec.engine_args}
+        if token_budget is not None and "--max-num-batched-tokens" not in given:
+            head += ["--max-num-batched-tokens", str(token_budget)]
     else:
         head = [sys.executable, "-m", "sglang.launch_server", "--model-path", spec.model]
         head += ["--tp", str(spec.tp), "--host", "127.0.0.1"]

@@ -24,7 +24,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from suanli.autoscale.hpa import HpaSpec
-from suanli.autoscale.kinds import chip_optimizer
+from suanli.autoscale.kinds import chip_optimizer, token_budget
 from suanli.autoscale.kpa import KpaSpec
 from suanli.autoscale.mix import NoMixError
 from suanli.autoscale.predictive import PredictiveSpec
@@ -472,11 +472,17 @@ class ServicesController:
         if chip is not None:  # a chip-mix replica: on this chip only
             resources.pop("accelerators", None)
             resources["accelerator"] = chip
+        on = resources.get("accelerator")
+        budget = (
+            token_budget(spec.model, on, spec.tp, spec.slo.tpot_s)
+            if spec.engine == "vllm" and on and on != "cpu"
+            else None
+        )
         job = parse_job_spec(
             {
                 "name": f"{row.name}-replica"[:63],
                 "kind": "serve",
-                "command": replica_command(spec, port),
+                "command": replica_command(spec, port, budget),
                 "resources": resources,
                 "queue": spec.queue,
                 "priority": spec.priority,

@@ -26,6 +26,7 @@ from suanli.autoscale.kinds import Kind
 from suanli.autoscale.mix import SizeBuckets
 from suanli.autoscale.scalers import Optimizer, Scaler, Window
 from suanli.autoscale.signals import Observation
+from suanli.perf.batching import TOKEN_BUDGET, slo_token_budget
 from suanli.sim.serving.replica import Replica, Seq
 from suanli.sim.serving.spot import SpotTerms
 from suanli.sim.serving.trace import TraceRequest
@@ -70,8 +71,15 @@ class Fleet:
         buffer_max: int,
         seed: int = 0,
         spot: SpotTerms | None = None,
+        tpot_slo_s: float | None = None,
     ) -> None:
         self.kinds, self.buffer_max, self.spot = kinds, buffer_max, spot
+        #: each kind's token budget: sized to the TPOT SLO, as an operator sets vLLM's
+        #: ``--max-num-batched-tokens`` (`slo_token_budget`); vLLM's default without one
+        self.budgets = {
+            k: TOKEN_BUDGET if tpot_slo_s is None else slo_token_budget(v.steps, tpot_slo_s)
+            for k, v in kinds.items()
+        }
         self.spot_rng = random.Random(spot.seed if spot is not None else 0)
         self.spot_gone_until: dict[str, float] = {}
         self.reclaims = 0
@@ -127,9 +135,10 @@ class Fleet:
         """The on-demand kind a kind stands for (a spot kind's twin; itself otherwise)."""
         return self.kinds[kind].on_demand or kind
 
-    def _start(self, name: str, now: float) -> Replica:
+    def _start(self, name: str, now: float, ready_s: float | None = None) -> Replica:
         kind = self.kinds[name]
-        r = Replica(name, kind.steps, start_s=now, ready_s=now + kind.cold_start_s)
+        ready = now + kind.cold_start_s if ready_s is None else ready_s
+        r = Replica(name, kind.steps, start_s=now, ready_s=ready, budget=self.budgets[name])
         r.clock = r.ready_s
         self.replicas.append(r)
         return r
@@ -230,10 +239,10 @@ def simulate_serving(
     """Replay ``trace`` through a fleet that ``scaler`` controls; ``initial`` replicas are
     ready at time 0 (a service already running when the trace starts)."""
     wall0 = time.perf_counter()
-    fleet = Fleet(kinds, buffer_max, spot=spot)
+    fleet = Fleet(kinds, buffer_max, spot=spot, tpot_slo_s=tpot_slo_s)
     for name, n in (initial or {}).items():
         for _ in range(n):
-            fleet.replicas.append(Replica(name, kinds[name].steps, start_s=0.0, ready_s=0.0))
+            fleet._start(name, 0.0, ready_s=0.0)
     seqs = [Seq(i, r.arrival_s, r.prompt, r.output, asked=r.output) for i, r in enumerate(trace)]
     end = trace[-1].arrival_s if trace else 0.0
     window = Window(Observation(0.0, 0))

@@ -1,13 +1,14 @@
 """One LLM replica as a continuous-batching engine, scheduled the way vLLM's v1
 scheduler does it, so queueing, batching and KV pressure shape the latencies.
 
-Every step has a token budget (``max_num_batched_tokens``, 8192: vLLM's default with
-chunked prefill). Sequences already decoding take one token each; then prompts in
-progress take chunks; then waiting requests are admitted first come, first served,
-while the budget, ``max_num_seqs`` (256) and free KV cache allow. A prompt finishes
-prefilling in the step that samples its first token. When the cache cannot hold one
-more token per decoding sequence, the newest sequence is preempted and recomputed
-later (vLLM's default, RECOMPUTE): its generated tokens join its prompt.
+Every step has a token budget (``max_num_batched_tokens``: vLLM's default with chunked
+prefill is 8192; a simulated service sizes it to its TPOT SLO, as Sarathi-Serve does,
+`suanli.perf.batching.slo_token_budget`). Sequences already decoding take one token
+each; then prompts in progress take chunks; then waiting requests are admitted first
+come, first served, while the budget, ``max_num_seqs`` (256) and free KV cache allow. A
+prompt finishes prefilling in the step that samples its first token. When the cache
+cannot hold one more token per decoding sequence, the newest sequence is preempted and
+recomputed later (vLLM's default, RECOMPUTE): its generated tokens join its prompt.
 
 The KV cache is counted in tokens; PagedAttention wastes under 4% of it in its last
 blocks (Kwon et al., SOSP'23, Sec. 6), which is left out.
