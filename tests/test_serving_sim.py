@@ -157,6 +157,28 @@ def test_the_mix_ilp_beats_every_single_kind_when_sizes_differ() -> None:
     assert b.of(100, 10) == 0 and b.of(20000, 5000) == b.count - 1
 
 
+def test_a_re_solved_mix_swaps_kinds_only_when_it_pays_for_the_starts() -> None:
+    """Four big replicas run ($16/h); the mix from scratch is three small and two big
+    ($11/h). A start costs a share ``f`` of a replica's price (the optimizer's cold
+    start over its hold): at f = 0.5 the whole swap pays, at 2 only one small replica
+    does, at 4 none, and what runs is kept."""
+    small = ReplicaKind("small", 1.0, (10.0, 0.0))
+    big = ReplicaKind("big", 4.0, (20.0, 5.0))
+    rates, kinds = [30.0, 10.0], [small, big]
+
+    def solve(f: float, running: dict[str, int], load: list[float] = rates) -> dict[str, int]:
+        starts = {k.name: f * k.usd_per_hour for k in kinds}
+        return cheapest_mix(load, kinds, running=running, start_usd_per_hour=starts).counts
+
+    assert solve(0.5, {"big": 4}) == {"small": 3, "big": 2}
+    assert solve(2.0, {"big": 4}) == {"small": 1, "big": 3}
+    assert solve(4.0, {"big": 4}) == {"small": 0, "big": 4}
+    # from nothing every replica is a start, at its price's share: the cheapest mix
+    assert solve(4.0, {}) == {"small": 3, "big": 2}
+    # more load than what runs serves: the added replicas are chosen on their merits
+    assert solve(4.0, {"small": 3, "big": 2}, [60.0, 10.0]) == {"small": 6, "big": 2}
+
+
 def test_trace_reader_says_what_is_wrong(tmp_path: Path) -> None:
     bad = tmp_path / "t.csv"
     bad.write_text("when,tokens\n1,2\n")

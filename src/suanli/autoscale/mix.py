@@ -20,7 +20,7 @@ them. Solved with HiGHS through SciPy's ``milp``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,7 +53,15 @@ def cheapest_mix(
     kinds: Sequence[ReplicaKind],
     *,
     max_spot_share: float = 1.0,
+    running: Mapping[str, int] | None = None,
+    start_usd_per_hour: Mapping[str, float] | None = None,
 ) -> Mix:
+    """``running``: replicas of each kind already up or starting, which cost nothing to
+    keep; ``start_usd_per_hour``: what starting one more of a kind adds to the plan's
+    hourly cost (its cold start, paid and serving nothing, spread over the time the plan
+    holds). With both, a re-solve keeps the kinds that run unless another mix saves more
+    than its starts cost: two mixes a cent apart no longer swap replicas (each swap paid
+    a cold start) every time the load wobbles."""
     from scipy.optimize import Bounds, LinearConstraint, milp
 
     rate = np.asarray(rates, dtype=float)
@@ -71,10 +79,13 @@ def cheapest_mix(
             )
     if rate.sum() <= 0:
         return Mix({k.name: 0 for k in kinds}, {k.name: (0.0,) * nb for k in kinds}, 0.0)
-    # variables: n_g (ng), then x_bg row-major (nb * ng)
-    nvar = ng + nb * ng
+    # variables: n_g (ng), then x_bg row-major (nb * ng), then the starts s_g (ng)
+    nx = ng + nb * ng
+    nvar = nx + ng
     price = np.array([k.usd_per_hour for k in kinds])
-    c = np.concatenate([price + 1e-6, np.zeros(nb * ng)])  # ties: fewer replicas
+    start = np.array([(start_usd_per_hour or {}).get(k.name, 0.0) for k in kinds])
+    up = np.array([(running or {}).get(k.name, 0) for k in kinds], dtype=float)
+    c = np.concatenate([price + 1e-6, np.zeros(nb * ng), start])  # ties: fewer replicas
     rows, lo, hi = [], [], []
     for b in range(nb):  # each bucket with load is fully served
         if rate[b] <= 0:
@@ -93,6 +104,12 @@ def cheapest_mix(
         rows.append(row)
         lo.append(-np.inf)
         hi.append(0.0)
+    for g in range(ng):  # n_g - s_g <= running_g: what is not running yet is started
+        row = np.zeros(nvar)
+        row[g], row[nx + g] = 1.0, -1.0
+        rows.append(row)
+        lo.append(-np.inf)
+        hi.append(up[g])
     spot = [g for g, k in enumerate(kinds) if k.spot]
     if spot and max_spot_share < 1.0:
         row = np.zeros(nvar)
@@ -106,12 +123,13 @@ def cheapest_mix(
         [
             [np.inf if k.available is None else k.available for k in kinds],
             [1.0 if cap[b, g] > 0 else 0.0 for b in range(nb) for g in range(ng)],
+            np.full(ng, np.inf),
         ]
     )
     res = milp(
         c,
         constraints=LinearConstraint(np.array(rows), lo, hi),
-        integrality=np.concatenate([np.ones(ng), np.zeros(nb * ng)]),
+        integrality=np.concatenate([np.ones(ng), np.zeros(nb * ng + ng)]),
         bounds=Bounds(np.zeros(nvar), ub),
     )
     if res.x is None:
@@ -120,7 +138,7 @@ def cheapest_mix(
             f"({res.message}): allow more replicas or other chips"
         )
     n = np.round(res.x[:ng]).astype(int)
-    x = res.x[ng:].reshape(nb, ng)
+    x = res.x[ng:nx].reshape(nb, ng)
     return Mix(
         {k.name: int(n[g]) for g, k in enumerate(kinds)},
         {k.name: tuple(float(v) for v in x[:, g]) for g, k in enumerate(kinds)},

@@ -132,7 +132,16 @@ class Optimizer:
         for i, o in sizes:
             share[self.bucket_of(i, o)] += 1.0 / len(sizes)
         load = peak / self.target_utilization
+        # a replica started now is paid through its cold start, serving nothing; the
+        # plan holds at least the down window, over which that cost is spread
+        hold_s = max(self.down_window_s, self.period_s)
         self.mix = cheapest_mix(
-            [load * s for s in share], self.kinds, max_spot_share=self.max_spot_share
+            [load * s for s in share],
+            self.kinds,
+            max_spot_share=self.max_spot_share,
+            running=current,
+            start_usd_per_hour={
+                k.name: k.usd_per_hour * self.cold_start_s / hold_s for k in self.kinds
+            },
         )
         return dict(self.mix.counts)
