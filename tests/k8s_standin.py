@@ -164,6 +164,17 @@ class StandIn:
                         "containerStatuses": [{"name": "main", "state": state}],
                     }
 
+    def unschedulable(self, job: str, message: str) -> None:
+        """Every pod of ``job`` stays unplaced, as the scheduler reports one that fits no
+        node (something beside suanli took the devices); Volcano says Pending."""
+        with self.lock:
+            for p in self.pods.values():
+                if p["job"] == job:
+                    cond = {"type": "PodScheduled", "status": "False"}
+                    cond |= {"reason": "Unschedulable", "message": message}
+                    p["obj"]["status"] = {"phase": "Pending", "conditions": [cond]}
+            self.jobs[job]["status"] = {"state": {"phase": "Pending"}}
+
     def reap(self, job: str) -> None:
         """The pods of ``job`` being deleted have served their grace and are gone, and
         with them a Job deleted in the foreground."""

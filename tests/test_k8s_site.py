@@ -30,6 +30,7 @@ from suanli.run.executor import Handle, Launch
 from suanli.run.k8s_exec import (
     SERVICE_LABEL,
     KubernetesExecutor,
+    _unplaced,
     node_name,
     volcano_job,
 )
@@ -392,6 +393,37 @@ def test_a_member_that_fails_stops_its_gang_and_a_broken_cluster_stops_nothing(
     assert name not in standin.jobs  # its end read, the Job is deleted (the TTL a backstop)
     ref_handle = Handle.from_dict((get(store, talk).members or [])[0])
     assert sites_of(loop).poll(ref_handle) == 0  # asked again (a restart's check): the same
+
+
+def test_a_job_the_cluster_never_places_fails_and_frees_its_devices(k8s: Any) -> None:
+    """Something beside suanli took the node's GPUs: the pod is never scheduled. Before
+    the limit the job waits (a busy scheduler, a node coming back); past it the Job is
+    deleted and the job fails 125 with the scheduler's reason, freeing what suanli held."""
+    standin, store, loop, _ = k8s
+    gpu = {"accelerator": "a100-80gb", "devices": 2}
+    jid = submit(store, {"command": ["true"], "resources": gpu})
+    _until(loop.tick, lambda: get(store, jid).state == "running", "the job started")
+    ref = _volcano_of(standin, store, jid)["metadata"]["name"]
+    why = "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."
+    standin.unschedulable(ref, why)
+    for _ in range(5):
+        loop.tick()
+    assert get(store, jid).state == "running" and ref in standin.jobs
+    (kube,) = [link.executor for link in sites_of(loop).links.values()]
+    kube.pending_limit_s = 0.0  # type: ignore[attr-defined]  # the limit has passed
+    _until(loop.tick, lambda: "deletionTimestamp" in standin.jobs.get(ref, {}).get(
+        "metadata", {}), "the unplaced Job deleted")  # fmt: skip
+    standin.reap(ref)
+    _until(loop.tick, lambda: get(store, jid).state == "failed", "the job failed")
+    assert get(store, jid).exit_code == 125
+    member = (get(store, jid).members or [])[0]
+    text = Path(str(member["stdout"])).read_text()
+    assert "has not placed the job's pods in 0 s: 0/2 nodes are available" in text
+    # a queue that never admits the job makes no pods at all: also unplaced
+    assert _unplaced([], "Pending") and _unplaced([], "Running") is None
+    assert (
+        _unplaced([{"status": {"phase": "Running"}, "spec": {"nodeName": "a"}}], "Running") is None
+    )
 
 
 def _kubeconfig(path: Path, user: dict[str, Any], server: str = "https://10.0.0.5:6443") -> Path:

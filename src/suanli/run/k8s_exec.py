@@ -94,6 +94,11 @@ CANNOT_START = {
 ENDED_KEPT = 10_000
 #: a pod still there this long past its grace is deleted at once (a NotReady node)
 OVERDUE_S = 60.0
+#: a Job whose pods the cluster has not placed this long after its start fails (125): the
+#: devices suanli placed it on are someone else's now (a pod the cluster runs beside
+#: suanli, a node taken out), and a job that waits there unseen holds them in suanli's
+#: books forever. Time to pull an image is not counted: a scheduled pod has its node
+PENDING_LIMIT_S = 600.0
 #: what a container that could not run ends with (as ``docker run`` says it)
 CONTAINER_CANNOT_RUN = 125
 #: every read asks for the raw answer: it is parsed here, where nonsense is caught
@@ -393,6 +398,7 @@ class KubernetesExecutor:
         self._shares: dict[str, bool] = {}  # our node name -> it offers HAMi's shares
         self._jobs: dict[str, _Tracked] = {}  # Volcano Job -> what is known of it here
         self._ended: dict[str, int] = {}  # Job -> how it ended, as read (then deleted)
+        self.pending_limit_s = PENDING_LIMIT_S
         try:
             self._json(
                 lambda: self.custom.list_namespaced_custom_object(
@@ -586,6 +592,13 @@ class KubernetesExecutor:
         if stuck is not None and not ended:
             note = f"\n[suanli] the container cannot start: {stuck.get('reason')}: "
             self._track(h.ref).note = note + f"{str(stuck.get('message', ''))[:500]}\n"
+        unplaced = _unplaced(pods, phase)
+        if unplaced is not None and not ended and time.time() - h.start_time > self.pending_limit_s:
+            self._track(h.ref).note = (
+                f"\n[suanli] the cluster has not placed the job's pods in "
+                f"{self.pending_limit_s:.0f} s: {unplaced[:500]}\n"
+            )
+            stuck = {"reason": "Unschedulable"}
         self._refresh_logs(h, pods, now=ended or failed is not None or stuck is not None)
         if not ended and (failed is not None or stuck is not None):
             # a member failed (or cannot start) and Volcano has not ended the Job yet: its
@@ -789,6 +802,27 @@ class KubernetesExecutor:
 
 def _finished(pod: dict[str, Any]) -> bool:
     return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+
+def _unplaced(pods: list[dict[str, Any]], phase: str) -> str | None:
+    """Why the cluster has not placed the Job's pods (its scheduler's message), or None
+    when it has. No pods at all while Volcano says Pending: its queue has not admitted
+    the PodGroup, and the pods are made only once it has."""
+    if not pods:
+        return (
+            "Volcano has made no pod (its queue has not admitted the job)"
+            if (phase == "Pending")
+            else None
+        )
+    for pod in pods:
+        status = pod.get("status") or {}
+        for c in status.get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("status") == "False":
+                return str(c.get("message") or c.get("reason") or "not scheduled")
+        bound = (pod.get("spec") or {}).get("nodeName") or status.get("containerStatuses")
+        if status.get("phase") == "Pending" and not bound:
+            return "a pod is not scheduled"
+    return None
 
 
 def _rank_of(name: str) -> tuple[int, str]:
