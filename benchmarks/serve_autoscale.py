@@ -35,7 +35,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from suanli.autoscale.capacity import capacity_rps
-from suanli.autoscale.kinds import make_kinds
+from suanli.autoscale.kinds import best_effort_table, make_kinds
 from suanli.autoscale.mix import NoMixError, ReplicaKind, SizeBuckets, cheapest_mix
 from suanli.plan.pool import pool_from_accelerators
 from suanli.sim.serving.fleet import ServeResult
@@ -53,17 +53,33 @@ MODEL = "llama-3.1-8b"
 TTFT_S, TPOT_S = 2.0, 0.1
 HPA_SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 MELANGE = {"conversation": 0.77, "code": 0.33, "mixed": 0.51}  # their up-to reductions
+#: Mélange's evaluation keeps the TPOT SLO for >= 99.5% of requests: the optimizer may
+#: plan the other 0.5% where they miss it (`cheapest_mix`'s miss budget)
+MELANGE_MISS = 0.005
 console = Console(width=150)
 
 
-def run(policy: str, trace: list[TraceRequest], kinds: dict, utilization: float) -> ServeResult:  # type: ignore[type-arg]
+def run(
+    policy: str,
+    trace: list[TraceRequest],
+    kinds: dict,  # type: ignore[type-arg]
+    utilization: float,
+    miss: float = 0.0,
+) -> ServeResult:
     return run_policy(
-        policy, kinds, trace, ttft_slo_s=TTFT_S, tpot_slo_s=TPOT_S, utilization=utilization
+        policy,
+        kinds,
+        trace,
+        ttft_slo_s=TTFT_S,
+        tpot_slo_s=TPOT_S,
+        utilization=utilization,
+        max_miss_share=miss,
     )[1]
 
 
-def planned(trace: list[TraceRequest], kinds: dict) -> list[dict]:  # type: ignore[type-arg]
-    """Mélange's comparison: the ILP's cheapest mix vs the cheapest single kind."""
+def planned(trace: list[TraceRequest], kinds: dict, miss: float = 0.0) -> list[dict]:  # type: ignore[type-arg]
+    """Mélange's comparison: the ILP's cheapest mix vs the cheapest single kind, each
+    keeping the SLO for all requests but a share ``miss``."""
     b = SizeBuckets()
     share = [0.0] * b.count
     for r in trace:
@@ -74,26 +90,35 @@ def planned(trace: list[TraceRequest], kinds: dict) -> list[dict]:  # type: igno
         )
         for k, v in kinds.items()
     }
+    slow = best_effort_table(kinds, b)
     rows = []
     for rate in (2.0, 8.0, 32.0, 128.0):
         rates = [rate * s for s in share]
-        rk = {k: ReplicaKind(k, v.usd_per_hour, table[k]) for k, v in kinds.items()}
-        mix = cheapest_mix(rates, list(rk.values()))
+        rk = {
+            k: ReplicaKind(k, v.usd_per_hour, table[k], best_effort_rps=tuple(slow[k]))
+            for k, v in kinds.items()
+        }
+        mix = cheapest_mix(rates, list(rk.values()), max_miss_share=miss)
         singles = {}
         for k in rk:
             try:
-                singles[k] = cheapest_mix(rates, [rk[k]]).usd_per_hour
+                singles[k] = cheapest_mix(rates, [rk[k]], max_miss_share=miss).usd_per_hour
             except ValueError:
                 continue  # this kind alone cannot serve some size within the SLO
         best = min(singles, key=lambda k: singles[k])
         rows.append(
             {
                 "rate_rps": rate,
+                "slo_kept_for": 1.0 - miss,
+                "planned_miss": mix.missed_share,
                 "mix": {k: n for k, n in mix.counts.items() if n},
                 "mix_usd_h": mix.usd_per_hour,
                 "best_single": best,
                 "best_single_usd_h": singles[best],
                 "saving": 1 - mix.usd_per_hour / singles[best],
+                # Mélange reports its reduction against each single-type fleet (up to 77%
+                # is against H100s or A100s idling at 1-2 requests/s), not only the best
+                "saving_vs": {k: 1 - mix.usd_per_hour / v for k, v in singles.items()},
             }
         )
     return rows
@@ -125,23 +150,32 @@ def singles(
     report: dict,  # type: ignore[type-arg]
 ) -> None:
     """The heterogeneity on its own: the same optimizer (forecast, headroom, period)
-    given one chip at a time, against the mix of all four."""
+    given one chip at a time, against the mix of all four; planning every request within
+    the SLO, and planning Mélange's 99.5%."""
     t = Table(title="The optimizer on the mix of chips and on each chip alone (same policy)")
-    for col in ("trace", "chips", "SLO met", "cost $", "device-h", "mix / this"):
+    for col in ("trace", "plans", "chips", "SLO met", "cost $", "device-h", "mix / this"):
         t.add_column(col, justify="right")
     for name, trace in traces.items():
-        mix = results[(name, "optimizer", 0.7)]
-        t.add_row(name, "all four", f"{mix.slo_attainment:.2%}", f"{mix.cost_usd:.2f}",
-                  f"{mix.device_hours:.2f}", "1.00")  # fmt: skip
-        for chip in kinds:
-            try:
-                r = run("optimizer", trace, {chip: kinds[chip]}, 0.7)
-            except NoMixError as exc:  # one chip cannot carry the peak at any count
-                t.add_row(name, chip, "-", "-", "-", f"cannot: {str(exc)[:40]}")
-                continue
-            t.add_row(name, chip, f"{r.slo_attainment:.2%}", f"{r.cost_usd:.2f}",
-                      f"{r.device_hours:.2f}", f"{mix.cost_usd / r.cost_usd:.2f}")  # fmt: skip
-            report.setdefault(name, {}).setdefault("single_chip_optimizer", {})[chip] = r.to_dict()
+        for miss in (0.0, MELANGE_MISS):
+            plans = f"{1 - miss:.1%}"
+            key = "single_chip_optimizer" + (f"_plan_{1 - miss:.3f}" if miss else "")
+            mix = (
+                results[(name, "optimizer", 0.7)]
+                if not miss
+                else run("optimizer", trace, kinds, 0.7, miss)
+            )
+            report.setdefault(name, {}).setdefault(key, {})["all"] = mix.to_dict()
+            t.add_row(name, plans, "all four", f"{mix.slo_attainment:.2%}",
+                      f"{mix.cost_usd:.2f}", f"{mix.device_hours:.2f}", "1.00")  # fmt: skip
+            for chip in kinds:
+                try:
+                    r = run("optimizer", trace, {chip: kinds[chip]}, 0.7, miss)
+                except NoMixError as exc:  # one chip cannot carry the peak at any count
+                    t.add_row(name, plans, chip, "-", "-", "-", f"cannot: {str(exc)[:40]}")
+                    continue
+                t.add_row(name, plans, chip, f"{r.slo_attainment:.2%}", f"{r.cost_usd:.2f}",
+                          f"{r.device_hours:.2f}", f"{mix.cost_usd / r.cost_usd:.2f}")  # fmt: skip
+                report[name][key][chip] = r.to_dict()
     console.print(t)
 
 
@@ -232,27 +266,31 @@ def main(argv: list[str] | None = None) -> int:
     t = Table(title="Mélange's comparison: planned $/h, cheapest mix vs cheapest single kind")
     for col in (
         "requests",
+        "SLO kept for",
         "rate req/s",
         "mix",
         "mix $/h",
         "best single",
         "single $/h",
         "saving",
+        "vs each single",
         "Mélange (up to)",
     ):
         t.add_column(col, justify="right")
     for name, trace in traces.items():
-        rows = planned(trace, kinds)
+        rows = planned(trace, kinds) + planned(trace, kinds, MELANGE_MISS)
         report.setdefault(name, {})["planned"] = rows
         for row in rows:
             t.add_row(
                 name,
+                f"{row['slo_kept_for']:.1%}",
                 f"{row['rate_rps']:.0f}",
                 ", ".join(f"{k} {n}" for k, n in row["mix"].items()),
                 f"{row['mix_usd_h']:.2f}",
                 row["best_single"],
                 f"{row['best_single_usd_h']:.2f}",
                 f"{row['saving']:.0%}",
+                f"{min(row['saving_vs'].values()):.0%}-{max(row['saving_vs'].values()):.0%}",
                 f"{MELANGE[name]:.0%}",
             )
     console.print(t)

@@ -157,6 +157,27 @@ def test_the_mix_ilp_beats_every_single_kind_when_sizes_differ() -> None:
     assert b.of(100, 10) == 0 and b.of(20000, 5000) == b.count - 1
 
 
+def test_a_miss_budget_lets_a_rare_size_miss_the_slo_on_a_cheap_kind() -> None:
+    """One request in 300 is of a size only the big kind serves within the SLO. Planning
+    every request within it puts a big replica in the fleet ($6/h); a budget of 1% lets
+    that size go to a small replica one at a time ($4/h), and says what share misses; a
+    budget below that share buys nothing."""
+    small = ReplicaKind("small", 1.0, (10.0, 0.0), best_effort_rps=(12.0, 1.0))
+    big = ReplicaKind("big", 4.0, (20.0, 5.0), best_effort_rps=(25.0, 6.0))
+    rates = [30.0, 0.1]
+    assert cheapest_mix(rates, [small, big]).usd_per_hour == 6.0
+    loose = cheapest_mix(rates, [small, big], max_miss_share=0.01)
+    assert loose.counts == {"small": 4, "big": 0} and loose.usd_per_hour == 4.0
+    assert loose.missed_share == pytest.approx(0.1 / 30.1)
+    assert cheapest_mix(rates, [small, big], max_miss_share=0.001).usd_per_hour == 6.0
+    # the small kind alone: refused without a budget, enough with one
+    with pytest.raises(NoMixError, match="meets the SLO on none of small"):
+        cheapest_mix(rates, [small])
+    assert cheapest_mix(rates, [small], max_miss_share=0.01).counts == {"small": 4}
+    with pytest.raises(NoMixError, match=r"at most 0.10% of requests outside the SLO"):
+        cheapest_mix(rates, [small], max_miss_share=0.001)
+
+
 def test_a_re_solved_mix_swaps_kinds_only_when_it_pays_for_the_starts() -> None:
     """Four big replicas run ($16/h); the mix from scratch is three small and two big
     ($11/h). A start costs a share ``f`` of a replica's price (the optimizer's cold
@@ -191,6 +212,14 @@ def test_trace_reader_says_what_is_wrong(tmp_path: Path) -> None:
     good.write_text("arrival_s,prompt_tokens,output_tokens\n10,10,5\n12,20,0\n")
     reqs = read_trace(good, rate_scale=3)
     assert len(reqs) == 6 and reqs[0].arrival_s >= 0 and min(r.output for r in reqs) == 1
+
+
+def test_simulate_serve_refuses_a_plan_attainment_out_of_range(tmp_path: Path) -> None:
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrival_s,prompt_tokens,output_tokens\n1,10,5\n")
+    args = ["simulate", "serve", "--trace", str(trace), "--model", "llama-3.1-8b"]
+    res = CliRunner().invoke(app, [*args, "--plan-attainment", "0.2"])
+    assert res.exit_code == 2 and "--plan-attainment must be in [0.5, 1], got 0.2" in res.output
 
 
 @pytest.mark.skipif(not CONV.is_file(), reason=f"the Azure trace is not at {CONV}")

@@ -113,6 +113,15 @@ def bucket_table(
     return table
 
 
+def best_effort_table(kinds: dict[str, Kind], buckets: SizeBuckets) -> dict[str, list[float]]:
+    """Each kind's one-at-a-time rate per size bucket, SLO or not: what a miss budget
+    lets the optimizer send to a kind that cannot serve a size within the SLO."""
+    return {
+        k: [best_effort_rps(kind.steps, *buckets.representative(b)) for b in range(buckets.count)]
+        for k, kind in kinds.items()
+    }
+
+
 def mix_optimizer(
     kinds: dict[str, Kind],
     table: dict[str, list[float]],
@@ -121,11 +130,21 @@ def mix_optimizer(
     max_replicas: int,
     max_spot_share: float = 1.0,
     buckets: SizeBuckets | None = None,
+    max_miss_share: float = 0.0,
 ) -> Optimizer:
-    """Mélange's optimizer over ``kinds``, each with its capacity per size bucket."""
+    """Mélange's optimizer over ``kinds``, each with its capacity per size bucket; with
+    ``max_miss_share``, planning that share of requests outside the SLO at most."""
     buckets = buckets or SizeBuckets()
+    slow = best_effort_table(kinds, buckets) if max_miss_share > 0 else {}
     rk = [
-        ReplicaKind(k, kind.usd_per_hour, tuple(table[k]), available=max_replicas, spot=kind.spot)
+        ReplicaKind(
+            k,
+            kind.usd_per_hour,
+            tuple(table[k]),
+            available=max_replicas,
+            spot=kind.spot,
+            best_effort_rps=tuple(slow.get(k, ())),
+        )
         for k, kind in kinds.items()
     ]
     cold = max(k.cold_start_s for k in kinds.values())
@@ -136,6 +155,7 @@ def mix_optimizer(
         cold,
         target_utilization=utilization,
         max_spot_share=max_spot_share,
+        max_miss_share=max_miss_share,
     )
 
 

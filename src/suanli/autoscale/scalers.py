@@ -107,6 +107,7 @@ class Optimizer:
     down_window_s: float = 60.0
     recent: int = 2000  # requests whose sizes make the distribution
     max_spot_share: float = 1.0
+    max_miss_share: float = 0.0  # of requests planned outside the SLO (`cheapest_mix`)
     #: plan replicas to run at this share of their SLO capacity: at 100% every burst
     #: between decisions misses the SLO (Knative's default target is 70%)
     target_utilization: float = 0.8
@@ -140,6 +141,7 @@ class Optimizer:
             self.kinds,
             max_spot_share=self.max_spot_share,
             running=current,
+            max_miss_share=self.max_miss_share,
             start_usd_per_hour={
                 k.name: k.usd_per_hour * self.cold_start_s / hold_s for k in self.kinds
             },

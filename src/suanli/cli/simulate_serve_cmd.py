@@ -51,6 +51,14 @@ def serve_cmd(
         float, typer.Option("--utilization", help="Target share of a replica's SLO capacity.")
     ] = 0.7,
     max_replicas: Annotated[int, typer.Option("--max-replicas")] = 64,
+    plan_attainment: Annotated[
+        float,
+        typer.Option(
+            "--plan-attainment",
+            help="The optimizer plans to keep at least this share of requests within the "
+            "SLO; the rest may go where they miss it (Mélange: 0.995). 1: every request.",
+        ),
+    ] = 1.0,
     storage: Annotated[
         str, typer.Option("--storage", help="Storage tier weights load from (cold start).")
     ] = "local-nvme",
@@ -100,6 +108,8 @@ def serve_cmd(
             raise UsageError("give --pool or --accelerator, not both")
         if ttft_slo_s <= 0 or tpot_slo_s <= 0:
             raise UsageError("--ttft-slo-s and --tpot-slo-s must be > 0")
+        if not 0.5 <= plan_attainment <= 1.0:
+            raise UsageError(f"--plan-attainment must be in [0.5, 1], got {plan_attainment}")
         entries = (
             load_pool(pool) if pool else pool_from_accelerators(accelerator or ["a100-80gb"], 1)
         )
@@ -136,6 +146,7 @@ def serve_cmd(
                 utilization=utilization,
                 max_replicas=max_replicas,
                 spot=spot,
+                max_miss_share=1.0 - plan_attainment,
                 progress=lambda t: bar.update(task, completed=t),
             )
     except (SuanliError, ValueError) as exc:

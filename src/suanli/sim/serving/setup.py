@@ -69,10 +69,12 @@ def make_setup(
     max_replicas: int = 64,
     utilization: float = 0.7,
     spot: SpotTerms | None = None,
+    max_miss_share: float = 0.0,
 ) -> Setup:
     """``utilization``: the share of a replica's SLO capacity the reactive policies aim
     to run it at (their concurrency target), and the optimizer's planning headroom.
-    ``spot``: the optimizer may also choose each chip's spot twin."""
+    ``spot``: the optimizer may also choose each chip's spot twin. ``max_miss_share``:
+    the optimizer may plan that share of requests outside the SLO (`cheapest_mix`)."""
     if autoscaler not in AUTOSCALERS:
         raise UsageError(f"--autoscaler {autoscaler!r}: one of {', '.join(AUTOSCALERS)}")
     if spot is not None and autoscaler != "optimizer":
@@ -133,6 +135,7 @@ def make_setup(
             max_replicas=max_replicas,
             max_spot_share=spot.max_share if spot is not None else 1.0,
             buckets=buckets,
+            max_miss_share=max_miss_share,
         )
     return Setup(kinds, scaler, start, cap, best)
 
@@ -147,6 +150,7 @@ def run_policy(
     utilization: float = 0.7,
     max_replicas: int = 64,
     spot: SpotTerms | None = None,
+    max_miss_share: float = 0.0,
     progress: Callable[[float], None] | None = None,
 ) -> tuple[Setup, ServeResult]:
     """Set a policy up from the trace's history and replay the whole trace under it."""
@@ -159,6 +163,7 @@ def run_policy(
         max_replicas=max_replicas,
         utilization=utilization,
         spot=spot,
+        max_miss_share=max_miss_share,
     )
     res = simulate_serving(
         trace,
