@@ -21,7 +21,7 @@ from suanli.autoscale.scalers import Optimizer
 from suanli.autoscale.service_spec import ServiceSpec
 from suanli.service.mix import chip_of, rescale, within_budget
 from suanli.service.replicas import BUCKETS, ReplicaBook
-from suanli.service.services import ServicesController
+from suanli.service.services import ServicesController, make_scaler
 from suanli.store.db import Store
 from suanli.store.models import JobRow, ServiceRow
 from tests.helpers import replicas_step
@@ -59,6 +59,14 @@ def test_the_spec_says_what_the_optimizer_needs() -> None:
         _spec(resources={"cpu": 1, "memory_gb": 1})
     with pytest.raises(ValidationError, match="spot order is of one chip"):
         _spec(spot={"order": 1})
+    with pytest.raises(ValidationError, match=r"greater than or equal to 0\.5"):
+        _spec(slo={"attainment": 0.2})
+    # the SLO's attainment is the optimizer's miss budget
+    loose = make_scaler(_spec(slo={"ttft_s": 2.0, "tpot_s": 0.1, "attainment": 0.995}))
+    assert isinstance(loose, Optimizer) and loose.max_miss_share == pytest.approx(0.005)
+    assert all(k.best_effort_rps for k in loose.kinds)
+    strict = make_scaler(_spec())
+    assert isinstance(strict, Optimizer) and strict.max_miss_share == 0.0
 
 
 def test_request_sizes_the_router_guesses() -> None:

@@ -168,11 +168,18 @@ def chip_optimizer(
     tpot_slo_s: float,
     utilization: float,
     max_replicas: int,
+    max_miss_share: float = 0.0,
 ) -> Optimizer:
     """The live service's optimizer: one kind per allowed chip at its catalog price (a
     fresh one each time: an optimizer keeps its history)."""
     kinds, table = _chip_table(model, tuple(chips), tp, ttft_slo_s, tpot_slo_s)
-    return mix_optimizer(kinds, table, utilization=utilization, max_replicas=max_replicas)
+    return mix_optimizer(
+        kinds,
+        table,
+        utilization=utilization,
+        max_replicas=max_replicas,
+        max_miss_share=max_miss_share,
+    )
 
 
 @functools.lru_cache(maxsize=32)

@@ -8,7 +8,7 @@ line each engine's replica runs.
                                     # vllm/sglang: what their --model takes (an HF id)
     engine: serve_lm                # serve_lm | vllm | sglang
     engine_args: [--quantize, int8]
-    slo: {ttft_s: 2.0, tpot_s: 0.1}
+    slo: {ttft_s: 2.0, tpot_s: 0.1}   # optimizer: attainment (default 1.0) it plans for
     replicas: {min: 0, max: 3}
     resources: {accelerator: cpu, cpu: 1, memory_gb: 2}   # each replica, as a job's
     autoscaler: {policy: kpa, target_concurrency: 4}
@@ -42,6 +42,9 @@ class Slo(BaseModel):
     model_config = STRICT
     ttft_s: float = Field(default=2.0, gt=0, le=3600)
     tpot_s: float = Field(default=0.1, gt=0, le=60)
+    #: the share of requests the optimizer plans within the SLO; the rest it may send
+    #: where they miss it (Mélange keeps it for >= 0.995). Only ``optimizer`` reads it
+    attainment: float = Field(default=1.0, ge=0.5, le=1.0)
 
 
 class ReplicaBounds(BaseModel):

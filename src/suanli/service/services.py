@@ -83,6 +83,7 @@ def make_scaler(spec: ServiceSpec) -> Scaler:
             tpot_slo_s=spec.slo.tpot_s,
             utilization=a.utilization,
             max_replicas=spec.replicas.max,
+            max_miss_share=1.0 - spec.slo.attainment,
         )
     elif a.policy == "kpa":
         kpa = KpaSpec(
