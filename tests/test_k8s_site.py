@@ -424,6 +424,8 @@ def test_a_job_the_cluster_never_places_fails_and_frees_its_devices(k8s: Any) ->
     assert (
         _unplaced([{"status": {"phase": "Running"}, "spec": {"nodeName": "a"}}], "Running") is None
     )
+    pulling = {"status": {"phase": "Pending"}, "spec": {"nodeName": "a"}}  # placed, pulling
+    assert _unplaced([pulling], "Pending") is None
 
 
 def _kubeconfig(path: Path, user: dict[str, Any], server: str = "https://10.0.0.5:6443") -> Path:

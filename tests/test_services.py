@@ -119,10 +119,14 @@ def test_engines_render_their_own_servers_and_a_stand_in_vllm_serves(tmp_path: P
     assert cmd[-4:] == ["--port", "9000", "--served-model-name", "chat"]
     # a replica on a known chip runs the token budget the simulator plans with
     sized = replica_command(spec, 9000, 1024)
-    assert sized[9:11] == ["--max-num-batched-tokens", "1024"]
+    assert sized[9:13] == ["--max-num-seqs", "256", "--max-num-batched-tokens", "1024"]
     own_budget = spec.model_copy(update={"engine_args": ["--max-num-batched-tokens=512"]})
     assert replica_command(own_budget, 9000, 1024).count("--max-num-batched-tokens") == 0
     assert "--max-num-batched-tokens=512" in replica_command(own_budget, 9000, 1024)
+    # vLLM refuses fewer tokens a step than sequences: the budget rises to the spec's
+    many = spec.model_copy(update={"engine_args": ["--max-num-seqs", "512"]})
+    line = replica_command(many, 9000, 256)
+    assert line.count("--max-num-seqs") == 1 and line[9:11] == ["--max-num-batched-tokens", "512"]
     assert token_budget("llama-3.1-8b", "h100-sxm", 1, 0.1) == 2048  # 4096 takes 108 ms
     assert token_budget("llama-3.1-8b", "a100-80gb", 1, 0.1) == 1024
     assert token_budget("meta-llama/Llama-3.1-8B", "h100-sxm", 1, 0.1) is None  # an HF id
@@ -147,6 +151,7 @@ def test_engines_render_their_own_servers_and_a_stand_in_vllm_serves(tmp_path: P
         ap.add_argument("--port", required=True)
         ap.add_argument("--served-model-name", required=True)
         ap.add_argument("--max-num-batched-tokens", type=int)
+        ap.add_argument("--max-num-seqs", type=int)
         a = ap.parse_args()
         os.execv(sys.executable, [sys.executable, "-m", "suanli.workloads.serve_lm",
                  "--model", a.model, "--host", a.host, "--port", a.port,

@@ -18,11 +18,12 @@ from suanli.autoscale.capacity import best_effort_rps, capacity_rps
 from suanli.autoscale.coldstart import cold_start
 from suanli.autoscale.mix import ReplicaKind, SizeBuckets
 from suanli.autoscale.scalers import Optimizer
-from suanli.catalog.loader import get_model, get_storage_tier, interconnects
+from suanli.catalog.loader import get_accelerator, get_model, get_storage_tier, interconnects
 from suanli.errors import SuanliError, UsageError
 from suanli.perf.batching import StepTime, slo_token_budget
 from suanli.perf.engines import Engine, EngineError
 from suanli.perf.serve import check_serve
+from suanli.perf.system import make_system
 from suanli.plan.pool import PoolEntry, pool_from_accelerators
 
 
@@ -195,12 +196,14 @@ def _chip_table(
 @functools.lru_cache(maxsize=64)
 def token_budget(model: str, chip: str, tp: int, tpot_slo_s: float) -> int | None:
     """The token budget a replica of ``model`` on ``chip`` runs with for the TPOT SLO
-    (`slo_token_budget`), as the simulator runs it; None where the catalog cannot say
-    (a model it does not know, such as an HF id only vLLM resolves, or a chip that does
-    not hold the model)."""
+    (`slo_token_budget`), as the simulator runs it; None where the catalog cannot say: a
+    model it does not know (an HF id, which only vLLM resolves), a chip it does not
+    know, or one whose memory does not hold the model at ``tp``."""
     try:
-        kinds = make_kinds(model, pool_from_accelerators([chip], tp), tp=tp)
-    except (SuanliError, ValueError):
+        arch = get_model(model)
+        steps = StepTime(arch, make_system(get_accelerator(chip)), tp=tp)
+        if steps.kv_capacity_tokens() <= 0:
+            return None
+    except (SuanliError, ValueError, OSError):
         return None
-    kind = kinds.get(chip)
-    return slo_token_budget(kind.steps, tpot_slo_s) if kind is not None else None
+    return slo_token_budget(steps, tpot_slo_s)

@@ -108,6 +108,9 @@ class Optimizer:
     recent: int = 2000  # requests whose sizes make the distribution
     max_spot_share: float = 1.0
     max_miss_share: float = 0.0  # of requests planned outside the SLO (`cheapest_mix`)
+    #: a new mix's starts must pay back their cold starts within this long: mixes that
+    #: save less are not swapped to, as the load wobbles between them
+    start_horizon_s: float = 900.0
     #: plan replicas to run at this share of their SLO capacity: at 100% every burst
     #: between decisions misses the SLO (Knative's default target is 70%)
     target_utilization: float = 0.8
@@ -133,9 +136,10 @@ class Optimizer:
         for i, o in sizes:
             share[self.bucket_of(i, o)] += 1.0 / len(sizes)
         load = peak / self.target_utilization
-        # a replica started now is paid through its cold start, serving nothing; the
-        # plan holds at least the down window, over which that cost is spread
-        hold_s = max(self.down_window_s, self.period_s)
+        # a replica started now is paid through its cold start, serving nothing; that
+        # cost is spread over the time a swap has to pay it back (a shorter span would
+        # keep a dearer mix running for as long as it carries the load)
+        hold_s = max(self.start_horizon_s, self.down_window_s, self.period_s)
         self.mix = cheapest_mix(
             [load * s for s in share],
             self.kinds,

@@ -28,6 +28,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from suanli.jobs.spec import NAME, Resources
+from suanli.perf.batching import MAX_SEQS
 from suanli.run.executor import NODE_ADDRESS_ENV
 
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
@@ -186,7 +187,10 @@ def replica_command(spec: ServiceSpec, port: int, token_budget: int | None = Non
 
     ``token_budget`` (vLLM): ``--max-num-batched-tokens`` sized to the TPOT SLO for the
     replica's chip (`suanli.autoscale.kinds.token_budget`), the budget the simulator
-    plans with; the spec's own ``engine_args`` value, if it gives one, wins."""
+    plans with, and ``--max-num-seqs`` as the simulator has it (256): vLLM refuses a
+    budget below its sequences, whose default is 1,024 on an H100. What the spec's own
+    ``engine_args`` set wins; a budget below the sequences they ask for is raised to
+    them."""
     if spec.engine == "serve_lm":
         head = [sys.executable, "-m", "suanli.workloads.serve_lm", "--model", spec.model]
         head += ["--max-queue", str(max(1, spec.router.buffer))]
@@ -194,9 +198,8 @@ def replica_command(spec: ServiceSpec, port: int, token_budget: int | None = Non
         on_node = f'exec "$@" --host "${{{NODE_ADDRESS_ENV}:-127.0.0.1}}"'
         head = ["sh", "-c", on_node, "vllm-on-node", "vllm", "serve", spec.model]
         head += ["--tensor-parallel-size", str(spec.tp)]
-        given = {a.split("=")[0] for a in spec.engine_args}
-        if token_budget is not None and "--max-num-batched-tokens" not in given:
-            head += ["--max-num-batched-tokens", str(token_budget)]
+        if token_budget is not None:
+            head += _budget_flags(spec.engine_args, token_budget)
     else:
         head = [sys.executable, "-m", "sglang.launch_server", "--model-path", spec.model]
         head += ["--tp", str(spec.tp), "--host", "127.0.0.1"]
@@ -208,6 +211,26 @@ def replica_command(spec: ServiceSpec, port: int, token_budget: int | None = Non
         spec.name,
         *spec.engine_args,
     ]
+
+
+def _budget_flags(args: list[str], budget: int) -> list[str]:
+    """vLLM's ``--max-num-batched-tokens`` and ``--max-num-seqs`` for ``budget``, less what
+    ``args`` already set (``--flag=value`` or ``--flag value``)."""
+    given: dict[str, str] = {}
+    for i, a in enumerate(args):
+        flag, eq, value = a.partition("=")
+        if flag.startswith("--"):
+            given[flag] = value if eq else (args[i + 1] if i + 1 < len(args) else "")
+    seqs = MAX_SEQS
+    if "--max-num-seqs" in given:
+        try:
+            seqs = int(given["--max-num-seqs"])
+        except ValueError:
+            return []  # vLLM will say what is wrong with it
+    out = [] if "--max-num-seqs" in given else ["--max-num-seqs", str(seqs)]
+    if "--max-num-batched-tokens" not in given:
+        out += ["--max-num-batched-tokens", str(max(budget, seqs))]
+    return out
 
 
 def command_line(cmd: list[str]) -> str:

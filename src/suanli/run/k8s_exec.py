@@ -94,10 +94,11 @@ CANNOT_START = {
 ENDED_KEPT = 10_000
 #: a pod still there this long past its grace is deleted at once (a NotReady node)
 OVERDUE_S = 60.0
-#: a Job whose pods the cluster has not placed this long after its start fails (125): the
-#: devices suanli placed it on are someone else's now (a pod the cluster runs beside
-#: suanli, a node taken out), and a job that waits there unseen holds them in suanli's
-#: books forever. Time to pull an image is not counted: a scheduled pod has its node
+#: a Job whose pods the cluster has left unplaced this long (as this process saw them:
+#: a restarted service counts afresh) fails (125): the devices suanli placed it on are
+#: someone else's now (a pod the cluster runs beside suanli, a node taken out), and a
+#: job that waits there unseen holds them in suanli's books forever. Time to pull an
+#: image is not counted: a scheduled pod has its node
 PENDING_LIMIT_S = 600.0
 #: what a container that could not run ends with (as ``docker run`` says it)
 CONTAINER_CANNOT_RUN = 125
@@ -342,6 +343,7 @@ class _Tracked:
     pod_text: dict[str, str] = field(default_factory=dict)  # pod -> its log, last read
     capped: set[str] = field(default_factory=set)  # pods whose log passed the cap
     note: str = ""  # what the service adds to the log (why a container cannot start)
+    unplaced_since: float | None = None  # monotonic time its pods were first seen unplaced
 
 
 class KubernetesExecutor:
@@ -592,13 +594,21 @@ class KubernetesExecutor:
         if stuck is not None and not ended:
             note = f"\n[suanli] the container cannot start: {stuck.get('reason')}: "
             self._track(h.ref).note = note + f"{str(stuck.get('message', ''))[:500]}\n"
-        unplaced = _unplaced(pods, phase)
-        if unplaced is not None and not ended and time.time() - h.start_time > self.pending_limit_s:
-            self._track(h.ref).note = (
-                f"\n[suanli] the cluster has not placed the job's pods in "
-                f"{self.pending_limit_s:.0f} s: {unplaced[:500]}\n"
-            )
-            stuck = {"reason": "Unschedulable"}
+        unplaced = None if ended or stuck is not None else _unplaced(pods, phase)
+        if unplaced is None:
+            if h.ref in self._jobs:
+                self._jobs[h.ref].unplaced_since = None
+        else:
+            known = self._track(h.ref)
+            now = time.monotonic()
+            if known.unplaced_since is None:
+                known.unplaced_since = now
+            if now - known.unplaced_since >= self.pending_limit_s:
+                known.note = (
+                    f"\n[suanli] the cluster has not placed the job's pods in "
+                    f"{self.pending_limit_s:.0f} s: {unplaced[:500]}\n"
+                )
+                stuck = {"reason": "Unschedulable"}
         self._refresh_logs(h, pods, now=ended or failed is not None or stuck is not None)
         if not ended and (failed is not None or stuck is not None):
             # a member failed (or cannot start) and Volcano has not ended the Job yet: its

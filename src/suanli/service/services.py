@@ -473,10 +473,13 @@ class ServicesController:
         if chip is not None:  # a chip-mix replica: on this chip only
             resources.pop("accelerators", None)
             resources["accelerator"] = chip
+        # a vLLM replica on a known chip runs the token budget its SLO sizes, where the
+        # spec gives an SLO or plans on it (not vLLM's own default under a default SLO)
         on = resources.get("accelerator")
+        sized = "slo" in spec.model_fields_set or spec.autoscaler.policy == "optimizer"
         budget = (
             token_budget(spec.model, on, spec.tp, spec.slo.tpot_s)
-            if spec.engine == "vllm" and on and on != "cpu"
+            if spec.engine == "vllm" and sized and on and on != "cpu"
             else None
         )
         job = parse_job_spec(
