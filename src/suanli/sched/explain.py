@@ -14,20 +14,18 @@ from collections import Counter
 
 import numpy as np
 
-from suanli.cluster.state import NO_REPLICAS_LABEL, SHARES_LABEL, ClusterState
+from suanli.cluster.state import ClusterState
 from suanli.cluster.task import MILLI, Task
+from suanli.sched.plugins_fit import label_refusal
 
 
 def _node_reason(state: ClusterState, task: Task, i: int, capacity: bool) -> str | None:
     spec = state.specs[i]
     if task.regions and state.sites[state.site[i]].region not in task.regions:
         return f"not in region {' or '.join(sorted(task.regions))}"
-    if task.kind == "serve" and spec.labels.get(NO_REPLICAS_LABEL) == "true":
-        return "cannot be reached by the router (a Kubernetes pod listens on its own network)"
-    if 0 < task.gpu_milli < MILLI and spec.labels.get(SHARES_LABEL) == "none":
-        return "cannot share a device (a Kubernetes node without HAMi)"
-    if task.node_selector and any(spec.labels.get(k) != v for k, v in task.node_selector.items()):
-        return "do not match the node selector"
+    refused = label_refusal(task, spec.labels)
+    if refused is not None:
+        return refused
     if task.num_gpu:
         if task.gpu_spec and not state.type_mask(task.gpu_spec)[i]:
             return f"have 0 {' or '.join(sorted(task.gpu_spec))}"

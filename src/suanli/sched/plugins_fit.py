@@ -71,18 +71,23 @@ class NodeSelector:
         special = task.kind == "serve" or 0 < task.gpu_milli < MILLI
         if not want and not special:
             return np.ones(state.num_nodes, dtype=bool)
-        return np.array([selects(task, spec.labels) for spec in state.specs], dtype=bool)
+        return np.array(
+            [label_refusal(task, spec.labels) is None for spec in state.specs], dtype=bool
+        )
 
 
-def selects(task: Task, labels: dict[str, str]) -> bool:
-    """Whether a node with ``labels`` may take ``task``: every label its selector asks
-    for; for a service replica, a node where the router can reach it; for a share of a
-    device, a node whose devices can be shared."""
+def label_refusal(task: Task, labels: dict[str, str]) -> str | None:
+    """Why a node with ``labels`` may not take ``task`` (None: it may). It must carry
+    every label the task's selector asks for; a service replica needs a node where the
+    router can reach it, a share of a device a node whose devices can be shared. The
+    filter and `suanli.sched.explain` both ask here, so they cannot disagree."""
     if task.kind == "serve" and labels.get(NO_REPLICAS_LABEL) == "true":
-        return False
+        return "cannot be reached by the router (a Kubernetes pod listens on its own network)"
     if 0 < task.gpu_milli < MILLI and labels.get(SHARES_LABEL) == "none":
-        return False
-    return all(labels.get(k) == v for k, v in task.node_selector.items())
+        return "cannot share a device (a Kubernetes node without HAMi)"
+    if any(labels.get(k) != v for k, v in task.node_selector.items()):
+        return "do not match the node selector"
+    return None
 
 
 def _share_fits(state: ClusterState, task: Task, node: int) -> np.ndarray:
