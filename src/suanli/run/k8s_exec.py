@@ -589,33 +589,14 @@ class KubernetesExecutor:
             None,
         )
         failed = failed if failed is not None else next((c for c in codes if c), None)
-        waiting = [s.get("waiting") or {} for s in states]
-        stuck = next((w for w in waiting if w.get("reason") in CANNOT_START), None)
-        if stuck is not None and not ended:
-            note = f"\n[suanli] the container cannot start: {stuck.get('reason')}: "
-            self._track(h.ref).note = note + f"{str(stuck.get('message', ''))[:500]}\n"
-        unplaced = None if ended or stuck is not None else _unplaced(pods, phase)
-        if unplaced is None:
-            if h.ref in self._jobs:
-                self._jobs[h.ref].unplaced_since = None
-        else:
-            known = self._track(h.ref)
-            now = time.monotonic()
-            if known.unplaced_since is None:
-                known.unplaced_since = now
-            if now - known.unplaced_since >= self.pending_limit_s:
-                known.note = (
-                    f"\n[suanli] the cluster has not placed the job's pods in "
-                    f"{self.pending_limit_s:.0f} s: {unplaced[:500]}\n"
-                )
-                stuck = {"reason": "Unschedulable"}
+        stuck = None if ended else self._cannot_start(h.ref, states, pods, phase)
+        if stuck is not None:
+            self._track(h.ref).note = f"\n[suanli] {stuck[:600]}\n"
         self._refresh_logs(h, pods, now=ended or failed is not None or stuck is not None)
         if not ended and (failed is not None or stuck is not None):
             # a member failed (or cannot start) and Volcano has not ended the Job yet: its
             # other members would wait in their collectives holding devices; stop them all
-            if stuck is not None:
-                failed = CONTAINER_CANNOT_RUN
-            self._track(h.ref).failed = int(failed or 1)
+            self._track(h.ref).failed = CONTAINER_CANNOT_RUN if stuck else int(failed or 1)
             self._stop(h.ref)
             return None
         if not ended:
@@ -631,6 +612,31 @@ class KubernetesExecutor:
             code = -15 if known.stopped else (1 if phase == "Failed" else -9)
         self._delete_ended(h.ref)
         return code
+
+    def _cannot_start(
+        self, ref: str, states: list[dict[str, Any]], pods: list[dict[str, Any]], phase: str
+    ) -> str | None:
+        """Why a Job that has not ended never will run (None: it may yet): a container
+        the kubelet has given up starting, or pods the cluster has left unplaced for
+        ``pending_limit_s``, timed from when this process first saw them so."""
+        waiting = [s.get("waiting") or {} for s in states]
+        stuck = next((w for w in waiting if w.get("reason") in CANNOT_START), None)
+        if stuck is not None:
+            return f"the container cannot start: {stuck.get('reason')}: {stuck.get('message', '')}"
+        unplaced = _unplaced(pods, phase)
+        if unplaced is None:
+            if ref in self._jobs:
+                self._jobs[ref].unplaced_since = None
+            return None
+        known = self._track(ref)
+        now = time.monotonic()
+        if known.unplaced_since is None:
+            known.unplaced_since = now
+        if now - known.unplaced_since < self.pending_limit_s:
+            return None
+        return (
+            f"the cluster has not placed the job's pods in {self.pending_limit_s:.0f} s: {unplaced}"
+        )
 
     def _pods(self, ref: str) -> list[dict[str, Any]]:
         try:
@@ -819,11 +825,8 @@ def _unplaced(pods: list[dict[str, Any]], phase: str) -> str | None:
     when it has. No pods at all while Volcano says Pending: its queue has not admitted
     the PodGroup, and the pods are made only once it has."""
     if not pods:
-        return (
-            "Volcano has made no pod (its queue has not admitted the job)"
-            if (phase == "Pending")
-            else None
-        )
+        admitted = phase != "Pending"
+        return None if admitted else "Volcano has made no pod (its queue has not admitted it)"
     for pod in pods:
         status = pod.get("status") or {}
         for c in status.get("conditions") or []:
