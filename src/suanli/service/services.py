@@ -479,7 +479,7 @@ class ServicesController:
         sized = "slo" in spec.model_fields_set or spec.autoscaler.policy == "optimizer"
         budget = (
             token_budget(spec.model, on, spec.tp, spec.slo.tpot_s)
-            if spec.engine == "vllm" and sized and on and on != "cpu"
+            if spec.engine == "vllm" and sized and on  # None on a chip it does not know
             else None
         )
         job = parse_job_spec(
