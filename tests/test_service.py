@@ -68,7 +68,7 @@ def test_schema_comes_from_migrations_that_match_the_models(store: Store) -> Non
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    assert store.revision() == head() == "0010"  # the newest migration was applied
+    assert store.revision() == head() == "0011"  # the newest migration was applied
     with store.engine.connect() as conn:
         diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diffs == []

@@ -110,6 +110,35 @@ def test_the_controller_wakes_replaces_pins_caps_and_sleeps(tmp_path: Path) -> N
     assert all(j.state in ("failed", "cancelled") for j in jobs)
 
 
+def test_a_restarted_controller_forecasts_from_the_rates_the_store_kept(
+    tmp_path: Path,
+) -> None:
+    store = Store.sqlite(tmp_path)
+    store.migrate()
+    auto = {"policy": "predictive", "capacity_rps": 2.0, "period_s": 15}
+    spec = ServiceSpec.model_validate(_spec(tmp_path, autoscaler=auto))
+    with store.tx() as s:
+        s.add(
+            ServiceRow(name="chat", owner="ann", spec=spec.model_dump(), created_at=0, updated_at=0)
+        )
+    book = ReplicaBook()
+    ctl = ServicesController(store, book)
+    for k, n in enumerate((0, 15, 30, 45)):  # 1, 2, 3 then 4 requests/s
+        for i in range(n):
+            book.traffic_of("chat").arrived(15 * k + i / max(n, 1) * 15)
+        ctl.reconcile(15.0 * (k + 1))
+    seen = ctl._state["chat"].window.rates
+    assert seen[-3:] == pytest.approx([1.0, 2.0, 3.0], abs=0.1)
+    # a new controller (the service restarted) starts from them
+    again = ServicesController(store, ReplicaBook())
+    again.reconcile(70.0)
+    assert again._state["chat"].window.rates[: len(seen)] == pytest.approx(seen)
+    # an hour later they are no one's past
+    late = ServicesController(store, ReplicaBook())
+    late.reconcile(60.0 + 3700)
+    assert len(late._state["chat"].window.rates) <= 1
+
+
 def test_engines_render_their_own_servers_and_a_stand_in_vllm_serves(tmp_path: Path) -> None:
     spec = ServiceSpec.model_validate(_spec(tmp_path, engine="vllm", tp=2, engine_args=[]))
     cmd = replica_command(spec, 9000)

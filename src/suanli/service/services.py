@@ -63,6 +63,7 @@ log = logging.getLogger("suanli.services")
 LIVE = ("queued", "running", "preempted")
 ADDRESS_ENV = "SUANLI_REPLICA_ADDRESS"  # where a replica listens (host:port)
 HISTORY_POINTS = 240
+HISTORY_S = 3600.0  # rates older than this are not the forecasts' past
 
 
 def make_scaler(spec: ServiceSpec) -> Scaler:
@@ -215,6 +216,13 @@ class _State:
     note: str = ""  # what the status adds (a load beyond the bounds)
 
 
+def past_rates(row: ServiceRow, now: float) -> list[float]:
+    """The arrival rates the store kept for this service, from the last ``HISTORY_S``: a
+    controller that restarts (or a spec that changed) forecasts from the same past. The
+    periods the service was down are missing, not zeros: nothing was measured."""
+    return [float(r) for t, r in row.rates or [] if now - t < HISTORY_S]
+
+
 class ServicesController:
     name = "services"
 
@@ -262,7 +270,7 @@ class ServicesController:
             except (SuanliError, ValueError) as exc:  # the catalog changed under it
                 row.status = f"cannot scale: {exc}"[:255]
                 return
-            st = _State(row.spec, scaler, Window(Observation(now, 0)))
+            st = _State(row.spec, scaler, Window(Observation(now, 0), rates=past_rates(row, now)))
             st.period_arrivals_from = now
             self._state[row.name] = st
         jobs = list(
@@ -305,7 +313,7 @@ class ServicesController:
             if row.pinned is not None:
                 desired = row.pinned
             elif now >= st.next_decision:
-                self._period(st, traffic, now)
+                self._period(row, st, traffic, now)
                 desired = st.scaler.decide(st.window, {row.name: len(jobs)}).get(row.name, 0)
             desired = max(spec.replicas.min, min(spec.replicas.max, desired))
             if obs.ready == 0 and traffic.buffered > 0:
@@ -348,11 +356,15 @@ class ServicesController:
         traffic.replicas.labels(state="ready").set(obs.ready)
         traffic.replicas.labels(state="starting").set(obs.starting)
 
-    def _period(self, st: _State, traffic: ServiceTraffic, now: float) -> None:
-        """A decision is due: the arrival rate of the period that ends, and the next."""
+    def _period(self, row: ServiceRow, st: _State, traffic: ServiceTraffic, now: float) -> None:
+        """A decision is due: the arrival rate of the period that ends (kept in the
+        store too, for a restarted controller), and the next."""
         span = max(now - st.period_arrivals_from, 1e-3)
-        st.window.rates.append(traffic.rate(now, min(span, 60.0)))
+        rate = traffic.rate(now, min(span, 60.0))
+        st.window.rates.append(rate)
         st.window.rates = st.window.rates[-HISTORY_POINTS:]
+        kept = [p for p in row.rates or [] if now - p[0] < HISTORY_S]
+        row.rates = [*kept[-(HISTORY_POINTS - 1) :], [now, rate]]
         st.period_arrivals_from = now
         period = st.scaler.period_s
         st.next_decision = now + (period if math.isfinite(period) else 1e12)
@@ -373,7 +385,7 @@ class ServicesController:
         if st.mix_want is None:  # a new controller (or spec): what runs is where it starts
             st.mix_want = {c: current.get(c, 0) for c in spec.chips()}
         if row.pinned is None and now >= st.next_decision:
-            self._period(st, traffic, now)
+            self._period(row, st, traffic, now)
             st.window.sizes = list(traffic.sizes)
             try:
                 st.mix_want, st.note = opt.decide(st.window, dict(current)), ""
