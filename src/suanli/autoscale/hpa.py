@@ -4,14 +4,19 @@
 the current count left alone, the largest over signals taken; then the behaviour's
 stabilisation windows: a scale-up goes to the *smallest* recommendation of the up
 window (default 0 s: at once), a scale-down to the *largest* of the down window
-(default 300 s), so one quiet minute does not drop replicas that the next burst needs.
+(default 300 s), so one quiet minute does not drop replicas that the next burst needs;
+and the scale-up policies: at most double, or add 4, per 15 s period (the larger), so a
+queue that piled up while replicas start does not ask for many times what the load needs.
 Sources: kubernetes.io, "Horizontal Pod Autoscaling" (algorithm details, tolerance
-0.1, stabilizationWindowSeconds defaults 0 up and 300 down), and
-pkg/controller/podautoscaler/horizontal.go ``stabilizeRecommendationWithBehaviors``.
+0.1, stabilizationWindowSeconds defaults 0 up and 300 down, default scaleUp policies
+Percent 100 and Pods 4 per 15 s with selectPolicy Max), and
+pkg/controller/podautoscaler/horizontal.go ``stabilizeRecommendationWithBehaviors`` and
+``calculateScaleUpLimitWithScalingRules``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,6 +31,10 @@ class HpaSpec:
     tolerance: float = 0.1
     up_window_s: float = 0.0
     down_window_s: float = 300.0
+    #: a scale-up adds at most this share of the current replicas per decision period...
+    up_max_percent: float = 100.0
+    #: ...or this many replicas, whichever allows more
+    up_max_pods: int = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +75,17 @@ def stabilise(
     return current
 
 
+def up_limit(spec: HpaSpec, current: int) -> int:
+    """The most replicas one decision may scale ``current`` up to. Per decision, not per
+    policy period as Kubernetes counts it: both are 15 s here."""
+    return max(math.ceil(current * (1 + spec.up_max_percent / 100)), current + spec.up_max_pods)
+
+
 def hpa(
     spec: HpaSpec, obs: Observation, current: int, history: Sequence[tuple[float, int]]
 ) -> Decision:
     """Desired replicas for a service with ``current`` replicas (ready and starting)."""
     rec, why = recommend(spec, obs)
     desired = stabilise(rec, current, obs.t_s, history, spec.up_window_s, spec.down_window_s)
+    desired = min(desired, up_limit(spec, current))
     return Decision(clamp(desired, spec.min_replicas, spec.max_replicas), rec, why)
