@@ -19,6 +19,7 @@ from suanli.perf.batching import MIN_TOKEN_BUDGET, TOKEN_BUDGET, StepTime, slo_t
 from suanli.perf.system import make_system
 from suanli.sim.serving.fleet import Fleet, simulate_serving
 from suanli.sim.serving.replica import Replica, Seq
+from suanli.sim.serving.setup import make_setup
 from suanli.sim.serving.spot import SpotTerms, with_spot_twins
 from suanli.sim.serving.trace import TraceFileError, TraceRequest, read_trace
 
@@ -130,6 +131,34 @@ def test_from_zero_requests_wait_for_the_cold_start_and_overflow_is_refused(
         trace, {"a": kind}, Static({"a": 1}), ttft_slo_s=2.0, tpot_slo_s=0.1, initial={"a": 1}
     )
     assert static.slo_attainment == 1.0 and static.refused == 0
+
+
+def test_forecasting_policies_start_with_the_history_rates(steps: StepTime) -> None:
+    """A service that has been running has its past arrival rates: the forecasting
+    policies begin from the history's (15 s periods), the others need none."""
+    kinds = {"a": Kind("a", steps, 1, 1.79, cold_start_s=40.0)}
+    # 1 request/s for the first minute, 3/s for the next, then idle
+    trace = [TraceRequest(float(t), 100, 10) for t in range(60)]
+    trace += [TraceRequest(60 + i / 3, 100, 10) for i in range(180)]
+    trace += [TraceRequest(900.0, 100, 10)]
+    pred = make_setup("predictive", kinds, trace, tpot_slo_s=0.1, ttft_slo_s=2.0, history_s=150)
+    assert pred.past_rates == pytest.approx([1.0] * 4 + [3.0] * 4 + [0.0, 0.0])
+    assert make_setup("static", kinds, trace, tpot_slo_s=0.1, ttft_slo_s=2.0).past_rates == []
+
+    class Seen:
+        name, period_s = "seen", 15.0
+        first: list[float] | None = None
+
+        def decide(self, w, current):  # type: ignore[no-untyped-def]
+            self.first = list(w.rates) if self.first is None else self.first
+            return {"a": 1}
+
+    seen = Seen()
+    simulate_serving(
+        trace, kinds, seen, ttft_slo_s=2.0, tpot_slo_s=0.1, initial={"a": 1},
+        past_rates=pred.past_rates,
+    )  # fmt: skip
+    assert seen.first == pytest.approx([*pred.past_rates, 0.0])  # then its own periods
 
 
 def test_capacity_and_concurrency(steps: StepTime) -> None:

@@ -132,6 +132,7 @@ def mix_optimizer(
     max_spot_share: float = 1.0,
     buckets: SizeBuckets | None = None,
     max_miss_share: float = 0.0,
+    z: float = 2.33,
 ) -> Optimizer:
     """Mélange's optimizer over ``kinds``, each with its capacity per size bucket; with
     ``max_miss_share``, planning that share of requests outside the SLO at most."""
@@ -157,6 +158,7 @@ def mix_optimizer(
         target_utilization=utilization,
         max_spot_share=max_spot_share,
         max_miss_share=max_miss_share,
+        z=z,
     )
 
 

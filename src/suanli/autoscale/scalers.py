@@ -111,7 +111,7 @@ class Optimizer:
     #: a new mix's starts must pay back their cold starts within this long: mixes that
     #: save less are not swapped to, as the load wobbles between them
     start_horizon_s: float = 900.0
-    #: plan replicas to run at this share of their SLO capacity: at 100% every burst
+    #: plan the rate observed now at this share of the SLO capacity: at 100% every burst
     #: between decisions misses the SLO (Knative's default target is 70%)
     target_utilization: float = 0.8
     mix: Mix | None = None
@@ -119,8 +119,14 @@ class Optimizer:
 
     def decide(self, w: Window, current: dict[str, int]) -> dict[str, int]:
         steps = max(1, math.ceil((self.cold_start_s + self.period_s) / self.period_s))
-        peak = float(forecast(w.rates[-120:], steps).upper(self.z).max())
-        peak = max(peak, w.obs.arrivals_per_s, 1e-3 if w.obs.concurrency > 0 else 0.0)
+        # as in the predictive policy: the forecast carries its own confidence and is
+        # planned at the SLO capacity; the rate observed now is the floor, planned at the
+        # target utilisation (headroom for the bursts between decisions)
+        peak = max(
+            forecast(w.rates[-120:], steps).peak(self.z),
+            w.obs.arrivals_per_s / self.target_utilization,
+            1e-3 if w.obs.concurrency > 0 else 0.0,
+        )
         # a scale-down waits for the hold window: plan for its highest peak, so the mix
         # (a function of the load) does not swap kinds back and forth as load wobbles
         now = w.obs.t_s
@@ -135,13 +141,12 @@ class Optimizer:
         share = [0.0] * self.buckets
         for i, o in sizes:
             share[self.bucket_of(i, o)] += 1.0 / len(sizes)
-        load = peak / self.target_utilization
         # a replica started now is paid through its cold start, serving nothing; that
         # cost is spread over the time a swap has to pay it back (a shorter span would
         # keep a dearer mix running for as long as it carries the load)
         hold_s = max(self.start_horizon_s, self.down_window_s, self.period_s)
         self.mix = cheapest_mix(
-            [load * s for s in share],
+            [peak * s for s in share],
             self.kinds,
             max_spot_share=self.max_spot_share,
             running=current,

@@ -76,7 +76,8 @@ class AutoscalerSpec(BaseModel):
     down_window_s: float = Field(default=300.0, ge=0, le=86_400)
     stable_window_s: float = Field(default=60.0, gt=0, le=3600)  # KPA's
     scale_to_zero_grace_s: float = Field(default=30.0, ge=0, le=86_400)
-    #: optimizer: plan replicas to run at this share of their SLO capacity
+    #: optimizer: plan the rate observed now at this share of the replicas' SLO capacity
+    #: (the forecast peak is planned at the capacity: it carries its own confidence)
     utilization: float = Field(default=0.7, gt=0, le=1)
 
     @model_validator(mode="after")

@@ -235,9 +235,12 @@ def simulate_serving(
     buffer_max: int = 1000,
     drain_limit_s: float = 3600.0,
     progress: Callable[[float], None] | None = None,
+    past_rates: Sequence[float] = (),
 ) -> ServeResult:
     """Replay ``trace`` through a fleet that ``scaler`` controls; ``initial`` replicas are
-    ready at time 0 (a service already running when the trace starts)."""
+    ready at time 0 (a service already running when the trace starts), and
+    ``past_rates`` are the arrival rates per decision period it saw before (what a
+    forecasting policy reads from its metrics store after a restart)."""
     wall0 = time.perf_counter()
     fleet = Fleet(kinds, buffer_max, spot=spot, tpot_slo_s=tpot_slo_s)
     for name, n in (initial or {}).items():
@@ -245,7 +248,7 @@ def simulate_serving(
             fleet._start(name, 0.0, ready_s=0.0)
     seqs = [Seq(i, r.arrival_s, r.prompt, r.output, asked=r.output) for i, r in enumerate(trace)]
     end = trace[-1].arrival_s if trace else 0.0
-    window = Window(Observation(0.0, 0))
+    window = Window(Observation(0.0, 0), rates=list(past_rates))
     next_tick, next_decision, i = 0.0, 0.0, 0
     arrivals_since, period_arrivals = 0, 0
     last_period_t = 0.0

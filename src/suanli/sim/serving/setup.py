@@ -3,8 +3,11 @@ each kind's capacity at the SLO, and the autoscaler configured the way an operat
 would configure it from the service's recent past.
 
 Every autoscaler sizes itself from the same history, the first ``history_s`` of the
-trace: its size distribution gives a replica's capacity, and its busiest minute the
-fleet that is running (ready) when the trace starts. ``static`` provisions for the
+trace: its size distribution gives a replica's capacity, its busiest minute the fleet
+that is running (ready) when the trace starts, and its arrival rates the past that the
+forecasting policies (predictive, optimizer) start from, as a service that has been
+running has them in its metrics store. Without that past a forecast meets the trace's
+first burst knowing nothing of bursts. ``static`` provisions for the
 trace's peak minute: the usual baseline, which knows the peak in advance.
 """
 
@@ -40,6 +43,16 @@ class Setup:
     initial: dict[str, int]
     capacity_rps: dict[str, float]  # per replica of each kind, for the history's sizes
     best_single: str  # the kind with the lowest cost per request served
+    past_rates: list[float]  # arrivals/s per decision period over the history
+
+
+def _rates(trace: Sequence[TraceRequest], span_s: float, period_s: float) -> list[float]:
+    """Arrivals per second in each ``period_s`` of the first ``span_s``."""
+    counts = [0] * max(1, math.ceil(span_s / period_s))
+    for r in trace:
+        if r.arrival_s < span_s:
+            counts[int(r.arrival_s // period_s)] += 1
+    return [n / period_s for n in counts]
 
 
 def _shares(sizes: Sequence[TraceRequest], buckets: SizeBuckets) -> list[float]:
@@ -70,9 +83,13 @@ def make_setup(
     utilization: float = 0.7,
     spot: SpotTerms | None = None,
     max_miss_share: float = 0.0,
+    forecast_z: float = 2.33,
 ) -> Setup:
     """``utilization``: the share of a replica's SLO capacity the reactive policies aim
-    to run it at (their concurrency target), and the optimizer's planning headroom.
+    to run it at (their concurrency target, and the predictive policy's floor), and the
+    optimizer's headroom over the rate it observes. ``forecast_z``: the confidence of
+    the predictive and optimizer policies' forecast peak, in normal standard deviations
+    (2.33: 99%).
     ``spot``: the optimizer may also choose each chip's spot twin. ``max_miss_share``:
     the optimizer may plan that share of requests outside the SLO (`cheapest_mix`)."""
     if autoscaler not in AUTOSCALERS:
@@ -119,7 +136,7 @@ def make_setup(
     elif autoscaler == "kpa":
         scaler = Kpa(best, KpaSpec(kpa_target, min_replicas, max_replicas))
     elif autoscaler == "predictive":
-        spec = PredictiveSpec(c, kinds[best].cold_start_s, 15.0, reactive)
+        spec = PredictiveSpec(c, kinds[best].cold_start_s, 15.0, reactive, z=forecast_z)
         scaler = Predictive(best, spec, history=list(seeded))
     else:
         table = bucket_table(kinds, buckets, tpot_slo_s, ttft_slo_s)
@@ -136,8 +153,11 @@ def make_setup(
             max_spot_share=spot.max_share if spot is not None else 1.0,
             buckets=buckets,
             max_miss_share=max_miss_share,
+            z=forecast_z,
         )
-    return Setup(kinds, scaler, start, cap, best)
+    period = scaler.period_s
+    rates = _rates(trace, history_s, period) if math.isfinite(period) else []
+    return Setup(kinds, scaler, start, cap, best, rates)
 
 
 def run_policy(
@@ -151,6 +171,7 @@ def run_policy(
     max_replicas: int = 64,
     spot: SpotTerms | None = None,
     max_miss_share: float = 0.0,
+    forecast_z: float = 2.33,
     progress: Callable[[float], None] | None = None,
 ) -> tuple[Setup, ServeResult]:
     """Set a policy up from the trace's history and replay the whole trace under it."""
@@ -164,6 +185,7 @@ def run_policy(
         utilization=utilization,
         spot=spot,
         max_miss_share=max_miss_share,
+        forecast_z=forecast_z,
     )
     res = simulate_serving(
         trace,
@@ -174,5 +196,6 @@ def run_policy(
         initial=setup.initial,
         spot=spot,
         progress=progress,
+        past_rates=setup.past_rates,
     )
     return setup, res
