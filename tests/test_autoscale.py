@@ -147,9 +147,23 @@ def test_forecast_peak_keeps_room_for_bursts_the_history_showed() -> None:
     slow = list(40 + 3 * np.sin(np.arange(80) / 6))
     g = forecast(slow, 4)
     assert g.peak(2.33) < 50
-    # the confidence matters: the 95% rise is below the 99% one on a series with few
-    # large rises
-    assert f.peak(1.64) <= f.peak(2.33)
+    # the confidence matters: bursts of different heights, the 95% rise below the 99%
+    varied: list[float] = []
+    for h in (30, 50, 70, 90, 40, 60, 80, 20):
+        varied += [0.0] * 8 + [0.4 * h, h, 0.7 * h, 0.3 * h]
+    v = forecast([*varied, 0.0, 0.0], 4)
+    assert v.peak(1.64) < v.peak(2.33) <= 90
+
+
+def test_the_predictive_floor_scales_up_at_the_hpas_rate() -> None:
+    """A queue that piled up while replicas started asks the HPA floor for 50; it gets
+    the HPA's step (2 -> 6), while the forecast, not limited, may ask for more."""
+    reactive = HpaSpec(Targets(concurrency=8), min_replicas=1, max_replicas=64)
+    spec = PredictiveSpec(capacity_rps=100.0, cold_start_s=30, period_s=15, reactive=reactive)
+    queued = Observation(600, ready=2, waiting=400, arrivals_per_s=5)
+    assert predictive(spec, [5.0] * 40, queued, 2, []).desired == 6
+    ahead = PredictiveSpec(capacity_rps=1.0, cold_start_s=30, period_s=15, reactive=reactive)
+    assert predictive(ahead, [20.0] * 40, queued, 2, []).desired == 20
 
 
 def test_predictive_scales_ahead_of_a_ramp_that_reactive_would_meet_late() -> None:

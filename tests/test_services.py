@@ -127,16 +127,29 @@ def test_a_restarted_controller_forecasts_from_the_rates_the_store_kept(
         for i in range(n):
             book.traffic_of("chat").arrived(15 * k + i / max(n, 1) * 15)
         ctl.reconcile(15.0 * (k + 1))
+    # the first decision came at once, after no period: it measured no rate
     seen = ctl._state["chat"].window.rates
-    assert seen[-3:] == pytest.approx([1.0, 2.0, 3.0], abs=0.1)
+    assert seen == pytest.approx([1.0, 2.0, 3.0], abs=0.1)
+    with store.tx() as s:
+        kept = s.get(ServiceRow, "chat").rates  # type: ignore[union-attr]
+    assert [r for _, r, _ in kept] == pytest.approx(seen) and {p for *_, p in kept} == {15}
     # a new controller (the service restarted) starts from them
     again = ServicesController(store, ReplicaBook())
     again.reconcile(70.0)
-    assert again._state["chat"].window.rates[: len(seen)] == pytest.approx(seen)
+    assert again._state["chat"].window.rates == pytest.approx(seen)
     # an hour later they are no one's past
     late = ServicesController(store, ReplicaBook())
     late.reconcile(60.0 + 3700)
-    assert len(late._state["chat"].window.rates) <= 1
+    assert late._state["chat"].window.rates == []
+    # nor are they the past of a policy deciding at another period (a forecast reads
+    # them as equally spaced)
+    with store.tx() as s:
+        row = s.get(ServiceRow, "chat")
+        assert row is not None
+        row.spec = {**row.spec, "autoscaler": {**auto, "period_s": 30}}
+    other = ServicesController(store, ReplicaBook())
+    other.reconcile(75.0)
+    assert other._state["chat"].window.rates == []
 
 
 def test_engines_render_their_own_servers_and_a_stand_in_vllm_serves(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from suanli.perf.batching import MIN_TOKEN_BUDGET, TOKEN_BUDGET, StepTime, slo_t
 from suanli.perf.system import make_system
 from suanli.sim.serving.fleet import Fleet, simulate_serving
 from suanli.sim.serving.replica import Replica, Seq
-from suanli.sim.serving.setup import make_setup
+from suanli.sim.serving.setup import held_out, make_setup, run_policy
 from suanli.sim.serving.spot import SpotTerms, with_spot_twins
 from suanli.sim.serving.trace import TraceFileError, TraceRequest, read_trace
 
@@ -159,6 +159,18 @@ def test_forecasting_policies_start_with_the_history_rates(steps: StepTime) -> N
         past_rates=pred.past_rates,
     )  # fmt: skip
     assert seen.first == pytest.approx([*pred.past_rates, 0.0])  # then its own periods
+
+
+def test_a_policy_is_scored_on_what_follows_its_history(steps: StepTime) -> None:
+    """What a policy learned from is not what it is scored on: the requests after the
+    history, from time 0; the history is at most the trace's first half."""
+    kinds = {"a": Kind("a", steps, 1, 1.79, cold_start_s=40.0)}
+    trace = [TraceRequest(10.0 * i, 100, 10) for i in range(100)]  # 0 .. 990 s
+    _, res = run_policy("static", kinds, trace, ttft_slo_s=2.0, tpot_slo_s=0.1, history_s=300)
+    assert res.requests == 70  # 300 .. 990 s
+    _, short = run_policy("static", kinds, trace, ttft_slo_s=2.0, tpot_slo_s=0.1, history_s=600)
+    assert short.requests == 50  # from 495 s, half of the last arrival
+    assert [r.arrival_s for r in held_out(trace, 300)[:2]] == [0.0, 10.0]
 
 
 def test_capacity_and_concurrency(steps: StepTime) -> None:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 from suanli.autoscale.signals import Observation, Targets, clamp, per_signal_replicas
 
+UP_POLICY_PERIOD_S = 15.0  # the default scale-up policies' periodSeconds
+
 
 @dataclass(frozen=True, slots=True)
 class HpaSpec:
@@ -31,10 +33,11 @@ class HpaSpec:
     tolerance: float = 0.1
     up_window_s: float = 0.0
     down_window_s: float = 300.0
-    #: a scale-up adds at most this share of the current replicas per decision period...
+    #: a scale-up adds at most this share of the current replicas per 15 s...
     up_max_percent: float = 100.0
     #: ...or this many replicas, whichever allows more
     up_max_pods: int = 4
+    period_s: float = 15.0  # between decisions: the limits above compound over it
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +79,11 @@ def stabilise(
 
 
 def up_limit(spec: HpaSpec, current: int) -> int:
-    """The most replicas one decision may scale ``current`` up to. Per decision, not per
-    policy period as Kubernetes counts it: both are 15 s here."""
-    return max(math.ceil(current * (1 + spec.up_max_percent / 100)), current + spec.up_max_pods)
+    """The most replicas one decision may scale ``current`` up to: Kubernetes' limits per
+    15 s policy period, compounded over the time between decisions."""
+    periods = max(spec.period_s, 1e-9) / UP_POLICY_PERIOD_S
+    percent = float(current * (1 + spec.up_max_percent / 100) ** periods)
+    return max(math.ceil(percent - 1e-9), current + math.ceil(spec.up_max_pods * periods - 1e-9))
 
 
 def hpa(

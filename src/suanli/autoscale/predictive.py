@@ -26,9 +26,9 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import numpy as np
-from scipy.stats import norm
 
 from suanli.autoscale.hpa import Decision, HpaSpec, recommend, stabilise, up_limit
 from suanli.autoscale.signals import Observation, clamp
@@ -67,7 +67,7 @@ class Forecast:
         top = float(self.upper(z).max())
         if self.rises.size == 0:
             return top
-        rise = float(np.quantile(self.rises, norm.cdf(z)))
+        rise = float(np.quantile(self.rises, NormalDist().cdf(z)))
         return max(top, min(self.last + rise, self.ceiling))
 
 
@@ -117,8 +117,8 @@ def predictive(
     current: int,
     history: Sequence[tuple[float, int]],
 ) -> Decision:
-    """Desired replicas: enough for the forecast's upper bound over the coming start
-    time and one period, never below the reactive recommendation."""
+    """Desired replicas: enough for the forecast's peak over the coming start time and
+    one period (`Forecast.peak`), never below the reactive recommendation."""
     steps = max(1, math.ceil((spec.cold_start_s + spec.period_s) / spec.period_s))
     peak = forecast(rates, steps, spec.season_steps).peak(spec.z)
     ahead = math.ceil(peak / spec.capacity_rps - 1e-9)

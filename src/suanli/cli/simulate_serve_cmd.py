@@ -45,8 +45,17 @@ def serve_cmd(
         float, typer.Option("--time-scale", help="Divide arrival times by this.")
     ] = 1.0,
     duration_s: Annotated[
-        float | None, typer.Option("--duration-s", help="Only this much of the trace.")
+        float | None,
+        typer.Option("--duration-s", help="Only this much of the trace after the history."),
     ] = None,
+    history_s: Annotated[
+        float,
+        typer.Option(
+            "--history-s",
+            help="The trace's first seconds (simulated time) are the service's past: each "
+            "policy sizes itself from them, and is scored on what follows.",
+        ),
+    ] = 600.0,
     utilization: Annotated[
         float, typer.Option("--utilization", help="Target share of a replica's SLO capacity.")
     ] = 0.7,
@@ -113,8 +122,13 @@ def serve_cmd(
         entries = (
             load_pool(pool) if pool else pool_from_accelerators(accelerator or ["a100-80gb"], 1)
         )
+        if history_s <= 0:
+            raise UsageError(f"--history-s must be > 0, got {history_s}")
         reqs = read_trace(
-            trace, duration_s=duration_s, time_scale=time_scale, rate_scale=rate_scale
+            trace,
+            duration_s=None if duration_s is None else duration_s + history_s * time_scale,
+            time_scale=time_scale,
+            rate_scale=rate_scale,
         )
         kinds = make_kinds(
             model,
@@ -134,7 +148,7 @@ def serve_cmd(
             if spot_price_ratio is not None
             else None
         )
-        end = reqs[-1].arrival_s
+        end = max(reqs[-1].arrival_s - min(history_s, reqs[-1].arrival_s / 2), 0.0)
         with Progress(console=console, transient=True, disable=json_out) as bar:
             task = bar.add_task(f"{autoscaler}: simulated seconds", total=end)
             setup, res = run_policy(
@@ -147,6 +161,7 @@ def serve_cmd(
                 max_replicas=max_replicas,
                 spot=spot,
                 max_miss_share=1.0 - plan_attainment,
+                history_s=history_s,
                 progress=lambda t: bar.update(task, completed=t),
             )
     except (SuanliError, ValueError) as exc:

@@ -69,7 +69,8 @@ HISTORY_S = 3600.0  # rates older than this are not the forecasts' past
 def make_scaler(spec: ServiceSpec) -> Scaler:
     a, b = spec.autoscaler, spec.replicas
     targets = Targets(concurrency=a.target_concurrency)
-    hpa_spec = HpaSpec(targets, b.min, b.max, down_window_s=a.down_window_s)
+    period = a.period_s or (2.0 if a.policy == "kpa" else 15.0)
+    hpa_spec = HpaSpec(targets, b.min, b.max, down_window_s=a.down_window_s, period_s=period)
     scaler: Scaler
     if a.policy == "static":
         scaler = Static({spec.name: b.min})
@@ -97,7 +98,6 @@ def make_scaler(spec: ServiceSpec) -> Scaler:
         scaler = Kpa(spec.name, kpa)
     else:
         assert a.capacity_rps is not None  # the spec's validator says so
-        period = a.period_s or 15.0
         scaler = Predictive(
             spec.name, PredictiveSpec(a.capacity_rps, a.cold_start_s, period, hpa_spec)
         )
@@ -216,11 +216,19 @@ class _State:
     note: str = ""  # what the status adds (a load beyond the bounds)
 
 
-def past_rates(row: ServiceRow, now: float) -> list[float]:
-    """The arrival rates the store kept for this service, from the last ``HISTORY_S``: a
-    controller that restarts (or a spec that changed) forecasts from the same past. The
-    periods the service was down are missing, not zeros: nothing was measured."""
-    return [float(r) for t, r in row.rates or [] if now - t < HISTORY_S]
+def forecasts(scaler: Scaler) -> bool:
+    """Whether the policy reads past arrival rates (and so the store keeps them)."""
+    return isinstance(scaler, Predictive | Optimizer)
+
+
+def past_rates(row: ServiceRow, now: float, period_s: float) -> list[float]:
+    """The arrival rates the store kept for this service, from the last ``HISTORY_S`` and
+    taken at this period (a forecast reads them as equally spaced): a controller that
+    restarts, or a spec that changed, forecasts from the same past. The periods the
+    service was down are missing, not zeros: nothing was measured."""
+    return [
+        float(r) for t, r, p in row.rates or [] if now - t < HISTORY_S and math.isclose(p, period_s)
+    ]
 
 
 class ServicesController:
@@ -270,7 +278,8 @@ class ServicesController:
             except (SuanliError, ValueError) as exc:  # the catalog changed under it
                 row.status = f"cannot scale: {exc}"[:255]
                 return
-            st = _State(row.spec, scaler, Window(Observation(now, 0), rates=past_rates(row, now)))
+            past = past_rates(row, now, scaler.period_s) if forecasts(scaler) else []
+            st = _State(row.spec, scaler, Window(Observation(now, 0), rates=past))
             st.period_arrivals_from = now
             self._state[row.name] = st
         jobs = list(
@@ -358,15 +367,20 @@ class ServicesController:
 
     def _period(self, row: ServiceRow, st: _State, traffic: ServiceTraffic, now: float) -> None:
         """A decision is due: the arrival rate of the period that ends (kept in the
-        store too, for a restarted controller), and the next."""
-        span = max(now - st.period_arrivals_from, 1e-3)
-        rate = traffic.rate(now, min(span, 60.0))
-        st.window.rates.append(rate)
-        st.window.rates = st.window.rates[-HISTORY_POINTS:]
-        kept = [p for p in row.rates or [] if now - p[0] < HISTORY_S]
-        row.rates = [*kept[-(HISTORY_POINTS - 1) :], [now, rate]]
-        st.period_arrivals_from = now
+        store too where the policy forecasts, for a restarted controller), and the next.
+        The first decision of a new controller comes at once, after no period at all:
+        it measures no rate (one request in its last millisecond would read as 1,000/s,
+        and stay in the forecasts' past for an hour)."""
         period = st.scaler.period_s
+        span = now - st.period_arrivals_from
+        if span >= min(period, 60.0) / 2:
+            rate = traffic.rate(now, min(span, 60.0))
+            st.window.rates.append(rate)
+            st.window.rates = st.window.rates[-HISTORY_POINTS:]
+            if forecasts(st.scaler):
+                kept = [p for p in row.rates or [] if now - p[0] < HISTORY_S]
+                row.rates = [*kept[-(HISTORY_POINTS - 1) :], [now, rate, period]]
+        st.period_arrivals_from = now
         st.next_decision = now + (period if math.isfinite(period) else 1e12)
 
     def _decide_mix(

@@ -80,7 +80,7 @@ class ServiceRow(Base):
     desired: Mapped[int] = mapped_column(Integer, default=0)
     status: Mapped[str | None] = mapped_column(String(255), nullable=True, default=None)
     observed: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True, default=None)
-    #: [t_s, arrivals/s] per decision period, the last hour: the forecasts' past
+    #: [t_s, arrivals/s, period_s] per decision period, the last hour: the forecasts' past
     rates: Mapped[list[list[float]] | None] = mapped_column(JSON, nullable=True, default=None)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)  # replicas' time so far
     device_s: Mapped[float] = mapped_column(Float, default=0.0)

@@ -1,6 +1,6 @@
-"""Services keep their arrival rates per decision period: the forecasting autoscalers
-read the last hour of them, and a restarted service would otherwise forecast from
-nothing, meeting the next burst as if there had never been one.
+"""Services keep their arrival rates per decision period ([t_s, arrivals/s, period_s]):
+the forecasting autoscalers read the last hour of them, and a restarted service would
+otherwise forecast from nothing, meeting the next burst as if there had never been one.
 
 Revision ID: 0011
 Revises: 0010
