@@ -194,7 +194,9 @@ def label(job: Job) -> str:
     return out + (f" plan {1 - miss:.1%}" if miss else "")
 
 
-def cheapest(results: dict[Job, ServeResult], name: str, policies: tuple[str, ...], at: float):  # type: ignore[no-untyped-def]
+def cheapest(
+    results: dict[Job, ServeResult], name: str, policies: tuple[str, ...], at: float
+) -> tuple[Job, ServeResult] | None:
     """The cheapest setting of these policies on this trace reaching ``at`` attainment."""
     ok = [
         (j, r)

@@ -108,7 +108,7 @@ def serve_cmd(
     from suanli.perf.engines import get_engine
     from suanli.plan.pool import load_pool, pool_from_accelerators
     from suanli.sim.serving.plot import plot_runs
-    from suanli.sim.serving.setup import run_policy
+    from suanli.sim.serving.setup import history_of, run_policy
     from suanli.sim.serving.spot import SpotTerms
     from suanli.sim.serving.trace import read_trace
 
@@ -148,7 +148,7 @@ def serve_cmd(
             if spot_price_ratio is not None
             else None
         )
-        end = max(reqs[-1].arrival_s - min(history_s, reqs[-1].arrival_s / 2), 0.0)
+        end = reqs[-1].arrival_s - history_of(reqs, history_s)  # the replay's length
         with Progress(console=console, transient=True, disable=json_out) as bar:
             task = bar.add_task(f"{autoscaler}: simulated seconds", total=end)
             setup, res = run_policy(

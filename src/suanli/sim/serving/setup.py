@@ -71,6 +71,11 @@ def _per_minute(trace: Sequence[TraceRequest]) -> list[float]:
     return [n / 60.0 for n in counts.values()] or [0.0]
 
 
+def history_of(trace: Sequence[TraceRequest], history_s: float) -> float:
+    """The history a replay of ``trace`` takes: ``history_s``, at most its first half."""
+    return min(history_s, trace[-1].arrival_s / 2) if trace else history_s
+
+
 def held_out(trace: Sequence[TraceRequest], history_s: float) -> list[TraceRequest]:
     """The requests after the history, from time 0 (`run_policy`)."""
     return [
@@ -189,8 +194,7 @@ def run_policy(
     it (a trace no longer than that: its first half is the history). What a policy
     learned from is never what it is scored on: a forecast fitted on the minutes it is
     then asked to serve knows their bursts before they come."""
-    if trace:
-        history_s = min(history_s, trace[-1].arrival_s / 2)
+    history_s = history_of(trace, history_s)
     replay = held_out(trace, history_s)
     setup = make_setup(
         autoscaler,
