@@ -2,9 +2,9 @@
 the simulator (perf's capacities per chip, HiGHS) on the sizes the router saw, pins
 each replica to a chip, applies a pin, the bounds and the budget in the mix's
 proportions, swaps chips making before breaking, and the router draws a chip per
-request size from the mix's shares. Against a store and a fake clock: no chip of the
-catalog is on this machine, so replicas are jobs the test moves as the jobs
-controller would."""
+request size from the mix's shares, spilling over from a full chip. Against a store
+and a fake clock: no chip of the catalog is on this machine, so replicas are jobs the
+test moves as the jobs controller would."""
 
 from __future__ import annotations
 
@@ -117,7 +117,24 @@ def test_a_chip_mix_service_follows_the_optimizer(tmp_path: Path) -> None:
         for _ in range(20):
             rep = book.pick("mix", set(), size)
             assert rep is not None and share.get(rep.chip, 0) > 0
-            book.release(rep, failed=False)
+            book.release(rep, failed=False, size=size)
+
+    # requests held fill a chip's replicas to their SLO batch; the mix draws about 30%
+    # of this size to the A10 (121 of 400), more than its batch (88): the rest spill over
+    # to the A100s, which have room (the simulator's rule), and leave nothing behind
+    fills = traffic.fills
+    assert fills is not None
+    size = (100, 50)
+    b = BUCKETS.of(*size)
+    assert 0.2 < traffic.shares[b]["a10"] < 0.4 and fills.batches["a10"][b] < 0.3 * 400
+    held = [book.pick("mix", set(), size) for _ in range(400)]
+    a10 = [r for r in book.of("mix") if r.chip == "a10"]
+    assert sum(r.inflight for r in a10) == fills.batches["a10"][b] * len(a10)
+    assert all(r.fill <= 1 + 1e-9 for r in book.of("mix"))
+    for rep in held:
+        assert rep is not None
+        book.release(rep, failed=False, size=size)
+    assert all(r.fill == 0 and r.inflight == 0 for r in book.of("mix"))
 
     # a person pins 2: the mix's proportions, 2 replicas
     with store.tx() as s:

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from suanli.autoscale.capacity import capacity_rps, concurrency_at
+from suanli.autoscale.capacity import capacity_rps, concurrency_at, slo_batch
 from suanli.autoscale.kinds import Kind
 from suanli.autoscale.mix import NoMixError, ReplicaKind, SizeBuckets, cheapest_mix
+from suanli.autoscale.routing import FULL, Fills, spill
 from suanli.autoscale.scalers import Static
 from suanli.catalog.loader import get_accelerator, get_model
 from suanli.cli import app
@@ -239,6 +240,51 @@ def test_a_re_solved_mix_swaps_kinds_only_when_it_pays_for_the_starts() -> None:
     assert solve(4.0, {}) == {"small": 3, "big": 2}
     # more load than what runs serves: the added replicas are chosen on their merits
     assert solve(4.0, {"small": 3, "big": 2}, [60.0, 10.0]) == {"small": 6, "big": 2}
+
+
+def test_spill_over_rule() -> None:
+    """The drawn chip keeps a request while it has room; a full one passes it to the
+    chip with room that would be least full, among those serving the size within the
+    SLO; with none, the drawn chip queues it."""
+    serves = {"a": True, "b": True, "c": False}
+    assert spill("a", {"a": 1.0, "b": 0.1}, serves) == "a"  # exactly full still fits
+    assert spill("a", {"a": 1.2, "b": 0.9, "c": 0.1}, serves) == "b"  # c misses the SLO
+    assert spill("a", {"a": 1.2, "b": 1.1}, serves) == "a"
+    assert spill("a", {"b": 0.5}, serves) == "b"  # no replica of a is ready
+    f = Fills({"a": [4, 0]})
+    assert f.weight("a", 0) == 0.25 and f.weight("a", 1) == FULL and f.weight("z", 0) == FULL
+    assert f.serves("a", 0) and not f.serves("a", 1) and not f.serves("z", 0)
+
+
+def test_a_full_chip_spills_over_to_one_with_room(steps: StepTime) -> None:
+    """The mix sends every short request to chip a. Once a's replica holds its SLO batch
+    the next goes to b, whose replica has room; without spill-over it queues on a. A
+    finished request gives its share of the batch back."""
+    kinds = {n: Kind(n, steps, 1, 1.0, cold_start_s=30.0) for n in ("a", "b")}
+
+    def fleet(spill_over: bool) -> Fleet:
+        f = Fleet(kinds, 10, tpot_slo_s=0.1, ttft_slo_s=2.0, spill_over=spill_over)
+        f.route_shares = [[("a", 1.0), ("b", 0.0)]] * f.buckets.count
+        for n in kinds:
+            f._start(n, 0.0, ready_s=0.0)
+        return f
+
+    b = SizeBuckets().of(100, 20)
+    batch = slo_batch(steps, *SizeBuckets().representative(b), 0.1, 2.0)
+    assert 1 < batch < 256
+    on = fleet(True)
+    for i in range(batch + 3):
+        on.route(Seq(i, 0.0, 100, 20, asked=20), 0.0)
+    a, bb = on.replicas
+    assert a.outstanding == batch and bb.outstanding == 3
+    assert a.fill == pytest.approx(1.0) and bb.fill == pytest.approx(3 / batch)
+    off = fleet(False)
+    for i in range(batch + 3):
+        off.route(Seq(i, 0.0, 100, 20, asked=20), 0.0)
+    assert [r.outstanding for r in off.replicas] == [batch + 3, 0]
+    for r in on.replicas:
+        r.run_until(1e6)
+    assert all(r.fill == pytest.approx(0.0) and not r.outstanding for r in on.replicas)
 
 
 def test_trace_reader_says_what_is_wrong(tmp_path: Path) -> None:

@@ -153,13 +153,13 @@ def add_router_routes(app: FastAPI, store: Store, book: ReplicaBook) -> None:
             except httpx.TransportError:
                 resp = None
             except BaseException:  # the client left meanwhile: give the slot back
-                book.release(rep, failed=False)
+                book.release(rep, failed=False, size=size)
                 raise
             if resp is not None and resp.status_code < 500:
                 return resp, rep
             if resp is not None:  # the replica failed it: another one may not
                 await resp.aclose()
-            book.release(rep, failed=True)
+            book.release(rep, failed=True, size=size)
             tried.add(rep.job_id)
             traffic.retries.inc()
 
@@ -205,13 +205,13 @@ def add_router_routes(app: FastAPI, store: Store, book: ReplicaBook) -> None:
                 try:
                     content = await resp.aread()
                 except httpx.TransportError:  # died before it answered: send it again
-                    book.release(rep, failed=True)
+                    book.release(rep, failed=True, size=size)
                     tried.add(rep.job_id)
                     traffic.retries.inc()
                     continue
                 finally:
                     await resp.aclose()
-                book.release(rep, failed=False)
+                book.release(rep, failed=False, size=size)
                 _judge(traffic, spec, arrived, content, resp.status_code, size)
                 traffic.requests.labels(code=str(resp.status_code)).inc()
                 headers = {
@@ -234,7 +234,7 @@ def add_router_routes(app: FastAPI, store: Store, book: ReplicaBook) -> None:
                     return None
                 if got[0].status_code != 200:  # it refused the continuation: not another
                     await got[0].aclose()
-                    book.release(got[1], failed=False)
+                    book.release(got[1], failed=False, size=size)
                     return None
                 return got
 
@@ -389,7 +389,7 @@ async def _relay(
                 break
             except httpx.TransportError as exc:  # the replica died mid-stream
                 await resp.aclose()
-                book.release(rep, failed=True)
+                book.release(rep, failed=True, size=size)
                 held = False
                 cont = continuation(resume.payload, log, resume.byte_tokens)
                 can = cont is not None and resumes < MAX_RESUMES
@@ -414,7 +414,7 @@ async def _relay(
     finally:
         if held:
             await resp.aclose()
-            book.release(rep, failed=False)
+            book.release(rep, failed=False, size=size)
         end = time.monotonic()
         if first is not None and not failed:
             ttft = first - arrived

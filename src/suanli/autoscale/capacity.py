@@ -38,22 +38,23 @@ def tpot_s(steps: StepTime, batch: int, input_len: float, output_len: float) -> 
     ) * prefill_s(steps, input_len)
 
 
-def capacity_rps(
+def slo_batch(
     steps: StepTime,
     input_len: float,
     output_len: float,
     tpot_slo_s: float,
     ttft_slo_s: float | None = None,
-) -> float:
-    """Requests/s one replica sustains at the SLO; 0 when even one request misses it
-    or does not fit. With ``ttft_slo_s``, a prompt whose prefill alone takes more than
-    half of it (the rest is for queueing) also rules the size out."""
+) -> int:
+    """The most requests of this size one replica keeps in flight within the TPOT SLO
+    (and fitting its cache); 0 when even one misses it or does not fit. With
+    ``ttft_slo_s``, a prompt whose prefill alone takes more than half of it (the rest is
+    for queueing) also rules the size out."""
     kv = steps.kv_capacity_tokens()
     most = min(MAX_SEQS, int(kv // max(1.0, input_len + output_len)))
     if most < 1 or tpot_s(steps, 1, input_len, output_len) > tpot_slo_s:
-        return 0.0
+        return 0
     if ttft_slo_s is not None and prefill_s(steps, input_len) > ttft_slo_s / 2:
-        return 0.0
+        return 0
     lo, hi = 1, most
     while lo < hi:  # tpot grows with the batch: the largest batch meeting the SLO
         mid = (lo + hi + 1) // 2
@@ -61,7 +62,20 @@ def capacity_rps(
             lo = mid
         else:
             hi = mid - 1
-    return lo / (output_len * step_s(steps, lo, input_len, output_len))
+    return lo
+
+
+def capacity_rps(
+    steps: StepTime,
+    input_len: float,
+    output_len: float,
+    tpot_slo_s: float,
+    ttft_slo_s: float | None = None,
+) -> float:
+    """Requests/s one replica sustains at the SLO: its `slo_batch`'s throughput; 0
+    when no batch meets the SLO."""
+    b = slo_batch(steps, input_len, output_len, tpot_slo_s, ttft_slo_s)
+    return b / (output_len * step_s(steps, b, input_len, output_len)) if b else 0.0
 
 
 def best_effort_rps(steps: StepTime, input_len: float, output_len: float) -> float:

@@ -14,9 +14,10 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from suanli.autoscale.capacity import best_effort_rps, capacity_rps
+from suanli.autoscale.capacity import best_effort_rps, capacity_rps, slo_batch
 from suanli.autoscale.coldstart import cold_start
 from suanli.autoscale.mix import ReplicaKind, SizeBuckets
+from suanli.autoscale.routing import Fills
 from suanli.autoscale.scalers import Optimizer
 from suanli.catalog.loader import get_accelerator, get_model, get_storage_tier, interconnects
 from suanli.errors import SuanliError, UsageError
@@ -114,6 +115,20 @@ def bucket_table(
     return table
 
 
+def batch_table(
+    kinds: dict[str, Kind], buckets: SizeBuckets, tpot_slo_s: float, ttft_slo_s: float
+) -> dict[str, list[int]]:
+    """Each kind's SLO batch per size bucket (`slo_batch`; 0 where it misses the SLO):
+    what the chip-mix router measures a replica's fill by (`suanli.autoscale.routing`)."""
+    return {
+        k: [
+            slo_batch(kind.steps, *buckets.representative(b), tpot_slo_s, ttft_slo_s)
+            for b in range(buckets.count)
+        ]
+        for k, kind in kinds.items()
+    }
+
+
 def best_effort_table(kinds: dict[str, Kind], buckets: SizeBuckets) -> dict[str, list[float]]:
     """Each kind's one-at-a-time rate per size bucket, SLO or not: what a miss budget
     lets the optimizer send to a kind that cannot serve a size within the SLO."""
@@ -183,6 +198,16 @@ def chip_optimizer(
         max_replicas=max_replicas,
         max_miss_share=max_miss_share,
     )
+
+
+@functools.lru_cache(maxsize=32)
+def chip_fills(
+    model: str, chips: tuple[str, ...], tp: int, ttft_slo_s: float, tpot_slo_s: float
+) -> Fills:
+    """The live router's measure of a chip-mix service's replicas: each chip's SLO batch
+    per size bucket (`suanli.autoscale.routing`)."""
+    kinds, _ = _chip_table(model, chips, tp, ttft_slo_s, tpot_slo_s)
+    return Fills(batch_table(kinds, SizeBuckets(), tpot_slo_s, ttft_slo_s))
 
 
 @functools.lru_cache(maxsize=32)

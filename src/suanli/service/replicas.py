@@ -21,6 +21,7 @@ import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from suanli.autoscale.mix import SizeBuckets
+from suanli.autoscale.routing import Fills, spill
 from suanli.workloads.replica_auth import token_proof
 
 BUCKETS = SizeBuckets()
@@ -42,6 +43,13 @@ class Replica:
     chip: str = ""  # the chip it was asked on (a chip-mix service's kind)
     token: str = ""  # the bearer token it requires of the router
     proves: bool = False  # answers the prober's challenge (serve_lm): an impostor cannot
+    #: a chip-mix service: the share of its SLO batch its requests in flight take
+    fill: float = 0.0
+
+
+def _load(r: Replica) -> tuple[int, int]:
+    """The router's own count and the engine's queue, then the job id (a stable tie)."""
+    return (r.inflight + int(r.stats.get("queue_length", 0)), r.job_id)
 
 
 HISTORY = 720  # samples: an hour at one each 5 s
@@ -64,6 +72,8 @@ class ServiceTraffic:
         self.sizes: deque[tuple[int, int]] = deque(maxlen=SIZES_KEPT)
         #: a chip-mix service: per size bucket, the share of it each chip serves
         self.shares: list[dict[str, float]] | None = None
+        #: and each chip's SLO batch per size bucket: a full chip's requests spill over
+        self.fills: Fills | None = None
         #: (at, ready, desired, arrivals/s, in flight, waiting) every HISTORY_EVERY_S, for
         #: the console's chart of replicas and load; in memory: a restart starts it anew
         self.history: deque[tuple[float, int, int, float, float, float]] = deque(maxlen=HISTORY)
@@ -190,9 +200,11 @@ class ReplicaBook:
         self, service: str, avoid: set[int], size: tuple[int, int] | None = None
     ) -> Replica | None:
         """The ready replica with the fewest outstanding requests (the router's own count
-        and the engine's queue), and take one of its slots. For a chip-mix service, among
-        the replicas of a chip drawn by the share of the request's size bucket the mix
-        gives each chip (Mélange's routing); any ready replica when none of those is."""
+        and the engine's queue), and take one of its slots. For a chip-mix service, the
+        chip is drawn by the share of the request's size bucket the mix gives each
+        (Mélange's routing), and its least filled replica takes it, unless it is full and
+        another chip has room (`suanli.autoscale.routing`, as in the simulator); any
+        ready replica when no chip of the mix has one ready."""
         with self.lock:
             ready = [
                 r
@@ -202,22 +214,49 @@ class ReplicaBook:
             if not ready:
                 return None
             traffic = self.traffic.get(service)
-            if traffic is not None and traffic.shares is not None and size is not None:
-                share = traffic.shares[BUCKETS.of(*size)]
-                chips = {r.chip for r in ready}
-                options = [(c, s) for c, s in share.items() if c in chips and s > 0]
-                if options:
-                    chip = self.rng.choices([c for c, _ in options], [s for _, s in options])[0]
-                    ready = [r for r in ready if r.chip == chip]
-            best = min(
-                ready, key=lambda r: (r.inflight + int(r.stats.get("queue_length", 0)), r.job_id)
-            )
-            best.inflight += 1
-            return best
+            if traffic is None or traffic.shares is None or size is None:
+                return self._take(min(ready, key=_load))
+            b = BUCKETS.of(*size)
+            f = traffic.fills
+            least: dict[str, Replica] = {}  # per chip, its least filled ready replica
+            for r in ready:
+                if r.chip not in least or (r.fill, *_load(r)) < (
+                    least[r.chip].fill,
+                    *_load(least[r.chip]),
+                ):
+                    least[r.chip] = r
+            options = [(c, s) for c, s in traffic.shares[b].items() if c in least and s > 0]
+            if not options:
+                r = min(ready, key=_load)
+                return self._take(r, f.weight(r.chip, b) if f is not None else 0.0)
+            chip = self.rng.choices([c for c, _ in options], [s for _, s in options])[0]
+            if f is None:
+                return self._take(least[chip])
+            after = {c: r.fill + f.weight(c, b) for c, r in least.items()}
+            chip = spill(chip, after, {c: f.serves(c, b) for c in least})
+            return self._take(least[chip], f.weight(chip, b))
 
-    def release(self, replica: Replica, failed: bool) -> None:
+    @staticmethod
+    def _take(r: Replica, weight: float = 0.0) -> Replica:
+        r.inflight += 1
+        r.fill += weight
+        return r
+
+    def release(self, replica: Replica, failed: bool, size: tuple[int, int] | None = None) -> None:
+        """``size``: the request's, as given to `pick` (its weight leaves the fill)."""
         with self.lock:
             replica.inflight = max(0, replica.inflight - 1)
+            traffic = self.traffic.get(replica.service)
+            # what `pick` added: a weight for every request of a mix with fills
+            if (
+                size is not None
+                and traffic is not None
+                and traffic.shares is not None
+                and traffic.fills is not None
+            ):
+                replica.fill -= traffic.fills.weight(replica.chip, BUCKETS.of(*size))
+            if replica.inflight == 0 or replica.fill < 0:
+                replica.fill = 0.0  # a spec changed between pick and release: start anew
             if failed:  # not sent anything more until a probe sees it answer again
                 replica.ready = False
 

@@ -24,7 +24,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from suanli.autoscale.hpa import HpaSpec
-from suanli.autoscale.kinds import chip_optimizer, token_budget
+from suanli.autoscale.kinds import chip_fills, chip_optimizer, token_budget
 from suanli.autoscale.kpa import KpaSpec
 from suanli.autoscale.mix import NoMixError
 from suanli.autoscale.predictive import PredictiveSpec
@@ -317,7 +317,8 @@ class ServicesController:
             live = [j for j in jobs if not leaving(j)]
             self._converge(s, row, spec, mix_groups(spec, live, want), now)
         else:
-            traffic.shares = None  # routed by load alone (a spec that left the optimizer)
+            # routed by load alone (a spec that left the optimizer)
+            traffic.shares, traffic.fills = None, None
             desired = row.desired
             if row.pinned is not None:
                 desired = row.pinned
@@ -408,6 +409,9 @@ class ServicesController:
                 st.note = "the load exceeds what replicas.max serve within the SLO"
             if opt.mix is not None:
                 traffic.shares = shares_by_bucket(opt.mix, BUCKETS)
+                traffic.fills = chip_fills(
+                    spec.model, tuple(spec.chips()), spec.tp, spec.slo.ttft_s, spec.slo.tpot_s
+                )
         want = dict(st.mix_want)
         total = row.pinned if row.pinned is not None else sum(want.values())
         total = max(spec.replicas.min, min(spec.replicas.max, total))

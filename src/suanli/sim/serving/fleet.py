@@ -2,12 +2,13 @@
 replicas that an autoscaler starts and drains, and what it cost.
 
 The router sends each request to the ready replica with the fewest outstanding
-requests (among the kinds the optimizer's mix assigns its size to, when there is a
-mix). With no ready replica it buffers up to a bound while one starts (scale from
-zero); past the bound a request is refused (the live router's 429), and counts as
-missing its SLO. Replicas cost from the moment they are asked for (a cold start is
-paid for) until drained empty. The control loop samples every ``tick_s`` and asks the
-scaler at its own period.
+requests. With a mix, it draws the chip by the share of the request's size the
+optimizer gives each, and takes that chip's least filled replica, spilling over to
+another chip when it is full (`suanli.autoscale.routing`). With no ready replica it
+buffers up to a bound while one starts (scale from zero); past the bound a request is
+refused (the live router's 429), and counts as missing its SLO. Replicas cost from the
+moment they are asked for (a cold start is paid for) until drained empty. The control
+loop samples every ``tick_s`` and asks the scaler at its own period.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from suanli.autoscale.kinds import Kind
+from suanli.autoscale.kinds import Kind, batch_table
 from suanli.autoscale.mix import SizeBuckets
+from suanli.autoscale.routing import Fills, spill
 from suanli.autoscale.scalers import Optimizer, Scaler, Window
 from suanli.autoscale.signals import Observation
 from suanli.perf.batching import TOKEN_BUDGET, slo_token_budget
@@ -72,7 +74,11 @@ class Fleet:
         seed: int = 0,
         spot: SpotTerms | None = None,
         tpot_slo_s: float | None = None,
+        ttft_slo_s: float | None = None,
+        spill_over: bool = True,
     ) -> None:
+        """``spill_over``: a chip-mix service's router sends a request past a full chip
+        to one with room (`suanli.autoscale.routing`); off, by the mix's draw alone."""
         self.kinds, self.buffer_max, self.spot = kinds, buffer_max, spot
         #: each kind's token budget: sized to the TPOT SLO, as an operator sets vLLM's
         #: ``--max-num-batched-tokens`` (`slo_token_budget`); vLLM's default without one
@@ -91,6 +97,11 @@ class Fleet:
         #: bucket -> [(kind, share)] from the optimizer; None routes by load alone
         self.route_shares: list[list[tuple[str, float]]] | None = None
         self.buckets = SizeBuckets()
+        #: per kind and size bucket, its SLO batch: what a replica's fill is counted in
+        self.fills = Fills({})
+        if tpot_slo_s is not None and ttft_slo_s is not None:
+            self.fills = Fills(batch_table(kinds, self.buckets, tpot_slo_s, ttft_slo_s))
+        self.spill_over = spill_over and bool(self.fills.batches)
 
     def live(self, kind: str) -> list[Replica]:
         return [r for r in self.replicas if r.kind == kind and not r.draining]
@@ -110,18 +121,31 @@ class Fleet:
             else:
                 self.refused += 1
             return
-        if self.route_shares is not None:
-            # by chip: an on-demand replica standing in for a reclaimed spot one takes
-            # the spot kind's share
-            shares: dict[str, float] = {}
-            for k, s in self.route_shares[self.buckets.of(seq.prompt, seq.asked)]:
-                shares[self.chip(k)] = shares.get(self.chip(k), 0.0) + s
-            chips = {self.chip(r.kind) for r in ready}
-            options = [(k, s) for k, s in shares.items() if k in chips and s > 0]
-            if options:
-                pick = self.rng.choices([k for k, _ in options], [s for _, s in options])[0]
-                ready = [r for r in ready if self.chip(r.kind) == pick]
-        min(ready, key=lambda r: r.outstanding).submit(seq)
+        if self.route_shares is None:
+            min(ready, key=lambda r: r.outstanding).submit(seq)
+            return
+        # by chip: an on-demand replica standing in for a reclaimed spot one takes the
+        # spot kind's share
+        b = self.buckets.of(seq.prompt, seq.asked)
+        shares: dict[str, float] = {}
+        for k, s in self.route_shares[b]:
+            shares[self.chip(k)] = shares.get(self.chip(k), 0.0) + s
+        least: dict[str, Replica] = {}  # per chip, its least filled ready replica
+        for r in ready:
+            c = self.chip(r.kind)
+            if c not in least or (r.fill, r.outstanding) < (least[c].fill, least[c].outstanding):
+                least[c] = r
+        options = [(k, s) for k, s in shares.items() if k in least and s > 0]
+        if not options:
+            min(ready, key=lambda r: r.outstanding).submit(seq)
+            return
+        pick = self.rng.choices([k for k, _ in options], [s for _, s in options])[0]
+        f = self.fills
+        if self.spill_over:
+            after = {c: r.fill + f.weight(r.kind, b) for c, r in least.items()}
+            pick = spill(pick, after, {c: f.serves(r.kind, b) for c, r in least.items()})
+        r = least[pick]
+        r.submit(seq, f.weight(r.kind, b) if f.batches else 0.0)
 
     def flush(self, now: float) -> None:
         """Requests buffered while no replica was ready go out once one is."""
@@ -236,13 +260,23 @@ def simulate_serving(
     drain_limit_s: float = 3600.0,
     progress: Callable[[float], None] | None = None,
     past_rates: Sequence[float] = (),
+    spill_over: bool = True,
 ) -> ServeResult:
     """Replay ``trace`` through a fleet that ``scaler`` controls; ``initial`` replicas are
     ready at time 0 (a service already running when the trace starts), and
     ``past_rates`` are the arrival rates per decision period it saw before (what a
-    forecasting policy reads from its metrics store after a restart)."""
+    forecasting policy reads from its metrics store after a restart). ``spill_over``:
+    see `Fleet`."""
     wall0 = time.perf_counter()
-    fleet = Fleet(kinds, buffer_max, spot=spot, tpot_slo_s=tpot_slo_s)
+    mixed = isinstance(scaler, Optimizer)
+    fleet = Fleet(
+        kinds,
+        buffer_max,
+        spot=spot,
+        tpot_slo_s=tpot_slo_s,
+        ttft_slo_s=ttft_slo_s if mixed else None,  # only a mix routes by fill
+        spill_over=spill_over,
+    )
     for name, n in (initial or {}).items():
         for _ in range(n):
             fleet._start(name, 0.0, ready_s=0.0)

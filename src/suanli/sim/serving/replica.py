@@ -41,6 +41,8 @@ class Seq:
     done_s: float = -1.0
     preemptions: int = 0
     kind: str = ""  # the kind of replica that served it
+    #: the share of its replica's SLO batch it takes (`suanli.autoscale.routing`)
+    weight: float = 0.0
 
     @property
     def cached(self) -> int:
@@ -77,6 +79,7 @@ class Replica:
         self.reclaim_end_s: float | None = None  # spot: reclaimed, gone at this time
         self.finished: list[Seq] = []
         self.tokens_out = 0
+        self.fill = 0.0  # the weights of the requests in it (`suanli.autoscale.routing`)
 
     # --- what the router and autoscaler read --------------------------------------------
     @property
@@ -89,8 +92,9 @@ class Replica:
     def fits(self, prompt: int, output: int) -> bool:
         return prompt + output <= self.kv_cap
 
-    def submit(self, seq: Seq) -> None:
-        seq.kind = self.kind
+    def submit(self, seq: Seq, weight: float = 0.0) -> None:
+        seq.kind, seq.weight = self.kind, weight
+        self.fill += weight
         self.waiting.append(seq)
 
     # --- the engine ---------------------------------------------------------------------
@@ -132,6 +136,7 @@ class Replica:
         out = list(self.waiting)
         self.waiting.clear()
         self.used = self.partial = 0
+        self.fill = 0.0
         return out
 
     def _step_serial(self) -> None:
@@ -189,7 +194,7 @@ class Replica:
             if self.running:
                 self._evict_newest()
             else:  # a prompt the cache can never hold (the router checks; belt and braces)
-                self.waiting.popleft()
+                self.fill -= self.waiting.popleft().weight
             return
         self.clock += dt
         for s in self.running:
@@ -249,5 +254,6 @@ class Replica:
         for s in done:
             s.done_s = self.clock
             self.used -= s.cached
+            self.fill -= s.weight
             self.finished.append(s)
         self.running = [s for s in self.running if s.done_s < 0]

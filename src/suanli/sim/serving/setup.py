@@ -189,11 +189,13 @@ def run_policy(
     forecast_z: float = 2.33,
     history_s: float = 600.0,
     progress: Callable[[float], None] | None = None,
+    spill_over: bool = True,
 ) -> tuple[Setup, ServeResult]:
     """Set a policy up from the trace's first ``history_s`` and replay what follows under
     it (a trace no longer than that: its first half is the history). What a policy
     learned from is never what it is scored on: a forecast fitted on the minutes it is
-    then asked to serve knows their bursts before they come."""
+    then asked to serve knows their bursts before they come. ``spill_over``: see
+    `suanli.sim.serving.fleet.Fleet`."""
     history_s = history_of(trace, history_s)
     replay = held_out(trace, history_s)
     setup = make_setup(
@@ -219,5 +221,6 @@ def run_policy(
         spot=spot,
         progress=progress,
         past_rates=setup.past_rates,
+        spill_over=spill_over,
     )
     return setup, res
