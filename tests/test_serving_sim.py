@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from suanli.autoscale.capacity import capacity_rps, concurrency_at, slo_batch
-from suanli.autoscale.kinds import Kind
+from suanli.autoscale.kinds import Kind, make_kinds
 from suanli.autoscale.mix import NoMixError, ReplicaKind, SizeBuckets, cheapest_mix
 from suanli.autoscale.routing import FULL, Fills, spill
 from suanli.autoscale.scalers import Static
@@ -18,6 +18,7 @@ from suanli.catalog.loader import get_accelerator, get_model
 from suanli.cli import app
 from suanli.perf.batching import MIN_TOKEN_BUDGET, TOKEN_BUDGET, StepTime, slo_token_budget
 from suanli.perf.system import make_system
+from suanli.plan.pool import pool_from_accelerators
 from suanli.sim.serving.fleet import Fleet, simulate_serving
 from suanli.sim.serving.replica import Replica, Seq
 from suanli.sim.serving.setup import held_out, make_setup, run_policy
@@ -172,6 +173,24 @@ def test_a_policy_is_scored_on_what_follows_its_history(steps: StepTime) -> None
     _, short = run_policy("static", kinds, trace, ttft_slo_s=2.0, tpot_slo_s=0.1, history_s=600)
     assert short.requests == 50  # from 495 s, half of the last arrival
     assert [r.arrival_s for r in held_out(trace, 300)[:2]] == [0.0, 10.0]
+
+
+def test_static_mix_provisions_the_cheapest_mix_for_the_known_peak() -> None:
+    """Mélange's own setting: short chats and long documents at 40 requests/s, known in
+    advance; the mix of A10s and A100s for that load is provisioned once, ready from the
+    start, and paid for all along."""
+    kinds = make_kinds("llama-3.1-8b", pool_from_accelerators(["a10", "a100-80gb"], 1))
+    trace = [TraceRequest(i / 40, *((6000, 500) if i % 5 == 0 else (100, 50))) for i in range(4800)]
+    setup = make_setup("static-mix", kinds, trace, tpot_slo_s=0.1, ttft_slo_s=2.0)
+    assert isinstance(setup.scaler, Static) and setup.scaler.mix is not None
+    assert set(setup.initial) == {"a10", "a100-80gb"} and all(setup.initial.values())
+    assert setup.initial == {k: n for k, n in setup.scaler.mix.counts.items() if n}
+    _, res = run_policy("static-mix", kinds, trace, ttft_slo_s=2.0, tpot_slo_s=0.1)
+    assert res.refused == 0 and res.max_replicas == sum(setup.initial.values())
+    assert res.cost_usd == pytest.approx(
+        sum(kinds[k].usd_per_hour * n for k, n in setup.initial.items())
+        * res.timeline[-1][0] / 3600, rel=0.01
+    )  # fmt: skip
 
 
 def test_capacity_and_concurrency(steps: StepTime) -> None:

@@ -36,11 +36,14 @@ class Scaler(Protocol):
 
 @dataclass
 class Static:
-    """Provisioned once for the peak; never changes."""
+    """Provisioned once for the peak; never changes. ``mix``: a chip mix chosen once
+    (Mélange's own evaluation: a fixed fleet for a known rate), which the router draws
+    from as it does the optimizer's."""
 
     counts: dict[str, int]
     name: str = "static"
     period_s: float = math.inf
+    mix: Mix | None = None
 
     def decide(self, w: Window, current: dict[str, int]) -> dict[str, int]:
         return dict(self.counts)

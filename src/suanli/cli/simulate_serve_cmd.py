@@ -25,7 +25,8 @@ def serve_cmd(
         Path | None, typer.Option("--pool", help="Pool file: chips with prices (see plan).")
     ] = None,
     autoscaler: Annotated[
-        str, typer.Option("--autoscaler", help="static, hpa, kpa, predictive or optimizer.")
+        str,
+        typer.Option("--autoscaler", help="static, static-mix, hpa, kpa, predictive or optimizer."),
     ] = "hpa",
     ttft_slo_s: Annotated[float, typer.Option("--ttft-slo-s", help="TTFT SLO.")] = 2.0,
     tpot_slo_s: Annotated[float, typer.Option("--tpot-slo-s", help="TPOT SLO.")] = 0.1,
@@ -64,8 +65,9 @@ def serve_cmd(
         float,
         typer.Option(
             "--plan-attainment",
-            help="The optimizer plans to keep at least this share of requests within the "
-            "SLO; the rest may go where they miss it (Mélange: 0.995). 1: every request.",
+            help="The optimizer (and static-mix) plans to keep at least this share of "
+            "requests within the SLO; the rest may go where they miss it (Mélange: "
+            "0.995). 1: every request.",
         ),
     ] = 1.0,
     storage: Annotated[

@@ -26,7 +26,7 @@ import numpy as np
 from suanli.autoscale.kinds import Kind, batch_table
 from suanli.autoscale.mix import SizeBuckets
 from suanli.autoscale.routing import Fills, spill
-from suanli.autoscale.scalers import Optimizer, Scaler, Window
+from suanli.autoscale.scalers import Optimizer, Scaler, Static, Window
 from suanli.autoscale.signals import Observation
 from suanli.perf.batching import TOKEN_BUDGET, slo_token_budget
 from suanli.sim.serving.replica import Replica, Seq
@@ -268,7 +268,7 @@ def simulate_serving(
     forecasting policy reads from its metrics store after a restart). ``spill_over``:
     see `Fleet`."""
     wall0 = time.perf_counter()
-    mixed = isinstance(scaler, Optimizer)
+    mixed = isinstance(scaler, Optimizer) or (isinstance(scaler, Static) and scaler.mix is not None)
     fleet = Fleet(
         kinds,
         buffer_max,
@@ -331,7 +331,7 @@ def simulate_serving(
             want = scaler.decide(window, fleet.counts())
             fleet.scale_to(want, now)
             next_decision = now + scaler.period_s if math.isfinite(scaler.period_s) else math.inf
-            if isinstance(scaler, Optimizer) and scaler.mix is not None:
+            if isinstance(scaler, Optimizer | Static) and scaler.mix is not None:
                 fleet.route_shares = [
                     [(k, scaler.mix.shares[k][b]) for k in kinds]
                     for b in range(fleet.buckets.count)

@@ -25,7 +25,7 @@ from suanli.autoscale.capacity import (
 from suanli.autoscale.hpa import HpaSpec
 from suanli.autoscale.kinds import Kind, bucket_table, mix_optimizer
 from suanli.autoscale.kpa import KPA_TARGET_UTILIZATION, KpaSpec
-from suanli.autoscale.mix import SizeBuckets
+from suanli.autoscale.mix import SizeBuckets, cheapest_mix
 from suanli.autoscale.predictive import PredictiveSpec
 from suanli.autoscale.scalers import Hpa, Kpa, Predictive, Scaler, Static
 from suanli.autoscale.signals import Targets
@@ -34,7 +34,7 @@ from suanli.sim.serving.fleet import ServeResult, simulate_serving
 from suanli.sim.serving.spot import SpotTerms, with_spot_twins
 from suanli.sim.serving.trace import TraceRequest
 
-AUTOSCALERS = ("static", "hpa", "kpa", "predictive", "optimizer")
+AUTOSCALERS = ("static", "static-mix", "hpa", "kpa", "predictive", "optimizer")
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,10 @@ def make_setup(
     the predictive and optimizer policies' forecast peak, in normal standard deviations
     (2.33: 99%).
     ``spot``: the optimizer may also choose each chip's spot twin. ``max_miss_share``:
-    the optimizer may plan that share of requests outside the SLO (`cheapest_mix`)."""
+    the optimizer and static-mix may plan that share of requests outside the SLO
+    (`cheapest_mix`). ``static`` and ``static-mix`` know the whole trace: its busiest
+    minute on the best single kind, or the cheapest mix of kinds for that minute's rate
+    and the trace's sizes (Mélange's evaluation, a fixed fleet for a known load)."""
     if autoscaler not in AUTOSCALERS:
         raise UsageError(f"--autoscaler {autoscaler!r}: one of {', '.join(AUTOSCALERS)}")
     if spot is not None and autoscaler != "optimizer":
@@ -153,6 +156,25 @@ def make_setup(
     elif autoscaler == "predictive":
         spec = PredictiveSpec(c, kinds[best].cold_start_s, 15.0, reactive, z=forecast_z)
         scaler = Predictive(best, spec, history=list(seeded))
+    elif autoscaler == "static-mix":
+        # Mélange's setting: the trace's sizes and its busiest minute known, the
+        # cheapest mix for them provisioned once, at its SLO capacity (as static is)
+        opt = mix_optimizer(
+            kinds,
+            bucket_table(kinds, buckets, tpot_slo_s, ttft_slo_s),
+            utilization=1.0,
+            max_replicas=max_replicas,
+            buckets=buckets,
+            max_miss_share=max_miss_share,
+        )
+        peak = max(_per_minute(trace))
+        fixed = cheapest_mix(
+            [peak * s for s in _shares(trace, buckets)],
+            opt.kinds,
+            max_miss_share=max_miss_share,
+        )
+        start = {k: n for k, n in fixed.counts.items() if n}
+        scaler = Static(start, name="static-mix", mix=fixed)
     else:
         table = bucket_table(kinds, buckets, tpot_slo_s, ttft_slo_s)
         if spot is not None:  # each chip's spot twin serves what the chip serves
