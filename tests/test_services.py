@@ -152,6 +152,50 @@ def test_a_restarted_controller_forecasts_from_the_rates_the_store_kept(
     assert other._state["chat"].window.rates == []
 
 
+def test_a_restarted_controller_keeps_its_word_and_its_attainment(tmp_path: Path) -> None:
+    """The HPA's last word stands through its scale-down window after a restart (the
+    controller before would have held it), and the router's SLO counts go on from what
+    the store kept rather than from zero."""
+    store = Store.sqlite(tmp_path)
+    store.migrate()
+    auto = {"policy": "hpa", "target_concurrency": 2, "down_window_s": 60, "period_s": 15}
+    spec = ServiceSpec.model_validate(_spec(tmp_path, autoscaler=auto))
+    with store.tx() as s:
+        s.add(
+            ServiceRow(name="chat", owner="ann", spec=spec.model_dump(), created_at=0, updated_at=0)
+        )
+    book = ReplicaBook()
+    for met in (True, True, True, False):
+        book.traffic_of("chat").judge(met)
+    with store.tx() as s:
+        s.get(ServiceRow, "chat").pinned = 2  # type: ignore[union-attr]
+    first = ServicesController(store, book)
+    first.reconcile(0.0)
+    replicas_step(store, book, "chat")
+    with store.tx() as s:
+        row = s.get(ServiceRow, "chat")
+        assert row is not None and row.observed is not None and row.desired == 2
+        assert (row.observed["requests_judged"], row.observed["requests_met"]) == (4, 3)
+        row.pinned = None
+
+    def desired(ctl: ServicesController, t: float) -> int:
+        ctl.reconcile(t)
+        replicas_step(store, ctl.book, "chat")
+        with store.tx() as s:
+            return s.get(ServiceRow, "chat").desired  # type: ignore[union-attr]
+
+    # a new controller and router (the service restarted); the replicas ran on, idle
+    fresh = ReplicaBook()
+    again = ServicesController(store, fresh)
+    assert desired(again, 100.0) == 2  # held, not dropped at the first idle sample
+    assert fresh.traffic_of("chat").attainment == 0.75
+    fresh.traffic_of("chat").judge(True)
+    assert desired(again, 145.0) == 2
+    assert desired(again, 175.0) == 0  # the window has passed since the restart
+    with store.tx() as s:
+        assert s.get(ServiceRow, "chat").observed["requests_judged"] == 5  # type: ignore[union-attr,index]
+
+
 def test_engines_render_their_own_servers_and_a_stand_in_vllm_serves(tmp_path: Path) -> None:
     spec = ServiceSpec.model_validate(_spec(tmp_path, engine="vllm", tp=2, engine_args=[]))
     cmd = replica_command(spec, 9000)

@@ -216,6 +216,18 @@ class _State:
     note: str = ""  # what the status adds (a load beyond the bounds)
 
 
+def carry_attainment(traffic: ServiceTraffic, observed: dict[str, Any] | None) -> None:
+    """A router that has judged nothing yet, in a process that restarted, counts on from
+    what the store last said it had judged: a service's SLO attainment is since it was
+    created, not since the last restart."""
+    o = observed or {}
+    judged, met = o.get("requests_judged"), o.get("requests_met")
+    if traffic.judged > 0 or not isinstance(judged, int) or not isinstance(met, int):
+        return
+    if 0 <= met <= judged:
+        traffic.judged, traffic.met = judged, met
+
+
 def forecasts(scaler: Scaler) -> bool:
     """Whether the policy reads past arrival rates (and so the store keeps them)."""
     return isinstance(scaler, Predictive | Optimizer)
@@ -279,9 +291,15 @@ class ServicesController:
                 row.status = f"cannot scale: {exc}"[:255]
                 return
             past = past_rates(row, now, scaler.period_s) if forecasts(scaler) else []
+            if isinstance(scaler, Hpa | Predictive) and row.desired > 0:
+                # the last word stands as a recommendation made now: a restarted
+                # controller holds it through its scale-down window, as the one before
+                # would have, rather than dropping to what the first sample says
+                scaler.history = [(now, row.desired)]
             st = _State(row.spec, scaler, Window(Observation(now, 0), rates=past))
             st.period_arrivals_from = now
             self._state[row.name] = st
+            carry_attainment(self.book.traffic_of(row.name), row.observed)
         jobs = list(
             s.scalars(select(JobRow).where(JobRow.service == row.name, JobRow.state.in_(LIVE)))
         )
@@ -356,6 +374,7 @@ class ServicesController:
             "arrivals_per_s": obs.arrivals_per_s,
             "slo_attainment": traffic.attainment,
             "requests_judged": traffic.judged,
+            "requests_met": traffic.met,
         }
         row.updated_at = now
         record(traffic, now, obs.ready, desired, obs.arrivals_per_s, obs.running, obs.waiting)
