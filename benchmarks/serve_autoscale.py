@@ -68,6 +68,7 @@ HPA_SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 DEFAULT = (0.7, 2.33)
 #: each policy's headroom settings. The HPA's is its target utilisation; the forecasting
 #: policies' also the forecast's confidence (z 1.64: 95%, 2.33: 99%)
+NO_SPILL = "optimizer, no spill-over"
 GRID: dict[str, list[tuple[float, float]]] = {
     "static": [DEFAULT],
     "static-mix": [DEFAULT],  # Mélange's own setting: the peak known, a fixed mix
@@ -76,6 +77,8 @@ GRID: dict[str, list[tuple[float, float]]] = {
     "predictive": [(u, z) for u in (0.7, 0.9) for z in (1.64, 2.33)],
     # and at 100%: with spill-over, the mix's router keeps the SLO there (conversation)
     "optimizer": [(u, z) for u in (0.7, 0.9, 1.0) for z in (1.64, 2.33)],
+    # the router before spill-over, where spill-over lets the mix run fuller
+    NO_SPILL: [(u, 1.64) for u in (0.9, 1.0)],
 }
 HISTORY_S = 600.0  # run_policy's default: each policy sizes itself from these minutes
 PREDICTIVE_TARGET = 0.99  # the issue's: >= 99% within SLO, each policy at its cheapest
@@ -83,7 +86,7 @@ MELANGE = {"conversation": 0.77, "code": 0.33, "mixed": 0.51}  # their up-to red
 #: Mélange's evaluation keeps the TPOT SLO for >= 99.5% of requests: the optimizer may
 #: plan the other 0.5% where they miss it (`cheapest_mix`'s miss budget)
 MELANGE_MISS = 0.005
-PLANS_MISSES = ("optimizer", "static-mix")  # the policies a miss budget applies to
+PLANS_MISSES = ("optimizer", "static-mix", NO_SPILL)  # the policies a miss budget applies to
 console = Console(width=150)
 
 
@@ -96,7 +99,7 @@ def run(
     z: float = 2.33,
 ) -> ServeResult:
     return run_policy(
-        policy,
+        "optimizer" if policy == NO_SPILL else policy,
         kinds,
         trace,
         ttft_slo_s=TTFT_S,
@@ -104,6 +107,7 @@ def run(
         utilization=utilization,
         max_miss_share=miss,
         forecast_z=z,
+        spill_over=policy != NO_SPILL,
     )[1]
 
 
@@ -322,12 +326,10 @@ def compare(name: str, results: dict[Job, ServeResult], line: dict[str, object])
                 f"{pr.device_hours / same[1].device_hours:.2f})"
             )
     at = 1 - MELANGE_MISS
-    mixed, static = (
-        cheapest(results, name, ("static-mix",), 0.0),
-        results.get((name, "static", *DEFAULT, 0.0)),
-    )
-    if mixed is not None and static is not None:  # Mélange's setting, through the simulator
-        (mj, m) = mixed
+    # Mélange's setting, through the simulator: both planned for every request
+    mj: Job = (name, "static-mix", *DEFAULT, 0.0)
+    m, static = results.get(mj), results.get((name, "static", *DEFAULT, 0.0))
+    if m is not None and static is not None:
         line["static_mix_vs_static"] = {
             "static_mix": {"setting": label(mj), **m.to_dict()},
             "static": static.to_dict(),

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from suanli.api.app import create_app
 from suanli.api.router import request_size
+from suanli.autoscale.kinds import chip_fills
 from suanli.autoscale.scalers import Optimizer
 from suanli.autoscale.service_spec import ServiceSpec
 from suanli.service.mix import chip_of, rescale, within_budget
@@ -121,16 +122,28 @@ def test_a_chip_mix_service_follows_the_optimizer(tmp_path: Path) -> None:
 
     # requests held fill a chip's replicas to their SLO batch; the mix draws about 30%
     # of this size to the A10 (121 of 400), more than its batch (88): the rest spill over
-    # to the A100s, which have room (the simulator's rule), and leave nothing behind
-    fills = traffic.fills
-    assert fills is not None
+    # to the A100s, which have room (the simulator's rule)
     size = (100, 50)
     b = BUCKETS.of(*size)
-    assert 0.2 < traffic.shares[b]["a10"] < 0.4 and fills.batches["a10"][b] < 0.3 * 400
+    batches = chip_fills(spec.model, tuple(CHIPS), spec.tp, 2.0, 0.1).batches
+    a10_batch = batches["a10"][b]
+    assert 0.2 < traffic.shares[b]["a10"] < 0.4 and a10_batch < 0.3 * 400
     held = [book.pick("mix", set(), size) for _ in range(400)]
     a10 = [r for r in book.of("mix") if r.chip == "a10"]
-    assert sum(r.inflight for r in a10) == fills.batches["a10"][b] * len(a10)
+    assert a10 and all(r.batches[b] == a10_batch for r in a10)
+    assert sum(r.inflight for r in a10) == a10_batch * len(a10)
     assert all(r.fill <= 1 + 1e-9 for r in book.of("mix"))
+    # each request's weight leaves as it came: one back from a full A10, then half
+    one = next(r for r in held if r is not None and r.chip == "a10")
+    book.release(one, failed=False, size=size)
+    assert one.fill == pytest.approx((a10_batch - 1) / a10_batch)
+    held.remove(one)
+    a100 = next(r for r in book.of("mix") if r.chip == "a100-80gb" and r.inflight >= 2)
+    before, n = a100.fill, a100.inflight
+    for _ in range(n // 2):
+        held.remove(a100)
+        book.release(a100, failed=False, size=size)
+    assert a100.fill == pytest.approx(before * (n - n // 2) / n)
     for rep in held:
         assert rep is not None
         book.release(rep, failed=False, size=size)

@@ -153,9 +153,10 @@ def test_a_restarted_controller_forecasts_from_the_rates_the_store_kept(
 
 
 def test_a_restarted_controller_keeps_its_word_and_its_attainment(tmp_path: Path) -> None:
-    """The HPA's last word stands through its scale-down window after a restart (the
-    controller before would have held it), and the router's SLO counts go on from what
-    the store kept rather than from zero."""
+    """The HPA's recommendations within its scale-down window are kept in the store: a
+    restarted controller holds what the one before would have, until the window from
+    the last of them passes, and one that was down longer holds nothing. The router's
+    SLO counts go on from the store's, with what it judged before the first tick."""
     store = Store.sqlite(tmp_path)
     store.migrate()
     auto = {"policy": "hpa", "target_concurrency": 2, "down_window_s": 60, "period_s": 15}
@@ -164,36 +165,53 @@ def test_a_restarted_controller_keeps_its_word_and_its_attainment(tmp_path: Path
         s.add(
             ServiceRow(name="chat", owner="ann", spec=spec.model_dump(), created_at=0, updated_at=0)
         )
-    book = ReplicaBook()
-    for met in (True, True, True, False):
-        book.traffic_of("chat").judge(met)
-    with store.tx() as s:
-        s.get(ServiceRow, "chat").pinned = 2  # type: ignore[union-attr]
-    first = ServicesController(store, book)
-    first.reconcile(0.0)
-    replicas_step(store, book, "chat")
-    with store.tx() as s:
-        row = s.get(ServiceRow, "chat")
-        assert row is not None and row.observed is not None and row.desired == 2
-        assert (row.observed["requests_judged"], row.observed["requests_met"]) == (4, 3)
-        row.pinned = None
 
-    def desired(ctl: ServicesController, t: float) -> int:
+    def desired(ctl: ServicesController, t: float, in_flight: int = 0) -> int:
+        for r in ctl.book.of("chat"):
+            r.stats = {"in_flight": in_flight}
         ctl.reconcile(t)
         replicas_step(store, ctl.book, "chat")
         with store.tx() as s:
             return s.get(ServiceRow, "chat").desired  # type: ignore[union-attr]
 
-    # a new controller and router (the service restarted); the replicas ran on, idle
-    fresh = ReplicaBook()
-    again = ServicesController(store, fresh)
-    assert desired(again, 100.0) == 2  # held, not dropped at the first idle sample
-    assert fresh.traffic_of("chat").attainment == 0.75
-    fresh.traffic_of("chat").judge(True)
-    assert desired(again, 145.0) == 2
-    assert desired(again, 175.0) == 0  # the window has passed since the restart
+    first = ServicesController(store, ReplicaBook())
+    for met in (True, True, True, False):
+        first.book.traffic_of("chat").judge(met)
+    with store.tx() as s:
+        s.get(ServiceRow, "chat").pinned = 2  # type: ignore[union-attr]
+    desired(first, 0.0)
+    desired(first, 1.0)  # the replicas run and answer
+    with store.tx() as s:
+        s.get(ServiceRow, "chat").pinned = None  # type: ignore[union-attr]
+    # two requests in flight on each of two replicas: the HPA wants 2
+    assert desired(first, 10.0, in_flight=2) == 2
+    assert desired(first, 25.0, in_flight=2) == 2
+    with store.tx() as s:
+        row = s.get(ServiceRow, "chat")
+        assert row is not None and row.observed is not None
+        assert (row.observed["requests_judged"], row.observed["requests_met"]) == (4, 3)
+        assert [r for _, r in row.observed["recommendations"]] == [2, 2]  # type: ignore[union-attr]
+
+    # the process restarts; the replicas ran on, idle now; the router judged one
+    fresh = ServicesController(store, ReplicaBook())
+    fresh.book.traffic_of("chat").judge(True)
+    assert desired(fresh, 40.0) == 2  # held: 25 s + the 60 s window
+    assert fresh.book.traffic_of("chat").attainment == 4 / 5
+    assert desired(fresh, 80.0) == 2  # decides at 40, 80 (15 s on), 96
+    assert desired(fresh, 96.0) == 0
     with store.tx() as s:
         assert s.get(ServiceRow, "chat").observed["requests_judged"] == 5  # type: ignore[union-attr,index]
+
+    # a controller down longer than the window holds nothing
+    with store.tx() as s:
+        s.get(ServiceRow, "chat").pinned = 2  # type: ignore[union-attr]
+    desired(fresh, 101.0)
+    desired(fresh, 102.0)
+    with store.tx() as s:
+        s.get(ServiceRow, "chat").pinned = None  # type: ignore[union-attr]
+    assert desired(fresh, 116.0, in_flight=2) == 2
+    late = ServicesController(store, ReplicaBook())
+    assert desired(late, 116.0 + 61.0) == 0
 
 
 def test_engines_render_their_own_servers_and_a_stand_in_vllm_serves(tmp_path: Path) -> None:

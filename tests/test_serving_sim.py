@@ -185,6 +185,18 @@ def test_static_mix_provisions_the_cheapest_mix_for_the_known_peak() -> None:
     assert isinstance(setup.scaler, Static) and setup.scaler.mix is not None
     assert set(setup.initial) == {"a10", "a100-80gb"} and all(setup.initial.values())
     assert setup.initial == {k: n for k, n in setup.scaler.mix.counts.items() if n}
+    # the router draws from the mix: long documents go where the mix sends them
+    fleet = Fleet(setup.kinds, 10, tpot_slo_s=0.1, ttft_slo_s=2.0)
+    for k, n in setup.initial.items():
+        for _ in range(n):
+            fleet._start(k, 0.0, ready_s=0.0)
+    fleet.follow(setup.scaler)
+    docs = [Seq(i, 0.0, 6000, 500, asked=500) for i in range(4)]
+    for seq in docs:
+        fleet.route(seq, 0.0)
+    b = SizeBuckets().of(6000, 500)
+    assert {s.kind for s in docs} == {k for k, v in setup.scaler.mix.shares.items() if v[b] > 0}
+    assert {s.kind for s in docs} == {"a100-80gb"}  # the A10 prefills 6k tokens too slowly
     _, res = run_policy("static-mix", kinds, trace, ttft_slo_s=2.0, tpot_slo_s=0.1)
     assert res.refused == 0 and res.max_replicas == sum(setup.initial.values())
     assert res.cost_usd == pytest.approx(
@@ -356,7 +368,7 @@ def test_simulate_serve_on_the_azure_trace(tmp_path: Path) -> None:
     assert runs["static"]["best_single"] in ("a100-80gb", "h100-sxm")
     assert png.stat().st_size > 10_000
     bad = CliRunner().invoke(app, [*args, "--autoscaler", "magic"])
-    assert bad.exit_code == 2 and "one of static, hpa, kpa" in bad.output
+    assert bad.exit_code == 2 and "one of static, static-mix, hpa, kpa" in bad.output
 
 
 def test_a_reclaimed_spot_replica_falls_back_to_on_demand_within_its_notice(

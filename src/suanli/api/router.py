@@ -209,6 +209,9 @@ def add_router_routes(app: FastAPI, store: Store, book: ReplicaBook) -> None:
                     tried.add(rep.job_id)
                     traffic.retries.inc()
                     continue
+                except BaseException:  # the client left meanwhile: give the slot back
+                    book.release(rep, failed=False, size=size)
+                    raise
                 finally:
                     await resp.aclose()
                 book.release(rep, failed=False, size=size)

@@ -209,6 +209,7 @@ def add_service_routes(
             row = visible(s, name, who)
             live = len(jobs_of(s, name))
             s.delete(row)
+        book.forget(name)  # its counts and metrics are no one's: a new service starts anew
         # the controller stops the replicas at its next tick (they are orphans then)
         return {"deleted": name, "replicas_stopping": live}
 

@@ -29,20 +29,27 @@ FULL = 1.0
 _ROOM = FULL + 1e-9  # B requests of weight 1/B sum to a hair over 1 in floating point
 
 
-@dataclass(frozen=True)
+def weight(batches: Sequence[int], bucket: int) -> float:
+    """The share of a replica's SLO batch one request of the bucket takes, from the
+    replica's kind's SLO batch per bucket."""
+    return 1.0 / batches[bucket] if batches and batches[bucket] > 0 else FULL
+
+
+def serves(batches: Sequence[int], bucket: int) -> bool:
+    return bool(batches) and batches[bucket] > 0
+
+
+@dataclass(frozen=True, eq=False)
 class Fills:
     """Per kind and size bucket, the SLO batch (`suanli.autoscale.kinds.batch_table`)."""
 
     batches: Mapping[str, Sequence[int]]
 
     def weight(self, kind: str, bucket: int) -> float:
-        """The share of a replica's SLO batch one request of the bucket takes."""
-        b = self.batches.get(kind)
-        return 1.0 / b[bucket] if b and b[bucket] > 0 else FULL
+        return weight(self.batches.get(kind, ()), bucket)
 
     def serves(self, kind: str, bucket: int) -> bool:
-        b = self.batches.get(kind)
-        return bool(b and b[bucket] > 0)
+        return serves(self.batches.get(kind, ()), bucket)
 
 
 def spill(drawn: str, fill_after: Mapping[str, float], serves: Mapping[str, bool]) -> str:

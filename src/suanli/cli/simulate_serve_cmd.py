@@ -98,6 +98,14 @@ def serve_cmd(
     spot_max_share: Annotated[
         float, typer.Option("--spot-max-share", help="At most this share of load on spot.")
     ] = 1.0,
+    spill_over: Annotated[
+        bool,
+        typer.Option(
+            "--spill-over/--no-spill-over",
+            help="A chip mix's router sends a request past a full chip to one with room "
+            "(off: by the mix's draw alone, the router before spill-over).",
+        ),
+    ] = True,
     json_out: Annotated[bool, typer.Option("--json")] = False,
     plot: Annotated[
         Path | None, typer.Option("--plot", help="PNG: load and replicas over time.")
@@ -165,6 +173,7 @@ def serve_cmd(
                 max_miss_share=1.0 - plan_attainment,
                 history_s=history_s,
                 progress=lambda t: bar.update(task, completed=t),
+                spill_over=spill_over,
             )
     except (SuanliError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")

@@ -14,6 +14,7 @@ import random
 import secrets
 import threading
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from suanli.autoscale.mix import SizeBuckets
-from suanli.autoscale.routing import Fills, spill
+from suanli.autoscale.routing import serves, spill, weight
 from suanli.workloads.replica_auth import token_proof
 
 BUCKETS = SizeBuckets()
@@ -43,8 +44,14 @@ class Replica:
     chip: str = ""  # the chip it was asked on (a chip-mix service's kind)
     token: str = ""  # the bearer token it requires of the router
     proves: bool = False  # answers the prober's challenge (serve_lm): an impostor cannot
-    #: a chip-mix service: the share of its SLO batch its requests in flight take
+    #: a chip-mix service: its chip's SLO batch per size bucket, fixed when it is first
+    #: seen (so a request's weight leaves the fill as it came), and the share of that
+    #: batch its requests in flight take (`suanli.autoscale.routing`)
+    batches: tuple[int, ...] = ()
     fill: float = 0.0
+
+    def weight(self, size: tuple[int, int]) -> float:
+        return weight(self.batches, BUCKETS.of(*size)) if self.batches else 0.0
 
 
 def _load(r: Replica) -> tuple[int, int]:
@@ -68,12 +75,12 @@ class ServiceTraffic:
         self.buffered = 0
         self.met = 0
         self.judged = 0
+        self.carried = False  # the counts from before a restart are in
+        self.lock = threading.Lock()
         #: (prompt, output) tokens of recent requests: the optimizer's size distribution
         self.sizes: deque[tuple[int, int]] = deque(maxlen=SIZES_KEPT)
         #: a chip-mix service: per size bucket, the share of it each chip serves
         self.shares: list[dict[str, float]] | None = None
-        #: and each chip's SLO batch per size bucket: a full chip's requests spill over
-        self.fills: Fills | None = None
         #: (at, ready, desired, arrivals/s, in flight, waiting) every HISTORY_EVERY_S, for
         #: the console's chart of replicas and load; in memory: a restart starts it anew
         self.history: deque[tuple[float, int, int, float, float, float]] = deque(maxlen=HISTORY)
@@ -127,8 +134,15 @@ class ServiceTraffic:
         return sum(1 for t in self.arrivals if now - t <= window_s) / window_s
 
     def judge(self, met: bool) -> None:
-        self.judged += 1
-        self.met += int(met)
+        with self.lock:
+            self.judged += 1
+            self.met += int(met)
+
+    def carry(self, judged: int, met: int) -> None:
+        """Counts from before this router (a restart): added once."""
+        with self.lock:
+            if not self.carried:
+                self.judged, self.met, self.carried = self.judged + judged, self.met + met, True
 
     @property
     def attainment(self) -> float | None:
@@ -167,8 +181,10 @@ class ReplicaBook:
         chips: dict[int, str] | None = None,
         tokens: dict[int, str] | None = None,
         proves: bool = False,
+        batches: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
-        """The replicas of ``service`` that run now (job id -> address, chip, token)."""
+        """The replicas of ``service`` that run now (job id -> address, chip, token);
+        ``batches``: a chip-mix service's SLO batch per chip and size bucket."""
         with self.lock:
             for jid, r in list(self.replicas.items()):
                 if r.service == service and jid not in running:
@@ -177,7 +193,13 @@ class ReplicaBook:
                 if jid not in self.replicas:
                     chip, token = (chips or {}).get(jid, ""), (tokens or {}).get(jid, "")
                     self.replicas[jid] = Replica(
-                        jid, service, addr, chip=chip, token=token, proves=proves and bool(token)
+                        jid,
+                        service,
+                        addr,
+                        chip=chip,
+                        token=token,
+                        proves=proves and bool(token),
+                        batches=tuple((batches or {}).get(chip, ())),
                     )
             self.traffic.setdefault(service, ServiceTraffic(service))
 
@@ -215,9 +237,8 @@ class ReplicaBook:
                 return None
             traffic = self.traffic.get(service)
             if traffic is None or traffic.shares is None or size is None:
-                return self._take(min(ready, key=_load))
+                return self._take(min(ready, key=_load), size)
             b = BUCKETS.of(*size)
-            f = traffic.fills
             least: dict[str, Replica] = {}  # per chip, its least filled ready replica
             for r in ready:
                 if r.chip not in least or (r.fill, *_load(r)) < (
@@ -227,36 +248,27 @@ class ReplicaBook:
                     least[r.chip] = r
             options = [(c, s) for c, s in traffic.shares[b].items() if c in least and s > 0]
             if not options:
-                r = min(ready, key=_load)
-                return self._take(r, f.weight(r.chip, b) if f is not None else 0.0)
+                return self._take(min(ready, key=_load), size)
             chip = self.rng.choices([c for c, _ in options], [s for _, s in options])[0]
-            if f is None:
-                return self._take(least[chip])
-            after = {c: r.fill + f.weight(c, b) for c, r in least.items()}
-            chip = spill(chip, after, {c: f.serves(c, b) for c in least})
-            return self._take(least[chip], f.weight(chip, b))
+            if least[chip].batches:
+                after = {c: r.fill + weight(r.batches, b) for c, r in least.items()}
+                chip = spill(chip, after, {c: serves(r.batches, b) for c, r in least.items()})
+            return self._take(least[chip], size)
 
     @staticmethod
-    def _take(r: Replica, weight: float = 0.0) -> Replica:
+    def _take(r: Replica, size: tuple[int, int] | None) -> Replica:
         r.inflight += 1
-        r.fill += weight
+        r.fill += r.weight(size) if size is not None else 0.0
         return r
 
     def release(self, replica: Replica, failed: bool, size: tuple[int, int] | None = None) -> None:
-        """``size``: the request's, as given to `pick` (its weight leaves the fill)."""
+        """``size``: the request's, as given to `pick`: its weight, from the replica's
+        own batches, leaves the fill as it came."""
         with self.lock:
             replica.inflight = max(0, replica.inflight - 1)
-            traffic = self.traffic.get(replica.service)
-            # what `pick` added: a weight for every request of a mix with fills
-            if (
-                size is not None
-                and traffic is not None
-                and traffic.shares is not None
-                and traffic.fills is not None
-            ):
-                replica.fill -= traffic.fills.weight(replica.chip, BUCKETS.of(*size))
-            if replica.inflight == 0 or replica.fill < 0:
-                replica.fill = 0.0  # a spec changed between pick and release: start anew
+            replica.fill -= replica.weight(size) if size is not None else 0.0
+            if replica.inflight == 0:
+                replica.fill = 0.0  # nothing in flight: no rounding left over either
             if failed:  # not sent anything more until a probe sees it answer again
                 replica.ready = False
 

@@ -17,6 +17,7 @@ import logging
 import math
 import secrets
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -209,6 +210,7 @@ class _State:
     spec: dict[str, Any]
     scaler: Scaler
     window: Window
+    created: float  # the row's created_at: a service deleted and made anew is another
     next_decision: float = 0.0
     last_tick: float | None = None
     period_arrivals_from: float = 0.0
@@ -216,16 +218,42 @@ class _State:
     note: str = ""  # what the status adds (a load beyond the bounds)
 
 
+def mix_batches(spec: ServiceSpec) -> Mapping[str, Sequence[int]] | None:
+    """A chip-mix service's SLO batch per chip and size bucket: what its router fills a
+    replica by, and spills over from a full chip (`suanli.autoscale.routing`)."""
+    if spec.autoscaler.policy != "optimizer":
+        return None
+    chips = tuple(spec.chips())
+    return chip_fills(spec.model, chips, spec.tp, spec.slo.ttft_s, spec.slo.tpot_s).batches
+
+
 def carry_attainment(traffic: ServiceTraffic, observed: dict[str, Any] | None) -> None:
-    """A router that has judged nothing yet, in a process that restarted, counts on from
-    what the store last said it had judged: a service's SLO attainment is since it was
-    created, not since the last restart."""
+    """The router's SLO counts go on from those the store kept, once per router (a
+    restarted process): a service's attainment is since it was created, not since the
+    last restart."""
     o = observed or {}
     judged, met = o.get("requests_judged"), o.get("requests_met")
-    if traffic.judged > 0 or not isinstance(judged, int) or not isinstance(met, int):
-        return
-    if 0 <= met <= judged:
-        traffic.judged, traffic.met = judged, met
+    traffic.carry(
+        judged if isinstance(judged, int) else 0,
+        met if isinstance(met, int) and isinstance(judged, int) and 0 <= met <= judged else 0,
+    )
+
+
+def stored_recommendations(observed: dict[str, Any] | None) -> list[tuple[float, int]]:
+    """The HPA's recommendations the store kept (``observed.recommendations``)."""
+    out = []
+    for item in (observed or {}).get("recommendations") or []:
+        if isinstance(item, list) and len(item) == 2:
+            t, r = item
+            if isinstance(t, int | float) and isinstance(r, int):
+                out.append((float(t), r))
+    return out
+
+
+def recent_recommendations(
+    history: Sequence[tuple[float, int]], now: float, window_s: float
+) -> list[tuple[float, int]]:
+    return [(t, r) for t, r in history if now - t < window_s]
 
 
 def forecasts(scaler: Scaler) -> bool:
@@ -284,6 +312,10 @@ class ServicesController:
     def _reconcile_one(self, s: Session, row: ServiceRow, now: float) -> None:
         spec = ServiceSpec.model_validate(row.spec)
         st = self._state.get(row.name)
+        if st is not None and st.created != row.created_at:  # deleted, made anew: not it
+            self._state.pop(row.name)
+            self.book.forget(row.name)
+            st = None
         if st is None or st.spec != row.spec:  # new, or its spec changed: a fresh scaler
             try:
                 scaler = make_scaler(spec)
@@ -291,15 +323,21 @@ class ServicesController:
                 row.status = f"cannot scale: {exc}"[:255]
                 return
             past = past_rates(row, now, scaler.period_s) if forecasts(scaler) else []
-            if isinstance(scaler, Hpa | Predictive) and row.desired > 0:
-                # the last word stands as a recommendation made now: a restarted
-                # controller holds it through its scale-down window, as the one before
-                # would have, rather than dropping to what the first sample says
-                scaler.history = [(now, row.desired)]
-            st = _State(row.spec, scaler, Window(Observation(now, 0), rates=past))
+            if isinstance(scaler, Hpa | Predictive):
+                # the recommendations within its scale-down window: those of the scaler
+                # it replaces (a changed spec), or those the store kept (a restart), so
+                # it holds what the one before would have, no longer
+                before = st.scaler if st is not None else None
+                kept = before.history if isinstance(before, Hpa | Predictive) else None
+                scaler.history = recent_recommendations(
+                    kept if kept is not None else stored_recommendations(row.observed),
+                    now,
+                    scaler.spec.down_window_s,
+                )
+            carry_attainment(self.book.traffic_of(row.name), row.observed)
+            st = _State(row.spec, scaler, Window(Observation(now, 0), rates=past), row.created_at)
             st.period_arrivals_from = now
             self._state[row.name] = st
-            carry_attainment(self.book.traffic_of(row.name), row.observed)
         jobs = list(
             s.scalars(select(JobRow).where(JobRow.service == row.name, JobRow.state.in_(LIVE)))
         )
@@ -310,6 +348,7 @@ class ServicesController:
             {j.id: chip_of(j) for j in jobs},
             {j.id: replica_env_of(j, REPLICA_TOKEN_ENV) for j in jobs},
             proves=spec.engine == "serve_lm",
+            batches=mix_batches(spec),
         )
         replicas = self.book.of(row.name)
         traffic = self.book.traffic_of(row.name)
@@ -335,8 +374,7 @@ class ServicesController:
             live = [j for j in jobs if not leaving(j)]
             self._converge(s, row, spec, mix_groups(spec, live, want), now)
         else:
-            # routed by load alone (a spec that left the optimizer)
-            traffic.shares, traffic.fills = None, None
+            traffic.shares = None  # routed by load alone (a spec that left the optimizer)
             desired = row.desired
             if row.pinned is not None:
                 desired = row.pinned
@@ -376,6 +414,13 @@ class ServicesController:
             "requests_judged": traffic.judged,
             "requests_met": traffic.met,
         }
+        if isinstance(st.scaler, Hpa | Predictive):  # what a restarted controller holds
+            row.observed["recommendations"] = [
+                [t, r]
+                for t, r in recent_recommendations(
+                    st.scaler.history, now, st.scaler.spec.down_window_s
+                )
+            ]
         row.updated_at = now
         record(traffic, now, obs.ready, desired, obs.arrivals_per_s, obs.running, obs.waiting)
         traffic.queue.set(obs.waiting)
@@ -428,9 +473,6 @@ class ServicesController:
                 st.note = "the load exceeds what replicas.max serve within the SLO"
             if opt.mix is not None:
                 traffic.shares = shares_by_bucket(opt.mix, BUCKETS)
-                traffic.fills = chip_fills(
-                    spec.model, tuple(spec.chips()), spec.tp, spec.slo.ttft_s, spec.slo.tpot_s
-                )
         want = dict(st.mix_want)
         total = row.pinned if row.pinned is not None else sum(want.values())
         total = max(spec.replicas.min, min(spec.replicas.max, total))

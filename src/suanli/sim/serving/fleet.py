@@ -127,25 +127,38 @@ class Fleet:
         # by chip: an on-demand replica standing in for a reclaimed spot one takes the
         # spot kind's share
         b = self.buckets.of(seq.prompt, seq.asked)
+        f = self.fills
         shares: dict[str, float] = {}
         for k, s in self.route_shares[b]:
             shares[self.chip(k)] = shares.get(self.chip(k), 0.0) + s
-        least: dict[str, Replica] = {}  # per chip, its least filled ready replica
+        # per chip, the replica it would take: the least filled with spill-over, the
+        # least loaded without (the router before spill-over)
+        key = (lambda r: (r.fill, r.outstanding)) if self.spill_over else (lambda r: r.outstanding)
+        least: dict[str, Replica] = {}
         for r in ready:
             c = self.chip(r.kind)
-            if c not in least or (r.fill, r.outstanding) < (least[c].fill, least[c].outstanding):
+            if c not in least or key(r) < key(least[c]):
                 least[c] = r
         options = [(k, s) for k, s in shares.items() if k in least and s > 0]
         if not options:
-            min(ready, key=lambda r: r.outstanding).submit(seq)
-            return
-        pick = self.rng.choices([k for k, _ in options], [s for _, s in options])[0]
-        f = self.fills
-        if self.spill_over:
-            after = {c: r.fill + f.weight(r.kind, b) for c, r in least.items()}
-            pick = spill(pick, after, {c: f.serves(r.kind, b) for c, r in least.items()})
-        r = least[pick]
+            r = min(ready, key=lambda r: r.outstanding)
+        else:
+            pick = self.rng.choices([k for k, _ in options], [s for _, s in options])[0]
+            if self.spill_over:
+                after = {c: r.fill + f.weight(r.kind, b) for c, r in least.items()}
+                pick = spill(pick, after, {c: f.serves(r.kind, b) for c, r in least.items()})
+            r = least[pick]
         r.submit(seq, f.weight(r.kind, b) if f.batches else 0.0)
+
+    def follow(self, scaler: Scaler) -> None:
+        """Route by the scaler's chip mix, where it has one (the optimizer's latest, or
+        static-mix's fixed one)."""
+        if isinstance(scaler, Optimizer | Static) and scaler.mix is not None:
+            mix = scaler.mix
+            self.route_shares = [
+                [(k, mix.shares[k][b]) for k in self.kinds if k in mix.shares]
+                for b in range(self.buckets.count)
+            ]
 
     def flush(self, now: float) -> None:
         """Requests buffered while no replica was ready go out once one is."""
@@ -331,11 +344,7 @@ def simulate_serving(
             want = scaler.decide(window, fleet.counts())
             fleet.scale_to(want, now)
             next_decision = now + scaler.period_s if math.isfinite(scaler.period_s) else math.inf
-            if isinstance(scaler, Optimizer | Static) and scaler.mix is not None:
-                fleet.route_shares = [
-                    [(k, scaler.mix.shares[k][b]) for k in kinds]
-                    for b in range(fleet.buckets.count)
-                ]
+            fleet.follow(scaler)
         counts = fleet.counts()
         max_replicas = max(max_replicas, sum(counts.values()))
         timeline.append((now, obs.arrivals_per_s, counts, obs.ready, obs.concurrency))

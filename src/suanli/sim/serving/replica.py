@@ -257,3 +257,5 @@ class Replica:
             self.fill -= s.weight
             self.finished.append(s)
         self.running = [s for s in self.running if s.done_s < 0]
+        if not self.running and not self.waiting:
+            self.fill = 0.0  # nothing in it: no rounding left over either

@@ -107,9 +107,10 @@ def make_setup(
     (2.33: 99%).
     ``spot``: the optimizer may also choose each chip's spot twin. ``max_miss_share``:
     the optimizer and static-mix may plan that share of requests outside the SLO
-    (`cheapest_mix`). ``static`` and ``static-mix`` know the whole trace: its busiest
-    minute on the best single kind, or the cheapest mix of kinds for that minute's rate
-    and the trace's sizes (Mélange's evaluation, a fixed fleet for a known load)."""
+    (`cheapest_mix`). ``static`` and ``static-mix`` know the whole trace's busiest
+    minute, and provision for it once, from the history's request sizes: on the best
+    single kind, or the cheapest mix of kinds (Mélange's evaluation, a fixed fleet for
+    a known load)."""
     if autoscaler not in AUTOSCALERS:
         raise UsageError(f"--autoscaler {autoscaler!r}: one of {', '.join(AUTOSCALERS)}")
     if spot is not None and autoscaler != "optimizer":
@@ -157,8 +158,8 @@ def make_setup(
         spec = PredictiveSpec(c, kinds[best].cold_start_s, 15.0, reactive, z=forecast_z)
         scaler = Predictive(best, spec, history=list(seeded))
     elif autoscaler == "static-mix":
-        # Mélange's setting: the trace's sizes and its busiest minute known, the
-        # cheapest mix for them provisioned once, at its SLO capacity (as static is)
+        # Mélange's setting: the trace's busiest minute known, the cheapest mix for it
+        # and the history's sizes provisioned once, at its SLO capacity (as static is)
         opt = mix_optimizer(
             kinds,
             bucket_table(kinds, buckets, tpot_slo_s, ttft_slo_s),
@@ -169,7 +170,7 @@ def make_setup(
         )
         peak = max(_per_minute(trace))
         fixed = cheapest_mix(
-            [peak * s for s in _shares(trace, buckets)],
+            [peak * s for s in share],
             opt.kinds,
             max_miss_share=max_miss_share,
         )
