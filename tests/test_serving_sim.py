@@ -377,12 +377,17 @@ def test_a_reclaimed_spot_replica_falls_back_to_on_demand_within_its_notice(
     terms = SpotTerms(0.35, reclaims_per_hour=1e9, notice_s=20.0, unavailable_s=1e9)
     kinds = with_spot_twins({"a": Kind("a", steps, 1, 2.0, cold_start_s=10.0)}, terms)
     assert kinds["a:spot"].usd_per_hour == pytest.approx(0.7)
-    fleet = Fleet(kinds, buffer_max=100, spot=terms)
+    # routed as a mix's router routes (every size to the spot kind), filling replicas
+    fleet = Fleet(kinds, buffer_max=100, spot=terms, tpot_slo_s=0.1, ttft_slo_s=2.0)
+    fleet.route_shares = [[("a:spot", 1.0), ("a", 0.0)]] * fleet.buckets.count
     spot = Replica("a:spot", steps, start_s=0.0, ready_s=0.0)
     fleet.replicas.append(spot)
     seqs = [Seq(i, 0.0, 2000, 4000, asked=4000) for i in range(3)]
     for s in seqs:
         fleet.route(s, 0.0)
+    w = fleet.fills.weight("a", fleet.buckets.of(2000, 4000))
+    assert w == fleet.fills.weight("a:spot", fleet.buckets.of(2000, 4000)) > 0
+    assert spot.fill == pytest.approx(3 * w)
     spot.run_until(1.0)
     fleet.reclaim(1.0, 2.0)  # certain at this rate
     assert fleet.reclaims == 1 and spot.draining and spot.reclaim_end_s == 21.0
@@ -399,8 +404,11 @@ def test_a_reclaimed_spot_replica_falls_back_to_on_demand_within_its_notice(
     # preemption leaves them (what they generated joins their prompt)
     assert spot not in fleet.replicas and spot.stop_s == 21.0
     assert all(s.kind == "a" and s.preemptions == 1 and s.done_s < 0 for s in seqs)
+    # their weights moved with them, for their sizes now
+    now_w = sum(fleet.fills.weight("a", fleet.buckets.of(s.prompt, s.asked)) for s in seqs)
+    assert spot.fill == 0 and fallback[0].fill == pytest.approx(now_w) and now_w != 3 * w
     fallback[0].run_until(1e6)
-    assert all(s.done_s > 21.0 for s in seqs)
+    assert all(s.done_s > 21.0 for s in seqs) and fallback[0].fill == 0
 
 
 def test_spot_runs_through_the_simulator_and_its_cli() -> None:
