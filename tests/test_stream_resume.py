@@ -4,12 +4,16 @@ stream's. The whole path (a replica killed under streams) is in test_services.py
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 
 from suanli.api.app import create_app
@@ -150,7 +154,8 @@ HTTPServer(("127.0.0.1", port), H).serve_forever()
 """
 
 
-def test_the_router_resumes_a_cut_stream_on_another_replica(tmp_path: Path) -> None:
+def _service(tmp_path: Path) -> tuple[Store, str]:
+    """A store with ann's service ``chat`` (no controller: the test books its replicas)."""
     store = Store.sqlite(tmp_path)
     store.migrate()
     token = store.create_token("user", "ann")
@@ -161,6 +166,11 @@ def test_the_router_resumes_a_cut_stream_on_another_replica(tmp_path: Path) -> N
         s.add(
             ServiceRow(name="chat", owner="ann", spec=spec.model_dump(), created_at=0, updated_at=0)
         )
+    return store, token
+
+
+def test_the_router_resumes_a_cut_stream_on_another_replica(tmp_path: Path) -> None:
+    store, token = _service(tmp_path)
     log = tmp_path / "got.jsonl"
     ports = {"die": free_port(), "live": free_port()}
     procs = [
@@ -228,3 +238,62 @@ def test_a_process_on_a_replicas_port_is_not_taken_for_the_replica(tmp_path: Pat
     finally:
         squatter.kill()
         squatter.wait()
+
+
+def test_a_client_gone_before_the_first_byte_gives_the_slot_back(tmp_path: Path) -> None:
+    """The response head of a stream cannot be sent (the client left): the relay never
+    starts, yet the replica's slot and fill come back and the request counts as missed.
+    Driven as a server would drive the app (ASGI 2.4: a failed send is an OSError)."""
+    store, token = _service(tmp_path)
+    port = free_port()
+    replica = subprocess.Popen(
+        [sys.executable, "-c", STAND_IN, str(port), "live", str(tmp_path / "got.jsonl")]
+    )
+    book = ReplicaBook()
+    try:
+        until("the stand-in answers", lambda: _answers(port))
+        book.sync("chat", {1: f"127.0.0.1:{port}"})
+        (rep,) = book.of("chat")
+        rep.ready = True
+        body = json.dumps(
+            {"model": "chat", "prompt": "Count: ", "max_tokens": 5, "stream": True}
+        ).encode()
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/s/chat/v1/completions",
+            "raw_path": b"/s/chat/v1/completions",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [
+                (b"authorization", f"Bearer {token}".encode()),
+                (b"content-type", b"application/json"),
+            ],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 2),
+        }
+        heads: list[int] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                heads.append(message["status"])
+                raise OSError("the client is gone")
+
+        async def drive() -> None:
+            with pytest.raises(Exception):  # noqa: B017 - how the server sees it is its own
+                await create_app(store, book=book)(scope, receive, send)
+
+        asyncio.run(drive())
+    finally:
+        replica.kill()
+        replica.wait()
+    assert heads and heads[0] == 200  # the stream was opened, then its head failed
+    assert rep.inflight == 0 and rep.fill == 0.0 and rep.ready  # back, and not blamed
+    traffic = book.traffic_of("chat")
+    assert (traffic.judged, traffic.met) == (1, 0)  # a request, and not within its SLO

@@ -242,10 +242,15 @@ def add_router_routes(app: FastAPI, store: Store, book: ReplicaBook) -> None:
                 return got
 
             resume = Resume(payload, path == "chat/completions", spec.engine == "serve_lm", reopen)
-            return StreamingResponse(
-                _relay(resp, rep, book, traffic, spec, arrived, size, resume),
-                media_type="text/event-stream",
-            )
+            started = _Started()
+
+            async def abandon(resp: httpx.Response = resp, rep: Replica = rep) -> None:
+                await resp.aclose()
+                book.release(rep, failed=False, size=size)
+                traffic.judge(False)
+
+            relay = _relay(resp, rep, book, traffic, spec, arrived, size, resume, started)
+            return _Relayed(relay, started, abandon)
 
     @app.post("/s/{name}/v1/completions", include_in_schema=False)
     async def completions(name: str, request: Request) -> Any:
@@ -254,6 +259,45 @@ def add_router_routes(app: FastAPI, store: Store, book: ReplicaBook) -> None:
     @app.post("/s/{name}/v1/chat/completions", include_in_schema=False)
     async def chat(name: str, request: Request) -> Any:
         return await proxy(name, "chat/completions", request)
+
+
+@dataclass
+class _Started:
+    """Set by `_relay` as it begins: until then its ``finally`` cannot run."""
+
+    yes: bool = False
+
+
+class _Relayed(StreamingResponse):
+    """A relayed stream that gives its replica's slot back however the client leaves.
+
+    A client gone before the first byte (the response head cannot be sent, or the
+    disconnect wins the race) leaves the relay unstarted, and an unstarted async
+    generator's ``finally`` never runs: ``abandon`` does its work then. A relay
+    suspended at a ``yield`` when the client leaves is closed here at once, not
+    whenever the garbage collector gets to it.
+    """
+
+    def __init__(
+        self,
+        relay: AsyncIterator[bytes],
+        started: _Started,
+        abandon: Callable[[], Awaitable[None]],
+    ) -> None:
+        super().__init__(relay, media_type="text/event-stream")
+        self._relay = relay
+        self._started = started
+        self._abandon = abandon
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            aclose = getattr(self._relay, "aclose", None)
+            if aclose is not None:
+                await aclose()  # unstarted: marks it closed; suspended: runs its finally
+            if not self._started.yes:
+                await self._abandon()
 
 
 def _headers(rep: Replica) -> dict[str, str]:
@@ -361,9 +405,11 @@ async def _relay(
     arrived: float,
     size: tuple[int, int],
     resume: Resume,
+    started: _Started,
 ) -> AsyncIterator[bytes]:
     """The replica's events as they come; TTFT and TPOT measured on the way. A replica
     that dies mid-stream is replaced where the stream can go on (`suanli.api.resume`)."""
+    started.yes = True
     first: float | None = None
     chunks = 0
     failed = False
