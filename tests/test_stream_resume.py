@@ -5,10 +5,11 @@ stream's. The whole path (a replica killed under streams) is in test_services.py
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +211,19 @@ def test_the_router_resumes_a_cut_stream_on_another_replica(tmp_path: Path) -> N
     assert "suanli_service_resumed_streams_total 1.0" in metrics
 
 
+@contextlib.contextmanager
+def _live_stand_in(log: Path) -> Iterator[int]:
+    """One stand-in replica in ``live`` mode, answering on the port it yields."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", STAND_IN, str(port), "live", str(log)])
+    try:
+        until(f"the stand-in on {port} answers", lambda: _answers(port))
+        yield port
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def _answers(port: int) -> bool:
     try:
         return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
@@ -222,22 +236,14 @@ def test_a_process_on_a_replicas_port_is_not_taken_for_the_replica(tmp_path: Pat
     but cannot prove the replica's token: the prober never marks it ready, so the router
     sends it no request and no token. Engines that cannot prove (vLLM) are taken as
     they answer."""
-    port = free_port()
-    squatter = subprocess.Popen(
-        [sys.executable, "-c", STAND_IN, str(port), "live", str(tmp_path / "x")]
-    )
     book = ReplicaBook()
-    try:
-        until("the squatter answers", lambda: _answers(port))
+    with _live_stand_in(tmp_path / "x") as port:
         book.sync("chat", {1: f"127.0.0.1:{port}"}, tokens={1: "t0k"}, proves=True)
         book.sync("vllm", {2: f"127.0.0.1:{port}"}, tokens={2: "t0k"}, proves=False)
         with httpx.Client() as client:
             book.probe_once(client)
         assert [r.ready for r in book.of("chat")] == [False]
         assert [r.ready for r in book.of("vllm")] == [True]
-    finally:
-        squatter.kill()
-        squatter.wait()
 
 
 def test_a_client_gone_before_the_first_byte_gives_the_slot_back(tmp_path: Path) -> None:
@@ -245,13 +251,8 @@ def test_a_client_gone_before_the_first_byte_gives_the_slot_back(tmp_path: Path)
     starts, yet the replica's slot and fill come back and the request counts as missed.
     Driven as a server would drive the app (ASGI 2.4: a failed send is an OSError)."""
     store, token = _service(tmp_path)
-    port = free_port()
-    replica = subprocess.Popen(
-        [sys.executable, "-c", STAND_IN, str(port), "live", str(tmp_path / "got.jsonl")]
-    )
     book = ReplicaBook()
-    try:
-        until("the stand-in answers", lambda: _answers(port))
+    with _live_stand_in(tmp_path / "got.jsonl") as port:
         book.sync("chat", {1: f"127.0.0.1:{port}"})
         (rep,) = book.of("chat")
         rep.ready = True
@@ -290,9 +291,6 @@ def test_a_client_gone_before_the_first_byte_gives_the_slot_back(tmp_path: Path)
                 await create_app(store, book=book)(scope, receive, send)
 
         asyncio.run(drive())
-    finally:
-        replica.kill()
-        replica.wait()
     assert heads and heads[0] == 200  # the stream was opened, then its head failed
     assert rep.inflight == 0 and rep.fill == 0.0 and rep.ready  # back, and not blamed
     traffic = book.traffic_of("chat")
