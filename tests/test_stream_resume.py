@@ -9,12 +9,11 @@ import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from fastapi.testclient import TestClient
 
 from suanli.api.app import create_app
@@ -114,7 +113,7 @@ def test_a_replacements_events_read_as_the_first_streams() -> None:
 #: replica killed mid-stream, deterministically); otherwise it writes the request it got
 #: to ``log`` and streams its prompt's last word back, then [DONE].
 STAND_IN = r"""
-import json, socket, sys
+import json, socket, sys, time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 port, mode, log = int(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -135,6 +134,10 @@ class H(BaseHTTPRequestHandler):
                 {"index": 0, "text": text, "finish_reason": finish}]}
             data = f"data: {json.dumps(e)}\n\n".encode()
             self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data)); self.wfile.flush()
+        if mode == "slow":  # one event, then a long think: the client leaves meanwhile
+            event("one ")
+            time.sleep(60)
+            return
         if mode == "die":
             for t in ("one ", "two ", "three "):
                 event(t)
@@ -212,10 +215,10 @@ def test_the_router_resumes_a_cut_stream_on_another_replica(tmp_path: Path) -> N
 
 
 @contextlib.contextmanager
-def _live_stand_in(log: Path) -> Iterator[int]:
-    """One stand-in replica in ``live`` mode, answering on the port it yields."""
+def _live_stand_in(log: Path, mode: str = "live") -> Iterator[int]:
+    """One stand-in replica (``live`` or ``slow``), answering on the port it yields."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", STAND_IN, str(port), "live", str(log)])
+    proc = subprocess.Popen([sys.executable, "-c", STAND_IN, str(port), mode, str(log)])
     try:
         until(f"the stand-in on {port} answers", lambda: _answers(port))
         yield port
@@ -246,52 +249,98 @@ def test_a_process_on_a_replicas_port_is_not_taken_for_the_replica(tmp_path: Pat
         assert [r.ready for r in book.of("vllm")] == [True]
 
 
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+def _stream_as_a_server_would(
+    store: Store, token: str, book: ReplicaBook, spec: str, receive: Receive, send: Send
+) -> None:
+    """One streamed completion through the app, driven as an ASGI server drives it:
+    ``spec`` 2.4 (a failed send is an OSError) or 2.3 (uvicorn: a disconnect message
+    from ``receive`` cancels the stream). How the server sees the end is its own."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": spec},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/s/chat/v1/completions",
+        "raw_path": b"/s/chat/v1/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"authorization", f"Bearer {token}".encode()),
+            (b"content-type", b"application/json"),
+        ],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 2),
+    }
+
+    async def drive() -> None:
+        with contextlib.suppress(Exception):
+            await create_app(store, book=book)(scope, receive, send)
+
+    asyncio.run(drive())
+
+
+REQUEST = json.dumps({"model": "chat", "prompt": "Count: ", "max_tokens": 5, "stream": True})
+
+
 def test_a_client_gone_before_the_first_byte_gives_the_slot_back(tmp_path: Path) -> None:
     """The response head of a stream cannot be sent (the client left): the relay never
-    starts, yet the replica's slot and fill come back and the request counts as missed.
-    Driven as a server would drive the app (ASGI 2.4: a failed send is an OSError)."""
+    starts, yet the replica's slot and fill come back and the request counts as missed."""
     store, token = _service(tmp_path)
     book = ReplicaBook()
+    heads: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": REQUEST.encode(), "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            heads.append(message["status"])
+            raise OSError("the client is gone")
+
     with _live_stand_in(tmp_path / "got.jsonl") as port:
         book.sync("chat", {1: f"127.0.0.1:{port}"})
         (rep,) = book.of("chat")
         rep.ready = True
-        body = json.dumps(
-            {"model": "chat", "prompt": "Count: ", "max_tokens": 5, "stream": True}
-        ).encode()
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": "/s/chat/v1/completions",
-            "raw_path": b"/s/chat/v1/completions",
-            "query_string": b"",
-            "root_path": "",
-            "headers": [
-                (b"authorization", f"Bearer {token}".encode()),
-                (b"content-type", b"application/json"),
-            ],
-            "client": ("127.0.0.1", 1),
-            "server": ("127.0.0.1", 2),
-        }
-        heads: list[int] = []
-
-        async def receive() -> dict[str, Any]:
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        async def send(message: MutableMapping[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                heads.append(message["status"])
-                raise OSError("the client is gone")
-
-        async def drive() -> None:
-            with pytest.raises(Exception):  # noqa: B017 - how the server sees it is its own
-                await create_app(store, book=book)(scope, receive, send)
-
-        asyncio.run(drive())
-    assert heads and heads[0] == 200  # the stream was opened, then its head failed
+        _stream_as_a_server_would(store, token, book, "2.4", receive, send)
+    assert heads == [200]  # the stream was opened, then its head failed
     assert rep.inflight == 0 and rep.fill == 0.0 and rep.ready  # back, and not blamed
     traffic = book.traffic_of("chat")
     assert (traffic.judged, traffic.met) == (1, 0)  # a request, and not within its SLO
+
+
+def test_a_client_gone_mid_stream_gives_the_slot_back(tmp_path: Path) -> None:
+    """The client hangs up after the first event while the replica is still generating:
+    the server cancels the stream inside its wait for the replica's next bytes, and the
+    slot comes back all the same (cleanup that awaits under a cancelled scope would be
+    cancelled again before it gave the slot back)."""
+    store, token = _service(tmp_path)
+    book = ReplicaBook()
+    got_first = asyncio.Event()
+    bodies: list[bytes] = []
+    asked = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal asked
+        asked += 1
+        if asked == 1:
+            return {"type": "http.request", "body": REQUEST.encode(), "more_body": False}
+        await got_first.wait()  # the server's disconnect listener: gone after one event
+        return {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.body" and message.get("body"):
+            bodies.append(message["body"])
+            got_first.set()
+
+    with _live_stand_in(tmp_path / "got.jsonl", mode="slow") as port:
+        book.sync("chat", {1: f"127.0.0.1:{port}"})
+        (rep,) = book.of("chat")
+        rep.ready = True
+        _stream_as_a_server_would(store, token, book, "2.3", receive, send)
+    assert len(bodies) == 1 and b"one" in bodies[0]  # one event out, then the client left
+    assert rep.inflight == 0 and rep.fill == 0.0 and rep.ready

@@ -245,9 +245,9 @@ def add_router_routes(app: FastAPI, store: Store, book: ReplicaBook) -> None:
             started = _Started()
 
             async def abandon(resp: httpx.Response = resp, rep: Replica = rep) -> None:
-                await resp.aclose()
                 book.release(rep, failed=False, size=size)
                 traffic.judge(False)
+                await resp.aclose()
 
             relay = _relay(resp, rep, book, traffic, spec, arrived, size, resume, started)
             return _Relayed(relay, started, abandon)
@@ -461,8 +461,7 @@ async def _relay(
                 resumes += 1
                 traffic.resumed.inc()
     finally:
-        if held:
-            await resp.aclose()
+        if held:  # given back before any await: a cancelled stream's awaits may not return
             book.release(rep, failed=False, size=size)
         end = time.monotonic()
         if first is not None and not failed:
@@ -476,3 +475,5 @@ async def _relay(
             traffic.judge(ttft <= spec.slo.ttft_s and (tokens <= 1 or tpot <= spec.slo.tpot_s))
         else:
             traffic.judge(False)
+        if held:
+            await resp.aclose()
