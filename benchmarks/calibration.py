@@ -5,8 +5,10 @@
     python benchmarks/calibration.py --no-fit   # evaluate the shipped parameters only
 
 Data: ``../shared/calibration/*.csv`` (beside the project root). The fit minimises
-the squared log error of predicted vs measured throughput over all rows at once,
-with one value per parameter for every chip, model and layout — no per-row knob.
+the log error of predicted vs measured throughput over all rows at once (a soft-L1
+loss, so that a row far off pulls less), plus a weak pull of each parameter to its
+literature default (``PRIOR_WEIGHT``), with one value per parameter for every chip,
+model and layout — no per-row knob.
 Generalisation is reported by cross-validation: leave-one-row-out, and
 leave-one-source-out (fit on the other publications, predict this one's rows).
 """

@@ -10,11 +10,14 @@ import json
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
+from starlette.requests import ClientDisconnect
 
 from suanli.api.app import create_app
 from suanli.api.resume import (
@@ -253,12 +256,25 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
+@dataclass
+class AfterStream:
+    """What the book held the moment the app returned, before ``asyncio.run`` closes
+    whatever async generators were left open (which would hide a slot held too long)."""
+
+    inflight: int
+    fill: float
+    ready: bool
+    judged: int
+    met: int
+    raised: BaseException | None
+
+
 def _stream_as_a_server_would(
     store: Store, token: str, book: ReplicaBook, spec: str, receive: Receive, send: Send
-) -> None:
+) -> AfterStream:
     """One streamed completion through the app, driven as an ASGI server drives it:
     ``spec`` 2.4 (a failed send is an OSError) or 2.3 (uvicorn: a disconnect message
-    from ``receive`` cancels the stream). How the server sees the end is its own."""
+    from ``receive`` cancels the stream)."""
     scope = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": spec},
@@ -277,70 +293,99 @@ def _stream_as_a_server_would(
         "server": ("127.0.0.1", 2),
     }
 
-    async def drive() -> None:
-        with contextlib.suppress(Exception):
+    async def drive() -> AfterStream:
+        raised: BaseException | None = None
+        try:
             await create_app(store, book=book)(scope, receive, send)
+        except Exception as exc:  # the test says which it expects
+            raised = exc
+        (r,) = book.of("chat")
+        t = book.traffic_of("chat")
+        return AfterStream(r.inflight, r.fill, r.ready, t.judged, t.met, raised)
 
-    asyncio.run(drive())
+    return asyncio.run(drive())
 
 
 REQUEST = json.dumps({"model": "chat", "prompt": "Count: ", "max_tokens": 5, "stream": True})
+SIZE = (7, 5)  # what another request holds: exactly one slot must come back, not two
 
 
-def test_a_client_gone_before_the_first_byte_gives_the_slot_back(tmp_path: Path) -> None:
-    """The response head of a stream cannot be sent (the client left): the relay never
-    starts, yet the replica's slot and fill come back and the request counts as missed."""
-    store, token = _service(tmp_path)
+@contextlib.contextmanager
+def _one_replica(tmp_path: Path, mode: str) -> Iterator[tuple[ReplicaBook, float]]:
+    """A ready stand-in replica in the book, already holding another request's slot;
+    yields the book and that slot's fill."""
     book = ReplicaBook()
-    heads: list[int] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": REQUEST.encode(), "more_body": False}
-
-    async def send(message: MutableMapping[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            heads.append(message["status"])
-            raise OSError("the client is gone")
-
-    with _live_stand_in(tmp_path / "got.jsonl") as port:
+    with _live_stand_in(tmp_path / "got.jsonl", mode=mode) as port:
         book.sync("chat", {1: f"127.0.0.1:{port}"})
         (rep,) = book.of("chat")
         rep.ready = True
-        _stream_as_a_server_would(store, token, book, "2.4", receive, send)
-    assert heads == [200]  # the stream was opened, then its head failed
-    assert rep.inflight == 0 and rep.fill == 0.0 and rep.ready  # back, and not blamed
-    traffic = book.traffic_of("chat")
-    assert (traffic.judged, traffic.met) == (1, 0)  # a request, and not within its SLO
+        assert book.pick("chat", set(), SIZE) is rep
+        yield book, rep.fill
 
 
-def test_a_client_gone_mid_stream_gives_the_slot_back(tmp_path: Path) -> None:
-    """The client hangs up after the first event while the replica is still generating:
-    the server cancels the stream inside its wait for the replica's next bytes, and the
-    slot comes back all the same (cleanup that awaits under a cancelled scope would be
-    cancelled again before it gave the slot back)."""
-    store, token = _service(tmp_path)
-    book = ReplicaBook()
-    got_first = asyncio.Event()
-    bodies: list[bytes] = []
+def _first_request() -> tuple[Receive, asyncio.Event]:
+    """``receive`` giving the request, then a disconnect once ``gone`` is set."""
     asked = 0
+    gone = asyncio.Event()
 
     async def receive() -> dict[str, Any]:
         nonlocal asked
         asked += 1
         if asked == 1:
             return {"type": "http.request", "body": REQUEST.encode(), "more_body": False}
-        await got_first.wait()  # the server's disconnect listener: gone after one event
+        await gone.wait()  # the server's disconnect listener
         return {"type": "http.disconnect"}
+
+    return receive, gone
+
+
+def test_a_client_gone_before_the_first_byte_gives_the_slot_back(tmp_path: Path) -> None:
+    """The response head of a stream cannot be sent (the client left): the relay never
+    starts, yet the replica's slot comes back and the request counts as missed."""
+    store, token = _service(tmp_path)
+    heads: list[int] = []
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            heads.append(message["status"])
+            raise OSError("the client is gone")
+
+    with _one_replica(tmp_path, "live") as (book, fill):
+        after = _stream_as_a_server_would(store, token, book, "2.4", _first_request()[0], send)
+    assert heads == [200]  # the stream was opened, then its head failed
+    assert isinstance(after.raised, ClientDisconnect)  # how Starlette reports it
+    assert (after.inflight, after.fill, after.ready) == (1, fill, True)  # back, not blamed
+    assert (after.judged, after.met) == (1, 0)  # a request, and not within its SLO
+
+
+@pytest.mark.parametrize(
+    ("mode", "reads", "then_blocks"),
+    [("slow", 1, False), ("live", 2, True)],
+    ids=["while-the-replica-thinks", "a-slow-reader"],
+)
+def test_a_client_gone_mid_stream_gives_the_slot_back_at_once(
+    tmp_path: Path, mode: str, reads: int, then_blocks: bool
+) -> None:
+    """The client leaves after ``reads`` events. Either the replica is still generating
+    (a ``slow`` stand-in: the server cancels the stream inside its wait for the replica's
+    next bytes) or the client stopped reading (the server's send of the next event
+    blocks, and is cancelled with the relay paused at its ``yield``). Either way the slot
+    comes back when the response ends, not whenever the relay is garbage-collected."""
+    store, token = _service(tmp_path)
+    receive, gone = _first_request()
+    bodies: list[bytes] = []
 
     async def send(message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.body" and message.get("body"):
             bodies.append(message["body"])
-            got_first.set()
+            if len(bodies) == reads:
+                gone.set()
+                if then_blocks:  # its buffer full: the send waits until it is cancelled
+                    await asyncio.Event().wait()
 
-    with _live_stand_in(tmp_path / "got.jsonl", mode="slow") as port:
-        book.sync("chat", {1: f"127.0.0.1:{port}"})
-        (rep,) = book.of("chat")
-        rep.ready = True
-        _stream_as_a_server_would(store, token, book, "2.3", receive, send)
-    assert len(bodies) == 1 and b"one" in bodies[0]  # one event out, then the client left
-    assert rep.inflight == 0 and rep.fill == 0.0 and rep.ready
+    with _one_replica(tmp_path, mode) as (book, fill):
+        after = _stream_as_a_server_would(store, token, book, "2.3", receive, send)
+    assert len(bodies) == reads and bodies[0].startswith(b"data: {")
+    assert after.raised is None
+    assert (after.inflight, after.fill, after.ready) == (1, fill, True)
+    assert after.judged == 1

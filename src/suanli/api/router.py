@@ -157,9 +157,9 @@ def add_router_routes(app: FastAPI, store: Store, book: ReplicaBook) -> None:
                 raise
             if resp is not None and resp.status_code < 500:
                 return resp, rep
+            book.release(rep, failed=True, size=size)  # before any await, as in `_relay`
             if resp is not None:  # the replica failed it: another one may not
                 await resp.aclose()
-            book.release(rep, failed=True, size=size)
             tried.add(rep.job_id)
             traffic.retries.inc()
 
@@ -236,8 +236,8 @@ def add_router_routes(app: FastAPI, store: Store, book: ReplicaBook) -> None:
                 if isinstance(got, JSONResponse):
                     return None
                 if got[0].status_code != 200:  # it refused the continuation: not another
-                    await got[0].aclose()
                     book.release(got[1], failed=False, size=size)
+                    await got[0].aclose()
                     return None
                 return got
 
@@ -409,13 +409,13 @@ async def _relay(
 ) -> AsyncIterator[bytes]:
     """The replica's events as they come; TTFT and TPOT measured on the way. A replica
     that dies mid-stream is replaced where the stream can go on (`suanli.api.resume`)."""
-    started.yes = True
     first: float | None = None
     chunks = 0
     failed = False
     log = StreamLog(chat=resume.chat)
     resumes = 0
     held = True  # ``rep`` holds one of the router's slots until released
+    started.yes = True  # from here the ``finally`` below gives it back
     try:
         while True:
             # the first replica's events go out whole as they complete; a replacement's
@@ -437,9 +437,9 @@ async def _relay(
                     yield tail
                 break
             except httpx.TransportError as exc:  # the replica died mid-stream
-                await resp.aclose()
                 book.release(rep, failed=True, size=size)
                 held = False
+                await resp.aclose()
                 cont = continuation(resume.payload, log, resume.byte_tokens)
                 can = cont is not None and resumes < MAX_RESUMES
                 got = await resume.reopen(cont, rep.job_id) if cont is not None and can else None
