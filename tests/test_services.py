@@ -235,7 +235,8 @@ def test_engines_render_their_own_servers_and_a_stand_in_vllm_serves(tmp_path: P
     assert token_budget("llama-3.1-8b", "a100-80gb", 1, 0.1) == 1024
     assert token_budget("meta-llama/Llama-3.1-8B", "h100-sxm", 1, 0.1) is None  # an HF id
     sg = replica_command(spec.model_copy(update={"engine": "sglang"}), 9001)
-    assert sg[1:5] == ["-m", "sglang.launch_server", "--model-path", spec.model]
+    assert sg[1:5] == ["-m", "suanli.workloads.sglang_keyed", "--model-path", spec.model]
+    assert "--host" not in sg and "--api-key" not in sg  # both added after the exec
     with pytest.raises(ValueError, match="--port is set by suanli"):
         ServiceSpec.model_validate(_spec(tmp_path, engine_args=["--port=1"]))
     # NOT vLLM: a stand-in `vllm` that takes vLLM's flags and serves with serve_lm, so the
@@ -291,6 +292,76 @@ def test_engines_render_their_own_servers_and_a_stand_in_vllm_serves(tmp_path: P
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+#: NOT SGLang: a stand-in ``sglang`` package whose ``launch_server`` takes SGLang's flags
+#: and guards as SGLang's middleware does (``/health`` open, the rest ``Bearer KEY``), and
+#: writes down the argv it got. A GPU machine with SGLang runs the real one.
+SGLANG_STAND_IN = """
+import argparse, json, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+ap = argparse.ArgumentParser()
+for flag in ("--model-path", "--tp", "--port", "--served-model-name", "--host", "--api-key"):
+    ap.add_argument(flag, required=True)
+a = ap.parse_args()
+with open(a.model_path + ".argv", "w") as f:
+    json.dump(sys.argv, f)
+
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        ok = self.path == "/health" or self.headers.get("Authorization") == "Bearer " + a.api_key
+        answer = {"data": [{"id": a.served_model_name}]} if ok else {"error": "Unauthorized"}
+        body = json.dumps(answer)
+        self.send_response(200 if ok else 401)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *args):
+        pass
+
+HTTPServer((a.host, int(a.port)), H).serve_forever()
+"""
+
+
+def test_an_sglang_replica_has_its_key_but_not_on_its_command_line(tmp_path: Path) -> None:
+    """SGLang takes its key only as ``--api-key``: the wrapper adds it (and the node's
+    address) after the exec, so the process's command line, which every local user can
+    read, never holds it, while the server requires it."""
+    package = tmp_path / "site" / "sglang"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "launch_server.py").write_text(SGLANG_STAND_IN)
+    model = str(tmp_path / "model")
+    spec = ServiceSpec.model_validate(_spec(tmp_path, engine="sglang", model=model, engine_args=[]))
+    port = free_port()
+    own = replica_env(spec, f"127.0.0.1:{port}")
+    key = own["SUANLI_REPLICA_TOKEN"]
+    cmd = replica_command(spec, port)
+    env = {**os.environ, **own, NODE_ADDRESS_ENV: "127.0.0.2"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "site"), env.get("PYTHONPATH", "")])
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with httpx.Client(transport=httpx.HTTPTransport(retries=60)) as c:
+            assert c.get(f"http://127.0.0.2:{port}/health", timeout=60).status_code == 200
+            models = f"http://127.0.0.2:{port}/v1/models"
+            assert c.get(models).status_code == 401  # another tenant's process
+            got = c.get(models, headers={"Authorization": f"Bearer {key}"})
+            assert got.json()["data"][0]["id"] == "chat"
+        readable = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode()
+        assert key not in readable and "sglang_keyed" in readable
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    given = json.loads(Path(model + ".argv").read_text())
+    assert given[-4:] == ["--host", "127.0.0.2", "--api-key", key]
+    # without its key the wrapper does not start a server open to the node
+    bare = {k: v for k, v in env.items() if k != "SUANLI_REPLICA_TOKEN"}
+    out = subprocess.run(cmd, env=bare, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "SUANLI_REPLICA_TOKEN is not set" in out.stderr
+    with pytest.raises(ValueError, match="--api-key is set by suanli"):
+        ServiceSpec.model_validate(_spec(tmp_path, engine_args=["--api-key=k"]))
 
 
 # --- for real, through suanli up -------------------------------------------------------
@@ -514,7 +585,12 @@ def test_a_replica_is_reached_at_its_nodes_address_wherever_it_was_placed(
         # a provider's engine cannot aim the router (and the replica's token) at metadata
         assert replica_address(s, job("meta"), "serve_lm") == "127.0.0.1:9100"
         assert replica_address(s, job("far"), "vllm") == "10.1.2.3:9100"
-        assert replica_address(s, job("far"), "sglang") == "127.0.0.1:9100"  # on loopback
+        # an SGLang replica from before SGLang had keys listens on loopback; one with a
+        # key on its node
+        assert replica_address(s, job("far"), "sglang") == "127.0.0.1:9100"
+        keyed = job("far")
+        keyed.spec["env"]["SUANLI_REPLICA_TOKEN"] = "t0k"
+        assert replica_address(s, keyed, "sglang") == "10.1.2.3:9100"
     # and serve_lm listens on the address it is given (127.0.0.2, another loopback
     # address, stands for a node's IP), with no --host of its own on the line
     spec = ServiceSpec.model_validate(_spec(tmp_path))

@@ -33,9 +33,9 @@ from suanli.run.executor import NODE_ADDRESS_ENV
 
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 ENGINES = ("serve_lm", "vllm", "sglang")
-#: the engines whose replicas listen on their node's address (`replica_command`); SGLang
-#: stays on loopback
-ON_NODE_ENGINES = frozenset({"serve_lm", "vllm"})
+#: the engines whose replicas listen on their node's address (`replica_command`): all
+#: of them, each guarded by a key of its own from its environment
+ON_NODE_ENGINES = frozenset(ENGINES)
 POLICIES = ("static", "hpa", "kpa", "predictive")
 
 
@@ -160,7 +160,8 @@ class ServiceSpec(BaseModel):
                 raise ValueError("engine_args: each a non-empty single-line string")
             if a.split("=")[0] in OWNED_FLAGS:
                 raise ValueError(
-                    f"engine_args: {a.split('=')[0]} is set by suanli (port, name, model)"
+                    f"engine_args: {a.split('=')[0]} is set by suanli "
+                    "(port, host, name, model, key)"
                 )
         return self
 
@@ -174,17 +175,19 @@ OWNED_FLAGS = {
     "--model-path",
     "--tensor-parallel-size",
     "--tp",
+    "--api-key",
 }
 
 
 def replica_command(spec: ServiceSpec, port: int, token_budget: int | None = None) -> list[str]:
     """The command one replica runs, listening on ``port`` under the service's name
-    (what clients put in ``model``). ``serve_lm`` and vLLM listen on their node's
-    address (the executor gives it as ``SUANLI_NODE_ADDRESS``), so a replica on another
-    site's node is reached there; vLLM takes it only as ``--host``, so a POSIX shell
-    adds it. vLLM and SGLang start their own OpenAI servers (``vllm serve``, ``python
-    -m sglang.launch_server``) where they are installed; SGLang, which cannot be given
-    its key but on the command line, stays on 127.0.0.1: this machine's nodes only.
+    (what clients put in ``model``). Every replica listens on its node's address (the
+    executor gives it as ``SUANLI_NODE_ADDRESS``), so a replica on another site's node
+    is reached there; vLLM takes it only as ``--host``, so a POSIX shell adds it. vLLM
+    and SGLang start their own OpenAI servers (``vllm serve``, ``sglang.launch_server``)
+    where they are installed. SGLang takes its key only as ``--api-key``, which on the
+    command line any local user could read: `suanli.workloads.sglang_keyed` starts it
+    with the key (and the host) added after the exec.
 
     ``token_budget`` (vLLM): ``--max-num-batched-tokens`` sized to the TPOT SLO for the
     replica's chip (`suanli.autoscale.kinds.token_budget`), the budget the simulator
@@ -202,8 +205,8 @@ def replica_command(spec: ServiceSpec, port: int, token_budget: int | None = Non
         if token_budget is not None:
             head += _budget_flags(spec.engine_args, token_budget)
     else:
-        head = [sys.executable, "-m", "sglang.launch_server", "--model-path", spec.model]
-        head += ["--tp", str(spec.tp), "--host", "127.0.0.1"]
+        head = [sys.executable, "-m", "suanli.workloads.sglang_keyed"]
+        head += ["--model-path", spec.model, "--tp", str(spec.tp)]
     return [
         *head,
         "--port",

@@ -115,12 +115,14 @@ def replica_env_of(job: JobRow, name: str) -> str:
 
 
 def replica_address(s: Session, job: JobRow, engine: str) -> str:
-    """Where the router reaches a running replica: serve_lm and vLLM listen on their
-    node's address (a Ray site's node has its own), at the port they were given; SGLang
-    on the loopback address it was given."""
+    """Where the router reaches a running replica: on its node's address (a Ray site's
+    node has its own), at the port it was given. An SGLang replica started before SGLang
+    replicas had keys listens on the loopback address it was given."""
     given = replica_env_of(job, ADDRESS_ENV)
     members = job.members or []
     if engine not in ON_NODE_ENGINES or not members or ":" not in given:
+        return given
+    if engine == "sglang" and not replica_env_of(job, REPLICA_TOKEN_ENV):
         return given
     node = s.get(NodeRow, str(members[0].get("node")))
     host = (node.labels or {}).get(ADDRESS_LABEL) if node is not None else None
@@ -145,12 +147,12 @@ def chip_price(chip: str | None, devices: int) -> float:
 def replica_env(spec: ServiceSpec, address: str) -> dict[str, str]:
     """Where the replica listens, and a token of its own it requires of the router: a
     replica listens on this machine, where another tenant's job could otherwise reach it
-    and use the service for free. serve_lm reads ``SUANLI_REPLICA_TOKEN``, vLLM
-    ``VLLM_API_KEY``; neither is on the command line, which any local user can read.
-    SGLang takes its key only as ``--api-key``, so its replicas are not guarded."""
+    and use the service for free. serve_lm and SGLang's wrapper
+    (`suanli.workloads.sglang_keyed`) read ``SUANLI_REPLICA_TOKEN``, vLLM
+    ``VLLM_API_KEY``; none is on the command line, which any local user can read."""
     token = secrets.token_urlsafe(24)
     env = {ADDRESS_ENV: address}
-    if spec.engine == "serve_lm":
+    if spec.engine in ("serve_lm", "sglang"):
         env[REPLICA_TOKEN_ENV] = token
     elif spec.engine == "vllm":
         env[REPLICA_TOKEN_ENV] = env["VLLM_API_KEY"] = token
