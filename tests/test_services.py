@@ -342,13 +342,26 @@ def test_an_sglang_replica_has_its_key_but_not_on_its_command_line(tmp_path: Pat
     env = {**os.environ, **own, NODE_ADDRESS_ENV: "127.0.0.2"}
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "site"), env.get("PYTHONPATH", "")])
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def up() -> bool:
+        assert proc.poll() is None, "the stand-in SGLang exited"
+        try:
+            return httpx.get(f"http://127.0.0.2:{port}/health", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     try:
-        with httpx.Client(transport=httpx.HTTPTransport(retries=60)) as c:
-            assert c.get(f"http://127.0.0.2:{port}/health", timeout=60).status_code == 200
+        until("the stand-in SGLang answers /health", up)
+        with httpx.Client() as c:
             models = f"http://127.0.0.2:{port}/v1/models"
             assert c.get(models).status_code == 401  # another tenant's process
             got = c.get(models, headers={"Authorization": f"Bearer {key}"})
             assert got.json()["data"][0]["id"] == "chat"
+            # the prober asks /stats, which SGLang's key guards (401), then /health
+            book = ReplicaBook()
+            book.sync("chat", {1: f"127.0.0.2:{port}"}, tokens={1: key}, proves=False)
+            book.probe_once(c)
+            assert [r.ready for r in book.of("chat")] == [True]
         readable = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode()
         assert key not in readable and "sglang_keyed" in readable
     finally:

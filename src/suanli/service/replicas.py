@@ -297,7 +297,9 @@ class ReplicaBook:
                 resp = client.get(
                     f"http://{addr}/stats", params={"challenge": challenge}, timeout=PROBE_TIMEOUT_S
                 )
-                if resp.status_code == 404 and not token:
+                # vLLM has no /stats (404); SGLang's key guards every path but /health
+                # and /metrics (401)
+                if resp.status_code in (401, 403, 404) and not token:
                     resp = client.get(f"http://{addr}/health", timeout=PROBE_TIMEOUT_S)
                     stats = {} if resp.status_code == 200 else None
                 else:

@@ -39,7 +39,8 @@ def keyed_argv(args: list[str], key: str, host: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    key = os.environ.get(REPLICA_TOKEN_ENV, "")
+    # out of the environment SGLang's processes (and a model's remote code) inherit
+    key = os.environ.pop(REPLICA_TOKEN_ENV, "")
     if not key:
         raise SystemExit(
             f"sglang_keyed: {REPLICA_TOKEN_ENV} is not set: a replica is started by the "
