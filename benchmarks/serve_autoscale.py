@@ -197,12 +197,11 @@ def _run(job: Job, chips: tuple[str, ...] = ()) -> tuple[Job, tuple[str, ...], S
 
 def label(job: Job) -> str:
     _, policy, u, z, miss = job
-    if policy in ("static", "kpa"):
-        return policy
-    if policy == "static-mix":
-        return policy + (f" plan {1 - miss:.1%}" if miss else "")
+    plan = f" plan {1 - miss:.1%}" if miss else ""
+    if policy in ("static", "static-mix", "kpa"):  # no headroom setting of their own
+        return policy + plan
     out = f"{policy} u{u}" + (f" z{z}" if policy.startswith(("predictive", "optimizer")) else "")
-    return out + (f" plan {1 - miss:.1%}" if miss else "")
+    return out + plan
 
 
 def cheapest(

@@ -138,6 +138,30 @@ def best_effort_table(kinds: dict[str, Kind], buckets: SizeBuckets) -> dict[str,
     }
 
 
+def replica_kinds(
+    kinds: dict[str, Kind],
+    table: dict[str, list[float]],
+    max_replicas: int,
+    buckets: SizeBuckets,
+    *,
+    with_best_effort: bool = False,
+) -> list[ReplicaKind]:
+    """The ILP's kinds (`cheapest_mix`): each with its price and capacity per size
+    bucket, and, for a miss budget, its one-at-a-time rates."""
+    slow = best_effort_table(kinds, buckets) if with_best_effort else {}
+    return [
+        ReplicaKind(
+            k,
+            kind.usd_per_hour,
+            tuple(table[k]),
+            available=max_replicas,
+            spot=kind.spot,
+            best_effort_rps=tuple(slow.get(k, ())),
+        )
+        for k, kind in kinds.items()
+    ]
+
+
 def mix_optimizer(
     kinds: dict[str, Kind],
     table: dict[str, list[float]],
@@ -152,21 +176,9 @@ def mix_optimizer(
     """Mélange's optimizer over ``kinds``, each with its capacity per size bucket; with
     ``max_miss_share``, planning that share of requests outside the SLO at most."""
     buckets = buckets or SizeBuckets()
-    slow = best_effort_table(kinds, buckets) if max_miss_share > 0 else {}
-    rk = [
-        ReplicaKind(
-            k,
-            kind.usd_per_hour,
-            tuple(table[k]),
-            available=max_replicas,
-            spot=kind.spot,
-            best_effort_rps=tuple(slow.get(k, ())),
-        )
-        for k, kind in kinds.items()
-    ]
     cold = max(k.cold_start_s for k in kinds.values())
     return Optimizer(
-        rk,
+        replica_kinds(kinds, table, max_replicas, buckets, with_best_effort=max_miss_share > 0),
         buckets.of,
         buckets.count,
         cold,

@@ -21,8 +21,12 @@ queues there. The simulator's router and the live one call the same rule.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import random
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
+
+R = TypeVar("R")
 
 #: a request of a size the kind cannot serve within the SLO fills a whole replica
 FULL = 1.0
@@ -50,6 +54,25 @@ class Fills:
 
     def serves(self, kind: str, bucket: int) -> bool:
         return serves(self.batches.get(kind, ()), bucket)
+
+
+def least_per_chip(
+    replicas: Iterable[R], chip: Callable[[R], str], key: Callable[[R], Any]
+) -> dict[str, R]:
+    """Per chip, the replica with the least ``key`` (the first of equals, in order)."""
+    out: dict[str, R] = {}
+    for r in sorted(replicas, key=key):
+        out.setdefault(chip(r), r)
+    return out
+
+
+def draw(shares: Mapping[str, float], ready: Mapping[str, Any], rng: random.Random) -> str | None:
+    """A chip drawn by the mix's shares of a size, among the chips with a ready replica;
+    None when the mix gives the size to none of them."""
+    options = [(c, s) for c, s in shares.items() if c in ready and s > 0]
+    if not options:
+        return None
+    return rng.choices([c for c, _ in options], [s for _, s in options])[0]
 
 
 def spill(drawn: str, fill_after: Mapping[str, float], serves: Mapping[str, bool]) -> str:

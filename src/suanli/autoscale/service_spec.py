@@ -33,9 +33,6 @@ from suanli.run.executor import NODE_ADDRESS_ENV
 
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 ENGINES = ("serve_lm", "vllm", "sglang")
-#: the engines whose replicas listen on their node's address (`replica_command`): all
-#: of them, each guarded by a key of its own from its environment
-ON_NODE_ENGINES = frozenset(ENGINES)
 POLICIES = ("static", "hpa", "kpa", "predictive")
 
 

@@ -22,7 +22,7 @@ import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from suanli.autoscale.mix import SizeBuckets
-from suanli.autoscale.routing import serves, spill, weight
+from suanli.autoscale.routing import draw, least_per_chip, serves, spill, weight
 from suanli.workloads.replica_auth import token_proof
 
 BUCKETS = SizeBuckets()
@@ -239,17 +239,10 @@ class ReplicaBook:
             if traffic is None or traffic.shares is None or size is None:
                 return self._take(min(ready, key=_load), size)
             b = BUCKETS.of(*size)
-            least: dict[str, Replica] = {}  # per chip, its least filled ready replica
-            for r in ready:
-                if r.chip not in least or (r.fill, *_load(r)) < (
-                    least[r.chip].fill,
-                    *_load(least[r.chip]),
-                ):
-                    least[r.chip] = r
-            options = [(c, s) for c, s in traffic.shares[b].items() if c in least and s > 0]
-            if not options:
+            least = least_per_chip(ready, lambda r: r.chip, lambda r: (r.fill, *_load(r)))
+            chip = draw(traffic.shares[b], least, self.rng)
+            if chip is None:
                 return self._take(min(ready, key=_load), size)
-            chip = self.rng.choices([c for c, _ in options], [s for _, s in options])[0]
             if least[chip].batches:
                 after = {c: r.fill + weight(r.batches, b) for c, r in least.items()}
                 chip = spill(chip, after, {c: serves(r.batches, b) for c, r in least.items()})

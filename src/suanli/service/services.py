@@ -30,7 +30,7 @@ from suanli.autoscale.kpa import KpaSpec
 from suanli.autoscale.mix import NoMixError
 from suanli.autoscale.predictive import PredictiveSpec
 from suanli.autoscale.scalers import Hpa, Kpa, Optimizer, Predictive, Scaler, Static, Window
-from suanli.autoscale.service_spec import ON_NODE_ENGINES, ServiceSpec, replica_command
+from suanli.autoscale.service_spec import ServiceSpec, replica_command
 from suanli.autoscale.signals import Observation, Targets
 from suanli.catalog.loader import accelerators
 from suanli.errors import SuanliError
@@ -120,10 +120,10 @@ def replica_address(s: Session, job: JobRow, engine: str) -> str:
     replicas had keys listens on the loopback address it was given."""
     given = replica_env_of(job, ADDRESS_ENV)
     members = job.members or []
-    if engine not in ON_NODE_ENGINES or not members or ":" not in given:
+    if not members or ":" not in given:
         return given
     if engine == "sglang" and not replica_env_of(job, REPLICA_TOKEN_ENV):
-        return given
+        return given  # started on loopback, before SGLang replicas had keys
     node = s.get(NodeRow, str(members[0].get("node")))
     host = (node.labels or {}).get(ADDRESS_LABEL) if node is not None else None
     if not host:

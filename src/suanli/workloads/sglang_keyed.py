@@ -25,18 +25,6 @@ import sys
 from suanli.run.executor import NODE_ADDRESS_ENV
 from suanli.workloads.replica_auth import REPLICA_TOKEN_ENV
 
-#: flags this wrapper sets itself: given again they would be taken over by SGLang's
-#: last-one-wins parsing, or (the key) put back on the readable command line
-OWN_FLAGS = ("--api-key", "--host")
-
-
-def keyed_argv(args: list[str], key: str, host: str) -> list[str]:
-    """``sglang.launch_server``'s argv: the given flags, then the host and the key."""
-    for a in args:
-        if a.partition("=")[0] in OWN_FLAGS:
-            raise SystemExit(f"sglang_keyed: {a.partition('=')[0]} is set by suanli; drop it")
-    return ["sglang.launch_server", *args, "--host", host, "--api-key", key]
-
 
 def main(argv: list[str] | None = None) -> None:
     # out of the environment SGLang's processes (and a model's remote code) inherit
@@ -47,7 +35,9 @@ def main(argv: list[str] | None = None) -> None:
             "services controller, which gives it its key"
         )
     host = os.environ.get(NODE_ADDRESS_ENV) or "127.0.0.1"
-    sys.argv = keyed_argv(list(sys.argv[1:] if argv is None else argv), key, host)
+    # last, so they win SGLang's argparse (the spec refuses both in engine_args anyway)
+    args = list(sys.argv[1:] if argv is None else argv)
+    sys.argv = ["sglang.launch_server", *args, "--host", host, "--api-key", key]
     runpy.run_module("sglang.launch_server", run_name="__main__", alter_sys=True)
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from suanli.autoscale.kinds import Kind, batch_table
 from suanli.autoscale.mix import SizeBuckets
-from suanli.autoscale.routing import Fills, spill
+from suanli.autoscale.routing import Fills, draw, least_per_chip, spill
 from suanli.autoscale.scalers import Optimizer, Scaler, Static, Window
 from suanli.autoscale.signals import Observation
 from suanli.perf.batching import TOKEN_BUDGET, slo_token_budget
@@ -134,16 +134,11 @@ class Fleet:
         # per chip, the replica it would take: the least filled with spill-over, the
         # least loaded without (the router before spill-over)
         key = (lambda r: (r.fill, r.outstanding)) if self.spill_over else (lambda r: r.outstanding)
-        least: dict[str, Replica] = {}
-        for r in ready:
-            c = self.chip(r.kind)
-            if c not in least or key(r) < key(least[c]):
-                least[c] = r
-        options = [(k, s) for k, s in shares.items() if k in least and s > 0]
-        if not options:
+        least = least_per_chip(ready, lambda r: self.chip(r.kind), key)
+        pick = draw(shares, least, self.rng)
+        if pick is None:
             r = min(ready, key=lambda r: r.outstanding)
         else:
-            pick = self.rng.choices([k for k, _ in options], [s for _, s in options])[0]
             if self.spill_over:
                 after = {c: r.fill + f.weight(r.kind, b) for c, r in least.items()}
                 pick = spill(pick, after, {c: f.serves(r.kind, b) for c, r in least.items()})

@@ -23,7 +23,7 @@ from suanli.autoscale.capacity import (
     mix_capacity_rps,
 )
 from suanli.autoscale.hpa import HpaSpec
-from suanli.autoscale.kinds import Kind, bucket_table, mix_optimizer
+from suanli.autoscale.kinds import Kind, bucket_table, mix_optimizer, replica_kinds
 from suanli.autoscale.kpa import KPA_TARGET_UTILIZATION, KpaSpec
 from suanli.autoscale.mix import SizeBuckets, cheapest_mix
 from suanli.autoscale.predictive import PredictiveSpec
@@ -160,20 +160,10 @@ def make_setup(
     elif autoscaler == "static-mix":
         # Mélange's setting: the trace's busiest minute known, the cheapest mix for it
         # and the history's sizes provisioned once, at its SLO capacity (as static is)
-        opt = mix_optimizer(
-            kinds,
-            bucket_table(kinds, buckets, tpot_slo_s, ttft_slo_s),
-            utilization=1.0,
-            max_replicas=max_replicas,
-            buckets=buckets,
-            max_miss_share=max_miss_share,
-        )
+        table = bucket_table(kinds, buckets, tpot_slo_s, ttft_slo_s)
+        rk = replica_kinds(kinds, table, max_replicas, buckets, with_best_effort=max_miss_share > 0)
         peak = max(_per_minute(trace))
-        fixed = cheapest_mix(
-            [peak * s for s in share],
-            opt.kinds,
-            max_miss_share=max_miss_share,
-        )
+        fixed = cheapest_mix([peak * s for s in share], rk, max_miss_share=max_miss_share)
         start = {k: n for k, n in fixed.counts.items() if n}
         scaler = Static(start, name="static-mix", mix=fixed)
     else:
