@@ -37,6 +37,15 @@ from suanli.errors import SuanliError
 from suanli.jobs.spec import parse_job_spec
 from suanli.run.executor import ADDRESS_LABEL
 from suanli.run.local import free_port
+from suanli.service.kept import (
+    HISTORY_POINTS,
+    HISTORY_S,
+    carry_attainment,
+    forecasts,
+    past_rates,
+    recent_recommendations,
+    stored_recommendations,
+)
 from suanli.service.mix import (
     cheapest,
     chip_of,
@@ -63,8 +72,6 @@ from suanli.workloads.replica_auth import REPLICA_TOKEN_ENV
 log = logging.getLogger("suanli.services")
 LIVE = ("queued", "running", "preempted")
 ADDRESS_ENV = "SUANLI_REPLICA_ADDRESS"  # where a replica listens (host:port)
-HISTORY_POINTS = 240
-HISTORY_S = 3600.0  # rates older than this are not the forecasts' past
 
 
 def make_scaler(spec: ServiceSpec) -> Scaler:
@@ -227,50 +234,6 @@ def mix_batches(spec: ServiceSpec) -> Mapping[str, Sequence[int]] | None:
         return None
     chips = tuple(spec.chips())
     return chip_fills(spec.model, chips, spec.tp, spec.slo.ttft_s, spec.slo.tpot_s).batches
-
-
-def carry_attainment(traffic: ServiceTraffic, observed: dict[str, Any] | None) -> None:
-    """The router's SLO counts go on from those the store kept, once per router (a
-    restarted process): a service's attainment is since it was created, not since the
-    last restart."""
-    o = observed or {}
-    judged, met = o.get("requests_judged"), o.get("requests_met")
-    traffic.carry(
-        judged if isinstance(judged, int) else 0,
-        met if isinstance(met, int) and isinstance(judged, int) and 0 <= met <= judged else 0,
-    )
-
-
-def stored_recommendations(observed: dict[str, Any] | None) -> list[tuple[float, int]]:
-    """The HPA's recommendations the store kept (``observed.recommendations``)."""
-    out = []
-    for item in (observed or {}).get("recommendations") or []:
-        if isinstance(item, list) and len(item) == 2:
-            t, r = item
-            if isinstance(t, int | float) and isinstance(r, int):
-                out.append((float(t), r))
-    return out
-
-
-def recent_recommendations(
-    history: Sequence[tuple[float, int]], now: float, window_s: float
-) -> list[tuple[float, int]]:
-    return [(t, r) for t, r in history if now - t < window_s]
-
-
-def forecasts(scaler: Scaler) -> bool:
-    """Whether the policy reads past arrival rates (and so the store keeps them)."""
-    return isinstance(scaler, Predictive | Optimizer)
-
-
-def past_rates(row: ServiceRow, now: float, period_s: float) -> list[float]:
-    """The arrival rates the store kept for this service, from the last ``HISTORY_S`` and
-    taken at this period (a forecast reads them as equally spaced): a controller that
-    restarts, or a spec that changed, forecasts from the same past. The periods the
-    service was down are missing, not zeros: nothing was measured."""
-    return [
-        float(r) for t, r, p in row.rates or [] if now - t < HISTORY_S and math.isclose(p, period_s)
-    ]
 
 
 class ServicesController:
