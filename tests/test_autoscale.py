@@ -7,10 +7,11 @@ import pytest
 
 from suanli.autoscale.hpa import HpaSpec, hpa
 from suanli.autoscale.kpa import KpaSpec, KpaState, kpa
-from suanli.autoscale.mix import ReplicaKind
+from suanli.autoscale.mix import ReplicaKind, SizeBuckets
 from suanli.autoscale.predictive import PredictiveSpec, forecast, horizon_rises, predictive
 from suanli.autoscale.scalers import Optimizer, Window
 from suanli.autoscale.signals import Observation, Targets
+from suanli.autoscale.sizes import SizeHistory
 
 SPEC = HpaSpec(Targets(concurrency=4, kv_use=0.8, tokens_per_s=500), 1, 20)
 
@@ -181,20 +182,73 @@ def test_predictive_scales_ahead_of_a_ramp_that_reactive_would_meet_late() -> No
     assert d2.desired < 12
 
 
-def test_the_optimizer_plans_the_forecast_at_capacity_and_the_observed_rate_with_headroom() -> None:
-    """One headroom each, not both: the forecast peak carries its confidence and is
-    planned at the SLO capacity; the rate seen now is planned at the target
-    utilisation (the bursts between decisions). Replicas of 10 requests/s."""
+ONE_BUCKET = SizeBuckets(prompt_edges=(1,), output_edges=(1,))
+
+
+def _one_bucket_sizes(t_s: float, n: int = 1) -> SizeHistory:
+    h = SizeHistory(ONE_BUCKET)
+    h.add(t_s, 100, 10, n)
+    return h
+
+
+def test_the_optimizer_plans_the_forecast_and_the_observed_rate_with_headroom() -> None:
+    """The ILP fills its kinds to exactly the rate it is given: whichever rate is
+    planned, the forecast's peak or the rate seen now, it is planned at the target
+    utilisation. Replicas of 10 requests/s."""
     kind = ReplicaKind("a", 1.0, (10.0,))
 
-    def plan(history: list[float], now_rps: float) -> int:
-        opt = Optimizer([kind], lambda i, o: 0, 1, cold_start_s=30.0, target_utilization=0.5)
+    def plan(history: list[float], now_rps: float, utilization: float = 0.5) -> int:
+        opt = Optimizer([kind], 1, cold_start_s=30.0, target_utilization=utilization)
         w = Window(Observation(900.0, ready=1, running=1, arrivals_per_s=now_rps))
-        w.rates, w.sizes = history, [(100, 10)]
+        w.rates, w.sizes = history, _one_bucket_sizes(890.0)
         return opt.decide(w, {"a": 1})["a"]
 
-    # a steady 30/s: the forecast says 30, the rate seen 30 at 50% says 60 -> 6
+    # a steady 30/s at 50%: 60 -> 6
     assert plan([30.0] * 40, 30.0) == 6
-    # a steady 30/s that has just dropped to 10/s: the forecast still says 30 -> 3
-    # (planning it at 50% too would ask for 6)
-    assert plan([30.0] * 40, 10.0) == 3
+    # a steady 30/s that has just dropped to 10/s: the forecast still says 30 -> 6
+    assert plan([30.0] * 40, 10.0) == 6
+    # a rate seen now above the forecast: the floor, at 50% -> 8
+    assert plan([30.0] * 40, 40.0) == 8
+    # at 100% the plan is the rate: 3
+    assert plan([30.0] * 40, 10.0, utilization=1.0) == 3
+
+
+def test_the_optimizer_scales_to_zero_once_its_sizes_are_old() -> None:
+    """No load and no forecast: nothing, whether or not it still counts sizes; load with
+    no size seen in the window keeps what runs (the fleet was sized for it)."""
+    kind = ReplicaKind("a", 1.0, (10.0,))
+    opt = Optimizer([kind], 1, cold_start_s=30.0, target_utilization=1.0)
+    idle = Window(Observation(4000.0, ready=2), rates=[0.0] * 40, sizes=_one_bucket_sizes(10.0))
+    assert opt.decide(idle, {"a": 2}) == {"a": 0}
+    busy = Window(
+        Observation(4000.0, ready=2, running=3, arrivals_per_s=5.0),
+        rates=[5.0] * 40,
+        sizes=_one_bucket_sizes(10.0),  # an hour old: outside the 30 minutes
+    )
+    assert opt.decide(busy, {"a": 2}) == {"a": 2}
+
+
+def test_size_history_counts_the_window_and_forgets_what_is_older() -> None:
+    h = SizeHistory(window_s=600.0, bin_s=60.0)
+    b = SizeBuckets()
+    h.add(0.0, 100, 50, 3)  # minute 0
+    h.add(300.0, 6000, 500)  # minute 5
+    assert h.shares(-1.0) is None  # nothing before the first request
+    shares = h.shares(300.0)
+    assert shares is not None
+    assert shares[b.of(100, 50)] == pytest.approx(0.75)
+    assert shares[b.of(6000, 500)] == pytest.approx(0.25)
+    # ten minutes after minute 0's bin began, it is out of the window
+    assert h.counts(660.0)[b.of(100, 50)] == 0
+    assert h.counts(660.0)[b.of(6000, 500)] == 1
+    h.add(700.0, 100, 50)  # a new bin: the bins out of the window are dropped
+    assert 0 not in h.bins
+    # kept in the store and read back: the same counts; what is malformed is left out
+    kept = h.to_json()
+    again = SizeHistory(window_s=600.0, bin_s=60.0)
+    again.load(kept, 700.0)
+    assert again.counts(700.0) == h.counts(700.0)
+    for bad in (None, [], {"bin_s": 30.0, "bins": kept["bins"]}, {"bin_s": 60.0, "bins": {"x": 1}}):
+        fresh = SizeHistory(window_s=600.0, bin_s=60.0)
+        fresh.load(bad, 700.0)
+        assert fresh.shares(700.0) is None

@@ -98,7 +98,8 @@ def test_a_chip_mix_service_follows_the_optimizer(tmp_path: Path) -> None:
     for i in range(2400):  # 40 requests/s over the last minute
         traffic.arrived(i / 40)
     # short chats and long documents, as the router records them
-    traffic.sizes.extend([(100, 50)] * 800 + [(6000, 500)] * 200)
+    for prompt, output in [(100, 50)] * 800 + [(6000, 500)] * 200:
+        traffic.sized(59.0, prompt, output)
     live = tick(60.0)
     opt = ctl._state["mix"].scaler
     assert isinstance(opt, Optimizer) and opt.mix is not None
@@ -111,6 +112,22 @@ def test_a_chip_mix_service_follows_the_optimizer(tmp_path: Path) -> None:
     assert traffic.shares is not None and len(traffic.shares) == BUCKETS.count
     ready.update(j.id for j in live)
     tick(61.0)
+
+    # a restarted controller and router plan from the sizes the store kept (with none,
+    # the optimizer keeps what runs and plans no mix)
+    with store.tx() as s:
+        row = s.get(ServiceRow, "mix")
+        assert row is not None and row.observed is not None
+        assert sum(sum(c.values()) for c in row.observed["sizes"]["bins"].values()) == 1000
+    book2 = ReplicaBook()
+    ctl2 = ServicesController(store, book2)
+    for i in range(2400):
+        book2.traffic_of("mix").arrived(i / 40)
+    ctl2.reconcile(62.0)
+    assert book2.traffic_of("mix").sizes().counts(62.0) == traffic.sizes().counts(62.0)
+    again = ctl2._state["mix"].scaler
+    assert isinstance(again, Optimizer) and again.mix is not None
+    assert {c for c, n in again.mix.counts.items() if n} == set(CHIPS)
 
     # the router draws a chip per size from the mix's shares
     for size in ((100, 50), (6000, 500)):
@@ -218,7 +235,8 @@ def test_a_load_beyond_max_runs_max_and_says_so(tmp_path: Path) -> None:
     traffic = book.traffic_of("busy")
     for i in range(24_000):  # 400 requests/s
         traffic.arrived(i / 400)
-    traffic.sizes.extend([(6000, 500)] * 100)
+    for _ in range(100):
+        traffic.sized(59.0, 6000, 500)
     ctl.reconcile(60.0)
     with store.tx() as s:
         busy, calm = s.get(ServiceRow, "busy"), s.get(ServiceRow, "calm")

@@ -160,7 +160,41 @@ def test_forecasting_policies_start_with_the_history_rates(steps: StepTime) -> N
         trace, kinds, seen, ttft_slo_s=2.0, tpot_slo_s=0.1, initial={"a": 1},
         past_rates=pred.past_rates,
     )  # fmt: skip
-    assert seen.first == pytest.approx([*pred.past_rates, 0.0])  # then its own periods
+    # the first decision comes at 0, after no period of its own: it measures no rate (a
+    # zero there read as an idle service, and the optimizer dropped its fleet for it)
+    assert seen.first == pytest.approx(pred.past_rates)
+
+
+def test_the_optimizer_starts_with_the_history_sizes(steps: StepTime) -> None:
+    """The optimizer plans for the sizes of the last 30 minutes, the history's among
+    them: its first decision knows the long requests the history had, though the
+    replay's first minutes are short ones."""
+    kinds = {"a": Kind("a", steps, 1, 1.79, cold_start_s=40.0)}
+    b = SizeBuckets()
+    trace = [TraceRequest(float(t), 3000, 300) for t in range(0, 120, 2)]  # the history
+    trace += [TraceRequest(120 + t, 100, 10) for t in range(120)]
+    setup = make_setup("optimizer", kinds, trace, tpot_slo_s=0.1, ttft_slo_s=2.0, history_s=120)
+    assert len(setup.past_sizes) == 60 and all(r.arrival_s < 0 for r in setup.past_sizes)
+
+    class Seen:
+        name, period_s = "seen", 15.0
+
+        def __init__(self) -> None:
+            self.shares: list[list[float] | None] = []
+
+        def decide(self, w, current):  # type: ignore[no-untyped-def]
+            self.shares.append(w.sizes.shares(w.obs.t_s))
+            return {"a": 1}
+
+    seen = Seen()
+    simulate_serving(
+        held_out(trace, 120), kinds, seen, ttft_slo_s=2.0, tpot_slo_s=0.1, initial={"a": 1},
+        past_rates=setup.past_rates, past_sizes=setup.past_sizes,
+    )  # fmt: skip
+    first, last = seen.shares[0], seen.shares[-1]
+    assert first is not None and first[b.of(3000, 300)] == pytest.approx(1.0)
+    # near two minutes on, over 100 short requests beside the history's 60 long ones
+    assert last is not None and 60 / 181 < last[b.of(3000, 300)] < 60 / 160
 
 
 def test_a_policy_is_scored_on_what_follows_its_history(steps: StepTime) -> None:

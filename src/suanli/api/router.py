@@ -392,7 +392,7 @@ def _judge(
         size = (int(usage["prompt_tokens"]), tokens)
     except (ValueError, KeyError, TypeError, OverflowError):  # a replica is a tenant's code
         tokens = 1
-    traffic.sizes.append(size)
+    traffic.sized(time.time(), *size)
     traffic.judge(took <= spec.slo.ttft_s + max(0, tokens - 1) * spec.slo.tpot_s)
 
 
@@ -468,7 +468,7 @@ async def _relay(
             ttft = first - arrived
             traffic.ttft.observe(ttft)
             tokens = max(1, chunks - 1)  # less [DONE]
-            traffic.sizes.append((size[0], tokens))
+            traffic.sized(time.time(), size[0], tokens)
             tpot = (end - first) / max(1, tokens - 1)
             if tokens > 1:
                 traffic.tpot.observe(tpot)

@@ -179,7 +179,6 @@ def mix_optimizer(
     cold = max(k.cold_start_s for k in kinds.values())
     return Optimizer(
         replica_kinds(kinds, table, max_replicas, buckets, with_best_effort=max_miss_share > 0),
-        buckets.of,
         buckets.count,
         cold,
         target_utilization=utilization,

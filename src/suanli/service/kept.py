@@ -1,7 +1,8 @@
 """What a service's controller keeps in the store for the one after a restart: its
 arrival rates (the forecasts' past), the HPA's recent recommendations (its scale-down
-hold) and the router's SLO counts (attainment since the service was created). A new
-controller, or a fresh scaler for a changed spec, starts from these.
+hold), the router's SLO counts (attainment since the service was created) and its
+request sizes (the chip-mix optimizer's distribution). A new controller, or a fresh
+scaler for a changed spec, starts from these.
 """
 
 from __future__ import annotations
@@ -18,15 +19,17 @@ HISTORY_POINTS = 240
 HISTORY_S = 3600.0  # rates older than this are not the forecasts' past
 
 
-def carry_attainment(traffic: ServiceTraffic, observed: dict[str, Any] | None) -> None:
-    """The router's SLO counts go on from those the store kept, once per router (a
-    restarted process): a service's attainment is since it was created, not since the
-    last restart."""
+def carry_traffic(traffic: ServiceTraffic, observed: dict[str, Any] | None, now: float) -> None:
+    """The router's SLO counts and request sizes go on from those the store kept, once
+    per router (a restarted process): a service's attainment is since it was created,
+    not since the last restart, and its mix is planned for the sizes it has served."""
     o = observed or {}
     judged, met = o.get("requests_judged"), o.get("requests_met")
     traffic.carry(
         judged if isinstance(judged, int) else 0,
         met if isinstance(met, int) and isinstance(judged, int) and 0 <= met <= judged else 0,
+        o.get("sizes"),
+        now,
     )
 
 

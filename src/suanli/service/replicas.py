@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from suanli.autoscale.mix import SizeBuckets
 from suanli.autoscale.routing import draw, least_per_chip, serves, spill, weight
+from suanli.autoscale.sizes import SizeHistory
 from suanli.workloads.replica_auth import token_proof
 
 BUCKETS = SizeBuckets()
@@ -60,7 +61,6 @@ def _load(r: Replica) -> tuple[int, int]:
 
 
 HISTORY = 720  # samples: an hour at one each 5 s
-SIZES_KEPT = 2000  # the optimizer's recent requests (`autoscale.scalers.Optimizer.recent`)
 HISTORY_EVERY_S = 5.0
 
 
@@ -77,8 +77,9 @@ class ServiceTraffic:
         self.judged = 0
         self.carried = False  # the counts from before a restart are in
         self.lock = threading.Lock()
-        #: (prompt, output) tokens of recent requests: the optimizer's size distribution
-        self.sizes: deque[tuple[int, int]] = deque(maxlen=SIZES_KEPT)
+        #: requests answered, by size: the optimizer's size distribution (read and
+        #: written under ``lock``: the router adds, the controller reads)
+        self._sizes = SizeHistory()
         #: a chip-mix service: per size bucket, the share of it each chip serves
         self.shares: list[dict[str, float]] | None = None
         #: (at, ready, desired, arrivals/s, in flight, waiting) every HISTORY_EVERY_S, for
@@ -138,11 +139,26 @@ class ServiceTraffic:
             self.judged += 1
             self.met += int(met)
 
-    def carry(self, judged: int, met: int) -> None:
-        """Counts from before this router (a restart): added once."""
+    def sized(self, now: float, prompt: int, output: int) -> None:
+        """A request answered: its prompt and output tokens."""
+        with self.lock:
+            self._sizes.add(now, prompt, output)
+
+    def sizes(self) -> SizeHistory:
+        """A copy of the size counts, for the controller to read while the router adds."""
+        with self.lock:
+            h = self._sizes
+            return SizeHistory(
+                h.buckets, h.window_s, h.bin_s, {b: list(c) for b, c in h.bins.items()}
+            )
+
+    def carry(self, judged: int, met: int, sizes: Any = None, now: float = 0.0) -> None:
+        """Counts from before this router (a restart): added once. ``sizes``: the size
+        counts the store kept (`SizeHistory.to_json`)."""
         with self.lock:
             if not self.carried:
                 self.judged, self.met, self.carried = self.judged + judged, self.met + met, True
+                self._sizes.load(sizes, now)
 
     @property
     def attainment(self) -> float | None:

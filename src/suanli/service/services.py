@@ -40,7 +40,7 @@ from suanli.run.local import free_port
 from suanli.service.kept import (
     HISTORY_POINTS,
     HISTORY_S,
-    carry_attainment,
+    carry_traffic,
     forecasts,
     past_rates,
     recent_recommendations,
@@ -299,7 +299,7 @@ class ServicesController:
                     now,
                     scaler.spec.down_window_s,
                 )
-            carry_attainment(self.book.traffic_of(row.name), row.observed)
+            carry_traffic(self.book.traffic_of(row.name), row.observed, now)
             st = _State(row.spec, scaler, Window(Observation(now, 0), rates=past), row.created_at)
             st.period_arrivals_from = now
             self._state[row.name] = st
@@ -386,6 +386,8 @@ class ServicesController:
                     st.scaler.history, now, st.scaler.spec.down_window_s
                 )
             ]
+        if isinstance(st.scaler, Optimizer):  # the sizes its mix is planned for
+            row.observed["sizes"] = traffic.sizes().to_json()
         row.updated_at = now
         record(traffic, now, obs.ready, desired, obs.arrivals_per_s, obs.running, obs.waiting)
         traffic.queue.set(obs.waiting)
@@ -430,7 +432,7 @@ class ServicesController:
             st.mix_want = {c: current.get(c, 0) for c in spec.chips()}
         if row.pinned is None and now >= st.next_decision:
             self._period(row, st, traffic, now)
-            st.window.sizes = list(traffic.sizes)
+            st.window.sizes = traffic.sizes()
             try:
                 st.mix_want, st.note = opt.decide(st.window, dict(current)), ""
             except NoMixError:  # more load than max replicas serve: as many as allowed

@@ -268,13 +268,15 @@ def simulate_serving(
     drain_limit_s: float = 3600.0,
     progress: Callable[[float], None] | None = None,
     past_rates: Sequence[float] = (),
+    past_sizes: Sequence[TraceRequest] = (),
     spill_over: bool = True,
 ) -> ServeResult:
     """Replay ``trace`` through a fleet that ``scaler`` controls; ``initial`` replicas are
     ready at time 0 (a service already running when the trace starts), and
     ``past_rates`` are the arrival rates per decision period it saw before (what a
-    forecasting policy reads from its metrics store after a restart). ``spill_over``:
-    see `Fleet`."""
+    forecasting policy reads from its metrics store after a restart); ``past_sizes``
+    the requests it saw before, at times before 0 (the optimizer's size distribution).
+    ``spill_over``: see `Fleet`."""
     wall0 = time.perf_counter()
     mixed = isinstance(scaler, Optimizer) or (isinstance(scaler, Static) and scaler.mix is not None)
     fleet = Fleet(
@@ -291,6 +293,8 @@ def simulate_serving(
     seqs = [Seq(i, r.arrival_s, r.prompt, r.output, asked=r.output) for i, r in enumerate(trace)]
     end = trace[-1].arrival_s if trace else 0.0
     window = Window(Observation(0.0, 0), rates=list(past_rates))
+    for past in past_sizes:
+        window.sizes.add(past.arrival_s, past.prompt, past.output)
     next_tick, next_decision, i = 0.0, 0.0, 0
     arrivals_since, period_arrivals = 0, 0
     last_period_t = 0.0
@@ -304,7 +308,7 @@ def simulate_serving(
             for r in fleet.replicas:
                 r.run_until(t_arr)
             fleet.route(seqs[i], t_arr)
-            window.sizes.append((seqs[i].prompt, seqs[i].asked))
+            window.sizes.add(t_arr, seqs[i].prompt, seqs[i].asked)
             i += 1
             arrivals_since += 1
             period_arrivals += 1
@@ -333,9 +337,13 @@ def simulate_serving(
         window.concurrency.append((now, obs.concurrency))
         window.concurrency = window.concurrency[-64:]  # Knative's windows need 60 s
         if now >= next_decision:
-            span = max(now - last_period_t, tick_s)
-            window.rates.append(period_arrivals / span)
-            period_arrivals, last_period_t = 0, now
+            # as the live controller measures (`ServicesController._period`): the first
+            # decision comes after no period at all and measures no rate (a zero there
+            # read as an idle service, and the optimizer dropped the fleet it started with)
+            span = now - last_period_t
+            if span >= min(scaler.period_s, 60.0) / 2:
+                window.rates.append(period_arrivals / span)
+                period_arrivals, last_period_t = 0, now
             want = scaler.decide(window, fleet.counts())
             fleet.scale_to(want, now)
             next_decision = now + scaler.period_s if math.isfinite(scaler.period_s) else math.inf

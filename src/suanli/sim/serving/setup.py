@@ -45,6 +45,9 @@ class Setup:
     capacity_rps: dict[str, float]  # per replica of each kind, for the history's sizes
     best_single: str  # the kind with the lowest cost per request served
     past_rates: list[float]  # arrivals/s per decision period over the history
+    #: the history's requests, timed from its end (negative): the sizes a service that
+    #: has been running has seen
+    past_sizes: list[TraceRequest]
 
 
 def _rates(trace: Sequence[TraceRequest], span_s: float, period_s: float) -> list[float]:
@@ -102,7 +105,7 @@ def make_setup(
 ) -> Setup:
     """``utilization``: the share of a replica's SLO capacity the reactive policies aim
     to run it at (their concurrency target, and the predictive policy's floor), and the
-    optimizer's headroom over the rate it observes. ``forecast_z``: the confidence of
+    optimizer's headroom over the rate it plans. ``forecast_z``: the confidence of
     the predictive and optimizer policies' forecast peak, in normal standard deviations
     (2.33: 99%).
     ``spot``: the optimizer may also choose each chip's spot twin. ``max_miss_share``:
@@ -185,7 +188,12 @@ def make_setup(
         )
     period = scaler.period_s
     rates = _rates(trace, history_s, period) if math.isfinite(period) else []
-    return Setup(kinds, scaler, start, cap, best, rates)
+    sizes = [
+        TraceRequest(r.arrival_s - history_s, r.prompt, r.output)
+        for r in trace
+        if r.arrival_s < history_s
+    ]
+    return Setup(kinds, scaler, start, cap, best, rates, sizes)
 
 
 def run_policy(
@@ -234,6 +242,7 @@ def run_policy(
         spot=spot,
         progress=progress,
         past_rates=setup.past_rates,
+        past_sizes=setup.past_sizes,
         spill_over=spill_over,
     )
     return setup, res
