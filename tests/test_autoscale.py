@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -213,22 +215,26 @@ def test_the_optimizer_plans_the_forecast_and_the_observed_rate_with_headroom() 
     assert plan([30.0] * 40, 10.0, utilization=1.0) == 3
 
 
-def test_the_optimizer_scales_to_zero_once_its_sizes_are_old() -> None:
-    """No load and no forecast: nothing, whether or not it still counts sizes; load with
-    no size seen in the window keeps what runs (the fleet was sized for it)."""
+def test_the_optimizer_scales_to_zero_and_wakes_with_the_sizes_it_knew() -> None:
+    """No load and no forecast: nothing. Load after an hour of idleness plans for the
+    sizes of the last traffic (a live router learns a size only once it answers, and a
+    service woken from zero would plan no mix until then); load with no size ever seen
+    keeps what runs."""
     kind = ReplicaKind("a", 1.0, (10.0,))
     opt = Optimizer([kind], 1, cold_start_s=30.0, target_utilization=1.0)
     idle = Window(Observation(4000.0, ready=2), rates=[0.0] * 40, sizes=_one_bucket_sizes(10.0))
     assert opt.decide(idle, {"a": 2}) == {"a": 0}
-    busy = Window(
-        Observation(4000.0, ready=2, running=3, arrivals_per_s=5.0),
-        rates=[5.0] * 40,
-        sizes=_one_bucket_sizes(10.0),  # an hour old: outside the 30 minutes
+    woken = Window(
+        Observation(4000.0, ready=0, running=3, arrivals_per_s=25.0),
+        rates=[25.0] * 40,
+        sizes=_one_bucket_sizes(10.0),  # an hour old
     )
-    assert opt.decide(busy, {"a": 2}) == {"a": 2}
+    assert opt.decide(woken, {"a": 0}) == {"a": 3}
+    unknown = Window(Observation(4000.0, ready=2, running=3), rates=[25.0] * 40)
+    assert opt.decide(unknown, {"a": 2}) == {"a": 2}
 
 
-def test_size_history_counts_the_window_and_forgets_what_is_older() -> None:
+def test_size_history_counts_its_window_and_the_last_traffic_after_idleness() -> None:
     h = SizeHistory(window_s=600.0, bin_s=60.0)
     b = SizeBuckets()
     h.add(0.0, 100, 50, 3)  # minute 0
@@ -238,17 +244,36 @@ def test_size_history_counts_the_window_and_forgets_what_is_older() -> None:
     assert shares is not None
     assert shares[b.of(100, 50)] == pytest.approx(0.75)
     assert shares[b.of(6000, 500)] == pytest.approx(0.25)
-    # ten minutes after minute 0's bin began, it is out of the window
+    # at 11 minutes minute 0 is out of the window, minute 5 in it
     assert h.counts(660.0)[b.of(100, 50)] == 0
     assert h.counts(660.0)[b.of(6000, 500)] == 1
-    h.add(700.0, 100, 50)  # a new bin: the bins out of the window are dropped
-    assert 0 not in h.bins
-    # kept in the store and read back: the same counts; what is malformed is left out
-    kept = h.to_json()
+    # an hour on, nothing in the window: the last ten minutes of traffic are counted
+    assert h.counts(3600.0) == h.counts(300.0)
+    h.add(3600.0, 100, 50)  # traffic again: the window is its own, the old bins dropped
+    assert h.counts(3600.0)[b.of(6000, 500)] == 0 and sorted(h.bins) == [60]
+
+
+def test_size_history_survives_the_store_and_what_is_malformed_there() -> None:
+    h = SizeHistory(window_s=600.0, bin_s=60.0)
+    h.add(0.0, 100, 50, 3)
+    h.add(300.0, 6000, 500)
+    kept = json.loads(json.dumps(h.to_json(300.0)))  # as the store gives it back
     again = SizeHistory(window_s=600.0, bin_s=60.0)
-    again.load(kept, 700.0)
-    assert again.counts(700.0) == h.counts(700.0)
-    for bad in (None, [], {"bin_s": 30.0, "bins": kept["bins"]}, {"bin_s": 60.0, "bins": {"x": 1}}):
+    again.load(kept, 300.0)
+    assert again.counts(300.0) == h.counts(300.0)
+    future = SizeHistory(window_s=600.0, bin_s=60.0)
+    future.load(kept, 100.0)  # minute 5 is after now: not a count this code wrote
+    assert future.counts(300.0) == SizeHistory(bins={0: h.bins[0]}).counts(300.0)
+    for bad in (
+        None,
+        [],
+        {**kept, "bin_s": 30.0},
+        {**kept, "buckets": 7},  # another grid
+        {**kept, "bins": ["x"]},
+        {**kept, "bins": "x"},
+        {**kept, "bins": {"x": {"1": 1}, "2": 5, "3": {"1": 1e400}}},
+        {**kept, "bins": {"1": {"1": -4, "999": 1, "2": 10**12}}},
+    ):
         fresh = SizeHistory(window_s=600.0, bin_s=60.0)
         fresh.load(bad, 700.0)
-        assert fresh.shares(700.0) is None
+        assert fresh.shares(700.0) is None, bad

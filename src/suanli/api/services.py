@@ -74,7 +74,8 @@ def service_view(row: ServiceRow, book: ReplicaBook, jobs: list[JobRow]) -> dict
         "pinned": row.pinned,
         "desired": row.desired,
         "status": row.status,
-        "observed": row.observed or {},
+        # less the request sizes the controller keeps for a restart (kilobytes of counts)
+        "observed": {k: v for k, v in (row.observed or {}).items() if k != "sizes"},
         "cost_usd": row.cost_usd,
         "device_hours": row.device_s / 3600,
         "slo": spec.slo.model_dump(),

@@ -98,9 +98,9 @@ class Predictive:
 @dataclass
 class Optimizer:
     """Mélange's mix, re-solved each period for the forecast peak of the coming start
-    time and the size distribution of the recent requests (`SizeHistory`: the same
-    past as the forecast's). ``kinds`` gives each kind's capacity for the
-    representatives of the ``buckets`` size buckets the sizes are counted in."""
+    time and the size distribution of the last 30 minutes' requests (`SizeHistory`).
+    ``kinds`` gives each kind's capacity for the representatives of the ``buckets``
+    size buckets the sizes are counted in."""
 
     kinds: Sequence[ReplicaKind]
     buckets: int

@@ -225,6 +225,9 @@ class _State:
     period_arrivals_from: float = 0.0
     mix_want: dict[str, int] | None = None  # a chip-mix service: the optimizer's last word
     note: str = ""  # what the status adds (a load beyond the bounds)
+    #: a chip-mix service: the sizes its last decision planned for, as the store keeps
+    #: them (`SizeHistory.to_json`), written at each decision, not each tick
+    sizes_kept: dict[str, Any] | None = None
 
 
 def mix_batches(spec: ServiceSpec) -> Mapping[str, Sequence[int]] | None:
@@ -366,6 +369,7 @@ class ServicesController:
             + (f", {traffic.buffered} waiting at the router" if traffic.buffered else "")
             + (f"; {st.note}" if st.note else "")
         )
+        sizes_before = (row.observed or {}).get("sizes")
         row.observed = {
             "at": now,
             "ready": obs.ready,
@@ -387,7 +391,11 @@ class ServicesController:
                 )
             ]
         if isinstance(st.scaler, Optimizer):  # the sizes its mix is planned for
-            row.observed["sizes"] = traffic.sizes().to_json()
+            # (those the store had, until this controller's first decision: a pin holds
+            # the decisions, and a restart while pinned must not lose them)
+            sizes = st.sizes_kept if st.sizes_kept is not None else sizes_before
+            if sizes is not None:
+                row.observed["sizes"] = sizes
         row.updated_at = now
         record(traffic, now, obs.ready, desired, obs.arrivals_per_s, obs.running, obs.waiting)
         traffic.queue.set(obs.waiting)
@@ -433,6 +441,7 @@ class ServicesController:
         if row.pinned is None and now >= st.next_decision:
             self._period(row, st, traffic, now)
             st.window.sizes = traffic.sizes()
+            st.sizes_kept = st.window.sizes.to_json(now)
             try:
                 st.mix_want, st.note = opt.decide(st.window, dict(current)), ""
             except NoMixError:  # more load than max replicas serve: as many as allowed
