@@ -341,7 +341,7 @@ def simulate_serving(
             # decision comes after no period at all and measures no rate (a zero there
             # read as an idle service, and the optimizer dropped the fleet it started with)
             span = now - last_period_t
-            if span >= min(scaler.period_s, 60.0) / 2:
+            if span > 0 and span >= min(scaler.period_s, 60.0) / 2:
                 window.rates.append(period_arrivals / span)
                 period_arrivals, last_period_t = 0, now
             want = scaler.decide(window, fleet.counts())
