@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
+from sqlalchemy import select
 
 from suanli.api.app import create_app
 from suanli.api.router import request_size
@@ -218,6 +219,11 @@ def test_the_api_refuses_a_mix_the_chips_cannot_serve(tmp_path: Path) -> None:
     ok = api.post("/v1/services", json=_spec().model_dump())
     assert ok.status_code == 201, ok.text
     assert api.get("/v1/services").json()[0]["policy"] == "optimizer"
+    # the size counts the controller keeps for a restart are not part of the answer
+    with store.tx() as s:
+        row = s.scalars(select(ServiceRow)).one()
+        row.observed = {"ready": 1, "sizes": {"bin_s": 60.0, "buckets": 72, "bins": {}}}
+    assert api.get("/v1/services").json()[0]["observed"] == {"ready": 1}
 
 
 def test_a_load_beyond_max_runs_max_and_says_so(tmp_path: Path) -> None:
