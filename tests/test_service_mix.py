@@ -9,6 +9,7 @@ test moves as the jobs controller would."""
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,9 +24,9 @@ from suanli.autoscale.scalers import Optimizer
 from suanli.autoscale.service_spec import ServiceSpec
 from suanli.service.mix import chip_of, rescale, within_budget
 from suanli.service.replicas import BUCKETS, ReplicaBook
-from suanli.service.services import ServicesController, make_scaler
+from suanli.service.services import ServicesController, make_scaler, replica_price
 from suanli.store.db import Store
-from suanli.store.models import JobRow, ServiceRow
+from suanli.store.models import JobRow, LeaseRow, OrderRow, ServiceRow
 from tests.helpers import replicas_step
 
 CHIPS = ["a10", "a100-80gb"]
@@ -59,8 +60,7 @@ def test_the_spec_says_what_the_optimizer_needs() -> None:
         _spec(resources={"accelerator": "cpu", "cpu": 1, "memory_gb": 1})
     with pytest.raises(ValidationError, match=r"list them in resources\.accelerators"):
         _spec(resources={"cpu": 1, "memory_gb": 1})
-    with pytest.raises(ValidationError, match="spot order is of one chip"):
-        _spec(spot={"order": 1})
+    assert _spec(spot={"order": 1}).spot is not None  # a mix may run its order's chip on spot
     with pytest.raises(ValidationError, match=r"greater than or equal to 0\.5"):
         _spec(slo={"attainment": 0.2})
     # the SLO's attainment is the optimizer's miss budget
@@ -78,29 +78,47 @@ def test_request_sizes_the_router_guesses() -> None:
     assert request_size({"messages": 7, "prompt": [1, 2], "max_tokens": "many"}) == (1, 16)
 
 
-def test_a_chip_mix_service_follows_the_optimizer(tmp_path: Path) -> None:
-    store = Store.sqlite(tmp_path)
-    store.migrate()
-    spec = _spec()
+@dataclass
+class _Running:
+    """A chip-mix service under a controller, and what the jobs controller would do."""
+
+    ctl: ServicesController
+    book: ReplicaBook
+    ready: set[int]
+    members: list[dict[str, object]] | None = None
+
+    def tick(self, t: float) -> list[JobRow]:
+        self.ctl.reconcile(t)
+        jobs = replicas_step(self.ctl.store, self.book, "mix", self.ready, self.members)
+        return [j for j in jobs if j.state in ("queued", "running") and not j.cancel_requested]
+
+
+def _running_mix(
+    store: Store, spec: ServiceSpec, members: list[dict[str, object]] | None = None
+) -> _Running:
+    """``spec`` as the service "mix" of ann's, under a controller whose router saw 40
+    requests/s over the last minute: short chats and long documents (1,000 answered)."""
     with store.tx() as s:
         s.add(
             ServiceRow(name="mix", owner="ann", spec=spec.model_dump(), created_at=0, updated_at=0)
         )
     book = ReplicaBook()
-    ctl = ServicesController(store, book)
-    ready: set[int] = set()
-
-    def tick(t: float) -> list[JobRow]:
-        ctl.reconcile(t)
-        jobs = replicas_step(store, book, "mix", ready)
-        return [j for j in jobs if j.state in ("queued", "running") and not j.cancel_requested]
-
+    run = _Running(ServicesController(store, book), book, set(), members)
     traffic = book.traffic_of("mix")
-    for i in range(2400):  # 40 requests/s over the last minute
+    for i in range(2400):
         traffic.arrived(i / 40)
-    # short chats and long documents, as the router records them
     for prompt, output in [(100, 50)] * 800 + [(6000, 500)] * 200:
         traffic.sized(59.0, prompt, output)
+    return run
+
+
+def test_a_chip_mix_service_follows_the_optimizer(tmp_path: Path) -> None:
+    store = Store.sqlite(tmp_path)
+    store.migrate()
+    spec = _spec()
+    run = _running_mix(store, spec)
+    ctl, book, ready, tick = run.ctl, run.book, run.ready, run.tick
+    traffic = book.traffic_of("mix")
     live = tick(60.0)
     opt = ctl._state["mix"].scaler
     assert isinstance(opt, Optimizer) and opt.mix is not None
@@ -251,3 +269,63 @@ def test_a_load_beyond_max_runs_max_and_says_so(tmp_path: Path) -> None:
         assert calm.status is not None and "controller error" not in calm.status
         jobs = list(s.query(JobRow).filter(JobRow.service == "busy"))
         assert [chip_of(j) for j in jobs] == ["a100-80gb"]
+
+
+def test_a_mix_runs_its_spot_orders_chip_on_the_leases_and_falls_back_on_demand(
+    tmp_path: Path,
+) -> None:
+    """The mix is planned at on-demand prices; of the replicas it wants on the spot
+    order's chip, those the order's leases hold run on them (at the lease's price), the
+    rest on demand. A reclaim moves its replica's place to on demand at the next tick,
+    within the notice, while the other chip is left as it was."""
+    store = Store.sqlite(tmp_path)
+    store.migrate()
+    with store.tx() as s:
+        order = OrderRow(buyer="ann", accelerator="a100-80gb", count=2, regions=[], duration_s=3600,
+                         remaining_s=3600, max_price_micro=900_000, mode="spot", state="filled",
+                         expires_at=1e9, created_at=0)  # fmt: skip
+        s.add(order)
+        s.flush()
+        oid = order.id
+        units = [{"node": "g", "index": 0}, {"node": "g", "index": 1}]
+        s.add(LeaseRow(order_id=oid, offer_id=1, buyer="ann", provider="op",
+                       accelerator="a100-80gb", region="east", mode="spot", price_micro=300_000,
+                       units=units, starts_at=0, ends_at=1e9, state="active", billed_until=0,
+                       hold_micro=0, metered_at=0))  # fmt: skip
+    spec = _spec(spot={"order": oid})
+    run = _running_mix(store, spec, [{"node": "g", "devices": [0]}])
+    ctl, ready, tick = run.ctl, run.ready, run.tick
+    live = tick(60.0)
+    opt = ctl._state["mix"].scaler
+    assert isinstance(opt, Optimizer) and opt.mix is not None
+    planned = {c: n for c, n in opt.mix.counts.items() if n}
+    chip = "a100-80gb"
+    assert planned.get(chip, 0) >= 3, planned  # more than the lease's two devices hold
+    ours = [j for j in live if chip_of(j) == chip]
+    on_spot = [j for j in ours if j.spec.get("order") == oid]
+    assert len(ours) == planned[chip] and len(on_spot) == 2
+    assert Counter(chip_of(j) for j in live) == Counter(planned)
+    ready.update(j.id for j in live)
+    tick(61.0)
+    with store.tx() as s:
+        spot_job = s.get(JobRow, on_spot[0].id)
+        assert spot_job is not None
+        assert replica_price(s, ServiceSpec.model_validate(spec.model_dump()), spot_job) == (
+            pytest.approx(0.30)  # the lease's price, not the chip's on-demand one
+        )
+
+    # the lease is reclaimed: both spot replicas are under notice; the next tick puts
+    # their places on demand, on the same chip, and the other chip is left as it was
+    with store.tx() as s:
+        s.query(LeaseRow).one().state = "closing"
+        for j in on_spot:
+            job = s.get(JobRow, j.id)
+            assert job is not None
+            job.preempt_reason, job.preempt_grace_s = "lease: outbid", 120.0
+    live = tick(62.0)
+    ours_now = [j for j in live if chip_of(j) == chip and not j.preempt_reason]
+    assert len(ours_now) == planned[chip]
+    assert all(j.spec.get("order") is None for j in ours_now)
+    assert Counter(chip_of(j) for j in live if chip_of(j) != chip) == Counter(
+        {c: n for c, n in planned.items() if c != chip}
+    )

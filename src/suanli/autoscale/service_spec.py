@@ -143,11 +143,6 @@ class ServiceSpec(BaseModel):
                     "autoscaler.policy optimizer chooses among catalog chips: list them in "
                     "resources.accelerators (e.g. [a10, a100-80gb])"
                 )
-            if self.spot is not None:
-                raise ValueError(
-                    "spot: a spot order is of one chip; the optimizer's mix is not combined "
-                    "with it yet (use hpa, kpa, predictive or static with spot)"
-                )
         return self
 
     @model_validator(mode="after")

@@ -66,7 +66,7 @@ from suanli.service.spot import (
     spot_slots,
 )
 from suanli.store.db import Store
-from suanli.store.models import JobRow, NodeRow, ServiceRow, member_chips
+from suanli.store.models import JobRow, NodeRow, OrderRow, ServiceRow, member_chips
 from suanli.workloads.replica_auth import REPLICA_TOKEN_ENV
 
 log = logging.getLogger("suanli.services")
@@ -225,6 +225,7 @@ class _State:
     period_arrivals_from: float = 0.0
     mix_want: dict[str, int] | None = None  # a chip-mix service: the optimizer's last word
     note: str = ""  # what the status adds (a load beyond the bounds)
+    spot_note: str = ""  # a chip mix's: what is wrong with its spot order, each tick
     #: a chip-mix service: the sizes its last decision planned for, as the store keeps
     #: them (`SizeHistory.to_json`), written at each decision, not each tick
     sizes_kept: dict[str, Any] | None = None
@@ -340,7 +341,7 @@ class ServicesController:
             want = self._decide_mix(row, spec, st, st.scaler, jobs, traffic, now)
             desired = sum(want.values())
             live = [j for j in jobs if not leaving(j)]
-            self._converge(s, row, spec, mix_groups(spec, live, want), now)
+            self._converge(s, row, spec, self._mix_groups(s, row, spec, live, want), now)
         else:
             traffic.shares = None  # routed by load alone (a spec that left the optimizer)
             desired = row.desired
@@ -367,7 +368,7 @@ class ServicesController:
         row.status = (
             f"{len(ready)}/{desired} ready"
             + (f", {traffic.buffered} waiting at the router" if traffic.buffered else "")
-            + (f"; {st.note}" if st.note else "")
+            + "".join(f"; {n}" for n in (st.note, st.spot_note) if n)
         )
         sizes_before = (row.observed or {}).get("sizes")
         row.observed = {
@@ -469,19 +470,35 @@ class ServicesController:
         price = price_per_replica_hour(spec)
         if spec.spot is None:
             return [Group(live, desired, f"scaled down to {desired}", price)]
-        # an order cancelled or lapsed since the spec was accepted leases nothing again:
-        # say so where the owner looks (`suanli service NAME`), not only on each replica
+        self._state[row.name].note = self._spot_note(s, row, spec)
+        return self._spot_split(s, row, spec, live, desired, price)
+
+    def _spot_note(self, s: Session, row: ServiceRow, spec: ServiceSpec) -> str:
+        """An order cancelled or lapsed since the spec was accepted leases nothing again:
+        say so where the owner looks (`suanli service NAME`), not only on each replica."""
+        assert spec.spot is not None
         problem = order_problem(s, spec.spot, spec.resources, row.owner)
-        self._state[row.name].note = (
-            problem
-            + (
-                "; its spot replicas run on demand (fallback)"
-                if spec.spot.fallback
-                else "; its spot replicas cannot start (no fallback)"
-            )
-            if problem
-            else ""
+        if not problem:
+            return ""
+        return problem + (
+            "; its spot replicas run on demand (fallback)"
+            if spec.spot.fallback
+            else "; its spot replicas cannot start (no fallback)"
         )
+
+    def _spot_split(
+        self,
+        s: Session,
+        row: ServiceRow,
+        spec: ServiceSpec,
+        live: list[JobRow],
+        desired: int,
+        price: float,
+        chip: str | None = None,
+    ) -> list[Group]:
+        """``desired`` replicas (of ``chip``, in a mix) on the spot order's leases where
+        they hold them, the rest on demand (SkyServe's fallback)."""
+        assert spec.spot is not None
         others = order_jobs_elsewhere(s, spec.spot.order, row.name)
         slots = spot_slots(live_leases(s, spec.spot.order), spec.resources, others)
         want = split(desired, spec.spot, slots)
@@ -489,9 +506,43 @@ class ServicesController:
         on_demand = [j for j in live if not is_spot(j, spec.spot)]
         why = f"{want.spot} spot replicas wanted (the order's live leases hold {slots})"
         return [
-            Group(on_spot, want.spot, why, price, order=spec.spot.order),
-            Group(on_demand, want.on_demand, f"{want.on_demand} on-demand replicas wanted", price),
+            Group(on_spot, want.spot, why, price, order=spec.spot.order, chip=chip),
+            Group(
+                on_demand,
+                want.on_demand,
+                f"{want.on_demand} on-demand replicas wanted",
+                price,
+                chip=chip,
+            ),
         ]
+
+    def _mix_groups(
+        self,
+        s: Session,
+        row: ServiceRow,
+        spec: ServiceSpec,
+        live: list[JobRow],
+        want: dict[str, int],
+    ) -> list[Group]:
+        """A chip mix's replicas chip by chip; with a spot order, those the mix wants on
+        the order's chip run on its leases where they hold them, on demand otherwise, as a
+        single-chip service's do. The mix is planned at on-demand prices: spot replaces
+        what it can of the order's chip, and a reclaim falls back to on-demand replicas of
+        the same chip at the next tick, within the notice, without waiting for the
+        optimizer's next period."""
+        groups = mix_groups(spec, live, want)
+        if spec.spot is None:
+            return groups
+        self._state[row.name].spot_note = self._spot_note(s, row, spec)
+        order = s.get(OrderRow, spec.spot.order)
+        spot_chip = order.accelerator if order is not None and order.buyer == row.owner else None
+        out: list[Group] = []
+        for g in groups:
+            if g.chip == spot_chip:
+                out += self._spot_split(s, row, spec, g.jobs, g.want, g.usd_per_hour, g.chip)
+            else:
+                out.append(g)
+        return out
 
     def _converge(
         self, s: Session, row: ServiceRow, spec: ServiceSpec, groups: list[Group], now: float
