@@ -22,7 +22,7 @@ from suanli.api.router import request_size
 from suanli.autoscale.kinds import chip_fills
 from suanli.autoscale.scalers import Optimizer
 from suanli.autoscale.service_spec import ServiceSpec
-from suanli.service.mix import chip_of, rescale, within_budget
+from suanli.service.mix import chip_of, on_chips, rescale, within_budget
 from suanli.service.replicas import BUCKETS, ReplicaBook
 from suanli.service.services import ServicesController, make_scaler, replica_price
 from suanli.store.db import Store
@@ -271,13 +271,14 @@ def test_a_load_beyond_max_runs_max_and_says_so(tmp_path: Path) -> None:
         assert [chip_of(j) for j in jobs] == ["a100-80gb"]
 
 
-def test_a_mix_runs_its_spot_orders_chip_on_the_leases_and_falls_back_on_demand(
-    tmp_path: Path,
-) -> None:
-    """The mix is planned at on-demand prices; of the replicas it wants on the spot
-    order's chip, those the order's leases hold run on them (at the lease's price), the
-    rest on demand. A reclaim moves its replica's place to on demand at the next tick,
-    within the notice, while the other chip is left as it was."""
+def test_a_mix_weighs_its_spot_orders_leases_and_falls_back_on_demand(tmp_path: Path) -> None:
+    """The spot order's chip on its leases is a kind of its own for the ILP, at the
+    lease's price and as many replicas as the leases hold: the ILP takes them before
+    on-demand replicas of the chip. They run on the leases (and cost the lease's
+    price); when the leases are reclaimed, their places go on demand, on the same chip,
+    at the next tick (within the notice), not at the optimizer's next period, and the
+    other chip is left as it was."""
+    chip = "a100-80gb"
     store = Store.sqlite(tmp_path)
     store.migrate()
     with store.tx() as s:
@@ -287,35 +288,34 @@ def test_a_mix_runs_its_spot_orders_chip_on_the_leases_and_falls_back_on_demand(
         s.add(order)
         s.flush()
         oid = order.id
-        units = [{"node": "g", "index": 0}, {"node": "g", "index": 1}]
-        s.add(LeaseRow(order_id=oid, offer_id=1, buyer="ann", provider="op",
-                       accelerator="a100-80gb", region="east", mode="spot", price_micro=300_000,
-                       units=units, starts_at=0, ends_at=1e9, state="active", billed_until=0,
-                       hold_micro=0, metered_at=0))  # fmt: skip
+        units = [{"node": "g", "index": i} for i in range(2)]
+        s.add(LeaseRow(order_id=oid, offer_id=1, buyer="ann", provider="op", accelerator=chip,
+                       region="east", mode="spot", price_micro=300_000, units=units, starts_at=0,
+                       ends_at=1e9, state="active", billed_until=0, hold_micro=0,
+                       metered_at=0))  # fmt: skip
     spec = _spec(spot={"order": oid})
     run = _running_mix(store, spec, [{"node": "g", "devices": [0]}])
     ctl, ready, tick = run.ctl, run.ready, run.tick
     live = tick(60.0)
     opt = ctl._state["mix"].scaler
     assert isinstance(opt, Optimizer) and opt.mix is not None
-    planned = {c: n for c, n in opt.mix.counts.items() if n}
-    chip = "a100-80gb"
-    assert planned.get(chip, 0) >= 3, planned  # more than the lease's two devices hold
-    ours = [j for j in live if chip_of(j) == chip]
-    on_spot = [j for j in ours if j.spec.get("order") == oid]
-    assert len(ours) == planned[chip] and len(on_spot) == 2
+    by_kind = {k: n for k, n in opt.mix.counts.items() if n}
+    assert by_kind.get(f"{chip}:spot") == 2 and by_kind.get(chip, 0) >= 1, by_kind
+    planned = on_chips(by_kind)
+    assert planned[chip] == by_kind[chip] + 2
     assert Counter(chip_of(j) for j in live) == Counter(planned)
+    on_spot = [j for j in live if j.spec.get("order") == oid]
+    assert len(on_spot) == 2 and all(chip_of(j) == chip for j in on_spot)
+    # the router draws the A10's share of a size for its spot and on-demand replicas alike
+    shares = run.book.traffic_of("mix").shares
+    assert shares is not None and all(":spot" not in c for b in shares for c in b)
     ready.update(j.id for j in live)
     tick(61.0)
     with store.tx() as s:
         spot_job = s.get(JobRow, on_spot[0].id)
         assert spot_job is not None
-        assert replica_price(s, ServiceSpec.model_validate(spec.model_dump()), spot_job) == (
-            pytest.approx(0.30)  # the lease's price, not the chip's on-demand one
-        )
+        assert replica_price(s, spec, spot_job) == pytest.approx(0.30)  # the lease's price
 
-    # the lease is reclaimed: both spot replicas are under notice; the next tick puts
-    # their places on demand, on the same chip, and the other chip is left as it was
     with store.tx() as s:
         s.query(LeaseRow).one().state = "closing"
         for j in on_spot:
@@ -323,9 +323,7 @@ def test_a_mix_runs_its_spot_orders_chip_on_the_leases_and_falls_back_on_demand(
             assert job is not None
             job.preempt_reason, job.preempt_grace_s = "lease: outbid", 120.0
     live = tick(62.0)
-    ours_now = [j for j in live if chip_of(j) == chip and not j.preempt_reason]
-    assert len(ours_now) == planned[chip]
-    assert all(j.spec.get("order") is None for j in ours_now)
-    assert Counter(chip_of(j) for j in live if chip_of(j) != chip) == Counter(
-        {c: n for c, n in planned.items() if c != chip}
-    )
+    ours = [j for j in live if chip_of(j) == chip and not j.preempt_reason]
+    assert len(ours) == planned[chip] and all(j.spec.get("order") is None for j in ours)
+    others = Counter(chip_of(j) for j in live if chip_of(j) != chip)
+    assert others == Counter({c: n for c, n in planned.items() if c != chip})

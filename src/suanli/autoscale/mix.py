@@ -34,6 +34,9 @@ import numpy as np
 
 from suanli.errors import SuanliError
 
+#: a chip's spot twin is a kind of its own: the chip's name and this
+SPOT_SUFFIX = ":spot"
+
 
 class NoMixError(SuanliError, ValueError):
     """No mix of the allowed kinds serves the load within the SLO."""

@@ -18,7 +18,7 @@ import math
 import secrets
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import select, update
@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from suanli.autoscale.hpa import HpaSpec
 from suanli.autoscale.kinds import chip_fills, chip_optimizer, token_budget
 from suanli.autoscale.kpa import KpaSpec
-from suanli.autoscale.mix import NoMixError
+from suanli.autoscale.mix import SPOT_SUFFIX, NoMixError, ReplicaKind
 from suanli.autoscale.predictive import PredictiveSpec
 from suanli.autoscale.scalers import Hpa, Kpa, Optimizer, Predictive, Scaler, Static, Window
 from suanli.autoscale.service_spec import ServiceSpec, replica_command
@@ -49,6 +49,7 @@ from suanli.service.kept import (
 from suanli.service.mix import (
     cheapest,
     chip_of,
+    on_chips,
     rescale,
     shares_by_bucket,
     strongest,
@@ -63,6 +64,7 @@ from suanli.service.spot import (
     order_jobs_elsewhere,
     order_problem,
     split,
+    spot_price_per_replica,
     spot_slots,
 )
 from suanli.store.db import Store
@@ -338,7 +340,7 @@ class ServicesController:
         st.window.concurrency.append((now, obs.concurrency))
         st.window.concurrency = st.window.concurrency[-256:]
         if isinstance(st.scaler, Optimizer):
-            want = self._decide_mix(row, spec, st, st.scaler, jobs, traffic, now)
+            want = self._decide_mix(s, row, spec, st, st.scaler, jobs, traffic, now)
             desired = sum(want.values())
             live = [j for j in jobs if not leaving(j)]
             self._converge(s, row, spec, self._mix_groups(s, row, spec, live, want), now)
@@ -426,6 +428,7 @@ class ServicesController:
 
     def _decide_mix(
         self,
+        s: Session,
         row: ServiceRow,
         spec: ServiceSpec,
         st: _State,
@@ -435,7 +438,9 @@ class ServicesController:
         now: float,
     ) -> dict[str, int]:
         """Replicas per chip: the optimizer's mix at its period, for the sizes the router
-        saw; then a pin, the spec's min/max and the budget, in the mix's proportions."""
+        saw; then a pin, the spec's min/max and the budget, in the mix's proportions.
+        With a spot order, the order's chip on its leases is a kind of its own for the
+        ILP (`_spot_twin`), as the simulator's spot twins are."""
         current = Counter(chip_of(j) for j in jobs if not leaving(j))
         if st.mix_want is None:  # a new controller (or spec): what runs is where it starts
             st.mix_want = {c: current.get(c, 0) for c in spec.chips()}
@@ -443,11 +448,26 @@ class ServicesController:
             self._period(row, st, traffic, now)
             st.window.sizes = traffic.sizes()
             st.sizes_kept = st.window.sizes.to_json(now)
+            base = opt.kinds
+            running = dict(current)
+            twin = self._spot_twin(s, row, spec, base)
+            if twin is not None:
+                chip = twin.name.removesuffix(SPOT_SUFFIX)
+                on_spot = sum(
+                    1
+                    for j in jobs
+                    if not leaving(j) and chip_of(j) == chip and is_spot(j, spec.spot)
+                )
+                running[chip] = running.get(chip, 0) - on_spot
+                running[twin.name] = on_spot
+                opt.kinds = [*base, twin]
             try:
-                st.mix_want, st.note = opt.decide(st.window, dict(current)), ""
+                st.mix_want, st.note = on_chips(opt.decide(st.window, running)), ""
             except NoMixError:  # more load than max replicas serve: as many as allowed
-                st.mix_want = {strongest(opt.kinds): spec.replicas.max}
+                st.mix_want = {strongest(base): spec.replicas.max}
                 st.note = "the load exceeds what replicas.max serve within the SLO"
+            finally:
+                opt.kinds = base
             if opt.mix is not None:
                 traffic.shares = shares_by_bucket(opt.mix, BUCKETS)
         want = dict(st.mix_want)
@@ -460,6 +480,28 @@ class ServicesController:
             price = {c: chip_price(c, spec.resources.devices) for c in want}
             want = within_budget(want, price, spec.budget_usd_per_hour)
         return want
+
+    def _spot_twin(
+        self, s: Session, row: ServiceRow, spec: ServiceSpec, kinds: Sequence[ReplicaKind]
+    ) -> ReplicaKind | None:
+        """The spot order's chip on its live leases, as a kind for the ILP: the chip's
+        capacity, the dearest lease's price, and as many replicas as the leases hold
+        (None: no order, no lease, or a chip the mix does not run)."""
+        if spec.spot is None or order_problem(s, spec.spot, spec.resources, row.owner):
+            return None
+        order = s.get(OrderRow, spec.spot.order)
+        kind = next((k for k in kinds if order is not None and k.name == order.accelerator), None)
+        leases = live_leases(s, spec.spot.order)
+        price = spot_price_per_replica(leases, spec.resources)
+        if kind is None or price is None:
+            return None
+        others = order_jobs_elsewhere(s, spec.spot.order, row.name)
+        slots = spot_slots(leases, spec.resources, others)
+        if slots <= 0:
+            return None
+        return replace(
+            kind, name=kind.name + SPOT_SUFFIX, usd_per_hour=price, available=slots, spot=True
+        )
 
     def _groups(
         self, s: Session, row: ServiceRow, spec: ServiceSpec, jobs: list[JobRow], desired: int
@@ -525,11 +567,11 @@ class ServicesController:
         want: dict[str, int],
     ) -> list[Group]:
         """A chip mix's replicas chip by chip; with a spot order, those the mix wants on
-        the order's chip run on its leases where they hold them, on demand otherwise, as a
-        single-chip service's do. The mix is planned at on-demand prices: spot replaces
-        what it can of the order's chip, and a reclaim falls back to on-demand replicas of
-        the same chip at the next tick, within the notice, without waiting for the
-        optimizer's next period."""
+        the order's chip (the ILP's spot twin and on-demand replicas together, see
+        `_spot_twin`) run on its leases where they hold them, on demand otherwise, as a
+        single-chip service's do: a reclaim falls back to on-demand replicas of the same
+        chip at the next tick, within the notice, without waiting for the optimizer's
+        next period."""
         groups = mix_groups(spec, live, want)
         if spec.spot is None:
             return groups

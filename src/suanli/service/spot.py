@@ -94,6 +94,16 @@ def split(desired: int, spot: SpotSpec, slots: int) -> Split:
     return Split(on_spot, desired - on_spot)
 
 
+def spot_price_per_replica(leases: list[LeaseRow], resources: Resources) -> float | None:
+    """What a replica on the order's leases may cost per hour: the dearest live lease's
+    price for its units (None: no lease)."""
+    prices = [
+        lease.price_micro * units_per_replica(resources, lease.accelerator) / 1e6
+        for lease in leases
+    ]
+    return max(prices) if prices else None
+
+
 def lease_price_per_hour(s: Session, job: JobRow, resources: Resources) -> float | None:
     """What a spot replica costs per hour: its lease's price per unit-hour times the units
     it takes (None: no lease of its order holds the nodes it runs on)."""

@@ -25,10 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from suanli.autoscale.kinds import Kind
+from suanli.autoscale.mix import SPOT_SUFFIX
 from suanli.errors import UsageError
 
 AWS_NOTICE_S = 120.0
-SPOT_SUFFIX = ":spot"
 
 
 @dataclass(frozen=True, slots=True)
