@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -21,7 +22,7 @@ from suanli.api.app import create_app
 from suanli.api.router import request_size
 from suanli.autoscale.kinds import chip_fills
 from suanli.autoscale.scalers import Optimizer
-from suanli.autoscale.service_spec import ServiceSpec
+from suanli.autoscale.service_spec import ServiceSpec, SpotSpec
 from suanli.service.mix import chip_of, on_chips, rescale, within_budget
 from suanli.service.replicas import BUCKETS, ReplicaBook
 from suanli.service.services import ServicesController, make_scaler, replica_price
@@ -234,6 +235,12 @@ def test_the_api_refuses_a_mix_the_chips_cannot_serve(tmp_path: Path) -> None:
     assert bad.status_code == 422
     assert "autoscaler.policy optimizer" in bad.json()["problems"][0]
     assert "llama-3-70b" in bad.json()["problems"][0]
+    # a valid spot order of the chip does not let the mix past the same check
+    with store.tx() as s:
+        order = _spot_order(s, "a10", 1, 50_000)
+    spot = big.model_copy(update={"spot": SpotSpec(order=order)})
+    worse = api.post("/v1/services", json=spot.model_dump())
+    assert worse.status_code == 422 and "llama-3-70b" in worse.json()["problems"][0]
     ok = api.post("/v1/services", json=_spec().model_dump())
     assert ok.status_code == 201, ok.text
     assert api.get("/v1/services").json()[0]["policy"] == "optimizer"
@@ -271,6 +278,22 @@ def test_a_load_beyond_max_runs_max_and_says_so(tmp_path: Path) -> None:
         assert [chip_of(j) for j in jobs] == ["a100-80gb"]
 
 
+def _spot_order(s: Any, chip: str, devices: int, usd_micro_per_device_hour: int) -> int:
+    """A spot order of ann's for ``chip``, filled: a live lease of ``devices`` devices on
+    node g at this price. Its id."""
+    order = OrderRow(buyer="ann", accelerator=chip, count=devices, regions=[], duration_s=3600,
+                     remaining_s=3600, max_price_micro=9_000_000, mode="spot", state="filled",
+                     expires_at=1e9, created_at=0)  # fmt: skip
+    s.add(order)
+    s.flush()
+    units = [{"node": "g", "index": i} for i in range(devices)]
+    s.add(LeaseRow(order_id=order.id, offer_id=1, buyer="ann", provider="op", accelerator=chip,
+                   region="east", mode="spot", price_micro=usd_micro_per_device_hour,
+                   units=units, starts_at=0, ends_at=1e9, state="active", billed_until=0,
+                   hold_micro=0, metered_at=0))  # fmt: skip
+    return int(order.id)
+
+
 def test_a_mix_weighs_its_spot_orders_leases_and_falls_back_on_demand(tmp_path: Path) -> None:
     """The spot order's chip on its leases is a kind of its own for the ILP, at the
     lease's price and as many replicas as the leases hold: the ILP takes them before
@@ -282,17 +305,7 @@ def test_a_mix_weighs_its_spot_orders_leases_and_falls_back_on_demand(tmp_path: 
     store = Store.sqlite(tmp_path)
     store.migrate()
     with store.tx() as s:
-        order = OrderRow(buyer="ann", accelerator="a100-80gb", count=2, regions=[], duration_s=3600,
-                         remaining_s=3600, max_price_micro=900_000, mode="spot", state="filled",
-                         expires_at=1e9, created_at=0)  # fmt: skip
-        s.add(order)
-        s.flush()
-        oid = order.id
-        units = [{"node": "g", "index": i} for i in range(2)]
-        s.add(LeaseRow(order_id=oid, offer_id=1, buyer="ann", provider="op", accelerator=chip,
-                       region="east", mode="spot", price_micro=300_000, units=units, starts_at=0,
-                       ends_at=1e9, state="active", billed_until=0, hold_micro=0,
-                       metered_at=0))  # fmt: skip
+        oid = _spot_order(s, chip, 2, 300_000)
     spec = _spec(spot={"order": oid})
     run = _running_mix(store, spec, [{"node": "g", "devices": [0]}])
     ctl, ready, tick = run.ctl, run.ready, run.tick
@@ -306,7 +319,7 @@ def test_a_mix_weighs_its_spot_orders_leases_and_falls_back_on_demand(tmp_path: 
     assert Counter(chip_of(j) for j in live) == Counter(planned)
     on_spot = [j for j in live if j.spec.get("order") == oid]
     assert len(on_spot) == 2 and all(chip_of(j) == chip for j in on_spot)
-    # the router draws the A10's share of a size for its spot and on-demand replicas alike
+    # the router draws a chip's share of a size for its spot and on-demand replicas alike
     shares = run.book.traffic_of("mix").shares
     assert shares is not None and all(":spot" not in c for b in shares for c in b)
     ready.update(j.id for j in live)
@@ -327,3 +340,18 @@ def test_a_mix_weighs_its_spot_orders_leases_and_falls_back_on_demand(tmp_path: 
     assert len(ours) == planned[chip] and all(j.spec.get("order") is None for j in ours)
     others = Counter(chip_of(j) for j in live if chip_of(j) != chip)
     assert others == Counter({c: n for c, n in planned.items() if c != chip})
+
+
+def test_a_mix_leaves_spot_leases_dearer_than_on_demand_unused(tmp_path: Path) -> None:
+    """The ILP weighs the leases' price: spot dearer than the chip on demand is not
+    chosen, and no replica runs on the leases."""
+    store = Store.sqlite(tmp_path)
+    store.migrate()
+    with store.tx() as s:
+        oid = _spot_order(s, "a100-80gb", 2, 5_000_000)  # $5 per device-hour
+    run = _running_mix(store, _spec(spot={"order": oid}), [{"node": "g", "devices": [0]}])
+    live = run.tick(60.0)
+    opt = run.ctl._state["mix"].scaler
+    assert isinstance(opt, Optimizer) and opt.mix is not None
+    assert opt.mix.counts.get("a100-80gb:spot") == 0
+    assert live and not [j for j in live if j.spec.get("order") == oid]

@@ -129,7 +129,7 @@ def add_service_routes(
             problem = f"replicas: {problem}"
         elif spec.spot is not None:
             problem = order_problem(s, spec.spot, spec.resources, who.owner)
-        elif spec.autoscaler.policy == "optimizer":
+        if problem is None and spec.autoscaler.policy == "optimizer":
             try:  # the chips must hold the model and meet the SLO: said now, not at a tick
                 make_scaler(spec)
             except (SuanliError, ValueError) as exc:

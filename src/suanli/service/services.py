@@ -437,10 +437,10 @@ class ServicesController:
         traffic: ServiceTraffic,
         now: float,
     ) -> dict[str, int]:
-        """Replicas per chip: the optimizer's mix at its period, for the sizes the router
+        """Replicas per kind: the optimizer's mix at its period, for the sizes the router
         saw; then a pin, the spec's min/max and the budget, in the mix's proportions.
         With a spot order, the order's chip on its leases is a kind of its own for the
-        ILP (`_spot_twin`), as the simulator's spot twins are."""
+        ILP (`_spot_twin`, ``CHIP:spot``), as the simulator's spot twins are."""
         current = Counter(chip_of(j) for j in jobs if not leaving(j))
         if st.mix_want is None:  # a new controller (or spec): what runs is where it starts
             st.mix_want = {c: current.get(c, 0) for c in spec.chips()}
@@ -462,7 +462,7 @@ class ServicesController:
                 running[twin.name] = on_spot
                 opt.kinds = [*base, twin]
             try:
-                st.mix_want, st.note = on_chips(opt.decide(st.window, running)), ""
+                st.mix_want, st.note = opt.decide(st.window, running), ""
             except NoMixError:  # more load than max replicas serve: as many as allowed
                 st.mix_want = {strongest(base): spec.replicas.max}
                 st.note = "the load exceeds what replicas.max serve within the SLO"
@@ -477,9 +477,23 @@ class ServicesController:
             total = max(total, 1)  # a request waits at the router: wake it now
         want = rescale(want, total, cheapest(opt.kinds))
         if spec.budget_usd_per_hour is not None:
-            price = {c: chip_price(c, spec.resources.devices) for c in want}
+            spot_usd = self._spot_usd(s, spec)
+            price = {
+                c: (
+                    spot_usd
+                    if c.endswith(SPOT_SUFFIX) and spot_usd is not None
+                    else chip_price(c.removesuffix(SPOT_SUFFIX), spec.resources.devices)
+                )
+                for c in want
+            }
             want = within_budget(want, price, spec.budget_usd_per_hour)
         return want
+
+    def _spot_usd(self, s: Session, spec: ServiceSpec) -> float | None:
+        """What a replica on the spot order's live leases costs per hour (None: none)."""
+        if spec.spot is None:
+            return None
+        return spot_price_per_replica(live_leases(s, spec.spot.order), spec.resources)
 
     def _spot_twin(
         self, s: Session, row: ServiceRow, spec: ServiceSpec, kinds: Sequence[ReplicaKind]
@@ -537,25 +551,31 @@ class ServicesController:
         desired: int,
         price: float,
         chip: str | None = None,
+        spot_cap: int | None = None,
+        spot_price: float | None = None,
     ) -> list[Group]:
         """``desired`` replicas (of ``chip``, in a mix) on the spot order's leases where
-        they hold them, the rest on demand (SkyServe's fallback)."""
+        they hold them, at most ``spot_cap`` (what the ILP chose), the rest on demand
+        (SkyServe's fallback)."""
         assert spec.spot is not None
         others = order_jobs_elsewhere(s, spec.spot.order, row.name)
         slots = spot_slots(live_leases(s, spec.spot.order), spec.resources, others)
         want = split(desired, spec.spot, slots)
+        spot = want.spot if spot_cap is None else min(want.spot, spot_cap)
         on_spot = [j for j in live if is_spot(j, spec.spot)]
         on_demand = [j for j in live if not is_spot(j, spec.spot)]
-        why = f"{want.spot} spot replicas wanted (the order's live leases hold {slots})"
+        why = f"{spot} spot replicas wanted (the order's live leases hold {slots})"
+        od = desired - spot
         return [
-            Group(on_spot, want.spot, why, price, order=spec.spot.order, chip=chip),
             Group(
-                on_demand,
-                want.on_demand,
-                f"{want.on_demand} on-demand replicas wanted",
-                price,
+                on_spot,
+                spot,
+                why,
+                price if spot_price is None else spot_price,
+                order=spec.spot.order,
                 chip=chip,
             ),
+            Group(on_demand, od, f"{od} on-demand replicas wanted", price, chip=chip),
         ]
 
     def _mix_groups(
@@ -566,22 +586,39 @@ class ServicesController:
         live: list[JobRow],
         want: dict[str, int],
     ) -> list[Group]:
-        """A chip mix's replicas chip by chip; with a spot order, those the mix wants on
-        the order's chip (the ILP's spot twin and on-demand replicas together, see
-        `_spot_twin`) run on its leases where they hold them, on demand otherwise, as a
-        single-chip service's do: a reclaim falls back to on-demand replicas of the same
-        chip at the next tick, within the notice, without waiting for the optimizer's
-        next period."""
-        groups = mix_groups(spec, live, want)
+        """A chip mix's replicas chip by chip (``want`` by kind: a spot twin counted
+        with its chip). With a spot order, those the mix wants on the order's chip run on
+        its leases where they hold them, as many as the ILP put on the twin (with no twin
+        in the plan yet, as many as the leases hold), the rest on demand, as a single-chip
+        service's do: a reclaim falls back to on-demand replicas of the same chip at the
+        next tick, within the notice, without waiting for the optimizer's next period."""
+        groups = mix_groups(spec, live, on_chips(want))
         if spec.spot is None:
             return groups
-        self._state[row.name].spot_note = self._spot_note(s, row, spec)
+        st = self._state[row.name]
+        st.spot_note = self._spot_note(s, row, spec)
         order = s.get(OrderRow, spec.spot.order)
         spot_chip = order.accelerator if order is not None and order.buyer == row.owner else None
+        usable = {k.name for k in st.scaler.kinds} if isinstance(st.scaler, Optimizer) else set()
+        if spot_chip is not None and spot_chip not in usable and not st.spot_note:
+            st.spot_note = (
+                f"spot.order: market order {spec.spot.order} buys {spot_chip}, which "
+                "cannot hold the model: its leases are not used"
+            )
         out: list[Group] = []
         for g in groups:
-            if g.chip == spot_chip:
-                out += self._spot_split(s, row, spec, g.jobs, g.want, g.usd_per_hour, g.chip)
+            if g.chip is not None and g.chip == spot_chip:
+                out += self._spot_split(
+                    s,
+                    row,
+                    spec,
+                    g.jobs,
+                    g.want,
+                    g.usd_per_hour,
+                    g.chip,
+                    spot_cap=want.get(g.chip + SPOT_SUFFIX),
+                    spot_price=self._spot_usd(s, spec),
+                )
             else:
                 out.append(g)
         return out
