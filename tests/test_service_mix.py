@@ -62,6 +62,8 @@ def test_the_spec_says_what_the_optimizer_needs() -> None:
     with pytest.raises(ValidationError, match=r"list them in resources\.accelerators"):
         _spec(resources={"cpu": 1, "memory_gb": 1})
     assert _spec(spot={"order": 1}).spot is not None  # a mix may run its order's chip on spot
+    with pytest.raises(ValidationError, match=r"resources\.devices \(1\) must equal tp \(2\)"):
+        _spec(tp=2)
     with pytest.raises(ValidationError, match=r"greater than or equal to 0\.5"):
         _spec(slo={"attainment": 0.2})
     # the SLO's attainment is the optimizer's miss budget

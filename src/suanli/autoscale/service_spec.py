@@ -143,6 +143,13 @@ class ServiceSpec(BaseModel):
                     "autoscaler.policy optimizer chooses among catalog chips: list them in "
                     "resources.accelerators (e.g. [a10, a100-80gb])"
                 )
+            if r.devices != self.tp:
+                # the optimizer prices and sizes a replica as tp devices of one chip, as
+                # the market bills its leases by the replica's devices: the two must agree
+                raise ValueError(
+                    f"autoscaler.policy optimizer: resources.devices ({r.devices}) must equal "
+                    f"tp ({self.tp}), the devices one replica runs on"
+                )
         return self
 
     @model_validator(mode="after")
