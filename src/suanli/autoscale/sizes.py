@@ -50,6 +50,11 @@ class SizeHistory:
                 del self.bins[old]
         counts[self.buckets.of(prompt, output)] += n
 
+    def copy(self) -> SizeHistory:
+        return SizeHistory(
+            self.buckets, self.window_s, self.bin_s, {b: list(c) for b, c in self.bins.items()}
+        )
+
     def _span(self) -> int:
         """Bins before the newest one that the window reaches into."""
         return math.ceil(self.window_s / self.bin_s)

@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 
 from suanli.autoscale.mix import SPOT_SUFFIX, Mix, ReplicaKind, SizeBuckets
+from suanli.catalog.loader import accelerators
 from suanli.store.models import JobRow
 
 
@@ -21,6 +22,13 @@ def chip_of(job: JobRow) -> str:
     """The chip a replica job was asked on (``resources.accelerator``)."""
     res = (job.spec or {}).get("resources") or {}
     return str(res.get("accelerator") or "") if isinstance(res, dict) else ""
+
+
+def chip_price(chip: str | None, devices: int) -> float:
+    """The catalog price of ``devices`` of a chip per hour (0: no price, or a CPU)."""
+    acc = accelerators().get(chip or "")
+    price = acc.price_usd_per_hour if acc is not None else None
+    return (price or 0.0) * max(1, devices)
 
 
 def rescale(want: dict[str, int], total: int, fallback: str) -> dict[str, int]:

@@ -147,10 +147,7 @@ class ServiceTraffic:
     def sizes(self) -> SizeHistory:
         """A copy of the size counts, for the controller to read while the router adds."""
         with self.lock:
-            h = self._sizes
-            return SizeHistory(
-                h.buckets, h.window_s, h.bin_s, {b: list(c) for b, c in h.bins.items()}
-            )
+            return self._sizes.copy()
 
     def carry(self, judged: int, met: int, sizes: Any = None, now: float = 0.0) -> None:
         """Counts from before this router (a restart): added once. ``sizes``: the size

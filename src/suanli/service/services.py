@@ -18,7 +18,7 @@ import math
 import secrets
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
@@ -27,16 +27,16 @@ from sqlalchemy.orm import Session
 from suanli.autoscale.hpa import HpaSpec
 from suanli.autoscale.kinds import chip_fills, chip_optimizer, token_budget
 from suanli.autoscale.kpa import KpaSpec
-from suanli.autoscale.mix import SPOT_SUFFIX, NoMixError, ReplicaKind
+from suanli.autoscale.mix import SPOT_SUFFIX, NoMixError
 from suanli.autoscale.predictive import PredictiveSpec
 from suanli.autoscale.scalers import Hpa, Kpa, Optimizer, Predictive, Scaler, Static, Window
 from suanli.autoscale.service_spec import ServiceSpec, replica_command
 from suanli.autoscale.signals import Observation, Targets
-from suanli.catalog.loader import accelerators
 from suanli.errors import SuanliError
 from suanli.jobs.spec import parse_job_spec
 from suanli.run.executor import ADDRESS_LABEL
 from suanli.run.local import free_port
+from suanli.service.groups import Group, mix_groups, spot_groups, with_spot
 from suanli.service.kept import (
     HISTORY_POINTS,
     HISTORY_S,
@@ -49,6 +49,7 @@ from suanli.service.kept import (
 from suanli.service.mix import (
     cheapest,
     chip_of,
+    chip_price,
     on_chips,
     rescale,
     shares_by_bucket,
@@ -57,18 +58,14 @@ from suanli.service.mix import (
 )
 from suanli.service.replicas import BUCKETS, ReplicaBook, ServiceTraffic, record
 from suanli.service.spot import (
+    SpotCapacity,
     is_spot,
     lease_price_per_hour,
     leaving,
-    live_leases,
-    order_jobs_elsewhere,
-    order_problem,
-    split,
-    spot_price_per_replica,
-    spot_slots,
+    spot_capacity,
 )
 from suanli.store.db import Store
-from suanli.store.models import JobRow, NodeRow, OrderRow, ServiceRow, member_chips
+from suanli.store.models import JobRow, NodeRow, ServiceRow, member_chips
 from suanli.workloads.replica_auth import REPLICA_TOKEN_ENV
 
 log = logging.getLogger("suanli.services")
@@ -146,13 +143,6 @@ def replica_address(s: Session, job: JobRow, engine: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def chip_price(chip: str | None, devices: int) -> float:
-    """The catalog price of ``devices`` of a chip per hour (0: no price, or a CPU)."""
-    acc = accelerators().get(chip or "")
-    price = acc.price_usd_per_hour if acc is not None else None
-    return (price or 0.0) * max(1, devices)
-
-
 def replica_env(spec: ServiceSpec, address: str) -> dict[str, str]:
     """Where the replica listens, and a token of its own it requires of the router: a
     replica listens on this machine, where another tenant's job could otherwise reach it
@@ -188,32 +178,6 @@ def replica_price(s: Session, spec: ServiceSpec, job: JobRow) -> float:
     if chips and all(c is not None for c in chips):
         return sum(chip_price(c, 1) for c in chips)
     return price_per_replica_hour(spec)
-
-
-@dataclass(frozen=True)
-class Group:
-    """Replicas of one kind (a chip, spot or on demand) and how many of it are wanted."""
-
-    jobs: list[JobRow]
-    want: int
-    why: str  # said on a replica stopped as surplus
-    usd_per_hour: float  # one replica's
-    order: int | None = None  # on this market order's leases
-    chip: str | None = None  # on this chip only
-
-
-def mix_groups(spec: ServiceSpec, live: list[JobRow], want: dict[str, int]) -> list[Group]:
-    """A chip-mix service's replicas, chip by chip (a chip no longer wanted included)."""
-    return [
-        Group(
-            [j for j in live if chip_of(j) == chip],
-            want.get(chip, 0),
-            f"the mix wants {want.get(chip, 0)} on {chip}",
-            chip_price(chip, spec.resources.devices),
-            chip=chip,
-        )
-        for chip in sorted(set(want) | {chip_of(j) for j in live})
-    ]
 
 
 @dataclass
@@ -339,11 +303,20 @@ class ServicesController:
         st.window.obs = obs
         st.window.concurrency.append((now, obs.concurrency))
         st.window.concurrency = st.window.concurrency[-256:]
+        cap = (
+            spot_capacity(s, spec.spot, spec.resources, row.owner, row.name)
+            if spec.spot is not None
+            else None
+        )
         if isinstance(st.scaler, Optimizer):
-            want = self._decide_mix(s, row, spec, st, st.scaler, jobs, traffic, now)
+            want = self._decide_mix(row, spec, st, st.scaler, jobs, traffic, now, cap)
             desired = sum(want.values())
             live = [j for j in jobs if not leaving(j)]
-            self._converge(s, row, spec, self._mix_groups(s, row, spec, live, want), now)
+            groups = mix_groups(spec, live, on_chips(want))
+            if cap is not None:
+                st.spot_note = cap.note({k.name for k in st.scaler.kinds})
+                groups = with_spot(groups, cap, want)
+            self._converge(s, row, spec, groups, now)
         else:
             traffic.shares = None  # routed by load alone (a spec that left the optimizer)
             desired = row.desired
@@ -358,7 +331,14 @@ class ServicesController:
             price = price_per_replica_hour(spec)
             if spec.budget_usd_per_hour is not None and price > 0:
                 desired = min(desired, int(spec.budget_usd_per_hour // price))
-            self._converge(s, row, spec, self._groups(s, row, spec, jobs, desired), now)
+            live = [j for j in jobs if not leaving(j)]
+            price = price_per_replica_hour(spec)
+            if cap is None:
+                groups = [Group(live, desired, f"scaled down to {desired}", price)]
+            else:
+                st.note = cap.note()
+                groups = spot_groups(cap, live, desired, price)
+            self._converge(s, row, spec, groups, now)
         # charge the running replicas' time since the last tick
         if st.last_tick is not None:
             dt = now - st.last_tick
@@ -428,7 +408,6 @@ class ServicesController:
 
     def _decide_mix(
         self,
-        s: Session,
         row: ServiceRow,
         spec: ServiceSpec,
         st: _State,
@@ -436,11 +415,12 @@ class ServicesController:
         jobs: list[JobRow],
         traffic: ServiceTraffic,
         now: float,
+        cap: SpotCapacity | None,
     ) -> dict[str, int]:
         """Replicas per kind: the optimizer's mix at its period, for the sizes the router
         saw; then a pin, the spec's min/max and the budget, in the mix's proportions.
         With a spot order, the order's chip on its leases is a kind of its own for the
-        ILP (`_spot_twin`, ``CHIP:spot``), as the simulator's spot twins are."""
+        ILP (`SpotCapacity.twin`, ``CHIP:spot``), as the simulator's spot twins are."""
         current = Counter(chip_of(j) for j in jobs if not leaving(j))
         if st.mix_want is None:  # a new controller (or spec): what runs is where it starts
             st.mix_want = {c: current.get(c, 0) for c in spec.chips()}
@@ -450,13 +430,11 @@ class ServicesController:
             st.sizes_kept = st.window.sizes.to_json(now)
             base = opt.kinds
             running = dict(current)
-            twin = self._spot_twin(s, row, spec, base)
-            if twin is not None:
+            twin = cap.twin(base) if cap is not None else None
+            if twin is not None:  # the replicas on the leases are the twin's
                 chip = twin.name.removesuffix(SPOT_SUFFIX)
                 on_spot = sum(
-                    1
-                    for j in jobs
-                    if not leaving(j) and chip_of(j) == chip and is_spot(j, spec.spot)
+                    not leaving(j) and chip_of(j) == chip and is_spot(j, spec.spot) for j in jobs
                 )
                 running[chip] = running.get(chip, 0) - on_spot
                 running[twin.name] = on_spot
@@ -477,7 +455,7 @@ class ServicesController:
             total = max(total, 1)  # a request waits at the router: wake it now
         want = rescale(want, total, cheapest(opt.kinds))
         if spec.budget_usd_per_hour is not None:
-            spot_usd = self._spot_usd(s, spec)
+            spot_usd = cap.usd_per_replica if cap is not None else None
             price = {
                 c: (
                     spot_usd
@@ -488,140 +466,6 @@ class ServicesController:
             }
             want = within_budget(want, price, spec.budget_usd_per_hour)
         return want
-
-    def _spot_usd(self, s: Session, spec: ServiceSpec) -> float | None:
-        """What a replica on the spot order's live leases costs per hour (None: none)."""
-        if spec.spot is None:
-            return None
-        return spot_price_per_replica(live_leases(s, spec.spot.order), spec.resources)
-
-    def _spot_twin(
-        self, s: Session, row: ServiceRow, spec: ServiceSpec, kinds: Sequence[ReplicaKind]
-    ) -> ReplicaKind | None:
-        """The spot order's chip on its live leases, as a kind for the ILP: the chip's
-        capacity, the dearest lease's price, and as many replicas as the leases hold
-        (None: no order, no lease, or a chip the mix does not run)."""
-        if spec.spot is None or order_problem(s, spec.spot, spec.resources, row.owner):
-            return None
-        order = s.get(OrderRow, spec.spot.order)
-        kind = next((k for k in kinds if order is not None and k.name == order.accelerator), None)
-        leases = live_leases(s, spec.spot.order)
-        price = spot_price_per_replica(leases, spec.resources)
-        if kind is None or price is None:
-            return None
-        others = order_jobs_elsewhere(s, spec.spot.order, row.name)
-        slots = spot_slots(leases, spec.resources, others)
-        if slots <= 0:
-            return None
-        return replace(
-            kind, name=kind.name + SPOT_SUFFIX, usd_per_hour=price, available=slots, spot=True
-        )
-
-    def _groups(
-        self, s: Session, row: ServiceRow, spec: ServiceSpec, jobs: list[JobRow], desired: int
-    ) -> list[Group]:
-        """One kind of replica, or with ``spot`` two: on the order's leases where they
-        hold them, on demand otherwise (`suanli.service.spot`)."""
-        live = [j for j in jobs if not leaving(j)]
-        price = price_per_replica_hour(spec)
-        if spec.spot is None:
-            return [Group(live, desired, f"scaled down to {desired}", price)]
-        self._state[row.name].note = self._spot_note(s, row, spec)
-        return self._spot_split(s, row, spec, live, desired, price)
-
-    def _spot_note(self, s: Session, row: ServiceRow, spec: ServiceSpec) -> str:
-        """An order cancelled or lapsed since the spec was accepted leases nothing again:
-        say so where the owner looks (`suanli service NAME`), not only on each replica."""
-        assert spec.spot is not None
-        problem = order_problem(s, spec.spot, spec.resources, row.owner)
-        if not problem:
-            return ""
-        return problem + (
-            "; its spot replicas run on demand (fallback)"
-            if spec.spot.fallback
-            else "; its spot replicas cannot start (no fallback)"
-        )
-
-    def _spot_split(
-        self,
-        s: Session,
-        row: ServiceRow,
-        spec: ServiceSpec,
-        live: list[JobRow],
-        desired: int,
-        price: float,
-        chip: str | None = None,
-        spot_cap: int | None = None,
-        spot_price: float | None = None,
-    ) -> list[Group]:
-        """``desired`` replicas (of ``chip``, in a mix) on the spot order's leases where
-        they hold them, at most ``spot_cap`` (what the ILP chose), the rest on demand
-        (SkyServe's fallback)."""
-        assert spec.spot is not None
-        others = order_jobs_elsewhere(s, spec.spot.order, row.name)
-        slots = spot_slots(live_leases(s, spec.spot.order), spec.resources, others)
-        want = split(desired, spec.spot, slots)
-        spot = want.spot if spot_cap is None else min(want.spot, spot_cap)
-        on_spot = [j for j in live if is_spot(j, spec.spot)]
-        on_demand = [j for j in live if not is_spot(j, spec.spot)]
-        why = f"{spot} spot replicas wanted (the order's live leases hold {slots})"
-        od = desired - spot
-        return [
-            Group(
-                on_spot,
-                spot,
-                why,
-                price if spot_price is None else spot_price,
-                order=spec.spot.order,
-                chip=chip,
-            ),
-            Group(on_demand, od, f"{od} on-demand replicas wanted", price, chip=chip),
-        ]
-
-    def _mix_groups(
-        self,
-        s: Session,
-        row: ServiceRow,
-        spec: ServiceSpec,
-        live: list[JobRow],
-        want: dict[str, int],
-    ) -> list[Group]:
-        """A chip mix's replicas chip by chip (``want`` by kind: a spot twin counted
-        with its chip). With a spot order, those the mix wants on the order's chip run on
-        its leases where they hold them, as many as the ILP put on the twin (with no twin
-        in the plan yet, as many as the leases hold), the rest on demand, as a single-chip
-        service's do: a reclaim falls back to on-demand replicas of the same chip at the
-        next tick, within the notice, without waiting for the optimizer's next period."""
-        groups = mix_groups(spec, live, on_chips(want))
-        if spec.spot is None:
-            return groups
-        st = self._state[row.name]
-        st.spot_note = self._spot_note(s, row, spec)
-        order = s.get(OrderRow, spec.spot.order)
-        spot_chip = order.accelerator if order is not None and order.buyer == row.owner else None
-        usable = {k.name for k in st.scaler.kinds} if isinstance(st.scaler, Optimizer) else set()
-        if spot_chip is not None and spot_chip not in usable and not st.spot_note:
-            st.spot_note = (
-                f"spot.order: market order {spec.spot.order} buys {spot_chip}, which "
-                "cannot hold the model: its leases are not used"
-            )
-        out: list[Group] = []
-        for g in groups:
-            if g.chip is not None and g.chip == spot_chip:
-                out += self._spot_split(
-                    s,
-                    row,
-                    spec,
-                    g.jobs,
-                    g.want,
-                    g.usd_per_hour,
-                    g.chip,
-                    spot_cap=want.get(g.chip + SPOT_SUFFIX),
-                    spot_price=self._spot_usd(s, spec),
-                )
-            else:
-                out.append(g)
-        return out
 
     def _converge(
         self, s: Session, row: ServiceRow, spec: ServiceSpec, groups: list[Group], now: float

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, replace
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from suanli.autoscale.mix import SPOT_SUFFIX, ReplicaKind
 from suanli.autoscale.service_spec import SpotSpec
 from suanli.jobs.spec import Resources
 from suanli.market.book import CPU, units_of
@@ -97,11 +99,13 @@ def split(desired: int, spot: SpotSpec, slots: int) -> Split:
 def spot_price_per_replica(leases: list[LeaseRow], resources: Resources) -> float | None:
     """What a replica on the order's leases may cost per hour: the dearest live lease's
     price for its units (None: no lease)."""
-    prices = [
-        lease.price_micro * units_per_replica(resources, lease.accelerator) / 1e6
-        for lease in leases
-    ]
-    return max(prices) if prices else None
+    return max((replica_usd(lease, resources) for lease in leases), default=None)
+
+
+def replica_usd(lease: LeaseRow, resources: Resources) -> float:
+    """One replica's hourly price on a lease: its price per unit-hour times the units the
+    replica takes."""
+    return lease.price_micro * units_per_replica(resources, lease.accelerator) / 1e6
 
 
 def lease_price_per_hour(s: Session, job: JobRow, resources: Resources) -> float | None:
@@ -114,8 +118,7 @@ def lease_price_per_hour(s: Session, job: JobRow, resources: Resources) -> float
     q = select(LeaseRow).where(LeaseRow.order_id == order_id, LeaseRow.state != "ended")
     for lease in s.scalars(q):
         if nodes & {u.node for u in units_of(lease)}:
-            units = units_per_replica(resources, lease.accelerator)
-            return lease.price_micro * units / 1e6
+            return replica_usd(lease, resources)
     return None
 
 
@@ -145,3 +148,62 @@ def order_problem(s: Session, spot: SpotSpec, resources: Resources, owner: str) 
             f"replicas' resources do not allow ({', '.join(chips)})"
         )
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class SpotCapacity:
+    """A service's spot order as one controller tick sees it, read from the store once:
+    what is wrong with it, its chip (when the order is the owner's), how many of the
+    service's replicas its live leases hold, and what one costs there."""
+
+    spot: SpotSpec
+    problem: str | None
+    chip: str | None
+    slots: int
+    usd_per_replica: float | None
+
+    def note(self, chips: Collection[str] | None = None) -> str:
+        """What the service's status says of the order: an order cancelled or lapsed
+        since the spec was accepted leases nothing again; ``chips``: the chips a mix can
+        run, an order of another chip is not used."""
+        if self.problem:
+            return self.problem + (
+                "; its spot replicas run on demand (fallback)"
+                if self.spot.fallback
+                else "; its spot replicas cannot start (no fallback)"
+            )
+        if chips is not None and self.chip is not None and self.chip not in chips:
+            return (
+                f"spot.order: market order {self.spot.order} buys {self.chip}, which "
+                "cannot hold the model: its leases are not used"
+            )
+        return ""
+
+    def twin(self, kinds: Sequence[ReplicaKind]) -> ReplicaKind | None:
+        """The order's chip on its live leases as a kind for the chip-mix ILP: the chip's
+        capacity, the dearest lease's price, as many replicas as the leases hold (None:
+        an order that cannot carry the service, no lease, or a chip the mix cannot run)."""
+        kind = next((k for k in kinds if k.name == self.chip), None)
+        if self.problem or kind is None or self.usd_per_replica is None or self.slots <= 0:
+            return None
+        return replace(
+            kind,
+            name=kind.name + SPOT_SUFFIX,
+            usd_per_hour=self.usd_per_replica,
+            available=self.slots,
+            spot=True,
+        )
+
+
+def spot_capacity(
+    s: Session, spot: SpotSpec, resources: Resources, owner: str, service: str
+) -> SpotCapacity:
+    order = s.get(OrderRow, spot.order)
+    leases = live_leases(s, spot.order)
+    return SpotCapacity(
+        spot,
+        order_problem(s, spot, resources, owner),
+        order.accelerator if order is not None and order.buyer == owner else None,
+        spot_slots(leases, resources, order_jobs_elsewhere(s, spot.order, service)),
+        spot_price_per_replica(leases, resources),
+    )
