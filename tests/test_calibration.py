@@ -7,9 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from suanli.calibration import load_inference_cases, load_training_cases, relative_error
-from suanli.calibration.published import convention_flops
+from suanli.calibration import (
+    load_added_inference_cases,
+    load_added_training_cases,
+    load_inference_cases,
+    load_training_cases,
+    relative_error,
+)
+from suanli.calibration.published import convention_flops, palm_flops_per_token
 from suanli.perf import default_efficiency
+from suanli.perf.shape import shape_of
 
 
 def test_training_rows_are_read_with_their_conventions(shared_dir: Path) -> None:
@@ -50,3 +57,52 @@ def test_shipped_parameters_meet_the_accuracy_targets(shared_dir: Path) -> None:
     assert statistics.median(train) <= 0.05
     assert max(train) <= 0.15
     assert statistics.median(infer) <= 0.10
+
+
+def test_added_inference_rows_name_their_release_and_kernel() -> None:
+    """TensorRT-LLM's pages publish tokens/s per GPU, vLLM's benchmark_latency a batch's
+    latency; a case holds the whole batch's output tokens/s."""
+    cases = {c.id: c for c in load_added_inference_cases()}
+    assert len(cases) == 143
+    n41 = cases["N41"]  # Llama-2-70B, 2 H100, 3,214 tok/s/GPU on the v0.9.0 page
+    assert n41.measured_output_tokens_per_s == pytest.approx(2 * 3214)
+    assert n41.engine == "tensorrt-llm@0.9.0" and n41.gqa_kv_reuse and n41.kv_dtype == "fp8"
+    s12 = cases["S12"]  # the same layout on v0.6.1, before the XQA kernel
+    assert not s12.gqa_kv_reuse and s12.source == "TensorRT-LLM v0.6.1"
+    assert cases["S17"].kv_dtype == "fp16" and cases["L1"].system.accelerator.name == "l40s"
+    v2 = cases["V2"]  # Llama-3-8B on one A100: 8 x 128 tokens in 1.57927 s
+    assert v2.measured_output_tokens_per_s == pytest.approx(8 * 128 / 1.57927)
+    assert v2.engine == "vllm" and v2.kv_dtype == "bf16"
+    o9 = cases["O9"]  # vLLM's default KV cache beside FP8 weights: the model's bf16
+    assert (o9.weight_dtype, o9.kv_dtype, o9.batch) == ("fp8", "bf16", 256)
+    # never fitted: the v0.9.0 page's GQA models whose decode kernel it does not state, and
+    # the one chip whose GEMM efficiency the model has no figure for
+    unfitted = {(c.source, c.model.name) for c in cases.values() if not c.fitted}
+    assert unfitted == {
+        ("TensorRT-LLM v0.9.0", "mistral-7b"),
+        ("TensorRT-LLM v0.9.0", "mixtral-8x7b"),
+        ("TensorRT-LLM v0.9.0", "falcon-180b"),
+        ("OCI blog 2024-10 vLLM on MI300X", "llama-3.1-405b"),
+    }
+    assert cases["N5"].model.gated_mlp and cases["N5"].model.kv_heads == 8  # Mistral 7B
+
+
+def test_added_training_rows_keep_their_sources_conventions() -> None:
+    cases = {c.id: c for c in load_added_training_cases()}
+    assert len(cases) == 37
+    # MPT shapes from llm-foundry's yamls: the README's NumParams (with 2,048 learned
+    # positions, which the model leaves out) within 0.2%
+    for cid, published in (("F12", 6658859008), ("F3", 64862437376), ("F27", 125311488)):
+        params = shape_of(cases[cid].model).total_params
+        assert params == pytest.approx(published - 2048 * cases[cid].model.hidden, rel=2e-3)
+    f1 = cases["F1"]  # 70B on 512 H100, FULL_SHARD, 1,007 tokens/s/GPU
+    assert f1.layout.zero == 3 and f1.layout.recompute == "full" and not f1.fitted
+    assert f1.measured_step_s == pytest.approx(4096 * 2048 / (1007 * 512))
+    assert cases["F19"].fitted and cases["F19"].layout.grad_reduce_dtype == "bf16"  # PURE
+    m5 = cases["M5"]  # NeMo 24.07: Llama 2 70B, TP4 PP4 VP20 on 64 H100
+    assert (m5.layout.dp, m5.layout.vpp, m5.layout.dtype) == (4, 20, "fp8")
+    lm1 = cases["LM1"]  # Llama 3 405B on 8,192 GPUs: 430 TFLOP/s under PaLM's convention
+    per_token = palm_flops_per_token(lm1.model, 8192)
+    assert lm1.measured_step_s == pytest.approx(per_token * 2048 * 8192 / (430e12 * 8192))
+    assert lm1.layout.stage_layers(lm1.model.layers) == 8
+    assert (lm1.layout.first_stage_layers, lm1.layout.last_stage_layers) == (7, 7)

@@ -4,6 +4,8 @@ from suanli.calibration.evaluate import Case, measured, predict, relative_error
 from suanli.calibration.published import (
     InferenceCase,
     TrainingCase,
+    load_added_inference_cases,
+    load_added_training_cases,
     load_heldout_training_cases,
     load_inference_cases,
     load_training_cases,
@@ -14,6 +16,8 @@ __all__ = [
     "Case",
     "InferenceCase",
     "TrainingCase",
+    "load_added_inference_cases",
+    "load_added_training_cases",
     "load_heldout_training_cases",
     "load_inference_cases",
     "load_training_cases",

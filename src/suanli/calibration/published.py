@@ -64,6 +64,9 @@ class TrainingCase:
     measured_memory_gib: float | None = None
     #: what the row ran that the perf model has no input for (torch.compile, ...)
     unmodelled: str = ""
+    #: False where the source does not say what the model needs (the network under pure
+    #: FSDP): predicted and reported, never fitted
+    fitted: bool = True
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,9 @@ class InferenceCase:
     kv_dtype: str
     gqa_kv_reuse: bool
     engine: str  # NAME@VERSION (``suanli.perf.engines``): what it could do decides the two above
+    #: False where the source does not say what the row ran that the model needs (its
+    #: decode attention kernel): predicted and reported, never fitted
+    fitted: bool = True
 
 
 def _rows(path: Path) -> tuple[str, list[dict[str, str]]]:
@@ -174,15 +180,29 @@ def load_training_cases(directory: Path) -> list[TrainingCase]:
 HELDOUT_DIR = Path(__file__).resolve().parent / "data"
 
 
+def _stage_sizes(row: dict[str, str]) -> tuple[int | None, int | None]:
+    """The first and last pipeline stages' layer counts a row gives (blank: even)."""
+    first, last = row["first_stage_layers"], row["last_stage_layers"]
+    return (int(first) if first else None), (int(last) if last else None)
+
+
+def _per_token_rate(model: ModelArch, layout: TrainLayout, tps: float) -> tuple[float, float]:
+    """(step seconds, model TFLOP/s per device) of a run at ``tps`` tokens/s per device,
+    in the model-FLOP convention (``mfu``) the perf model reports."""
+    from suanli.perf.shape import shape_of
+    from suanli.perf.train import model_flops_per_token
+
+    tokens = layout.global_batch * layout.seq_len
+    flops = model_flops_per_token(shape_of(model), layout.seq_len)
+    return tokens / (tps * layout.num_devices), flops * tps / 1e12
+
+
 def load_heldout_training_cases(directory: Path = HELDOUT_DIR) -> list[TrainingCase]:
     """TorchTitan's Dec 2024 runs (``data/training_torchtitan.csv``): FSDP2 alone, with
     context parallelism, with TP, and with TP and pipelines. Never fitted: they say how
     the model predicts layouts and a stack it was not fitted on. The file's header
     holds the per-source rules; the throughput is tokens/s per GPU, turned into the
     model-FLOP convention (``mfu``) the perf model reports."""
-    from suanli.perf.shape import shape_of
-    from suanli.perf.train import model_flops_per_token
-
     _, rows = _rows(directory / "training_torchtitan.csv")
     h100 = make_system(get_accelerator("h100-sxm"))  # the part they ran is not in the catalog
     cases = []
@@ -192,7 +212,7 @@ def load_heldout_training_cases(directory: Path = HELDOUT_DIR) -> list[TrainingC
         tp, pp, dp, cp, vpp = (int(row[k]) for k in ("tp", "pp", "dp", "cp", "vpp"))
         local, seq = int(row["local_batch"]), int(row["seq_len"])
         micro = local // pp  # torchtitan: as many micro-batches as stages, none without PP
-        first, last = row["first_stage_layers"], row["last_stage_layers"]
+        first, last = _stage_sizes(row)
         layout = TrainLayout(
             tp=tp,
             pp=pp,
@@ -208,24 +228,117 @@ def load_heldout_training_cases(directory: Path = HELDOUT_DIR) -> list[TrainingC
             sequence_parallel=tp > 1,
             overlap_tp_comm=row["async_tp"] == "1",
             grad_reduce_dtype="fp32",
-            first_stage_layers=int(first) if first else None,
-            last_stage_layers=int(last) if last else None,
+            first_stage_layers=first,
+            last_stage_layers=last,
         )
         assert layout.num_devices == n, row["id"]
-        tps = float(row["tps_per_gpu"])
-        tokens = layout.global_batch * seq
+        step_s, tflops = _per_token_rate(model, layout, float(row["tps_per_gpu"]))
         cases.append(
             TrainingCase(
                 id=row["id"],
                 model=model,
                 system=h100,
                 layout=layout,
-                measured_step_s=tokens / (tps * n),
-                measured_tflops_per_device=model_flops_per_token(shape_of(model), seq) * tps / 1e12,
+                measured_step_s=step_s,
+                measured_tflops_per_device=tflops,
                 convention="mfu",
                 source=f"TorchTitan 2024-12 {row['table']}",
                 measured_memory_gib=float(row["memory_gib"]),
                 unmodelled="torch.compile" if row["compile"] == "1" else "",
+            )
+        )
+    return cases
+
+
+#: whether each stack of ``data/training_added.csv`` overlaps its TP collectives with
+#: GEMMs (Megatron-Core's default, which NeMo runs); its header gives the other rules
+_OVERLAP_TP = {"composer-fsdp": False, "megatron-core": True, "llama3": False}
+
+
+def palm_flops_per_token(model: ModelArch, seq_len: int) -> float:
+    """Chowdhery et al. 2023 (PaLM), Appendix B: 6N + 12 L H Q T training FLOPs per token,
+    N the parameters, attention counted over the whole (uncausal) sequence."""
+    from suanli.perf.shape import shape_of
+
+    n = shape_of(model).total_params
+    return 6.0 * n + 12.0 * model.layers * model.heads * model.head_dim * seq_len
+
+
+def _mpt(name: str, f: dict[str, str], seq_len: int) -> ModelArch:
+    h, heads = int(f["h"]), int(f["a"])
+    return ModelArch(
+        name=name,
+        display_name=name,
+        hidden=h,
+        layers=int(f["l"]),
+        heads=heads,
+        kv_heads=heads,
+        head_dim=h // heads,
+        ffn=4 * h,
+        vocab=50368,
+        gated_mlp=False,
+        tied_embeddings=True,
+        max_seq_len=seq_len,
+        sources={"hidden": "llm-foundry scripts/train/yamls/pretrain"},
+        attention_bias=False,
+        family="mpt",
+    )
+
+
+def load_added_training_cases(directory: Path = HELDOUT_DIR) -> list[TrainingCase]:
+    """The published training rows this project added beside the shared set
+    (``data/training_added.csv``: llm-foundry's FSDP runs, NeMo 24.07 in FP8, Llama 3
+    405B), fitted with it. The file's header holds the per-source rules."""
+    header, rows = _rows(directory / "training_added.csv")
+    shapes = _header_shapes(header)
+    cases = []
+    for row in rows:
+        seq = int(row["seq_len"])
+        name = row["model"]
+        model = get_model(name) if name in models() else _mpt(name, shapes[name], seq)
+        tp, pp, dp, cp, vpp, zero = (int(row[k]) for k in ("tp", "pp", "dp", "cp", "vpp", "zero"))
+        first, last = _stage_sizes(row)
+        layout = TrainLayout(
+            tp=tp,
+            pp=pp,
+            dp=dp,
+            cp=cp,
+            vpp=vpp,
+            zero=zero,
+            micro_batch=int(row["micro_batch"]),
+            global_batch=int(row["global_batch"]),
+            seq_len=seq,
+            dtype=row["dtype"],
+            recompute=row["recompute"],  # type: ignore[arg-type]
+            sequence_parallel=tp > 1,
+            grad_reduce_dtype=row["grad_reduce_dtype"],
+            overlap_tp_comm=_OVERLAP_TP[row["stack"]],
+            first_stage_layers=first,
+            last_stage_layers=last,
+        )
+        n = int(row["num_devices"])
+        assert layout.num_devices == n, row["id"]
+        tokens = layout.global_batch * seq
+        if row["tokens_per_s_per_device"]:
+            step_s, tflops = _per_token_rate(model, layout, float(row["tokens_per_s_per_device"]))
+            convention = "mfu"
+        else:
+            if row["flops_convention"] != "palm":
+                raise ValueError(f"unknown flops_convention in row {row['id']}")
+            tflops = float(row["tflops_per_device"])
+            step_s = palm_flops_per_token(model, seq) * tokens / (tflops * 1e12 * n)
+            convention = "palm"
+        cases.append(
+            TrainingCase(
+                id=row["id"],
+                model=model,
+                system=make_system(get_accelerator(row["accelerator"])),
+                layout=layout,
+                measured_step_s=step_s,
+                measured_tflops_per_device=tflops,
+                convention=convention,
+                source=row["source"],
+                fitted=row["fitted"] == "1",
             )
         )
     return cases
@@ -258,7 +371,7 @@ def _header_shapes(header: str) -> dict[str, dict[str, str]]:
 
 def _arch_from_shape(name: str, f: dict[str, str]) -> ModelArch:
     h, heads = int(f["h"]), int(f["a"])
-    gated = name.startswith(("llama", "mixtral"))
+    gated = name.startswith(("llama", "mistral", "mixtral"))
     moe = MoE(int(f["experts"]), int(f["top"]), int(f["ffn"])) if "experts" in f else None
     return ModelArch(
         name=name,
@@ -283,38 +396,87 @@ def _arch_from_shape(name: str, f: dict[str, str]) -> ModelArch:
 ENGINE_OF_KIND = {"static_batch": "tensorrt-llm@0.5", "single_stream": "gpt-fast"}
 
 
+def _inference_case(
+    row: dict[str, str],
+    shapes: dict[str, dict[str, str]],
+    *,
+    kind: str,
+    engine_label: str,
+    source: str,
+    tokens_per_s: float,
+    fitted: bool = True,
+    kv_dtype: str = "",
+) -> InferenceCase:
+    """One published row as a case. Its engine's profile says what KV cache it kept
+    (TRT-LLM: FP8 with FP8 weights; gpt-fast: bf16 always) and how its decode read a GQA
+    model's KV heads (TRT-LLM before XQA and gpt-fast did not reuse them)."""
+    name = row["model"]
+    model = get_model(name) if name in models() else _arch_from_shape(name, shapes[name])
+    engine = get_engine(engine_label)
+    return InferenceCase(
+        id=row["id"],
+        kind=kind,
+        model=model,
+        system=make_system(get_accelerator(row["accelerator"])),
+        num_devices=int(row["num_devices"]),
+        tp=int(row["tp"]),
+        weight_dtype=row["weight_dtype"],
+        batch=int(row["batch"]),
+        input_len=int(row["input_len"]),
+        output_len=int(row["output_len"]),
+        measured_output_tokens_per_s=tokens_per_s,
+        source=source,
+        kv_dtype=kv_dtype or engine.default_kv(row["weight_dtype"]),
+        gqa_kv_reuse=engine.gqa_kv_reuse(),
+        engine=engine.label,
+        fitted=fitted,
+    )
+
+
 def load_inference_cases(directory: Path) -> list[InferenceCase]:
     """Every row of ``inference_published.csv`` as a case."""
     header, rows = _rows(directory / "inference_published.csv")
     shapes = _header_shapes(header)
+    return [
+        _inference_case(
+            row,
+            shapes,
+            kind=row["kind"],
+            engine_label=ENGINE_OF_KIND[row["kind"]],
+            source="TensorRT-LLM v0.5.0" if row["kind"] == "static_batch" else "gpt-fast",
+            tokens_per_s=float(row["measured_output_tokens_per_s"]),
+        )
+        for row in rows
+    ]
+
+
+def load_added_inference_cases(directory: Path = HELDOUT_DIR) -> list[InferenceCase]:
+    """The published rows this project added beside the shared set
+    (``data/inference_added.csv``: TensorRT-LLM v0.5, v0.6.1 and v0.9.0 on H200, H100,
+    L40S and A100; vLLM on A100, H100, H200 and MI300X), each naming its release and
+    engine; the file's header holds the per-source rules. A row gives its throughput per
+    device (as TensorRT-LLM's pages publish it) or its batch's latency (vLLM's
+    benchmark_latency)."""
+    header, rows = _rows(directory / "inference_added.csv")
+    shapes = _header_shapes(header)
     cases = []
     for row in rows:
-        name = row["model"]
-        model = get_model(name) if name in models() else _arch_from_shape(name, shapes[name])
-        acc = get_accelerator(row["accelerator"])
-        trt = row["kind"] == "static_batch"
-        # each row's engine, from its publication (the file's header): its profile says
-        # what KV cache it kept (TRT-LLM: FP8 with FP8 weights; gpt-fast: bf16 always) and
-        # how its decode read a GQA model's KV heads (neither reused them then)
-        engine = get_engine(ENGINE_OF_KIND[row["kind"]])
-        kv_dtype = engine.default_kv(row["weight_dtype"])
+        batch, out, n = int(row["batch"]), int(row["output_len"]), int(row["num_devices"])
+        per_device = row["measured_output_tokens_per_s_per_device"]
+        latency = row["measured_latency_s"]
+        if bool(per_device) == bool(latency):
+            raise ValueError(f"row {row['id']}: give a per-device rate or a latency, not both")
+        tokens_per_s = float(per_device) * n if per_device else batch * out / float(latency)
         cases.append(
-            InferenceCase(
-                id=row["id"],
-                kind=row["kind"],
-                model=model,
-                system=make_system(acc),
-                num_devices=int(row["num_devices"]),
-                tp=int(row["tp"]),
-                weight_dtype=row["weight_dtype"],
-                batch=int(row["batch"]),
-                input_len=int(row["input_len"]),
-                output_len=int(row["output_len"]),
-                measured_output_tokens_per_s=float(row["measured_output_tokens_per_s"]),
-                source="TensorRT-LLM v0.5.0" if trt else "gpt-fast",
-                kv_dtype=kv_dtype,
-                gqa_kv_reuse=engine.gqa_kv_reuse(),
-                engine=engine.label,
+            _inference_case(
+                row,
+                shapes,
+                kind="static_batch",
+                engine_label=row["engine"],
+                source=row["source"],
+                tokens_per_s=tokens_per_s,
+                fitted=row["fitted"] == "1",
+                kv_dtype=row["kv_dtype"],
             )
         )
     return cases
