@@ -373,9 +373,12 @@ def estimate_train(
         t_dp += coll.all_reduce_s(expert_params * reduce_bytes, shards // ep, 1, system, e)
     t_zero3 = 0.0
     if lay.zero == 3 and shards > 1:
-        # gathers per micro-batch: forward, (recompute), backward; kept parameters are
-        # gathered once per micro-batch, or once per step for a pipeline stage
-        gathers = 1 if keep else (3 if lay.recompute == "full" else 2)
+        # gathers per micro-batch: forward and backward. A recomputed layer's forward runs
+        # inside its own backward (DeepSpeed's and FSDP's pre-backward hook gathers the
+        # layer, the checkpoint replays it, its backward follows), so one gather serves
+        # both. Kept parameters are gathered once per micro-batch, or once per step for
+        # a pipeline stage
+        gathers = 1 if keep else 2
         rounds = 1 if keep and pp > 1 else m
         per_layer = dense_params * weight_bytes / max(1, layers_stage)
         n_tensors = s.tensors_per_layer
