@@ -63,7 +63,7 @@ def test_added_inference_rows_name_their_release_and_kernel() -> None:
     """TensorRT-LLM's pages publish tokens/s per GPU, vLLM's benchmark_latency a batch's
     latency; a case holds the whole batch's output tokens/s."""
     cases = {c.id: c for c in load_added_inference_cases()}
-    assert len(cases) == 143
+    assert len(cases) == 158
     n41 = cases["N41"]  # Llama-2-70B, 2 H100, 3,214 tok/s/GPU on the v0.9.0 page
     assert n41.measured_output_tokens_per_s == pytest.approx(2 * 3214)
     assert n41.engine == "tensorrt-llm@0.9.0" and n41.gqa_kv_reuse and n41.kv_dtype == "fp8"
@@ -73,6 +73,9 @@ def test_added_inference_rows_name_their_release_and_kernel() -> None:
     v2 = cases["V2"]  # Llama-3-8B on one A100: 8 x 128 tokens in 1.57927 s
     assert v2.measured_output_tokens_per_s == pytest.approx(8 * 128 / 1.57927)
     assert v2.engine == "vllm" and v2.kv_dtype == "bf16"
+    d15 = cases["D15"]  # LMDeploy: Llama-2-70B on 4 A100, 31.9 tok/s for its one stream
+    assert d15.measured_output_tokens_per_s == pytest.approx(31.9)
+    assert d15.engine == "lmdeploy@0.1" and d15.tp == 4 and d15.kv_dtype == "fp16"
     o9 = cases["O9"]  # vLLM's default KV cache beside FP8 weights: the model's bf16
     assert (o9.weight_dtype, o9.kv_dtype, o9.batch) == ("fp8", "bf16", 256)
     # never fitted: the v0.9.0 page's GQA models whose decode kernel it does not state, and
