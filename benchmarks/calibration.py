@@ -4,13 +4,17 @@
     python benchmarks/calibration.py --save     # also write src/suanli/perf/data/efficiency.yaml
     python benchmarks/calibration.py --no-fit   # evaluate the shipped parameters only
 
-Data: ``../shared/calibration/*.csv`` (beside the project root). The fit minimises
+Data: ``../shared/calibration/*.csv`` (beside the project root) and the published
+rows this project added (``src/suanli/calibration/data/{training,inference}_added.csv``,
+sources in their headers); added rows whose source leaves out what the model needs
+are predicted and reported, never fitted. The fit minimises
 the log error of predicted vs measured throughput over all rows at once (a soft-L1
 loss, so that a row far off pulls less), plus a weak pull of each parameter to its
 literature default (``PRIOR_WEIGHT``), with one value per parameter for every chip,
 model and layout — no per-row knob.
 Generalisation is reported by cross-validation: leave-one-row-out, and
-leave-one-source-out (fit on the other publications, predict this one's rows).
+leave-one-source-out (fit on the other publications, predict this one's rows), by
+set and by the source left out.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Read ``../shared/calibration/*.csv`` into cases the perf model can predict.
+"""Read ``../shared/calibration/*.csv``, and the published rows this project added
+(``data/training_added.csv``, ``data/inference_added.csv``, ``data/training_torchtitan.csv``),
+into cases the perf model can predict.
 
 Each CSV row becomes a (model, system, layout, measured) case. What a row does
 not publish is filled by one rule per source, written here once and never per
@@ -22,6 +24,9 @@ row:
   query heads before attention — the same lack of reuse.
 * The step time a row implies is its FLOPs under its own convention (the
   CSV's ``flops_convention``) divided by its measured FLOP/s.
+
+The added files' headers hold their own sources and per-source rules; a row whose
+source leaves out what the model needs is read with ``fitted`` False.
 """
 
 from __future__ import annotations
@@ -86,8 +91,8 @@ class InferenceCase:
     kv_dtype: str
     gqa_kv_reuse: bool
     engine: str  # NAME@VERSION (``suanli.perf.engines``): what it could do decides the two above
-    #: False where the source does not say what the row ran that the model needs (its
-    #: decode attention kernel): predicted and reported, never fitted
+    #: False where the model lacks what the row ran on (its decode attention kernel, not
+    #: stated; its chip's achieved GEMM rate): predicted and reported, never fitted
     fitted: bool = True
 
 
@@ -177,7 +182,7 @@ def load_training_cases(directory: Path) -> list[TrainingCase]:
     return cases
 
 
-HELDOUT_DIR = Path(__file__).resolve().parent / "data"
+DATA_DIR = Path(__file__).resolve().parent / "data"
 
 
 def _stage_sizes(row: dict[str, str]) -> tuple[int | None, int | None]:
@@ -197,7 +202,7 @@ def _per_token_rate(model: ModelArch, layout: TrainLayout, tps: float) -> tuple[
     return tokens / (tps * layout.num_devices), flops * tps / 1e12
 
 
-def load_heldout_training_cases(directory: Path = HELDOUT_DIR) -> list[TrainingCase]:
+def load_heldout_training_cases(directory: Path = DATA_DIR) -> list[TrainingCase]:
     """TorchTitan's Dec 2024 runs (``data/training_torchtitan.csv``): FSDP2 alone, with
     context parallelism, with TP, and with TP and pipelines. Never fitted: they say how
     the model predicts layouts and a stack it was not fitted on. The file's header
@@ -285,10 +290,11 @@ def _mpt(name: str, f: dict[str, str], seq_len: int) -> ModelArch:
     )
 
 
-def load_added_training_cases(directory: Path = HELDOUT_DIR) -> list[TrainingCase]:
+def load_added_training_cases(directory: Path = DATA_DIR) -> list[TrainingCase]:
     """The published training rows this project added beside the shared set
     (``data/training_added.csv``: llm-foundry's FSDP runs, NeMo 24.07 in FP8, Llama 3
-    405B), fitted with it. The file's header holds the per-source rules."""
+    405B), fitted with it where ``fitted``. The file's header holds the per-source
+    rules."""
     header, rows = _rows(directory / "training_added.csv")
     shapes = _header_shapes(header)
     cases = []
@@ -450,7 +456,7 @@ def load_inference_cases(directory: Path) -> list[InferenceCase]:
     ]
 
 
-def load_added_inference_cases(directory: Path = HELDOUT_DIR) -> list[InferenceCase]:
+def load_added_inference_cases(directory: Path = DATA_DIR) -> list[InferenceCase]:
     """The published rows this project added beside the shared set
     (``data/inference_added.csv``: TensorRT-LLM v0.5, v0.6.1 and v0.9.0 on H200, H100,
     L40S and A100; vLLM on A100, H100, H200 and MI300X), each naming its release and
