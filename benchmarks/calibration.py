@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             "fitted_on": str(dt.date.today()),
             "command": "python benchmarks/calibration.py --save",
             "data": "../shared/calibration/training_megatron.csv, inference_published.csv; "
-            "src/suanli/calibration/data/training_added.csv, inference_trtllm.csv",
+            "src/suanli/calibration/data/training_added.csv, inference_added.csv",
             "parameters": {n: round(float(getattr(eff, n)), 6) for n in FITTED},
             "error": {k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in stats.items()},
         }
