@@ -311,20 +311,18 @@ def main(argv: list[str] | None = None) -> int:
     for col in ("set", "rows", "median", "max", "target (issue 18: leave-source-out)"):
         summary.add_column(col)
     stats: dict[str, dict[str, float]] = {}
-    sets: tuple[tuple[str, Callable[[Case], bool], str], ...] = (
+    sets = [
         (
-            "training, shared set",
-            lambda c: isinstance(c, TrainingCase) and c.id not in added_ids,
-            "median ≤ 5%, max ≤ 20%",
-        ),
-        ("training, added rows", lambda c: isinstance(c, TrainingCase) and c.id in added_ids, ""),
-        (
-            "inference, shared set",
-            lambda c: isinstance(c, InferenceCase) and c.id not in added_ids,
-            "median ≤ 10%, max ≤ 30%",
-        ),
-        ("inference, added rows", lambda c: isinstance(c, InferenceCase) and c.id in added_ids, ""),
-    )
+            f"{name}, {'added rows' if added_set else 'shared set'}",
+            lambda c, kind=kind, a=added_set: isinstance(c, kind) and (c.id in added_ids) == a,
+            "" if added_set else target,
+        )
+        for name, kind, target in (
+            ("training", TrainingCase, "median ≤ 5%, max ≤ 20%"),
+            ("inference", InferenceCase, "median ≤ 10%, max ≤ 30%"),
+        )
+        for added_set in (False, True)
+    ]
     for label, keep, target in sets:
         for suffix, tbl in (("fit", None), ("leave-one-out", loo), ("leave-source-out", by_source)):
             e = errs(keep, tbl)
@@ -346,9 +344,9 @@ def main(argv: list[str] | None = None) -> int:
         for col in ("source", "rows", "median", "max"):
             per_source.add_column(col, justify="left" if col == "source" else "right")
         for source in sorted({c.source for c in cases}):
-            med, mx = summarize([by_source[c.id] for c in cases if c.source == source])
-            n = sum(c.source == source for c in cases)
-            per_source.add_row(source, str(n), f"{100 * med:.1f}%", f"{100 * mx:.1f}%")
+            errors = [by_source[c.id] for c in cases if c.source == source]
+            med, mx = summarize(errors)
+            per_source.add_row(source, str(len(errors)), f"{100 * med:.1f}%", f"{100 * mx:.1f}%")
         console.print(per_source)
     stats.update(unfitted_report(unfitted, eff))
     heldout_report(eff)

@@ -17,6 +17,15 @@ from suanli.autoscale.signals import Observation
 from suanli.autoscale.sizes import SizeHistory
 
 
+def measures_rate(span_s: float, period_s: float) -> bool:
+    """Whether a decision after ``span_s`` seconds of traffic measures an arrival rate:
+    over at least half a period (of at most a minute). The first decision comes after
+    no period at all, where one request in its last millisecond would read as 1,000/s
+    (and a zero as idleness), and stay in the forecasts' past for an hour. The live
+    controller and the simulator both decide by this rule."""
+    return span_s > 0 and span_s >= min(period_s, 60.0) / 2
+
+
 @dataclass
 class Window:
     """What the control loop has observed: now, arrival rates per decision period

@@ -41,7 +41,9 @@ from suanli.catalog.loader import get_accelerator, get_model, models
 from suanli.catalog.types import ModelArch, MoE
 from suanli.perf.engines import get_engine
 from suanli.perf.layout import TrainLayout
+from suanli.perf.shape import shape_of
 from suanli.perf.system import System, make_system
+from suanli.perf.train import model_flops_per_token
 
 
 def shared_calibration_dir() -> Path | None:
@@ -185,18 +187,46 @@ def load_training_cases(directory: Path) -> list[TrainingCase]:
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
 
-def _stage_sizes(row: dict[str, str]) -> tuple[int | None, int | None]:
-    """The first and last pipeline stages' layer counts a row gives (blank: even)."""
+def _layout(
+    row: dict[str, str],
+    *,
+    zero: int,
+    micro_batch: int,
+    global_batch: int,
+    dtype: str,
+    grad_reduce_dtype: str,
+    overlap_tp_comm: bool,
+) -> TrainLayout:
+    """A row's layout: the parallel sizes, sequence, recompute and end-stage sizes it
+    gives (blank end stages: an even split), sequence parallelism with TP, and what the
+    caller's source rules say for the rest."""
+    tp, pp, dp, cp, vpp = (int(row[k]) for k in ("tp", "pp", "dp", "cp", "vpp"))
     first, last = row["first_stage_layers"], row["last_stage_layers"]
-    return (int(first) if first else None), (int(last) if last else None)
+    layout = TrainLayout(
+        tp=tp,
+        pp=pp,
+        dp=dp,
+        cp=cp,
+        vpp=vpp,
+        zero=zero,
+        micro_batch=micro_batch,
+        global_batch=global_batch,
+        seq_len=int(row["seq_len"]),
+        dtype=dtype,
+        recompute=row["recompute"],  # type: ignore[arg-type]
+        sequence_parallel=tp > 1,
+        overlap_tp_comm=overlap_tp_comm,
+        grad_reduce_dtype=grad_reduce_dtype,
+        first_stage_layers=int(first) if first else None,
+        last_stage_layers=int(last) if last else None,
+    )
+    assert layout.num_devices == int(row["num_devices"]), row["id"]
+    return layout
 
 
 def _per_token_rate(model: ModelArch, layout: TrainLayout, tps: float) -> tuple[float, float]:
     """(step seconds, model TFLOP/s per device) of a run at ``tps`` tokens/s per device,
     in the model-FLOP convention (``mfu``) the perf model reports."""
-    from suanli.perf.shape import shape_of
-    from suanli.perf.train import model_flops_per_token
-
     tokens = layout.global_batch * layout.seq_len
     flops = model_flops_per_token(shape_of(model), layout.seq_len)
     return tokens / (tps * layout.num_devices), flops * tps / 1e12
@@ -213,30 +243,16 @@ def load_heldout_training_cases(directory: Path = DATA_DIR) -> list[TrainingCase
     cases = []
     for row in rows:
         model = get_model(row["model"])
-        n = int(row["num_devices"])
-        tp, pp, dp, cp, vpp = (int(row[k]) for k in ("tp", "pp", "dp", "cp", "vpp"))
-        local, seq = int(row["local_batch"]), int(row["seq_len"])
-        micro = local // pp  # torchtitan: as many micro-batches as stages, none without PP
-        first, last = _stage_sizes(row)
-        layout = TrainLayout(
-            tp=tp,
-            pp=pp,
-            dp=dp,
-            cp=cp,
-            vpp=vpp,
+        local, pp = int(row["local_batch"]), int(row["pp"])
+        layout = _layout(
+            row,
             zero=3,
-            micro_batch=micro,
-            global_batch=local * dp,
-            seq_len=seq,
+            micro_batch=local // pp,  # torchtitan: as many micro-batches as stages
+            global_batch=local * int(row["dp"]),
             dtype="fp8" if row["float8"] == "1" else "bf16",
-            recompute=row["recompute"],  # type: ignore[arg-type]
-            sequence_parallel=tp > 1,
-            overlap_tp_comm=row["async_tp"] == "1",
             grad_reduce_dtype="fp32",
-            first_stage_layers=first,
-            last_stage_layers=last,
+            overlap_tp_comm=row["async_tp"] == "1",
         )
-        assert layout.num_devices == n, row["id"]
         step_s, tflops = _per_token_rate(model, layout, float(row["tps_per_gpu"]))
         cases.append(
             TrainingCase(
@@ -263,8 +279,6 @@ _OVERLAP_TP = {"composer-fsdp": False, "megatron-core": True, "llama3": False}
 def palm_flops_per_token(model: ModelArch, seq_len: int) -> float:
     """Chowdhery et al. 2023 (PaLM), Appendix B: 6N + 12 L H Q T training FLOPs per token,
     N the parameters, attention counted over the whole (uncausal) sequence."""
-    from suanli.perf.shape import shape_of
-
     n = shape_of(model).total_params
     return 6.0 * n + 12.0 * model.layers * model.heads * model.head_dim * seq_len
 
@@ -302,28 +316,16 @@ def load_added_training_cases(directory: Path = DATA_DIR) -> list[TrainingCase]:
         seq = int(row["seq_len"])
         name = row["model"]
         model = get_model(name) if name in models() else _mpt(name, shapes[name], seq)
-        tp, pp, dp, cp, vpp, zero = (int(row[k]) for k in ("tp", "pp", "dp", "cp", "vpp", "zero"))
-        first, last = _stage_sizes(row)
-        layout = TrainLayout(
-            tp=tp,
-            pp=pp,
-            dp=dp,
-            cp=cp,
-            vpp=vpp,
-            zero=zero,
+        layout = _layout(
+            row,
+            zero=int(row["zero"]),
             micro_batch=int(row["micro_batch"]),
             global_batch=int(row["global_batch"]),
-            seq_len=seq,
             dtype=row["dtype"],
-            recompute=row["recompute"],  # type: ignore[arg-type]
-            sequence_parallel=tp > 1,
             grad_reduce_dtype=row["grad_reduce_dtype"],
             overlap_tp_comm=_OVERLAP_TP[row["stack"]],
-            first_stage_layers=first,
-            last_stage_layers=last,
         )
-        n = int(row["num_devices"])
-        assert layout.num_devices == n, row["id"]
+        n = layout.num_devices
         tokens = layout.global_batch * seq
         if row["tokens_per_s_per_device"]:
             step_s, tflops = _per_token_rate(model, layout, float(row["tokens_per_s_per_device"]))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TypeVar
 
 from suanli.autoscale.mix import SPOT_SUFFIX, Mix, ReplicaKind, SizeBuckets
 from suanli.catalog.loader import accelerators
@@ -69,25 +70,29 @@ def strongest(kinds: Sequence[ReplicaKind]) -> str:
     return max(kinds, key=lambda k: (sum(k.capacity_rps), -k.usd_per_hour)).name
 
 
+V = TypeVar("V", int, float)
+
+
+def fold_spot(by_kind: dict[str, V]) -> dict[str, V]:
+    """Values per chip: a chip's spot twin's (``CHIP:spot``) added to its chip's."""
+    out: dict[str, V] = {}
+    for kind, v in by_kind.items():
+        chip = kind.removesuffix(SPOT_SUFFIX)
+        out[chip] = out[chip] + v if chip in out else v
+    return out
+
+
 def on_chips(by_kind: dict[str, int]) -> dict[str, int]:
     """Replicas per chip: a chip's spot twin (``CHIP:spot``) counted with its chip. The
     split between the spot order's leases and on demand is the controller's, each tick
     (`suanli.service.spot.split`), so a reclaim falls back at once."""
-    out: dict[str, int] = {}
-    for kind, n in by_kind.items():
-        chip = kind.removesuffix(SPOT_SUFFIX)
-        out[chip] = out.get(chip, 0) + n
-    return out
+    return fold_spot(by_kind)
 
 
 def shares_by_bucket(mix: Mix, buckets: SizeBuckets) -> list[dict[str, float]]:
     """Per size bucket, the share of it each chip serves in the mix (the router's draw),
     a spot twin's with its chip's."""
-    out: list[dict[str, float]] = []
-    for b in range(buckets.count):
-        per: dict[str, float] = {}
-        for kind, shares in mix.shares.items():
-            chip = kind.removesuffix(SPOT_SUFFIX)
-            per[chip] = per.get(chip, 0.0) + shares[b]
-        out.append(per)
-    return out
+    return [
+        fold_spot({kind: shares[b] for kind, shares in mix.shares.items()})
+        for b in range(buckets.count)
+    ]

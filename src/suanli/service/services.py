@@ -29,7 +29,16 @@ from suanli.autoscale.kinds import chip_fills, chip_optimizer, token_budget
 from suanli.autoscale.kpa import KpaSpec
 from suanli.autoscale.mix import SPOT_SUFFIX, NoMixError
 from suanli.autoscale.predictive import PredictiveSpec
-from suanli.autoscale.scalers import Hpa, Kpa, Optimizer, Predictive, Scaler, Static, Window
+from suanli.autoscale.scalers import (
+    Hpa,
+    Kpa,
+    Optimizer,
+    Predictive,
+    Scaler,
+    Static,
+    Window,
+    measures_rate,
+)
 from suanli.autoscale.service_spec import ServiceSpec, replica_command
 from suanli.autoscale.signals import Observation, Targets
 from suanli.errors import SuanliError
@@ -332,7 +341,6 @@ class ServicesController:
             if spec.budget_usd_per_hour is not None and price > 0:
                 desired = min(desired, int(spec.budget_usd_per_hour // price))
             live = [j for j in jobs if not leaving(j)]
-            price = price_per_replica_hour(spec)
             if cap is None:
                 groups = [Group(live, desired, f"scaled down to {desired}", price)]
             else:
@@ -396,7 +404,7 @@ class ServicesController:
         and stay in the forecasts' past for an hour)."""
         period = st.scaler.period_s
         span = now - st.period_arrivals_from
-        if span >= min(period, 60.0) / 2:
+        if measures_rate(span, period):
             rate = traffic.rate(now, min(span, 60.0))
             st.window.rates.append(rate)
             st.window.rates = st.window.rates[-HISTORY_POINTS:]

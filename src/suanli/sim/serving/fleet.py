@@ -26,7 +26,7 @@ import numpy as np
 from suanli.autoscale.kinds import Kind, batch_table
 from suanli.autoscale.mix import SizeBuckets
 from suanli.autoscale.routing import Fills, draw, least_per_chip, spill
-from suanli.autoscale.scalers import Optimizer, Scaler, Static, Window
+from suanli.autoscale.scalers import Optimizer, Scaler, Static, Window, measures_rate
 from suanli.autoscale.signals import Observation
 from suanli.perf.batching import TOKEN_BUDGET, slo_token_budget
 from suanli.sim.serving.replica import Replica, Seq
@@ -337,11 +337,10 @@ def simulate_serving(
         window.concurrency.append((now, obs.concurrency))
         window.concurrency = window.concurrency[-64:]  # Knative's windows need 60 s
         if now >= next_decision:
-            # as the live controller measures (`ServicesController._period`): the first
-            # decision comes after no period at all and measures no rate (a zero there
-            # read as an idle service, and the optimizer dropped the fleet it started with)
+            # the live controller's rule (`measures_rate`): a zero measured at the first
+            # decision read as an idle service, and the optimizer dropped its fleet
             span = now - last_period_t
-            if span > 0 and span >= min(scaler.period_s, 60.0) / 2:
+            if measures_rate(span, scaler.period_s):
                 window.rates.append(period_arrivals / span)
                 period_arrivals, last_period_t = 0, now
             want = scaler.decide(window, fleet.counts())
