@@ -57,9 +57,10 @@ OUT = ROOT / "benchmarks" / "out"
 #: Physically plausible ranges (the fit may not leave them): NCCL reaches 75-90% of
 #: NVLink and 80-95% of InfiniBand line rate for large messages (nccl-tests busbw);
 #: STREAM-like kernels reach 80-90% of HBM; FlashAttention-2 reaches 35-70% of peak
-#: (Dao 2023); cuBLAS reaches 70-90% of dense peak on large GEMMs.
+#: (Dao 2023). gemm_eff_max is a share of the chip's best measured GEMM (its published
+#: MAMF, `Accelerator.matmul_fraction`), so it may reach 1.
 BOUNDS: dict[str, tuple[float, float]] = {
-    "gemm_eff_max": (0.6, 0.95),
+    "gemm_eff_max": (0.6, 1.0),
     "gemm_io_exposed": (0.0, 2.0),
     "attn_eff": (0.2, 0.8),
     "mem_bw_eff": (0.6, 0.95),

@@ -54,6 +54,7 @@ REQUIRED_MODELS = [
 ]
 SOURCED = (
     "peak_tflops",
+    "matmul_fraction",
     "memory_gb",
     "memory_bandwidth_gbs",
     "intra_node_link_gbs",
@@ -191,3 +192,53 @@ def test_bad_hf_configs(tmp_path, text: str, message: str) -> None:  # type: ign
     p.write_text(text)
     with pytest.raises(CatalogFileError, match=message):
         load_hf_config(p)
+
+
+def test_gemms_run_at_a_share_of_the_published_achievable_rate() -> None:
+    """perf's GEMM rate is the chip's published best GEMM (MAMF) times the fitted share;
+    a dtype without its own figure fares as the 16-bit one, a chip without any as the
+    table's median."""
+    import dataclasses
+
+    from suanli.catalog.types import DEFAULT_MATMUL_FRACTION
+    from suanli.perf import TrainLayout, default_efficiency, estimate_train, make_system
+
+    acc = accelerators()
+    h100, a100 = acc["h100-sxm"], acc["a100-80gb"]
+    assert (h100.achievable_fraction("bf16"), h100.achievable_fraction("fp8")) == (0.803, 0.709)
+    assert h100.achievable_fraction("fp16") == 0.803  # the same units as bf16
+    assert a100.achievable_fraction("fp8") == 0.869  # no fp8 unit: runs at its 16-bit rate
+    assert acc["l40s"].achievable_fraction("bf16") == DEFAULT_MATMUL_FRACTION
+    assert a100.achievable_fraction("bf16") > h100.achievable_fraction("bf16")
+
+    # with no operand traffic exposed, a GEMM's time is its FLOPs over the achievable rate
+    eff = default_efficiency().with_values(gemm_io_exposed=0.0)
+    lay = TrainLayout(micro_batch=1, global_batch=8, seq_len=2048, dtype="bf16")
+    model = get_model("llama-3-8b")
+    half = dataclasses.replace(h100, matmul_fraction={"bf16": 0.803 / 2})
+    gemm = [
+        estimate_train(model, make_system(chip), lay, eff, check=False).breakdown_s["gemm"]
+        for chip in (h100, half)
+    ]
+    assert gemm[1] == pytest.approx(2 * gemm[0], rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("fraction", "message"),
+    [
+        ({"bf16": 1.2}, "matmul_fraction maps dtypes"),
+        ({"bf17": 0.8}, "matmul_fraction maps dtypes"),
+        (None, "matmul_fraction has no source"),
+    ],
+)
+def test_bad_matmul_fractions_are_refused(fraction: object, message: str) -> None:
+    from suanli.catalog.loader import _accelerator, _read_yaml
+
+    entry = next(e for e in _read_yaml("accelerators.yaml")[1] if e["name"] == "h100-sxm")
+    entry = {**entry, "sources": dict(entry["sources"])}
+    if fraction is None:  # a figure without its citation
+        del entry["sources"]["matmul_fraction"]
+    else:
+        entry["matmul_fraction"] = fraction
+    with pytest.raises(CatalogFileError, match=message):
+        _accelerator(entry, "accelerators.yaml entry (h100-sxm)")

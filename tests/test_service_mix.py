@@ -31,6 +31,10 @@ from suanli.store.models import JobRow, LeaseRow, OrderRow, ServiceRow
 from tests.helpers import replicas_step
 
 CHIPS = ["a10", "a100-80gb"]
+#: a long document's (prompt, output) tokens: with short chats beside it, a load the
+#: cheapest fleet serves with both chips (at 6,000/500 it became all A100s once perf ran
+#: GEMMs at each chip's published achievable rate: the A10's is the table's median)
+DOC = (3000, 300)
 
 
 def _spec(**over: object) -> ServiceSpec:
@@ -110,7 +114,7 @@ def _running_mix(
     traffic = book.traffic_of("mix")
     for i in range(2400):
         traffic.arrived(i / 40)
-    for prompt, output in [(100, 50)] * 800 + [(6000, 500)] * 200:
+    for prompt, output in [(100, 50)] * 800 + [DOC] * 200:
         traffic.sized(59.0, prompt, output)
     return run
 
@@ -152,7 +156,7 @@ def test_a_chip_mix_service_follows_the_optimizer(tmp_path: Path) -> None:
     assert {c for c, n in again.mix.counts.items() if n} == set(CHIPS)
 
     # the router draws a chip per size from the mix's shares
-    for size in ((100, 50), (6000, 500)):
+    for size in ((100, 50), DOC):
         share = traffic.shares[BUCKETS.of(*size)]
         for _ in range(20):
             rep = book.pick("mix", set(), size)
@@ -171,7 +175,7 @@ def test_a_chip_mix_service_follows_the_optimizer(tmp_path: Path) -> None:
     replicas = book.of("mix")
     n_a10 = sum(r.chip == "a10" for r in replicas)
     n_held = int(1.5 * a10_batch * n_a10 / share)
-    assert 0.1 < share < 0.5 and n_held <= sum(r.batches[b] for r in replicas)
+    assert 0.1 < share < 0.9 and n_held <= sum(r.batches[b] for r in replicas)
     held = [book.pick("mix", set(), size) for _ in range(n_held)]
     a10 = [r for r in book.of("mix") if r.chip == "a10"]
     assert a10 and all(r.batches[b] == a10_batch for r in a10)
@@ -202,9 +206,10 @@ def test_a_chip_mix_service_follows_the_optimizer(tmp_path: Path) -> None:
     live = tick(63.0)
     assert len(live) == 2 and {chip_of(j) for j in live} <= set(planned)
 
-    # the mix swaps chips: the new replicas start, the old serve until they are ready
+    # the mix swaps chips (to the one with fewer replicas, none or one of the two): the
+    # new replicas start, the old serve until they are ready
     old = {j.id for j in live}
-    other = next(c for c in CHIPS if c not in {chip_of(j) for j in live})
+    other = min(CHIPS, key=lambda c: sum(chip_of(j) == c for j in live))
     with store.tx() as s:
         row = s.get(ServiceRow, "mix")
         assert row is not None

@@ -116,6 +116,8 @@ def measured_accelerator(
         vendor=base.vendor if base else ("cpu" if is_cpu else "unknown"),
         kind="cpu" if is_cpu else (base.kind if base else "gpu"),
         peak_tflops=peaks,
+        # the peaks above are the best GEMM measured here: the whole of each is reachable
+        matmul_fraction={dt: 1.0 for dt in peaks},
         memory_gb=memory_gb,
         memory_bandwidth_gbs=profile["memory_bandwidth_gbs"] / e.mem_bw_eff,
         memory_type=base.memory_type if base else ("DRAM" if is_cpu else "?"),
@@ -131,6 +133,7 @@ def measured_accelerator(
         k8s_resource=base.k8s_resource if base else "cpu",
         sources={
             "peak_tflops": f"best measured GEMM / gemm_eff_max, {when}",
+            "matmul_fraction": f"1: the peaks are the best GEMM measured, {when}",
             "memory_bandwidth_gbs": f"measured copy bandwidth / mem_bw_eff, {when}",
             "intra_node_link_gbs": f"2 x measured all-reduce bus bandwidth / link_eff, {when}",
             "gemv_bandwidth_gbs": f"measured 8-token bf16 GEMM weight rate / mem_bw_eff, {when}",

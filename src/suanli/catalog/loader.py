@@ -33,6 +33,7 @@ T = TypeVar("T")
 #: Fields that are facts and so need a citation in ``sources``.
 _SOURCED_ACCEL_FIELDS = (
     "peak_tflops",
+    "matmul_fraction",
     "memory_gb",
     "memory_bandwidth_gbs",
     "intra_node_link_gbs",
@@ -123,6 +124,12 @@ def _accelerator(entry: dict[str, Any], where: str) -> Accelerator:
     bad = sorted(set(acc.peak_tflops) - set(DTYPES))
     if bad:
         raise CatalogFileError(f"{where}: unknown dtype(s) in peak_tflops: {bad}")
+    fractions = acc.matmul_fraction or {}
+    if set(fractions) - set(DTYPES) or not all(0 < f <= 1 for f in fractions.values()):
+        raise CatalogFileError(
+            f"{where}: matmul_fraction maps dtypes to the share (0 to 1] of the peak the best "
+            f"GEMM reaches, got {fractions}"
+        )
     if acc.kind not in ("cpu", "gpu", "npu", "fpga", "asic"):
         raise CatalogFileError(f"{where}: kind must be cpu/gpu/npu/fpga/asic")
     for k in acc.disputed:

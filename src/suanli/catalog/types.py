@@ -16,6 +16,13 @@ AcceleratorKind = Literal["cpu", "gpu", "npu", "fpga", "asic"]
 DTYPES: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4")
 
 
+#: A chip's share of its dense peak that the best large GEMM reaches, where none is
+#: published for it: the median of the BF16 table in stas00/ml-engineering,
+#: compute/accelerator/README.md at 744d01e (2026-08): 12 accelerators from 51.4%
+#: (MI300X) to 96.9% (Gaudi 2), median 78.1%
+DEFAULT_MATMUL_FRACTION = 0.781
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Accelerator:
     """One accelerator model (a SKU), as its data sheet describes it.
@@ -59,6 +66,10 @@ class Accelerator:
     gemv_bandwidth_by_k: dict[str, dict[int, float]] | None = None
     layer_overhead_us: float | None = None
     step_overhead_us: float | None = None
+    #: the maximum achievable matmul rate (MAMF: the best of a sweep of large GEMM shapes)
+    #: as a fraction of the dense peak, by dtype, where it was measured and published;
+    #: perf runs GEMMs at a share of this rate, not of the data-sheet peak
+    matmul_fraction: dict[str, float] | None = None
     #: measured only: K/V bytes per second a decode step's attention reads (else the
     #: memory bandwidth: fused decode kernels stream the cache)
     decode_attention_gbs: float | None = None
@@ -125,6 +136,17 @@ class Accelerator:
             if v:
                 return v
         raise KeyError(dtype)
+
+    def achievable_fraction(self, dtype: str) -> float:
+        """The share of ``dtype``'s dense peak the best large GEMM reaches: the published
+        MAMF figure for ``dtype``, else the chip's 16-bit one (fp16 runs on the same
+        units as bf16; an fp8 GEMM without a figure is taken to fare as the 16-bit one),
+        else `DEFAULT_MATMUL_FRACTION`."""
+        by_dtype = self.matmul_fraction or {}
+        for d in (dtype, "bf16", "fp16"):
+            if d in by_dtype:
+                return by_dtype[d]
+        return DEFAULT_MATMUL_FRACTION
 
     def native(self, dtype: str) -> bool:
         """Whether the chip has a hardware rate for ``dtype`` (no upcast)."""

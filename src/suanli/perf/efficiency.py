@@ -25,7 +25,9 @@ import yaml
 class Efficiency:
     """Achievable fractions of peak and fixed costs (see module docstring)."""
 
-    gemm_eff_max: float = 0.80  # fraction of dense peak a large GEMM reaches
+    #: fraction of the chip's achievable GEMM rate (peak x its published `matmul_fraction`,
+    #: the best of a sweep of shapes) that a model's large GEMMs reach
+    gemm_eff_max: float = 0.80
     gemm_io_exposed: float = 0.5  # share of a GEMM's operand traffic not hidden behind math
     attn_eff: float = 0.55  # fraction of peak fused (FlashAttention-style) attention reaches
     mem_bw_eff: float = 0.80  # fraction of HBM/DRAM bandwidth streaming kernels reach

@@ -222,8 +222,9 @@ def _pass_time(
     narrow = weight_dtype in ("int8", "int4") and acc.compute_dtype == "fp32"
     wide = "fp32" if weight_dtype == "fp32" or narrow else "bf16"
     compute_dtype = "fp8" if weight_dtype == "fp8" and acc.native("fp8") else wide
-    peak = acc.peak(compute_dtype) * 1e12
-    peak16 = acc.peak(wide) * 1e12
+    # GEMMs run at a share (gemm_eff_max) of the best rate a GEMM reaches on the chip
+    peak = acc.peak(compute_dtype) * acc.achievable_fraction(compute_dtype) * 1e12
+    peak16 = acc.peak(wide) * acc.achievable_fraction(wide) * 1e12
     act_bytes = BYTES_PER_ELEMENT[wide]
     bw = acc.memory_bandwidth_gbs * GB
     wb = BYTES_PER_ELEMENT[weight_dtype] + QUANT_SCALE_BYTES_PER_WEIGHT.get(weight_dtype, 0.0)

@@ -115,12 +115,12 @@ def gemm_time(
 ) -> float:
     """Seconds for an (m x k) @ (k x n) GEMM of ``flops`` FLOPs.
 
-    Math at ``gemm_eff_max`` of ``peak``, plus the share ``gemm_io_exposed`` of
+    Math at ``gemm_eff_max`` of ``peak`` (the caller's achievable rate: the data-sheet
+    peak times the chip's published best-GEMM fraction), plus the share ``gemm_io_exposed`` of
     moving its operands and result (2 bytes each) at the achieved memory
     bandwidth ``mem_bw`` that is not hidden behind the math. Thin GEMMs and
-    chips with many FLOPs per byte of bandwidth lose more of their peak — the
-    physical reason an H100 reaches a lower fraction of its data-sheet peak
-    than an A100 on the same shapes.
+    chips with many FLOPs per byte of bandwidth lose more of their peak: on the
+    same shapes an H100 falls further below its best GEMM than an A100 does.
 
     ``by_size`` (measured TFLOP/s of square GEMMs by size) replaces both: the
     GEMM runs at the measured rate of the square of the same volume (the cube
@@ -176,8 +176,9 @@ def estimate_train(
     h = a.hidden
     seq = lay.seq_len
     tokens = lay.micro_batch * seq / cp  # tokens per micro-batch per device
-    peak = acc.peak(lay.dtype) * 1e12
-    peak16 = acc.peak("bf16") * 1e12
+    # GEMMs run at a share (gemm_eff_max) of the best rate a GEMM reaches on the chip
+    peak = acc.peak(lay.dtype) * acc.achievable_fraction(lay.dtype) * 1e12
+    peak16 = acc.peak("bf16") * acc.achievable_fraction("bf16") * 1e12
     mem_bw = acc.memory_bandwidth_gbs * GB * e.mem_bw_eff
     curve = (acc.gemm_tflops_by_size or {}).get(lay.dtype)  # measured devices only
     # a measured device's training probes ran in one precision (bf16, or fp32 where bf16
