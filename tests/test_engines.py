@@ -160,6 +160,10 @@ def test_the_command_line_names_the_engine() -> None:
     assert old["engine"] == "tensorrt-llm@0.5" and new["engine"] == "vllm"
     assert old["output_tokens_per_s"] < 0.6 * new["output_tokens_per_s"]
     assert any("default for nvidia" in n for n in new["notes"])
+    assert not any("MAMF" in n for n in new["notes"])  # the H100's rate is published
+    l40s = [a if a != "h100-sxm" else "l40s" for a in args]
+    said = json.loads(suanli(*l40s, "--json").stdout)["notes"]
+    assert any("l40s: no published achievable GEMM rate" in n for n in said)
     bad = suanli(*args, "--engine", "gpt-fast")
     assert bad.returncode == 2 and "gpt-fast has no fp8 weight kernels" in bad.stderr
     listed = json.loads(suanli("catalog", "list", "engines", "--json").stdout)

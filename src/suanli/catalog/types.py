@@ -148,6 +148,15 @@ class Accelerator:
                 return by_dtype[d]
         return DEFAULT_MATMUL_FRACTION
 
+    def achievable_note(self) -> str | None:
+        """What an estimate says where the chip's achievable GEMM rate is not published."""
+        if self.matmul_fraction:
+            return None
+        return (
+            f"{self.name}: no published achievable GEMM rate (MAMF); its GEMMs are costed "
+            f"from {DEFAULT_MATMUL_FRACTION:.1%} of its peak, the median of the chips that have one"
+        )
+
     def native(self, dtype: str) -> bool:
         """Whether the chip has a hardware rate for ``dtype`` (no upcast)."""
         return bool(self.peak_tflops.get(dtype))

@@ -217,9 +217,10 @@ def train_cmd(
     est = estimate_train(arch, system, layout)
     if teacher is not None:
         est = distill(est, layout, teacher, system)
+    notes = [n for n in (acc.achievable_note(),) if n]
     if json_out:
         out = est.to_dict()
-        out.update(model=arch.name, accelerator=acc.name, layout=layout.to_dict())
+        out.update(model=arch.name, accelerator=acc.name, layout=layout.to_dict(), notes=notes)
         out.update(params_b=shape_of(arch).total_params / 1e9)
         if teacher is not None:
             out["distill_from"] = teacher.name
@@ -263,6 +264,8 @@ def train_cmd(
             f"Memory per device (GB) — {verdict} in {fmt(acc.memory_gb)} GB", list(mem.items())
         )
     )
+    for note in notes:
+        console.print(f"note: {note}")
 
 
 def _split_table(title: str, parts: dict[str, float], total: float) -> Table:
@@ -322,7 +325,7 @@ def serve_cmd(
         kv_dtype=kvd,
         engine=eng,
     )
-    notes = [*said, *est.notes]
+    notes = [*said, *est.notes, *(n for n in (acc.achievable_note(),) if n)]
     if json_out:
         out = est.to_dict()
         out.update(
