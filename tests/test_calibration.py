@@ -79,7 +79,7 @@ def test_added_inference_rows_name_their_release_and_kernel() -> None:
     o9 = cases["O9"]  # vLLM's default KV cache beside FP8 weights: the model's bf16
     assert (o9.weight_dtype, o9.kv_dtype, o9.batch) == ("fp8", "bf16", 256)
     # never fitted: the v0.9.0 page's GQA models whose decode kernel it does not state, and
-    # the one chip whose GEMM efficiency the model has no figure for
+    # MI300X in FP8, whose achievable GEMM rate is not published
     unfitted = {(c.source, c.model.name) for c in cases.values() if not c.fitted}
     assert unfitted == {
         ("TensorRT-LLM v0.9.0", "mistral-7b"),

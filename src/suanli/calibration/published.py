@@ -34,7 +34,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from suanli.catalog.loader import get_accelerator, get_model, models
@@ -284,23 +284,14 @@ def palm_flops_per_token(model: ModelArch, seq_len: int) -> float:
 
 
 def _mpt(name: str, f: dict[str, str], seq_len: int) -> ModelArch:
-    h, heads = int(f["h"]), int(f["a"])
-    return ModelArch(
-        name=name,
-        display_name=name,
-        hidden=h,
-        layers=int(f["l"]),
-        heads=heads,
-        kv_heads=heads,
-        head_dim=h // heads,
-        ffn=4 * h,
-        vocab=50368,
-        gated_mlp=False,
+    """An MPT model from its header shape: llm-foundry's MLP of 4 h, its 50,368-token
+    vocabulary and its tied embeddings."""
+    plain = _arch_from_shape(name, {**f, "ffn": str(4 * int(f["h"])), "V": "50368"})
+    return replace(
+        plain,
         tied_embeddings=True,
         max_seq_len=seq_len,
         sources={"hidden": "llm-foundry scripts/train/yamls/pretrain"},
-        attention_bias=False,
-        family="mpt",
     )
 
 
@@ -325,8 +316,6 @@ def load_added_training_cases(directory: Path = DATA_DIR) -> list[TrainingCase]:
             grad_reduce_dtype=row["grad_reduce_dtype"],
             overlap_tp_comm=_OVERLAP_TP[row["stack"]],
         )
-        n = layout.num_devices
-        tokens = layout.global_batch * seq
         if row["tokens_per_s_per_device"]:
             step_s, tflops = _per_token_rate(model, layout, float(row["tokens_per_s_per_device"]))
             convention = "mfu"
@@ -334,7 +323,10 @@ def load_added_training_cases(directory: Path = DATA_DIR) -> list[TrainingCase]:
             if row["flops_convention"] != "palm":
                 raise ValueError(f"unknown flops_convention in row {row['id']}")
             tflops = float(row["tflops_per_device"])
-            step_s = palm_flops_per_token(model, seq) * tokens / (tflops * 1e12 * n)
+            tokens = layout.global_batch * seq
+            step_s = (
+                palm_flops_per_token(model, seq) * tokens / (tflops * 1e12 * layout.num_devices)
+            )
             convention = "palm"
         cases.append(
             TrainingCase(

@@ -148,13 +148,14 @@ class Accelerator:
                 return by_dtype[d]
         return DEFAULT_MATMUL_FRACTION
 
-    def achievable_note(self) -> str | None:
+    def achievable_notes(self) -> tuple[str, ...]:
         """What an estimate says where the chip's achievable GEMM rate is not published."""
         if self.matmul_fraction:
-            return None
+            return ()
         return (
             f"{self.name}: no published achievable GEMM rate (MAMF); its GEMMs are costed "
-            f"from {DEFAULT_MATMUL_FRACTION:.1%} of its peak, the median of the chips that have one"
+            f"from {DEFAULT_MATMUL_FRACTION:.1%} of its peak, the median of the chips that "
+            "have one",
         )
 
     def native(self, dtype: str) -> bool:

@@ -217,7 +217,7 @@ def train_cmd(
     est = estimate_train(arch, system, layout)
     if teacher is not None:
         est = distill(est, layout, teacher, system)
-    notes = [n for n in (acc.achievable_note(),) if n]
+    notes = list(acc.achievable_notes())
     if json_out:
         out = est.to_dict()
         out.update(model=arch.name, accelerator=acc.name, layout=layout.to_dict(), notes=notes)
@@ -325,7 +325,7 @@ def serve_cmd(
         kv_dtype=kvd,
         engine=eng,
     )
-    notes = [*said, *est.notes, *(n for n in (acc.achievable_note(),) if n)]
+    notes = [*said, *est.notes, *acc.achievable_notes()]
     if json_out:
         out = est.to_dict()
         out.update(

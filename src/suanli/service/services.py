@@ -399,9 +399,8 @@ class ServicesController:
     def _period(self, row: ServiceRow, st: _State, traffic: ServiceTraffic, now: float) -> None:
         """A decision is due: the arrival rate of the period that ends (kept in the
         store too where the policy forecasts, for a restarted controller), and the next.
-        The first decision of a new controller comes at once, after no period at all:
-        it measures no rate (one request in its last millisecond would read as 1,000/s,
-        and stay in the forecasts' past for an hour)."""
+        The first decision of a new controller comes at once, after no period at all, and
+        measures no rate (`measures_rate`)."""
         period = st.scaler.period_s
         span = now - st.period_arrivals_from
         if measures_rate(span, period):
