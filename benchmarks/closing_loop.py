@@ -110,21 +110,25 @@ def predict_serve(
     out_len: int,
     wdt: str,
     engine: str = "torch",
-) -> float:
+) -> tuple[float, str]:
+    """Predicted decode tokens/s, and the KV cache precision the prediction took."""
     from suanli.perf import estimate_serve
+    from suanli.perf.engines import get_engine
 
-    system = _system(profile, engine)
+    # as `estimate serve --engine NAME` on this device: the engine's measured figures and
+    # the KV cache its export keeps (fp32); eager PyTorch: the device's own
     est = estimate_serve(
         get_model(model),
-        system,
+        make_system(measured_accelerator(profile)),
         num_devices=1,
         tp=1,
         batch=batch,
         input_len=prompt_len,
         output_len=out_len,
         weight_dtype=wdt,
+        engine=None if engine == "torch" else get_engine(engine),
     )
-    return batch / est.tpot_s
+    return batch / est.tpot_s, est.kv_dtype or wdt
 
 
 def _installed(engine: str) -> bool:
@@ -147,14 +151,20 @@ def _system(profile: dict[str, Any], engine: str) -> Any:
 
 
 def decode_breakdown(
-    model: str, profile: dict[str, Any], batch: int, context: float, wdt: str, engine: str
+    model: str,
+    profile: dict[str, Any],
+    batch: int,
+    context: float,
+    wdt: str,
+    kv: str,
+    engine: str,
 ) -> dict[str, float]:
     """perf's decode step by part, at the mean context, so an error has a place to look."""
     from suanli.perf.serve import decode_parts
 
     sys_ = _system(profile, engine)
     parts = decode_parts(
-        get_model(model), sys_, tp=1, batch=batch, context=context, weight_dtype=wdt
+        get_model(model), sys_, tp=1, batch=batch, context=context, weight_dtype=wdt, kv_dtype=kv
     )
     return {k: round(v, 5) for k, v in parts.items() if v}
 
@@ -299,7 +309,7 @@ def main() -> int:
         cases += [(e, q, w) for e in engines for q, w in (("none", "fp32"), ("int8", "int8"))]
         for engine, quantize, wdt in cases:
             got_tps = serve(args.model, 8, 64, 64, quantize, compute, engine)
-            pred_tps = predict_serve(args.model, profiles[1], 8, 64, 64, wdt, engine)
+            pred_tps, kv = predict_serve(args.model, profiles[1], 8, 64, 64, wdt, engine)
             rows.append(
                 {
                     "case": f"serve_lm decode, batch 8, {wdt} weights"
@@ -312,8 +322,9 @@ def main() -> int:
                     "measured_step_s": round(8 / got_tps, 5),
                     "predicted_step_s": round(8 / pred_tps, 5),
                     "predicted_breakdown_s": decode_breakdown(
-                        args.model, profiles[1], 8, 64 + 32, wdt, engine
+                        args.model, profiles[1], 8, 64 + 32, wdt, kv, engine
                     ),
+                    "kv_dtype": kv,
                 }
             )
             bar.advance(task)

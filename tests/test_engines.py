@@ -188,3 +188,29 @@ def test_the_serving_simulator_runs_replicas_as_the_engine_does() -> None:
     assert old["h100-sxm"].steps.decode_s(32, ctx) > 2 * ideal["h100-sxm"].steps.decode_s(32, ctx)
     with pytest.raises(UsageError, match="--engine vllm runs none of ascend-910b"):
         make_kinds("llama-3.1-8b", [ascend], engine=get_engine("vllm"))
+
+
+def test_int8_weights_keep_the_kv_cache_in_the_precision_the_device_computes_in() -> None:
+    """Beside integer weights the cache is kept in the activations' precision: bf16 on a
+    chip that computes in it, fp32 on a device measured to compute in fp32 (a CPU without
+    bf16 instructions, where serve_lm's cache is fp32), twice the bytes to read."""
+    import dataclasses
+
+    from suanli.perf import make_system
+    from suanli.perf.engines import kv_follows
+
+    chip = get_accelerator("a100-80gb")
+    fp32_device = dataclasses.replace(chip, compute_dtype="fp32")
+    assert kv_follows("int8", chip) == kv_follows("int4", chip) == "bf16"
+    assert kv_follows("int8", fp32_device) == "fp32"
+    assert kv_follows("fp8", fp32_device) == "fp8"  # float weights: their own
+    run = dict(num_devices=1, tp=1, batch=8, input_len=512, output_len=512, weight_dtype="int8")
+    est = {
+        acc.compute_dtype: estimate_serve(model("llama-3-8b"), make_system(acc), **run)  # type: ignore[arg-type]
+        for acc in (chip, fp32_device)
+    }
+    assert est[None].kv_dtype == "bf16" and est["fp32"].kv_dtype == "fp32"
+    assert est["fp32"].kv_cache_gb == pytest.approx(2 * est[None].kv_cache_gb)
+    # and the engine's default follows it: serve_lm keeps fp32 KV there
+    assert get_engine("serve_lm").default_kv("int8", fp32_device) == "fp32"
+    assert get_engine("serve_lm").default_kv("int8", chip) == "bf16"

@@ -98,12 +98,12 @@ class Engine:
         return True if self.profile.gqa_kv_reuse is None else self.profile.gqa_kv_reuse
 
     def default_kv(self, weight_dtype: str, accelerator: Accelerator | None = None) -> str:
-        """The KV cache follows the weights where the engine keeps KV in that precision
-        (fp8 weights, fp8 KV), else bf16, else the engine's first KV precision; on a
-        device measured through it, what serve_lm's export keeps (fp32)."""
+        """The KV cache follows the weights (`kv_follows`) where the engine keeps KV in
+        that precision (fp8 weights, fp8 KV), else bf16, else the engine's first KV
+        precision; on a device measured through it, what serve_lm's export keeps (fp32)."""
         if accelerator is not None and self.measured_on(accelerator):
             return MEASURED_KV_DTYPE
-        follow = weight_dtype if weight_dtype in ("fp32", "fp16", "bf16", "fp8") else "bf16"
+        follow = kv_follows(weight_dtype, accelerator)
         allowed = self.profile.kv_dtypes
         if allowed is None or follow in allowed:
             return follow
@@ -165,6 +165,18 @@ class Engine:
                 "efficiency is fitted to other engines' figures (see `suanli calibrate`)"
             )
         return out
+
+
+def kv_follows(weight_dtype: str, accelerator: Accelerator | None = None) -> str:
+    """The KV precision that goes with ``weight_dtype``: the weights' own where they are
+    floats; beside integer weights, the precision the activations compute in, which is
+    fp32 on a device measured to compute in fp32 (a CPU without bf16 instructions, where
+    serve_lm keeps an fp32 cache) and bf16 elsewhere. Before, int8 weights always meant a
+    bf16 cache, which halved the K/V bytes of int8 decode on such a device."""
+    if weight_dtype in ("fp32", "fp16", "bf16", "fp8"):
+        return weight_dtype
+    fp32 = accelerator is not None and accelerator.compute_dtype == "fp32"
+    return "fp32" if fp32 else "bf16"
 
 
 #: the engines serve_lm runs its ONNX export through, so `suanli calibrate` can measure them

@@ -25,7 +25,7 @@ from suanli.catalog.types import ModelArch
 from suanli.errors import InvalidLayoutError
 from suanli.perf import collectives as coll
 from suanli.perf.efficiency import Efficiency, default_efficiency
-from suanli.perf.engines import Engine, through
+from suanli.perf.engines import Engine, kv_follows, through
 from suanli.perf.shape import ModelShape, shape_of
 from suanli.perf.system import System
 from suanli.perf.train import gemm_time
@@ -375,7 +375,7 @@ def estimate_serve(
         kv_dtype = kv_dtype or engine.default_kv(weight_dtype, system.accelerator)
         gqa_kv_reuse = engine.gqa_kv_reuse()
         notes = tuple(engine.caveats(system.accelerator))
-    kv_dtype = kv_dtype or ("bf16" if weight_dtype in ("int8", "int4") else weight_dtype)
+    kv_dtype = kv_dtype or kv_follows(weight_dtype, system.accelerator)
     check_serve(model, num_devices, tp, weight_dtype, kv_dtype, batch, input_len, output_len)
     e = eff if eff is not None else default_efficiency()
     s = shape_of(model)
