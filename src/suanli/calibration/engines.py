@@ -9,8 +9,8 @@ the figures perf's decode model reads for eager PyTorch, so that
   of as many [8, K] x [K, rows] products as fill twice the last-level cache, as
   `memory.gemv_by_k` does for PyTorch;
 * decode attention, K/V bytes per second, with serve_lm's path around it: the cache
-  gathered into a contiguous array, then the exported `onnx_lm.attend`
-  (Llama-3-8B's geometry, as `attention.decode_attention_gbs`);
+  gathered into a contiguous array, then the exported `onnx_lm.attend` of each layer
+  of it (Llama-3-8B's geometry, as `attention.decode_attention_gbs`);
 * the fixed cost per decoder layer and per step: serve_lm decoding probe models
   too small to cost bytes or FLOPs, with 2 and 6 layers, through the engine
   (`overheads.fixed_costs_us`). The per-step cost holds serve_lm's own work around
@@ -34,6 +34,8 @@ from suanli.calibration.timing import Budget, Plan, sweep, timed, torch_module
 
 K_SIZES = (512, 1024, 4096)
 TOKENS = 8
+#: decoder layers of the attention probe's stacked cache (`_decode_attention_gbs`)
+ATTEND_LAYERS = 2
 
 
 def engine_profile(
@@ -104,35 +106,42 @@ def _gemv_by_k(
 
 def _decode_attention_gbs(engine: Any, plan: Plan, tmp: Path) -> float:
     """K/V bytes per second: serve_lm's gather of the cache, then the engine's
-    `onnx_lm.attend` (one new token per sequence, Llama-3-8B's geometry)."""
+    `onnx_lm.attend` (one new token per sequence, Llama-3-8B's geometry) for each of
+    `ATTEND_LAYERS` layers of one stacked cache, sliced inside the graph as `CachedStep`
+    slices it. The slice is a copy under ONNX Runtime (a Split of the whole cache): one
+    layer fed alone left it out, and the probe read K/V about a fifth faster than the
+    exported model does."""
     from suanli.workloads.onnx_lm import attend, export_module, load_graph
 
     torch = torch_module()
 
     class Attend(torch.nn.Module):  # type: ignore[name-defined,misc]
-        def forward(self, *args: Any) -> Any:
-            return attend(*args)
+        def forward(self, q: Any, k: Any, v: Any, past_k: Any, past_v: Any, mask: Any) -> Any:
+            layers = range(past_k.shape[0])
+            return torch.stack([attend(q, k, v, past_k[i], past_v[i], mask) for i in layers])
 
-    b, kv, group, hd, span = 4, 8, 4, 128, 1024
-    cache_k = torch.randn(1, 2 * b, kv, 2 * span, hd)  # as serve_lm keeps it: slots, max_len
-    cache_v = torch.randn(1, 2 * b, kv, 2 * span, hd)
+    # the bytes a step reads stay those of one layer at 1,024 tokens (2 x 16.8 MB): below
+    # the size where a fresh gather of the whole cache is paged in anew each step
+    b, kv, group, hd, span, nl = 4, 8, 4, 128, 1024 // ATTEND_LAYERS, ATTEND_LAYERS
+    cache_k = torch.randn(nl, 2 * b, kv, 2 * span, hd)  # as serve_lm keeps it: slots, max_len
+    cache_v = torch.randn(nl, 2 * b, kv, 2 * span, hd)
     idx = torch.arange(b)
     feed = {
         "q": torch.randn(b, kv * group, 1, hd).numpy(),
         "k": torch.randn(b, kv, 1, hd).numpy(),
         "v": torch.randn(b, kv, 1, hd).numpy(),
-        "past_k": cache_k[0, :b, :, :span].numpy(),
-        "past_v": cache_v[0, :b, :, :span].numpy(),
+        "past_k": cache_k[:, :b, :, :span].contiguous().numpy(),
+        "past_v": cache_v[:, :b, :, :span].contiguous().numpy(),
         "mask": torch.zeros(b, 1, 1, span + 1).numpy(),
     }
     names = list(feed)
     inputs = tuple(torch.from_numpy(feed[n].copy()) for n in names)
     run = load_graph(engine, export_module(Attend().eval(), inputs, tmp / "attend.onnx", names))
 
-    def step() -> None:
-        feed["past_k"] = cache_k[:, idx, :, :span].contiguous()[0].numpy()
-        feed["past_v"] = cache_v[:, idx, :, :span].contiguous()[0].numpy()
+    def step() -> None:  # serve_lm's gather (`serve_lm.Engine._forward`)
+        feed["past_k"] = cache_k[:, idx, :, :span].contiguous().numpy()
+        feed["past_v"] = cache_v[:, idx, :, :span].contiguous().numpy()
         run(feed)
 
     t = timed(step, lambda: None, plan.min_time_s, Budget(plan.probe_budget_s))
-    return round(2 * b * kv * span * hd * 4 / t / 1e9, 2)
+    return round(2 * nl * b * kv * span * hd * 4 / t / 1e9, 2)
