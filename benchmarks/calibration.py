@@ -71,6 +71,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "overlap_eff": (0.0, 1.0),
     "tp_overlap_eff": (0.0, 1.0),
     "layer_overhead_us": (0.0, 200.0),
+    "tp_launch_us": (0.0, 100.0),
     "wq_bw_eff": (0.3, 1.0),
 }
 

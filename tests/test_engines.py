@@ -214,3 +214,29 @@ def test_int8_weights_keep_the_kv_cache_in_the_precision_the_device_computes_in(
     # and the engine's default follows it: serve_lm keeps fp32 KV there
     assert get_engine("serve_lm").default_kv("int8", fp32_device) == "fp32"
     assert get_engine("serve_lm").default_kv("int8", chip) == "bf16"
+
+
+def test_a_captured_decode_step_launches_no_all_reduce_from_the_host() -> None:
+    """gpt-fast replays decode as a CUDA graph: its tensor-parallel all-reduces cost no
+    host launch each (`Efficiency.tp_launch_us`), as LMDeploy's do; on one device there
+    is none to launch, and the two predict alike."""
+    from suanli.perf import default_efficiency
+    from suanli.perf.serve import decode_parts
+
+    assert get_engine("gpt-fast").graph_capture() and not get_engine("lmdeploy").graph_capture()
+    assert not get_engine("tensorrt-llm@0.5").graph_capture()  # not stated: launched one by one
+    a100, llama = system("a100-80gb"), model("llama-2-70b")
+    run = dict(batch=1, context=200.0, weight_dtype="bf16")
+    e = default_efficiency()
+    for tp in (1, 4):
+        eager = decode_parts(llama, a100, tp=tp, graph_capture=False, **run)  # type: ignore[arg-type]
+        graph = decode_parts(llama, a100, tp=tp, graph_capture=True, **run)  # type: ignore[arg-type]
+        launches = 0 if tp == 1 else 2 * llama.layers
+        assert eager["tp_comm"] - graph["tp_comm"] == pytest.approx(
+            launches * e.tp_launch_us * 1e-6
+        )
+    # and an estimate through the engine takes its capture from the engine's profile
+    one = {**RUN, "num_devices": 4, "tp": 4, "batch": 1, "weight_dtype": "bf16"}
+    via = estimate_serve(llama, a100, engine=get_engine("gpt-fast"), **one)  # type: ignore[arg-type]
+    direct = estimate_serve(llama, a100, gqa_kv_reuse=False, graph_capture=True, **one)  # type: ignore[arg-type]
+    assert via.tpot_s == pytest.approx(direct.tpot_s)

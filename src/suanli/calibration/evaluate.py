@@ -31,6 +31,7 @@ def predict(case: Case, eff: Efficiency) -> float:
         weight_dtype=case.weight_dtype,
         kv_dtype=case.kv_dtype,
         gqa_kv_reuse=case.gqa_kv_reuse,
+        graph_capture=case.graph_capture,
         eff=eff,
     )
     return serve.output_tokens_per_s

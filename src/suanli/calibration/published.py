@@ -92,6 +92,7 @@ class InferenceCase:
     source: str
     kv_dtype: str
     gqa_kv_reuse: bool
+    graph_capture: bool
     engine: str  # NAME@VERSION (``suanli.perf.engines``): what it could do decides the two above
     #: False where the model lacks what the row ran on (its decode attention kernel, not
     #: stated; its chip's achieved GEMM rate): predicted and reported, never fitted
@@ -428,6 +429,7 @@ def _inference_case(
         source=source,
         kv_dtype=kv_dtype or engine.default_kv(row["weight_dtype"]),
         gqa_kv_reuse=engine.gqa_kv_reuse(),
+        graph_capture=engine.graph_capture(),
         engine=engine.label,
         fitted=fitted,
     )

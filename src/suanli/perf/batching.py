@@ -51,10 +51,12 @@ class StepTime:
         kv_dtype: str = "bf16",
         eff: Efficiency | None = None,
         gqa_kv_reuse: bool = True,
+        graph_capture: bool = False,
     ) -> None:
         self.model, self.system, self.tp = model, system, tp
         self.weight_dtype, self.kv_dtype = weight_dtype, kv_dtype
-        self.gqa_kv_reuse = gqa_kv_reuse  # as the engine decodes (`suanli.perf.engines`)
+        # as the engine decodes (`suanli.perf.engines`)
+        self.gqa_kv_reuse, self.graph_capture = gqa_kv_reuse, graph_capture
         self.eff = eff if eff is not None else default_efficiency()
         probe = decode_parts(
             model,
@@ -66,6 +68,7 @@ class StepTime:
             kv_dtype=kv_dtype,
             gqa_kv_reuse=gqa_kv_reuse,
             eff=self.eff,
+            graph_capture=graph_capture,
         )
         self.attn_s_per_token = probe["attention"] / PROBE_CONTEXT
         self._decode = lru_cache(maxsize=None)(self._decode_uncached)
@@ -103,6 +106,7 @@ class StepTime:
             kv_dtype=self.kv_dtype,
             gqa_kv_reuse=self.gqa_kv_reuse,
             eff=self.eff,
+            graph_capture=self.graph_capture,
         )
         return sum(p.values()), p["weights_gemm"], p["layer_overhead"] + p["step_overhead"]
 

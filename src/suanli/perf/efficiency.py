@@ -40,6 +40,10 @@ class Efficiency:
     overlap_eff: float = 0.80  # fraction of DP/ZeRO communication hidden behind compute
     tp_overlap_eff: float = 0.80  # fraction of TP collectives hidden when pipelined with GEMMs
     layer_overhead_us: float = 20.0  # fixed cost per layer per forward pass
+    #: host cost of launching one tensor-parallel collective in a decode step an engine
+    #: launches kernel by kernel; a step replayed as a captured graph (CUDA graphs:
+    #: gpt-fast, vLLM, SGLang) launches none of them one by one
+    tp_launch_us: float = 10.0
     wq_bw_eff: float = 0.80  # weight-only int8/int4 kernels: bandwidth relative to bf16 ones
     workspace_gb: float = 2.0  # allocator slack, library workspaces, communication buffers
 
@@ -61,6 +65,7 @@ FITTED: tuple[str, ...] = (
     "overlap_eff",
     "tp_overlap_eff",
     "layer_overhead_us",
+    "tp_launch_us",
     "wq_bw_eff",
 )
 

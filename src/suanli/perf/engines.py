@@ -97,6 +97,10 @@ class Engine:
         """As stated, or the idealised engine's (reuse) where no source states it."""
         return True if self.profile.gqa_kv_reuse is None else self.profile.gqa_kv_reuse
 
+    def graph_capture(self) -> bool:
+        """As stated, or not (each kernel launched on its own) where no source states it."""
+        return bool(self.profile.graph_capture)
+
     def default_kv(self, weight_dtype: str, accelerator: Accelerator | None = None) -> str:
         """The KV cache follows the weights (`kv_follows`) where the engine keeps KV in
         that precision (fp8 weights, fp8 KV), else bf16, else the engine's first KV

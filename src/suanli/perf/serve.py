@@ -207,6 +207,7 @@ def _pass_time(
     attn_flops: float,
     lm_head_tokens: float,
     layer_frac: float = 1.0,
+    graph_capture: bool = False,
 ) -> dict[str, float]:
     """Seconds of one forward pass over ``tokens`` tokens, by part.
 
@@ -265,6 +266,8 @@ def _pass_time(
     layers = a.layers * layer_frac
     t_elem = layers * tokens * (10 * h / tp + 3 * a.ffn / tp) * act_bytes / bw_a
     ar = coll.all_reduce_s(tokens * h * act_bytes, tp, min(tp, system.devices_per_node), system, e)
+    if tp > 1 and not graph_capture:  # each all-reduce launched from the host on its own
+        ar += e.tp_launch_us * 1e-6
     t_tp = layers * 2 * ar
     # the output projection stays in 16 bits whatever the layers' weight dtype (quantized
     # checkpoints keep it so): it streams at the 16-bit weight rate in every case
@@ -329,6 +332,7 @@ def decode_parts(
     eff: Efficiency | None = None,
     layer_frac: float = 1.0,
     with_head: bool = True,
+    graph_capture: bool = False,
 ) -> dict[str, float]:
     """Seconds, by part, of one decode step for ``batch`` sequences at ``context`` tokens.
 
@@ -345,7 +349,9 @@ def decode_parts(
     attn = model.layers * 2 * batch * context * (s.q_dim + s.v_dim)
     head = batch if with_head else 0
     kv_read = batch * context * kv_tok * kv_reads
-    return _pass_time(s, system, e, tp, weight_dtype, batch, kv_read, attn, head, layer_frac)
+    return _pass_time(
+        s, system, e, tp, weight_dtype, batch, kv_read, attn, head, layer_frac, graph_capture
+    )
 
 
 def estimate_serve(
@@ -362,6 +368,7 @@ def estimate_serve(
     gqa_kv_reuse: bool = True,
     eff: Efficiency | None = None,
     engine: Engine | None = None,
+    graph_capture: bool = False,
 ) -> ServeEstimate:
     """Estimate a static batch on ``num_devices / tp`` replicas (see `decode_parts`).
 
@@ -374,6 +381,7 @@ def estimate_serve(
         engine.check(system.accelerator, weight_dtype, kv_dtype)
         kv_dtype = kv_dtype or engine.default_kv(weight_dtype, system.accelerator)
         gqa_kv_reuse = engine.gqa_kv_reuse()
+        graph_capture = engine.graph_capture()
         notes = tuple(engine.caveats(system.accelerator))
     kv_dtype = kv_dtype or kv_follows(weight_dtype, system.accelerator)
     check_serve(model, num_devices, tp, weight_dtype, kv_dtype, batch, input_len, output_len)
@@ -397,6 +405,7 @@ def estimate_serve(
         kv_dtype=kv_dtype,
         gqa_kv_reuse=gqa_kv_reuse,
         eff=e,
+        graph_capture=graph_capture,
     )
     tpot = sum(dec.values())
 

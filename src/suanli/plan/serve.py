@@ -149,6 +149,7 @@ def _engine_configs(
     if engine is not None and not engine.runs_on(entry.system.accelerator):
         return []
     gqa = engine.gqa_kv_reuse() if engine is not None else True
+    graph = engine.graph_capture() if engine is not None else False
     label = engine.label if engine is not None else None
     for wd, kvd in formats:
         for tp in divisors(dpn):
@@ -185,6 +186,7 @@ def _engine_configs(
                         kv_dtype=kvd,
                         gqa_kv_reuse=gqa,
                         eff=e,
+                        graph_capture=graph,
                     ).values()
                 )
                 for b in xs
