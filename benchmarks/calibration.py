@@ -72,6 +72,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "tp_overlap_eff": (0.0, 1.0),
     "layer_overhead_us": (0.0, 200.0),
     "tp_launch_us": (0.0, 100.0),
+    "sched_step_us": (0.0, 5000.0),
     "wq_bw_eff": (0.3, 1.0),
 }
 

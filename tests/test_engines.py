@@ -87,7 +87,8 @@ def test_each_chip_gets_its_users_engine_or_says_it_has_none() -> None:
     assert eng is not None and eng.label == "openvino"
     eng, said = for_estimate(None, get_accelerator("h100-sxm"), "fp32", None)
     assert eng is None and "vllm has no fp32 weight kernels" in said[0]
-    # the default engines change no number the idealised engine gave
+    # the default engines change no number the idealised engine gave, but for what their
+    # profiles state (vLLM: a captured graph, the host scheduling each step)
     llama = model("llama-3.1-8b")
     one = {**RUN, "num_devices": 1, "tp": 1}
     for chip, wd in (("h100-sxm", "fp8"), ("mi300x", "bf16"), ("ascend-910b", "int8"),
@@ -96,7 +97,17 @@ def test_each_chip_gets_its_users_engine_or_says_it_has_none() -> None:
         eng, _ = for_estimate(None, acc, wd, None)
         with_engine = estimate_serve(llama, system(chip), weight_dtype=wd, engine=eng, **one)
         without = estimate_serve(llama, system(chip), weight_dtype=wd, **one)
-        assert with_engine.output_tokens_per_s == pytest.approx(without.output_tokens_per_s)
+        stated = estimate_serve(
+            llama,
+            system(chip),
+            weight_dtype=wd,
+            graph_capture=eng is not None and eng.graph_capture(),
+            host_scheduling=eng is not None and eng.host_scheduling(),
+            **one,
+        )
+        assert with_engine.output_tokens_per_s == pytest.approx(stated.output_tokens_per_s)
+        hosted = eng is not None and eng.host_scheduling()
+        assert (with_engine.tpot_s > without.tpot_s) == hosted, chip
         assert with_engine.kv_dtype == without.kv_dtype, chip
     one = {**RUN, "num_devices": 1, "tp": 1}
     ascend = system("ascend-910b")
@@ -239,4 +250,30 @@ def test_a_captured_decode_step_launches_no_all_reduce_from_the_host() -> None:
     one = {**RUN, "num_devices": 4, "tp": 4, "batch": 1, "weight_dtype": "bf16"}
     via = estimate_serve(llama, a100, engine=get_engine("gpt-fast"), **one)  # type: ignore[arg-type]
     direct = estimate_serve(llama, a100, gqa_kv_reuse=False, graph_capture=True, **one)  # type: ignore[arg-type]
+    assert via.tpot_s == pytest.approx(direct.tpot_s)
+
+
+def test_an_engine_that_schedules_each_step_on_the_host_waits_for_it_every_step() -> None:
+    """vLLM's engine schedules every decode step on the host while the GPU waits
+    (`Efficiency.sched_step_us`, engines.yaml host_scheduling); an engine that states
+    no such thing pays none, at any batch."""
+    from suanli.perf import default_efficiency
+    from suanli.perf.serve import decode_parts
+
+    assert get_engine("vllm").host_scheduling() and get_engine("vllm@0.2").host_scheduling()
+    assert not get_engine("gpt-fast").host_scheduling()
+    h100, llama = system("h100-sxm"), model("llama-3-8b")
+    e = default_efficiency()
+    for batch in (1, 64):
+        run = dict(tp=1, batch=batch, context=512.0, weight_dtype="bf16")
+        plain = decode_parts(llama, h100, **run)  # type: ignore[arg-type]
+        hosted = decode_parts(llama, h100, host_scheduling=True, **run)  # type: ignore[arg-type]
+        assert hosted["step_overhead"] - plain["step_overhead"] == pytest.approx(
+            e.sched_step_us * 1e-6
+        )
+    one = {**RUN, "num_devices": 1, "tp": 1}
+    via = estimate_serve(llama, h100, engine=get_engine("vllm"), **one)  # type: ignore[arg-type]
+    direct = estimate_serve(
+        llama, h100, gqa_kv_reuse=True, graph_capture=True, host_scheduling=True, **one
+    )  # type: ignore[arg-type]
     assert via.tpot_s == pytest.approx(direct.tpot_s)

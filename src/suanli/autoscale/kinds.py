@@ -82,6 +82,7 @@ def make_kinds(
             kv_dtype=kv,
             gqa_kv_reuse=engine.gqa_kv_reuse() if engine is not None else True,
             graph_capture=engine.graph_capture() if engine is not None else False,
+            host_scheduling=engine.host_scheduling() if engine is not None else False,
         )
         if steps.kv_capacity_tokens() <= 0:
             continue  # the weights alone do not fit: not a kind this model can use

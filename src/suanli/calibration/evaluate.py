@@ -32,6 +32,7 @@ def predict(case: Case, eff: Efficiency) -> float:
         kv_dtype=case.kv_dtype,
         gqa_kv_reuse=case.gqa_kv_reuse,
         graph_capture=case.graph_capture,
+        host_scheduling=case.host_scheduling,
         eff=eff,
     )
     return serve.output_tokens_per_s

@@ -93,6 +93,7 @@ class InferenceCase:
     kv_dtype: str
     gqa_kv_reuse: bool
     graph_capture: bool
+    host_scheduling: bool
     engine: str  # NAME@VERSION (``suanli.perf.engines``): what it could do decides the two above
     #: False where the model lacks what the row ran on (its decode attention kernel, not
     #: stated; its chip's achieved GEMM rate): predicted and reported, never fitted
@@ -430,6 +431,7 @@ def _inference_case(
         kv_dtype=kv_dtype or engine.default_kv(row["weight_dtype"]),
         gqa_kv_reuse=engine.gqa_kv_reuse(),
         graph_capture=engine.graph_capture(),
+        host_scheduling=engine.host_scheduling(),
         engine=engine.label,
         fitted=fitted,
     )

@@ -52,11 +52,13 @@ class StepTime:
         eff: Efficiency | None = None,
         gqa_kv_reuse: bool = True,
         graph_capture: bool = False,
+        host_scheduling: bool = False,
     ) -> None:
         self.model, self.system, self.tp = model, system, tp
         self.weight_dtype, self.kv_dtype = weight_dtype, kv_dtype
         # as the engine decodes (`suanli.perf.engines`)
         self.gqa_kv_reuse, self.graph_capture = gqa_kv_reuse, graph_capture
+        self.host_scheduling = host_scheduling
         self.eff = eff if eff is not None else default_efficiency()
         probe = decode_parts(
             model,
@@ -69,6 +71,7 @@ class StepTime:
             gqa_kv_reuse=gqa_kv_reuse,
             eff=self.eff,
             graph_capture=graph_capture,
+            host_scheduling=host_scheduling,
         )
         self.attn_s_per_token = probe["attention"] / PROBE_CONTEXT
         self._decode = lru_cache(maxsize=None)(self._decode_uncached)
@@ -107,6 +110,7 @@ class StepTime:
             gqa_kv_reuse=self.gqa_kv_reuse,
             eff=self.eff,
             graph_capture=self.graph_capture,
+            host_scheduling=self.host_scheduling,
         )
         return sum(p.values()), p["weights_gemm"], p["layer_overhead"] + p["step_overhead"]
 

@@ -44,6 +44,9 @@ class Efficiency:
     #: launches kernel by kernel; a step replayed as a captured graph (CUDA graphs:
     #: gpt-fast, vLLM, SGLang) launches none of them one by one
     tp_launch_us: float = 10.0
+    #: host time a decode step waits for an engine that schedules each step on the host
+    #: (`engines.yaml` host_scheduling: vLLM's V0 engine)
+    sched_step_us: float = 500.0
     wq_bw_eff: float = 0.80  # weight-only int8/int4 kernels: bandwidth relative to bf16 ones
     workspace_gb: float = 2.0  # allocator slack, library workspaces, communication buffers
 
@@ -66,6 +69,7 @@ FITTED: tuple[str, ...] = (
     "tp_overlap_eff",
     "layer_overhead_us",
     "tp_launch_us",
+    "sched_step_us",
     "wq_bw_eff",
 )
 

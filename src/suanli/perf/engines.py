@@ -44,6 +44,7 @@ class Profile(BaseModel):
     paged_kv_block: int | None = None
     chunked_prefill: bool | None = None
     graph_capture: bool | None = None
+    host_scheduling: bool | None = None
     published: tuple[str, ...] = ()
     source: str
 
@@ -100,6 +101,11 @@ class Engine:
     def graph_capture(self) -> bool:
         """As stated, or not (each kernel launched on its own) where no source states it."""
         return bool(self.profile.graph_capture)
+
+    def host_scheduling(self) -> bool:
+        """Whether, as stated, the host schedules each decode step while the device waits;
+        not stated: it does not (the idealised engine)."""
+        return bool(self.profile.host_scheduling)
 
     def default_kv(self, weight_dtype: str, accelerator: Accelerator | None = None) -> str:
         """The KV cache follows the weights (`kv_follows`) where the engine keeps KV in

@@ -208,6 +208,7 @@ def _pass_time(
     lm_head_tokens: float,
     layer_frac: float = 1.0,
     graph_capture: bool = False,
+    host_scheduling: bool = False,
 ) -> dict[str, float]:
     """Seconds of one forward pass over ``tokens`` tokens, by part.
 
@@ -292,7 +293,8 @@ def _pass_time(
         "tp_comm": t_tp,
         "lm_head": t_head,
         "layer_overhead": t_over,
-        "step_overhead": (acc.step_overhead_us or 0.0) * 1e-6,
+        "step_overhead": (acc.step_overhead_us or 0.0) * 1e-6
+        + (e.sched_step_us * 1e-6 if host_scheduling else 0.0),
     }
 
 
@@ -333,6 +335,7 @@ def decode_parts(
     layer_frac: float = 1.0,
     with_head: bool = True,
     graph_capture: bool = False,
+    host_scheduling: bool = False,
 ) -> dict[str, float]:
     """Seconds, by part, of one decode step for ``batch`` sequences at ``context`` tokens.
 
@@ -350,7 +353,18 @@ def decode_parts(
     head = batch if with_head else 0
     kv_read = batch * context * kv_tok * kv_reads
     return _pass_time(
-        s, system, e, tp, weight_dtype, batch, kv_read, attn, head, layer_frac, graph_capture
+        s,
+        system,
+        e,
+        tp,
+        weight_dtype,
+        batch,
+        kv_read,
+        attn,
+        head,
+        layer_frac,
+        graph_capture,
+        host_scheduling,
     )
 
 
@@ -369,6 +383,7 @@ def estimate_serve(
     eff: Efficiency | None = None,
     engine: Engine | None = None,
     graph_capture: bool = False,
+    host_scheduling: bool = False,
 ) -> ServeEstimate:
     """Estimate a static batch on ``num_devices / tp`` replicas (see `decode_parts`).
 
@@ -382,6 +397,7 @@ def estimate_serve(
         kv_dtype = kv_dtype or engine.default_kv(weight_dtype, system.accelerator)
         gqa_kv_reuse = engine.gqa_kv_reuse()
         graph_capture = engine.graph_capture()
+        host_scheduling = engine.host_scheduling()
         notes = tuple(engine.caveats(system.accelerator))
     kv_dtype = kv_dtype or kv_follows(weight_dtype, system.accelerator)
     check_serve(model, num_devices, tp, weight_dtype, kv_dtype, batch, input_len, output_len)
@@ -406,6 +422,7 @@ def estimate_serve(
         gqa_kv_reuse=gqa_kv_reuse,
         eff=e,
         graph_capture=graph_capture,
+        host_scheduling=host_scheduling,
     )
     tpot = sum(dec.values())
 

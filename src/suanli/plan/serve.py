@@ -150,6 +150,7 @@ def _engine_configs(
         return []
     gqa = engine.gqa_kv_reuse() if engine is not None else True
     graph = engine.graph_capture() if engine is not None else False
+    host = engine.host_scheduling() if engine is not None else False
     label = engine.label if engine is not None else None
     for wd, kvd in formats:
         for tp in divisors(dpn):
@@ -187,6 +188,7 @@ def _engine_configs(
                         gqa_kv_reuse=gqa,
                         eff=e,
                         graph_capture=graph,
+                        host_scheduling=host,
                     ).values()
                 )
                 for b in xs
