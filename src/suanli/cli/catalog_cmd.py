@@ -105,7 +105,8 @@ def _network_table() -> Table:
 def _engine_table() -> Table:
     """Each engine version's capabilities; "?" where no source states one."""
     t = Table(title="Serving engines (estimate serve / plan serve --engine NAME\\[@VERSION])")
-    for col in ("engine", "since", "vendors", "GQA reuse", "weights", "KV", "published on"):
+    cols = ("engine", "since", "vendors", "GQA reuse", "graphs", "host sched.", "weights", "KV")
+    for col in (*cols, "published on"):
         t.add_column(col)
 
     def said(v: Any) -> str:
@@ -122,6 +123,8 @@ def _engine_table() -> Table:
                 p.since,
                 ", ".join(e.vendors),
                 said(p.gqa_kv_reuse),
+                said(p.graph_capture),
+                said(p.host_scheduling),
                 said(p.weight_dtypes),
                 said(p.kv_dtypes),
                 said(p.published) if p.published else "-",
