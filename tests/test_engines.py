@@ -277,3 +277,20 @@ def test_an_engine_that_schedules_each_step_on_the_host_waits_for_it_every_step(
         llama, h100, gqa_kv_reuse=True, graph_capture=True, host_scheduling=True, **one
     )  # type: ignore[arg-type]
     assert via.tpot_s == pytest.approx(direct.tpot_s)
+
+
+def test_an_estimate_says_when_no_source_states_the_graph_capture_it_needs() -> None:
+    """TensorRT-LLM's profiles do not say whether decode is a captured graph: at TP > 1
+    the estimate says it costs each all-reduce's launch; on one device nothing is said."""
+    llama = model("llama-2-70b")
+    h100 = system("h100-sxm")
+    for tp, said in ((4, True), (1, False)):
+        run = {**RUN, "num_devices": tp, "tp": tp, "weight_dtype": "fp8"}
+        if tp == 1:
+            run["batch"] = 1
+        est = estimate_serve(llama, h100, engine=get_engine("tensorrt-llm"), **run)  # type: ignore[arg-type]
+        assert any("captured graph" in n for n in est.notes) == said, est.notes
+    fast = estimate_serve(
+        llama, h100, engine=get_engine("gpt-fast"), **{**RUN, "weight_dtype": "bf16"}
+    )  # type: ignore[arg-type]
+    assert not any("captured graph" in n for n in fast.notes)

@@ -156,13 +156,19 @@ class Engine:
                 f"(it keeps {', '.join(p.kv_dtypes)}); pick one with --kv-dtype"
             )
 
-    def caveats(self, accelerator: Accelerator) -> list[str]:
-        """What the estimate cannot take from this engine's profile, in words."""
+    def caveats(self, accelerator: Accelerator, tp: int = 1) -> list[str]:
+        """What the estimate cannot take from this engine's profile, in words (``tp``:
+        the tensor parallelism, where the graph capture matters)."""
         out = []
         if self.profile.gqa_kv_reuse is None:
             out.append(
                 f"{self.label}: no source states whether its decode reads a KV head once per "
                 "group; assumed it does (the idealised engine)"
+            )
+        if self.profile.graph_capture is None and tp > 1:
+            out.append(
+                f"{self.label}: no source states whether it replays decode as a captured "
+                "graph; its tensor-parallel all-reduces are costed as launched one by one"
             )
         if self.measured_on(accelerator):
             out.append(

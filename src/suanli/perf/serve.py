@@ -398,7 +398,7 @@ def estimate_serve(
         gqa_kv_reuse = engine.gqa_kv_reuse()
         graph_capture = engine.graph_capture()
         host_scheduling = engine.host_scheduling()
-        notes = tuple(engine.caveats(system.accelerator))
+        notes = tuple(engine.caveats(system.accelerator, tp))
     kv_dtype = kv_dtype or kv_follows(weight_dtype, system.accelerator)
     check_serve(model, num_devices, tp, weight_dtype, kv_dtype, batch, input_len, output_len)
     e = eff if eff is not None else default_efficiency()
