@@ -1,13 +1,15 @@
 """The perf model's few global efficiency parameters.
 
 They say how much of a data-sheet peak real software reaches: a large GEMM's
-fraction of peak, fused attention's, memory bandwidth's, link and NIC
-bandwidth's, how much of the overlappable communication is really hidden, a
-fixed cost per layer per pass (kernel launches, framework bookkeeping), and the
-lower bandwidth that weight-only quantized kernels (int8/int4) reach. They are global — one
-value for every chip, model and layout — and are fitted by
-``benchmarks/calibration.py --save`` on ``../shared/calibration``; the fitted
-values live in ``perf/data/efficiency.yaml`` with the fit's error beside them.
+fraction of peak, fused attention's, memory bandwidth's, link and NIC bandwidth's,
+how much of the overlappable communication is really hidden, a fixed cost per layer
+per pass (kernel launches, framework bookkeeping), the host's costs in a decode step
+as the serving engine states them (a launch per tensor-parallel all-reduce where the
+step is not a captured graph, a scheduling pass per step), and the lower bandwidth
+that weight-only quantized kernels (int8/int4) reach. They are global — one value for
+every chip, model and layout — and are fitted by ``benchmarks/calibration.py --save``
+on ``../shared/calibration``; the fitted values live in ``perf/data/efficiency.yaml``
+with the fit's error beside them.
 """
 
 from __future__ import annotations

@@ -187,8 +187,8 @@ def kv_follows(weight_dtype: str, accelerator: Accelerator | None = None) -> str
     """The KV precision that goes with ``weight_dtype``: the weights' own where they are
     floats; beside integer weights, the precision the activations compute in, which is
     fp32 on a device measured to compute in fp32 (a CPU without bf16 instructions, where
-    serve_lm keeps an fp32 cache) and bf16 elsewhere. Before, int8 weights always meant a
-    bf16 cache, which halved the K/V bytes of int8 decode on such a device."""
+    serve_lm keeps an fp32 cache) and bf16 elsewhere: a bf16 cache there would count half
+    the K/V bytes its int8 decode reads."""
     if weight_dtype in ("fp32", "fp16", "bf16", "fp8"):
         return weight_dtype
     fp32 = accelerator is not None and accelerator.compute_dtype == "fp32"
