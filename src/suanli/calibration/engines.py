@@ -30,7 +30,7 @@ from typing import Any, cast
 
 from suanli.calibration.memory import decode_rows, sweep_bytes
 from suanli.calibration.overheads import fixed_costs_us
-from suanli.calibration.timing import Budget, Plan, sweep, timed, torch_module
+from suanli.calibration.timing import Budget, Plan, steady, sweep, timed, torch_module
 
 K_SIZES = (512, 1024, 4096)
 TOKENS = 8
@@ -143,5 +143,5 @@ def _decode_attention_gbs(engine: Any, plan: Plan, tmp: Path) -> float:
         feed["past_v"] = cache_v[:, idx, :, :span].contiguous().numpy()
         run(feed)
 
-    t = timed(step, lambda: None, plan.min_time_s, Budget(plan.probe_budget_s))
+    t = steady(step, lambda: None, plan.min_time_s)
     return round(2 * nl * b * kv * span * hd * 4 / t / 1e9, 2)

@@ -8,6 +8,7 @@ gives a profile in bounded time instead of a sweep that never ends.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -95,6 +96,19 @@ def timed(
         elapsed = time.perf_counter() - start
         if elapsed >= min_time_s or (budget is not None and budget.left_s() <= 0):
             return elapsed / n
+
+
+def steady(
+    fn: Callable[[], object],
+    sync: Callable[[], None],
+    min_time_s: float,
+    windows: int = 3,
+) -> float:
+    """Seconds per call: the median of ``windows`` runs of `timed`. A shared machine
+    stalls one window now and then (memory reclaimed while it sat cold, a neighbour's
+    burst): OpenVINO's decode-attention probe read 2.5-2.9 GB/s in three windows of four
+    and 0.15-0.22 in the fourth, which one window alone would have recorded."""
+    return statistics.median(timed(fn, sync, min_time_s) for _ in range(windows))
 
 
 def sync_for(torch: Any, device: str) -> Callable[[], None]:
