@@ -106,8 +106,8 @@ def steady(
 ) -> float:
     """Seconds per call: the median of ``windows`` runs of `timed`. A shared machine
     stalls one window now and then (memory reclaimed while it sat cold, a neighbour's
-    burst): OpenVINO's decode-attention probe read 2.5-2.9 GB/s in three windows of four
-    and 0.15-0.22 in the fourth, which one window alone would have recorded."""
+    burst): run four times in one process, OpenVINO's decode-attention probe read
+    2.1-2.9 GB/s three times and 0.15-0.22 GB/s once, which one window alone records."""
     return statistics.median(timed(fn, sync, min_time_s) for _ in range(windows))
 
 
