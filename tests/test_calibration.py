@@ -66,9 +66,11 @@ def test_added_inference_rows_name_their_release_and_kernel() -> None:
     assert len(cases) == 158
     n41 = cases["N41"]  # Llama-2-70B, 2 H100, 3,214 tok/s/GPU on the v0.9.0 page
     assert n41.measured_output_tokens_per_s == pytest.approx(2 * 3214)
-    assert n41.engine == "tensorrt-llm@0.9.0" and n41.gqa_kv_reuse and n41.kv_dtype == "fp8"
+    assert (
+        n41.engine == "tensorrt-llm@0.9.0" and n41.decoding.gqa_kv_reuse and n41.kv_dtype == "fp8"
+    )
     s12 = cases["S12"]  # the same layout on v0.6.1, before the XQA kernel
-    assert not s12.gqa_kv_reuse and s12.source == "TensorRT-LLM v0.6.1"
+    assert not s12.decoding.gqa_kv_reuse and s12.source == "TensorRT-LLM v0.6.1"
     assert cases["S17"].kv_dtype == "fp16" and cases["L1"].system.accelerator.name == "l40s"
     v2 = cases["V2"]  # Llama-3-8B on one A100: 8 x 128 tokens in 1.57927 s
     assert v2.measured_output_tokens_per_s == pytest.approx(8 * 128 / 1.57927)

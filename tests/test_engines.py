@@ -10,7 +10,14 @@ import pytest
 
 from suanli.catalog.loader import get_accelerator
 from suanli.perf import estimate_serve
-from suanli.perf.engines import EngineError, engines, for_estimate, get_engine
+from suanli.perf.engines import (
+    Decoding,
+    EngineError,
+    decoding_of,
+    engines,
+    for_estimate,
+    get_engine,
+)
 from suanli.plan.pool import pool_from_accelerators
 from suanli.plan.serve import ServeRequest, plan_serve
 from tests.conftest import model, system
@@ -21,8 +28,12 @@ RUN = {"num_devices": 4, "tp": 4, "batch": 64, "input_len": 2048, "output_len": 
 
 def test_a_version_picks_the_profile_in_force_then() -> None:
     old, new = get_engine("tensorrt-llm@0.5"), get_engine("tensorrt-llm")
-    assert (old.profile.since, old.gqa_kv_reuse()) == ("0.5", False)
-    assert (new.profile.since, new.gqa_kv_reuse(), new.label) == ("0.7", True, "tensorrt-llm")
+    assert (old.profile.since, old.decoding().gqa_kv_reuse) == ("0.5", False)
+    assert (new.profile.since, new.decoding().gqa_kv_reuse, new.label) == (
+        "0.7",
+        True,
+        "tensorrt-llm",
+    )
     assert get_engine("TensorRT-LLM@0.9.1").profile.since == "0.7"
     for text, since in (("vllm@0.5.0rc1", "0.5"), ("vllm@v0.4.2", "0.2"), (" vllm @ 0.6 ", "0.5"),
                         ("vllm@0.5.post1", "0.5")):  # fmt: skip
@@ -101,12 +112,11 @@ def test_each_chip_gets_its_users_engine_or_says_it_has_none() -> None:
             llama,
             system(chip),
             weight_dtype=wd,
-            graph_capture=eng is not None and eng.graph_capture(),
-            host_scheduling=eng is not None and eng.host_scheduling(),
+            decoding=decoding_of(eng),
             **one,
         )
         assert with_engine.output_tokens_per_s == pytest.approx(stated.output_tokens_per_s)
-        hosted = eng is not None and eng.host_scheduling()
+        hosted = decoding_of(eng).host_scheduling
         assert (with_engine.tpot_s > without.tpot_s) == hosted, chip
         assert with_engine.kv_dtype == without.kv_dtype, chip
     one = {**RUN, "num_devices": 1, "tp": 1}
@@ -155,7 +165,7 @@ def test_calibration_rows_take_kv_and_gqa_from_their_engine(shared_dir: object) 
     assert {c.engine for c in cases} == {"tensorrt-llm@0.5", "gpt-fast"}
     for c in cases:
         eng = get_engine(c.engine)
-        assert c.gqa_kv_reuse is eng.gqa_kv_reuse() is False
+        assert c.decoding == eng.decoding() and not c.decoding.gqa_kv_reuse
         assert c.kv_dtype == (
             "fp8" if c.engine.startswith("tensorrt") and c.weight_dtype == "fp8" else "bf16"
         )
@@ -234,14 +244,15 @@ def test_a_captured_decode_step_launches_no_all_reduce_from_the_host() -> None:
     from suanli.perf import default_efficiency
     from suanli.perf.serve import decode_parts
 
-    assert get_engine("gpt-fast").graph_capture() and not get_engine("lmdeploy").graph_capture()
-    assert not get_engine("tensorrt-llm@0.5").graph_capture()  # not stated: launched one by one
+    assert get_engine("gpt-fast").decoding().graph_capture
+    assert not get_engine("lmdeploy").decoding().graph_capture
+    assert not get_engine("tensorrt-llm@0.5").decoding().graph_capture  # not stated
     a100, llama = system("a100-80gb"), model("llama-2-70b")
     run = dict(batch=1, context=200.0, weight_dtype="bf16")
     e = default_efficiency()
     for tp in (1, 4):
-        eager = decode_parts(llama, a100, tp=tp, graph_capture=False, **run)  # type: ignore[arg-type]
-        graph = decode_parts(llama, a100, tp=tp, graph_capture=True, **run)  # type: ignore[arg-type]
+        eager = decode_parts(llama, a100, tp=tp, decoding=Decoding(), **run)  # type: ignore[arg-type]
+        graph = decode_parts(llama, a100, tp=tp, decoding=Decoding(graph_capture=True), **run)  # type: ignore[arg-type]
         launches = 0 if tp == 1 else 2 * llama.layers
         assert eager["tp_comm"] - graph["tp_comm"] == pytest.approx(
             launches * e.tp_launch_us * 1e-6
@@ -249,7 +260,7 @@ def test_a_captured_decode_step_launches_no_all_reduce_from_the_host() -> None:
     # and an estimate through the engine takes its capture from the engine's profile
     one = {**RUN, "num_devices": 4, "tp": 4, "batch": 1, "weight_dtype": "bf16"}
     via = estimate_serve(llama, a100, engine=get_engine("gpt-fast"), **one)  # type: ignore[arg-type]
-    direct = estimate_serve(llama, a100, gqa_kv_reuse=False, graph_capture=True, **one)  # type: ignore[arg-type]
+    direct = estimate_serve(llama, a100, decoding=Decoding(False, graph_capture=True), **one)  # type: ignore[arg-type]
     assert via.tpot_s == pytest.approx(direct.tpot_s)
 
 
@@ -260,22 +271,21 @@ def test_an_engine_that_schedules_each_step_on_the_host_waits_for_it_every_step(
     from suanli.perf import default_efficiency
     from suanli.perf.serve import decode_parts
 
-    assert get_engine("vllm").host_scheduling() and get_engine("vllm@0.2").host_scheduling()
-    assert not get_engine("gpt-fast").host_scheduling()
+    assert get_engine("vllm").decoding().host_scheduling
+    assert get_engine("vllm@0.2").decoding().host_scheduling
+    assert not get_engine("gpt-fast").decoding().host_scheduling
     h100, llama = system("h100-sxm"), model("llama-3-8b")
     e = default_efficiency()
     for batch in (1, 64):
         run = dict(tp=1, batch=batch, context=512.0, weight_dtype="bf16")
         plain = decode_parts(llama, h100, **run)  # type: ignore[arg-type]
-        hosted = decode_parts(llama, h100, host_scheduling=True, **run)  # type: ignore[arg-type]
+        hosted = decode_parts(llama, h100, decoding=Decoding(host_scheduling=True), **run)  # type: ignore[arg-type]
         assert hosted["step_overhead"] - plain["step_overhead"] == pytest.approx(
             e.sched_step_us * 1e-6
         )
     one = {**RUN, "num_devices": 1, "tp": 1}
     via = estimate_serve(llama, h100, engine=get_engine("vllm"), **one)  # type: ignore[arg-type]
-    direct = estimate_serve(
-        llama, h100, gqa_kv_reuse=True, graph_capture=True, host_scheduling=True, **one
-    )  # type: ignore[arg-type]
+    direct = estimate_serve(llama, h100, decoding=Decoding(True, True, True), **one)  # type: ignore[arg-type]
     assert via.tpot_s == pytest.approx(direct.tpot_s)
 
 

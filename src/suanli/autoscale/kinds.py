@@ -22,7 +22,7 @@ from suanli.autoscale.scalers import Optimizer
 from suanli.catalog.loader import get_accelerator, get_model, get_storage_tier, interconnects
 from suanli.errors import SuanliError, UsageError
 from suanli.perf.batching import StepTime, slo_token_budget
-from suanli.perf.engines import Engine, EngineError
+from suanli.perf.engines import Engine, EngineError, decoding_of
 from suanli.perf.serve import check_serve
 from suanli.perf.system import make_system
 from suanli.plan.pool import PoolEntry, pool_from_accelerators
@@ -80,9 +80,7 @@ def make_kinds(
             tp=tp,
             weight_dtype=weight_dtype,
             kv_dtype=kv,
-            gqa_kv_reuse=engine.gqa_kv_reuse() if engine is not None else True,
-            graph_capture=engine.graph_capture() if engine is not None else False,
-            host_scheduling=engine.host_scheduling() if engine is not None else False,
+            decoding=decoding_of(engine),
         )
         if steps.kv_capacity_tokens() <= 0:
             continue  # the weights alone do not fit: not a kind this model can use

@@ -30,9 +30,7 @@ def predict(case: Case, eff: Efficiency) -> float:
         output_len=case.output_len,
         weight_dtype=case.weight_dtype,
         kv_dtype=case.kv_dtype,
-        gqa_kv_reuse=case.gqa_kv_reuse,
-        graph_capture=case.graph_capture,
-        host_scheduling=case.host_scheduling,
+        decoding=case.decoding,
         eff=eff,
     )
     return serve.output_tokens_per_s

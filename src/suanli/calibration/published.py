@@ -39,7 +39,7 @@ from pathlib import Path
 
 from suanli.catalog.loader import get_accelerator, get_model, models
 from suanli.catalog.types import ModelArch, MoE
-from suanli.perf.engines import get_engine
+from suanli.perf.engines import Decoding, get_engine
 from suanli.perf.layout import TrainLayout
 from suanli.perf.shape import shape_of
 from suanli.perf.system import System, make_system
@@ -91,9 +91,7 @@ class InferenceCase:
     measured_output_tokens_per_s: float
     source: str
     kv_dtype: str
-    gqa_kv_reuse: bool
-    graph_capture: bool
-    host_scheduling: bool
+    decoding: Decoding
     engine: str  # NAME@VERSION (``suanli.perf.engines``): what it could do decides the two above
     #: False where the model lacks what the row ran on (its decode attention kernel, not
     #: stated; its chip's achieved GEMM rate): predicted and reported, never fitted
@@ -429,9 +427,7 @@ def _inference_case(
         measured_output_tokens_per_s=tokens_per_s,
         source=source,
         kv_dtype=kv_dtype or engine.default_kv(row["weight_dtype"]),
-        gqa_kv_reuse=engine.gqa_kv_reuse(),
-        graph_capture=engine.graph_capture(),
-        host_scheduling=engine.host_scheduling(),
+        decoding=engine.decoding(),
         engine=engine.label,
         fitted=fitted,
     )

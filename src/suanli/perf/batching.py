@@ -19,6 +19,7 @@ from functools import lru_cache
 
 from suanli.catalog.types import ModelArch
 from suanli.perf.efficiency import Efficiency, default_efficiency
+from suanli.perf.engines import IDEALISED, Decoding
 from suanli.perf.serve import (
     PREFILL_CHUNK_TOKENS,
     decode_parts,
@@ -50,15 +51,11 @@ class StepTime:
         weight_dtype: str = "bf16",
         kv_dtype: str = "bf16",
         eff: Efficiency | None = None,
-        gqa_kv_reuse: bool = True,
-        graph_capture: bool = False,
-        host_scheduling: bool = False,
+        decoding: Decoding = IDEALISED,
     ) -> None:
         self.model, self.system, self.tp = model, system, tp
         self.weight_dtype, self.kv_dtype = weight_dtype, kv_dtype
-        # as the engine decodes (`suanli.perf.engines`)
-        self.gqa_kv_reuse, self.graph_capture = gqa_kv_reuse, graph_capture
-        self.host_scheduling = host_scheduling
+        self.decoding = decoding  # as the engine decodes (`suanli.perf.engines`)
         self.eff = eff if eff is not None else default_efficiency()
         probe = decode_parts(
             model,
@@ -68,10 +65,8 @@ class StepTime:
             tp=tp,
             weight_dtype=weight_dtype,
             kv_dtype=kv_dtype,
-            gqa_kv_reuse=gqa_kv_reuse,
+            decoding=decoding,
             eff=self.eff,
-            graph_capture=graph_capture,
-            host_scheduling=host_scheduling,
         )
         self.attn_s_per_token = probe["attention"] / PROBE_CONTEXT
         self._decode = lru_cache(maxsize=None)(self._decode_uncached)
@@ -107,10 +102,8 @@ class StepTime:
             tp=self.tp,
             weight_dtype=self.weight_dtype,
             kv_dtype=self.kv_dtype,
-            gqa_kv_reuse=self.gqa_kv_reuse,
+            decoding=self.decoding,
             eff=self.eff,
-            graph_capture=self.graph_capture,
-            host_scheduling=self.host_scheduling,
         )
         return sum(p.values()), p["weights_gemm"], p["layer_overhead"] + p["step_overhead"]
 

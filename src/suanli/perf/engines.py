@@ -80,6 +80,30 @@ def engines() -> dict[str, EngineEntry]:
     return {e.name: e for e in data.engines}
 
 
+@dataclass(frozen=True, slots=True)
+class Decoding:
+    """What an engine's decode step does that perf costs, one object through every
+    estimate (`perf.serve.decode_parts`, `perf.batching.StepTime`, the planners):
+    ``gqa_kv_reuse``, a KV head read once per group of query heads (else once per query
+    head); ``graph_capture``, the step replayed as a captured graph, so no
+    tensor-parallel all-reduce is launched from the host on its own
+    (`Efficiency.tp_launch_us`); ``host_scheduling``, the host schedules each step while
+    the device waits (`Efficiency.sched_step_us`)."""
+
+    gqa_kv_reuse: bool = True
+    graph_capture: bool = False
+    host_scheduling: bool = False
+
+
+#: the idealised engine's decode, where no engine is named
+IDEALISED = Decoding()
+
+
+def decoding_of(engine: Engine | None) -> Decoding:
+    """``engine``'s decode, or the idealised engine's where there is none."""
+    return IDEALISED if engine is None else engine.decoding()
+
+
 @dataclass(frozen=True)
 class Engine:
     """One engine at one version (``version`` None: its newest profile)."""
@@ -94,18 +118,15 @@ class Engine:
     def label(self) -> str:
         return self.name + (f"@{self.version}" if self.version else "")
 
-    def gqa_kv_reuse(self) -> bool:
-        """As stated, or the idealised engine's (reuse) where no source states it."""
-        return True if self.profile.gqa_kv_reuse is None else self.profile.gqa_kv_reuse
-
-    def graph_capture(self) -> bool:
-        """As stated, or not (each kernel launched on its own) where no source states it."""
-        return bool(self.profile.graph_capture)
-
-    def host_scheduling(self) -> bool:
-        """Whether, as stated, the host schedules each decode step while the device waits;
-        not stated: it does not (the idealised engine)."""
-        return bool(self.profile.host_scheduling)
+    def decoding(self) -> Decoding:
+        """What its decode does, as stated; where no source states a capability, what
+        `IDEALISED` does (GQA reuse; kernels launched one by one; no host scheduling)."""
+        p = self.profile
+        return Decoding(
+            gqa_kv_reuse=IDEALISED.gqa_kv_reuse if p.gqa_kv_reuse is None else p.gqa_kv_reuse,
+            graph_capture=bool(p.graph_capture),
+            host_scheduling=bool(p.host_scheduling),
+        )
 
     def default_kv(self, weight_dtype: str, accelerator: Accelerator | None = None) -> str:
         """The KV cache follows the weights (`kv_follows`) where the engine keeps KV in

@@ -25,7 +25,7 @@ from suanli.catalog.types import ModelArch
 from suanli.errors import InvalidLayoutError
 from suanli.perf import collectives as coll
 from suanli.perf.efficiency import Efficiency, default_efficiency
-from suanli.perf.engines import Engine, kv_follows, through
+from suanli.perf.engines import IDEALISED, Decoding, Engine, kv_follows, through
 from suanli.perf.shape import ModelShape, shape_of
 from suanli.perf.system import System
 from suanli.perf.train import gemm_time
@@ -207,8 +207,7 @@ def _pass_time(
     attn_flops: float,
     lm_head_tokens: float,
     layer_frac: float = 1.0,
-    graph_capture: bool = False,
-    host_scheduling: bool = False,
+    decoding: Decoding = IDEALISED,
 ) -> dict[str, float]:
     """Seconds of one forward pass over ``tokens`` tokens, by part.
 
@@ -267,7 +266,7 @@ def _pass_time(
     layers = a.layers * layer_frac
     t_elem = layers * tokens * (10 * h / tp + 3 * a.ffn / tp) * act_bytes / bw_a
     ar = coll.all_reduce_s(tokens * h * act_bytes, tp, min(tp, system.devices_per_node), system, e)
-    if tp > 1 and not graph_capture:  # each all-reduce launched from the host on its own
+    if tp > 1 and not decoding.graph_capture:  # each all-reduce launched from the host on its own
         ar += e.tp_launch_us * 1e-6
     t_tp = layers * 2 * ar
     # the output projection stays in 16 bits whatever the layers' weight dtype (quantized
@@ -294,7 +293,7 @@ def _pass_time(
         "lm_head": t_head,
         "layer_overhead": t_over,
         "step_overhead": (acc.step_overhead_us or 0.0) * 1e-6
-        + (e.sched_step_us * 1e-6 if host_scheduling else 0.0),
+        + (e.sched_step_us * 1e-6 if decoding.host_scheduling else 0.0),
     }
 
 
@@ -330,16 +329,15 @@ def decode_parts(
     context: float,
     weight_dtype: str = "bf16",
     kv_dtype: str = "bf16",
-    gqa_kv_reuse: bool = True,
+    decoding: Decoding = IDEALISED,
     eff: Efficiency | None = None,
     layer_frac: float = 1.0,
     with_head: bool = True,
-    graph_capture: bool = False,
-    host_scheduling: bool = False,
 ) -> dict[str, float]:
-    """Seconds, by part, of one decode step for ``batch`` sequences at ``context`` tokens.
+    """Seconds, by part, of one decode step for ``batch`` sequences at ``context`` tokens,
+    decoded as ``decoding`` says (`perf.engines.Decoding`).
 
-    ``gqa_kv_reuse=False`` models decode-attention kernels that read a KV head
+    ``decoding.gqa_kv_reuse`` False models decode-attention kernels that read a KV head
     once per *query* head of its group instead of once per group: TensorRT-LLM
     before its XQA kernel (v0.7, Dec 2023), and code that ``repeat_interleave``s
     K/V before attention (gpt-fast). Current engines (vLLM, SGLang, TRT-LLM
@@ -348,23 +346,12 @@ def decode_parts(
     e = eff if eff is not None else default_efficiency()
     s = shape_of(model)
     kv_tok = kv_bytes_per_token_device(s, tp, kv_dtype)
-    kv_reads = 1.0 if gqa_kv_reuse or model.mla else model.heads / model.kv_heads
+    kv_reads = 1.0 if decoding.gqa_kv_reuse or model.mla else model.heads / model.kv_heads
     attn = model.layers * 2 * batch * context * (s.q_dim + s.v_dim)
     head = batch if with_head else 0
     kv_read = batch * context * kv_tok * kv_reads
     return _pass_time(
-        s,
-        system,
-        e,
-        tp,
-        weight_dtype,
-        batch,
-        kv_read,
-        attn,
-        head,
-        layer_frac,
-        graph_capture,
-        host_scheduling,
+        s, system, e, tp, weight_dtype, batch, kv_read, attn, head, layer_frac, decoding
     )
 
 
@@ -379,15 +366,13 @@ def estimate_serve(
     output_len: int,
     weight_dtype: str = "bf16",
     kv_dtype: str | None = None,
-    gqa_kv_reuse: bool = True,
+    decoding: Decoding = IDEALISED,
     eff: Efficiency | None = None,
     engine: Engine | None = None,
-    graph_capture: bool = False,
-    host_scheduling: bool = False,
 ) -> ServeEstimate:
     """Estimate a static batch on ``num_devices / tp`` replicas (see `decode_parts`).
 
-    ``engine``: what it can do decides the GQA reuse (over ``gqa_kv_reuse``) and the
+    ``engine``: what it can do decides the decode (over ``decoding``) and the
     default KV precision, and a precision it has no kernels for is refused
     (`suanli.perf.engines`)."""
     notes: tuple[str, ...] = ()
@@ -395,9 +380,7 @@ def estimate_serve(
         system = through(system, engine.name) or system  # its rates measured here
         engine.check(system.accelerator, weight_dtype, kv_dtype)
         kv_dtype = kv_dtype or engine.default_kv(weight_dtype, system.accelerator)
-        gqa_kv_reuse = engine.gqa_kv_reuse()
-        graph_capture = engine.graph_capture()
-        host_scheduling = engine.host_scheduling()
+        decoding = engine.decoding()
         notes = tuple(engine.caveats(system.accelerator, tp))
     kv_dtype = kv_dtype or kv_follows(weight_dtype, system.accelerator)
     check_serve(model, num_devices, tp, weight_dtype, kv_dtype, batch, input_len, output_len)
@@ -419,10 +402,8 @@ def estimate_serve(
         context=input_len + output_len / 2,
         weight_dtype=weight_dtype,
         kv_dtype=kv_dtype,
-        gqa_kv_reuse=gqa_kv_reuse,
+        decoding=decoding,
         eff=e,
-        graph_capture=graph_capture,
-        host_scheduling=host_scheduling,
     )
     tpot = sum(dec.values())
 

@@ -29,6 +29,7 @@ from suanli.perf.engines import (
     MEASURED_KV_DTYPE,
     MEASURED_WEIGHT_DTYPES,
     Engine,
+    decoding_of,
     get_engine,
     through,
 )
@@ -148,9 +149,7 @@ def _engine_configs(
     out = []
     if engine is not None and not engine.runs_on(entry.system.accelerator):
         return []
-    gqa = engine.gqa_kv_reuse() if engine is not None else True
-    graph = engine.graph_capture() if engine is not None else False
-    host = engine.host_scheduling() if engine is not None else False
+    decoding = decoding_of(engine)
     label = engine.label if engine is not None else None
     for wd, kvd in formats:
         for tp in divisors(dpn):
@@ -185,10 +184,8 @@ def _engine_configs(
                         context=ctx,
                         weight_dtype=wd,
                         kv_dtype=kvd,
-                        gqa_kv_reuse=gqa,
+                        decoding=decoding,
                         eff=e,
-                        graph_capture=graph,
-                        host_scheduling=host,
                     ).values()
                 )
                 for b in xs
