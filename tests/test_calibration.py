@@ -63,7 +63,7 @@ def test_added_inference_rows_name_their_release_and_kernel() -> None:
     """TensorRT-LLM's pages publish tokens/s per GPU, vLLM's benchmark_latency a batch's
     latency; a case holds the whole batch's output tokens/s."""
     cases = {c.id: c for c in load_added_inference_cases()}
-    assert len(cases) == 158
+    assert len(cases) == 167
     n41 = cases["N41"]  # Llama-2-70B, 2 H100, 3,214 tok/s/GPU on the v0.9.0 page
     assert n41.measured_output_tokens_per_s == pytest.approx(2 * 3214)
     assert (
@@ -78,6 +78,9 @@ def test_added_inference_rows_name_their_release_and_kernel() -> None:
     d15 = cases["D15"]  # LMDeploy: Llama-2-70B on 4 A100, 31.9 tok/s for its one stream
     assert d15.measured_output_tokens_per_s == pytest.approx(31.9)
     assert d15.engine == "lmdeploy@0.1" and d15.tp == 4 and d15.kv_dtype == "fp16"
+    g2 = cases["G2"]  # gpt-fast's README: Llama-2-7B at TP 4, 254.02 tok/s for its one stream
+    assert g2.measured_output_tokens_per_s == pytest.approx(254.02)
+    assert g2.source == "gpt-fast" and g2.decoding.graph_capture and g2.batch == 1
     o9 = cases["O9"]  # vLLM's default KV cache beside FP8 weights: the model's bf16
     assert (o9.weight_dtype, o9.kv_dtype, o9.batch) == ("fp8", "bf16", 256)
     # never fitted: the v0.9.0 page's GQA models whose decode kernel it does not state, and
