@@ -260,7 +260,8 @@ def test_a_captured_decode_step_launches_no_all_reduce_from_the_host() -> None:
     # and an estimate through the engine takes its capture from the engine's profile
     one = {**RUN, "num_devices": 4, "tp": 4, "batch": 1, "weight_dtype": "bf16"}
     via = estimate_serve(llama, a100, engine=get_engine("gpt-fast"), **one)  # type: ignore[arg-type]
-    direct = estimate_serve(llama, a100, decoding=Decoding(False, graph_capture=True), **one)  # type: ignore[arg-type]
+    gpt_fast = Decoding(False, graph_capture=True, custom_all_reduce=True)
+    direct = estimate_serve(llama, a100, decoding=gpt_fast, **one)  # type: ignore[arg-type]
     assert via.tpot_s == pytest.approx(direct.tpot_s)
 
 
@@ -289,9 +290,48 @@ def test_an_engine_that_schedules_each_step_on_the_host_waits_for_it_every_step(
     assert via.tpot_s == pytest.approx(direct.tpot_s)
 
 
-def test_an_estimate_says_when_no_source_states_the_graph_capture_it_needs() -> None:
-    """TensorRT-LLM's profiles do not say whether decode is a captured graph: at TP > 1
-    the estimate says it costs each all-reduce's launch; on one device nothing is said."""
+def test_an_engine_with_its_own_all_reduce_pays_one_fixed_cost_inside_an_nvlink_node() -> None:
+    """gpt-fast (PyTorch's IntraNodeComm), vLLM and SGLang reduce a small tensor-parallel
+    message with a peer-to-peer kernel: one fixed cost (`Efficiency.peer_ar_us`) where
+    NCCL's tree takes steps, plus a ring's bytes; where NCCL is quicker (large messages)
+    or no NVLink joins the ranks, the engine's all-reduce is NCCL's."""
+    from suanli.perf import collectives as coll
+    from suanli.perf import default_efficiency
+    from suanli.perf.serve import decode_parts
+
+    assert get_engine("gpt-fast").decoding().custom_all_reduce
+    assert get_engine("vllm").decoding().custom_all_reduce
+    assert not get_engine("tensorrt-llm@0.5").decoding().custom_all_reduce  # NCCL, stated
+    assert not get_engine("lmdeploy").decoding().custom_all_reduce  # not stated: NCCL's
+    # a fixed cost below NCCL's eight-rank tree, whatever the shipped fit says
+    e = default_efficiency().with_values(peer_ar_us=1.0, intra_latency_scale=1.0)
+    llama, own, a100 = model("llama-2-7b"), Decoding(custom_all_reduce=True), system("a100-80gb")
+    run = dict(batch=1, context=200.0, weight_dtype="bf16", eff=e)
+    nccl8 = decode_parts(llama, a100, tp=8, **run)  # type: ignore[arg-type]
+    peer8 = decode_parts(llama, a100, tp=8, decoding=own, **run)  # type: ignore[arg-type]
+    message = 1 * llama.hidden * 2  # one token's activations, bf16
+    ar = coll.peer_all_reduce_s(message, 8, a100, e) + e.tp_launch_us * 1e-6
+    assert peer8["tp_comm"] == pytest.approx(2 * llama.layers * ar)
+    assert peer8["tp_comm"] < nccl8["tp_comm"]
+    one = decode_parts(llama, a100, tp=1, decoding=own, **run)  # type: ignore[arg-type]
+    assert one["tp_comm"] == 0.0
+    # a fixed cost above NCCL's: the engine's all-reduce is NCCL's
+    slow = {**run, "eff": e.with_values(peer_ar_us=90.0)}
+    assert decode_parts(llama, a100, tp=8, decoding=own, **slow)["tp_comm"] == pytest.approx(  # type: ignore[arg-type]
+        decode_parts(llama, a100, tp=8, **slow)["tp_comm"]  # type: ignore[arg-type]
+    )
+    # no NVLink between the ranks (L40S over PCIe): NCCL's all-reduce whatever the engine
+    l40s = system("l40s")
+    run = dict(batch=8, context=200.0, weight_dtype="fp8", eff=e)
+    assert decode_parts(llama, l40s, tp=2, decoding=own, **run)["tp_comm"] == pytest.approx(  # type: ignore[arg-type]
+        decode_parts(llama, l40s, tp=2, **run)["tp_comm"]  # type: ignore[arg-type]
+    )
+
+
+def test_an_estimate_says_when_no_source_states_the_graph_capture_or_all_reduce() -> None:
+    """TensorRT-LLM's newest profile says neither whether decode is a captured graph nor
+    whether its all-reduce is its own kernel: at TP > 1 the estimate says it costs each
+    all-reduce's launch and NCCL's all-reduce; on one device nothing is said."""
     llama = model("llama-2-70b")
     h100 = system("h100-sxm")
     for tp, said in ((4, True), (1, False)):
@@ -300,7 +340,8 @@ def test_an_estimate_says_when_no_source_states_the_graph_capture_it_needs() -> 
             run["batch"] = 1
         est = estimate_serve(llama, h100, engine=get_engine("tensorrt-llm"), **run)  # type: ignore[arg-type]
         assert any("captured graph" in n for n in est.notes) == said, est.notes
+        assert any("NCCL's all-reduce" in n for n in est.notes) == said, est.notes
     fast = estimate_serve(
         llama, h100, engine=get_engine("gpt-fast"), **{**RUN, "weight_dtype": "bf16"}
     )  # type: ignore[arg-type]
-    assert not any("captured graph" in n for n in fast.notes)
+    assert not any("captured graph" in n or "NCCL's" in n for n in fast.notes)

@@ -105,7 +105,17 @@ def _network_table() -> Table:
 def _engine_table() -> Table:
     """Each engine version's capabilities; "?" where no source states one."""
     t = Table(title="Serving engines (estimate serve / plan serve --engine NAME\\[@VERSION])")
-    cols = ("engine", "since", "vendors", "GQA reuse", "graphs", "host sched.", "weights", "KV")
+    cols = (
+        "engine",
+        "since",
+        "vendors",
+        "GQA reuse",
+        "graphs",
+        "host sched.",
+        "own all-reduce",
+        "weights",
+        "KV",
+    )
     for col in (*cols, "published on"):
         t.add_column(col)
 
@@ -125,6 +135,7 @@ def _engine_table() -> Table:
                 said(p.gqa_kv_reuse),
                 said(p.graph_capture),
                 said(p.host_scheduling),
+                said(p.custom_all_reduce),
                 said(p.weight_dtypes),
                 said(p.kv_dtypes),
                 said(p.published) if p.published else "-",

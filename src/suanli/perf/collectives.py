@@ -50,6 +50,17 @@ def all_reduce_s(size: float, n: int, r: int, sys: System, eff: Efficiency) -> f
     return lat + intra + inter
 
 
+def peer_all_reduce_s(size: float, n: int, sys: System, eff: Efficiency) -> float:
+    """All-reduce of ``size`` bytes over ``n`` ranks of one node by a peer-to-peer
+    kernel (FasterTransformer's two-shot, as vLLM, SGLang and PyTorch's IntraNodeComm
+    run it): each rank reduces its ``1/n`` share by reading it from every peer, then
+    reads the others' reduced shares; the bytes of a ring, with one fixed cost
+    (``eff.peer_ar_us``) in place of the ring's steps."""
+    if n <= 1 or size <= 0:
+        return 0.0
+    return eff.peer_ar_us * 1e-6 + 2 * (n - 1) / n * size / (sys.intra_bw * eff.link_eff)
+
+
 def all_gather_s(size: float, n: int, r: int, sys: System, eff: Efficiency) -> float:
     """All-gather (or reduce-scatter) whose full output is ``size`` bytes."""
     if n <= 1 or size <= 0:

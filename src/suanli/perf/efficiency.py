@@ -5,7 +5,8 @@ fraction of peak, fused attention's, memory bandwidth's, link and NIC bandwidth'
 how much of the overlappable communication is really hidden, a fixed cost per layer
 per pass (kernel launches, framework bookkeeping), the host's costs in a decode step
 as the serving engine states them (a launch per tensor-parallel all-reduce where the
-step is not a captured graph, a scheduling pass per step), and the lower bandwidth
+step is not a captured graph, a scheduling pass per step, the fixed cost of its own
+peer-to-peer all-reduce), and the lower bandwidth
 that weight-only quantized kernels (int8/int4) reach. They are global — one value for
 every chip, model and layout — and are fitted by ``benchmarks/calibration.py --save``
 on ``../shared/calibration``; the fitted values live in ``perf/data/efficiency.yaml``
@@ -49,6 +50,11 @@ class Efficiency:
     #: host time a decode step waits for an engine that schedules each step on the host
     #: (`engines.yaml` host_scheduling: vLLM's V0 engine)
     sched_step_us: float = 500.0
+    #: fixed cost of one all-reduce inside a node by an engine's own peer-to-peer kernel
+    #: (every rank reads its peers' buffers over NVLink: PyTorch's IntraNodeComm that
+    #: gpt-fast runs, vLLM's and SGLang's custom all-reduce): the ranks' handshake and
+    #: the kernel, one step where NCCL's ring or tree takes several
+    peer_ar_us: float = 10.0
     wq_bw_eff: float = 0.80  # weight-only int8/int4 kernels: bandwidth relative to bf16 ones
     workspace_gb: float = 2.0  # allocator slack, library workspaces, communication buffers
 
@@ -72,6 +78,7 @@ FITTED: tuple[str, ...] = (
     "layer_overhead_us",
     "tp_launch_us",
     "sched_step_us",
+    "peer_ar_us",
     "wq_bw_eff",
 )
 

@@ -45,6 +45,7 @@ class Profile(BaseModel):
     chunked_prefill: bool | None = None
     graph_capture: bool | None = None
     host_scheduling: bool | None = None
+    custom_all_reduce: bool | None = None
     published: tuple[str, ...] = ()
     source: str
 
@@ -88,11 +89,14 @@ class Decoding:
     head); ``graph_capture``, the step replayed as a captured graph, so no
     tensor-parallel all-reduce is launched from the host on its own
     (`Efficiency.tp_launch_us`); ``host_scheduling``, the host schedules each step while
-    the device waits (`Efficiency.sched_step_us`)."""
+    the device waits (`Efficiency.sched_step_us`); ``custom_all_reduce``, a
+    tensor-parallel all-reduce inside an NVLink node is the engine's own peer-to-peer
+    kernel where that is quicker than NCCL's (`Efficiency.peer_ar_us`)."""
 
     gqa_kv_reuse: bool = True
     graph_capture: bool = False
     host_scheduling: bool = False
+    custom_all_reduce: bool = False
 
 
 #: the idealised engine's decode, where no engine is named
@@ -120,12 +124,14 @@ class Engine:
 
     def decoding(self) -> Decoding:
         """What its decode does, as stated; where no source states a capability, what
-        `IDEALISED` does (GQA reuse; kernels launched one by one; no host scheduling)."""
+        `IDEALISED` does (GQA reuse; kernels launched one by one; no host scheduling;
+        NCCL's all-reduce)."""
         p = self.profile
         return Decoding(
             gqa_kv_reuse=IDEALISED.gqa_kv_reuse if p.gqa_kv_reuse is None else p.gqa_kv_reuse,
             graph_capture=bool(p.graph_capture),
             host_scheduling=bool(p.host_scheduling),
+            custom_all_reduce=bool(p.custom_all_reduce),
         )
 
     def default_kv(self, weight_dtype: str, accelerator: Accelerator | None = None) -> str:
@@ -190,6 +196,11 @@ class Engine:
             out.append(
                 f"{self.label}: no source states whether it replays decode as a captured "
                 "graph; its tensor-parallel all-reduces are costed as launched one by one"
+            )
+        if self.profile.custom_all_reduce is None and tp > 1:
+            out.append(
+                f"{self.label}: no source states whether it reduces tensor-parallel "
+                "activations with its own peer-to-peer kernel; costed as NCCL's all-reduce"
             )
         if self.measured_on(accelerator):
             out.append(

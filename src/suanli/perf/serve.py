@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from suanli.catalog.types import ModelArch
+from suanli.catalog.types import Accelerator, ModelArch
 from suanli.errors import InvalidLayoutError
 from suanli.perf import collectives as coll
 from suanli.perf.efficiency import Efficiency, default_efficiency
@@ -188,6 +188,13 @@ def _bw_eff(e: Efficiency, weight_dtype: str) -> float:
     return e.mem_bw_eff
 
 
+def _peer_link(acc: Accelerator) -> bool:
+    """Whether an engine's peer-to-peer all-reduce runs here: its kernels read peers'
+    memory over NVLink (vLLM checks every pair is joined by it; IntraNodeComm detects
+    NVLink topologies); elsewhere the engine falls back to NCCL."""
+    return acc.intra_node_link.startswith("nvlink")
+
+
 def _experts_touched(s: ModelShape, tokens: float) -> float:
     """Expected distinct routed experts a batch of ``tokens`` touches in one MoE layer."""
     moe = s.arch.moe
@@ -265,7 +272,11 @@ def _pass_time(
     # elementwise: norms, residuals, activation, rope — a handful of passes over h
     layers = a.layers * layer_frac
     t_elem = layers * tokens * (10 * h / tp + 3 * a.ffn / tp) * act_bytes / bw_a
-    ar = coll.all_reduce_s(tokens * h * act_bytes, tp, min(tp, system.devices_per_node), system, e)
+    ar_bytes = tokens * h * act_bytes
+    ar = coll.all_reduce_s(ar_bytes, tp, min(tp, system.devices_per_node), system, e)
+    if decoding.custom_all_reduce and tp <= system.devices_per_node and _peer_link(acc):
+        # the engine picks its own kernel where it beats NCCL's (small messages)
+        ar = min(ar, coll.peer_all_reduce_s(ar_bytes, tp, system, e))
     if tp > 1 and not decoding.graph_capture:  # each all-reduce launched from the host on its own
         ar += e.tp_launch_us * 1e-6
     t_tp = layers * 2 * ar
