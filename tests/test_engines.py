@@ -260,7 +260,9 @@ def test_a_captured_decode_step_launches_no_all_reduce_from_the_host() -> None:
     # and an estimate through the engine takes its capture from the engine's profile
     one = {**RUN, "num_devices": 4, "tp": 4, "batch": 1, "weight_dtype": "bf16"}
     via = estimate_serve(llama, a100, engine=get_engine("gpt-fast"), **one)  # type: ignore[arg-type]
-    gpt_fast = Decoding(False, graph_capture=True, custom_all_reduce=True)
+    gpt_fast = Decoding(
+        False, graph_capture=True, custom_all_reduce=True, head_split=False, head_quantized=True
+    )
     direct = estimate_serve(llama, a100, decoding=gpt_fast, **one)  # type: ignore[arg-type]
     assert via.tpot_s == pytest.approx(direct.tpot_s)
 
@@ -326,6 +328,31 @@ def test_an_engine_with_its_own_all_reduce_pays_one_fixed_cost_inside_an_nvlink_
     assert decode_parts(llama, l40s, tp=2, decoding=own, **run)["tp_comm"] == pytest.approx(  # type: ignore[arg-type]
         decode_parts(llama, l40s, tp=2, **run)["tp_comm"]  # type: ignore[arg-type]
     )
+
+
+def test_gpt_fast_reads_its_whole_output_projection_on_every_rank() -> None:
+    """gpt-fast's tp.py shards attention and feed-forward only, and its quantize.py turns
+    every nn.Linear to int8, the output projection with them: at TP 8 each rank streams
+    the whole int8 head, where a split 16-bit head streams an eighth of twice the bytes."""
+    from suanli.perf import default_efficiency
+    from suanli.perf.serve import decode_parts
+
+    fast = get_engine("gpt-fast").decoding()
+    assert not fast.head_split and fast.head_quantized
+    assert get_engine("vllm").decoding().head_split  # ParallelLMHead
+    e, llama, a100 = default_efficiency(), model("llama-2-7b"), system("a100-80gb")
+    run = dict(tp=8, batch=1, context=200.0, eff=e)
+    split = decode_parts(llama, a100, weight_dtype="bf16", **run)  # type: ignore[arg-type]
+    whole = decode_parts(llama, a100, weight_dtype="bf16", decoding=fast, **run)  # type: ignore[arg-type]
+    assert whole["lm_head"] == pytest.approx(8 * split["lm_head"])  # bf16: one rank reads all
+    q_split = decode_parts(llama, a100, weight_dtype="int8", **run)  # type: ignore[arg-type]
+    q_whole = decode_parts(llama, a100, weight_dtype="int8", decoding=fast, **run)  # type: ignore[arg-type]
+    # int8 streams at the quantized rate: less than the 16-bit head on one rank, more than
+    # the split 16-bit one
+    assert q_split["lm_head"] == pytest.approx(split["lm_head"])
+    assert split["lm_head"] < q_whole["lm_head"] < whole["lm_head"]
+    # the layers are what they were: only the head changed
+    assert whole["weights_gemm"] == pytest.approx(split["weights_gemm"])
 
 
 def test_an_estimate_says_when_no_source_states_the_graph_capture_or_all_reduce() -> None:

@@ -102,6 +102,15 @@ def _network_table() -> Table:
     return t
 
 
+def _head(split: bool | None, quantized: bool | None) -> str:
+    """How an engine keeps the output projection: split over TP ranks or whole on each,
+    and whether int8/int4 weights quantize it; "?" where no source states it."""
+    if split is None and quantized is None:
+        return "?"
+    where = {True: "split", False: "whole", None: "?"}[split]
+    return where + (", quantized" if quantized else "")
+
+
 def _engine_table() -> Table:
     """Each engine version's capabilities; "?" where no source states one."""
     t = Table(title="Serving engines (estimate serve / plan serve --engine NAME\\[@VERSION])")
@@ -113,6 +122,7 @@ def _engine_table() -> Table:
         "graphs",
         "host sched.",
         "own all-reduce",
+        "LM head",
         "weights",
         "KV",
     )
@@ -136,6 +146,7 @@ def _engine_table() -> Table:
                 said(p.graph_capture),
                 said(p.host_scheduling),
                 said(p.custom_all_reduce),
+                _head(p.head_split, p.head_quantized),
                 said(p.weight_dtypes),
                 said(p.kv_dtypes),
                 said(p.published) if p.published else "-",

@@ -46,6 +46,8 @@ class Profile(BaseModel):
     graph_capture: bool | None = None
     host_scheduling: bool | None = None
     custom_all_reduce: bool | None = None
+    head_split: bool | None = None
+    head_quantized: bool | None = None
     published: tuple[str, ...] = ()
     source: str
 
@@ -91,12 +93,17 @@ class Decoding:
     (`Efficiency.tp_launch_us`); ``host_scheduling``, the host schedules each step while
     the device waits (`Efficiency.sched_step_us`); ``custom_all_reduce``, a
     tensor-parallel all-reduce inside an NVLink node is the engine's own peer-to-peer
-    kernel where that is quicker than NCCL's (`Efficiency.peer_ar_us`)."""
+    kernel where that is quicker than NCCL's (`Efficiency.peer_ar_us`); ``head_split``,
+    the output projection's rows split over the tensor-parallel ranks (else every rank
+    reads all of it each step); ``head_quantized``, int8/int4 weights quantize the
+    output projection too (else it stays 16-bit, as quantized checkpoints keep it)."""
 
     gqa_kv_reuse: bool = True
     graph_capture: bool = False
     host_scheduling: bool = False
     custom_all_reduce: bool = False
+    head_split: bool = True
+    head_quantized: bool = False
 
 
 #: the idealised engine's decode, where no engine is named
@@ -125,13 +132,15 @@ class Engine:
     def decoding(self) -> Decoding:
         """What its decode does, as stated; where no source states a capability, what
         `IDEALISED` does (GQA reuse; kernels launched one by one; no host scheduling;
-        NCCL's all-reduce)."""
+        NCCL's all-reduce; a split, 16-bit output projection)."""
         p = self.profile
         return Decoding(
             gqa_kv_reuse=IDEALISED.gqa_kv_reuse if p.gqa_kv_reuse is None else p.gqa_kv_reuse,
             graph_capture=bool(p.graph_capture),
             host_scheduling=bool(p.host_scheduling),
             custom_all_reduce=bool(p.custom_all_reduce),
+            head_split=IDEALISED.head_split if p.head_split is None else p.head_split,
+            head_quantized=bool(p.head_quantized),
         )
 
     def default_kv(self, weight_dtype: str, accelerator: Accelerator | None = None) -> str:

@@ -281,13 +281,17 @@ def _pass_time(
         ar += e.tp_launch_us * 1e-6
     t_tp = layers * 2 * ar
     # the output projection stays in 16 bits whatever the layers' weight dtype (quantized
-    # checkpoints keep it so): it streams at the 16-bit weight rate in every case
-    head_w = a.vocab * h / tp * act_bytes
-    head_flops = 2 * lm_head_tokens * a.vocab * h / tp
-    bw_head = rate16 * e.mem_bw_eff
+    # checkpoints keep it so) and streams at the 16-bit weight rate, split over the TP
+    # ranks; an engine may state otherwise (gpt-fast keeps it whole on every rank and
+    # quantizes it with the layers)
+    head_tp = tp if decoding.head_split else 1
+    quant_head = decoding.head_quantized and weight_dtype in ("int8", "int4")
+    head_w = a.vocab * h / head_tp * (wb if quant_head else act_bytes)
+    head_flops = 2 * lm_head_tokens * a.vocab * h / head_tp
+    bw_head = bw_w if quant_head else rate16 * e.mem_bw_eff
     t_head = (
         max(
-            gemm_time(head_flops, lm_head_tokens, a.vocab / tp, h, peak16, bw_a, e),
+            gemm_time(head_flops, lm_head_tokens, a.vocab / head_tp, h, peak16, bw_a, e),
             head_w / bw_head,
         )
         if lm_head_tokens
