@@ -61,8 +61,8 @@ OUT = ROOT / "benchmarks" / "out"
 #: MAMF, `Accelerator.matmul_fraction`), so it may reach 1. A step of NCCL's collectives
 #: over NVLink takes 0.47-3.4 us by NCCL's own tuning model (NVIDIA/nccl
 #: src/graph/tuning.cc, hwLat, LL to Simple): 0.3-2.27 x the catalog's 1.5 us. Wider,
-#: the scale took the host's launch of each all-reduce as well (tp_launch_us went to 0
-#: and the scale to 4.9 once gpt-fast's and vLLM's own all-reduces were costed apart).
+#: the scale takes the host's launch of each all-reduce as well (tp_launch_us goes to 0
+#: and the scale to 4.5-4.9 once gpt-fast's and vLLM's own all-reduces are costed apart).
 BOUNDS: dict[str, tuple[float, float]] = {
     "gemm_eff_max": (0.6, 1.0),
     "gemm_io_exposed": (0.0, 2.0),

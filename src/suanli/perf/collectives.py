@@ -52,10 +52,12 @@ def all_reduce_s(size: float, n: int, r: int, sys: System, eff: Efficiency) -> f
 
 def peer_all_reduce_s(size: float, n: int, sys: System, eff: Efficiency) -> float:
     """All-reduce of ``size`` bytes over ``n`` ranks of one node by a peer-to-peer
-    kernel (FasterTransformer's two-shot, as vLLM, SGLang and PyTorch's IntraNodeComm
-    run it): each rank reduces its ``1/n`` share by reading it from every peer, then
-    reads the others' reduced shares; the bytes of a ring, with one fixed cost
-    (``eff.peer_ar_us``) in place of the ring's steps."""
+    kernel (FasterTransformer's, as vLLM, SGLang and PyTorch's IntraNodeComm run it):
+    one fixed cost (``eff.peer_ar_us``, the ranks' handshake) in place of a ring's
+    steps, and a ring's bytes, which its two-shot form moves (each rank reduces its
+    ``1/n`` share read from every peer, then reads the others' reduced shares). The
+    one-shot form, for small messages, reads more bytes, but of a message too small for
+    bytes to count."""
     if n <= 1 or size <= 0:
         return 0.0
     return eff.peer_ar_us * 1e-6 + 2 * (n - 1) / n * size / (sys.intra_bw * eff.link_eff)

@@ -6,9 +6,9 @@ how much of the overlappable communication is really hidden, a fixed cost per la
 per pass (kernel launches, framework bookkeeping), the host's costs in a decode step
 as the serving engine states them (a launch per tensor-parallel all-reduce where the
 step is not a captured graph, a scheduling pass per step, the fixed cost of its own
-peer-to-peer all-reduce), and the lower bandwidth
-that weight-only quantized kernels (int8/int4) reach. They are global — one value for
-every chip, model and layout — and are fitted by ``benchmarks/calibration.py --save``
+peer-to-peer all-reduce), and the lower bandwidth that weight-only quantized kernels
+(int8/int4) reach. They are global — one value for every chip, model and layout — and
+are fitted by ``benchmarks/calibration.py --save``
 on ``../shared/calibration``; the fitted values live in ``perf/data/efficiency.yaml``
 with the fit's error beside them.
 """
