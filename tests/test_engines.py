@@ -353,6 +353,19 @@ def test_gpt_fast_reads_its_whole_output_projection_on_every_rank() -> None:
     assert split["lm_head"] < q_whole["lm_head"] < whole["lm_head"]
     # the layers are what they were: only the head changed
     assert whole["weights_gemm"] == pytest.approx(split["weights_gemm"])
+    # and every rank holds the whole embedding (bf16) and the whole int8 head besides an
+    # eighth of the layers
+    from suanli.perf.serve import weight_bytes_per_device
+    from suanli.perf.shape import shape_of
+
+    s = shape_of(llama)
+    held = weight_bytes_per_device(s, 8, "int8", fast) - weight_bytes_per_device(s, 8, "int8")
+    int8 = 1 + 2 / 128  # a byte a weight and its per-channel scale (QUANT_SCALE_BYTES_PER_WEIGHT)
+    assert held == pytest.approx(s.embedding_params * 2 * 7 / 8 + s.head_params * (int8 - 2 / 8))
+    one = {"num_devices": 8, "tp": 8, "batch": 1, "input_len": 5, "output_len": 200}
+    via = estimate_serve(llama, a100, engine=get_engine("gpt-fast"), **one, weight_dtype="int8")  # type: ignore[arg-type]
+    ideal = estimate_serve(llama, a100, **one, weight_dtype="int8")  # type: ignore[arg-type]
+    assert via.memory_gb["weights"] - ideal.memory_gb["weights"] == pytest.approx(held / 1e9)
 
 
 def test_an_estimate_says_when_no_source_states_the_graph_capture_or_all_reduce() -> None:

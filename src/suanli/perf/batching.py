@@ -85,6 +85,7 @@ class StepTime:
             PREFILL_CHUNK_TOKENS,
             0,
             self.eff,
+            self.decoding,
         )
         free = self.system.accelerator.memory_gb * GB - sum(
             v for k, v in fixed.items() if k != "kv_cache"

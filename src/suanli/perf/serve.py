@@ -114,13 +114,22 @@ def check_serve(
         raise InvalidLayoutError("--batch, --input-len and --output-len must be >= 1")
 
 
-def weight_bytes_per_device(s: ModelShape, tp: int, weight_dtype: str) -> float:
-    """Weights one device holds: linear layers at ``weight_dtype``, embeddings at bf16."""
+def weight_bytes_per_device(
+    s: ModelShape, tp: int, weight_dtype: str, decoding: Decoding = IDEALISED
+) -> float:
+    """Weights one device holds: linear layers at ``weight_dtype``, embeddings at bf16,
+    all split over the TP ranks; an engine that keeps the vocabulary tensors whole
+    (``decoding.head_split`` False: gpt-fast) holds them on every rank, its output
+    projection quantized with the layers where it says so."""
     wb = BYTES_PER_ELEMENT[weight_dtype] + QUANT_SCALE_BYTES_PER_WEIGHT.get(weight_dtype, 0.0)
     embed = s.embedding_params + s.head_params
     linear = s.total_params - embed - s.arch.layers * s.norm_bias_params_per_layer
     embed_b = BYTES_PER_ELEMENT["fp32"] if weight_dtype == "fp32" else ACT_BYTES
-    return (linear * wb + embed * embed_b) / tp
+    if decoding.head_split:
+        return (linear * wb + embed * embed_b) / tp
+    quant_head = decoding.head_quantized and weight_dtype in ("int8", "int4")
+    head_b = wb if quant_head else embed_b
+    return linear * wb / tp + s.embedding_params * embed_b + s.head_params * head_b
 
 
 def kv_bytes_per_token_device(s: ModelShape, tp: int, kv_dtype: str) -> float:
@@ -144,17 +153,20 @@ def serve_memory(
     input_len: int,
     output_len: int,
     e: Efficiency,
+    decoding: Decoding = IDEALISED,
 ) -> dict[str, float]:
     """Bytes per device: weights, KV cache of the batch at full length, activations, workspace.
 
     Activations: one layer's intermediates for a prefill chunk (serving engines
-    prefill in chunks of at most `PREFILL_CHUNK_TOKENS`) plus fp32 logits.
+    prefill in chunks of at most `PREFILL_CHUNK_TOKENS`) plus fp32 logits (of the whole
+    vocabulary on every rank where the engine keeps the output projection whole).
     """
     a = s.arch
     chunk = min(batch * input_len, PREFILL_CHUNK_TOKENS)
-    act = chunk * (4 * a.hidden + 2 * a.ffn / tp) * ACT_BYTES + batch * a.vocab / tp * 4
+    head_tp = tp if decoding.head_split else 1
+    act = chunk * (4 * a.hidden + 2 * a.ffn / tp) * ACT_BYTES + batch * a.vocab / head_tp * 4
     return {
-        "weights": weight_bytes_per_device(s, tp, weight_dtype),
+        "weights": weight_bytes_per_device(s, tp, weight_dtype, decoding),
         "kv_cache": batch * (input_len + output_len) * kv_bytes_per_token_device(s, tp, kv_dtype),
         "activations": act,
         "workspace": e.workspace_gb * GB,
@@ -169,9 +181,12 @@ def max_batch_that_fits(
     kv_dtype: str,
     seq_tokens: int,
     e: Efficiency,
+    decoding: Decoding = IDEALISED,
 ) -> int:
     """The most sequences of ``seq_tokens`` whose KV cache fits beside the weights."""
-    fixed = serve_memory(s, system, tp, weight_dtype, kv_dtype, 1, PREFILL_CHUNK_TOKENS, 0, e)
+    fixed = serve_memory(
+        s, system, tp, weight_dtype, kv_dtype, 1, PREFILL_CHUNK_TOKENS, 0, e, decoding
+    )
     free = (
         system.accelerator.memory_gb * GB
         - fixed["weights"]
@@ -425,11 +440,13 @@ def estimate_serve(
     total_s = ttft + output_len * tpot
     out_tps = replicas * batch * output_len / total_s
 
-    mem = serve_memory(s, system, tp, weight_dtype, kv_dtype, batch, input_len, output_len, e)
+    mem = serve_memory(
+        s, system, tp, weight_dtype, kv_dtype, batch, input_len, output_len, e, decoding
+    )
     total = sum(mem.values())
     cap = acc.memory_gb * GB
     max_batch = max_batch_that_fits(
-        s, system, tp, weight_dtype, kv_dtype, input_len + output_len, e
+        s, system, tp, weight_dtype, kv_dtype, input_len + output_len, e, decoding
     )
     idle_w = acc.idle_w if acc.idle_w is not None else 0.3 * acc.tdp_w
     decode_w = idle_w + DECODE_POWER_FRACTION * (acc.tdp_w - idle_w)

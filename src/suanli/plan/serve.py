@@ -155,7 +155,7 @@ def _engine_configs(
         for tp in divisors(dpn):
             if model.heads % tp or tp > entry.count:
                 continue
-            mb = max_batch_that_fits(s, entry.system, tp, wd, kvd, seq, e)
+            mb = max_batch_that_fits(s, entry.system, tp, wd, kvd, seq, e, decoding)
             if mb < 1:
                 continue
             pre = sum(
