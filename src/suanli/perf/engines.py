@@ -94,9 +94,10 @@ class Decoding:
     the device waits (`Efficiency.sched_step_us`); ``custom_all_reduce``, a
     tensor-parallel all-reduce inside an NVLink node is the engine's own peer-to-peer
     kernel where that is quicker than NCCL's (`Efficiency.peer_ar_us`); ``head_split``,
-    the output projection's rows split over the tensor-parallel ranks (else every rank
-    reads all of it each step); ``head_quantized``, int8/int4 weights quantize the
-    output projection too (else it stays 16-bit, as quantized checkpoints keep it)."""
+    the output projection and the embedding split over the tensor-parallel ranks (else
+    every rank holds both whole and reads all of the projection each step);
+    ``head_quantized``, int8/int4 weights quantize the output projection too (else it
+    stays 16-bit, as quantized checkpoints keep it)."""
 
     gqa_kv_reuse: bool = True
     graph_capture: bool = False
