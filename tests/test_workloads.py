@@ -489,7 +489,7 @@ def test_serve_lm_answers_like_openai_over_http(tmp_path: Path) -> None:
             "--dtype",
             "fp32",
             "--max-len",
-            "128",
+            "8192",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -531,8 +531,10 @@ def test_serve_lm_answers_like_openai_over_http(tmp_path: Path) -> None:
         assert chunks[-1]["choices"][0]["finish_reason"] == "length"
         text = "".join(c["choices"][0]["text"] for c in chunks)
         assert text == answers[0].json()["choices"][0]["text"]
-        # a client that leaves mid-stream frees its slot
-        body = {"model": str(cfg), "prompt": "long", "max_tokens": 100, "stream": True}
+        # a client that leaves mid-stream frees its slot. Its request is long enough that
+        # it cannot finish before the server sees the client go (100 tokens of this tiny
+        # model could, once, on a quick machine: it counted as finished, 8 not 7)
+        body = {"model": str(cfg), "prompt": "long", "max_tokens": 8000, "stream": True}
         with httpx.stream("POST", base + "/v1/completions", json=body, timeout=60) as s:
             next(s.iter_lines())
         for _ in range(100):
