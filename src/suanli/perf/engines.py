@@ -106,6 +106,14 @@ class Decoding:
     head_split: bool = True
     head_quantized: bool = False
 
+    def head_ranks(self, tp: int) -> int:
+        """Ranks the output projection (and embedding) is split over."""
+        return tp if self.head_split else 1
+
+    def quantizes_head(self, weight_dtype: str) -> bool:
+        """Whether the output projection is held and read at ``weight_dtype``."""
+        return self.head_quantized and weight_dtype in ("int8", "int4")
+
 
 #: the idealised engine's decode, where no engine is named
 IDEALISED = Decoding()

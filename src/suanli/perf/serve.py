@@ -127,8 +127,7 @@ def weight_bytes_per_device(
     embed_b = BYTES_PER_ELEMENT["fp32"] if weight_dtype == "fp32" else ACT_BYTES
     if decoding.head_split:
         return (linear * wb + embed * embed_b) / tp
-    quant_head = decoding.head_quantized and weight_dtype in ("int8", "int4")
-    head_b = wb if quant_head else embed_b
+    head_b = wb if decoding.quantizes_head(weight_dtype) else embed_b
     return linear * wb / tp + s.embedding_params * embed_b + s.head_params * head_b
 
 
@@ -163,7 +162,7 @@ def serve_memory(
     """
     a = s.arch
     chunk = min(batch * input_len, PREFILL_CHUNK_TOKENS)
-    head_tp = tp if decoding.head_split else 1
+    head_tp = decoding.head_ranks(tp)
     act = chunk * (4 * a.hidden + 2 * a.ffn / tp) * ACT_BYTES + batch * a.vocab / head_tp * 4
     return {
         "weights": weight_bytes_per_device(s, tp, weight_dtype, decoding),
@@ -299,8 +298,8 @@ def _pass_time(
     # checkpoints keep it so) and streams at the 16-bit weight rate, split over the TP
     # ranks; an engine may state otherwise (gpt-fast keeps it whole on every rank and
     # quantizes it with the layers)
-    head_tp = tp if decoding.head_split else 1
-    quant_head = decoding.head_quantized and weight_dtype in ("int8", "int4")
+    head_tp = decoding.head_ranks(tp)
+    quant_head = decoding.quantizes_head(weight_dtype)
     head_w = a.vocab * h / head_tp * (wb if quant_head else act_bytes)
     head_flops = 2 * lm_head_tokens * a.vocab * h / head_tp
     bw_head = bw_w if quant_head else rate16 * e.mem_bw_eff
