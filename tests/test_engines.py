@@ -385,3 +385,38 @@ def test_an_estimate_says_when_no_source_states_the_graph_capture_or_all_reduce(
         llama, h100, engine=get_engine("gpt-fast"), **{**RUN, "weight_dtype": "bf16"}
     )  # type: ignore[arg-type]
     assert not any("captured graph" in n or "NCCL's" in n for n in fast.notes)
+
+
+def test_a_prefill_runs_as_its_engine_does_outside_the_captured_graph() -> None:
+    """A prompt's pass goes through the same engine as its decode: gpt-fast's prefill
+    reads the whole output projection on every rank and reduces with its own
+    peer-to-peer kernel, vLLM's waits for the host's scheduling of the step; but no
+    engine replays its prefill as a captured graph (gpt-fast compiles it with dynamic
+    shapes, without reduce-overhead), so its all-reduces are launched one by one."""
+    from suanli.perf import default_efficiency
+    from suanli.perf.serve import prefill_parts
+
+    fast = get_engine("gpt-fast").decoding()
+    assert fast.graph_capture and not fast.prefill().graph_capture
+    assert fast.prefill().custom_all_reduce and not fast.prefill().head_split
+    e = default_efficiency().with_values(peer_ar_us=1.0, intra_latency_scale=1.0)
+    llama, a100 = model("llama-2-7b"), system("a100-80gb")
+    run = dict(tp=8, batch=1, input_len=16, weight_dtype="bf16", eff=e)
+    ideal = prefill_parts(llama, a100, **run)  # type: ignore[arg-type]
+    via = prefill_parts(llama, a100, decoding=fast, **run)  # type: ignore[arg-type]
+    assert via["lm_head"] > ideal["lm_head"]  # the whole head, not an eighth
+    assert via["tp_comm"] < ideal["tp_comm"]  # its own all-reduce, still launched
+    launched = prefill_parts(llama, a100, decoding=Decoding(custom_all_reduce=True), **run)  # type: ignore[arg-type]
+    assert via["tp_comm"] == pytest.approx(launched["tp_comm"])
+    vllm = get_engine("vllm").decoding()
+    h100 = system("h100-sxm")
+    one = dict(tp=1, batch=1, input_len=512, weight_dtype="bf16", eff=e)
+    hosted = prefill_parts(llama, h100, decoding=vllm, **one)  # type: ignore[arg-type]
+    plain = prefill_parts(llama, h100, **one)  # type: ignore[arg-type]
+    assert hosted["step_overhead"] - plain["step_overhead"] == pytest.approx(
+        e.sched_step_us * 1e-6
+    )
+    # the estimate's time to first token is that prefill
+    rq = {"num_devices": 8, "tp": 8, "batch": 1, "input_len": 16, "output_len": 8}
+    est = estimate_serve(llama, a100, engine=get_engine("gpt-fast"), eff=e, **rq)  # type: ignore[arg-type]
+    assert est.ttft_s == pytest.approx(sum(via.values()))

@@ -117,6 +117,7 @@ class StepTime:
             input_len=tokens,
             weight_dtype=self.weight_dtype,
             eff=self.eff,
+            decoding=self.decoding,
         )
         return sum(p.values()), p["weights_gemm"], p["layer_overhead"] + p["step_overhead"]
 

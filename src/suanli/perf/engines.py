@@ -114,6 +114,14 @@ class Decoding:
         """Whether the output projection is held and read at ``weight_dtype``."""
         return self.head_quantized and weight_dtype in ("int8", "int4")
 
+    def prefill(self) -> Decoding:
+        """The same engine's prefill pass. Every profiled engine captures its decode step
+        only (vLLM's CUDA graphs cover decode batch sizes, SGLang's likewise; gpt-fast's
+        generate.py compiles prefill with dynamic shapes, without reduce-overhead), so a
+        prefill launches its all-reduces one by one; the rest (its all-reduce kernel,
+        where the head lives, the host's scheduling of each step) is the engine's."""
+        return dataclasses.replace(self, graph_capture=False)
+
 
 #: the idealised engine's decode, where no engine is named
 IDEALISED = Decoding()

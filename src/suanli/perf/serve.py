@@ -337,15 +337,27 @@ def prefill_parts(
     eff: Efficiency | None = None,
     layer_frac: float = 1.0,
     with_head: bool = True,
+    decoding: Decoding = IDEALISED,
 ) -> dict[str, float]:
-    """Seconds, by part, to prefill ``batch`` prompts of ``input_len`` tokens at once."""
+    """Seconds, by part, to prefill ``batch`` prompts of ``input_len`` tokens at once,
+    as the engine whose decode ``decoding`` describes prefills (`Decoding.prefill`)."""
     e = eff if eff is not None else default_efficiency()
     s = shape_of(model)
     qv = s.q_dim + s.v_dim
     attn = model.layers * batch * input_len * input_len * qv  # causal: half of 2*I^2*(dq+dv)
     head = batch if with_head else 0
     return _pass_time(
-        s, system, e, tp, weight_dtype, batch * input_len, 0.0, attn, head, layer_frac
+        s,
+        system,
+        e,
+        tp,
+        weight_dtype,
+        batch * input_len,
+        0.0,
+        attn,
+        head,
+        layer_frac,
+        decoding.prefill(),
     )
 
 
@@ -418,7 +430,14 @@ def estimate_serve(
     acc = system.accelerator
     replicas = num_devices // tp
     pre = prefill_parts(
-        model, system, tp=tp, batch=batch, input_len=input_len, weight_dtype=weight_dtype, eff=e
+        model,
+        system,
+        tp=tp,
+        batch=batch,
+        input_len=input_len,
+        weight_dtype=weight_dtype,
+        eff=e,
+        decoding=decoding,
     )
     ttft = sum(pre.values())
 

@@ -167,6 +167,7 @@ def _engine_configs(
                     input_len=req.input_len,
                     weight_dtype=wd,
                     eff=e,
+                    decoding=decoding,
                 ).values()
             )
             xs = [1.0]
