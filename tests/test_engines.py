@@ -413,9 +413,7 @@ def test_a_prefill_runs_as_its_engine_does_outside_the_captured_graph() -> None:
     one = dict(tp=1, batch=1, input_len=512, weight_dtype="bf16", eff=e)
     hosted = prefill_parts(llama, h100, decoding=vllm, **one)  # type: ignore[arg-type]
     plain = prefill_parts(llama, h100, **one)  # type: ignore[arg-type]
-    assert hosted["step_overhead"] - plain["step_overhead"] == pytest.approx(
-        e.sched_step_us * 1e-6
-    )
+    assert hosted["step_overhead"] - plain["step_overhead"] == pytest.approx(e.sched_step_us * 1e-6)
     # the estimate's time to first token is that prefill
     rq = {"num_devices": 8, "tp": 8, "batch": 1, "input_len": 16, "output_len": 8}
     est = estimate_serve(llama, a100, engine=get_engine("gpt-fast"), eff=e, **rq)  # type: ignore[arg-type]
