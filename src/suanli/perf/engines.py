@@ -115,11 +115,12 @@ class Decoding:
         return self.head_quantized and weight_dtype in ("int8", "int4")
 
     def prefill(self) -> Decoding:
-        """The same engine's prefill pass. Every profiled engine captures its decode step
-        only (vLLM's CUDA graphs cover decode batch sizes, SGLang's likewise; gpt-fast's
-        generate.py compiles prefill with dynamic shapes, without reduce-overhead), so a
-        prefill launches its all-reduces one by one; the rest (its all-reduce kernel,
-        where the head lives, the host's scheduling of each step) is the engine's."""
+        """The same engine's prefill pass: its all-reduce kernel, where it keeps the head
+        and whether the host schedules the step are the engine's, but its all-reduces are
+        launched one by one. ``graph_capture`` is stated of the decode step; no profile
+        states a captured prefill (gpt-fast's generate.py compiles prefill with dynamic
+        shapes, without reduce-overhead; vLLM's V0 engine, whose host scheduling the
+        profile states, captures decode batch sizes only and runs prefill eagerly)."""
         return dataclasses.replace(self, graph_capture=False)
 
 
