@@ -151,15 +151,12 @@ class Engine:
         """What its decode does, as stated; where no source states a capability, what
         `IDEALISED` does (GQA reuse; kernels launched one by one; no host scheduling;
         NCCL's all-reduce; a split, 16-bit output projection)."""
-        p = self.profile
-        return Decoding(
-            gqa_kv_reuse=IDEALISED.gqa_kv_reuse if p.gqa_kv_reuse is None else p.gqa_kv_reuse,
-            graph_capture=bool(p.graph_capture),
-            host_scheduling=bool(p.host_scheduling),
-            custom_all_reduce=bool(p.custom_all_reduce),
-            head_split=IDEALISED.head_split if p.head_split is None else p.head_split,
-            head_quantized=bool(p.head_quantized),
-        )
+        stated = {
+            f.name: getattr(self.profile, f.name)
+            for f in dataclasses.fields(Decoding)
+            if getattr(self.profile, f.name) is not None
+        }
+        return dataclasses.replace(IDEALISED, **stated)
 
     def default_kv(self, weight_dtype: str, accelerator: Accelerator | None = None) -> str:
         """The KV cache follows the weights (`kv_follows`) where the engine keeps KV in

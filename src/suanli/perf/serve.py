@@ -352,12 +352,12 @@ def prefill_parts(
         e,
         tp,
         weight_dtype,
-        batch * input_len,
-        0.0,
-        attn,
-        head,
-        layer_frac,
-        decoding.prefill(),
+        tokens=batch * input_len,
+        kv_read_bytes=0.0,  # a prompt's attention reads its own K/V, counted in its FLOPs
+        attn_flops=attn,
+        lm_head_tokens=head,
+        layer_frac=layer_frac,
+        decoding=decoding.prefill(),
     )
 
 
