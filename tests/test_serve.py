@@ -124,3 +124,45 @@ def test_a_measured_engine_fixed_cost_and_gemv_rate_enter_the_decode_step() -> N
 
     stored_rate = 10e9 * default_efficiency().mem_bw_eff  # profiles store measured / mem_bw_eff
     assert int8["lm_head"] == got["lm_head"] == pytest.approx(head_bytes / stored_rate)
+
+
+def test_a_decode_with_int8_weights_pays_the_fixed_costs_measured_with_them() -> None:
+    """A measured device's fixed costs differ by weight dtype (a CPU's int8-weight GEMM
+    call costs a fifth of a bf16 one): an int8 decode takes those measured with int8
+    weights, any other dtype the compute dtype's, and an int8 decode on a device measured
+    without them the compute dtype's as well."""
+    import dataclasses
+
+    from suanli.perf import make_system
+    from suanli.perf.serve import decode_parts
+
+    tiny = model("tiny-llama-40m")
+    acc = dataclasses.replace(
+        system("a100-80gb").accelerator,
+        layer_overhead_us=400.0,
+        step_overhead_us=300.0,
+        weight_overhead_us={"int8": {"layer": 310.0, "step": 250.0}},
+    )
+    run = dict(tp=1, batch=8, context=96)
+    bf16 = decode_parts(tiny, make_system(acc), **run)  # type: ignore[arg-type]
+    int8 = decode_parts(tiny, make_system(acc), weight_dtype="int8", **run)  # type: ignore[arg-type]
+    assert bf16["layer_overhead"] == pytest.approx(tiny.layers * 400e-6)
+    assert bf16["step_overhead"] == pytest.approx(300e-6)
+    assert int8["layer_overhead"] == pytest.approx(tiny.layers * 310e-6)
+    assert int8["step_overhead"] == pytest.approx(250e-6)
+    unmeasured = dataclasses.replace(acc, weight_overhead_us=None)
+    old = decode_parts(tiny, make_system(unmeasured), weight_dtype="int8", **run)  # type: ignore[arg-type]
+    assert old["layer_overhead"] == bf16["layer_overhead"]
+    assert old["step_overhead"] == bf16["step_overhead"]
+
+
+def test_a_decode_gemm_rate_leaves_out_the_calls_own_cost() -> None:
+    """The decode-GEMM probe's rate is its bytes over its time less its calls' fixed cost,
+    which serve_lm's fixed costs already count; a call cost measured high on a noisy
+    machine takes at most half the time."""
+    from suanli.calibration.memory import streamed_gbs
+
+    # 100 calls of 1 MB in 30 ms, 100 µs of it each call's own: 1 GB/s less the calls
+    assert streamed_gbs(100e6, 0.030, 100, 100.0) == pytest.approx(100e6 / 0.020 / 1e9, abs=0.01)
+    assert streamed_gbs(100e6, 0.030, 100, 0.0) == pytest.approx(100e6 / 0.030 / 1e9, abs=0.01)
+    assert streamed_gbs(100e6, 0.030, 100, 1000.0) == pytest.approx(100e6 / 0.015 / 1e9, abs=0.01)

@@ -91,6 +91,17 @@ def test_calibrate_measures_and_perf_uses_the_measured_rates(
         assert all(v > 0 for v in by_k.values())
         assert acc.gemv_rate_gbs(512, dt) * e.mem_bw_eff == pytest.approx(by_k[512])
     assert prof["fixed_us"]["layer"] > 0 and acc.layer_overhead_us == prof["fixed_us"]["layer"]
+    # a decode GEMM call's own cost, taken out of the rates above, and the fixed costs
+    # measured again with serve_lm's int8 weights, which an int8 decode then pays
+    assert set(prof["gemv_call_us"]) == {prof["compute_dtype"], "int8"}
+    assert all(us > 0 for us in prof["gemv_call_us"].values())
+    int8_fixed = prof["fixed_us_by_weight"]["int8"]
+    assert int8_fixed["layer"] > 0 and set(int8_fixed) == {"layer", "step"}
+    assert acc.decode_overhead_us("int8") == (int8_fixed["layer"], int8_fixed["step"])
+    assert acc.decode_overhead_us(prof["compute_dtype"]) == (
+        acc.layer_overhead_us,
+        acc.step_overhead_us,
+    )
     assert acc.decode_attention_gbs == prof["decode_attention_gbs"] > 0
     # training attention and GEMMs at the measured rate of their length and size
     train_attn = {int(s): v["train_tflops"] for s, v in prof["attention"]["by_seq"].items()}
@@ -628,11 +639,13 @@ def test_calibrate_measures_an_engine_and_perf_predicts_through_it(
     assert fig["gemv_gbs_by_k"]["fp32"]["256"] > 0 and fig["gemv_gbs_by_k"]["int8"]["256"] > 0
     assert fig["decode_attention_gbs"] > 0
     assert set(fig["fixed_us"]) == {"layer", "step"}
+    assert set(fig["fixed_us_by_weight"]["int8"]) == {"layer", "step"}
     prof = {**calibrated[1], "engines": {"onnxruntime": fig}}
     acc = measured_accelerator(prof)
     ort = (acc.engine_variants or {})["onnxruntime"]
     assert ort.decode_attention_gbs == fig["decode_attention_gbs"]
     assert ort.step_overhead_us == (fig["fixed_us"]["step"] or None)
+    assert ort.weight_overhead_us == fig["fixed_us_by_weight"]
     assert ort.compute_dtype == "fp32" and "onnxruntime" in ort.sources["gemv_bandwidth_by_k"]
     model, sys_ = get_model("tiny-llama-40m"), make_system(acc)
     kw = dict(num_devices=1, tp=1, batch=8, input_len=64, output_len=64, weight_dtype="fp32")

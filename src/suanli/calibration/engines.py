@@ -13,8 +13,9 @@ the figures perf's decode model reads for eager PyTorch, so that
   of it (Llama-3-8B's geometry, as `attention.decode_attention_gbs`);
 * the fixed cost per decoder layer and per step: serve_lm decoding probe models
   too small to cost bytes or FLOPs, with 2 and 6 layers, through the engine
-  (`overheads.fixed_costs_us`). The per-step cost holds serve_lm's own work around
-  the graph (the cache gather, the mask, the copies in and out).
+  (`overheads.fixed_costs_us`), with fp32 weights and again with int8 ones. The
+  per-step cost holds serve_lm's own work around the graph (the cache gather, the
+  mask, the copies in and out).
 
 Everything runs in fp32: the export's precision (ONNX Runtime has no bf16 kernels
 for these ops on CPUs; OpenVINO is held to f32 so it measures what it serves).
@@ -54,10 +55,18 @@ def engine_profile(
             "version": version,
             "gemv_gbs_by_k": _gemv_by_k(eng, plan, tmp, k_sizes, sweep_total),
             "decode_attention_gbs": _decode_attention_gbs(eng, plan, tmp),
-            "fixed_us": fixed_costs_us("cpu", plan, "fp32", engine=eng),
+            **_fixed_us(eng, plan),
         }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fixed_us(engine: Any, plan: Plan) -> dict[str, Any]:
+    """The engine's fixed costs with fp32 weights, and with int8 ones: its int8 graph
+    runs other operators (ONNX Runtime's dynamic quantization of the activations,
+    OpenVINO's compressed weights)."""
+    by_weight = fixed_costs_us("cpu", plan, "fp32", engine=engine, weights=("none", "int8"))
+    return {"fixed_us": by_weight.pop("none"), "fixed_us_by_weight": by_weight}
 
 
 def _gemv_by_k(

@@ -8,7 +8,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from suanli.calibration.timing import DTYPES, Budget, Plan, sweep, sync_for, timed, torch_module
+from suanli.calibration.timing import (
+    DTYPES,
+    Budget,
+    Plan,
+    steady,
+    sweep,
+    sync_for,
+    timed,
+    torch_module,
+)
 
 
 def copy_bandwidth(device: str, plan: Plan) -> float:
@@ -82,8 +91,63 @@ def decode_rows(k: int) -> int:
     return min(4 * k, 16 * 2**20 // (2 * k))
 
 
+#: the side of a GEMM too small to cost bytes: what is left of its call is the call's cost
+CALL_PROBE_SIDE = 64
+CALL_PROBE_COUNT = 256
+
+
+def int8_kernel(torch: Any, device: str) -> bool:
+    """Whether serve_lm's int8 weights run PyTorch's int8-weight GEMM here (a CPU's)."""
+    return device == "cpu" and hasattr(torch, "_weight_int8pack_mm")
+
+
+def gemm_call_us(device: str, plan: Plan, dtype: str = "bf16", tokens: int = 8) -> dict[str, float]:
+    """µs one decode GEMM call costs whatever its size: dtype -> µs (``int8`` too where
+    serve_lm runs PyTorch's int8-weight kernel), timed over many distinct 64 x 64
+    matrices, which cost no bytes or FLOPs worth counting.
+
+    On one 2-core Xeon with AMX, a bf16 call cost 20 µs (oneDNN's set-up) and an int8
+    one 4: a 512 x 512 bf16 matrix took 41 µs from the cache, of which its 0.5 MB at
+    27 GB/s took 20. serve_lm's fixed costs (`overheads.fixed_costs_us`) already count
+    every call of a decode step, so `gemv_by_k` takes it out of its rates."""
+    torch = torch_module()
+    sync = sync_for(torch, device)
+    dt = getattr(torch, DTYPES[dtype])
+    n = CALL_PROBE_SIDE
+    x = torch.randn(tokens, n, dtype=dt, device=device)
+    ws = [torch.full((n, n), 0.01, dtype=dt, device=device) for _ in range(CALL_PROBE_COUNT)]
+
+    def run() -> None:
+        for w in ws:
+            torch.nn.functional.linear(x, w)
+
+    out = {dtype: steady(run, sync, plan.min_time_s) / CALL_PROBE_COUNT * 1e6}
+    if int8_kernel(torch, device):
+        qs = [torch.full((n, n), 3, dtype=torch.int8) for _ in range(CALL_PROBE_COUNT)]
+        scale = torch.ones(n, dtype=dt)
+
+        def run8() -> None:
+            for q in qs:
+                torch._weight_int8pack_mm(x, q, scale)
+
+        out["int8"] = steady(run8, sync, plan.min_time_s) / CALL_PROBE_COUNT * 1e6
+    return {k: round(v, 2) for k, v in out.items()}
+
+
+def streamed_gbs(weight_bytes: float, seconds: float, calls: int, call_us: float) -> float:
+    """GB/s of ``weight_bytes`` read by ``calls`` GEMM calls in ``seconds``, the calls' own
+    cost (``call_us`` each) taken out; at most half the time is taken, so a call cost
+    measured high on a noisy machine cannot make a rate out of nothing."""
+    moved_s = max(seconds - calls * call_us * 1e-6, seconds / 2)
+    return round(weight_bytes / moved_s / 1e9, 2)
+
+
 def gemv_by_k(
-    device: str, plan: Plan, dtype: str = "bf16", tokens: int = 8
+    device: str,
+    plan: Plan,
+    dtype: str = "bf16",
+    tokens: int = 8,
+    call_us: dict[str, float] | None = None,
 ) -> dict[str, dict[str, float]]:
     """GB/s at which decode-shaped GEMMs stream *many distinct* weights: dtype -> K -> GB/s.
 
@@ -95,15 +159,20 @@ def gemv_by_k(
     emulated); ``int8`` is the weight-only kernel serve_lm uses on CPUs
     (``_weight_int8pack_mm``, activations in ``dtype``): it streams its bytes at half
     bf16's rate or less, so half the bytes buy little.
+
+    ``call_us`` (`gemm_call_us`, by dtype): each call's fixed cost, taken out of the rate,
+    since perf adds a decode step's fixed costs on their own (at K = 512 a bf16 call is
+    a ninth fixed cost here).
     """
     torch = torch_module()
     sync = sync_for(torch, device)
     dt = getattr(torch, DTYPES[dtype])
     size = torch.tensor([], dtype=dt).element_size()
     total = sweep_bytes(device, plan)
-    int8 = device == "cpu" and hasattr(torch, "_weight_int8pack_mm")
+    int8 = int8_kernel(torch, device)
     budget = Budget(plan.probe_budget_s)
     out: dict[str, dict[str, float]] = {dtype: {}, **({"int8": {}} if int8 else {})}
+    fixed = call_us or {}
 
     def call_s(k: int) -> float:
         rows = decode_rows(k)
@@ -117,7 +186,7 @@ def gemv_by_k(
                 torch.nn.functional.linear(x, w)
 
         t = timed(run, sync, plan.min_time_s, budget)
-        out[dtype][str(k)] = round(count * rows * k * size / t / 1e9, 2)
+        out[dtype][str(k)] = streamed_gbs(count * rows * k * size, t, count, fixed.get(dtype, 0))
         ws.clear()  # free this K's set before the next is made
         if int8:
             qs = [torch.full((rows, k), 3, dtype=torch.int8) for _ in range(count)]
@@ -128,7 +197,7 @@ def gemv_by_k(
                     torch._weight_int8pack_mm(x, q, scale)
 
             t8 = timed(run8, sync, plan.min_time_s, budget)
-            out["int8"][str(k)] = round(count * rows * k / t8 / 1e9, 2)
+            out["int8"][str(k)] = streamed_gbs(count * rows * k, t8, count, fixed.get("int8", 0))
             t += t8
         return t
 

@@ -34,7 +34,7 @@ from suanli.calibration.allreduce import allreduce
 from suanli.calibration.attention import attention, decode_attention_gbs
 from suanli.calibration.gemm import gemm, lm_head_tflops
 from suanli.calibration.loss import loss_rate
-from suanli.calibration.memory import copy_bandwidth, gemv, gemv_by_k
+from suanli.calibration.memory import copy_bandwidth, gemm_call_us, gemv, gemv_by_k
 from suanli.calibration.overheads import dispatch_us, fixed_costs_us, train_elementwise_gbs
 from suanli.calibration.timing import Plan, torch_module
 from suanli.device import device_name
@@ -60,11 +60,18 @@ class Profile:
     gemv_gbs: dict[str, float] = field(default_factory=dict)  # dtype -> weight GB/s at M=8
     dispatch_us: float = 0.0
     loss_logits_per_s: float = 0.0  # fp32 cross-entropy forward + backward, logits per second
-    # weights streamed by decode-shaped GEMMs over many distinct matrices: dtype -> K -> GB/s
+    #: a decode GEMM call's cost whatever its size, dtype -> µs (`memory.gemm_call_us`)
+    gemv_call_us: dict[str, float] = field(default_factory=dict)
+    # weights streamed by decode-shaped GEMMs over many distinct matrices, the calls' own
+    # cost taken out: dtype -> K -> GB/s
     gemv_gbs_by_k: dict[str, dict[str, float]] = field(default_factory=dict)
     decode_attention_gbs: float = 0.0  # K/V bytes a decode step's attention reads per second
     fixed_us: dict[str, float] = field(default_factory=dict)  # per decoder layer, per step
-    #: serve_lm through ONNX Runtime / OpenVINO: name -> the decode figures above, measured
+    #: the same with int8 weights (an int8-weight GEMM call costs a CPU a fifth of a bf16
+    #: one): weight dtype -> per layer, per step
+    fixed_us_by_weight: dict[str, dict[str, float]] = field(
+        default_factory=dict
+    )  #: serve_lm through ONNX Runtime / OpenVINO: name -> the decode figures above, measured
     #: through that engine (`suanli.calibration.engines`)
     engines: dict[str, dict[str, Any]] = field(default_factory=dict)
     threads: int = 0
@@ -162,18 +169,27 @@ def measure(torch: Any, device: str, plan: Plan, progress: Callable[[str], None]
     def dt() -> str:  # read after the GEMM probe has set it
         return prof.compute_dtype
 
+    def fixed() -> None:  # with the compute dtype's weights, and serve_lm's int8 ones
+        by_weight = fixed_costs_us(device, plan, dt(), weights=("none", "int8"))
+        prof.fixed_us = by_weight.pop("none")
+        prof.fixed_us_by_weight = by_weight
+
     steps: list[tuple[str, Callable[[], None]]] = [
         ("GEMM", precision),
         ("LM head", set_("lm_head_tflops", lambda: lm_head_tflops(device, plan, dt()))),
         ("memory", set_("memory_bandwidth_gbs", lambda: copy_bandwidth(device, plan))),
         # decode GEMVs in the dtype serve_lm computes in, and in fp32
         ("decode GEMV", set_("gemv_gbs", lambda: gemv(device, plan, tuple({dt(), "fp32"})))),
-        ("decode GEMV by K", set_("gemv_gbs_by_k", lambda: gemv_by_k(device, plan, dt()))),
+        ("decode GEMM call", set_("gemv_call_us", lambda: gemm_call_us(device, plan, dt()))),
+        (
+            "decode GEMV by K",
+            set_("gemv_gbs_by_k", lambda: gemv_by_k(device, plan, dt(), call_us=prof.gemv_call_us)),
+        ),
         (
             "decode attention",
             set_("decode_attention_gbs", lambda: decode_attention_gbs(device, plan, dt())),
         ),
-        ("fixed costs", set_("fixed_us", lambda: fixed_costs_us(device, plan, dt()))),
+        ("fixed costs", fixed),
         (
             "training elementwise",
             set_("train_elementwise_gbs", lambda: train_elementwise_gbs(device, plan, dt())),

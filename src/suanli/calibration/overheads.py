@@ -107,55 +107,70 @@ def counted_elementwise_bytes(arch: Any, seq: int, batch: int, dtype: str = "bf1
 
 
 def fixed_costs_us(
-    device: str, plan: Plan, dtype: str = "bf16", engine: str | None = None
-) -> dict[str, float]:
-    """The fixed cost of serve_lm's decode in ``dtype``, per layer and per step, in µs
-    (``engine``: through ONNX Runtime or OpenVINO instead of eager PyTorch, in fp32).
+    device: str,
+    plan: Plan,
+    dtype: str = "bf16",
+    engine: str | None = None,
+    weights: tuple[str, ...] = ("none",),
+) -> dict[str, dict[str, float]]:
+    """The fixed cost of serve_lm's decode in ``dtype``, per layer and per step, in µs,
+    by the weights it serves (``weights``: ``none`` for ``dtype``'s own, ``int8`` for
+    serve_lm's int8 ones); ``engine``: through ONNX Runtime or OpenVINO instead of eager
+    PyTorch, in fp32.
 
     Eager PyTorch pays per operator (dispatch, a GEMM's set-up, the engine's own
     Python) whatever the tensor sizes; on a CPU that is a large share of a small
     model's decode step, and perf's bandwidth terms do not see it. Measured on
     probe models too small to cost bytes or FLOPs (hidden 64), with 2 and 6
     layers: the difference is the per-layer cost, the rest the per-step cost.
+    An int8-weight GEMM call costs other than a 16-bit one (on one 2-core Xeon with
+    AMX, 4 µs against oneDNN's 20 in bf16: 300-310 µs a layer against 375-390), and
+    an engine's int8 graph runs other operators, so each weight dtype is measured,
+    the probes alternated round by round: a shared machine's drift hits all alike.
     """
     torch = torch_module()
     from suanli.catalog.types import ModelArch
-    from suanli.workloads.serve_lm import Engine, Request
+    from suanli.workloads.serve_lm import Engine, Request, quantize_int8
     from suanli.workloads.train_lm import GPT
 
     dt = getattr(torch, DTYPES[dtype])
     engines = {}
-    for layers in (2, 6):
-        arch = ModelArch(
-            name="fixed-cost-probe",
-            display_name="calibration probe",
-            hidden=64,
-            layers=layers,
-            heads=2,
-            kv_heads=1,
-            head_dim=32,
-            ffn=128,
-            vocab=256,
-            gated_mlp=True,
-            tied_embeddings=False,
-            max_seq_len=512,
-            sources={"hidden": "calibration probe: too small to cost bytes or FLOPs"},
-        )
-        torch.manual_seed(0)
-        model = GPT(arch).to(device=device, dtype=dt).eval()
-        if engine is None:
-            engines[layers] = Engine(model, arch, 8, 512, dt, device)
-        else:
-            from suanli.workloads.onnx_lm import OnnxEngine, runner_for
+    for quantize in weights:
+        for layers in (2, 6):
+            arch = ModelArch(
+                name="fixed-cost-probe",
+                display_name="calibration probe",
+                hidden=64,
+                layers=layers,
+                heads=2,
+                kv_heads=1,
+                head_dim=32,
+                ffn=128,
+                vocab=256,
+                gated_mlp=True,
+                tied_embeddings=False,
+                max_seq_len=512,
+                sources={"hidden": "calibration probe: too small to cost bytes or FLOPs"},
+            )
+            torch.manual_seed(0)
+            model = GPT(arch).to(device=device, dtype=dt).eval()
+            if engine is None:
+                if quantize == "int8":
+                    quantize_int8(model, dt)
+                engines[quantize, layers] = Engine(model, arch, 8, 512, dt, device)
+            else:
+                from suanli.workloads.onnx_lm import OnnxEngine, runner_for
 
-            backend = runner_for(model, cast(OnnxEngine, engine))
-            engines[layers] = Engine(None, arch, 8, 512, torch.float32, device, backend)
-    rounds: dict[int, list[float]] = {2: [], 6: []}
-    budget = Budget(plan.probe_budget_s)
-    for i in range(3 if plan.min_time_s < 0.3 else 7):  # alternated: drift hits both alike
+                backend = runner_for(model, cast(OnnxEngine, engine), quantize)
+                engines[quantize, layers] = Engine(
+                    None, arch, 8, 512, torch.float32, device, backend
+                )
+    rounds: dict[tuple[str, int], list[float]] = {key: [] for key in engines}
+    budget = Budget(plan.probe_budget_s * len(weights))
+    for i in range(3 if plan.min_time_s < 0.3 else 7):  # alternated: drift hits all alike
         if i >= 3 and budget.left_s() <= 0:
             break
-        for layers, eng in engines.items():
+        for key, eng in engines.items():
             for j in range(8):
                 eng.waiting.put(Request([j + 1] * 64, 120, 0.0))
             eng.step()  # prefill
@@ -164,10 +179,13 @@ def fixed_costs_us(
             start, n = time.perf_counter(), 40
             for _ in range(n):
                 eng.step()
-            rounds[layers].append((time.perf_counter() - start) / n * 1e6)
+            rounds[key].append((time.perf_counter() - start) / n * 1e6)
             while eng.active:
                 eng.step()
-    # the median round, as a workload's mean step sees the same noise
-    per_step = {layers: statistics.median(ts) for layers, ts in rounds.items()}
-    layer = max(0.0, (per_step[6] - per_step[2]) / 4)
-    return {"layer": round(layer, 1), "step": round(max(0.0, per_step[2] - 2 * layer), 1)}
+    out = {}
+    for quantize in weights:
+        # the median round, as a workload's mean step sees the same noise
+        two, six = (statistics.median(rounds[quantize, layers]) for layers in (2, 6))
+        layer = max(0.0, (six - two) / 4)
+        out[quantize] = {"layer": round(layer, 1), "step": round(max(0.0, two - 2 * layer), 1)}
+    return out

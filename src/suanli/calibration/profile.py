@@ -141,6 +141,7 @@ def measured_accelerator(
             "gemv_bandwidth_by_k": f"measured decode GEMMs, distinct matrices / mem_bw_eff, {when}",
             "layer_overhead_us": f"measured serve_lm decode, 6- minus 2-layer probe / 4, {when}",
             "step_overhead_us": f"measured serve_lm decode, 2-layer probe minus its layers, {when}",
+            "weight_overhead_us": f"the same two probes with serve_lm's int8 weights, {when}",
             "decode_attention_gbs": f"measured serve_lm decode attention, K/V read, {when}",
             "attention_train_tflops": f"measured fused SDPA, {compute} fwd + bwd, {when}",
             "gemm_tflops_by_size": f"measured square GEMMs by size, {when}",
@@ -184,7 +185,8 @@ def measured_accelerator(
 def _decode_figures(figures: dict[str, Any], e: Efficiency) -> dict[str, Any]:
     """The decode fields of an accelerator record from a profile's (or an engine's)
     measured figures: weight rates by K (divided by ``mem_bw_eff``, which perf
-    multiplies back), K/V rate, and the fixed costs, a measured 0 µs kept as 0."""
+    multiplies back), K/V rate, and the fixed costs (with int8 weights too, where
+    measured), a measured 0 µs kept as 0."""
     fixed = figures.get("fixed_us") or {}
     by_k = {
         dt: {int(k): v / e.mem_bw_eff for k, v in rates.items()}
@@ -195,6 +197,7 @@ def _decode_figures(figures: dict[str, Any], e: Efficiency) -> dict[str, Any]:
         "decode_attention_gbs": figures.get("decode_attention_gbs") or None,
         "layer_overhead_us": fixed.get("layer"),
         "step_overhead_us": fixed.get("step"),
+        "weight_overhead_us": dict(figures.get("fixed_us_by_weight") or {}) or None,
     }
 
 
@@ -220,6 +223,7 @@ def _engine_variants(acc: Accelerator, profile: dict[str, Any], e: Efficiency) -
                 "decode_attention_gbs": f"measured gather + attention through {engine}, {when}",
                 "layer_overhead_us": f"serve_lm decode through {engine}, 6- minus 2-layer, {when}",
                 "step_overhead_us": f"serve_lm decode through {engine}, 2-layer probe, {when}",
+                "weight_overhead_us": f"the same through {engine}, int8 weights, {when}",
             },
             engine_variants=None,
             measured_engine=engine,

@@ -66,6 +66,10 @@ class Accelerator:
     gemv_bandwidth_by_k: dict[str, dict[int, float]] | None = None
     layer_overhead_us: float | None = None
     step_overhead_us: float | None = None
+    #: measured only: the same fixed costs with weights in another dtype than the compute
+    #: one, weight dtype -> {"layer": µs, "step": µs} (a CPU's int8-weight GEMM call costs
+    #: a fifth of a bf16 one)
+    weight_overhead_us: dict[str, dict[str, float]] | None = None
     #: the maximum achievable matmul rate (MAMF: the best of a sweep of large GEMM shapes)
     #: as a fraction of the dense peak, by dtype, where it was measured and published;
     #: perf runs GEMMs at a share of this rate, not of the data-sheet peak
@@ -111,6 +115,15 @@ class Accelerator:
         if not by_k:
             return self.gemv_bandwidth_gbs if dtype == "bf16" else None
         return log_interp(by_k, k)
+
+    def decode_overhead_us(self, weight_dtype: str) -> tuple[float | None, float | None]:
+        """The measured fixed costs of a decode step with ``weight_dtype`` weights, per
+        layer and per step (µs): measured with those weights where they were, else with
+        the compute dtype's; None where nothing was measured."""
+        own = (self.weight_overhead_us or {}).get(weight_dtype)
+        if own:
+            return own.get("layer"), own.get("step")
+        return self.layer_overhead_us, self.step_overhead_us
 
     def attention_train_rate(self, seq_len: int) -> float | None:
         """Measured fused-attention training TFLOP/s at ``seq_len`` (log-interpolated), or

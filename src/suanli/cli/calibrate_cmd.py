@@ -119,6 +119,8 @@ def calibrate_cmd(
     )
     for dt, gbs in prof["gemv_gbs"].items():
         t.add_row(f"decode GEMV {dt} weight GB/s", fmt(gbs), "")
+    for dt, us in prof.get("gemv_call_us", {}).items():
+        t.add_row(f"decode GEMM call {dt}, whatever its size (µs)", fmt(us), "")
     for dt, by_k in prof.get("gemv_gbs_by_k", {}).items():
         for k, gbs in by_k.items():
             t.add_row(f"decode GEMV {dt}, distinct K={k} matrices, GB/s", fmt(gbs), "")
@@ -139,6 +141,9 @@ def calibrate_cmd(
         t.add_row("decode attention K/V GB/s", fmt(prof["decode_attention_gbs"]), "")
     for part, us in prof.get("fixed_us", {}).items():
         t.add_row(f"serve_lm decode fixed cost per {part} (µs)", fmt(us), "")
+    for wdt, parts in prof.get("fixed_us_by_weight", {}).items():
+        for part, us in parts.items():
+            t.add_row(f"serve_lm decode fixed cost per {part}, {wdt} weights (µs)", fmt(us), "")
     for eng, fig in prof.get("engines", {}).items():
         label = f"{eng} {fig['version']}"
         for dt, by_k in fig["gemv_gbs_by_k"].items():
@@ -147,6 +152,9 @@ def calibrate_cmd(
         t.add_row(f"{label}: decode attention K/V GB/s", fmt(fig["decode_attention_gbs"]), "")
         for part, us in fig["fixed_us"].items():
             t.add_row(f"{label}: serve_lm decode fixed cost per {part} (µs)", fmt(us), "")
+        for wdt, parts in fig.get("fixed_us_by_weight", {}).items():
+            for part, us in parts.items():
+                t.add_row(f"{label}: fixed cost per {part}, {wdt} weights (µs)", fmt(us), "")
     t.add_row("wall time (s)", fmt(prof["wall_s"]), "")
     console.print(t)
     if save:

@@ -312,8 +312,9 @@ def _pass_time(
         else 0.0
     )
     # fixed costs: the global per-layer one, or what the device's engine was measured at
-    fixed_us = e.layer_overhead_us if acc.layer_overhead_us is None else acc.layer_overhead_us
-    t_over = layers * fixed_us * 1e-6
+    # (with these weights, where measured: an int8-weight GEMM call costs its own)
+    layer_us, step_us = acc.decode_overhead_us(weight_dtype)
+    t_over = layers * (e.layer_overhead_us if layer_us is None else layer_us) * 1e-6
     return {
         "weights_gemm": t_weights,
         "attention": t_attn,
@@ -321,7 +322,7 @@ def _pass_time(
         "tp_comm": t_tp,
         "lm_head": t_head,
         "layer_overhead": t_over,
-        "step_overhead": (acc.step_overhead_us or 0.0) * 1e-6
+        "step_overhead": (step_us or 0.0) * 1e-6
         + (e.sched_step_us * 1e-6 if decoding.host_scheduling else 0.0),
     }
 
