@@ -33,6 +33,30 @@ def test_a_sweep_stops_growing_sizes_the_budget_cannot_afford() -> None:
     assert Plan.quick().probe_budget_s * 11 < 60  # eleven probes in a --quick minute
 
 
+def test_a_stall_reaches_one_window_of_a_gemm_size_not_its_rate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The GEMM probe times each size once per round over the sizes and takes the median:
+    a stall across two consecutive windows (what one closing-loop run met) reaches two
+    sizes once each, not one size twice. The windows' times are scripted in the order
+    they are taken; the GEMMs themselves run (tiny)."""
+    from suanli.calibration import gemm as probe
+
+    order: list[int] = []
+    stalled = {1, 2}  # the second and the third window taken
+
+    def window(fn: object, sync: object, min_time_s: float, budget: object = None) -> float:
+        i = len(order)
+        order.append(i)
+        return 1e-3 * (3.0 if i in stalled else 1.0)
+
+    monkeypatch.setattr(probe, "timed", window)
+    plan = Plan((8, 16, 32), ("fp32",), 8, (8,), (1.0,), 0.0, 10.0)
+    got = probe.gemm_sweep("cpu", plan, "fp32", plan.gemm_sizes)
+    assert len(order) == 3 * probe.ROUNDS
+    assert got == {str(n): round(2 * n**3 / 1e-3 / 1e12, 4) for n in (8, 16, 32)}
+
+
 def test_fp32_training_is_a_layout_perf_predicts() -> None:
     """Where bf16 is emulated the workloads train in fp32: perf takes that layout, with
     fp32 activations (twice the bytes), no autocast casts, fp32 gradients."""

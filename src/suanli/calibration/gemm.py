@@ -3,11 +3,13 @@ precision this device runs faster than fp32 (the one the workloads and perf then
 
 from __future__ import annotations
 
+import statistics
+from typing import Any
+
 from suanli.calibration.timing import (
     DTYPES,
     Budget,
     Plan,
-    steady,
     sweep,
     sync_for,
     timed,
@@ -19,22 +21,41 @@ LM_HEAD_HIDDEN = (512, 2048)  # hidden sizes the output projection is measured a
 LM_HEAD_TOKENS = 1024  # tokens per timing (a micro-batch's worth)
 
 
+#: timing windows per size, taken round by round over the sizes a sweep kept
+ROUNDS = 3
+
+
 def gemm_sweep(device: str, plan: Plan, name: str, sizes: tuple[int, ...]) -> dict[str, float]:
-    """TFLOP/s of square GEMMs of ``sizes`` in dtype ``name``, within a probe budget."""
+    """TFLOP/s of square GEMMs of ``sizes`` in dtype ``name``: the median of `ROUNDS`
+    timing windows per size, one per round over the sizes (the first round grows the
+    sizes while the probe's budget affords the next), not back to back.
+
+    A shared machine stalls for a second now and then. In one closing-loop run the
+    median of three back-to-back windows read bf16 1,024² at 0.54 TFLOP/s, with 2.64
+    at 2,048² in the same sweep; later, twelve windows of it here read 1.41-1.50 but
+    one (0.76). The predicted training step came out 28% slow. In rounds, a stall
+    shorter than a round reaches one window of a size."""
     torch = torch_module()
     sync = sync_for(torch, device)
     dtype = getattr(torch, DTYPES[name])
     budget = Budget(plan.probe_budget_s)
+    operands: dict[int, tuple[Any, Any]] = {}
 
-    def call_s(n: int) -> float:
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
-        # the median of three windows, as the attention probe: in one closing-loop run a
-        # stalled window read bf16 1,024^2 at 0.55 TFLOP/s, below 256^2's 0.59, and the
-        # predicted training step came out 43% slow
-        return steady(lambda: torch.mm(a, b), sync, plan.min_time_s)
+    def window_s(n: int) -> float:
+        if n not in operands:
+            operands[n] = (
+                torch.randn(n, n, device=device, dtype=dtype),
+                torch.randn(n, n, device=device, dtype=dtype),
+            )
+        a, b = operands[n]
+        return timed(lambda: torch.mm(a, b), sync, plan.min_time_s)
 
-    return sweep(sizes, call_s, lambda n, t: round(2 * n**3 / t / 1e12, 4), lambda n: n**3, budget)
+    first = sweep(sizes, window_s, lambda n, t: t, lambda n: n**3, budget)
+    windows = {int(n): [t] for n, t in first.items()}
+    for _ in range(ROUNDS - 1):
+        for n, ts in windows.items():
+            ts.append(window_s(n))
+    return {str(n): round(2 * n**3 / statistics.median(ts) / 1e12, 4) for n, ts in windows.items()}
 
 
 def gemm(device: str, plan: Plan) -> tuple[dict[str, dict[str, float]], Precision]:
