@@ -3,7 +3,6 @@ precision this device runs faster than fp32 (the one the workloads and perf then
 
 from __future__ import annotations
 
-import statistics
 from typing import Any
 
 from suanli.calibration.timing import (
@@ -11,6 +10,7 @@ from suanli.calibration.timing import (
     Budget,
     Plan,
     sweep,
+    sweep_in_rounds,
     sync_for,
     timed,
     torch_module,
@@ -26,15 +26,12 @@ ROUNDS = 3
 
 
 def gemm_sweep(device: str, plan: Plan, name: str, sizes: tuple[int, ...]) -> dict[str, float]:
-    """TFLOP/s of square GEMMs of ``sizes`` in dtype ``name``: the median of `ROUNDS`
-    timing windows per size, one per round over the sizes (the first round grows the
-    sizes while the probe's budget affords the next), not back to back.
-
-    A shared machine stalls for a second now and then. In one closing-loop run the
-    median of three back-to-back windows read bf16 1,024² at 0.54 TFLOP/s, with 2.64
-    at 2,048² in the same sweep; later, twelve windows of it here read 1.41-1.50 but
-    one (0.76). The predicted training step came out 28% slow. In rounds, a stall
-    shorter than a round reaches one window of a size."""
+    """TFLOP/s of square GEMMs of ``sizes`` in dtype ``name``: `ROUNDS` timing windows
+    per size, taken in rounds over the sizes the probe's budget affords
+    (`sweep_in_rounds`). In one closing-loop run the median of three back-to-back
+    windows read bf16 1,024² at 0.54 TFLOP/s, with 2.64 at 2,048² in the same sweep;
+    later, twelve windows of it here read 1.41-1.50 but one (0.76). The predicted
+    training step came out 28% slow."""
     torch = torch_module()
     sync = sync_for(torch, device)
     dtype = getattr(torch, DTYPES[name])
@@ -50,12 +47,8 @@ def gemm_sweep(device: str, plan: Plan, name: str, sizes: tuple[int, ...]) -> di
         a, b = operands[n]
         return timed(lambda: torch.mm(a, b), sync, plan.min_time_s)
 
-    first = sweep(sizes, window_s, lambda n, t: t, lambda n: n**3, budget)
-    windows = {int(n): [t] for n, t in first.items()}
-    for _ in range(ROUNDS - 1):
-        for n, ts in windows.items():
-            ts.append(window_s(n))
-    return {str(n): round(2 * n**3 / statistics.median(ts) / 1e12, 4) for n, ts in windows.items()}
+    times = sweep_in_rounds(sizes, window_s, lambda n: n**3, budget, ROUNDS)
+    return {str(n): round(2 * n**3 / t / 1e12, 4) for n, t in times.items()}
 
 
 def gemm(device: str, plan: Plan) -> tuple[dict[str, dict[str, float]], Precision]:

@@ -106,9 +106,9 @@ def gemm_call_us(device: str, plan: Plan, dtype: str = "bf16", tokens: int = 8) 
     serve_lm runs PyTorch's int8-weight kernel), timed over many distinct 64 x 64
     matrices, which cost no bytes or FLOPs worth counting.
 
-    On one 2-core Xeon with AMX, a bf16 call cost 20 µs (oneDNN's set-up) and an int8
-    one 4: a 512 x 512 bf16 matrix took 41 µs from the cache, of which its 0.5 MB at
-    27 GB/s took 20. serve_lm's fixed costs (`overheads.fixed_costs_us`) already count
+    On one 2-core Xeon with AMX a bf16 call cost 18-20 µs and an int8 one 3-4: a
+    512 x 512 bf16 matrix took 41 µs from the cache, of which its 0.5 MB at 27 GB/s
+    took 20. serve_lm's fixed costs (`overheads.fixed_costs_us`) already count
     every call of a decode step, so `gemv_by_k` takes it out of its rates."""
     torch = torch_module()
     sync = sync_for(torch, device)

@@ -67,11 +67,10 @@ class Profile:
     gemv_gbs_by_k: dict[str, dict[str, float]] = field(default_factory=dict)
     decode_attention_gbs: float = 0.0  # K/V bytes a decode step's attention reads per second
     fixed_us: dict[str, float] = field(default_factory=dict)  # per decoder layer, per step
-    #: the same with int8 weights (an int8-weight GEMM call costs a CPU a fifth of a bf16
-    #: one): weight dtype -> per layer, per step
-    fixed_us_by_weight: dict[str, dict[str, float]] = field(
-        default_factory=dict
-    )  #: serve_lm through ONNX Runtime / OpenVINO: name -> the decode figures above, measured
+    #: the same with serve_lm's int8 weights, whose GEMM calls cost a fifth of bf16 ones
+    #: on one Xeon: weight dtype -> per layer, per step
+    fixed_us_by_weight: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: serve_lm through ONNX Runtime / OpenVINO: name -> the decode figures above, measured
     #: through that engine (`suanli.calibration.engines`)
     engines: dict[str, dict[str, Any]] = field(default_factory=dict)
     threads: int = 0

@@ -124,7 +124,7 @@ def fixed_costs_us(
     probe models too small to cost bytes or FLOPs (hidden 64), with 2 and 6
     layers: the difference is the per-layer cost, the rest the per-step cost.
     An int8-weight GEMM call costs other than a 16-bit one (on one 2-core Xeon with
-    AMX, 4 µs against oneDNN's 20 in bf16: 300-310 µs a layer against 375-390), and
+    AMX 3-4 µs against 18-20 in bf16: about 300-320 µs a layer against 380-400), and
     an engine's int8 graph runs other operators, so each weight dtype is measured,
     the probes alternated round by round: a shared machine's drift hits all alike.
     """

@@ -135,3 +135,23 @@ def sweep(
         out[str(n)] = rate(n, t)
         last = (n, t)
     return out
+
+
+def sweep_in_rounds(
+    sizes: tuple[int, ...],
+    window_s: Callable[[int], float],
+    work: Callable[[int], float],
+    budget: Budget,
+    rounds: int = 3,
+) -> dict[int, float]:
+    """Seconds of one timing window (``window_s``) per size: the sizes the budget affords
+    (`sweep`, one window each), then ``rounds - 1`` more rounds of one window per kept
+    size, and the median of each size's windows. A shared machine stalls for a second
+    now and then; in rounds a stall shorter than a round reaches one window of a size,
+    where back to back it reaches all of them."""
+    first = sweep(sizes, window_s, lambda n, t: t, work, budget)
+    windows = {int(n): [t] for n, t in first.items()}
+    for _ in range(rounds - 1):
+        for n, ts in windows.items():
+            ts.append(window_s(n))
+    return {n: statistics.median(ts) for n, ts in windows.items()}

@@ -67,8 +67,8 @@ class Accelerator:
     layer_overhead_us: float | None = None
     step_overhead_us: float | None = None
     #: measured only: the same fixed costs with weights in another dtype than the compute
-    #: one, weight dtype -> {"layer": µs, "step": µs} (a CPU's int8-weight GEMM call costs
-    #: a fifth of a bf16 one)
+    #: one, weight dtype -> {"layer": µs, "step": µs} (on one Xeon an int8-weight GEMM
+    #: call cost a fifth of a bf16 one)
     weight_overhead_us: dict[str, dict[str, float]] | None = None
     #: the maximum achievable matmul rate (MAMF: the best of a sweep of large GEMM shapes)
     #: as a fraction of the dense peak, by dtype, where it was measured and published;
