@@ -294,6 +294,8 @@ def main() -> int:
                         k: profiles[world][k]
                         for k in (
                             "gemm_tflops",
+                            "lm_head_tflops",
+                            "train_elementwise_gbs",
                             "memory_bandwidth_gbs",
                             "allreduce_gbs",
                             "attention",

@@ -55,6 +55,13 @@ def test_a_stall_reaches_one_window_of_a_gemm_size_not_its_rate(
     got = probe.gemm_sweep("cpu", plan, "fp32", plan.gemm_sizes)
     assert len(order) == 3 * probe.ROUNDS
     assert got == {str(n): round(2 * n**3 / 1e-3 / 1e12, 4) for n in (8, 16, 32)}
+    # the training output projection's probe, likewise (a small vocabulary: the shapes
+    # are real, the windows scripted)
+    order.clear()
+    head = probe.lm_head_tflops("cpu", plan, "fp32", vocab=64)
+    assert len(order) == len(probe.LM_HEAD_HIDDEN) * probe.ROUNDS
+    tokens = probe.LM_HEAD_TOKENS
+    assert head == {str(h): round(6 * tokens * h * 64 / 1e-3 / 1e12, 4) for h in (512, 2048)}
 
 
 def test_fp32_training_is_a_layout_perf_predicts() -> None:

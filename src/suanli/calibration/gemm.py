@@ -9,7 +9,6 @@ from suanli.calibration.timing import (
     DTYPES,
     Budget,
     Plan,
-    sweep,
     sweep_in_rounds,
     sync_for,
     timed,
@@ -75,24 +74,28 @@ def lm_head_tflops(device: str, plan: Plan, dtype: str, vocab: int = 32768) -> d
     """TFLOP/s of a training step's output projection, forward + both backward GEMMs in
     ``dtype``, by hidden size: 1,024 tokens against a vocabulary-wide matrix. Its output
     is a vocabulary per token, a shape that runs well below the square of the same volume
-    on a CPU (1.1-1.4 against 2.2-2.7 TFLOP/s in bf16 on one), so it is measured as is."""
+    on a CPU (1.1-1.4 against 2.2-2.7 TFLOP/s in bf16 on one), so it is measured as is.
+    Windows in rounds over the hidden sizes, as `gemm_sweep`'s: it was one window each."""
     torch = torch_module()
     sync = sync_for(torch, device)
     dt = getattr(torch, DTYPES[dtype])
     budget = Budget(plan.probe_budget_s)
+    calls: dict[int, Any] = {}
 
-    def call_s(hidden: int) -> float:
-        x = torch.randn(LM_HEAD_TOKENS, hidden, device=device, dtype=dt, requires_grad=True)
-        w = torch.randn(vocab, hidden, device=device, dtype=dt, requires_grad=True)
-        grad = torch.randn(LM_HEAD_TOKENS, vocab, device=device, dtype=dt)
+    def window_s(hidden: int) -> float:
+        if hidden not in calls:
+            x = torch.randn(LM_HEAD_TOKENS, hidden, device=device, dtype=dt, requires_grad=True)
+            w = torch.randn(vocab, hidden, device=device, dtype=dt, requires_grad=True)
+            grad = torch.randn(LM_HEAD_TOKENS, vocab, device=device, dtype=dt)
 
-        def fwd_bwd() -> None:
-            torch.nn.functional.linear(x, w).backward(grad)
-            x.grad = w.grad = None
+            def fwd_bwd(x: Any = x, w: Any = w, grad: Any = grad) -> None:
+                torch.nn.functional.linear(x, w).backward(grad)
+                x.grad = w.grad = None
 
-        return timed(fwd_bwd, sync, plan.min_time_s, budget)
+            calls[hidden] = fwd_bwd
+        return timed(calls[hidden], sync, plan.min_time_s)
 
-    def rate(hidden: int, t: float) -> float:
-        return round(3 * 2 * LM_HEAD_TOKENS * hidden * vocab / t / 1e12, 4)
-
-    return sweep(LM_HEAD_HIDDEN, call_s, rate, lambda h: h, budget)
+    times = sweep_in_rounds(LM_HEAD_HIDDEN, window_s, lambda h: h, budget, ROUNDS)
+    return {
+        str(h): round(3 * 2 * LM_HEAD_TOKENS * h * vocab / t / 1e12, 4) for h, t in times.items()
+    }
