@@ -3,6 +3,7 @@ precision this device runs faster than fp32 (the one the workloads and perf then
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from suanli.calibration.timing import (
@@ -35,16 +36,18 @@ def gemm_sweep(device: str, plan: Plan, name: str, sizes: tuple[int, ...]) -> di
     sync = sync_for(torch, device)
     dtype = getattr(torch, DTYPES[name])
     budget = Budget(plan.probe_budget_s)
-    operands: dict[int, tuple[Any, Any]] = {}
+    calls: dict[int, Callable[[], object]] = {}
 
     def window_s(n: int) -> float:
-        if n not in operands:
-            operands[n] = (
-                torch.randn(n, n, device=device, dtype=dtype),
-                torch.randn(n, n, device=device, dtype=dtype),
-            )
-        a, b = operands[n]
-        return timed(lambda: torch.mm(a, b), sync, plan.min_time_s)
+        if n not in calls:
+            a = torch.randn(n, n, device=device, dtype=dtype)
+            b = torch.randn(n, n, device=device, dtype=dtype)
+
+            def mm(a: Any = a, b: Any = b) -> object:
+                return torch.mm(a, b)
+
+            calls[n] = mm
+        return timed(calls[n], sync, plan.min_time_s)
 
     times = sweep_in_rounds(sizes, window_s, lambda n: n**3, budget, ROUNDS)
     return {str(n): round(2 * n**3 / t / 1e12, 4) for n, t in times.items()}
@@ -74,13 +77,14 @@ def lm_head_tflops(device: str, plan: Plan, dtype: str, vocab: int = 32768) -> d
     """TFLOP/s of a training step's output projection, forward + both backward GEMMs in
     ``dtype``, by hidden size: 1,024 tokens against a vocabulary-wide matrix. Its output
     is a vocabulary per token, a shape that runs well below the square of the same volume
-    on a CPU (1.1-1.4 against 2.2-2.7 TFLOP/s in bf16 on one), so it is measured as is.
-    Windows in rounds over the hidden sizes, as `gemm_sweep`'s: it was one window each."""
+    on a CPU (1.1-1.4 against 2.2-2.7 TFLOP/s in bf16 on one), so it is measured as is:
+    `ROUNDS` windows a size, in rounds over the sizes (`sweep_in_rounds`), since a stall
+    over a size's one window would set its rate."""
     torch = torch_module()
     sync = sync_for(torch, device)
     dt = getattr(torch, DTYPES[dtype])
     budget = Budget(plan.probe_budget_s)
-    calls: dict[int, Any] = {}
+    calls: dict[int, Callable[[], None]] = {}
 
     def window_s(hidden: int) -> float:
         if hidden not in calls:
