@@ -41,6 +41,7 @@ def test_a_stall_reaches_one_window_of_a_gemm_size_not_its_rate(
     sizes once each, not one size twice. The windows' times are scripted in the order
     they are taken; the GEMMs themselves run (tiny)."""
     from suanli.calibration import gemm as probe
+    from suanli.calibration import timing
 
     order: list[int] = []
     stalled = {1, 2}  # the second and the third window taken
@@ -50,7 +51,7 @@ def test_a_stall_reaches_one_window_of_a_gemm_size_not_its_rate(
         order.append(i)
         return 1e-3 * (3.0 if i in stalled else 1.0)
 
-    monkeypatch.setattr(probe, "timed", window)
+    monkeypatch.setattr(timing, "timed", window)
     plan = Plan((8, 16, 32), ("fp32",), 8, (8,), (1.0,), 0.0, 10.0)
     got = probe.gemm_sweep("cpu", plan, "fp32", plan.gemm_sizes)
     assert len(order) == 3 * probe.ROUNDS

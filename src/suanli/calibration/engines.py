@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from suanli.calibration.memory import decode_rows, sweep_bytes
-from suanli.calibration.overheads import fixed_costs_us
+from suanli.calibration.overheads import decode_fixed_costs
 from suanli.calibration.timing import Budget, Plan, steady, sweep, timed, torch_module
 
 K_SIZES = (512, 1024, 4096)
@@ -55,18 +55,10 @@ def engine_profile(
             "version": version,
             "gemv_gbs_by_k": _gemv_by_k(eng, plan, tmp, k_sizes, sweep_total),
             "decode_attention_gbs": _decode_attention_gbs(eng, plan, tmp),
-            **_fixed_us(eng, plan),
+            **decode_fixed_costs("cpu", plan, "fp32", engine=eng),
         }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _fixed_us(engine: Any, plan: Plan) -> dict[str, Any]:
-    """The engine's fixed costs with fp32 weights, and with int8 ones: its int8 graph
-    runs other operators (ONNX Runtime's dynamic quantization of the activations,
-    OpenVINO's compressed weights)."""
-    by_weight = fixed_costs_us("cpu", plan, "fp32", engine=engine, weights=("none", "int8"))
-    return {"fixed_us": by_weight.pop("none"), "fixed_us_by_weight": by_weight}
 
 
 def _gemv_by_k(

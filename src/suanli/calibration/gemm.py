@@ -4,7 +4,6 @@ precision this device runs faster than fp32 (the one the workloads and perf then
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from suanli.calibration.timing import (
     DTYPES,
@@ -12,7 +11,6 @@ from suanli.calibration.timing import (
     Plan,
     sweep_in_rounds,
     sync_for,
-    timed,
     torch_module,
 )
 from suanli.device import Precision, judge
@@ -36,20 +34,13 @@ def gemm_sweep(device: str, plan: Plan, name: str, sizes: tuple[int, ...]) -> di
     sync = sync_for(torch, device)
     dtype = getattr(torch, DTYPES[name])
     budget = Budget(plan.probe_budget_s)
-    calls: dict[int, Callable[[], object]] = {}
 
-    def window_s(n: int) -> float:
-        if n not in calls:
-            a = torch.randn(n, n, device=device, dtype=dtype)
-            b = torch.randn(n, n, device=device, dtype=dtype)
+    def mm_of(n: int) -> Callable[[], object]:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        return lambda: torch.mm(a, b)
 
-            def mm(a: Any = a, b: Any = b) -> object:
-                return torch.mm(a, b)
-
-            calls[n] = mm
-        return timed(calls[n], sync, plan.min_time_s)
-
-    times = sweep_in_rounds(sizes, window_s, lambda n: n**3, budget, ROUNDS)
+    times = sweep_in_rounds(sizes, mm_of, lambda n: n**3, budget, sync, plan.min_time_s, ROUNDS)
     return {str(n): round(2 * n**3 / t / 1e12, 4) for n, t in times.items()}
 
 
@@ -84,22 +75,21 @@ def lm_head_tflops(device: str, plan: Plan, dtype: str, vocab: int = 32768) -> d
     sync = sync_for(torch, device)
     dt = getattr(torch, DTYPES[dtype])
     budget = Budget(plan.probe_budget_s)
-    calls: dict[int, Callable[[], None]] = {}
 
-    def window_s(hidden: int) -> float:
-        if hidden not in calls:
-            x = torch.randn(LM_HEAD_TOKENS, hidden, device=device, dtype=dt, requires_grad=True)
-            w = torch.randn(vocab, hidden, device=device, dtype=dt, requires_grad=True)
-            grad = torch.randn(LM_HEAD_TOKENS, vocab, device=device, dtype=dt)
+    def fwd_bwd_of(hidden: int) -> Callable[[], object]:
+        x = torch.randn(LM_HEAD_TOKENS, hidden, device=device, dtype=dt, requires_grad=True)
+        w = torch.randn(vocab, hidden, device=device, dtype=dt, requires_grad=True)
+        grad = torch.randn(LM_HEAD_TOKENS, vocab, device=device, dtype=dt)
 
-            def fwd_bwd(x: Any = x, w: Any = w, grad: Any = grad) -> None:
-                torch.nn.functional.linear(x, w).backward(grad)
-                x.grad = w.grad = None
+        def fwd_bwd() -> None:
+            torch.nn.functional.linear(x, w).backward(grad)
+            x.grad = w.grad = None
 
-            calls[hidden] = fwd_bwd
-        return timed(calls[hidden], sync, plan.min_time_s)
+        return fwd_bwd
 
-    times = sweep_in_rounds(LM_HEAD_HIDDEN, window_s, lambda h: h, budget, ROUNDS)
+    times = sweep_in_rounds(
+        LM_HEAD_HIDDEN, fwd_bwd_of, lambda h: h, budget, sync, plan.min_time_s, ROUNDS
+    )
     return {
         str(h): round(3 * 2 * LM_HEAD_TOKENS * h * vocab / t / 1e12, 4) for h, t in times.items()
     }

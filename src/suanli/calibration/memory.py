@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,32 @@ def int8_kernel(torch: Any, device: str) -> bool:
     return device == "cpu" and hasattr(torch, "_weight_int8pack_mm")
 
 
+def decode_gemms(
+    torch: Any, x: Any, rows: int, count: int, quantized: bool = False
+) -> Callable[[], None]:
+    """A call that runs ``x`` ([tokens, K]) against ``count`` distinct [rows, K] weights,
+    decode-shaped: 16-bit ones in ``x``'s dtype, or serve_lm's int8 ones through PyTorch's
+    int8-weight kernel. Filled, not random: a GB of randn takes seconds, and a GEMM's
+    speed is not the values'."""
+    k = x.shape[-1]
+    if quantized:
+        qs = [torch.full((rows, k), 3, dtype=torch.int8) for _ in range(count)]
+        scale = torch.ones(rows, dtype=x.dtype)
+
+        def run8() -> None:
+            for q in qs:
+                torch._weight_int8pack_mm(x, q, scale)
+
+        return run8
+    ws = [torch.full((rows, k), 0.01, dtype=x.dtype, device=x.device) for _ in range(count)]
+
+    def run() -> None:
+        for w in ws:
+            torch.nn.functional.linear(x, w)
+
+    return run
+
+
 def gemm_call_us(device: str, plan: Plan, dtype: str = "bf16", tokens: int = 8) -> dict[str, float]:
     """µs one decode GEMM call costs whatever its size: dtype -> µs (``int8`` too where
     serve_lm runs PyTorch's int8-weight kernel), timed over many distinct 64 x 64
@@ -113,25 +140,13 @@ def gemm_call_us(device: str, plan: Plan, dtype: str = "bf16", tokens: int = 8) 
     torch = torch_module()
     sync = sync_for(torch, device)
     dt = getattr(torch, DTYPES[dtype])
-    n = CALL_PROBE_SIDE
-    x = torch.randn(tokens, n, dtype=dt, device=device)
-    ws = [torch.full((n, n), 0.01, dtype=dt, device=device) for _ in range(CALL_PROBE_COUNT)]
-
-    def run() -> None:
-        for w in ws:
-            torch.nn.functional.linear(x, w)
-
-    out = {dtype: steady(run, sync, plan.min_time_s) / CALL_PROBE_COUNT * 1e6}
-    if int8_kernel(torch, device):
-        qs = [torch.full((n, n), 3, dtype=torch.int8) for _ in range(CALL_PROBE_COUNT)]
-        scale = torch.ones(n, dtype=dt)
-
-        def run8() -> None:
-            for q in qs:
-                torch._weight_int8pack_mm(x, q, scale)
-
-        out["int8"] = steady(run8, sync, plan.min_time_s) / CALL_PROBE_COUNT * 1e6
-    return {k: round(v, 2) for k, v in out.items()}
+    x = torch.randn(tokens, CALL_PROBE_SIDE, dtype=dt, device=device)
+    kinds = {dtype: False, **({"int8": True} if int8_kernel(torch, device) else {})}
+    out = {}
+    for name, quantized in kinds.items():
+        run = decode_gemms(torch, x, CALL_PROBE_SIDE, CALL_PROBE_COUNT, quantized)
+        out[name] = round(steady(run, sync, plan.min_time_s) / CALL_PROBE_COUNT * 1e6, 2)
+    return out
 
 
 def streamed_gbs(weight_bytes: float, seconds: float, calls: int, call_us: float) -> float:
@@ -169,36 +184,27 @@ def gemv_by_k(
     dt = getattr(torch, DTYPES[dtype])
     size = torch.tensor([], dtype=dt).element_size()
     total = sweep_bytes(device, plan)
-    int8 = int8_kernel(torch, device)
     budget = Budget(plan.probe_budget_s)
-    out: dict[str, dict[str, float]] = {dtype: {}, **({"int8": {}} if int8 else {})}
+    kinds = [(dtype, size)] + (
+        [("int8", 1)] if int8_kernel(torch, device) else []
+    )  # weight dtype, bytes a weight
+    out: dict[str, dict[str, float]] = {name: {} for name, _ in kinds}
     fixed = call_us or {}
 
     def call_s(k: int) -> float:
         rows = decode_rows(k)
         count = max(2, total // (rows * k * size))
         x = torch.randn(tokens, k, dtype=dt, device=device)
-        # filled, not random: a GB of randn takes seconds, and a GEMM's speed is not the values'
-        ws = [torch.full((rows, k), 0.01, dtype=dt, device=device) for _ in range(count)]
-
-        def run() -> None:
-            for w in ws:
-                torch.nn.functional.linear(x, w)
-
-        t = timed(run, sync, plan.min_time_s, budget)
-        out[dtype][str(k)] = streamed_gbs(count * rows * k * size, t, count, fixed.get(dtype, 0))
-        ws.clear()  # free this K's set before the next is made
-        if int8:
-            qs = [torch.full((rows, k), 3, dtype=torch.int8) for _ in range(count)]
-            scale = torch.ones(rows, dtype=dt)
-
-            def run8() -> None:
-                for q in qs:
-                    torch._weight_int8pack_mm(x, q, scale)
-
-            t8 = timed(run8, sync, plan.min_time_s, budget)
-            out["int8"][str(k)] = streamed_gbs(count * rows * k, t8, count, fixed.get("int8", 0))
-            t += t8
+        t = 0.0
+        for name, width in kinds:
+            # one set at a time: the call holds it, and it is freed before the next is made
+            run = decode_gemms(torch, x, rows, count, quantized=name == "int8")
+            t_set = timed(run, sync, plan.min_time_s, budget)
+            del run
+            out[name][str(k)] = streamed_gbs(
+                count * rows * k * width, t_set, count, fixed.get(name, 0)
+            )
+            t += t_set
         return t
 
     # each K streams the same bytes: the next costs about what this one did

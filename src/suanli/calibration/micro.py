@@ -35,7 +35,7 @@ from suanli.calibration.attention import attention, decode_attention_gbs
 from suanli.calibration.gemm import gemm, lm_head_tflops
 from suanli.calibration.loss import loss_rate
 from suanli.calibration.memory import copy_bandwidth, gemm_call_us, gemv, gemv_by_k
-from suanli.calibration.overheads import dispatch_us, fixed_costs_us, train_elementwise_gbs
+from suanli.calibration.overheads import decode_fixed_costs, dispatch_us, train_elementwise_gbs
 from suanli.calibration.timing import Plan, torch_module
 from suanli.device import device_name
 from suanli.errors import SuanliError
@@ -169,9 +169,8 @@ def measure(torch: Any, device: str, plan: Plan, progress: Callable[[str], None]
         return prof.compute_dtype
 
     def fixed() -> None:  # with the compute dtype's weights, and serve_lm's int8 ones
-        by_weight = fixed_costs_us(device, plan, dt(), weights=("none", "int8"))
-        prof.fixed_us = by_weight.pop("none")
-        prof.fixed_us_by_weight = by_weight
+        for name, figures in decode_fixed_costs(device, plan, dt()).items():
+            setattr(prof, name, figures)
 
     steps: list[tuple[str, Callable[[], None]]] = [
         ("GEMM", precision),

@@ -3,6 +3,7 @@ decode cost per layer and per step, and a training layer's elementwise work."""
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from typing import Any, cast
@@ -134,24 +135,25 @@ def fixed_costs_us(
     from suanli.workloads.train_lm import GPT
 
     dt = getattr(torch, DTYPES[dtype])
+    probe = ModelArch(
+        name="fixed-cost-probe",
+        display_name="calibration probe",
+        hidden=64,
+        layers=2,
+        heads=2,
+        kv_heads=1,
+        head_dim=32,
+        ffn=128,
+        vocab=256,
+        gated_mlp=True,
+        tied_embeddings=False,
+        max_seq_len=512,
+        sources={"hidden": "calibration probe: too small to cost bytes or FLOPs"},
+    )
+    arches = {layers: dataclasses.replace(probe, layers=layers) for layers in (2, 6)}
     engines = {}
     for quantize in weights:
-        for layers in (2, 6):
-            arch = ModelArch(
-                name="fixed-cost-probe",
-                display_name="calibration probe",
-                hidden=64,
-                layers=layers,
-                heads=2,
-                kv_heads=1,
-                head_dim=32,
-                ffn=128,
-                vocab=256,
-                gated_mlp=True,
-                tied_embeddings=False,
-                max_seq_len=512,
-                sources={"hidden": "calibration probe: too small to cost bytes or FLOPs"},
-            )
+        for layers, arch in arches.items():
             torch.manual_seed(0)
             model = GPT(arch).to(device=device, dtype=dt).eval()
             if engine is None:
@@ -189,3 +191,13 @@ def fixed_costs_us(
         layer = max(0.0, (six - two) / 4)
         out[quantize] = {"layer": round(layer, 1), "step": round(max(0.0, two - 2 * layer), 1)}
     return out
+
+
+def decode_fixed_costs(
+    device: str, plan: Plan, dtype: str, engine: str | None = None
+) -> dict[str, Any]:
+    """`fixed_costs_us` as a profile keeps it: ``fixed_us`` with ``dtype``'s own weights,
+    ``fixed_us_by_weight`` with serve_lm's int8 ones (an engine's int8 graph, through
+    one)."""
+    by_weight = fixed_costs_us(device, plan, dtype, engine=engine, weights=("none", "int8"))
+    return {"fixed_us": by_weight.pop("none"), "fixed_us_by_weight": by_weight}

@@ -139,16 +139,25 @@ def sweep(
 
 def sweep_in_rounds(
     sizes: tuple[int, ...],
-    window_s: Callable[[int], float],
+    make_call: Callable[[int], Callable[[], object]],
     work: Callable[[int], float],
     budget: Budget,
+    sync: Callable[[], None],
+    min_time_s: float,
     rounds: int = 3,
 ) -> dict[int, float]:
-    """Seconds of one timing window (``window_s``) per size: the sizes the budget affords
-    (`sweep`, one window each), then ``rounds - 1`` more rounds of one window per kept
-    size, and the median of each size's windows. A shared machine stalls for a second
-    now and then; in rounds a stall shorter than a round reaches one window of a size,
-    where back to back it reaches all of them."""
+    """Seconds per call of the call ``make_call(n)`` builds for each size (once a size):
+    the sizes the budget affords (`sweep`, one `timed` window each), then ``rounds - 1``
+    more rounds of one window per kept size, and the median of each size's windows. A
+    shared machine stalls for a second now and then; in rounds a stall shorter than a
+    round reaches one window of a size, where back to back it reaches all of them."""
+    calls: dict[int, Callable[[], object]] = {}
+
+    def window_s(n: int) -> float:
+        if n not in calls:
+            calls[n] = make_call(n)
+        return timed(calls[n], sync, min_time_s)
+
     first = sweep(sizes, window_s, lambda n, t: t, work, budget)
     windows = {int(n): [t] for n, t in first.items()}
     for _ in range(rounds - 1):

@@ -223,6 +223,7 @@ def _pass_time(
     e: Efficiency,
     tp: int,
     weight_dtype: str,
+    *,
     tokens: float,
     kv_read_bytes: float,
     attn_flops: float,
@@ -393,7 +394,17 @@ def decode_parts(
     head = batch if with_head else 0
     kv_read = batch * context * kv_tok * kv_reads
     return _pass_time(
-        s, system, e, tp, weight_dtype, batch, kv_read, attn, head, layer_frac, decoding
+        s,
+        system,
+        e,
+        tp,
+        weight_dtype,
+        tokens=batch,  # one new token per sequence
+        kv_read_bytes=kv_read,
+        attn_flops=attn,
+        lm_head_tokens=head,
+        layer_frac=layer_frac,
+        decoding=decoding,
     )
 
 
