@@ -434,6 +434,35 @@ def test_serve_lm_batches_continuously_with_a_kv_cache(tmp_path: Path) -> None:
     assert full == long.out
 
 
+def test_serve_lm_decode_attention_reads_the_cache_where_it_lies() -> None:
+    """A slice of the cache is strided; batched products copied it to contiguous tensors
+    every layer, which cost more than the attention itself on a CPU. The fused kernel
+    must read it in place, and agree with the products it replaced."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from suanli.workloads.serve_lm import _decode_attention, attention_bias
+
+    b, nkv, group, hd, span, allocated = 3, 2, 4, 16, 11, 32
+    gen = torch.Generator().manual_seed(0)
+    k, v = (torch.randn(b, nkv, allocated, hd, generator=gen) for _ in "kv")
+    q = torch.randn(b, nkv * group, 1, hd, generator=gen)
+    valid = torch.arange(span)[None, :] < torch.tensor([[11], [7], [1]])
+    kc, vc = k[:, :, :span], v[:, :, :span]
+    assert not kc.is_contiguous()
+    bias = attention_bias(valid, q.dtype)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        out = _decode_attention(q, kc, vc, bias)
+    ops = {e.key for e in prof.key_averages()}
+    assert not ops & {"aten::copy_", "aten::clone", "aten::contiguous"}, ops
+    # the same as the products over each group, the masked positions left out
+    qg = q.view(b, nkv, group, hd)
+    scores = (qg @ kc.transpose(-1, -2)) * hd**-0.5
+    scores = scores.masked_fill(~valid.view(b, 1, 1, -1), float("-inf"))
+    want = (torch.softmax(scores, dim=-1) @ vc).view(b, nkv * group, 1, hd)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+
+
 def test_serve_lm_survives_odd_requests_and_gone_clients(tmp_path: Path) -> None:
     """A near-zero temperature, a client that hangs up, a batch that fails: the engine
     thread goes on serving the rest."""

@@ -87,19 +87,17 @@ def decode_attention_gbs(device: str, plan: Plan, dtype: str = "bf16") -> float:
 
     One new token per sequence against its cache (4 sequences, 8 KV heads of 128,
     4 query heads each, 1024 cached tokens: Llama-3-8B's geometry), read from the
-    cache in place as the engine does, in ``dtype`` (serve_lm's). On a CPU these
-    batched small GEMMs reach a fraction of copy bandwidth; a GPU's fused decode
-    kernels come near it.
+    cache in place as the engine does, in ``dtype`` (serve_lm's).
     """
     torch = torch_module()
-    from suanli.workloads.serve_lm import _decode_attention
+    from suanli.workloads.serve_lm import _decode_attention, attention_bias
 
     sync = sync_for(torch, device)
     dt = getattr(torch, DTYPES[dtype])
     b, kv, group, hd, span = 4, 8, 4, 128, 1024
     k, v = (torch.randn(b, kv, 2 * span, hd, dtype=dt, device=device) for _ in "kv")
     q = torch.randn(b, kv * group, 1, hd, dtype=dt, device=device)
-    mask = torch.ones(b, span, dtype=torch.bool, device=device)
+    mask = attention_bias(torch.ones(b, span, dtype=torch.bool, device=device), dt)
 
     def step() -> None:
         _decode_attention(q, k[:, :, :span], v[:, :, :span], mask)

@@ -84,18 +84,33 @@ def quantize_int8(model: nn.Module, dtype: torch.dtype, keep: tuple[str, ...] = 
             quantize_int8(child, dtype, keep)
 
 
+def attention_bias(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The additive mask SDPA takes (0 where ``valid``, -inf elsewhere), built once a step:
+    a boolean mask would be converted again in every layer's call."""
+    return torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill_(
+        ~valid, float("-inf")
+    )
+
+
 def _decode_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
 ) -> torch.Tensor:
     """One new token per sequence against its cache, reading each KV head once per group
-    (the GQA-reusing decode kernel the perf model assumes; 4x faster than SDPA here)."""
+    (the GQA-reusing decode kernel the perf model assumes).
+
+    A group's query heads stand in as the query rows of one attention over their KV head,
+    so SDPA's fused CPU kernel reads K and V where they lie in the cache: a slice of it is
+    strided, and batched matrix products copied each layer's K and V to contiguous
+    tensors first. 8 layers of tiny-llama-40m's geometry at batch 8, 95 cached tokens,
+    bf16, on the 2-core Xeon of ``benchmarks/closing_loop.py``: 0.58 ms, against 1.37 ms
+    with the products (and 2.5 against 7.0 ms at 600 tokens). ``bias``: [B, span],
+    additive (`attention_bias`).
+    """
     b, nh, _, hd = q.shape
     nkv = k.shape[1]
     qg = q.view(b, nkv, nh // nkv, hd)
-    scores = (qg @ k.transpose(-1, -2)) * hd**-0.5  # [B, KV, group, span]
-    scores = scores.masked_fill(~mask.view(b, 1, 1, -1), float("-inf"))
-    out = torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v
-    return out.view(b, nh, 1, hd)
+    out = F.scaled_dot_product_attention(qg, k, v, attn_mask=bias.view(b, 1, 1, -1))
+    return out.reshape(b, nh, 1, hd)
 
 
 @dataclass
@@ -205,7 +220,7 @@ class Engine:
             torch.arange(span, device=dev)[None, :] <= pos[:, -1:]
         )  # [B, span]: valid cache positions
         causal = torch.arange(span, device=dev)[None, None, :] <= pos[:, :, None]  # [B, T, span]
-        mask = (keep[:, None, :] & causal)[:, None]  # [B, 1, T, span]
+        mask = attention_bias((keep[:, None, :] & causal)[:, None], x.dtype)  # [B, 1, T, span]
         for i, blk in enumerate(cast(list[Block], list(m.blocks))):
             y = blk.norm1(x)
             q = blk.q(y).view(b, t, blk.nh, blk.hd).transpose(1, 2)
