@@ -33,7 +33,7 @@ def test_a_sweep_stops_growing_sizes_the_budget_cannot_afford() -> None:
     assert Plan.quick().probe_budget_s * 11 < 60  # eleven probes in a --quick minute
 
 
-def test_a_stall_reaches_one_window_of_a_gemm_size_not_its_rate(
+def test_a_stall_over_gemm_windows_never_sets_a_sizes_rate(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The GEMM probe times each size once per round over the sizes and keeps its fastest

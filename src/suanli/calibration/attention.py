@@ -97,10 +97,10 @@ def decode_attention_gbs(device: str, plan: Plan, dtype: str = "bf16") -> float:
     b, kv, group, hd, span = 4, 8, 4, 128, 1024
     k, v = (torch.randn(b, kv, 2 * span, hd, dtype=dt, device=device) for _ in "kv")
     q = torch.randn(b, kv * group, 1, hd, dtype=dt, device=device)
-    mask = attention_bias(torch.ones(b, span, dtype=torch.bool, device=device), dt)
+    bias = attention_bias(torch.ones(b, span, dtype=torch.bool, device=device), dt)
 
     def step() -> None:
-        _decode_attention(q, k[:, :, :span], v[:, :, :span], mask)
+        _decode_attention(q, k[:, :, :span], v[:, :, :span], bias)
 
     t = timed(step, sync, plan.min_time_s, Budget(plan.probe_budget_s))
     return round(2 * b * kv * span * hd * int(k.element_size()) / t / 1e9, 2)

@@ -150,7 +150,7 @@ def sweep_in_rounds(
     the sizes the budget affords (`sweep`, one `timed` window each), then ``rounds - 1``
     more rounds of one window per kept size, and each size's fastest window.
 
-    A shared machine slows for a second now and then and never speeds up: in three
+    A shared machine slows for a second now and then, and a spell only slows: in three
     minutes of 0.1 s windows of a bf16 1,024² GEMM on the 2-core Xeon of
     ``benchmarks/closing_loop.py``, the median read 1.35 TFLOP/s and 40 of 882 windows
     under 80% of it, most near 0.54, in runs of 2-5 windows every 5-20 s. In rounds such

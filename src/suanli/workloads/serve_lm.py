@@ -220,7 +220,7 @@ class Engine:
             torch.arange(span, device=dev)[None, :] <= pos[:, -1:]
         )  # [B, span]: valid cache positions
         causal = torch.arange(span, device=dev)[None, None, :] <= pos[:, :, None]  # [B, T, span]
-        mask = attention_bias((keep[:, None, :] & causal)[:, None], x.dtype)  # [B, 1, T, span]
+        bias = attention_bias((keep[:, None, :] & causal)[:, None], x.dtype)  # [B, 1, T, span]
         for i, blk in enumerate(cast(list[Block], list(m.blocks))):
             y = blk.norm1(x)
             q = blk.q(y).view(b, t, blk.nh, blk.hd).transpose(1, 2)
@@ -239,9 +239,9 @@ class Engine:
             else:
                 kc, vc = self.k[i, idx, :, :span], self.v[i, idx, :, :span]
             if t == 1:
-                att = _decode_attention(q, kc, vc, mask)
+                att = _decode_attention(q, kc, vc, bias)
             else:
-                att = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, enable_gqa=True)
+                att = F.scaled_dot_product_attention(q, kc, vc, attn_mask=bias, enable_gqa=True)
             x = blk.mlp(x + blk.o(att.transpose(1, 2).reshape(b, t, blk.nh * blk.hd)))
         logits: torch.Tensor = m.head(m.norm(x))
         return logits
