@@ -121,3 +121,37 @@ def test_poisson_helpers() -> None:
     # the median of Poisson(2) is 2: P(N <= 1) = 3e^-2 = 0.406 < 0.5 <= 0.677
     assert poisson_ppf(0.5, 2.0) == 2.0
     assert poisson_cdf(-1, 3.0) == 0.0 and poisson_ppf(0.99, 0.0) == 0.0
+
+
+def test_with_no_engine_named_each_chip_is_planned_under_its_users_engine() -> None:
+    """`plan serve` answers as `estimate serve` does: a chip's usual engine (vLLM on
+    NVIDIA) where it has kernels for the format, the idealised engine where it has none
+    (vLLM-Ascend has no int4 weights), and a chip no engine is usual for stays idealised."""
+    from suanli.perf.engines import get_engine
+
+    pools = parse_pool(
+        """
+pools:
+  - {name: h100, accelerator: h100-sxm, count: 64, usd_per_device_hour: 2.99}
+  - {name: ascend, accelerator: ascend-910b1, count: 64, usd_per_device_hour: 1.5}
+"""
+    )
+    base = {
+        "model": model("llama-3-8b"),
+        "rate": 5,
+        "input_len": 512,
+        "output_len": 256,
+        "tpot_slo_s": 0.1,
+        "top": 100,
+        "disaggregation": False,
+    }
+    vllm, ascend = get_engine("vllm"), get_engine("vllm-ascend")
+    unnamed = plan_serve(ServeRequest(pool=pools[:1], **base)).options
+    named = plan_serve(ServeRequest(pool=pools[:1], engine=vllm, **base)).options
+    assert unnamed and unnamed == named
+    assert {o["engine"] for o in unnamed} == {vllm.label}
+    on_ascend = plan_serve(ServeRequest(pool=pools[1:], **base)).options
+    by_weights = {o["weight_dtype"]: o.get("engine") for o in on_ascend}
+    assert by_weights["bf16"] == by_weights["int8"] == ascend.label
+    assert by_weights["int4"] is None
+    assert "int4" not in ascend.profile.weight_dtypes

@@ -325,8 +325,8 @@ def serve_cmd(
         str | None,
         typer.Option(
             "--engine",
-            help="NAME\\[@VERSION] every replica runs (precisions, GQA reuse); default: the "
-            "idealised engine.",
+            help="NAME\\[@VERSION] every replica runs (precisions, GQA reuse); default: each "
+            "chip's usual one where it has kernels for the format, else the idealised engine.",
         ),
     ] = None,
     pool: PoolOpt = None,
@@ -366,7 +366,9 @@ def serve_cmd(
     result.notes.append(
         f"engine {req.engine.label} on every replica"
         if req.engine
-        else "engine: the idealised one (name one with --engine)"
+        else "engine: each chip's usual one (vLLM on NVIDIA and AMD, vLLM-Ascend on Ascend, "
+        "...) where it has kernels for the format, else the idealised one (name one with "
+        "--engine)"
     )
     if market:
         result.notes += _weighed(

@@ -29,7 +29,9 @@ from suanli.perf.engines import (
     MEASURED_KV_DTYPE,
     MEASURED_WEIGHT_DTYPES,
     Engine,
+    EngineError,
     decoding_of,
+    default_engine,
     get_engine,
     through,
 )
@@ -115,9 +117,11 @@ MEASURED_FORMATS = [(wd, MEASURED_KV_DTYPE) for wd in MEASURED_WEIGHT_DTYPES]
 
 
 def _configs(req: ServeRequest, entry: PoolEntry, e: Efficiency) -> list[_Config]:
-    """Layouts for ``entry`` under the request's engine, and, with none asked for, under
-    each engine this device was measured through (`suanli calibrate --engine`): the
-    planner chooses the engine where the rates to choose by exist."""
+    """Layouts for ``entry`` under the request's engine; with none asked for, under the
+    engine its users run (`usual_engine`) in the formats that engine has kernels for and
+    the idealised one in the rest, as `estimate serve` answers for each, and under each
+    engine this device was measured through (`suanli calibrate --engine`): the planner
+    chooses the engine where the rates to choose by exist."""
 
     def on(engine: Engine) -> list[_Config]:
         system = through(entry.system, engine.name)
@@ -128,10 +132,31 @@ def _configs(req: ServeRequest, entry: PoolEntry, e: Efficiency) -> list[_Config
 
     if req.engine is not None:
         return on(req.engine)
-    out = _engine_configs(req, entry, e, None, _formats(entry))
+    usual = usual_engine(entry)
+    fits = [f for f in _formats(entry) if usual is not None and _fits(usual, entry, *f)]
+    rest = [f for f in _formats(entry) if f not in fits]
+    out = _engine_configs(req, entry, e, None, rest)
+    if usual is not None and fits:
+        out += _engine_configs(req, entry, e, usual, fits)
     for name in entry.system.accelerator.engine_variants or {}:
         out += on(get_engine(name))
     return out
+
+
+def usual_engine(entry: PoolEntry) -> Engine | None:
+    """The engine a catalog chip's users run first (`default_engine`: vLLM on NVIDIA,
+    vLLM-Ascend on Ascend, ...); None on a device measured here, whose own engine's rates
+    are its profile."""
+    acc = entry.system.accelerator
+    return None if acc.measured_engine else default_engine(acc)
+
+
+def _fits(engine: Engine, entry: PoolEntry, weight_dtype: str, kv_dtype: str) -> bool:
+    try:
+        engine.check(entry.system.accelerator, weight_dtype, kv_dtype)
+    except EngineError:
+        return False
+    return True
 
 
 def _engine_configs(
