@@ -169,7 +169,7 @@ def test_a_chip_mix_service_follows_the_optimizer(tmp_path: Path) -> None:
     # (the simulator's rule)
     size = (100, 50)
     b = BUCKETS.of(*size)
-    batches = chip_fills(spec.model, tuple(CHIPS), spec.tp, 2.0, 0.1).batches
+    batches = chip_fills(spec.model, tuple(CHIPS), spec.tp, 2.0, 0.1, spec.engine).batches
     a10_batch = batches["a10"][b]
     share = traffic.shares[b]["a10"]
     replicas = book.of("mix")

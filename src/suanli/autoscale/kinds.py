@@ -20,11 +20,12 @@ from suanli.autoscale.mix import ReplicaKind, SizeBuckets
 from suanli.autoscale.routing import Fills
 from suanli.autoscale.scalers import Optimizer
 from suanli.catalog.loader import get_accelerator, get_model, get_storage_tier, interconnects
+from suanli.catalog.types import ModelArch
 from suanli.errors import SuanliError, UsageError
 from suanli.perf.batching import StepTime, slo_token_budget
-from suanli.perf.engines import Engine, EngineError, decoding_of
+from suanli.perf.engines import Engine, decoding_of, fits, get_engine, usual_engine
 from suanli.perf.serve import check_serve
-from suanli.perf.system import make_system
+from suanli.perf.system import System, make_system
 from suanli.plan.pool import PoolEntry, pool_from_accelerators
 
 
@@ -41,6 +42,25 @@ class Kind:
     on_demand: str | None = None  # a spot kind: its on-demand twin, the fallback
 
 
+def replica_steps(
+    model: ModelArch, system: System, tp: int, weight_dtype: str, engine: Engine | None
+) -> StepTime | None:
+    """A replica's step times on ``system``: under ``engine`` (None where it has no
+    kernels for ``weight_dtype`` there), or, with none named, under the chip's usual
+    engine where it has them (as `estimate serve` and `plan serve` take it), else the
+    idealised one."""
+    acc = system.accelerator
+    if engine is None:
+        usual = usual_engine(acc)
+        engine = usual if usual is not None and fits(usual, acc, weight_dtype, None) else None
+    elif not fits(engine, acc, weight_dtype, None):
+        return None
+    kv = engine.default_kv(weight_dtype) if engine is not None else "bf16"
+    return StepTime(
+        model, system, tp=tp, weight_dtype=weight_dtype, kv_dtype=kv, decoding=decoding_of(engine)
+    )
+
+
 def make_kinds(
     model_name: str,
     pool: Sequence[PoolEntry],
@@ -52,14 +72,15 @@ def make_kinds(
     engine: Engine | None = None,
 ) -> dict[str, Kind]:
     """A replica kind per chip of the pool that holds the model; with ``engine``, the
-    chips it runs on only, each replica decoding as the engine does (GQA reuse, KV)."""
+    chips it runs on only, each replica decoding as it does (GQA reuse, KV); without,
+    as its chip's usual engine does (`replica_steps`)."""
     model = get_model(model_name)
     tier = get_storage_tier(storage)
     links = interconnects()
     if host_link not in links:
         raise UsageError(f"--host-link {host_link!r}: not in the catalog ({', '.join(links)})")
     check_serve(model, tp, tp, weight_dtype, "bf16", 1, 1, 1)
-    kinds = {}
+    kinds, runs_on = {}, 0
     for entry in pool:
         price = entry.price_usd_per_hour
         if price is None:
@@ -67,26 +88,15 @@ def make_kinds(
                 f"{entry.name}: no price in the catalog; give one in a pool file "
                 "(usd_per_device_hour) so cost can be compared"
             )
-        kv = "bf16"
-        if engine is not None:
-            try:
-                engine.check(entry.system.accelerator, weight_dtype, None)
-            except EngineError:
-                continue  # another vendor's chip, or no kernels for these weights
-            kv = engine.default_kv(weight_dtype)
-        steps = StepTime(
-            model,
-            entry.system,
-            tp=tp,
-            weight_dtype=weight_dtype,
-            kv_dtype=kv,
-            decoding=decoding_of(engine),
-        )
+        steps = replica_steps(model, entry.system, tp, weight_dtype, engine)
+        if steps is None:
+            continue  # another vendor's chip, or no kernels for these weights
+        runs_on += 1
         if steps.kv_capacity_tokens() <= 0:
             continue  # the weights alone do not fit: not a kind this model can use
         start = cold_start(model, tier, links[host_link], tp=tp, weight_dtype=weight_dtype)
         kinds[entry.name] = Kind(entry.name, steps, tp, price * tp, start.total_s)
-    if not kinds and engine is not None:
+    if not runs_on and engine is not None:
         raise UsageError(
             f"--engine {engine.label} runs none of {', '.join(e.name for e in pool)} with "
             f"{weight_dtype} weights (see `suanli catalog list engines`)"
@@ -198,10 +208,12 @@ def chip_optimizer(
     utilization: float,
     max_replicas: int,
     max_miss_share: float = 0.0,
+    engine: str | None = None,
 ) -> Optimizer:
     """The live service's optimizer: one kind per allowed chip at its catalog price (a
-    fresh one each time: an optimizer keeps its history)."""
-    kinds, table = _chip_table(model, tuple(chips), tp, ttft_slo_s, tpot_slo_s)
+    fresh one each time: an optimizer keeps its history), its replicas costed as
+    ``engine`` (the spec's) runs them."""
+    kinds, table = _chip_table(model, tuple(chips), tp, ttft_slo_s, tpot_slo_s, engine)
     return mix_optimizer(
         kinds,
         table,
@@ -213,21 +225,33 @@ def chip_optimizer(
 
 @functools.lru_cache(maxsize=32)
 def chip_fills(
-    model: str, chips: tuple[str, ...], tp: int, ttft_slo_s: float, tpot_slo_s: float
+    model: str,
+    chips: tuple[str, ...],
+    tp: int,
+    ttft_slo_s: float,
+    tpot_slo_s: float,
+    engine: str | None = None,
 ) -> Fills:
     """The live router's measure of a chip-mix service's replicas: each chip's SLO batch
     per size bucket (`suanli.autoscale.routing`)."""
-    kinds, _ = _chip_table(model, chips, tp, ttft_slo_s, tpot_slo_s)
+    kinds, _ = _chip_table(model, chips, tp, ttft_slo_s, tpot_slo_s, engine)
     return Fills(batch_table(kinds, SizeBuckets(), tpot_slo_s, ttft_slo_s))
 
 
 @functools.lru_cache(maxsize=32)
 def _chip_table(
-    model: str, chips: tuple[str, ...], tp: int, ttft_slo_s: float, tpot_slo_s: float
+    model: str,
+    chips: tuple[str, ...],
+    tp: int,
+    ttft_slo_s: float,
+    tpot_slo_s: float,
+    engine: str | None = None,
 ) -> tuple[dict[str, Kind], dict[str, list[float]]]:
     """Kinds and their capacities per size bucket, built once per service shape: the
-    API checks a spec with them and the controller then runs it (read, never changed)."""
-    kinds = make_kinds(model, pool_from_accelerators(list(chips), tp), tp=tp)
+    API checks a spec with them and the controller then runs it (read, never changed).
+    ``engine``: the one the replicas run (a spec's), None: each chip's usual one."""
+    pool = pool_from_accelerators(list(chips), tp)
+    kinds = make_kinds(model, pool, tp=tp, engine=get_engine(engine) if engine else None)
     return kinds, bucket_table(kinds, SizeBuckets(), tpot_slo_s, ttft_slo_s)
 
 
@@ -239,7 +263,8 @@ def token_budget(model: str, chip: str, tp: int, tpot_slo_s: float) -> int | Non
     know, or one whose memory does not hold the model at ``tp``."""
     try:
         arch = get_model(model)
-        steps = StepTime(arch, make_system(get_accelerator(chip)), tp=tp)
+        steps = replica_steps(arch, make_system(get_accelerator(chip)), tp, "bf16", None)
+        assert steps is not None  # no engine named: the usual one or the idealised one
         if steps.kv_capacity_tokens() <= 0:
             return None
     except (SuanliError, ValueError, OSError):

@@ -35,8 +35,8 @@ def serve_cmd(
         str | None,
         typer.Option(
             "--engine",
-            help="NAME\\[@VERSION] the replicas run (its chips, GQA reuse); default: the "
-            "idealised engine.",
+            help="NAME\\[@VERSION] the replicas run (its chips, GQA reuse); default: each "
+            "chip's usual one where it has kernels for the weights, else the idealised engine.",
         ),
     ] = None,
     rate_scale: Annotated[

@@ -294,6 +294,22 @@ def default_engine(accelerator: Accelerator) -> Engine | None:
     return None
 
 
+def usual_engine(accelerator: Accelerator) -> Engine | None:
+    """The engine a catalog chip is planned and simulated under where none is named
+    (`default_engine`); None on a device measured here, whose measured rates are its own
+    engine's."""
+    return None if accelerator.measured_engine else default_engine(accelerator)
+
+
+def fits(engine: Engine, accelerator: Accelerator, weight_dtype: str, kv_dtype: str | None) -> bool:
+    """Whether ``engine`` has kernels for these precisions on this chip (`Engine.check`)."""
+    try:
+        engine.check(accelerator, weight_dtype, kv_dtype)
+    except EngineError:
+        return False
+    return True
+
+
 def for_estimate(
     spec: str | None, accelerator: Accelerator, weight_dtype: str, kv_dtype: str | None
 ) -> tuple[Engine | None, list[str]]:

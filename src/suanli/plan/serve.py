@@ -29,11 +29,11 @@ from suanli.perf.engines import (
     MEASURED_KV_DTYPE,
     MEASURED_WEIGHT_DTYPES,
     Engine,
-    EngineError,
     decoding_of,
-    default_engine,
+    fits,
     get_engine,
     through,
+    usual_engine,
 )
 from suanli.perf.serve import (
     decode_parts,
@@ -132,31 +132,16 @@ def _configs(req: ServeRequest, entry: PoolEntry, e: Efficiency) -> list[_Config
 
     if req.engine is not None:
         return on(req.engine)
-    usual = usual_engine(entry)
-    fits = [f for f in _formats(entry) if usual is not None and _fits(usual, entry, *f)]
-    rest = [f for f in _formats(entry) if f not in fits]
+    acc = entry.system.accelerator
+    usual = usual_engine(acc)
+    kept = [f for f in _formats(entry) if usual is not None and fits(usual, acc, *f)]
+    rest = [f for f in _formats(entry) if f not in kept]
     out = _engine_configs(req, entry, e, None, rest)
-    if usual is not None and fits:
-        out += _engine_configs(req, entry, e, usual, fits)
+    if usual is not None and kept:
+        out += _engine_configs(req, entry, e, usual, kept)
     for name in entry.system.accelerator.engine_variants or {}:
         out += on(get_engine(name))
     return out
-
-
-def usual_engine(entry: PoolEntry) -> Engine | None:
-    """The engine a catalog chip's users run first (`default_engine`: vLLM on NVIDIA,
-    vLLM-Ascend on Ascend, ...); None on a device measured here, whose own engine's rates
-    are its profile."""
-    acc = entry.system.accelerator
-    return None if acc.measured_engine else default_engine(acc)
-
-
-def _fits(engine: Engine, entry: PoolEntry, weight_dtype: str, kv_dtype: str) -> bool:
-    try:
-        engine.check(entry.system.accelerator, weight_dtype, kv_dtype)
-    except EngineError:
-        return False
-    return True
 
 
 def _engine_configs(

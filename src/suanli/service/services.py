@@ -102,6 +102,7 @@ def make_scaler(spec: ServiceSpec) -> Scaler:
             utilization=a.utilization,
             max_replicas=spec.replicas.max,
             max_miss_share=1.0 - spec.slo.attainment,
+            engine=spec.engine,
         )
     elif a.policy == "kpa":
         kpa = KpaSpec(
@@ -212,7 +213,9 @@ def mix_batches(spec: ServiceSpec) -> Mapping[str, Sequence[int]] | None:
     if spec.autoscaler.policy != "optimizer":
         return None
     chips = tuple(spec.chips())
-    return chip_fills(spec.model, chips, spec.tp, spec.slo.ttft_s, spec.slo.tpot_s).batches
+    return chip_fills(
+        spec.model, chips, spec.tp, spec.slo.ttft_s, spec.slo.tpot_s, spec.engine
+    ).batches
 
 
 class ServicesController:
