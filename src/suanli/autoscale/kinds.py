@@ -263,9 +263,9 @@ def token_budget(model: str, chip: str, tp: int, tpot_slo_s: float) -> int | Non
     know, or one whose memory does not hold the model at ``tp``."""
     try:
         arch = get_model(model)
+        # none named: the chip's usual engine (vLLM on NVIDIA and AMD, vLLM-Ascend on Ascend)
         steps = replica_steps(arch, make_system(get_accelerator(chip)), tp, "bf16", None)
-        assert steps is not None  # no engine named: the usual one or the idealised one
-        if steps.kv_capacity_tokens() <= 0:
+        if steps is None or steps.kv_capacity_tokens() <= 0:
             return None
     except (SuanliError, ValueError, OSError):
         return None
