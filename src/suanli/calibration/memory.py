@@ -185,9 +185,8 @@ def gemv_by_k(
     size = torch.tensor([], dtype=dt).element_size()
     total = sweep_bytes(device, plan)
     budget = Budget(plan.probe_budget_s)
-    kinds = [(dtype, size)] + (
-        [("int8", 1)] if int8_kernel(torch, device) else []
-    )  # weight dtype, bytes a weight
+    # (weight dtype, bytes a weight)
+    kinds = [(dtype, size)] + ([("int8", 1)] if int8_kernel(torch, device) else [])
     out: dict[str, dict[str, float]] = {name: {} for name, _ in kinds}
     fixed = call_us or {}
 

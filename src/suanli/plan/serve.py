@@ -134,12 +134,12 @@ def _configs(req: ServeRequest, entry: PoolEntry, e: Efficiency) -> list[_Config
         return on(req.engine)
     acc = entry.system.accelerator
     usual = usual_engine(acc)
-    kept = [f for f in _formats(entry) if usual is not None and fits(usual, acc, *f)]
-    rest = [f for f in _formats(entry) if f not in kept]
-    out = _engine_configs(req, entry, e, None, rest)
+    formats = _formats(entry)
+    kept = [f for f in formats if usual is not None and fits(usual, acc, *f)]
+    out = _engine_configs(req, entry, e, None, [f for f in formats if f not in kept])
     if usual is not None and kept:
         out += _engine_configs(req, entry, e, usual, kept)
-    for name in entry.system.accelerator.engine_variants or {}:
+    for name in acc.engine_variants or {}:
         out += on(get_engine(name))
     return out
 
