@@ -24,24 +24,39 @@ ROUNDS = 3
 
 
 def gemm_sweep(device: str, plan: Plan, name: str, sizes: tuple[int, ...]) -> dict[str, float]:
-    """TFLOP/s of square GEMMs of ``sizes`` in dtype ``name``: `ROUNDS` timing windows
-    per size, taken in rounds over the sizes the probe's budget affords
-    (`sweep_in_rounds`). In one closing-loop run the median of three back-to-back
-    windows read bf16 1,024² at 0.54 TFLOP/s, with 2.64 at 2,048² in the same sweep;
-    later, twelve windows of it here read 1.41-1.50 but one (0.76). The predicted
-    training step came out 28% slow."""
+    """TFLOP/s of a training layer's GEMMs in dtype ``name``, by size ``n``: the three a
+    Linear of an ``n x n`` weight runs over ``n`` tokens (the forward ``x @ w.T``, the
+    input gradient ``dy @ w`` and the weight gradient ``dy.T @ x``), the way every
+    layer GEMM of a training step comes. On a CPU the three differ: on the closing
+    loop's Xeon, one thread, bf16 at 2,048, the forward and input gradient ran at
+    1.23-1.25 TFLOP/s and the weight gradient, a transposed left operand, at 0.49; the
+    model's own GEMMs ran at 0.70 all told where a lone ``a @ b`` read 1.26-1.38, and
+    two-process DDP came out 12-18% fast in six of seven runs (28% in the seventh).
+
+    `ROUNDS` timing windows per size, taken in rounds over the sizes the probe's budget
+    affords (`sweep_in_rounds`). In one closing-loop run the median of three
+    back-to-back windows read bf16 1,024² at 0.54 TFLOP/s, with 2.64 at 2,048² in the
+    same sweep; later, twelve windows of it here read 1.41-1.50 but one (0.76). The
+    predicted training step came out 28% slow."""
     torch = torch_module()
     sync = sync_for(torch, device)
     dtype = getattr(torch, DTYPES[name])
     budget = Budget(plan.probe_budget_s)
 
     def mm_of(n: int) -> Callable[[], object]:
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
-        return lambda: torch.mm(a, b)
+        x = torch.randn(n, n, device=device, dtype=dtype)
+        w = torch.randn(n, n, device=device, dtype=dtype)
+        dy = torch.randn(n, n, device=device, dtype=dtype)
+
+        def triple() -> None:
+            torch.nn.functional.linear(x, w)
+            torch.mm(dy, w)
+            torch.mm(dy.t(), x)
+
+        return triple
 
     times = sweep_in_rounds(sizes, mm_of, lambda n: n**3, budget, sync, plan.min_time_s, ROUNDS)
-    return {str(n): round(2 * n**3 / t / 1e12, 4) for n, t in times.items()}
+    return {str(n): round(3 * 2 * n**3 / t / 1e12, 4) for n, t in times.items()}
 
 
 def gemm(device: str, plan: Plan) -> tuple[dict[str, dict[str, float]], Precision]:

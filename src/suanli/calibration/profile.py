@@ -144,7 +144,7 @@ def measured_accelerator(
             "weight_overhead_us": f"the same two probes with serve_lm's int8 weights, {when}",
             "decode_attention_gbs": f"measured serve_lm decode attention, K/V read, {when}",
             "attention_train_tflops": f"measured fused SDPA, {compute} fwd + bwd, {when}",
-            "gemm_tflops_by_size": f"measured square GEMMs by size, {when}",
+            "gemm_tflops_by_size": f"measured training-layer GEMMs by size, {when}",
             "lm_head_tflops": f"measured vocabulary-wide projection, {compute} fwd + bwd, {when}",
             "train_elementwise_gbs": f"measured train_lm layer, non-GEMM operators, {when}",
             **({k: f"catalog {base.name}: {v}" for k, v in base.sources.items()} if base else {}),

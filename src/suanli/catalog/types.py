@@ -81,8 +81,9 @@ class Accelerator:
     #: length, in TFLOP/s of perf's count (3.5 x the causal half of QK^T and AV); a CPU's
     #: kernels pay per token as much as per score, so the rate climbs steeply with length
     attention_train_tflops: dict[int, float] | None = None
-    #: measured only: achieved dense GEMM TFLOP/s by dtype and (square) size; a CPU's
-    #: rate climbs several-fold from 256 to 2048 where a GPU's data-sheet model holds
+    #: measured only: achieved dense GEMM TFLOP/s by dtype and size, of a Linear's forward
+    #: and both backward GEMMs (an ``n x n`` weight, ``n`` tokens); a CPU's rate climbs
+    #: several-fold from 256 to 2048 where a GPU's data-sheet model holds
     gemm_tflops_by_size: dict[str, dict[int, float]] | None = None
     #: measured only: the training step's output projection (forward + backward, bf16,
     #: a vocabulary-wide matrix) in TFLOP/s by hidden size; its wide output runs below

@@ -122,9 +122,9 @@ def gemm_time(
     chips with many FLOPs per byte of bandwidth lose more of their peak: on the
     same shapes an H100 falls further below its best GEMM than an A100 does.
 
-    ``by_size`` (measured TFLOP/s of square GEMMs by size) replaces both: the
-    GEMM runs at the measured rate of the square of the same volume (the cube
-    root of m·n·k), which already paid for its operands.
+    ``by_size`` (measured TFLOP/s of a square Linear's forward and backward GEMMs, by
+    size) replaces both: the GEMM runs at the measured rate of the square of the same
+    volume (the cube root of m·n·k), which already paid for its operands.
     """
     if by_size:
         return flops / (log_interp(by_size, (m * n * k) ** (1 / 3)) * 1e12)
