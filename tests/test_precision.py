@@ -67,6 +67,36 @@ def test_a_stall_over_gemm_windows_never_sets_a_sizes_rate(
     assert head == {str(h): round(6 * tokens * h * 64 / 1e-3 / 1e12, 4) for h in (512, 2048)}
 
 
+def test_the_gemm_probe_times_a_training_linears_three_gemms(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A training layer's GEMMs come as a Linear's forward, input gradient and weight
+    gradient, and on a CPU the last (a transposed left operand) runs at half the others'
+    rate: the probe times all three, not one ``a @ b`` of contiguous operands."""
+    import torch
+
+    from suanli.calibration import gemm as probe
+
+    calls: list[str] = []
+    mm, linear = torch.mm, torch.nn.functional.linear
+
+    def spy_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        calls.append("mm" if a.is_contiguous() else "mm, left operand transposed")
+        return mm(a, b)
+
+    def spy_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        calls.append("linear")
+        return linear(x, w)
+
+    monkeypatch.setattr(torch, "mm", spy_mm)
+    monkeypatch.setattr(torch.nn.functional, "linear", spy_linear)
+    plan = Plan((32,), ("fp32",), 8, (8,), (1.0,), 0.0, 10.0)
+    got = probe.gemm_sweep("cpu", plan, "fp32", plan.gemm_sizes)
+    assert set(got) == {"32"} and got["32"] > 0
+    assert calls[:3] == ["linear", "mm", "mm, left operand transposed"]
+    assert len(calls) % 3 == 0 and set(calls) == set(calls[:3])
+
+
 def test_fp32_training_is_a_layout_perf_predicts() -> None:
     """Where bf16 is emulated the workloads train in fp32: perf takes that layout, with
     fp32 activations (twice the bytes), no autocast casts, fp32 gradients."""

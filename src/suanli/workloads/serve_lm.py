@@ -425,6 +425,8 @@ def decode_rate(
     A step median, as the training workloads take theirs: a shared machine slows for a
     spell of a second now and then, and a round's mean rate took it in (the closing
     loop's bf16 decode measured 14 ms a step in one run, 11-12 in the others)."""
+    if out_len < 2:  # the admission step decodes the first token: nothing left to time
+        raise ValueError(f"decode_rate times decode steps: out_len must be >= 2, got {out_len}")
     rates: list[float] = []
     outs: list[list[int]] = []
     for _ in range(rounds):
