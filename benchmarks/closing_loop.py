@@ -11,6 +11,8 @@
    weights — fp32 where bf16 is emulated — then int8), and perf predicts its decode tokens/s;
    where ONNX Runtime and OpenVINO are installed, again through each (fp32 and int8
    weights), predicted from the figures ``calibrate --engine`` measured through it.
+   Steps 2 and 3 run as three passes over every case, a minute or two apart, and each
+   case keeps its median pass: a slow spell of a shared host outlasts runs back to back.
 4. The perf model predicts every case from the measured profiles alone (no
    parameter is fitted to these runs) and the benchmark prints measured vs
    predicted with the error, plus where the measured step went (PyTorch's
