@@ -134,6 +134,7 @@ def test_with_no_engine_named_each_chip_is_planned_under_its_users_engine() -> N
 pools:
   - {name: h100, accelerator: h100-sxm, count: 64, usd_per_device_hour: 2.99}
   - {name: ascend, accelerator: ascend-910b1, count: 64, usd_per_device_hour: 1.5}
+  - {name: mlu, accelerator: mlu590, count: 64, usd_per_device_hour: 1.5}
 """
     )
     base = {
@@ -150,8 +151,10 @@ pools:
     named = plan_serve(ServeRequest(pool=pools[:1], engine=vllm, **base)).options
     assert unnamed and unnamed == named
     assert {o["engine"] for o in unnamed} == {vllm.label}
-    on_ascend = plan_serve(ServeRequest(pool=pools[1:], **base)).options
+    on_ascend = plan_serve(ServeRequest(pool=pools[1:2], **base)).options
     by_weights = {o["weight_dtype"]: o.get("engine") for o in on_ascend}
     assert by_weights["bf16"] == by_weights["int8"] == ascend.label
     assert by_weights["int4"] is None
     assert "int4" not in ascend.profile.weight_dtypes
+    on_mlu = plan_serve(ServeRequest(pool=pools[2:], **base)).options
+    assert on_mlu and all(o.get("engine") is None for o in on_mlu)

@@ -51,8 +51,7 @@ def replica_steps(
     idealised one."""
     acc = system.accelerator
     if engine is None:
-        usual = usual_engine(acc)
-        engine = usual if usual is not None and fits(usual, acc, weight_dtype, None) else None
+        engine = usual_engine(acc, weight_dtype, None)
     elif not fits(engine, acc, weight_dtype, None):
         return None
     kv = engine.default_kv(weight_dtype) if engine is not None else "bf16"

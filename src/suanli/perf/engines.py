@@ -294,11 +294,15 @@ def default_engine(accelerator: Accelerator) -> Engine | None:
     return None
 
 
-def usual_engine(accelerator: Accelerator) -> Engine | None:
-    """The engine a catalog chip is planned and simulated under where none is named
-    (`default_engine`); None on a device measured here, whose measured rates are its own
+def usual_engine(
+    accelerator: Accelerator, weight_dtype: str, kv_dtype: str | None
+) -> Engine | None:
+    """The engine a catalog chip is planned and simulated under where none is named: its
+    vendor's `default_engine` where that has kernels for these precisions, else None (the
+    idealised engine); None on a device measured here, whose measured rates are its own
     engine's."""
-    return None if accelerator.measured_engine else default_engine(accelerator)
+    usual = None if accelerator.measured_engine else default_engine(accelerator)
+    return usual if usual is not None and fits(usual, accelerator, weight_dtype, kv_dtype) else None
 
 
 def fits(engine: Engine, accelerator: Accelerator, weight_dtype: str, kv_dtype: str | None) -> bool:

@@ -30,7 +30,6 @@ from suanli.perf.engines import (
     MEASURED_WEIGHT_DTYPES,
     Engine,
     decoding_of,
-    fits,
     get_engine,
     through,
     usual_engine,
@@ -133,12 +132,12 @@ def _configs(req: ServeRequest, entry: PoolEntry, e: Efficiency) -> list[_Config
     if req.engine is not None:
         return on(req.engine)
     acc = entry.system.accelerator
-    usual = usual_engine(acc)
-    formats = _formats(entry)
-    kept = [f for f in formats if usual is not None and fits(usual, acc, *f)]
-    out = _engine_configs(req, entry, e, None, [f for f in formats if f not in kept])
-    if usual is not None and kept:
-        out += _engine_configs(req, entry, e, usual, kept)
+    by_engine: dict[Engine | None, list[tuple[str, str]]] = {None: []}
+    for f in _formats(entry):
+        by_engine.setdefault(usual_engine(acc, *f), []).append(f)
+    out = [
+        c for engine, fs in by_engine.items() for c in _engine_configs(req, entry, e, engine, fs)
+    ]
     for name in acc.engine_variants or {}:
         out += on(get_engine(name))
     return out
