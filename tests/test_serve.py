@@ -126,6 +126,41 @@ def test_a_measured_engine_fixed_cost_and_gemv_rate_enter_the_decode_step() -> N
     assert int8["lm_head"] == got["lm_head"] == pytest.approx(head_bytes / stored_rate)
 
 
+def test_a_step_samples_over_the_whole_vocabulary_at_the_eager_rate_where_measured() -> None:
+    """The sampler casts every row's logits to fp32 and takes one pass to pick a token
+    (serve_lm's `logits.float().argmax(-1)`): bytes the fixed-cost probe's 256-token
+    vocabulary does not have. Eager PyTorch runs it, and a layer's elementwise work, at
+    its measured elementwise rate; through an exported graph the layers' elementwise
+    work is the engine's (memory speed), while serve_lm still samples in PyTorch, from
+    fp32 logits (no cast)."""
+    import dataclasses
+
+    from suanli.perf import make_system
+    from suanli.perf.serve import decode_parts
+    from suanli.perf.efficiency import default_efficiency
+
+    tiny = model("tiny-llama-40m")
+    gpu = system("a100-80gb").accelerator
+    run = dict(tp=1, batch=8, context=96)
+    bw_a = gpu.memory_bandwidth_gbs * 1e9 * default_efficiency().mem_bw_eff
+    base = decode_parts(tiny, make_system(gpu), **run)  # type: ignore[arg-type]
+    # bf16 logits: read 2 and write 4 bytes in the cast, read 4 in the pick
+    assert base["sampling"] == pytest.approx(8 * tiny.vocab * 10 / bw_a)
+    assert base["sampling"] < 1e-5  # on a GPU, microseconds
+    eager = dataclasses.replace(gpu, train_elementwise_gbs=8.0)
+    got = decode_parts(tiny, make_system(eager), **run)  # type: ignore[arg-type]
+    assert got["sampling"] == pytest.approx(8 * tiny.vocab * 10 / 8e9)
+    assert got["elementwise"] == pytest.approx(base["elementwise"] * bw_a / 8e9)
+    no_head = decode_parts(tiny, make_system(eager), with_head=False, **run)  # type: ignore[arg-type]
+    assert no_head["sampling"] == 0  # the other side of a split samples
+    # through a measured engine, fp32: the layers' elementwise work at memory speed; the
+    # sampler reads fp32 logits once, in PyTorch
+    engine = dataclasses.replace(eager, measured_engine="onnxruntime", compute_dtype="fp32")
+    fp32 = decode_parts(tiny, make_system(engine), weight_dtype="fp32", **run)  # type: ignore[arg-type]
+    assert fp32["sampling"] == pytest.approx(8 * tiny.vocab * 4 / 8e9)
+    assert fp32["elementwise"] == pytest.approx(2 * base["elementwise"])  # 4-byte activations
+
+
 def test_a_decode_with_int8_weights_pays_the_fixed_costs_measured_with_them() -> None:
     """A measured device's fixed costs differ by weight dtype (a CPU's int8-weight GEMM
     call costs a fifth of a bf16 one): an int8 decode takes those measured with int8

@@ -284,9 +284,14 @@ def _pass_time(
         if (attn_flops or kv_read_bytes)
         else 0.0
     )
-    # elementwise: norms, residuals, activation, rope — a handful of passes over h
+    # elementwise: norms, residuals, activation, rope — a handful of passes over h; eager
+    # PyTorch runs them at its measured elementwise rate where there is one (on a CPU a
+    # fifth of memory speed: per-element work, bf16 conversions), an engine's own graph
+    # (a measured ONNX Runtime or OpenVINO, a GPU engine's fused kernels) at memory speed
+    eager_bw = acc.train_elementwise_gbs * GB if acc.train_elementwise_gbs else bw_a
+    bw_elem = bw_a if acc.measured_engine else eager_bw
     layers = a.layers * layer_frac
-    t_elem = layers * tokens * (10 * h / tp + 3 * a.ffn / tp) * act_bytes / bw_a
+    t_elem = layers * tokens * (10 * h / tp + 3 * a.ffn / tp) * act_bytes / bw_elem
     ar_bytes = tokens * h * act_bytes
     ar = coll.all_reduce_s(ar_bytes, tp, min(tp, system.devices_per_node), system, e)
     if decoding.custom_all_reduce and tp <= system.devices_per_node and _peer_link(acc):
@@ -312,6 +317,14 @@ def _pass_time(
         if lm_head_tokens
         else 0.0
     )
+    # the sampler, over the whole vocabulary of each row the head projects: the logits cast
+    # to fp32 (read, write) and one pass to pick the token (argmax, or the draw after a
+    # softmax). serve_lm runs `logits.float().argmax(-1)` in PyTorch whatever engine ran the
+    # layers; vLLM's sampler likewise casts to fp32 first. At 8 x 32,000 logits on a 2-core
+    # CPU that is a third of a millisecond a step, which the fixed-cost probe (a vocabulary
+    # of 256) does not see; on a GPU it is microseconds.
+    logit_bytes = (act_bytes + 4.0 if act_bytes < 4 else 0.0) + 4.0
+    t_sample = lm_head_tokens * a.vocab * logit_bytes / eager_bw
     # fixed costs: the global per-layer one, or what the device's engine was measured at
     # (with these weights, where measured: an int8-weight GEMM call costs its own)
     layer_us, step_us = acc.decode_overhead_us(weight_dtype)
@@ -322,6 +335,7 @@ def _pass_time(
         "elementwise": t_elem,
         "tp_comm": t_tp,
         "lm_head": t_head,
+        "sampling": t_sample,
         "layer_overhead": t_over,
         "step_overhead": (step_us or 0.0) * 1e-6
         + (e.sched_step_us * 1e-6 if decoding.host_scheduling else 0.0),
