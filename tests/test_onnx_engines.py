@@ -96,6 +96,42 @@ def test_serve_lm_decodes_the_same_tokens_through_each_engine(gpt: GPT, engine: 
     assert run(runner_for(gpt, engine)) == want  # type: ignore[arg-type]
 
 
+def test_the_graph_sees_the_cache_in_whole_blocks_and_pytorch_on_one_thread(gpt: GPT) -> None:
+    """Each new input shape makes OpenVINO prepare its nodes again, so the cached positions
+    go to the graph in blocks of `GRAPH_BLOCK_TOKENS` (never past the cache): a step's
+    shapes change once a block. PyTorch's work around the graph runs on one thread, so its
+    spinning workers leave the cores to the engine's; its thread count is back after."""
+    from suanli.workloads.serve_lm import GRAPH_BLOCK_TOKENS
+
+    runner = runner_for(gpt, "onnxruntime")
+    pasts: list[int] = []
+    threads: list[int] = []
+
+    class Spy:
+        def run(self, ids: object, pos: object, past_k: object, *rest: object) -> object:
+            pasts.append(past_k.shape[3])  # type: ignore[attr-defined]
+            threads.append(torch.get_num_threads())
+            return runner.run(ids, pos, past_k, *rest)  # type: ignore[arg-type]
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        max_len = 40  # not a multiple of the block: the last block is cut at the cache's end
+        eng = Engine(None, ARCH, 2, max_len, torch.float32, "cpu", Spy())  # type: ignore[arg-type]
+        req = Request(list(range(5, 10)), 30, 0.0)
+        eng.waiting.put(req)
+        while not req.done.done():
+            eng.step()
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    decode = pasts[1:]  # after the prefill (no past)
+    assert pasts[0] == 0
+    assert all(p % GRAPH_BLOCK_TOKENS == 0 or p == max_len for p in decode)
+    assert set(decode) == {16, 32, max_len}
+    assert set(threads) == {1}
+
+
 def test_an_onnx_engine_refuses_bf16_and_gpus() -> None:
     ns = argparse.Namespace(
         model="tiny-llama-40m",
