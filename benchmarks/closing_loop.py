@@ -11,12 +11,13 @@
    weights — fp32 where bf16 is emulated — then int8), and perf predicts its decode tokens/s;
    where ONNX Runtime and OpenVINO are installed, again through each (fp32 and int8
    weights), predicted from the figures ``calibrate --engine`` measured through it.
-   Steps 2 and 3 run as three passes over every case, a minute or two apart, and each
-   case keeps its median pass: a slow spell of a shared host outlasts runs back to back.
-4. The perf model predicts every case from the measured profiles alone (no
+   Steps 1 to 3 run as three passes, a minute or two apart, and each measured figure
+   keeps its median over the passes (a probe's in the profiles, a case's step):
+   a slow spell of a shared host outlasts runs back to back.
+4. The perf model predicts every case from the median profiles alone (no
    parameter is fitted to these runs) and the benchmark prints measured vs
-   predicted with the error, plus where the measured step went (PyTorch's
-   profiler, by operator) so the error has a cause, not just a size.
+   predicted with the error, plus perf's step by part, so the error has a place
+   to look.
 
 5. ``--series K``: K train_lm jobs run through the service's scheduling loop
    (local executor, a throwaway store); after each, the service records
@@ -47,7 +48,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from suanli.calibration import feedback, micro
-from suanli.calibration.profile import measured_accelerator
+from suanli.calibration.profile import measured_accelerator, median_profile
 from suanli.catalog.loader import get_model
 from suanli.perf import make_system
 from suanli.run.local import free_port
@@ -134,6 +135,37 @@ def predict_serve(
         engine=None if engine == "torch" else get_engine(engine),
     )
     return batch / est.tpot_s, est.kv_dtype or wdt
+
+
+#: the profile figures a training case's prediction reads, and a decode case's
+TRAIN_FIGURES = (
+    "gemm_tflops",
+    "lm_head_tflops",
+    "train_elementwise_gbs",
+    "memory_bandwidth_gbs",
+    "allreduce_gbs",
+    "attention",
+    "loss_logits_per_s",
+)
+DECODE_FIGURES = (
+    "gemv_gbs_by_k",
+    "gemv_call_us",
+    "decode_attention_gbs",
+    "fixed_us",
+    "fixed_us_by_weight",
+    "train_elementwise_gbs",
+)
+
+
+def _figures(profile: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: profile[k] for k in keys if k in profile}
+
+
+def _engine_figures(profile: dict[str, Any], engine: str) -> dict[str, Any]:
+    """The profile's own figures, or those measured through ``engine``."""
+    if engine == "torch":
+        return profile
+    return {**profile, **(profile.get("engines") or {}).get(engine, {})}
 
 
 def _installed(engine: str) -> bool:
@@ -265,37 +297,43 @@ def main() -> int:
     engines = tuple(e for e in ONNX_ENGINES if _installed(e))
     rows = []
     with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("calibrate, train, serve", total=2 + PASSES * (4 + 2 * len(engines)))
-        profiles = {}
-        for world in (1, 2):
-            torch.set_num_threads(max(1, cores // world))
-            # a rank of a 2-process job is measured while its peer runs: they share the CPU
-            profiles[world] = micro.calibrate(
-                "cpu", args.quick, processes=world, engines=engines if world == 1 else ()
-            ).to_dict()
-            bar.advance(task)
-        # Each case is measured in every one of PASSES passes over all of them, and its
-        # median pass kept: a slow spell of this shared host can last half a minute and
-        # slow runs back to back alike (run z: three 1-process runs at 0.92 s a step,
-        # against 0.50-0.54 in six other calibrations), and passes a minute or two apart
-        # meet it in one pass at most. The probes likewise take rounds over their sizes.
-        torch.set_num_threads(cores)
-        compute = profiles[1].get("compute_dtype", "bf16")  # fp32 where bf16 is emulated
-        cases = [("torch", q, w) for q, w in (("none", compute), ("int8", "int8"))]
-        cases += [(e, q, w) for e in engines for q, w in (("none", "fp32"), ("int8", "int8"))]
+        task = bar.add_task("calibrate, train, serve", total=PASSES * (6 + 2 * len(engines)))
+        # Each pass calibrates, then measures every case, and each figure (a probe's, a
+        # case's) keeps its median over the passes: a slow spell of this shared host can
+        # last half a minute and slow runs back to back alike (run z: three 1-process runs
+        # at 0.92 s a step, against 0.50-0.54 in six other calibrations), and passes a
+        # minute or two apart meet it in one pass at most. A calibration met it too: on a
+        # 2-core EPYC, two runs' profiles differed by 15% in the GEMM rate of a DDP rank
+        # and 26% in the elementwise rate, and moved the predictions as much.
+        calibrated: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
         trained: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
-        served: dict[tuple[str, str, str], list[float]] = {case: [] for case in cases}
+        served: dict[tuple[str, str, str], list[float]] = {}
         for _ in range(PASSES):
+            for world in (1, 2):
+                torch.set_num_threads(max(1, cores // world))
+                # a rank of a 2-process job is measured while its peer runs: they share
+                # the CPU
+                calibrated[world].append(
+                    micro.calibrate(
+                        "cpu", args.quick, processes=world, engines=engines if world == 1 else ()
+                    ).to_dict()
+                )
+                bar.advance(task)
+            torch.set_num_threads(cores)
+            compute = calibrated[1][0].get("compute_dtype", "bf16")  # fp32 if bf16 is emulated
+            cases = [("torch", q, w) for q, w in (("none", compute), ("int8", "int8"))]
+            cases += [(e, q, w) for e in engines for q, w in (("none", "fp32"), ("int8", "int8"))]
             for world in (1, 2):
                 trained[world].append(
                     train(args.model, args.steps, args.micro_batch, args.seq_len, world)
                 )
                 bar.advance(task)
             for engine, quantize, wdt in cases:
-                served[(engine, quantize, wdt)].append(
+                served.setdefault((engine, quantize, wdt), []).append(
                     serve(args.model, 8, 64, 64, quantize, compute, engine)
                 )
                 bar.advance(task)
+        profiles = {world: median_profile(calibrated[world]) for world in (1, 2)}
         for world in (1, 2):
             runs = trained[world]
             got = sorted(runs, key=lambda r: r["median_step_time_s"])[len(runs) // 2]
@@ -313,18 +351,8 @@ def main() -> int:
                         k: round(v, 5) for k, v in pred["breakdown_s"].items() if v
                     },
                     "measured_tokens_per_s": got["tokens_per_s"],
-                    "profile": {
-                        k: profiles[world][k]
-                        for k in (
-                            "gemm_tflops",
-                            "lm_head_tflops",
-                            "train_elementwise_gbs",
-                            "memory_bandwidth_gbs",
-                            "allreduce_gbs",
-                            "attention",
-                            "loss_logits_per_s",
-                        )
-                    },
+                    "profile": _figures(profiles[world], TRAIN_FIGURES),
+                    "profile_passes": [_figures(p, TRAIN_FIGURES) for p in calibrated[world]],
                 }
             )
         for engine, quantize, wdt in cases:
@@ -347,6 +375,11 @@ def main() -> int:
                         args.model, profiles[1], 8, 64 + 32, wdt, kv, engine
                     ),
                     "kv_dtype": kv,
+                    # the figures the prediction read, and each pass's
+                    "profile": _figures(_engine_figures(profiles[1], engine), DECODE_FIGURES),
+                    "profile_passes": [
+                        _figures(_engine_figures(p, engine), DECODE_FIGURES) for p in calibrated[1]
+                    ],
                 }
             )
     t = Table(title=f"{args.model} on this CPU: measured vs perf (from measured profiles)")

@@ -114,3 +114,26 @@ def test_added_training_rows_keep_their_sources_conventions() -> None:
     assert lm1.measured_step_s == pytest.approx(per_token * 2048 * 8192 / (430e12 * 8192))
     assert lm1.layout.stage_layers(lm1.model.layers) == 8
     assert (lm1.layout.first_stage_layers, lm1.layout.last_stage_layers) == (7, 7)
+
+
+def test_several_calibrations_give_one_profile_of_their_medians() -> None:
+    """Each measured figure, however deep, is the median of the calibrations that have it;
+    names and dtypes are the first's; a figure only some measured is kept from those."""
+    from suanli.calibration.profile import median_profile
+
+    runs = [
+        {"name": "cpu", "threads": 2, "bf16_native": True, "gemm_tflops": {"bf16": {"256": 0.5}}},
+        {"name": "cpu", "threads": 2, "bf16_native": True, "gemm_tflops": {"bf16": {"256": 0.9}}},
+        {
+            "name": "cpu",
+            "threads": 2,
+            "bf16_native": False,
+            "gemm_tflops": {"bf16": {"256": 0.6, "1024": 0.8}},
+            "engines": {"openvino": {"version": "2026.4", "decode_attention_gbs": 4.0}},
+        },
+    ]
+    got = median_profile(runs)
+    assert got["gemm_tflops"] == {"bf16": {"256": 0.6, "1024": 0.8}}
+    assert got["threads"] == 2 and got["name"] == "cpu"
+    assert got["bf16_native"] is True  # a flag is not a figure: the first's
+    assert got["engines"] == {"openvino": {"version": "2026.4", "decode_attention_gbs": 4.0}}
