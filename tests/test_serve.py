@@ -136,8 +136,8 @@ def test_a_step_samples_over_the_whole_vocabulary_at_the_eager_rate_where_measur
     import dataclasses
 
     from suanli.perf import make_system
-    from suanli.perf.serve import decode_parts
     from suanli.perf.efficiency import default_efficiency
+    from suanli.perf.serve import decode_parts
 
     tiny = model("tiny-llama-40m")
     gpu = system("a100-80gb").accelerator
