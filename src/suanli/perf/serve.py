@@ -320,9 +320,10 @@ def _pass_time(
     # the sampler, over the whole vocabulary of each row the head projects: the logits cast
     # to fp32 (read, write) and one pass to pick the token (argmax, or the draw after a
     # softmax). serve_lm runs `logits.float().argmax(-1)` in PyTorch whatever engine ran the
-    # layers; vLLM's sampler likewise casts to fp32 first. At 8 x 32,000 logits on a 2-core
-    # CPU that is a third of a millisecond a step, which the fixed-cost probe (a vocabulary
-    # of 256) does not see; on a GPU it is microseconds.
+    # layers; vLLM's V1 sampler likewise converts the logits to float32 first (step 2 of
+    # vllm/v1/sample/sampler.py's docstring). At 8 x 32,000 logits on a 2-core CPU that is a
+    # third of a millisecond a step, which the fixed-cost probe (a vocabulary of 256) does
+    # not see; on a GPU it is microseconds.
     logit_bytes = (act_bytes + 4.0 if act_bytes < 4 else 0.0) + 4.0
     t_sample = lm_head_tokens * a.vocab * logit_bytes / eager_bw
     # fixed costs: the global per-layer one, or what the device's engine was measured at
