@@ -673,7 +673,7 @@ def test_calibrate_measures_an_engine_and_perf_predicts_through_it(
     acc = measured_accelerator(prof)
     ort = (acc.engine_variants or {})["onnxruntime"]
     assert ort.decode_attention_gbs == fig["decode_attention_gbs"]
-    assert ort.step_overhead_us == (fig["fixed_us"]["step"] or None)
+    assert ort.step_overhead_us == fig["fixed_us"]["step"]  # a measured 0 µs stays 0
     assert ort.weight_overhead_us == fig["fixed_us_by_weight"]
     assert ort.compute_dtype == "fp32" and "onnxruntime" in ort.sources["gemv_bandwidth_by_k"]
     model, sys_ = get_model("tiny-llama-40m"), make_system(acc)
