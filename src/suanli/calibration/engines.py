@@ -112,7 +112,7 @@ def _decode_attention_gbs(engine: Any, plan: Plan, tmp: Path) -> float:
     slices it. The slice is a copy under ONNX Runtime (a Split of the whole cache): one
     layer fed alone left it out, and the probe read K/V about a fifth faster than the
     exported model does."""
-    from suanli.workloads.onnx_lm import attend, export_module, load_graph
+    from suanli.workloads.onnx_lm import attend, export_module, load_graph, pytorch_on_one_thread
 
     torch = torch_module()
 
@@ -139,10 +139,11 @@ def _decode_attention_gbs(engine: Any, plan: Plan, tmp: Path) -> float:
     inputs = tuple(torch.from_numpy(feed[n].copy()) for n in names)
     run = load_graph(engine, export_module(Attend().eval(), inputs, tmp / "attend.onnx", names))
 
-    def step() -> None:  # serve_lm's gather (`serve_lm.Engine._forward`)
-        feed["past_k"] = cache_k[:, idx, :, :span].contiguous().numpy()
-        feed["past_v"] = cache_v[:, idx, :, :span].contiguous().numpy()
-        run(feed)
+    def step() -> None:  # serve_lm's gather (`serve_lm.Engine._forward`), on its one thread
+        with pytorch_on_one_thread():
+            feed["past_k"] = cache_k[:, idx, :, :span].contiguous().numpy()
+            feed["past_v"] = cache_v[:, idx, :, :span].contiguous().numpy()
+            run(feed)
 
     t = steady(step, lambda: None, plan.min_time_s)
     return round(2 * nl * b * kv * span * hd * 4 / t / 1e9, 2)

@@ -25,7 +25,7 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -37,7 +37,14 @@ from torch import nn
 from suanli.catalog.loader import get_model
 from suanli.device import choose_precision
 from suanli.run.executor import NODE_ADDRESS_ENV
-from suanli.workloads.onnx_lm import MASKED, ONNX_ENGINES, OnnxEngine, Runner, runner_for
+from suanli.workloads.onnx_lm import (
+    MASKED,
+    ONNX_ENGINES,
+    OnnxEngine,
+    Runner,
+    pytorch_on_one_thread,
+    runner_for,
+)
 from suanli.workloads.replica_auth import REPLICA_TOKEN_ENV
 from suanli.workloads.train_lm import GPT, Block, _rope
 
@@ -340,26 +347,11 @@ class Engine:
         self._push(r, self._sample(logits[0, -1], r))
 
     # --- the loop ------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _host_threads(self) -> Iterator[None]:
-        """Through an exported graph, PyTorch's own work around it (the cache gathered,
-        the mask, the argmax) runs on one thread: its OpenMP workers spin-wait after
-        each parallel operator and would take the cores the engine's threads are about
-        to run on. OpenVINO decoding tiny-llama-40m on a 2-core EPYC ran its graph in
-        9.3-9.8 ms a step beside them, 6.5-6.6 with OMP_WAIT_POLICY=PASSIVE."""
-        if self.backend is None:
-            yield
-            return
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(threads)
-
     def step(self) -> int:
-        """Admit, prefill the newcomers, decode one token for every active sequence."""
-        with self._host_threads():
+        """Admit, prefill the newcomers, decode one token for every active sequence
+        (through an exported graph, with PyTorch's own work on one thread:
+        `onnx_lm.pytorch_on_one_thread`)."""
+        with contextlib.nullcontext() if self.backend is None else pytorch_on_one_thread():
             return self._step()
 
     @torch.inference_mode()
