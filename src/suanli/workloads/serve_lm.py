@@ -51,9 +51,9 @@ from suanli.workloads.train_lm import GPT, Block, _rope
 log = logging.getLogger("suanli.serve_lm")
 MIN_TEMPERATURE = 1e-3  # a lower temperature samples as greedy decoding
 #: the cached positions an exported graph is handed come in blocks of this many: OpenVINO
-#: prepares its nodes again for every new input shape, which at tiny-llama-40m's size
-#: cost 2.5-3 ms a decode step on a 2-core EPYC (9.3 ms a step with the past growing by
-#: one, 6.1 with it held); vLLM's KV blocks are 16 tokens too
+#: prepares its nodes again for every new input shape: its graph of tiny-llama-40m on a
+#: 2-core EPYC ran 8.8-9.3 ms a step with the past growing by one, 6.1 with it held, and
+#: 6.8-7.5 over shapes it had met before; vLLM's KV blocks are 16 tokens too
 GRAPH_BLOCK_TOKENS = 16
 
 
