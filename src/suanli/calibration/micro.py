@@ -39,6 +39,7 @@ from suanli.calibration.overheads import decode_fixed_costs, dispatch_us, train_
 from suanli.calibration.timing import Plan, torch_module
 from suanli.device import device_name
 from suanli.errors import SuanliError
+from suanli.workloads import keep_freed_heap
 
 
 @dataclass
@@ -118,6 +119,8 @@ def calibrate(
                     f"--engine {engine}: {err} (pip install 'suanli[onnx]')"
                 ) from None
     torch = torch_module()
+    # measured in the heap regime train_lm and serve_lm run in (`MALLOC_ENV`)
+    keep_freed_heap()
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SuanliError(f"--device {device}: no CUDA device here (try --device cpu)")
     plan = Plan.quick() if quick else Plan.full()
@@ -208,6 +211,7 @@ def peer(plan_name: str, threads: str) -> None:
     group is killed."""
     torch = torch_module()
     torch.set_num_threads(int(threads))
+    keep_freed_heap()  # as a train_lm rank runs
     plan = Plan.quick() if plan_name == "quick" else Plan.full()
     children.guard_peer()
     while True:

@@ -37,6 +37,7 @@ from torch import nn
 from suanli.catalog.loader import get_model
 from suanli.device import choose_precision
 from suanli.run.executor import NODE_ADDRESS_ENV
+from suanli.workloads import keep_freed_heap
 from suanli.workloads.onnx_lm import (
     MASKED,
     ONNX_ENGINES,
@@ -465,6 +466,9 @@ def decode_rate(
 
 
 def build(args: argparse.Namespace) -> Engine:
+    # train_lm's heap settings: a step's buffers (through an engine, a fresh gather of
+    # the cache) stay in the heap rather than page-faulting back in each step
+    keep_freed_heap()
     device = getattr(args, "device", "cpu")
     precision = getattr(args, "precision", None) or getattr(args, "dtype", "auto")
     engine = getattr(args, "engine", "torch") or "torch"
