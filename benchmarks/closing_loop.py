@@ -11,6 +11,9 @@
    weights — fp32 where bf16 is emulated — then int8), and perf predicts its decode tokens/s;
    where ONNX Runtime and OpenVINO are installed, again through each (fp32 and int8
    weights), predicted from the figures ``calibrate --engine`` measured through it.
+   The decode figures are measured again right before the decode cases, and each
+   engine's right before its own cases: this host's memory bandwidth steps between
+   levels for 10-60 s at a time.
    Steps 1 to 3 run as three passes, a minute or two apart, and each measured figure
    keeps its median over the passes (a probe's in the profiles, a case's step):
    a slow spell of a shared host outlasts runs back to back.
@@ -48,7 +51,9 @@ from rich.progress import Progress
 from rich.table import Table
 
 from suanli.calibration import feedback, micro
+from suanli.calibration.engines import engine_profile
 from suanli.calibration.profile import measured_accelerator, median_profile
+from suanli.calibration.timing import Plan
 from suanli.catalog.loader import get_model
 from suanli.perf import make_system
 from suanli.run.local import free_port
@@ -151,6 +156,7 @@ DECODE_FIGURES = (
     "gemv_gbs_by_k",
     "gemv_call_us",
     "decode_attention_gbs",
+    "decode_attention_row_us",
     "fixed_us",
     "fixed_us_by_weight",
     "train_elementwise_gbs",
@@ -297,7 +303,7 @@ def main() -> int:
     engines = tuple(e for e in ONNX_ENGINES if _installed(e))
     rows = []
     with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("calibrate, train, serve", total=PASSES * (6 + 2 * len(engines)))
+        task = bar.add_task("calibrate, train, serve", total=PASSES * (6 + 3 * len(engines)))
         # Each pass calibrates, then measures every case, and each figure (a probe's, a
         # case's) keeps its median over the passes: a slow spell of this shared host can
         # last half a minute and slow runs back to back alike (run z: three 1-process runs
@@ -308,31 +314,41 @@ def main() -> int:
         calibrated: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
         trained: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
         served: dict[tuple[str, str, str], list[float]] = {}
+        plan = Plan.quick() if args.quick else Plan.full()
         for _ in range(PASSES):
             for world in (1, 2):
                 torch.set_num_threads(max(1, cores // world))
                 # a rank of a 2-process job is measured while its peer runs: they share
                 # the CPU
                 calibrated[world].append(
-                    micro.calibrate(
-                        "cpu", args.quick, processes=world, engines=engines if world == 1 else ()
-                    ).to_dict()
+                    micro.calibrate("cpu", args.quick, processes=world).to_dict()
                 )
                 bar.advance(task)
-            torch.set_num_threads(cores)
-            compute = calibrated[1][0].get("compute_dtype", "bf16")  # fp32 if bf16 is emulated
-            cases = [("torch", q, w) for q, w in (("none", compute), ("int8", "int8"))]
-            cases += [(e, q, w) for e in engines for q, w in (("none", "fp32"), ("int8", "int8"))]
-            for world in (1, 2):
                 trained[world].append(
                     train(args.model, args.steps, args.micro_batch, args.seq_len, world)
                 )
                 bar.advance(task)
-            for engine, quantize, wdt in cases:
-                served.setdefault((engine, quantize, wdt), []).append(
-                    serve(args.model, 8, 64, 64, quantize, compute, engine)
-                )
-                bar.advance(task)
+            torch.set_num_threads(cores)
+            # the decode figures measured again right before the decode cases, and each
+            # engine's right before its own: this host's memory bandwidth steps between
+            # levels for 10-60 s at a time (decode GEMMs over 100 MB, every 2 s for two
+            # minutes: 20, 16.5, 22.5, then 16.5 GB/s), and a calibration a minute before
+            # a case met another level in one run in three (run al: 17.4, 16.1 and 25.2
+            # GB/s at K = 512 in its passes)
+            profile = calibrated[1][-1]
+            compute = profile.get("compute_dtype", "bf16")  # fp32 if bf16 is emulated
+            profile.update(micro.decode_figures("cpu", plan, compute))
+            cases = [("torch", q, w) for q, w in (("none", compute), ("int8", "int8"))]
+            for engine in ("torch", *engines):
+                if engine != "torch":
+                    profile.setdefault("engines", {})[engine] = engine_profile(engine, plan)
+                    bar.advance(task)
+                    cases += [(engine, q, w) for q, w in (("none", "fp32"), ("int8", "int8"))]
+                for _, quantize, wdt in [c for c in cases if c[0] == engine]:
+                    served.setdefault((engine, quantize, wdt), []).append(
+                        serve(args.model, 8, 64, 64, quantize, compute, engine)
+                    )
+                    bar.advance(task)
         profiles = {world: median_profile(calibrated[world]) for world in (1, 2)}
         for world in (1, 2):
             runs = trained[world]

@@ -137,3 +137,63 @@ def test_several_calibrations_give_one_profile_of_their_medians() -> None:
     assert got["threads"] == 2 and got["name"] == "cpu"
     assert got["bf16_native"] is True  # a flag is not a figure: the first's
     assert got["engines"] == {"openvino": {"version": "2026.4", "decode_attention_gbs": 4.0}}
+
+
+def test_decode_attention_fit_recovers_the_bytes_rate_and_the_pair_cost() -> None:
+    """Timings made from a known call cost, pair cost and K/V rate give back the rate and
+    the pair cost, the call's own cost left out (the fixed costs hold it); timings whose
+    long span is no slower than the short one (noise) give the long one's rate alone."""
+    from suanli.calibration.attention import DECODE_GEOMETRY, DECODE_SHAPES, decode_attention_fit
+
+    kv, _, hd = DECODE_GEOMETRY
+    per_token = 2 * kv * hd * 2  # K and V, bf16
+
+    def seconds(b: int, span: int) -> float:
+        return 20e-6 + b * kv * 1.5e-6 + b * span * per_token / 12e9
+
+    got = decode_attention_fit({shape: seconds(*shape) for shape in DECODE_SHAPES}, 2)
+    assert got["decode_attention_gbs"] == pytest.approx(12.0, abs=0.01)
+    assert got["decode_attention_row_us"] == pytest.approx(1.5, abs=0.001)
+    flat = {shape: 1e-3 for shape in DECODE_SHAPES}
+    (b, span) = max(DECODE_SHAPES, key=lambda s: s[1])
+    assert decode_attention_fit(flat, 2) == {
+        "decode_attention_gbs": round(b * span * per_token / 1e-3 / 1e9, 2),
+        "decode_attention_row_us": 0.0,
+    }
+
+
+def test_a_profile_takes_the_probe_s_attention_pairs_out_of_its_layer_cost() -> None:
+    """perf charges every (sequence, KV head) pair of a decode step's attention at the
+    measured pair cost, the fixed-cost probe's among them: the per-layer fixed cost an
+    accelerator record carries is the probe's less its pairs, with int8 weights too and
+    through an engine; a profile without the pair cost keeps the probe's as measured."""
+    from suanli.calibration.overheads import PROBE_ATTENTION_PAIRS
+    from suanli.calibration.profile import measured_accelerator
+
+    decode = {
+        "decode_attention_gbs": 10.0,
+        "decode_attention_row_us": 2.0,
+        "fixed_us": {"layer": 200.0, "step": 150.0},
+        "fixed_us_by_weight": {"int8": {"layer": 120.0, "step": 150.0}},
+    }
+    prof = {
+        "device": "cpu",
+        "device_name": "test cpu",
+        "threads": 2,
+        "memory_bandwidth_gbs": 40.0,
+        "gemm_tflops": {"bf16": {"256": 0.5}},
+        "allreduce_gbs": {},
+        **decode,
+        "engines": {"onnxruntime": {"version": "1.0", "gemv_gbs_by_k": {}, **decode}},
+    }
+    acc = measured_accelerator(prof)
+    less = 2.0 * PROBE_ATTENTION_PAIRS
+    assert acc.decode_attention_row_us == 2.0
+    assert acc.layer_overhead_us == pytest.approx(200.0 - less)
+    assert acc.step_overhead_us == 150.0
+    assert acc.weight_overhead_us == {"int8": {"layer": 120.0 - less, "step": 150.0}}
+    ort = (acc.engine_variants or {})["onnxruntime"]
+    assert ort.layer_overhead_us == pytest.approx(200.0 - less)
+    assert ort.decode_attention_row_us == 2.0
+    unpaired = measured_accelerator({**prof, "decode_attention_row_us": 0.0, "engines": {}})
+    assert unpaired.layer_overhead_us == 200.0 and unpaired.decode_attention_row_us is None

@@ -126,6 +126,34 @@ def test_a_measured_engine_fixed_cost_and_gemv_rate_enter_the_decode_step() -> N
     assert int8["lm_head"] == got["lm_head"] == pytest.approx(head_bytes / stored_rate)
 
 
+def test_decode_attention_pays_each_sequence_and_kv_head_pair_where_measured() -> None:
+    """A measured decode kernel's attention is its (sequence, KV head) pairs at their own
+    cost plus the K/V bytes at the measured rate; a pair per query head where the engine
+    reads K/V once per query head; nothing for pairs on a device without the figure."""
+    import dataclasses
+
+    from suanli.perf import make_system
+    from suanli.perf.engines import get_engine
+    from suanli.perf.serve import decode_parts
+
+    tiny = model("tiny-llama-40m")
+    acc = dataclasses.replace(system("a100-80gb").accelerator, decode_attention_gbs=5.0)
+    run = dict(tp=1, batch=8, context=96)
+    bytes_only = decode_parts(tiny, make_system(acc), **run)  # type: ignore[arg-type]
+    kv_bytes = tiny.layers * 8 * 96 * tiny.kv_heads * tiny.head_dim * 2 * 2  # K and V, bf16
+    assert bytes_only["attention"] == pytest.approx(kv_bytes / 5e9)
+    paired = dataclasses.replace(acc, decode_attention_row_us=3.0)
+    got = decode_parts(tiny, make_system(paired), **run)  # type: ignore[arg-type]
+    pairs = tiny.layers * 8 * tiny.kv_heads
+    assert got["attention"] == pytest.approx(kv_bytes / 5e9 + pairs * 3e-6)
+    # an engine without GQA reuse reads (and pays for) every query head's pair
+    old = get_engine("tensorrt-llm@0.5").decoding()
+    assert not old.gqa_kv_reuse
+    per_head = decode_parts(tiny, make_system(paired), decoding=old, **run)  # type: ignore[arg-type]
+    group = tiny.heads // tiny.kv_heads
+    assert per_head["attention"] == pytest.approx(group * (kv_bytes / 5e9 + pairs * 3e-6))
+
+
 def test_a_step_samples_over_the_whole_vocabulary_at_the_eager_rate_where_measured() -> None:
     """The sampler casts every row's logits to fp32 and takes one pass to pick a token
     (serve_lm's `logits.float().argmax(-1)`): bytes the fixed-cost probe's 256-token

@@ -90,14 +90,24 @@ def test_calibrate_measures_and_perf_uses_the_measured_rates(
         assert 512 in by_k and set(by_k) <= {512, 1024, 4096}, by_k
         assert all(v > 0 for v in by_k.values())
         assert acc.gemv_rate_gbs(512, dt) * e.mem_bw_eff == pytest.approx(by_k[512])
-    assert prof["fixed_us"]["layer"] > 0 and acc.layer_overhead_us == prof["fixed_us"]["layer"]
+    # the probe's layer less its attention pairs, which perf charges on their own
+    from suanli.calibration.overheads import PROBE_ATTENTION_PAIRS
+
+    pairs_us = PROBE_ATTENTION_PAIRS * prof["decode_attention_row_us"]
+    assert prof["fixed_us"]["layer"] > 0
+    assert acc.layer_overhead_us == pytest.approx(
+        max(0.0, prof["fixed_us"]["layer"] - pairs_us), abs=0.051
+    )
     # a decode GEMM call's own cost, taken out of the rates above, and the fixed costs
     # measured again with serve_lm's int8 weights, which an int8 decode then pays
     assert set(prof["gemv_call_us"]) == {prof["compute_dtype"], "int8"}
     assert all(us > 0 for us in prof["gemv_call_us"].values())
     int8_fixed = prof["fixed_us_by_weight"]["int8"]
     assert int8_fixed["layer"] > 0 and set(int8_fixed) == {"layer", "step"}
-    assert acc.decode_overhead_us("int8") == (int8_fixed["layer"], int8_fixed["step"])
+    layer_int8, step_int8 = acc.decode_overhead_us("int8")
+    assert layer_int8 == pytest.approx(max(0.0, int8_fixed["layer"] - pairs_us), abs=0.051)
+    assert step_int8 == int8_fixed["step"]
+    assert acc.decode_attention_row_us == (prof["decode_attention_row_us"] or None)
     assert acc.decode_overhead_us(prof["compute_dtype"]) == (
         acc.layer_overhead_us,
         acc.step_overhead_us,
@@ -677,6 +687,7 @@ def test_cuda_calibration_and_training_run_on_the_gpu(tmp_path: Path) -> None:
             eng.step()
         assert [len(r.done.result().out) for r in reqs] == [12, 5]
     assert prof["fixed_us"]["layer"] > 0 and prof["decode_attention_gbs"] > 0
+    assert prof["decode_attention_row_us"] >= 0
 
 
 def test_calibrate_measures_an_engine_and_perf_predicts_through_it(
@@ -697,7 +708,7 @@ def test_calibrate_measures_an_engine_and_perf_predicts_through_it(
     fig = engine_profile("onnxruntime", plan, k_sizes=(256,), sweep_total=2**21)
     assert fig["version"] and set(fig["gemv_gbs_by_k"]) == {"fp32", "int8"}
     assert fig["gemv_gbs_by_k"]["fp32"]["256"] > 0 and fig["gemv_gbs_by_k"]["int8"]["256"] > 0
-    assert fig["decode_attention_gbs"] > 0
+    assert fig["decode_attention_gbs"] > 0 and fig["decode_attention_row_us"] >= 0
     assert set(fig["fixed_us"]) == {"layer", "step"}
     assert set(fig["fixed_us_by_weight"]["int8"]) == {"layer", "step"}
     prof = {**calibrated[1], "engines": {"onnxruntime": fig}}
@@ -705,7 +716,10 @@ def test_calibrate_measures_an_engine_and_perf_predicts_through_it(
     ort = (acc.engine_variants or {})["onnxruntime"]
     assert ort.decode_attention_gbs == fig["decode_attention_gbs"]
     assert ort.step_overhead_us == fig["fixed_us"]["step"]  # a measured 0 µs stays 0
-    assert ort.weight_overhead_us == fig["fixed_us_by_weight"]
+    # the probe's attention pairs out of its layer cost (`profile._decode_figures`)
+    int8 = (ort.weight_overhead_us or {})["int8"]
+    assert int8["step"] == fig["fixed_us_by_weight"]["int8"]["step"]
+    assert int8["layer"] <= fig["fixed_us_by_weight"]["int8"]["layer"]
     assert ort.compute_dtype == "fp32" and "onnxruntime" in ort.sources["gemv_bandwidth_by_k"]
     model, sys_ = get_model("tiny-llama-40m"), make_system(acc)
     kw = dict(num_devices=1, tp=1, batch=8, input_len=64, output_len=64, weight_dtype="fp32")

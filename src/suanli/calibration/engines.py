@@ -8,9 +8,10 @@ the figures perf's decode model reads for eager PyTorch, so that
   own compression (`suanli.workloads.onnx_lm`), by inner size K: one exported graph
   of as many [8, K] x [K, rows] products as fill twice the last-level cache, as
   `memory.gemv_by_k` does for PyTorch;
-* decode attention, K/V bytes per second, with serve_lm's path around it: the cache
-  gathered into a contiguous array, then the exported `onnx_lm.attend` of each layer
-  of it (Llama-3-8B's geometry, as `attention.decode_attention_gbs`);
+* decode attention, with serve_lm's path around it: the cache gathered into a
+  contiguous array, then the exported `onnx_lm.attend` of each layer of it: the K/V
+  bytes' rate and each (sequence, KV head) pair's own cost, as
+  `attention.decode_attention` measures them for PyTorch;
 * the fixed cost per decoder layer and per step: serve_lm decoding probe models
   too small to cost bytes or FLOPs, with 2 and 6 layers, through the engine
   (`overheads.fixed_costs_us`), with fp32 weights and again with int8 ones. The
@@ -29,14 +30,20 @@ from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
+from suanli.calibration.attention import DECODE_GEOMETRY, decode_attention_fit
 from suanli.calibration.memory import decode_rows, sweep_bytes
 from suanli.calibration.overheads import decode_fixed_costs
 from suanli.calibration.timing import Budget, Plan, steady, sweep, timed, torch_module
 
 K_SIZES = (512, 1024, 4096)
 TOKENS = 8
-#: decoder layers of the attention probe's stacked cache (`_decode_attention_gbs`)
+#: decoder layers of the attention probe's stacked cache (`_decode_attention`), and its
+#: timings (sequences, cached tokens): `attention.DECODE_SHAPES`, the long span halved so
+#: that a gather of the stacked cache (16.8 MB of K) stays below glibc's largest mmap
+#: threshold (`MALLOC_ENV`): at 1,024 tokens each step's gather page-faulted in anew, and
+#: a layer took 20-22 ms in one round against 5-7 in another
 ATTEND_LAYERS = 2
+ATTEND_SHAPES = ((4, 512), (4, 64), (1, 64))
 
 
 def engine_profile(
@@ -54,7 +61,7 @@ def engine_profile(
         return {
             "version": version,
             "gemv_gbs_by_k": _gemv_by_k(eng, plan, tmp, k_sizes, sweep_total),
-            "decode_attention_gbs": _decode_attention_gbs(eng, plan, tmp),
+            **_decode_attention(eng, plan, tmp),
             **decode_fixed_costs("cpu", plan, "fp32", engine=eng),
         }
     finally:
@@ -105,13 +112,14 @@ def _gemv_by_k(
     return out
 
 
-def _decode_attention_gbs(engine: Any, plan: Plan, tmp: Path) -> float:
-    """K/V bytes per second: serve_lm's gather of the cache, then the engine's
-    `onnx_lm.attend` (one new token per sequence, Llama-3-8B's geometry) for each of
-    `ATTEND_LAYERS` layers of one stacked cache, sliced inside the graph as `CachedStep`
-    slices it. The slice is a copy under ONNX Runtime (a Split of the whole cache): one
-    layer fed alone left it out, and the probe read K/V about a fifth faster than the
-    exported model does."""
+def _decode_attention(engine: Any, plan: Plan, tmp: Path) -> dict[str, float]:
+    """`attention.decode_attention_fit` through the engine: serve_lm's gather of the
+    cache, then the engine's `onnx_lm.attend` (one new token per sequence,
+    `attention.DECODE_GEOMETRY`) for each of `ATTEND_LAYERS` layers of one stacked cache,
+    sliced inside the graph as `CachedStep` slices it, at `ATTEND_SHAPES` (one graph,
+    its sequences and span dynamic). The slice is a copy under ONNX Runtime (a
+    Split of the whole cache): one layer fed alone left it out, and the probe read K/V
+    about a fifth faster than the exported model does."""
     from suanli.workloads.onnx_lm import attend, export_module, load_graph, pytorch_on_one_thread
 
     torch = torch_module()
@@ -121,29 +129,45 @@ def _decode_attention_gbs(engine: Any, plan: Plan, tmp: Path) -> float:
             layers = range(past_k.shape[0])
             return torch.stack([attend(q, k, v, past_k[i], past_v[i], mask) for i in layers])
 
-    # the bytes a step reads stay those of one layer at 1,024 tokens (2 x 16.8 MB): below
-    # the size where a fresh gather of the whole cache is paged in anew each step
-    b, kv, group, hd, span, nl = 4, 8, 4, 128, 1024 // ATTEND_LAYERS, ATTEND_LAYERS
-    cache_k = torch.randn(nl, 2 * b, kv, 2 * span, hd)  # as serve_lm keeps it: slots, max_len
-    cache_v = torch.randn(nl, 2 * b, kv, 2 * span, hd)
-    idx = torch.arange(b)
-    feed = {
-        "q": torch.randn(b, kv * group, 1, hd).numpy(),
-        "k": torch.randn(b, kv, 1, hd).numpy(),
-        "v": torch.randn(b, kv, 1, hd).numpy(),
-        "past_k": cache_k[:, :b, :, :span].contiguous().numpy(),
-        "past_v": cache_v[:, :b, :, :span].contiguous().numpy(),
-        "mask": torch.zeros(b, 1, 1, span + 1).numpy(),
-    }
-    names = list(feed)
-    inputs = tuple(torch.from_numpy(feed[n].copy()) for n in names)
-    run = load_graph(engine, export_module(Attend().eval(), inputs, tmp / "attend.onnx", names))
+    kv, group, hd = DECODE_GEOMETRY
+    nl = ATTEND_LAYERS
 
-    def step() -> None:  # serve_lm's gather (`serve_lm.Engine._forward`), on its one thread
-        with pytorch_on_one_thread():
-            feed["past_k"] = cache_k[:, idx, :, :span].contiguous().numpy()
-            feed["past_v"] = cache_v[:, idx, :, :span].contiguous().numpy()
-            run(feed)
+    def feed_for(b: int, span: int) -> dict[str, Any]:
+        return {
+            "q": torch.randn(b, kv * group, 1, hd).numpy(),
+            "k": torch.randn(b, kv, 1, hd).numpy(),
+            "v": torch.randn(b, kv, 1, hd).numpy(),
+            "past_k": torch.randn(nl, b, kv, span, hd).numpy(),
+            "past_v": torch.randn(nl, b, kv, span, hd).numpy(),
+            "mask": torch.zeros(b, 1, 1, span + 1).numpy(),
+        }
 
-    t = steady(step, lambda: None, plan.min_time_s)
-    return round(2 * nl * b * kv * span * hd * 4 / t / 1e9, 2)
+    example = feed_for(*ATTEND_SHAPES[1])
+    names = list(example)
+    axes = {"q": {0: "b"}, "k": {0: "b"}, "v": {0: "b"}, "mask": {0: "b", 3: "total"}}
+    axes |= {"past_k": {1: "b", 3: "past"}, "past_v": {1: "b", 3: "past"}}
+    inputs = tuple(torch.from_numpy(example[n].copy()) for n in names)
+    path = export_module(Attend().eval(), inputs, tmp / "attend.onnx", names, dynamic_axes=axes)
+    run = load_graph(engine, path)
+    seconds = {}
+    for b, span in ATTEND_SHAPES:
+        feed = feed_for(b, span)
+        # as serve_lm keeps it: twice the sequences in slots, twice the span in positions
+        cache_k = torch.randn(nl, 2 * b, kv, 2 * span, hd)
+        cache_v = torch.randn(nl, 2 * b, kv, 2 * span, hd)
+        idx = torch.arange(b)
+
+        def step(
+            feed: dict[str, Any] = feed,
+            ck: Any = cache_k,
+            cv: Any = cache_v,
+            span: int = span,
+            idx: Any = idx,
+        ) -> None:  # serve_lm's gather (`serve_lm.Engine._forward`), on its one thread
+            with pytorch_on_one_thread():
+                feed["past_k"] = ck[:, idx, :, :span].contiguous().numpy()
+                feed["past_v"] = cv[:, idx, :, :span].contiguous().numpy()
+                run(feed)
+
+        seconds[b, span] = steady(step, lambda: None, plan.min_time_s) / nl
+    return decode_attention_fit(seconds, 4)

@@ -31,7 +31,7 @@ from typing import Any
 
 from suanli.calibration import children
 from suanli.calibration.allreduce import allreduce
-from suanli.calibration.attention import attention, decode_attention_gbs
+from suanli.calibration.attention import attention, decode_attention
 from suanli.calibration.gemm import gemm, lm_head_tflops
 from suanli.calibration.loss import loss_rate
 from suanli.calibration.memory import copy_bandwidth, gemm_call_us, gemv, gemv_by_k
@@ -67,6 +67,9 @@ class Profile:
     # cost taken out: dtype -> K -> GB/s
     gemv_gbs_by_k: dict[str, dict[str, float]] = field(default_factory=dict)
     decode_attention_gbs: float = 0.0  # K/V bytes a decode step's attention reads per second
+    #: what each (sequence, KV head) pair of a decode step's attention costs beyond its
+    #: bytes, per layer (`attention.decode_attention_fit`)
+    decode_attention_row_us: float = 0.0
     fixed_us: dict[str, float] = field(default_factory=dict)  # per decoder layer, per step
     #: the same with serve_lm's int8 weights, whose GEMM calls cost a fifth of bf16 ones
     #: on one Xeon: weight dtype -> per layer, per step
@@ -171,26 +174,15 @@ def measure(torch: Any, device: str, plan: Plan, progress: Callable[[str], None]
     def dt() -> str:  # read after the GEMM probe has set it
         return prof.compute_dtype
 
-    def fixed() -> None:  # with the compute dtype's weights, and serve_lm's int8 ones
-        for name, figures in decode_fixed_costs(device, plan, dt()).items():
-            setattr(prof, name, figures)
+    def decode() -> None:
+        for name, figure in decode_figures(device, plan, dt(), progress).items():
+            setattr(prof, name, figure)
 
     steps: list[tuple[str, Callable[[], None]]] = [
         ("GEMM", precision),
         ("LM head", set_("lm_head_tflops", lambda: lm_head_tflops(device, plan, dt()))),
         ("memory", set_("memory_bandwidth_gbs", lambda: copy_bandwidth(device, plan))),
-        # decode GEMVs in the dtype serve_lm computes in, and in fp32
-        ("decode GEMV", set_("gemv_gbs", lambda: gemv(device, plan, tuple({dt(), "fp32"})))),
-        ("decode GEMM call", set_("gemv_call_us", lambda: gemm_call_us(device, plan, dt()))),
-        (
-            "decode GEMV by K",
-            set_("gemv_gbs_by_k", lambda: gemv_by_k(device, plan, dt(), call_us=prof.gemv_call_us)),
-        ),
-        (
-            "decode attention",
-            set_("decode_attention_gbs", lambda: decode_attention_gbs(device, plan, dt())),
-        ),
-        ("fixed costs", fixed),
+        ("decode", decode),
         (
             "training elementwise",
             set_("train_elementwise_gbs", lambda: train_elementwise_gbs(device, plan, dt())),
@@ -204,6 +196,34 @@ def measure(torch: Any, device: str, plan: Plan, progress: Callable[[str], None]
             progress(name)
         step()
     return prof
+
+
+def decode_figures(
+    device: str, plan: Plan, dtype: str, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """What perf's decode model reads of this device, by `Profile` field: GEMVs (in the
+    dtype serve_lm computes in, ``dtype``, and fp32), a GEMM call's cost, weight rates by
+    K, the decode-attention figures and serve_lm's fixed costs. Part of `measure`; a
+    benchmark on a host whose memory bandwidth steps between levels (a 2-core EPYC: 16.5,
+    20 and 22.5 GB/s, for 10-60 s each) measures them again right before it decodes."""
+    out: dict[str, Any] = {}
+    steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+        ("decode GEMV", lambda: {"gemv_gbs": gemv(device, plan, tuple({dtype, "fp32"}))}),
+        ("decode GEMM call", lambda: {"gemv_call_us": gemm_call_us(device, plan, dtype)}),
+        (
+            "decode GEMV by K",
+            lambda: {"gemv_gbs_by_k": gemv_by_k(device, plan, dtype, call_us=out["gemv_call_us"])},
+        ),
+        # the K/V bytes' rate and each (sequence, KV head) pair's cost
+        ("decode attention", lambda: decode_attention(device, plan, dtype)),
+        # with the compute dtype's weights, and serve_lm's int8 ones
+        ("fixed costs", lambda: decode_fixed_costs(device, plan, dtype)),
+    ]
+    for name, step in steps:
+        if progress:
+            progress(name)
+        out.update(step())
+    return out
 
 
 def peer(plan_name: str, threads: str) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 import psutil
 
+from suanli.calibration.overheads import PROBE_ATTENTION_PAIRS
 from suanli.catalog.types import Accelerator
 from suanli.errors import SuanliError
 from suanli.paths import default_data_dir
@@ -164,6 +165,7 @@ def measured_accelerator(
             "step_overhead_us": f"measured serve_lm decode, 2-layer probe minus its layers, {when}",
             "weight_overhead_us": f"the same two probes with serve_lm's int8 weights, {when}",
             "decode_attention_gbs": f"measured serve_lm decode attention, K/V read, {when}",
+            "decode_attention_row_us": f"measured serve_lm decode attention, 4 less 1 seqs, {when}",
             "attention_train_tflops": f"measured fused SDPA, {compute} fwd + bwd, {when}",
             "gemm_tflops_by_size": f"measured training-layer GEMMs by size, {when}",
             "lm_head_tflops": f"measured vocabulary-wide projection, {compute} fwd + bwd, {when}",
@@ -208,7 +210,19 @@ def _decode_figures(figures: dict[str, Any], e: Efficiency) -> dict[str, Any]:
     measured figures: weight rates by K (divided by ``mem_bw_eff``, which perf
     multiplies back), K/V rate, and the fixed costs (with int8 weights too, where
     measured), a measured 0 µs kept as 0."""
-    fixed = figures.get("fixed_us") or {}
+    row_us = float(figures.get("decode_attention_row_us") or 0.0)
+    # the fixed-cost probe's attention pairs are charged by perf with the model's own: the
+    # per-layer fixed cost is what is left of the probe's layer without them
+    pairs_us = PROBE_ATTENTION_PAIRS * row_us
+
+    def less_pairs(costs: dict[str, float] | None) -> dict[str, float]:
+        costs = dict(costs or {})
+        if "layer" in costs and pairs_us:
+            costs["layer"] = round(max(0.0, costs["layer"] - pairs_us), 1)
+        return costs
+
+    fixed = less_pairs(figures.get("fixed_us"))
+    by_weight = {dt: less_pairs(c) for dt, c in (figures.get("fixed_us_by_weight") or {}).items()}
     by_k = {
         dt: {int(k): v / e.mem_bw_eff for k, v in rates.items()}
         for dt, rates in (figures.get("gemv_gbs_by_k") or {}).items()
@@ -216,9 +230,10 @@ def _decode_figures(figures: dict[str, Any], e: Efficiency) -> dict[str, Any]:
     return {
         "gemv_bandwidth_by_k": by_k or None,
         "decode_attention_gbs": figures.get("decode_attention_gbs") or None,
+        "decode_attention_row_us": row_us or None,
         "layer_overhead_us": fixed.get("layer"),
         "step_overhead_us": fixed.get("step"),
-        "weight_overhead_us": dict(figures.get("fixed_us_by_weight") or {}) or None,
+        "weight_overhead_us": by_weight or None,
     }
 
 
@@ -242,6 +257,7 @@ def _engine_variants(acc: Accelerator, profile: dict[str, Any], e: Efficiency) -
                 **acc.sources,
                 "gemv_bandwidth_by_k": f"measured decode GEMMs through {engine}, {when}",
                 "decode_attention_gbs": f"measured gather + attention through {engine}, {when}",
+                "decode_attention_row_us": f"the same, 4 less 1 sequences, {when}",
                 "layer_overhead_us": f"serve_lm decode through {engine}, 6- minus 2-layer, {when}",
                 "step_overhead_us": f"serve_lm decode through {engine}, 2-layer probe, {when}",
                 "weight_overhead_us": f"the same through {engine}, int8 weights, {when}",

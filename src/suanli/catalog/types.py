@@ -77,6 +77,10 @@ class Accelerator:
     #: measured only: K/V bytes per second a decode step's attention reads (else the
     #: memory bandwidth: fused decode kernels stream the cache)
     decode_attention_gbs: float | None = None
+    #: measured only: what each (sequence, KV head) pair of a decode step's attention
+    #: costs a layer beyond its bytes, µs (a kernel's work per pair; on a CPU, 1-4 µs);
+    #: None (= 0) unless measured
+    decode_attention_row_us: float | None = None
     #: measured only: fused causal attention, forward + backward in bf16, by sequence
     #: length, in TFLOP/s of perf's count (3.5 x the causal half of QK^T and AV); a CPU's
     #: kernels pay per token as much as per score, so the rate climbs steeply with length

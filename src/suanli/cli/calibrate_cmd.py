@@ -139,6 +139,12 @@ def calibrate_cmd(
         t.add_row("fp32 cross-entropy fwd+bwd (Glogit/s)", fmt(prof["loss_logits_per_s"] / 1e9), "")
     if prof.get("decode_attention_gbs"):
         t.add_row("decode attention K/V GB/s", fmt(prof["decode_attention_gbs"]), "")
+    if prof.get("decode_attention_row_us") is not None:
+        t.add_row(
+            "decode attention per (sequence, KV head) a layer (µs)",
+            fmt(prof["decode_attention_row_us"]),
+            "",
+        )
     for part, us in prof.get("fixed_us", {}).items():
         t.add_row(f"serve_lm decode fixed cost per {part} (µs)", fmt(us), "")
     for wdt, parts in prof.get("fixed_us_by_weight", {}).items():
@@ -150,6 +156,12 @@ def calibrate_cmd(
             for k, gbs in by_k.items():
                 t.add_row(f"{label}: decode GEMV {dt}, K={k}, GB/s", fmt(gbs), "")
         t.add_row(f"{label}: decode attention K/V GB/s", fmt(fig["decode_attention_gbs"]), "")
+        if fig.get("decode_attention_row_us") is not None:
+            t.add_row(
+                f"{label}: decode attention per (sequence, KV head) a layer (µs)",
+                fmt(fig["decode_attention_row_us"]),
+                "",
+            )
         for part, us in fig["fixed_us"].items():
             t.add_row(f"{label}: serve_lm decode fixed cost per {part} (µs)", fmt(us), "")
         for wdt, parts in fig.get("fixed_us_by_weight", {}).items():

@@ -230,11 +230,13 @@ def _pass_time(
     lm_head_tokens: float,
     layer_frac: float = 1.0,
     decoding: Decoding = IDEALISED,
+    attn_pairs: float = 0.0,
 ) -> dict[str, float]:
     """Seconds of one forward pass over ``tokens`` tokens, by part.
 
     ``layer_frac`` of the layers run here (an edge/cloud split runs a share of
-    them on each side); ``kv_read_bytes`` and ``attn_flops`` are for all layers.
+    them on each side); ``kv_read_bytes``, ``attn_flops`` and ``attn_pairs`` (the
+    (sequence, KV head) pairs a decode kernel works on) are for all layers.
     ``lm_head_tokens`` = 0 leaves the LM head out.
     """
     a = s.arch
@@ -277,10 +279,12 @@ def _pass_time(
         width_moe = moe_params / h / tp
         t_moe = max(gemm_time(flops_moe, per_expert, width_moe, h, peak, bw_a, e), moe_w / bw_w)
     t_weights = (s.num_dense_layers * t_dense + s.num_moe_layers * t_moe) * layer_frac
-    # attention over the KV cache: read it once; FLOPs at bf16
+    # attention over the KV cache: read it once, and each (sequence, KV head) pair's own
+    # work where it was measured; FLOPs at bf16
     bw_kv = acc.decode_attention_gbs * GB if acc.decode_attention_gbs else bw_a
+    t_pairs = attn_pairs / tp * (acc.decode_attention_row_us or 0.0) * 1e-6
     t_attn = (
-        max(attn_flops / tp / (peak16 * e.attn_eff), kv_read_bytes / bw_kv) * layer_frac
+        max(attn_flops / tp / (peak16 * e.attn_eff), kv_read_bytes / bw_kv + t_pairs) * layer_frac
         if (attn_flops or kv_read_bytes)
         else 0.0
     )
@@ -408,6 +412,9 @@ def decode_parts(
     attn = model.layers * 2 * batch * context * (s.q_dim + s.v_dim)
     head = batch if with_head else 0
     kv_read = batch * context * kv_tok * kv_reads
+    # the kernel's (sequence, KV head) pairs: per query head where it reads K/V per query
+    # head; one latent per sequence under MLA
+    pairs = model.layers * batch * (1 if model.mla else model.kv_heads * kv_reads)
     return _pass_time(
         s,
         system,
@@ -420,6 +427,7 @@ def decode_parts(
         lm_head_tokens=head,
         layer_frac=layer_frac,
         decoding=decoding,
+        attn_pairs=pairs,
     )
 
 
