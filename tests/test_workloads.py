@@ -464,7 +464,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 def test_keep_freed_heap_stops_each_step_faulting_its_buffers_back_in() -> None:
     """Under glibc's defaults this loop page-faulted 24,384-244,480 times in six of six
     runs (the freed blocks handed back to the OS); with `MALLOC_ENV`'s settings, 0 in
-    six of six."""
+    six of six here, 2,048 once under CI's load."""
     out = subprocess.run(
         [sys.executable, "-c", HEAP_PROBE], capture_output=True, text=True, timeout=120
     )
@@ -472,7 +472,9 @@ def test_keep_freed_heap_stops_each_step_faulting_its_buffers_back_in() -> None:
     applied, faults = out.stdout.split()
     if applied != "True":
         pytest.skip("the C library here is not glibc: no mallopt to call")
-    assert int(faults) < 512  # 40 steps x 6,144 pages would re-fault 245,760
+    # fewer than one step's 6,144 pages in all 40 steps (a block placed afresh once, 2,048
+    # faults, was seen under CI's load); each step's afresh would be 245,760
+    assert int(faults) < 6144
 
 
 def test_serve_lm_decode_attention_reads_the_cache_where_it_lies() -> None:
