@@ -147,7 +147,7 @@ def decode_attention(device: str, plan: Plan, dtype: str = "bf16") -> dict[str, 
     token per sequence against its cache (`DECODE_GEOMETRY`), read from the cache in
     place as the engine does (a slot's cached tokens, strided by twice the span).
 
-    Each timing runs over as many layers' caches as stream twice the last-level cache
+    Each timing runs over as many layers' caches as stream a decode-GEMM sweep's bytes
     (`memory.sweep_bytes`): a decode step streams its weights between one layer's
     attention and the same layer's next, so it finds its K/V in DRAM. At tiny-llama-40m's
     geometry on a 2-core EPYC (32 MB L3), 512 cached tokens from one layer's cache,

@@ -6,7 +6,7 @@ the figures perf's decode model reads for eager PyTorch, so that
 
 * decode GEMMs over many distinct matrices, fp32 and int8 weights by the engine's
   own compression (`suanli.workloads.onnx_lm`), by inner size K: one exported graph
-  of as many [8, K] x [K, rows] products as fill twice the last-level cache, as
+  of as many [8, K] x [K, rows] products as fill eight times the last-level cache, as
   `memory.gemv_by_k` does for PyTorch;
 * decode attention, with serve_lm's path around it: the cache gathered into a
   contiguous array, then the exported `onnx_lm.attend` of each layer of it: the K/V
@@ -50,7 +50,7 @@ def engine_profile(
     engine: str, plan: Plan, k_sizes: tuple[int, ...] = K_SIZES, sweep_total: int | None = None
 ) -> dict[str, Any]:
     """Every figure of one engine (the module docstring); raises if it is not installed.
-    ``k_sizes`` and ``sweep_total`` (bytes of distinct matrices per K; default twice the
+    ``k_sizes`` and ``sweep_total`` (bytes of distinct matrices per K; default eight times the
     last-level cache) shrink the GEMM sweep for a quick look."""
     from suanli.workloads.onnx_lm import OnnxEngine, engine_version
 
