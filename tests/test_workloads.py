@@ -267,12 +267,13 @@ def test_the_last_level_cache_is_summed_over_its_distinct_instances(tmp_path: Pa
     assert memory.last_level_cache_bytes(str(tmp_path)) == expected
     assert memory.last_level_cache_bytes(str(tmp_path / "absent")) == 0
 
-    # the decode sweep streams twice the cache, between a 64 MB floor and a 1 GB cap
+    # the decode sweep streams eight times the cache, between a 64 MB floor and a 1 GB cap
     import psutil
 
     plan, mib = Plan.quick(), 2**20
     cap = min(2**30, psutil.virtual_memory().total // 8)  # a small machine caps lower
-    for llc, want in ((0, 64 * mib), (100 * mib, min(cap, 200 * mib)), (8 * 2**30, cap)):
+    sizes = ((0, 64 * mib), (32 * mib, min(cap, 256 * mib)), (8 * 2**30, cap))
+    for llc, want in sizes:
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(memory, "last_level_cache_bytes", lambda llc=llc: llc)
             assert memory.sweep_bytes("cpu", plan) == want, llc
