@@ -24,6 +24,7 @@ for these ops on CPUs; OpenVINO is held to f32 so it measures what it serves).
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 from functools import partial
@@ -150,24 +151,31 @@ def _decode_attention(engine: Any, plan: Plan, tmp: Path) -> dict[str, float]:
     path = export_module(Attend().eval(), inputs, tmp / "attend.onnx", names, dynamic_axes=axes)
     run = load_graph(engine, path)
     seconds = {}
+    total = sweep_bytes("cpu", plan)
     for b, span in ATTEND_SHAPES:
         feed = feed_for(b, span)
-        # as serve_lm keeps it: twice the sequences in slots, twice the span in positions
-        cache_k = torch.randn(nl, 2 * b, kv, 2 * span, hd)
-        cache_v = torch.randn(nl, 2 * b, kv, 2 * span, hd)
+        # caches as serve_lm keeps them (twice the span in positions), as many as stream
+        # a decode-GEMM sweep's bytes, one a call: the gather reads from DRAM, as a step's
+        # does after its weights streamed through (at 64 cached tokens one cache re-read
+        # from the LLC made the extra sequences cost less than their bytes' share)
+        copies = max(2, -(-total // (2 * nl * b * kv * span * hd * 4)))
+        caches = itertools.cycle(
+            [
+                tuple(torch.full((nl, b, kv, 2 * span, hd), 0.01 * (i + 1)) for _ in "kv")
+                for i in range(copies)
+            ]
+        )
         idx = torch.arange(b)
 
         def step(
-            feed: dict[str, Any] = feed,
-            ck: Any = cache_k,
-            cv: Any = cache_v,
-            span: int = span,
-            idx: Any = idx,
+            feed: dict[str, Any] = feed, caches: Any = caches, span: int = span, idx: Any = idx
         ) -> None:  # serve_lm's gather (`serve_lm.Engine._forward`), on its one thread
+            ck, cv = next(caches)
             with pytorch_on_one_thread():
                 feed["past_k"] = ck[:, idx, :, :span].contiguous().numpy()
                 feed["past_v"] = cv[:, idx, :, :span].contiguous().numpy()
                 run(feed)
 
         seconds[b, span] = steady(step, lambda: None, plan.min_time_s) / nl
+        del caches
     return decode_attention_fit(seconds, 4)
