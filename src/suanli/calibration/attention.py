@@ -111,13 +111,12 @@ def decode_attention_fit(
       bytes, from the most sequences against the fewest at the short span.
 
     A layer's decode attention is then pairs x ``row_us`` + K/V bytes / rate, its call's
-    own cost left to the fixed costs. One rate over the bytes alone read 5.8 GB/s
-    through ONNX Runtime at 1,024 cached tokens (the old probe's one timing), and
-    tiny-llama-40m's attention (8 sequences x 4 KV heads x 8 layers, 64-128 cached
-    tokens) took half again what it predicted: at 64 and 512 tokens the same graph read
-    7.5 GB/s beyond 4.0 µs a pair, in two geometries alike (2-core EPYC). A rate that
-    does not grow with the span (noise) leaves the bytes' rate at the long timing's
-    and no pair cost.
+    own cost left to the fixed costs. With the bytes alone, tiny-llama-40m's eager
+    attention (8 sequences x 4 KV heads, 96 cached tokens, from DRAM) took 100 µs a
+    layer where 54 were predicted; on that 2-core EPYC the fit gave 1.0-1.5 µs a pair in
+    PyTorch, 2.1-2.4 through OpenVINO and 0 through ONNX Runtime. A rate that does not
+    grow with the span (noise) leaves the bytes' rate at the long timing's and no pair
+    cost.
     """
     kv, _, hd = DECODE_GEOMETRY
     most = max(b for b, _ in seconds)
@@ -178,5 +177,5 @@ def decode_attention(device: str, plan: Plan, dtype: str = "bf16") -> dict[str, 
                 _decode_attention(q, k[i, :, :, :span], v[i, :, :, :span], bias)
 
         seconds[b, span] = steady(step, sync, plan.min_time_s) / layers
-        del k, v
+        del step, k, v  # this shape's caches go before the next shape's are made
     return decode_attention_fit(seconds, elem)

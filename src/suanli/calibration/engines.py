@@ -177,5 +177,5 @@ def _decode_attention(engine: Any, plan: Plan, tmp: Path) -> dict[str, float]:
                 run(feed)
 
         seconds[b, span] = steady(step, lambda: None, plan.min_time_s) / nl
-        del caches
+        del step, caches  # this shape's caches go before the next shape's are made
     return decode_attention_fit(seconds, 4)
