@@ -141,6 +141,13 @@ def decode_attention_fit(
     }
 
 
+def cold_copies(total_bytes: int, read_bytes: int) -> int:
+    """How many distinct caches a decode-attention timing cycles through, ``read_bytes``
+    read from each a call, so that it reads ``total_bytes`` (`memory.sweep_bytes`) before
+    it comes back to one: at least two."""
+    return max(2, -(-total_bytes // read_bytes))
+
+
 def decode_attention(device: str, plan: Plan, dtype: str = "bf16") -> dict[str, float]:
     """`decode_attention_fit` of serve_lm's decode-attention kernel in ``dtype``: one new
     token per sequence against its cache (`DECODE_GEOMETRY`), read from the cache in
@@ -163,7 +170,7 @@ def decode_attention(device: str, plan: Plan, dtype: str = "bf16") -> dict[str, 
     total = sweep_bytes(device, plan)
     seconds = {}
     for b, span in DECODE_SHAPES:
-        layers = max(2, -(-total // (2 * b * kv * span * hd * elem)))
+        layers = cold_copies(total, 2 * b * kv * span * hd * elem)
         # filled, not random: a GB of randn takes seconds, and the kernel's speed is not
         # the values'
         k, v = (

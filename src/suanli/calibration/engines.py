@@ -31,7 +31,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
-from suanli.calibration.attention import DECODE_GEOMETRY, decode_attention_fit
+from suanli.calibration.attention import DECODE_GEOMETRY, cold_copies, decode_attention_fit
 from suanli.calibration.memory import decode_rows, sweep_bytes
 from suanli.calibration.overheads import decode_fixed_costs
 from suanli.calibration.timing import Budget, Plan, steady, sweep, timed, torch_module
@@ -158,7 +158,7 @@ def _decode_attention(engine: Any, plan: Plan, tmp: Path) -> dict[str, float]:
         # a decode-GEMM sweep's bytes, one a call: the gather reads from DRAM, as a step's
         # does after its weights streamed through (at 64 cached tokens one cache re-read
         # from the LLC made the extra sequences cost less than their bytes' share)
-        copies = max(2, -(-total // (2 * nl * b * kv * span * hd * 4)))
+        copies = cold_copies(total, 2 * nl * b * kv * span * hd * 4)
         caches = itertools.cycle(
             [
                 tuple(torch.full((nl, b, kv, 2 * span, hd), 0.01 * (i + 1)) for _ in "kv")

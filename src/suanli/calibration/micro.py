@@ -122,8 +122,6 @@ def calibrate(
                     f"--engine {engine}: {err} (pip install 'suanli[onnx]')"
                 ) from None
     torch = torch_module()
-    # measured in the heap regime train_lm and serve_lm run in (`MALLOC_ENV`)
-    keep_freed_heap()
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SuanliError(f"--device {device}: no CUDA device here (try --device cpu)")
     plan = Plan.quick() if quick else Plan.full()
@@ -156,7 +154,9 @@ def calibrate(
 
 
 def measure(torch: Any, device: str, plan: Plan, progress: Callable[[str], None] | None) -> Profile:
-    """Every benchmark but the all-reduce (which needs the CPU to itself)."""
+    """Every benchmark but the all-reduce (which needs the CPU to itself), in the heap
+    regime train_lm and serve_lm run in (`MALLOC_ENV`): a calibration's and a peer's."""
+    keep_freed_heap()
     prof = Profile(device, device_name(device))
     prof.threads = int(torch.get_num_threads())
     prof.torch_version = str(torch.__version__)
@@ -231,7 +231,6 @@ def peer(plan_name: str, threads: str) -> None:
     group is killed."""
     torch = torch_module()
     torch.set_num_threads(int(threads))
-    keep_freed_heap()  # as a train_lm rank runs
     plan = Plan.quick() if plan_name == "quick" else Plan.full()
     children.guard_peer()
     while True:
